@@ -1,20 +1,248 @@
-"""`voiceaudit run`: not built yet."""
+"""`voiceaudit run`: replay speech through a pipeline and record a trace."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
 import typer
 
-from voiceaudit.errors import NotBuiltYet
+from voiceaudit.cli.console import err_console, out_console
+from voiceaudit.errors import ExitCode, UsageError
+
+
+def _parse_pairs(items: list[str], what: str, sep: str = "=") -> list[tuple[str, str]]:
+    out = []
+    for item in items:
+        k, s, v = item.partition(sep)
+        if not s or not k.strip():
+            raise UsageError(f"{what} {item!r} must look like NAME{sep}VALUE")
+        out.append((k.strip(), v.strip()))
+    return out
 
 
 def register(app: typer.Typer) -> None:
-    @app.command(
-        "run",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-        help="(not built yet)",
-    )
-    def run_(ctx: typer.Context) -> None:
-        raise NotBuiltYet(
-            "'voiceaudit run' is not built yet",
-            hint="see the open issues; 'voiceaudit --help' lists what works",
+    @app.command("run")
+    def run(
+        audio: list[Path] = typer.Argument(
+            None,
+            help="Speech files or directories (WAV, FLAC, raw s16le). "
+            "Default: the utterances bundled with voiceaudit.",
+        ),
+        target: str | None = typer.Option(
+            None,
+            "--target",
+            "-t",
+            help="URL of the pipeline under test. Default: start the built-in reference "
+            "pipeline on loopback.",
+        ),
+        protocol: str | None = typer.Option(
+            None,
+            "--protocol",
+            "-p",
+            help="realtime | cascade | websocket | python (inferred from the URL if clear).",
+        ),
+        target_option: list[str] = typer.Option(
+            [], "--target-option", "-o", help="Protocol option NAME=VALUE (repeatable)."
+        ),
+        header: list[str] = typer.Option(
+            [], "--header", "-H", help="Extra connection header 'Name: value' (repeatable)."
+        ),
+        api_key_env: str | None = typer.Option(
+            None,
+            "--api-key-env",
+            help="Name of the environment variable that holds the API key (never the key).",
+        ),
+        rate: int | None = typer.Option(None, "--rate", help="Sample rate of raw PCM input files."),
+        sessions: int = typer.Option(1, "--sessions", "-n", help="Concurrent sessions."),
+        turns: int | None = typer.Option(
+            None, "--turns", help="Turns per session (default: one pass over the audio)."
+        ),
+        repeat: int = typer.Option(1, "--repeat", help="Passes over the audio per session."),
+        warmup: int = typer.Option(
+            0, "--warmup", help="Turns per session recorded but left out of statistics."
+        ),
+        frame_ms: int = typer.Option(20, "--frame-ms", help="Audio frame size sent, in ms."),
+        speed: float = typer.Option(
+            1.0, "--speed", help="Replay speed; >1 is faster than real time (marked in trace)."
+        ),
+        timeout: float = typer.Option(
+            15.0, "--timeout", help="Seconds after speech end to wait for a reply."
+        ),
+        jitter_buffer_ms: int = typer.Option(
+            0, "--jitter-buffer-ms", help="Playout model: fixed jitter-buffer depth."
+        ),
+        out: Path | None = typer.Option(
+            None, "--out", help="Run directory (default ./voiceaudit-runs/<timestamp>/)."
+        ),
+        save_audio: bool = typer.Option(False, "--save-audio", help="Keep reply audio as WAV."),
+        inject: list[str] = typer.Option(
+            [],
+            "--inject",
+            help="With the built-in pipeline only: fault injection NAME=VALUE (repeatable).",
+        ),
+        as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    ) -> None:
+        """Replay speech through a pipeline at real-time pace and record a trace."""
+        from voiceaudit.probe.runner import ProbeOptions, default_out_dir
+        from voiceaudit.probe.utterances import load_utterances
+
+        options = ProbeOptions(
+            sessions=sessions,
+            turns=turns,
+            repeat=repeat,
+            warmup=warmup,
+            frame_ms=frame_ms,
+            speed=speed,
+            timeout_s=timeout,
+            jitter_buffer_ms=jitter_buffer_ms,
+            save_audio=save_audio,
         )
+        if inject and target is not None:
+            raise UsageError("--inject applies to the built-in pipeline only (no --target)")
+        headers = [(k, v) for k, v in _parse_pairs(header, "header", ":")]
+        topts = dict(_parse_pairs(target_option, "target option"))
+        utterances = load_utterances(list(audio or []), rate=rate)
+        out_dir = out or default_out_dir()
+        trace_path = out_dir / "trace.jsonl"
+        if trace_path.exists():
+            raise UsageError(f"{trace_path} exists already", hint="choose another --out")
+        result = asyncio.run(
+            _run(
+                target,
+                protocol,
+                topts,
+                headers,
+                api_key_env,
+                inject,
+                utterances,
+                options,
+                trace_path,
+                as_json,
+            )
+        )
+        summary = result.summary()
+        if as_json:
+            print(json.dumps(summary, indent=2))
+        else:
+            _print_summary(summary)
+        if result.interrupted:
+            raise typer.Exit(ExitCode.INTERRUPTED)
+        if not result.ok_turns:
+            raise typer.Exit(ExitCode.FAILED)
+
+
+async def _run(
+    target_url: str | None,
+    protocol: str | None,
+    topts: dict[str, str],
+    headers: list[tuple[str, str]],
+    api_key_env: str | None,
+    inject: list[str],
+    utterances: list[Any],
+    options: Any,
+    trace_path: Path,
+    quiet: bool,
+) -> Any:
+    from voiceaudit.probe.runner import Probe
+    from voiceaudit.targets.base import TargetConfig
+    from voiceaudit.targets.registry import get_target_class, infer_protocol
+
+    server = None
+    run_config: dict[str, Any] = {}
+    try:
+        if target_url is None:
+            from voiceaudit.reference import ReferenceConfig, start_reference_server
+
+            cfg = ReferenceConfig.from_injections(inject)
+            server = await start_reference_server(cfg)
+            protocol = protocol or "realtime"
+            target_url = server.url_for(protocol)
+            run_config["reference"] = {"inject": list(inject)}
+        proto = protocol or infer_protocol(target_url)
+        config = TargetConfig(
+            url=target_url,
+            protocol=proto,
+            api_key_env=api_key_env,
+            headers=tuple(headers),
+            options=topts,
+        )
+        target = get_target_class(proto)(config)
+        observer = _ProgressObserver(quiet=quiet)
+        probe = Probe(
+            target, utterances, options, trace_path, observer=observer, run_config=run_config
+        )
+        loop = asyncio.get_running_loop()
+        interrupts = 0
+
+        def _on_sigint() -> None:
+            nonlocal interrupts
+            interrupts += 1
+            probe.stop()
+            if interrupts > 1:
+                for task in asyncio.all_tasks(loop):
+                    task.cancel()
+
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGINT, _on_sigint)
+            loop.add_signal_handler(signal.SIGTERM, _on_sigint)
+        err_console().print(
+            f"[dim]voiceaudit run → {config.describe()['url']} ({proto}); trace: {trace_path}[/]"
+        )
+        try:
+            return await probe.run()
+        finally:
+            observer.close()
+    finally:
+        if server is not None:
+            await server.close()
+
+
+class _ProgressObserver:
+    """Prints one line per turn on stderr (the probe itself never imports rich)."""
+
+    def __init__(self, *, quiet: bool) -> None:
+        self.quiet = quiet
+        self.console = err_console()
+
+    def turn_done(self, result: Any) -> None:
+        if result.ok:
+            v = result.voice_to_voice_ns / 1e6 if result.voice_to_voice_ns is not None else 0
+            tag = " (warm-up)" if result.warmup else ""
+            self.console.print(
+                f"  {result.session} turn {result.turn}: voice-to-voice {v:7.1f} ms{tag}"
+            )
+        else:
+            self.console.print(
+                f"  {result.session} turn {result.turn}: [red]failed[/] — {result.reason}",
+                highlight=False,
+            )
+
+    def message(self, text: str) -> None:
+        self.console.print(text)
+
+    def close(self) -> None:
+        sys.stderr.flush()
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    out = out_console()
+    v = summary["voice_to_voice_ms"]
+    out.print(
+        f"turns: {summary['turns']} (ok {summary['ok']}, failed {summary['failed']}, "
+        f"warm-up {summary['warmup']})"
+    )
+    if v:
+        out.print(
+            f"voice-to-voice: p50 {v['p50']:.1f} ms, p95 {v['p95']:.1f} ms "
+            f"(min {v['min']:.1f}, max {v['max']:.1f}, n={v['n']})"
+        )
+    for f in summary["failures"][:10]:
+        out.print(f"failed: {f['session']} turn {f['turn']}: {f['reason']}")
+    out.print(f"trace: {summary['trace']}")
+    out.print(f"next: voiceaudit report {summary['trace']}")

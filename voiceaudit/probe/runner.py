@@ -1,0 +1,609 @@
+"""The probe: replays speech through a target at real-time pace and records a trace.
+
+One asyncio loop drives every session. The paced-send path does nothing but wait for a
+deadline, write a frame and buffer a trace record; reply analysis (onset detection,
+playout) runs once the turn is over. The trace is committed (fsync) at every turn end,
+so a crash, Ctrl-C or a dead target loses at most the turn in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from voiceaudit import __version__
+from voiceaudit.clock import NS_PER_MS, NS_PER_S, MonotonicClock, take_anchor
+from voiceaudit.errors import TargetError, UsageError
+from voiceaudit.model import Header
+from voiceaudit.probe.pacing import Pacer
+from voiceaudit.probe.playout import Chunk, play
+from voiceaudit.probe.utterances import Utterance
+from voiceaudit.targets.base import Target, TargetSession
+from voiceaudit.trace_io import TraceWriter
+
+
+@dataclass(frozen=True)
+class ProbeOptions:
+    sessions: int = 1
+    #: turns per session; None = one pass over the utterances (times ``repeat``)
+    turns: int | None = None
+    repeat: int = 1
+    warmup: int = 0
+    frame_ms: int = 20
+    speed: float = 1.0
+    #: give up on a turn that has no reply audio this long after speech end
+    timeout_s: float = 15.0
+    #: a reply with audio but no "done" event ends after this much quiet
+    idle_s: float = 1.5
+    #: pause between turns (after the reply ends)
+    gap_ms: int = 500
+    jitter_buffer_ms: int = 0
+    #: keep the received reply audio as WAV files next to the trace
+    save_audio: bool = False
+
+    def __post_init__(self) -> None:
+        if self.sessions < 1:
+            raise UsageError("--sessions must be at least 1")
+        if self.turns is not None and self.turns < 1:
+            raise UsageError("--turns must be at least 1")
+        if self.repeat < 1:
+            raise UsageError("--repeat must be at least 1")
+        if self.warmup < 0:
+            raise UsageError("--warmup cannot be negative")
+        if not 5 <= self.frame_ms <= 1000:
+            raise UsageError("--frame-ms must be between 5 and 1000")
+        if not 0.1 <= self.speed <= 100:
+            raise UsageError("--speed must be between 0.1 and 100")
+        if self.timeout_s <= 0:
+            raise UsageError("--timeout must be positive")
+
+
+@dataclass(frozen=True)
+class TurnResult:
+    session: str
+    turn: int
+    ok: bool
+    warmup: bool
+    voice_to_voice_ns: int | None
+    reason: str | None = None
+
+
+@dataclass
+class RunResult:
+    trace_path: Path
+    turns: list[TurnResult] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def ok_turns(self) -> list[TurnResult]:
+        return [t for t in self.turns if t.ok]
+
+    @property
+    def failed_turns(self) -> list[TurnResult]:
+        return [t for t in self.turns if not t.ok]
+
+    def summary(self) -> dict[str, Any]:
+        v2v = [t.voice_to_voice_ns for t in self.turns if t.ok and not t.warmup]
+        vals = np.array([v for v in v2v if v is not None], dtype=np.float64) / NS_PER_MS
+        out: dict[str, Any] = {
+            "trace": str(self.trace_path),
+            "turns": len(self.turns),
+            "ok": len(self.ok_turns),
+            "failed": len(self.failed_turns),
+            "warmup": sum(1 for t in self.turns if t.warmup),
+            "interrupted": self.interrupted,
+            "voice_to_voice_ms": None,
+            "failures": [
+                {"session": t.session, "turn": t.turn, "reason": t.reason}
+                for t in self.failed_turns
+            ],
+        }
+        if len(vals):
+            out["voice_to_voice_ms"] = {
+                "n": len(vals),
+                "p50": round(float(np.percentile(vals, 50)), 3),
+                "p95": round(float(np.percentile(vals, 95)), 3),
+                "min": round(float(vals.min()), 3),
+                "max": round(float(vals.max()), 3),
+            }
+        return out
+
+
+class Observer(Protocol):
+    """Progress reporting; the CLI plugs a progress bar in. The probe never imports rich."""
+
+    def turn_done(self, result: TurnResult) -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+
+class _NullObserver:
+    def turn_done(self, result: TurnResult) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+
+class _Sink:
+    """Receives what a target session observes and files it under the current turn."""
+
+    def __init__(self, writer: TraceWriter, session: str) -> None:
+        self.writer = writer
+        self.session = session
+        self.turn: int | None = None
+        self.chunks: list[tuple[int, bytes, int, int]] = []
+        self.first_audio = asyncio.Event()
+        self.done = asyncio.Event()
+        self.failure: str | None = None
+        self.failed = asyncio.Event()
+        self.last_audio_ns = 0
+        self.late_chunks = 0
+
+    def begin(self, turn: int) -> None:
+        self.turn = turn
+        self.chunks = []
+        self.first_audio.clear()
+        self.done.clear()
+
+    def finish(self) -> None:
+        self.turn = None
+
+    def mark(self, name: str, stage: str, t_ns: int, attrs: dict[str, Any] | None = None) -> None:
+        self.writer.event(self.session, self.turn, t_ns, "pipeline", stage, name, attrs)
+
+    def reply_audio(self, t_ns: int, pcm16: bytes, rate: int, wire_bytes: int) -> None:
+        if self.turn is None:
+            self.late_chunks += 1
+            return
+        if not pcm16:
+            return
+        self.chunks.append((t_ns, pcm16, rate, wire_bytes))
+        self.last_audio_ns = t_ns
+        self.first_audio.set()
+
+    def reply_done(self, t_ns: int) -> None:
+        self.done.set()
+
+    def fail(self, reason: str) -> None:
+        if self.failure is None:
+            self.failure = reason
+        self.failed.set()
+
+
+class Probe:
+    """Runs sessions against a target and writes one trace."""
+
+    def __init__(
+        self,
+        target: Target,
+        utterances: list[Utterance],
+        options: ProbeOptions,
+        trace_path: Path,
+        *,
+        observer: Observer | None = None,
+        run_config: dict[str, Any] | None = None,
+    ) -> None:
+        if not utterances:
+            raise UsageError("nothing to replay: no utterances")
+        self.target = target
+        self.utterances = utterances
+        self.options = options
+        self.trace_path = trace_path
+        self.observer: Observer = observer or _NullObserver()
+        self.clock = MonotonicClock()
+        self.pacer = Pacer()
+        self.result = RunResult(trace_path)
+        self.run_config = run_config or {}
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        """Ask the run to stop after the turns in flight (Ctrl-C)."""
+        self._stop.set()
+
+    def _header(self) -> Header:
+        o = self.options
+        return Header(
+            run_id=uuid.uuid4().hex[:16],
+            voiceaudit_version=__version__,
+            target=self.target.config.describe(),
+            host={
+                "hostname": socket.gethostname(),
+                "platform": platform.platform(),
+                "python": platform.python_version(),
+                "cpu_count": os.cpu_count(),
+            },
+            clock={"name": self.clock.name, "resolution_ns": self.clock.resolution_ns()},
+            anchors=(take_anchor(self.clock),),
+            config={
+                "sessions": o.sessions,
+                "turns": o.turns,
+                "repeat": o.repeat,
+                "warmup": o.warmup,
+                "frame_ms": o.frame_ms,
+                "speed": o.speed,
+                "timeout_s": o.timeout_s,
+                "playout": self._playout_name(),
+                "audio": [u.name for u in self.utterances],
+                **self.run_config,
+            },
+        )
+
+    def _playout_name(self) -> str:
+        jb = self.options.jitter_buffer_ms
+        return "immediate" if jb == 0 else f"jitter_buffer:{jb}"
+
+    def _turns_per_session(self) -> int:
+        o = self.options
+        return o.turns if o.turns is not None else len(self.utterances) * o.repeat
+
+    async def run(self) -> RunResult:
+        writer = TraceWriter(self.trace_path, self._header(), secrets=self.target.config.secrets())
+        reason = "complete"
+        try:
+            await asyncio.gather(*(self._slot(i, writer) for i in range(self.options.sessions)))
+        except asyncio.CancelledError:
+            reason = "interrupted"
+            self.result.interrupted = True
+            raise
+        except BaseException:
+            reason = "error"
+            raise
+        finally:
+            if self._stop.is_set():
+                reason = "interrupted"
+                self.result.interrupted = True
+            writer.close(reason, anchor=take_anchor(self.clock))
+        return self.result
+
+    async def _slot(self, slot: int, writer: TraceWriter) -> None:
+        total = self._turns_per_session()
+        turn = 0
+        conn = 0
+        while turn < total and not self._stop.is_set():
+            sid = f"s{slot}" if conn == 0 else f"s{slot}.{conn}"
+            conn += 1
+            sink = _Sink(writer, sid)
+            ts = self.target.session(sink)
+            writer.event(
+                sid, None, self.clock.now_ns(), "probe", "session", "session.connect_start"
+            )
+            try:
+                await ts.open()
+            except TargetError as exc:
+                writer.event(
+                    sid,
+                    None,
+                    self.clock.now_ns(),
+                    "probe",
+                    "session",
+                    "session.failed",
+                    {"reason": exc.message},
+                )
+                self._record_failed(writer, sid, turn, f"connect failed: {exc.message}")
+                writer.commit()
+                turn += 1
+                if not self.result.ok_turns and conn == 1 and slot == 0:
+                    # The target is not there at all: say so instead of failing every turn.
+                    raise
+                await self._sleep(0.2)
+                continue
+            writer.event(sid, None, self.clock.now_ns(), "probe", "session", "session.connected")
+            try:
+                while turn < total and not self._stop.is_set():
+                    utt = self.utterances[(turn + slot) % len(self.utterances)]
+                    healthy = await self._turn(ts, sink, writer, turn, utt)
+                    turn += 1
+                    if not healthy:
+                        break
+                    await self._sleep(self.options.gap_ms / 1000)
+            finally:
+                with contextlib.suppress(Exception):
+                    await ts.close()
+                writer.event(sid, None, self.clock.now_ns(), "probe", "session", "session.closed")
+                writer.commit()
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+    def _record_failed(self, writer: TraceWriter, sid: str, turn: int, reason: str) -> None:
+        warm = turn < self.options.warmup
+        writer.event(
+            sid,
+            turn,
+            self.clock.now_ns(),
+            "probe",
+            "turn",
+            "turn.end",
+            {"ok": False, "reason": reason, "warmup": warm},
+        )
+        writer.count("turns_failed")
+        res = TurnResult(sid, turn, False, warm, None, reason)
+        self.result.turns.append(res)
+        self.observer.turn_done(res)
+
+    async def _turn(
+        self, ts: TargetSession, sink: _Sink, writer: TraceWriter, turn: int, utt: Utterance
+    ) -> bool:
+        """Play one utterance and collect the reply. Returns False when the session is broken."""
+        o = self.options
+        sid = sink.session
+        rate = ts.input_rate
+        pcm, speech_start, speech_end = utt.at_rate(rate)
+        n = len(pcm) // 2
+        frame = max(1, rate * o.frame_ms // 1000)
+        ns_per_sample = NS_PER_S / (rate * o.speed)
+        warm = turn < o.warmup
+
+        sink.begin(turn)
+        await ts.start_turn(turn)
+        t0 = self.clock.now_ns() + 5 * NS_PER_MS
+        writer.event(
+            sid,
+            turn,
+            t0,
+            "probe",
+            "turn",
+            "turn.start",
+            {
+                "audio": utt.name,
+                "audio_sha256": utt.sha256,
+                "rate": rate,
+                "n_samples": n,
+                "speech_start_sample": speech_start,
+                "speech_end_sample": speech_end,
+                "warmup": warm,
+                "speed": o.speed,
+                "text": utt.text,
+                "frame_samples": frame,
+            },
+        )
+        speech_end_ns = t0 + round(speech_end * ns_per_sample)
+        writer.event(
+            sid, turn, speech_end_ns, "probe", "input", "input.speech_end", {"sample": speech_end}
+        )
+        silence = bytes(frame * 2)
+        give_up_ns = speech_end_ns + round(o.timeout_s * NS_PER_S)
+        k = 0
+        a = 0
+        failure: str | None = None
+        while True:
+            b = min(a + frame, n) if a < n else a + frame
+            data = pcm[2 * a : 2 * b] if a < n else silence
+            deadline = t0 + round(b * ns_per_sample)
+            await self.pacer.wait_until(deadline)
+            if sink.failed.is_set() or self._stop.is_set():
+                break
+            t = self.clock.now_ns()
+            try:
+                await ts.send_audio(data)
+            except TargetError as exc:
+                sink.fail(exc.message)
+                break
+            except (ConnectionError, OSError) as exc:
+                sink.fail(f"send failed: {exc}")
+                break
+            writer.event(
+                sid,
+                turn,
+                t,
+                "probe",
+                "input",
+                "input.frame",
+                {"i": k, "a": a, "b": b, "sched_ns": deadline},
+            )
+            if a < speech_end <= b:
+                writer.event(
+                    sid,
+                    turn,
+                    t,
+                    "probe",
+                    "input",
+                    "input.speech_end_sent",
+                    {"frame": k, "late_ns": t - deadline},
+                )
+                await ts.speech_ended()
+            k += 1
+            a = b
+            # After the recording, keep streaming silence like an open microphone until the
+            # reply starts (or we give up).
+            if a >= n and (sink.first_audio.is_set() or deadline >= give_up_ns):
+                break
+        writer.event(sid, turn, self.clock.now_ns(), "probe", "input", "input.done", {"frames": k})
+
+        if failure is None and not sink.failed.is_set() and not self._stop.is_set():
+            await self._await_reply(sink, give_up_ns)
+        with contextlib.suppress(Exception):
+            await ts.end_turn()
+        sink.finish()
+        healthy = not sink.failed.is_set()
+        result = self._close_turn(writer, sink, turn, utt, speech_end_ns, warm)
+        writer.commit()
+        self.result.turns.append(result)
+        self.observer.turn_done(result)
+        if sink.failed.is_set():
+            sink.failed.clear()
+            sink.failure = None
+        return healthy
+
+    async def _await_reply(self, sink: _Sink, give_up_ns: int) -> None:
+        idle_ns = round(self.options.idle_s * NS_PER_S)
+        while not (sink.done.is_set() or sink.failed.is_set() or self._stop.is_set()):
+            now = self.clock.now_ns()
+            if not sink.chunks and now >= give_up_ns:
+                return
+            if sink.chunks and now - sink.last_audio_ns >= idle_ns:
+                return
+            waiters = [asyncio.ensure_future(e.wait()) for e in (sink.done, sink.failed)]
+            try:
+                await asyncio.wait(waiters, timeout=0.05)
+            finally:
+                for w in waiters:
+                    w.cancel()
+
+    def _close_turn(
+        self,
+        writer: TraceWriter,
+        sink: _Sink,
+        turn: int,
+        utt: Utterance,
+        speech_end_ns: int,
+        warm: bool,
+    ) -> TurnResult:
+        sid = sink.session
+        chunks = sink.chunks
+        reason: str | None = None
+        v2v: int | None = None
+        if sink.failed.is_set() and not chunks:
+            reason = sink.failure or "failed"
+        elif self._stop.is_set() and not sink.done.is_set():
+            reason = "interrupted"
+        elif not chunks:
+            reason = f"timeout: no reply audio within {self.options.timeout_s:g} s of speech end"
+        else:
+            from voiceaudit.audio import first_audible, from_pcm16
+
+            rate = chunks[0][2]
+            offset = 0
+            played = []
+            for t_ns, pcm, _, wire in chunks:
+                ns = len(pcm) // 2
+                writer.event(
+                    sid,
+                    turn,
+                    t_ns,
+                    "probe",
+                    "reply",
+                    "reply.chunk",
+                    {
+                        "bytes": len(pcm),
+                        "samples": ns,
+                        "offset": offset,
+                        "rate": rate,
+                        "wire_bytes": wire,
+                    },
+                )
+                played.append(Chunk(t_ns, ns))
+                offset += ns
+            audio = from_pcm16(b"".join(c[1] for c in chunks))
+            p = play(played, rate, depth_ns=self.options.jitter_buffer_ms * NS_PER_MS)
+            writer.event(sid, turn, chunks[0][0], "probe", "reply", "reply.first_byte")
+            writer.event(
+                sid,
+                turn,
+                p.start_ns,
+                "probe",
+                "reply",
+                "reply.playout_start",
+                {"model": self._playout_name()},
+            )
+            for u in p.underruns:
+                writer.event(
+                    sid,
+                    turn,
+                    u.at_ns,
+                    "probe",
+                    "reply",
+                    "reply.underrun",
+                    {"gap_ns": u.gap_ns, "chunk": u.chunk},
+                )
+            writer.event(
+                sid,
+                turn,
+                p.end_ns,
+                "probe",
+                "reply",
+                "reply.end",
+                {
+                    "samples": offset,
+                    "underruns": len(p.underruns),
+                    "underrun_ns": sum(u.gap_ns for u in p.underruns),
+                },
+            )
+            onset = first_audible(audio, rate)
+            if onset is None:
+                reason = "reply audio is silent (no audible sample)"
+            else:
+                heard = p.heard_at(onset)
+                writer.event(
+                    sid,
+                    turn,
+                    heard,
+                    "probe",
+                    "reply",
+                    "reply.audible",
+                    {
+                        "sample": onset,
+                        "onset_ms": round(onset * 1000 / rate, 3),
+                    },
+                )
+                v2v = heard - speech_end_ns
+            if self.options.save_audio:
+                self._save_reply(sid, turn, audio, rate)
+            if reason is None and sink.failed.is_set():
+                # Audio arrived, then the target broke: the turn still measured what we heard.
+                writer.event(
+                    sid,
+                    turn,
+                    self.clock.now_ns(),
+                    "probe",
+                    "turn",
+                    "turn.note",
+                    {"note": sink.failure},
+                )
+        ok = reason is None
+        attrs: dict[str, Any] = {"ok": ok, "warmup": warm}
+        if ok:
+            attrs["voice_to_voice_ns"] = v2v
+        else:
+            attrs["reason"] = reason
+        writer.event(sid, turn, self.clock.now_ns(), "probe", "turn", "turn.end", attrs)
+        writer.count("turns_ok" if ok else "turns_failed")
+        return TurnResult(sid, turn, ok, warm, v2v, reason)
+
+    def _save_reply(self, sid: str, turn: int, audio: np.ndarray[Any, Any], rate: int) -> None:
+        import soundfile
+
+        d = self.trace_path.parent / "reply_audio"
+        d.mkdir(exist_ok=True)
+        soundfile.write(str(d / f"{sid}-t{turn}.wav"), audio, rate, subtype="PCM_16")
+
+
+async def run_probe(
+    target: Target,
+    utterances: list[Utterance],
+    options: ProbeOptions,
+    trace_path: Path,
+    *,
+    observer: Observer | None = None,
+    run_config: dict[str, Any] | None = None,
+    on_start: Callable[[Probe], Awaitable[None] | None] | None = None,
+) -> RunResult:
+    probe = Probe(target, utterances, options, trace_path, observer=observer, run_config=run_config)
+    if on_start is not None:
+        r = on_start(probe)
+        if r is not None:
+            await r
+    return await probe.run()
+
+
+def default_out_dir(base: Path = Path("voiceaudit-runs")) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    d = base / stamp
+    i = 1
+    while d.exists():
+        d = base / f"{stamp}-{i}"
+        i += 1
+    return d

@@ -1,0 +1,146 @@
+"""The one interface every target adapter implements.
+
+A *target* is a pipeline under test reached over some protocol. The probe opens a
+:class:`TargetSession` per session (one connection), feeds it paced audio frames, and
+the session reports back through a :class:`TargetSink`: stage marks it observes, reply
+audio as it arrives, the end of the reply, or a failure. Adapters never write the trace
+themselves and never decide turn boundaries: they only observe and report.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+from voiceaudit.errors import UsageError
+
+
+class TargetSink(Protocol):
+    """Where a target session reports what it observes. Times are monotonic ns."""
+
+    def mark(self, name: str, stage: str, t_ns: int, attrs: dict[str, Any] | None = None) -> None:
+        """A pipeline stage mark (see docs/trace-format.md, "Pipeline marks")."""
+
+    def reply_audio(self, t_ns: int, pcm16: bytes, rate: int, wire_bytes: int) -> None:
+        """A chunk of reply audio (16-bit mono PCM) arrived at ``t_ns``.
+
+        ``wire_bytes`` is what the chunk cost on the protocol (e.g. base64 inside JSON).
+        """
+
+    def reply_done(self, t_ns: int) -> None:
+        """The target says the reply is complete."""
+
+    def fail(self, reason: str) -> None:
+        """The turn cannot complete: the target erred, closed, or sent garbage."""
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """What the user said about the target; shared by every session of a run."""
+
+    url: str
+    protocol: str
+    #: name of the environment variable holding the API key (never the key itself)
+    api_key_env: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    options: dict[str, str] = field(default_factory=dict)
+    connect_timeout_s: float = 10.0
+
+    def api_key(self) -> str | None:
+        if self.api_key_env is None:
+            return None
+        key = os.environ.get(self.api_key_env)
+        return key or None
+
+    def secrets(self) -> list[str]:
+        """Strings that must never be written anywhere."""
+        out = [v for k, v in self.headers if k.lower() in _SECRET_HEADERS]
+        key = self.api_key()
+        if key:
+            out.append(key)
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        """A description safe to write into a trace: no keys, no credentials, no query."""
+        return {
+            "protocol": self.protocol,
+            "url": redact_url(self.url),
+            "options": dict(self.options),
+            "headers": sorted(k for k, _ in self.headers),
+            "api_key_env": self.api_key_env,
+        }
+
+    def option(self, name: str, default: str) -> str:
+        return self.options.get(name, default)
+
+    def int_option(self, name: str, default: int) -> int:
+        raw = self.options.get(name)
+        if raw is None:
+            return default
+        try:
+            return int(raw)
+        except ValueError:
+            raise UsageError(f"target option {name}={raw!r} must be a whole number") from None
+
+
+_SECRET_HEADERS = {"authorization", "api-key", "x-api-key", "openai-api-key", "cookie"}
+
+
+def redact_url(url: str) -> str:
+    """Drop credentials and the query string (tokens often live there)."""
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if parts.port is not None:
+        netloc = f"{netloc}:{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+class TargetSession(ABC):
+    """One connection to the target. Created by :meth:`Target.session`."""
+
+    #: the sample rate the target takes and gives (16-bit mono PCM)
+    input_rate: int = 24000
+
+    def __init__(self, config: TargetConfig, sink: TargetSink) -> None:
+        self.config = config
+        self.sink = sink
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect and get the session ready for audio. Raise TargetError on failure."""
+
+    @abstractmethod
+    async def send_audio(self, pcm16: bytes) -> None:
+        """Send one frame of input audio; must write it before its first await."""
+
+    async def start_turn(self, turn: int) -> None:  # noqa: B027 - optional hook
+        """A new turn begins (before its first frame)."""
+
+    async def speech_ended(self) -> None:  # noqa: B027 - optional hook
+        """The frame carrying the last speech sample was sent (for manual-commit modes)."""
+
+    async def end_turn(self) -> None:  # noqa: B027 - optional hook
+        """The probe is done with this turn (reply complete, failed or timed out)."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Close the connection; idempotent."""
+
+
+class Target(ABC):
+    """A protocol adapter. Subclasses register under a protocol name."""
+
+    protocol: ClassVar[str]
+    #: URL schemes that imply this protocol when --protocol is not given
+    schemes: ClassVar[tuple[str, ...]] = ()
+    description: ClassVar[str] = ""
+
+    def __init__(self, config: TargetConfig) -> None:
+        self.config = config
+
+    @abstractmethod
+    def session(self, sink: TargetSink) -> TargetSession:
+        """A new, unopened session."""

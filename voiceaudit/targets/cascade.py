@@ -1,0 +1,331 @@
+"""voiceaudit drives a cascade itself: recognition -> language model -> synthesis.
+
+Each hop is an OpenAI-compatible HTTP endpoint, possibly on a different base URL:
+``POST {asr}/audio/transcriptions`` (multipart WAV), ``POST {llm}/chat/completions``
+(``stream: true``, server-sent events) and ``POST {tts}/audio/speech``
+(``response_format: pcm``, streamed body). Every hop is timed: request sent, response
+headers, first byte, each token or audio chunk, last byte.
+
+Endpointing is the client's job in a cascade: a WebRTC VAD on the frames the probe sends
+declares the end of the turn after ``silence_ms`` of non-speech (like a server VAD).
+
+Options (``--target-option NAME=VALUE``): ``asr_url``, ``llm_url``, ``tts_url`` (base
+URLs ending in ``/v1``; default: the target URL), ``handoff`` = ``streaming`` (default:
+each sentence goes to synthesis as soon as the model finishes it) or ``whole`` (synthesis
+waits for the whole reply, as a naive REST stack does), ``silence_ms`` (500),
+``vad_mode`` (0-3, default 2), ``asr_model``, ``llm_model``, ``tts_model``, ``voice``,
+``rate`` (input rate, default 16000), ``tts_rate`` (rate of the PCM the speech endpoint
+returns, default 24000), ``system`` (system prompt).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import re
+import time
+import wave
+from typing import Any
+
+import aiohttp
+
+from voiceaudit.errors import TargetError, UsageError
+from voiceaudit.targets.base import Target, TargetConfig, TargetSession, TargetSink
+
+_SENTENCE_END = re.compile(r"[.!?](?:\s|$)")
+
+
+def split_sentences(buffer: str) -> tuple[list[str], str]:
+    """Complete sentences in ``buffer`` and the unfinished rest."""
+    out: list[str] = []
+    start = 0
+    for m in _SENTENCE_END.finditer(buffer):
+        s = buffer[start : m.end()].strip()
+        if s:
+            out.append(s)
+        start = m.end()
+    return out, buffer[start:]
+
+
+def wav_bytes(pcm16: bytes, rate: int) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm16)
+    return buf.getvalue()
+
+
+class _Endpointer:
+    """WebRTC VAD over 10 ms sub-frames with a silence hangover."""
+
+    def __init__(self, rate: int, silence_ms: int, mode: int) -> None:
+        import webrtcvad
+
+        if rate not in (8000, 16000, 32000, 48000):
+            raise UsageError("the cascade target's VAD needs rate 8000, 16000, 32000 or 48000")
+        self.vad = webrtcvad.Vad(mode)
+        self.rate = rate
+        self.step = rate // 100 * 2  # bytes in 10 ms
+        self.silence_needed = silence_ms // 10
+        self.pending = b""
+        self.reset()
+
+    def reset(self) -> None:
+        self.in_speech = False
+        self.speech_frames = 0
+        self.silence = 0
+
+    def feed(self, pcm16: bytes) -> bool:
+        """True once enough silence follows speech (the end of the user's turn)."""
+        self.pending += pcm16
+        ended = False
+        while len(self.pending) >= self.step:
+            sub, self.pending = self.pending[: self.step], self.pending[self.step :]
+            if self.vad.is_speech(sub, self.rate):
+                self.speech_frames += 1
+                self.silence = 0
+                if self.speech_frames >= 3:
+                    self.in_speech = True
+            else:
+                self.speech_frames = 0
+                if self.in_speech:
+                    self.silence += 1
+                    if self.silence >= self.silence_needed:
+                        self.in_speech = False
+                        self.silence = 0
+                        ended = True
+        return ended
+
+
+class CascadeSession(TargetSession):
+    def __init__(self, config: TargetConfig, sink: TargetSink) -> None:
+        super().__init__(config, sink)
+        base = config.url.rstrip("/")
+        self.asr_url = config.option("asr_url", base).rstrip("/")
+        self.llm_url = config.option("llm_url", base).rstrip("/")
+        self.tts_url = config.option("tts_url", base).rstrip("/")
+        self.handoff = config.option("handoff", "streaming")
+        if self.handoff not in ("streaming", "whole"):
+            raise UsageError("target option handoff must be 'streaming' or 'whole'")
+        self.input_rate = config.int_option("rate", 16000)
+        self.tts_rate = config.int_option("tts_rate", 24000)
+        self._endpointer = _Endpointer(
+            self.input_rate, config.int_option("silence_ms", 500), config.int_option("vad_mode", 2)
+        )
+        self._http: aiohttp.ClientSession | None = None
+        self._audio = bytearray()
+        self._task: asyncio.Task[None] | None = None
+        self._turn_open = False
+
+    def _headers(self) -> dict[str, str]:
+        h = {k: v for k, v in self.config.headers}
+        key = self.config.api_key()
+        if key:
+            h["Authorization"] = f"Bearer {key}"
+        return h
+
+    async def open(self) -> None:
+        self._http = aiohttp.ClientSession(
+            headers=self._headers(), timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)
+        )
+
+    async def start_turn(self, turn: int) -> None:
+        self._audio = bytearray()
+        self._endpointer.reset()
+        self._turn_open = True
+
+    async def send_audio(self, pcm16: bytes) -> None:
+        if not self._turn_open:
+            return
+        self._audio += pcm16
+        if self._endpointer.feed(pcm16):
+            t = time.monotonic_ns()
+            self._turn_open = False
+            self.sink.mark("endpoint", "endpointing", t, {"by": "client_vad"})
+            self._task = asyncio.create_task(self._respond(bytes(self._audio)))
+
+    async def end_turn(self) -> None:
+        self._turn_open = False
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        self._task = None
+
+    async def _respond(self, pcm16: bytes) -> None:
+        try:
+            text = await self._transcribe(pcm16)
+            await self._chat_and_speak(text)
+            self.sink.reply_done(time.monotonic_ns())
+        except asyncio.CancelledError:
+            raise
+        except TargetError as exc:
+            self.sink.fail(exc.message)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            self.sink.fail(f"connection: {type(exc).__name__}: {exc}")
+
+    def _hop(self, stage: str, name: str, t: int, **attrs: Any) -> None:
+        self.sink.mark(name, stage, t, attrs)
+
+    async def _check(self, stage: str, resp: aiohttp.ClientResponse) -> None:
+        if resp.status >= 400:
+            body = (await resp.text())[:200]
+            raise TargetError(f"{stage}: HTTP {resp.status}: {body}")
+
+    async def _transcribe(self, pcm16: bytes) -> str:
+        assert self._http is not None
+        form = aiohttp.FormData()
+        form.add_field(
+            "file", wav_bytes(pcm16, self.input_rate), filename="turn.wav", content_type="audio/wav"
+        )
+        form.add_field("model", self.config.option("asr_model", "whisper-1"))
+        url = f"{self.asr_url}/audio/transcriptions"
+        self._hop("asr", "http.request_sent", time.monotonic_ns(), url=_path(url))
+        async with self._http.post(url, data=form) as resp:
+            self._hop("asr", "http.headers", time.monotonic_ns(), status=resp.status)
+            await self._check("asr", resp)
+            body = await resp.read()
+            t = time.monotonic_ns()
+            self._hop("asr", "http.last_byte", t, bytes=len(body))
+        try:
+            data = json.loads(body)
+            text = data["text"]
+            if not isinstance(text, str):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            raise TargetError("asr: response is not JSON with a 'text' field") from None
+        self.sink.mark("transcript.final", "transcription", t, {"text": text})
+        return text
+
+    async def _chat_and_speak(self, transcript: str) -> None:
+        assert self._http is not None
+        messages = []
+        system = self.config.options.get("system")
+        if system:
+            messages.append({"role": "system", "content": system})
+        messages.append({"role": "user", "content": transcript})
+        payload = {
+            "model": self.config.option("llm_model", "gpt-4o-mini"),
+            "messages": messages,
+            "stream": True,
+        }
+        sentences: asyncio.Queue[str | None] = asyncio.Queue()
+        speaker = asyncio.create_task(self._speak_all(sentences))
+        url = f"{self.llm_url}/chat/completions"
+        try:
+            t = time.monotonic_ns()
+            self.sink.mark("llm.request", "model", t, {})
+            self._hop("llm", "http.request_sent", t, url=_path(url))
+            buffer = ""
+            whole = ""
+            first = True
+            async with self._http.post(url, json=payload) as resp:
+                self._hop("llm", "http.headers", time.monotonic_ns(), status=resp.status)
+                await self._check("llm", resp)
+                async for token in _sse_tokens(resp):
+                    if first:
+                        first = False
+                        self.sink.mark("llm.first_token", "model", time.monotonic_ns(), {})
+                    whole += token
+                    if self.handoff == "streaming":
+                        buffer += token
+                        done, buffer = split_sentences(buffer)
+                        for s in done:
+                            sentences.put_nowait(s)
+            self.sink.mark("llm.done", "model", time.monotonic_ns(), {"chars": len(whole)})
+            if self.handoff == "streaming":
+                if buffer.strip():
+                    sentences.put_nowait(buffer.strip())
+            elif whole.strip():
+                sentences.put_nowait(whole.strip())
+            sentences.put_nowait(None)
+            await speaker
+        finally:
+            if not speaker.done():
+                speaker.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await speaker
+
+    async def _speak_all(self, sentences: asyncio.Queue[str | None]) -> None:
+        first_request = True
+        first_byte = True
+        while True:
+            text = await sentences.get()
+            if text is None:
+                return
+            assert self._http is not None
+            url = f"{self.tts_url}/audio/speech"
+            payload = {
+                "model": self.config.option("tts_model", "tts-1"),
+                "input": text,
+                "voice": self.config.option("voice", "alloy"),
+                "response_format": "pcm",
+            }
+            t = time.monotonic_ns()
+            if first_request:
+                first_request = False
+                self.sink.mark("tts.request", "synthesis", t, {"chars": len(text)})
+            self._hop("tts", "http.request_sent", t, url=_path(url), chars=len(text))
+            async with self._http.post(url, json=payload) as resp:
+                self._hop("tts", "http.headers", time.monotonic_ns(), status=resp.status)
+                await self._check("tts", resp)
+                carry = b""
+                async for chunk in resp.content.iter_any():
+                    t = time.monotonic_ns()
+                    if first_byte:
+                        first_byte = False
+                        self.sink.mark("tts.first_byte", "synthesis", t, {})
+                    data = carry + chunk
+                    cut = len(data) - len(data) % 2
+                    carry = data[cut:]
+                    if cut:
+                        self.sink.reply_audio(t, data[:cut], self.tts_rate, len(chunk))
+                self._hop("tts", "http.last_byte", time.monotonic_ns())
+        # not reached
+
+    async def close(self) -> None:
+        await self.end_turn()
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+
+async def _sse_tokens(resp: aiohttp.ClientResponse) -> Any:
+    """Content tokens from an OpenAI chat-completions SSE stream."""
+    async for raw in resp.content:
+        line = raw.decode("utf-8", "replace").strip()
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return
+        try:
+            chunk = json.loads(data)
+            delta = chunk["choices"][0].get("delta", {})
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            raise TargetError(f"llm: malformed stream chunk {data[:80]!r}") from None
+        content = delta.get("content") if isinstance(delta, dict) else None
+        if isinstance(content, str) and content:
+            yield content
+
+
+def _path(url: str) -> str:
+    from voiceaudit.targets.base import redact_url
+
+    return redact_url(url)
+
+
+class CascadeTarget(Target):
+    protocol = "cascade"
+    schemes = ("http", "https")
+    description = "ASR -> LLM -> TTS over OpenAI-compatible HTTP endpoints, driven by voiceaudit"
+
+    def __init__(self, config: TargetConfig) -> None:
+        super().__init__(config)
+
+    def session(self, sink: TargetSink) -> TargetSession:
+        return CascadeSession(self.config, sink)

@@ -1,0 +1,246 @@
+"""OpenAI Realtime protocol over WebSocket (GA event names, and the older beta names).
+
+Options (``--target-option NAME=VALUE``):
+
+- ``api``: ``ga`` (default) or ``beta`` (``OpenAI-Beta: realtime=v1`` header, beta
+  ``session.update`` shape and event names).
+- ``turn_detection``: ``server_vad`` (default; the server decides the end of the turn) or
+  ``manual`` (the probe commits and asks for a response as soon as the frame carrying the
+  last speech sample is sent: push-to-talk).
+- ``silence_ms`` (default 500), ``prefix_padding_ms`` (300), ``threshold`` (0.5).
+- ``voice``, ``model`` (added to the URL query as ``model=`` when given).
+- ``rate``: PCM sample rate (default 24000).
+
+The API key comes from the environment variable named by ``--api-key-env`` and is sent as
+``Authorization: Bearer …``; it is registered as a secret so it never reaches the trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import time
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import aiohttp
+
+from voiceaudit.errors import TargetError
+from voiceaudit.targets.base import Target, TargetConfig, TargetSession, TargetSink
+
+#: server event -> (mark name, stage); audio deltas are handled separately
+_MARKS: dict[str, tuple[str, str]] = {
+    "input_audio_buffer.speech_started": ("speech_started", "endpointing"),
+    "input_audio_buffer.speech_stopped": ("endpoint", "endpointing"),
+    "input_audio_buffer.committed": ("committed", "endpointing"),
+    "conversation.item.input_audio_transcription.delta": ("transcript.partial", "transcription"),
+    "conversation.item.input_audio_transcription.completed": (
+        "transcript.final",
+        "transcription",
+    ),
+    "response.created": ("response.created", "model"),
+    "response.output_audio.done": ("tts.done", "synthesis"),
+    "response.audio.done": ("tts.done", "synthesis"),
+}
+_AUDIO_DELTAS = {"response.output_audio.delta", "response.audio.delta"}
+_TEXT_DELTAS = {"response.output_audio_transcript.delta", "response.audio_transcript.delta"}
+_IGNORED_PREFIXES = ("session.", "conversation.", "response.", "input_audio_buffer.", "rate_limits")
+
+
+class RealtimeSession(TargetSession):
+    def __init__(self, config: TargetConfig, sink: TargetSink) -> None:
+        super().__init__(config, sink)
+        self.input_rate = config.int_option("rate", 24000)
+        self.beta = config.option("api", "ga") == "beta"
+        self.manual = config.option("turn_detection", "server_vad") == "manual"
+        self._http: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self._first_text_seen = False
+
+    def _url(self) -> str:
+        model = self.config.options.get("model")
+        if not model:
+            return self.config.url
+        parts = urlsplit(self.config.url)
+        query = (parts.query + "&" if parts.query else "") + urlencode({"model": model})
+        return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
+
+    def _session_update(self) -> dict[str, Any]:
+        td: dict[str, Any] | None = None
+        if not self.manual:
+            td = {
+                "type": "server_vad",
+                "threshold": float(self.config.option("threshold", "0.5")),
+                "prefix_padding_ms": self.config.int_option("prefix_padding_ms", 300),
+                "silence_duration_ms": self.config.int_option("silence_ms", 500),
+            }
+        voice = self.config.option("voice", "alloy")
+        if self.beta:
+            session: dict[str, Any] = {
+                "modalities": ["audio", "text"],
+                "input_audio_format": "pcm16",
+                "output_audio_format": "pcm16",
+                "turn_detection": td,
+                "voice": voice,
+                "input_audio_transcription": {"model": "whisper-1"},
+            }
+        else:
+            fmt = {"type": "audio/pcm", "rate": self.input_rate}
+            session = {
+                "type": "realtime",
+                "output_modalities": ["audio"],
+                "audio": {
+                    "input": {
+                        "format": fmt,
+                        "turn_detection": td,
+                        "transcription": {"model": "whisper-1"},
+                    },
+                    "output": {"format": fmt, "voice": voice},
+                },
+            }
+        return {"type": "session.update", "session": session}
+
+    async def open(self) -> None:
+        headers = {k: v for k, v in self.config.headers}
+        key = self.config.api_key()
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        if self.beta:
+            headers["OpenAI-Beta"] = "realtime=v1"
+        self._http = aiohttp.ClientSession()
+        try:
+            self._ws = await self._http.ws_connect(
+                self._url(),
+                headers=headers,
+                timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
+                max_msg_size=64 * 1024 * 1024,
+                autoping=True,
+            )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            await self.close()
+            raise TargetError(f"cannot connect to {self.config.describe()['url']}: {exc}") from None
+        self._reader = asyncio.create_task(self._read())
+        await self._send(self._session_update())
+        try:
+            await asyncio.wait_for(self._ready.wait(), self.config.connect_timeout_s)
+        except TimeoutError:
+            await self.close()
+            raise TargetError("the target did not answer session.update in time") from None
+
+    async def _send(self, obj: dict[str, Any]) -> None:
+        if self._ws is None or self._ws.closed:
+            raise TargetError("connection is closed")
+        await self._ws.send_str(json.dumps(obj, separators=(",", ":")))
+
+    async def send_audio(self, pcm16: bytes) -> None:
+        await self._send(
+            {"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm16).decode()}
+        )
+
+    async def start_turn(self, turn: int) -> None:
+        self._first_text_seen = False
+
+    async def speech_ended(self) -> None:
+        if self.manual:
+            await self._send({"type": "input_audio_buffer.commit"})
+            await self._send({"type": "response.create"})
+
+    async def _read(self) -> None:
+        assert self._ws is not None
+        ws = self._ws
+        try:
+            async for msg in ws:
+                t = time.monotonic_ns()
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    self._on_text(t, msg.data)
+                elif msg.type == aiohttp.WSMsgType.BINARY:
+                    self.sink.fail("protocol: unexpected binary message from a realtime server")
+                elif msg.type == aiohttp.WSMsgType.ERROR:
+                    self.sink.fail(f"connection error: {ws.exception()}")
+                    return
+            code = ws.close_code
+            self.sink.fail(f"target closed the connection (code {code})")
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            self.sink.fail(f"connection lost: {exc}")
+
+    def _on_text(self, t: int, data: str) -> None:
+        try:
+            ev = json.loads(data)
+            kind = ev["type"]
+            if not isinstance(kind, str):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            self.sink.fail(f"protocol: malformed event {data[:80]!r}")
+            return
+        if kind in ("session.created", "session.updated"):
+            # The server handles messages in order, so audio may follow either one.
+            self._ready.set()
+            return
+        if kind in _AUDIO_DELTAS:
+            delta = ev.get("delta")
+            if not isinstance(delta, str):
+                self.sink.fail(f"protocol: {kind} without a base64 delta")
+                return
+            try:
+                pcm = base64.b64decode(delta, validate=True)
+            except ValueError:
+                self.sink.fail(f"protocol: {kind} delta is not base64")
+                return
+            self.sink.reply_audio(t, pcm, self.input_rate, len(data.encode()))
+            return
+        if kind in _TEXT_DELTAS:
+            if not self._first_text_seen:
+                self._first_text_seen = True
+                self.sink.mark("reply_text.first", "model", t, {"raw": kind})
+            return
+        if kind in _MARKS:
+            name, stage = _MARKS[kind]
+            attrs: dict[str, Any] = {"raw": kind}
+            for k in ("audio_start_ms", "audio_end_ms", "item_id"):
+                if k in ev:
+                    attrs[k] = ev[k]
+            if name == "transcript.final" and isinstance(ev.get("transcript"), str):
+                attrs["text"] = ev["transcript"]
+            self.sink.mark(name, stage, t, attrs)
+            return
+        if kind == "response.done":
+            resp = ev.get("response") if isinstance(ev.get("response"), dict) else {}
+            attrs = {"raw": kind, "status": resp.get("status"), "usage": resp.get("usage")}
+            self.sink.mark("response.done", "model", t, attrs)
+            self.sink.reply_done(t)
+            return
+        if kind == "error":
+            err = ev.get("error") if isinstance(ev.get("error"), dict) else {}
+            msg = str(err.get("message", "unknown error"))
+            self.sink.mark("error", "error", t, {"message": msg, "code": err.get("code")})
+            self.sink.fail(f"target error: {msg}")
+            return
+        if not kind.startswith(_IGNORED_PREFIXES):
+            self.sink.mark("unknown_event", "other", t, {"raw": kind[:80]})
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+            self._reader = None
+        if self._ws is not None and not self._ws.closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._ws.close(), 2.0)
+        self._ws = None
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+
+class RealtimeTarget(Target):
+    protocol = "realtime"
+    schemes = ("ws", "wss")
+    description = "OpenAI Realtime protocol over WebSocket (GA and beta event names)"
+
+    def session(self, sink: TargetSink) -> TargetSession:
+        return RealtimeSession(self.config, sink)
