@@ -1,0 +1,166 @@
+"""Raw 16-bit mono PCM over a WebSocket, with optional JSON text events for stage marks.
+
+Binary frames carry audio both ways. Text frames are JSON objects with a ``type``; those
+naming a stage mark become pipeline marks. Both the vocabulary's own names
+(docs/trace-format.md) and the reference pipeline's names (``vad_stop``,
+``transcript_final``, ``llm_first_token``, ``tts_first_audio``, ``first_audio_sent`` …)
+are understood; an integer ``t_ns`` in the event (the server's monotonic time, meaningful
+when it runs on the same host) is kept as ``server_t_ns``. ``turn_done`` (or
+``response.done``) ends the reply; ``error`` fails the turn.
+
+Options: ``rate`` (default 16000; sent as the ``rate`` query parameter unless the URL has
+one), ``out_rate`` (the reply rate, default = ``rate``), ``silence_ms``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import aiohttp
+
+from voiceaudit.errors import TargetError
+from voiceaudit.targets.base import Target, TargetConfig, TargetSession, TargetSink
+
+#: event type -> (mark name, stage)
+EVENT_MARKS: dict[str, tuple[str, str]] = {
+    "speech_started": ("speech_started", "endpointing"),
+    "vad_stop": ("endpoint", "endpointing"),
+    "endpoint": ("endpoint", "endpointing"),
+    "committed": ("committed", "endpointing"),
+    "transcript_final": ("transcript.final", "transcription"),
+    "transcript.final": ("transcript.final", "transcription"),
+    "llm_request": ("llm.request", "model"),
+    "llm.request": ("llm.request", "model"),
+    "llm_first_token": ("llm.first_token", "model"),
+    "llm.first_token": ("llm.first_token", "model"),
+    "llm_done": ("llm.done", "model"),
+    "llm.done": ("llm.done", "model"),
+    "tts_request": ("tts.request", "synthesis"),
+    "tts.request": ("tts.request", "synthesis"),
+    "tts_first_audio": ("tts.first_byte", "synthesis"),
+    "tts.first_byte": ("tts.first_byte", "synthesis"),
+    "first_audio_sent": ("audio.first_sent", "transport"),
+    "audio.first_sent": ("audio.first_sent", "transport"),
+    "last_audio_sent": ("audio.last_sent", "transport"),
+    "audio.last_sent": ("audio.last_sent", "transport"),
+}
+_DONE = {"turn_done", "response.done"}
+_QUIET = {"session.started", "pong", "session.created"}
+
+
+class PcmWebSocketSession(TargetSession):
+    def __init__(self, config: TargetConfig, sink: TargetSink) -> None:
+        super().__init__(config, sink)
+        parts = urlsplit(config.url)
+        query = dict(parse_qsl(parts.query))
+        self.input_rate = int(query.get("rate") or config.int_option("rate", 16000))
+        self.out_rate = int(query.get("out_rate") or config.int_option("out_rate", self.input_rate))
+        query.setdefault("rate", str(self.input_rate))
+        query.setdefault("out_rate", str(self.out_rate))
+        if "silence_ms" in config.options:
+            query.setdefault("silence_ms", config.options["silence_ms"])
+        self._url = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
+        self._http: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        headers = {k: v for k, v in self.config.headers}
+        key = self.config.api_key()
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        self._http = aiohttp.ClientSession()
+        try:
+            self._ws = await asyncio.wait_for(
+                self._http.ws_connect(self._url, headers=headers, max_msg_size=64 * 1024 * 1024),
+                self.config.connect_timeout_s,
+            )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            await self.close()
+            raise TargetError(
+                f"cannot connect to {self.config.describe()['url']}: {exc or type(exc).__name__}"
+            ) from None
+        self._reader = asyncio.create_task(self._read())
+
+    async def send_audio(self, pcm16: bytes) -> None:
+        if self._ws is None or self._ws.closed:
+            raise TargetError("connection is closed")
+        await self._ws.send_bytes(pcm16)
+
+    async def _read(self) -> None:
+        assert self._ws is not None
+        ws = self._ws
+        try:
+            async for msg in ws:
+                t = time.monotonic_ns()
+                if msg.type == aiohttp.WSMsgType.BINARY:
+                    data: bytes = msg.data
+                    if len(data) % 2:
+                        self.sink.fail("protocol: odd-length PCM frame")
+                        continue
+                    self.sink.reply_audio(t, data, self.out_rate, len(data))
+                elif msg.type == aiohttp.WSMsgType.TEXT:
+                    self._on_text(t, msg.data)
+                elif msg.type == aiohttp.WSMsgType.ERROR:
+                    self.sink.fail(f"connection error: {ws.exception()}")
+                    return
+            self.sink.fail(f"target closed the connection (code {ws.close_code})")
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            self.sink.fail(f"connection lost: {exc}")
+
+    def _on_text(self, t: int, text: str) -> None:
+        try:
+            ev = json.loads(text)
+            kind = ev["type"]
+            if not isinstance(kind, str):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            self.sink.fail(f"protocol: malformed event {text[:80]!r}")
+            return
+        attrs: dict[str, Any] = {"raw": kind}
+        server_t = ev.get("t_ns")
+        if isinstance(server_t, int) and not isinstance(server_t, bool):
+            attrs["server_t_ns"] = server_t
+        if kind in EVENT_MARKS:
+            name, stage = EVENT_MARKS[kind]
+            if name == "transcript.final" and isinstance(ev.get("text"), str):
+                attrs["text"] = ev["text"]
+            self.sink.mark(name, stage, t, attrs)
+        elif kind in _DONE:
+            self.sink.mark("response.done", "model", t, attrs)
+            self.sink.reply_done(t)
+        elif kind == "error":
+            err = ev.get("error")
+            message = err.get("message") if isinstance(err, dict) else ev.get("message")
+            self.sink.mark("error", "error", t, {"message": str(message)})
+            self.sink.fail(f"target error: {message}")
+        elif kind not in _QUIET:
+            self.sink.mark("unknown_event", "other", t, {"raw": kind[:80]})
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+            self._reader = None
+        if self._ws is not None and not self._ws.closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._ws.close(), 2.0)
+        self._ws = None
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+
+class PcmWebSocketTarget(Target):
+    protocol = "websocket"
+    schemes = ("ws", "wss")
+    description = "raw 16-bit mono PCM frames over a WebSocket, JSON text events for marks"
+
+    def session(self, sink: TargetSink) -> TargetSession:
+        return PcmWebSocketSession(self.config, sink)
