@@ -1,0 +1,286 @@
+"""Configuration of the reference pipeline and its fault-injection switches.
+
+Everything here is a frozen dataclass: the server reads it, never changes it. Injections
+are parsed from ``NAME=VALUE`` strings (the ``--inject`` option); each one adds a known,
+hidden delay that real voice pipelines have, and the amounts land in the ground-truth
+file so tests can check what the report finds.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from voiceaudit.errors import UsageError
+
+NS_PER_MS = 1_000_000
+
+#: Stages that ``stage-delay=STAGE:DURATION`` can slow down.
+STAGES = ("vad", "asr", "llm", "tts")
+
+INJECTION_NAMES = (
+    "leading-silence",
+    "llm-ttft",
+    "whole-result-handoff",
+    "sentence-aggregation",
+    "small-writes",
+    "audio-chunk",
+    "connect-delay",
+    "jitter",
+    "slow-audio",
+    "stage-delay",
+)
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ns|us|µs|ms|s)?\s*$")
+_UNIT_NS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": NS_PER_MS, "s": 1_000_000_000}
+
+
+def parse_duration_ns(text: str, *, what: str) -> int:
+    """``300ms``, ``0.3s``, ``1500us`` (a bare number is milliseconds) to nanoseconds."""
+    m = _DURATION.match(text)
+    if m is None:
+        raise UsageError(
+            f"{what}: {text!r} is not a duration", hint="write it like 300ms, 0.3s or 1500us"
+        )
+    unit = m.group(2) or "ms"
+    return round(float(m.group(1)) * _UNIT_NS[unit])
+
+
+def _parse_switch(text: str | None, *, what: str) -> bool:
+    if text is None or text.strip().lower() in ("", "on", "true", "yes", "1"):
+        return True
+    if text.strip().lower() in ("off", "false", "no", "0"):
+        return False
+    raise UsageError(f"{what}: {text!r} is not on/off", hint=f"write {what} or {what}=off")
+
+
+@dataclass(frozen=True, slots=True)
+class Injections:
+    """The hidden delays the reference pipeline adds on purpose (all off by default)."""
+
+    #: Silence prepended to the audio of every synthesis request.
+    leading_silence_ns: int = 0
+    #: Extra time before the responder's first token (on top of ``ttft_ms``).
+    llm_ttft_ns: int = 0
+    #: Synthesis waits for the whole response text instead of the first phrase.
+    whole_result_handoff: bool = False
+    #: Synthesis waits for the end of each sentence instead of each phrase.
+    sentence_aggregation: bool = False
+    #: TCP_NODELAY off and reply audio written to the socket in pieces of this many bytes.
+    small_writes_bytes: int | None = None
+    #: Reply audio buffered into messages of this duration (instead of ``audio_chunk_ms``).
+    audio_chunk_ns: int | None = None
+    #: Delay before a new connection's first response (HTTP response or WebSocket upgrade).
+    connect_delay_ns: int = 0
+    #: Up to this much random (seeded, uniform) extra delay before each reply audio message.
+    jitter_ns: int = 0
+    #: Reply audio released at this fraction of real time (below 1: the caller hears gaps).
+    slow_audio: float | None = None
+    #: Extra processing time per stage (``vad``, ``asr``, ``llm``, ``tts``).
+    stage_delay_ns: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def small_writes(self) -> bool:
+        return self.small_writes_bytes is not None
+
+    def stage_delay(self, stage: str) -> int:
+        return int(self.stage_delay_ns.get(stage, 0))
+
+    def active(self) -> bool:
+        return self != Injections()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ground-truth form: every switch, with amounts in integer nanoseconds."""
+        return {
+            "leading_silence_ns": self.leading_silence_ns,
+            "llm_ttft_ns": self.llm_ttft_ns,
+            "whole_result_handoff": self.whole_result_handoff,
+            "sentence_aggregation": self.sentence_aggregation,
+            "small_writes": self.small_writes,
+            "small_write_bytes": self.small_writes_bytes,
+            "audio_chunk_ns": self.audio_chunk_ns,
+            "connect_delay_ns": self.connect_delay_ns,
+            "jitter_ns": self.jitter_ns,
+            "slow_audio": self.slow_audio,
+            "stage_delay_ns": {s: int(self.stage_delay_ns[s]) for s in sorted(self.stage_delay_ns)},
+        }
+
+    def describe(self) -> list[str]:
+        """Human-readable ``NAME=VALUE`` lines, one per active injection."""
+        out: list[str] = []
+        if self.leading_silence_ns:
+            out.append(f"leading-silence={self.leading_silence_ns / NS_PER_MS:g}ms")
+        if self.llm_ttft_ns:
+            out.append(f"llm-ttft={self.llm_ttft_ns / NS_PER_MS:g}ms")
+        if self.whole_result_handoff:
+            out.append("whole-result-handoff")
+        if self.sentence_aggregation:
+            out.append("sentence-aggregation=on")
+        if self.small_writes_bytes is not None:
+            out.append(f"small-writes={self.small_writes_bytes}")
+        if self.audio_chunk_ns is not None:
+            out.append(f"audio-chunk={self.audio_chunk_ns / NS_PER_MS:g}ms")
+        if self.connect_delay_ns:
+            out.append(f"connect-delay={self.connect_delay_ns / NS_PER_MS:g}ms")
+        if self.jitter_ns:
+            out.append(f"jitter={self.jitter_ns / NS_PER_MS:g}ms")
+        if self.slow_audio is not None:
+            out.append(f"slow-audio={self.slow_audio:g}")
+        for stage in sorted(self.stage_delay_ns):
+            out.append(f"stage-delay={stage}:{self.stage_delay_ns[stage] / NS_PER_MS:g}ms")
+        return out
+
+
+#: Default piece size for ``small-writes`` (bytes per socket write).
+DEFAULT_SMALL_WRITE_BYTES = 64
+
+
+def apply_injection(inj: Injections, spec: str) -> Injections:
+    """Return ``inj`` with one ``NAME=VALUE`` (or bare ``NAME``) switch applied."""
+    name, sep, value = spec.partition("=")
+    name = name.strip().lower()
+    val: str | None = value.strip() if sep else None
+    what = f"--inject {name}"
+
+    def need() -> str:
+        if val is None or val == "":
+            raise UsageError(f"{what} needs a value", hint=f"write {name}=VALUE")
+        return val
+
+    if name == "leading-silence":
+        return replace(inj, leading_silence_ns=parse_duration_ns(need(), what=what))
+    if name == "llm-ttft":
+        return replace(inj, llm_ttft_ns=parse_duration_ns(need(), what=what))
+    if name == "whole-result-handoff":
+        return replace(inj, whole_result_handoff=_parse_switch(val, what=name))
+    if name == "sentence-aggregation":
+        return replace(inj, sentence_aggregation=_parse_switch(val, what=name))
+    if name == "small-writes":
+        if val is not None and re.fullmatch(r"\d+\s*[bB]?", val):
+            n = int(val.rstrip("bB ").strip())
+            if n < 1:
+                raise UsageError(f"{what}: the piece size must be at least 1 byte")
+            return replace(inj, small_writes_bytes=n)
+        on = _parse_switch(val, what=name)
+        return replace(inj, small_writes_bytes=DEFAULT_SMALL_WRITE_BYTES if on else None)
+    if name == "audio-chunk":
+        ns = parse_duration_ns(need(), what=what)
+        if ns < NS_PER_MS:
+            raise UsageError(f"{what}: a chunk must be at least 1ms")
+        return replace(inj, audio_chunk_ns=ns)
+    if name == "connect-delay":
+        return replace(inj, connect_delay_ns=parse_duration_ns(need(), what=what))
+    if name == "jitter":
+        return replace(inj, jitter_ns=parse_duration_ns(need(), what=what))
+    if name == "slow-audio":
+        try:
+            factor = float(need())
+        except ValueError:
+            raise UsageError(
+                f"{what}: {val!r} is not a number", hint="slow-audio=0.8 releases audio at 0.8x"
+            ) from None
+        if not 0.05 <= factor <= 20.0:
+            raise UsageError(f"{what}: {factor:g} is outside 0.05..20")
+        return replace(inj, slow_audio=factor)
+    if name == "stage-delay":
+        delays = dict(inj.stage_delay_ns)
+        for part in need().split(","):
+            stage, colon, dur = part.partition(":")
+            stage = stage.strip().lower()
+            if not colon or stage not in STAGES:
+                raise UsageError(
+                    f"{what}: {part!r} is not STAGE:DURATION",
+                    hint=f"stages are {', '.join(STAGES)}; e.g. stage-delay=asr:150ms",
+                )
+            delays[stage] = parse_duration_ns(dur, what=what)
+        return replace(inj, stage_delay_ns=delays)
+    raise UsageError(
+        f"unknown injection {name!r}", hint="known injections: " + ", ".join(INJECTION_NAMES)
+    )
+
+
+def parse_injections(specs: Iterable[str]) -> Injections:
+    inj = Injections()
+    for spec in specs:
+        inj = apply_injection(inj, spec)
+    return inj
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Everything ``voiceaudit serve`` needs; the library API takes the same object."""
+
+    host: str = "127.0.0.1"
+    #: 0 picks a free port.
+    port: int = 0
+    injections: Injections = field(default_factory=Injections)
+    #: Where to write the per-turn ground truth (JSON Lines); None keeps it in memory only.
+    ground_truth_path: Path | None = None
+    #: Endpointing: trailing silence that ends a turn.
+    silence_ms: int = 500
+    #: Audio kept before the detected speech start (``prefix_padding_ms``).
+    prefix_padding_ms: int = 300
+    #: VAD threshold in 0..1, mapped onto webrtcvad's aggressiveness 0..3.
+    vad_threshold: float = 0.5
+    #: Scripted responder: time to first token and tokens per second.
+    ttft_ms: float = 200.0
+    token_rate: float = 50.0
+    #: A real OpenAI-compatible server to use instead of the scripted responder.
+    llm_url: str | None = None
+    llm_model: str = "gpt-4o-mini"
+    #: Name of the environment variable holding the API key for ``llm_url`` (never logged).
+    llm_api_key_env: str = "OPENAI_API_KEY"
+    #: Speech recognition worker processes (model loaded once each, kept warm).
+    asr_workers: int = 2
+    #: eSpeak NG voice and words per minute.
+    voice: str = "en-us"
+    words_per_minute: int = 175
+    #: Reply audio message size when no ``audio-chunk`` injection is active.
+    audio_chunk_ms: int = 20
+    #: Seed for the jitter injection's random delays.
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise UsageError(f"--port {self.port} is outside 0..65535")
+        if not 10 <= self.silence_ms <= 10_000:
+            raise UsageError(f"--silence-ms {self.silence_ms} is outside 10..10000")
+        if not 0 <= self.prefix_padding_ms <= 5_000:
+            raise UsageError(f"prefix padding {self.prefix_padding_ms} ms is outside 0..5000")
+        if not 0.0 <= self.vad_threshold <= 1.0:
+            raise UsageError(f"VAD threshold {self.vad_threshold} is outside 0..1")
+        if self.ttft_ms < 0:
+            raise UsageError("--ttft-ms cannot be negative")
+        if not 0.1 <= self.token_rate <= 10_000:
+            raise UsageError(f"--token-rate {self.token_rate} is outside 0.1..10000 tokens/s")
+        if not 1 <= self.asr_workers <= 64:
+            raise UsageError(f"--asr-workers {self.asr_workers} is outside 1..64")
+        if not 5 <= self.audio_chunk_ms <= 10_000:
+            raise UsageError(f"audio chunk {self.audio_chunk_ms} ms is outside 5..10000")
+        if not 80 <= self.words_per_minute <= 450:
+            raise UsageError(f"--wpm {self.words_per_minute} is outside 80..450")
+
+    @classmethod
+    def from_injections(cls, specs: Iterable[str], **overrides: Any) -> ServerConfig:
+        """A configuration with ``--inject`` strings applied (and any other field set)."""
+        return cls(injections=parse_injections(specs), **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as recorded in the ground-truth header (no secrets)."""
+        return {
+            "silence_ms": self.silence_ms,
+            "prefix_padding_ms": self.prefix_padding_ms,
+            "vad_threshold": self.vad_threshold,
+            "ttft_ms": self.ttft_ms,
+            "token_rate": self.token_rate,
+            "responder": "llm" if self.llm_url else "scripted",
+            "llm_model": self.llm_model if self.llm_url else None,
+            "asr_workers": self.asr_workers,
+            "voice": self.voice,
+            "words_per_minute": self.words_per_minute,
+            "audio_chunk_ms": self.audio_chunk_ms,
+            "seed": self.seed,
+        }

@@ -1,0 +1,536 @@
+"""The voice pipeline shared by every protocol: endpointing → recognition → responder →
+synthesis → framing, with the fault injections applied at the stage they belong to.
+
+Protocol handlers (realtime, raw PCM, HTTP) own their sockets and event formats; they
+feed input audio to an :class:`InputPipeline` and give a :class:`ReplySink` to
+:func:`run_reply`. Every stage mark lands in the turn's :class:`TurnRecord`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from voiceaudit.reference.asr import AsrError, AsrPool, AsrResult, AsrStream
+from voiceaudit.reference.config import Injections, ServerConfig
+from voiceaudit.reference.dsp import F32, StreamResampler, float_to_pcm16
+from voiceaudit.reference.groundtruth import GroundTruth, TurnRecord, now_ns
+from voiceaudit.reference.responder import Message, Responder, TextChunker
+from voiceaudit.reference.tts import Synthesizer
+from voiceaudit.reference.vad import RATE as ASR_RATE
+from voiceaudit.reference.vad import Endpointer, SpeechStart, SpeechStop
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(10)}"
+
+
+class ServerContext:
+    """What every session shares: configuration, the ASR pool, synthesis, the responder."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        asr: AsrPool,
+        synth: Synthesizer,
+        responder: Responder,
+        truth: GroundTruth,
+    ) -> None:
+        self.config = config
+        self.injections = config.injections
+        self.asr = asr
+        self.synth = synth
+        self.responder = responder
+        self.truth = truth
+        self._session_counter = 0
+        self.active_sessions = 0
+        self.sessions_total = 0
+
+    def session_rng(self) -> random.Random:
+        """A per-session random source, reproducible from the configured seed."""
+        self._session_counter += 1
+        return random.Random(self.config.seed * 1_000_003 + self._session_counter)
+
+    def new_record(self, session_id: str, turn: int, protocol: str, **kw: Any) -> TurnRecord:
+        return TurnRecord(
+            session_id=session_id,
+            turn=turn,
+            protocol=protocol,
+            injections=self.injections.to_dict(),
+            **kw,
+        )
+
+    async def stage_delay(self, record: TurnRecord | None, stage: str) -> None:
+        ns = self.injections.stage_delay(stage)
+        if ns > 0:
+            await asyncio.sleep(ns / 1e9)
+            if record is not None:
+                record.add_injected(f"stage_delay_{stage}_ns", ns)
+
+
+# --- input: endpointing and streaming recognition ------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Utterance:
+    """A finished user utterance: its VAD positions and its recognition result."""
+
+    start: SpeechStart
+    stop: SpeechStop
+    result: AsrResult | None
+    error: str | None
+
+
+class InputListener(Protocol):
+    def on_speech_started(self, start: SpeechStart, t_ns: int) -> None: ...
+
+    def on_speech_stopped(
+        self, stop: SpeechStop, t_ns: int, transcript: Awaitable[Utterance]
+    ) -> None: ...
+
+
+class InputPipeline:
+    """Turns a session's incoming audio into speech start/stop events and transcripts."""
+
+    def __init__(
+        self,
+        ctx: ServerContext,
+        input_rate: int,
+        listener: InputListener,
+        *,
+        silence_ms: int,
+        prefix_padding_ms: int,
+        threshold: float,
+        vad_enabled: bool = True,
+    ) -> None:
+        self.ctx = ctx
+        self.input_rate = input_rate
+        self.listener = listener
+        self.prefix_padding_ms = prefix_padding_ms
+        self.vad_enabled = vad_enabled
+        self._resampler = StreamResampler(input_rate, ASR_RATE)
+        self._endpointer = Endpointer(silence_ms=silence_ms, threshold=threshold)
+        # 16 kHz history, so speech start can include the prefix padding.
+        self._history = np.zeros(0, dtype=np.float32)
+        self._history_start = 0  # sample index (16 kHz) of _history[0]
+        self._pos = 0  # 16 kHz samples received
+        self._stream: AsrStream | None = None
+        self._stream_opening: asyncio.Task[AsrStream] | None = None
+        self._pending: list[bytes] = []
+        self._start: SpeechStart | None = None
+        self._last_voiced_arrival: int | None = None
+        self.received_samples_in = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+
+    @property
+    def position_ms(self) -> int:
+        return self._pos * 1000 // ASR_RATE
+
+    def configure(self, *, silence_ms: int, prefix_padding_ms: int, vad_enabled: bool) -> None:
+        self._endpointer.set_silence_ms(silence_ms)
+        self.prefix_padding_ms = prefix_padding_ms
+        self.vad_enabled = vad_enabled
+
+    def feed(self, samples: F32, arrival_ns: int) -> None:
+        """New input audio (float, at ``input_rate``), received at ``arrival_ns``."""
+        if self._closed:
+            return
+        self.received_samples_in += samples.size
+        x = self._resampler.process(samples)
+        self._append(x)
+        if self._start is not None:
+            self._to_asr(x)
+        if not self.vad_enabled:
+            return
+        voiced_before = self._endpointer.last_voiced_end_ms
+        events = self._endpointer.feed(x, self.prefix_padding_ms)
+        if self._endpointer.last_voiced_end_ms != voiced_before:
+            # This chunk carried the latest voiced audio: its arrival is when the server
+            # last heard the user (reported at the endpoint as speech_end_received).
+            self._last_voiced_arrival = arrival_ns
+        for event in events:
+            if isinstance(event, SpeechStart):
+                self._begin(event, arrival_ns)
+            else:
+                self._end(event, arrival_ns)
+
+    def _append(self, x: F32) -> None:
+        self._history = np.concatenate([self._history, x])
+        self._pos += x.size
+        # Ten seconds is plenty for any prefix padding; without server VAD the buffer
+        # holds everything up to the next commit.
+        keep = ASR_RATE * (10 if self.vad_enabled else 600)
+        if self._history.size > keep and self._start is None:
+            drop = self._history.size - keep
+            self._history = self._history[drop:]
+            self._history_start += drop
+
+    def _to_asr(self, x: F32) -> None:
+        if x.size == 0:
+            return
+        pcm = float_to_pcm16(x)
+        if self._stream is not None:
+            with contextlib.suppress(AsrError):
+                self._stream.feed(pcm)
+        else:
+            self._pending.append(pcm)
+
+    def _begin(self, event: SpeechStart, arrival_ns: int) -> None:
+        self._start = event
+        first = event.audio_start_ms * ASR_RATE // 1000
+        lo = max(0, first - self._history_start)
+        prefix = self._history[lo:]
+        self._pending = [float_to_pcm16(prefix)] if prefix.size else []
+        self._stream = None
+        task = asyncio.ensure_future(self.ctx.asr.open_stream())
+        self._stream_opening = task
+
+        def opened(t: asyncio.Task[AsrStream]) -> None:
+            if t.cancelled() or t.exception() is not None:
+                return
+            stream = t.result()
+            if self._stream_opening is not task:
+                stream.cancel()  # the utterance ended or was abandoned meanwhile
+                return
+            self._stream = stream
+            with contextlib.suppress(AsrError):
+                for pcm in self._pending:
+                    stream.feed(pcm)
+            self._pending = []
+
+        task.add_done_callback(opened)
+        self.listener.on_speech_started(event, now_ns())
+
+    def _end(self, event: SpeechStop, arrival_ns: int) -> None:
+        start = self._start
+        if start is None:
+            return
+        self._start = None
+        opening = self._stream_opening
+        self._stream_opening = None
+        pending = list(self._pending)
+        self._pending = []
+        stream = self._stream
+        self._stream = None
+        t_stop = now_ns()
+
+        async def finish() -> Utterance:
+            nonlocal stream
+            try:
+                if stream is None and opening is not None:
+                    stream = await opening
+                    for pcm in pending:
+                        stream.feed(pcm)
+                if stream is None:
+                    return Utterance(start, event, None, "speech recognition was not started")
+                result = await stream.finish()
+                return Utterance(start, event, result, None)
+            except AsrError as exc:
+                return Utterance(start, event, None, exc.message)
+
+        fut = asyncio.ensure_future(finish())
+        self._tasks.add(fut)
+        fut.add_done_callback(self._tasks.discard)
+        self.listener.on_speech_stopped(event, t_stop, fut)
+
+    @property
+    def in_speech(self) -> bool:
+        return self._endpointer.in_speech
+
+    @property
+    def last_voiced_arrival_ns(self) -> int | None:
+        """Arrival time of the input chunk that held the most recent voiced audio."""
+        return self._last_voiced_arrival
+
+    @property
+    def buffered_ms(self) -> int:
+        """Audio held since the last commit or clear (manual turn mode)."""
+        return (self._pos - self._history_start) * 1000 // ASR_RATE
+
+    def commit(self, arrival_ns: int) -> bool:
+        """Manual commit: everything since the last commit is one utterance.
+
+        Returns False (and does nothing) when less than 100 ms of audio is buffered.
+        """
+        if self._start is None:
+            if self.buffered_ms < 100:
+                return False
+            ms = self._history_start * 1000 // ASR_RATE
+            self._begin(SpeechStart(ms, ms), arrival_ns)
+        stop = self._endpointer.force_stop() or SpeechStop(self.position_ms, self.position_ms)
+        self._end(stop, arrival_ns)
+        self._history = np.zeros(0, dtype=np.float32)
+        self._history_start = self._pos
+        return True
+
+    def clear(self) -> None:
+        """Drop the audio buffered so far (``input_audio_buffer.clear``)."""
+        self._history = np.zeros(0, dtype=np.float32)
+        self._history_start = self._pos
+        if self._start is not None:
+            self._abandon()
+
+    def _abandon(self) -> None:
+        self._start = None
+        if self._stream is not None:
+            self._stream.cancel()
+            self._stream = None
+        self._stream_opening = None
+        self._pending = []
+
+    def close(self) -> None:
+        self._closed = True
+        self._abandon()
+        for t in list(self._tasks):
+            t.cancel()
+
+
+# --- output: responder → chunker → synthesis → framing → sink --------------------------
+
+
+class ReplySink(Protocol):
+    """Where a reply goes. ``send_audio`` must hand its bytes to the transport before its
+    first ``await``, so the time taken just before the call is the write time."""
+
+    output_rate: int
+
+    async def send_text_delta(self, text: str) -> None: ...
+
+    async def send_audio(self, samples: F32) -> None: ...
+
+
+class AudioFramer:
+    """Cuts a sample stream into messages of ``chunk`` samples."""
+
+    def __init__(self, chunk: int) -> None:
+        self.chunk = max(1, chunk)
+        self._buf = np.zeros(0, dtype=np.float32)
+
+    def push(self, x: F32) -> list[F32]:
+        if x.size:
+            self._buf = np.concatenate([self._buf, x])
+        n = self._buf.size // self.chunk
+        out = [self._buf[i * self.chunk : (i + 1) * self.chunk] for i in range(n)]
+        self._buf = self._buf[n * self.chunk :]
+        return out
+
+    def flush(self) -> list[F32]:
+        if self._buf.size == 0:
+            return []
+        out = [self._buf]
+        self._buf = np.zeros(0, dtype=np.float32)
+        return out
+
+
+class Pacer:
+    """Decides when each reply audio message may be written (slow-audio and jitter)."""
+
+    def __init__(self, inj: Injections, rate: int, rng: random.Random) -> None:
+        self.slow = inj.slow_audio
+        self.jitter_ns = inj.jitter_ns
+        self.rate = rate
+        self.rng = rng
+        self._t0: int | None = None
+        self._samples_before = 0
+        self._last_send = 0
+        self.jitter_first_ns: int | None = None
+        self.jitter_total_ns = 0
+        self.pacing_wait_ns = 0
+
+    async def wait(self, n_samples: int) -> None:
+        ready = now_ns()
+        if self._t0 is None:
+            self._t0 = ready
+        due = ready
+        if self.slow is not None:
+            nominal = self._t0 + round(self._samples_before * 1e9 / (self.rate * self.slow))
+            due = max(due, nominal)
+        if self.jitter_ns > 0:
+            extra = self.rng.randint(0, self.jitter_ns)
+            if self.jitter_first_ns is None:
+                self.jitter_first_ns = extra
+            self.jitter_total_ns += extra
+            due += extra
+        due = max(due, self._last_send)
+        self._samples_before += n_samples
+        wait = due - now_ns()
+        if wait > 0:
+            self.pacing_wait_ns += wait
+            await asyncio.sleep(wait / 1e9)
+        self._last_send = now_ns()
+
+
+def chunking_mode(inj: Injections) -> str:
+    if inj.whole_result_handoff:
+        return "whole"
+    if inj.sentence_aggregation:
+        return "sentence"
+    return "phrase"
+
+
+@dataclass
+class ReplyResult:
+    text: str
+    status: str  # completed | cancelled | failed
+    text_tokens: int
+    audio_ns: int
+    error: str | None = None
+
+
+class Speaker:
+    """Synthesis → framing → pacing → sink for one reply, fed text segments in order."""
+
+    def __init__(
+        self,
+        ctx: ServerContext,
+        record: TurnRecord,
+        sink: ReplySink,
+        rng: random.Random,
+        *,
+        wpm: int | None = None,
+    ) -> None:
+        inj = ctx.injections
+        self.ctx = ctx
+        self.record = record
+        self.sink = sink
+        self.wpm = wpm
+        self.out_rate = sink.output_rate
+        record.output_rate = self.out_rate
+        if inj.audio_chunk_ns is not None:
+            chunk = round(inj.audio_chunk_ns * self.out_rate / 1e9)
+        else:
+            chunk = round(ctx.config.audio_chunk_ms * self.out_rate / 1000)
+        # Large buffers are only flushed at the end of the reply; default-sized messages
+        # also at the end of each synthesis request, so no audio waits for later text.
+        self.buffered = inj.audio_chunk_ns is not None
+        self.framer = AudioFramer(chunk)
+        self.pacer = Pacer(inj, self.out_rate, rng)
+        self.pad = round(inj.leading_silence_ns * self.out_rate / 1e9)
+        self.queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self.task = asyncio.create_task(self._run(), name=f"speak-{record.session_id}")
+
+    def say(self, text: str) -> None:
+        self.queue.put_nowait(text)
+
+    def end(self) -> None:
+        self.queue.put_nowait(None)
+
+    async def _emit(self, frames: list[F32]) -> None:
+        record = self.record
+        for frame in frames:
+            await self.pacer.wait(frame.size)
+            t = now_ns()
+            record.mark("first_audio_sent", t)
+            record.mark("last_audio_sent", t, overwrite=True)
+            await self.sink.send_audio(frame)
+            record.audio_messages += 1
+            record.reply_audio_ns += round(frame.size * 1e9 / self.out_rate)
+
+    async def _run(self) -> None:
+        record, inj = self.record, self.ctx.injections
+        while True:
+            segment = await self.queue.get()
+            if segment is None:
+                break
+            record.mark("tts_request")
+            record.tts_texts.append(segment)
+            await self.ctx.stage_delay(record, "tts")
+            resampler = StreamResampler(self.ctx.synth.rate, self.out_rate)
+            first_piece = True
+            async for piece in self.ctx.synth.stream(segment, wpm=self.wpm):
+                record.mark("tts_first_audio")
+                x = resampler.process(piece.astype(np.float32) / 32768.0)
+                if first_piece and self.pad > 0:
+                    x = np.concatenate([np.zeros(self.pad, dtype=np.float32), x])
+                    record.add_injected("leading_silence_ns", inj.leading_silence_ns)
+                first_piece = False
+                await self._emit(self.framer.push(x))
+            await self._emit(self.framer.push(resampler.flush()))
+            if not self.buffered:
+                await self._emit(self.framer.flush())
+        await self._emit(self.framer.flush())
+
+    async def wait(self) -> None:
+        await self.task
+
+    async def cancel(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self.task
+
+    def record_pacing(self) -> None:
+        pacer, record = self.pacer, self.record
+        if pacer.jitter_first_ns is not None:
+            record.injected["jitter_first_ns"] = pacer.jitter_first_ns
+            record.injected["jitter_total_ns"] = pacer.jitter_total_ns
+        if self.ctx.injections.slow_audio is not None:
+            record.injected["slow_audio_wait_ns"] = pacer.pacing_wait_ns
+
+
+async def run_reply(
+    ctx: ServerContext,
+    record: TurnRecord,
+    messages: Sequence[Message],
+    sink: ReplySink,
+    rng: random.Random,
+    *,
+    on_token: Callable[[str], None] | None = None,
+    wpm: int | None = None,
+) -> ReplyResult:
+    """Produce one spoken reply; every stage mark goes into ``record``."""
+    inj = ctx.injections
+    speaker = Speaker(ctx, record, sink, rng, wpm=wpm)
+    reply_parts: list[str] = []
+    tokens = 0
+    status = "completed"
+    error: str | None = None
+    try:
+        record.mark("llm_request")
+        extra = inj.llm_ttft_ns + inj.stage_delay("llm")
+        if inj.llm_ttft_ns:
+            record.add_injected("llm_ttft_ns", inj.llm_ttft_ns)
+        if inj.stage_delay("llm"):
+            record.add_injected("stage_delay_llm_ns", inj.stage_delay("llm"))
+        chunker = TextChunker(chunking_mode(inj))
+        async for token in ctx.responder.stream(messages, extra_ttft_ns=extra):
+            record.mark("llm_first_token")
+            tokens += 1
+            reply_parts.append(token)
+            if on_token is not None:
+                on_token(token)
+            await sink.send_text_delta(token)
+            segment = chunker.push(token)
+            if segment is not None:
+                speaker.say(segment)
+        record.mark("llm_done")
+        rest = chunker.flush()
+        if rest is not None:
+            speaker.say(rest)
+        speaker.end()
+        await speaker.wait()
+    except asyncio.CancelledError:
+        await speaker.cancel()
+        speaker.record_pacing()
+        record.reply_text = "".join(reply_parts).strip()
+        raise
+    except Exception as exc:
+        status = "failed"
+        error = f"{type(exc).__name__}: {exc}"
+        await speaker.cancel()
+    speaker.record_pacing()
+    record.reply_text = "".join(reply_parts).strip()
+    return ReplyResult(
+        text=record.reply_text,
+        status=status,
+        text_tokens=tokens,
+        audio_ns=record.reply_audio_ns,
+        error=error,
+    )

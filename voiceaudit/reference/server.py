@@ -1,0 +1,270 @@
+"""The reference server: one aiohttp application on one port serving every protocol.
+
+=================================  ==========================================
+path                               protocol
+=================================  ==========================================
+``GET  /v1/realtime``              OpenAI Realtime WebSocket (GA; beta with
+                                   ``OpenAI-Beta: realtime=v1``)
+``GET  /v1/pcm``                   raw PCM WebSocket with JSON stage marks
+``POST /v1/audio/transcriptions``  OpenAI-compatible speech recognition
+``POST /v1/chat/completions``      OpenAI-compatible chat (SSE when streaming)
+``POST /v1/audio/speech``          OpenAI-compatible synthesis (streamed)
+``GET  /voiceaudit/status``        server facts: sessions, event-loop lag, ASR pool
+=================================  ==========================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from aiohttp import web
+
+from voiceaudit import __version__
+from voiceaudit.reference.asr import AsrPool
+from voiceaudit.reference.config import ServerConfig
+from voiceaudit.reference.groundtruth import GroundTruth, now_ns
+from voiceaudit.reference.http_api import chat_completions, speech, transcriptions
+from voiceaudit.reference.pcm_ws import pcm_handler
+from voiceaudit.reference.pipeline import ServerContext
+from voiceaudit.reference.realtime import realtime_handler
+from voiceaudit.reference.responder import ChatCompletionsResponder, Responder, ScriptedResponder
+from voiceaudit.reference.tts import Synthesizer
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class LoopLagMonitor:
+    """Measures how late the event loop runs a timer (ticks every ``interval_ms``)."""
+
+    def __init__(self, interval_ms: float = 5.0) -> None:
+        self.interval_ns = round(interval_ms * 1e6)
+        self.max_ns = 0
+        self.ticks = 0
+        self.over_5ms = 0
+        self._samples: list[int] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="loop-lag-monitor")
+
+    async def _run(self) -> None:
+        while True:
+            t0 = now_ns()
+            await asyncio.sleep(self.interval_ns / 1e9)
+            lag = max(0, now_ns() - t0 - self.interval_ns)
+            self.ticks += 1
+            self.max_ns = max(self.max_ns, lag)
+            if lag > 5_000_000:
+                self.over_5ms += 1
+            self._samples.append(lag)
+            if len(self._samples) > 20_000:
+                del self._samples[:10_000]
+
+    def reset(self) -> None:
+        self.max_ns = 0
+        self.ticks = 0
+        self.over_5ms = 0
+        self._samples.clear()
+
+    def summary(self) -> dict[str, Any]:
+        s = sorted(self._samples)
+        p99 = s[min(len(s) - 1, int(len(s) * 0.99))] if s else None
+        return {
+            "interval_ns": self.interval_ns,
+            "ticks": self.ticks,
+            "max_ns": self.max_ns,
+            "p99_ns": p99,
+            "over_5ms": self.over_5ms,
+        }
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+@web.middleware
+async def _connect_delay(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The connect-delay injection: hold a new connection's first response."""
+    ctx: ServerContext = request.app["ctx"]
+    delay = ctx.injections.connect_delay_ns
+    seen: weakref.WeakSet[Any] = request.app["seen_connections"]
+    proto = request.protocol
+    if delay and proto not in seen:
+        seen.add(proto)
+        await asyncio.sleep(delay / 1e9)
+        request["voiceaudit_connect_delay_ns"] = delay
+    return await handler(request)
+
+
+async def _status(request: web.Request) -> web.Response:
+    ctx: ServerContext = request.app["ctx"]
+    lag: LoopLagMonitor = request.app["lag"]
+    return web.json_response(
+        {
+            "server": "voiceaudit-reference",
+            "version": __version__,
+            "active_sessions": ctx.active_sessions,
+            "sessions_total": ctx.sessions_total,
+            "turns_recorded": len(ctx.truth.records),
+            "loop_lag": lag.summary(),
+            "asr_workers": ctx.asr.stats(),
+            "injections": ctx.injections.describe(),
+            "responder": ctx.responder.name,
+        }
+    )
+
+
+async def _status_reset(request: web.Request) -> web.Response:
+    lag: LoopLagMonitor = request.app["lag"]
+    lag.reset()
+    return web.json_response({"reset": True})
+
+
+def build_app(ctx: ServerContext, lag: LoopLagMonitor) -> web.Application:
+    app = web.Application(middlewares=[_connect_delay], client_max_size=32 * 1024 * 1024)
+    app["ctx"] = ctx
+    app["lag"] = lag
+    app["seen_connections"] = weakref.WeakSet()
+    app["http_counter"] = 0
+    app["rng"] = random.Random(ctx.config.seed)
+    app.router.add_get("/v1/realtime", realtime_handler)
+    app.router.add_get("/v1/pcm", pcm_handler)
+    app.router.add_post("/v1/audio/transcriptions", transcriptions)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/audio/speech", speech)
+    app.router.add_get("/voiceaudit/status", _status)
+    app.router.add_post("/voiceaudit/status/reset", _status_reset)
+    return app
+
+
+def _precompute_filters(tts_rate: int) -> None:
+    """Build the resampling filters and G.711 tables for the usual rates before serving."""
+    from voiceaudit.reference.dsp import StreamResampler, alaw_encode, ulaw_encode
+
+    for a, b in [
+        (tts_rate, 24_000),
+        (tts_rate, 16_000),
+        (tts_rate, 8_000),
+        (24_000, 16_000),
+        (8_000, 16_000),
+        (48_000, 16_000),
+        (44_100, 16_000),
+    ]:
+        StreamResampler(a, b)
+    ulaw_encode(np.zeros(1, dtype=np.float32))
+    alaw_encode(np.zeros(1, dtype=np.float32))
+
+
+@dataclass
+class ReferenceServer:
+    """A running reference server (from :func:`start_reference_server`)."""
+
+    config: ServerConfig
+    host: str
+    port: int
+    context: ServerContext
+    lag: LoopLagMonitor
+    _runner: web.AppRunner
+    _own_pool: bool
+    _closed: bool = field(default=False)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def realtime_url(self) -> str:
+        return self.url.replace("http://", "ws://", 1) + "/v1/realtime"
+
+    @property
+    def pcm_url(self) -> str:
+        return self.url.replace("http://", "ws://", 1) + "/v1/pcm"
+
+    def url_for(self, protocol: str) -> str:
+        """The URL a target adapter of ``protocol`` should use for this server."""
+        if protocol == "realtime":
+            return self.realtime_url
+        if protocol in ("websocket", "pcm"):
+            return self.pcm_url
+        if protocol == "cascade":
+            return self.url + "/v1"
+        return self.url
+
+    @property
+    def turns(self) -> list[dict[str, Any]]:
+        """The ground-truth turn records written so far."""
+        return list(self.context.truth.records)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._runner.cleanup()
+        await self.lag.stop()
+        if self._own_pool:
+            await self.context.asr.close()
+        responder = self.context.responder
+        if isinstance(responder, ChatCompletionsResponder):
+            await responder.close()
+        self.context.truth.close()
+
+
+async def start_reference_server(
+    config: ServerConfig, *, asr_pool: AsrPool | None = None
+) -> ReferenceServer:
+    """Start the reference pipeline in the running event loop.
+
+    Speech recognition still runs in worker processes (started here, model loaded once,
+    unless ``asr_pool`` is given to share one). Returns once the port is listening.
+    """
+    own_pool = asr_pool is None
+    pool = asr_pool if asr_pool is not None else AsrPool(config.asr_workers)
+    await pool.start()
+    try:
+        synth = Synthesizer(voice=config.voice, wpm=config.words_per_minute)
+        await synth.warm_up()
+        _precompute_filters(synth.rate)
+        responder: Responder
+        if config.llm_url:
+            responder = ChatCompletionsResponder(
+                config.llm_url, model=config.llm_model, api_key_env=config.llm_api_key_env
+            )
+        else:
+            responder = ScriptedResponder(ttft_ms=config.ttft_ms, token_rate=config.token_rate)
+        truth = GroundTruth(
+            config.ground_truth_path,
+            {
+                "server": "voiceaudit-reference",
+                "version": __version__,
+                "config": config.to_dict(),
+                "injections": config.injections.to_dict(),
+                "injections_described": config.injections.describe(),
+            },
+        )
+        ctx = ServerContext(config, pool, synth, responder, truth)
+        lag = LoopLagMonitor()
+        app = build_app(ctx, lag)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+        await site.start()
+    except BaseException:
+        if own_pool:
+            await pool.close()
+        raise
+    server = site._server
+    assert server is not None
+    sockets = getattr(server, "sockets", None) or []
+    port = int(sockets[0].getsockname()[1]) if sockets else config.port
+    lag.start()
+    return ReferenceServer(config, config.host, port, ctx, lag, runner, own_pool)
