@@ -157,13 +157,19 @@ async def _run(
     run_config: dict[str, Any] = {}
     try:
         if target_url is None:
-            from voiceaudit.reference import ReferenceConfig, start_reference_server
+            from voiceaudit.reference.config import ServerConfig, parse_injections
+            from voiceaudit.reference.server import start_reference_server
 
-            cfg = ReferenceConfig.from_injections(inject)
+            cfg = ServerConfig(
+                injections=parse_injections(inject),
+                ground_truth_path=trace_path.parent / "ground_truth.jsonl",
+            )
+            trace_path.parent.mkdir(parents=True, exist_ok=True)
+            err_console().print("[dim]starting the built-in reference pipeline …[/]")
             server = await start_reference_server(cfg)
             protocol = protocol or "realtime"
-            target_url = server.url_for(protocol)
-            run_config["reference"] = {"inject": list(inject)}
+            target_url = reference_url(server, protocol)
+            run_config["reference"] = {"inject": list(inject), "ground_truth": "ground_truth.jsonl"}
         proto = protocol or infer_protocol(target_url)
         config = TargetConfig(
             url=target_url,
@@ -201,6 +207,22 @@ async def _run(
     finally:
         if server is not None:
             await server.close()
+
+
+def reference_url(server: Any, protocol: str) -> str:
+    """The built-in pipeline's URL for a protocol."""
+    urls = {
+        "realtime": server.realtime_url,
+        "websocket": server.pcm_url,
+        "cascade": server.url + "/v1",
+        "webrtc": server.url + "/v1/webrtc/offer",
+    }
+    if protocol not in urls:
+        raise UsageError(
+            f"the built-in pipeline does not speak {protocol!r}",
+            hint="choose one of " + ", ".join(urls),
+        )
+    return str(urls[protocol])
 
 
 class _ProgressObserver:

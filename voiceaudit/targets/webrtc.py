@@ -1,0 +1,360 @@
+"""A real WebRTC peer (aiortc) with HTTP offer/answer signalling.
+
+The probe's paced frames go out as an Opus audio track; the remote audio track is the
+reply. Stage marks come from an optional data channel (e.g. OpenAI's ``oai-events``).
+
+**Reply timing** is taken at RTP packet arrival, *before* aiortc's jitter buffer and
+decoder: the receiver's packet handler is wrapped to stamp each packet's arrival on the
+monotonic clock, and every decoded frame is matched to its packet by RTP timestamp. What
+aiortc's own jitter buffer adds (decoded-frame time minus packet arrival) is reported
+separately per turn (``webrtc.jitter_buffer`` mark), because a browser's buffer differs.
+
+A WebRTC reply is a continuous stream (silence between replies), so a turn's reply begins
+at the first audible frame after the turn started and ends after ``quiet_ms`` of silence.
+
+**Loopback-only hosts**: aioice skips 127.0.0.1 when gathering host candidates, so on a
+machine with no other interface no candidate is gathered at all. When (and only when) the
+target's host is a loopback address, voiceaudit makes aioice's host-address lookup return
+``127.0.0.1`` for this process.
+
+Signalling (``--target-option signalling=…``): ``json`` (POST ``{"sdp", "type"}``, answer as
+JSON: Pipecat SmallWebRTC's ``/api/offer``, the reference pipeline) or ``sdp`` (POST
+``application/sdp``, answer in the body: WHIP, OpenAI Realtime's WebRTC endpoint); default
+``auto``: JSON unless the URL path ends in ``/calls``, ``/whip`` or ``/sdp``; the answer's
+content type decides how it is read. Other options: ``datachannel`` (label, e.g.
+``oai-events``), ``quiet_ms`` (600), ``threshold`` (linear peak for an audible frame,
+0.003), ``connect_timeout`` (seconds, 10).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import ipaddress
+import json
+import socket
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import numpy as np
+
+from voiceaudit.errors import TargetError, missing_extra
+from voiceaudit.targets.base import Target, TargetConfig, TargetSession, TargetSink
+
+RATE = 48000
+
+#: data-channel event -> (mark name, stage)
+_DC_MARKS: dict[str, tuple[str, str]] = {
+    "input_audio_buffer.speech_started": ("speech_started", "endpointing"),
+    "input_audio_buffer.speech_stopped": ("endpoint", "endpointing"),
+    "input_audio_buffer.committed": ("committed", "endpointing"),
+    "conversation.item.input_audio_transcription.completed": ("transcript.final", "transcription"),
+    "response.created": ("response.created", "model"),
+    "output_audio_buffer.started": ("audio.first_sent", "transport"),
+    "output_audio_buffer.stopped": ("audio.last_sent", "transport"),
+    "response.done": ("response.done", "model"),
+}
+
+
+def is_loopback_host(host: str | None) -> bool:
+    if not host:
+        return False
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
+
+
+def allow_loopback_ice() -> None:
+    """Make aioice gather a host candidate on 127.0.0.1 (loopback targets only)."""
+    import aioice.ice
+
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
+
+
+class WebRTCSession(TargetSession):
+    input_rate = RATE
+
+    def __init__(self, config: TargetConfig, sink: TargetSink) -> None:
+        super().__init__(config, sink)
+        self._pc: Any = None
+        self._http: aiohttp.ClientSession | None = None
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._arrivals: dict[int, int] = {}
+        self._ts_origin: int | None = None
+        self._connected = asyncio.Event()
+        self._failed: str | None = None
+        self._in_turn = False
+        self._forwarding = False
+        self._quiet_ns = 0
+        self._jb_delays: list[int] = []
+        self._first_rtp_in = False
+        self.quiet_ns = config.int_option("quiet_ms", 600) * 1_000_000
+        self.threshold = float(config.option("threshold", "0.003"))
+
+    # -- signalling ---------------------------------------------------------------------
+
+    def _style(self) -> str:
+        style = self.config.option("signalling", "auto")
+        if style != "auto":
+            return style
+        path = urlsplit(self.config.url).path.rstrip("/")
+        return "sdp" if path.endswith(("/calls", "/whip", "/sdp")) else "json"
+
+    async def _exchange(self, sdp: str) -> str:
+        headers = {k: v for k, v in self.config.headers}
+        key = self.config.api_key()
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
+        if self._style() == "sdp":
+            headers["Content-Type"] = "application/sdp"
+            req = self._http.post(self.config.url, data=sdp.encode(), headers=headers)
+        else:
+            req = self._http.post(
+                self.config.url, json={"sdp": sdp, "type": "offer"}, headers=headers
+            )
+        async with req as resp:
+            body = await resp.text()
+            if resp.status >= 400:
+                raise TargetError(f"WebRTC signalling: HTTP {resp.status}: {body[:200]}")
+            if "json" in resp.headers.get("Content-Type", ""):
+                try:
+                    answer = json.loads(body)["sdp"]
+                except (ValueError, KeyError, TypeError):
+                    raise TargetError("WebRTC signalling: JSON answer without 'sdp'") from None
+                if not isinstance(answer, str):
+                    raise TargetError("WebRTC signalling: 'sdp' is not a string")
+                return answer
+            return body
+
+    # -- session ------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        try:
+            from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+        except ImportError:
+            raise missing_extra("aiortc", "webrtc") from None
+        if is_loopback_host(urlsplit(self.config.url).hostname):
+            allow_loopback_ice()
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self._pc = pc
+        pc.addTrack(_make_track(self._queue))
+        label = self.config.options.get("datachannel")
+        if label:
+            channel = pc.createDataChannel(label)
+            channel.on("message", self._on_dc_message)
+
+        @pc.on("track")
+        def _on_track(track: Any) -> None:
+            if track.kind == "audio":
+                self._tasks.append(asyncio.create_task(self._receive(track)))
+
+        @pc.on("iceconnectionstatechange")
+        def _on_ice() -> None:
+            state = pc.iceConnectionState
+            self.sink.mark(f"webrtc.ice_{state}", "session", time.monotonic_ns(), {})
+
+        @pc.on("connectionstatechange")
+        def _on_conn() -> None:
+            state = pc.connectionState
+            t = time.monotonic_ns()
+            if state == "connected":
+                self.sink.mark("webrtc.dtls_connected", "session", t, {})
+                self._connected.set()
+            elif state in ("failed", "closed"):
+                self._failed = f"WebRTC connection {state}"
+                self._connected.set()
+                self.sink.fail(self._failed)
+
+        timeout = float(self.config.option("connect_timeout", str(self.config.connect_timeout_s)))
+        try:
+            await asyncio.wait_for(self._negotiate(pc, RTCSessionDescription), timeout)
+        except TimeoutError:
+            state = getattr(pc, "connectionState", "?")
+            await self.close()
+            raise TargetError(
+                f"WebRTC: not connected within {timeout:g} s (ICE/DTLS state: {state})",
+                hint="check the signalling URL and that the target can reach this host",
+            ) from None
+        except TargetError:
+            await self.close()
+            raise
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            await self.close()
+            raise TargetError(f"WebRTC negotiation failed: {exc}") from None
+        if self._failed:
+            msg = self._failed
+            await self.close()
+            raise TargetError(msg)
+        self._hook_receivers(pc)
+
+    async def _negotiate(self, pc: Any, description: Any) -> None:
+        offer = await pc.createOffer()
+        await pc.setLocalDescription(offer)  # aiortc gathers candidates here (no trickle)
+        self.sink.mark("webrtc.offer_sent", "session", time.monotonic_ns(), {})
+        answer = await self._exchange(pc.localDescription.sdp)
+        self.sink.mark("webrtc.answer_received", "session", time.monotonic_ns(), {})
+        await pc.setRemoteDescription(description(sdp=answer, type="answer"))
+        await self._connected.wait()
+
+    def _hook_receivers(self, pc: Any) -> None:
+        """Stamp every RTP packet's arrival before aiortc's jitter buffer sees it."""
+        for receiver in pc.getReceivers():
+            original = receiver._handle_rtp_packet
+
+            async def stamped(packet: Any, arrival_time_ms: int, _orig: Any = original) -> None:
+                now = time.monotonic_ns()
+                if not self._first_rtp_in:
+                    self._first_rtp_in = True
+                    self.sink.mark("webrtc.first_rtp_received", "session", now, {})
+                if self._ts_origin is None:
+                    self._ts_origin = packet.timestamp
+                self._arrivals[packet.timestamp] = now
+                if len(self._arrivals) > 4096:  # bounded: keep the recent ones
+                    for k in list(self._arrivals)[:2048]:
+                        del self._arrivals[k]
+                await _orig(packet, arrival_time_ms=arrival_time_ms)
+
+            receiver._handle_rtp_packet = stamped
+
+    async def _receive(self, track: Any) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                now = time.monotonic_ns()
+                arrival = now
+                if self._ts_origin is not None and frame.pts is not None:
+                    raw = (int(frame.pts) + self._ts_origin) % (1 << 32)
+                    arrival = self._arrivals.pop(raw, now)
+                self._on_frame(arrival, now, frame)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # MediaStreamError: the remote track ended
+            if self._in_turn:
+                self.sink.fail("WebRTC: the remote audio track ended")
+
+    def _on_frame(self, arrival: int, decoded: int, frame: Any) -> None:
+        if not self._in_turn:
+            return
+        x = frame.to_ndarray()
+        channels = len(frame.layout.channels)
+        mono = x.reshape(-1, channels).mean(axis=1) if x.ndim == 2 and channels > 1 else x.ravel()
+        samples = mono.astype(np.float32) / 32768.0
+        pcm = np.clip(mono, -32768, 32767).astype("<i2").tobytes()
+        audible = bool(samples.size) and float(np.abs(samples).max()) > self.threshold
+        if not self._forwarding:
+            if not audible:
+                return
+            self._forwarding = True
+            self._quiet_ns = 0
+        self._jb_delays.append(decoded - arrival)
+        self.sink.reply_audio(arrival, pcm, int(frame.sample_rate), len(pcm))
+        if audible:
+            self._quiet_ns = 0
+        else:
+            self._quiet_ns += len(mono) * 1_000_000_000 // int(frame.sample_rate)
+            if self._quiet_ns >= self.quiet_ns:
+                self._forwarding = False
+                self.sink.reply_done(decoded)
+
+    def _on_dc_message(self, message: Any) -> None:
+        t = time.monotonic_ns()
+        if not isinstance(message, str):
+            return
+        try:
+            ev = json.loads(message)
+            kind = ev["type"]
+        except (ValueError, KeyError, TypeError):
+            self.sink.mark("unknown_event", "other", t, {"raw": "malformed data-channel message"})
+            return
+        if kind in _DC_MARKS:
+            name, stage = _DC_MARKS[kind]
+            self.sink.mark(name, stage, t, {"raw": kind})
+        elif kind == "error":
+            self.sink.mark("error", "error", t, {"message": str(ev.get("error"))[:200]})
+
+    async def start_turn(self, turn: int) -> None:
+        self._in_turn = True
+        self._forwarding = False
+        self._jb_delays = []
+
+    async def end_turn(self) -> None:
+        self._in_turn = False
+        self._forwarding = False
+        if self._jb_delays:
+            d = np.array(self._jb_delays, dtype=np.float64) / 1e6
+            self.sink.mark(
+                "webrtc.jitter_buffer",
+                "transport",
+                time.monotonic_ns(),
+                {
+                    "frames": len(d),
+                    "mean_ms": round(float(d.mean()), 3),
+                    "max_ms": round(float(d.max()), 3),
+                    "first_ms": round(float(d[0]), 3),
+                },
+            )
+
+    async def send_audio(self, pcm16: bytes) -> None:
+        if self._pc is None or self._failed:
+            raise TargetError(self._failed or "WebRTC session is not open")
+        self._queue.put_nowait(pcm16)
+
+    async def close(self) -> None:
+        self._queue.put_nowait(None)
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        if self._pc is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._pc.close(), 5)
+            self._pc = None
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+
+def _make_track(queue: asyncio.Queue[bytes | None]) -> Any:
+    """An outgoing audio track that sends exactly the frames the probe paces."""
+    import av
+    from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+    class ProbeTrack(MediaStreamTrack):
+        kind = "audio"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self._pts = 0
+
+        async def recv(self) -> Any:
+            data = await queue.get()
+            if data is None:
+                self.stop()
+                raise MediaStreamError
+            n = len(data) // 2
+            frame = av.AudioFrame(format="s16", layout="mono", samples=n)
+            frame.planes[0].update(data)
+            frame.sample_rate = RATE
+            frame.pts = self._pts
+            frame.time_base = fractions.Fraction(1, RATE)
+            self._pts += n
+            return frame
+
+    return ProbeTrack()
+
+
+class WebRTCTarget(Target):
+    protocol = "webrtc"
+    schemes = ("http", "https")
+    description = "a WebRTC peer (aiortc) with HTTP offer/answer signalling"
+
+    def session(self, sink: TargetSink) -> TargetSession:
+        return WebRTCSession(self.config, sink)
