@@ -1,0 +1,463 @@
+"""Pipecat's WebSocket transport with its protobuf frame serializer (``pipecat-websocket``).
+
+Pipecat's ``WebsocketServerTransport`` (``SingleClientWebsocketServerTransport`` since 1.4)
+and ``FastAPIWebsocketTransport`` with ``ProtobufFrameSerializer`` exchange binary
+WebSocket messages, each one ``pipecat.Frame`` (``pipecat/frames/frames.proto``) holding a
+oneof of ``text``, ``audio``, ``transcription``, ``message`` or ``interruption``. This
+adapter speaks that wire format directly (a few lines of protobuf wire encoding, so
+voiceaudit does not need Pipecat or the protobuf runtime installed):
+
+- input audio goes out as ``Frame{audio: AudioRawFrame{audio, sample_rate, num_channels}}``;
+- reply audio comes back the same way (``sample_rate`` says its rate);
+- ``message`` frames carry JSON. Pipecat's RTVI observer (on by default in a
+  ``PipelineWorker``) sends its events this way; they become stage marks:
+
+  ============================  ======================  ==============
+  RTVI message                  mark                    stage
+  ============================  ======================  ==============
+  ``vad-user-started-speaking``  ``speech_started``      endpointing
+  ``vad-user-stopped-speaking``  ``endpoint``            endpointing
+  ``user-started-speaking``     ``user_turn.started``   endpointing
+  ``user-stopped-speaking``     ``committed``           endpointing
+  ``user-transcription``        ``transcript.final`` /  transcription
+                                ``transcript.partial``
+  ``bot-llm-started``           ``llm.request``         model
+  first ``bot-llm-text``        ``llm.first_token``     model
+  ``bot-llm-stopped``           ``llm.done``            model
+  ``bot-tts-started``           ``tts.request``         synthesis
+  ``bot-tts-stopped``           ``tts.done``            synthesis
+  ``bot-started-speaking``      ``bot.started_speaking`` output
+  ``bot-stopped-speaking``      ``bot.stopped_speaking`` output (ends the reply)
+  ``bot-interrupted``           ``interrupted``         endpointing
+  ``metrics``                   ``framework.metrics``   telemetry
+  ``error``                     ``error``               error
+  ============================  ======================  ==============
+
+Options (``--target-option NAME=VALUE``):
+
+- ``rate``: input sample rate (default 16000; Pipecat's default ``audio_in_sample_rate``).
+- ``rtvi``: ``auto`` (default: send RTVI ``client-ready`` and wait up to 2 s for
+  ``bot-ready``), ``on`` (require ``bot-ready``), ``off`` (send nothing).
+- ``done_on``: ``bot-stopped-speaking`` (default: the RTVI message ends the reply) or
+  ``idle`` (the probe's quiet timeout ends it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from voiceaudit.errors import TargetError, UsageError
+from voiceaudit.targets.base import Target, TargetConfig, TargetSession, TargetSink
+
+# -- protobuf wire format (only what frames.proto uses) -------------------------------------
+
+_VARINT = 0
+_I64 = 1
+_LEN = 2
+_I32 = 5
+
+#: Frame oneof field numbers (frames.proto)
+F_TEXT = 1
+F_AUDIO = 2
+F_TRANSCRIPTION = 3
+F_MESSAGE = 4
+F_INTERRUPTION = 5
+
+
+class WireError(ValueError):
+    """Bytes that are not a valid protobuf message."""
+
+
+def _varint(n: int) -> bytes:
+    if n < 0:
+        n &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
+    shift = 0
+    result = 0
+    while True:
+        if i >= len(buf):
+            raise WireError("truncated varint")
+        b = buf[i]
+        i += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, i
+        shift += 7
+        if shift > 63:
+            raise WireError("varint too long")
+
+
+def _field(num: int, wire: int) -> bytes:
+    return _varint((num << 3) | wire)
+
+
+def _len_field(num: int, data: bytes) -> bytes:
+    return _field(num, _LEN) + _varint(len(data)) + data
+
+
+def parse_fields(buf: bytes) -> list[tuple[int, int | bytes]]:
+    """Decode one message's fields as (field number, int or bytes), in order."""
+    out: list[tuple[int, int | bytes]] = []
+    i = 0
+    n = len(buf)
+    while i < n:
+        key, i = _read_varint(buf, i)
+        num, wire = key >> 3, key & 7
+        if num == 0:
+            raise WireError("field number 0")
+        if wire == _VARINT:
+            v, i = _read_varint(buf, i)
+            out.append((num, v))
+        elif wire == _LEN:
+            ln, i = _read_varint(buf, i)
+            if i + ln > n:
+                raise WireError("truncated length-delimited field")
+            out.append((num, buf[i : i + ln]))
+            i += ln
+        elif wire == _I64:
+            if i + 8 > n:
+                raise WireError("truncated fixed64")
+            out.append((num, int.from_bytes(buf[i : i + 8], "little")))
+            i += 8
+        elif wire == _I32:
+            if i + 4 > n:
+                raise WireError("truncated fixed32")
+            out.append((num, int.from_bytes(buf[i : i + 4], "little")))
+            i += 4
+        else:
+            raise WireError(f"unsupported wire type {wire}")
+    return out
+
+
+def encode_audio_frame(pcm16: bytes, rate: int, channels: int = 1) -> bytes:
+    """``Frame{audio: AudioRawFrame{audio, sample_rate, num_channels}}``."""
+    inner = (
+        _len_field(3, pcm16)
+        + _field(4, _VARINT)
+        + _varint(rate)
+        + _field(5, _VARINT)
+        + _varint(channels)
+    )
+    return _len_field(F_AUDIO, inner)
+
+
+def encode_message_frame(obj: Any) -> bytes:
+    """``Frame{message: MessageFrame{data: json}}`` (how RTVI client messages travel)."""
+    data = json.dumps(obj, separators=(",", ":")).encode()
+    return _len_field(F_MESSAGE, _len_field(1, data))
+
+
+@dataclass(frozen=True, slots=True)
+class PipecatFrame:
+    """One decoded ``pipecat.Frame``: which oneof member, and its fields by name."""
+
+    kind: str
+    fields: dict[str, int | bytes]
+
+
+_KINDS = {
+    F_TEXT: ("text", {1: "id", 2: "name", 3: "text"}),
+    F_AUDIO: (
+        "audio",
+        {1: "id", 2: "name", 3: "audio", 4: "sample_rate", 5: "num_channels", 6: "pts"},
+    ),
+    F_TRANSCRIPTION: (
+        "transcription",
+        {1: "id", 2: "name", 3: "text", 4: "user_id", 5: "timestamp"},
+    ),
+    F_MESSAGE: ("message", {1: "data"}),
+    F_INTERRUPTION: ("interruption", {1: "id", 2: "name"}),
+}
+
+
+def decode_frame(buf: bytes) -> PipecatFrame:
+    """Decode a serialized ``pipecat.Frame``; :class:`WireError` when it is not one."""
+    top = parse_fields(buf)
+    if not top:
+        raise WireError("empty frame")
+    # A oneof: the last member on the wire wins.
+    num, value = top[-1]
+    spec = _KINDS.get(num)
+    if spec is None:
+        raise WireError(f"unknown frame field {num}")
+    if not isinstance(value, bytes):
+        raise WireError(f"frame field {num} is not a message")
+    kind, names = spec
+    fields: dict[str, int | bytes] = {}
+    for n, v in parse_fields(value):
+        name = names.get(n)
+        if name is not None:
+            fields[name] = v
+    return PipecatFrame(kind, fields)
+
+
+# -- RTVI -------------------------------------------------------------------------------------
+
+RTVI_LABEL = "rtvi-ai"
+
+_RTVI_MARKS: dict[str, tuple[str, str]] = {
+    "vad-user-started-speaking": ("speech_started", "endpointing"),
+    "vad-user-stopped-speaking": ("endpoint", "endpointing"),
+    "user-started-speaking": ("user_turn.started", "endpointing"),
+    "user-stopped-speaking": ("committed", "endpointing"),
+    "bot-llm-started": ("llm.request", "model"),
+    "bot-llm-stopped": ("llm.done", "model"),
+    "bot-tts-started": ("tts.request", "synthesis"),
+    "bot-tts-stopped": ("tts.done", "synthesis"),
+    "bot-started-speaking": ("bot.started_speaking", "output"),
+    "bot-stopped-speaking": ("bot.stopped_speaking", "output"),
+    "bot-interrupted": ("interrupted", "endpointing"),
+}
+#: RTVI messages that carry nothing about timing (or repeat per word)
+_RTVI_QUIET = {
+    "bot-ready",
+    "bot-output",
+    "bot-tts-text",
+    "bot-transcription",
+    "user-llm-text",
+    "server-message",
+    "server-response",
+    "user-audio-level",
+    "bot-audio-level",
+    "system-log",
+}
+
+
+def client_ready_message() -> dict[str, Any]:
+    return {
+        "label": RTVI_LABEL,
+        "type": "client-ready",
+        "id": uuid.uuid4().hex[:8],
+        "data": {"version": "1.0.0", "about": {"library": "voiceaudit"}},
+    }
+
+
+class PipecatWebSocketSession(TargetSession):
+    def __init__(self, config: TargetConfig, sink: TargetSink) -> None:
+        super().__init__(config, sink)
+        self.input_rate = config.int_option("rate", 16000)
+        self.rtvi = config.option("rtvi", "auto")
+        if self.rtvi not in ("auto", "on", "off"):
+            raise UsageError(f"target option rtvi={self.rtvi!r} must be auto, on or off")
+        self.done_on = config.option("done_on", "bot-stopped-speaking")
+        if self.done_on not in ("bot-stopped-speaking", "idle"):
+            raise UsageError(
+                f"target option done_on={self.done_on!r} must be bot-stopped-speaking or idle"
+            )
+        self._http: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._bot_ready = asyncio.Event()
+        self._first_llm_text = False
+        self._speaking = False
+        self._closing = False
+
+    async def open(self) -> None:
+        self._http = aiohttp.ClientSession()
+        try:
+            self._ws = await self._http.ws_connect(
+                self.config.url,
+                headers={k: v for k, v in self.config.headers},
+                timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
+                max_msg_size=64 * 1024 * 1024,
+                autoping=True,
+            )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            await self.close()
+            raise TargetError(f"cannot connect to {self.config.describe()['url']}: {exc}") from None
+        self._reader = asyncio.create_task(self._read())
+        if self.rtvi == "off":
+            return
+        await self._ws.send_bytes(encode_message_frame(client_ready_message()))
+        wait = self.config.connect_timeout_s if self.rtvi == "on" else 2.0
+        try:
+            await asyncio.wait_for(self._bot_ready.wait(), wait)
+        except TimeoutError:
+            if self.rtvi == "on":
+                await self.close()
+                raise TargetError(
+                    "the bot did not answer RTVI client-ready with bot-ready",
+                    hint="is RTVI enabled in the bot? use --target-option rtvi=off if not",
+                ) from None
+
+    async def send_audio(self, pcm16: bytes) -> None:
+        ws = self._ws
+        if ws is None or ws.closed:
+            raise TargetError("connection is closed")
+        await ws.send_bytes(encode_audio_frame(pcm16, self.input_rate))
+
+    async def start_turn(self, turn: int) -> None:
+        self._first_llm_text = False
+
+    async def _read(self) -> None:
+        assert self._ws is not None
+        ws = self._ws
+        try:
+            async for msg in ws:
+                t = time.monotonic_ns()
+                if msg.type == aiohttp.WSMsgType.BINARY:
+                    self._on_frame(t, msg.data)
+                elif msg.type == aiohttp.WSMsgType.TEXT:
+                    self.sink.fail("protocol: text message from a protobuf-serializer bot")
+                elif msg.type == aiohttp.WSMsgType.ERROR:
+                    self.sink.fail(f"connection error: {ws.exception()}")
+                    return
+            if not self._closing:
+                self.sink.fail(f"target closed the connection (code {ws.close_code})")
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            self.sink.fail(f"connection lost: {exc}")
+
+    def _on_frame(self, t: int, data: bytes) -> None:
+        try:
+            frame = decode_frame(data)
+        except WireError as exc:
+            self.sink.fail(f"protocol: not a pipecat protobuf frame ({exc})")
+            return
+        f = frame.fields
+        if frame.kind == "audio":
+            audio = f.get("audio", b"")
+            rate = f.get("sample_rate", 0)
+            channels = f.get("num_channels", 1)
+            if not isinstance(audio, bytes) or not isinstance(rate, int) or rate <= 0:
+                self.sink.fail("protocol: audio frame without audio or sample_rate")
+                return
+            if isinstance(channels, int) and channels > 1:
+                audio = _downmix(audio, channels)
+            self.sink.reply_audio(t, audio, rate, len(data))
+        elif frame.kind == "message":
+            raw = f.get("data", b"")
+            self._on_message(t, raw if isinstance(raw, bytes) else b"")
+        elif frame.kind == "transcription":
+            text = f.get("text", b"")
+            attrs: dict[str, Any] = {"raw": "TranscriptionFrame"}
+            if isinstance(text, bytes):
+                attrs["text"] = text.decode("utf-8", "replace")
+            self.sink.mark("transcript.final", "transcription", t, attrs)
+        elif frame.kind == "text":
+            if not self._first_llm_text:
+                self._first_llm_text = True
+                self.sink.mark("reply_text.first", "model", t, {"raw": "TextFrame"})
+        elif frame.kind == "interruption":
+            self.sink.mark("interrupted", "endpointing", t, {"raw": "InterruptionFrame"})
+
+    def _on_message(self, t: int, raw: bytes) -> None:
+        try:
+            msg = json.loads(raw)
+        except ValueError:
+            self.sink.mark("unknown_event", "other", t, {"raw": "MessageFrame (not JSON)"})
+            return
+        if not isinstance(msg, dict) or msg.get("label") != RTVI_LABEL:
+            self.sink.mark("transport.message", "other", t, {"raw": "MessageFrame"})
+            return
+        kind = msg.get("type")
+        data = _obj(msg, "data")
+        if not isinstance(kind, str):
+            return
+        if kind == "bot-ready":
+            self._bot_ready.set()
+            return
+        if kind in _RTVI_MARKS:
+            name, stage = _RTVI_MARKS[kind]
+            self.sink.mark(name, stage, t, {"raw": kind})
+            if kind == "bot-started-speaking":
+                self._speaking = True
+            elif kind == "bot-stopped-speaking":
+                self._speaking = False
+                if self.done_on == "bot-stopped-speaking":
+                    self.sink.reply_done(t)
+            return
+        if kind == "user-transcription":
+            final = bool(data.get("final"))
+            attrs: dict[str, Any] = {"raw": kind}
+            if isinstance(data.get("text"), str):
+                attrs["text"] = data["text"]
+            name = "transcript.final" if final else "transcript.partial"
+            self.sink.mark(name, "transcription", t, attrs)
+            return
+        if kind == "bot-llm-text":
+            if not self._first_llm_text:
+                self._first_llm_text = True
+                self.sink.mark("llm.first_token", "model", t, {"raw": kind})
+            return
+        if kind == "metrics":
+            self.sink.mark("framework.metrics", "telemetry", t, {"raw": kind, **_metrics(data)})
+            return
+        if kind in ("error", "error-response"):
+            message = str(data.get("error", data.get("message", "unknown error")))
+            fatal = bool(data.get("fatal", False))
+            self.sink.mark("error", "error", t, {"message": message, "fatal": fatal})
+            if fatal:
+                self.sink.fail(f"target error: {message}")
+            return
+        if kind not in _RTVI_QUIET:
+            self.sink.mark("unknown_event", "other", t, {"raw": kind[:80]})
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+            self._reader = None
+        if self._ws is not None and not self._ws.closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._ws.close(), 2.0)
+        self._ws = None
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+
+def _obj(d: dict[str, Any], key: str) -> dict[str, Any]:
+    v = d.get(key)
+    return v if isinstance(v, dict) else {}
+
+
+def _downmix(pcm16: bytes, channels: int) -> bytes:
+    import numpy as np
+
+    x = np.frombuffer(pcm16[: len(pcm16) - len(pcm16) % (2 * channels)], dtype="<i2")
+    out: bytes = x.reshape(-1, channels).mean(axis=1).astype("<i2").tobytes()
+    return out
+
+
+def _metrics(data: dict[str, Any]) -> dict[str, Any]:
+    """Pipecat's MetricsMessage data: lists of {processor, model?, value} per kind."""
+    out: dict[str, Any] = {}
+    for key in ("ttfb", "processing", "ttfa", "text_aggregation"):
+        items = data.get(key)
+        if isinstance(items, list):
+            out[key] = [
+                {k: v for k, v in it.items() if k in ("processor", "model", "value")}
+                for it in items
+                if isinstance(it, dict)
+            ]
+    return out
+
+
+class PipecatWebSocketTarget(Target):
+    protocol = "pipecat-websocket"
+    schemes = ("ws", "wss")
+    description = "Pipecat WebSocket transport with the protobuf frame serializer (RTVI marks)"
+
+    def session(self, sink: TargetSink) -> TargetSession:
+        return PipecatWebSocketSession(self.config, sink)
