@@ -1,20 +1,363 @@
-"""`voiceaudit net`: not built yet."""
+"""`voiceaudit net`: the network path of any pcap/pcapng capture."""
 
 from __future__ import annotations
 
+import sys
+from enum import StrEnum
+from pathlib import Path
+
 import typer
 
-from voiceaudit.errors import NotBuiltYet
+from voiceaudit.cli.console import err_console, out_console
+from voiceaudit.errors import UsageError
+
+
+class NetFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+def _ms(ns: int | None, nd: int = 3) -> str:
+    return "-" if ns is None else f"{ns / 1e6:.{nd}f}"
+
+
+def _f(v: float | None, nd: int = 3) -> str:
+    return "-" if v is None else f"{v:.{nd}f}"
+
+
+def render_text(report: object, console: object) -> None:
+    """Rich tables for a NetReport (kept here: the library never imports rich)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from voiceaudit.capture.model import NetReport
+
+    assert isinstance(report, NetReport) and isinstance(console, Console)
+    r = report
+    origin = r.first_at_ns or 0
+
+    def rel(t: int | None) -> str:
+        return "-" if t is None else f"{(t - origin) / 1e9:.6f}"
+
+    dur = (
+        "-"
+        if r.first_at_ns is None or r.last_at_ns is None
+        else f"{(r.last_at_ns - r.first_at_ns) / 1e9:.6f} s"
+    )
+    console.print(
+        f"[bold]{r.path}[/]: {r.format}, {r.packets} packets, {dur}"
+        + (f", clock {r.clock}" if r.clock != "wall" else "")
+        + (", [yellow]truncated[/]" if r.truncated else "")
+    )
+    opts = []
+    if r.heuristic_rtp:
+        opts.append("heuristic RTP")
+    if r.decode_as:
+        opts.append("decode-as " + " ".join(r.decode_as))
+    if r.tshark:
+        opts.append(f"TLS decrypted by {r.tshark}")
+    if opts:
+        console.print("[dim]" + "; ".join(opts) + "[/]")
+
+    if r.rtp_streams:
+        t = Table(title="RTP streams", title_justify="left", header_style="bold")
+        for col in (
+            "start s",
+            "src",
+            "dst",
+            "SSRC",
+            "payload",
+            "pkts",
+            "lost",
+            "min Δ ms",
+            "mean Δ ms",
+            "max Δ ms",
+            "min jit",
+            "mean jit",
+            "max jit",
+            "max skew",
+        ):
+            t.add_column(col, justify="right" if col not in ("src", "dst", "payload") else "left")
+        for s in r.rtp_streams:
+            lost = f"{s.lost} ({s.lost_percent:.1f}%)" if s.lost else "0"
+            t.add_row(
+                rel(s.start_at_ns),
+                s.src,
+                s.dst,
+                s.ssrc_hex,
+                ", ".join(s.payload_names),
+                str(s.packets),
+                lost,
+                _f(s.min_delta_ms),
+                _f(s.mean_delta_ms),
+                _f(s.max_delta_ms),
+                _f(s.min_jitter_ms),
+                _f(s.mean_jitter_ms),
+                _f(s.max_jitter_ms),
+                _f(s.max_skew_ms),
+            )
+        console.print(t)
+        if any(s.min_jitter_ms is None and s.min_delta_ms is not None for s in r.rtp_streams):
+            console.print(
+                "[dim]jitter needs the RTP clock rate: give it with --clock-rate PT=RATE[/]"
+            )
+    elif r.counts.get("udp"):
+        hint = "" if r.heuristic_rtp else " (without signalling, try --enable-heuristic rtp_udp)"
+        console.print(f"[dim]no RTP streams{hint}[/]")
+
+    if r.tcp_connections:
+        t = Table(title="TCP connections", title_justify="left", header_style="bold")
+        for col in (
+            "start s",
+            "client",
+            "server",
+            "proto",
+            "connect ms",
+            "rtt p50",
+            "rtt p90",
+            "rtt max",
+            "retrans",
+            "zero win",
+            "stalls",
+            "pkts",
+        ):
+            t.add_column(col, justify="left" if col in ("client", "server", "proto") else "right")
+        for c in r.tcp_connections:
+            t.add_row(
+                rel(c.first_at_ns),
+                c.client,
+                c.server,
+                c.protocol or "-",
+                _ms(c.connect_ns),
+                _ms(c.ack_rtt.p50_ns),
+                _ms(c.ack_rtt.p90_ns),
+                _ms(c.ack_rtt.max_ns),
+                str(c.retransmissions),
+                str(c.zero_windows),
+                str(len(c.small_write_stalls)),
+                str(c.packets),
+            )
+        console.print(t)
+        stalls = [(c, s) for c in r.tcp_connections for s in c.small_write_stalls]
+        if stalls:
+            t = Table(
+                title="Small-write stalls (Nagle + delayed ACK)",
+                title_justify="left",
+                header_style="bold",
+            )
+            for col in ("at s", "sender", "held ms", "ACK delay ms", "bytes"):
+                t.add_column(col, justify="left" if col == "sender" else "right")
+            for _c, stall in stalls[:50]:
+                t.add_row(
+                    rel(stall.released_at_ns),
+                    stall.sender,
+                    _ms(stall.held_ns),
+                    _ms(stall.ack_delay_ns),
+                    str(stall.length),
+                )
+            console.print(t)
+            if len(stalls) > 50:
+                console.print(f"[dim]… {len(stalls) - 50} more (see --format json)[/]")
+
+    if r.tls_handshakes:
+        t = Table(title="TLS / DTLS handshakes", title_justify="left", header_style="bold")
+        for col in (
+            "start s",
+            "client",
+            "server",
+            "version",
+            "SNI",
+            "ServerHello ms",
+            "handshake ms",
+        ):
+            t.add_column(col, justify="right" if "ms" in col or col == "start s" else "left")
+        for h in r.tls_handshakes:
+            t.add_row(
+                rel(h.client_hello_at_ns),
+                h.client,
+                h.server,
+                f"{h.version or '?'} ({h.transport})",
+                h.sni or "-",
+                _ms(h.server_hello_ns),
+                _ms(h.handshake_ns),
+            )
+        console.print(t)
+
+    if r.http_exchanges:
+        t = Table(title="HTTP exchanges", title_justify="left", header_style="bold")
+        for col in (
+            "start s",
+            "server",
+            "proto",
+            "request",
+            "status",
+            "first byte ms",
+            "first data ms",
+            "complete ms",
+            "bytes",
+        ):
+            t.add_column(col, justify="left" if col in ("server", "proto", "request") else "right")
+        for x in r.http_exchanges[:200]:
+            req = f"{x.method or '?'} {x.target or ''}".strip()
+            if len(req) > 60:
+                req = req[:57] + "…"
+            proto = x.protocol + (f" #{x.stream_id}" if x.stream_id is not None else "")
+            t.add_row(
+                rel(x.request_at_ns),
+                x.server,
+                proto,
+                req,
+                "-" if x.status is None else str(x.status),
+                _ms(x.first_byte_ns),
+                _ms(x.first_data_ns),
+                _ms(x.complete_ns),
+                str(x.body_bytes),
+            )
+        console.print(t)
+        if len(r.http_exchanges) > 200:
+            console.print(f"[dim]… {len(r.http_exchanges) - 200} more (see --format json)[/]")
+
+    if r.websocket_sessions:
+        t = Table(title="WebSocket sessions", title_justify="left", header_style="bold")
+        for col in (
+            "start s",
+            "server",
+            "target",
+            "upgrade ms",
+            "frames",
+            "from client",
+            "from server",
+            "bytes c→s",
+            "bytes s→c",
+        ):
+            t.add_column(col, justify="left" if col in ("server", "target") else "right")
+        names = {0: "cont", 1: "text", 2: "bin", 8: "close", 9: "ping", 10: "pong"}
+
+        def ops(d: dict[int, int]) -> str:
+            return " ".join(f"{names.get(k, k)}:{v}" for k, v in sorted(d.items())) or "-"
+
+        for w in r.websocket_sessions:
+            target = w.target or "-"
+            if len(target) > 40:
+                target = target[:37] + "…"
+            t.add_row(
+                rel(w.upgrade_request_at_ns),
+                w.server,
+                target,
+                _ms(w.upgrade_ns),
+                str(w.frames_total),
+                ops(w.opcodes_from_client),
+                ops(w.opcodes_from_server),
+                str(w.bytes_from_client),
+                str(w.bytes_from_server),
+            )
+        console.print(t)
+
+    if r.stun_transactions:
+        t = Table(title="STUN transactions", title_justify="left", header_style="bold")
+        for col in ("start s", "client", "server", "method", "rtt ms", "result", "retries"):
+            t.add_column(
+                col, justify="right" if col in ("start s", "rtt ms", "retries") else "left"
+            )
+        for tx in r.stun_transactions[:100]:
+            res = "-" if tx.success is None else ("success" if tx.success else "error")
+            t.add_row(
+                rel(tx.request_at_ns),
+                tx.client,
+                tx.server,
+                tx.method,
+                _ms(tx.rtt_ns),
+                res,
+                str(tx.retransmits),
+            )
+        console.print(t)
+    if not (r.rtp_streams or r.tcp_connections or r.tls_handshakes or r.stun_transactions):
+        console.print(
+            "[dim]nothing voiceaudit reads in this capture (no TCP, RTP, STUN or DTLS)[/]"
+        )
 
 
 def register(app: typer.Typer) -> None:
-    @app.command(
-        "net",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-        help="(not built yet)",
-    )
-    def net_(ctx: typer.Context) -> None:
-        raise NotBuiltYet(
-            "'voiceaudit net' is not built yet",
-            hint="see the open issues; 'voiceaudit --help' lists what works",
-        )
+    @app.command("net")
+    def net(
+        capture: Path = typer.Argument(..., help="A pcap or pcapng file (gzip allowed)."),
+        fmt: NetFormat = typer.Option(NetFormat.text, "--format", help="text (tables) or json."),
+        decode_as: list[str] = typer.Option(
+            [],
+            "--decode-as",
+            "-d",
+            help="Read a port as a protocol, TShark style: udp.port==5004,rtp or "
+            "tcp.port==8443,tls (repeatable).",
+        ),
+        keylog: Path | None = typer.Option(
+            None,
+            "--keylog",
+            help="TLS key log (SSLKEYLOGFILE format): TShark decrypts HTTPS, "
+            "HTTP/2 and WSS with it.",
+        ),
+        clock_rate: list[str] = typer.Option(
+            [],
+            "--clock-rate",
+            help="RTP clock rate of a payload type, PT=RATE (repeatable), "
+            "for dynamic types the capture does not describe.",
+        ),
+        enable_heuristic: list[str] = typer.Option(
+            [],
+            "--enable-heuristic",
+            help="Find RTP without signalling: --enable-heuristic rtp_udp (as TShark).",
+        ),
+        output: Path | None = typer.Option(
+            None, "--output", "-o", help="Write the report to this file instead of stdout."
+        ),
+    ) -> None:
+        """Analyse the network path of a capture: RTP, TCP, TLS, HTTP, WebSocket, STUN."""
+        from voiceaudit.capture.analyze import analyze_capture, parse_clock_rate, parse_decode_as
+
+        heuristics = {h.strip().lower() for h in enable_heuristic}
+        unknown = heuristics - {"rtp_udp"}
+        if unknown:
+            raise UsageError(
+                f"unknown heuristic {', '.join(sorted(unknown))!r}",
+                hint="voiceaudit knows --enable-heuristic rtp_udp",
+            )
+        rules = [parse_decode_as(d) for d in decode_as]
+        rates = dict(parse_clock_rate(c) for c in clock_rate)
+
+        err = err_console()
+        show = err.is_terminal
+        status = err.status("reading the capture…") if show else None
+
+        def progress(n: int) -> None:
+            if status is not None:
+                status.update(f"reading the capture… {n:,} packets")
+
+        if status is not None:
+            status.start()
+        try:
+            report = analyze_capture(
+                capture,
+                decode_as=rules,
+                keylog=keylog,
+                clock_rates=rates,
+                heuristic_rtp="rtp_udp" in heuristics,
+                progress=progress,
+            )
+        finally:
+            if status is not None:
+                status.stop()
+        for w in report.warnings:
+            err.print(f"[yellow]warning:[/] {w}", highlight=False)
+        if fmt is NetFormat.json:
+            text = report.to_json() + "\n"
+            if output is None:
+                sys.stdout.write(text)
+            else:
+                output.write_text(text, encoding="utf-8")
+            return
+        if output is None:
+            render_text(report, out_console())
+        else:
+            from rich.console import Console
+
+            with output.open("w", encoding="utf-8") as f:
+                render_text(report, Console(file=f, width=200, no_color=True, highlight=False))
