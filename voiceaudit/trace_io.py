@@ -17,7 +17,7 @@ import io
 import json
 import os
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -28,6 +28,7 @@ from voiceaudit.errors import NoDataError, TraceError
 from voiceaudit.model import (
     SCHEMA_HISTORY,
     SCHEMA_VERSION,
+    SOURCES,
     End,
     Event,
     Header,
@@ -185,32 +186,134 @@ def _open_text(path: Path) -> tuple[IO[str], bool]:
     return io.TextIOWrapper(raw, encoding="utf-8"), False
 
 
-def _lines(f: IO[str], path: Path, warnings: list[str]) -> Iterator[tuple[int, str, bool]]:
-    """Yield (line number, text, ended_with_newline); stop quietly at a cut-short gzip."""
-    n = 0
+# -- decoding -------------------------------------------------------------------------------
+#
+# ``json.loads`` spends about half its time in Python-level wrapping around the C scanner.
+# Calling the scanner directly gives the same objects (same scanner, same options) in about
+# half the time; anything it cannot decode goes back through ``json.loads`` so error
+# messages stay exactly the standard ones.
+
+_DECODER = json.JSONDecoder()
+_SCAN_ONCE = _DECODER.scan_once  # type: ignore[attr-defined]
+_WS = json.decoder.WHITESPACE.match  # type: ignore[attr-defined]
+
+
+def _loads(text: str) -> Any:
+    if text[:1] == "{":
+        # The common case: a record starting at column 0, ending with the line.
+        try:
+            obj, end = _SCAN_ONCE(text, 0)
+        except StopIteration:
+            return json.loads(text)  # raises the standard JSONDecodeError
+        n = len(text)
+        if end == n or (end == n - 1 and text[end] == "\n") or _WS(text, end).end() == n:
+            return obj
+        return json.loads(text)  # "Extra data"
     try:
-        for line in f:
-            n += 1
-            yield n, line, line.endswith("\n")
-    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        warnings.append(f"compressed data ends early after line {n} ({exc}); kept what was read")
-    except UnicodeDecodeError:
-        raise TraceError(
-            "not a text file (bytes that are not UTF-8)", path=str(path), line=n + 1
-        ) from None
+        obj, end = _SCAN_ONCE(text, _WS(text, 0).end())
+    except StopIteration:
+        return json.loads(text)
+    if _WS(text, end).end() != len(text):
+        return json.loads(text)
+    return obj
 
 
-def read_trace(path: str | os.PathLike[str]) -> Trace:
-    """Read one trace file; raise :class:`TraceError` for anything that is not one."""
-    p = Path(path)
+_EVENT_TYPE = "event"
+
+
+def _event_from_dict(d: dict[str, Any]) -> Event:
+    """``Event.from_dict`` with the common case checked inline (same checks, same result)."""
+    try:
+        session = d["session"]
+        turn = d["turn"]
+        t_ns = d["t_ns"]
+        source = d["source"]
+        stage = d["stage"]
+        name = d["name"]
+    except KeyError:
+        return Event.from_dict(d)  # raises with the standard message
+    attrs = d.get("attrs", {})
+    # ``type(x) is int`` rejects booleans, as the full parser does.
+    if (
+        type(t_ns) is int
+        and (turn is None or type(turn) is int)
+        and type(session) is str
+        and source in SOURCES
+        and type(stage) is str
+        and type(name) is str
+        and type(attrs) is dict
+    ):
+        return Event(session, turn, t_ns, source, stage, name, attrs)
+    return Event.from_dict(d)
+
+
+def check_event_dict(d: dict[str, Any]) -> None:
+    """Raise ``ValueError`` (with the standard message) unless ``d`` is a valid event record.
+
+    The same checks as ``Event.from_dict``, without building the event.
+    """
+    try:
+        turn = d["turn"]
+        attrs = d.get("attrs", _EMPTY)
+        if (
+            type(d["t_ns"]) is int
+            and (turn is None or type(turn) is int)
+            and type(d["session"]) is str
+            and d["source"] in SOURCES
+            and type(d["stage"]) is str
+            and type(d["name"]) is str
+            and type(attrs) is dict
+        ):
+            return
+    except KeyError:
+        pass
+    Event.from_dict(d)  # raises with the standard message
+
+
+_EMPTY: dict[str, Any] = {}
+
+
+def _record(d: Any) -> Record:
+    if type(d) is dict and d.get("type") == _EVENT_TYPE:
+        return _event_from_dict(d)
+    return record_from_dict(d)
+
+
+@dataclass(frozen=True)
+class TraceInfo:
+    """Everything about a trace file except its events and spans (see :func:`scan_trace`)."""
+
+    path: str
+    header: Header
+    end: End | None
+    warnings: tuple[str, ...] = field(default=())
+    #: lines of events whose names were skipped by :func:`scan_trace`, per name
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return self.end is not None
+
+
+def _scan(
+    p: Path,
+    on_record: Callable[[Any], Record | None],
+    skip: frozenset[str],
+) -> TraceInfo:
+    """The reader's one loop: tolerance rules, header and end handling, skipping.
+
+    ``on_record`` receives each decoded record after the header (events, spans, end); it
+    validates it (raising ``ValueError`` like :func:`record_from_dict`) and returns the
+    record when it is a header or end record the loop must handle, else ``None``.
+    """
     if not p.exists():
         raise TraceError("no such file", path=str(p))
     if p.is_dir():
         raise TraceError("is a directory (use read_traces)", path=str(p))
     warnings: list[str] = []
+    skipped: dict[str, int] = {}
+    skip_marks = {_skip_mark(n): n for n in skip}
     header: Header | None = None
-    events: list[Event] = []
-    spans: list[Span] = []
     end: End | None = None
     pending_error: TraceError | None = None
     try:
@@ -218,39 +321,59 @@ def read_trace(path: str | os.PathLike[str]) -> Trace:
     except OSError as exc:
         raise TraceError(f"cannot open: {exc.strerror}", path=str(p)) from None
     with f:
-        for lineno, text, has_newline in _lines(f, p, warnings):
-            if pending_error is not None:
-                # A bad line followed by more lines is corruption, not a cut-short write.
-                raise pending_error
-            if not text.strip():
-                continue
-            try:
-                rec = record_from_dict(json.loads(text))
-            except (json.JSONDecodeError, ValueError) as exc:
-                err = TraceError(f"invalid record: {exc}", path=str(p), line=lineno)
-                if header is not None and not has_newline:
-                    # The last line of a killed writer: drop it, keep the rest.
-                    warnings.append(f"line {lineno} is cut short (writer stopped mid-line)")
-                    break
+        lineno = 0
+        try:
+            for text in f:
+                lineno += 1
+                if pending_error is not None:
+                    # A bad line followed by more lines is corruption, not a cut-short write.
+                    raise pending_error
+                if skip_marks and header is not None and end is None:
+                    name = _skipped_name(text, skip_marks)
+                    if name is not None:
+                        skipped[name] = skipped.get(name, 0) + 1
+                        continue
+                try:
+                    d = _loads(text)
+                    rec = on_record(d) if header is not None else record_from_dict(d)
+                except (json.JSONDecodeError, ValueError) as exc:
+                    if not text.strip():
+                        continue
+                    err = TraceError(f"invalid record: {exc}", path=str(p), line=lineno)
+                    if header is not None and not text.endswith("\n"):
+                        # The last line of a killed writer: drop it, keep the rest.
+                        warnings.append(f"line {lineno} is cut short (writer stopped mid-line)")
+                        break
+                    if header is None:
+                        raise _not_a_trace(p, lineno, text, exc) from None
+                    pending_error = err
+                    continue
+                if rec is None:
+                    if end is not None:
+                        warnings.append(f"line {lineno}: records after the closing record")
+                    continue
                 if header is None:
-                    raise _not_a_trace(p, lineno, text, exc) from None
-                pending_error = err
-                continue
-            if header is None:
-                if not isinstance(rec, Header):
-                    raise TraceError("the first record must be a header", path=str(p), line=lineno)
-                _check_schema(rec, p)
-                header = rec
-            elif isinstance(rec, Event):
-                events.append(rec)
-            elif isinstance(rec, Span):
-                spans.append(rec)
-            elif isinstance(rec, End):
-                end = rec
-            else:
-                raise TraceError("a second header record", path=str(p), line=lineno)
-            if end is not None and rec is not end:
-                warnings.append(f"line {lineno}: records after the closing record")
+                    if not isinstance(rec, Header):
+                        raise TraceError(
+                            "the first record must be a header", path=str(p), line=lineno
+                        )
+                    _check_schema(rec, p)
+                    header = rec
+                    continue
+                if isinstance(rec, End):
+                    end = rec
+                elif isinstance(rec, Header):
+                    raise TraceError("a second header record", path=str(p), line=lineno)
+                elif end is not None:
+                    warnings.append(f"line {lineno}: records after the closing record")
+        except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+            warnings.append(
+                f"compressed data ends early after line {lineno} ({exc}); kept what was read"
+            )
+        except UnicodeDecodeError:
+            raise TraceError(
+                "not a text file (bytes that are not UTF-8)", path=str(p), line=lineno + 1
+            ) from None
         if pending_error is not None:
             raise pending_error
     if header is None:
@@ -259,7 +382,106 @@ def read_trace(path: str | os.PathLike[str]) -> Trace:
         raise TraceError("empty file: no header record", path=str(p))
     if end is None:
         warnings.append("no closing record: the run was cut short; finished turns are kept")
-    return Trace(str(p), header, tuple(events), tuple(spans), end, tuple(warnings))
+    return TraceInfo(str(p), header, end, tuple(warnings), skipped)
+
+
+def _skip_mark(name: str) -> str:
+    # TraceWriter writes keys in a fixed order, so a skippable event line always holds
+    # this exact run of text; lines written any other way are simply decoded.
+    return f',"name":{json.dumps(name, ensure_ascii=False)},"attrs":{{'
+
+
+def _skipped_name(text: str, marks: dict[str, str]) -> str | None:
+    # Only whole lines (newline-terminated): a cut-short last line is decoded and dropped.
+    if not text.startswith('{"type":"event",') or not text.endswith("}\n"):
+        return None
+    for mark, name in marks.items():
+        if mark in text:
+            return name
+    return None
+
+
+def read_trace(path: str | os.PathLike[str]) -> Trace:
+    """Read one trace file; raise :class:`TraceError` for anything that is not one."""
+    p = Path(path)
+    events: list[Event] = []
+    spans: list[Span] = []
+    add_event = events.append
+    add_span = spans.append
+
+    def on_record(d: Any) -> Record | None:
+        rec = _record(d)
+        if type(rec) is Event:
+            add_event(rec)
+            return None
+        if type(rec) is Span:
+            add_span(rec)
+            return None
+        return rec
+
+    info = _scan(p, on_record, frozenset())
+    return Trace(info.path, info.header, tuple(events), tuple(spans), info.end, info.warnings)
+
+
+#: ``on_event(session, turn, t_ns, source, stage, name, attrs)`` of :func:`scan_trace`.
+EventSink = Callable[[str, int | None, int, str, str, str, dict[str, Any]], None]
+
+
+def scan_trace(
+    path: str | os.PathLike[str],
+    on_event: EventSink,
+    *,
+    skip: Iterable[str] = (),
+    on_span: Callable[[Span], None] | None = None,
+) -> TraceInfo:
+    """Stream a trace without building :class:`Event` objects: the fast path for analysis.
+
+    Every event record is validated exactly as :func:`read_trace` validates it, then its
+    fields go to ``on_event(session, turn, t_ns, source, stage, name, attrs)`` (``attrs``
+    is the decoded object: do not modify it; a missing one is a shared empty dict).
+    Events whose ``name`` is in ``skip`` are recognised from the text of their line and
+    not decoded at all: only whole event lines laid out as :class:`TraceWriter` writes
+    them qualify (anything else is decoded and validated as usual), and such a line is
+    checked for that layout, not parsed. Their counts are in :attr:`TraceInfo.skipped`.
+    Spans go to ``on_span``. The same tolerance rules and errors as :func:`read_trace`
+    apply.
+    """
+
+    def on_record(d: Any) -> Record | None:
+        if type(d) is dict and d.get("type") == _EVENT_TYPE:
+            try:
+                session = d["session"]
+                turn = d["turn"]
+                t_ns = d["t_ns"]
+                source = d["source"]
+                stage = d["stage"]
+                name = d["name"]
+                attrs = d.get("attrs", _EMPTY)
+            except KeyError:
+                Event.from_dict(d)  # raises with the standard message
+                raise  # pragma: no cover - from_dict always raises here
+            if (
+                type(t_ns) is int
+                and (turn is None or type(turn) is int)
+                and type(session) is str
+                and source in SOURCES
+                and type(stage) is str
+                and type(name) is str
+                and type(attrs) is dict
+            ):
+                on_event(session, turn, t_ns, source, stage, name, attrs)
+                return None
+            ev = Event.from_dict(d)  # raises, unless only the fast check was too strict
+            on_event(ev.session, ev.turn, ev.t_ns, ev.source, ev.stage, ev.name, ev.attrs)
+            return None
+        rec = record_from_dict(d)
+        if type(rec) is Span:
+            if on_span is not None:
+                on_span(rec)
+            return None
+        return rec
+
+    return _scan(Path(path), on_record, frozenset(skip))
 
 
 def _not_a_trace(p: Path, lineno: int, text: str, exc: Exception) -> TraceError:

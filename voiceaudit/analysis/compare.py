@@ -1,0 +1,196 @@
+"""Side-by-side comparison of two reports (two pipelines or two configurations).
+
+For voice-to-voice and every segment either side has, the difference B - A of the mean
+and of the median, and whether the two samples differ significantly: Mann-Whitney U
+(two-sided), Holm-corrected across the metrics compared, at ``alpha``. A difference that
+is not significant is shown as such, never as a win. Metadata that differs between the
+two (target, configuration, host, audio set) is listed, so a comparison that is not like
+for like says so.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from voiceaudit import __version__
+from voiceaudit.analysis.ledger import ALL_SEGMENTS
+from voiceaudit.analysis.report import VOICE_TO_VOICE, Report
+from voiceaudit.analysis.stats import Difference, Summary, holm, mann_whitney
+
+COMPARISON_SCHEMA = "voiceaudit.comparison/1"
+
+
+@dataclass(frozen=True)
+class MetricComparison:
+    metric: str
+    a: Summary | None
+    b: Summary | None
+    test: Difference | None
+    significant: bool
+
+    @property
+    def diff_mean_ms(self) -> float | None:
+        return None if self.a is None or self.b is None else self.b.mean - self.a.mean
+
+    @property
+    def diff_p50_ms(self) -> float | None:
+        return None if self.a is None or self.b is None else self.b.p50 - self.a.p50
+
+    @property
+    def verdict(self) -> str:
+        """``faster``/``slower`` (B against A), ``no significant difference``, or why not."""
+        if self.a is None or self.b is None:
+            return "only in A" if self.b is None else "only in B"
+        if self.test is None:
+            return "not tested"
+        if not self.significant:
+            return "no significant difference"
+        d = self.diff_p50_ms
+        if d is None or d == 0:
+            d = self.diff_mean_ms or 0.0
+        return "B slower" if d > 0 else "B faster"
+
+    def to_dict(self) -> dict[str, Any]:
+        def r(x: float | None) -> float | None:
+            return None if x is None else round(x, 3)
+
+        return {
+            "metric": self.metric,
+            "a": None if self.a is None else self.a.to_dict(),
+            "b": None if self.b is None else self.b.to_dict(),
+            "diff_mean_ms": r(self.diff_mean_ms),
+            "diff_p50_ms": r(self.diff_p50_ms),
+            "mann_whitney": None
+            if self.test is None
+            else {
+                "u": self.test.u,
+                "p_value": self.test.p_value,
+                "prob_a_greater": round(self.test.prob_a_greater, 4),
+            },
+            "significant": self.significant,
+            "verdict": self.verdict,
+        }
+
+
+@dataclass(frozen=True)
+class FindingComparison:
+    kind: str
+    a_turns: int
+    a_per_turn_ms: float
+    b_turns: int
+    b_per_turn_ms: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "a": {"turns": self.a_turns, "per_turn_ms": round(self.a_per_turn_ms, 3)},
+            "b": {"turns": self.b_turns, "per_turn_ms": round(self.b_per_turn_ms, 3)},
+            "diff_per_turn_ms": round(self.b_per_turn_ms - self.a_per_turn_ms, 3),
+        }
+
+
+@dataclass(frozen=True)
+class Comparison:
+    a: Report
+    b: Report
+    alpha: float
+    metrics: tuple[MetricComparison, ...]
+    findings: tuple[FindingComparison, ...]
+    #: metadata that differs: what → (A's value, B's value)
+    differences: dict[str, tuple[Any, Any]]
+    warnings: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": COMPARISON_SCHEMA,
+            "voiceaudit_version": __version__,
+            "alpha": self.alpha,
+            "a": {"label": self.a.label, **self.a.to_dict(turns=False)},
+            "b": {"label": self.b.label, **self.b.to_dict(turns=False)},
+            "metrics": [m.to_dict() for m in self.metrics],
+            "findings": [f.to_dict() for f in self.findings],
+            "differences": {k: {"a": a, "b": b} for k, (a, b) in self.differences.items()},
+            "warnings": list(self.warnings),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, ensure_ascii=False) + "\n"
+
+
+def _one(values: set[str]) -> str | None:
+    return next(iter(values)) if len(values) == 1 else None
+
+
+def _metadata(a: Report, b: Report) -> dict[str, tuple[Any, Any]]:
+    out: dict[str, tuple[Any, Any]] = {}
+
+    def side(r: Report, get: Any) -> Any:
+        vals = {json.dumps(get(s), sort_keys=True) for s in r.sources}
+        one = _one(vals)
+        return json.loads(one) if one is not None else "(several)"
+
+    for what, get in (
+        ("target", lambda s: s.target),
+        ("host", lambda s: s.host.get("hostname")),
+    ):
+        va, vb = side(a, get), side(b, get)
+        if va != vb:
+            out[what] = (va, vb)
+    ca = side(a, lambda s: s.config)
+    cb = side(b, lambda s: s.config)
+    if isinstance(ca, dict) and isinstance(cb, dict):
+        for k in sorted(set(ca) | set(cb)):
+            if ca.get(k) != cb.get(k):
+                out[f"config.{k}"] = (ca.get(k), cb.get(k))
+    aa = sorted({t.audio for t in a.stats_turns if t.audio is not None})
+    ab = sorted({t.audio for t in b.stats_turns if t.audio is not None})
+    if aa != ab:
+        out["audio"] = (aa, ab)
+    return out
+
+
+def compare(a: Report, b: Report, *, alpha: float = 0.05) -> Comparison:
+    """Compare report B against report A."""
+    names = [VOICE_TO_VOICE, *ALL_SEGMENTS]
+    present = [n for n in names if n in a.summary or n in b.summary]
+    tests = []
+    for n in present:
+        va, vb = a.metric_values[n], b.metric_values[n]
+        tests.append(mann_whitney(va, vb) if len(va) and len(vb) else None)
+    tested = [i for i, t in enumerate(tests) if t is not None]
+    sig = holm([tests[i].p_value for i in tested], alpha)  # type: ignore[union-attr]
+    significant = dict(zip(tested, sig, strict=True))
+    metrics = tuple(
+        MetricComparison(n, a.summary.get(n), b.summary.get(n), tests[i], significant.get(i, False))
+        for i, n in enumerate(present)
+    )
+    fa = {f.kind: f for f in a.findings}
+    fb = {f.kind: f for f in b.findings}
+    kinds = sorted(
+        set(fa) | set(fb),
+        key=lambda k: (
+            -max(fa[k].per_turn_ms if k in fa else 0.0, fb[k].per_turn_ms if k in fb else 0.0)
+        ),
+    )
+    findings = tuple(
+        FindingComparison(
+            k,
+            fa[k].turns if k in fa else 0,
+            fa[k].per_turn_ms if k in fa else 0.0,
+            fb[k].turns if k in fb else 0,
+            fb[k].per_turn_ms if k in fb else 0.0,
+        )
+        for k in kinds
+    )
+    differences = _metadata(a, b)
+    warnings: list[str] = []
+    if "host" in differences:
+        warnings.append("A and B were measured on different machines")
+    if "audio" in differences:
+        warnings.append("A and B replayed different audio: the comparison is not like for like")
+    for side, r in (("A", a), ("B", b)):
+        if not r.stats_turns:
+            warnings.append(f"{side} has no successful turns to compare")
+    return Comparison(a, b, alpha, metrics, findings, differences, tuple(warnings))

@@ -1,0 +1,475 @@
+"""Findings: named, costed hidden delays, one small detector each.
+
+A detector looks at one turn (its observations and its ledger) and returns findings, each
+with ``kind``, a cost in nanoseconds (the time it added to this turn, or for
+``audio_underrun`` the silence it put into the reply) and the evidence it saw. Thresholds
+are in :class:`FindingRules`; every detector and its cost is documented in
+docs/report-format.md ("Findings").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import Any, NamedTuple
+
+from voiceaudit.analysis.ledger import AUDIBLE, SPEECH_END, Ledger
+from voiceaudit.analysis.turns import PROBE, ReplyChunk, SessionObs, TurnObs
+from voiceaudit.model import Span
+
+NS_PER_MS = 1_000_000
+
+
+class Finding(NamedTuple):
+    """One hidden delay in one turn."""
+
+    kind: str
+    ns: int
+    evidence: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class FindingRules:
+    """Thresholds: a finding is reported only when its evidence reaches them."""
+
+    #: silence before the first audible reply sample
+    leading_silence_ms: float = 50.0
+    #: synthesis start after the model's first token (a phrase-at-a-time handoff of a
+    #: 50 tokens/s model waits about 40 ms; sentence aggregation 100-200 ms)
+    aggregation_ms: float = 80.0
+    #: a whole-result handoff is only called when the upstream result took this long
+    #: from its first to its last piece (a shorter one has nothing to stream)
+    whole_result_ms: float = 50.0
+    #: model request to first token
+    slow_first_token_ms: float = 400.0
+    #: connection setup overlapping the turn
+    connection_setup_ms: float = 1.0
+    #: audio in the first reply chunk
+    large_buffer_ms: float = 200.0
+    #: a normal chunk, subtracted when estimating the time to fill a large one
+    nominal_chunk_ms: float = 20.0
+    #: total gaps heard in the reply
+    underrun_ms: float = 10.0
+    #: speech end (last speech frame sent) to the pipeline's endpoint; a 500 ms silence
+    #: setting (a common default) measures 500-600 ms
+    endpointing_wait_ms: float = 650.0
+    #: wire bytes per audio byte
+    encoding_overhead_ratio: float = 1.10
+    #: link rate at which byte overhead is costed (bits per second)
+    link_bits_per_s: float = 2_000_000.0
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+#: Every finding kind, in the order reports list them when costs tie, with a one-line
+#: description.
+KINDS: dict[str, str] = {
+    "leading_silence": "silence at the start of the reply audio, heard before the first word",
+    "whole_result_handoff": "a stage waited for the previous stage's whole result, "
+    "although that result streams",
+    "sentence_aggregation": "synthesis waited for text to build up after the model's first token",
+    "slow_first_token": "the model took long to produce its first token",
+    "connection_setup": "a connection was set up inside the turn instead of reused",
+    "large_audio_buffer": "reply audio was held back to fill a large buffer",
+    "audio_underrun": "reply audio arrived slower than real time: the caller hears gaps",
+    "endpointing_wait": "the pipeline waited a long silence before deciding the caller "
+    "had finished",
+    "encoding_overhead": "reply audio carried with encoding overhead (e.g. base64 in JSON)",
+}
+
+
+class TurnContext:
+    """What a detector may look at (read-only by convention)."""
+
+    __slots__ = ("config", "ledger", "obs", "rules", "session")
+
+    def __init__(
+        self,
+        obs: TurnObs,
+        ledger: Ledger,
+        rules: FindingRules,
+        session: SessionObs | None = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.obs = obs
+        self.ledger = ledger
+        self.rules = rules
+        self.session = session
+        self.config: Mapping[str, Any] = config if config is not None else {}
+
+    def rel_ms(self, t_ns: int) -> float:
+        """A time as ms after speech end (or after turn start when speech end is absent)."""
+        t0 = self.ledger.times.get(SPEECH_END, self.ledger.times.get("turn.start", 0))
+        return round((t_ns - t0) / NS_PER_MS, 3)
+
+
+def _ms(ns: float) -> float:
+    return round(ns / NS_PER_MS, 3)
+
+
+def _thr(ms: float) -> int:
+    return round(ms * NS_PER_MS)
+
+
+Detector = Callable[[TurnContext], list[Finding]]
+
+
+def leading_silence(ctx: TurnContext) -> list[Finding]:
+    onset = ctx.obs.attrs(AUDIBLE).get("onset_ms")
+    seg = ctx.ledger.segment_ns("leading_silence")
+    if seg is not None:
+        cost = seg
+    elif isinstance(onset, (int, float)) and not isinstance(onset, bool):
+        cost = round(onset * NS_PER_MS)
+    else:
+        return []
+    if cost < _thr(ctx.rules.leading_silence_ms):
+        return []
+    ev: dict[str, Any] = {"silence_ms": _ms(cost)}
+    if type(onset) in (int, float):
+        ev["onset_ms"] = onset
+    sample = ctx.obs.attrs(AUDIBLE).get("sample")
+    if type(sample) is int:
+        ev["first_audible_sample"] = sample
+    ev["measured_from"] = "reply.playout_start" if seg is not None else "reply.audible onset_ms"
+    return [Finding("leading_silence", cost, ev)]
+
+
+def _chars(ctx: TurnContext, name: str) -> int | None:
+    v = ctx.obs.attrs(name).get("chars")
+    return v if type(v) is int else None
+
+
+def handoffs(ctx: TurnContext) -> list[Finding]:
+    """``sentence_aggregation`` and ``whole_result_handoff`` (they share their evidence)."""
+    t = ctx.ledger.times
+    out: list[Finding] = []
+    ft, req, done = t.get("llm.first_token"), t.get("tts.request"), t.get("llm.done")
+    if ft is not None and req is not None and req >= ft:
+        wait = req - ft
+        partial = (
+            (tc := _chars(ctx, "tts.request")) is not None
+            and (dc := _chars(ctx, "llm.done")) is not None
+            and tc < dc
+        )
+        if (
+            done is not None
+            and req >= done
+            and done - ft >= _thr(ctx.rules.whole_result_ms)
+            and not partial
+        ):
+            out.append(
+                Finding(
+                    "whole_result_handoff",
+                    wait,
+                    {
+                        "upstream": "model",
+                        "downstream": "synthesis",
+                        "upstream_first_ms": ctx.rel_ms(ft),
+                        "upstream_done_ms": ctx.rel_ms(done),
+                        "downstream_start_ms": ctx.rel_ms(req),
+                        "wait_ms": _ms(wait),
+                    },
+                )
+            )
+        elif wait >= _thr(ctx.rules.aggregation_ms):
+            ev: dict[str, Any] = {
+                "first_token_ms": ctx.rel_ms(ft),
+                "synthesis_request_ms": ctx.rel_ms(req),
+                "wait_ms": _ms(wait),
+            }
+            if done is not None:
+                ev["model_done_ms"] = ctx.rel_ms(done)
+            if (tc := _chars(ctx, "tts.request")) is not None:
+                ev["first_request_chars"] = tc
+            out.append(Finding("sentence_aggregation", wait, ev))
+    fb, sdone = t.get("tts.first_byte"), t.get("tts.done")
+    sent = t.get("audio.first_sent")
+    out_mark = "audio.first_sent" if sent is not None else "reply.first_byte"
+    sent = sent if sent is not None else t.get("reply.first_byte")
+    if (
+        fb is not None
+        and sdone is not None
+        and sent is not None
+        and not ctx.ledger.speech_to_speech
+        and sent >= sdone >= fb
+        and sdone - fb >= _thr(ctx.rules.whole_result_ms)
+    ):
+        out.append(
+            Finding(
+                "whole_result_handoff",
+                sdone - fb,
+                {
+                    "upstream": "synthesis",
+                    "downstream": "transport",
+                    "upstream_first_ms": ctx.rel_ms(fb),
+                    "upstream_done_ms": ctx.rel_ms(sdone),
+                    "downstream_start_ms": ctx.rel_ms(sent),
+                    "downstream_mark": out_mark,
+                    "wait_ms": _ms(sdone - fb),
+                },
+            )
+        )
+    return out
+
+
+def slow_first_token(ctx: TurnContext) -> list[Finding]:
+    t = ctx.ledger.times
+    seg = ctx.ledger.segment_ns("model_first_token")
+    start_name = next((m.name for m in ctx.ledger.marks if m.name in _REQUESTS), None)
+    if seg is None:
+        ft = t.get("llm.first_token")
+        start_name = next((n for n in _REQUESTS if n in t), None)
+        if ft is None or start_name is None or ft < t[start_name]:
+            return []
+        seg = ft - t[start_name]
+    if seg < _thr(ctx.rules.slow_first_token_ms):
+        return []
+    return [
+        Finding(
+            "slow_first_token",
+            seg,
+            {
+                "from": start_name,
+                "first_token_ms": _ms(seg),
+                "threshold_ms": ctx.rules.slow_first_token_ms,
+            },
+        )
+    ]
+
+
+_REQUESTS = ("llm.request", "response.created")
+_CONNECT_SPANS = frozenset({"connect", "tcp.connect", "tls.handshake", "ws.connect"})
+
+
+def _window(ctx: TurnContext) -> tuple[int, int] | None:
+    t = ctx.ledger.times
+    start = t.get(SPEECH_END)
+    end = t.get(AUDIBLE)
+    if start is None or end is None or end < start:
+        return None
+    return start, end
+
+
+def connection_setup(ctx: TurnContext) -> list[Finding]:
+    win = _window(ctx)
+    if win is None:
+        return []
+    lo, hi = win
+    found: list[dict[str, Any]] = []
+
+    def consider(what: str, start: int, end: int) -> None:
+        overlap = min(end, hi) - max(start, lo)
+        if overlap > 0:
+            found.append(
+                {
+                    "what": what,
+                    "start_ms": ctx.rel_ms(start),
+                    "ms": _ms(end - start),
+                    "in_turn_ms": _ms(overlap),
+                }
+            )
+
+    # Connection events recorded in the turn or for its session: X.connect_start → X.connected.
+    pairs: list[tuple[str, int, int]] = []
+    marks = ctx.obs.marks
+    for name, occs in marks.items():
+        if name.endswith(".connect_start"):
+            done = marks.get(name[: -len("connect_start")] + "connected", [])
+            for o in occs:
+                end = next((d[0] for d in done if d[0] >= o[0]), None)
+                if end is not None:
+                    pairs.append((name[: -len(".connect_start")], o[0], end))
+    if ctx.session is not None:
+        starts = [(n, t) for n, t, _ in ctx.session.events if n.endswith(".connect_start")]
+        for n, t0 in starts:
+            want = n[: -len("connect_start")] + "connected"
+            end = next((t for m, t, _ in ctx.session.events if m == want and t >= t0), None)
+            if end is not None:
+                pairs.append((n[: -len(".connect_start")], t0, end))
+    for what, start, end in pairs:
+        consider(what, start, end)
+    # Per-hop marks (``<stage>:http.*``) that carry the connection time they needed.
+    for name, occs in marks.items():
+        if ":" not in name:
+            continue
+        for t, _, a in occs:
+            c = a.get("connect_ns")
+            if type(c) is int and c > 0:
+                consider(f"{name} connect", t - c, t)
+    spans: list[Span] = list(ctx.obs.spans)
+    if ctx.session is not None:
+        spans += ctx.session.spans
+    for sp in spans:
+        if sp.name in _CONNECT_SPANS or sp.name.endswith(".connect"):
+            consider(sp.name, sp.start_ns, sp.end_ns)
+    if not found:
+        return []
+    cost = round(sum(f["in_turn_ms"] for f in found) * NS_PER_MS)
+    if cost < _thr(ctx.rules.connection_setup_ms):
+        return []
+    return [Finding("connection_setup", cost, {"connections": found})]
+
+
+def _chunk_seconds(c: ReplyChunk) -> float | None:
+    if c.rate is None or c.rate <= 0:
+        return None
+    samples: int | None = c.samples
+    if samples is None and c.bytes is not None:
+        samples = c.bytes // 2
+    return None if samples is None else samples / c.rate
+
+
+def large_audio_buffer(ctx: TurnContext) -> list[Finding]:
+    raw = ctx.obs.raw_chunks
+    if not raw:
+        return []
+    # Look at the first chunk before building them all: most turns stop here.
+    _, a = min(raw, key=itemgetter(0))
+    rate, samples, nbytes = a.get("rate"), a.get("samples"), a.get("bytes")
+    if type(samples) is not int and type(nbytes) is int:
+        samples = nbytes // 2
+    if type(rate) is not int or rate <= 0 or type(samples) is not int:
+        return []
+    first = samples / rate
+    if first * 1000 < ctx.rules.large_buffer_ms:
+        return []
+    chunks = ctx.obs.chunks
+    ev: dict[str, Any] = {"first_chunk_audio_ms": round(first * 1000, 3), "chunks": len(chunks)}
+    durations = [_chunk_seconds(c) for c in chunks]
+    ev["largest_chunk_audio_ms"] = round(max(d or 0.0 for d in durations) * 1000, 3)
+    # Best evidence: the target's own times of its first synthesized audio and of handing
+    # the first audio to its socket; the difference is how long the buffer held it.
+    t = ctx.ledger.times
+    fb_clock = next((m.clock for m in ctx.ledger.marks if m.name == "tts.first_byte"), None)
+    transport = next((s for s in ctx.ledger.segments if s.name == "transport"), None)
+    fb, sent = t.get("tts.first_byte"), t.get("audio.first_sent")
+    if fb is not None and sent is not None and sent >= fb:
+        ev["measured_from"] = "tts.first_byte to audio.first_sent"
+        cost = sent - fb
+    elif transport is not None and fb_clock == "server":
+        ev["measured_from"] = "tts.first_byte (server time) to reply.first_byte"
+        cost = transport.ns
+    else:
+        # Estimate from the delivery rate of the rest of the reply: filling the first
+        # chunk took about its audio length divided by that rate.
+        later = [d for d in durations[1:] if d is not None]
+        span_ns = chunks[-1].t_ns - chunks[0].t_ns
+        if not later or span_ns <= 0:
+            ev["measured_from"] = "one chunk only: cost unknown"
+            cost = 0
+        else:
+            rate = sum(later) / (span_ns / 1e9)  # audio seconds delivered per second
+            ev["delivery_rate_x_realtime"] = round(rate, 3)
+            ev["measured_from"] = "first chunk size and the delivery rate of the rest"
+            excess = max(0.0, first - ctx.rules.nominal_chunk_ms / 1000)
+            cost = round(excess / rate * 1e9)
+    return [Finding("large_audio_buffer", cost, ev)]
+
+
+def audio_underrun(ctx: TurnContext) -> list[Finding]:
+    gaps = [g for _, g in ctx.obs.underruns]
+    total = sum(gaps)
+    if not gaps:
+        end = ctx.obs.attrs("reply.end")
+        u = end.get("underrun_ns")
+        if type(u) is int and u > 0:
+            total = u
+            gaps = [u]
+    if total < _thr(ctx.rules.underrun_ms) or total <= 0:
+        return []
+    ev: dict[str, Any] = {
+        "gaps": len(gaps) if ctx.obs.underruns else ctx.obs.attrs("reply.end").get("underruns"),
+        "total_ms": _ms(total),
+        "longest_ms": _ms(max(gaps)),
+    }
+    if ctx.obs.underruns:
+        ev["first_gap_ms"] = ctx.rel_ms(min(t for t, _ in ctx.obs.underruns))
+    return [Finding("audio_underrun", total, ev)]
+
+
+def endpointing_wait(ctx: TurnContext) -> list[Finding]:
+    seg = ctx.ledger.segment_ns("endpointing")
+    if seg is None or seg < _thr(ctx.rules.endpointing_wait_ms):
+        return []
+    ev: dict[str, Any] = {"endpointing_ms": _ms(seg)}
+    ep = next((m.name for m in ctx.ledger.marks if m.name in ("endpoint", "committed")), None)
+    if ep is not None:
+        ev["mark"] = ep
+        for k in ("audio_end_ms", "silence_duration_ms", "by"):
+            v = ctx.obs.attrs(ep).get(k)
+            if v is not None:
+                ev[k] = v
+        heard = ctx.obs.attrs(ep).get("speech_end_received_ns")
+        if type(heard) is int:
+            # The target's own view: from the last voiced audio it received to its decision.
+            ep_t = ctx.ledger.times.get(ep)
+            if ep_t is not None and ep_t >= heard:
+                ev["target_wait_ms"] = _ms(ep_t - heard)
+    for k in ("silence_duration_ms", "silence_ms", "endpointing_ms"):
+        v = ctx.config.get(k)
+        if v is not None:
+            ev[f"configured_{k}"] = v
+    return [Finding("endpointing_wait", seg, ev)]
+
+
+def encoding_overhead(ctx: TurnContext) -> list[Finding]:
+    chunks = [c for c in ctx.obs.chunks if c.wire_bytes is not None and c.bytes is not None]
+    if not chunks:
+        return []
+    audio = sum(c.bytes or 0 for c in chunks)
+    wire = sum(c.wire_bytes or 0 for c in chunks)
+    if audio <= 0 or wire < audio * ctx.rules.encoding_overhead_ratio:
+        return []
+    onset = ctx.obs.attrs(AUDIBLE).get("sample")
+    if type(onset) is int:
+        needed = [c for c in chunks if c.offset is None or c.offset <= onset]
+    else:
+        needed = sorted(chunks, key=lambda c: c.t_ns)[:1]
+    extra = sum((c.wire_bytes or 0) - (c.bytes or 0) for c in needed)
+    cost = round(max(0, extra) * 8 / ctx.rules.link_bits_per_s * 1e9)
+    return [
+        Finding(
+            "encoding_overhead",
+            cost,
+            {
+                "wire_bytes": wire,
+                "audio_bytes": audio,
+                "ratio": round(wire / audio, 3),
+                "extra_bytes_before_audible": extra,
+                "costed_at_bits_per_s": ctx.rules.link_bits_per_s,
+            },
+        )
+    ]
+
+
+#: The detectors, run in this order.
+DETECTORS: tuple[Detector, ...] = (
+    leading_silence,
+    handoffs,
+    slow_first_token,
+    connection_setup,
+    large_audio_buffer,
+    audio_underrun,
+    endpointing_wait,
+    encoding_overhead,
+)
+
+
+def detect(ctx: TurnContext) -> tuple[Finding, ...]:
+    """Every finding in one turn."""
+    out: list[Finding] = []
+    for d in DETECTORS:
+        out.extend(d(ctx))
+    return tuple(out)
+
+
+def probe_lateness(obs: TurnObs) -> int | None:
+    """How late the probe sent the frame carrying the last speech sample (ns)."""
+    occ = obs.first("input.speech_end_sent", PROBE)
+    if occ is None:
+        return None
+    v = occ[2].get("late_ns")
+    return v if type(v) is int else None

@@ -1,0 +1,417 @@
+"""The latency ledger: voice-to-voice cut into consecutive segments at every mark.
+
+For one turn, the interval from ``input.speech_end`` (the instant the last speech sample
+was spoken, from the recording) to ``reply.audible`` (the instant the first audible reply
+sample would be heard) is cut at each stage mark the trace holds. The segments are
+consecutive and non-overlapping, so they sum *exactly* (in integer nanoseconds) to
+voice-to-voice. A segment is named after the stage it measures and exists only when
+both of its marks exist; time between two marks that are not neighbours in the chain
+below (because a mark in between is missing) is ``unexplained``, with the stages it
+spans listed in ``covers``. Unexplained time is never spread over known stages, and no
+mark is ever invented.
+
+The chain (segment = from the previous present mark to this one):
+
+==========================  ================================  ==========================
+mark                        alternatives                      segment ending at it
+==========================  ================================  ==========================
+``input.speech_end``        (probe)                           (start)
+``input.speech_end_sent``   (probe)                           ``input_framing``
+``endpoint``                ``committed``                     ``endpointing``
+``transcript.final``                                          ``transcription``
+``llm.request``             ``response.created``              ``handoff``
+``llm.first_token``                                           ``model_first_token``
+``tts.request``                                               ``aggregation``
+``tts.first_byte``                                            ``synthesis_first_byte``
+``reply.first_byte``        (probe)                           ``transport``
+``reply.playout_start``     (probe)                           ``playout_wait``
+``reply.audible``           (probe)                           ``leading_silence``
+==========================  ================================  ==========================
+
+Speech-to-speech turns (``response.created`` but no ``llm.request``, ``tts.request`` or
+``tts.first_byte``) have no transcription or synthesis stage on the path: their model's
+first token *is* audio, and an input transcript is a side channel that may arrive after
+the reply has started. For them ``transcript.final``, ``tts.request`` and
+``tts.first_byte`` are left out of the chain, so ``endpoint → response.created`` is the
+``handoff`` and ``llm.first_token → reply.first_byte`` the ``transport``.
+
+Which clock (see docs/report-format.md, "Times of pipeline marks")
+    A pipeline mark's ``t_ns`` is when the probe *received* the message carrying it; when
+    the target reports its own monotonic time on the same host it is in
+    ``attrs.server_t_ns``. The ledger places pipeline marks at ``server_t_ns`` when it is
+    usable, because arrival time adds the notification's own transport and queueing to
+    the stage before it (a ``tts.first_byte`` notice that travels with the audio would
+    make ``transport`` zero). On one host both clocks are CLOCK_MONOTONIC, so a server
+    time is never later than its arrival; a turn with any server time later than its
+    arrival (a different host or clock) uses arrival times for all its marks, with a note.
+    ``mark_time="arrival"`` forces arrival times.
+
+Marks that are not boundaries
+    ``audio.first_sent`` (the target handed its first reply audio to the socket) falls
+    inside ``transport``; the findings use it (``large_audio_buffer``), the chain does not,
+    so ``transport`` always means first synthesized audio to first audio at the probe.
+
+Repeated and out-of-order marks
+    A mark that occurs several times (a premature ``endpoint`` mid-utterance, several
+    ``llm.request`` for tool calls) is taken at its earliest occurrence at or after speech
+    end (by time, whatever the order of the file). Marks before speech end or after the
+    first audible sample cannot bound a segment and are listed as ``off_path`` with the
+    reason. When the remaining marks are
+    not in chain order in time (a ``transcript.final`` after ``llm.request``: the model
+    started on a partial transcript), the ledger keeps the largest set of marks that is
+    in order, preferring later stages (the ones nearer the reply), and lists the rest as
+    ``off_path``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+from voiceaudit.analysis.turns import PROBE, Occurrence, TurnObs
+from voiceaudit.model import Event
+
+MarkTime = Literal["auto", "arrival"]
+
+SPEECH_END = "input.speech_end"
+AUDIBLE = "reply.audible"
+
+#: Stable segment identifiers, in chain order.
+SEGMENTS: tuple[str, ...] = (
+    "input_framing",
+    "endpointing",
+    "transcription",
+    "handoff",
+    "model_first_token",
+    "aggregation",
+    "synthesis_first_byte",
+    "transport",
+    "playout_wait",
+    "leading_silence",
+)
+UNEXPLAINED = "unexplained"
+#: Every segment name a ledger can hold (``unexplained`` last).
+ALL_SEGMENTS: tuple[str, ...] = (*SEGMENTS, UNEXPLAINED)
+
+#: Chain boundaries: the mark names that can stand at each, first choice first. Index
+#: ``i`` (1..10) ends segment ``SEGMENTS[i - 1]``.
+BOUNDARIES: tuple[tuple[str, ...], ...] = (
+    (SPEECH_END,),
+    ("input.speech_end_sent",),
+    ("endpoint", "committed"),
+    ("transcript.final",),
+    ("llm.request", "response.created"),
+    ("llm.first_token",),
+    ("tts.request",),
+    ("tts.first_byte",),
+    ("reply.first_byte",),
+    ("reply.playout_start",),
+    (AUDIBLE,),
+)
+_PROBE_BOUNDARIES = frozenset({0, 1, 8, 9, 10})
+_S2S_SKIPPED = frozenset({3, 6, 7})
+
+
+def _covers(skipped: frozenset[int]) -> tuple[tuple[tuple[str, ...], ...], ...]:
+    """``[a][b]``: the named segments between chain boundaries ``a`` and ``b``."""
+    applicable = [i for i in range(11) if i not in skipped]
+    return tuple(
+        tuple(tuple(SEGMENTS[i - 1] for i in applicable if a < i <= b) for b in range(11))
+        for a in range(11)
+    )
+
+
+_COVERS = _covers(frozenset())
+_COVERS_S2S = _covers(_S2S_SKIPPED)
+#: Preference among sources when a pipeline mark comes from several.
+_SOURCE_RANK = {"pipeline": 0, "import": 1, "network": 2}
+
+#: Pipeline mark names whose times the findings read (besides the chain marks).
+EXTRA_MARKS: tuple[str, ...] = (
+    "speech_started",
+    "committed",
+    "response.created",
+    "transcript.partial",
+    "llm.done",
+    "tts.done",
+    "audio.first_sent",
+    "audio.last_sent",
+    "response.done",
+)
+#: Probe mark names whose times the findings read (besides the chain marks).
+PROBE_EXTRA_MARKS: tuple[str, ...] = ("turn.start", "input.done", "reply.end")
+
+
+class Segment(NamedTuple):
+    """One piece of voice-to-voice: ``ns`` long, from mark ``start`` to mark ``end``."""
+
+    name: str
+    ns: int
+    start: str
+    end: str
+    #: for ``unexplained``: the named segments this time would belong to, had the marks
+    #: between ``start`` and ``end`` been recorded
+    covers: tuple[str, ...] = ()
+
+
+class Mark(NamedTuple):
+    """A mark placed on the ledger's time axis."""
+
+    name: str
+    t_ns: int
+    #: ``server`` (attrs.server_t_ns), ``arrival`` (pipeline t_ns) or ``probe``
+    clock: str
+
+
+class OffPath(NamedTuple):
+    """A mark that could not bound a segment, and why."""
+
+    name: str
+    t_ns: int
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ledger:
+    """The ledger of one turn.
+
+    ``segments`` sum exactly to ``voice_to_voice_ns`` whenever it is not ``None``;
+    ``problem`` says why there is no ledger otherwise. ``marks`` are the chain marks used
+    (in order); ``times`` holds the chosen time of every mark the findings read.
+    """
+
+    voice_to_voice_ns: int | None
+    segments: tuple[Segment, ...]
+    marks: tuple[Mark, ...]
+    off_path: tuple[OffPath, ...]
+    times: dict[str, int]
+    clock: str
+    speech_to_speech: bool
+    notes: tuple[str, ...]
+    problem: str | None = None
+
+    @property
+    def t0_ns(self) -> int | None:
+        """Speech end (the ledger's origin)."""
+        return self.times.get(SPEECH_END)
+
+    def segment_ns(self, name: str) -> int | None:
+        """Total time of a segment in this turn (``None`` when absent)."""
+        total: int | None = None
+        for s in self.segments:
+            if s.name == name:
+                total = s.ns if total is None else total + s.ns
+        return total
+
+    def by_name(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for s in self.segments:
+            out[s.name] = out.get(s.name, 0) + s.ns
+        return out
+
+
+def _ms(ns: int) -> str:
+    return f"{ns / 1e6:.1f} ms"
+
+
+def _server_times_usable(obs: TurnObs) -> str | None:
+    """Why this turn's server times cannot be used (``None`` when they can)."""
+    for name, occs in obs.marks.items():
+        for t, src, a in occs:
+            if src == PROBE:
+                continue
+            st = a.get("server_t_ns")
+            if type(st) is int and st > t:
+                return (
+                    f"{name}: server time {_ms(st - t)} after its arrival, so the server "
+                    "clock is not this host's monotonic clock; arrival times used"
+                )
+    return None
+
+
+def _choose(occs: list[Occurrence], server: bool, t0: int | None) -> tuple[int, str, int] | None:
+    """(time, clock, occurrences before t0) of the occurrence to use: among pipeline
+    (non-probe) occurrences of the best-ranked source, the earliest at or after ``t0``,
+    else the latest one. Depends only on times, never on the order of the file."""
+    rank = min(_SOURCE_RANK.get(o[1], 9) for o in occs) if len(occs) > 1 else None
+    before = 0
+    best: tuple[int, str] | None = None
+    latest: tuple[int, str] | None = None
+    for t, src, a in occs:
+        if src == PROBE or (rank is not None and _SOURCE_RANK.get(src, 9) != rank):
+            continue
+        clock = "arrival"
+        if server:
+            st = a.get("server_t_ns")
+            if type(st) is int:
+                t, clock = st, "server"
+        if t0 is None or t >= t0:
+            if best is None or t < best[0]:
+                best = (t, clock)
+        else:
+            before += 1
+            if latest is None or t > latest[0]:
+                latest = (t, clock)
+    if best is not None:
+        return best[0], best[1], before
+    return None if latest is None else (latest[0], latest[1], before)
+
+
+def _first_probe(obs: TurnObs, name: str) -> int | None:
+    """The earliest probe occurrence of ``name`` (probe marks occur once per turn)."""
+    best: int | None = None
+    for t, src, _ in obs.marks.get(name, ()):
+        if src == PROBE and (best is None or t < best):
+            best = t
+    return best
+
+
+def build_ledger(events: Iterable[Event], *, mark_time: MarkTime = "auto") -> Ledger:
+    """The ledger of one turn, from that turn's events (a pure function)."""
+    obs: TurnObs | None = None
+    for ev in events:
+        if obs is None:
+            obs = TurnObs(ev.session, ev.turn if ev.turn is not None else -1)
+        obs.add_event(ev)
+    return ledger_from_obs(obs if obs is not None else TurnObs("", -1), mark_time=mark_time)
+
+
+def ledger_from_obs(obs: TurnObs, *, mark_time: MarkTime = "auto") -> Ledger:
+    """The ledger of one turn, from its gathered observations."""
+    notes: list[str] = []
+    server = mark_time != "arrival"
+    if server:
+        why_not = _server_times_usable(obs)
+        if why_not is not None:
+            server = False
+            notes.append(why_not)
+
+    marks = obs.marks
+    t0 = _first_probe(obs, SPEECH_END)
+    t_audible = _first_probe(obs, AUDIBLE)
+    times: dict[str, int] = {}
+    if t0 is not None:
+        times[SPEECH_END] = t0
+    if t_audible is not None:
+        times[AUDIBLE] = t_audible
+
+    # Pick each boundary's mark and time.
+    picked: dict[int, tuple[str, int, str]] = {}
+    for idx in range(1, 10):
+        for name in BOUNDARIES[idx]:
+            occs = marks.get(name)
+            if not occs:
+                continue
+            if idx in _PROBE_BOUNDARIES:
+                tp = _first_probe(obs, name)
+                if tp is None:
+                    continue
+                picked[idx] = (name, tp, "probe")
+                break
+            got = _choose(occs, server, t0)
+            if got is None:
+                continue
+            t, clock, before = got
+            if before and t0 is not None and t >= t0 and name in ("endpoint", "committed"):
+                notes.append(
+                    f"{name} also came {before} time(s) before speech end "
+                    "(the pipeline ended the turn early, then heard more speech)"
+                )
+            picked[idx] = (name, t, clock)
+            break
+    for name in EXTRA_MARKS:
+        occs = marks.get(name)
+        if occs:
+            got = _choose(occs, server, t0)
+            if got is not None:
+                times[name] = got[0]
+    for name in PROBE_EXTRA_MARKS:
+        tp = _first_probe(obs, name)
+        if tp is not None:
+            times[name] = tp
+    for name, t, _ in picked.values():
+        times[name] = t
+
+    names = {v[0] for v in picked.values()}
+    s2s = (
+        "response.created" in names
+        and "llm.request" not in names
+        and not ({"tts.request", "tts.first_byte"} & names)
+    )
+    clocks = {c for _, _, c in picked.values() if c != "probe"}
+    clock = "probe" if not clocks else clocks.pop() if len(clocks) == 1 else "mixed"
+
+    problem: str | None = None
+    if t0 is None:
+        problem = "no input.speech_end mark"
+    elif t_audible is None:
+        problem = "no reply.audible mark (no audible reply was heard)"
+    elif t_audible < t0:
+        problem = (
+            f"the reply was audible {_ms(t0 - t_audible)} before speech end "
+            "(the pipeline answered before the caller finished)"
+        )
+    if problem is not None or t0 is None or t_audible is None:
+        return Ledger(None, (), (), (), times, clock, s2s, tuple(notes), problem)
+    t_end = t_audible
+
+    off_path: list[OffPath] = []
+    candidates: list[tuple[int, str, int, str]] = []
+    for idx in sorted(picked):
+        name, t, c = picked[idx]
+        if s2s and idx in _S2S_SKIPPED:
+            off_path.append(
+                OffPath(name, t, "speech-to-speech turn: not a stage on the path to the reply")
+            )
+        elif t < t0:
+            off_path.append(OffPath(name, t, f"{_ms(t0 - t)} before speech end"))
+        elif t > t_end:
+            off_path.append(OffPath(name, t, f"{_ms(t - t_end)} after the first audible sample"))
+        else:
+            candidates.append((idx, name, t, c))
+    chain = _in_order(candidates)
+    kept = {c[0] for c in chain}
+    for idx, name, t, _ in candidates:
+        if idx not in kept:
+            nxt = min(
+                (c for c in chain if c[0] > idx and c[2] < t),
+                key=lambda c: c[0],
+                default=None,
+            )
+            why = "out of order"
+            if nxt is not None:
+                why = f"out of order: {_ms(t - nxt[2])} after {nxt[1]}"
+            off_path.append(OffPath(name, t, why))
+    off_path.sort(key=lambda o: o.t_ns)
+
+    covers = _COVERS_S2S if s2s else _COVERS
+    nodes = [(0, SPEECH_END, t0, "probe"), *chain, (10, AUDIBLE, t_end, "probe")]
+    segments: list[Segment] = []
+    for (ia, na, ta, _), (ib, nb, tb, _) in itertools.pairwise(nodes):
+        covered = covers[ia][ib]
+        if len(covered) == 1:
+            segments.append(Segment(covered[0], tb - ta, na, nb))
+        elif tb > ta:
+            segments.append(Segment(UNEXPLAINED, tb - ta, na, nb, covered))
+    chain_marks = tuple(Mark(n, t, c) for _, n, t, c in nodes)
+    return Ledger(
+        t_end - t0, tuple(segments), chain_marks, tuple(off_path), times, clock, s2s, tuple(notes)
+    )
+
+
+def _in_order(cands: list[tuple[int, str, int, str]]) -> list[tuple[int, str, int, str]]:
+    """The largest subsequence of ``cands`` (sorted by chain index) whose times do not
+    decrease; among equals, the one that drops the earliest stages."""
+    if all(a[2] <= b[2] for a, b in itertools.pairwise(cands)):
+        return cands
+    n = len(cands)
+    for drop in range(1, n):
+        # combinations() yields index sets in lexicographic order, so the first set that
+        # works drops the earliest stages.
+        for removed in itertools.combinations(range(n), drop):
+            rest = [c for i, c in enumerate(cands) if i not in removed]
+            if all(a[2] <= b[2] for a, b in itertools.pairwise(rest)):
+                return rest
+    return []

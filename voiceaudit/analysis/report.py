@@ -1,0 +1,582 @@
+"""Build a report: per-turn ledgers and findings, statistics, aggregated findings.
+
+``build_report`` is the library entry point (the CLI, the gate and the exports call it);
+``Report.to_dict()`` / ``Report.to_json()`` give the ``voiceaudit.report/1`` document
+described in docs/report-format.md.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from voiceaudit import __version__
+from voiceaudit.analysis.findings import (
+    KINDS,
+    Finding,
+    FindingRules,
+    TurnContext,
+    detect,
+    probe_lateness,
+)
+from voiceaudit.analysis.ledger import ALL_SEGMENTS, Ledger, MarkTime, ledger_from_obs
+from voiceaudit.analysis.stats import Summary, summarize
+from voiceaudit.analysis.turns import (
+    SKIPPED_BY_DEFAULT,
+    Collected,
+    TurnObs,
+    collect_file,
+    collect_trace,
+)
+from voiceaudit.errors import NoDataError, UsageError
+from voiceaudit.trace_io import Trace, TraceInfo, find_traces
+
+REPORT_SCHEMA = "voiceaudit.report/1"
+VOICE_TO_VOICE = "voice_to_voice"
+#: An interval narrower than this (ms) is never called wide (see stats.summarize).
+ABS_TOLERANCE_MS = 5.0
+#: The probe sending the speech-end frame later than this makes a turn's input suspect.
+LATE_PROBE_MS = 10.0
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """How the report is built."""
+
+    #: count warm-up turns in the statistics (they are always listed)
+    include_warmup: bool = False
+    #: ``auto``: pipeline marks at their server time when usable; ``arrival``: arrival time
+    mark_time: MarkTime = "auto"
+    rules: FindingRules = field(default_factory=FindingRules)
+    #: keep each turn's raw observations (the HTML waterfalls need them)
+    keep_observations: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "include_warmup": self.include_warmup,
+            "mark_time": self.mark_time,
+            "rules": self.rules.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """One trace file the report read."""
+
+    path: str
+    run_id: str
+    target: dict[str, Any]
+    config: dict[str, Any]
+    host: dict[str, Any]
+    complete: bool
+    end_reason: str | None
+    warnings: tuple[str, ...]
+    skipped: dict[str, int]
+    voiceaudit_version: str
+
+    @classmethod
+    def from_info(cls, info: TraceInfo) -> SourceInfo:
+        h = info.header
+        return cls(
+            path=info.path,
+            run_id=h.run_id,
+            target=dict(h.target),
+            config=dict(h.config),
+            host=dict(h.host),
+            complete=info.complete,
+            end_reason=None if info.end is None else info.end.reason,
+            warnings=info.warnings,
+            skipped=dict(info.skipped),
+            voiceaudit_version=h.voiceaudit_version,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "run_id": self.run_id,
+            "target": self.target,
+            "complete": self.complete,
+            "end_reason": self.end_reason,
+            "voiceaudit_version": self.voiceaudit_version,
+            "warnings": list(self.warnings),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TurnReport:
+    """One finished turn: its ledger, findings and status."""
+
+    run_id: str
+    session: str
+    turn: int
+    ok: bool
+    warmup: bool
+    reason: str | None
+    ledger: Ledger
+    findings: tuple[Finding, ...]
+    audio: str | None
+    text: str | None
+    transcript: str | None
+    obs: TurnObs | None = None
+
+    @property
+    def voice_to_voice_ns(self) -> int | None:
+        return self.ledger.voice_to_voice_ns
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.run_id, self.session, self.turn)
+
+    def to_dict(self, *, with_run_id: bool = False) -> dict[str, Any]:
+        v2v = self.ledger.voice_to_voice_ns
+        d: dict[str, Any] = {}
+        if with_run_id:
+            d["run_id"] = self.run_id
+        d.update(
+            {
+                "session": self.session,
+                "turn": self.turn,
+                "ok": self.ok,
+                "warmup": self.warmup,
+                "voice_to_voice_ms": None if v2v is None else v2v / 1e6,
+                "voice_to_voice_ns": v2v,
+                "ledger": [_segment_dict(s) for s in self.ledger.segments],
+                "findings": [
+                    {"kind": f.kind, "ms": f.ns / 1e6, "evidence": f.evidence}
+                    for f in self.findings
+                ],
+            }
+        )
+        if self.reason is not None:
+            d["reason"] = self.reason
+        if self.ledger.problem is not None:
+            d["ledger_problem"] = self.ledger.problem
+        d["clock"] = self.ledger.clock
+        if self.ledger.speech_to_speech:
+            d["speech_to_speech"] = True
+        t0 = self.ledger.t0_ns
+        if t0 is not None and self.ledger.marks:
+            d["marks"] = {m.name: (m.t_ns - t0) / 1e6 for m in self.ledger.marks}
+        elif t0 is not None:
+            # No ledger (failed turn): every mark seen, for diagnosis.
+            d["marks"] = {
+                n: (t - t0) / 1e6 for n, t in sorted(self.ledger.times.items(), key=lambda x: x[1])
+            }
+        if self.ledger.off_path:
+            d["off_path"] = [
+                {
+                    "mark": o.name,
+                    "at_ms": None if t0 is None else (o.t_ns - t0) / 1e6,
+                    "why": o.why,
+                }
+                for o in self.ledger.off_path
+            ]
+        if self.ledger.notes:
+            d["notes"] = list(self.ledger.notes)
+        for k in ("audio", "text", "transcript"):
+            v = getattr(self, k)
+            if v is not None:
+                d[k] = v
+        return d
+
+
+def _segment_dict(s: Any) -> dict[str, Any]:
+    d: dict[str, Any] = {"segment": s.name, "ms": s.ns / 1e6, "ns": s.ns, "from": s.start}
+    d["to"] = s.end
+    if s.covers:
+        d["covers"] = list(s.covers)
+    return d
+
+
+@dataclass(frozen=True)
+class FindingSummary:
+    """One kind of finding over the turns in the statistics."""
+
+    kind: str
+    description: str
+    turns: int
+    of: int
+    cost: Summary
+    total_ms: float
+
+    @property
+    def share(self) -> float:
+        return self.turns / self.of if self.of else 0.0
+
+    @property
+    def per_turn_ms(self) -> float:
+        """Average cost over every turn in the statistics (not only affected ones)."""
+        return self.total_ms / self.of if self.of else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "description": self.description,
+            "turns": self.turns,
+            "of": self.of,
+            "share": round(self.share, 4),
+            "per_turn_ms": round(self.per_turn_ms, 3),
+            "total_ms": round(self.total_ms, 3),
+            "ms": self.cost.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class BudgetLine:
+    """A segment's share of the mean voice-to-voice."""
+
+    segment: str
+    mean_ms: float
+    share: float
+    turns: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "segment": self.segment,
+            "mean_ms": round(self.mean_ms, 3),
+            "share": round(self.share, 4),
+            "turns": self.turns,
+        }
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything ``voiceaudit report`` says, derived from the traces."""
+
+    sources: tuple[SourceInfo, ...]
+    turns: tuple[TurnReport, ...]
+    options: ReportOptions
+    #: (run_id, session, turn) of turns with events but no turn.end (run cut short)
+    unfinished: tuple[tuple[str, str, int], ...] = ()
+    warnings: tuple[str, ...] = ()
+    label: str = ""
+
+    # -- populations ---------------------------------------------------------------------
+
+    @cached_property
+    def stats_turns(self) -> tuple[TurnReport, ...]:
+        """The turns the statistics are computed over: ok, and not warm-up unless asked."""
+        inc = self.options.include_warmup
+        return tuple(t for t in self.turns if t.ok and (inc or not t.warmup))
+
+    @cached_property
+    def failed_turns(self) -> tuple[TurnReport, ...]:
+        return tuple(t for t in self.turns if not t.ok)
+
+    @property
+    def multi_run(self) -> bool:
+        return len({s.run_id for s in self.sources}) > 1
+
+    # -- statistics ----------------------------------------------------------------------
+
+    @cached_property
+    def metric_values(self) -> dict[str, np.ndarray[Any, np.dtype[np.float64]]]:
+        """ms values of voice-to-voice and of each segment (turns where it exists)."""
+        per: dict[str, list[int]] = {s: [] for s in ALL_SEGMENTS}
+        v2v: list[int] = []
+        for t in self.stats_turns:
+            v = t.ledger.voice_to_voice_ns
+            if v is None:
+                continue
+            v2v.append(v)
+            acc: dict[str, int] = {}
+            for s in t.ledger.segments:
+                acc[s.name] = acc.get(s.name, 0) + s.ns
+            for name, ns in acc.items():
+                per[name].append(ns)
+        out = {VOICE_TO_VOICE: np.asarray(v2v, dtype=np.float64) / 1e6}
+        for name in ALL_SEGMENTS:
+            out[name] = np.asarray(per[name], dtype=np.float64) / 1e6
+        return out
+
+    @cached_property
+    def summary(self) -> dict[str, Summary]:
+        """Summary per metric (``voice_to_voice`` and every segment present)."""
+        out: dict[str, Summary] = {}
+        for name, vals in self.metric_values.items():
+            s = summarize(vals, abs_tolerance=ABS_TOLERANCE_MS)
+            if s is not None:
+                out[name] = s
+        return out
+
+    @cached_property
+    def budget(self) -> tuple[BudgetLine, ...]:
+        """Mean contribution of each segment per turn; the lines sum to mean voice-to-voice."""
+        n = len(self.metric_values[VOICE_TO_VOICE])
+        if n == 0:
+            return ()
+        total = float(self.metric_values[VOICE_TO_VOICE].sum())
+        lines = []
+        for name in ALL_SEGMENTS:
+            vals = self.metric_values[name]
+            if len(vals) == 0:
+                continue
+            s = float(vals.sum())
+            lines.append(BudgetLine(name, s / n, s / total if total > 0 else 0.0, len(vals)))
+        return tuple(lines)
+
+    @cached_property
+    def findings(self) -> tuple[FindingSummary, ...]:
+        """Findings per kind over the statistics turns, costliest per turn first."""
+        of = len(self.stats_turns)
+        per: dict[str, list[int]] = {}
+        for t in self.stats_turns:
+            acc: dict[str, int] = {}
+            for f in t.findings:
+                acc[f.kind] = acc.get(f.kind, 0) + f.ns
+            for k, ns in acc.items():
+                per.setdefault(k, []).append(ns)
+        out = []
+        for kind, costs in per.items():
+            arr = np.asarray(costs, dtype=np.float64) / 1e6
+            s = summarize(arr, abs_tolerance=ABS_TOLERANCE_MS)
+            assert s is not None
+            out.append(FindingSummary(kind, KINDS[kind], len(costs), of, s, float(arr.sum())))
+        order = list(KINDS)
+        out.sort(key=lambda f: (-f.per_turn_ms, order.index(f.kind)))
+        return tuple(out)
+
+    @cached_property
+    def counts(self) -> dict[str, int]:
+        turns = self.turns
+        return {
+            "turns": len(turns),
+            "ok": sum(1 for t in turns if t.ok),
+            "failed": sum(1 for t in turns if not t.ok),
+            "warmup": sum(1 for t in turns if t.warmup),
+            "in_statistics": len(self.stats_turns),
+            "unfinished": len(self.unfinished),
+        }
+
+    # -- output --------------------------------------------------------------------------
+
+    def to_dict(self, *, turns: bool = True) -> dict[str, Any]:
+        """The ``voiceaudit.report/1`` document (see docs/report-format.md)."""
+        multi = self.multi_run
+        d: dict[str, Any] = {
+            "schema": REPORT_SCHEMA,
+            "voiceaudit_version": __version__,
+            "sources": [s.to_dict() for s in self.sources],
+            "options": self.options.to_dict(),
+            "counts": self.counts,
+            "summary": {
+                "voice_to_voice_ms": _summary_dict(self.summary.get(VOICE_TO_VOICE)),
+                "segments": {
+                    name: s.to_dict() for name, s in self.summary.items() if name != VOICE_TO_VOICE
+                },
+                "budget": [b.to_dict() for b in self.budget],
+            },
+            "findings": [f.to_dict() for f in self.findings],
+            "failed_turns": [_failed_dict(t, multi) for t in self.failed_turns],
+            "unfinished_turns": [
+                {"run_id": r, "session": s, "turn": n} for r, s, n in self.unfinished
+            ],
+            "warnings": list(self.warnings),
+        }
+        if turns:
+            d["turns"] = [t.to_dict(with_run_id=multi) for t in self.turns]
+        return d
+
+    def to_json(self, *, turns: bool = True) -> str:
+        """The JSON text: indented, with one turn per line (readable, diffable, and fast:
+        the per-turn lines go through the C encoder)."""
+        head = json.dumps(self.to_dict(turns=False), indent=1, ensure_ascii=False)
+        if not turns:
+            return head + "\n"
+        multi = self.multi_run
+        dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+        lines = ",\n".join(dumps(t.to_dict(with_run_id=multi)) for t in self.turns)
+        return head[:-2] + ',\n "turns": [\n' + lines + "\n ]\n}\n"
+
+
+def _summary_dict(s: Summary | None) -> dict[str, Any] | None:
+    return None if s is None else s.to_dict()
+
+
+def _failed_dict(t: TurnReport, multi: bool) -> dict[str, Any]:
+    d: dict[str, Any] = {}
+    if multi:
+        d["run_id"] = t.run_id
+    d.update({"session": t.session, "turn": t.turn, "warmup": t.warmup, "reason": t.reason})
+    return d
+
+
+# -- building ------------------------------------------------------------------------------
+
+
+def _bool(v: Any) -> bool | None:
+    return v if type(v) is bool else None
+
+
+def _str(v: Any) -> str | None:
+    return v if type(v) is str else None
+
+
+def turn_report(
+    obs: TurnObs,
+    *,
+    run_id: str = "",
+    options: ReportOptions | None = None,
+    session_obs: Any = None,
+    config: dict[str, Any] | None = None,
+) -> TurnReport:
+    """Ledger, findings and status of one finished turn."""
+    opts = options or ReportOptions()
+    ledger = ledger_from_obs(obs, mark_time=opts.mark_time)
+    start = obs.attrs("turn.start")
+    end = obs.attrs("turn.end")
+    warm = _bool(start.get("warmup"))
+    if warm is None:
+        warm = _bool(end.get("warmup")) or False
+    ok = end.get("ok") is True
+    reason: str | None = None
+    if not ok:
+        reason = _str(end.get("reason")) or "failed (no reason recorded)"
+    elif ledger.problem is not None:
+        ok = False
+        reason = ledger.problem
+    ctx = TurnContext(obs, ledger, opts.rules, session_obs, config or {})
+    findings = detect(ctx) if ledger.voice_to_voice_ns is not None else ()
+    return TurnReport(
+        run_id=run_id,
+        session=obs.session,
+        turn=obs.turn,
+        ok=ok,
+        warmup=warm,
+        reason=reason,
+        ledger=ledger,
+        findings=findings,
+        audio=_str(start.get("audio")),
+        text=_str(start.get("text")),
+        transcript=_str(obs.attrs("transcript.final").get("text")),
+        obs=obs if opts.keep_observations else None,
+    )
+
+
+TraceInput = Trace | str | os.PathLike[str]
+Progress = Callable[[str], None]
+
+
+def _load(item: TraceInput, skip: frozenset[str]) -> tuple[TraceInfo, Collected]:
+    if isinstance(item, Trace):
+        info = TraceInfo(item.path, item.header, item.end, item.warnings, {})
+        return info, collect_trace(item)
+    return collect_file(item, skip=skip)
+
+
+def build_report(
+    traces: Iterable[TraceInput],
+    *,
+    include_warmup: bool = False,
+    mark_time: MarkTime = "auto",
+    rules: FindingRules | None = None,
+    keep_observations: bool = False,
+    progress: Progress | None = None,
+    label: str = "",
+) -> Report:
+    """Build the report of one or more traces (merged into one population).
+
+    ``traces`` are :class:`~voiceaudit.trace_io.Trace` objects or paths (files or
+    directories; paths are streamed through the fast reader). Raises
+    :class:`~voiceaudit.errors.NoDataError` when no turn finished.
+    """
+    if mark_time not in ("auto", "arrival"):
+        raise UsageError(f"unknown mark time {mark_time!r} (use 'auto' or 'arrival')")
+    options = ReportOptions(
+        include_warmup=include_warmup,
+        mark_time=mark_time,
+        rules=rules or FindingRules(),
+        keep_observations=keep_observations,
+    )
+    items: list[TraceInput] = []
+    for t in traces:
+        if isinstance(t, Trace):
+            items.append(t)
+        else:
+            items.extend(find_traces(t))
+    if not items:
+        raise NoDataError("no traces given")
+    # Reading makes millions of small objects that all stay alive: the cyclic garbage
+    # collector would rescan them again and again (doubling the time) and can free none.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _build(items, options, progress, label)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _build(
+    items: list[TraceInput], options: ReportOptions, progress: Progress | None, label: str
+) -> Report:
+    sources: list[SourceInfo] = []
+    turns: list[TurnReport] = []
+    unfinished: list[tuple[str, str, int]] = []
+    warnings: list[str] = []
+    skip = frozenset(SKIPPED_BY_DEFAULT)
+    for item in items:
+        if progress is not None:
+            progress(f"reading {item.path if isinstance(item, Trace) else item}")
+        info, col = _load(item, skip)
+        src = SourceInfo.from_info(info)
+        sources.append(src)
+        warnings.extend(f"{info.path}: {w}" for w in info.warnings)
+        late: list[float] = []
+        for (session, turn), obs in col.turns.items():
+            if not obs.finished:
+                unfinished.append((src.run_id, session, turn))
+                continue
+            tr = turn_report(
+                obs,
+                run_id=src.run_id,
+                options=options,
+                session_obs=col.sessions.get(session),
+                config=src.config,
+            )
+            turns.append(tr)
+            lt = probe_lateness(obs)
+            if lt is not None and lt > LATE_PROBE_MS * 1e6:
+                late.append(lt / 1e6)
+        if late:
+            warnings.append(
+                f"{info.path}: the probe sent the speech-end frame late in {len(late)} turn(s) "
+                f"(up to {max(late):.1f} ms): the machine may have been overloaded"
+            )
+    if unfinished:
+        warnings.append(
+            f"{len(unfinished)} turn(s) have no turn.end (the run was cut short) and are left out"
+        )
+    _check_mixed(sources, warnings)
+    if not turns:
+        raise NoDataError(
+            "no finished turns in the traces given",
+            hint="every turn was cut short, or the run stopped before the first turn ended",
+        )
+    return Report(
+        sources=tuple(sources),
+        turns=tuple(turns),
+        options=options,
+        unfinished=tuple(unfinished),
+        warnings=tuple(warnings),
+        label=label,
+    )
+
+
+def _check_mixed(sources: Sequence[SourceInfo], warnings: list[str]) -> None:
+    """Merged traces whose key metadata differ are flagged (never silently merged)."""
+    if len(sources) < 2:
+        return
+    targets = {json.dumps(s.target, sort_keys=True) for s in sources}
+    if len(targets) > 1:
+        warnings.append(
+            f"the merged traces measured {len(targets)} different targets; "
+            "compare them with 'voiceaudit report A B' instead of merging"
+        )

@@ -1,0 +1,245 @@
+"""Per-turn observations: what a trace says about each turn, gathered in one pass.
+
+The analysis never looks at raw records twice. Events are grouped per (session, turn)
+into a :class:`TurnObs` (marks by name with every occurrence, reply chunks, underruns);
+session-level events (``turn`` null: connection setup and teardown) go to a per-session
+list. Both the public path (a :class:`~voiceaudit.trace_io.Trace` of
+:class:`~voiceaudit.model.Event` objects) and the fast path (:func:`collect_file`, which
+streams decoded records without building objects) feed the same :meth:`TurnObs.add`, so
+they give identical results.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from voiceaudit.model import Event, Span
+from voiceaudit.trace_io import Trace, TraceInfo, scan_trace
+
+PROBE = "probe"
+
+#: Events the analysis does not use and the fast path does not decode (see
+#: :func:`voiceaudit.trace_io.scan_trace`). The frame carrying the last speech sample is
+#: also recorded as ``input.speech_end_sent``, which is all the ledger needs.
+SKIPPED_BY_DEFAULT: frozenset[str] = frozenset({"input.frame"})
+
+
+#: One occurrence of a named event in a turn: (t_ns, source, attrs). A plain tuple, not
+#: a NamedTuple: a long trace holds millions and building a NamedTuple costs ten times more.
+Occurrence = tuple[int, str, dict[str, Any]]
+
+
+class ReplyChunk(NamedTuple):
+    """One ``reply.chunk`` event: a piece of reply audio arriving at the probe."""
+
+    t_ns: int
+    samples: int | None
+    bytes: int | None
+    wire_bytes: int | None
+    offset: int | None
+    rate: int | None
+    peak: float | None
+
+
+def _int(v: Any) -> int | None:
+    return v if type(v) is int else None
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if type(v) in (int, float) else None
+
+
+class TurnObs:
+    """Everything recorded about one turn (mutable while gathering, read-only after)."""
+
+    __slots__ = (
+        "_chunks",
+        "frames",
+        "marks",
+        "raw_chunks",
+        "session",
+        "spans",
+        "turn",
+        "underruns",
+    )
+
+    def __init__(self, session: str, turn: int) -> None:
+        self.session = session
+        self.turn = turn
+        #: every other event, by name (cascade hops as ``<stage>:<name>``), in file order
+        self.marks: dict[str, list[Occurrence]] = {}
+        #: (t_ns, attrs) of each reply.chunk, in file order (see :attr:`chunks`)
+        self.raw_chunks: list[tuple[int, dict[str, Any]]] = []
+        self._chunks: list[ReplyChunk] | None = None
+        #: (start ns, gap ns) of each reply.underrun
+        self.underruns: list[tuple[int, int]] = []
+        #: input.frame events seen (0 when the fast path skipped them)
+        self.frames = 0
+        self.spans: list[Span] = []
+
+    def add(self, name: str, source: str, stage: str, t_ns: int, attrs: dict[str, Any]) -> None:
+        """Record one event of this turn."""
+        if name == "reply.chunk":
+            self.raw_chunks.append((t_ns, attrs))
+            self._chunks = None
+            return
+        if name == "input.frame":
+            self.frames += 1
+            return
+        if name == "reply.underrun":
+            gap = attrs.get("gap_ns")
+            if type(gap) is int and gap >= 0:
+                self.underruns.append((t_ns, gap))
+            return
+        if name[:5] == "http.":
+            name = f"{stage}:{name}"
+        lst = self.marks.get(name)
+        if lst is None:
+            self.marks[name] = [(t_ns, source, attrs)]
+        else:
+            lst.append((t_ns, source, attrs))
+
+    @property
+    def chunks(self) -> list[ReplyChunk]:
+        """The reply chunks, in arrival order (built on first use)."""
+        if self._chunks is None:
+            out = [
+                ReplyChunk(
+                    t,
+                    _int(a.get("samples")),
+                    _int(a.get("bytes")),
+                    _int(a.get("wire_bytes")),
+                    _int(a.get("offset")),
+                    _int(a.get("rate")),
+                    _num(a.get("peak")),
+                )
+                for t, a in self.raw_chunks
+            ]
+            out.sort(key=lambda c: c.t_ns)
+            self._chunks = out
+        return self._chunks
+
+    def add_event(self, ev: Event) -> None:
+        self.add(ev.name, ev.source, ev.stage, ev.t_ns, ev.attrs)
+
+    # -- convenience ---------------------------------------------------------------------
+
+    def first(self, name: str, source: str | None = None) -> Occurrence | None:
+        """The first occurrence of ``name`` (from ``source`` when given)."""
+        for occ in self.marks.get(name, ()):
+            if source is None or occ[1] == source:
+                return occ
+        return None
+
+    def attrs(self, name: str) -> dict[str, Any]:
+        """The attributes of the first occurrence of ``name`` (empty when absent)."""
+        lst = self.marks.get(name)
+        return lst[0][2] if lst else {}
+
+    @property
+    def finished(self) -> bool:
+        return self.first("turn.end", PROBE) is not None
+
+    def events(self) -> list[tuple[str, int, str]]:
+        """(name, t_ns, source) of every mark, chunk and underrun, in time order."""
+        out = [(name, o[0], o[1]) for name, occs in self.marks.items() for o in occs]
+        out += [("reply.chunk", t, PROBE) for t, _ in self.raw_chunks]
+        out += [("reply.underrun", t, PROBE) for t, _ in self.underruns]
+        out.sort(key=lambda e: e[1])
+        return out
+
+
+@dataclass
+class SessionObs:
+    """Session-level events (``turn`` null) of one session: connection setup and the like."""
+
+    session: str
+    events: list[tuple[str, int, dict[str, Any]]] = field(default_factory=list)
+    spans: list[Span] = field(default_factory=list)
+
+
+@dataclass
+class Collected:
+    """The turns and sessions of one trace (or of several, keyed apart by the caller)."""
+
+    turns: dict[tuple[str, int], TurnObs] = field(default_factory=dict)
+    sessions: dict[str, SessionObs] = field(default_factory=dict)
+
+    def turn(self, session: str, turn: int) -> TurnObs:
+        key = (session, turn)
+        obs = self.turns.get(key)
+        if obs is None:
+            obs = self.turns[key] = TurnObs(session, turn)
+        return obs
+
+    def session(self, session: str) -> SessionObs:
+        s = self.sessions.get(session)
+        if s is None:
+            s = self.sessions[session] = SessionObs(session)
+        return s
+
+    def add_span(self, sp: Span) -> None:
+        if sp.turn is None:
+            self.session(sp.session).spans.append(sp)
+        else:
+            self.turn(sp.session, sp.turn).spans.append(sp)
+
+
+def collect_events(events: Iterable[Event], spans: Iterable[Span] = ()) -> Collected:
+    """Group events (and spans) into turns and sessions."""
+    c = Collected()
+    for ev in events:
+        if ev.turn is None:
+            c.session(ev.session).events.append((ev.name, ev.t_ns, ev.attrs))
+        else:
+            c.turn(ev.session, ev.turn).add(ev.name, ev.source, ev.stage, ev.t_ns, ev.attrs)
+    for sp in spans:
+        c.add_span(sp)
+    return c
+
+
+def collect_trace(trace: Trace) -> Collected:
+    """Group the events of a trace read with :func:`~voiceaudit.trace_io.read_trace`."""
+    return collect_events(trace.events, trace.spans)
+
+
+def collect_file(
+    path: str | os.PathLike[str],
+    *,
+    skip: Iterable[str] = SKIPPED_BY_DEFAULT,
+) -> tuple[TraceInfo, Collected]:
+    """The fast path: stream a trace file straight into turns (see module doc)."""
+    c = Collected()
+    turns = c.turns
+    last_key: tuple[str, int] | None = None
+    last_obs: TurnObs | None = None
+
+    def on_event(
+        session: str,
+        turn: int | None,
+        t_ns: int,
+        source: str,
+        stage: str,
+        name: str,
+        attrs: dict[str, Any],
+    ) -> None:
+        nonlocal last_key, last_obs
+        if turn is None:
+            c.session(session).events.append((name, t_ns, attrs))
+            return
+        # Consecutive events mostly belong to the same turn: skip building the key then.
+        obs = last_obs
+        if obs is None or obs.turn != turn or obs.session != session:
+            key = (session, turn)
+            obs = turns.get(key)
+            if obs is None:
+                obs = turns[key] = TurnObs(session, turn)
+            last_obs = obs
+        obs.add(name, source, stage, t_ns, attrs)
+
+    add_span: Callable[[Span], None] = c.add_span
+    info = scan_trace(path, on_event, skip=skip, on_span=add_span)
+    return info, c

@@ -1,0 +1,328 @@
+"""HTML rendering: one self-contained file, figures embedded as PNG data URIs.
+
+Every string that comes from a trace (transcripts, target names, failure reasons, file
+names) goes through :func:`html.escape`. The page carries no script at all, and its
+Content-Security-Policy forbids scripts, so even a mistake in escaping could not run
+code from a trace.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Iterable
+
+from voiceaudit.analysis.compare import Comparison
+from voiceaudit.analysis.report import VOICE_TO_VOICE, Report, TurnReport
+from voiceaudit.report import plots
+from voiceaudit.report.common import (
+    COLUMNS,
+    MAX_FAILED_LISTED,
+    MAX_TURNS_LISTED,
+    UNRELIABLE_MARK,
+    fmt_ms,
+    label,
+    metric_rows,
+    representative_turns,
+    segment_label,
+    summary_cells,
+    target_line,
+    turn_id,
+)
+
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+_STYLE = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;
+max-width:1100px;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}
+th,td{padding:.2em .7em;border-bottom:1px solid #e4e4e4;text-align:right;vertical-align:top}
+th:first-child,td:first-child,td.l,th.l{text-align:left}
+.bad{color:#b36b00}.dim{color:#777}.fail{color:#b00020}
+img{max-width:100%}
+code{background:#f4f4f4;padding:0 .2em}
+"""
+
+
+def esc(x: object) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img alt="{esc(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _page(title: str, body: Iterable[str]) -> str:
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
+        f"<title>{esc(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body>\n</html>\n"
+    )
+
+
+def _table(head: list[str], rows: Iterable[list[str]], left: int = 1) -> str:
+    """``head`` is escaped here; row cells must already be HTML."""
+    h = "".join(
+        f'<th class="l">{esc(c)}</th>' if i < left else f"<th>{esc(c)}</th>"
+        for i, c in enumerate(head)
+    )
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f'<td class="l">{c}</td>' if i < left else f"<td>{c}</td>" for i, c in enumerate(r)
+        )
+        + "</tr>"
+        for r in rows
+    )
+    return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _summary(report: Report) -> list[str]:
+    rows = []
+    for name, s in metric_rows(report):
+        cells = [
+            f'<span class="bad" title="{esc(s.unreliable.get(col, ""))}">{esc(v)}'
+            f"{UNRELIABLE_MARK}</span>"
+            if bad
+            else esc(v)
+            for (v, bad), col in zip(summary_cells(s), COLUMNS, strict=True)
+        ]
+        name_html = f"<b>{esc(label(name))}</b>" if name == VOICE_TO_VOICE else esc(label(name))
+        rows.append([name_html, *cells])
+    out = ["<h2>Latency (ms)</h2>", _table(["metric", *COLUMNS], rows)]
+    if any(s.unreliable for _, s in metric_rows(report)):
+        out.append(
+            f'<p class="dim">{UNRELIABLE_MARK} marks a figure not to be trusted (too few '
+            "samples or a wide 95% interval); hover it for the reason.</p>"
+        )
+    return out
+
+
+def _budget(report: Report) -> list[str]:
+    v2v = report.summary[VOICE_TO_VOICE].mean
+    rows = [
+        [esc(label(b.segment)), fmt_ms(b.mean_ms), f"{b.share * 100:.1f}%", f"{b.turns}"]
+        for b in report.budget
+    ]
+    return [
+        "<h2>Where the time goes</h2>",
+        f"<p>Mean per turn; the segments sum to the mean voice-to-voice ({fmt_ms(v2v)} ms).</p>",
+        _img(plots.budget_png(report), "stacked latency budget by segment"),
+        _table(["segment", "mean ms", "share", "turns"], rows),
+    ]
+
+
+def _findings(report: Report) -> list[str]:
+    out = ["<h2>Findings</h2>"]
+    if not report.findings:
+        return [*out, "<p>No hidden delays found.</p>"]
+    rows = [
+        [
+            f"<code>{esc(f.kind)}</code>",
+            f"{f.turns}/{f.of}",
+            fmt_ms(f.per_turn_ms),
+            fmt_ms(f.cost.p50),
+            fmt_ms(f.cost.max),
+            f'<span class="l">{esc(f.description)}</span>',
+        ]
+        for f in report.findings
+    ]
+    out.append(
+        _table(
+            ["finding", "turns", "ms per turn", "median ms when found", "max ms", "what it is"],
+            rows,
+        )
+    )
+    return out
+
+
+def _turn_caption(t: TurnReport) -> str:
+    bits = []
+    if t.text is not None:
+        bits.append(f"said: “{esc(t.text)}”")
+    if t.transcript is not None:
+        bits.append(f"heard: “{esc(t.transcript)}”")
+    if t.audio is not None:
+        bits.append(f"audio: {esc(t.audio)}")
+    if t.findings:
+        bits.append(
+            "findings: " + ", ".join(f"{esc(f.kind)} {fmt_ms(f.ns / 1e6)} ms" for f in t.findings)
+        )
+    if t.ledger.off_path:
+        bits.append(
+            "off the path: " + "; ".join(f"{esc(o.name)} ({esc(o.why)})" for o in t.ledger.off_path)
+        )
+    return "<p>" + "<br>".join(bits) + "</p>" if bits else ""
+
+
+def _waterfalls(report: Report) -> list[str]:
+    reps = representative_turns(report)
+    if not reps:
+        return []
+    out = ["<h2>Turn waterfalls</h2>"]
+    paths = {s.run_id: s.path for s in report.sources}
+    for which, t in reps:
+        v2v = (t.voice_to_voice_ns or 0) / 1e6
+        title = f"{which}: {turn_id(t, report.multi_run)}, voice-to-voice {v2v:.1f} ms"
+        out.append(f"<h3>{esc(title)}</h3>")
+        out.append(_img(plots.waterfall_png(t, title, paths.get(t.run_id)), title))
+        out.append(_turn_caption(t))
+    return out
+
+
+def _failed(report: Report) -> list[str]:
+    failed = report.failed_turns
+    if not failed:
+        return []
+    items = "".join(
+        f"<li>{esc(turn_id(t, report.multi_run))}{' (warm-up)' if t.warmup else ''}: "
+        f"{esc(t.reason)}</li>"
+        for t in failed[:MAX_FAILED_LISTED]
+    )
+    more = ""
+    if len(failed) > MAX_FAILED_LISTED:
+        more = f"<li>… and {len(failed) - MAX_FAILED_LISTED} more (see the JSON report)</li>"
+    return [f'<h2 class="fail">Failed turns ({len(failed)})</h2>', f"<ul>{items}{more}</ul>"]
+
+
+def _turns(report: Report) -> list[str]:
+    turns = report.turns[:MAX_TURNS_LISTED]
+    rows = []
+    for t in turns:
+        v2v = t.voice_to_voice_ns
+        ledger = ", ".join(
+            f"{esc(segment_label(s))} {fmt_ms(s.ns / 1e6)}" for s in t.ledger.segments
+        )
+        status = "ok" if t.ok else f'<span class="fail">{esc(t.reason)}</span>'
+        if t.warmup:
+            status += ' <span class="dim">(warm-up)</span>'
+        rows.append(
+            [
+                esc(turn_id(t, report.multi_run)),
+                status,
+                fmt_ms(None if v2v is None else v2v / 1e6),
+                f'<span class="l">{ledger}</span>',
+                esc(", ".join(f.kind for f in t.findings)),
+                esc(t.transcript or ""),
+            ]
+        )
+    out = [
+        "<h2>Turns</h2>",
+        _table(
+            ["turn", "status", "voice-to-voice ms", "ledger (ms)", "findings", "heard"], rows, 2
+        ),
+    ]
+    if len(report.turns) > MAX_TURNS_LISTED:
+        out.append(
+            f'<p class="dim">First {MAX_TURNS_LISTED} of {len(report.turns)} turns; the JSON '
+            "report lists them all.</p>"
+        )
+    return out
+
+
+def _warnings(warnings: Iterable[str]) -> list[str]:
+    items = "".join(f"<li>{esc(w)}</li>" for w in warnings)
+    return ["<h2>Warnings</h2>", f"<ul>{items}</ul>"] if items else []
+
+
+def render_report(report: Report) -> str:
+    c = report.counts
+    body = [
+        "<h1>voiceaudit report" + (f": {esc(report.label)}" if report.label else "") + "</h1>",
+        f"<p>{c['turns']} turns: {c['ok']} ok, {c['failed']} failed, {c['warmup']} warm-up; "
+        f"{c['in_statistics']} in the statistics"
+        + (f"; {c['unfinished']} unfinished (left out)" if c["unfinished"] else "")
+        + f".<br>Target: {esc(target_line(report))}<br>"
+        + '<span class="dim">Trace: '
+        + esc(", ".join(s.path for s in report.sources))
+        + "</span></p>",
+    ]
+    if report.stats_turns:
+        body += _summary(report)
+        body += _budget(report)
+        body += [
+            "<h2>Voice-to-voice distribution</h2>",
+            _img(
+                plots.cdf_png([(report.label or "turns", report.metric_values[VOICE_TO_VOICE])]),
+                "cumulative distribution of voice-to-voice latency",
+            ),
+        ]
+        body += _findings(report)
+        body += _waterfalls(report)
+    else:
+        body.append('<p class="fail"><b>No successful turns: no statistics.</b></p>')
+    body += _failed(report)
+    body += _turns(report)
+    body += _warnings(report.warnings)
+    return _page("voiceaudit report", body)
+
+
+def _signed(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return ("+" if x > 0 else "") + fmt_ms(x)
+
+
+def render_comparison(cmp: Comparison) -> str:
+    a, b = cmp.a, cmp.b
+    rows = []
+    for m in cmp.metrics:
+        verdict = esc(m.verdict)
+        if m.significant:
+            verdict = f"<b>{verdict}</b>"
+        rows.append(
+            [
+                esc(label(m.metric)),
+                fmt_ms(None if m.a is None else m.a.p50),
+                fmt_ms(None if m.b is None else m.b.p50),
+                _signed(m.diff_p50_ms),
+                fmt_ms(None if m.a is None else m.a.mean),
+                fmt_ms(None if m.b is None else m.b.mean),
+                _signed(m.diff_mean_ms),
+                "-" if m.test is None else f"{m.test.p_value:.3g}",
+                verdict,
+            ]
+        )
+    body = [
+        "<h1>voiceaudit comparison</h1>",
+        f"<p>A: {esc(a.label)} ({len(a.stats_turns)} turns in the statistics)<br>"
+        f"B: {esc(b.label)} ({len(b.stats_turns)} turns in the statistics)</p>",
+        f"<p>B against A, ms. Significance: Mann-Whitney U, two-sided, Holm-corrected, "
+        f"p &lt; {cmp.alpha:g}.</p>",
+        _table(
+            ["metric", "A p50", "B p50", "Δ p50", "A mean", "B mean", "Δ mean", "p", "verdict"],
+            rows,
+        ),
+        "<h2>Voice-to-voice distribution</h2>",
+        _img(
+            plots.cdf_png(
+                [
+                    (f"A: {a.label}", a.metric_values[VOICE_TO_VOICE]),
+                    (f"B: {b.label}", b.metric_values[VOICE_TO_VOICE]),
+                ]
+            ),
+            "cumulative distributions of voice-to-voice latency, A and B",
+        ),
+    ]
+    if cmp.findings:
+        frows = [
+            [
+                f"<code>{esc(f.kind)}</code>",
+                f"{fmt_ms(f.a_per_turn_ms)} ({f.a_turns})",
+                f"{fmt_ms(f.b_per_turn_ms)} ({f.b_turns})",
+                _signed(f.b_per_turn_ms - f.a_per_turn_ms),
+            ]
+            for f in cmp.findings
+        ]
+        body += ["<h2>Findings (ms per turn)</h2>", _table(["finding", "A", "B", "Δ"], frows)]
+    if cmp.differences:
+        items = "".join(
+            f"<li>{esc(k)}: A = {esc(repr(va))}, B = {esc(repr(vb))}</li>"
+            for k, (va, vb) in cmp.differences.items()
+        )
+        body += ["<h2>What differs</h2>", f"<ul>{items}</ul>"]
+    body += _warnings(cmp.warnings)
+    return _page("voiceaudit comparison", body)

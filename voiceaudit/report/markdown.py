@@ -1,0 +1,184 @@
+"""Markdown rendering: compact tables that fit a GitHub step summary.
+
+Text from traces (target names, failure reasons) is escaped so it cannot break a table
+or inject markup: Markdown renderers on GitHub also render inline HTML.
+"""
+
+from __future__ import annotations
+
+import html
+
+from voiceaudit.analysis.compare import Comparison
+from voiceaudit.analysis.report import VOICE_TO_VOICE, Report
+from voiceaudit.report.common import (
+    COLUMNS,
+    MAX_FAILED_LISTED,
+    UNRELIABLE_MARK,
+    fmt_ms,
+    label,
+    metric_rows,
+    summary_cells,
+    target_line,
+    turn_id,
+)
+
+
+def md(text: object) -> str:
+    """Escape text for a Markdown table cell (HTML entities, pipes, line breaks)."""
+    s = html.escape(str(text), quote=False)
+    for ch in ("\\", "`", "*", "_", "[", "]", "|"):
+        s = s.replace(ch, "\\" + ch)
+    return " ".join(s.split())
+
+
+def _table(head: list[str], rows: list[list[str]], right: set[int] | None = None) -> str:
+    right = right or set()
+    out = ["| " + " | ".join(head) + " |"]
+    out.append("|" + "|".join("---:" if i in right else "---" for i in range(len(head))) + "|")
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def render_report(report: Report) -> str:
+    c = report.counts
+    lines = ["## voiceaudit report" + (f": {md(report.label)}" if report.label else ""), ""]
+    summary = (
+        f"{c['turns']} turns: {c['ok']} ok, {c['failed']} failed, {c['warmup']} warm-up; "
+        f"{c['in_statistics']} in the statistics"
+    )
+    if c["unfinished"]:
+        summary += f"; {c['unfinished']} unfinished (left out)"
+    lines += [summary + ".  ", f"Target: {md(target_line(report))}", ""]
+    if report.stats_turns:
+        rows = []
+        for name, s in metric_rows(report):
+            cells = [f"{v}{UNRELIABLE_MARK}" if bad else v for v, bad in summary_cells(s)]
+            name_cell = f"**{label(name)}**" if name == VOICE_TO_VOICE else label(name)
+            rows.append([name_cell, *cells])
+        lines += ["### Latency (ms)", ""]
+        lines.append(_table(["metric", *COLUMNS], rows, set(range(1, len(COLUMNS) + 1))))
+        lines.append("")
+        s = report.summary[VOICE_TO_VOICE]
+        if any(s.unreliable for _, s in metric_rows(report)):
+            lines.append(
+                f"{UNRELIABLE_MARK} marks a figure not to be trusted (too few samples or a "
+                "wide 95% interval; the JSON report gives the intervals)."
+            )
+            lines.append("")
+        lines += [
+            "### Where the time goes",
+            "",
+            f"Mean per turn; the lines sum to the mean voice-to-voice ({fmt_ms(s.mean)} ms).",
+            "",
+        ]
+        brows = []
+        for b in report.budget:
+            bar = "█" * max(0, round(b.share * 30))
+            brows.append([label(b.segment), fmt_ms(b.mean_ms), f"{b.share * 100:.1f}%", bar or " "])
+        lines.append(_table(["segment", "ms", "share", ""], brows, {1, 2}))
+        lines.append("")
+        lines += ["### Findings", ""]
+        if report.findings:
+            frows = [
+                [
+                    f"`{f.kind}`",
+                    f"{f.turns}/{f.of}",
+                    fmt_ms(f.per_turn_ms),
+                    fmt_ms(f.cost.p50),
+                    md(f.description),
+                ]
+                for f in report.findings
+            ]
+            lines.append(
+                _table(
+                    ["finding", "turns", "ms per turn", "median ms when found", "what it is"],
+                    frows,
+                    {1, 2, 3},
+                )
+            )
+        else:
+            lines.append("No hidden delays found.")
+        lines.append("")
+    else:
+        lines += ["**No successful turns: no statistics.**", ""]
+    failed = report.failed_turns
+    if failed:
+        lines += [f"### Failed turns ({len(failed)})", ""]
+        for t in failed[:MAX_FAILED_LISTED]:
+            warm = " (warm-up)" if t.warmup else ""
+            lines.append(f"- {md(turn_id(t, report.multi_run))}{warm}: {md(t.reason)}")
+        if len(failed) > MAX_FAILED_LISTED:
+            lines.append(f"- … and {len(failed) - MAX_FAILED_LISTED} more (see the JSON report)")
+        lines.append("")
+    if report.warnings:
+        lines += ["### Warnings", ""]
+        lines += [f"- {md(w)}" for w in report.warnings]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _signed(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return ("+" if x > 0 else "") + fmt_ms(x)
+
+
+def render_comparison(cmp: Comparison) -> str:
+    a, b = cmp.a, cmp.b
+    lines = [
+        "## voiceaudit comparison",
+        "",
+        f"A: {md(a.label)} ({len(a.stats_turns)} turns in the statistics)  ",
+        f"B: {md(b.label)} ({len(b.stats_turns)} turns in the statistics)",
+        "",
+        f"B against A, ms. Significance: Mann-Whitney U, two-sided, Holm-corrected, "
+        f"p < {cmp.alpha:g}.",
+        "",
+    ]
+    rows = []
+    for m in cmp.metrics:
+        verdict = f"**{m.verdict}**" if m.significant else m.verdict
+        rows.append(
+            [
+                label(m.metric),
+                fmt_ms(None if m.a is None else m.a.p50),
+                fmt_ms(None if m.b is None else m.b.p50),
+                _signed(m.diff_p50_ms),
+                fmt_ms(None if m.a is None else m.a.mean),
+                fmt_ms(None if m.b is None else m.b.mean),
+                _signed(m.diff_mean_ms),
+                "-" if m.test is None else f"{m.test.p_value:.3g}",
+                verdict,
+            ]
+        )
+    lines.append(
+        _table(
+            ["metric", "A p50", "B p50", "Δ p50", "A mean", "B mean", "Δ mean", "p", "verdict"],
+            rows,
+            {1, 2, 3, 4, 5, 6, 7},
+        )
+    )
+    lines.append("")
+    if cmp.findings:
+        lines += ["### Findings (ms per turn)", ""]
+        frows = [
+            [
+                f"`{f.kind}`",
+                f"{fmt_ms(f.a_per_turn_ms)} ({f.a_turns})",
+                f"{fmt_ms(f.b_per_turn_ms)} ({f.b_turns})",
+                _signed(f.b_per_turn_ms - f.a_per_turn_ms),
+            ]
+            for f in cmp.findings
+        ]
+        lines.append(_table(["finding", "A", "B", "Δ"], frows, {1, 2, 3}))
+        lines.append("")
+    if cmp.differences:
+        lines += ["### What differs", ""]
+        for k, (va, vb) in cmp.differences.items():
+            lines.append(f"- {md(k)}: A = {md(repr(va))}, B = {md(repr(vb))}")
+        lines.append("")
+    if cmp.warnings:
+        lines += ["### Warnings", ""]
+        lines += [f"- {md(w)}" for w in cmp.warnings]
+        lines.append("")
+    return "\n".join(lines)

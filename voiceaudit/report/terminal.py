@@ -1,0 +1,211 @@
+"""Terminal rendering (rich): summary table, budget bar, top findings, failed turns."""
+
+from __future__ import annotations
+
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from voiceaudit.analysis.compare import Comparison
+from voiceaudit.analysis.report import VOICE_TO_VOICE, Report
+from voiceaudit.report.common import (
+    COLOURS,
+    COLUMNS,
+    MAX_FAILED_LISTED,
+    UNRELIABLE_MARK,
+    fmt_ms,
+    label,
+    metric_rows,
+    summary_cells,
+    target_line,
+    turn_id,
+)
+
+BAR_WIDTH = 40
+
+
+def _header(report: Report) -> Text:
+    c = report.counts
+    t = Text()
+    t.append("voiceaudit report", style="bold")
+    if report.label:
+        t.append(f": {report.label}", style="bold")
+    t.append(
+        f"\n{c['turns']} turns: {c['ok']} ok, {c['failed']} failed, {c['warmup']} warm-up; "
+        f"{c['in_statistics']} in the statistics"
+    )
+    if c["unfinished"]:
+        t.append(f"; {c['unfinished']} unfinished (left out)")
+    t.append(f"\ntarget: {target_line(report)}")
+    files = ", ".join(s.path for s in report.sources)
+    t.append(f"\ntrace: {files}", style="dim")
+    return t
+
+
+def _summary_table(report: Report) -> Table:
+    table = Table(title="Latency (ms)", title_justify="left", show_edge=False, pad_edge=False)
+    table.add_column("metric")
+    for c in COLUMNS:
+        table.add_column(c, justify="right")
+    for name, s in metric_rows(report):
+        cells = [
+            Text(f"{v}{UNRELIABLE_MARK}" if bad else v, style="yellow" if bad else "")
+            for v, bad in summary_cells(s)
+        ]
+        style = "bold" if name == VOICE_TO_VOICE else ""
+        table.add_row(Text(label(name), style=style), *cells)
+    return table
+
+
+def _budget(report: Report, colour: bool) -> RenderableType:
+    lines = report.budget
+    if not lines:
+        return Text("")
+    v2v = report.summary[VOICE_TO_VOICE].mean
+    out = Text()
+    out.append(
+        f"Where the time goes: mean per turn, sums to the mean voice-to-voice {fmt_ms(v2v)} ms\n",
+        style="bold",
+    )
+    if colour:
+        # One stacked bar (only readable in colour), then one line per segment.
+        for b in lines:
+            width = round(b.share * BAR_WIDTH * 2)
+            out.append("█" * width, style=COLOURS.get(b.segment, ""))
+        out.append("\n")
+    name_w = max(len(label(b.segment)) for b in lines)
+    for b in lines:
+        bar = "█" * max(0, round(b.share * BAR_WIDTH))
+        out.append(f"{label(b.segment):<{name_w}} ")
+        out.append(f"{fmt_ms(b.mean_ms):>7} ms {b.share * 100:5.1f}% ")
+        out.append(bar, style=COLOURS.get(b.segment, ""))
+        if b.turns != len(report.stats_turns):
+            out.append(f"  (in {b.turns} of {len(report.stats_turns)} turns)", style="dim")
+        out.append("\n")
+    return out
+
+
+def _findings(report: Report) -> RenderableType:
+    if not report.findings:
+        return Text("No hidden delays found.", style="green")
+    table = Table(title="Top findings", title_justify="left", show_edge=False, pad_edge=False)
+    table.add_column("finding", no_wrap=True)
+    table.add_column("turns", justify="right", no_wrap=True)
+    table.add_column("per turn", justify="right", no_wrap=True)
+    table.add_column("median when found", justify="right", no_wrap=True)
+    table.add_column("what it is", ratio=1)
+    for f in report.findings:
+        table.add_row(
+            f.kind,
+            f"{f.turns}/{f.of}",
+            f"{fmt_ms(f.per_turn_ms)} ms",
+            f"{fmt_ms(f.cost.p50)} ms",
+            f.description,
+        )
+    return table
+
+
+def _failed(report: Report) -> RenderableType:
+    failed = report.failed_turns
+    if not failed:
+        return Text("")
+    t = Text()
+    t.append(f"Failed turns ({len(failed)})\n", style="bold red")
+    for tr in failed[:MAX_FAILED_LISTED]:
+        warm = " (warm-up)" if tr.warmup else ""
+        t.append(f"  {turn_id(tr, report.multi_run)}{warm}: {tr.reason}\n")
+    if len(failed) > MAX_FAILED_LISTED:
+        t.append(f"  … and {len(failed) - MAX_FAILED_LISTED} more (all are in --format json)\n")
+    return t
+
+
+def _notes(report: Report) -> RenderableType:
+    t = Text()
+    s = report.summary.get(VOICE_TO_VOICE)
+    if s is not None and s.unreliable:
+        t.append(f"{UNRELIABLE_MARK} marks a figure not to be trusted: ", style="yellow")
+        t.append("; ".join(f"{k} {why}" for k, why in s.unreliable.items()))
+        t.append("\n")
+    for w in report.warnings:
+        t.append("warning: ", style="yellow")
+        t.append(f"{w}\n")
+    return t
+
+
+def render_report(report: Report, console: Console) -> None:
+    parts: list[RenderableType] = [_header(report), Text("")]
+    if report.stats_turns:
+        colour = console.color_system is not None
+        parts += [_summary_table(report), Text(""), _budget(report, colour), _findings(report)]
+    else:
+        parts.append(Text("No successful turns: no statistics.", style="bold red"))
+    parts += [Text(""), _failed(report), _notes(report)]
+    console.print(Group(*parts))
+
+
+def render_comparison(cmp: Comparison, console: Console) -> None:
+    a, b = cmp.a, cmp.b
+    head = Text()
+    head.append("voiceaudit comparison", style="bold")
+    head.append(f"\nA: {a.label} ({len(a.stats_turns)} turns in the statistics)")
+    head.append(f"\nB: {b.label} ({len(b.stats_turns)} turns in the statistics)")
+    table = Table(
+        title=f"B against A (ms): Mann-Whitney U, Holm-corrected, significant at p < {cmp.alpha:g}",
+        title_justify="left",
+        show_edge=False,
+        pad_edge=False,
+    )
+    for col, just in (
+        ("metric", "left"),
+        ("A p50", "right"),
+        ("B p50", "right"),
+        ("Δ p50", "right"),
+        ("A mean", "right"),
+        ("B mean", "right"),
+        ("Δ mean", "right"),
+        ("p", "right"),
+        ("verdict", "left"),
+    ):
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    for m in cmp.metrics:
+        verdict_style = (
+            "green" if m.verdict == "B faster" else "red" if m.verdict == "B slower" else "dim"
+        )
+        table.add_row(
+            label(m.metric),
+            fmt_ms(None if m.a is None else m.a.p50),
+            fmt_ms(None if m.b is None else m.b.p50),
+            _signed(m.diff_p50_ms),
+            fmt_ms(None if m.a is None else m.a.mean),
+            fmt_ms(None if m.b is None else m.b.mean),
+            _signed(m.diff_mean_ms),
+            "-" if m.test is None else f"{m.test.p_value:.3g}",
+            Text(m.verdict, style=verdict_style),
+        )
+    parts: list[RenderableType] = [head, Text(""), table, Text("")]
+    if cmp.findings:
+        ft = Table(title="Findings (ms per turn)", title_justify="left", show_edge=False)
+        for col in ("finding", "A", "B", "Δ"):
+            ft.add_column(col, justify="left" if col == "finding" else "right", no_wrap=True)
+        for f in cmp.findings:
+            ft.add_row(
+                f.kind,
+                f"{fmt_ms(f.a_per_turn_ms)} ({f.a_turns})",
+                f"{fmt_ms(f.b_per_turn_ms)} ({f.b_turns})",
+                _signed(f.b_per_turn_ms - f.a_per_turn_ms),
+            )
+        parts += [ft, Text("")]
+    notes = Text()
+    for k, (va, vb) in cmp.differences.items():
+        notes.append(f"differs: {k}: A={va!r} B={vb!r}\n", style="dim")
+    for w in cmp.warnings:
+        notes.append("warning: ", style="yellow")
+        notes.append(f"{w}\n")
+    parts.append(notes)
+    console.print(Group(*parts))
+
+
+def _signed(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return ("+" if x > 0 else "") + fmt_ms(x)
