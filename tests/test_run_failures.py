@@ -30,7 +30,7 @@ PLANTED_KEY = "sk-planted-DO-NOT-LEAK-4242"
 
 def tone(ms: int, lead_ms: int = 0) -> bytes:
     n = RATE * ms // 1000
-    x = (0.3 * np.sin(2 * np.pi * 440 * np.arange(n) / RATE) * 32767).astype("<i2")
+    x = (0.3 * np.cos(2 * np.pi * 440 * np.arange(n) / RATE) * 32767).astype("<i2")
     return bytes(RATE * lead_ms // 1000 * 2) + x.tobytes()
 
 

@@ -92,9 +92,15 @@ _SECRET_HEADERS = {"authorization", "api-key", "x-api-key", "openai-api-key", "c
 def redact_url(url: str) -> str:
     """Drop credentials and the query string (tokens often live there)."""
     parts = urlsplit(url)
+    if parts.scheme == "python":
+        return url  # python://module:callable names code, not a host
     netloc = parts.hostname or ""
-    if parts.port is not None:
-        netloc = f"{netloc}:{parts.port}"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is not None:
+        netloc = f"{netloc}:{port}"
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
