@@ -26,6 +26,7 @@ MARKS = (
     "speech_started",
     "speech_end_received",
     "vad_stop",
+    "asr_done",
     "transcript_final",
     "llm_request",
     "llm_first_token",
@@ -66,6 +67,8 @@ class TurnRecord:
     asr: dict[str, Any] = field(default_factory=dict)
     reply_audio_ns: int = 0
     audio_messages: int = 0
+    #: When each reply audio message was handed to the socket.
+    audio_sent_ns: list[int] = field(default_factory=list)
     status: str = "in_progress"
     error: str | None = None
 
@@ -110,6 +113,7 @@ class TurnRecord:
             "injections": self.injections,
             "injected": dict(self.injected),
             "asr": dict(self.asr),
+            "audio_sent_ns": list(self.audio_sent_ns),
         }
 
 

@@ -72,6 +72,13 @@ def _decode_upload(data: bytes) -> tuple[F32, int]:
     return samples.mean(axis=1).astype(np.float32), int(rate)
 
 
+def _decode_and_resample(data: bytes) -> tuple[F32, int, bytes]:
+    samples, rate = _decode_upload(data)
+    rs = StreamResampler(rate, ASR_RATE)
+    pcm = float_to_pcm16(np.concatenate([rs.process(samples), rs.flush()]))
+    return samples, rate, pcm
+
+
 async def transcriptions(request: web.Request) -> web.StreamResponse:
     ctx: ServerContext = request.app["ctx"]
     if not request.content_type.startswith("multipart/"):
@@ -96,8 +103,12 @@ async def transcriptions(request: web.Request) -> web.StreamResponse:
     if audio is None:
         return error_response(400, "Missing required parameter: 'file'.", param="file")
     record = _record(ctx, request, "transcription")
+    # The upload is the whole utterance: the turn is committed once it has arrived.
+    record.mark("vad_stop")
+    loop = asyncio.get_running_loop()
     try:
-        samples, rate = _decode_upload(audio)
+        # Decoding and resampling a whole file is too much work for the event loop.
+        samples, rate, pcm = await loop.run_in_executor(None, _decode_and_resample, audio)
     except Exception:
         return error_response(
             400,
@@ -106,11 +117,8 @@ async def transcriptions(request: web.Request) -> web.StreamResponse:
             param="file",
         )
     record.input_rate = rate
-    record.mark("speech_started")
-    rs = StreamResampler(rate, ASR_RATE)
-    pcm = float_to_pcm16(np.concatenate([rs.process(samples), rs.flush()]))
-    record.mark("vad_stop")  # the whole upload is the utterance: received and decided
     result = await ctx.asr.transcribe(pcm)
+    record.mark("asr_done")
     await ctx.stage_delay(record, "asr")
     record.mark("transcript_final")
     record.transcript = result.text

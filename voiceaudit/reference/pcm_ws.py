@@ -167,6 +167,8 @@ class PcmSession:
                 speech_end_received_ns=record.marks["speech_end_received"],
             )
             utt = await transcript
+            record.mark("asr_done")
+            await self.mark(record, "asr_done")
             await self.ctx.stage_delay(record, "asr")
             record.mark("transcript_final")
             if utt.result is not None:

@@ -430,9 +430,13 @@ class Speaker:
             t = now_ns()
             record.mark("first_audio_sent", t)
             record.mark("last_audio_sent", t, overwrite=True)
+            record.audio_sent_ns.append(t)
             await self.sink.send_audio(frame)
             record.audio_messages += 1
             record.reply_audio_ns += round(frame.size * 1e9 / self.out_rate)
+            # Synthesis runs far ahead of real time; yield after every message so one
+            # reply's burst never holds the loop for more than one message's work.
+            await asyncio.sleep(0)
 
     async def _run(self) -> None:
         record, inj = self.record, self.ctx.injections

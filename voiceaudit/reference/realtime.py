@@ -27,6 +27,7 @@ import base64
 import binascii
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Awaitable
 from typing import Any
@@ -53,6 +54,8 @@ from voiceaudit.reference.pipeline import (
 from voiceaudit.reference.responder import Message
 from voiceaudit.reference.vad import SpeechStart, SpeechStop
 from voiceaudit.reference.wsutil import set_nodelay, write_frame_in_pieces
+
+log = logging.getLogger("voiceaudit.reference")
 
 PCM_RATE = 24_000
 G711_RATE = 8_000
@@ -109,6 +112,16 @@ def encode_audio(fmt: str, samples: F32) -> bytes:
     return alaw_encode(samples)
 
 
+def _format_object(name: str) -> dict[str, Any]:
+    return {"type": name, "rate": PCM_RATE} if name == "audio/pcm" else {"type": name}
+
+
+def _log_failure(task: asyncio.Future[Any]) -> None:
+    """Unexpected exceptions in session tasks go to the log, never silently away."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("reference session task failed", exc_info=task.exception())
+
+
 class RealtimeSession:
     """One ``/v1/realtime`` connection."""
 
@@ -157,6 +170,8 @@ class RealtimeSession:
         self._speech_item: str | None = None
         self._speech_record: TurnRecord | None = None
         self._response_task: asyncio.Task[None] | None = None
+        self._user_turns_in_flight = 0
+        self._response_requested = False
         self._turn_tasks: set[asyncio.Task[Any]] = set()
         self._small = ctx.injections.small_writes_bytes
         self._closed = False
@@ -199,12 +214,18 @@ class RealtimeSession:
             await self.ws.send_str(json.dumps(self._event(type_, **fields)))
 
     async def send_error(
-        self, code: str, message: str, *, param: str | None = None, event_id: str | None = None
+        self,
+        code: str,
+        message: str,
+        *,
+        param: str | None = None,
+        event_id: str | None = None,
+        kind: str = "invalid_request_error",
     ) -> None:
         await self.send(
             "error",
             error={
-                "type": "invalid_request_error",
+                "type": kind,
                 "code": code,
                 "message": message,
                 "param": param,
@@ -239,9 +260,6 @@ class RealtimeSession:
                 "speed": self.speed,
             }
 
-        def fmt(name: str) -> dict[str, Any]:
-            return {"type": name, "rate": PCM_RATE} if name == "audio/pcm" else {"type": name}
-
         return {
             "type": "realtime",
             "object": "realtime.session",
@@ -259,13 +277,13 @@ class RealtimeSession:
             "include": None,
             "audio": {
                 "input": {
-                    "format": fmt(self.input_format),
+                    "format": _format_object(self.input_format),
                     "transcription": self.transcription,
                     "noise_reduction": None,
                     "turn_detection": self.turn_detection,
                 },
                 "output": {
-                    "format": fmt(self.output_format),
+                    "format": _format_object(self.output_format),
                     "voice": self.voice,
                     "speed": self.speed,
                 },
@@ -462,6 +480,9 @@ class RealtimeSession:
             record.injected["connect_delay_ns"] = self.connect_delay_ns
         self._speech_item = item_id
         self._speech_record = record
+        if self.turn_detection is None:
+            record.marks["speech_started"] = None  # a manual commit: no speech detection
+            return
         self._spawn(
             self.send(
                 "input_audio_buffer.speech_started",
@@ -481,6 +502,7 @@ class RealtimeSession:
             record = self.ctx.new_record(self.id, self.turn_index, self._protocol_name())
             self.turn_index += 1
             record.input_rate = _GA_FORMATS[self.input_format]
+        self._user_turns_in_flight += 1
         self._spawn(self._user_turn(record, item_id, stop, t_ns, transcript))
 
     def _protocol_name(self) -> str:
@@ -490,8 +512,22 @@ class RealtimeSession:
         task = asyncio.ensure_future(coro)
         self._turn_tasks.add(task)
         task.add_done_callback(self._turn_tasks.discard)
+        task.add_done_callback(_log_failure)
 
     async def _user_turn(
+        self,
+        record: TurnRecord,
+        item_id: str,
+        stop: SpeechStop,
+        t_ns: int,
+        transcript: Awaitable[Utterance],
+    ) -> None:
+        try:
+            await self._user_turn_inner(record, item_id, stop, t_ns, transcript)
+        finally:
+            self._user_turns_in_flight -= 1
+
+    async def _user_turn_inner(
         self,
         record: TurnRecord,
         item_id: str,
@@ -528,6 +564,7 @@ class RealtimeSession:
             await self.send("conversation.item.added", previous_item_id=prev, item=user_item)
             await self.send("conversation.item.done", previous_item_id=prev, item=user_item)
         utt = await transcript
+        record.mark("asr_done")
         await self.ctx.stage_delay(record, "asr")
         record.mark("transcript_final")
         seconds = max(0, stop.speech_end_ms - (record.speech_start_ms or 0)) / 1000
@@ -561,7 +598,9 @@ class RealtimeSession:
             )
         self.history.append(Message("user", record.transcript or ""))
         td = self.turn_detection
-        if td is not None and td.get("create_response", True):
+        auto = td is not None and td.get("create_response", True)
+        if auto or (self._response_requested and self._user_turns_in_flight == 1):
+            self._response_requested = False
             self._start_response(record)
         else:
             # Wait for response.create; an earlier unanswered turn is written as it is.
@@ -580,9 +619,27 @@ class RealtimeSession:
         if self._response_task is not None and not self._response_task.done():
             self._response_task.cancel()
         task = asyncio.ensure_future(self._respond(record))
+        task.add_done_callback(_log_failure)
         self._response_task = task
 
     async def _respond(self, record: TurnRecord) -> None:
+        try:
+            await self._respond_inner(record)
+        except Exception as exc:
+            log.error("reference response failed", exc_info=exc)
+            record.status = "failed"
+            record.error = f"{type(exc).__name__}: {exc}"
+            self.ctx.truth.write_turn(record)
+            await self.send_error(
+                "server_error",
+                f"The reference pipeline failed: {record.error}",
+                kind="server_error",
+            )
+        finally:
+            if self._response_task is asyncio.current_task():
+                self._response_task = None
+
+    async def _respond_inner(self, record: TurnRecord) -> None:
         resp_id = new_id("resp")
         item_id = new_id("item")
         audio_out = "audio" in self.output_modalities
@@ -601,10 +658,7 @@ class RealtimeSession:
             "output_modalities": list(self.output_modalities),
             "max_output_tokens": "inf",
             "audio": {
-                "output": {
-                    "format": self.session_object()["audio"]["output"]["format"],
-                    "voice": self.voice,
-                }
+                "output": {"format": _format_object(self.output_format), "voice": self.voice}
             },
             "usage": None,
             "metadata": None,
@@ -728,8 +782,6 @@ class RealtimeSession:
                 }
             await send("response.done", response=final)
         self.ctx.truth.write_turn(record)
-        if self._response_task is asyncio.current_task():
-            self._response_task = None
 
     # --- client events ---------------------------------------------------------------
 
@@ -837,6 +889,10 @@ class RealtimeSession:
             self._pending_text = " ".join(t for t in texts if t)
 
     async def _on_response_create(self) -> None:
+        if self._user_turns_in_flight:
+            # The committed audio is still being transcribed: answer once it is.
+            self._response_requested = True
+            return
         record = self._pending_record
         self._pending_record = None
         if record is None:
