@@ -214,7 +214,7 @@ async def pcm_turn(
     keep_sending: bool = True,
     timeout: float = 30.0,
 ) -> PcmTurn:
-    """Speak ``speech`` (then silence) into ``/v1/pcm`` at real-time pace × ``speed``,
+    """Speak ``speech`` (then silence) into ``/v1/pcm`` at real-time pace times ``speed``,
     and collect everything until ``turn_done``."""
     result = PcmTurn()
     url = f"{base_ws}/v1/pcm?rate={rate}" + (f"&out_rate={out_rate}" if out_rate else "")
@@ -227,10 +227,8 @@ async def pcm_turn(
 
             async def send() -> None:
                 start = time.monotonic()
-                n = 0
-                for k in range(0, audio.size, frame):
+                for n, k in enumerate(range(0, audio.size, frame), start=1):
                     await ws.send_bytes(pcm16(audio[k : k + frame]))
-                    n += 1
                     if k <= speech.size < k + frame:
                         result.speech_end_sent_ns = time.monotonic_ns()
                     delay = start + n * 0.02 / speed - time.monotonic()

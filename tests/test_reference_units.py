@@ -167,8 +167,8 @@ def test_endpoint_matches_librivox_silence_labels(n: str) -> None:
 def test_endpoint_silence_setting_moves_the_decision() -> None:
     short = _endpoint(CARDS_001, silence_ms=200)
     long = _endpoint(CARDS_001, silence_ms=900)
-    s_stop = [e for e in short if isinstance(e, SpeechStop)][0]
-    l_stop = [e for e in long if isinstance(e, SpeechStop)][0]
+    s_stop = next(e for e in short if isinstance(e, SpeechStop))
+    l_stop = next(e for e in long if isinstance(e, SpeechStop))
     assert s_stop.speech_end_ms == l_stop.speech_end_ms
     assert l_stop.audio_end_ms - s_stop.audio_end_ms == 700
 
