@@ -6,6 +6,7 @@ import hashlib
 import os
 import platform
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,12 @@ def _import_facts(result: ImportResult) -> dict[str, Any]:
 
 
 def write_trace(
-    result: ImportResult, out: str | os.PathLike[str], *, trace: Trace | None = None
+    result: ImportResult | Sequence[ImportResult],
+    out: str | os.PathLike[str],
+    *,
+    trace: Trace | None = None,
 ) -> Path:
-    """Write ``result`` as a trace at ``out`` (which must not exist).
+    """Write imported telemetry as a trace at ``out`` (which must not exist).
 
     With ``trace`` (the one the import was placed on), the output is that trace with the
     imported spans and marks added, so every tool reads them together. Without one, the
@@ -39,11 +43,15 @@ def write_trace(
     an identity anchor), its sessions the framework's conversations, its turns the
     framework's replies in order.
     """
+    results = [result] if isinstance(result, ImportResult) else list(result)
+    if not results:
+        raise UsageError("nothing to write: no imports")
     path = Path(out)
     if path.exists():
         raise UsageError(f"{path} already exists", hint="choose another -o or remove it")
-    if trace is not None and result.trace_path != trace.path:
-        raise UsageError("the import was not placed on this trace; import it with trace=")
+    if trace is not None and any(r.trace_path != trace.path for r in results):
+        raise UsageError("an import was not placed on this trace; import it with trace=")
+    facts = [_import_facts(r) for r in results]
     if trace is not None:
         h = trace.header
         imports = list(h.config.get("imports", [])) if isinstance(h.config, dict) else []
@@ -54,7 +62,7 @@ def write_trace(
             host=h.host,
             clock=h.clock,
             anchors=h.anchors,
-            config={**h.config, "imports": [*imports, _import_facts(result)]},
+            config={**h.config, "imports": [*imports, *facts]},
             schema=h.schema,
         )
         w = TraceWriter(path, header)
@@ -62,7 +70,8 @@ def write_trace(
             w.write(ev)
         for sp in trace.spans:
             w.write(sp)
-        _write_imported(w, result)
+        for r in results:
+            _write_imported(w, r)
         end = trace.end
         if end is not None:
             for k, v in end.counts.items():
@@ -73,16 +82,19 @@ def write_trace(
             anchor=None if end is None else end.anchor,
         )
         return path
-    times = [s.start_ns for s in result.spans] + [e.t_ns for e in result.events]
+    times = [s.start_ns for r in results for s in r.spans]
+    times += [e.t_ns for r in results for e in r.events]
     t0 = min(times) if times else 0
-    digest = hashlib.sha256(Path(result.path).name.encode() + str(t0).encode()).hexdigest()
+    names = ",".join(Path(r.path).name for r in results)
+    digest = hashlib.sha256(names.encode() + str(t0).encode()).hexdigest()
+    first = results[0]
     header = Header(
         run_id="import-" + digest[:10],
         voiceaudit_version=__version__,
         target={
-            "protocol": result.framework,
+            "protocol": first.framework,
             "url": "",
-            "description": f"imported from {Path(result.path).name} ({result.format})",
+            "description": f"imported from {names}",
         },
         host={
             "hostname": socket.gethostname(),
@@ -94,10 +106,11 @@ def write_trace(
         # so to anything that maps wall time (packet captures) onto this trace.
         clock={"name": "wall (imported)", "resolution_ns": 1000},
         anchors=(Anchor(wall_ns=t0, mono_ns=t0, uncertainty_ns=0),),
-        config={"imports": [_import_facts(result)]},
+        config={"imports": facts},
     )
     w = TraceWriter(path, header)
-    _write_imported(w, result)
+    for r in results:
+        _write_imported(w, r)
     w.close("complete")
     return path
 

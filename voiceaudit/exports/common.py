@@ -1,0 +1,153 @@
+"""What both exports need from a trace: sessions, turns, marks and each turn's ledger."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from voiceaudit.model import Event, Span
+from voiceaudit.trace_io import Trace
+
+#: events too numerous to export one by one (they become counters or are summarised)
+BULK = frozenset({"input.frame", "reply.chunk"})
+
+
+@dataclass(frozen=True)
+class SegmentSlice:
+    """One ledger segment placed on the time axis."""
+
+    name: str
+    start_ns: int
+    end_ns: int
+    start_mark: str
+    end_mark: str
+    covers: tuple[str, ...] = ()
+
+
+@dataclass
+class TurnView:
+    session: str
+    turn: int
+    events: list[Event] = field(default_factory=list)
+    spans: list[Span] = field(default_factory=list)
+    start_ns: int | None = None
+    end_ns: int | None = None
+    ok: bool | None = None
+    warmup: bool = False
+    reason: str | None = None
+    audio: str | None = None
+    voice_to_voice_ns: int | None = None
+    speech_end_ns: int | None = None
+    audible_ns: int | None = None
+    segments: list[SegmentSlice] = field(default_factory=list)
+    ledger_problem: str | None = None
+
+    def first(self, name: str) -> Event | None:
+        return next((e for e in self.events if e.name == name and e.source == "probe"), None)
+
+    @property
+    def extent(self) -> tuple[int, int]:
+        ts = [e.t_ns for e in self.events] + [t for s in self.spans for t in (s.start_ns, s.end_ns)]
+        lo = min(ts) if self.start_ns is None else min(self.start_ns, *ts)
+        hi = max(ts)
+        return lo, max(hi, self.end_ns or hi)
+
+
+@dataclass
+class SessionView:
+    session: str
+    events: list[Event] = field(default_factory=list)
+    spans: list[Span] = field(default_factory=list)
+    turns: dict[int, TurnView] = field(default_factory=dict)
+
+    @property
+    def extent(self) -> tuple[int, int]:
+        ts = [e.t_ns for e in self.events]
+        for t in self.turns.values():
+            ts.extend(t.extent)
+        for s in self.spans:
+            ts.extend((s.start_ns, s.end_ns))
+        return min(ts), max(ts)
+
+
+def ledger_segments(events: list[Event]) -> tuple[list[SegmentSlice], int | None, str | None]:
+    """(segments on the time axis, voice-to-voice, problem) from the analysis ledger."""
+    try:
+        from voiceaudit.analysis.ledger import build_ledger
+    except ImportError:  # pragma: no cover - the analysis package is part of voiceaudit
+        return [], None, "ledger unavailable"
+    led = build_ledger(events)
+    t0 = led.t0_ns
+    if led.voice_to_voice_ns is None or t0 is None:
+        return [], None, led.problem
+    out = []
+    t = t0
+    for seg in led.segments:
+        out.append(SegmentSlice(seg.name, t, t + seg.ns, seg.start, seg.end, tuple(seg.covers)))
+        t += seg.ns
+    return out, led.voice_to_voice_ns, None
+
+
+def sessions_of(trace: Trace, *, ledger: bool = True) -> list[SessionView]:
+    """The trace grouped by session (in order of first appearance) and turn."""
+    views: dict[str, SessionView] = {}
+    for ev in trace.events:
+        sv = views.setdefault(ev.session, SessionView(ev.session))
+        if ev.turn is None:
+            sv.events.append(ev)
+        else:
+            tv = sv.turns.setdefault(ev.turn, TurnView(ev.session, ev.turn))
+            tv.events.append(ev)
+    for sp in trace.spans:
+        sv = views.setdefault(sp.session, SessionView(sp.session))
+        if sp.turn is None:
+            sv.spans.append(sp)
+        else:
+            sv.turns.setdefault(sp.turn, TurnView(sp.session, sp.turn)).spans.append(sp)
+    for sv in views.values():
+        for tv in sv.turns.values():
+            _fill(tv, ledger)
+    return list(views.values())
+
+
+def _fill(tv: TurnView, ledger: bool) -> None:
+    start = tv.first("turn.start")
+    end = tv.first("turn.end")
+    if start is not None:
+        tv.start_ns = start.t_ns
+        tv.warmup = bool(start.attrs.get("warmup", False))
+        audio = start.attrs.get("audio")
+        tv.audio = audio if isinstance(audio, str) else None
+    if end is not None:
+        tv.end_ns = end.t_ns
+        tv.ok = bool(end.attrs.get("ok", False))
+        reason = end.attrs.get("reason")
+        tv.reason = reason if isinstance(reason, str) else None
+        tv.warmup = tv.warmup or bool(end.attrs.get("warmup", False))
+    se = tv.first("input.speech_end")
+    au = tv.first("reply.audible")
+    tv.speech_end_ns = None if se is None else se.t_ns
+    tv.audible_ns = None if au is None else au.t_ns
+    if ledger and tv.ok:
+        tv.segments, tv.voice_to_voice_ns, tv.ledger_problem = ledger_segments(tv.events)
+    if tv.voice_to_voice_ns is None and tv.ok and end is not None:
+        v = end.attrs.get("voice_to_voice_ns")
+        if isinstance(v, int) and not isinstance(v, bool):
+            tv.voice_to_voice_ns = v
+
+
+def scalar_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    """Attributes as values every exporter can carry (nested values as JSON text)."""
+    import json
+
+    out: dict[str, Any] = {}
+    for k, v in attrs.items():
+        if v is None:
+            continue
+        if isinstance(v, str | bool | int | float):
+            out[k] = v
+        elif isinstance(v, list) and all(isinstance(x, str | bool | int | float) for x in v):
+            out[k] = list(v)
+        else:
+            out[k] = json.dumps(v, separators=(",", ":"), default=str)
+    return out
