@@ -850,3 +850,61 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
         import_telemetry(tmp_path)
     with pytest.raises(TelemetryError, match="unknown telemetry format"):
         import_telemetry(tel("pipecat-1.14.0_ws_spans.jsonl"), fmt="zoom")
+
+
+# -- CLI ------------------------------------------------------------------------------------------
+
+
+def test_import_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from voiceaudit.cli import run as cli
+
+    s = Session(silence_ms=(0, 300, 0))
+    s.write_trace(tmp_path / "trace.jsonl", target="wss://bot.example.com/")
+    spans = write_jsonl(tmp_path / "spans.jsonl", s.pipecat_spans(shift=-1500 * MS))
+    assert cli(["import", str(spans), "--trace", str(tmp_path / "trace.jsonl")]) == 0
+    out = capsys.readouterr().out
+    assert "framework clock is off: residual offset +" in out  # the bot's clock is 1.5 s behind
+    assert "framework vs heard" in out and "pipecat user_bot_latency" in out
+    # a forced offset, given as a negative number of ms
+    assert (
+        cli(
+            ["import", str(spans), "-t", str(tmp_path / "trace.jsonl"), "--clock", "1500", "--json"]
+        )
+        == 0
+    )
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["imports"][0]["alignment"]["status"] == "forced"
+    assert doc["imports"][0]["alignment"]["residual_ns"] == 1500 * MS
+    diffs = [
+        r["difference_ns"] for r in doc["framework_vs_heard"] if r["metric"] == "user_bot_latency"
+    ]
+    assert diffs == [5 * MS, 305 * MS, 5 * MS]
+    assert cli(["import", str(spans), "--clock=-20", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["framework_vs_heard"] == []
+    assert cli(["import", str(spans), "-o", str(tmp_path / "alone.jsonl")]) == 0
+    assert read_trace(tmp_path / "alone.jsonl").header.clock["name"] == "wall (imported)"
+    assert cli(["import", str(spans), "--clock", "soon"]) == 2
+    assert "--clock" in capsys.readouterr().err
+    assert cli(["import", str(tel("timetraveler_latency.ndjson"))]) == 3
+    err = capsys.readouterr().err
+    assert "not framework telemetry" in err and "Traceback" not in err
+
+
+def test_the_overlapping_trace_is_picked(tmp_path: Path) -> None:
+    s = Session()
+    right = s.write_trace(tmp_path / "right.jsonl")
+    other = read_trace(tmp_path / "right.jsonl")
+    # the same trace an hour later on the wall clock: a different run
+    text = (
+        (tmp_path / "right.jsonl")
+        .read_text()
+        .replace(f'"wall_ns":{WALL0}', f'"wall_ns":{WALL0 + 3600 * NS_PER_S}', 1)
+    )
+    (tmp_path / "later.jsonl").write_text(text)
+    later = read_trace(tmp_path / "later.jsonl")
+    assert later.anchors[0].wall_ns != other.anchors[0].wall_ns
+    spans = write_jsonl(tmp_path / "spans.jsonl", s.pipecat_spans())
+    r = import_telemetry(spans, trace=[later, right])
+    assert r.trace_path == right.path
+    assert r.alignment is not None and r.alignment.status == "anchors"
+    assert framework_vs_heard(r, later) == []  # placed on the other trace: not its rows

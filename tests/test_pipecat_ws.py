@@ -203,3 +203,29 @@ def test_parse_fields_matches_protobuf() -> None:
     parsed = frames_pb2.Frame.FromString(encode_message_frame({"a": 1}))
     assert json.loads(parsed.message.data) == {"a": 1}
     assert parse_fields(b"\x08\x96\x01") == [(1, 150)]
+
+
+def test_codec_agrees_with_protobuf_on_any_audio() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from pipecat.frames.protobufs import frames_pb2
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        pcm=st.binary(max_size=4000),
+        rate=st.integers(min_value=1, max_value=2**32 - 1),
+        channels=st.integers(min_value=1, max_value=8),
+    )
+    def check(pcm: bytes, rate: int, channels: int) -> None:
+        data = encode_audio_frame(pcm, rate, channels)
+        msg = frames_pb2.Frame.FromString(data)
+        assert msg.WhichOneof("frame") == "audio"
+        assert (msg.audio.audio, msg.audio.sample_rate, msg.audio.num_channels) == (
+            pcm,
+            rate,
+            channels,
+        )
+        f = decode_frame(msg.SerializeToString())
+        assert f.fields.get("audio", b"") == pcm and f.fields["sample_rate"] == rate
+
+    check()
