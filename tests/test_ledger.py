@@ -133,6 +133,7 @@ def test_black_box_speech_to_speech_turn() -> None:
         handoff_ms=30.0,
         first_token_ms=None,
         transport_ms=410.0,
+        s2s_transcript_after_ms=-200.0,
         server_times=False,
         notify_ms=0.0,
     )
@@ -148,7 +149,25 @@ def test_black_box_speech_to_speech_turn() -> None:
         ("leading_silence", 10.0, ()),
     ]
     late = [o for o in led.off_path if o.name == "transcript.final"]
-    assert late and "speech-to-speech" in late[0].why
+    assert [o.why for o in late] == [
+        "out of order: 210.0 ms after response.created"
+        " (a speech-to-speech model's input transcript is a side channel)"
+    ]
+
+
+def test_speech_to_speech_transcript_before_the_response_is_on_the_path() -> None:
+    # A realtime server that transcribes before it responds (the reference pipeline does)
+    spec = TurnSpec(
+        speech_to_speech=True,
+        handoff_ms=200.0,
+        s2s_transcript_after_ms=None,
+        extra_marks=(("transcript.final", 12.0 + 300.0 + 150.0, {"text": "hi"}),),
+        server_times=False,
+        notify_ms=0.0,
+    )
+    got = by_name(ledger_of(spec))
+    assert got["transcription"] == pytest.approx(150.0)
+    assert got["handoff"] == pytest.approx(50.0)
 
 
 def test_speech_to_speech_with_first_audio_token_mark() -> None:

@@ -512,14 +512,36 @@ def _check_schema(h: Header, p: Path) -> None:
         raise TraceError(f"unknown schema version {version}", path=str(p), line=1)
 
 
+def _other_jsonl(p: Path) -> bool:
+    """True when ``p`` is readable JSON Lines whose first record is not a trace header
+    (a run directory also holds, e.g., the reference pipeline's ground_truth.jsonl).
+
+    Files that cannot be read or decoded are *not* "other": they are kept, so reading
+    them reports what is wrong instead of skipping a broken trace silently.
+    """
+    try:
+        f, _ = _open_text(p)
+        with f:
+            first = f.readline(1 << 20)
+        d = json.loads(first)
+    except (OSError, EOFError, zlib.error, ValueError):
+        return False
+    return not (isinstance(d, dict) and d.get("type") == "header")
+
+
 def find_traces(path: str | os.PathLike[str]) -> list[Path]:
-    """The trace files at ``path``: the file itself, or every trace below a directory."""
+    """The trace files at ``path``: the file itself, or every trace below a directory
+    (other JSON Lines files there, such as a ground-truth file, are passed over)."""
     p = Path(path)
     if not p.exists():
         raise TraceError("no such file or directory", path=str(p))
     if p.is_file():
         return [p]
-    found = sorted(q for q in p.rglob("*") if q.is_file() and q.name.endswith(TRACE_SUFFIXES))
+    found = sorted(
+        q
+        for q in p.rglob("*")
+        if q.is_file() and q.name.endswith(TRACE_SUFFIXES) and not _other_jsonl(q)
+    )
     if not found:
         raise NoDataError(
             f"{p}: no traces in this directory (looked for *.jsonl and *.jsonl.gz)",

@@ -29,11 +29,11 @@ mark                        alternatives                      segment ending at 
 ==========================  ================================  ==========================
 
 Speech-to-speech turns (``response.created`` but no ``llm.request``, ``tts.request`` or
-``tts.first_byte``) have no transcription or synthesis stage on the path: their model's
-first token *is* audio, and an input transcript is a side channel that may arrive after
-the reply has started. For them ``transcript.final``, ``tts.request`` and
-``tts.first_byte`` are left out of the chain, so ``endpoint → response.created`` is the
-``handoff`` and ``llm.first_token → reply.first_byte`` the ``transport``.
+``tts.first_byte``) have no synthesis stage: their model's first token *is* audio. So
+``llm.first_token → reply.first_byte`` is the ``transport``, and ``endpoint →
+response.created`` the ``handoff`` (or ``endpoint → transcript.final → response.created``
+when an input transcript came before the response; one that came after it, as a
+side channel, is off the path).
 
 Which clock (see docs/report-format.md, "Times of pipeline marks")
     A pipeline mark's ``t_ns`` is when the probe *received* the message carrying it; when
@@ -111,7 +111,7 @@ BOUNDARIES: tuple[tuple[str, ...], ...] = (
     (AUDIBLE,),
 )
 _PROBE_BOUNDARIES = frozenset({0, 1, 8, 9, 10})
-_S2S_SKIPPED = frozenset({3, 6, 7})
+_S2S_SKIPPED = frozenset({6, 7})
 
 
 def _covers(skipped: frozenset[int]) -> tuple[tuple[tuple[str, ...], ...], ...]:
@@ -125,6 +125,9 @@ def _covers(skipped: frozenset[int]) -> tuple[tuple[tuple[str, ...], ...], ...]:
 
 _COVERS = _covers(frozenset())
 _COVERS_S2S = _covers(_S2S_SKIPPED)
+#: A speech-to-speech turn whose input transcript is not on the path: the model started
+#: from the audio, so endpoint → response is the handoff.
+_COVERS_S2S_NO_TRANSCRIPT = _covers(_S2S_SKIPPED | {3})
 #: Preference among sources when a pipeline mark comes from several.
 _SOURCE_RANK = {"pipeline": 0, "import": 1, "network": 2}
 
@@ -383,10 +386,14 @@ def ledger_from_obs(obs: TurnObs, *, mark_time: MarkTime = "auto") -> Ledger:
             why = "out of order"
             if nxt is not None:
                 why = f"out of order: {_ms(t - nxt[2])} after {nxt[1]}"
+            if s2s and name == "transcript.final":
+                why += " (a speech-to-speech model's input transcript is a side channel)"
             off_path.append(OffPath(name, t, why))
     off_path.sort(key=lambda o: o.t_ns)
 
-    covers = _COVERS_S2S if s2s else _COVERS
+    covers = _COVERS
+    if s2s:
+        covers = _COVERS_S2S if 3 in kept else _COVERS_S2S_NO_TRANSCRIPT
     nodes = [(0, SPEECH_END, t0, "probe"), *chain, (10, AUDIBLE, t_end, "probe")]
     segments: list[Segment] = []
     for (ia, na, ta, _), (ib, nb, tb, _) in itertools.pairwise(nodes):
