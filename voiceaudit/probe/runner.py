@@ -150,6 +150,7 @@ class _Sink:
         self.failed = asyncio.Event()
         self.last_audio_ns = 0
         self.late_chunks = 0
+        self.samples_sent = 0
 
     def begin(self, turn: int) -> None:
         self.turn = turn
@@ -368,6 +369,9 @@ class Probe:
                 "speed": o.speed,
                 "text": utt.text,
                 "frame_samples": frame,
+                # samples sent on this connection before this turn: the turn's sample a is
+                # the connection's sample session_sample_offset + a
+                "session_sample_offset": sink.samples_sent,
             },
         )
         speech_end_ns = t0 + round(speech_end * ns_per_sample)
@@ -378,7 +382,6 @@ class Probe:
         give_up_ns = speech_end_ns + round(o.timeout_s * NS_PER_S)
         k = 0
         a = 0
-        failure: str | None = None
         while True:
             b = min(a + frame, n) if a < n else a + frame
             data = pcm[2 * a : 2 * b] if a < n else silence
@@ -395,6 +398,7 @@ class Probe:
             except (ConnectionError, OSError) as exc:
                 sink.fail(f"send failed: {exc}")
                 break
+            sink.samples_sent += b - a
             writer.event(
                 sid,
                 turn,
@@ -423,7 +427,7 @@ class Probe:
                 break
         writer.event(sid, turn, self.clock.now_ns(), "probe", "input", "input.done", {"frames": k})
 
-        if failure is None and not sink.failed.is_set() and not self._stop.is_set():
+        if not sink.failed.is_set() and not self._stop.is_set():
             await self._await_reply(sink, give_up_ns)
         with contextlib.suppress(Exception):
             await ts.end_turn()
