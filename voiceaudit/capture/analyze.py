@@ -476,8 +476,9 @@ class _Analysis:
                     src=names.ep(*src_key),
                     dst=names.ep(*dst_key),
                     payload_type=st.payload_types[0],
-                    payload_types=tuple(st.payload_types),
-                    payload_names=tuple(st.formats[pt].name for pt in st.payload_types),
+                    payload_types=tuple(sorted(st.payload_types)),
+                    # In payload-type order, as Wireshark lists them.
+                    payload_names=tuple(st.formats[pt].name for pt in sorted(st.payload_types)),
                     packets=st.total,
                     expected=st.expected,
                     lost=st.lost,

@@ -110,6 +110,9 @@ class CaptureReader:
         self.warnings: list[str] = []
         self._f: IO[bytes] | None = None
         self._head = b""
+        self._gzip = False
+        self._gzip_done = False
+        self._gzip_error: str | None = None
         self._open()
 
     # ----------------------------------------------------------------- opening
@@ -125,6 +128,7 @@ class CaptureReader:
                 raw.close()
                 raise CaptureError(f"gzip data is damaged: {exc}", path=str(self.path)) from None
             self._f = cast(IO[bytes], gz)
+            self._gzip = True
         else:
             self._f = raw
         if not head:
@@ -163,11 +167,24 @@ class CaptureReader:
     # ----------------------------------------------------------------- reading
     def _read(self, n: int) -> bytes:
         assert self._f is not None
-        try:
+        if not self._gzip:
             return self._f.read(n)
-        except (OSError, EOFError, zlib.error) as exc:
-            self._warn_truncated(f"the compressed data ends early or is damaged ({exc})")
-            return b""
+        # Piece by piece, so the data before a cut in the compressed stream is kept.
+        parts: list[bytes] = []
+        got = 0
+        while got < n and not self._gzip_done:
+            try:
+                piece = self._f.read1(n - got)  # type: ignore[attr-defined]
+            except (OSError, EOFError, zlib.error) as exc:
+                self._gzip_done = True
+                self._gzip_error = f"the compressed data ends early or is damaged ({exc})"
+                break
+            if not piece:
+                self._gzip_done = True
+                break
+            parts.append(piece)
+            got += len(piece)
+        return b"".join(parts)
 
     def _warn_truncated(self, why: str) -> None:
         if not self.facts.truncated:
@@ -236,6 +253,8 @@ class CaptureReader:
                 return
             tail = buf[pos:]
             if not data:
+                if self._gzip_error:
+                    self._warn_truncated(self._gzip_error)
                 if tail:
                     self._warn_truncated("the last packet record is cut short (truncated capture)")
                 return
@@ -353,6 +372,8 @@ class CaptureReader:
                 return
             tail = buf[pos:]
             if eof:
+                if self._gzip_error:
+                    self._warn_truncated(self._gzip_error)
                 if tail:
                     self._warn_truncated("the last pcapng block is cut short (truncated capture)")
                 return

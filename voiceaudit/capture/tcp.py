@@ -479,7 +479,12 @@ class TcpTracker:
             return
         if ta - t1 < self.stall.stall_min_ns:
             return
-        window = self.stall.release_ns + (conn.min_rtt or 0)
+        # When the capture is taken at the peer, the held segment shows up one round trip
+        # after the ACK left: allow the handshake's round trip (never a delayed ACK).
+        hs_rtt = 0
+        if conn.syn_at is not None and conn.established_at is not None and not conn.syn_retx:
+            hs_rtt = conn.established_at - conn.syn_at
+        window = self.stall.release_ns + hs_rtt
         if ts - ta > window:
             return
         mss = h.mss or (conn.s.mss if from_client else conn.c.mss) or 1460
@@ -575,7 +580,8 @@ class TcpTracker:
                         ooo[nxt] = (d[nxt - k :], t)
                 continue
             d, t = ent
-            (conn.app or app).feed(from_client, d, t)
+            # Bytes held back by a gap reach the application when the gap fills.
+            (conn.app or app).feed(from_client, d, max(t, ts))
             h.next_rel = nxt + len(d)
 
     def _retire(self, conn: Conn) -> None:

@@ -355,7 +355,13 @@ def register(app: typer.Typer) -> None:
                 output.write_text(text, encoding="utf-8")
             return
         if output is None:
-            render_text(report, out_console())
+            con = out_console()
+            if not con.is_terminal:
+                # Piped or redirected: wide enough that no column is cut.
+                from rich.console import Console
+
+                con = Console(width=200, highlight=False, soft_wrap=True)
+            render_text(report, con)
         else:
             from rich.console import Console
 

@@ -1,0 +1,421 @@
+"""Live captures on loopback with dumpcap: real servers inject known delays, the analysis
+recovers them, and the application's own clock agrees within a few milliseconds."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import shutil
+import socket
+import ssl
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from voiceaudit.capture import analyze_capture
+from voiceaudit.capture.align import first_reply_on_wire, network_events, to_probe_clock
+from voiceaudit.capture.dumpcap import (
+    Dumpcap,
+    capture_filter,
+    capture_rights_problem,
+    interface_for,
+)
+from voiceaudit.errors import EnvironmentProblem, ExitCode, UsageError
+
+MS = 1_000_000
+
+pytestmark = [
+    pytest.mark.capture,
+    pytest.mark.skipif(shutil.which("dumpcap") is None, reason="dumpcap not installed"),
+    pytest.mark.skipif(capture_rights_problem() is not None, reason="no capture rights here"),
+]
+
+
+def listener() -> tuple[socket.socket, int]:
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    return srv, srv.getsockname()[1]
+
+
+# ------------------------------------------------------------------ TCP connect
+
+
+_SO_ATTACH_FILTER, _SO_DETACH_FILTER = 26, 27
+
+
+def _drop_every_packet(sock: socket.socket) -> ctypes.Array[ctypes.c_char]:
+    """A classic BPF program 'ret #0' on a listening socket: the kernel drops its SYNs."""
+    insn = ctypes.create_string_buffer(struct.pack("HBBI", 0x06, 0, 0, 0))
+    sock.setsockopt(
+        socket.SOL_SOCKET, _SO_ATTACH_FILTER, struct.pack("HL", 1, ctypes.addressof(insn))
+    )
+    return insn
+
+
+def test_connect_time_of_a_lost_syn(tmp_path: Path) -> None:
+    srv, port = listener()
+    keep = _drop_every_packet(srv)
+    measured: dict[str, int] = {}
+
+    def client() -> None:
+        c = socket.socket()
+        t = time.monotonic_ns()
+        c.connect(("127.0.0.1", port))
+        measured["connect"] = time.monotonic_ns() - t
+        c.close()
+
+    out = tmp_path / "connect.pcapng"
+    with Dumpcap(out, interface="lo", capture_filter=f"tcp port {port}"):
+        th = threading.Thread(target=client)
+        th.start()
+        time.sleep(0.3)  # the first SYN is dropped; the kernel retries after its 1 s RTO
+        srv.setsockopt(socket.SOL_SOCKET, _SO_DETACH_FILTER, 0)
+        th.join(10)
+        srv.accept()[0].close()
+    del keep
+    (c,) = analyze_capture(out).tcp_connections
+    assert c.syn_retransmits >= 1
+    assert c.connect_ns is not None
+    assert c.connect_ns >= 1000 * MS  # Linux's initial retransmission timeout
+    assert abs(c.connect_ns - measured["connect"]) < 3 * MS
+
+
+# ------------------------------------------------------------------ small writes
+
+
+def test_small_write_stalls_match_the_server_clock(tmp_path: Path) -> None:
+    srv, port = listener()
+    gaps: list[int] = []
+
+    def server() -> None:
+        a, _ = srv.accept()
+        for _ in range(6):
+            got, first = b"", 0
+            while len(got) < 200:
+                got += a.recv(4096)
+                if not first:
+                    first = time.monotonic_ns()
+            gaps.append(time.monotonic_ns() - first)
+            a.sendall(b"r" * 50)
+        a.close()
+
+    out = tmp_path / "stall.pcapng"
+    with Dumpcap(out, interface="lo", capture_filter=f"tcp port {port}"):
+        th = threading.Thread(target=server)
+        th.start()
+        c = socket.create_connection(("127.0.0.1", port))  # Nagle on (the default)
+        for _ in range(6):
+            c.send(b"h" * 100)  # write, write, read: the classic Nagle + delayed ACK trap
+            c.send(b"b" * 100)
+            got = b""
+            while len(got) < 50:
+                got += c.recv(4096)
+            time.sleep(0.05)
+        c.close()
+        th.join(10)
+    (conn,) = analyze_capture(out).tcp_connections
+    stalls = conn.small_write_stalls
+    stalled_gaps = [g for g in gaps if g > 20 * MS]
+    assert len(stalls) == len(stalled_gaps) >= 3
+    for s, g in zip(stalls, stalled_gaps, strict=True):
+        assert s.sender == conn.client and s.length == 100
+        assert s.held_ns >= 35 * MS  # Linux's delayed ACK: at least 40 ms
+        assert abs(s.held_ns - g) < 5 * MS
+
+
+# ------------------------------------------------------------------ TLS (and its key log)
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+def test_tls_handshake_delay_and_decrypted_first_byte(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    srv, port = listener()
+    sctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    sctx.load_cert_chain(cert, key)
+    handshake_delay, reply_delay = 150 * MS, 120 * MS
+
+    def server() -> None:
+        raw, _ = srv.accept()
+        time.sleep(handshake_delay / 1e9)  # the server is slow to answer the ClientHello
+        with sctx.wrap_socket(raw, server_side=True) as tls:
+            req = b""
+            while b"\r\n\r\n" not in req:
+                req += tls.recv(4096)
+            time.sleep(reply_delay / 1e9)
+            tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
+
+    keylog = tmp_path / "keys.log"
+    cctx = ssl.create_default_context()
+    cctx.check_hostname = False
+    cctx.verify_mode = ssl.CERT_NONE
+    cctx.keylog_filename = str(keylog)  # what SSLKEYLOGFILE does
+    out = tmp_path / "tls.pcapng"
+    measured: dict[str, int] = {}
+    with Dumpcap(out, interface="lo", capture_filter=f"tcp port {port}"):
+        th = threading.Thread(target=server)
+        th.start()
+        raw = socket.create_connection(("127.0.0.1", port))
+        t = time.monotonic_ns()
+        tls = cctx.wrap_socket(raw, server_hostname="localhost")
+        measured["handshake"] = time.monotonic_ns() - t
+        tls.sendall(b"GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        t = time.monotonic_ns()
+        tls.recv(1)
+        measured["first_byte"] = time.monotonic_ns() - t
+        tls.close()
+        th.join(10)
+    plain = analyze_capture(out)
+    (h,) = plain.tls_handshakes
+    assert h.version == "TLS 1.3" and h.sni == "localhost"
+    assert h.handshake_ns is not None and h.server_hello_ns is not None
+    assert handshake_delay <= h.server_hello_ns < handshake_delay + 8 * MS
+    # The client's own clock brackets the wire: key generation before the ClientHello and
+    # certificate checks after the server's flight are CPU time, not network.
+    assert h.handshake_ns <= measured["handshake"] < h.handshake_ns + 15 * MS
+    assert plain.http_exchanges == ()  # encrypted: nothing to read without the keys
+
+    decrypted = analyze_capture(out, keylog=keylog)
+    (x,) = decrypted.http_exchanges
+    assert (x.method, x.target, x.status, x.decrypted) == ("GET", "/slow", 200, True)
+    assert x.first_byte_ns is not None
+    assert reply_delay <= x.first_byte_ns < reply_delay + 8 * MS
+    assert abs(x.first_byte_ns - measured["first_byte"]) < 5 * MS
+
+
+# ------------------------------------------------------------------ HTTP and WebSocket
+
+
+def test_http_first_byte_and_websocket_upgrade(tmp_path: Path) -> None:
+    from aiohttp import ClientSession, WSMsgType, web
+
+    first_byte_delay, upgrade_delay, chunk_gap = 120 * MS, 80 * MS, 50 * MS
+    DELTA = '{"type":"response.output_audio.delta","delta":"AAAA"}'
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(first_byte_delay / 1e9)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b"data: one\n\n")
+        await asyncio.sleep(chunk_gap / 1e9)
+        await resp.write(b"data: two\n\n")
+        await resp.write_eof()
+        return resp
+
+    async def ws_handler(request: web.Request) -> web.WebSocketResponse:
+        await asyncio.sleep(upgrade_delay / 1e9)  # slow to accept the upgrade
+        ws = web.WebSocketResponse(compress=False)
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                await ws.send_str(DELTA)
+                await ws.send_bytes(b"\0" * 3000)
+        return ws
+
+    measured: dict[str, int] = {}
+
+    async def main(port_box: list[int], ready: threading.Event) -> None:
+        app = web.Application()
+        app.router.add_get("/slow", slow)
+        app.router.add_get("/ws", ws_handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        port_box.append(port)
+        ready.set()
+        await asyncio.sleep(0.2)  # dumpcap starts in the other thread
+        async with ClientSession() as s:
+            t = time.monotonic_ns()
+            async with s.get(f"http://127.0.0.1:{port}/slow") as r:
+                measured["headers"] = time.monotonic_ns() - t
+                await r.read()
+            t = time.monotonic_ns()
+            async with s.ws_connect(f"http://127.0.0.1:{port}/ws") as ws:
+                measured["ws_connect"] = time.monotonic_ns() - t
+                measured["ws_sent"] = time.monotonic_ns()
+                await ws.send_str('{"type":"response.create"}')
+                first = await ws.receive()
+                measured["ws_first"] = time.monotonic_ns()
+                assert first.type == WSMsgType.TEXT
+                await ws.receive()
+        await runner.cleanup()
+
+    port_box: list[int] = []
+    ready = threading.Event()
+    result: list[BaseException] = []
+
+    def loop_thread() -> None:
+        try:
+            asyncio.run(main(port_box, ready))
+        except BaseException as exc:  # surfaced below
+            result.append(exc)
+            ready.set()
+
+    out = tmp_path / "http.pcapng"
+    th = threading.Thread(target=loop_thread)
+    th.start()
+    assert ready.wait(10)
+    with Dumpcap(out, interface="lo", capture_filter=f"tcp port {port_box[0]}") as cap:
+        th.join(30)
+    assert not result, result
+    report = analyze_capture(out)
+    (x,) = [x for x in report.http_exchanges if x.target == "/slow"]
+    assert x.status == 200 and x.content_type == "text/event-stream"
+    assert x.first_byte_ns is not None and x.first_data_ns is not None and x.complete_ns
+    assert first_byte_delay <= x.first_byte_ns < first_byte_delay + 8 * MS
+    # The client's own figure also holds its connection setup: the wire time is below it.
+    assert x.first_byte_ns < measured["headers"]
+    assert x.complete_ns - x.first_data_ns >= chunk_gap
+    (w,) = report.websocket_sessions
+    assert w.target == "/ws" and w.upgrade_ns is not None
+    assert upgrade_delay <= w.upgrade_ns < upgrade_delay + 8 * MS
+    server_frames = [(f.opcode, f.payload_len) for f in w.frames if not f.from_client]
+    assert server_frames[:2] == [(1, len(DELTA)), (2, 3000)]
+    events = [f.event for f in w.frames if f.event]
+    assert events[:2] == ["response.create", "response.output_audio.delta"]
+
+    # On the probe's clock: the first server frame hit the wire before the client saw it.
+    mono = to_probe_clock(report, cap.result.anchors if cap.result else ())
+    assert mono.clock == "monotonic"
+    wire = first_reply_on_wire(
+        mono, after_at_ns=measured["ws_sent"], events=("response.output_audio.delta",)
+    )
+    assert wire is not None
+    lag = measured["ws_first"] - wire  # the wire_to_app lag of the ledger
+    assert 0 <= lag < 5 * MS
+    names = {e.name for e in network_events(mono)}
+    assert {"tcp.syn", "http.first_byte", "ws.upgraded", "ws.frame"} <= names
+
+
+# ------------------------------------------------------------------ clock mapping
+
+
+def test_packet_times_map_onto_the_monotonic_clock(tmp_path: Path) -> None:
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    port = rx.getsockname()[1]
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sent: list[int] = []
+    out = tmp_path / "clock.pcapng"
+    with Dumpcap(out, interface="lo", capture_filter=f"udp port {port}") as cap:
+        for i in range(20):
+            pkt = struct.pack("!BBHII", 0x80, 0, i, 160 * i, 0xC10C) + b"\xd5" * 160
+            sent.append(time.monotonic_ns())
+            tx.sendto(pkt, ("127.0.0.1", port))
+            time.sleep(0.02)
+    assert cap.result is not None and len(cap.result.anchors) == 2
+    report = analyze_capture(out, decode_as=[f"udp.port=={port},rtp"])
+    (s,) = report.rtp_streams
+    assert s.packets == 20 and s.setup == "DECODE AS"
+    mono = to_probe_clock(report, cap.result.anchors)
+    (ms,) = mono.rtp_streams
+    assert abs(ms.start_at_ns - sent[0]) < 2 * MS
+    assert abs(ms.end_at_ns - sent[-1]) < 2 * MS
+    assert ms.duration_ns == s.duration_ns  # durations do not move
+
+
+# ------------------------------------------------------------------ running dumpcap
+
+
+def _pids_of(out: Path) -> list[int]:
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if str(out) in (d / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(d.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("the run failed"), KeyboardInterrupt()])
+def test_stops_cleanly_when_the_run_fails(tmp_path: Path, exc: BaseException) -> None:
+    out = tmp_path / "stop.pcapng"
+    cap = Dumpcap(out, interface="lo", capture_filter="udp port 9", flush_s=0.1)
+    with pytest.raises(type(exc)), cap:
+        assert _pids_of(out)
+        raise exc
+    assert cap.result is not None and cap.result.packets == 0
+    assert _pids_of(out) == []
+    # The file is whole: a readable capture (empty here).
+    with pytest.raises(Exception, match="holds no packets"):
+        analyze_capture(out)
+
+
+def test_no_capture_rights_says_what_to_do(tmp_path: Path) -> None:
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run dumpcap as an unprivileged user")
+    out = tmp_path / "denied.pcapng"
+    os.chmod(tmp_path, 0o777)
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    with pytest.raises(EnvironmentProblem) as ei, Dumpcap(out, interface="lo", command=nobody):
+        pass
+    assert ei.value.exit_code == ExitCode.ENVIRONMENT
+    assert "permission" in ei.value.message
+    assert ei.value.hint is not None
+    assert "setcap cap_net_raw,cap_net_admin=eip" in ei.value.hint and "dumpcap" in ei.value.hint
+
+
+def test_missing_dumpcap_bad_interface_bad_filter(tmp_path: Path) -> None:
+    with pytest.raises(EnvironmentProblem, match="not installed"):
+        Dumpcap(tmp_path / "x.pcapng", dumpcap=str(tmp_path / "nope")).start()
+    with pytest.raises(EnvironmentProblem, match="no interface named"):
+        Dumpcap(tmp_path / "x.pcapng", interface="nosuchif0").start()
+    with pytest.raises(UsageError, match="capture filter"):
+        Dumpcap(tmp_path / "x.pcapng", capture_filter="tcp port ((").start()
+
+
+def test_interface_and_filter_for_a_target() -> None:
+    assert interface_for("127.0.0.1") == "lo"
+    assert interface_for("localhost") == "lo"
+    assert capture_filter(["127.0.0.1"], tcp_ports=[8080]) == "(tcp port 8080)"
+    assert capture_filter(["192.0.2.7"], tcp_ports=[443], all_udp=True) == (
+        "(host 192.0.2.7) and (tcp port 443 or udp)"
+    )
+    assert capture_filter(["2001:db8::1"], udp_ports=[3478]) == (
+        "(ip6 host 2001:db8::1) and (udp port 3478)"
+    )
+
+
+@pytest.fixture(autouse=True)
+def _no_dumpcap_left(tmp_path: Path) -> Iterator[None]:
+    yield
+    assert _pids_of(tmp_path) == []
