@@ -102,7 +102,11 @@ def test_real_export_against_its_real_capture() -> None:
     # the capture's client spoke over the bot: later replies started after audio was
     # already arriving (the rest of an earlier reply); said, not papered over
     assert a.violations == ("s0/1", "s0/2")
-    assert all(s.session == "s0" for s in r.spans if s.name != "pipecat.conversation")
+    assert all(s.session == "s0" for s in r.spans)
+    conv = [s for s in r.spans if s.name == "pipecat.conversation"]
+    assert len(conv) == 1 and conv[0].turn is None  # session-wide
+    # the one turn span that folded all three exchanges starts with the first
+    assert [s.turn for s in r.spans if s.name == "pipecat.turn"] == [0]
     tts_turns = sorted(s.turn for s in r.spans if s.name == "pipecat.tts")
     assert tts_turns == [0, 1, 2]
     rows = framework_vs_heard(r, tr)

@@ -131,7 +131,9 @@ def test_real_pipecat_bot_framework_vs_heard(
         "framework.metrics",
     } <= seen
     onsets = [e.attrs["onset_ms"] for e in tr.events if e.name == "reply.audible"]
-    assert [round(x / 50) * 50 for x in onsets] == [50, 550, 50, 550]
+    # the injected silence is what the probe found before the first audible sample
+    assert len(onsets) == 4
+    assert all(abs(x - want) < 25 for x, want in zip(onsets, [50, 550, 50, 550], strict=True))
 
     r = import_telemetry(tmp_path / "spans.jsonl", trace=tr)
     assert r.framework == "pipecat"

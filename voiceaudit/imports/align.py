@@ -561,6 +561,8 @@ def _records(
     events: list[Event] = []
     for it in tel.items:
         session, turn = where(it.conversation, it.anchor_ns, it.group)
+        if not it.per_turn:
+            turn = None
         if it.kind == "span":
             start, end = clock(it.start_ns), clock(it.end_ns)
             spans.append(

@@ -129,6 +129,8 @@ class Item:
     anchor_ns: int
     #: the framework's own turn key, when it has one (turn span id, LiveKit speech_id)
     group: str | None = None
+    #: False for session-wide records (a conversation span): they get no turn
+    per_turn: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -156,7 +156,16 @@ def from_spans(spans: list[OtelSpan], fmt: str, *, keep_content: bool) -> Teleme
             anchor = s.start_ns
         tel.items.append(
             Item(
-                "span", conv, s.start_ns, s.end_ns, stage, f"livekit.{s.name}", base, anchor, group
+                "span",
+                conv,
+                s.start_ns,
+                s.end_ns,
+                stage,
+                f"livekit.{s.name}",
+                base,
+                anchor,
+                group,
+                per_turn=s.name != "agent_session",
             )
         )
 

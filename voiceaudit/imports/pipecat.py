@@ -113,6 +113,7 @@ def from_spans(spans: list[OtelSpan], fmt: str, *, keep_content: bool) -> Teleme
                     "pipecat.conversation",
                     base,
                     s.start_ns,
+                    per_turn=False,
                 )
             )
             continue
@@ -126,7 +127,7 @@ def from_spans(spans: list[OtelSpan], fmt: str, *, keep_content: bool) -> Teleme
                     "turn",
                     "pipecat.turn",
                     base,
-                    s.end_ns,
+                    s.start_ns,  # a turn span folding several replies goes with the first
                     s.span_id,
                 )
             )
