@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from voiceaudit import __version__
 from voiceaudit.analysis.ledger import ALL_SEGMENTS
@@ -123,6 +124,17 @@ def _one(values: set[str]) -> str | None:
     return next(iter(values)) if len(values) == 1 else None
 
 
+def _target_key(target: dict[str, Any]) -> dict[str, Any]:
+    """A target without what changes from run to run on its own (a loopback port)."""
+    out = dict(target)
+    url = out.get("url")
+    if isinstance(url, str):
+        parts = urlsplit(url)
+        if parts.hostname in ("127.0.0.1", "localhost", "::1") and parts.port is not None:
+            out["url"] = urlunsplit(parts._replace(netloc=parts.hostname))
+    return out
+
+
 def _metadata(a: Report, b: Report) -> dict[str, tuple[Any, Any]]:
     out: dict[str, tuple[Any, Any]] = {}
 
@@ -132,7 +144,7 @@ def _metadata(a: Report, b: Report) -> dict[str, tuple[Any, Any]]:
         return json.loads(one) if one is not None else "(several)"
 
     for what, get in (
-        ("target", lambda s: s.target),
+        ("target", lambda s: _target_key(s.target)),
         ("host", lambda s: s.host.get("hostname")),
     ):
         va, vb = side(a, get), side(b, get)

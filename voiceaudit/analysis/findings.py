@@ -52,8 +52,8 @@ class FindingRules:
     #: total gaps heard in the reply
     underrun_ms: float = 10.0
     #: speech end (last speech frame sent) to the pipeline's endpoint; a 500 ms silence
-    #: setting (a common default) measures 500-600 ms
-    endpointing_wait_ms: float = 650.0
+    #: setting (a common default) measures 550-650 ms, more on a loaded server
+    endpointing_wait_ms: float = 800.0
     #: wire bytes per audio byte
     encoding_overhead_ratio: float = 1.10
     #: link rate at which byte overhead is costed (bits per second)

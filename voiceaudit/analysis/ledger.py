@@ -353,8 +353,8 @@ def ledger_from_obs(obs: TurnObs, *, mark_time: MarkTime = "auto") -> Ledger:
         problem = "no reply.audible mark (no audible reply was heard)"
     elif t_audible < t0:
         problem = (
-            f"the reply was audible {_ms(t0 - t_audible)} before speech end "
-            "(the pipeline answered before the caller finished)"
+            f"the reply was audible {_ms(t0 - t_audible)} before speech end: a late reply "
+            "to an earlier turn, or the pipeline answered before the caller finished"
         )
     if problem is not None or t0 is None or t_audible is None:
         return Ledger(None, (), (), (), times, clock, s2s, tuple(notes), problem)
