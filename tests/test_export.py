@@ -433,3 +433,36 @@ def test_export_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli(["export", str(tmp_path / "junk.jsonl"), "-f", "otlp"]) == 3
     err = capsys.readouterr().err
     assert "not a voiceaudit trace" in err and "Traceback" not in err
+
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_traces"
+
+
+@pytest.mark.parametrize(
+    "trace_path",
+    sorted(SAMPLES.glob("*/trace.jsonl*")),
+    ids=lambda p: p.parent.name,
+)
+def test_exports_of_recorded_runs(trace_path: Path) -> None:
+    """Every run recorded against the reference pipeline exports to valid files."""
+    tr = read_trace(trace_path)
+    doc = export_document(tr, "perfetto")
+    slices = check_trace_event_format(_no_nan(json.dumps(doc, allow_nan=False)))
+    v2v = {
+        round(e["ts"] * 1000): round(e["dur"] * 1000)
+        for evs in slices.values()
+        for e in evs
+        if e["name"] == "voice-to-voice"
+    }
+    t0 = doc["metadata"]["voiceaudit.t0_monotonic_ns"]
+    for ev in tr.events:
+        if ev.name == "turn.end" and ev.attrs.get("ok") and ev.attrs["voice_to_voice_ns"] >= 0:
+            se = next(
+                e.t_ns
+                for e in tr.events
+                if e.session == ev.session and e.turn == ev.turn and e.name == "input.speech_end"
+            )
+            assert v2v[se - t0] == ev.attrs["voice_to_voice_ns"]
+    data = _parse_otlp(export_document(tr, "otlp"))
+    turns = [s for s in data.resource_spans[0].scope_spans[0].spans if s.name == "voiceaudit.turn"]
+    assert len(turns) == sum(1 for e in tr.events if e.name == "turn.start")

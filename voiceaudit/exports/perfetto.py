@@ -85,6 +85,9 @@ class _Builder:
         return tid
 
     def track(self, name: str, slices: list[_Slice]) -> None:
+        # An interval that ends before it starts (a reply heard before the speech it
+        # answers ended) has no slice; its numbers stay in the turn's args.
+        slices = [s for s in slices if s.end >= s.start]
         for i, lane in enumerate(_layout(slices)):
             tid = self.thread(name if i == 0 else f"{name} ({i + 1})")
             for s in lane:
