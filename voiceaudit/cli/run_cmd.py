@@ -74,6 +74,9 @@ def register(app: typer.Typer) -> None:
         timeout: float = typer.Option(
             15.0, "--timeout", help="Seconds after speech end to wait for a reply."
         ),
+        gap_ms: int = typer.Option(
+            500, "--gap-ms", help="Pause between turns, after the reply ends (ms)."
+        ),
         jitter_buffer_ms: int = typer.Option(
             0, "--jitter-buffer-ms", help="Playout model: fixed jitter-buffer depth."
         ),

@@ -67,6 +67,8 @@ class ProbeOptions:
             raise UsageError("--speed must be between 0.1 and 100")
         if self.timeout_s <= 0:
             raise UsageError("--timeout must be positive")
+        if self.gap_ms < 0 or self.jitter_buffer_ms < 0:
+            raise UsageError("--gap-ms and --jitter-buffer-ms cannot be negative")
 
 
 @dataclass(frozen=True)

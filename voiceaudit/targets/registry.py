@@ -23,6 +23,8 @@ BUILTINS: dict[str, str] = {
     "websocket": "voiceaudit.targets.websocket:PcmWebSocketTarget",
     "cascade": "voiceaudit.targets.cascade:CascadeTarget",
     "python": "voiceaudit.targets.python:PythonTarget",
+    "webrtc": "voiceaudit.targets.webrtc:WebRTCTarget",
+    "pipecat-websocket": "voiceaudit.targets.pipecat_ws:PipecatWebSocketTarget",
 }
 
 
