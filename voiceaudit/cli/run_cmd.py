@@ -104,6 +104,7 @@ def register(app: typer.Typer) -> None:
             speed=speed,
             timeout_s=timeout,
             jitter_buffer_ms=jitter_buffer_ms,
+            gap_ms=gap_ms,
             save_audio=save_audio,
         )
         if inject and target is not None:
