@@ -129,35 +129,52 @@ class Served:
 @contextmanager
 def serve(*args: str, asr_workers: int = 1, timeout: float = 90.0) -> Iterator[Served]:
     """Run ``voiceaudit serve --port 0`` and yield its URL once it listens."""
-    tmp = Path(tempfile.mkdtemp(prefix="va-ref-"))
-    gt = tmp / "truth.jsonl"
-    err_path = tmp / "stderr.txt"
-    err = err_path.open("w")
-    cmd = [
-        sys.executable,
-        "-m",
-        "voiceaudit",
-        "serve",
-        "--port",
-        "0",
-        "--asr-workers",
-        str(asr_workers),
-        "--ground-truth",
-        str(gt),
-        *args,
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT)
+    with serve_many([list(args)], asr_workers=asr_workers, timeout=timeout) as servers:
+        yield servers[0]
+
+
+@contextmanager
+def serve_many(
+    arg_lists: list[list[str]], *, asr_workers: int = 1, timeout: float = 120.0
+) -> Iterator[list[Served]]:
+    """Start several servers at once (their start-up overlaps) and yield them all."""
+    started: list[tuple[subprocess.Popen[str], Path, Path, Any]] = []
     try:
-        url = _read_url(proc, timeout, err_path)
-        yield Served(url, proc, gt, err_path)
+        for args in arg_lists:
+            tmp = Path(tempfile.mkdtemp(prefix="va-ref-"))
+            gt = tmp / "truth.jsonl"
+            err_path = tmp / "stderr.txt"
+            err = err_path.open("w")
+            cmd = [
+                sys.executable,
+                "-m",
+                "voiceaudit",
+                "serve",
+                "--port",
+                "0",
+                "--asr-workers",
+                str(asr_workers),
+                "--ground-truth",
+                str(gt),
+                *args,
+            ]
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT)
+            started.append((proc, gt, err_path, err))
+        servers = [
+            Served(_read_url(proc, timeout, err_path), proc, gt, err_path)
+            for proc, gt, err_path, _ in started
+        ]
+        yield servers
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        err.close()
+        for proc, _, _, _ in started:
+            proc.terminate()
+        for proc, _, _, err in started:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            err.close()
 
 
 def _read_url(proc: subprocess.Popen[str], timeout: float, err_path: Path) -> str:

@@ -9,13 +9,39 @@ See docs/reference-pipeline.md.
 
 from __future__ import annotations
 
-from voiceaudit.reference.config import Injections, ServerConfig, parse_injections
-from voiceaudit.reference.groundtruth import SCHEMA as GROUND_TRUTH_SCHEMA
-from voiceaudit.reference.groundtruth import read_ground_truth
-from voiceaudit.reference.server import ReferenceServer, start_reference_server
+from typing import TYPE_CHECKING, Any
 
-#: The name ``voiceaudit run`` uses for :class:`ServerConfig`.
-ReferenceConfig = ServerConfig
+if TYPE_CHECKING:
+    from voiceaudit.reference.config import Injections, ServerConfig, parse_injections
+    from voiceaudit.reference.groundtruth import read_ground_truth
+    from voiceaudit.reference.server import ReferenceServer, start_reference_server
+
+    ReferenceConfig = ServerConfig
+
+GROUND_TRUTH_SCHEMA = "voiceaudit.groundtruth/1"
+
+# Imported on first use: the recognition workers import this package too, and need
+# none of the server's dependencies.
+_LAZY = {
+    "Injections": ("voiceaudit.reference.config", "Injections"),
+    "ServerConfig": ("voiceaudit.reference.config", "ServerConfig"),
+    #: The name ``voiceaudit run`` uses for :class:`ServerConfig`.
+    "ReferenceConfig": ("voiceaudit.reference.config", "ServerConfig"),
+    "parse_injections": ("voiceaudit.reference.config", "parse_injections"),
+    "read_ground_truth": ("voiceaudit.reference.groundtruth", "read_ground_truth"),
+    "ReferenceServer": ("voiceaudit.reference.server", "ReferenceServer"),
+    "start_reference_server": ("voiceaudit.reference.server", "start_reference_server"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'voiceaudit.reference' has no attribute {name!r}")
+
 
 __all__ = [
     "GROUND_TRUTH_SCHEMA",

@@ -13,21 +13,20 @@ Worker → parent: READY (once, after warm-up), FINAL (JSON ``{"text", "decode_n
 from __future__ import annotations
 
 import json
-import struct
 import sys
 import time
 from typing import Any, BinaryIO
 
-HEADER = struct.Struct("<BII")
-
-OP_START = 1
-OP_AUDIO = 2
-OP_END = 3
-OP_CANCEL = 4
-
-OP_READY = 0x81
-OP_FINAL = 0x82
-OP_ERROR = 0x83
+from voiceaudit.reference.asr_protocol import (
+    HEADER,
+    OP_AUDIO,
+    OP_CANCEL,
+    OP_END,
+    OP_ERROR,
+    OP_FINAL,
+    OP_READY,
+    OP_START,
+)
 
 #: Idle decoders kept for reuse (each holds its own copy of the model).
 MAX_IDLE_DECODERS = 8

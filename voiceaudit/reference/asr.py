@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 from voiceaudit.errors import EnvironmentProblem, VoiceauditError
-from voiceaudit.reference._asr_worker import (
+from voiceaudit.reference.asr_protocol import (
     HEADER,
     OP_AUDIO,
     OP_CANCEL,

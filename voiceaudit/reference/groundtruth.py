@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from voiceaudit.clock import MonotonicClock, take_anchor
-
-SCHEMA = "voiceaudit.groundtruth/1"
+from voiceaudit.reference import GROUND_TRUTH_SCHEMA as SCHEMA
 
 #: Stage marks in pipeline order (the keys of a turn record's ``marks``).
 MARKS = (

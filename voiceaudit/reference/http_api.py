@@ -23,7 +23,7 @@ from aiohttp import web
 
 from voiceaudit.reference.dsp import F32, StreamResampler, float_to_pcm16, streaming_wav_header
 from voiceaudit.reference.groundtruth import TurnRecord
-from voiceaudit.reference.pipeline import ServerContext, Speaker, chunking_mode, new_id
+from voiceaudit.reference.pipeline import CTX_KEY, ServerContext, Speaker, chunking_mode, new_id
 from voiceaudit.reference.responder import Message, TextChunker
 from voiceaudit.reference.vad import RATE as ASR_RATE
 
@@ -47,8 +47,8 @@ def error_response(
 
 
 def _record(ctx: ServerContext, request: web.Request, stage: str) -> TurnRecord:
-    counter: int = request.app["http_counter"]
-    request.app["http_counter"] = counter + 1
+    counter = ctx.http_counter
+    ctx.http_counter += 1
     record = ctx.new_record(
         f"http_{id(request.protocol):x}",
         counter,
@@ -80,7 +80,7 @@ def _decode_and_resample(data: bytes) -> tuple[F32, int, bytes]:
 
 
 async def transcriptions(request: web.Request) -> web.StreamResponse:
-    ctx: ServerContext = request.app["ctx"]
+    ctx = request.app[CTX_KEY]
     if not request.content_type.startswith("multipart/"):
         return error_response(400, "Expected a multipart/form-data body with a 'file' field.")
     fields: dict[str, str] = {}
@@ -185,7 +185,7 @@ def _messages(body: dict[str, Any]) -> list[Message]:
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    ctx: ServerContext = request.app["ctx"]
+    ctx = request.app[CTX_KEY]
     try:
         body = await request.json()
         if not isinstance(body, dict):
@@ -318,7 +318,7 @@ class _HttpSink:
 
 
 async def speech(request: web.Request) -> web.StreamResponse:
-    ctx: ServerContext = request.app["ctx"]
+    ctx = request.app[CTX_KEY]
     try:
         body = await request.json()
         if not isinstance(body, dict):
@@ -368,7 +368,7 @@ async def speech(request: web.Request) -> web.StreamResponse:
         await resp.write(streaming_wav_header(rate))
     sink = _HttpSink(resp, rate, sse=sse, small=small)
     wpm = max(80, min(450, round(ctx.config.words_per_minute * speed)))
-    speaker = Speaker(ctx, record, sink, request.app["rng"], wpm=wpm)
+    speaker = Speaker(ctx, record, sink, ctx.http_rng, wpm=wpm)
     record.mark("llm_done")  # the text is complete when the request arrives
     # Hand the text over the way the pipeline would: per phrase, sentence or whole.
     chunker = TextChunker(chunking_mode(ctx.injections))

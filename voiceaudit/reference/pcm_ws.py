@@ -29,7 +29,14 @@ from aiohttp import WSMsgType, web
 
 from voiceaudit.reference.dsp import F32, float_to_pcm16, pcm16_to_float
 from voiceaudit.reference.groundtruth import TurnRecord, now_ns
-from voiceaudit.reference.pipeline import InputPipeline, ServerContext, Utterance, new_id, run_reply
+from voiceaudit.reference.pipeline import (
+    CTX_KEY,
+    InputPipeline,
+    ServerContext,
+    Utterance,
+    new_id,
+    run_reply,
+)
 from voiceaudit.reference.responder import Message
 from voiceaudit.reference.vad import SpeechStart, SpeechStop
 from voiceaudit.reference.wsutil import set_nodelay, write_frame_in_pieces
@@ -319,7 +326,7 @@ class _PcmSink:
 
 
 async def pcm_handler(request: web.Request) -> web.StreamResponse:
-    ctx: ServerContext = request.app["ctx"]
+    ctx = request.app[CTX_KEY]
     cfg = ctx.config
     rate = _int_param(request, "rate", 16_000, MIN_RATE, MAX_RATE)
     out_rate = _int_param(request, "out_rate", rate, MIN_RATE, MAX_RATE)

@@ -12,11 +12,13 @@ import asyncio
 import contextlib
 import random
 import secrets
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+from aiohttp import web
 
 from voiceaudit.reference.asr import AsrError, AsrPool, AsrResult, AsrStream
 from voiceaudit.reference.config import Injections, ServerConfig
@@ -52,6 +54,12 @@ class ServerContext:
         self._session_counter = 0
         self.active_sessions = 0
         self.sessions_total = 0
+        #: HTTP requests served (each is a ground-truth "turn" of its own).
+        self.http_counter = 0
+        #: Random source for HTTP synthesis requests (the jitter injection).
+        self.http_rng = random.Random(config.seed)
+        #: Connections that already paid the connect-delay injection.
+        self.seen_connections: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def session_rng(self) -> random.Random:
         """A per-session random source, reproducible from the configured seed."""
@@ -72,7 +80,13 @@ class ServerContext:
         if ns > 0:
             await asyncio.sleep(ns / 1e9)
             if record is not None:
-                record.add_injected(f"stage_delay_{stage}_ns", ns)
+                # Per occurrence (synthesis pays it per request) and in total.
+                record.injected.setdefault(f"stage_delay_{stage}_ns", ns)
+                record.add_injected(f"stage_delay_{stage}_total_ns", ns)
+
+
+#: Where handlers find the context on the aiohttp application.
+CTX_KEY = web.AppKey("voiceaudit_ctx", ServerContext)
 
 
 # --- input: endpointing and streaming recognition ------------------------------------
@@ -343,6 +357,7 @@ class Pacer:
         self._last_send = 0
         self.jitter_first_ns: int | None = None
         self.jitter_total_ns = 0
+        self.jitter_each_ns: list[int] = []
         self.pacing_wait_ns = 0
 
     async def wait(self, n_samples: int) -> None:
@@ -358,6 +373,7 @@ class Pacer:
             if self.jitter_first_ns is None:
                 self.jitter_first_ns = extra
             self.jitter_total_ns += extra
+            self.jitter_each_ns.append(extra)
             due += extra
         due = max(due, self._last_send)
         self._samples_before += n_samples
@@ -454,7 +470,9 @@ class Speaker:
                 x = resampler.process(piece.astype(np.float32) / 32768.0)
                 if first_piece and self.pad > 0:
                     x = np.concatenate([np.zeros(self.pad, dtype=np.float32), x])
-                    record.add_injected("leading_silence_ns", inj.leading_silence_ns)
+                    # The pad before the reply's first audio, and over all requests.
+                    record.injected.setdefault("leading_silence_ns", inj.leading_silence_ns)
+                    record.add_injected("leading_silence_total_ns", inj.leading_silence_ns)
                 first_piece = False
                 await self._emit(self.framer.push(x))
             await self._emit(self.framer.push(resampler.flush()))
@@ -475,6 +493,7 @@ class Speaker:
         if pacer.jitter_first_ns is not None:
             record.injected["jitter_first_ns"] = pacer.jitter_first_ns
             record.injected["jitter_total_ns"] = pacer.jitter_total_ns
+            record.injected["jitter_each_ns"] = list(pacer.jitter_each_ns)
         if self.ctx.injections.slow_audio is not None:
             record.injected["slow_audio_wait_ns"] = pacer.pacing_wait_ns
 

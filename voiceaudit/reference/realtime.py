@@ -45,6 +45,7 @@ from voiceaudit.reference.dsp import (
 )
 from voiceaudit.reference.groundtruth import TurnRecord, now_ns
 from voiceaudit.reference.pipeline import (
+    CTX_KEY,
     InputPipeline,
     ServerContext,
     Utterance,
@@ -976,7 +977,7 @@ class _RealtimeSink:
 
 
 async def realtime_handler(request: web.Request) -> web.StreamResponse:
-    ctx: ServerContext = request.app["ctx"]
+    ctx = request.app[CTX_KEY]
     beta = "realtime=v1" in request.headers.get("OpenAI-Beta", "").replace(" ", "")
     model = request.query.get("model", "voiceaudit-reference")
     connect_delay = int(request.get("voiceaudit_connect_delay_ns", 0))

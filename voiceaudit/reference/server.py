@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
-import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +31,7 @@ from voiceaudit.reference.config import ServerConfig
 from voiceaudit.reference.groundtruth import GroundTruth, now_ns
 from voiceaudit.reference.http_api import chat_completions, speech, transcriptions
 from voiceaudit.reference.pcm_ws import pcm_handler
-from voiceaudit.reference.pipeline import ServerContext
+from voiceaudit.reference.pipeline import CTX_KEY, ServerContext
 from voiceaudit.reference.realtime import realtime_handler
 from voiceaudit.reference.responder import ChatCompletionsResponder, Responder, ScriptedResponder
 from voiceaudit.reference.tts import Synthesizer
@@ -104,23 +102,26 @@ def lag_stats(values: list[int]) -> dict[str, int | None]:
     }
 
 
+LAG_KEY = web.AppKey("voiceaudit_lag", LoopLagMonitor)
+
+
 @web.middleware
 async def _connect_delay(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The connect-delay injection: hold a new connection's first response."""
-    ctx: ServerContext = request.app["ctx"]
+    ctx = request.app[CTX_KEY]
     delay = ctx.injections.connect_delay_ns
-    seen: weakref.WeakSet[Any] = request.app["seen_connections"]
-    proto = request.protocol
-    if delay and proto not in seen:
-        seen.add(proto)
+    seen = ctx.seen_connections
+    conn = request.transport  # one per TCP connection; it outlives keep-alive requests
+    if delay and conn is not None and conn not in seen:
+        seen.add(conn)
         await asyncio.sleep(delay / 1e9)
         request["voiceaudit_connect_delay_ns"] = delay
     return await handler(request)
 
 
 async def _status(request: web.Request) -> web.Response:
-    ctx: ServerContext = request.app["ctx"]
-    lag: LoopLagMonitor = request.app["lag"]
+    ctx = request.app[CTX_KEY]
+    lag = request.app[LAG_KEY]
     return web.json_response(
         {
             "server": "voiceaudit-reference",
@@ -137,18 +138,14 @@ async def _status(request: web.Request) -> web.Response:
 
 
 async def _status_reset(request: web.Request) -> web.Response:
-    lag: LoopLagMonitor = request.app["lag"]
-    lag.reset()
+    request.app[LAG_KEY].reset()
     return web.json_response({"reset": True})
 
 
 def build_app(ctx: ServerContext, lag: LoopLagMonitor) -> web.Application:
     app = web.Application(middlewares=[_connect_delay], client_max_size=32 * 1024 * 1024)
-    app["ctx"] = ctx
-    app["lag"] = lag
-    app["seen_connections"] = weakref.WeakSet()
-    app["http_counter"] = 0
-    app["rng"] = random.Random(ctx.config.seed)
+    app[CTX_KEY] = ctx
+    app[LAG_KEY] = lag
     app.router.add_get("/v1/realtime", realtime_handler)
     app.router.add_get("/v1/pcm", pcm_handler)
     app.router.add_post("/v1/audio/transcriptions", transcriptions)
