@@ -11,6 +11,7 @@ import socket
 import ssl
 import struct
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from voiceaudit.capture.dumpcap import (
     capture_filter,
     capture_rights_problem,
     interface_for,
+    plan_capture,
 )
 from voiceaudit.errors import EnvironmentProblem, ExitCode, UsageError
 
@@ -380,6 +382,29 @@ def test_stops_cleanly_when_the_run_fails(tmp_path: Path, exc: BaseException) ->
         analyze_capture(out)
 
 
+def test_dumpcap_stops_when_voiceaudit_is_killed(tmp_path: Path) -> None:
+    out = tmp_path / "orphan.pcapng"
+    code = (
+        "import sys, time\n"
+        "from voiceaudit.capture.dumpcap import Dumpcap\n"
+        "Dumpcap(sys.argv[1], interface='lo', capture_filter='udp port 9').start()\n"
+        "print('capturing', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == b"capturing"
+    assert _pids_of(out)
+    proc.kill()  # SIGKILL: no chance to clean up
+    proc.wait(10)
+    deadline = time.monotonic() + 10
+    while _pids_of(out) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _pids_of(out) == []
+    # dumpcap was stopped, not killed: the file is a whole capture.
+    with pytest.raises(Exception, match="holds no packets"):
+        analyze_capture(out)
+
+
 def test_no_capture_rights_says_what_to_do(tmp_path: Path) -> None:
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv to run dumpcap as an unprivileged user")
@@ -413,6 +438,11 @@ def test_interface_and_filter_for_a_target() -> None:
     assert capture_filter(["2001:db8::1"], udp_ports=[3478]) == (
         "(ip6 host 2001:db8::1) and (udp port 3478)"
     )
+    plan = plan_capture("wss://127.0.0.1:9443/v1/realtime")
+    assert (plan.interface, plan.port, plan.tls) == ("lo", 9443, True)
+    assert plan.capture_filter == "(tcp port 9443)"
+    plan = plan_capture("http://localhost/v1", media_udp=True)
+    assert (plan.port, plan.tls, plan.capture_filter) == (80, False, "(tcp port 80 or udp)")
 
 
 @pytest.fixture(autouse=True)

@@ -391,3 +391,34 @@ def test_a_million_packets(tmp_path: Path) -> None:
     assert r.packets == 1_000_000
     assert len(r.rtp_streams) == 10
     assert all(s.packets == 100_000 and s.lost == 0 for s in r.rtp_streams)
+
+
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
+def test_big_endian_files(tmp_path: Path, fmt: str) -> None:
+    b = rtp_call(90)
+    little = tmp_path / f"le.{fmt}"
+    b.write(little, fmt=fmt)
+    big = tmp_path / f"be.{fmt}"
+    with open(big, "wb") as f:
+        if fmt == "pcap":
+            f.write(struct.pack(">IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, LINKTYPE_ETHERNET))
+            for ts, _i, frame in sorted(b.packets):
+                sec, rem = divmod(ts, 10**9)
+                f.write(struct.pack(">IIII", sec, rem // 1000, len(frame), len(frame)) + frame)
+        else:
+
+            def block(btype: int, body: bytes) -> None:
+                body += b"\0" * ((-len(body)) % 4)
+                n = 12 + len(body)
+                f.write(struct.pack(">II", btype, n) + body + struct.pack(">I", n))
+
+            block(0x0A0D0D0A, struct.pack(">IHHq", 0x1A2B3C4D, 1, 0, -1))
+            block(1, struct.pack(">HHI", LINKTYPE_ETHERNET, 0, 0))
+            for ts, _i, frame in sorted(b.packets):
+                us = ts // 1000
+                block(
+                    6,
+                    struct.pack(">IIIII", 0, us >> 32, us & 0xFFFFFFFF, len(frame), len(frame))
+                    + frame,
+                )
+    assert stats(big) == stats(little)

@@ -9,9 +9,10 @@ while a run goes on.
     cap.result.anchors   # wall/monotonic pairs taken around the capture
 
 ``__enter__`` returns only once dumpcap is really capturing (it has opened the device and
-written the file header). ``__exit__`` always stops it cleanly (SIGINT, so it flushes and
-closes the file; SIGTERM, then SIGKILL only if it hangs), also when the body raises or is
-interrupted with Ctrl-C. Missing rights or a missing dumpcap raise
+written the file header). ``__exit__`` always stops it cleanly (SIGTERM, which dumpcap
+handles like Ctrl-C: it flushes and closes the file; the process group is killed only if it
+hangs), also when the body raises or is interrupted with Ctrl-C, and a watchdog stops it
+the same way if voiceaudit itself dies. Missing rights or a missing dumpcap raise
 :class:`~voiceaudit.errors.EnvironmentProblem` with the exact command that fixes it, so
 the caller can say so and run on without a capture.
 """
@@ -28,6 +29,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,13 +183,60 @@ def capture_filter(
     return " and ".join(parts) if parts else None
 
 
-def _pdeathsig() -> None:
-    """In the child: die with the parent, so a killed run never leaves dumpcap behind."""
-    with contextlib.suppress(Exception):
-        import ctypes
+@dataclass(frozen=True, slots=True)
+class CapturePlan:
+    """Where and what to capture for one target."""
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    host: str
+    port: int | None
+    interface: str
+    capture_filter: str | None
+    #: The target speaks TLS (``wss://``, ``https://``): record a key log to decrypt it.
+    tls: bool
+
+
+#: File name, next to the capture, for the TLS key log (``SSLKEYLOGFILE``).
+KEYLOG_NAME = "tls-keys.log"
+
+
+def plan_capture(target: str, *, media_udp: bool = False) -> CapturePlan:
+    """The interface and capture filter for a target URL (``ws://``, ``wss://``,
+    ``http://``, ``https://``) or ``host:port``; ``media_udp`` keeps the host's UDP too
+    (WebRTC media, whose ports ICE picks later)."""
+    u = urllib.parse.urlsplit(target if "://" in target else f"tcp://{target}")
+    scheme = u.scheme.lower()
+    host = u.hostname or "127.0.0.1"
+    try:
+        port = u.port
+    except ValueError:
+        port = None
+    if port is None:
+        port = {"ws": 80, "http": 80, "wss": 443, "https": 443}.get(scheme)
+    return CapturePlan(
+        host=host,
+        port=port,
+        interface=interface_for(host),
+        capture_filter=capture_filter([host], tcp_ports=[port] if port else [], all_udp=media_udp),
+        tls=scheme in ("wss", "https"),
+    )
+
+
+#: dumpcap runs under this watchdog: it stops dumpcap (SIGTERM, which dumpcap handles
+#: like Ctrl-C: it flushes and closes the file) as soon as its stdin closes, whether
+#: voiceaudit closed it or died. (A background job of a non-interactive shell ignores
+#: SIGINT and reads /dev/null, hence SIGTERM and the explicit fd 3.)
+_WATCHDOG = """
+exec 3<&0
+"$@" </dev/null &
+pid=$!
+( cat <&3 >/dev/null; kill -TERM "$pid" 2>/dev/null ) &
+watcher=$!
+exec 3<&-
+wait "$pid"
+status=$?
+kill "$watcher" 2>/dev/null
+exit "$status"
+"""
 
 
 class Dumpcap:
@@ -238,15 +287,14 @@ class Dumpcap:
             argv += ["-f", self.filter]
         if self.snaplen:
             argv += ["-s", str(self.snaplen)]
-        in_main = threading.current_thread() is threading.main_thread()
+        sh = shutil.which("sh") or "/bin/sh"
         try:
             self._proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
+                [sh, "-c", _WATCHDOG, "voiceaudit-dumpcap", *argv],
+                stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
-                preexec_fn=_pdeathsig if in_main else None,
             )
         except OSError as exc:
             raise EnvironmentProblem(
@@ -259,6 +307,7 @@ class Dumpcap:
         while not self._ready.is_set():
             if self._proc.poll() is not None:
                 self._reader.join(timeout=2)
+                self._stop_process()
                 raise self._failure(path)
             if time.monotonic() > deadline:
                 self._stop_process()
@@ -310,17 +359,25 @@ class Dumpcap:
     # ------------------------------------------------------------------ stop
     def _stop_process(self) -> None:
         proc = self._proc
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        for sig, wait_s in (
-            (signal.SIGINT, self.stop_timeout_s),
-            (signal.SIGTERM, 3.0),
-            (signal.SIGKILL, 3.0),
-        ):
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(sig)
+        # Closing the watchdog's stdin makes it send SIGTERM to dumpcap.
+        if proc.stdin is not None and not proc.stdin.closed:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+        if proc.poll() is not None:
+            return
+        try:
+            proc.wait(timeout=self.stop_timeout_s)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+        # dumpcap hangs: end our own process group (the watchdog and dumpcap).
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, sig)
             try:
-                proc.wait(timeout=wait_s)
+                proc.wait(timeout=3.0)
                 return
             except subprocess.TimeoutExpired:
                 continue

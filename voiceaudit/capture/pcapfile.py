@@ -49,6 +49,7 @@ _PCAP_MAGICS = {
     b"\xa1\xb2\x3c\x4d": (">", 1),
 }
 _PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
+_SHB_TYPE = 0x0A0D0D0A
 _GZIP_MAGIC = b"\x1f\x8b"
 _BLOCK_SIZE = 1 << 20
 #: A record or block larger than this is taken as corruption, not data.
@@ -273,6 +274,7 @@ class CaptureReader:
         endian = "<"
         u32 = struct.Struct("<I")
         epb = struct.Struct("<IIIII")
+        hdr = struct.Struct("<II")
         packets = 0
         last_ts = 0
         eof = False
@@ -287,7 +289,8 @@ class CaptureReader:
             append = recs.append
             bad = False
             while pos + 12 <= n:
-                if buf[pos : pos + 4] == _PCAPNG_SHB:
+                btype, blen = hdr.unpack_from(buf, pos)
+                if btype == _SHB_TYPE:  # the same bytes in either byte order
                     # A new section: its byte order and interfaces start afresh.
                     bom = buf[pos + 8 : pos + 12]
                     if len(bom) < 4:
@@ -301,6 +304,7 @@ class CaptureReader:
                         break
                     u32 = struct.Struct(endian + "I")
                     epb = struct.Struct(endian + "IIIII")
+                    hdr = struct.Struct(endian + "II")
                     blen = u32.unpack_from(buf, pos + 4)[0]
                     if blen < 28 or blen % 4 or blen > _MAX_RECORD:
                         bad = True
@@ -310,7 +314,6 @@ class CaptureReader:
                     ifaces = []
                     pos += blen
                     continue
-                btype, blen = struct.unpack_from(endian + "II", buf, pos)
                 if blen < 12 or blen % 4 or blen > _MAX_RECORD:
                     bad = True
                     break
