@@ -1,0 +1,803 @@
+"""Audio ground truth: reading, resampling, speech boundaries and the first audible sample.
+
+The two ends of the voice-to-voice interval come from audio:
+
+* the **speech end** of the replayed file (:func:`detect_speech`, cached per file content by
+  :func:`speech_info_cached`): when the caller stops talking;
+* the **first audible sample** of the received reply (:func:`first_audible`): when the caller
+  starts hearing the bot.
+
+The detector and the reasons for each rule are documented, with the measurements that chose
+them, in ``docs/audio-ground-truth.md``. Every sample index here is an ``int`` into the mono
+``float32`` samples of an :class:`Audio`; "missing" is ``None``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from voiceaudit.errors import AudioError
+
+__all__ = [
+    "DETECTOR_VERSION",
+    "HEADERLESS_SUFFIXES",
+    "Audio",
+    "SpeechInfo",
+    "cache_dir",
+    "detect_speech",
+    "first_audible",
+    "from_pcm16",
+    "inspect_audio",
+    "read_audio",
+    "resample",
+    "speech_info_cached",
+    "to_pcm16",
+]
+
+#: Bump whenever :func:`detect_speech` can give a different answer: it invalidates the caches.
+DETECTOR_VERSION = 1
+
+#: Suffixes read as headerless 16-bit little-endian mono PCM (``rate`` is required).
+HEADERLESS_SUFFIXES = (".raw", ".pcm", ".s16")
+
+#: One step of 16-bit PCM in float units; anything at or below it is digital silence.
+LSB = 1.0 / 32768.0
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+
+
+# --------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Audio:
+    """Mono audio: ``samples`` are float32 in [-1, 1], channels mixed down by averaging."""
+
+    samples: F32
+    rate: int
+    #: Channel count of the source (the samples are always mono).
+    channels: int
+    path: str | None = None
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.samples.shape[0])
+
+    @property
+    def duration_ns(self) -> int:
+        return _samples_to_ns(self.n_samples, self.rate)
+
+    @property
+    def duration_ms(self) -> float:
+        return self.n_samples * 1000.0 / self.rate
+
+
+def _samples_to_ns(n: int, rate: int) -> int:
+    """``n`` samples at ``rate`` in integer nanoseconds, rounded half up."""
+    return (n * 1_000_000_000 + rate // 2) // rate
+
+
+def read_audio(path: str | os.PathLike[str], *, rate: int | None = None) -> Audio:
+    """Read an audio file as mono float32.
+
+    WAV (8/16/24/32-bit integer or float, any channel count), FLAC and the other formats
+    libsndfile reads are decoded from their header. Files named ``*.raw``, ``*.pcm`` or
+    ``*.s16``, and files with no recognisable header when ``rate`` is given, are read as
+    headerless 16-bit little-endian mono PCM at ``rate`` (required for them).
+
+    ``rate`` is the sample rate of the returned samples: the recorded rate of a headerless
+    file, and for a file with a header the rate to resample to (nothing happens when it
+    matches the header).
+
+    Raises :class:`~voiceaudit.errors.AudioError` (one line naming the file) when the file
+    is missing, empty, not audio, truncated or has a header that claims more data than the
+    file holds.
+    """
+    p = Path(path)
+    data = _read_bytes(p)
+    return _decode(data, p, rate)
+
+
+def _read_bytes(p: Path) -> bytes:
+    name = str(p)
+    if not p.exists():
+        raise AudioError("no such file", path=name)
+    if p.is_dir():
+        raise AudioError("is a directory, not an audio file", path=name)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise AudioError(f"cannot read: {exc.strerror or exc}", path=name) from None
+    if not data:
+        raise AudioError("empty file", path=name)
+    return data
+
+
+def _check_rate(rate: int | None, name: str) -> None:
+    if rate is not None and (not isinstance(rate, int) or rate <= 0):
+        raise AudioError(f"invalid sample rate {rate!r}", path=name)
+
+
+def _decode(data: bytes, p: Path, rate: int | None) -> Audio:
+    name = str(p)
+    _check_rate(rate, name)
+    if p.suffix.lower() in HEADERLESS_SUFFIXES:
+        return _decode_headerless(data, name, rate)
+    _check_riff(data, name)
+    try:
+        samples, src_rate, channels = _decode_with_soundfile(data)
+    except _NotRecognised as exc:
+        if rate is not None:
+            # The caller says what this is: headerless PCM at ``rate``.
+            return _decode_headerless(data, name, rate)
+        raise AudioError(
+            f"not an audio file ({exc})",
+            path=name,
+            hint="headerless 16-bit PCM needs --rate (or a .raw/.pcm/.s16 suffix)",
+        ) from None
+    except _Broken as exc:
+        raise AudioError(str(exc), path=name) from None
+    if samples.size == 0:
+        raise AudioError("holds no audio samples", path=name)
+    if rate is not None and rate != src_rate:
+        samples = resample(samples, src_rate, rate)
+        src_rate = rate
+    return Audio(samples=samples, rate=src_rate, channels=channels, path=name)
+
+
+def _decode_headerless(data: bytes, name: str, rate: int | None) -> Audio:
+    if rate is None:
+        raise AudioError(
+            "headerless PCM: the sample rate is unknown",
+            path=name,
+            hint="give the rate, e.g. --rate 16000",
+        )
+    if len(data) % 2:
+        raise AudioError(
+            f"not 16-bit PCM: {len(data)} bytes is an odd count (truncated?)", path=name
+        )
+    return Audio(samples=from_pcm16(data), rate=rate, channels=1, path=name)
+
+
+class _NotRecognised(Exception):
+    """libsndfile does not know the format."""
+
+
+class _Broken(Exception):
+    """A known format whose content is damaged."""
+
+
+def _decode_with_soundfile(data: bytes) -> tuple[F32, int, int]:
+    import soundfile as sf
+
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            src_rate = int(f.samplerate)
+            channels = int(f.channels)
+            declared = int(f.frames)
+            try:
+                x = f.read(dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, RuntimeError) as exc:
+                raise _Broken(f"damaged or truncated {f.format} data: {_one_line(exc)}") from None
+    except _Broken:
+        raise
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        msg = _one_line(exc)
+        if "not recognised" in msg.lower() or "unknown format" in msg.lower():
+            raise _NotRecognised("format not recognised") from None
+        raise _Broken(f"cannot decode: {msg}") from None
+    if src_rate <= 0 or channels <= 0:
+        raise _Broken(f"header says {src_rate} Hz and {channels} channels")
+    if 0 < declared < 2**62 and x.shape[0] < declared:
+        raise _Broken(f"truncated: the header says {declared} frames, only {x.shape[0]} decode")
+    if not np.all(np.isfinite(x)):
+        raise _Broken("holds NaN or infinite samples")
+    mono = x[:, 0] if channels == 1 else x.mean(axis=1, dtype=np.float64)
+    mono = np.clip(mono, -1.0, 1.0).astype(np.float32, copy=False)
+    return np.ascontiguousarray(mono), src_rate, channels
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    # libsndfile puts the (here meaningless) in-memory file name into its messages.
+    return text.replace("Error opening <_io.BytesIO object", "error opening").strip()
+
+
+def _check_riff(data: bytes, name: str) -> None:
+    """Refuse a WAV whose chunk sizes claim more bytes than the file holds.
+
+    libsndfile quietly reads what is there, so a cut-off download or a header that lies
+    would otherwise pass as a shorter recording. ``0xFFFFFFFF`` (and 0) as the data size are
+    the placeholders of streaming writers and are accepted.
+    """
+    if len(data) < 12 or data[:4] not in (b"RIFF", b"RIFX") or data[8:12] != b"WAVE":
+        return
+    endian = "<" if data[:4] == b"RIFF" else ">"
+    pos = 12
+    while pos + 8 <= len(data):
+        cid = data[pos : pos + 4]
+        (size,) = struct.unpack(endian + "I", data[pos + 4 : pos + 8])
+        body = pos + 8
+        if cid == b"data":
+            if size in (0, 0xFFFFFFFF):
+                return
+            if body + size > len(data):
+                raise AudioError(
+                    f"WAV header claims {size} bytes of audio but the file holds only "
+                    f"{len(data) - body} (truncated or corrupt)",
+                    path=name,
+                )
+            return
+        if body + size > len(data):
+            raise AudioError(
+                f"WAV chunk {cid.decode('latin-1')!r} runs past the end of the file "
+                "(truncated or corrupt)",
+                path=name,
+            )
+        pos = body + size + (size & 1)
+    raise AudioError("WAV file has no 'data' chunk", path=name)
+
+
+# --------------------------------------------------------------------------------------
+# Sample conversions
+# --------------------------------------------------------------------------------------
+
+
+def resample(samples: npt.NDArray[np.float32], from_rate: int, to_rate: int) -> F32:
+    """Polyphase resampling (``scipy.signal.resample_poly``) to exactly
+    ``round(len(samples) * to_rate / from_rate)`` samples.
+    """
+    if from_rate <= 0 or to_rate <= 0:
+        raise ValueError(f"sample rates must be positive, got {from_rate} and {to_rate}")
+    x = np.asarray(samples, dtype=np.float32)
+    if x.ndim != 1:
+        raise ValueError("resample takes mono (1-D) samples")
+    n_out = round(Fraction(x.shape[0] * to_rate, from_rate))
+    if from_rate == to_rate:
+        return x.copy()
+    if x.shape[0] == 0:
+        return np.zeros(0, dtype=np.float32)
+    from scipy.signal import resample_poly
+
+    g = math.gcd(from_rate, to_rate)
+    y = resample_poly(x, to_rate // g, from_rate // g)
+    if y.shape[0] >= n_out:
+        y = y[:n_out]
+    else:
+        y = np.concatenate([y, np.zeros(n_out - y.shape[0], dtype=y.dtype)])
+    return np.ascontiguousarray(y, dtype=np.float32)
+
+
+def to_pcm16(samples: npt.NDArray[np.floating[Any]]) -> bytes:
+    """float samples (full scale 1.0) → 16-bit little-endian PCM, rounded, clipped.
+
+    Exact inverse of :func:`from_pcm16`: ``to_pcm16(from_pcm16(b)) == b``.
+    """
+    x = np.asarray(samples, dtype=np.float64)
+    q = np.clip(np.rint(x * 32768.0), -32768, 32767)
+    return q.astype("<i2").tobytes()
+
+
+def from_pcm16(data: bytes) -> F32:
+    """16-bit little-endian PCM → float32 in [-1, 1) (divided by 32768)."""
+    if len(data) % 2:
+        raise AudioError(f"16-bit PCM must have an even byte count, got {len(data)}")
+    return np.frombuffer(data, dtype="<i2").astype(np.float32) / np.float32(32768.0)
+
+
+# --------------------------------------------------------------------------------------
+# Speech detection
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpeechInfo:
+    """Where the speech is in a file, as sample indices at ``rate``."""
+
+    rate: int
+    n_samples: int
+    #: ``[start, end)`` sample ranges of speech, in order, not overlapping.
+    segments: tuple[tuple[int, int], ...]
+    #: First speech sample, or None when there is no speech.
+    speech_start: int | None
+    #: One past the last speech sample, or None when there is no speech.
+    speech_end: int | None
+
+    def _ms(self, n: int | None) -> float | None:
+        return None if n is None else round(n * 1000.0 / self.rate, 3)
+
+    @property
+    def speech_start_ms(self) -> float | None:
+        return self._ms(self.speech_start)
+
+    @property
+    def speech_end_ms(self) -> float | None:
+        return self._ms(self.speech_end)
+
+    @property
+    def leading_silence_ms(self) -> float | None:
+        """Time before the speech starts (None when there is no speech)."""
+        return self._ms(self.speech_start)
+
+    @property
+    def duration_ms(self) -> float:
+        return round(self.n_samples * 1000.0 / self.rate, 3)
+
+    @property
+    def speech_start_ns(self) -> int | None:
+        return None if self.speech_start is None else _samples_to_ns(self.speech_start, self.rate)
+
+    @property
+    def speech_end_ns(self) -> int | None:
+        return None if self.speech_end is None else _samples_to_ns(self.speech_end, self.rate)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rate": self.rate,
+            "n_samples": self.n_samples,
+            "segments": [list(s) for s in self.segments],
+            "speech_start": self.speech_start,
+            "speech_end": self.speech_end,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SpeechInfo:
+        segs = tuple((int(a), int(b)) for a, b in d["segments"])
+        start, end = d["speech_start"], d["speech_end"]
+        info = cls(
+            rate=int(d["rate"]),
+            n_samples=int(d["n_samples"]),
+            segments=segs,
+            speech_start=None if start is None else int(start),
+            speech_end=None if end is None else int(end),
+        )
+        if info.rate <= 0 or (segs and (start != segs[0][0] or end != segs[-1][1])):
+            raise ValueError("inconsistent speech info")
+        return info
+
+
+# The detector's constants; docs/audio-ground-truth.md gives the measurements behind them.
+_ANALYSIS_RATE = 16_000  # analyse at 16 kHz (or at the file's rate when lower)
+_MIN_RATE = 4_000
+_FRAME_MS = 20.0  # Hann-windowed spectral frames ...
+_HOP_MS = 2.5  # ... every 2.5 ms: the resolution of an edge away from digital silence
+_BAND_HZ = 100.0  # ignore rumble, hum and DC below this
+_NOISE_PERCENTILE = 10.0  # noise spectrum: this percentile of each bin's power over time
+_FLOOR_PERCENTILE = 4.0  # floor of the whitened energy: this percentile over the frames
+_EDGE_DB = 5.0  # a region extends while the whitened energy is this far above the floor ...
+_CORE_DB = 12.0  # ... and counts only if it reaches this far above it ...
+_MIN_CORE_MS = 30.0  # ... for this long (a click smeared by the 20 ms frames is shorter)
+_VOICING_WINDOW_MS = 40.0
+_VOICING_RATE = 8_000
+_VOICING_HOP_MS = 10.0
+_VOICING_BAND_HZ = (80.0, 1000.0)
+_PITCH_RANGE_HZ = (70.0, 400.0)
+_VOICED = 0.7  # normalised autocorrelation at a pitch lag that makes a frame voiced
+_MIN_VOICED_MS = 30.0  # a region needs this much voicing: breaths, clicks, noise have none
+_ATTACH_MS = 110.0  # unvoiced sound (s, f, a t release) counts only this close to voicing
+_MERGE_MS = 300.0  # pauses shorter than this do not split a segment (the hangover)
+# An edge this close to digital silence moves onto it exactly. Ends get longer: speech
+# fades out (final consonants, decay) but starts abruptly.
+_SNAP_START_MS = 50.0
+_SNAP_END_MS = 150.0
+_SILENT_RUN_MS = 2.0  # digital silence: at least this long at or below one 16-bit step
+_CLEAN_FRACTION = 0.02  # this much digital silence inside the sound makes a signal clean
+
+
+def detect_speech(audio: Audio) -> SpeechInfo:
+    """Find the speech in ``audio``: segments, first speech sample, one past the last.
+
+    Band energy relative to the file's own noise spectrum (a whitened energy), with an
+    adaptive floor and hysteresis, decides where there is sound; voicing (periodicity at a
+    pitch lag) decides which sounds are speech; digital silence pins edges to the exact
+    sample. ``docs/audio-ground-truth.md`` explains each rule and the measurements.
+    """
+    rate = audio.rate
+    if rate < _MIN_RATE:
+        raise AudioError(f"sample rate {rate} Hz is too low for speech detection", path=audio.path)
+    x = np.asarray(audio.samples, dtype=np.float32)
+    n = int(x.shape[0])
+    if n == 0:
+        return SpeechInfo(rate, 0, (), None, None)
+    arate = min(rate, _ANALYSIS_RATE)
+    xa = x if arate == rate else resample(x, rate, arate)
+    segs_a = _segments(xa.astype(np.float64), arate)
+    segs: list[tuple[int, int]] = []
+    for a, b in segs_a:
+        s = min(n, round(a * rate / arate))
+        e = min(n, round(b * rate / arate))
+        s, e = _snap_to_digital_silence(x, rate, s, e)
+        if e > s:
+            segs.append((s, e))
+    segs = _merge(segs, round(_MERGE_MS * rate / 1000))
+    if not segs:
+        return SpeechInfo(rate, n, (), None, None)
+    return SpeechInfo(rate, n, tuple(segs), segs[0][0], segs[-1][1])
+
+
+def _runs(mask: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """Start and end (exclusive) indices of the runs of True in ``mask``."""
+    d = np.diff(np.concatenate(([0], mask.astype(np.int8), [0])))
+    return np.flatnonzero(d == 1), np.flatnonzero(d == -1)
+
+
+_BLOCK = 2048  # frames per FFT block: bounds memory on long files
+_NOISE_SAMPLE = 8192  # at most this many frames feed the noise spectrum estimate
+
+
+def _segments(x: F64, rate: int) -> list[tuple[int, int]]:
+    """Speech regions ``[start, end)`` in samples of ``x`` (at ``rate``), before merging."""
+    n = x.shape[0]
+    s_start, s_end = _silent_runs(x.astype(np.float32), rate)
+    silent = np.zeros(n, dtype=bool)
+    for a, b in zip(s_start, s_end, strict=True):
+        silent[a:b] = True
+    if silent.all():
+        return []
+    sound = np.flatnonzero(~silent)
+    span = int(sound[-1]) + 1 - int(sound[0])
+    interior = (s_start > sound[0]) & (s_end <= sound[-1])
+    if int((s_end - s_start)[interior].sum()) >= _CLEAN_FRACTION * span:
+        # The sound keeps returning to exact digital silence (synthesized speech, a gated
+        # signal): its background is silence, not noise. Every stretch of sound is a
+        # candidate, with exact edges. Real recordings hold next to none (< 0.2 %).
+        starts, ends = _runs(~silent)
+    else:
+        starts, ends = _sound_regions(x, rate, silent)
+    if starts.size == 0:
+        return []
+    voiced_at = _voiced_frame_centres(x, rate)
+    n_voiced = np.searchsorted(voiced_at, ends) - np.searchsorted(voiced_at, starts)
+    voiced = n_voiced * _VOICING_HOP_MS >= _MIN_VOICED_MS
+    # An unvoiced region (a fricative, a plosive release) belongs to the speech when it
+    # lies within _ATTACH_MS of a voiced region. Only direct neighbours count, so a run of
+    # unvoiced bursts (breaths, clicks, crowd noise) cannot chain itself onto the speech.
+    attach = _ATTACH_MS * rate / 1000
+    gap_before = np.concatenate(([np.inf], starts[1:] - ends[:-1]))
+    gap_after = np.concatenate((starts[1:] - ends[:-1], [np.inf]))
+    voiced_before = np.concatenate(([False], voiced[:-1]))
+    voiced_after = np.concatenate((voiced[1:], [False]))
+    kept = voiced | (voiced_before & (gap_before < attach)) | (voiced_after & (gap_after < attach))
+    return [(int(a), int(b)) for a, b in zip(starts[kept], ends[kept], strict=True)]
+
+
+def _sound_regions(
+    x: F64, rate: int, silent: npt.NDArray[np.bool_]
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """Regions where the band energy, whitened by the file's own noise spectrum, rises
+    above the noise: hysteresis between an edge and a core threshold over an adaptive
+    floor."""
+    import scipy.fft
+
+    n = x.shape[0]
+    size = round(_FRAME_MS * rate / 1000)
+    hop = max(1, round(_HOP_MS * rate / 1000))
+    count = (n + hop - 1) // hop  # frame i is centred on sample i * hop
+    # Mirror the ends: zeros would cut the waveform off mid-frame, and that step's
+    # broadband splatter would look like sound at the edges of every file.
+    padded = np.pad(x, (size // 2, size), mode="symmetric")
+    frames = np.lib.stride_tricks.sliding_window_view(padded, size)[::hop][:count]
+    starts = np.arange(count) * hop
+    # Frames of digital silence are never sound; frames that touch digital silence stay
+    # out of the estimates, so padding a recording with zeros does not move them.
+    sq = np.concatenate(([0.0], np.cumsum(padded * padded)))
+    sounding = (sq[starts + size] - sq[starts]) / size > LSB * LSB
+    sc = np.concatenate(([0], np.cumsum(np.pad(silent, (size // 2, size), mode="symmetric"))))
+    clean = sounding & (sc[starts + size] == sc[starts])
+    if not clean.any():
+        clean = sounding
+    empty = np.zeros(0, dtype=np.intp)
+    if not clean.any():
+        return empty, empty
+
+    nfft = 1 << (size - 1).bit_length()
+    freqs = np.fft.rfftfreq(nfft, 1.0 / rate)
+    band = (freqs >= _BAND_HZ) & (freqs <= 0.95 * rate / 2)
+    window = np.hanning(size).astype(np.float32)
+
+    def power(fr: F64) -> npt.NDArray[np.float32]:
+        spec = scipy.fft.rfft(fr.astype(np.float32) * window, nfft, axis=1)[:, band]
+        out: npt.NDArray[np.float32] = spec.real**2 + spec.imag**2
+        return out
+
+    # Noise spectrum: per frequency bin, a low percentile of the power over time. Speech
+    # leaves every bin quiet now and then, so this works even with few pauses.
+    pick = np.flatnonzero(clean)
+    if pick.size > _NOISE_SAMPLE:
+        pick = pick[np.linspace(0, pick.size - 1, _NOISE_SAMPLE).astype(np.intp)]
+    sample = np.concatenate(
+        [power(frames[pick[b : b + _BLOCK]]) for b in range(0, pick.size, _BLOCK)]
+    )
+    noise = np.percentile(sample, _NOISE_PERCENTILE, axis=0).astype(np.float64)
+    noise = np.maximum(noise, 1e-3 * float(np.median(noise))) + 1e-30
+    inv_noise = (1.0 / noise).astype(np.float32)
+    # The statistic: mean over the band of power / noise power, i.e. the energy of the
+    # whitened signal. Speech that is weak overall but stands out in its own band (a tail
+    # at 2 kHz over low-frequency rumble) still rises well above the floor.
+    stat = np.concatenate(
+        [(power(frames[b : b + _BLOCK]) @ inv_noise) for b in range(0, count, _BLOCK)]
+    ) / np.float32(inv_noise.size)
+    db = np.full(count, -np.inf)
+    db[sounding] = 10.0 * np.log10(stat[sounding].astype(np.float64) + 1e-30)
+    floor = float(np.percentile(db[clean], _FLOOR_PERCENTILE))
+    edge = db > floor + _EDGE_DB
+    core = db > floor + _CORE_DB
+    r_start, r_end = _runs(edge)
+    core_c = np.concatenate(([0], np.cumsum(core)))
+    keep = (core_c[r_end] - core_c[r_start]) * _HOP_MS >= _MIN_CORE_MS
+    s = np.clip(r_start[keep] * hop - hop // 2, 0, n)
+    e = np.clip(r_end[keep] * hop - hop // 2, 0, n)
+    return s.astype(np.intp), e.astype(np.intp)
+
+
+def _voiced_frame_centres(x: F64, rate: int) -> npt.NDArray[np.intp]:
+    """Centres (sample indices at ``rate``, ascending) of the voiced analysis frames."""
+    import scipy.fft
+    from scipy.signal import butter, sosfiltfilt
+
+    if x.shape[0] <= 27:  # sosfiltfilt needs some padding room
+        return np.zeros(0, dtype=np.intp)
+    lo_hz, hi_hz = _VOICING_BAND_HZ
+    hi_hz = min(hi_hz, 0.45 * rate)
+    sos = butter(4, [lo_hz, hi_hz], btype="bandpass", fs=rate, output="sos")
+    y = np.asarray(sosfiltfilt(sos, x), dtype=np.float64)
+    # The band ends at 1 kHz: 8 kHz is plenty, and half the work of 16 kHz.
+    step = max(1, rate // _VOICING_RATE)
+    vrate = rate / step
+    y = y[::step]
+    size = round(_VOICING_WINDOW_MS * vrate / 1000)
+    hop = round(_VOICING_HOP_MS * vrate / 1000)
+    if y.shape[0] < size:
+        return np.zeros(0, dtype=np.intp)
+    count = 1 + (y.shape[0] - size) // hop
+    frames = np.lib.stride_tricks.sliding_window_view(y, size)[::hop][:count]
+    nfft = 1 << (2 * size - 1).bit_length()
+    lag_lo = max(1, int(vrate / _PITCH_RANGE_HZ[1]))
+    lag_hi = min(size - 1, math.ceil(vrate / _PITCH_RANGE_HZ[0]))
+    lags = np.arange(lag_lo, lag_hi)
+    unbias = size / (size - lags)  # undo the taper of the biased autocorrelation
+    voiced = np.zeros(count, dtype=bool)
+    for b0 in range(0, count, _BLOCK):
+        fr = frames[b0 : b0 + _BLOCK]
+        fr = (fr - fr.mean(axis=1, keepdims=True)).astype(np.float32)
+        spec = scipy.fft.rfft(fr, nfft, axis=1)
+        ac = scipy.fft.irfft(spec.real**2 + spec.imag**2, nfft, axis=1)
+        ac0 = ac[:, 0].astype(np.float64)
+        ok = ac0 > 1e-12 * size
+        r = ac[:, lag_lo:lag_hi] * unbias / np.where(ok, ac0, 1.0)[:, None]
+        voiced[b0 : b0 + _BLOCK] = ok & (r.max(axis=1) > _VOICED)
+    centres = (np.arange(count) * hop + size // 2) * step
+    return centres[voiced].astype(np.intp)
+
+
+def _silent_runs(x: F32, rate: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """Runs of digital silence (|x| <= one 16-bit step) at least _SILENT_RUN_MS long."""
+    quiet = np.abs(x) <= LSB * 1.0001
+    starts, ends = _runs(quiet)
+    long_ = (ends - starts) >= max(1, round(_SILENT_RUN_MS * rate / 1000))
+    return starts[long_], ends[long_]
+
+
+def _snap_to_digital_silence(x: F32, rate: int, s: int, e: int) -> tuple[int, int]:
+    """Move segment edges next to digital silence onto the exact first/last sounding sample.
+
+    The spectral frames place an edge to a few ms; where the sound runs into digital
+    silence (a cut, a synthesized clip, padding) the boundary is known exactly.
+    """
+    reach = round((_FRAME_MS / 2 + _HOP_MS) * rate / 1000)  # how far the frames smear
+    n = x.shape[0]
+    lo, hi = max(0, s - round(_SNAP_START_MS * rate / 1000)), min(n, s + reach)
+    starts, ends = _silent_runs(x[lo:hi], rate)
+    if ends.size:
+        s_new = lo + int(ends[-1])
+        if s_new < e:
+            s = s_new
+    lo, hi = max(s, e - reach), min(n, e + round(_SNAP_END_MS * rate / 1000))
+    starts, ends = _silent_runs(x[lo:hi], rate)
+    if starts.size:
+        e_new = lo + int(starts[0])
+        if e_new > s:
+            e = e_new
+    return s, e
+
+
+def _merge(segs: list[tuple[int, int]], gap: int) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for a, b in segs:
+        if out and a - out[-1][1] < gap:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Cache
+# --------------------------------------------------------------------------------------
+
+_memo: dict[tuple[str, int | None], SpeechInfo] = {}
+
+
+def cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/voiceaudit`` (or ``~/.cache/voiceaudit``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "voiceaudit"
+
+
+def _cache_file(digest: str, rate: int | None) -> Path:
+    tag = "hdr" if rate is None else str(rate)
+    return cache_dir() / "speech" / f"v{DETECTOR_VERSION}" / f"{digest}-{tag}.json"
+
+
+def speech_info_cached(path: str | os.PathLike[str], *, rate: int | None = None) -> SpeechInfo:
+    """:func:`detect_speech` of :func:`read_audio` ``(path, rate=rate)``, computed once per
+    file content (sha256) and ``rate``: kept in this process and on disk under
+    :func:`cache_dir`, invalidated by :data:`DETECTOR_VERSION`. A cache that cannot be
+    read or written is ignored.
+    """
+    p = Path(path)
+    data = _read_bytes(p)
+    digest = hashlib.sha256(data).hexdigest()
+    key = (digest, rate)
+    hit = _memo.get(key)
+    if hit is not None:
+        return hit
+    cf = _cache_file(digest, rate)
+    info = _load_cached(cf, digest)
+    if info is None:
+        info = detect_speech(_decode(data, p, rate))
+        _store_cached(cf, digest, info)
+    _memo[key] = info
+    return info
+
+
+def _load_cached(cf: Path, digest: str) -> SpeechInfo | None:
+    try:
+        d = json.loads(cf.read_text(encoding="utf-8"))
+        if d.get("detector_version") != DETECTOR_VERSION or d.get("sha256") != digest:
+            return None
+        return SpeechInfo.from_dict(d)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _store_cached(cf: Path, digest: str, info: SpeechInfo) -> None:
+    d = {"detector_version": DETECTOR_VERSION, "sha256": digest, **info.to_dict()}
+    try:
+        cf.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cf.with_name(f".{cf.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(d), encoding="utf-8")
+        os.replace(tmp, cf)
+    except OSError:
+        pass
+
+
+# --------------------------------------------------------------------------------------
+# First audible sample of received audio
+# --------------------------------------------------------------------------------------
+
+_AUDIBLE_WINDOW_MS = 5.0
+_AUDIBLE_DBFS = -50.0  # a 5 ms window with an RMS above this is audible ...
+_AUDIBLE_OVER_NOISE = 4.0  # ... if it is also 4x (12 dB) the RMS of the noise before it
+_NOISE_LOOKBACK_MS = (100.0, 25.0)  # the local noise peak is measured in this stretch
+_QUIET_RUN_MS = 2.0  # the onset follows the last run this long at the noise level
+_NEAR_SILENT = 4.0  # up to this many 16-bit steps is dither, not sound
+
+
+def first_audible(
+    samples: npt.NDArray[np.float32], rate: int, *, threshold: float | None = None
+) -> int | None:
+    """Index of the first audible sample of received audio, or None when it is silent.
+
+    Coarse step: the first 5 ms window whose RMS is above ``threshold`` (linear, full scale
+    1.0). By default that is -50 dBFS, raised to 12 dB over the noise when the audio before
+    that window is noise rather than digital silence (the median RMS of its windows; when
+    the sound starts at once and the buffer holds no digital silence, the 10th percentile
+    of the whole buffer).
+
+    Fine step: the noise peak is the largest sample 100 to 25 ms before that window (or,
+    with less room, of the digital silence or dither just before it; never below one
+    16-bit step). The onset is the first sample above the noise peak after the last run
+    of at least 2 ms at or below it. Over digital silence or dither that is the exact
+    sample the sound rises out of, wherever the sound sits in the buffer; over a noise
+    floor it is where the sound rises above the noise's peaks.
+    """
+    if rate <= 0:
+        raise ValueError(f"sample rate must be positive, got {rate}")
+    x = np.abs(np.asarray(samples, dtype=np.float64))
+    if x.ndim != 1:
+        raise ValueError("first_audible takes mono (1-D) samples")
+    n = x.shape[0]
+    if n == 0:
+        return None
+    if threshold is not None and not threshold > 0:
+        raise ValueError(f"threshold must be positive, got {threshold}")
+    w = min(n, max(1, round(_AUDIBLE_WINDOW_MS * rate / 1000)))
+    run = max(1, round(_QUIET_RUN_MS * rate / 1000))
+    c = np.concatenate(([0.0], np.cumsum(x * x)))
+    ms = (c[w:] - c[:-w]) / w  # mean square of the window starting at each sample
+    level = 10.0 ** (_AUDIBLE_DBFS / 20.0) if threshold is None else float(threshold)
+    above = np.flatnonzero(ms > level * level)
+    if above.size == 0:
+        return None
+    k0 = int(above[0])
+    noise_rms = 0.0
+    if threshold is None:
+        lead = ms[: max(0, k0 - w)]  # windows wholly before the candidate
+        lead = lead[lead > LSB * LSB]  # digital silence is no noise floor
+        if lead.size:
+            noise_rms = math.sqrt(float(np.median(lead)))
+        elif _silent_runs(np.asarray(samples, dtype=np.float32), rate)[0].size == 0:
+            # Sound from (almost) the first sample and no digital silence anywhere: the
+            # buffer may be noise throughout, and its quiet parts tell how loud that noise is.
+            sounding = ms[ms > LSB * LSB]
+            noise_rms = math.sqrt(float(np.percentile(sounding, 10.0)))
+        if noise_rms * _AUDIBLE_OVER_NOISE > level:
+            level = noise_rms * _AUDIBLE_OVER_NOISE
+            above = np.flatnonzero(ms > level * level)
+            if above.size == 0:
+                return None
+            k0 = int(above[0])
+    anchor = k0 + int(np.argmax(x[k0 : k0 + w] > math.sqrt(float(ms[k0])) * 0.999))
+    far = round(_NOISE_LOOKBACK_MS[0] * rate / 1000)
+    near = round(_NOISE_LOOKBACK_MS[1] * rate / 1000)
+    p0, p1 = max(0, k0 - far), max(0, k0 - near)
+    if p1 - p0 >= run:
+        noise = float(x[p0:p1].max())
+    else:  # no room for a look back: near-silence before it, or the noise estimate
+        before = x[:anchor]
+        qs, qe = _runs(before <= _NEAR_SILENT * LSB)
+        long_ = (qe - qs) >= run
+        if long_.any():  # digital silence or dither: its own peak is the noise
+            noise = max(float(before[a:b].max()) for a, b in zip(qs[long_], qe[long_], strict=True))
+        else:
+            noise = _AUDIBLE_OVER_NOISE * noise_rms
+    noise = max(noise, LSB * 1.0001)  # one 16-bit step is silence, as in detect_speech
+    loud = x[p1 : anchor + 1] > noise
+    if not loud[-1]:  # a louder burst in the look-back than at the onset: keep the anchor
+        return anchor
+    qs, qe = _runs(~loud)
+    ends = qe[(qe - qs) >= run]
+    start = int(ends[-1]) if ends.size else 0
+    return p1 + start + int(np.argmax(loud[start:]))
+
+
+# --------------------------------------------------------------------------------------
+# inspect
+# --------------------------------------------------------------------------------------
+
+
+def inspect_audio(path: str | os.PathLike[str], *, rate: int | None = None) -> dict[str, object]:
+    """What the probe will take as speech in ``path``, in milliseconds (JSON-ready)."""
+    audio = read_audio(path, rate=rate)
+    info = detect_speech(audio)
+    r = audio.rate
+
+    def ms(i: int) -> float:
+        return round(i * 1000.0 / r, 3)
+
+    return {
+        "path": str(path),
+        "sample_rate": r,
+        "channels": audio.channels,
+        "duration_ms": info.duration_ms,
+        "segments": [[ms(a), ms(b)] for a, b in info.segments],
+        "speech_start_ms": info.speech_start_ms,
+        "speech_end_ms": info.speech_end_ms,
+        "leading_silence_ms": info.leading_silence_ms,
+    }
