@@ -32,6 +32,8 @@ INJECTION_NAMES = (
     "jitter",
     "slow-audio",
     "stage-delay",
+    "rtp-jitter",
+    "rtp-loss",
 )
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ns|us|µs|ms|s)?\s*$")
@@ -81,6 +83,10 @@ class Injections:
     slow_audio: float | None = None
     #: Extra processing time per stage (``vad``, ``asr``, ``llm``, ``tts``).
     stage_delay_ns: Mapping[str, int] = field(default_factory=dict)
+    #: WebRTC only: random extra delay (uniform 0..this) per outgoing RTP packet, order kept.
+    rtp_jitter_ns: int = 0
+    #: WebRTC only: fraction of outgoing RTP packets dropped at random (seeded).
+    rtp_loss: float = 0.0
 
     @property
     def small_writes(self) -> bool:
@@ -106,6 +112,8 @@ class Injections:
             "jitter_ns": self.jitter_ns,
             "slow_audio": self.slow_audio,
             "stage_delay_ns": {s: int(self.stage_delay_ns[s]) for s in sorted(self.stage_delay_ns)},
+            "rtp_jitter_ns": self.rtp_jitter_ns,
+            "rtp_loss": self.rtp_loss,
         }
 
     def describe(self) -> list[str]:
@@ -131,6 +139,10 @@ class Injections:
             out.append(f"slow-audio={self.slow_audio:g}")
         for stage in sorted(self.stage_delay_ns):
             out.append(f"stage-delay={stage}:{self.stage_delay_ns[stage] / NS_PER_MS:g}ms")
+        if self.rtp_jitter_ns:
+            out.append(f"rtp-jitter={self.rtp_jitter_ns / NS_PER_MS:g}ms")
+        if self.rtp_loss:
+            out.append(f"rtp-loss={self.rtp_loss * 100:g}%")
         return out
 
 
@@ -197,6 +209,17 @@ def apply_injection(inj: Injections, spec: str) -> Injections:
                 )
             delays[stage] = parse_duration_ns(dur, what=what)
         return replace(inj, stage_delay_ns=delays)
+    if name == "rtp-jitter":
+        return replace(inj, rtp_jitter_ns=parse_duration_ns(need(), what=what))
+    if name == "rtp-loss":
+        raw = need().rstrip("%").strip()
+        try:
+            pct = float(raw)
+        except ValueError:
+            raise UsageError(f"{what}: {val!r} is not a percentage", hint="rtp-loss=5%") from None
+        if not 0 <= pct <= 100:
+            raise UsageError(f"{what}: {pct:g}% is outside 0..100%")
+        return replace(inj, rtp_loss=pct / 100)
     raise UsageError(
         f"unknown injection {name!r}", hint="known injections: " + ", ".join(INJECTION_NAMES)
     )

@@ -9,6 +9,7 @@ path                               protocol
 ``POST /v1/audio/transcriptions``  OpenAI-compatible speech recognition
 ``POST /v1/chat/completions``      OpenAI-compatible chat (SSE when streaming)
 ``POST /v1/audio/speech``          OpenAI-compatible synthesis (streamed)
+``POST /v1/webrtc/offer``          WebRTC (aiortc) offer/answer, media on RTP
 ``GET  /voiceaudit/status``        server facts: sessions, event-loop lag, ASR pool
 =================================  ==========================================
 """
@@ -35,6 +36,7 @@ from voiceaudit.reference.pipeline import CTX_KEY, ServerContext
 from voiceaudit.reference.realtime import realtime_handler
 from voiceaudit.reference.responder import ChatCompletionsResponder, Responder, ScriptedResponder
 from voiceaudit.reference.tts import Synthesizer
+from voiceaudit.reference.webrtc import close_webrtc_sessions, webrtc_offer
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -151,6 +153,8 @@ def build_app(ctx: ServerContext, lag: LoopLagMonitor) -> web.Application:
     app.router.add_post("/v1/audio/transcriptions", transcriptions)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/audio/speech", speech)
+    app.router.add_post("/v1/webrtc/offer", webrtc_offer)
+    app.on_shutdown.append(close_webrtc_sessions)
     app.router.add_get("/voiceaudit/status", _status)
     app.router.add_post("/voiceaudit/status/reset", _status_reset)
     return app

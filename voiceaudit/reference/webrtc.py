@@ -1,0 +1,406 @@
+"""The reference pipeline over WebRTC (``POST /v1/webrtc/offer``), with aiortc.
+
+Signalling: the client POSTs ``{"sdp": …, "type": "offer"}`` (JSON) or the bare SDP
+(``Content-Type: application/sdp``); the answer comes back the same way. ICE is gathered
+without trickle (aiortc gathers in ``setLocalDescription``). On a loopback-only host the
+answerer, like the probe, must gather a host candidate on 127.0.0.1 (see
+voiceaudit.targets.webrtc.allow_loopback_ice): the server does that when it listens on a
+loopback address.
+
+Media: the client's audio track feeds the same input pipeline as every other protocol
+(VAD endpointing, PocketSphinx); the reply plays on an outgoing audio track paced in real
+time, 20 ms frames at 48 kHz, silence between replies (a WebRTC stream never stops). If the
+client opens a data channel, the server sends OpenAI-Realtime-style events on it
+(``input_audio_buffer.speech_started``/``speech_stopped``,
+``conversation.item.input_audio_transcription.completed``, ``response.created``,
+``output_audio_buffer.started``/``stopped``, ``response.done``), each with the server's
+``t_ns``.
+
+Ground truth: ``first_audio_sent`` / ``last_audio_sent`` and ``audio_sent_ns`` are the
+times reply frames were handed to aiortc's encoder (not when they were synthesized).
+
+Fault injection on the outgoing media (besides the pipeline's own): ``rtp-jitter=20ms``
+delays each outgoing RTP packet by a seeded uniform random 0..20 ms (order kept), and
+``rtp-loss=5%`` drops a seeded random 5 % of outgoing RTP packets. What was done to each
+packet is in the turn's ``injected`` (``rtp_delays_ns`` per packet in send order,
+``rtp_sent``, ``rtp_dropped``), so a capture analysis can be checked against it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import json
+import random
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+from aiohttp import web
+
+from voiceaudit.reference.dsp import F32
+from voiceaudit.reference.groundtruth import TurnRecord, now_ns
+from voiceaudit.reference.pipeline import (
+    CTX_KEY,
+    InputPipeline,
+    ServerContext,
+    Utterance,
+    new_id,
+    run_reply,
+)
+from voiceaudit.reference.responder import Message
+from voiceaudit.reference.vad import SpeechStart, SpeechStop
+
+RATE = 48_000
+FRAME = RATE * 20 // 1000
+
+
+class _OutTrack:
+    """Builds the outgoing track class lazily (aiortc is an optional dependency)."""
+
+    @staticmethod
+    def create(session: WebRTCSession) -> Any:
+        import av
+        from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+        class ReplyTrack(MediaStreamTrack):
+            kind = "audio"
+
+            def __init__(self) -> None:
+                super().__init__()
+                self._start: int | None = None
+                self._k = 0
+
+            async def recv(self) -> Any:
+                if self.readyState != "live":
+                    raise MediaStreamError
+                if self._start is None:
+                    self._start = time.monotonic_ns()
+                # absolute pacing: frame k leaves at start + k * 20 ms
+                due = self._start + self._k * 20_000_000
+                delay = (due - time.monotonic_ns()) / 1e9
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                pcm = session.next_frame(time.monotonic_ns())
+                frame = av.AudioFrame(format="s16", layout="mono", samples=FRAME)
+                frame.planes[0].update(pcm)
+                frame.sample_rate = RATE
+                frame.pts = self._k * FRAME
+                frame.time_base = fractions.Fraction(1, RATE)
+                self._k += 1
+                return frame
+
+        return ReplyTrack()
+
+
+class _ReplySink:
+    output_rate = RATE
+
+    def __init__(self, session: WebRTCSession, record: TurnRecord) -> None:
+        self.s = session
+        self.record = record
+
+    async def send_text_delta(self, text: str) -> None:
+        return None
+
+    async def send_audio(self, samples: F32) -> None:
+        self.s.enqueue(self.record, samples)
+
+
+class WebRTCSession:
+    def __init__(self, ctx: ServerContext, pc: Any) -> None:
+        cfg = ctx.config
+        self.ctx = ctx
+        self.pc = pc
+        self.id = new_id("rtc")
+        self.rng = ctx.session_rng()
+        self.input = InputPipeline(
+            ctx,
+            RATE,
+            self,
+            silence_ms=cfg.silence_ms,
+            prefix_padding_ms=cfg.prefix_padding_ms,
+            threshold=cfg.vad_threshold,
+        )
+        self.turn_index = 0
+        self.history: list[Message] = []
+        self._record: TurnRecord | None = None
+        self._response: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._out: deque[tuple[TurnRecord, np.ndarray[Any, Any]]] = deque()
+        self._out_pos = 0
+        self._playing: TurnRecord | None = None
+        self._sent: dict[int, list[int]] = {}
+        self.channel: Any = None
+        self._closed = False
+
+    # -- events on the data channel ---------------------------------------------------
+
+    def event(self, kind: str, **fields: Any) -> None:
+        ch = self.channel
+        if ch is None or getattr(ch, "readyState", "") != "open":
+            return
+        with contextlib.suppress(Exception):
+            ch.send(json.dumps({"type": kind, "t_ns": now_ns(), **fields}))
+
+    # -- input ------------------------------------------------------------------------
+
+    async def consume(self, track: Any) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                arrival = now_ns()
+                x = frame.to_ndarray()
+                channels = len(frame.layout.channels)
+                mono = x.reshape(-1, channels).mean(axis=1) if channels > 1 else x.ravel()
+                samples = (mono.astype(np.float32) / 32768.0).astype(np.float32)
+                if int(frame.sample_rate) != RATE:
+                    from voiceaudit.audio import resample
+
+                    samples = resample(samples, int(frame.sample_rate), RATE)
+                self.input.feed(samples, arrival)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the remote track ended
+            return
+
+    def on_speech_started(self, start: SpeechStart, t_ns: int) -> None:
+        if self._response is not None and not self._response.done():
+            self._response.cancel()
+        record = self.ctx.new_record(self.id, self.turn_index, "webrtc")
+        self.turn_index += 1
+        record.mark("speech_started", t_ns)
+        record.audio_start_ms = start.audio_start_ms
+        record.speech_start_ms = start.speech_start_ms
+        record.input_rate = RATE
+        self._record = record
+        self.event("input_audio_buffer.speech_started", audio_start_ms=start.audio_start_ms)
+
+    def on_speech_stopped(
+        self, stop: SpeechStop, t_ns: int, transcript: asyncio.Future[Utterance] | Any
+    ) -> None:
+        record = self._record
+        self._record = None
+        if record is None:
+            record = self.ctx.new_record(self.id, self.turn_index, "webrtc")
+            self.turn_index += 1
+            record.input_rate = RATE
+        if self._response is not None and not self._response.done():
+            self._response.cancel()
+        self._response = asyncio.ensure_future(self._turn(record, stop, t_ns, transcript))
+
+    async def _turn(self, record: TurnRecord, stop: SpeechStop, t_ns: int, transcript: Any) -> None:
+        try:
+            record.mark("vad_stop", t_ns)
+            record.marks["speech_end_received"] = self.input.last_voiced_arrival_ns
+            record.speech_end_ms = stop.speech_end_ms
+            record.audio_end_ms = stop.audio_end_ms
+            self.event("input_audio_buffer.speech_stopped", audio_end_ms=stop.audio_end_ms)
+            utt = await transcript
+            record.mark("asr_done")
+            await self.ctx.stage_delay(record, "asr")
+            record.mark("transcript_final")
+            record.transcript = utt.result.text if utt.result is not None else ""
+            self.event(
+                "conversation.item.input_audio_transcription.completed",
+                transcript=record.transcript,
+            )
+            self.history.append(Message("user", record.transcript))
+            self.event("response.created")
+            self._sent[id(record)] = []
+            result = await run_reply(
+                self.ctx, record, list(self.history), _ReplySink(self, record), self.rng
+            )
+            # wait until the track has played the whole reply
+            while any(r is record for r, _ in self._out):
+                await asyncio.sleep(0.02)
+            sent = self._sent.pop(id(record), [])
+            record.audio_sent_ns = sent
+            if sent:
+                record.mark("first_audio_sent", sent[0], overwrite=True)
+                record.mark("last_audio_sent", sent[-1], overwrite=True)
+            self.history.append(Message("assistant", result.text))
+            record.status = result.status
+            record.error = result.error
+            self.event("output_audio_buffer.stopped")
+            self.event("response.done", response={"status": record.status})
+        except asyncio.CancelledError:
+            record.status = "cancelled"
+        finally:
+            self._record_rtp(record)
+            self.ctx.truth.write_turn(record)
+
+    # -- output -----------------------------------------------------------------------
+
+    def enqueue(self, record: TurnRecord, samples: F32) -> None:
+        if samples.size:
+            self._out.append((record, samples.astype(np.float32)))
+
+    def next_frame(self, t_ns: int) -> bytes:
+        """The next 20 ms of the outgoing stream: reply audio, else silence."""
+        out = np.zeros(FRAME, dtype=np.float32)
+        filled = 0
+        record: TurnRecord | None = None
+        while filled < FRAME and self._out:
+            rec, chunk = self._out[0]
+            record = record or rec
+            take = min(FRAME - filled, chunk.size - self._out_pos)
+            out[filled : filled + take] = chunk[self._out_pos : self._out_pos + take]
+            filled += take
+            self._out_pos += take
+            if self._out_pos >= chunk.size:
+                self._out.popleft()
+                self._out_pos = 0
+        if record is not None:
+            sent = self._sent.setdefault(id(record), [])
+            if not sent:
+                self.event("output_audio_buffer.started")
+            sent.append(t_ns)
+        return (np.clip(out, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+
+    # -- RTP fault injection --------------------------------------------------------------
+
+    def install_rtp_faults(self) -> None:
+        inj = self.ctx.injections
+        jitter_ns = int(getattr(inj, "rtp_jitter_ns", 0) or 0)
+        loss = float(getattr(inj, "rtp_loss", 0.0) or 0.0)
+        self.rtp_stats: dict[str, Any] = {"sent": 0, "dropped": 0, "delays": []}
+        if not jitter_ns and not loss:
+            return
+        from aiortc.rtp import is_rtcp
+
+        rng = random.Random(self.ctx.config.seed)
+        loop = asyncio.get_running_loop()
+        for sender in self.pc.getSenders():
+            transport = sender.transport
+            if transport is None or getattr(transport, "_voiceaudit_faults", False):
+                continue
+            original = transport._send_rtp
+            last_release = [0]
+
+            async def faulty(
+                data: bytes, _orig: Any = original, _last: list[int] = last_release
+            ) -> None:
+                if is_rtcp(data):
+                    await _orig(data)
+                    return
+                if loss and rng.random() < loss:
+                    self.rtp_stats["dropped"] += 1
+                    return
+                self.rtp_stats["sent"] += 1
+                if not jitter_ns:
+                    await _orig(data)
+                    return
+                delay = rng.randrange(jitter_ns + 1)
+                release = max(time.monotonic_ns() + delay, _last[0])
+                _last[0] = release
+                self.rtp_stats["delays"].append(release - time.monotonic_ns())
+
+                def send() -> None:
+                    task = asyncio.ensure_future(_orig(data))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+
+                loop.call_later(max(0.0, (release - time.monotonic_ns()) / 1e9), send)
+
+            transport._send_rtp = faulty
+            transport._voiceaudit_faults = True
+
+    def _record_rtp(self, record: TurnRecord) -> None:
+        stats = getattr(self, "rtp_stats", None)
+        if not stats or not (stats["sent"] or stats["dropped"]):
+            return
+        record.injected["rtp_sent"] = stats["sent"]
+        record.injected["rtp_dropped"] = stats["dropped"]
+        if stats["delays"]:
+            record.injected["rtp_delays_ns"] = list(stats["delays"])
+        self.rtp_stats = {"sent": 0, "dropped": 0, "delays": []}
+
+    async def close(self) -> None:
+        self._closed = True
+        self.input.close()
+        for t in [self._response, *self._tasks]:
+            if t is not None and not t.done():
+                t.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.pc.close(), 5)
+
+
+async def webrtc_offer(request: web.Request) -> web.StreamResponse:
+    """Answer one WebRTC offer; the session lives until the peer connection closes."""
+    try:
+        from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+    except ImportError:
+        raise web.HTTPNotImplemented(
+            text=json.dumps(
+                {"error": {"message": "WebRTC needs aiortc: pip install 'voiceaudit[webrtc]'"}}
+            ),
+            content_type="application/json",
+        ) from None
+    ctx: ServerContext = request.app[CTX_KEY]
+    ctype = request.headers.get("Content-Type", "")
+    body = await request.text()
+    as_json = "json" in ctype
+    try:
+        sdp = json.loads(body)["sdp"] if as_json else body
+        if not isinstance(sdp, str) or "v=0" not in sdp:
+            raise ValueError
+    except (ValueError, KeyError, TypeError):
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": {"message": "expected an SDP offer"}}),
+            content_type="application/json",
+        ) from None
+    host = request.transport.get_extra_info("sockname")[0] if request.transport else ""
+    if host.startswith("127.") or host == "::1":
+        from voiceaudit.targets.webrtc import allow_loopback_ice
+
+        allow_loopback_ice()
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    session = WebRTCSession(ctx, pc)
+    sessions: set[WebRTCSession] = request.app.setdefault("voiceaudit_webrtc_sessions", set())
+    sessions.add(session)
+    pc.addTrack(_OutTrack.create(session))
+
+    @pc.on("track")
+    def _on_track(track: Any) -> None:
+        if track.kind == "audio":
+            task = asyncio.ensure_future(session.consume(track))
+            session._tasks.add(task)
+
+    @pc.on("datachannel")
+    def _on_channel(channel: Any) -> None:
+        session.channel = channel
+
+    @pc.on("connectionstatechange")
+    async def _on_state() -> None:
+        if pc.connectionState == "connected":
+            session.install_rtp_faults()
+        elif pc.connectionState in ("failed", "closed"):
+            sessions.discard(session)
+            await session.close()
+
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        answer = await pc.createAnswer()
+        await pc.setLocalDescription(answer)
+    except Exception as exc:  # a malformed offer: refuse it, keep serving
+        sessions.discard(session)
+        await session.close()
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": {"message": f"cannot answer this offer: {exc}"}}),
+            content_type="application/json",
+        ) from None
+    local = pc.localDescription.sdp
+    if as_json:
+        return web.json_response({"sdp": local, "type": "answer", "session_id": session.id})
+    return web.Response(text=local, content_type="application/sdp", status=201)
+
+
+async def close_webrtc_sessions(app: web.Application) -> None:
+    """On shutdown: close every peer connection still open."""
+    sessions: set[WebRTCSession] = app.get("voiceaudit_webrtc_sessions", set())
+    for session in list(sessions):
+        await session.close()
+    sessions.clear()
