@@ -648,3 +648,51 @@ def test_llm_url_streams_from_a_real_chat_completions_server(server: Served) -> 
     _assert_marks_in_order(truth["marks"])
     chats = [r for r in server.turns() if r.get("stage") == "chat"]
     assert any(r["transcript"] == "ten of clubs" for r in chats)
+
+
+def test_realtime_text_item_and_text_only_response(server: Served) -> None:
+    """conversation.item.create with text, then response.create, with output_modalities
+    ['text']: a text response (response.output_text.delta) and no audio."""
+
+    async def main() -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        async with (
+            aiohttp.ClientSession() as cs,
+            cs.ws_connect(server.ws + "/v1/realtime") as ws,
+        ):
+            await ws.send_json(
+                {
+                    "type": "session.update",
+                    "session": {"type": "realtime", "output_modalities": ["text"]},
+                }
+            )
+            await ws.send_json(
+                {
+                    "type": "conversation.item.create",
+                    "item": {
+                        "type": "message",
+                        "role": "user",
+                        "content": [{"type": "input_text", "text": "queen of hearts"}],
+                    },
+                }
+            )
+            await ws.send_json({"type": "response.create"})
+            async with asyncio.timeout(20):
+                async for msg in ws:
+                    events.append(json.loads(msg.data))
+                    if events[-1]["type"] == "response.done":
+                        break
+        return events
+
+    events = asyncio.run(main())
+    for e in events:
+        _validate_realtime(json.dumps(e))
+    types = [e["type"] for e in events]
+    assert "response.output_text.delta" in types
+    assert not any(t.startswith("response.output_audio") for t in types)
+    final = events[-1]["response"]
+    assert final["status"] == "completed"
+    assert final["output"][0]["content"][0]["text"].startswith("You said: queen of hearts.")
+    truth = server.wait_turns(lambda r: r["reply_text"] and "queen of hearts" in r["reply_text"])
+    assert truth and truth[0]["marks"]["tts_request"] is None
+    assert truth[0]["marks"]["first_audio_sent"] is None

@@ -498,6 +498,25 @@ class Speaker:
             record.injected["slow_audio_wait_ns"] = pacer.pacing_wait_ns
 
 
+class _Silent:
+    """Stands in for the Speaker in a text-only reply."""
+
+    def say(self, text: str) -> None:
+        return None
+
+    def end(self) -> None:
+        return None
+
+    async def wait(self) -> None:
+        return None
+
+    async def cancel(self) -> None:
+        return None
+
+    def record_pacing(self) -> None:
+        return None
+
+
 async def run_reply(
     ctx: ServerContext,
     record: TurnRecord,
@@ -507,10 +526,12 @@ async def run_reply(
     *,
     on_token: Callable[[str], None] | None = None,
     wpm: int | None = None,
+    speak: bool = True,
 ) -> ReplyResult:
-    """Produce one spoken reply; every stage mark goes into ``record``."""
+    """Produce one reply (spoken unless ``speak`` is False); every stage mark goes into
+    ``record``."""
     inj = ctx.injections
-    speaker = Speaker(ctx, record, sink, rng, wpm=wpm)
+    speaker: Speaker | _Silent = Speaker(ctx, record, sink, rng, wpm=wpm) if speak else _Silent()
     reply_parts: list[str] = []
     tokens = 0
     status = "completed"

@@ -725,6 +725,7 @@ class RealtimeSession:
                 sink,
                 self.rng,
                 wpm=round(self.ctx.config.words_per_minute * self.speed),
+                speak=audio_out,
             )
             text, tokens, audio_ns = result.text, result.text_tokens, result.audio_ns
             if result.status == "failed":

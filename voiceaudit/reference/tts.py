@@ -3,7 +3,7 @@ library and its voice data, so nothing is downloaded).
 
 eSpeak NG keeps one global synthesizer per process, so every call goes through one
 dedicated thread. ctypes releases the GIL while the C code runs, and the callback that
-hands each ~20 ms piece of audio back to the event loop is tiny, so synthesis does not
+hands each piece of audio (eSpeak makes 60 ms pieces) back to the event loop is tiny, so synthesis does not
 stall the loop. It runs about a thousand times faster than real time on one core.
 """
 
@@ -24,7 +24,7 @@ _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _POS_CHARACTER = 1
 _ESPEAK_CHARS_UTF8 = 1
 _ESPEAK_RATE = 1
-#: Length of the audio pieces eSpeak hands to the callback.
+#: Requested callback buffer; eSpeak NG 1.52 never goes below 60 ms pieces.
 BUFFER_MS = 20
 
 _CALLBACK = ctypes.CFUNCTYPE(
