@@ -1,21 +1,29 @@
 """How long `voiceaudit report` takes on a large trace, against just parsing it.
 
-Writes a synthetic trace of N turns (default 100,000) shaped like a real run: every
-probe and pipeline event of the documented vocabulary once per turn (the marks),
-transcript partials, and the reply audio as reply.chunk events; optionally one
-input.frame event per 20 ms of input audio (``--frames``: about 150 per turn here).
-Stage durations vary per turn and 1 % of turns fail, so the statistics have work to do.
+Writes a synthetic trace of N turns (default 100,000): every probe and pipeline mark of
+the documented vocabulary once per turn, three transcript partials, and the reply audio
+as reply.chunk events (``--reply-ms`` of audio in ``--chunk-ms`` chunks); with
+``--frames``, one input.frame per 20 ms of input audio (150 per turn). Stage durations
+vary per turn and 1 % of turns fail, so the statistics have work to do.
 
 Then, in one process, it times:
 
 * parse: reading the file and decoding every line with the stdlib ``json`` module;
-* report: ``build_report`` (read, ledgers, findings, statistics) plus rendering the
-  terminal report, then the JSON report separately.
+* report: ``build_report`` (read, ledgers, findings) plus the statistics and the terminal
+  rendering, then the JSON rendering of every turn separately;
+* with ``--batched``: parsing (stdlib) the same trace with each turn's reply.chunk and
+  input.frame events folded into one event each carrying arrays, the format change that
+  would make per-chunk and per-frame events cheap (see docs/report-format.md, "Speed").
 
     .venv/bin/python bench/report_speed.py [--turns 100000] [--frames] [--chunk-ms 100]
-        [--dir DIR] [--keep]
+        [--reply-ms 2000] [--decoder auto|json] [--batched] [--dir DIR] [--keep]
+
+A real trace from `voiceaudit run` against the reference pipeline has 20 ms reply chunks
+and 20 ms input frames: ``--frames --chunk-ms 20 --reply-ms 4600`` reproduces its ~400
+lines per turn.
 
 Goal (issue 5): report <= 3x parse time, and a 100,000-turn report in under 10 s.
+CPU times are printed too: on a shared machine they say more than wall-clock times.
 """
 
 from __future__ import annotations
@@ -27,15 +35,17 @@ import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+from voiceaudit import trace_io
 from voiceaudit.analysis import build_report
 from voiceaudit.analysis.synthetic import TurnSpec, write_trace_fast
 from voiceaudit.report import Format, render
 
 
-def specs(n: int, *, frames: bool, chunk_ms: float, seed: int = 1) -> Iterator[TurnSpec]:
-    rng = random.Random(seed)
-    base = TurnSpec(frames=frames, chunk_ms=chunk_ms)
+def specs(n: int, *, frames: bool, chunk_ms: float, reply_ms: float) -> Iterator[TurnSpec]:
+    rng = random.Random(1)
+    base = TurnSpec(frames=frames, chunk_ms=chunk_ms, reply_ms=reply_ms)
     for i in range(n):
         if rng.random() < 0.01:
             yield base.with_(ok=False, reason="timeout: no reply audio within 10 s")
@@ -52,70 +62,134 @@ def specs(n: int, *, frames: bool, chunk_ms: float, seed: int = 1) -> Iterator[T
         )
 
 
-def time_parse(path: Path) -> tuple[float, int]:
-    t = time.perf_counter()
+class Timer:
+    def __init__(self) -> None:
+        self.wall = self.cpu = 0.0
+
+    def __enter__(self) -> Timer:
+        gc.collect()
+        self._w, self._c = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self._w
+        self.cpu = time.process_time() - self._c
+
+
+def parse_all(path: Path) -> int:
     n = 0
     with path.open(encoding="utf-8") as f:
         for line in f:
             json.loads(line)
             n += 1
-    return time.perf_counter() - t, n
+    return n
 
 
-def row(what: str, seconds: float, parse_s: float) -> None:
-    print(f"{what:<52} {seconds:7.2f} s  {seconds / parse_s:5.2f}x parse")
+def batch(path: Path, out: Path) -> int:
+    """Fold each turn's reply.chunk and input.frame events into one event with arrays."""
+    folded: dict[tuple[str, Any, str], dict[str, list[Any]]] = {}
+    lines: list[str] = []
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            d = json.loads(line)
+            name = d.get("name")
+            if name in ("reply.chunk", "input.frame"):
+                key = (d["session"], d["turn"], name + "s")
+                arrays = folded.setdefault(key, {"t_ns": []})
+                arrays["t_ns"].append(d["t_ns"])
+                for k, v in d["attrs"].items():
+                    arrays.setdefault(k, []).append(v)
+                continue
+            if name == "turn.end":
+                for (s, t, n), arrays in list(folded.items()):
+                    if (s, t) == (d["session"], d["turn"]):
+                        ev = {
+                            "type": "event",
+                            "session": s,
+                            "turn": t,
+                            "t_ns": arrays["t_ns"][0],
+                            "source": "probe",
+                            "stage": "reply",
+                            "name": n,
+                            "attrs": arrays,
+                        }
+                        lines.append(json.dumps(ev, separators=(",", ":")))
+                        del folded[(s, t, n)]
+            lines.append(line.rstrip("\n"))
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return len(lines)
+
+
+def row(what: str, t: Timer, parse: Timer) -> None:
+    print(
+        f"{what:<50} {t.wall:7.2f} s wall {t.wall / parse.wall:5.2f}x   "
+        f"{t.cpu:7.2f} s CPU {t.cpu / parse.cpu:5.2f}x"
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--turns", type=int, default=100_000)
-    ap.add_argument("--frames", action="store_true", help="write one input.frame per 20 ms")
+    ap.add_argument("--frames", action="store_true", help="one input.frame per 20 ms")
     ap.add_argument("--chunk-ms", type=float, default=100.0, help="reply audio per reply.chunk")
+    ap.add_argument("--reply-ms", type=float, default=2000.0, help="reply audio per turn")
+    ap.add_argument("--decoder", choices=("auto", "json"), default="auto",
+                    help="json: never orjson, even when installed")  # fmt: skip
+    ap.add_argument("--batched", action="store_true", help="also time the batched format")
     ap.add_argument("--dir", type=Path, default=Path("/tmp"), help="where to write the trace")
-    ap.add_argument("--keep", action="store_true", help="reuse the trace if it exists")
+    ap.add_argument("--keep", action="store_true", help="keep the trace (and reuse it)")
     args = ap.parse_args()
+    if args.decoder == "json":
+        trace_io._FAST_DECODE = trace_io._loads
+    decoder = "orjson" if trace_io._FAST_DECODE is not trace_io._loads else "json"
 
-    name = (
-        f"voiceaudit-bench-{args.turns}{'-frames' if args.frames else ''}-{args.chunk_ms:g}.jsonl"
+    frames = "-frames" if args.frames else ""
+    path = args.dir / (
+        f"voiceaudit-bench-{args.turns}{frames}-{args.chunk_ms:g}-{args.reply_ms:g}.jsonl"
     )
-    path = args.dir / name
     if not (args.keep and path.exists()):
         path.unlink(missing_ok=True)
         t = time.perf_counter()
-        write_trace_fast(
-            path, specs(args.turns, frames=args.frames, chunk_ms=args.chunk_ms), sessions=8
+        turns = specs(
+            args.turns, frames=args.frames, chunk_ms=args.chunk_ms, reply_ms=args.reply_ms
         )
+        write_trace_fast(path, turns, sessions=8)
         print(f"wrote {path} in {time.perf_counter() - t:.1f} s")
     size = path.stat().st_size
 
-    gc.collect()
-    parse_s, lines = time_parse(path)
-    per_turn = lines / args.turns
+    with Timer() as parse:
+        lines = parse_all(path)
     print(
-        f"trace: {args.turns:,} turns, {lines:,} lines ({per_turn:.0f} per turn), "
-        f"{size / 1e6:.0f} MB"
+        f"trace: {args.turns:,} turns, {lines:,} lines ({lines / args.turns:.0f} per turn), "
+        f"{size / 1e6:.0f} MB; report decoder: {decoder}"
     )
-    row("parse (stdlib json, every line)", parse_s, parse_s)
+    row("parse (stdlib json, every line)", parse, parse)
 
-    gc.collect()
-    t = time.perf_counter()
-    report = build_report([path])
-    build_s = time.perf_counter() - t
-    t = time.perf_counter()
-    text = render(report, Format.TERMINAL)
-    term_s = time.perf_counter() - t
-    row(f"report (build {build_s:.2f} s + terminal {term_s:.2f} s)", build_s + term_s, parse_s)
-    t = time.perf_counter()
-    js = render(report, Format.JSON)
-    json_s = time.perf_counter() - t
-    row(f"  JSON of all {len(report.turns):,} turns ({len(js) / 1e6:.0f} MB)", json_s, parse_s)
-    row("report + JSON", build_s + term_s + json_s, parse_s)
+    with Timer() as build:
+        report = build_report([path])
+    with Timer() as term:
+        text = render(report, Format.TERMINAL)
+    whole = Timer()
+    whole.wall, whole.cpu = build.wall + term.wall, build.cpu + term.cpu
+    row("report: build (read, ledgers, findings)", build, parse)
+    row("report: statistics + terminal rendering", term, parse)
+    row("report (total)", whole, parse)
+    with Timer() as js:
+        out = render(report, Format.JSON)
+    row(f"JSON of all {len(report.turns):,} turns ({len(out) / 1e6:.0f} MB)", js, parse)
     v2v = report.summary["voice_to_voice"]
     print(
         f"check: {report.counts['in_statistics']:,} turns in the statistics, "
         f"voice-to-voice p50 {v2v.p50:.1f} ms, {len(report.findings)} finding kinds, "
         f"terminal report {len(text.splitlines())} lines"
     )
+    if args.batched:
+        folded = path.with_suffix(".batched.jsonl")
+        n = batch(path, folded)
+        with Timer() as bparse:
+            parse_all(folded)
+        row(f"batched format: parse ({n / args.turns:.0f} lines per turn)", bparse, parse)
+        folded.unlink()
     if not args.keep:
         path.unlink()
 

@@ -416,13 +416,16 @@ def endpointing_wait(ctx: TurnContext) -> list[Finding]:
 
 
 def encoding_overhead(ctx: TurnContext) -> list[Finding]:
-    chunks = [c for c in ctx.obs.chunks if c.wire_bytes is not None and c.bytes is not None]
-    if not chunks:
-        return []
-    audio = sum(c.bytes or 0 for c in chunks)
-    wire = sum(c.wire_bytes or 0 for c in chunks)
+    # Sum over the raw chunk attributes first: most turns stop at the ratio.
+    audio = wire = 0
+    for _, a in ctx.obs.raw_chunks:
+        b, w = a.get("bytes"), a.get("wire_bytes")
+        if type(b) is int and type(w) is int:
+            audio += b
+            wire += w
     if audio <= 0 or wire < audio * ctx.rules.encoding_overhead_ratio:
         return []
+    chunks = [c for c in ctx.obs.chunks if c.wire_bytes is not None and c.bytes is not None]
     onset = ctx.obs.attrs(AUDIBLE).get("sample")
     if type(onset) is int:
         needed = [c for c in chunks if c.offset is None or c.offset <= onset]

@@ -42,8 +42,9 @@ Which clock (see docs/report-format.md, "Times of pipeline marks")
     usable, because arrival time adds the notification's own transport and queueing to
     the stage before it (a ``tts.first_byte`` notice that travels with the audio would
     make ``transport`` zero). On one host both clocks are CLOCK_MONOTONIC, so a server
-    time is never later than its arrival; a turn with any server time later than its
-    arrival (a different host or clock) uses arrival times for all its marks, with a note.
+    time is never later than its arrival; a turn in which any mark the ledger reads has a
+    server time later than its arrival (a different host or clock) uses arrival times for
+    all its marks, with a note.
     ``mark_time="arrival"`` forces arrival times.
 
 Marks that are not boundaries
@@ -219,36 +220,40 @@ def _ms(ns: int) -> str:
     return f"{ns / 1e6:.1f} ms"
 
 
-def _server_times_usable(obs: TurnObs) -> str | None:
-    """Why this turn's server times cannot be used (``None`` when they can)."""
-    for name, occs in obs.marks.items():
-        for t, src, a in occs:
-            if src == PROBE:
-                continue
+_tuple_new = tuple.__new__  # NamedTuples without their Python-level __new__ (hot path)
+
+
+def _choose(
+    occs: list[Occurrence], server: bool, t0: int | None
+) -> tuple[int, str, int, bool] | None:
+    """(time, clock, occurrences before t0, a server time later than its arrival was
+    seen) of the occurrence to use: among pipeline (non-probe) occurrences of the
+    best-ranked source, the earliest at or after ``t0``, else the latest one. Depends
+    only on times, never on the order of the file."""
+    if len(occs) == 1:  # the common case, without the loop
+        t, src, a = occs[0]
+        if src == PROBE:
+            return None
+        clock, bad = "arrival", False
+        if server:
             st = a.get("server_t_ns")
-            if type(st) is int and st > t:
-                return (
-                    f"{name}: server time {_ms(st - t)} after its arrival, so the server "
-                    "clock is not this host's monotonic clock; arrival times used"
-                )
-    return None
-
-
-def _choose(occs: list[Occurrence], server: bool, t0: int | None) -> tuple[int, str, int] | None:
-    """(time, clock, occurrences before t0) of the occurrence to use: among pipeline
-    (non-probe) occurrences of the best-ranked source, the earliest at or after ``t0``,
-    else the latest one. Depends only on times, never on the order of the file."""
-    rank = min(_SOURCE_RANK.get(o[1], 9) for o in occs) if len(occs) > 1 else None
+            if type(st) is int:
+                bad = st > t
+                t, clock = st, "server"
+        return t, clock, 0 if t0 is None or t >= t0 else 1, bad
+    rank = min(_SOURCE_RANK.get(o[1], 9) for o in occs)
     before = 0
+    bad = False
     best: tuple[int, str] | None = None
     latest: tuple[int, str] | None = None
     for t, src, a in occs:
-        if src == PROBE or (rank is not None and _SOURCE_RANK.get(src, 9) != rank):
+        if src == PROBE or _SOURCE_RANK.get(src, 9) != rank:
             continue
         clock = "arrival"
         if server:
             st = a.get("server_t_ns")
             if type(st) is int:
+                bad = bad or st > t
                 t, clock = st, "server"
         if t0 is None or t >= t0:
             if best is None or t < best[0]:
@@ -258,8 +263,8 @@ def _choose(occs: list[Occurrence], server: bool, t0: int | None) -> tuple[int, 
             if latest is None or t > latest[0]:
                 latest = (t, clock)
     if best is not None:
-        return best[0], best[1], before
-    return None if latest is None else (latest[0], latest[1], before)
+        return best[0], best[1], before, bad
+    return None if latest is None else (latest[0], latest[1], before, bad)
 
 
 def _first_probe(obs: TurnObs, name: str) -> int | None:
@@ -281,27 +286,14 @@ def build_ledger(events: Iterable[Event], *, mark_time: MarkTime = "auto") -> Le
     return ledger_from_obs(obs if obs is not None else TurnObs("", -1), mark_time=mark_time)
 
 
-def ledger_from_obs(obs: TurnObs, *, mark_time: MarkTime = "auto") -> Ledger:
-    """The ledger of one turn, from its gathered observations."""
-    notes: list[str] = []
-    server = mark_time != "arrival"
-    if server:
-        why_not = _server_times_usable(obs)
-        if why_not is not None:
-            server = False
-            notes.append(why_not)
-
+def _pick(
+    obs: TurnObs, server: bool, t0: int | None, notes: list[str]
+) -> tuple[dict[int, tuple[str, int, str]], dict[str, int], str | None]:
+    """Each chain boundary's (mark, time, clock), the times of the other marks read, and
+    the name of a mark whose server time is later than its arrival (when one is)."""
     marks = obs.marks
-    t0 = _first_probe(obs, SPEECH_END)
-    t_audible = _first_probe(obs, AUDIBLE)
-    times: dict[str, int] = {}
-    if t0 is not None:
-        times[SPEECH_END] = t0
-    if t_audible is not None:
-        times[AUDIBLE] = t_audible
-
-    # Pick each boundary's mark and time.
     picked: dict[int, tuple[str, int, str]] = {}
+    bad: str | None = None
     for idx in range(1, 10):
         for name in BOUNDARIES[idx]:
             occs = marks.get(name)
@@ -316,7 +308,9 @@ def ledger_from_obs(obs: TurnObs, *, mark_time: MarkTime = "auto") -> Ledger:
             got = _choose(occs, server, t0)
             if got is None:
                 continue
-            t, clock, before = got
+            t, clock, before, late = got
+            if late and bad is None:
+                bad = name
             if before and t0 is not None and t >= t0 and name in ("endpoint", "committed"):
                 notes.append(
                     f"{name} also came {before} time(s) before speech end "
@@ -324,12 +318,37 @@ def ledger_from_obs(obs: TurnObs, *, mark_time: MarkTime = "auto") -> Ledger:
                 )
             picked[idx] = (name, t, clock)
             break
+    extra: dict[str, int] = {}
     for name in EXTRA_MARKS:
         occs = marks.get(name)
         if occs:
             got = _choose(occs, server, t0)
             if got is not None:
-                times[name] = got[0]
+                extra[name] = got[0]
+                if got[3] and bad is None:
+                    bad = name
+    return picked, extra, bad
+
+
+def ledger_from_obs(obs: TurnObs, *, mark_time: MarkTime = "auto") -> Ledger:
+    """The ledger of one turn, from its gathered observations."""
+    notes: list[str] = []
+    t0 = _first_probe(obs, SPEECH_END)
+    t_audible = _first_probe(obs, AUDIBLE)
+    picked, extra, bad = _pick(obs, mark_time != "arrival", t0, notes)
+    if bad is not None:
+        # Some server time is later than its own arrival: not this host's clock.
+        notes.clear()
+        notes.append(
+            f"{bad}: server time after its arrival, so the server clock is not this "
+            "host's monotonic clock; arrival times used"
+        )
+        picked, extra, _ = _pick(obs, False, t0, notes)
+    times: dict[str, int] = extra
+    if t0 is not None:
+        times[SPEECH_END] = t0
+    if t_audible is not None:
+        times[AUDIBLE] = t_audible
     for name in PROBE_EXTRA_MARKS:
         tp = _first_probe(obs, name)
         if tp is not None:
@@ -399,10 +418,10 @@ def ledger_from_obs(obs: TurnObs, *, mark_time: MarkTime = "auto") -> Ledger:
     for (ia, na, ta, _), (ib, nb, tb, _) in itertools.pairwise(nodes):
         covered = covers[ia][ib]
         if len(covered) == 1:
-            segments.append(Segment(covered[0], tb - ta, na, nb))
+            segments.append(_tuple_new(Segment, (covered[0], tb - ta, na, nb, ())))
         elif tb > ta:
-            segments.append(Segment(UNEXPLAINED, tb - ta, na, nb, covered))
-    chain_marks = tuple(Mark(n, t, c) for _, n, t, c in nodes)
+            segments.append(_tuple_new(Segment, (UNEXPLAINED, tb - ta, na, nb, covered)))
+    chain_marks = tuple(_tuple_new(Mark, (n, t, c)) for _, n, t, c in nodes)
     return Ledger(
         t_end - t0, tuple(segments), chain_marks, tuple(off_path), times, clock, s2s, tuple(notes)
     )
