@@ -3,8 +3,8 @@ library and its voice data, so nothing is downloaded).
 
 eSpeak NG keeps one global synthesizer per process, so every call goes through one
 dedicated thread. ctypes releases the GIL while the C code runs, and the callback that
-hands each piece of audio (eSpeak makes 60 ms pieces) back to the event loop is tiny, so synthesis does not
-stall the loop. It runs about a thousand times faster than real time on one core.
+hands each piece of audio (eSpeak makes 60 ms pieces) back to the event loop is tiny, so
+synthesis does not stall the loop. It runs 500-1000 times faster than real time here.
 """
 
 from __future__ import annotations
