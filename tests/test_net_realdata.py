@@ -22,7 +22,8 @@ def realdata() -> Path:
     env = os.environ.get("VOICEAUDIT_REALDATA")
     root = Path(env) if env else Path(__file__).resolve().parents[1] / ".." / "shared" / "realdata"
     if not (root / "pcap").is_dir():
-        pytest.skip(f"real captures not found at {root} (set VOICEAUDIT_REALDATA)")
+        # As the shared conftest does: fail loudly, so a run without the data cannot pass.
+        pytest.fail(f"real captures not found at {root} (set VOICEAUDIT_REALDATA)", pytrace=False)
     return root
 
 

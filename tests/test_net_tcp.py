@@ -89,7 +89,12 @@ def test_ack_rtt_distribution(tmp_path: Path) -> None:
 
 
 def _stall_flow(
-    tmp_path: Path, *, ack_after: int, release_after: int, ack_data: bytes = b""
+    tmp_path: Path,
+    *,
+    ack_after: int,
+    release_after: int,
+    ack_data: bytes = b"",
+    second: int = 100,
 ) -> NetReport:
     """D1 leaves, the peer ACKs it ``ack_after`` ns later (carrying ``ack_data``), and the
     next small segment leaves ``release_after`` ns after that ACK."""
@@ -103,7 +108,7 @@ def _stall_flow(
         f.send(ta, False, ack_data)
     else:
         b.add(ta, f.ack_segment(False))
-    f.send(ta + release_after, True, b"b" * 100, ack_at=ta + release_after + 40 * MS)
+    f.send(ta + release_after, True, b"b" * second, ack_at=ta + release_after + 40 * MS)
     return run(b, tmp_path)
 
 
@@ -117,18 +122,31 @@ def test_small_write_stall_found(tmp_path: Path) -> None:
     assert s.first_unacked_at_ns == T0 + 10 * MS
 
 
+def test_small_write_stall_released_by_the_peers_data(tmp_path: Path) -> None:
+    """The ACK rides on the peer's own stream; the writes that piled up leave at once."""
+    r = _stall_flow(
+        tmp_path, ack_after=18 * MS, release_after=25_000, ack_data=b"m" * 640, second=1000
+    )
+    (s,) = r.tcp_connections[0].small_write_stalls
+    assert s.ack_carried_data and s.length == 1000
+    assert (s.ack_delay_ns, s.held_ns) == (18 * MS, 18 * MS + 25_000)
+
+
 @pytest.mark.parametrize(
-    "ack_after, release_after, ack_data",
+    "ack_after, release_after, ack_data, second",
     [
-        (5 * MS, 60_000, b""),  # the ACK came quickly: nothing was held
-        (40 * MS, 30 * MS, b""),  # the next write came long after the ACK
-        (40 * MS, 60_000, b"reply"),  # the peer answered: the app waited, not the kernel
+        (5 * MS, 60_000, b"", 100),  # the ACK came quickly: nothing was held
+        (40 * MS, 30 * MS, b"", 100),  # the next write came long after the ACK
+        (40 * MS, 60_000, b"reply", 100),  # the peer answered: one message, the app's reply
+        (40 * MS, 1 * MS, b"reply", 1000),  # too slow after the peer's data for the kernel
     ],
 )
 def test_small_write_stall_not_found(
-    tmp_path: Path, ack_after: int, release_after: int, ack_data: bytes
+    tmp_path: Path, ack_after: int, release_after: int, ack_data: bytes, second: int
 ) -> None:
-    r = _stall_flow(tmp_path, ack_after=ack_after, release_after=release_after, ack_data=ack_data)
+    r = _stall_flow(
+        tmp_path, ack_after=ack_after, release_after=release_after, ack_data=ack_data, second=second
+    )
     assert r.tcp_connections[0].small_write_stalls == ()
 
 

@@ -172,10 +172,13 @@ class SmallWriteStall:
     ack_delay_ns: int
     length: int
     seq: int
+    #: The releasing ACK rode on the peer's data rather than being a (delayed) pure ACK.
+    ack_carried_data: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "sender": self.sender,
+            "ack_carried_data": self.ack_carried_data,
             "first_unacked_at_ns": self.first_unacked_at_ns,
             "ack_at_ns": self.ack_at_ns,
             "released_at_ns": self.released_at_ns,

@@ -7,11 +7,14 @@ connections, not packets.
 
 Small-write stall (Nagle's algorithm meeting a delayed ACK): the sender had a data
 segment in flight, the application wrote more, and the kernel held the new small segment
-until the peer's ACK arrived; the peer, waiting for the rest of the message, delayed that
-ACK (40 ms on Linux, up to 200 ms elsewhere). On the wire: data segment P at t1; the
-peer's first ACK covering P is a pure ACK at tA with tA - t1 >= ``stall_min_ns``; the next
-segment S, carrying the very next bytes and shorter than the MSS, leaves within
-``release_ns`` (plus one RTT when the capture point is at the peer) of that ACK.
+until the peer's ACK arrived; the peer delayed that ACK (40 ms on Linux, up to 200 ms
+elsewhere) or sent it only with its own next data. On the wire: data segment P at t1; the
+peer's first ACK covering P at tA with tA - t1 >= ``stall_min_ns``; the next segment S,
+carrying the very next bytes and shorter than the MSS, leaves within ``release_ns`` (plus
+the handshake round trip, for a capture taken at the peer) of a pure ACK, or within
+``kernel_release_ns`` of an ACK that carried data, S then holding more than twice P's
+bytes (the writes that piled up) -- an application answering the peer's data takes longer
+and sends one message.
 """
 
 from __future__ import annotations
@@ -113,6 +116,7 @@ class _Half:
         "last_ack_pure",
         "last_data_at",
         "last_data_end",
+        "last_data_len",
         "max_end",
         "mss",
         "next_rel",
@@ -132,6 +136,7 @@ class _Half:
         self.bytes = 0
         self.last_data_at: int | None = None
         self.last_data_end = 0
+        self.last_data_len = 0
         self.last_ack_at: int | None = None
         self.last_ack_pure = False
         self.zero_since: int | None = None
@@ -150,6 +155,7 @@ class _Half:
 class StallParams:
     stall_min_ns: int = 15_000_000
     release_ns: int = 2_000_000
+    kernel_release_ns: int = 200_000
 
 
 class Conn:
@@ -390,6 +396,7 @@ class TcpTracker:
                 self._stall_check(conn, h, from_client, ts, r, end, plen)
                 h.last_data_at = ts
                 h.last_data_end = end
+                h.last_data_len = plen
                 h.last_ack_at = None
                 h.max_end = end
                 h.bytes += plen
@@ -475,19 +482,26 @@ class TcpTracker:
     ) -> None:
         t1 = h.last_data_at
         ta = h.last_ack_at
-        if t1 is None or ta is None or not h.last_ack_pure or h.last_data_end != r:
+        if t1 is None or ta is None or h.last_data_end != r:
             return
         if ta - t1 < self.stall.stall_min_ns:
             return
-        # When the capture is taken at the peer, the held segment shows up one round trip
-        # after the ACK left: allow the handshake's round trip (never a delayed ACK).
-        hs_rtt = 0
-        if conn.syn_at is not None and conn.established_at is not None and not conn.syn_retx:
-            hs_rtt = conn.established_at - conn.syn_at
-        window = self.stall.release_ns + hs_rtt
-        if ts - ta > window:
+        if h.last_ack_pure:
+            # A delayed ACK. When the capture is taken at the peer, the held segment shows
+            # up one round trip after the ACK left: allow the handshake's round trip.
+            hs_rtt = 0
+            if conn.syn_at is not None and conn.established_at is not None and not conn.syn_retx:
+                hs_rtt = conn.established_at - conn.syn_at
+            if ts - ta > self.stall.release_ns + hs_rtt:
+                return
+        elif ts - ta > self.stall.kernel_release_ns or plen <= 2 * h.last_data_len:
+            # The ACK rode on the peer's own data (a stream it sends anyway). Only a segment
+            # released by the kernel at once, and holding more than the one write before
+            # it (writes that piled up meanwhile), was held; an application answering the
+            # peer's data would take longer and send one message.
             return
-        mss = h.mss or (conn.s.mss if from_client else conn.c.mss) or 1460
+        peer = conn.s if from_client else conn.c
+        mss = peer.mss or h.mss or 1460
         if plen >= mss:
             return
         if len(conn.stalls) >= self.max_events:
@@ -503,6 +517,7 @@ class TcpTracker:
                 ack_delay_ns=ta - t1,
                 length=plen,
                 seq=r,
+                ack_carried_data=not h.last_ack_pure,
             )
         )
 

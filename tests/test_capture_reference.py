@@ -1,0 +1,97 @@
+"""Captures of the reference pipeline (``voiceaudit serve``) with its network injections:
+``connect-delay`` shows as connection setup on the wire, ``small-writes`` as Nagle stalls,
+and a server without injections shows neither."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from test_reference_support import CARDS_001, load_speech, need_realdata, pcm_turn, serve_many
+
+from voiceaudit.capture import analyze_capture
+from voiceaudit.capture.align import to_probe_clock
+from voiceaudit.capture.dumpcap import Dumpcap, capture_rights_problem
+
+MS = 1_000_000
+
+pytestmark = [
+    pytest.mark.capture,
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("dumpcap") is None, reason="dumpcap not installed"),
+    pytest.mark.skipif(capture_rights_problem() is not None, reason="no capture rights here"),
+]
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1].split("/")[0])
+
+
+def test_reference_injections_on_the_wire(tmp_path: Path) -> None:
+    need_realdata()
+    speech = load_speech(CARDS_001, 16_000)
+    configs = [[], ["--inject", "connect-delay=200ms"], ["--inject", "small-writes"]]
+    with serve_many(configs) as (base, delayed, small):
+        ports = [_port(s.url) for s in (base, delayed, small)]
+        out = tmp_path / "capture.pcapng"
+        filt = " or ".join(f"tcp port {p}" for p in ports)
+        with Dumpcap(out, interface="lo", capture_filter=filt) as cap:
+
+            async def drive() -> tuple[int, int]:
+                async with aiohttp.ClientSession() as cs:
+                    t0 = time.monotonic_ns()
+                    async with cs.ws_connect(delayed.ws + "/v1/pcm"):
+                        connect = time.monotonic_ns() - t0
+                base_turn = await pcm_turn(base.ws, speech, speed=2.0)
+                small_turn = await pcm_turn(small.ws, speech, speed=2.0)
+                assert base_turn.frames and small_turn.frames
+                return connect, small_turn.frames[0][0]
+
+            client_connect, first_reply = asyncio.run(drive())
+        assert cap.result is not None
+        report = analyze_capture(out)
+
+    def sessions(port: int) -> list:  # type: ignore[type-arg]
+        return [w for w in report.websocket_sessions if w.server.endswith(f":{port}")]
+
+    # connect-delay=200ms holds a new connection's first response: on the wire it is the
+    # WebSocket upgrade; the TCP handshake itself stays at loopback speed.
+    (slow,) = sessions(ports[1])
+    # A busy machine only adds time: the bound above is looser than below.
+    assert slow.upgrade_ns is not None and 200 * MS <= slow.upgrade_ns < 250 * MS
+    assert slow.upgrade_ns < client_connect
+    (conn,) = [c for c in report.tcp_connections if c.server.endswith(f":{ports[1]}")]
+    assert conn.connect_ns is not None and conn.connect_ns < 5 * MS
+    (quick,) = sessions(ports[0])
+    assert quick.upgrade_ns is not None and quick.upgrade_ns < 100 * MS
+
+    # small-writes: TCP_NODELAY off and 64-byte writes; the client's delayed ACKs hold them.
+    def stalls(port: int) -> list:  # type: ignore[type-arg]
+        return [
+            s
+            for c in report.tcp_connections
+            if c.server.endswith(f":{port}")
+            for s in c.small_write_stalls
+        ]
+
+    # The reply is written in one burst: the first piece leaves, the rest piles up behind
+    # it until the caller's ACK (on its next microphone frame) and leaves in one segment.
+    held = stalls(ports[2])
+    assert len(held) >= 1
+    assert all(s.sender.endswith(f":{ports[2]}") for s in held)
+    assert all(s.ack_delay_ns >= 15 * MS and 15 * MS <= s.held_ns < 500 * MS for s in held)
+    assert all(s.length > 10 * 64 for s in held)  # many 64-byte writes held together
+    assert stalls(ports[0]) == []
+    # On the probe's clock the stalls fall inside the reply the client received.
+    mono = to_probe_clock(report, cap.result.anchors)
+    released = sorted(
+        s.released_at_ns
+        for c in mono.tcp_connections
+        if c.server.endswith(f":{ports[2]}")
+        for s in c.small_write_stalls
+    )
+    assert released[0] >= first_reply - 1_000 * MS
