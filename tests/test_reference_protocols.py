@@ -696,3 +696,34 @@ def test_realtime_text_item_and_text_only_response(server: Served) -> None:
     truth = server.wait_turns(lambda r: r["reply_text"] and "queen of hearts" in r["reply_text"])
     assert truth and truth[0]["marks"]["tts_request"] is None
     assert truth[0]["marks"]["first_audio_sent"] is None
+
+
+def test_realtime_response_cancel(server: Served) -> None:
+    async def main() -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        async with (
+            aiohttp.ClientSession() as cs,
+            cs.ws_connect(server.ws + "/v1/realtime") as ws,
+        ):
+            item = {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "two of spades"}],
+            }
+            await ws.send_json({"type": "conversation.item.create", "item": item})
+            await ws.send_json({"type": "response.create"})
+            async with asyncio.timeout(20):
+                async for msg in ws:
+                    events.append(json.loads(msg.data))
+                    if events[-1]["type"] == "response.created":
+                        await ws.send_json({"type": "response.cancel"})
+                    if events[-1]["type"] == "response.done":
+                        break
+        return events
+
+    events = asyncio.run(main())
+    final = events[-1]["response"]
+    assert final["status"] == "cancelled"
+    assert final["status_details"]["reason"] == "client_cancelled"
+    assert final["output"][0]["status"] == "incomplete"
+    _validate_realtime(json.dumps(events[-1]))

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
+from voiceaudit.reference.asr import AsrError
 from voiceaudit.reference.dsp import F32, StreamResampler, float_to_pcm16, streaming_wav_header
 from voiceaudit.reference.groundtruth import TurnRecord
 from voiceaudit.reference.pipeline import CTX_KEY, ServerContext, Speaker, chunking_mode, new_id
@@ -117,7 +118,13 @@ async def transcriptions(request: web.Request) -> web.StreamResponse:
             param="file",
         )
     record.input_rate = rate
-    result = await ctx.asr.transcribe(pcm)
+    try:
+        result = await ctx.asr.transcribe(pcm)
+    except AsrError as exc:
+        record.status = "failed"
+        record.error = exc.message
+        ctx.truth.write_turn(record)
+        return error_response(500, f"Speech recognition failed: {exc.message}")
     record.mark("asr_done")
     await ctx.stage_delay(record, "asr")
     record.mark("transcript_final")

@@ -172,6 +172,10 @@ class RealtimeSession:
         self._speech_record: TurnRecord | None = None
         self._response_task: asyncio.Task[None] | None = None
         self._user_turns_in_flight = 0
+        #: Why the running response would be cancelled (response.status_details.reason).
+        self._cancel_reason = "turn_detected"
+        #: Turns whose record a response (or the pending slot) will write.
+        self._handed_over: set[int] = set()
         self._response_requested = False
         self._turn_tasks: set[asyncio.Task[Any]] = set()
         self._small = ctx.injections.small_writes_bytes
@@ -525,6 +529,12 @@ class RealtimeSession:
     ) -> None:
         try:
             await self._user_turn_inner(record, item_id, stop, t_ns, transcript)
+        except asyncio.CancelledError:
+            # The session ended before this turn reached a response: record it as it is.
+            if id(record) not in self._handed_over:
+                record.status = "client_disconnected"
+                self.ctx.truth.write_turn(record)
+            raise
         finally:
             self._user_turns_in_flight -= 1
 
@@ -606,6 +616,7 @@ class RealtimeSession:
         else:
             # Wait for response.create; an earlier unanswered turn is written as it is.
             self._flush_pending("no_response")
+            self._handed_over.add(id(record))
             self._pending_record = record
 
     def _flush_pending(self, status: str) -> None:
@@ -617,6 +628,8 @@ class RealtimeSession:
     # --- responses -------------------------------------------------------------------
 
     def _start_response(self, record: TurnRecord) -> None:
+        self._handed_over.add(id(record))
+        self._cancel_reason = "turn_detected"
         if self._response_task is not None and not self._response_task.done():
             self._response_task.cancel()
         task = asyncio.ensure_future(self._respond(record))
@@ -733,7 +746,7 @@ class RealtimeSession:
                 record.error = result.error
         except asyncio.CancelledError:
             status = "cancelled"
-            reason = "turn_detected"
+            reason = self._cancel_reason
             text = record.reply_text or ""
             audio_ns = record.reply_audio_ns
         record.status = status
@@ -851,6 +864,7 @@ class RealtimeSession:
                 raise ProtocolError(
                     "response_cancel_not_active", "Cancellation failed: no active response found."
                 )
+            self._cancel_reason = "client_cancelled"
             task.cancel()
         elif etype == "conversation.item.create":
             self._on_item_create(event)
@@ -934,6 +948,10 @@ class RealtimeSession:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self._flush_pending("no_response")
+        if self._speech_record is not None:  # the caller left while speaking
+            self._speech_record.status = "client_disconnected"
+            self.ctx.truth.write_turn(self._speech_record)
+            self._speech_record = None
 
 
 class _RealtimeSink:
