@@ -389,7 +389,9 @@ _VOICING_BAND_HZ = (80.0, 1000.0)
 _PITCH_RANGE_HZ = (70.0, 400.0)
 _VOICED = 0.7  # normalised autocorrelation at a pitch lag that makes a frame voiced
 _MIN_VOICED_MS = 30.0  # a region needs this much voicing: breaths, clicks, noise have none
-_ATTACH_MS = 110.0  # unvoiced sound (s, f, a t release) counts only this close to voicing
+# Unvoiced sound (s, f, a plosive release) counts only this close to voiced speech:
+_ATTACH_AFTER_MS = 110.0  # after it (a final stop's silent closure comes first)
+_ATTACH_BEFORE_MS = 40.0  # before it (an initial consonant runs into its vowel)
 _MERGE_MS = 300.0  # pauses shorter than this do not split a segment (the hangover)
 # An edge this close to digital silence moves onto it exactly. Ends get longer: speech
 # fades out (final consonants, decay) but starts abruptly.
@@ -461,18 +463,26 @@ def _segments(x: F64, rate: int) -> list[tuple[int, int]]:
         starts, ends = _sound_regions(x, rate, silent)
     if starts.size == 0:
         return []
+    # A dip shorter than a frame is below the resolution of the frames: not a pause.
+    joined = np.concatenate(([True], starts[1:] - ends[:-1] >= _FRAME_MS * rate / 1000))
+    starts, ends = starts[joined], ends[np.concatenate((joined[1:], [True]))]
     voiced_at = _voiced_frame_centres(x, rate)
     n_voiced = np.searchsorted(voiced_at, ends) - np.searchsorted(voiced_at, starts)
     voiced = n_voiced * _VOICING_HOP_MS >= _MIN_VOICED_MS
     # An unvoiced region (a fricative, a plosive release) belongs to the speech when it
-    # lies within _ATTACH_MS of a voiced region. Only direct neighbours count, so a run of
-    # unvoiced bursts (breaths, clicks, crowd noise) cannot chain itself onto the speech.
-    attach = _ATTACH_MS * rate / 1000
+    # follows a voiced region within _ATTACH_AFTER_MS (a final stop's closure is silent) or
+    # precedes one within _ATTACH_BEFORE_MS (an initial consonant runs into its vowel).
+    # Only direct neighbours count, so a run of unvoiced bursts (breaths, clicks, crowd
+    # noise) cannot chain itself onto the speech.
     gap_before = np.concatenate(([np.inf], starts[1:] - ends[:-1]))
     gap_after = np.concatenate((starts[1:] - ends[:-1], [np.inf]))
     voiced_before = np.concatenate(([False], voiced[:-1]))
     voiced_after = np.concatenate((voiced[1:], [False]))
-    kept = voiced | (voiced_before & (gap_before < attach)) | (voiced_after & (gap_after < attach))
+    kept = (
+        voiced
+        | (voiced_before & (gap_before < _ATTACH_AFTER_MS * rate / 1000))
+        | (voiced_after & (gap_after < _ATTACH_BEFORE_MS * rate / 1000))
+    )
     return [(int(a), int(b)) for a, b in zip(starts[kept], ends[kept], strict=True)]
 
 
