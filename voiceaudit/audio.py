@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 #: Bump whenever :func:`detect_speech` can give a different answer: it invalidates the caches.
-DETECTOR_VERSION = 1
+DETECTOR_VERSION = 2
 
 #: Suffixes read as headerless 16-bit little-endian mono PCM (``rate`` is required).
 HEADERLESS_SUFFIXES = (".raw", ".pcm", ".s16")
