@@ -13,7 +13,7 @@ import contextlib
 import random
 import secrets
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -137,10 +137,10 @@ class InputPipeline:
         self._pos = 0  # 16 kHz samples received
         self._stream: AsrStream | None = None
         self._stream_opening: asyncio.Task[AsrStream] | None = None
+        self._abandoned: set[asyncio.Task[AsrStream]] = set()
         self._pending: list[bytes] = []
         self._start: SpeechStart | None = None
         self._last_voiced_arrival: int | None = None
-        self.received_samples_in = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
 
@@ -157,7 +157,6 @@ class InputPipeline:
         """New input audio (float, at ``input_rate``), received at ``arrival_ns``."""
         if self._closed:
             return
-        self.received_samples_in += samples.size
         x = self._resampler.process(samples)
         self._append(x)
         if self._start is not None:
@@ -211,9 +210,12 @@ class InputPipeline:
             if t.cancelled() or t.exception() is not None:
                 return
             stream = t.result()
-            if self._stream_opening is not task:
-                stream.cancel()  # the utterance ended or was abandoned meanwhile
+            if task in self._abandoned:
+                self._abandoned.discard(task)
+                stream.cancel()  # the utterance was dropped meanwhile
                 return
+            if self._stream_opening is not task:
+                return  # the utterance already ended: its finish() owns the stream
             self._stream = stream
             with contextlib.suppress(AsrError):
                 for pcm in self._pending:
@@ -297,6 +299,8 @@ class InputPipeline:
         if self._stream is not None:
             self._stream.cancel()
             self._stream = None
+        if self._stream_opening is not None:
+            self._abandoned.add(self._stream_opening)
         self._stream_opening = None
         self._pending = []
 
@@ -524,7 +528,6 @@ async def run_reply(
     sink: ReplySink,
     rng: random.Random,
     *,
-    on_token: Callable[[str], None] | None = None,
     wpm: int | None = None,
     speak: bool = True,
 ) -> ReplyResult:
@@ -548,8 +551,6 @@ async def run_reply(
             record.mark("llm_first_token")
             tokens += 1
             reply_parts.append(token)
-            if on_token is not None:
-                on_token(token)
             await sink.send_text_delta(token)
             segment = chunker.push(token)
             if segment is not None:
