@@ -89,6 +89,12 @@ def register(app: typer.Typer) -> None:
             "--inject",
             help="With the built-in pipeline only: fault injection NAME=VALUE (repeatable).",
         ),
+        capture: bool = typer.Option(
+            False,
+            "--capture",
+            help="Capture the target's traffic with dumpcap into capture.pcapng in the run "
+            "directory (needs root or capabilities on dumpcap; runs on without it).",
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
         """Replay speech through a pipeline at real-time pace and record a trace."""
@@ -128,6 +134,7 @@ def register(app: typer.Typer) -> None:
                 options,
                 trace_path,
                 as_json,
+                capture,
             )
         )
         summary = result.summary()
@@ -152,6 +159,7 @@ async def _run(
     options: Any,
     trace_path: Path,
     quiet: bool,
+    capture: bool = False,
 ) -> Any:
     from voiceaudit.probe.runner import Probe
     from voiceaudit.targets.base import TargetConfig
@@ -183,6 +191,9 @@ async def _run(
             options=topts,
         )
         target = get_target_class(proto)(config)
+        dumpcap = (
+            _start_capture(target_url, proto, trace_path.parent, run_config) if capture else None
+        )
         observer = _ProgressObserver(quiet=quiet)
         probe = Probe(
             target, utterances, options, trace_path, observer=observer, run_config=run_config
@@ -208,9 +219,47 @@ async def _run(
             return await probe.run()
         finally:
             observer.close()
+            if dumpcap is not None:
+                res = dumpcap.stop()
+                err_console().print(
+                    f"[dim]capture: {res.path} ({res.packets if res.packets is not None else '?'}"
+                    " packets)[/]"
+                )
     finally:
         if server is not None:
             await server.close()
+
+
+def _start_capture(url: str, protocol: str, run_dir: Path, run_config: dict[str, Any]) -> Any:
+    """Start dumpcap for the target; on missing rights, say what to do and run on."""
+    import os
+
+    from voiceaudit.capture.dumpcap import KEYLOG_NAME, Dumpcap, plan_capture
+    from voiceaudit.errors import EnvironmentProblem
+
+    if protocol == "python":
+        raise UsageError("--capture needs a network target (not python://)")
+    plan = plan_capture(url, media_udp=protocol == "webrtc")
+    if plan.tls:
+        # Python's ssl honours SSLKEYLOGFILE in every default context made after this.
+        os.environ["SSLKEYLOGFILE"] = str(run_dir / KEYLOG_NAME)
+        run_config["tls_keylog"] = KEYLOG_NAME
+    cap = Dumpcap(
+        run_dir / "capture.pcapng", interface=plan.interface, capture_filter=plan.capture_filter
+    )
+    try:
+        cap.start()
+    except EnvironmentProblem as exc:
+        err_console().print(f"[yellow]warning:[/] no capture: {exc.message}")
+        if exc.hint:
+            err_console().print(f"[dim]hint:[/] {exc.hint}")
+        return None
+    run_config["capture"] = {
+        "file": "capture.pcapng",
+        "interface": plan.interface,
+        "filter": plan.capture_filter,
+    }
+    return cap
 
 
 def reference_url(server: Any, protocol: str) -> str:

@@ -35,6 +35,7 @@ import ipaddress
 import json
 import socket
 import time
+from collections import deque
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -45,6 +46,8 @@ from voiceaudit.errors import TargetError, missing_extra
 from voiceaudit.targets.base import Target, TargetConfig, TargetSession, TargetSink
 
 RATE = 48000
+#: quiet frames kept before the first audible one (3 x 20 ms)
+PRE_FRAMES = 3
 
 #: data-channel event -> (mark name, stage)
 _DC_MARKS: dict[str, tuple[str, str]] = {
@@ -94,6 +97,8 @@ class WebRTCSession(TargetSession):
         self._quiet_ns = 0
         self._jb_delays: list[int] = []
         self._first_rtp_in = False
+        self._mapper: Any = None
+        self._pre: deque[tuple[int, int, bytes, int]] = deque(maxlen=PRE_FRAMES)
         self.quiet_ns = config.int_option("quiet_ms", 600) * 1_000_000
         self.threshold = float(config.option("threshold", "0.003"))
 
@@ -192,11 +197,11 @@ class WebRTCSession(TargetSession):
             msg = self._failed
             await self.close()
             raise TargetError(msg)
-        self._hook_receivers(pc)
 
     async def _negotiate(self, pc: Any, description: Any) -> None:
         offer = await pc.createOffer()
         await pc.setLocalDescription(offer)  # aiortc gathers candidates here (no trickle)
+        self._hook_receivers(pc)
         self.sink.mark("webrtc.offer_sent", "session", time.monotonic_ns(), {})
         answer = await self._exchange(pc.localDescription.sdp)
         self.sink.mark("webrtc.answer_received", "session", time.monotonic_ns(), {})
@@ -204,9 +209,13 @@ class WebRTCSession(TargetSession):
         await self._connected.wait()
 
     def _hook_receivers(self, pc: Any) -> None:
-        """Stamp every RTP packet's arrival before aiortc's jitter buffer sees it."""
+        """Stamp every RTP packet's arrival before aiortc's jitter buffer sees it.
+
+        Installed before the connection exists, so no packet arrives unstamped.
+        """
         for receiver in pc.getReceivers():
             original = receiver._handle_rtp_packet
+            self._mapper = getattr(receiver, "_RTCRtpReceiver__timestamp_mapper", None)
 
             async def stamped(packet: Any, arrival_time_ms: int, _orig: Any = original) -> None:
                 now = time.monotonic_ns()
@@ -223,14 +232,20 @@ class WebRTCSession(TargetSession):
 
             receiver._handle_rtp_packet = stamped
 
+    def _origin(self) -> int | None:
+        """The RTP timestamp aiortc subtracts from decoded frames' pts."""
+        origin = getattr(self._mapper, "_origin", None)
+        return origin if isinstance(origin, int) else self._ts_origin
+
     async def _receive(self, track: Any) -> None:
         try:
             while True:
                 frame = await track.recv()
                 now = time.monotonic_ns()
                 arrival = now
-                if self._ts_origin is not None and frame.pts is not None:
-                    raw = (int(frame.pts) + self._ts_origin) % (1 << 32)
+                origin = self._origin()
+                if origin is not None and frame.pts is not None:
+                    raw = (int(frame.pts) + origin) % (1 << 32)
                     arrival = self._arrivals.pop(raw, now)
                 self._on_frame(arrival, now, frame)
         except asyncio.CancelledError:
@@ -250,9 +265,16 @@ class WebRTCSession(TargetSession):
         audible = bool(samples.size) and float(np.abs(samples).max()) > self.threshold
         if not self._forwarding:
             if not audible:
+                # Keep the last few quiet frames: the reply's first sound may begin in them,
+                # below this frame-level gate but audible to the onset detector.
+                self._pre.append((arrival, decoded, pcm, int(frame.sample_rate)))
                 return
             self._forwarding = True
             self._quiet_ns = 0
+            for p_arrival, p_decoded, p_pcm, p_rate in self._pre:
+                self._jb_delays.append(p_decoded - p_arrival)
+                self.sink.reply_audio(p_arrival, p_pcm, p_rate, len(p_pcm))
+            self._pre.clear()
         self._jb_delays.append(decoded - arrival)
         self.sink.reply_audio(arrival, pcm, int(frame.sample_rate), len(pcm))
         if audible:
@@ -282,6 +304,7 @@ class WebRTCSession(TargetSession):
     async def start_turn(self, turn: int) -> None:
         self._in_turn = True
         self._forwarding = False
+        self._pre.clear()
         self._jb_delays = []
 
     async def end_turn(self) -> None:

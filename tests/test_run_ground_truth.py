@@ -1,0 +1,117 @@
+"""`voiceaudit run` against the reference pipeline, checked against the server's own truth.
+
+For every protocol the probe speaks, the reference server records when it handed each
+reply audio message to its socket (or, over WebRTC, to the encoder). The true
+voice-to-voice of a turn is then
+
+    server's first reply message sent + onset of the first audible sample in the reply
+    - the speech end (the instant the recording's last speech sample was "spoken")
+
+and the probe's figure may differ from it only by the transport on loopback and the
+playout of the first message: within 5 ms (10 ms over WebRTC, whose Opus codec delays
+audio by its look-ahead) for at least 95 % of turns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from voiceaudit.reference.groundtruth import read_ground_truth
+from voiceaudit.trace_io import Trace, read_trace
+
+pytestmark = pytest.mark.slow
+
+MS = 1_000_000
+UTTERANCES = ("01_weather.wav", "03_lights.wav", "05_joke.wav", "06_thanks.wav")
+PROTOCOLS = {"realtime": 5 * MS, "websocket": 5 * MS, "cascade": 5 * MS, "webrtc": 10 * MS}
+
+
+async def _record(base: Path) -> None:
+    from voiceaudit.cli.run_cmd import reference_url
+    from voiceaudit.probe.runner import ProbeOptions, run_probe
+    from voiceaudit.probe.utterances import bundled_dir, load_utterances
+    from voiceaudit.reference.config import ServerConfig
+    from voiceaudit.reference.server import start_reference_server
+    from voiceaudit.targets.base import TargetConfig
+    from voiceaudit.targets.registry import get_target_class
+
+    utterances = load_utterances([bundled_dir() / u for u in UTTERANCES])
+    server = await start_reference_server(
+        ServerConfig(ground_truth_path=base / "ground_truth.jsonl")
+    )
+    try:
+        for protocol in PROTOCOLS:
+            target = get_target_class(protocol)(
+                TargetConfig(url=reference_url(server, protocol), protocol=protocol)
+            )
+            await run_probe(
+                target, utterances, ProbeOptions(gap_ms=300), base / f"{protocol}.jsonl"
+            )
+    finally:
+        await server.close()
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Trace], list[Any]]:
+    base = tmp_path_factory.mktemp("run-truth")
+    asyncio.run(_record(base))
+    traces = {p: read_trace(base / f"{p}.jsonl") for p in PROTOCOLS}
+    truth = [r for r in read_ground_truth(base / "ground_truth.jsonl") if r.get("record") == "turn"]
+    return traces, truth
+
+
+def _truth_v2v(turn_events: dict[str, Any], truth: list[dict[str, Any]]) -> int | None:
+    start = turn_events["turn.start"].t_ns
+    end = turn_events["turn.end"].t_ns
+    sent = sorted(
+        r["marks"]["first_audio_sent"]
+        for r in truth
+        if r["marks"].get("first_audio_sent") is not None
+        and start <= r["marks"]["first_audio_sent"] <= end
+    )
+    if not sent:
+        return None
+    audible = turn_events["reply.audible"]
+    onset_ns = round(audible.attrs["onset_ms"] * MS)
+    return int(sent[0] + onset_ns - turn_events["input.speech_end"].t_ns)
+
+
+@pytest.mark.parametrize("protocol", list(PROTOCOLS))
+def test_probe_agrees_with_server_truth(
+    protocol: str, recorded: tuple[dict[str, Trace], list[Any]]
+) -> None:
+    traces, truth = recorded
+    tr = traces[protocol]
+    finished = tr.finished_turns()
+    assert len(finished) == len(UTTERANCES)
+    errors = []
+    for session, turn in finished:
+        evs: dict[str, Any] = {}
+        for e in tr.turn_events(session, turn):
+            evs.setdefault(e.name, e)
+        assert evs["turn.end"].attrs["ok"], evs["turn.end"].attrs
+        truth_v2v = _truth_v2v(evs, truth)
+        assert truth_v2v is not None, f"no server reply found for {protocol} turn {turn}"
+        measured = evs["reply.audible"].t_ns - evs["input.speech_end"].t_ns
+        assert measured == evs["turn.end"].attrs["voice_to_voice_ns"]
+        errors.append(measured - truth_v2v)
+    within = [abs(e) <= PROTOCOLS[protocol] for e in errors]
+    # The probe is never earlier than the server could have made it.
+    assert min(errors) > -1 * MS, errors
+    assert sum(within) >= 0.95 * len(within), [e / MS for e in errors]
+
+
+def test_webrtc_reports_its_own_jitter_buffer(
+    recorded: tuple[dict[str, Trace], list[Any]],
+) -> None:
+    tr = recorded[0]["webrtc"]
+    jb = [e for e in tr.events if e.name == "webrtc.jitter_buffer"]
+    assert len(jb) == len(UTTERANCES)
+    # aiortc holds audio back before decoding (its jitter buffer prefetches packets)
+    assert all(e.attrs["mean_ms"] > 0 for e in jb)
+    names = {e.name for e in tr.events if e.turn is None}
+    assert {"webrtc.offer_sent", "webrtc.answer_received", "webrtc.dtls_connected"} <= names
