@@ -7,9 +7,10 @@ voice-to-voice of a turn is then
     server's first reply message sent + onset of the first audible sample in the reply
     - the speech end (the instant the recording's last speech sample was "spoken")
 
-and the probe's figure may differ from it only by the transport on loopback and the
-playout of the first message: within 5 ms (10 ms over WebRTC, whose Opus codec delays
-audio by its look-ahead) for at least 95 % of turns.
+(more exactly: the send time of the message holding the reply's first audible sample, plus
+that sample's offset in it). The probe's figure may differ from it only by the transport on
+loopback: within 5 ms (10 ms over WebRTC, whose Opus codec delays audio by its look-ahead)
+for at least 95 % of turns.
 """
 
 from __future__ import annotations
@@ -64,20 +65,34 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Trace]
     return traces, truth
 
 
-def _truth_v2v(turn_events: dict[str, Any], truth: list[dict[str, Any]]) -> int | None:
+def _truth_v2v(
+    turn_events: dict[str, Any], chunks: list[Any], truth: list[dict[str, Any]]
+) -> int | None:
     start = turn_events["turn.start"].t_ns
     end = turn_events["turn.end"].t_ns
-    sent = sorted(
-        r["marks"]["first_audio_sent"]
-        for r in truth
-        if r["marks"].get("first_audio_sent") is not None
-        and start <= r["marks"]["first_audio_sent"] <= end
-    )
-    if not sent:
+    records = sorted(
+        (r for r in truth if r["marks"].get("first_audio_sent") is not None
+         and start <= r["marks"]["first_audio_sent"] <= end),
+        key=lambda r: r["marks"]["first_audio_sent"],
+    )  # fmt: skip
+    if not records:
         return None
+    first = records[0]
     audible = turn_events["reply.audible"]
-    onset_ns = round(audible.attrs["onset_ms"] * MS)
-    return int(sent[0] + onset_ns - turn_events["input.speech_end"].t_ns)
+    onset = audible.attrs["sample"]
+    rate = chunks[0].attrs["rate"]
+    # The probe's reply may begin before the server's first reply message (a WebRTC stream
+    # never stops: the probe keeps a few quiet frames before the first audible one). The
+    # server's first message is the probe chunk that arrived just after it was sent.
+    sent0 = first["marks"]["first_audio_sent"]
+    c = min(chunks, key=lambda ch: abs(ch.t_ns - sent0))
+    into_reply = onset - c.attrs["offset"]
+    assert into_reply >= 0, "the onset lies before the server's reply"
+    sent = first["audio_sent_ns"]
+    frame = c.attrs["samples"]
+    j = min(into_reply // frame, len(sent) - 1)
+    heard = sent[j] + (into_reply - j * frame) * 1_000_000_000 // rate
+    return int(heard - turn_events["input.speech_end"].t_ns)
 
 
 @pytest.mark.parametrize("protocol", list(PROTOCOLS))
@@ -91,10 +106,13 @@ def test_probe_agrees_with_server_truth(
     errors = []
     for session, turn in finished:
         evs: dict[str, Any] = {}
-        for e in tr.turn_events(session, turn):
+        chunks = []
+        for e in sorted(tr.turn_events(session, turn), key=lambda e: e.t_ns):
             evs.setdefault(e.name, e)
+            if e.name == "reply.chunk":
+                chunks.append(e)
         assert evs["turn.end"].attrs["ok"], evs["turn.end"].attrs
-        truth_v2v = _truth_v2v(evs, truth)
+        truth_v2v = _truth_v2v(evs, chunks, truth)
         assert truth_v2v is not None, f"no server reply found for {protocol} turn {turn}"
         measured = evs["reply.audible"].t_ns - evs["input.speech_end"].t_ns
         assert measured == evs["turn.end"].attrs["voice_to_voice_ns"]
