@@ -1,0 +1,609 @@
+"""Latency budgets: the TOML file, parsed and checked strictly.
+
+A budget lives in ``voiceaudit.toml`` (tables ``[budget]`` and ``[regression]``), in
+``pyproject.toml`` (``[tool.voiceaudit.budget]``, ``[tool.voiceaudit.regression]``), or in
+any file given with ``--budget``. Everything in it is validated before a trace is read:
+an unknown key, metric, figure or segment, a malformed duration or a value of the wrong
+type is a :class:`BudgetError` (exit 2) whose message starts with ``FILE:LINE:``. Nothing
+is ignored silently, because an ignored line is a check that silently passes.
+
+See docs/ci.md for the format.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, NoReturn
+
+from voiceaudit.analysis.ledger import ALL_SEGMENTS
+from voiceaudit.errors import UsageError
+from voiceaudit.gate.tomlpos import Path as KeyPath
+from voiceaudit.gate.tomlpos import key_lines, line_of
+
+BUDGET_FILE = "voiceaudit.toml"
+PYPROJECT = "pyproject.toml"
+
+VOICE_TO_VOICE = "voice_to_voice"
+SEGMENT_PREFIX = "segment."
+#: Every metric a budget can name: voice-to-voice and each ledger segment.
+METRICS: tuple[str, ...] = (VOICE_TO_VOICE, *(SEGMENT_PREFIX + s for s in ALL_SEGMENTS))
+
+TestName = Literal["auto", "mann-whitney", "bootstrap"]
+TESTS: tuple[str, ...] = ("auto", "mann-whitney", "bootstrap")
+
+DEFAULT_REGRESSION_METRICS = ("voice_to_voice.p50", "voice_to_voice.p95")
+DEFAULT_MAX_INCREASE = "10%"
+DEFAULT_ALPHA = 0.01
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s)\s*$")
+_PERCENT = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*%\s*$")
+_PERCENTILE = re.compile(r"^p(\d{1,2}(?:\.\d+)?)$")
+_METRIC_FIGURE = re.compile(r"^(.+)\.(p\d{1,2}(?:\.\d+)?|mean|max|min)$")
+
+
+class BudgetError(UsageError):
+    """A budget file that cannot be used; the message names the file and line."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: Path | None = None,
+        line: int | None = None,
+        hint: str | None = None,
+    ) -> None:
+        where = ""
+        if path is not None:
+            where = f"{path}:{line}: " if line is not None else f"{path}: "
+        super().__init__(where + message, hint=hint)
+        self.path = path
+        self.line = line
+
+
+# -- values ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Figure:
+    """What is taken of a metric's per-turn values: ``mean``, ``min``, ``max`` or ``pQ``."""
+
+    name: str
+    #: the percentile (0 < q < 100) for ``pQ``, else None
+    q: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Figure | None:
+        if text in ("mean", "min", "max"):
+            return cls(text)
+        m = _PERCENTILE.match(text)
+        if m is None:
+            return None
+        q = float(m.group(1))
+        if not 0 < q < 100:
+            return None
+        return cls(text, q)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class Increase:
+    """How much slower than the baseline is allowed: a fraction or a duration."""
+
+    #: 0.10 for "10%"; None when absolute
+    relative: float | None = None
+    #: milliseconds for "50ms"; None when relative
+    absolute_ms: float | None = None
+
+    def allowed(self, baseline: float) -> float:
+        """The largest value that is not a regression against ``baseline``."""
+        if self.relative is not None:
+            return baseline * (1.0 + self.relative)
+        assert self.absolute_ms is not None
+        return baseline + self.absolute_ms
+
+    def __str__(self) -> str:
+        if self.relative is not None:
+            return f"+{_num(self.relative * 100)}%"
+        assert self.absolute_ms is not None
+        return f"+{_num(self.absolute_ms)} ms"
+
+
+def _num(x: float) -> str:
+    return f"{x:g}" if abs(x) < 1e6 else f"{x:.0f}"
+
+
+# -- the budget -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Limit:
+    """An upper limit on one figure of one metric: ``voice_to_voice.p95 <= 1300 ms``."""
+
+    metric: str
+    figure: Figure
+    limit_ms: float
+    #: turns needed for this metric, overriding the budget's ``min_turns``
+    min_turns: int | None = None
+    line: int | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.metric}.{self.figure}"
+
+
+@dataclass(frozen=True)
+class FailedTurnsLimit:
+    """``failed_turns = { max = N, max_share = "P%" }``."""
+
+    max_count: int | None = None
+    max_share: float | None = None
+    line: int | None = None
+
+
+@dataclass(frozen=True)
+class RegressionMetric:
+    metric: str
+    figure: Figure
+    line: int | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.metric}.{self.figure}"
+
+
+@dataclass(frozen=True)
+class Regression:
+    """``[regression]``: compare against a baseline."""
+
+    #: baseline traces (files or directories); empty when the CLI must supply one
+    baseline: tuple[Path, ...]
+    metrics: tuple[RegressionMetric, ...]
+    max_increase: Increase
+    alpha: float
+    test: TestName = "auto"
+    line: int | None = None
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A parsed budget file (or the defaults the CLI builds when only a baseline is given)."""
+
+    path: Path | None = None
+    limits: tuple[Limit, ...] = ()
+    failed_turns: FailedTurnsLimit | None = None
+    #: turns the statistics must have (also the sample size that makes a percentile usable)
+    min_turns: int | None = None
+    min_turns_line: int | None = None
+    regression: Regression | None = None
+    #: key paths → lines, for messages
+    lines: Mapping[KeyPath, int] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def empty(self) -> bool:
+        return (
+            not self.limits
+            and self.failed_turns is None
+            and self.min_turns is None
+            and self.regression is None
+        )
+
+    def with_baseline(self, baseline: Sequence[Path]) -> Budget:
+        """This budget with its regression baseline replaced (``--baseline``); a budget
+        without ``[regression]`` gets the default regression checks."""
+        from dataclasses import replace
+
+        reg = self.regression or default_regression()
+        return replace(self, regression=replace(reg, baseline=tuple(baseline)))
+
+
+def default_regression() -> Regression:
+    return Regression(
+        baseline=(),
+        metrics=tuple(
+            RegressionMetric(*_split_metric_figure(m)) for m in DEFAULT_REGRESSION_METRICS
+        ),
+        max_increase=Increase(relative=0.10),
+        alpha=DEFAULT_ALPHA,
+    )
+
+
+def _split_metric_figure(text: str) -> tuple[str, Figure]:
+    m = _METRIC_FIGURE.match(text)
+    assert m is not None
+    fig = Figure.parse(m.group(2))
+    assert fig is not None
+    return m.group(1), fig
+
+
+# -- loading --------------------------------------------------------------------------------
+
+
+def find_budget(cwd: Path | None = None) -> Path | None:
+    """``voiceaudit.toml`` in ``cwd``, else ``pyproject.toml`` if it has a
+    ``[tool.voiceaudit]`` table, else None."""
+    base = cwd or Path.cwd()
+    own = base / BUDGET_FILE
+    if own.is_file():
+        return own
+    py = base / PYPROJECT
+    if py.is_file():
+        try:
+            doc = tomllib.loads(py.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            return py  # let load_budget report the problem with its line
+        tool = doc.get("tool")
+        if isinstance(tool, dict) and "voiceaudit" in tool:
+            return py
+    return None
+
+
+def load_budget(path: Path) -> Budget:
+    """Read and validate a budget file (``pyproject.toml``: its ``[tool.voiceaudit]``)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BudgetError("no such budget file", path=path) from None
+    except IsADirectoryError:
+        raise BudgetError("is a directory, not a budget file", path=path) from None
+    except UnicodeDecodeError:
+        raise BudgetError("not UTF-8 text", path=path) from None
+    except OSError as exc:
+        raise BudgetError(f"cannot read: {exc.strerror}", path=path) from None
+    return parse_budget(text, path=path, pyproject=path.name == PYPROJECT)
+
+
+_TOML_AT = re.compile(r"^(.*) \(at line (\d+), column (\d+)\)$")
+
+
+def parse_budget(text: str, *, path: Path | None = None, pyproject: bool = False) -> Budget:
+    """Parse budget TOML text. ``pyproject``: the budget is ``[tool.voiceaudit]``."""
+    shown = path or Path("<budget>")
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        msg = str(exc)
+        m = _TOML_AT.match(msg)
+        if m is not None:
+            raise BudgetError(
+                f"not valid TOML: {m.group(1)} (column {m.group(3)})",
+                path=shown,
+                line=int(m.group(2)),
+            ) from None
+        raise BudgetError(f"not valid TOML: {msg}", path=shown) from None
+    parser = _Parser(shown, key_lines(text))
+    root: tuple[str, ...] = ()
+    if pyproject:
+        tool = doc.get("tool")
+        table = tool.get("voiceaudit") if isinstance(tool, dict) else None
+        if table is None:
+            raise BudgetError(
+                "no [tool.voiceaudit] table",
+                path=shown,
+                hint="add [tool.voiceaudit.budget] and/or [tool.voiceaudit.regression]",
+            )
+        root = ("tool", "voiceaudit")
+        if not isinstance(table, dict):
+            parser.fail(root, "tool.voiceaudit must be a table")
+        doc = table
+    return parser.budget(doc, root)
+
+
+class _Parser:
+    def __init__(self, path: Path, lines: dict[KeyPath, int]) -> None:
+        self.path = path
+        self.lines = lines
+
+    def line(self, at: KeyPath) -> int | None:
+        return line_of(self.lines, at)
+
+    def fail(self, at: KeyPath, message: str, hint: str | None = None) -> NoReturn:
+        raise BudgetError(message, path=self.path, line=self.line(at), hint=hint)
+
+    def unknown(
+        self, at: KeyPath, what: str, known: Sequence[str], hint: str | None = None
+    ) -> NoReturn:
+        key = str(at[-1])
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        extra = f" (did you mean {close[0]!r}?)" if close else ""
+        self.fail(at, f"unknown {what} {key!r}{extra}", hint or f"known: {', '.join(known)}")
+
+    def budget(self, doc: dict[str, Any], root: tuple[str, ...]) -> Budget:
+        for key in doc:
+            if key not in ("budget", "regression"):
+                self.unknown((*root, key), "key", ["budget", "regression"])
+        limits: list[Limit] = []
+        failed: FailedTurnsLimit | None = None
+        min_turns: int | None = None
+        min_turns_line: int | None = None
+        if "budget" in doc:
+            at = (*root, "budget")
+            table = self.table(doc["budget"], at, "[budget]")
+            for key, value in table.items():
+                here = (*at, key)
+                if key == "min_turns":
+                    min_turns = self.count(value, here, "min_turns", minimum=1)
+                    min_turns_line = self.line(here)
+                elif key == "failed_turns":
+                    failed = self.failed_turns(value, here)
+                elif key == "segment" and isinstance(value, dict):
+                    # segment.NAME = {...} written as a dotted key or a [budget.segment] table
+                    for seg, sub in value.items():
+                        limits.extend(self.metric_limits(f"segment.{seg}", sub, (*here, seg)))
+                else:
+                    limits.extend(self.metric_limits(key, value, here))
+        regression = None
+        if "regression" in doc:
+            regression = self.regression(doc["regression"], (*root, "regression"))
+        budget = Budget(
+            path=self.path,
+            limits=tuple(limits),
+            failed_turns=failed,
+            min_turns=min_turns,
+            min_turns_line=min_turns_line,
+            regression=regression,
+            lines=dict(self.lines),
+        )
+        if budget.empty:
+            self.fail(
+                (*root, "budget") if "budget" in doc else root,
+                "the budget defines no checks",
+                hint='add a [budget] limit such as voice_to_voice = { p95 = "1300ms" }, '
+                "or a [regression] baseline",
+            )
+        return budget
+
+    # -- pieces -------------------------------------------------------------------------
+
+    def table(self, value: Any, at: KeyPath, what: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            self.fail(at, f"{what} must be a table, not {_kind(value)}")
+        out: dict[str, Any] = value
+        return out
+
+    def metric_name(self, name: str, at: KeyPath) -> str:
+        if name in METRICS:
+            return name
+        if name.startswith(SEGMENT_PREFIX):
+            seg = name[len(SEGMENT_PREFIX) :]
+            close = difflib.get_close_matches(seg, ALL_SEGMENTS, n=1, cutoff=0.6)
+            extra = f" (did you mean 'segment.{close[0]}'?)" if close else ""
+            self.fail(
+                at,
+                f"unknown segment {seg!r}{extra}",
+                hint=f"segments: {', '.join(ALL_SEGMENTS)}",
+            )
+        if name in ALL_SEGMENTS:
+            self.fail(
+                at,
+                f"unknown metric {name!r} (did you mean 'segment.{name}'?)",
+                hint="segments are named segment.NAME",
+            )
+        close = difflib.get_close_matches(
+            name, [*METRICS, "failed_turns", "min_turns"], n=1, cutoff=0.6
+        )
+        extra = f" (did you mean {close[0]!r}?)" if close else ""
+        self.fail(
+            at,
+            f"unknown metric {name!r}{extra}",
+            hint="metrics: voice_to_voice, segment.NAME (a ledger segment), failed_turns, "
+            "min_turns",
+        )
+
+    def metric_limits(self, name: str, value: Any, at: KeyPath) -> list[Limit]:
+        metric = self.metric_name(name, at)
+        table = self.table(value, at, f"{name}")
+        min_turns = None
+        figures: list[tuple[Figure, float, int | None]] = []
+        for key, v in table.items():
+            here = (*at, key)
+            if key == "min_turns":
+                min_turns = self.count(v, here, f"{name}.min_turns", minimum=1)
+                continue
+            fig = Figure.parse(key)
+            if fig is None:
+                self.fail(
+                    here,
+                    f"{name}: unknown figure {key!r}",
+                    hint="use mean, min, max or a percentile such as p50, p90, p95, p99 "
+                    "(and min_turns)",
+                )
+            if isinstance(v, dict) and fig.q is not None:
+                decimals = ", ".join(f'"{key}.{d}"' for d in v)
+                self.fail(
+                    here,
+                    f"{name}.{key} is a table: a percentile with decimals is a dotted key in TOML",
+                    hint=f"quote it: {decimals} = ...",
+                )
+            figures.append((fig, self.duration(v, here, f"{name}.{key}"), self.line(here)))
+        if not figures:
+            self.fail(
+                at,
+                f"{name}: no limit given",
+                hint=f'write it like {name} = {{ p95 = "1300ms" }}',
+            )
+        return [Limit(metric, fig, ms, min_turns, line) for fig, ms, line in figures]
+
+    def failed_turns(self, value: Any, at: KeyPath) -> FailedTurnsLimit:
+        table = self.table(value, at, "failed_turns")
+        max_count = None
+        max_share = None
+        for key, v in table.items():
+            here = (*at, key)
+            if key == "max":
+                max_count = self.count(v, here, "failed_turns.max", minimum=0)
+            elif key == "max_share":
+                max_share = self.percent(v, here, "failed_turns.max_share")
+            else:
+                self.unknown(here, "key in failed_turns", ["max", "max_share"])
+        if max_count is None and max_share is None:
+            self.fail(at, "failed_turns: no limit given", hint="write failed_turns = { max = 0 }")
+        return FailedTurnsLimit(max_count, max_share, self.line(at))
+
+    def regression(self, value: Any, at: KeyPath) -> Regression:
+        table = self.table(value, at, "[regression]")
+        known = ["baseline", "metrics", "max_increase", "alpha", "test"]
+        for key in table:
+            if key not in known:
+                self.unknown((*at, key), "key in [regression]", known)
+        baseline: list[Path] = []
+        if "baseline" in table:
+            here = (*at, "baseline")
+            raw = table["baseline"]
+            items = raw if isinstance(raw, list) else [raw]
+            for i, item in enumerate(items):
+                where = (*here, i) if isinstance(raw, list) else here
+                if not isinstance(item, str) or not item.strip():
+                    self.fail(
+                        where,
+                        f"baseline must be a path (a trace or a run directory), not {_kind(item)}",
+                    )
+                p = Path(item)
+                if not p.is_absolute():
+                    # relative to the budget file's directory
+                    p = Path(os.path.normpath(self.path.parent / p))
+                baseline.append(p)
+            if not baseline:
+                self.fail(here, "baseline is an empty list")
+        metrics: list[RegressionMetric] = []
+        if "metrics" in table:
+            here = (*at, "metrics")
+            raw = table["metrics"]
+            if not isinstance(raw, list) or not raw:
+                self.fail(
+                    here,
+                    "metrics must be a non-empty list such as "
+                    '["voice_to_voice.p50", "voice_to_voice.p95"]',
+                )
+            for i, item in enumerate(raw):
+                metrics.append(self.regression_metric(item, (*here, i)))
+            seen: set[str] = set()
+            for i, m in enumerate(metrics):
+                if m.name in seen:
+                    self.fail((*here, i), f"metric {m.name!r} is listed twice")
+                seen.add(m.name)
+        else:
+            metrics = [
+                RegressionMetric(*_split_metric_figure(m), line=self.line(at))
+                for m in DEFAULT_REGRESSION_METRICS
+            ]
+        increase = Increase(relative=0.10)
+        if "max_increase" in table:
+            increase = self.increase(table["max_increase"], (*at, "max_increase"))
+        alpha = DEFAULT_ALPHA
+        if "alpha" in table:
+            here = (*at, "alpha")
+            v = table["alpha"]
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v <= 0.5:
+                self.fail(here, f"alpha must be a number in (0, 0.5], not {v!r}")
+            alpha = float(v)
+        test: TestName = "auto"
+        if "test" in table:
+            here = (*at, "test")
+            v = table["test"]
+            if v not in TESTS:
+                self.fail(here, f"unknown test {v!r}", hint=f"use one of: {', '.join(TESTS)}")
+            test = v
+        return Regression(tuple(baseline), tuple(metrics), increase, alpha, test, self.line(at))
+
+    def regression_metric(self, item: Any, at: KeyPath) -> RegressionMetric:
+        if not isinstance(item, str):
+            self.fail(
+                at,
+                "a regression metric must be a string like 'voice_to_voice.p95', "
+                f"not {_kind(item)}",
+            )
+        m = _METRIC_FIGURE.match(item)
+        if m is None:
+            self.fail(
+                at,
+                f"{item!r} is not METRIC.FIGURE",
+                hint="write it like voice_to_voice.p50, voice_to_voice.mean or "
+                "segment.model_first_token.p95",
+            )
+        metric = self.metric_name(m.group(1), at)
+        fig = Figure.parse(m.group(2))
+        if fig is None:
+            self.fail(at, f"{item!r}: unknown figure {m.group(2)!r}")
+        if fig.name in ("min", "max"):
+            self.fail(
+                at,
+                f"{item!r}: a regression needs a figure a test can compare (mean or a percentile)",
+                hint="the min and max of a run are single turns: use a percentile such as p95",
+            )
+        return RegressionMetric(metric, fig, self.line(at))
+
+    # -- scalars --------------------------------------------------------------------------
+
+    def duration(self, value: Any, at: KeyPath, what: str) -> float:
+        if isinstance(value, str):
+            m = _DURATION.match(value)
+            if m is not None:
+                x = float(m.group(1))
+                ms = x if m.group(2) == "ms" else x * 1000.0
+                if math.isfinite(ms):
+                    return ms
+            self.fail(
+                at, f"{what}: {value!r} is not a duration", hint='write it like "800ms" or "1.3s"'
+            )
+        self.fail(
+            at,
+            f"{what}: {value!r} is not a duration (a duration is a string with a unit)",
+            hint=f'write it like "{value}ms"'
+            if _is_number(value)
+            else 'write it like "800ms" or "1.3s"',
+        )
+
+    def percent(self, value: Any, at: KeyPath, what: str) -> float:
+        if isinstance(value, str):
+            m = _PERCENT.match(value)
+            if m is not None and float(m.group(1)) <= 100:
+                return float(m.group(1)) / 100.0
+        self.fail(at, f"{what}: {value!r} is not a percentage", hint='write it like "5%"')
+
+    def increase(self, value: Any, at: KeyPath) -> Increase:
+        if isinstance(value, str):
+            m = _PERCENT.match(value)
+            if m is not None:
+                return Increase(relative=float(m.group(1)) / 100.0)
+            d = _DURATION.match(value)
+            if d is not None:
+                x = float(d.group(1))
+                return Increase(absolute_ms=x if d.group(2) == "ms" else x * 1000.0)
+        self.fail(
+            at,
+            f"max_increase: {value!r} is neither a percentage nor a duration",
+            hint='write it like "10%" or "50ms"',
+        )
+
+    def count(self, value: Any, at: KeyPath, what: str, *, minimum: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            self.fail(at, f"{what} must be a whole number ≥ {minimum}, not {value!r}")
+        assert isinstance(value, int)
+        return value
+
+
+def _is_number(v: Any) -> bool:
+    return not isinstance(v, bool) and isinstance(v, int | float)
+
+
+def _kind(v: Any) -> str:
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, int | float):
+        return "a number"
+    if isinstance(v, str):
+        return "a string"
+    if isinstance(v, list):
+        return "a list"
+    if isinstance(v, dict):
+        return "a table"
+    return type(v).__name__

@@ -1,0 +1,675 @@
+"""Evaluate a budget against traces: every check with its evidence, pass or fail.
+
+The gate fails closed. Loading refuses to go on without evidence (no traces, only
+incomplete traces, no finished turn: :class:`~voiceaudit.errors.NoDataError`), and each
+check that cannot be decided fails with the reason: a metric the traces do not have, a
+percentile from too few turns ("not enough turns"), a baseline without the metric.
+
+Checks, in this order:
+
+``min_turns``
+    the statistics hold at least this many turns.
+``failed_turns``
+    failed turns (and turns cut short) at most ``max``, and at most ``max_share`` of the
+    finished turns.
+budget limits
+    ``METRIC.FIGURE <= LIMIT`` on the observed figure; its 95 % interval is shown, and a
+    limit inside the interval is pointed out (a re-run may flip the check).
+regression
+    ``METRIC.FIGURE`` of the current traces against the baseline's: a regression when
+    the current figure exceeds the baseline's plus ``max_increase`` *and* a one-sided
+    test (see :mod:`voiceaudit.gate.significance`) says so at ``alpha``, Holm-corrected
+    over the regression metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+
+from voiceaudit.analysis.ledger import ALL_SEGMENTS, BOUNDARIES, SEGMENTS, UNEXPLAINED, MarkTime
+from voiceaudit.analysis.report import Report, build_report
+from voiceaudit.analysis.stats import (
+    MIN_N_MEAN,
+    MIN_TAIL,
+    as_sorted,
+    mean_ci,
+    percentile,
+    percentile_ci,
+)
+from voiceaudit.errors import NoDataError, VoiceauditError
+from voiceaudit.gate.budget import (
+    SEGMENT_PREFIX,
+    VOICE_TO_VOICE,
+    Budget,
+    Figure,
+    Regression,
+    RegressionMetric,
+)
+from voiceaudit.gate.significance import (
+    FloatArray,
+    TestResult,
+    bootstrap_greater,
+    holm_adjusted,
+    mann_whitney_greater,
+)
+
+CheckKind = Literal["turns", "failed_turns", "budget", "regression"]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One check: what was compared, the evidence, and the verdict.
+
+    ``detail`` is the one line the summary prints; ``problem`` says why a failed check
+    failed: ``over the limit``, ``regression``, ``not enough turns``, ``not in the
+    traces``, ``not in the baseline``, ``no successful turns``.
+    """
+
+    kind: CheckKind
+    name: str
+    metric: str
+    passed: bool
+    detail: str
+    problem: str | None = None
+    figure: str | None = None
+    unit: str = "ms"
+    observed: float | None = None
+    ci95: tuple[float, float] | None = None
+    limit: float | None = None
+    n: int | None = None
+    needed: int | None = None
+    line: int | None = None
+    #: regression only
+    baseline: float | None = None
+    baseline_ci95: tuple[float, float] | None = None
+    baseline_n: int | None = None
+    increase: float | None = None
+    increase_share: float | None = None
+    allowed: float | None = None
+    method: str | None = None
+    test: str | None = None
+    p_value: float | None = None
+    p_adjusted: float | None = None
+    alpha: float | None = None
+    significant: bool | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def status(self) -> str:
+        return "pass" if self.passed else "fail"
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "kind": self.kind,
+            "name": self.name,
+            "metric": self.metric,
+            "figure": self.figure,
+            "status": self.status,
+            "detail": self.detail,
+            "problem": self.problem,
+            "unit": self.unit,
+            "observed": _r(self.observed),
+            "ci95": _pair(self.ci95),
+            "limit": _r(self.limit),
+            "n": self.n,
+            "needed": self.needed,
+            "line": self.line,
+        }
+        if self.kind == "regression":
+            d.update(
+                {
+                    "baseline": _r(self.baseline),
+                    "baseline_ci95": _pair(self.baseline_ci95),
+                    "baseline_n": self.baseline_n,
+                    "increase": _r(self.increase),
+                    "increase_share": None
+                    if self.increase_share is None
+                    else round(self.increase_share, 5),
+                    "allowed": _r(self.allowed),
+                    "method": self.method,
+                    "test": self.test,
+                    "p_value": self.p_value,
+                    "p_adjusted": self.p_adjusted,
+                    "alpha": self.alpha,
+                    "significant": self.significant,
+                }
+            )
+        d["notes"] = list(self.notes)
+        return d
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 3)
+
+
+def _pair(p: tuple[float, float] | None) -> list[float] | None:
+    return None if p is None else [round(p[0], 3), round(p[1], 3)]
+
+
+@dataclass(frozen=True)
+class GateResult:
+    budget: Budget
+    checks: tuple[Check, ...]
+    current: Report
+    baseline: Report | None = None
+    #: key metadata that differs between baseline and current: what → (baseline, current)
+    differences: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(c.passed for c in self.checks)
+
+    @property
+    def failed(self) -> tuple[Check, ...]:
+        return tuple(c for c in self.checks if not c.passed)
+
+
+# -- loading traces -------------------------------------------------------------------------
+
+
+def load_traces(
+    paths: Sequence[str | Path],
+    *,
+    role: str = "traces",
+    include_warmup: bool = False,
+    mark_time: MarkTime = "auto",
+) -> Report:
+    """Build the report of ``paths`` (merged), refusing to go on without evidence."""
+    if not paths:
+        raise NoDataError(f"{role}: no traces given")
+    try:
+        report = build_report(
+            list(paths), include_warmup=include_warmup, mark_time=mark_time, label=role
+        )
+    except VoiceauditError as exc:
+        exc.message = f"{role}: {exc.message}"
+        exc.args = (exc.message,)
+        raise
+    usable = [s for s in report.sources if s.complete and s.end_reason == "complete"]
+    if not usable:
+        how = sorted(
+            {
+                "no closing record" if not s.complete else f"ended: {s.end_reason}"
+                for s in report.sources
+            }
+        )
+        raise NoDataError(
+            f"{role}: every trace is incomplete ({'; '.join(how)}): "
+            f"{len(report.sources)} trace(s), none of them a finished run",
+            hint="the run was cut short (Ctrl-C, a crash, a dead target): record it again",
+        )
+    return report
+
+
+# -- metric values --------------------------------------------------------------------------
+
+
+def _segment(metric: str) -> str | None:
+    return metric[len(SEGMENT_PREFIX) :] if metric.startswith(SEGMENT_PREFIX) else None
+
+
+def metric_values(report: Report, metric: str) -> FloatArray:
+    """Sorted per-turn ms values of ``voice_to_voice`` or ``segment.NAME``.
+
+    ``segment.unexplained`` is every turn's unexplained time, 0 when it has none: its
+    absence is a measurement (every mark was there), not a gap in the data.
+    """
+    if metric == VOICE_TO_VOICE:
+        return as_sorted(report.metric_values[VOICE_TO_VOICE])
+    seg = _segment(metric)
+    assert seg is not None and seg in ALL_SEGMENTS, metric
+    if seg == UNEXPLAINED:
+        vals = [
+            sum(s.ns for s in t.ledger.segments if s.name == UNEXPLAINED) / 1e6
+            for t in report.stats_turns
+            if t.ledger.voice_to_voice_ns is not None
+        ]
+        return as_sorted(vals)
+    return as_sorted(report.metric_values[seg])
+
+
+def _marks_of(seg: str) -> str:
+    i = SEGMENTS.index(seg)
+    return f"{'/'.join(BOUNDARIES[i])} and {'/'.join(BOUNDARIES[i + 1])}"
+
+
+def _missing(report: Report, metric: str, side: str) -> tuple[str, str]:
+    """(problem, detail) for a metric with no values."""
+    if not report.stats_turns:
+        failed = report.counts["failed"]
+        return "no successful turns", (
+            f"no successful turns in the {side} to measure it ({failed} failed)"
+        )
+    seg = _segment(metric)
+    if seg is None:
+        return f"not in the {side}", f"the {side} have no {metric} values"
+    problem = "not in the traces" if side == "traces" else "not in the baseline"
+    return problem, (
+        f"not measured: no turn in the {side} has a {seg} segment "
+        f"(it needs the marks {_marks_of(seg)})"
+    )
+
+
+def required_turns(figure: Figure, min_turns: int | None) -> int:
+    """Turns a figure needs before the gate judges it.
+
+    By default the report's reliability rule: a percentile needs at least
+    ``MIN_TAIL`` (5) turns beyond it (p50 10, p90 50, p95 100, p99 500), a mean, min or
+    max needs ``MIN_N_MEAN`` (5). ``min_turns`` replaces that with the number given,
+    but never below one turn beyond the percentile (p95 20, p99 100): below that the
+    "percentile" is the slowest turn.
+    """
+    if figure.q is None:
+        return min_turns if min_turns is not None else MIN_N_MEAN
+    tail = min(figure.q, 100.0 - figure.q)
+    if min_turns is not None:
+        return max(min_turns, math.ceil(round(100.0 / tail, 6)))
+    return math.ceil(round(MIN_TAIL * 100.0 / tail, 6))
+
+
+def _figure(values: FloatArray, figure: Figure) -> tuple[float, tuple[float, float] | None]:
+    """(value, 95 % interval) of a figure of sorted values."""
+    if figure.q is not None:
+        return percentile(values, figure.q), percentile_ci(values, figure.q)
+    if figure.name == "mean":
+        return float(np.mean(values)), mean_ci(values)
+    if figure.name == "max":
+        return float(values[-1]), None
+    return float(values[0]), None
+
+
+def _ms(x: float) -> str:
+    if x == 0:
+        return "0 ms"
+    if abs(x) >= 100:
+        return f"{x:.0f} ms"
+    if abs(x) >= 10:
+        return f"{x:.1f} ms"
+    return f"{x:.2f} ms"
+
+
+def _ci(ci: tuple[float, float] | None) -> str:
+    return "" if ci is None else f" (95% CI {_ms(ci[0])[:-3]} to {_ms(ci[1])})"
+
+
+def _p(p: float) -> str:
+    return f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}"
+
+
+def _too_few(n: int, needed: int, figure: Figure, min_turns: int | None, side: str = "") -> str:
+    how = f"min_turns = {min_turns}" if min_turns is not None else "set min_turns to accept fewer"
+    where = f" in the {side}" if side else ""
+    return f"not enough turns{where}: {n}, {figure} needs at least {needed} ({how})"
+
+
+# -- checks ---------------------------------------------------------------------------------
+
+
+def evaluate(budget: Budget, current: Report, baseline: Report | None = None) -> GateResult:
+    """Every check of ``budget`` on ``current`` (and ``baseline`` for the regressions)."""
+    checks: list[Check] = []
+    warnings: list[str] = list(current.warnings)
+    stats_n = len(current.stats_turns)
+    if budget.min_turns is not None:
+        ok = stats_n >= budget.min_turns
+        checks.append(
+            Check(
+                kind="turns",
+                name=f"min_turns >= {budget.min_turns}",
+                metric="min_turns",
+                passed=ok,
+                detail=f"{stats_n} turns in the statistics"
+                + ("" if ok else f", fewer than {budget.min_turns}"),
+                problem=None if ok else "not enough turns",
+                unit="turns",
+                observed=float(stats_n),
+                limit=float(budget.min_turns),
+                n=stats_n,
+                line=budget.min_turns_line,
+            )
+        )
+    if budget.failed_turns is not None:
+        checks.append(_failed_turns_check(budget, current))
+    for limit in budget.limits:
+        min_turns = limit.min_turns if limit.min_turns is not None else budget.min_turns
+        checks.append(
+            _limit_check(
+                current,
+                limit.metric,
+                limit.figure,
+                limit.limit_ms,
+                min_turns,
+                limit.line,
+                name=f"{limit.name} <= {limit.limit_ms:g} ms",
+            )
+        )
+    differences: dict[str, tuple[Any, Any]] = {}
+    if budget.regression is not None:
+        if baseline is None:
+            raise NoDataError("the budget has a [regression] but no baseline traces were given")
+        checks.extend(_regression_checks(budget.regression, budget.min_turns, current, baseline))
+        differences = metadata_differences(baseline, current)
+        warnings.extend(f"baseline: {w}" for w in baseline.warnings)
+        if differences:
+            warnings.append(
+                "baseline and current traces differ in "
+                + ", ".join(differences)
+                + ": the comparison may not be like for like"
+            )
+    incomplete = [
+        s.path for s in current.sources if not (s.complete and s.end_reason == "complete")
+    ]
+    if incomplete:
+        warnings.append(
+            f"{len(incomplete)} of {len(current.sources)} traces are incomplete (cut short): "
+            + ", ".join(incomplete)
+        )
+    own = _within_differences(current)
+    if own:
+        warnings.append("the traces checked differ among themselves in " + ", ".join(own))
+    return GateResult(
+        budget=budget,
+        checks=tuple(checks),
+        current=current,
+        baseline=baseline,
+        differences=differences,
+        warnings=tuple(dict.fromkeys(warnings)),
+    )
+
+
+def _failed_turns_check(budget: Budget, report: Report) -> Check:
+    ft = budget.failed_turns
+    assert ft is not None
+    inc = report.options.include_warmup
+    finished = [t for t in report.turns if inc or not t.warmup]
+    failed = sum(1 for t in finished if not t.ok)
+    unfinished = len(report.unfinished)
+    bad = failed + unfinished
+    total = len(finished) + unfinished
+    share = bad / total if total else 1.0
+    parts = []
+    ok = True
+    if ft.max_count is not None:
+        parts.append(f"max {ft.max_count}")
+        ok = ok and bad <= ft.max_count
+    if ft.max_share is not None:
+        parts.append(f"max {ft.max_share * 100:g}%")
+        ok = ok and share <= ft.max_share
+    what = f"{failed} failed" + (f" and {unfinished} cut short" if unfinished else "")
+    detail = f"{what} of {total} turns ({share * 100:.1f}%)"
+    reasons = sorted({t.reason or "failed" for t in finished if not t.ok})
+    if reasons and not ok:
+        shown = "; ".join(reasons[:3]) + ("; …" if len(reasons) > 3 else "")
+        detail += f": {shown}"
+    return Check(
+        kind="failed_turns",
+        name=f"failed_turns ({', '.join(parts)})",
+        metric="failed_turns",
+        passed=ok,
+        detail=detail,
+        problem=None if ok else "over the limit",
+        unit="turns",
+        observed=float(bad),
+        limit=None if ft.max_count is None else float(ft.max_count),
+        n=total,
+        line=ft.line,
+    )
+
+
+def _limit_check(
+    report: Report,
+    metric: str,
+    figure: Figure,
+    limit: float,
+    min_turns: int | None,
+    line: int | None,
+    *,
+    name: str,
+) -> Check:
+    values = metric_values(report, metric)
+    n = len(values)
+    needed = required_turns(figure, min_turns)
+    base = Check(
+        kind="budget",
+        name=name,
+        metric=metric,
+        figure=figure.name,
+        passed=False,
+        detail="",
+        limit=limit,
+        n=n,
+        needed=needed,
+        line=line,
+    )
+    if n == 0:
+        problem, detail = _missing(report, metric, "traces")
+        return replace(base, detail=detail, problem=problem)
+    value, ci = _figure(values, figure)
+    over = value > limit
+    shown = f"{_ms(value)}{_ci(ci)}, n={n}"
+    if figure.name == "max" and over:
+        # the slowest turn is over the limit whatever more turns would show
+        return replace(
+            base,
+            observed=value,
+            detail=f"{shown}: {_ms(value - limit)} over the limit",
+            problem="over the limit",
+        )
+    if n < needed:
+        return replace(
+            base,
+            observed=value,
+            ci95=ci,
+            detail=f"{_too_few(n, needed, figure, min_turns)}; observed {shown}",
+            problem="not enough turns",
+        )
+    notes: tuple[str, ...] = ()
+    if ci is not None and ci[0] <= limit <= ci[1]:
+        notes = ("the limit is inside the 95% interval: a re-run may flip this check",)
+    if over:
+        return replace(
+            base,
+            observed=value,
+            ci95=ci,
+            detail=f"{shown}: {_ms(value - limit)} over the limit",
+            problem="over the limit",
+            notes=notes,
+        )
+    return replace(
+        base,
+        passed=True,
+        observed=value,
+        ci95=ci,
+        detail=f"{shown}: {_ms(limit - value)} under the limit",
+        notes=notes,
+    )
+
+
+def _method(reg: Regression, figure: Figure) -> str:
+    if reg.test != "auto":
+        return reg.test
+    return "mann-whitney" if figure.name in ("mean", "p50") else "bootstrap"
+
+
+def _regression_checks(
+    reg: Regression, min_turns: int | None, current: Report, baseline: Report
+) -> list[Check]:
+    pending: list[tuple[RegressionMetric, Check, TestResult | None]] = []
+    for rm in reg.metrics:
+        pending.append(_regression_one(reg, rm, min_turns, current, baseline))
+    tested = [i for i, (_, _, t) in enumerate(pending) if t is not None]
+    adjusted = holm_adjusted([pending[i][2].p_value for i in tested])  # type: ignore[union-attr]
+    adj = dict(zip(tested, adjusted, strict=True))
+    out: list[Check] = []
+    m = len(tested)
+    for i, (_rm, check, test) in enumerate(pending):
+        if test is None:
+            out.append(check)
+            continue
+        p_adj = adj[i]
+        significant = p_adj < reg.alpha
+        exceeded = (
+            check.observed is not None
+            and check.allowed is not None
+            and (check.observed > check.allowed)
+        )
+        regressed = exceeded and significant
+        holm = f" (Holm-adjusted over {m})" if m > 1 else ""
+        sig = (
+            f"p = {_p(p_adj)}{holm} < {reg.alpha:g}: significant"
+            if significant
+            else f"p = {_p(p_adj)}{holm} ≥ {reg.alpha:g}: not significant"
+        )
+        assert check.observed is not None and check.baseline is not None
+        assert check.increase is not None
+        rel = "" if check.increase_share is None else f" ({check.increase_share * 100:+.1f}%)"
+        verdict = (
+            "regression"
+            if regressed
+            else "within the allowance"
+            if not exceeded
+            else "over the allowance but not significant"
+        )
+        detail = (
+            f"{_ms(check.observed)} vs baseline {_ms(check.baseline)}: "
+            f"{'+' if check.increase >= 0 else '-'}{_ms(abs(check.increase))}{rel}, "
+            f"allowed {reg.max_increase}; {test.description}: {sig}; {verdict}"
+        )
+        out.append(
+            replace(
+                check,
+                passed=not regressed,
+                detail=detail,
+                problem="regression" if regressed else None,
+                p_value=test.p_value,
+                p_adjusted=p_adj,
+                significant=significant,
+            )
+        )
+    return out
+
+
+def _regression_one(
+    reg: Regression, rm: RegressionMetric, min_turns: int | None, current: Report, baseline: Report
+) -> tuple[RegressionMetric, Check, TestResult | None]:
+    method = _method(reg, rm.figure)
+    base = Check(
+        kind="regression",
+        name=f"regression {rm.name} (allowed {reg.max_increase})",
+        metric=rm.metric,
+        figure=rm.figure.name,
+        passed=False,
+        detail="",
+        line=rm.line,
+        method=method,
+        alpha=reg.alpha,
+    )
+    a = metric_values(baseline, rm.metric)
+    b = metric_values(current, rm.metric)
+    base = replace(base, n=len(b), baseline_n=len(a))
+    if len(b) == 0:
+        problem, detail = _missing(current, rm.metric, "traces")
+        return rm, replace(base, detail=detail, problem=problem), None
+    if len(a) == 0:
+        problem, detail = _missing(baseline, rm.metric, "baseline")
+        return rm, replace(base, detail=detail, problem="not in the baseline"), None
+    needed = required_turns(rm.figure, min_turns)
+    va, ca = _figure(a, rm.figure)
+    vb, cb = _figure(b, rm.figure)
+    allowed = reg.max_increase.allowed(va)
+    base = replace(
+        base,
+        needed=needed,
+        observed=vb,
+        ci95=cb,
+        baseline=va,
+        baseline_ci95=ca,
+        increase=vb - va,
+        increase_share=None if va == 0 else (vb - va) / va,
+        allowed=allowed,
+        limit=allowed,
+    )
+    short = [
+        _too_few(n, needed, rm.figure, min_turns, side)
+        for n, side in ((len(b), "traces"), (len(a), "baseline"))
+        if n < needed
+    ]
+    if short:
+        return rm, replace(base, detail="; ".join(short), problem="not enough turns"), None
+    if method == "mann-whitney":
+        test = mann_whitney_greater(a, b, reg.max_increase)
+    else:
+        test = bootstrap_greater(a, b, rm.figure, reg.max_increase)
+    return rm, replace(base, test=test.description), test
+
+
+# -- metadata -------------------------------------------------------------------------------
+
+
+def _target_key(target: dict[str, Any]) -> dict[str, Any]:
+    """A target without what changes from run to run on its own (a loopback port)."""
+    out = dict(target)
+    url = out.get("url")
+    if isinstance(url, str):
+        parts = urlsplit(url)
+        if parts.hostname in ("127.0.0.1", "localhost", "::1") and parts.port is not None:
+            out["url"] = urlunsplit(parts._replace(netloc=parts.hostname))
+    return out
+
+
+def _side(report: Report, what: str) -> Any:
+    if what == "audio":
+        return sorted({t.audio for t in report.stats_turns if t.audio is not None})
+    vals: set[str] = set()
+    for s in report.sources:
+        if what == "target":
+            v: Any = _target_key(s.target)
+        elif what == "protocol":
+            v = s.target.get("protocol")
+        elif what == "host":
+            v = s.host.get("hostname")
+        else:  # config.KEY
+            v = s.config.get(what.split(".", 1)[1])
+        vals.add(json.dumps(v, sort_keys=True))
+    return json.loads(next(iter(vals))) if len(vals) == 1 else "(several)"
+
+
+#: Run configuration keys that say how much was recorded, not how: never flagged.
+_RUN_SIZE = frozenset({"audio", "turns", "repeat", "warmup"})
+
+
+def metadata_differences(baseline: Report, current: Report) -> dict[str, tuple[Any, Any]]:
+    """Key metadata that differs: protocol, target, host, audio set, run configuration."""
+    out: dict[str, tuple[Any, Any]] = {}
+    keys = ["protocol", "target", "host", "audio"]
+    cfg: set[str] = set()
+    for r in (baseline, current):
+        for s in r.sources:
+            cfg.update(k for k in s.config if k not in _RUN_SIZE)
+    keys.extend(f"config.{k}" for k in sorted(cfg))
+    for what in keys:
+        va, vb = _side(baseline, what), _side(current, what)
+        if va != vb:
+            if what == "target" and "protocol" in out:
+                continue  # the protocol says it
+            out[what] = (va, vb)
+    return out
+
+
+def _within_differences(report: Report) -> list[str]:
+    if len(report.sources) < 2:
+        return []
+    out = []
+    for what in ("protocol", "target", "host"):
+        if _side(report, what) == "(several)":
+            out.append(what)
+    return out
