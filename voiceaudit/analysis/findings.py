@@ -336,10 +336,7 @@ def large_audio_buffer(ctx: TurnContext) -> list[Finding]:
     first = samples / rate
     if first * 1000 < ctx.rules.large_buffer_ms:
         return []
-    chunks = ctx.obs.chunks
-    ev: dict[str, Any] = {"first_chunk_audio_ms": round(first * 1000, 3), "chunks": len(chunks)}
-    durations = [_chunk_seconds(c) for c in chunks]
-    ev["largest_chunk_audio_ms"] = round(max(d or 0.0 for d in durations) * 1000, 3)
+    ev: dict[str, Any] = {"first_chunk_audio_ms": round(first * 1000, 3), "chunks": len(raw)}
     # Best evidence: the target's own times of its first synthesized audio and of handing
     # the first audio to its socket; the difference is how long the buffer held it.
     t = ctx.ledger.times
@@ -355,6 +352,8 @@ def large_audio_buffer(ctx: TurnContext) -> list[Finding]:
     else:
         # Estimate from the delivery rate of the rest of the reply: filling the first
         # chunk took about its audio length divided by that rate.
+        chunks = ctx.obs.chunks
+        durations = [_chunk_seconds(c) for c in chunks]
         later = [d for d in durations[1:] if d is not None]
         span_ns = chunks[-1].t_ns - chunks[0].t_ns
         if not later or span_ns <= 0:

@@ -133,17 +133,7 @@ _COVERS_S2S_NO_TRANSCRIPT = _covers(_S2S_SKIPPED | {3})
 _SOURCE_RANK = {"pipeline": 0, "import": 1, "network": 2}
 
 #: Pipeline mark names whose times the findings read (besides the chain marks).
-EXTRA_MARKS: tuple[str, ...] = (
-    "speech_started",
-    "committed",
-    "response.created",
-    "transcript.partial",
-    "llm.done",
-    "tts.done",
-    "audio.first_sent",
-    "audio.last_sent",
-    "response.done",
-)
+EXTRA_MARKS: tuple[str, ...] = ("llm.done", "tts.done", "audio.first_sent")
 #: Probe mark names whose times the findings read (besides the chain marks).
 PROBE_EXTRA_MARKS: tuple[str, ...] = ("turn.start", "input.done", "reply.end")
 
