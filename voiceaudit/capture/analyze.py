@@ -152,12 +152,14 @@ class _Analysis:
         heuristic_rtp: bool,
         decode_as: Iterable[DecodeAs],
         clock_rates: Mapping[int, int] | None,
+        count_marked: bool = False,
         spool: bool,
         stall: StallParams,
         max_frames: int,
     ) -> None:
         self.heuristic = heuristic_rtp
         self.clock_rates = dict(clock_rates or {})
+        self.count_marked = count_marked
         self.names = _Names()
         self.results = Results(max_frames=max_frames)
         self.udp_rtp_ports: set[int] = set()
@@ -242,6 +244,7 @@ class _Analysis:
         tcp = self.tcp
         spool = self.spool_writer is not None
         clock_rates = self.clock_rates
+        count_marked = self.count_marked
         sip_ports = (5060, 5061, 2427, 2727)
         sip_first = frozenset(b"IABCROPSNMUDMR0123456789")
         frame = self.frame
@@ -409,7 +412,8 @@ class _Analysis:
                             ) / 1000000
                         else:
                             now_ms = _rel_ms(rel)
-                        st.add(frame, ts, now_ms, seq, rts, pt, bool(b1 & 0x80), fmt)
+                        marked = bool(b1 & 0x80) and not count_marked
+                        st.add(frame, ts, now_ms, seq, rts, pt, marked, fmt)
                         continue
                     if b0 < 4:
                         stun.packet(ts, buf, pl, plen, names.ep(src, sport), names.ep(dst, dport))
@@ -511,6 +515,7 @@ def analyze_capture(
     keylog: str | os.PathLike[str] | None = None,
     clock_rates: Mapping[int, int] | None = None,
     heuristic_rtp: bool = False,
+    count_marked: bool = False,
     progress: Progress | None = None,
     stall: StallParams | None = None,
     max_frames_per_session: int = 10_000,
@@ -522,6 +527,11 @@ def analyze_capture(
     rtp_udp``); ``clock_rates`` gives the RTP clock rate of payload types the capture does
     not describe; ``keylog`` (an NSS key log, as written through ``SSLKEYLOGFILE``) lets
     TShark decrypt TLS so HTTP/2, HTTPS and WSS exchanges are timed too.
+
+    ``count_marked``: Wireshark leaves packets with the RTP marker bit (a talkspurt start)
+    out of the delta and jitter statistics. Some senders (aiortc) set it on every audio
+    packet, which leaves no statistics at all; with ``count_marked`` they count like any
+    other packet. Off by default, so the figures stay Wireshark's.
     """
     t0 = time.perf_counter_ns()
     rules = [d if isinstance(d, DecodeAs) else parse_decode_as(d) for d in decode_as]
@@ -533,6 +543,7 @@ def analyze_capture(
         heuristic_rtp=heuristic_rtp,
         decode_as=rules,
         clock_rates=clock_rates,
+        count_marked=count_marked,
         spool=keylog_path is not None,
         stall=stall or StallParams(),
         max_frames=max_frames_per_session,

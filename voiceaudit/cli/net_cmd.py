@@ -306,6 +306,12 @@ def register(app: typer.Typer) -> None:
             "--enable-heuristic",
             help="Find RTP without signalling: --enable-heuristic rtp_udp (as TShark).",
         ),
+        count_marked: bool = typer.Option(
+            False,
+            "--count-marked",
+            help="Count RTP packets with the marker bit in delta/jitter statistics "
+            "(Wireshark leaves them out; aiortc marks every audio packet).",
+        ),
         output: Path | None = typer.Option(
             None, "--output", "-o", help="Write the report to this file instead of stdout."
         ),
@@ -340,6 +346,7 @@ def register(app: typer.Typer) -> None:
                 keylog=keylog,
                 clock_rates=rates,
                 heuristic_rtp="rtp_udp" in heuristics,
+                count_marked=count_marked,
                 progress=progress,
             )
         finally:
