@@ -131,5 +131,7 @@ def test_webrtc_reports_its_own_jitter_buffer(
     assert len(jb) == len(UTTERANCES)
     # aiortc holds audio back before decoding (its jitter buffer prefetches packets)
     assert all(e.attrs["mean_ms"] > 0 for e in jb)
+    # every decoded frame was matched to its packet's arrival
+    assert all(e.attrs["unmatched"] == 0 for e in jb)
     names = {e.name for e in tr.events if e.turn is None}
     assert {"webrtc.offer_sent", "webrtc.answer_received", "webrtc.dtls_connected"} <= names

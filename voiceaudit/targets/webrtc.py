@@ -98,6 +98,8 @@ class WebRTCSession(TargetSession):
         self._jb_delays: list[int] = []
         self._first_rtp_in = False
         self._mapper: Any = None
+        #: decoded frames whose packet arrival was not found (timed at decode instead)
+        self._unmatched = 0
         self._pre: deque[tuple[int, int, bytes, int]] = deque(maxlen=PRE_FRAMES)
         self.quiet_ns = config.int_option("quiet_ms", 600) * 1_000_000
         self.threshold = float(config.option("threshold", "0.003"))
@@ -173,7 +175,7 @@ class WebRTCSession(TargetSession):
                 self.sink.mark("webrtc.dtls_connected", "session", t, {})
                 self._connected.set()
             elif state in ("failed", "closed"):
-                self._failed = f"WebRTC connection {state}"
+                self._failed = f"WebRTC connection {state} (ICE: {pc.iceConnectionState})"
                 self._connected.set()
                 self.sink.fail(self._failed)
 
@@ -196,7 +198,11 @@ class WebRTCSession(TargetSession):
         if self._failed:
             msg = self._failed
             await self.close()
-            raise TargetError(msg)
+            raise TargetError(
+                msg,
+                hint="no working ICE candidate pair: check that the answer has candidates "
+                "this host can reach",
+            )
 
     async def _negotiate(self, pc: Any, description: Any) -> None:
         offer = await pc.createOffer()
@@ -246,7 +252,13 @@ class WebRTCSession(TargetSession):
                 origin = self._origin()
                 if origin is not None and frame.pts is not None:
                     raw = (int(frame.pts) + origin) % (1 << 32)
-                    arrival = self._arrivals.pop(raw, now)
+                    found = self._arrivals.pop(raw, None)
+                    if found is None:
+                        self._unmatched += 1
+                    else:
+                        arrival = found
+                else:
+                    self._unmatched += 1
                 self._on_frame(arrival, now, frame)
         except asyncio.CancelledError:
             raise
@@ -306,6 +318,7 @@ class WebRTCSession(TargetSession):
         self._forwarding = False
         self._pre.clear()
         self._jb_delays = []
+        self._unmatched = 0
 
     async def end_turn(self) -> None:
         self._in_turn = False
@@ -321,6 +334,7 @@ class WebRTCSession(TargetSession):
                     "mean_ms": round(float(d.mean()), 3),
                     "max_ms": round(float(d.max()), 3),
                     "first_ms": round(float(d[0]), 3),
+                    "unmatched": self._unmatched,
                 },
             )
 
