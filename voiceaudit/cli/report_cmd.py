@@ -65,6 +65,21 @@ def register(app: typer.Typer) -> None:
         alpha: float = typer.Option(
             0.05, "--alpha", help="Significance level of a comparison (Holm-corrected)."
         ),
+        pcap: Path | None = typer.Option(
+            None,
+            "--pcap",
+            help="Join a packet capture of the run (default: the run directory's "
+            "capture.pcapng when 'run --capture' made one).",
+        ),
+        telemetry: list[Path] = typer.Option(
+            [],
+            "--telemetry",
+            help="Framework telemetry (Pipecat/LiveKit spans, OpenAI event logs) to set "
+            "beside what the caller heard (repeatable).",
+        ),
+        keep_content: bool = typer.Option(
+            False, "--keep-content", help="Keep transcripts and texts from imported telemetry."
+        ),
     ) -> int:
         """Attribute voice-to-voice latency to stages, find hidden delays, give statistics."""
         from voiceaudit.analysis import build_report, compare
@@ -101,16 +116,28 @@ def register(app: typer.Typer) -> None:
                 for g in groups
             ]
             obj: Any = reports[0] if len(reports) == 1 else compare(*reports, alpha=alpha)
+            extras = (
+                _extras(traces[0], pcap, telemetry, keep_content, progress)
+                if len(reports) == 1 and not merge
+                else []
+            )
+            if (pcap is not None or telemetry) and not extras:
+                raise UsageError("--pcap and --telemetry go with one trace (not a comparison)")
             progress("rendering…")
             # Colours and the terminal's width only when stdout is a terminal; a pipe or a
             # file gets plain text at a fixed width, the same on every machine.
             to_tty = chosen is Format.TERMINAL and output is None and sys.stdout.isatty()
             text = None if to_tty else render(obj, chosen, width=TEXT_WIDTH)
+            if text is not None and extras:
+                text = _with_extras(text, chosen, extras)
         for r in reports:
             for w in r.warnings:
                 err.print(f"[yellow]warning:[/] {w}", highlight=False, markup=True)
         if text is None:
             print_to(obj, out_console())
+            for title, _, section in extras:
+                out_console().print(f"\n[bold]{title}[/]")
+                out_console().print(section, highlight=False, markup=False)
         elif output is None:
             sys.stdout.write(text)
             sys.stdout.flush()
@@ -141,3 +168,89 @@ def _format(fmt: str | None, output: Path | None) -> Any:
         if by_suffix is not None:
             return by_suffix
     return Format.TERMINAL
+
+
+Extra = tuple[str, str, Any]  # (title, JSON key, object with render_text() and to_dict())
+
+
+def _extras(
+    trace_path: Path,
+    pcap: Path | None,
+    telemetry: list[Path],
+    keep_content: bool,
+    progress: Any,
+) -> list[Extra]:
+    """Sections joined from a capture and from framework telemetry, for one trace."""
+    from voiceaudit.trace_io import find_traces, read_trace
+
+    files = find_traces(trace_path)
+    if len(files) != 1:
+        if pcap is not None or telemetry:
+            raise UsageError("--pcap and --telemetry go with a single trace file")
+        return []
+    trace = read_trace(files[0])
+    out: list[Extra] = []
+    if pcap is None:
+        cap = trace.header.config.get("capture")
+        if isinstance(cap, dict) and isinstance(cap.get("file"), str):
+            candidate = files[0].parent / cap["file"]
+            pcap = candidate if candidate.is_file() else None
+    if pcap is not None:
+        from voiceaudit.analysis.network import join_capture
+
+        progress("reading the capture…")
+        out.append(("Network path", "network", join_capture(trace, pcap)))
+    if telemetry:
+        from voiceaudit.imports import import_telemetry
+
+        progress("importing telemetry…")
+        results = [import_telemetry(f, trace=trace, keep_content=keep_content) for f in telemetry]
+        out.append(("Framework vs heard", "framework_vs_heard", _FrameworkRows(results, trace)))
+    return out
+
+
+class _FrameworkRows:
+    def __init__(self, results: list[Any], trace: Any) -> None:
+        from voiceaudit.imports import framework_vs_heard
+
+        self.results = results
+        self.rows = framework_vs_heard(results, trace)
+
+    def render_text(self) -> str:
+        from voiceaudit.imports.compare import format_table
+
+        head = [r.alignment.describe() for r in self.results if r.alignment is not None]
+        warnings = [f"warning: {w}" for r in self.results for w in r.warnings]
+        return "\n".join([*head, format_table(self.rows), *warnings]) + "\n"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "alignment": [r.alignment.describe() for r in self.results if r.alignment is not None],
+            "rows": [row.to_dict() for row in self.rows],
+        }
+
+
+def _with_extras(text: str, fmt: Any, extras: list[Extra]) -> str:
+    import html
+    import json
+
+    from voiceaudit.report import Format
+
+    if fmt is Format.JSON:
+        data = json.loads(text)
+        for _, key, section in extras:
+            data[key] = section.to_dict()
+        return json.dumps(data, indent=2) + "\n"
+    if fmt is Format.HTML:
+        blocks = "".join(
+            f"<section><h2>{html.escape(title)}</h2><pre>{html.escape(section.render_text())}"
+            "</pre></section>"
+            for title, _, section in extras
+        )
+        i = text.rfind("</body>")
+        return text[:i] + blocks + text[i:] if i >= 0 else text + blocks
+    if fmt is Format.MARKDOWN:
+        return text + "".join(
+            f"\n## {title}\n\n```\n{section.render_text()}```\n" for title, _, section in extras
+        )
+    return text + "".join(f"\n{title}\n{section.render_text()}" for title, _, section in extras)

@@ -1,0 +1,57 @@
+"""`voiceaudit report` joins the run's packet capture: wire-to-app lag per turn, and the
+small-write stalls the reference pipeline's `small-writes` injection provokes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from voiceaudit.cli import run
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("dumpcap") is None, reason="dumpcap not installed"),
+]
+
+
+def _record(out: Path, *inject: str) -> None:
+    args = ["run", "--capture", "--turns", "2", "--gap-ms", "200", "--out", str(out)]
+    for spec in inject:
+        args += ["--inject", spec]
+    assert run(args) == 0
+
+
+def _network(out: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
+    capsys.readouterr()
+    assert run(["report", str(out / "trace.jsonl"), "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    net = data["network"]
+    assert isinstance(net, dict)
+    return net
+
+
+def test_clean_run_wire_to_app(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _record(tmp_path / "clean")
+    net = _network(tmp_path / "clean", capsys)
+    turns = net["turns"]
+    assert isinstance(turns, list) and len(turns) == 2
+    for t in turns:
+        # the reply's first audio delta was seen on the wire, before the probe got it
+        assert t["wire_to_app_ms"] is not None
+        assert 0 <= t["wire_to_app_ms"] < 50
+        assert t["small_write_stalls"] == 0
+
+
+def test_small_writes_show_as_stalls(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _record(tmp_path / "small", "small-writes")
+    net = _network(tmp_path / "small", capsys)
+    turns = net["turns"]
+    assert isinstance(turns, list)
+    stalls = sum(t["small_write_stalls"] for t in turns)
+    held = sum(t["small_write_stall_ms"] for t in turns)
+    assert stalls >= 1
+    # Nagle holds the next small write until the peer's delayed ACK: ~40 ms on Linux
+    assert 20 <= held / stalls <= 250

@@ -1,0 +1,183 @@
+"""The packet capture joined to the trace: what the wire adds to each turn.
+
+Packet times are mapped onto the probe's monotonic clock through the trace's anchors
+(:func:`voiceaudit.capture.align.to_probe_clock`). Per finished turn:
+
+- ``wire_to_app``: the first reply audio on the wire (a Realtime audio delta, a binary
+  WebSocket frame, the first body byte of a speech HTTP response) to the probe's own
+  ``reply.first_byte``: time the reply spent between the network and the application
+  (socket buffers, event-loop latency, parsing). It splits the ledger's ``transport``.
+- small-write stalls (Nagle + delayed ACK) and TCP retransmissions inside the turn, with
+  the time they held data back: evidence for the ``small_write_stall`` and
+  ``retransmission`` findings;
+- connections set up inside the turn (TCP connect, TLS handshake): ``connection_setup``.
+
+WebRTC media (RTP) is reported per stream instead; its reply is a continuous stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from voiceaudit.clock import NS_PER_MS
+from voiceaudit.trace_io import Trace
+
+_AUDIO_EVENTS = ("response.output_audio.delta", "response.audio.delta")
+
+
+@dataclass(frozen=True)
+class TurnNetwork:
+    session: str
+    turn: int
+    wire_ns: int | None
+    app_ns: int | None
+    stalls: int
+    stall_held_ns: int
+    retransmissions: int
+    connects: tuple[dict[str, Any], ...]
+
+    @property
+    def wire_to_app_ns(self) -> int | None:
+        if self.wire_ns is None or self.app_ns is None:
+            return None
+        return self.app_ns - self.wire_ns
+
+    def to_dict(self) -> dict[str, Any]:
+        w2a = self.wire_to_app_ns
+        return {
+            "session": self.session,
+            "turn": self.turn,
+            "wire_to_app_ms": None if w2a is None else round(w2a / NS_PER_MS, 3),
+            "small_write_stalls": self.stalls,
+            "small_write_stall_ms": round(self.stall_held_ns / NS_PER_MS, 3),
+            "retransmissions": self.retransmissions,
+            "connections_in_turn": list(self.connects),
+        }
+
+
+@dataclass(frozen=True)
+class NetworkJoin:
+    capture: str
+    turns: tuple[TurnNetwork, ...]
+    rtp_streams: tuple[dict[str, Any], ...]
+    warnings: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "capture": self.capture,
+            "turns": [t.to_dict() for t in self.turns],
+            "rtp_streams": list(self.rtp_streams),
+            "warnings": list(self.warnings),
+        }
+
+    def render_text(self) -> str:
+        lines = [f"capture: {self.capture}"]
+        lines.append(
+            f"{'session':<10} {'turn':>4} {'wire→app ms':>12} {'stalls':>6} {'stall ms':>9} "
+            f"{'retrans':>7}  connections set up in the turn"
+        )
+        for t in self.turns:
+            w2a = t.wire_to_app_ns
+            conns = (
+                ", ".join(f"{c['server']} connect {c['connect_ms']} ms" for c in t.connects) or "-"
+            )
+            lines.append(
+                f"{t.session:<10} {t.turn:>4} "
+                f"{'-' if w2a is None else f'{w2a / NS_PER_MS:.3f}':>12} {t.stalls:>6} "
+                f"{t.stall_held_ns / NS_PER_MS:>9.1f} {t.retransmissions:>7}  {conns}"
+            )
+        for s in self.rtp_streams:
+            lines.append(
+                f"RTP {s['ssrc']} {s['src']} → {s['dst']}: {s['packets']} packets, "
+                f"lost {s['lost']}, jitter mean {s['mean_jitter_ms']} ms"
+            )
+        for w in self.warnings:
+            lines.append(f"warning: {w}")
+        return "\n".join(lines) + "\n"
+
+
+def join_capture(
+    trace: Trace, pcap: str | Path, *, keylog: str | Path | None = None
+) -> NetworkJoin:
+    from voiceaudit.capture import analyze_capture
+    from voiceaudit.capture.align import to_probe_clock
+
+    pcap = Path(pcap)
+    if keylog is None:
+        default = pcap.parent / "tls-keys.log"
+        keylog = default if default.is_file() else None
+    raw = analyze_capture(pcap, heuristic_rtp=True, count_marked=True, keylog=keylog)
+    report = to_probe_clock(raw, trace.anchors)
+
+    server_frames: list[tuple[int, int, str | None]] = []  # (first byte at, opcode, event)
+    for w in report.websocket_sessions:
+        for f in w.frames:
+            if not f.from_client and f.opcode in (0, 1, 2):
+                server_frames.append((f.start_at_ns, f.opcode, f.event))
+    has_audio_events = any(ev in _AUDIO_EVENTS for _, _, ev in server_frames)
+    audio_wire = [
+        t for t, op, ev in server_frames if ((ev in _AUDIO_EVENTS) if has_audio_events else op == 2)
+    ]
+    for x in report.http_exchanges:
+        if x.target and "/audio/speech" in x.target:
+            t = x.first_data_at_ns if x.first_data_at_ns is not None else x.response_at_ns
+            if t is not None:
+                audio_wire.append(t)
+    audio_wire.sort()
+
+    by_turn: dict[tuple[str, int], dict[str, Any]] = {}
+    for e in trace.events:
+        if e.turn is None or e.source != "probe":
+            continue
+        d = by_turn.setdefault((e.session, e.turn), {})
+        if e.name in ("input.speech_end", "reply.first_byte", "turn.start", "turn.end"):
+            d.setdefault(e.name, e.t_ns)
+
+    out = []
+    for (session, turn), d in sorted(by_turn.items()):
+        if "turn.end" not in d or "turn.start" not in d:
+            continue
+        start, end = d["turn.start"], d["turn.end"]
+        speech_end = d.get("input.speech_end", start)
+        app = d.get("reply.first_byte")
+        wire = None
+        if app is not None:
+            # the first reply audio on the wire after speech end, and not after the probe
+            # saw it (1 ms slack for the clock mapping)
+            cands = [t for t in audio_wire if speech_end <= t <= app + NS_PER_MS]
+            wire = cands[0] if cands else None
+        stalls = held = retrans = 0
+        connects = []
+        for c in report.tcp_connections:
+            for s in c.small_write_stalls:
+                if start <= s.released_at_ns <= end:
+                    stalls += 1
+                    held += s.held_ns
+            retrans += sum(
+                1 for ev in c.events if ev.kind == "retransmission" and start <= ev.at_ns <= end
+            )
+            if c.established_at_ns is not None and speech_end <= c.established_at_ns <= end:
+                connects.append(
+                    {
+                        "server": c.server,
+                        "connect_ms": None
+                        if c.connect_ns is None
+                        else round(c.connect_ns / NS_PER_MS, 3),
+                    }
+                )
+        out.append(TurnNetwork(session, turn, wire, app, stalls, held, retrans, tuple(connects)))
+    rtp = tuple(
+        {
+            "ssrc": s.ssrc_hex,
+            "src": s.src,
+            "dst": s.dst,
+            "packets": s.packets,
+            "lost": s.lost,
+            "mean_jitter_ms": None if s.mean_jitter_ms is None else round(s.mean_jitter_ms, 3),
+            "max_jitter_ms": None if s.max_jitter_ms is None else round(s.max_jitter_ms, 3),
+        }
+        for s in report.rtp_streams
+    )
+    return NetworkJoin(str(pcap), tuple(out), rtp, tuple(report.warnings))
