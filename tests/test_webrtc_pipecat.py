@@ -256,7 +256,8 @@ def test_peer_that_never_completes_ice_times_out() -> None:
 def test_answer_without_candidates_fails_at_once() -> None:
     err, took, sink, _ = fails("no-candidates", connect_timeout="10")
     # aioice has no pair to check: the connection fails without waiting for the timeout
-    assert err.message == "WebRTC connection failed", err.message
+    assert err.message == "WebRTC connection failed (ICE: failed)", err.message
+    assert err.hint is not None and "ICE candidate" in err.hint
     assert took < 10, took
     assert "webrtc.ice_failed" in sink.marks
 
