@@ -129,7 +129,8 @@ async def _serve(config: object) -> None:
             f"  realtime  {server.realtime_url}\n"
             f"  raw PCM   {server.pcm_url}?rate=16000\n"
             f"  HTTP      {server.url}/v1/audio/transcriptions · /v1/chat/completions · "
-            "/v1/audio/speech",
+            "/v1/audio/speech\n"
+            f"  WebRTC    {server.url}/v1/webrtc/offer (SDP offer/answer)",
             highlight=False,
         )
         responder = "LLM at --llm URL" if config.llm_url else "scripted stand-in for an LLM"
