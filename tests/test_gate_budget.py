@@ -144,9 +144,9 @@ def test_regression_defaults() -> None:
             '[budget]\nvoice_to_voice = { p50 = "1s" }\n\n[regression]\nbaseline = "b"\n'
             "max_increse = '5%'\n",
             6,
-            ["unknown key in [regression] 'max_increse'", "'max_increase'"],
+            ["unknown regression key 'max_increse'", "'max_increase'"],
         ),
-        ("[budget]\nfailed_turns = { max = 0, min = 1 }\n", 2, ["unknown key in failed_turns"]),
+        ("[budget]\nfailed_turns = { max = 0, min = 1 }\n", 2, ["unknown failed_turns key 'min'"]),
         # unknown metrics and segments
         (
             '[budget]\nmin_turns = 3\nvoice_to_vioce = { p50 = "1s" }\n',
@@ -178,8 +178,16 @@ def test_regression_defaults() -> None:
         ('[budget.voice_to_voice]\np50 = "1s"\nmedian = "1s"\n', 3, ["figure 'median'"]),
         ('[budget]\nvoice_to_voice = { p100 = "1s" }\n', 2, ["unknown figure 'p100'"]),
         ('[budget]\nvoice_to_voice.p99.9 = "1s"\n', 2, ["quote it", '"p99.9"']),
-        ('[regression]\nbaseline = "b"\nmetrics = ["voice_to_voice.max"]\n', 3, ["mean or a percentile"]),
-        ('[regression]\nbaseline = "b"\nmetrics = ["voice_to_voice"]\n', 3, ["is not METRIC.FIGURE"]),
+        (
+            '[regression]\nbaseline = "b"\nmetrics = ["voice_to_voice.max"]\n',
+            3,
+            ["mean or a percentile"],
+        ),
+        (
+            '[regression]\nbaseline = "b"\nmetrics = ["voice_to_voice"]\n',
+            3,
+            ["is not METRIC.FIGURE"],
+        ),
         # malformed durations and values
         ('[budget]\nvoice_to_voice = { p95 = "1300" }\n', 2, ["'1300' is not a duration"]),
         ("[budget]\nvoice_to_voice = { p95 = 1300 }\n", 2, ["1300 is not a duration", '"1300ms"']),
@@ -204,11 +212,12 @@ def test_regression_defaults() -> None:
         ("[regression]\nbaseline = []\n", 2, ["baseline is an empty list"]),
         ('[regression]\nbaseline = "b"\nmetrics = []\n', 3, ["metrics must be a non-empty list"]),
         (
-            '[regression]\nbaseline = "b"\nmetrics = ["voice_to_voice.p50", "voice_to_voice.p50"]\n',
+            '[regression]\nbaseline = "b"\n'
+            'metrics = ["voice_to_voice.p50", "voice_to_voice.p50"]\n',
             3,
             ["listed twice"],
         ),
-        ("budget = 3\n", 1, ["[budget] must be a table"]),
+        ("budget = 3\n", 1, ["budget must be a table, not a number"]),
         # nothing to check is not a pass
         ("[budget]\n", 1, ["no checks"]),
         ("# only a comment\n", None, ["no checks"]),
@@ -228,7 +237,7 @@ def test_errors_name_the_line(text: str, line: int | None, words: list[str]) -> 
 def test_a_file_that_is_not_toml_names_its_line() -> None:
     err = _error('[budget]\nvoice_to_voice = { p95 = "1300ms" \nmin_turns = 3\n')
     assert err.message.startswith("/proj/voiceaudit.toml:2: not valid TOML:"), err.message
-    err = _error('[budget]\nmin_turns = 3\nmin_turns = 4\n')
+    err = _error("[budget]\nmin_turns = 3\nmin_turns = 4\n")
     assert err.message.startswith("/proj/voiceaudit.toml:3: not valid TOML:"), err.message
 
 
@@ -237,7 +246,7 @@ def test_pyproject_errors_name_the_line() -> None:
     err = _error(text, "pyproject.toml")
     assert err.message.startswith("/proj/pyproject.toml:5: unknown key 'bugdet'"), err.message
     err = _error('[project]\nname = "x"\n', "pyproject.toml")
-    assert "no [tool.voiceaudit] table" in err.message
+    assert "no tool.voiceaudit table" in err.message
 
 
 def test_load_budget_from_files(tmp_path: Path) -> None:
@@ -258,7 +267,7 @@ def test_find_budget(tmp_path: Path) -> None:
     assert find_budget(tmp_path) is None
     (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\n')
     assert find_budget(tmp_path) is None  # no [tool.voiceaudit]: not a budget
-    (tmp_path / "pyproject.toml").write_text('[tool.voiceaudit.budget]\nmin_turns = 3\n')
+    (tmp_path / "pyproject.toml").write_text("[tool.voiceaudit.budget]\nmin_turns = 3\n")
     assert find_budget(tmp_path) == tmp_path / "pyproject.toml"
     (tmp_path / "voiceaudit.toml").write_text("[budget]\nmin_turns = 3\n")
     assert find_budget(tmp_path) == tmp_path / "voiceaudit.toml"
@@ -340,7 +349,7 @@ _scalar = st.one_of(
     st.text(alphabet="ab #=[]{}'\\\n", max_size=8).map(
         lambda s: '"' + s.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"') + '"'
     ),
-    st.text(alphabet="ab #=[]{}\"", max_size=8).map(lambda s: "'" + s + "'"),
+    st.text(alphabet='ab #=[]{}"', max_size=8).map(lambda s: "'" + s + "'"),
     st.text(alphabet="ab #=[]\n", max_size=12).map(lambda s: '"""' + s + '"""'),
 )
 
@@ -364,11 +373,17 @@ def _documents(draw: Any) -> tuple[str, dict[tuple[str | int, ...], int]]:
                 out.extend(f"{k} = {v}   # tail".split("\n"))
             elif form == "inline":
                 subs = draw(st.lists(_key, min_size=1, max_size=3, unique=True))
-                out.append(f"{k} = {{ " + ", ".join(f"{s} = {draw(_scalar)}".replace("\n", "\\n") for s in subs) + " }")
+                out.append(
+                    f"{k} = {{ "
+                    + ", ".join(f"{s} = {draw(_scalar)}".replace("\n", "\\n") for s in subs)
+                    + " }"
+                )
                 for s in subs:
                     expect[(t, k, s)] = line
             else:
-                items = draw(st.lists(_scalar.filter(lambda v: "\n" not in v), min_size=1, max_size=3))
+                items = draw(
+                    st.lists(_scalar.filter(lambda v: "\n" not in v), min_size=1, max_size=3)
+                )
                 out.append(f"{k} = [")
                 for i, v in enumerate(items):
                     out.append(f"  {v},")
@@ -380,7 +395,9 @@ def _documents(draw: Any) -> tuple[str, dict[tuple[str | int, ...], int]]:
 
 @settings(max_examples=150, deadline=None)
 @given(_documents())
-def test_key_lines_on_generated_documents(doc: tuple[str, dict[tuple[str | int, ...], int]]) -> None:
+def test_key_lines_on_generated_documents(
+    doc: tuple[str, dict[tuple[str | int, ...], int]],
+) -> None:
     text, expect = doc
     try:
         tomllib.loads(text)

@@ -200,7 +200,6 @@ def test_a_real_slowdown_is_found(figure: str, method: str, n: int) -> None:
     rng = np.random.default_rng(99)
     fig = _fig(figure)
     found = sum(
-        _regressed(_latencies(rng, n), _latencies(rng, n) + 400.0, fig, method)
-        for _ in range(100)
+        _regressed(_latencies(rng, n), _latencies(rng, n) + 400.0, fig, method) for _ in range(100)
     )
     assert found >= 90, found

@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
             None,
             "--budget",
             "-b",
-            help="Budget file (default: ./voiceaudit.toml, else [tool.voiceaudit] in "
+            help="Budget file (default: ./voiceaudit.toml, else \\[tool.voiceaudit] in "
             "./pyproject.toml).",
             show_default=False,
         ),
@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
             [],
             "--baseline",
             help="Baseline traces for the regression checks (repeatable); overrides "
-            "[regression] baseline.",
+            "the budget's \\[regression] baseline.",
             show_default=False,
         ),
         junit: Path | None = typer.Option(
@@ -86,7 +86,8 @@ def register(app: typer.Typer) -> None:
                 budget = Budget()
             else:
                 raise UsageError(
-                    "no budget: no voiceaudit.toml and no [tool.voiceaudit] in pyproject.toml here",
+                    "no budget: no voiceaudit.toml here, and no tool.voiceaudit table in "
+                    "pyproject.toml",
                     hint="pass --budget FILE (see docs/ci.md), or --baseline PATH for "
                     "regression checks only",
                 )

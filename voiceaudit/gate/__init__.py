@@ -48,8 +48,8 @@ def run_gate(
     reg = budget.regression
     if reg is not None and not reg.baseline:
         raise UsageError(
-            "the budget has a [regression] section but no baseline",
-            hint='set baseline = "PATH" under [regression], or pass --baseline PATH',
+            "the budget has a regression table but no baseline",
+            hint='set baseline = "PATH" in the regression table, or pass --baseline PATH',
         )
     current = load_traces(traces, role="traces", include_warmup=include_warmup, mark_time=mark_time)
     baseline = None

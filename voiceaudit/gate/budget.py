@@ -230,7 +230,7 @@ def _split_metric_figure(text: str) -> tuple[str, Figure]:
 def find_budget(cwd: Path | None = None) -> Path | None:
     """``voiceaudit.toml`` in ``cwd``, else ``pyproject.toml`` if it has a
     ``[tool.voiceaudit]`` table, else None."""
-    base = cwd or Path.cwd()
+    base = cwd or Path(".")
     own = base / BUDGET_FILE
     if own.is_file():
         return own
@@ -286,9 +286,9 @@ def parse_budget(text: str, *, path: Path | None = None, pyproject: bool = False
         table = tool.get("voiceaudit") if isinstance(tool, dict) else None
         if table is None:
             raise BudgetError(
-                "no [tool.voiceaudit] table",
+                "no tool.voiceaudit table",
                 path=shown,
-                hint="add [tool.voiceaudit.budget] and/or [tool.voiceaudit.regression]",
+                hint="add the table tool.voiceaudit.budget and/or tool.voiceaudit.regression",
             )
         root = ("tool", "voiceaudit")
         if not isinstance(table, dict):
@@ -326,7 +326,7 @@ class _Parser:
         min_turns_line: int | None = None
         if "budget" in doc:
             at = (*root, "budget")
-            table = self.table(doc["budget"], at, "[budget]")
+            table = self.table(doc["budget"], at, "budget")
             for key, value in table.items():
                 here = (*at, key)
                 if key == "min_turns":
@@ -356,8 +356,8 @@ class _Parser:
             self.fail(
                 (*root, "budget") if "budget" in doc else root,
                 "the budget defines no checks",
-                hint='add a [budget] limit such as voice_to_voice = { p95 = "1300ms" }, '
-                "or a [regression] baseline",
+                hint='add a budget limit such as voice_to_voice = { p95 = "1300ms" }, '
+                "or a regression baseline",
             )
         return budget
 
@@ -443,17 +443,17 @@ class _Parser:
             elif key == "max_share":
                 max_share = self.percent(v, here, "failed_turns.max_share")
             else:
-                self.unknown(here, "key in failed_turns", ["max", "max_share"])
+                self.unknown(here, "failed_turns key", ["max", "max_share"])
         if max_count is None and max_share is None:
             self.fail(at, "failed_turns: no limit given", hint="write failed_turns = { max = 0 }")
         return FailedTurnsLimit(max_count, max_share, self.line(at))
 
     def regression(self, value: Any, at: KeyPath) -> Regression:
-        table = self.table(value, at, "[regression]")
+        table = self.table(value, at, "regression")
         known = ["baseline", "metrics", "max_increase", "alpha", "test"]
         for key in table:
             if key not in known:
-                self.unknown((*at, key), "key in [regression]", known)
+                self.unknown((*at, key), "regression key", known)
         baseline: list[Path] = []
         if "baseline" in table:
             here = (*at, "baseline")

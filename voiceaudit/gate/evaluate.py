@@ -355,7 +355,7 @@ def evaluate(budget: Budget, current: Report, baseline: Report | None = None) ->
     differences: dict[str, tuple[Any, Any]] = {}
     if budget.regression is not None:
         if baseline is None:
-            raise NoDataError("the budget has a [regression] but no baseline traces were given")
+            raise NoDataError("the budget has a regression table but no baseline traces were given")
         checks.extend(_regression_checks(budget.regression, budget.min_turns, current, baseline))
         differences = metadata_differences(baseline, current)
         warnings.extend(f"baseline: {w}" for w in baseline.warnings)
@@ -494,6 +494,11 @@ def _limit_check(
     )
 
 
+def mw_smallest_p(n_a: int, n_b: int) -> float:
+    """The smallest one-sided p-value a Mann-Whitney test of these sizes can give."""
+    return 1.0 / math.comb(n_a + n_b, n_a)
+
+
 def _method(reg: Regression, figure: Figure) -> str:
     if reg.test != "auto":
         return reg.test
@@ -605,6 +610,21 @@ def _regression_one(
     ]
     if short:
         return rm, replace(base, detail="; ".join(short), problem="not enough turns"), None
+    family = len(reg.metrics)
+    if method == "mann-whitney" and mw_smallest_p(len(a), len(b)) * family >= reg.alpha:
+        # the test could never say "regression": passing would be passing without evidence
+        holm = f" (Holm over {family})" if family > 1 else ""
+        return (
+            rm,
+            replace(
+                base,
+                detail=f"not enough turns to detect a regression: with {len(b)} and {len(a)} "
+                f"turns the Mann-Whitney test cannot reach p < {reg.alpha:g}{holm} "
+                f"(its smallest p-value is {_p(mw_smallest_p(len(a), len(b)))})",
+                problem="not enough turns",
+            ),
+            None,
+        )
     if method == "mann-whitney":
         test = mann_whitney_greater(a, b, reg.max_increase)
     else:
