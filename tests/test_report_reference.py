@@ -44,6 +44,7 @@ CONFIGS: dict[str, Config] = {
     "slow_first_token": Config(inject=("llm-ttft=600ms",)),
     "sentence_aggregation": Config(inject=("sentence-aggregation",)),
     "whole_result_handoff": Config(protocol="cascade", options=(("handoff", "whole"),)),
+    "whole_result_handoff_server": Config(inject=("whole-result-handoff",)),
     "large_audio_buffer": Config(inject=("audio-chunk=1000ms",)),
     "audio_underrun": Config(inject=("slow-audio=0.8",)),
     "endpointing_wait": Config(server=(("silence_ms", 1200),)),
@@ -249,6 +250,16 @@ def test_whole_result_handoff(runs: dict[str, Recorded]) -> None:
             _finding(t, "whole_result_handoff"),
             speech["marks"]["tts_request"] - chat["marks"]["llm_first_token"],
         )
+        assert "sentence_aggregation" not in {f.kind for f in t.findings}
+
+
+def test_whole_result_handoff_inside_the_pipeline(runs: dict[str, Recorded]) -> None:
+    # the reference pipeline's own injection, seen through its raw PCM WebSocket marks
+    rec = runs["whole_result_handoff_server"]
+    for t in _ok_turns(rec):
+        gt = _truth_for(rec, t)["marks"]
+        assert gt["tts_request"] >= gt["llm_done"]
+        _close(_finding(t, "whole_result_handoff"), gt["tts_request"] - gt["llm_first_token"])
         assert "sentence_aggregation" not in {f.kind for f in t.findings}
 
 

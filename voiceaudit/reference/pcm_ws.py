@@ -294,7 +294,13 @@ class _PcmSink:
 
     async def _announce(self) -> None:
         # Marks reached since the last call, in pipeline order.
-        for name in ("llm_request", "llm_first_token", "tts_request", "tts_first_audio"):
+        for name in (
+            "llm_request",
+            "llm_first_token",
+            "llm_done",
+            "tts_request",
+            "tts_first_audio",
+        ):
             if name not in self._announced and self.record.marks[name] is not None:
                 self._announced.add(name)
                 extra: dict[str, Any] = {}

@@ -39,6 +39,8 @@ EVENT_MARKS: dict[str, tuple[str, str]] = {
     "llm_first_token": ("llm.first_token", "model"),
     "llm.first_token": ("llm.first_token", "model"),
     "llm_done": ("llm.done", "model"),
+    "asr_done": ("asr.done", "transcription"),
+    "asr.done": ("asr.done", "transcription"),
     "llm.done": ("llm.done", "model"),
     "tts_request": ("tts.request", "synthesis"),
     "tts.request": ("tts.request", "synthesis"),
