@@ -11,7 +11,7 @@ with an even number of bytes); text frames are JSON control messages: ``{"type":
 ``pong``. Server → client: binary frames of reply audio at ``out_rate``, and JSON text
 events — ``session.started`` first, then per turn the ground-truth marks under their own
 names (``speech_started``, ``vad_stop``, ``transcript_final``, ``llm_request``,
-``llm_first_token``, ``tts_request``, ``tts_first_audio``, ``first_audio_sent``,
+``llm_first_token``, ``llm_done``, ``tts_request``, ``tts_first_audio``, ``first_audio_sent``,
 ``last_audio_sent``), each with ``turn`` and ``t_ns`` (server ``time.monotonic_ns()``),
 then ``turn_done``. ``first_audio_sent`` is sent right after the first binary reply
 frame; its ``t_ns`` is when that frame was handed to the socket.
