@@ -52,6 +52,16 @@ def test_every_budget_in_the_doc_parses() -> None:
         assert not budget.empty
 
 
+def test_every_json_example_is_json() -> None:
+    import json
+
+    blocks = _blocks("json")
+    assert blocks
+    for text in blocks:
+        doc = json.loads(text)
+        assert doc["schema"] == "voiceaudit.gate/1"
+
+
 def test_the_options_table_matches_the_command() -> None:
     from voiceaudit.cli import run
 
