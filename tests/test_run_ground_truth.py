@@ -135,3 +135,20 @@ def test_webrtc_reports_its_own_jitter_buffer(
     assert all(e.attrs["unmatched"] == 0 for e in jb)
     names = {e.name for e in tr.events if e.turn is None}
     assert {"webrtc.offer_sent", "webrtc.answer_received", "webrtc.dtls_connected"} <= names
+
+
+def test_webrtc_connection_timeline_in_the_report(
+    recorded: tuple[dict[str, Trace], list[Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from voiceaudit.cli import run
+
+    tr = recorded[0]["webrtc"]
+    capsys.readouterr()
+    assert run(["report", tr.path, "--format", "json"]) == 0
+    timeline = json.loads(capsys.readouterr().out)["connection_timeline"]
+    [marks] = timeline.values()
+    at = {m["mark"]: m["ms"] for m in marks}
+    assert 0 <= at["webrtc.offer_sent"] <= at["webrtc.answer_received"]
+    assert at["webrtc.answer_received"] <= at["webrtc.dtls_connected"] <= at["session.connected"]

@@ -200,6 +200,9 @@ def _extras(
 
         progress("reading the capture…")
         out.append(("Network path", "network", join_capture(trace, pcap)))
+    timeline = _ConnectionTimeline(trace)
+    if timeline.sessions:
+        out.append(("Connection timeline", "connection_timeline", timeline))
     if telemetry:
         from voiceaudit.imports import import_telemetry
 
@@ -207,6 +210,40 @@ def _extras(
         results = [import_telemetry(f, trace=trace, keep_content=keep_content) for f in telemetry]
         out.append(("Framework vs heard", "framework_vs_heard", _FrameworkRows(results, trace)))
     return out
+
+
+class _ConnectionTimeline:
+    """Per session, the connection marks (WebRTC: offer, answer, ICE, DTLS, first RTP),
+    in ms from the session's connection attempt. Shown for sessions with WebRTC marks."""
+
+    def __init__(self, trace: Any) -> None:
+        self.sessions: dict[str, list[tuple[str, float]]] = {}
+        starts: dict[str, int] = {}
+        marks: dict[str, list[tuple[str, int]]] = {}
+        for e in trace.events:
+            if e.turn is not None and not e.name.startswith("webrtc.first_rtp"):
+                continue
+            if e.name == "session.connect_start":
+                starts.setdefault(e.session, e.t_ns)
+            elif e.name.startswith(("webrtc.", "session.")):
+                marks.setdefault(e.session, []).append((e.name, e.t_ns))
+        for session, items in marks.items():
+            if session not in starts or not any(n.startswith("webrtc.") for n, _ in items):
+                continue
+            t0 = starts[session]
+            self.sessions[session] = [
+                (name, round((t - t0) / 1e6, 3)) for name, t in sorted(items, key=lambda x: x[1])
+            ]
+
+    def render_text(self) -> str:
+        lines = []
+        for session, items in self.sessions.items():
+            lines.append(f"session {session} (ms from the connection attempt)")
+            lines += [f"  {ms:>10.3f}  {name}" for name, ms in items]
+        return "\n".join(lines) + "\n"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {s: [{"mark": n, "ms": ms} for n, ms in items] for s, items in self.sessions.items()}
 
 
 class _FrameworkRows:
