@@ -72,7 +72,9 @@ async def measure(url: str, sessions: int, seconds: float) -> np.ndarray:  # typ
     pacer = Pacer()
     lateness: list[int] = []
     async with aiohttp.ClientSession() as http:
-        await asyncio.gather(*(_session(http, url, pacer, seconds, lateness) for _ in range(sessions)))
+        await asyncio.gather(
+            *(_session(http, url, pacer, seconds, lateness) for _ in range(sessions))
+        )
     return np.array(lateness, dtype=np.float64) / 1e6
 
 
