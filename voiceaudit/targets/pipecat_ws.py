@@ -45,17 +45,14 @@ Options (``--target-option NAME=VALUE``):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
 from voiceaudit.errors import TargetError, UsageError
 from voiceaudit.targets.base import Target, TargetConfig, TargetSession, TargetSink
+from voiceaudit.targets.wsbase import WebSocketSession
 
 # -- protobuf wire format (only what frames.proto uses) -------------------------------------
 
@@ -251,7 +248,7 @@ def client_ready_message() -> dict[str, Any]:
     }
 
 
-class PipecatWebSocketSession(TargetSession):
+class PipecatWebSocketSession(WebSocketSession):
     def __init__(self, config: TargetConfig, sink: TargetSink) -> None:
         super().__init__(config, sink)
         self.input_rate = config.int_option("rate", 16000)
@@ -263,31 +260,15 @@ class PipecatWebSocketSession(TargetSession):
             raise UsageError(
                 f"target option done_on={self.done_on!r} must be bot-stopped-speaking or idle"
             )
-        self._http: aiohttp.ClientSession | None = None
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._reader: asyncio.Task[None] | None = None
         self._bot_ready = asyncio.Event()
         self._first_llm_text = False
         self._speaking = False
-        self._closing = False
 
     async def open(self) -> None:
-        self._http = aiohttp.ClientSession()
-        try:
-            self._ws = await self._http.ws_connect(
-                self.config.url,
-                headers={k: v for k, v in self.config.headers},
-                timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
-                max_msg_size=64 * 1024 * 1024,
-                autoping=True,
-            )
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            await self.close()
-            raise TargetError(f"cannot connect to {self.config.describe()['url']}: {exc}") from None
-        self._reader = asyncio.create_task(self._read())
+        await self.connect(self.config.url, self.headers())
         if self.rtvi == "off":
             return
-        await self._ws.send_bytes(encode_message_frame(client_ready_message()))
+        await self.live().send_bytes(encode_message_frame(client_ready_message()))
         wait = self.config.connect_timeout_s if self.rtvi == "on" else 2.0
         try:
             await asyncio.wait_for(self._bot_ready.wait(), wait)
@@ -300,31 +281,16 @@ class PipecatWebSocketSession(TargetSession):
                 ) from None
 
     async def send_audio(self, pcm16: bytes) -> None:
-        ws = self._ws
-        if ws is None or ws.closed:
-            raise TargetError("connection is closed")
-        await ws.send_bytes(encode_audio_frame(pcm16, self.input_rate))
+        await self.live().send_bytes(encode_audio_frame(pcm16, self.input_rate))
 
     async def start_turn(self, turn: int) -> None:
         self._first_llm_text = False
 
-    async def _read(self) -> None:
-        assert self._ws is not None
-        ws = self._ws
-        try:
-            async for msg in ws:
-                t = time.monotonic_ns()
-                if msg.type == aiohttp.WSMsgType.BINARY:
-                    self._on_frame(t, msg.data)
-                elif msg.type == aiohttp.WSMsgType.TEXT:
-                    self.sink.fail("protocol: text message from a protobuf-serializer bot")
-                elif msg.type == aiohttp.WSMsgType.ERROR:
-                    self.sink.fail(f"connection error: {ws.exception()}")
-                    return
-            if not self._closing:
-                self.sink.fail(f"target closed the connection (code {ws.close_code})")
-        except (aiohttp.ClientError, ConnectionError) as exc:
-            self.sink.fail(f"connection lost: {exc}")
+    def on_text(self, t_ns: int, data: str) -> None:
+        self.sink.fail("protocol: text message from a protobuf-serializer bot")
+
+    def on_binary(self, t_ns: int, data: bytes) -> None:
+        self._on_frame(t_ns, data)
 
     def _on_frame(self, t: int, data: bytes) -> None:
         try:
@@ -410,21 +376,6 @@ class PipecatWebSocketSession(TargetSession):
             return
         if kind not in _RTVI_QUIET:
             self.sink.mark("unknown_event", "other", t, {"raw": kind[:80]})
-
-    async def close(self) -> None:
-        self._closing = True
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
-            self._reader = None
-        if self._ws is not None and not self._ws.closed:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._ws.close(), 2.0)
-        self._ws = None
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
 
 
 def _obj(d: dict[str, Any], key: str) -> dict[str, Any]:

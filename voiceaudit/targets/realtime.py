@@ -19,16 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
-import time
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-import aiohttp
-
 from voiceaudit.errors import TargetError
 from voiceaudit.targets.base import Target, TargetConfig, TargetSession, TargetSink
+from voiceaudit.targets.wsbase import WebSocketSession
 
 #: server event -> (mark name, stage); audio deltas are handled separately
 _MARKS: dict[str, tuple[str, str]] = {
@@ -49,15 +46,12 @@ _TEXT_DELTAS = {"response.output_audio_transcript.delta", "response.audio_transc
 _IGNORED_PREFIXES = ("session.", "conversation.", "response.", "input_audio_buffer.", "rate_limits")
 
 
-class RealtimeSession(TargetSession):
+class RealtimeSession(WebSocketSession):
     def __init__(self, config: TargetConfig, sink: TargetSink) -> None:
         super().__init__(config, sink)
         self.input_rate = config.int_option("rate", 24000)
         self.beta = config.option("api", "ga") == "beta"
         self.manual = config.option("turn_detection", "server_vad") == "manual"
-        self._http: aiohttp.ClientSession | None = None
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._reader: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._first_text_seen = False
 
@@ -105,25 +99,10 @@ class RealtimeSession(TargetSession):
         return {"type": "session.update", "session": session}
 
     async def open(self) -> None:
-        headers = {k: v for k, v in self.config.headers}
-        key = self.config.api_key()
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
+        headers = self.headers()
         if self.beta:
             headers["OpenAI-Beta"] = "realtime=v1"
-        self._http = aiohttp.ClientSession()
-        try:
-            self._ws = await self._http.ws_connect(
-                self._url(),
-                headers=headers,
-                timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
-                max_msg_size=64 * 1024 * 1024,
-                autoping=True,
-            )
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            await self.close()
-            raise TargetError(f"cannot connect to {self.config.describe()['url']}: {exc}") from None
-        self._reader = asyncio.create_task(self._read())
+        await self.connect(self._url(), headers)
         await self._send(self._session_update())
         try:
             await asyncio.wait_for(self._ready.wait(), self.config.connect_timeout_s)
@@ -132,9 +111,7 @@ class RealtimeSession(TargetSession):
             raise TargetError("the target did not answer session.update in time") from None
 
     async def _send(self, obj: dict[str, Any]) -> None:
-        if self._ws is None or self._ws.closed:
-            raise TargetError("connection is closed")
-        await self._ws.send_str(json.dumps(obj, separators=(",", ":")))
+        await self.live().send_str(json.dumps(obj, separators=(",", ":")))
 
     async def send_audio(self, pcm16: bytes) -> None:
         await self._send(
@@ -149,25 +126,10 @@ class RealtimeSession(TargetSession):
             await self._send({"type": "input_audio_buffer.commit"})
             await self._send({"type": "response.create"})
 
-    async def _read(self) -> None:
-        assert self._ws is not None
-        ws = self._ws
-        try:
-            async for msg in ws:
-                t = time.monotonic_ns()
-                if msg.type == aiohttp.WSMsgType.TEXT:
-                    self._on_text(t, msg.data)
-                elif msg.type == aiohttp.WSMsgType.BINARY:
-                    self.sink.fail("protocol: unexpected binary message from a realtime server")
-                elif msg.type == aiohttp.WSMsgType.ERROR:
-                    self.sink.fail(f"connection error: {ws.exception()}")
-                    return
-            code = ws.close_code
-            self.sink.fail(f"target closed the connection (code {code})")
-        except (aiohttp.ClientError, ConnectionError) as exc:
-            self.sink.fail(f"connection lost: {exc}")
+    def on_binary(self, t_ns: int, data: bytes) -> None:
+        self.sink.fail("protocol: unexpected binary message from a realtime server")
 
-    def _on_text(self, t: int, data: str) -> None:
+    def on_text(self, t: int, data: str) -> None:
         try:
             ev = json.loads(data)
             kind = ev["type"]
@@ -221,20 +183,6 @@ class RealtimeSession(TargetSession):
             return
         if not kind.startswith(_IGNORED_PREFIXES):
             self.sink.mark("unknown_event", "other", t, {"raw": kind[:80]})
-
-    async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
-            self._reader = None
-        if self._ws is not None and not self._ws.closed:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._ws.close(), 2.0)
-        self._ws = None
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
 
 
 class RealtimeTarget(Target):

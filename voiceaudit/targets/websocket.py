@@ -14,17 +14,12 @@ one), ``out_rate`` (the reply rate, default = ``rate``), ``silence_ms``.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import time
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import aiohttp
-
-from voiceaudit.errors import TargetError
 from voiceaudit.targets.base import Target, TargetConfig, TargetSession, TargetSink
+from voiceaudit.targets.wsbase import WebSocketSession
 
 #: event type -> (mark name, stage)
 EVENT_MARKS: dict[str, tuple[str, str]] = {
@@ -55,7 +50,7 @@ _DONE = {"turn_done", "response.done"}
 _QUIET = {"session.started", "pong", "session.created"}
 
 
-class PcmWebSocketSession(TargetSession):
+class PcmWebSocketSession(WebSocketSession):
     def __init__(self, config: TargetConfig, sink: TargetSink) -> None:
         super().__init__(config, sink)
         parts = urlsplit(config.url)
@@ -67,55 +62,20 @@ class PcmWebSocketSession(TargetSession):
         if "silence_ms" in config.options:
             query.setdefault("silence_ms", config.options["silence_ms"])
         self._url = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
-        self._http: aiohttp.ClientSession | None = None
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._reader: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
-        headers = {k: v for k, v in self.config.headers}
-        key = self.config.api_key()
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        self._http = aiohttp.ClientSession()
-        try:
-            self._ws = await asyncio.wait_for(
-                self._http.ws_connect(self._url, headers=headers, max_msg_size=64 * 1024 * 1024),
-                self.config.connect_timeout_s,
-            )
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            await self.close()
-            raise TargetError(
-                f"cannot connect to {self.config.describe()['url']}: {exc or type(exc).__name__}"
-            ) from None
-        self._reader = asyncio.create_task(self._read())
+        await self.connect(self._url, self.headers())
 
     async def send_audio(self, pcm16: bytes) -> None:
-        if self._ws is None or self._ws.closed:
-            raise TargetError("connection is closed")
-        await self._ws.send_bytes(pcm16)
+        await self.live().send_bytes(pcm16)
 
-    async def _read(self) -> None:
-        assert self._ws is not None
-        ws = self._ws
-        try:
-            async for msg in ws:
-                t = time.monotonic_ns()
-                if msg.type == aiohttp.WSMsgType.BINARY:
-                    data: bytes = msg.data
-                    if len(data) % 2:
-                        self.sink.fail("protocol: odd-length PCM frame")
-                        continue
-                    self.sink.reply_audio(t, data, self.out_rate, len(data))
-                elif msg.type == aiohttp.WSMsgType.TEXT:
-                    self._on_text(t, msg.data)
-                elif msg.type == aiohttp.WSMsgType.ERROR:
-                    self.sink.fail(f"connection error: {ws.exception()}")
-                    return
-            self.sink.fail(f"target closed the connection (code {ws.close_code})")
-        except (aiohttp.ClientError, ConnectionError) as exc:
-            self.sink.fail(f"connection lost: {exc}")
+    def on_binary(self, t_ns: int, data: bytes) -> None:
+        if len(data) % 2:
+            self.sink.fail("protocol: odd-length PCM frame")
+            return
+        self.sink.reply_audio(t_ns, data, self.out_rate, len(data))
 
-    def _on_text(self, t: int, text: str) -> None:
+    def on_text(self, t: int, text: str) -> None:
         try:
             ev = json.loads(text)
             kind = ev["type"]
@@ -143,20 +103,6 @@ class PcmWebSocketSession(TargetSession):
             self.sink.fail(f"target error: {message}")
         elif kind not in _QUIET:
             self.sink.mark("unknown_event", "other", t, {"raw": kind[:80]})
-
-    async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
-            self._reader = None
-        if self._ws is not None and not self._ws.closed:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._ws.close(), 2.0)
-        self._ws = None
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
 
 
 class PcmWebSocketTarget(Target):
