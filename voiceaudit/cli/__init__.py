@@ -69,9 +69,12 @@ for _mod in (
 
 
 def print_error(exc: VoiceauditError) -> None:
-    err_console().print(f"[bold red]error:[/] {exc.message}", highlight=False, markup=True)
+    from rich.markup import escape
+
+    # Messages carry paths and user text: square brackets in them are not markup.
+    err_console().print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
     if exc.hint:
-        err_console().print(f"[dim]hint:[/] {exc.hint}", highlight=False)
+        err_console().print(f"[dim]hint:[/] {escape(exc.hint)}", highlight=False)
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -105,8 +108,11 @@ def run(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if show_traceback:
             raise
+        from rich.markup import escape
+
         err_console().print(
-            f"[bold red]internal error:[/] {type(exc).__name__}: {exc}", highlight=False
+            f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}",
+            highlight=False,
         )
         err_console().print("[dim]hint:[/] run again with --traceback and report it as a bug")
         return ExitCode.INTERNAL
