@@ -43,6 +43,7 @@ def test_clean_run_wire_to_app(tmp_path: Path, capsys: pytest.CaptureFixture[str
         assert t["wire_to_app_ms"] is not None
         assert 0 <= t["wire_to_app_ms"] < 50
         assert t["small_write_stalls"] == 0
+    assert net["findings"] == []
 
 
 def test_small_writes_show_as_stalls(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -55,3 +56,7 @@ def test_small_writes_show_as_stalls(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert stalls >= 1
     # Nagle holds the next small write until the peer's delayed ACK: ~40 ms on Linux
     assert 20 <= held / stalls <= 250
+    findings = net["findings"]
+    assert isinstance(findings, list)
+    costed = [f for f in findings if f["kind"] == "small_write_stall"]
+    assert sum(f["ms"] for f in costed) == pytest.approx(held, abs=0.01)

@@ -64,10 +64,46 @@ class NetworkJoin:
     rtp_streams: tuple[dict[str, Any], ...]
     warnings: tuple[str, ...] = field(default=())
 
+    def findings(self) -> list[dict[str, Any]]:
+        """Network findings with their evidence from packets, one per turn and kind."""
+        out: list[dict[str, Any]] = []
+        for t in self.turns:
+            where = {"session": t.session, "turn": t.turn}
+            if t.stalls:
+                out.append(
+                    {
+                        "kind": "small_write_stall",
+                        **where,
+                        "ms": round(t.stall_held_ns / NS_PER_MS, 3),
+                        "evidence": f"{t.stalls} segment(s) held back until the peer's ACK "
+                        "(Nagle + delayed ACK)",
+                    }
+                )
+            if t.retransmissions:
+                out.append(
+                    {
+                        "kind": "retransmission",
+                        **where,
+                        "ms": None,
+                        "evidence": f"{t.retransmissions} TCP retransmission(s) in the turn",
+                    }
+                )
+            for c in t.connects:
+                out.append(
+                    {
+                        "kind": "connection_setup",
+                        **where,
+                        "ms": c["connect_ms"],
+                        "evidence": f"TCP connection to {c['server']} set up inside the turn",
+                    }
+                )
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "capture": self.capture,
             "turns": [t.to_dict() for t in self.turns],
+            "findings": self.findings(),
             "rtp_streams": list(self.rtp_streams),
             "warnings": list(self.warnings),
         }
@@ -87,6 +123,11 @@ class NetworkJoin:
                 f"{t.session:<10} {t.turn:>4} "
                 f"{'-' if w2a is None else f'{w2a / NS_PER_MS:.3f}':>12} {t.stalls:>6} "
                 f"{t.stall_held_ns / NS_PER_MS:>9.1f} {t.retransmissions:>7}  {conns}"
+            )
+        for f in self.findings():
+            cost = "" if f["ms"] is None else f": {f['ms']} ms"
+            lines.append(
+                f"finding {f['kind']} {f['session']} turn {f['turn']}{cost} — {f['evidence']}"
             )
         for s in self.rtp_streams:
             lines.append(
