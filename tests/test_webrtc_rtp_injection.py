@@ -66,13 +66,15 @@ def test_rtp_jitter_and_loss_recovered(tmp_path: Path) -> None:
         count_marked=True,
         clock_rates={96: OPUS_CLOCK, 111: OPUS_CLOCK},
     )
-    # The server streams continuously (silence between replies); the probe sends only while
-    # it speaks: the server's stream is the longer one.
-    server = max(report.rtp_streams, key=lambda s: s.packets)
+    # Two streams, both continuous: the probe's (no faults on loopback) and the server's,
+    # which the injection made lose packets.
+    assert len(report.rtp_streams) == 2
+    server = max(report.rtp_streams, key=lambda s: s.lost)
     assert server.mean_jitter_ms is not None
     measured_loss = server.lost / server.expected * 100
     assert abs(measured_loss - truth_loss) <= 1.0, (measured_loss, truth_loss)
     assert abs(server.mean_jitter_ms - truth_mean) <= 1.0, (server.mean_jitter_ms, truth_mean)
     # and the probe's own stream, untouched, shows no loss and little jitter
-    probe = min(report.rtp_streams, key=lambda s: s.packets)
+    probe = min(report.rtp_streams, key=lambda s: s.lost)
     assert probe.lost == 0
+    assert probe.mean_jitter_ms is not None and probe.mean_jitter_ms < truth_mean

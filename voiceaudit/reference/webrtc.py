@@ -298,8 +298,13 @@ class WebRTCSession:
                 _last[0] = release
                 self.rtp_stats["delays"].append(release - time.monotonic_ns())
 
+                async def late_send() -> None:
+                    # the connection may have closed while the packet was held back
+                    with contextlib.suppress(ConnectionError):
+                        await _orig(data)
+
                 def send() -> None:
-                    task = asyncio.ensure_future(_orig(data))
+                    task = asyncio.ensure_future(late_send())
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
 

@@ -23,7 +23,9 @@ JSON: Pipecat SmallWebRTC's ``/api/offer``, the reference pipeline) or ``sdp`` (
 ``auto``: JSON unless the URL path ends in ``/calls``, ``/whip`` or ``/sdp``; the answer's
 content type decides how it is read. Other options: ``datachannel`` (label, e.g.
 ``oai-events``), ``quiet_ms`` (600), ``threshold`` (linear peak for an audible frame,
-0.003), ``connect_timeout`` (seconds, 10).
+0.003), ``connect_timeout`` (seconds, 10), ``mic`` (``continuous``, the default: silence
+fills the outgoing stream whenever the probe sends nothing for 40 ms, as a microphone
+would; ``frames``: only the probe's frames).
 """
 
 from __future__ import annotations
@@ -151,7 +153,9 @@ class WebRTCSession(TargetSession):
             allow_loopback_ice()
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self._pc = pc
-        pc.addTrack(_make_track(self._queue))
+        pc.addTrack(
+            _make_track(self._queue, fill_idle=self.config.option("mic", "continuous") != "frames")
+        )
         label = self.config.options.get("datachannel")
         if label:
             channel = pc.createDataChannel(label)
@@ -359,10 +363,22 @@ class WebRTCSession(TargetSession):
             self._http = None
 
 
-def _make_track(queue: asyncio.Queue[bytes | None]) -> Any:
-    """An outgoing audio track that sends exactly the frames the probe paces."""
+#: when the probe has sent nothing for this long, the track sends 20 ms of silence
+IDLE_FILL_NS = 40_000_000
+FILL_FRAME = RATE * 20 // 1000
+
+
+def _make_track(queue: asyncio.Queue[bytes | None], *, fill_idle: bool = True) -> Any:
+    """An outgoing audio track that sends the frames the probe paces.
+
+    Like a microphone it never goes quiet on the wire: between the probe's frames (while a
+    reply plays, between turns) it sends silence every 20 ms, so the remote end's idle
+    watchers and jitter buffers see a live stream.
+    """
     import av
     from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+    silence = bytes(FILL_FRAME * 2)
 
     class ProbeTrack(MediaStreamTrack):
         kind = "audio"
@@ -370,9 +386,26 @@ def _make_track(queue: asyncio.Queue[bytes | None]) -> Any:
         def __init__(self) -> None:
             super().__init__()
             self._pts = 0
+            self._next_fill: int | None = None
+
+        async def _next(self) -> bytes | None:
+            if not fill_idle or self._next_fill is None:
+                return await queue.get()
+            wait = (self._next_fill - time.monotonic_ns()) / 1e9
+            try:
+                data = await asyncio.wait_for(queue.get(), max(0.0, wait))
+            except TimeoutError:
+                self._next_fill += FILL_FRAME * 1_000_000_000 // RATE
+                return silence
+            self._next_fill = time.monotonic_ns() + IDLE_FILL_NS
+            return data
 
         async def recv(self) -> Any:
-            data = await queue.get()
+            if self._next_fill is None and fill_idle:
+                data = await queue.get()
+                self._next_fill = time.monotonic_ns() + IDLE_FILL_NS
+            else:
+                data = await self._next()
             if data is None:
                 self.stop()
                 raise MediaStreamError
