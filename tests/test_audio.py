@@ -739,3 +739,11 @@ def test_inspect_audio(speech_dir: Path) -> None:
     assert segs[-1][1] == d["speech_end_ms"]
     assert all(round(v, 3) == v for seg in segs for v in seg)
     json.dumps(d)
+
+
+def test_first_audible_of_a_reply_loud_from_its_first_sample() -> None:
+    # No digital silence anywhere and a steady level: that is sound, not a noise floor.
+    rate = 24000
+    n = rate * 300 // 1000
+    tone = (0.3 * np.cos(2 * np.pi * 440 * np.arange(n) / rate)).astype(np.float32)
+    assert A.first_audible(tone, rate) == 0

@@ -703,6 +703,8 @@ def _store_cached(cf: Path, digest: str, info: SpeechInfo) -> None:
 
 _AUDIBLE_WINDOW_MS = 5.0
 _AUDIBLE_DBFS = -50.0  # a 5 ms window with an RMS above this is audible ...
+#: A steady level above this (from the first sample, no silence anywhere) is sound, not noise.
+_NOISE_CEILING_DBFS = -35.0
 _AUDIBLE_OVER_NOISE = 4.0  # ... if it is also 4x (12 dB) the RMS of the noise before it
 _NOISE_LOOKBACK_MS = (100.0, 25.0)  # the local noise peak is measured in this stretch
 _QUIET_RUN_MS = 2.0  # the onset follows the last run this long at the noise level
@@ -757,6 +759,9 @@ def first_audible(
             # buffer may be noise throughout, and its quiet parts tell how loud that noise is.
             sounding = ms[ms > LSB * LSB]
             noise_rms = math.sqrt(float(np.percentile(sounding, 10.0)))
+            if noise_rms > 10.0 ** (_NOISE_CEILING_DBFS / 20.0):
+                # Too loud to be a noise floor: the reply is sound from its first sample.
+                noise_rms = 0.0
         if noise_rms * _AUDIBLE_OVER_NOISE > level:
             level = noise_rms * _AUDIBLE_OVER_NOISE
             above = np.flatnonzero(ms > level * level)

@@ -1,0 +1,122 @@
+"""wire-to-app against a known delay: the reply's first audio is on the wire, but the probe's
+application reads it only after its event loop was held for a known time.
+
+A Realtime-protocol server (its own thread and event loop) sends a marker event and, right
+behind it, the reply's audio. The probe's handler sleeps HOLD_MS on the marker, so the audio
+waits in the socket: the report's wire-to-app for that turn must be HOLD_MS (plus the
+loopback's fraction of a millisecond), recovered from a real dumpcap capture.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from aiohttp import web
+
+from voiceaudit.analysis.network import join_capture
+from voiceaudit.capture.dumpcap import Dumpcap
+from voiceaudit.probe.runner import ProbeOptions, run_probe
+from voiceaudit.probe.utterances import bundled_dir, load_utterances
+from voiceaudit.targets.base import TargetConfig
+from voiceaudit.targets.realtime import RealtimeSession, RealtimeTarget
+from voiceaudit.trace_io import read_trace
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("dumpcap") is None, reason="dumpcap not installed"),
+]
+
+HOLD_MS = 80
+RATE = 24000
+
+
+async def _handler(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    appends = 0
+    async for msg in ws:
+        ev = json.loads(msg.data)
+        if ev["type"] == "session.update":
+            await ws.send_json({"type": "session.updated", "session": {}})
+        elif ev["type"] == "input_audio_buffer.append":
+            appends += 1
+            if appends == 100:  # 2 s of input heard (the utterance lasts 1.84 s): answer
+                n = RATE * 300 // 1000
+                pcm = (0.3 * np.cos(2 * np.pi * 440 * np.arange(n) / RATE) * 32767).astype("<i2")
+                await ws.send_json({"type": "x.test.hold"})
+                d = base64.b64encode(pcm.tobytes()).decode()
+                await ws.send_json({"type": "response.output_audio.delta", "delta": d})
+                await ws.send_json({"type": "response.done", "response": {}})
+                appends = 0
+    return ws
+
+
+def _serve(port_box: list[int], stop: threading.Event) -> None:
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_get("/v1/realtime", _handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        await web.SockSite(runner, sock).start()
+        port_box.append(sock.getsockname()[1])
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+        await runner.cleanup()
+
+    asyncio.run(main())
+
+
+def test_wire_to_app_recovers_a_held_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = RealtimeSession.on_text
+
+    def holding(self: RealtimeSession, t: int, data: str) -> None:
+        original(self, t, data)
+        if "x.test.hold" in data:
+            time.sleep(HOLD_MS / 1000)  # the application is busy; the socket fills
+
+    monkeypatch.setattr(RealtimeSession, "on_text", holding)
+    port_box: list[int] = []
+    stop = threading.Event()
+    server = threading.Thread(target=_serve, args=(port_box, stop), daemon=True)
+    server.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not port_box and time.monotonic() < deadline:
+            time.sleep(0.01)
+        port = port_box[0]
+        trace = tmp_path / "trace.jsonl"
+        cap = Dumpcap(
+            tmp_path / "capture.pcapng", interface="lo", capture_filter=f"tcp port {port}"
+        )
+        cap.start()
+        try:
+            cfg = TargetConfig(url=f"ws://127.0.0.1:{port}/v1/realtime", protocol="realtime")
+            utt = load_utterances([bundled_dir() / "03_lights.wav"])
+            res = asyncio.run(
+                run_probe(RealtimeTarget(cfg), utt, ProbeOptions(turns=2, gap_ms=100), trace)
+            )
+        finally:
+            cap.stop()
+    finally:
+        stop.set()
+        server.join(timeout=10)
+    assert all(t.ok for t in res.turns), res.turns
+    net = join_capture(read_trace(trace), tmp_path / "capture.pcapng")
+    assert len(net.turns) == 2
+    for t in net.turns:
+        w2a = t.wire_to_app_ns
+        assert w2a is not None
+        assert HOLD_MS * 1_000_000 <= w2a <= (HOLD_MS + 15) * 1_000_000, w2a / 1e6
