@@ -1,26 +1,24 @@
 """How long `voiceaudit report` takes on a large trace, against just parsing it.
 
-Writes a synthetic trace of N turns (default 100,000): every probe and pipeline mark of
-the documented vocabulary once per turn, three transcript partials, and the reply audio
-as reply.chunk events (``--reply-ms`` of audio in ``--chunk-ms`` chunks); with
-``--frames``, one input.frame per 20 ms of input audio (150 per turn). Stage durations
-vary per turn and 1 % of turns fail, so the statistics have work to do.
+Writes a synthetic trace of N turns (default 100,000) as `voiceaudit run` writes one
+(trace schema version 2): every probe and pipeline mark of the documented vocabulary
+once per turn, three transcript partials, and the reply audio as one reply.chunks event
+(``--reply-ms`` of audio in ``--chunk-ms`` chunks); with ``--frames``, one input.frames
+event with an element per 20 ms of input audio (150 per turn). ``--version 1`` writes
+the old layout instead: one reply.chunk event per chunk, one input.frame per frame.
+Stage durations vary per turn and 1 % of turns fail, so the statistics have work to do.
 
 Then, in one process, it times:
 
 * parse: reading the file and decoding every line with the stdlib ``json`` module;
 * report: ``build_report`` (read, ledgers, findings) plus the statistics and the terminal
-  rendering, then the JSON rendering of every turn separately;
-* with ``--batched``: parsing (stdlib) the same trace with each turn's reply.chunk and
-  input.frame events folded into one event each carrying arrays, the format change that
-  would make per-chunk and per-frame events cheap (see docs/report-format.md, "Speed").
+  rendering, then the JSON rendering of every turn separately.
 
     .venv/bin/python bench/report_speed.py [--turns 100000] [--frames] [--chunk-ms 100]
-        [--reply-ms 2000] [--decoder auto|json] [--batched] [--dir DIR] [--keep]
+        [--reply-ms 2000] [--decoder auto|json] [--version 1|2] [--dir DIR] [--keep]
 
 A real trace from `voiceaudit run` against the reference pipeline has 20 ms reply chunks
-and 20 ms input frames: ``--frames --chunk-ms 20 --reply-ms 4600`` reproduces its ~400
-lines per turn.
+and 20 ms input frames: ``--frames --chunk-ms 20 --reply-ms 4600`` reproduces it.
 
 Goal (issue 5): report <= 3x parse time, and a 100,000-turn report in under 10 s.
 CPU times are printed too: on a shared machine they say more than wall-clock times.
@@ -35,11 +33,11 @@ import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from voiceaudit import trace_io
 from voiceaudit.analysis import build_report
 from voiceaudit.analysis.synthetic import TurnSpec, write_trace_fast
+from voiceaudit.model import SCHEMA_VERSION
 from voiceaudit.report import Format, render
 
 
@@ -85,41 +83,6 @@ def parse_all(path: Path) -> int:
     return n
 
 
-def batch(path: Path, out: Path) -> int:
-    """Fold each turn's reply.chunk and input.frame events into one event with arrays."""
-    folded: dict[tuple[str, Any, str], dict[str, list[Any]]] = {}
-    lines: list[str] = []
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            d = json.loads(line)
-            name = d.get("name")
-            if name in ("reply.chunk", "input.frame"):
-                key = (d["session"], d["turn"], name + "s")
-                arrays = folded.setdefault(key, {"t_ns": []})
-                arrays["t_ns"].append(d["t_ns"])
-                for k, v in d["attrs"].items():
-                    arrays.setdefault(k, []).append(v)
-                continue
-            if name == "turn.end":
-                for (s, t, n), arrays in list(folded.items()):
-                    if (s, t) == (d["session"], d["turn"]):
-                        ev = {
-                            "type": "event",
-                            "session": s,
-                            "turn": t,
-                            "t_ns": arrays["t_ns"][0],
-                            "source": "probe",
-                            "stage": "reply",
-                            "name": n,
-                            "attrs": arrays,
-                        }
-                        lines.append(json.dumps(ev, separators=(",", ":")))
-                        del folded[(s, t, n)]
-            lines.append(line.rstrip("\n"))
-    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return len(lines)
-
-
 def row(what: str, t: Timer, parse: Timer) -> None:
     print(
         f"{what:<50} {t.wall:7.2f} s wall {t.wall / parse.wall:5.2f}x   "
@@ -135,7 +98,8 @@ def main() -> None:
     ap.add_argument("--reply-ms", type=float, default=2000.0, help="reply audio per turn")
     ap.add_argument("--decoder", choices=("auto", "json"), default="auto",
                     help="json: never orjson, even when installed")  # fmt: skip
-    ap.add_argument("--batched", action="store_true", help="also time the batched format")
+    ap.add_argument("--version", type=int, choices=(1, 2), default=SCHEMA_VERSION,
+                    help="trace schema version (1: an event per chunk and frame)")  # fmt: skip
     ap.add_argument("--dir", type=Path, default=Path("/tmp"), help="where to write the trace")
     ap.add_argument("--keep", action="store_true", help="keep the trace (and reuse it)")
     args = ap.parse_args()
@@ -145,7 +109,8 @@ def main() -> None:
 
     frames = "-frames" if args.frames else ""
     path = args.dir / (
-        f"voiceaudit-bench-{args.turns}{frames}-{args.chunk_ms:g}-{args.reply_ms:g}.jsonl"
+        f"voiceaudit-bench-v{args.version}-{args.turns}{frames}-{args.chunk_ms:g}-"
+        f"{args.reply_ms:g}.jsonl"
     )
     if not (args.keep and path.exists()):
         path.unlink(missing_ok=True)
@@ -153,7 +118,7 @@ def main() -> None:
         turns = specs(
             args.turns, frames=args.frames, chunk_ms=args.chunk_ms, reply_ms=args.reply_ms
         )
-        write_trace_fast(path, turns, sessions=8)
+        write_trace_fast(path, turns, sessions=8, version=args.version)
         print(f"wrote {path} in {time.perf_counter() - t:.1f} s")
     size = path.stat().st_size
 
@@ -183,13 +148,12 @@ def main() -> None:
         f"voice-to-voice p50 {v2v.p50:.1f} ms, {len(report.findings)} finding kinds, "
         f"terminal report {len(text.splitlines())} lines"
     )
-    if args.batched:
-        folded = path.with_suffix(".batched.jsonl")
-        n = batch(path, folded)
-        with Timer() as bparse:
-            parse_all(folded)
-        row(f"batched format: parse ({n / args.turns:.0f} lines per turn)", bparse, parse)
-        folded.unlink()
+    ratio = whole.cpu / parse.cpu
+    print(
+        f"goal: report <= 3x parse: {'yes' if ratio <= 3 else 'NO'} ({ratio:.2f}x CPU); "
+        f"{args.turns:,}-turn report under 10 s: {'yes' if whole.wall < 10 else 'NO'} "
+        f"({whole.wall:.2f} s wall, {whole.cpu:.2f} s CPU)"
+    )
     if not args.keep:
         path.unlink()
 

@@ -13,6 +13,7 @@ from voiceaudit.analysis import SEGMENTS, build_report, compare
 from voiceaudit.analysis.synthetic import TurnSpec, synthetic_header, write_trace
 from voiceaudit.cli import run
 from voiceaudit.errors import ExitCode
+from voiceaudit.model import SCHEMA_VERSION
 from voiceaudit.report import Format, render
 from voiceaudit.trace_io import TraceWriter
 
@@ -267,7 +268,7 @@ def test_truncated_gzip_trace(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 def test_newer_schema(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     h = synthetic_header().to_dict()
-    h["schema"] = "voiceaudit.trace/2"
+    h["schema"] = f"voiceaudit.trace/{SCHEMA_VERSION + 1}"
     p = tmp_path / "t.jsonl"
     p.write_text(json.dumps(h) + "\n")
     code, _, err = cli(capsys, str(p))

@@ -73,12 +73,17 @@ def test_same_events_as_read_trace(
     assert info.complete and info.warnings == ()
 
 
-def test_skipped_events_are_counted_not_decoded(tmp_path: Path) -> None:
-    path = write_trace(tmp_path / "t.jsonl", [TurnSpec(frames=True)] * 2)
-    got, info = scanned(path, skip=("input.frame",))
+@pytest.mark.parametrize(
+    ("version", "name", "n"), [(1, "input.frame", 300), (2, "input.frames", 2)]
+)
+def test_skipped_events_are_counted_not_decoded(
+    tmp_path: Path, version: int, name: str, n: int
+) -> None:
+    path = write_trace(tmp_path / "t.jsonl", [TurnSpec(frames=True)] * 2, version=version)
+    got, info = scanned(path, skip=(name,))
     full = read_trace(path).events
-    assert got == [e for e in full if e.name != "input.frame"]
-    assert info.skipped == {"input.frame": sum(1 for e in full if e.name == "input.frame")}
+    assert got == [e for e in full if e.name != name]
+    assert info.skipped == {name: n} == {name: sum(1 for e in full if e.name == name)}
 
 
 def test_integers_beyond_64_bits_are_read_as_the_json_module_reads_them(

@@ -9,6 +9,7 @@ import pytest
 
 from voiceaudit.capture import analyze_capture
 from voiceaudit.cli import run
+from voiceaudit.model import unbatch
 from voiceaudit.trace_io import read_trace
 
 pytestmark = [
@@ -28,5 +29,6 @@ def test_run_capture_records_the_session(tmp_path: Path) -> None:
     [ws] = report.websocket_sessions
     assert ws.target == "/v1/realtime"
     # the capture brackets the whole run: every audio frame the probe sent is on the wire
-    frames = [e for e in trace.events if e.name == "input.frame"]
+    frames = [u for e in trace.events for u in unbatch(e) if u.name == "input.frame"]
+    assert frames and not any(e.name == "input.frame" for e in trace.events)  # batched
     assert ws.opcodes_from_client.get(1, 0) >= len(frames)

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from voiceaudit.model import unbatch
 from voiceaudit.reference.groundtruth import read_ground_truth
 from voiceaudit.trace_io import Trace, read_trace
 
@@ -107,7 +108,8 @@ def test_probe_agrees_with_server_truth(
     for session, turn in finished:
         evs: dict[str, Any] = {}
         chunks = []
-        for e in sorted(tr.turn_events(session, turn), key=lambda e: e.t_ns):
+        turn_evs = [u for e in tr.turn_events(session, turn) for u in unbatch(e)]
+        for e in sorted(turn_evs, key=lambda e: e.t_ns):
             evs.setdefault(e.name, e)
             if e.name == "reply.chunk":
                 chunks.append(e)

@@ -267,4 +267,4 @@ def test_directory_without_traces(tmp_path: Path) -> None:
 
 
 def test_schema_constant() -> None:
-    assert SCHEMA == "voiceaudit.trace/1"
+    assert SCHEMA == "voiceaudit.trace/2"

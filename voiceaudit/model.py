@@ -1,24 +1,28 @@
 """Trace records: the raw observations every report is derived from.
 
-Schema ``voiceaudit.trace/1`` (see docs/trace-format.md for the format and its history).
+Schema ``voiceaudit.trace/2`` (see docs/trace-format.md for the format and its history).
 Records are frozen dataclasses; times are integer nanoseconds on the probe's monotonic
 clock; a missing value is ``None``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from voiceaudit.clock import Anchor
 
 SCHEMA_NAME = "voiceaudit.trace"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = f"{SCHEMA_NAME}/{SCHEMA_VERSION}"
 
 #: What changed in each schema version. Readers accept every version listed here.
 SCHEMA_HISTORY: dict[int, str] = {
     1: "First version: header, event, span and end records.",
+    2: "Batched events: a turn's reply chunks and input frames are one event each "
+    "(reply.chunks, input.frames) whose attributes are arrays, one element per chunk or "
+    "frame, instead of one event per chunk or frame.",
 }
 
 Source = Literal["probe", "pipeline", "network", "import"]
@@ -93,6 +97,60 @@ class Header:
         )
 
 
+def _int_list(a: Attrs, key: str, n: int | None, *, nulls: bool = False) -> int:
+    v = a.get(key)
+    if type(v) is not list:
+        raise ValueError(f"attrs.{key} must be a list")
+    if n is not None and len(v) != n:
+        raise ValueError(f"attrs.{key} must have one element per item ({n}), not {len(v)}")
+    for x in v:
+        if type(x) is not int and not (nulls and x is None):
+            raise ValueError(f"attrs.{key} must hold integers" + (" or nulls" if nulls else ""))
+    return len(v)
+
+
+def _check_reply_chunks(a: Attrs) -> None:
+    n = _int_list(a, "dt_ns", None)
+    for key in ("samples", "bytes"):
+        _int_list(a, key, n)
+    if "wire_bytes" in a:
+        _int_list(a, "wire_bytes", n, nulls=True)
+    peak = a.get("peak")
+    if peak is not None and (
+        type(peak) is not list
+        or len(peak) != n
+        or not all(x is None or type(x) in (int, float) for x in peak)
+    ):
+        raise ValueError("attrs.peak must be a list of numbers or nulls, one per chunk")
+    rate = a.get("rate")
+    if type(rate) is not int or rate <= 0:
+        raise ValueError("attrs.rate must be a positive integer")
+    if "offset" in a and type(a["offset"]) is not int:
+        raise ValueError("attrs.offset must be an integer")
+
+
+def _check_input_frames(a: Attrs) -> None:
+    n = _int_list(a, "dt_ns", None)
+    for key in ("a", "b", "sched_dt_ns"):
+        _int_list(a, key, n)
+
+
+#: Batched events (schema version 2) and the check of their array attributes: every
+#: reader applies it, so analysis code may index the arrays without checking them.
+BATCHED: dict[str, Callable[[Attrs], None]] = {
+    "reply.chunks": _check_reply_chunks,
+    "input.frames": _check_input_frames,
+}
+
+
+def check_batch(name: str, attrs: Attrs) -> None:
+    """Raise ``ValueError`` unless the attributes of batched event ``name`` are well formed."""
+    try:
+        BATCHED[name](attrs)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """An instant observation: something happened at ``t_ns``.
@@ -125,7 +183,7 @@ class Event:
         source = _req(d, "source", str)
         if source not in SOURCES:
             raise ValueError(f"unknown source {source!r}")
-        return cls(
+        ev = cls(
             session=_req(d, "session", str),
             turn=_req(d, "turn", (int, type(None))),
             t_ns=_req(d, "t_ns", int),
@@ -134,6 +192,54 @@ class Event:
             name=_req(d, "name", str),
             attrs=_attrs(d),
         )
+        if ev.name in BATCHED:
+            check_batch(ev.name, ev.attrs)
+        return ev
+
+
+def unbatch(ev: Event) -> list[Event]:
+    """A batched event as the per-chunk or per-frame events of schema version 1.
+
+    ``reply.chunks`` becomes one ``reply.chunk`` per chunk (``bytes``, ``samples``,
+    ``offset``, ``rate``, and ``wire_bytes`` and ``peak`` where known); ``input.frames``
+    one ``input.frame`` per frame (``i``, ``a``, ``b``, ``sched_ns``). Any other event is
+    returned alone. The arrays must be well formed (every reader checks them).
+    """
+    a = ev.attrs
+    if ev.name == "reply.chunks":
+        out = []
+        offset = a.get("offset", 0)
+        wire, peak = a.get("wire_bytes"), a.get("peak")
+        for i, dt in enumerate(a["dt_ns"]):
+            c: Attrs = {
+                "bytes": a["bytes"][i],
+                "samples": a["samples"][i],
+                "offset": offset,
+                "rate": a["rate"],
+            }
+            if wire is not None and wire[i] is not None:
+                c["wire_bytes"] = wire[i]
+            if peak is not None and peak[i] is not None:
+                c["peak"] = peak[i]
+            out.append(
+                Event(ev.session, ev.turn, ev.t_ns + dt, ev.source, ev.stage, "reply.chunk", c)
+            )
+            offset += a["samples"][i]
+        return out
+    if ev.name == "input.frames":
+        return [
+            Event(
+                ev.session,
+                ev.turn,
+                ev.t_ns + dt,
+                ev.source,
+                ev.stage,
+                "input.frame",
+                {"i": i, "a": a["a"][i], "b": a["b"][i], "sched_ns": ev.t_ns + a["sched_dt_ns"][i]},
+            )
+            for i, dt in enumerate(a["dt_ns"])
+        ]
+    return [ev]
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,7 +340,7 @@ def record_from_dict(d: Any) -> Record:
 
 
 def parse_schema(schema: str) -> tuple[str, int]:
-    """Split ``voiceaudit.trace/1`` into its name and version."""
+    """Split ``voiceaudit.trace/2`` into its name and version."""
     name, _, version = schema.partition("/")
     if name != SCHEMA_NAME or not version.isdigit():
         raise ValueError(f"not a voiceaudit trace schema: {schema!r}")

@@ -27,6 +27,7 @@ from typing import IO, Any
 from voiceaudit.clock import Anchor, ClockMap
 from voiceaudit.errors import NoDataError, TraceError
 from voiceaudit.model import (
+    BATCHED,
     SCHEMA_HISTORY,
     SCHEMA_VERSION,
     SOURCES,
@@ -35,6 +36,7 @@ from voiceaudit.model import (
     Header,
     Record,
     Span,
+    check_batch,
     parse_schema,
     record_from_dict,
 )
@@ -253,6 +255,8 @@ def _event_from_dict(d: dict[str, Any]) -> Event:
         and type(name) is str
         and type(attrs) is dict
     ):
+        if name in BATCHED:
+            check_batch(name, attrs)
         return Event(session, turn, t_ns, source, stage, name, attrs)
     return Event.from_dict(d)
 
@@ -274,6 +278,8 @@ def check_event_dict(d: dict[str, Any]) -> None:
             and type(d["name"]) is str
             and type(attrs) is dict
         ):
+            if d["name"] in BATCHED:
+                check_batch(d["name"], attrs)
             return
     except KeyError:
         pass
@@ -499,6 +505,8 @@ def scan_trace(
                 and type(name) is str
                 and type(attrs) is dict
             ):
+                if name in BATCHED:
+                    check_batch(name, attrs)
                 on_event(session, turn, t_ns, source, stage, name, attrs)
                 return None
             ev = Event.from_dict(d)  # raises, unless only the fast check was too strict

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from operator import itemgetter
 from typing import Any, NamedTuple
 
 from voiceaudit.analysis.ledger import AUDIBLE, SPEECH_END, Ledger
@@ -323,20 +322,15 @@ def _chunk_seconds(c: ReplyChunk) -> float | None:
 
 
 def large_audio_buffer(ctx: TurnContext) -> list[Finding]:
-    raw = ctx.obs.raw_chunks
-    if not raw:
-        return []
     # Look at the first chunk before building them all: most turns stop here.
-    _, a = min(raw, key=itemgetter(0))
-    rate, samples, nbytes = a.get("rate"), a.get("samples"), a.get("bytes")
-    if type(samples) is not int and type(nbytes) is int:
-        samples = nbytes // 2
-    if type(rate) is not int or rate <= 0 or type(samples) is not int:
+    c0 = ctx.obs.first_chunk()
+    first = None if c0 is None else _chunk_seconds(c0)
+    if first is None or first * 1000 < ctx.rules.large_buffer_ms:
         return []
-    first = samples / rate
-    if first * 1000 < ctx.rules.large_buffer_ms:
-        return []
-    ev: dict[str, Any] = {"first_chunk_audio_ms": round(first * 1000, 3), "chunks": len(raw)}
+    ev: dict[str, Any] = {
+        "first_chunk_audio_ms": round(first * 1000, 3),
+        "chunks": ctx.obs.chunk_count,
+    }
     # Best evidence: the target's own times of its first synthesized audio and of handing
     # the first audio to its socket; the difference is how long the buffer held it.
     t = ctx.ledger.times
@@ -416,12 +410,7 @@ def endpointing_wait(ctx: TurnContext) -> list[Finding]:
 
 def encoding_overhead(ctx: TurnContext) -> list[Finding]:
     # Sum over the raw chunk attributes first: most turns stop at the ratio.
-    audio = wire = 0
-    for _, a in ctx.obs.raw_chunks:
-        b, w = a.get("bytes"), a.get("wire_bytes")
-        if type(b) is int and type(w) is int:
-            audio += b
-            wire += w
+    audio, wire = ctx.obs.audio_and_wire_bytes()
     if audio <= 0 or wire < audio * ctx.rules.encoding_overhead_ratio:
         return []
     chunks = [c for c in ctx.obs.chunks if c.wire_bytes is not None and c.bytes is not None]

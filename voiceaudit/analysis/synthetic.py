@@ -21,7 +21,7 @@ from typing import Any
 
 from voiceaudit import __version__
 from voiceaudit.clock import Anchor
-from voiceaudit.model import Event, Header
+from voiceaudit.model import SCHEMA_NAME, SCHEMA_VERSION, Event, Header
 from voiceaudit.trace_io import TraceWriter
 
 MS = 1_000_000
@@ -99,8 +99,14 @@ class TurnSpec:
         return replace(self, **kw)
 
 
-def synthetic_header(run_id: str = "synthetic", config: dict[str, Any] | None = None) -> Header:
+def synthetic_header(
+    run_id: str = "synthetic",
+    config: dict[str, Any] | None = None,
+    *,
+    version: int = SCHEMA_VERSION,
+) -> Header:
     return Header(
+        schema=f"{SCHEMA_NAME}/{version}",
         run_id=run_id,
         voiceaudit_version=__version__,
         target={"protocol": "synthetic", "url": "", "description": "synthetic trace"},
@@ -172,8 +178,15 @@ _STAGE = {
 }
 
 
-def turn_events(spec: TurnSpec, session: str, turn: int, t0: int) -> list[Event]:
-    """The events of one turn, in the order a probe would write them."""
+def turn_events(
+    spec: TurnSpec, session: str, turn: int, t0: int, *, batched: bool = True
+) -> list[Event]:
+    """The events of one turn, in the order a probe would write them.
+
+    ``batched``: input frames and reply chunks as one ``input.frames`` and one
+    ``reply.chunks`` event (trace schema version 2, what the probe writes); else one
+    ``input.frame`` per frame and one ``reply.chunk`` per chunk (version 1).
+    """
     lay = lay_out(spec, t0)
     times = lay.times
     evs: list[Event] = []
@@ -215,12 +228,31 @@ def turn_events(spec: TurnSpec, session: str, turn: int, t0: int) -> list[Event]
     probe("input.speech_end", "input", speech_end, {"sample": end_sample})
     frame = rate * spec.frame_ms // 1000
     if spec.frames:
-        for i in range(n_samples // frame):
-            a, b = i * frame, (i + 1) * frame
-            sched = t0 + b * 1_000_000_000 // rate
+        n_frames = n_samples // frame
+        starts = [i * frame for i in range(n_frames)]
+        ends = [a + frame for a in starts]
+        scheds = [t0 + b * 1_000_000_000 // rate for b in ends]
+        if batched and n_frames:
+            first = scheds[0] + 50_000
             probe(
-                "input.frame", "input", sched + 50_000, {"i": i, "a": a, "b": b, "sched_ns": sched}
+                "input.frames",
+                "input",
+                first,
+                {
+                    "dt_ns": [s + 50_000 - first for s in scheds],
+                    "a": starts,
+                    "b": ends,
+                    "sched_dt_ns": [s - first for s in scheds],
+                },
             )
+        elif not batched:
+            for i, (a, b, sched) in enumerate(zip(starts, ends, scheds, strict=True)):
+                probe(
+                    "input.frame",
+                    "input",
+                    sched + 50_000,
+                    {"i": i, "a": a, "b": b, "sched_ns": sched},
+                )
     if "input.speech_end_sent" in times:
         probe(
             "input.speech_end_sent",
@@ -295,26 +327,44 @@ def turn_events(spec: TurnSpec, session: str, turn: int, t0: int) -> list[Event]
             sizes.append(min(size, left))
             left -= sizes[-1]
             size = round(spec.chunk_ms * r / 1000)
-        offset = 0
+        arrivals: list[int] = []
         t = first_byte
         for k, s in enumerate(sizes):
             if k:
                 # a chunk leaves when the sender has produced it: its length at delivery_x
                 t += round(s * 1_000_000_000 / r / spec.delivery_x)
-            nbytes = 2 * s
-            probe(
-                "reply.chunk",
-                "reply",
-                t,
-                {
-                    "bytes": nbytes,
-                    "samples": s,
-                    "offset": offset,
-                    "rate": r,
-                    "wire_bytes": round(nbytes * spec.wire_factor),
-                },
-            )
-            offset += s
+            arrivals.append(t)
+        if batched:
+            if sizes:
+                probe(
+                    "reply.chunks",
+                    "reply",
+                    first_byte,
+                    {
+                        "dt_ns": [a - first_byte for a in arrivals],
+                        "samples": sizes,
+                        "bytes": [2 * s for s in sizes],
+                        "wire_bytes": [round(2 * s * spec.wire_factor) for s in sizes],
+                        "rate": r,
+                    },
+                )
+        else:
+            offset = 0
+            for t, s in zip(arrivals, sizes, strict=True):
+                nbytes = 2 * s
+                probe(
+                    "reply.chunk",
+                    "reply",
+                    t,
+                    {
+                        "bytes": nbytes,
+                        "samples": s,
+                        "offset": offset,
+                        "rate": r,
+                        "wire_bytes": round(nbytes * spec.wire_factor),
+                    },
+                )
+                offset += s
         probe("reply.first_byte", "reply", first_byte)
         playout = times.get("reply.playout_start", first_byte)
         probe("reply.playout_start", "reply", playout, {"model": "immediate"})
@@ -381,15 +431,19 @@ def write_trace(
     run_id: str = "synthetic",
     close: bool = True,
     config: dict[str, Any] | None = None,
+    version: int = SCHEMA_VERSION,
 ) -> Path:
-    """Write a synthetic trace with :class:`~voiceaudit.trace_io.TraceWriter`."""
+    """Write a synthetic trace with :class:`~voiceaudit.trace_io.TraceWriter`.
+
+    ``version`` 1 writes the per-chunk and per-frame events of trace schema version 1.
+    """
     p = Path(path)
-    w = TraceWriter(p, synthetic_header(run_id, config))
+    w = TraceWriter(p, synthetic_header(run_id, config, version=version))
     for k in range(sessions):
         w.event(f"s{k}", None, 10**12 - 10**9 + k, "probe", "session", "session.connect_start")
         w.event(f"s{k}", None, 10**12 - 10**8 + k, "probe", "session", "session.connected")
     for spec, session, turn, t0 in schedule(specs, sessions=sessions):
-        for ev in turn_events(spec, session, turn, t0):
+        for ev in turn_events(spec, session, turn, t0, batched=version >= 2):
             w.write(ev)
         w.count("turns_ok" if spec.ok else "turns_failed")
         w.commit()
@@ -404,13 +458,14 @@ def write_trace_fast(
     *,
     sessions: int = 1,
     run_id: str = "synthetic",
+    version: int = SCHEMA_VERSION,
 ) -> Path:
     """The same file :func:`write_trace` writes, without fsync per turn (for benchmarks)."""
     p = Path(path)
     dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
     counts = {"events": 0, "spans": 0}
     with p.open("x", encoding="utf-8", newline="\n") as f:
-        f.write(dumps(synthetic_header(run_id).to_dict()) + "\n")
+        f.write(dumps(synthetic_header(run_id, version=version).to_dict()) + "\n")
         for k in range(sessions):
             for t, name in (
                 (10**12 - 10**9 + k, "session.connect_start"),
@@ -420,7 +475,7 @@ def write_trace_fast(
                 counts["events"] += 1
         buf: list[str] = []
         for spec, session, turn, t0 in schedule(specs, sessions=sessions):
-            for ev in turn_events(spec, session, turn, t0):
+            for ev in turn_events(spec, session, turn, t0, batched=version >= 2):
                 buf.append(dumps(ev.to_dict()))
             counts["events"] += len(buf)
             key = "turns_ok" if spec.ok else "turns_failed"

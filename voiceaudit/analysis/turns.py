@@ -24,7 +24,7 @@ PROBE = "probe"
 #: Events the analysis does not use and the fast path does not decode (see
 #: :func:`voiceaudit.trace_io.scan_trace`). The frame carrying the last speech sample is
 #: also recorded as ``input.speech_end_sent``, which is all the ledger needs.
-SKIPPED_BY_DEFAULT: frozenset[str] = frozenset({"input.frame"})
+SKIPPED_BY_DEFAULT: frozenset[str] = frozenset({"input.frame", "input.frames"})
 
 
 #: One occurrence of a named event in a turn: (t_ns, source, attrs). A plain tuple, not
@@ -33,7 +33,8 @@ Occurrence = tuple[int, str, dict[str, Any]]
 
 
 class ReplyChunk(NamedTuple):
-    """One ``reply.chunk`` event: a piece of reply audio arriving at the probe."""
+    """One piece of reply audio arriving at the probe (a ``reply.chunk`` event, or one
+    element of a ``reply.chunks`` event)."""
 
     t_ns: int
     samples: int | None
@@ -52,11 +53,36 @@ def _num(v: Any) -> float | None:
     return float(v) if type(v) in (int, float) else None
 
 
+def _batch(t_ns: int, a: dict[str, Any], offset: int) -> list[ReplyChunk]:
+    """The chunks of one ``reply.chunks`` event (its arrays were checked by the reader)."""
+    dt, samples, nbytes = a["dt_ns"], a["samples"], a["bytes"]
+    wire = a.get("wire_bytes") or [None] * len(dt)
+    peak = a.get("peak") or [None] * len(dt)
+    rate = a["rate"]
+    out = []
+    for i, d in enumerate(dt):
+        p = peak[i]
+        out.append(
+            ReplyChunk(
+                t_ns + d,
+                samples[i],
+                nbytes[i],
+                wire[i],
+                offset,
+                rate,
+                None if p is None else float(p),
+            )
+        )
+        offset += samples[i]
+    return out
+
+
 class TurnObs:
     """Everything recorded about one turn (mutable while gathering, read-only after)."""
 
     __slots__ = (
         "_chunks",
+        "batches",
         "frames",
         "marks",
         "raw_chunks",
@@ -71,20 +97,29 @@ class TurnObs:
         self.turn = turn
         #: every other event, by name (cascade hops as ``<stage>:<name>``), in file order
         self.marks: dict[str, list[Occurrence]] = {}
-        #: (t_ns, attrs) of each reply.chunk, in file order (see :attr:`chunks`)
+        #: (t_ns, attrs) of each reply.chunk event (schema version 1), in file order
         self.raw_chunks: list[tuple[int, dict[str, Any]]] = []
+        #: (t_ns, attrs) of each reply.chunks event (schema version 2: arrays), in file order
+        self.batches: list[tuple[int, dict[str, Any]]] = []
         self._chunks: list[ReplyChunk] | None = None
         #: (start ns, gap ns) of each reply.underrun
         self.underruns: list[tuple[int, int]] = []
-        #: input.frame events seen (0 when the fast path skipped them)
+        #: input frames seen (0 when the fast path skipped their events)
         self.frames = 0
         self.spans: list[Span] = []
 
     def add(self, name: str, source: str, stage: str, t_ns: int, attrs: dict[str, Any]) -> None:
         """Record one event of this turn."""
+        if name == "reply.chunks":
+            self.batches.append((t_ns, attrs))
+            self._chunks = None
+            return
         if name == "reply.chunk":
             self.raw_chunks.append((t_ns, attrs))
             self._chunks = None
+            return
+        if name == "input.frames":
+            self.frames += len(attrs["dt_ns"])
             return
         if name == "input.frame":
             self.frames += 1
@@ -103,8 +138,17 @@ class TurnObs:
             lst.append((t_ns, source, attrs))
 
     @property
+    def chunk_count(self) -> int:
+        """How many reply chunks the turn has (without building them)."""
+        return len(self.raw_chunks) + sum(len(a["dt_ns"]) for _, a in self.batches)
+
+    @property
     def chunks(self) -> list[ReplyChunk]:
-        """The reply chunks, in arrival order (built on first use)."""
+        """The reply chunks, in arrival order (built on first use).
+
+        Chunks of a ``reply.chunks`` event take their ``offset`` from the event's
+        ``offset`` (0 when absent) plus the samples of the chunks before them in it.
+        """
         if self._chunks is None:
             out = [
                 ReplyChunk(
@@ -118,9 +162,55 @@ class TurnObs:
                 )
                 for t, a in self.raw_chunks
             ]
+            for t, a in self.batches:
+                out += _batch(t, a, a.get("offset", 0))
             out.sort(key=lambda c: c.t_ns)
             self._chunks = out
         return self._chunks
+
+    def first_chunk(self) -> ReplyChunk | None:
+        """The earliest reply chunk, found without building them all when possible."""
+        if self._chunks is not None or self.raw_chunks or len(self.batches) != 1:
+            chunks = self.chunks
+            return chunks[0] if chunks else None
+        t, a = self.batches[0]
+        dt = a["dt_ns"]
+        if not dt:
+            return None
+        i = dt.index(min(dt))
+        peak = a.get("peak")
+        wire = a.get("wire_bytes")
+        p = None if peak is None else peak[i]
+        return ReplyChunk(
+            t + dt[i],
+            a["samples"][i],
+            a["bytes"][i],
+            None if wire is None else wire[i],
+            a.get("offset", 0) + sum(a["samples"][:i]),
+            a["rate"],
+            None if p is None else float(p),
+        )
+
+    def audio_and_wire_bytes(self) -> tuple[int, int]:
+        """Total audio bytes and wire bytes of the reply chunks that record both."""
+        audio = wire = 0
+        for _, a in self.raw_chunks:
+            b, w = a.get("bytes"), a.get("wire_bytes")
+            if type(b) is int and type(w) is int:
+                audio += b
+                wire += w
+        for _, a in self.batches:
+            ws = a.get("wire_bytes")
+            if ws is None:
+                continue
+            if None in ws:
+                pairs = [(b, w) for b, w in zip(a["bytes"], ws, strict=True) if w is not None]
+                audio += sum(b for b, _ in pairs)
+                wire += sum(w for _, w in pairs)
+            else:
+                audio += sum(a["bytes"])
+                wire += sum(ws)
+        return audio, wire
 
     def add_event(self, ev: Event) -> None:
         self.add(ev.name, ev.source, ev.stage, ev.t_ns, ev.attrs)
@@ -146,7 +236,7 @@ class TurnObs:
     def events(self) -> list[tuple[str, int, str]]:
         """(name, t_ns, source) of every mark, chunk and underrun, in time order."""
         out = [(name, o[0], o[1]) for name, occs in self.marks.items() for o in occs]
-        out += [("reply.chunk", t, PROBE) for t, _ in self.raw_chunks]
+        out += [("reply.chunk", c.t_ns, PROBE) for c in self.chunks]
         out += [("reply.underrun", t, PROBE) for t, _ in self.underruns]
         out.sort(key=lambda e: e[1])
         return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from voiceaudit.model import Event, Span
+from voiceaudit.model import BATCHED, Event, Span, unbatch
 from voiceaudit.trace_io import Trace
 
 #: events too numerous to export one by one (they become counters or are summarised)
@@ -91,7 +91,14 @@ def ledger_segments(events: list[Event]) -> tuple[list[SegmentSlice], int | None
 def sessions_of(trace: Trace, *, ledger: bool = True) -> list[SessionView]:
     """The trace grouped by session (in order of first appearance) and turn."""
     views: dict[str, SessionView] = {}
+    events: list[Event] = []
     for ev in trace.events:
+        # Batched events (trace schema 2) are exported as the per-chunk events they hold.
+        if ev.name in BATCHED:
+            events += unbatch(ev)
+        else:
+            events.append(ev)
+    for ev in events:
         sv = views.setdefault(ev.session, SessionView(ev.session))
         if ev.turn is None:
             sv.events.append(ev)

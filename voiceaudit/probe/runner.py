@@ -384,6 +384,11 @@ class Probe:
         give_up_ns = speech_end_ns + round(o.timeout_s * NS_PER_S)
         k = 0
         a = 0
+        # Every frame sent, as the columns of one input.frames event (written below).
+        sent_ns: list[int] = []
+        starts: list[int] = []
+        ends: list[int] = []
+        deadlines: list[int] = []
         while True:
             b = min(a + frame, n) if a < n else a + frame
             data = pcm[2 * a : 2 * b] if a < n else silence
@@ -401,15 +406,10 @@ class Probe:
                 sink.fail(f"send failed: {exc}")
                 break
             sink.samples_sent += b - a
-            writer.event(
-                sid,
-                turn,
-                t,
-                "probe",
-                "input",
-                "input.frame",
-                {"i": k, "a": a, "b": b, "sched_ns": deadline},
-            )
+            sent_ns.append(t)
+            starts.append(a)
+            ends.append(b)
+            deadlines.append(deadline)
             if a < speech_end <= b:
                 writer.event(
                     sid,
@@ -427,6 +427,22 @@ class Probe:
             # reply starts (or we give up).
             if a >= n and (sink.first_audio.is_set() or deadline >= give_up_ns):
                 break
+        if sent_ns:
+            first = sent_ns[0]
+            writer.event(
+                sid,
+                turn,
+                first,
+                "probe",
+                "input",
+                "input.frames",
+                {
+                    "dt_ns": [t - first for t in sent_ns],
+                    "a": starts,
+                    "b": ends,
+                    "sched_dt_ns": [d - first for d in deadlines],
+                },
+            )
         writer.event(sid, turn, self.clock.now_ns(), "probe", "input", "input.done", {"frames": k})
 
         if not sink.failed.is_set() and not self._stop.is_set():
@@ -482,27 +498,23 @@ class Probe:
             from voiceaudit.audio import first_audible, from_pcm16
 
             rate = chunks[0][2]
-            offset = 0
-            played = []
-            for t_ns, pcm, _, wire in chunks:
-                ns = len(pcm) // 2
-                writer.event(
-                    sid,
-                    turn,
-                    t_ns,
-                    "probe",
-                    "reply",
-                    "reply.chunk",
-                    {
-                        "bytes": len(pcm),
-                        "samples": ns,
-                        "offset": offset,
-                        "rate": rate,
-                        "wire_bytes": wire,
-                    },
-                )
-                played.append(Chunk(t_ns, ns))
-                offset += ns
+            first = min(c[0] for c in chunks)
+            played = [Chunk(t_ns, len(pcm) // 2) for t_ns, pcm, _, _ in chunks]
+            writer.event(
+                sid,
+                turn,
+                first,
+                "probe",
+                "reply",
+                "reply.chunks",
+                {
+                    "dt_ns": [c[0] - first for c in chunks],
+                    "samples": [c.samples for c in played],
+                    "bytes": [len(c[1]) for c in chunks],
+                    "wire_bytes": [c[3] for c in chunks],
+                    "rate": rate,
+                },
+            )
             audio = from_pcm16(b"".join(c[1] for c in chunks))
             p = play(played, rate, depth_ns=self.options.jitter_buffer_ms * NS_PER_MS)
             writer.event(sid, turn, chunks[0][0], "probe", "reply", "reply.first_byte")
@@ -533,7 +545,7 @@ class Probe:
                 "reply",
                 "reply.end",
                 {
-                    "samples": offset,
+                    "samples": sum(c.samples for c in played),
                     "underruns": len(p.underruns),
                     "underrun_ns": sum(u.gap_ns for u in p.underruns),
                 },
