@@ -289,6 +289,10 @@ def check_event_dict(d: dict[str, Any]) -> None:
 _EMPTY: dict[str, Any] = {}
 
 
+def _no_event(*_: Any) -> None:  # pragma: no cover - the fast path is off without a sink
+    raise AssertionError("no event sink")
+
+
 def _record(d: Any) -> Record:
     if type(d) is dict and d.get("type") == _EVENT_TYPE:
         return _event_from_dict(d)
@@ -316,12 +320,18 @@ def _scan(
     on_record: Callable[[Any], Record | None],
     skip: frozenset[str],
     decode: Callable[[str], Any] = _loads,
+    on_event: EventSink | None = None,
+    on_header: Callable[[Header], None] | None = None,
 ) -> TraceInfo:
     """The reader's one loop: tolerance rules, header and end handling, skipping.
 
     ``on_record`` receives each decoded record after the header (events, spans, end); it
     validates it (raising ``ValueError`` like :func:`record_from_dict`) and returns the
     record when it is a header or end record the loop must handle, else ``None``.
+
+    With ``on_event``, an event line that passes the common checks inline (the fields of
+    a valid event, not a batched event) goes straight to it; every other line takes the
+    general path through ``on_record``, which must accept events too.
     """
     if not p.exists():
         raise TraceError("no such file", path=str(p))
@@ -337,16 +347,59 @@ def _scan(
         f, _ = _open_text(p)
     except OSError as exc:
         raise TraceError(f"cannot open: {exc.strerror}", path=str(p)) from None
+    # The fast path (see the docstring) is on between the header and the first problem.
+    fast = False
+    # Text every skippable line holds: one test rules most lines out.
+    skip_probe = os.path.commonprefix([m for m, _ in skip_marks])  # noqa: RUF071 - text, not paths
+    emit: EventSink = on_event if on_event is not None else _no_event
+    undecoded = d = object()
     with f:
         lineno = 0
         try:
             for text in f:
                 lineno += 1
+                if fast:
+                    if skip_marks and skip_probe in text:
+                        for mark, name in skip_marks:
+                            if mark in text and _skippable(text):
+                                skipped[name] = skipped.get(name, 0) + 1
+                                break
+                        else:
+                            name = None
+                        if name is not None:
+                            continue
+                    try:
+                        d = decode(text)
+                    except (json.JSONDecodeError, ValueError):
+                        d = undecoded
+                    if type(d) is dict and d.get("type") == _EVENT_TYPE:
+                        # Inline: the checks of Event.from_dict for the common case.
+                        try:
+                            session = d["session"]
+                            turn = d["turn"]
+                            t_ns = d["t_ns"]
+                            source = d["source"]
+                            stage = d["stage"]
+                            name = d["name"]
+                        except KeyError:
+                            t_ns = None  # the general path says what is missing
+                        attrs = d.get("attrs", _EMPTY)
+                        if (
+                            type(t_ns) is int
+                            and (turn is None or type(turn) is int)
+                            and type(session) is str
+                            and source in SOURCES
+                            and type(stage) is str
+                            and type(name) is str
+                            and type(attrs) is dict
+                            and name not in BATCHED
+                        ):
+                            emit(session, turn, t_ns, source, stage, name, attrs)
+                            continue
                 if pending_error is not None:
                     # A bad line followed by more lines is corruption, not a cut-short write.
                     raise pending_error
-                if skip_marks and header is not None and end is None:
-                    # Inline and cheapest test first: most lines hold no skipped name.
+                if skip_marks and header is not None and end is None and not fast:
                     for mark, name in skip_marks:
                         if mark in text and _skippable(text):
                             skipped[name] = skipped.get(name, 0) + 1
@@ -356,7 +409,8 @@ def _scan(
                     if name is not None:
                         continue
                 try:
-                    d = decode(text)
+                    if d is undecoded or not fast:
+                        d = decode(text)
                     rec = on_record(d) if header is not None else record_from_dict(d)
                 except (json.JSONDecodeError, ValueError) as first:
                     problem: Exception = first
@@ -384,6 +438,7 @@ def _scan(
                         if header is None:
                             raise _not_a_trace(p, lineno, text, problem) from None
                         pending_error = err
+                        fast = False
                         continue
                 if rec is None:
                     if end is not None:
@@ -396,9 +451,13 @@ def _scan(
                         )
                     _check_schema(rec, p)
                     header = rec
+                    if on_header is not None:
+                        on_header(rec)
+                    fast = on_event is not None
                     continue
                 if isinstance(rec, End):
                     end = rec
+                    fast = False
                 elif isinstance(rec, Header):
                     raise TraceError("a second header record", path=str(p), line=lineno)
                 elif end is not None:
@@ -466,6 +525,7 @@ def scan_trace(
     *,
     skip: Iterable[str] = (),
     on_span: Callable[[Span], None] | None = None,
+    on_header: Callable[[Header], None] | None = None,
 ) -> TraceInfo:
     """Stream a trace without building :class:`Event` objects: the fast path for analysis.
 
@@ -476,7 +536,8 @@ def scan_trace(
     not decoded at all: only whole event lines laid out as :class:`TraceWriter` writes
     them qualify (anything else is decoded and validated as usual), and such a line is
     checked for that layout, not parsed. Their counts are in :attr:`TraceInfo.skipped`.
-    Spans go to ``on_span``. The same tolerance rules and errors as :func:`read_trace`
+    Spans go to ``on_span``, and the header, once checked, to ``on_header`` (before any
+    event). The same tolerance rules and errors as :func:`read_trace`
     apply. Lines are decoded with orjson when it is installed (:data:`FAST_DECODER`);
     any line orjson refuses, or whose record it decodes into values that fail
     validation, is decoded again by the json module, which has the last word. (Inside
@@ -519,7 +580,7 @@ def scan_trace(
             return None
         return rec
 
-    return _scan(Path(path), on_record, frozenset(skip), _FAST_DECODE)
+    return _scan(Path(path), on_record, frozenset(skip), _FAST_DECODE, on_event, on_header)
 
 
 def _not_a_trace(p: Path, lineno: int, text: str, exc: Exception) -> TraceError:

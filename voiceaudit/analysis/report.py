@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import numpy as np
@@ -31,11 +32,14 @@ from voiceaudit.analysis.stats import Summary, summarize
 from voiceaudit.analysis.turns import (
     SKIPPED_BY_DEFAULT,
     Collected,
+    OnFinished,
+    SessionObs,
     TurnObs,
     collect_file,
     collect_trace,
 )
 from voiceaudit.errors import NoDataError, UsageError
+from voiceaudit.model import Header
 from voiceaudit.trace_io import Trace, TraceInfo, find_traces
 
 REPORT_SCHEMA = "voiceaudit.report/1"
@@ -464,11 +468,65 @@ TraceInput = Trace | str | os.PathLike[str]
 Progress = Callable[[str], None]
 
 
-def _load(item: TraceInput, skip: frozenset[str]) -> tuple[TraceInfo, Collected]:
+class _Analyser:
+    """Turns of one trace into turn reports, as they come (see :func:`_load`)."""
+
+    def __init__(self, options: ReportOptions) -> None:
+        self.options = options
+        self.run_id = ""
+        self.config: dict[str, Any] = {}
+        #: (order of first appearance, report) of each finished turn
+        self.done: list[tuple[int, TurnReport]] = []
+        #: how late (ms) the probe sent the speech-end frame, where notably late
+        self.late: list[float] = []
+
+    def header(self, h: Header) -> None:
+        self.run_id, self.config = h.run_id, h.config
+
+    def analyse(self, obs: TurnObs, session_obs: SessionObs | None) -> None:
+        tr = turn_report(
+            obs,
+            run_id=self.run_id,
+            options=self.options,
+            session_obs=session_obs,
+            config=self.config,
+        )
+        self.done.append((obs.seq, tr))
+        lt = probe_lateness(obs)
+        if lt is not None and lt > LATE_PROBE_MS * 1e6:
+            self.late.append(lt / 1e6)
+
+    def restart(self) -> None:
+        self.done.clear()
+        self.late.clear()
+
+
+def _load(
+    item: TraceInput,
+    skip: frozenset[str],
+    on_header: Callable[[Header], None],
+    on_finished: OnFinished,
+    restart: Callable[[], None],
+) -> tuple[TraceInfo, Collected]:
+    """Read one trace; finished turns go to ``on_finished`` (in any order), unfinished
+    ones stay in the result. ``restart`` forgets what ``on_finished`` got so far."""
     if isinstance(item, Trace):
         info = TraceInfo(item.path, item.header, item.end, item.warnings, {})
-        return info, collect_trace(item)
-    return collect_file(item, skip=skip)
+        on_header(item.header)
+        col = collect_trace(item)
+    else:
+        # Streamed: each turn is analysed when its turn.end is read and then forgotten.
+        info, col = collect_file(item, skip=skip, on_finished=on_finished, on_header=on_header)
+        if col.disorder is None:
+            return info, col
+        # A record read late could change a turn already analysed: read it all again.
+        restart()
+        info, col = collect_file(item, skip=skip, on_header=on_header)
+    for key, obs in list(col.turns.items()):
+        if obs.finished:
+            del col.turns[key]
+            on_finished(obs, col.sessions.get(obs.session))
+    return info, col
 
 
 def build_report(
@@ -525,26 +583,19 @@ def _build(
     for item in items:
         if progress is not None:
             progress(f"reading {item.path if isinstance(item, Trace) else item}")
-        info, col = _load(item, skip)
+        an = _Analyser(options)
+        info, col = _load(item, skip, an.header, an.analyse, an.restart)
+        done, late = an.done, an.late
         src = SourceInfo.from_info(info)
         sources.append(src)
         warnings.extend(f"{info.path}: {w}" for w in info.warnings)
-        late: list[float] = []
-        for (session, turn), obs in col.turns.items():
-            if not obs.finished:
-                unfinished.append((src.run_id, session, turn))
-                continue
-            tr = turn_report(
-                obs,
-                run_id=src.run_id,
-                options=options,
-                session_obs=col.sessions.get(session),
-                config=src.config,
-            )
-            turns.append(tr)
-            lt = probe_lateness(obs)
-            if lt is not None and lt > LATE_PROBE_MS * 1e6:
-                late.append(lt / 1e6)
+        # In the order the turns first appear in the trace, however they were analysed.
+        done.sort(key=itemgetter(0))
+        turns.extend(tr for _, tr in done)
+        unfinished.extend(
+            (src.run_id, obs.session, obs.turn)
+            for obs in sorted(col.turns.values(), key=attrgetter("seq"))
+        )
         if late:
             warnings.append(
                 f"{info.path}: the probe sent the speech-end frame late in {len(late)} turn(s) "

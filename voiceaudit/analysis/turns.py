@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from voiceaudit.model import Event, Span
+from voiceaudit.model import Event, Header, Span
 from voiceaudit.trace_io import Trace, TraceInfo, scan_trace
 
 PROBE = "probe"
@@ -77,6 +77,16 @@ def _batch(t_ns: int, a: dict[str, Any], offset: int) -> list[ReplyChunk]:
     return out
 
 
+#: The probe event that closes a turn.
+TURN_END = "turn.end"
+
+#: Event names :meth:`TurnObs.add` does not file as plain marks (so do ``http.*`` names),
+#: and ``turn.end``, which :func:`collect_file` watches for.
+SPECIAL: frozenset[str] = frozenset(
+    {"reply.chunks", "reply.chunk", "input.frames", "input.frame", "reply.underrun", TURN_END}
+)
+
+
 class TurnObs:
     """Everything recorded about one turn (mutable while gathering, read-only after)."""
 
@@ -86,15 +96,18 @@ class TurnObs:
         "frames",
         "marks",
         "raw_chunks",
+        "seq",
         "session",
         "spans",
         "turn",
         "underruns",
     )
 
-    def __init__(self, session: str, turn: int) -> None:
+    def __init__(self, session: str, turn: int, seq: int = 0) -> None:
         self.session = session
         self.turn = turn
+        #: order of first appearance in the trace (reports list turns in this order)
+        self.seq = seq
         #: every other event, by name (cascade hops as ``<stage>:<name>``), in file order
         self.marks: dict[str, list[Occurrence]] = {}
         #: (t_ns, attrs) of each reply.chunk event (schema version 1), in file order
@@ -109,7 +122,7 @@ class TurnObs:
         self.spans: list[Span] = []
 
     def add(self, name: str, source: str, stage: str, t_ns: int, attrs: dict[str, Any]) -> None:
-        """Record one event of this turn."""
+        """Record one event of this turn (names not in :data:`SPECIAL` are plain marks)."""
         if name == "reply.chunks":
             self.batches.append((t_ns, attrs))
             self._chunks = None
@@ -257,12 +270,14 @@ class Collected:
 
     turns: dict[tuple[str, int], TurnObs] = field(default_factory=dict)
     sessions: dict[str, SessionObs] = field(default_factory=dict)
+    #: why turns handed over early may be incomplete (see :func:`collect_file`)
+    disorder: str | None = None
 
     def turn(self, session: str, turn: int) -> TurnObs:
         key = (session, turn)
         obs = self.turns.get(key)
         if obs is None:
-            obs = self.turns[key] = TurnObs(session, turn)
+            obs = self.turns[key] = TurnObs(session, turn, len(self.turns))
         return obs
 
     def session(self, session: str) -> SessionObs:
@@ -296,16 +311,65 @@ def collect_trace(trace: Trace) -> Collected:
     return collect_events(trace.events, trace.spans)
 
 
+#: Called with each finished turn (and its session's records so far) as soon as its
+#: ``turn.end`` is read; see :func:`collect_file`.
+OnFinished = Callable[[TurnObs, "SessionObs | None"], None]
+
+
 def collect_file(
     path: str | os.PathLike[str],
     *,
     skip: Iterable[str] = SKIPPED_BY_DEFAULT,
+    on_finished: OnFinished | None = None,
+    on_header: Callable[[Header], None] | None = None,
 ) -> tuple[TraceInfo, Collected]:
-    """The fast path: stream a trace file straight into turns (see module doc)."""
+    """The fast path: stream a trace file straight into turns (see module doc).
+
+    With ``on_finished``, a turn is handed over as soon as its probe ``turn.end`` is read
+    and forgotten (memory stays flat however long the trace). That is exact when nothing
+    read later could change what is known about the turn, which holds for traces the
+    probe writes: a turn's records end with its ``turn.end``, and session-level records
+    come in time order. When a later record could matter (a record of a turn already
+    handed over; a session-level record from before the end of such a turn's window,
+    or the ``.connected`` of a connection started before it, which
+    :func:`~voiceaudit.analysis.findings.connection_setup` pairs), the reason is in
+    :attr:`Collected.disorder` and the caller must read the file again without
+    ``on_finished``. ``Collected.turns`` then holds the unfinished turns only.
+    ``on_header`` receives the header before any turn is handed over.
+    """
     c = Collected()
     turns = c.turns
-    last_key: tuple[str, int] | None = None
     last_obs: TurnObs | None = None
+    special = SPECIAL
+    streaming = on_finished is not None
+    #: turns handed over: key -> nothing; per session, the latest end of their windows
+    handed: dict[tuple[str, int], None] = {}
+    window_end: dict[str, int] = {}
+    seq = 0
+
+    def late_session_record(session: str, name: str, t_ns: int, span: bool) -> None:
+        end = window_end.get(session)
+        if end is None or c.disorder is not None:
+            return
+        late = t_ns < end
+        if not late and not span and name.endswith(".connected"):
+            start = name[: -len("connected")] + "connect_start"
+            so = c.sessions.get(session)
+            late = so is not None and any(n == start and t < end for n, t, _ in so.events)
+        if late:
+            c.disorder = f"a session-level {name} read after a turn it may concern"
+
+    def hand_over(obs: TurnObs) -> None:
+        nonlocal last_obs
+        key = (obs.session, obs.turn)
+        del turns[key]
+        handed[key] = None
+        last_obs = None
+        audible = obs.first("reply.audible", PROBE)
+        if audible is not None:
+            window_end[obs.session] = max(window_end.get(obs.session, audible[0]), audible[0])
+        assert on_finished is not None
+        on_finished(obs, c.sessions.get(obs.session))
 
     def on_event(
         session: str,
@@ -316,8 +380,10 @@ def collect_file(
         name: str,
         attrs: dict[str, Any],
     ) -> None:
-        nonlocal last_key, last_obs
+        nonlocal last_obs, seq
         if turn is None:
+            if streaming:
+                late_session_record(session, name, t_ns, False)
             c.session(session).events.append((name, t_ns, attrs))
             return
         # Consecutive events mostly belong to the same turn: skip building the key then.
@@ -326,10 +392,34 @@ def collect_file(
             key = (session, turn)
             obs = turns.get(key)
             if obs is None:
-                obs = turns[key] = TurnObs(session, turn)
+                if key in handed and c.disorder is None:
+                    c.disorder = f"a record of turn {turn} of session {session} after its turn.end"
+                obs = turns[key] = TurnObs(session, turn, seq)
+                seq += 1
             last_obs = obs
-        obs.add(name, source, stage, t_ns, attrs)
+        if name in special or name[:5] == "http.":
+            obs.add(name, source, stage, t_ns, attrs)
+            if streaming and name == TURN_END and source == PROBE and c.disorder is None:
+                hand_over(obs)
+            return
+        # TurnObs.add for a plain mark, inline: this runs for most lines of a trace.
+        marks = obs.marks
+        lst = marks.get(name)
+        if lst is None:
+            marks[name] = [(t_ns, source, attrs)]
+        else:
+            lst.append((t_ns, source, attrs))
 
-    add_span: Callable[[Span], None] = c.add_span
-    info = scan_trace(path, on_event, skip=skip, on_span=add_span)
+    def add_span(sp: Span) -> None:
+        nonlocal seq
+        if streaming and sp.turn is None:
+            late_session_record(sp.session, sp.name, sp.start_ns, True)
+        elif streaming and (sp.session, sp.turn) in handed and c.disorder is None:
+            c.disorder = f"a span of turn {sp.turn} of session {sp.session} after its turn.end"
+        if sp.turn is not None and (sp.session, sp.turn) not in turns:
+            turns[(sp.session, sp.turn)] = TurnObs(sp.session, sp.turn, seq)
+            seq += 1
+        c.add_span(sp)
+
+    info = scan_trace(path, on_event, skip=skip, on_span=add_span, on_header=on_header)
     return info, c
