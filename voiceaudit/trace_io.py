@@ -322,6 +322,7 @@ def _scan(
     decode: Callable[[str], Any] = _loads,
     on_event: EventSink | None = None,
     on_header: Callable[[Header], None] | None = None,
+    skipped: dict[str, int] | None = None,
 ) -> TraceInfo:
     """The reader's one loop: tolerance rules, header and end handling, skipping.
 
@@ -338,8 +339,8 @@ def _scan(
     if p.is_dir():
         raise TraceError("is a directory (use read_traces)", path=str(p))
     warnings: list[str] = []
-    skipped: dict[str, int] = {}
-    skip_marks = tuple((_skip_mark(n), n) for n in sorted(skip))
+    if skipped is None:
+        skipped = {}
     header: Header | None = None
     end: End | None = None
     pending_error: TraceError | None = None
@@ -349,8 +350,6 @@ def _scan(
         raise TraceError(f"cannot open: {exc.strerror}", path=str(p)) from None
     # The fast path (see the docstring) is on between the header and the first problem.
     fast = False
-    # Text every skippable line holds: one test rules most lines out.
-    skip_probe = os.path.commonprefix([m for m, _ in skip_marks])  # noqa: RUF071 - text, not paths
     emit: EventSink = on_event if on_event is not None else _no_event
     undecoded = d = object()
     with f:
@@ -359,15 +358,15 @@ def _scan(
             for text in f:
                 lineno += 1
                 if fast:
-                    if skip_marks and skip_probe in text:
-                        for mark, name in skip_marks:
-                            if mark in text and _skippable(text):
-                                skipped[name] = skipped.get(name, 0) + 1
-                                break
-                        else:
-                            name = None
-                        if name is not None:
-                            continue
+                    # Only a long line is worth reading by its text (a short one costs
+                    # less to decode than to search): see _skipped_name.
+                    if (
+                        skip
+                        and len(text) > _SKIP_BY_TEXT
+                        and ((name := _skipped_name(text, skip)) is not None)
+                    ):
+                        skipped[name] = skipped.get(name, 0) + 1
+                        continue
                     try:
                         d = decode(text)
                     except (json.JSONDecodeError, ValueError):
@@ -394,19 +393,18 @@ def _scan(
                             and type(attrs) is dict
                             and name not in BATCHED
                         ):
-                            emit(session, turn, t_ns, source, stage, name, attrs)
+                            if name in skip:
+                                skipped[name] = skipped.get(name, 0) + 1
+                            else:
+                                emit(session, turn, t_ns, source, stage, name, attrs)
                             continue
                 if pending_error is not None:
                     # A bad line followed by more lines is corruption, not a cut-short write.
                     raise pending_error
-                if skip_marks and header is not None and end is None and not fast:
-                    for mark, name in skip_marks:
-                        if mark in text and _skippable(text):
-                            skipped[name] = skipped.get(name, 0) + 1
-                            break
-                    else:
-                        name = None
+                if skip and header is not None and end is None and not fast:
+                    name = _skipped_name(text, skip)
                     if name is not None:
+                        skipped[name] = skipped.get(name, 0) + 1
                         continue
                 try:
                     if d is undecoded or not fast:
@@ -481,16 +479,35 @@ def _scan(
     return TraceInfo(str(p), header, end, tuple(warnings), skipped)
 
 
-def _skip_mark(name: str) -> str:
-    # TraceWriter writes keys in a fixed order, so a skippable event line always holds
-    # this exact run of text; lines written any other way are simply decoded.
-    return f',"name":{json.dumps(name, ensure_ascii=False)},"attrs":{{'
+_NAME_KEY = ',"name":"'
+#: lines longer than this (characters) are tested for a skipped name before decoding
+_SKIP_BY_TEXT = 1024
 
 
-def _skippable(text: str) -> bool:
-    # Only whole event lines (newline-terminated): a cut-short last line is decoded and
-    # dropped like any other.
-    return text.startswith('{"type":"event",') and text.endswith("}\n")
+def _skipped_name(text: str, skip: frozenset[str]) -> str | None:
+    """The name of the event on this line when it is in ``skip`` and the line is laid
+    out as :class:`TraceWriter` writes it, read from the text without decoding it.
+
+    The line must be a whole event line (``{"type":"event",`` … ``}`` and a newline:
+    a cut-short last line is decoded and dropped like any other) whose first
+    ``,"name":"`` comes before any nested object, so it is the record's own ``name``
+    key (a JSON string cannot hold an unescaped quote). The name is its raw text up to
+    the next quote: a name written with escapes is never taken for a skipped one, it is
+    simply decoded.
+    """
+    i = text.find(_NAME_KEY)
+    if i < 0:
+        return None
+    i += len(_NAME_KEY)
+    name = text[i : text.find('"', i)]
+    if (
+        name in skip
+        and text.startswith('{"type":"event",')
+        and text.endswith("}\n")
+        and text.find("{", 1, i) < 0
+    ):
+        return name
+    return None
 
 
 def read_trace(path: str | os.PathLike[str]) -> Trace:
@@ -532,10 +549,11 @@ def scan_trace(
     Every event record is validated exactly as :func:`read_trace` validates it, then its
     fields go to ``on_event(session, turn, t_ns, source, stage, name, attrs)`` (``attrs``
     is the decoded object: do not modify it; a missing one is a shared empty dict).
-    Events whose ``name`` is in ``skip`` are recognised from the text of their line and
-    not decoded at all: only whole event lines laid out as :class:`TraceWriter` writes
-    them qualify (anything else is decoded and validated as usual), and such a line is
-    checked for that layout, not parsed. Their counts are in :attr:`TraceInfo.skipped`.
+    Events whose ``name`` is in ``skip`` never reach ``on_event``; their counts are in
+    :attr:`TraceInfo.skipped`. A long line (a batched event) with such a name is
+    recognised from its text and not decoded at all: only whole event lines laid out as
+    :class:`TraceWriter` writes them qualify, and such a line is checked for that
+    layout, not parsed. Any other line is decoded and validated as usual.
     Spans go to ``on_span``, and the header, once checked, to ``on_header`` (before any
     event). The same tolerance rules and errors as :func:`read_trace`
     apply. Lines are decoded with orjson when it is installed (:data:`FAST_DECODER`);
@@ -568,10 +586,16 @@ def scan_trace(
             ):
                 if name in BATCHED:
                     check_batch(name, attrs)
-                on_event(session, turn, t_ns, source, stage, name, attrs)
+                if name in skipping:
+                    skipped[name] = skipped.get(name, 0) + 1
+                else:
+                    on_event(session, turn, t_ns, source, stage, name, attrs)
                 return None
             ev = Event.from_dict(d)  # raises, unless only the fast check was too strict
-            on_event(ev.session, ev.turn, ev.t_ns, ev.source, ev.stage, ev.name, ev.attrs)
+            if ev.name in skipping:
+                skipped[ev.name] = skipped.get(ev.name, 0) + 1
+            else:
+                on_event(ev.session, ev.turn, ev.t_ns, ev.source, ev.stage, ev.name, ev.attrs)
             return None
         rec = record_from_dict(d)
         if type(rec) is Span:
@@ -580,7 +604,10 @@ def scan_trace(
             return None
         return rec
 
-    return _scan(Path(path), on_record, frozenset(skip), _FAST_DECODE, on_event, on_header)
+    skipping = frozenset(skip)
+    skipped: dict[str, int] = {}
+    p = Path(path)
+    return _scan(p, on_record, skipping, _FAST_DECODE, on_event, on_header, skipped)
 
 
 def _not_a_trace(p: Path, lineno: int, text: str, exc: Exception) -> TraceError:

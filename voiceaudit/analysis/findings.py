@@ -252,6 +252,11 @@ def _window(ctx: TurnContext) -> tuple[int, int] | None:
     return start, end
 
 
+#: Mark names that are neither ``X.connect_start`` nor a per-hop ``<stage>:…`` mark
+#: (learnt as turns are read; bounded)
+_NOT_CONNECTION: set[str] = set()
+
+
 def connection_setup(ctx: TurnContext) -> list[Finding]:
     win = _window(ctx)
     if win is None:
@@ -274,13 +279,17 @@ def connection_setup(ctx: TurnContext) -> list[Finding]:
     # Connection events recorded in the turn or for its session: X.connect_start → X.connected.
     pairs: list[tuple[str, int, int]] = []
     marks = ctx.obs.marks
-    for name, occs in marks.items():
+    # Most turns have no connection marks: names known to be neither kind are passed by.
+    relevant = [n for n in marks if n not in _NOT_CONNECTION]
+    for name in relevant:
         if name.endswith(".connect_start"):
             done = marks.get(name[: -len("connect_start")] + "connected", [])
-            for o in occs:
+            for o in marks[name]:
                 end = next((d[0] for d in done if d[0] >= o[0]), None)
                 if end is not None:
                     pairs.append((name[: -len(".connect_start")], o[0], end))
+        elif ":" not in name and len(_NOT_CONNECTION) < 4096:
+            _NOT_CONNECTION.add(name)
     if ctx.session is not None:
         starts = [(n, t) for n, t, _ in ctx.session.events if n.endswith(".connect_start")]
         for n, t0 in starts:
@@ -291,10 +300,10 @@ def connection_setup(ctx: TurnContext) -> list[Finding]:
     for what, start, end in pairs:
         consider(what, start, end)
     # Per-hop marks (``<stage>:http.*``) that carry the connection time they needed.
-    for name, occs in marks.items():
+    for name in relevant:
         if ":" not in name:
             continue
-        for t, _, a in occs:
+        for t, _, a in marks[name]:
             c = a.get("connect_ns")
             if type(c) is int and c > 0:
                 consider(f"{name} connect", t - c, t)

@@ -112,6 +112,8 @@ BOUNDARIES: tuple[tuple[str, ...], ...] = (
     (AUDIBLE,),
 )
 _PROBE_BOUNDARIES = frozenset({0, 1, 8, 9, 10})
+#: (chain index, mark names, probe boundary?) of the boundaries _pick looks for
+_PICK_ORDER = tuple((i, BOUNDARIES[i], i in _PROBE_BOUNDARIES) for i in range(1, 10))
 _S2S_SKIPPED = frozenset({6, 7})
 
 
@@ -259,8 +261,14 @@ def _choose(
 
 def _first_probe(obs: TurnObs, name: str) -> int | None:
     """The earliest probe occurrence of ``name`` (probe marks occur once per turn)."""
+    occs = obs.marks.get(name)
+    if not occs:
+        return None
+    if len(occs) == 1:  # the common case, without the loop
+        o = occs[0]
+        return o[0] if o[1] == PROBE else None
     best: int | None = None
-    for t, src, _ in obs.marks.get(name, ()):
+    for t, src, _ in occs:
         if src == PROBE and (best is None or t < best):
             best = t
     return best
@@ -284,16 +292,32 @@ def _pick(
     marks = obs.marks
     picked: dict[int, tuple[str, int, str]] = {}
     bad: str | None = None
-    for idx in range(1, 10):
-        for name in BOUNDARIES[idx]:
+    for idx, names, probe in _PICK_ORDER:
+        for name in names:
             occs = marks.get(name)
             if not occs:
                 continue
-            if idx in _PROBE_BOUNDARIES:
+            if probe:
                 tp = _first_probe(obs, name)
                 if tp is None:
                     continue
                 picked[idx] = (name, tp, "probe")
+                break
+            if len(occs) == 1:
+                # _choose for one occurrence, inline (the common case).
+                t, src, a = occs[0]
+                if src == PROBE:
+                    continue
+                clock, late = "arrival", False
+                if server:
+                    st = a.get("server_t_ns")
+                    if type(st) is int:
+                        late = st > t
+                        t, clock = st, "server"
+                if late and bad is None:
+                    bad = name
+                # one occurrence before speech end is off the path, never noted
+                picked[idx] = (name, t, clock)
                 break
             got = _choose(occs, server, t0)
             if got is None:
@@ -371,8 +395,7 @@ def ledger_from_obs(obs: TurnObs, *, mark_time: MarkTime = "auto") -> Ledger:
 
     off_path: list[OffPath] = []
     candidates: list[tuple[int, str, int, str]] = []
-    for idx in sorted(picked):
-        name, t, c = picked[idx]
+    for idx, (name, t, c) in picked.items():  # _pick fills it in chain order
         if s2s and idx in _S2S_SKIPPED:
             off_path.append(
                 OffPath(name, t, "speech-to-speech turn: not a stage on the path to the reply")
@@ -384,8 +407,8 @@ def ledger_from_obs(obs: TurnObs, *, mark_time: MarkTime = "auto") -> Ledger:
         else:
             candidates.append((idx, name, t, c))
     chain = _in_order(candidates)
-    kept = {c[0] for c in chain}
-    for idx, name, t, _ in candidates:
+    kept = {c[0] for c in chain} if chain is not candidates else set()
+    for idx, name, t, _ in candidates if chain is not candidates else ():
         if idx not in kept:
             nxt = min(
                 (c for c in chain if c[0] > idx and c[2] < t),
@@ -398,11 +421,13 @@ def ledger_from_obs(obs: TurnObs, *, mark_time: MarkTime = "auto") -> Ledger:
             if s2s and name == "transcript.final":
                 why += " (a speech-to-speech model's input transcript is a side channel)"
             off_path.append(OffPath(name, t, why))
-    off_path.sort(key=lambda o: o.t_ns)
+    if len(off_path) > 1:
+        off_path.sort(key=lambda o: o.t_ns)
 
     covers = _COVERS
     if s2s:
-        covers = _COVERS_S2S if 3 in kept else _COVERS_S2S_NO_TRANSCRIPT
+        has_transcript = any(c[0] == 3 for c in chain)
+        covers = _COVERS_S2S if has_transcript else _COVERS_S2S_NO_TRANSCRIPT
     nodes = [(0, SPEECH_END, t0, "probe"), *chain, (10, AUDIBLE, t_end, "probe")]
     segments: list[Segment] = []
     for (ia, na, ta, _), (ib, nb, tb, _) in itertools.pairwise(nodes):
@@ -420,8 +445,13 @@ def ledger_from_obs(obs: TurnObs, *, mark_time: MarkTime = "auto") -> Ledger:
 def _in_order(cands: list[tuple[int, str, int, str]]) -> list[tuple[int, str, int, str]]:
     """The largest subsequence of ``cands`` (sorted by chain index) whose times do not
     decrease; among equals, the one that drops the earliest stages."""
-    if all(a[2] <= b[2] for a, b in itertools.pairwise(cands)):
-        return cands
+    prev = None
+    for c in cands:
+        if prev is not None and c[2] < prev:
+            break
+        prev = c[2]
+    else:
+        return cands  # already in order: the common case
     n = len(cands)
     for drop in range(1, n):
         # combinations() yields index sets in lexicographic order, so the first set that

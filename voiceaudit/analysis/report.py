@@ -27,7 +27,7 @@ from voiceaudit.analysis.findings import (
     detect,
     probe_lateness,
 )
-from voiceaudit.analysis.ledger import ALL_SEGMENTS, Ledger, MarkTime, ledger_from_obs
+from voiceaudit.analysis.ledger import ALL_SEGMENTS, UNEXPLAINED, Ledger, MarkTime, ledger_from_obs
 from voiceaudit.analysis.stats import Summary, summarize
 from voiceaudit.analysis.turns import (
     SKIPPED_BY_DEFAULT,
@@ -284,17 +284,22 @@ class Report:
     def metric_values(self) -> dict[str, np.ndarray[Any, np.dtype[np.float64]]]:
         """ms values of voice-to-voice and of each segment (turns where it exists)."""
         per: dict[str, list[int]] = {s: [] for s in ALL_SEGMENTS}
+        unexplained = per[UNEXPLAINED]
         v2v: list[int] = []
         for t in self.stats_turns:
             v = t.ledger.voice_to_voice_ns
             if v is None:
                 continue
             v2v.append(v)
-            acc: dict[str, int] = {}
+            # Only unexplained can occur more than once in a ledger: sum it per turn.
+            gap: int | None = None
             for s in t.ledger.segments:
-                acc[s.name] = acc.get(s.name, 0) + s.ns
-            for name, ns in acc.items():
-                per[name].append(ns)
+                if s.name == UNEXPLAINED:
+                    gap = s.ns if gap is None else gap + s.ns
+                else:
+                    per[s.name].append(s.ns)
+            if gap is not None:
+                unexplained.append(gap)
         out = {VOICE_TO_VOICE: np.asarray(v2v, dtype=np.float64) / 1e6}
         for name in ALL_SEGMENTS:
             out[name] = np.asarray(per[name], dtype=np.float64) / 1e6
@@ -579,7 +584,7 @@ def _build(
     turns: list[TurnReport] = []
     unfinished: list[tuple[str, str, int]] = []
     warnings: list[str] = []
-    skip = frozenset(SKIPPED_BY_DEFAULT)
+    skip = SKIPPED_BY_DEFAULT
     for item in items:
         if progress is not None:
             progress(f"reading {item.path if isinstance(item, Trace) else item}")
