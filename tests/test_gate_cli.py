@@ -127,9 +127,9 @@ def test_leading_silence_and_failed_turns(
     code, doc, err = gate_json(capsys, sample("failed-turns"), "--budget", str(budget()))
     assert code == ExitCode.FAILED
     ft = checks_by_name(doc)["failed_turns (max 0)"]
-    assert ft["status"] == "fail" and ft["observed"] == 2 and ft["n"] == 6
-    assert "timeout: no reply audio within 1.2 s" in ft["detail"]
-    assert "2 failed of 6 turns" in err
+    assert ft["status"] == "fail" and ft["observed"] == 4 and ft["n"] == 6
+    assert "timeout: no reply audio within 0.92 s" in ft["detail"]
+    assert "4 failed of 6 turns" in err
 
 
 def test_a_percentile_from_too_few_turns_fails(

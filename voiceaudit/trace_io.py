@@ -222,7 +222,7 @@ def _loads(text: str) -> Any:
 
 
 _FAST_DECODE: Callable[[str], Any]
-try:  # optional: about three times the json module's speed (pip install orjson)
+try:  # a dependency; the json module stands in where it cannot be installed
     _FAST_DECODE = importlib.import_module("orjson").loads
 except ImportError:  # pragma: no cover - depends on the environment
     _FAST_DECODE = _loads

@@ -258,6 +258,10 @@ _NOT_CONNECTION: set[str] = set()
 
 
 def connection_setup(ctx: TurnContext) -> list[Finding]:
+    # The only detector that reads session-level records. The report analyses a turn as
+    # soon as its turn.end is read; analysis.turns.collect_file reads the trace again
+    # when a session-level record read later could change this detector's answer (keep
+    # its rule in step with what is read here).
     win = _window(ctx)
     if win is None:
         return []
