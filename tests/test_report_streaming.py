@@ -117,3 +117,15 @@ def test_session_records_after_the_turns_they_follow_keep_streaming(tmp_path: Pa
     got, col = _streamed(path)
     assert col.disorder is None and len(got) == len(_specs())
     assert _report(path) == _report(read_trace(path))
+
+
+def test_progress_counts_the_turns_as_they_are_analysed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from voiceaudit.analysis import report as report_mod
+
+    monkeypatch.setattr(report_mod._Analyser, "PROGRESS_EVERY", 10)
+    path = write_trace(tmp_path / "t.jsonl", [TurnSpec()] * 25, sessions=2)
+    seen: list[str] = []
+    build_report([path], progress=seen.append)
+    assert seen == [f"reading {path}", f"reading {path}: 10 turns", f"reading {path}: 20 turns"]

@@ -476,8 +476,15 @@ Progress = Callable[[str], None]
 class _Analyser:
     """Turns of one trace into turn reports, as they come (see :func:`_load`)."""
 
-    def __init__(self, options: ReportOptions) -> None:
+    #: turns between two progress messages
+    PROGRESS_EVERY = 10_000
+
+    def __init__(
+        self, options: ReportOptions, progress: Progress | None = None, what: str = ""
+    ) -> None:
         self.options = options
+        self.progress = progress
+        self.what = what
         self.run_id = ""
         self.config: dict[str, Any] = {}
         #: (order of first appearance, report) of each finished turn
@@ -497,6 +504,8 @@ class _Analyser:
             config=self.config,
         )
         self.done.append((obs.seq, tr))
+        if self.progress is not None and len(self.done) % self.PROGRESS_EVERY == 0:
+            self.progress(f"reading {self.what}: {len(self.done):,} turns")
         lt = probe_lateness(obs)
         if lt is not None and lt > LATE_PROBE_MS * 1e6:
             self.late.append(lt / 1e6)
@@ -586,9 +595,10 @@ def _build(
     warnings: list[str] = []
     skip = SKIPPED_BY_DEFAULT
     for item in items:
+        what = str(item.path if isinstance(item, Trace) else item)
         if progress is not None:
-            progress(f"reading {item.path if isinstance(item, Trace) else item}")
-        an = _Analyser(options)
+            progress(f"reading {what}")
+        an = _Analyser(options, progress, what)
         info, col = _load(item, skip, an.header, an.analyse, an.restart)
         done, late = an.done, an.late
         src = SourceInfo.from_info(info)
