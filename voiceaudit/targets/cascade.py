@@ -6,6 +6,21 @@ Each hop is an OpenAI-compatible HTTP endpoint, possibly on a different base URL
 (``response_format: pcm``, streamed body). Every hop is timed: request sent, response
 headers, first byte, each token or audio chunk, last byte.
 
+Connection setup is recorded per hop from aiohttp's own tracing (``aiohttp.TraceConfig``;
+each request carries its hop in ``trace_request_ctx``, so the synthesis of one sentence
+and the model's stream that overlaps it never mix): ``http.queue_start`` /
+``http.queue_done`` (the pool made the request wait for a free connection),
+``http.connect_start`` / ``http.connected`` (a new connection: DNS when not cached, TCP
+and, for https, TLS, which aiohttp sets up in one step: the marks say ``tls: true`` and
+the split needs a capture), ``http.dns_start`` / ``http.dns_done`` or
+``http.dns_cache_hit`` inside it (none for an IP address), ``http.conn_reused`` (a
+kept-alive connection from the pool) and ``http.request_headers_sent`` (the request is on
+the connection). Every one has ``stage`` = the hop and ``host`` (``host:port``, never
+credentials or a query); ``conn`` says ``new`` or ``reused``. ``http.request_sent`` is
+taken when voiceaudit issues the request, before any of these. One
+``aiohttp.ClientSession`` (keep-alive on) serves every turn of a session: its first turn
+opens the connections, later turns reuse them while the server keeps them open.
+
 Endpointing is the client's job in a cascade: a WebRTC VAD on the frames the probe sends
 declares the end of the turn after ``silence_ms`` of non-speech (like a server VAD).
 
@@ -15,7 +30,8 @@ each sentence goes to synthesis as soon as the model finishes it) or ``whole`` (
 waits for the whole reply, as a naive REST stack does), ``silence_ms`` (500),
 ``vad_mode`` (0-3, default 2), ``asr_model``, ``llm_model``, ``tts_model``, ``voice``,
 ``rate`` (input rate, default 16000), ``tts_rate`` (rate of the PCM the speech endpoint
-returns, default 24000), ``system`` (system prompt).
+returns, default 24000), ``system`` (system prompt), ``max_connections`` (the connection
+pool's limit, default 100 as in aiohttp; a request beyond it waits for a free connection).
 """
 
 from __future__ import annotations
@@ -27,7 +43,11 @@ import json
 import re
 import time
 import wave
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -101,6 +121,33 @@ class _Endpointer:
         return ended
 
 
+@dataclass
+class _HopRequest:
+    """One hop's request, handed to aiohttp's trace callbacks as ``trace_request_ctx``."""
+
+    stage: str
+    #: ``host:port`` of the URL (no credentials, no path, no query)
+    host: str
+    tls: bool
+    #: ``new`` or ``reused`` once the connection is known
+    conn: str | None = None
+
+
+def _hop_request(stage: str, url: str) -> _HopRequest:
+    parts = urlsplit(url)
+    tls = parts.scheme == "https"
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is None:
+        port = 443 if tls else 80
+    return _HopRequest(stage, f"{host}:{port}", tls)
+
+
 class CascadeSession(TargetSession):
     def __init__(self, config: TargetConfig, sink: TargetSink) -> None:
         super().__init__(config, sink)
@@ -113,6 +160,9 @@ class CascadeSession(TargetSession):
             raise UsageError("target option handoff must be 'streaming' or 'whole'")
         self.input_rate = config.int_option("rate", 16000)
         self.tts_rate = config.int_option("tts_rate", 24000)
+        self.max_connections = config.int_option("max_connections", 100)
+        if self.max_connections < 0:
+            raise UsageError("target option max_connections cannot be negative (0: no limit)")
         self._endpointer = _Endpointer(
             self.input_rate, config.int_option("silence_ms", 500), config.int_option("vad_mode", 2)
         )
@@ -129,9 +179,52 @@ class CascadeSession(TargetSession):
         return h
 
     async def open(self) -> None:
+        # aiohttp's defaults otherwise: keep-alive on (15 s idle), so later turns reuse the
+        # first turn's connections.
         self._http = aiohttp.ClientSession(
-            headers=self._headers(), timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)
+            headers=self._headers(),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+            connector=aiohttp.TCPConnector(limit=self.max_connections),
+            trace_configs=[self._trace_config()],
         )
+
+    # --- connection setup, from aiohttp's tracing -------------------------------------------
+
+    def _trace_config(self) -> aiohttp.TraceConfig:
+        tc = aiohttp.TraceConfig()
+        tc.on_connection_queued_start.append(self._marker("http.queue_start"))
+        tc.on_connection_queued_end.append(self._marker("http.queue_done"))
+        tc.on_connection_create_start.append(self._marker("http.connect_start"))
+        tc.on_dns_resolvehost_start.append(self._marker("http.dns_start"))
+        tc.on_dns_resolvehost_end.append(self._marker("http.dns_done"))
+        tc.on_dns_cache_hit.append(self._marker("http.dns_cache_hit"))
+        tc.on_connection_create_end.append(self._marker("http.connected"))
+        tc.on_connection_reuseconn.append(self._marker("http.conn_reused"))
+        tc.on_request_headers_sent.append(self._marker("http.request_headers_sent"))
+        return tc
+
+    def _marker(
+        self, name: str
+    ) -> Callable[[aiohttp.ClientSession, SimpleNamespace, object], Awaitable[None]]:
+        """An aiohttp trace callback that records ``name`` for the hop of the request."""
+
+        async def record(_s: aiohttp.ClientSession, ctx: SimpleNamespace, _p: object) -> None:
+            t = time.monotonic_ns()
+            hop = getattr(ctx, "trace_request_ctx", None)
+            if not isinstance(hop, _HopRequest):
+                return  # not a hop request
+            if name == "http.connect_start":
+                hop.conn = "new"
+            elif name == "http.conn_reused":
+                hop.conn = "reused"
+            attrs: dict[str, Any] = {"host": hop.host}
+            if hop.conn is not None:
+                attrs["conn"] = hop.conn
+            if hop.conn is not None and name != "http.request_headers_sent":
+                attrs["tls"] = hop.tls
+            self._hop(hop.stage, name, t, **attrs)
+
+        return record
 
     async def start_turn(self, turn: int) -> None:
         self._audio = bytearray()
@@ -185,7 +278,8 @@ class CascadeSession(TargetSession):
         form.add_field("model", self.config.option("asr_model", "whisper-1"))
         url = f"{self.asr_url}/audio/transcriptions"
         self._hop("asr", "http.request_sent", time.monotonic_ns(), url=_path(url))
-        async with self._http.post(url, data=form) as resp:
+        ctx = _hop_request("asr", url)
+        async with self._http.post(url, data=form, trace_request_ctx=ctx) as resp:
             self._hop("asr", "http.headers", time.monotonic_ns(), status=resp.status)
             await self._check("asr", resp)
             body = await resp.read()
@@ -223,7 +317,8 @@ class CascadeSession(TargetSession):
             buffer = ""
             whole = ""
             first = True
-            async with self._http.post(url, json=payload) as resp:
+            ctx = _hop_request("llm", url)
+            async with self._http.post(url, json=payload, trace_request_ctx=ctx) as resp:
                 self._hop("llm", "http.headers", time.monotonic_ns(), status=resp.status)
                 await self._check("llm", resp)
                 async for token in _sse_tokens(resp):
@@ -270,7 +365,8 @@ class CascadeSession(TargetSession):
                 first_request = False
                 self.sink.mark("tts.request", "synthesis", t, {"chars": len(text)})
             self._hop("tts", "http.request_sent", t, url=_path(url), chars=len(text))
-            async with self._http.post(url, json=payload) as resp:
+            ctx = _hop_request("tts", url)
+            async with self._http.post(url, json=payload, trace_request_ctx=ctx) as resp:
                 self._hop("tts", "http.headers", time.monotonic_ns(), status=resp.status)
                 await self._check("tts", resp)
                 carry = b""
