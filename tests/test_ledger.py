@@ -39,6 +39,7 @@ def test_every_stage_recovered_exactly_with_server_times() -> None:
         aggregation_ms=183.0,
         synthesis_ms=71.0,
         transport_ms=2.5,
+        send_wait_ms=0.75,
         playout_ms=40.0,
         onset_ms=300.0,
         notify_ms=7.0,
@@ -53,7 +54,8 @@ def test_every_stage_recovered_exactly_with_server_times() -> None:
         "model_first_token": 233.0,
         "aggregation": 183.0,
         "synthesis_first_byte": 71.0,
-        "transport": 2.5,
+        "first_audio": 0.75,
+        "transport": 1.75,
         "playout_wait": 40.0,
         "leading_silence": 300.0,
     }
@@ -143,8 +145,9 @@ def test_black_box_speech_to_speech_turn() -> None:
     assert segs == [
         ("input_framing", 12.0, ()),
         ("endpointing", 520.0, ()),
-        ("handoff", 30.0, ()),
-        (UNEXPLAINED, 410.0, ("model_first_token", "transport")),
+        ("response_start", 30.0, ()),
+        # no first text or token: response start to the first audio byte at the probe
+        ("first_audio", 410.0, ()),
         ("playout_wait", 0.0, ()),
         ("leading_silence", 10.0, ()),
     ]
@@ -167,7 +170,7 @@ def test_speech_to_speech_transcript_before_the_response_is_on_the_path() -> Non
     )
     got = by_name(ledger_of(spec))
     assert got["transcription"] == pytest.approx(150.0)
-    assert got["handoff"] == pytest.approx(50.0)
+    assert got["response_start"] == pytest.approx(50.0)
 
 
 def test_speech_to_speech_with_first_audio_token_mark() -> None:
@@ -176,6 +179,110 @@ def test_speech_to_speech_with_first_audio_token_mark() -> None:
     assert got["model_first_token"] == pytest.approx(350.0)
     assert got["transport"] == pytest.approx(4.0)
     assert "synthesis_first_byte" not in got and "aggregation" not in got
+
+
+def _realtime_turn(marks: dict[str, float], *, wire_ms: float | None = None) -> list[Event]:
+    """A turn of probe marks plus pipeline marks at ``marks`` (ms after speech end, arrival
+    times), and the first reply audio on the wire ``wire_ms`` after speech end."""
+    t0 = T0
+    evs = [
+        Event("s", 0, t0, "probe", "input", "input.speech_end"),
+        Event("s", 0, t0 + 10 * MS, "probe", "input", "input.speech_end_sent"),
+        Event("s", 0, t0 + 900 * MS, "probe", "reply", "reply.first_byte"),
+        Event("s", 0, t0 + 900 * MS, "probe", "reply", "reply.playout_start"),
+        Event("s", 0, t0 + 905 * MS, "probe", "reply", "reply.audible"),
+    ]
+    for name, ms in marks.items():
+        evs.append(Event("s", 0, t0 + round(ms * MS), "pipeline", "x", name))
+    if wire_ms is not None:
+        evs.append(Event("s", 0, t0 + round(wire_ms * MS), "network", "transport", "reply.on_wire"))
+    return evs
+
+
+STANDARD = {"endpoint": 500.0, "transcript.final": 600.0, "response.created": 600.5}
+
+
+def test_realtime_standard_events_split_the_reply() -> None:
+    # response.created, the first transcript delta, the first audio delta: each a cut.
+    led = build_ledger(_realtime_turn({**STANDARD, "reply_text.first": 850.0}))
+    assert led.speech_to_speech
+    assert [(s.name, s.ns / MS) for s in led.segments] == [
+        ("input_framing", 10.0),
+        ("endpointing", 490.0),
+        ("transcription", 100.0),
+        ("response_start", 0.5),
+        ("model_first_text", 249.5),
+        ("first_audio", 50.0),
+        ("playout_wait", 0.0),
+        ("leading_silence", 5.0),
+    ]
+
+
+def test_first_reply_audio_on_the_wire_is_the_transport_cut() -> None:
+    led = build_ledger(_realtime_turn({**STANDARD, "reply_text.first": 850.0}, wire_ms=898.5))
+    got = by_name(led)
+    assert got["first_audio"] == pytest.approx(48.5)
+    assert got["transport"] == pytest.approx(1.5)
+    assert led.segments[-3].start == "reply.on_wire"
+    # A cascade's server-side handoff to its socket is the same cut when there is no capture
+    cascade = {
+        "endpoint": 500.0,
+        "transcript.final": 600.0,
+        "llm.request": 601.0,
+        "llm.first_token": 800.0,
+        "tts.request": 840.0,
+        "tts.first_byte": 842.0,
+        "audio.first_sent": 843.0,
+    }
+    got = by_name(build_ledger(_realtime_turn(cascade)))
+    assert (got["synthesis_first_byte"], got["first_audio"], got["transport"]) == (
+        pytest.approx(2.0),
+        pytest.approx(1.0),
+        pytest.approx(57.0),
+    )
+    # and the capture's time wins over the server's word when both are there
+    got = by_name(build_ledger(_realtime_turn(cascade, wire_ms=844.0)))
+    assert (got["first_audio"], got["transport"]) == (pytest.approx(2.0), pytest.approx(56.0))
+
+
+def test_a_wire_mark_out_of_order_gives_way_to_the_stage_marks() -> None:
+    # A cascade reads its own tts.first_byte after the bytes crossed the wire: the
+    # capture's time must not displace the stage mark (nor turn it into unexplained).
+    cascade = {
+        "endpoint": 500.0,
+        "transcript.final": 600.0,
+        "llm.request": 601.0,
+        "llm.first_token": 800.0,
+        "tts.request": 840.0,
+        "tts.first_byte": 899.0,
+    }
+    led = build_ledger(_realtime_turn(cascade, wire_ms=898.0))
+    got = by_name(led)
+    assert UNEXPLAINED not in got
+    assert got["synthesis_first_byte"] == pytest.approx(59.0)
+    assert got["transport"] == pytest.approx(1.0)
+    assert [(o.name, o.why.split(":")[0]) for o in led.off_path] == [
+        ("reply.on_wire", "out of order")
+    ]
+
+
+def test_without_a_departure_mark_first_audio_and_transport_are_one_segment() -> None:
+    # after a first audio byte the rest is transport; after the first text it is the model's
+    cascade = {
+        "endpoint": 500.0,
+        "transcript.final": 600.0,
+        "llm.request": 601.0,
+        "llm.first_token": 800.0,
+        "tts.request": 840.0,
+    }
+    got = by_name(build_ledger(_realtime_turn({**cascade, "tts.first_byte": 842.0})))
+    assert got["transport"] == pytest.approx(58.0) and "first_audio" not in got
+    token = build_ledger(_realtime_turn({**STANDARD, "llm.first_token": 850.0}))
+    assert by_name(token)["transport"] == pytest.approx(50.0)
+    # a cascade without its synthesis marks still has unexplained time, never a name
+    led = build_ledger(_realtime_turn(cascade))
+    u = [s for s in led.segments if s.name == UNEXPLAINED]
+    assert [x.covers for x in u] == [("synthesis_first_byte", "first_audio", "transport")]
 
 
 # -- out of order, repeated, early and late marks -----------------------------------------
@@ -305,6 +412,9 @@ MARK_NAMES = [
     ("llm.first_token", "pipeline"),
     ("tts.request", "pipeline"),
     ("tts.first_byte", "pipeline"),
+    ("reply_text.first", "pipeline"),
+    ("audio.first_sent", "pipeline"),
+    ("reply.on_wire", "network"),
     ("reply.first_byte", "probe"),
     ("reply.playout_start", "probe"),
 ]

@@ -33,7 +33,7 @@ PROTOCOLS = {"realtime": 5 * MS, "websocket": 5 * MS, "cascade": 5 * MS, "webrtc
 
 
 async def _record(base: Path) -> None:
-    from voiceaudit.cli.run_cmd import reference_url
+    from voiceaudit.cli.run_cmd import reference_options, reference_url
     from voiceaudit.probe.runner import ProbeOptions, run_probe
     from voiceaudit.probe.utterances import bundled_dir, load_utterances
     from voiceaudit.reference.config import ServerConfig
@@ -48,7 +48,11 @@ async def _record(base: Path) -> None:
     try:
         for protocol in PROTOCOLS:
             target = get_target_class(protocol)(
-                TargetConfig(url=reference_url(server, protocol), protocol=protocol)
+                TargetConfig(
+                    url=reference_url(server, protocol),
+                    protocol=protocol,
+                    options=reference_options(protocol),
+                )
             )
             await run_probe(
                 target, utterances, ProbeOptions(gap_ms=300), base / f"{protocol}.jsonl"
@@ -123,6 +127,34 @@ def test_probe_agrees_with_server_truth(
     # The probe is never earlier than the server could have made it.
     assert min(errors) > -1 * MS, errors
     assert sum(within) >= 0.95 * len(within), [e / MS for e in errors]
+
+
+#: the stages of the reference's cascade that its own marks (stage events) cut out
+CASCADE = {"transcription", "handoff", "model_first_token", "aggregation", "synthesis_first_byte"}
+
+
+@pytest.mark.parametrize("protocol", list(PROTOCOLS))
+def test_the_reference_leaves_next_to_nothing_unexplained(
+    protocol: str, recorded: tuple[dict[str, Trace], list[Any]]
+) -> None:
+    from voiceaudit.analysis import UNEXPLAINED, build_report
+
+    report = build_report([recorded[0][protocol]])
+    turns = report.stats_turns
+    assert len(turns) == len(UTTERANCES)
+    v2v = unexplained = 0
+    for t in turns:
+        led = t.ledger
+        assert led.voice_to_voice_ns is not None
+        assert sum(s.ns for s in led.segments) == led.voice_to_voice_ns
+        assert set(led.by_name()) >= CASCADE, (protocol, led.by_name())
+        v2v += led.voice_to_voice_ns
+        unexplained += led.by_name().get(UNEXPLAINED, 0)
+    # every stage of the reference's pipeline is announced on every protocol it serves;
+    # only WebRTC keeps a sliver (its first reply frame cannot be told on the probe side)
+    assert unexplained <= 0.02 * v2v, (protocol, unexplained / v2v)
+    if protocol != "webrtc":
+        assert unexplained == 0, [s for t in turns for s in t.ledger.segments]
 
 
 def test_webrtc_reports_its_own_jitter_buffer(

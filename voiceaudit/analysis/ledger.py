@@ -19,21 +19,39 @@ mark                        alternatives                      segment ending at 
 ``input.speech_end_sent``   (probe)                           ``input_framing``
 ``endpoint``                ``committed``                     ``endpointing``
 ``transcript.final``                                          ``transcription``
-``llm.request``             ``response.created``              ``handoff``
-``llm.first_token``                                           ``model_first_token``
+``llm.request``             ``response.created``              ``handoff`` /
+                                                              ``response_start``
+``llm.first_token``         ``reply_text.first``              ``model_first_token`` /
+                                                              ``model_first_text``
 ``tts.request``                                               ``aggregation``
 ``tts.first_byte``                                            ``synthesis_first_byte``
+``reply.on_wire``           ``audio.first_sent``              ``first_audio``
 ``reply.first_byte``        (probe)                           ``transport``
 ``reply.playout_start``     (probe)                           ``playout_wait``
 ``reply.audible``           (probe)                           ``leading_silence``
 ==========================  ================================  ==========================
 
+A segment is named for the mark that ends it: ``response.created`` ends a
+``response_start`` (the protocol's own "the response began"), ``reply_text.first`` (the
+first delta of the reply's text or audio transcript) a ``model_first_text``.
+
+The first reply audio leaving the server (``reply.on_wire``: its first packet in a
+capture joined to the trace; ``audio.first_sent``: the target's own word that it handed
+the audio to its socket) splits what comes before it (``first_audio``: from the last
+stage the server reported to its first reply audio on the wire) from ``transport`` (the
+wire and the probe's socket and event loop). Without such a mark the two are one
+segment: ``transport`` when it starts at a first audio byte or token (``tts.first_byte``,
+or a speech-to-speech model's ``llm.first_token``), ``first_audio`` when it starts at the
+response or its first text (the model still had to make the audio).
+
 Speech-to-speech turns (``response.created`` but no ``llm.request``, ``tts.request`` or
 ``tts.first_byte``) have no synthesis stage: their model's first token *is* audio. So
-``llm.first_token → reply.first_byte`` is the ``transport``, and ``endpoint →
-response.created`` the ``handoff`` (or ``endpoint → transcript.final → response.created``
-when an input transcript came before the response; one that came after it, as a
-side channel, is off the path).
+``llm.first_token → reply.first_byte`` is the ``transport``, ``reply_text.first →
+reply.first_byte`` (or ``response.created → reply.first_byte`` when no first text or
+token was seen) the ``first_audio``, and ``endpoint → response.created`` the
+``response_start`` (or ``endpoint → transcript.final → response.created`` when an input
+transcript came before the response; one that came after it, as a side channel, is off
+the path).
 
 Which clock (see docs/report-format.md, "Times of pipeline marks")
     A pipeline mark's ``t_ns`` is when the probe *received* the message carrying it; when
@@ -46,11 +64,6 @@ Which clock (see docs/report-format.md, "Times of pipeline marks")
     server time later than its arrival (a different host or clock) uses arrival times for
     all its marks, with a note.
     ``mark_time="arrival"`` forces arrival times.
-
-Marks that are not boundaries
-    ``audio.first_sent`` (the target handed its first reply audio to the socket) falls
-    inside ``transport``; the findings use it (``large_audio_buffer``), the chain does not,
-    so ``transport`` always means first synthesized audio to first audio at the probe.
 
 Repeated and out-of-order marks
     A mark that occurs several times (a premature ``endpoint`` mid-utterance, several
@@ -79,7 +92,8 @@ MarkTime = Literal["auto", "arrival"]
 SPEECH_END = "input.speech_end"
 AUDIBLE = "reply.audible"
 
-#: Stable segment identifiers, in chain order.
+#: Stable segment identifiers, in chain order: the default name of the segment ending at
+#: each chain boundary (see ``RENAMED`` for the names some end marks give instead).
 SEGMENTS: tuple[str, ...] = (
     "input_framing",
     "endpointing",
@@ -88,49 +102,110 @@ SEGMENTS: tuple[str, ...] = (
     "model_first_token",
     "aggregation",
     "synthesis_first_byte",
+    "first_audio",
     "transport",
     "playout_wait",
     "leading_silence",
 )
+#: End mark -> the name of the segment it ends, where it is not the boundary's default:
+#: a segment is named for what ends it.
+RENAMED: dict[str, str] = {
+    "response.created": "response_start",
+    "reply_text.first": "model_first_text",
+}
 UNEXPLAINED = "unexplained"
-#: Every segment name a ledger can hold (``unexplained`` last).
-ALL_SEGMENTS: tuple[str, ...] = (*SEGMENTS, UNEXPLAINED)
+#: Every segment name a ledger can hold, in chain order (``unexplained`` last).
+ALL_SEGMENTS: tuple[str, ...] = (
+    "input_framing",
+    "endpointing",
+    "transcription",
+    "handoff",
+    "response_start",
+    "model_first_token",
+    "model_first_text",
+    "aggregation",
+    "synthesis_first_byte",
+    "first_audio",
+    "transport",
+    "playout_wait",
+    "leading_silence",
+    UNEXPLAINED,
+)
 
 #: Chain boundaries: the mark names that can stand at each, first choice first. Index
-#: ``i`` (1..10) ends segment ``SEGMENTS[i - 1]``.
+#: ``i`` (1..11) ends segment ``SEGMENTS[i - 1]`` (or its ``RENAMED`` name).
 BOUNDARIES: tuple[tuple[str, ...], ...] = (
     (SPEECH_END,),
     ("input.speech_end_sent",),
     ("endpoint", "committed"),
     ("transcript.final",),
     ("llm.request", "response.created"),
-    ("llm.first_token",),
+    ("llm.first_token", "reply_text.first"),
     ("tts.request",),
     ("tts.first_byte",),
+    ("reply.on_wire", "audio.first_sent"),
     ("reply.first_byte",),
     ("reply.playout_start",),
     (AUDIBLE,),
 )
-_PROBE_BOUNDARIES = frozenset({0, 1, 8, 9, 10})
+_N = len(BOUNDARIES)
+_PROBE_BOUNDARIES = frozenset({0, 1, 9, 10, 11})
 #: (chain index, mark names, probe boundary?) of the boundaries _pick looks for
-_PICK_ORDER = tuple((i, BOUNDARIES[i], i in _PROBE_BOUNDARIES) for i in range(1, 10))
+_PICK_ORDER = tuple((i, BOUNDARIES[i], i in _PROBE_BOUNDARIES) for i in range(1, _N - 1))
 _S2S_SKIPPED = frozenset({6, 7})
+#: marks after which the reply's first audio byte is already made (so what follows up to
+#: the probe is transport); after the others the model still had to make the audio
+_AUDIO_MADE = frozenset({"tts.first_byte", "llm.first_token"})
+#: marks that give way to the stage marks when they are out of order with them: the
+#: capture's first reply audio on the wire refines the chain but never displaces a stage
+#: (a cascade's own ``tts.first_byte`` is read by voiceaudit after the bytes crossed the
+#: wire, so the two are never in chain order there)
+_YIELDING = frozenset({"reply.on_wire"})
+
+
+def segment_bounds(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The marks that can start and end segment ``name`` (a chain segment)."""
+    for i in range(1, _N):
+        if SEGMENTS[i - 1] == name:
+            ends = tuple(m for m in BOUNDARIES[i] if m not in RENAMED)
+            return BOUNDARIES[i - 1], ends
+    for mark, seg in RENAMED.items():
+        if seg == name:
+            i = next(i for i, b in enumerate(BOUNDARIES) if mark in b)
+            return BOUNDARIES[i - 1], (mark,)
+    raise KeyError(name)
 
 
 def _covers(skipped: frozenset[int]) -> tuple[tuple[tuple[str, ...], ...], ...]:
     """``[a][b]``: the named segments between chain boundaries ``a`` and ``b``."""
-    applicable = [i for i in range(11) if i not in skipped]
+    applicable = [i for i in range(_N) if i not in skipped]
     return tuple(
-        tuple(tuple(SEGMENTS[i - 1] for i in applicable if a < i <= b) for b in range(11))
-        for a in range(11)
+        tuple(tuple(SEGMENTS[i - 1] for i in applicable if a < i <= b) for b in range(_N))
+        for a in range(_N)
     )
 
 
 _COVERS = _covers(frozenset())
 _COVERS_S2S = _covers(_S2S_SKIPPED)
 #: A speech-to-speech turn whose input transcript is not on the path: the model started
-#: from the audio, so endpoint → response is the handoff.
+#: from the audio, so endpoint → response is the response start.
 _COVERS_S2S_NO_TRANSCRIPT = _covers(_S2S_SKIPPED | {3})
+
+
+def _merged_name(covered: tuple[str, ...], start: str, s2s: bool) -> str | None:
+    """The name of the one segment between two marks whose missing marks in between
+    are optional ones (the first audio leaving the server; a speech-to-speech model's
+    first output), or ``None`` (the time is unexplained)."""
+    if covered == ("first_audio", "transport"):
+        return "transport" if start in _AUDIO_MADE else "first_audio"
+    if s2s and covered in (
+        ("model_first_token", "first_audio"),
+        ("model_first_token", "first_audio", "transport"),
+    ):
+        return "first_audio"
+    return None
+
+
 #: Preference among sources when a pipeline mark comes from several.
 _SOURCE_RANK = {"pipeline": 0, "import": 1, "network": 2}
 
@@ -407,6 +482,8 @@ def ledger_from_obs(obs: TurnObs, *, mark_time: MarkTime = "auto") -> Ledger:
         else:
             candidates.append((idx, name, t, c))
     chain = _in_order(candidates)
+    if chain is not candidates and any(c[1] in _YIELDING for c in candidates):
+        chain = _yield_first(candidates)
     kept = {c[0] for c in chain} if chain is not candidates else set()
     for idx, name, t, _ in candidates if chain is not candidates else ():
         if idx not in kept:
@@ -428,18 +505,35 @@ def ledger_from_obs(obs: TurnObs, *, mark_time: MarkTime = "auto") -> Ledger:
     if s2s:
         has_transcript = any(c[0] == 3 for c in chain)
         covers = _COVERS_S2S if has_transcript else _COVERS_S2S_NO_TRANSCRIPT
-    nodes = [(0, SPEECH_END, t0, "probe"), *chain, (10, AUDIBLE, t_end, "probe")]
+    nodes = [(0, SPEECH_END, t0, "probe"), *chain, (_N - 1, AUDIBLE, t_end, "probe")]
     segments: list[Segment] = []
     for (ia, na, ta, _), (ib, nb, tb, _) in itertools.pairwise(nodes):
         covered = covers[ia][ib]
         if len(covered) == 1:
-            segments.append(_tuple_new(Segment, (covered[0], tb - ta, na, nb, ())))
+            name = RENAMED.get(nb, covered[0])
+            segments.append(_tuple_new(Segment, (name, tb - ta, na, nb, ())))
+        elif (merged := _merged_name(covered, na, s2s)) is not None:
+            segments.append(_tuple_new(Segment, (merged, tb - ta, na, nb, ())))
         elif tb > ta:
             segments.append(_tuple_new(Segment, (UNEXPLAINED, tb - ta, na, nb, covered)))
     chain_marks = tuple(_tuple_new(Mark, (n, t, c)) for _, n, t, c in nodes)
     return Ledger(
         t_end - t0, tuple(segments), chain_marks, tuple(off_path), times, clock, s2s, tuple(notes)
     )
+
+
+def _yield_first(cands: list[tuple[int, str, int, str]]) -> list[tuple[int, str, int, str]]:
+    """The in-order chain of ``cands`` where marks in ``_YIELDING`` give way: the stage
+    marks are put in order first, then each yielding mark is kept only where it fits."""
+    chain = _in_order([c for c in cands if c[1] not in _YIELDING])
+    for c in cands:
+        if c[1] not in _YIELDING:
+            continue
+        before = [x for x in chain if x[0] < c[0]]
+        after = [x for x in chain if x[0] > c[0]]
+        if all(x[2] <= c[2] for x in before) and all(c[2] <= x[2] for x in after):
+            chain = [*before, c, *after]
+    return chain
 
 
 def _in_order(cands: list[tuple[int, str, int, str]]) -> list[tuple[int, str, int, str]]:

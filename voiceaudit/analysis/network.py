@@ -6,7 +6,13 @@ Packet times are mapped onto the probe's monotonic clock through the trace's anc
 - ``wire_to_app``: the first reply audio on the wire (a Realtime audio delta, a binary
   WebSocket frame, the first body byte of a speech HTTP response) to the probe's own
   ``reply.first_byte``: time the reply spent between the network and the application
-  (socket buffers, event-loop latency, parsing). It splits the ledger's ``transport``.
+  (socket buffers, event-loop latency, parsing). ``voiceaudit report --pcap`` puts the
+  wire time into the ledger as the ``reply.on_wire`` mark, which ends ``first_audio``
+  and starts ``transport``. A cascade reads its own ``tts.first_byte`` after those bytes
+  crossed the wire, so there the mark gives way (off the path) and the split stays the
+  client's. WebRTC media is a continuous RTP stream (silence between replies): which
+  packet carries the first reply audio is not visible without decoding it, so WebRTC
+  turns get no wire mark.
 - small-write stalls (Nagle + delayed ACK) and TCP retransmissions inside the turn, with
   the time they held data back: evidence for the ``small_write_stall`` and
   ``retransmission`` findings;
@@ -98,6 +104,12 @@ class NetworkJoin:
                     }
                 )
         return out
+
+    def wire_marks(self) -> dict[tuple[str, int], int]:
+        """(session, turn) -> when the turn's first reply audio crossed the wire (probe
+        clock), for the ledger's ``reply.on_wire`` cut (WebSocket replies only: see
+        :func:`join_capture`)."""
+        return {(t.session, t.turn): t.wire_ns for t in self.turns if t.wire_ns is not None}
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -10,7 +10,7 @@ from __future__ import annotations
 import gc
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from operator import attrgetter, itemgetter
@@ -480,9 +480,15 @@ class _Analyser:
     PROGRESS_EVERY = 10_000
 
     def __init__(
-        self, options: ReportOptions, progress: Progress | None = None, what: str = ""
+        self,
+        options: ReportOptions,
+        progress: Progress | None = None,
+        what: str = "",
+        wire: Mapping[tuple[str, int], int] | None = None,
     ) -> None:
         self.options = options
+        #: (session, turn) -> first reply audio on the wire, from a joined capture
+        self.wire = wire or {}
         self.progress = progress
         self.what = what
         self.run_id = ""
@@ -496,6 +502,9 @@ class _Analyser:
         self.run_id, self.config = h.run_id, h.config
 
     def analyse(self, obs: TurnObs, session_obs: SessionObs | None) -> None:
+        w = self.wire.get((obs.session, obs.turn)) if self.wire else None
+        if w is not None:
+            obs.add("reply.on_wire", "network", "transport", w, {"from": "capture"})
         tr = turn_report(
             obs,
             run_id=self.run_id,
@@ -552,12 +561,16 @@ def build_report(
     keep_observations: bool = False,
     progress: Progress | None = None,
     label: str = "",
+    wire_marks: Mapping[tuple[str, int], int] | None = None,
 ) -> Report:
     """Build the report of one or more traces (merged into one population).
 
     ``traces`` are :class:`~voiceaudit.trace_io.Trace` objects or paths (files or
     directories; paths are streamed through the fast reader). Raises
-    :class:`~voiceaudit.errors.NoDataError` when no turn finished.
+    :class:`~voiceaudit.errors.NoDataError` when no turn finished. ``wire_marks``:
+    (session, turn) -> when the turn's first reply audio crossed the wire, from a capture
+    joined to the trace (:meth:`voiceaudit.analysis.network.NetworkJoin.wire_marks`); each
+    becomes that turn's ``reply.on_wire`` mark (source ``network``).
     """
     if mark_time not in ("auto", "arrival"):
         raise UsageError(f"unknown mark time {mark_time!r} (use 'auto' or 'arrival')")
@@ -580,14 +593,18 @@ def build_report(
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _build(items, options, progress, label)
+        return _build(items, options, progress, label, wire_marks)
     finally:
         if was_enabled:
             gc.enable()
 
 
 def _build(
-    items: list[TraceInput], options: ReportOptions, progress: Progress | None, label: str
+    items: list[TraceInput],
+    options: ReportOptions,
+    progress: Progress | None,
+    label: str,
+    wire: Mapping[tuple[str, int], int] | None = None,
 ) -> Report:
     sources: list[SourceInfo] = []
     turns: list[TurnReport] = []
@@ -598,7 +615,7 @@ def _build(
         what = str(item.path if isinstance(item, Trace) else item)
         if progress is not None:
             progress(f"reading {what}")
-        an = _Analyser(options, progress, what)
+        an = _Analyser(options, progress, what, wire)
         info, col = _load(item, skip, an.header, an.analyse, an.restart)
         done, late = an.done, an.late
         src = SourceInfo.from_info(info)

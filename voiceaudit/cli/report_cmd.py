@@ -104,6 +104,10 @@ def register(app: typer.Typer) -> None:
 
         with status:
             groups = [traces] if merge or len(traces) == 1 else [[traces[0]], [traces[1]]]
+            single = len(groups) == 1 and not merge
+            trace, join = (
+                _capture_join(traces[0], pcap, telemetry, progress) if single else (None, None)
+            )
             reports = [
                 build_report(
                     g,
@@ -112,14 +116,13 @@ def register(app: typer.Typer) -> None:
                     keep_observations=needs_obs,
                     progress=progress,
                     label=", ".join(_label(p) for p in g),
+                    wire_marks=None if join is None else join.wire_marks(),
                 )
                 for g in groups
             ]
             obj: Any = reports[0] if len(reports) == 1 else compare(*reports, alpha=alpha)
             extras = (
-                _extras(traces[0], pcap, telemetry, keep_content, progress)
-                if len(reports) == 1 and not merge
-                else []
+                _extras(trace, join, telemetry, keep_content, progress) if trace is not None else []
             )
             if (pcap is not None or telemetry) and not extras:
                 raise UsageError("--pcap and --telemetry go with one trace (not a comparison)")
@@ -173,33 +176,44 @@ def _format(fmt: str | None, output: Path | None) -> Any:
 Extra = tuple[str, str, Any]  # (title, JSON key, object with render_text() and to_dict())
 
 
-def _extras(
-    trace_path: Path,
-    pcap: Path | None,
-    telemetry: list[Path],
-    keep_content: bool,
-    progress: Any,
-) -> list[Extra]:
-    """Sections joined from a capture and from framework telemetry, for one trace."""
+def _capture_join(
+    trace_path: Path, pcap: Path | None, telemetry: list[Path], progress: Any
+) -> tuple[Any, Any]:
+    """(the trace, its capture joined to it, or None) for a report of one trace file;
+    (None, None) for a directory of traces. The join comes first because the ledger
+    takes the first reply audio on the wire from it."""
     from voiceaudit.trace_io import find_traces, read_trace
 
     files = find_traces(trace_path)
     if len(files) != 1:
         if pcap is not None or telemetry:
             raise UsageError("--pcap and --telemetry go with a single trace file")
-        return []
+        return None, None
     trace = read_trace(files[0])
-    out: list[Extra] = []
     if pcap is None:
         cap = trace.header.config.get("capture")
         if isinstance(cap, dict) and isinstance(cap.get("file"), str):
             candidate = files[0].parent / cap["file"]
             pcap = candidate if candidate.is_file() else None
-    if pcap is not None:
-        from voiceaudit.analysis.network import join_capture
+    if pcap is None:
+        return trace, None
+    from voiceaudit.analysis.network import join_capture
 
-        progress("reading the capture…")
-        out.append(("Network path", "network", join_capture(trace, pcap)))
+    progress("reading the capture…")
+    return trace, join_capture(trace, pcap)
+
+
+def _extras(
+    trace: Any,
+    join: Any,
+    telemetry: list[Path],
+    keep_content: bool,
+    progress: Any,
+) -> list[Extra]:
+    """Sections joined from a capture and from framework telemetry, for one trace."""
+    out: list[Extra] = []
+    if join is not None:
+        out.append(("Network path", "network", join))
     timeline = _ConnectionTimeline(trace)
     if timeline.sessions:
         out.append(("Connection timeline", "connection_timeline", timeline))

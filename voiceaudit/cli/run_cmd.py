@@ -181,6 +181,7 @@ async def _run(
             server = await start_reference_server(cfg)
             protocol = protocol or "realtime"
             target_url = reference_url(server, protocol)
+            topts = {**reference_options(protocol), **topts}
             run_config["reference"] = {"inject": list(inject), "ground_truth": "ground_truth.jsonl"}
         proto = protocol or infer_protocol(target_url)
         config = TargetConfig(
@@ -260,6 +261,12 @@ def _start_capture(url: str, protocol: str, run_dir: Path, run_config: dict[str,
         "filter": plan.capture_filter,
     }
     return cap
+
+
+def reference_options(protocol: str) -> dict[str, str]:
+    """Target options for the built-in pipeline: over WebRTC its events (and its stage
+    events) travel on a data channel, which the probe opens only when asked."""
+    return {"datachannel": "oai-events"} if protocol == "webrtc" else {}
 
 
 def reference_url(server: Any, protocol: str) -> str:

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
-from voiceaudit.analysis.ledger import ALL_SEGMENTS, BOUNDARIES, SEGMENTS, UNEXPLAINED, MarkTime
+from voiceaudit.analysis.ledger import ALL_SEGMENTS, UNEXPLAINED, MarkTime, segment_bounds
 from voiceaudit.analysis.report import Report, build_report
 from voiceaudit.analysis.stats import (
     MIN_N_MEAN,
@@ -238,8 +238,8 @@ def metric_values(report: Report, metric: str) -> FloatArray:
 
 
 def _marks_of(seg: str) -> str:
-    i = SEGMENTS.index(seg)
-    return f"{'/'.join(BOUNDARIES[i])} and {'/'.join(BOUNDARIES[i + 1])}"
+    starts, ends = segment_bounds(seg)
+    return f"{'/'.join(starts)} and {'/'.join(ends)}"
 
 
 def _missing(report: Report, metric: str, side: str) -> tuple[str, str]:

@@ -70,6 +70,8 @@ class TurnRecord:
     audio_sent_ns: list[int] = field(default_factory=list)
     status: str = "in_progress"
     error: str | None = None
+    #: stages already announced to the client (voiceaudit.reference.stages); not written
+    announced: set[str] = field(default_factory=set)
 
     def mark(self, name: str, t_ns: int | None = None, *, overwrite: bool = False) -> int:
         """Record stage ``name`` at ``t_ns`` (now by default); first occurrence wins."""

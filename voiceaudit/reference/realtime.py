@@ -18,6 +18,11 @@ first_audio_sent    first ``response.output_audio.delta``
 
 The reference pipeline always transcribes the user's audio (it is a cascade), so the
 transcription events are sent whether or not ``audio.input.transcription`` is set.
+
+A client whose handshake carries ``X-Voiceaudit-Stages: 1`` also gets the reference's
+``voiceaudit.stage`` extension events (the server times of every stage of its cascade,
+after the standard event of the same moment; see voiceaudit.reference.stages). Without
+the header the server sends the standard protocol only.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ from voiceaudit.reference.pipeline import (
     run_reply,
 )
 from voiceaudit.reference.responder import Message
+from voiceaudit.reference.stages import STAGE_EVENT, pending_stages, wants_stages
 from voiceaudit.reference.vad import SpeechStart, SpeechStop
 from voiceaudit.reference.wsutil import set_nodelay, write_frame_in_pieces
 
@@ -142,6 +148,8 @@ class RealtimeSession:
         self.beta = beta
         self.model = model
         self.connect_delay_ns = connect_delay_ns
+        #: the client asked for the reference's stage events (voiceaudit.reference.stages)
+        self.stage_events = wants_stages(request.headers)
         self.id = new_id("sess")
         self.conversation_id = new_id("conv")
         self.rng = ctx.session_rng()
@@ -217,6 +225,19 @@ class RealtimeSession:
             return
         with contextlib.suppress(ConnectionError, RuntimeError):
             await self.ws.send_str(json.dumps(self._event(type_, **fields)))
+
+    async def announce(self, record: TurnRecord, *, final: bool = False) -> None:
+        """Send the stage events of ``record`` reached since the last call (extension)."""
+        if not self.stage_events:
+            return
+        for stage, t in pending_stages(record, final=final):
+            await self.send(STAGE_EVENT, stage=stage, turn=record.turn, t_ns=t)
+
+    async def _speech_started(self, record: TurnRecord, audio_start_ms: int, item_id: str) -> None:
+        await self.send(
+            "input_audio_buffer.speech_started", audio_start_ms=audio_start_ms, item_id=item_id
+        )
+        await self.announce(record)
 
     async def send_error(
         self,
@@ -488,13 +509,7 @@ class RealtimeSession:
         if self.turn_detection is None:
             record.marks["speech_started"] = None  # a manual commit: no speech detection
             return
-        self._spawn(
-            self.send(
-                "input_audio_buffer.speech_started",
-                audio_start_ms=start.audio_start_ms,
-                item_id=item_id,
-            )
-        )
+        self._spawn(self._speech_started(record, start.audio_start_ms, item_id))
 
     def on_speech_stopped(
         self, stop: SpeechStop, t_ns: int, transcript: Awaitable[Utterance]
@@ -561,6 +576,7 @@ class RealtimeSession:
         prev = self.last_item_id
         self.last_item_id = item_id
         await self.send("input_audio_buffer.committed", previous_item_id=prev, item_id=item_id)
+        await self.announce(record)
         user_item = {
             "id": item_id,
             "object": "realtime.item",
@@ -607,6 +623,7 @@ class RealtimeSession:
                     "param": None,
                 },
             )
+        await self.announce(record)
         self.history.append(Message("user", record.transcript or ""))
         td = self.turn_detection
         auto = td is not None and td.get("create_response", True)
@@ -695,6 +712,7 @@ class RealtimeSession:
             messages.insert(0, Message("system", self.instructions))
         record.mark("llm_request")  # the response starts here: response.created follows
         await self.send("response.created", response=response)
+        await self.announce(record)
         item = {
             "id": item_id,
             "object": "realtime.item",
@@ -724,7 +742,7 @@ class RealtimeSession:
             content_index=0,
             part=empty_part,
         )
-        sink = _RealtimeSink(self, resp_id, item_id, audio_out)
+        sink = _RealtimeSink(self, record, resp_id, item_id, audio_out)
         status = "completed"
         reason: str | None = None
         text = ""
@@ -775,6 +793,7 @@ class RealtimeSession:
         common = {"response_id": resp_id, "item_id": item_id, "output_index": 0, "content_index": 0}
         send = self.send  # keep sending even while this task is being cancelled
         with contextlib.suppress(asyncio.CancelledError):
+            await self.announce(record, final=True)
             if audio_out:
                 await send("response.output_audio.done", **common)
                 await send("response.output_audio_transcript.done", transcript=text, **common)
@@ -955,8 +974,11 @@ class RealtimeSession:
 
 
 class _RealtimeSink:
-    def __init__(self, session: RealtimeSession, resp_id: str, item_id: str, audio: bool) -> None:
+    def __init__(
+        self, session: RealtimeSession, record: TurnRecord, resp_id: str, item_id: str, audio: bool
+    ) -> None:
         self.s = session
+        self.record = record
         self.resp_id = resp_id
         self.item_id = item_id
         self.audio = audio
@@ -977,6 +999,7 @@ class _RealtimeSink:
             "response.output_audio_transcript.delta" if self.audio else "response.output_text.delta"
         )
         await self.s.send(name, delta=text, **self._common())
+        await self.s.announce(self.record)
 
     async def send_audio(self, samples: F32) -> None:
         if not self.audio:
@@ -990,9 +1013,10 @@ class _RealtimeSink:
         transport = s.request.transport
         if s._small is not None and transport is not None and not transport.is_closing():
             write_frame_in_pieces(transport, data.encode(), binary=False, piece=s._small)
-            return
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await s.ws.send_str(data)
+        else:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await s.ws.send_str(data)
+        await s.announce(self.record)
 
 
 async def realtime_handler(request: web.Request) -> web.StreamResponse:

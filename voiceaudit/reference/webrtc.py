@@ -51,10 +51,13 @@ from voiceaudit.reference.pipeline import (
     run_reply,
 )
 from voiceaudit.reference.responder import Message
+from voiceaudit.reference.stages import STAGE_EVENT, pending_stages, wants_stages
 from voiceaudit.reference.vad import SpeechStart, SpeechStop
 
 RATE = 48_000
 FRAME = RATE * 20 // 1000
+#: marks the pipeline sets before the track takes the audio (announced by next_frame)
+_HELD = frozenset({"first_audio_sent"})
 
 
 class _OutTrack:
@@ -103,10 +106,11 @@ class _ReplySink:
         self.record = record
 
     async def send_text_delta(self, text: str) -> None:
-        return None
+        self.s.announce(self.record)
 
     async def send_audio(self, samples: F32) -> None:
         self.s.enqueue(self.record, samples)
+        self.s.announce(self.record)
 
 
 class WebRTCSession:
@@ -135,6 +139,8 @@ class WebRTCSession:
         self._sent: dict[int, list[int]] = {}
         self.channel: Any = None
         self._closed = False
+        #: the offer asked for the reference's stage events (voiceaudit.reference.stages)
+        self.stage_events = False
 
     # -- events on the data channel ---------------------------------------------------
 
@@ -144,6 +150,15 @@ class WebRTCSession:
             return
         with contextlib.suppress(Exception):
             ch.send(json.dumps({"type": kind, "t_ns": now_ns(), **fields}))
+
+    def announce(self, record: TurnRecord, *, final: bool = False) -> None:
+        """Send the stage events of ``record`` reached since the last call (extension).
+        The first audio sent is announced by :meth:`next_frame`, when the track takes it."""
+        if not self.stage_events:
+            return
+        hold = frozenset() if final else _HELD
+        for stage, t in pending_stages(record, final=final, hold=hold):
+            self.event(STAGE_EVENT, stage=stage, turn=record.turn, t_ns=t)
 
     # -- input ------------------------------------------------------------------------
 
@@ -177,6 +192,7 @@ class WebRTCSession:
         record.input_rate = RATE
         self._record = record
         self.event("input_audio_buffer.speech_started", audio_start_ms=start.audio_start_ms)
+        self.announce(record)
 
     def on_speech_stopped(
         self, stop: SpeechStop, t_ns: int, transcript: asyncio.Future[Utterance] | Any
@@ -198,6 +214,7 @@ class WebRTCSession:
             record.speech_end_ms = stop.speech_end_ms
             record.audio_end_ms = stop.audio_end_ms
             self.event("input_audio_buffer.speech_stopped", audio_end_ms=stop.audio_end_ms)
+            self.announce(record)
             utt = await transcript
             record.mark("asr_done")
             await self.ctx.stage_delay(record, "asr")
@@ -207,8 +224,11 @@ class WebRTCSession:
                 "conversation.item.input_audio_transcription.completed",
                 transcript=record.transcript,
             )
+            self.announce(record)
             self.history.append(Message("user", record.transcript))
+            record.mark("llm_request")  # the response starts here: response.created follows
             self.event("response.created")
+            self.announce(record)
             self._sent[id(record)] = []
             result = await run_reply(
                 self.ctx, record, list(self.history), _ReplySink(self, record), self.rng
@@ -224,6 +244,7 @@ class WebRTCSession:
             self.history.append(Message("assistant", result.text))
             record.status = result.status
             record.error = result.error
+            self.announce(record, final=True)
             self.event("output_audio_buffer.stopped")
             self.event("response.done", response={"status": record.status})
         except asyncio.CancelledError:
@@ -255,9 +276,12 @@ class WebRTCSession:
                 self._out_pos = 0
         if record is not None:
             sent = self._sent.setdefault(id(record), [])
-            if not sent:
-                self.event("output_audio_buffer.started")
+            first = not sent
             sent.append(t_ns)
+            if first:
+                record.mark("first_audio_sent", t_ns, overwrite=True)
+                self.event("output_audio_buffer.started")
+                self.announce(record)
         return (np.clip(out, -1.0, 1.0) * 32767).astype("<i2").tobytes()
 
     # -- RTP fault injection --------------------------------------------------------------
@@ -366,6 +390,7 @@ async def webrtc_offer(request: web.Request) -> web.StreamResponse:
     session = WebRTCSession(ctx, pc)
     sessions: set[WebRTCSession] = request.app.setdefault("voiceaudit_webrtc_sessions", set())
     sessions.add(session)
+    session.stage_events = wants_stages(request.headers)
     pc.addTrack(_OutTrack.create(session))
 
     @pc.on("track")

@@ -10,6 +10,18 @@ Options (``--target-option NAME=VALUE``):
 - ``silence_ms`` (default 500), ``prefix_padding_ms`` (300), ``threshold`` (0.5).
 - ``voice``, ``model`` (added to the URL query as ``model=`` when given).
 - ``rate``: PCM sample rate (default 24000).
+- ``stage_events``: ``on`` (default) sends the header ``X-Voiceaudit-Stages: 1``, which asks
+  the reference pipeline for its extension events (``voiceaudit.stage``: the server times of
+  its internal stages; see voiceaudit.reference.stages); other servers ignore it. ``off``
+  leaves it out.
+
+Marks: every protocol event that marks progress is a mark at its arrival time:
+``speech_started``, ``endpoint`` (``speech_stopped``), ``committed``, ``transcript.final``,
+``response.created``, ``reply_text.first`` (the first ``response.output_audio_transcript.delta``
+or ``response.output_text.delta``; beta names too), the first audio delta (the probe's own
+``reply.first_byte``), ``tts.done`` and ``response.done``. The GA protocol carries no
+server-side timing (``response.done`` has token usage only), so these are arrival times;
+the reference's extension events carry server times.
 
 The API key comes from the environment variable named by ``--api-key-env`` and is sent as
 ``Authorization: Bearer …``; it is registered as a secret so it never reaches the trace.
@@ -23,8 +35,9 @@ import json
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from voiceaudit.errors import TargetError
+from voiceaudit.errors import TargetError, UsageError
 from voiceaudit.targets.base import Target, TargetConfig, TargetSession, TargetSink
+from voiceaudit.targets.websocket import EVENT_MARKS
 from voiceaudit.targets.wsbase import WebSocketSession
 
 #: server event -> (mark name, stage); audio deltas are handled separately
@@ -42,7 +55,16 @@ _MARKS: dict[str, tuple[str, str]] = {
     "response.audio.done": ("tts.done", "synthesis"),
 }
 _AUDIO_DELTAS = {"response.output_audio.delta", "response.audio.delta"}
-_TEXT_DELTAS = {"response.output_audio_transcript.delta", "response.audio_transcript.delta"}
+#: the first of these in a turn is the reply's first text (``reply_text.first``)
+_TEXT_DELTAS = {
+    "response.output_audio_transcript.delta",
+    "response.audio_transcript.delta",
+    "response.output_text.delta",
+    "response.text.delta",
+}
+#: the reference pipeline's extension event (voiceaudit.reference.stages)
+_STAGE_EVENT = "voiceaudit.stage"
+_STAGES_HEADER = "X-Voiceaudit-Stages"
 _IGNORED_PREFIXES = ("session.", "conversation.", "response.", "input_audio_buffer.", "rate_limits")
 
 
@@ -52,6 +74,10 @@ class RealtimeSession(WebSocketSession):
         self.input_rate = config.int_option("rate", 24000)
         self.beta = config.option("api", "ga") == "beta"
         self.manual = config.option("turn_detection", "server_vad") == "manual"
+        stages = config.option("stage_events", "on")
+        if stages not in ("on", "off"):
+            raise UsageError(f"target option stage_events={stages!r} must be 'on' or 'off'")
+        self.stage_events = stages == "on"
         self._ready = asyncio.Event()
         self._first_text_seen = False
 
@@ -102,6 +128,8 @@ class RealtimeSession(WebSocketSession):
         headers = self.headers()
         if self.beta:
             headers["OpenAI-Beta"] = "realtime=v1"
+        if self.stage_events:
+            headers[_STAGES_HEADER] = "1"
         await self.connect(self._url(), headers)
         await self._send(self._session_update())
         try:
@@ -154,6 +182,9 @@ class RealtimeSession(WebSocketSession):
                 return
             self.sink.reply_audio(t, pcm, self.input_rate, len(data.encode()))
             return
+        if kind == _STAGE_EVENT:
+            self._on_stage(t, ev)
+            return
         if kind in _TEXT_DELTAS:
             if not self._first_text_seen:
                 self._first_text_seen = True
@@ -183,6 +214,21 @@ class RealtimeSession(WebSocketSession):
             return
         if not kind.startswith(_IGNORED_PREFIXES):
             self.sink.mark("unknown_event", "other", t, {"raw": kind[:80]})
+
+    def _on_stage(self, t: int, ev: dict[str, Any]) -> None:
+        """A reference-pipeline stage event: a mark at the server's own time."""
+        stage = ev.get("stage")
+        mapped = EVENT_MARKS.get(stage) if isinstance(stage, str) else None
+        if mapped is None:
+            self.sink.mark(
+                "unknown_event", "other", t, {"raw": f"{_STAGE_EVENT}:{ev.get('stage')}"[:80]}
+            )
+            return
+        attrs: dict[str, Any] = {"raw": _STAGE_EVENT}
+        server_t = ev.get("t_ns")
+        if type(server_t) is int:
+            attrs["server_t_ns"] = server_t
+        self.sink.mark(mapped[0], mapped[1], t, attrs)
 
 
 class RealtimeTarget(Target):

@@ -22,10 +22,13 @@ JSON: Pipecat SmallWebRTC's ``/api/offer``, the reference pipeline) or ``sdp`` (
 ``application/sdp``, answer in the body: WHIP, OpenAI Realtime's WebRTC endpoint); default
 ``auto``: JSON unless the URL path ends in ``/calls``, ``/whip`` or ``/sdp``; the answer's
 content type decides how it is read. Other options: ``datachannel`` (label, e.g.
-``oai-events``), ``quiet_ms`` (600), ``threshold`` (linear peak for an audible frame,
-0.003), ``connect_timeout`` (seconds, 10), ``mic`` (``continuous``, the default: silence
-fills the outgoing stream whenever the probe sends nothing for 40 ms, as a microphone
-would; ``frames``: only the probe's frames).
+``oai-events``; ``voiceaudit run`` opens ``oai-events`` against its built-in pipeline),
+``stage_events`` (``on``, the default with a data channel: the offer request carries
+``X-Voiceaudit-Stages: 1`` and the reference pipeline's ``voiceaudit.stage`` events become
+marks at its own times; ``off``), ``quiet_ms`` (600), ``threshold`` (linear peak for an
+audible frame, 0.003), ``connect_timeout`` (seconds, 10), ``mic`` (``continuous``, the
+default: silence fills the outgoing stream whenever the probe sends nothing for 40 ms, as
+a microphone would; ``frames``: only the probe's frames).
 """
 
 from __future__ import annotations
@@ -44,10 +47,15 @@ from urllib.parse import urlsplit
 import aiohttp
 import numpy as np
 
-from voiceaudit.errors import TargetError, missing_extra
+from voiceaudit.errors import TargetError, UsageError, missing_extra
 from voiceaudit.targets.base import Target, TargetConfig, TargetSession, TargetSink
+from voiceaudit.targets.websocket import EVENT_MARKS
 
 RATE = 48000
+#: the reference pipeline's extension event and the header that asks for it
+#: (voiceaudit.reference.stages)
+_STAGE_EVENT = "voiceaudit.stage"
+_STAGES_HEADER = "X-Voiceaudit-Stages"
 #: quiet frames kept before the first audible one (3 x 20 ms)
 PRE_FRAMES = 3
 
@@ -105,6 +113,10 @@ class WebRTCSession(TargetSession):
         self._pre: deque[tuple[int, int, bytes, int]] = deque(maxlen=PRE_FRAMES)
         self.quiet_ns = config.int_option("quiet_ms", 600) * 1_000_000
         self.threshold = float(config.option("threshold", "0.003"))
+        stages = config.option("stage_events", "on")
+        if stages not in ("on", "off"):
+            raise UsageError(f"target option stage_events={stages!r} must be 'on' or 'off'")
+        self.stage_events = stages == "on"
 
     # -- signalling ---------------------------------------------------------------------
 
@@ -117,6 +129,8 @@ class WebRTCSession(TargetSession):
 
     async def _exchange(self, sdp: str) -> str:
         headers = {k: v for k, v in self.config.headers}
+        if self.config.options.get("datachannel") and self.stage_events:
+            headers[_STAGES_HEADER] = "1"
         key = self.config.api_key()
         if key:
             headers["Authorization"] = f"Bearer {key}"
@@ -311,9 +325,18 @@ class WebRTCSession(TargetSession):
         except (ValueError, KeyError, TypeError):
             self.sink.mark("unknown_event", "other", t, {"raw": "malformed data-channel message"})
             return
+        attrs: dict[str, Any] = {"raw": kind}
+        server_t = ev.get("t_ns")  # the reference's own (same-host) time, an extension
+        if type(server_t) is int:
+            attrs["server_t_ns"] = server_t
         if kind in _DC_MARKS:
             name, stage = _DC_MARKS[kind]
-            self.sink.mark(name, stage, t, {"raw": kind})
+            self.sink.mark(name, stage, t, attrs)
+        elif kind == _STAGE_EVENT:
+            stage = ev.get("stage")
+            mapped = EVENT_MARKS.get(stage) if isinstance(stage, str) else None
+            if mapped is not None:
+                self.sink.mark(mapped[0], mapped[1], t, attrs)
         elif kind == "error":
             self.sink.mark("error", "error", t, {"message": str(ev.get("error"))[:200]})
 
