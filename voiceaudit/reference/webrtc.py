@@ -86,7 +86,7 @@ class _OutTrack:
                 delay = (due - time.monotonic_ns()) / 1e9
                 if delay > 0:
                     await asyncio.sleep(delay)
-                pcm = session.next_frame(time.monotonic_ns())
+                pcm = session.next_frame(time.monotonic_ns(), self._k * FRAME)
                 frame = av.AudioFrame(format="s16", layout="mono", samples=FRAME)
                 frame.planes[0].update(pcm)
                 frame.sample_rate = RATE
@@ -141,6 +141,8 @@ class WebRTCSession:
         self._closed = False
         #: the offer asked for the reference's stage events (voiceaudit.reference.stages)
         self.stage_events = False
+        #: id(record) -> media time (pts, 48 kHz samples) of the reply's first frame
+        self._first_pts: dict[int, int] = {}
 
     # -- events on the data channel ---------------------------------------------------
 
@@ -151,14 +153,19 @@ class WebRTCSession:
         with contextlib.suppress(Exception):
             ch.send(json.dumps({"type": kind, "t_ns": now_ns(), **fields}))
 
-    def announce(self, record: TurnRecord, *, final: bool = False) -> None:
+    def announce(self, record: TurnRecord, *, final: bool = False, taken: bool = False) -> None:
         """Send the stage events of ``record`` reached since the last call (extension).
-        The first audio sent is announced by :meth:`next_frame`, when the track takes it."""
+        The first audio sent is announced once the track has taken it (``taken``, from
+        :meth:`next_frame`)."""
         if not self.stage_events:
             return
-        hold = frozenset() if final else _HELD
+        hold = frozenset() if final or taken else _HELD
         for stage, t in pending_stages(record, final=final, hold=hold):
-            self.event(STAGE_EVENT, stage=stage, turn=record.turn, t_ns=t)
+            extra: dict[str, Any] = {}
+            if stage == "first_audio_sent" and id(record) in self._first_pts:
+                # which frame of the continuous stream is the reply's first
+                extra["pts"] = self._first_pts[id(record)]
+            self.event(STAGE_EVENT, stage=stage, turn=record.turn, t_ns=t, **extra)
 
     # -- input ------------------------------------------------------------------------
 
@@ -237,6 +244,7 @@ class WebRTCSession:
             while any(r is record for r, _ in self._out):
                 await asyncio.sleep(0.02)
             sent = self._sent.pop(id(record), [])
+            self._first_pts.pop(id(record), None)
             record.audio_sent_ns = sent
             if sent:
                 record.mark("first_audio_sent", sent[0], overwrite=True)
@@ -259,8 +267,9 @@ class WebRTCSession:
         if samples.size:
             self._out.append((record, samples.astype(np.float32)))
 
-    def next_frame(self, t_ns: int) -> bytes:
-        """The next 20 ms of the outgoing stream: reply audio, else silence."""
+    def next_frame(self, t_ns: int, pts: int = 0) -> bytes:
+        """The next 20 ms of the outgoing stream (``pts``: its media time in samples at
+        48 kHz, counted from the stream's first frame): reply audio, else silence."""
         out = np.zeros(FRAME, dtype=np.float32)
         filled = 0
         record: TurnRecord | None = None
@@ -280,8 +289,9 @@ class WebRTCSession:
             sent.append(t_ns)
             if first:
                 record.mark("first_audio_sent", t_ns, overwrite=True)
+                self._first_pts[id(record)] = pts
                 self.event("output_audio_buffer.started")
-                self.announce(record)
+                self.announce(record, taken=True)
         return (np.clip(out, -1.0, 1.0) * 32767).astype("<i2").tobytes()
 
     # -- RTP fault injection --------------------------------------------------------------

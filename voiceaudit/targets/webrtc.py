@@ -58,6 +58,9 @@ _STAGE_EVENT = "voiceaudit.stage"
 _STAGES_HEADER = "X-Voiceaudit-Stages"
 #: quiet frames kept before the first audible one (3 x 20 ms)
 PRE_FRAMES = 3
+#: quiet frames held while waiting for the first audible one, when the server says which
+#: frame of its continuous stream starts the reply (3 s: longer than any leading silence)
+HELD_FRAMES = 150
 
 #: data-channel event -> (mark name, stage)
 _DC_MARKS: dict[str, tuple[str, str]] = {
@@ -110,7 +113,11 @@ class WebRTCSession(TargetSession):
         self._mapper: Any = None
         #: decoded frames whose packet arrival was not found (timed at decode instead)
         self._unmatched = 0
-        self._pre: deque[tuple[int, int, bytes, int]] = deque(maxlen=PRE_FRAMES)
+        #: quiet frames before the first audible one: (arrival, decoded, pcm, rate, pts)
+        self._pre: deque[tuple[int, int, bytes, int, int | None]] = deque(maxlen=HELD_FRAMES)
+        #: media time (pts) of the reply's first frame, when the server said it (the
+        #: reference pipeline's first_audio_sent stage event)
+        self._reply_pts: int | None = None
         self.quiet_ns = config.int_option("quiet_ms", 600) * 1_000_000
         self.threshold = float(config.option("threshold", "0.003"))
         stages = config.option("stage_events", "on")
@@ -293,15 +300,16 @@ class WebRTCSession(TargetSession):
         samples = mono.astype(np.float32) / 32768.0
         pcm = np.clip(mono, -32768, 32767).astype("<i2").tobytes()
         audible = bool(samples.size) and float(np.abs(samples).max()) > self.threshold
+        pts = None if frame.pts is None else int(frame.pts)
         if not self._forwarding:
             if not audible:
-                # Keep the last few quiet frames: the reply's first sound may begin in them,
-                # below this frame-level gate but audible to the onset detector.
-                self._pre.append((arrival, decoded, pcm, int(frame.sample_rate)))
+                # Keep the quiet frames: the reply's first sound may begin in them, below
+                # this frame-level gate but audible to the onset detector.
+                self._pre.append((arrival, decoded, pcm, int(frame.sample_rate), pts))
                 return
             self._forwarding = True
             self._quiet_ns = 0
-            for p_arrival, p_decoded, p_pcm, p_rate in self._pre:
+            for p_arrival, p_decoded, p_pcm, p_rate, _ in self._reply_start(pts):
                 self._jb_delays.append(p_decoded - p_arrival)
                 self.sink.reply_audio(p_arrival, p_pcm, p_rate, len(p_pcm))
             self._pre.clear()
@@ -314,6 +322,23 @@ class WebRTCSession(TargetSession):
             if self._quiet_ns >= self.quiet_ns:
                 self._forwarding = False
                 self.sink.reply_done(decoded)
+
+    def _reply_start(
+        self, audible_pts: int | None
+    ) -> list[tuple[int, int, bytes, int, int | None]]:
+        """The quiet frames before the first audible one that belong to the reply: from
+        the frame the server named as its first reply frame when it is among them (so a
+        synthesized leading silence is the reply's, and the stream's idle silence is not),
+        else the last ``PRE_FRAMES``."""
+        pre = list(self._pre)
+        want = self._reply_pts
+        if want is not None:
+            if audible_pts == want:
+                return []
+            for i, p in enumerate(pre):
+                if p[4] == want:
+                    return pre[i:]
+        return pre[-PRE_FRAMES:]
 
     def _on_dc_message(self, message: Any) -> None:
         t = time.monotonic_ns()
@@ -336,6 +361,10 @@ class WebRTCSession(TargetSession):
             stage = ev.get("stage")
             mapped = EVENT_MARKS.get(stage) if isinstance(stage, str) else None
             if mapped is not None:
+                pts = ev.get("pts")
+                if mapped[0] == "audio.first_sent" and type(pts) is int:
+                    attrs["pts"] = pts
+                    self._reply_pts = pts
                 self.sink.mark(mapped[0], mapped[1], t, attrs)
         elif kind == "error":
             self.sink.mark("error", "error", t, {"message": str(ev.get("error"))[:200]})
@@ -344,6 +373,7 @@ class WebRTCSession(TargetSession):
         self._in_turn = True
         self._forwarding = False
         self._pre.clear()
+        self._reply_pts = None
         self._jb_delays = []
         self._unmatched = 0
 
