@@ -200,6 +200,14 @@ def _realtime_turn(marks: dict[str, float], *, wire_ms: float | None = None) -> 
 
 
 STANDARD = {"endpoint": 500.0, "transcript.final": 600.0, "response.created": 600.5}
+#: a cascade's marks up to its synthesis request (ms after speech end)
+CASCADE = {
+    "endpoint": 500.0,
+    "transcript.final": 600.0,
+    "llm.request": 601.0,
+    "llm.first_token": 800.0,
+    "tts.request": 840.0,
+}
 
 
 def test_realtime_standard_events_split_the_reply() -> None:
@@ -225,15 +233,7 @@ def test_first_reply_audio_on_the_wire_is_the_transport_cut() -> None:
     assert got["transport"] == pytest.approx(1.5)
     assert led.segments[-3].start == "reply.on_wire"
     # A cascade's server-side handoff to its socket is the same cut when there is no capture
-    cascade = {
-        "endpoint": 500.0,
-        "transcript.final": 600.0,
-        "llm.request": 601.0,
-        "llm.first_token": 800.0,
-        "tts.request": 840.0,
-        "tts.first_byte": 842.0,
-        "audio.first_sent": 843.0,
-    }
+    cascade = {**CASCADE, "tts.first_byte": 842.0, "audio.first_sent": 843.0}
     got = by_name(build_ledger(_realtime_turn(cascade)))
     assert (got["synthesis_first_byte"], got["first_audio"], got["transport"]) == (
         pytest.approx(2.0),
@@ -248,14 +248,7 @@ def test_first_reply_audio_on_the_wire_is_the_transport_cut() -> None:
 def test_a_wire_mark_out_of_order_gives_way_to_the_stage_marks() -> None:
     # A cascade reads its own tts.first_byte after the bytes crossed the wire: the
     # capture's time must not displace the stage mark (nor turn it into unexplained).
-    cascade = {
-        "endpoint": 500.0,
-        "transcript.final": 600.0,
-        "llm.request": 601.0,
-        "llm.first_token": 800.0,
-        "tts.request": 840.0,
-        "tts.first_byte": 899.0,
-    }
+    cascade = {**CASCADE, "tts.first_byte": 899.0}
     led = build_ledger(_realtime_turn(cascade, wire_ms=898.0))
     got = by_name(led)
     assert UNEXPLAINED not in got
@@ -268,13 +261,7 @@ def test_a_wire_mark_out_of_order_gives_way_to_the_stage_marks() -> None:
 
 def test_without_a_departure_mark_first_audio_and_transport_are_one_segment() -> None:
     # after a first audio byte the rest is transport; after the first text it is the model's
-    cascade = {
-        "endpoint": 500.0,
-        "transcript.final": 600.0,
-        "llm.request": 601.0,
-        "llm.first_token": 800.0,
-        "tts.request": 840.0,
-    }
+    cascade = CASCADE
     got = by_name(build_ledger(_realtime_turn({**cascade, "tts.first_byte": 842.0})))
     assert got["transport"] == pytest.approx(58.0) and "first_audio" not in got
     token = build_ledger(_realtime_turn({**STANDARD, "llm.first_token": 850.0}))

@@ -113,25 +113,6 @@ RENAMED: dict[str, str] = {
     "response.created": "response_start",
     "reply_text.first": "model_first_text",
 }
-UNEXPLAINED = "unexplained"
-#: Every segment name a ledger can hold, in chain order (``unexplained`` last).
-ALL_SEGMENTS: tuple[str, ...] = (
-    "input_framing",
-    "endpointing",
-    "transcription",
-    "handoff",
-    "response_start",
-    "model_first_token",
-    "model_first_text",
-    "aggregation",
-    "synthesis_first_byte",
-    "first_audio",
-    "transport",
-    "playout_wait",
-    "leading_silence",
-    UNEXPLAINED,
-)
-
 #: Chain boundaries: the mark names that can stand at each, first choice first. Index
 #: ``i`` (1..11) ends segment ``SEGMENTS[i - 1]`` (or its ``RENAMED`` name).
 BOUNDARIES: tuple[tuple[str, ...], ...] = (
@@ -147,6 +128,17 @@ BOUNDARIES: tuple[tuple[str, ...], ...] = (
     ("reply.first_byte",),
     ("reply.playout_start",),
     (AUDIBLE,),
+)
+UNEXPLAINED = "unexplained"
+#: Every segment name a ledger can hold, in chain order (``unexplained`` last): each
+#: boundary's default name, then the names its alternative marks give.
+ALL_SEGMENTS: tuple[str, ...] = (
+    *(
+        name
+        for i in range(1, len(BOUNDARIES))
+        for name in (SEGMENTS[i - 1], *(RENAMED[m] for m in BOUNDARIES[i] if m in RENAMED))
+    ),
+    UNEXPLAINED,
 )
 _N = len(BOUNDARIES)
 _PROBE_BOUNDARIES = frozenset({0, 1, 9, 10, 11})

@@ -23,11 +23,9 @@ events only.
 from __future__ import annotations
 
 from voiceaudit.reference.groundtruth import TurnRecord
+from voiceaudit.targets.stages import STAGE_EVENT, STAGES_HEADER
 
-#: The extension event's type.
-STAGE_EVENT = "voiceaudit.stage"
-#: The request header that asks for stage events (value ``1``).
-STAGES_HEADER = "X-Voiceaudit-Stages"
+__all__ = ["ANNOUNCED", "STAGES_HEADER", "STAGE_EVENT", "pending_stages", "wants_stages"]
 
 #: Ground-truth marks announced, in pipeline order.
 ANNOUNCED: tuple[str, ...] = (

@@ -35,9 +35,9 @@ import json
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from voiceaudit.errors import TargetError, UsageError
+from voiceaudit.errors import TargetError
 from voiceaudit.targets.base import Target, TargetConfig, TargetSession, TargetSink
-from voiceaudit.targets.websocket import EVENT_MARKS
+from voiceaudit.targets.stages import STAGE_EVENT, STAGES_HEADER, stage_mark, wants_stage_events
 from voiceaudit.targets.wsbase import WebSocketSession
 
 #: server event -> (mark name, stage); audio deltas are handled separately
@@ -62,9 +62,7 @@ _TEXT_DELTAS = {
     "response.output_text.delta",
     "response.text.delta",
 }
-#: the reference pipeline's extension event (voiceaudit.reference.stages)
-_STAGE_EVENT = "voiceaudit.stage"
-_STAGES_HEADER = "X-Voiceaudit-Stages"
+
 _IGNORED_PREFIXES = ("session.", "conversation.", "response.", "input_audio_buffer.", "rate_limits")
 
 
@@ -74,10 +72,7 @@ class RealtimeSession(WebSocketSession):
         self.input_rate = config.int_option("rate", 24000)
         self.beta = config.option("api", "ga") == "beta"
         self.manual = config.option("turn_detection", "server_vad") == "manual"
-        stages = config.option("stage_events", "on")
-        if stages not in ("on", "off"):
-            raise UsageError(f"target option stage_events={stages!r} must be 'on' or 'off'")
-        self.stage_events = stages == "on"
+        self.stage_events = wants_stage_events(config)
         self._ready = asyncio.Event()
         self._first_text_seen = False
 
@@ -129,7 +124,7 @@ class RealtimeSession(WebSocketSession):
         if self.beta:
             headers["OpenAI-Beta"] = "realtime=v1"
         if self.stage_events:
-            headers[_STAGES_HEADER] = "1"
+            headers[STAGES_HEADER] = "1"
         await self.connect(self._url(), headers)
         await self._send(self._session_update())
         try:
@@ -182,7 +177,7 @@ class RealtimeSession(WebSocketSession):
                 return
             self.sink.reply_audio(t, pcm, self.input_rate, len(data.encode()))
             return
-        if kind == _STAGE_EVENT:
+        if kind == STAGE_EVENT:
             self._on_stage(t, ev)
             return
         if kind in _TEXT_DELTAS:
@@ -217,18 +212,12 @@ class RealtimeSession(WebSocketSession):
 
     def _on_stage(self, t: int, ev: dict[str, Any]) -> None:
         """A reference-pipeline stage event: a mark at the server's own time."""
-        stage = ev.get("stage")
-        mapped = EVENT_MARKS.get(stage) if isinstance(stage, str) else None
-        if mapped is None:
-            self.sink.mark(
-                "unknown_event", "other", t, {"raw": f"{_STAGE_EVENT}:{ev.get('stage')}"[:80]}
-            )
+        got = stage_mark(ev)
+        if got is None:
+            raw = f"{STAGE_EVENT}:{ev.get('stage')}"[:80]
+            self.sink.mark("unknown_event", "other", t, {"raw": raw})
             return
-        attrs: dict[str, Any] = {"raw": _STAGE_EVENT}
-        server_t = ev.get("t_ns")
-        if type(server_t) is int:
-            attrs["server_t_ns"] = server_t
-        self.sink.mark(mapped[0], mapped[1], t, attrs)
+        self.sink.mark(got[0], got[1], t, got[2])
 
 
 class RealtimeTarget(Target):

@@ -47,15 +47,11 @@ from urllib.parse import urlsplit
 import aiohttp
 import numpy as np
 
-from voiceaudit.errors import TargetError, UsageError, missing_extra
+from voiceaudit.errors import TargetError, missing_extra
 from voiceaudit.targets.base import Target, TargetConfig, TargetSession, TargetSink
-from voiceaudit.targets.websocket import EVENT_MARKS
+from voiceaudit.targets.stages import STAGE_EVENT, STAGES_HEADER, stage_mark, wants_stage_events
 
 RATE = 48000
-#: the reference pipeline's extension event and the header that asks for it
-#: (voiceaudit.reference.stages)
-_STAGE_EVENT = "voiceaudit.stage"
-_STAGES_HEADER = "X-Voiceaudit-Stages"
 #: quiet frames kept before the first audible one (3 x 20 ms)
 PRE_FRAMES = 3
 #: quiet frames held while waiting for the first audible one, when the server says which
@@ -120,10 +116,7 @@ class WebRTCSession(TargetSession):
         self._reply_pts: int | None = None
         self.quiet_ns = config.int_option("quiet_ms", 600) * 1_000_000
         self.threshold = float(config.option("threshold", "0.003"))
-        stages = config.option("stage_events", "on")
-        if stages not in ("on", "off"):
-            raise UsageError(f"target option stage_events={stages!r} must be 'on' or 'off'")
-        self.stage_events = stages == "on"
+        self.stage_events = wants_stage_events(config)
 
     # -- signalling ---------------------------------------------------------------------
 
@@ -137,7 +130,7 @@ class WebRTCSession(TargetSession):
     async def _exchange(self, sdp: str) -> str:
         headers = {k: v for k, v in self.config.headers}
         if self.config.options.get("datachannel") and self.stage_events:
-            headers[_STAGES_HEADER] = "1"
+            headers[STAGES_HEADER] = "1"
         key = self.config.api_key()
         if key:
             headers["Authorization"] = f"Bearer {key}"
@@ -357,15 +350,13 @@ class WebRTCSession(TargetSession):
         if kind in _DC_MARKS:
             name, stage = _DC_MARKS[kind]
             self.sink.mark(name, stage, t, attrs)
-        elif kind == _STAGE_EVENT:
-            stage = ev.get("stage")
-            mapped = EVENT_MARKS.get(stage) if isinstance(stage, str) else None
-            if mapped is not None:
-                pts = ev.get("pts")
-                if mapped[0] == "audio.first_sent" and type(pts) is int:
-                    attrs["pts"] = pts
-                    self._reply_pts = pts
-                self.sink.mark(mapped[0], mapped[1], t, attrs)
+        elif kind == STAGE_EVENT:
+            got = stage_mark(ev)
+            if got is not None:
+                name, stage, sattrs = got
+                if "pts" in sattrs:
+                    self._reply_pts = sattrs["pts"]
+                self.sink.mark(name, stage, t, sattrs)
         elif kind == "error":
             self.sink.mark("error", "error", t, {"message": str(ev.get("error"))[:200]})
 
