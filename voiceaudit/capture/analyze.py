@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import struct
 import tempfile
@@ -54,44 +55,129 @@ Progress = Callable[[int], None]
 
 @dataclass(frozen=True, slots=True)
 class DecodeAs:
-    """``udp.port==5004,rtp`` / ``tcp.port==8443,tls``: read a port as a protocol."""
+    """``udp.port==5004,rtp`` / ``tcp.port==8443-8445,tls``: read a port (range) as a protocol.
+
+    ``port`` is the first port, ``last_port`` the last one (equal to ``port`` for a single
+    port); both inclusive, as TShark reads ``A-B``.
+    """
 
     transport: str
     port: int
     protocol: str
+    last_port: int | None = None
+
+    def __post_init__(self) -> None:
+        last = self.port if self.last_port is None else self.last_port
+        if not 0 < self.port <= last <= 65535:
+            raise UsageError(
+                f"bad decode-as ports {self.port}-{last}",
+                hint="ports are 1-65535, the first no greater than the last",
+            )
+        object.__setattr__(self, "last_port", last)
+
+    @property
+    def ports(self) -> range:
+        """Every port the rule covers."""
+        return range(self.port, self._last + 1)
 
     @property
     def spec(self) -> str:
-        return f"{self.transport}.port=={self.port},{self.protocol}"
+        """The rule as TShark writes it (``-d`` takes it back unchanged)."""
+        sel = str(self.port) if self._last == self.port else f"{self.port}-{self._last}"
+        return f"{self.transport}.port=={sel},{self.protocol}"
+
+    @property
+    def _last(self) -> int:
+        return self.port if self.last_port is None else self.last_port
+
+
+_DECODE_AS_FORM = "udp.port==5004,rtp, udp.port==40100-40140,rtp or tcp.port==8443,tls"
+
+
+def _selector_number(text: str) -> int | None:
+    """A number as TShark's ``-d`` reads it (C ``strtoul``, base 0): ``5004``, ``0x138c``,
+    ``011614`` (octal); ``None`` when it is not one."""
+    body = text[1:] if text[:1] == "+" else text
+    if re.fullmatch(r"0[xX][0-9a-fA-F]+", body):
+        return int(body, 16)
+    if re.fullmatch(r"0[0-7]*", body):
+        return int(body, 8)
+    if re.fullmatch(r"[1-9][0-9]*", body):
+        return int(body)
+    return None
+
+
+def _port_selector(sel: str) -> tuple[int, int] | str:
+    """``N``, ``A-B`` (A..B) or ``A:N`` (N ports from A), as TShark takes them for a port
+    table; the first and last port, or what is wrong with it."""
+    m = re.fullmatch(r"([^:-]+)(?:([:-])(.*))?", sel)
+    first = _selector_number(m.group(1)) if m else None
+    if m is None or first is None:
+        return f"{sel!r} is not a port, a range A-B or A:COUNT"
+    if m.group(2) is None:
+        last = first
+    else:
+        second = _selector_number(m.group(3))
+        if second is None:
+            return f"{sel!r} is not a port, a range A-B or A:COUNT"
+        if m.group(2) == ":":
+            if second == 0:
+                return f"the range {sel!r} counts no port"
+            last = first + second - 1
+        else:
+            last = second
+            if last < first:
+                return f"the range {sel!r} ends before it starts"
+    if not 0 < first <= last <= 65535:
+        return f"{sel!r} is outside the ports 1-65535"
+    return first, last
 
 
 def parse_decode_as(spec: str) -> DecodeAs:
-    """Parse a TShark-style ``-d`` rule; only the rules voiceaudit reads itself are taken."""
+    """Parse a TShark-style ``-d`` rule; only the rules voiceaudit reads itself are taken.
+
+    The selector is what TShark takes for ``udp.port`` and ``tcp.port``: a port (``5004``),
+    a range ``A-B`` or ``A:COUNT`` (``5004:3`` is 5004-5006); numbers as C reads them, so
+    ``0x`` is hexadecimal and a leading ``0`` octal, as in TShark.
+    """
     text = spec.strip().replace(" ", "")
     try:
         left, proto = text.split(",", 1)
-        field, port_s = left.split("==", 1)
+        field, sel = left.split("==", 1)
         transport, what = field.split(".", 1)
-        port = int(port_s)
     except ValueError:
         raise UsageError(
             f"cannot read the decode-as rule {spec!r}",
-            hint="write it as TShark does, e.g. udp.port==5004,rtp or tcp.port==8443,tls",
+            hint=f"write it as TShark does, e.g. {_DECODE_AS_FORM}",
         ) from None
     proto = proto.lower()
-    if what != "port" or transport not in _SUPPORTED_DECODE_AS or not 0 < port < 65536:
+    if what != "port" or transport not in _SUPPORTED_DECODE_AS:
         raise UsageError(
             f"unsupported decode-as rule {spec!r}",
-            hint="voiceaudit reads udp.port==N,<proto> and tcp.port==N,<proto>",
+            hint="voiceaudit reads udp.port==<ports>,<proto> and tcp.port==<ports>,<proto>",
+        )
+    ports = _port_selector(sel)
+    if isinstance(ports, str):
+        raise UsageError(
+            f"bad port in the decode-as rule {spec!r}: {ports}",
+            hint="give a port 1-65535, a range A-B with A <= B, or A:COUNT, "
+            "e.g. udp.port==40100-40140,rtp",
+        )
+    first, last = ports
+    if "," in proto:
+        raise UsageError(
+            f"cannot read the decode-as rule {spec!r}: a rule takes one port or range",
+            hint="TShark takes no list of ports; give one --decode-as per port or range",
         )
     if proto not in _SUPPORTED_DECODE_AS[transport]:
+        where = f"port {first}" if first == last else f"ports {first}-{last}"
         raise UsageError(
-            f"voiceaudit cannot read {transport} port {port} as {proto!r}",
+            f"voiceaudit cannot read {transport} {where} as {proto!r}",
             hint=f"{transport} ports can be read as: {', '.join(_SUPPORTED_DECODE_AS[transport])}",
         )
     if proto == "ssl":
         proto = "tls"
-    return DecodeAs(transport, port, proto)
+    return DecodeAs(transport, first, proto, last)
 
 
 def parse_clock_rate(spec: str) -> tuple[int, int]:
@@ -162,16 +248,14 @@ class _Analysis:
         self.count_marked = count_marked
         self.names = _Names()
         self.results = Results(max_frames=max_frames)
-        self.udp_rtp_ports: set[int] = set()
+        # Port -> protocol, one entry per port of a range; a later rule overrides an
+        # earlier one on the ports they share, as in TShark.
         self.udp_forced: dict[int, str] = {}
         tcp_forced: dict[int, str] = {}
         for d in decode_as:
-            if d.transport == "udp":
-                self.udp_forced[d.port] = d.protocol
-                if d.protocol == "rtp":
-                    self.udp_rtp_ports.add(d.port)
-            else:
-                tcp_forced[d.port] = d.protocol
+            forced = self.udp_forced if d.transport == "udp" else tcp_forced
+            forced.update(dict.fromkeys(d.ports, d.protocol))
+        self.udp_rtp_ports: set[int] = {p for p, v in self.udp_forced.items() if v == "rtp"}
         self.sdp_convs: dict[tuple[bytes, int], Conversation] = {}
         self.pair_convs: dict[tuple[tuple[bytes, int], tuple[bytes, int]], Conversation] = {}
         self.streams: dict[tuple[tuple[bytes, int], tuple[bytes, int], int], RtpStreamState] = {}

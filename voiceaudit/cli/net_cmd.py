@@ -286,7 +286,8 @@ def register(app: typer.Typer) -> None:
             [],
             "--decode-as",
             "-d",
-            help="Read a port as a protocol, TShark style: udp.port==5004,rtp or "
+            help="Read a port or port range as a protocol, TShark style: "
+            "udp.port==5004,rtp, udp.port==40100-40140,rtp (or 40100:41, 41 ports) or "
             "tcp.port==8443,tls (repeatable).",
         ),
         keylog: Path | None = typer.Option(
