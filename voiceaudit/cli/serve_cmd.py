@@ -25,8 +25,9 @@ def register(app: typer.Typer) -> None:
         "serve",
         help="Run the built-in reference voice pipeline (real VAD, PocketSphinx, eSpeak NG) "
         "on one port: OpenAI Realtime WebSocket /v1/realtime, raw PCM WebSocket /v1/pcm, "
-        "and OpenAI-compatible /v1/audio/transcriptions, /v1/chat/completions, "
-        "/v1/audio/speech. Prints 'voiceaudit-serve listening URL' on stdout when ready.",
+        "OpenAI-compatible /v1/audio/transcriptions, /v1/chat/completions, "
+        "/v1/audio/speech, and WebRTC at /v1/webrtc/offer and /api/offer (Pipecat's runner "
+        "signalling). Prints 'voiceaudit-serve listening URL' on stdout when ready.",
     )
     def serve_(
         host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
@@ -130,7 +131,8 @@ async def _serve(config: object) -> None:
             f"  raw PCM   {server.pcm_url}?rate=16000\n"
             f"  HTTP      {server.url}/v1/audio/transcriptions · /v1/chat/completions · "
             "/v1/audio/speech\n"
-            f"  WebRTC    {server.url}/v1/webrtc/offer (SDP offer/answer)",
+            f"  WebRTC    {server.url}/v1/webrtc/offer (SDP offer/answer)\n"
+            f"            {server.url}/api/offer (Pipecat's runner: POST offer, PATCH ICE)",
             highlight=False,
         )
         responder = "LLM at --llm URL" if config.llm_url else "scripted stand-in for an LLM"

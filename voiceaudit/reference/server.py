@@ -10,6 +10,11 @@ path                               protocol
 ``POST /v1/chat/completions``      OpenAI-compatible chat (SSE when streaming)
 ``POST /v1/audio/speech``          OpenAI-compatible synthesis (streamed)
 ``POST /v1/webrtc/offer``          WebRTC (aiortc) offer/answer, media on RTP
+``POST /api/offer``                the same, with Pipecat's runner signalling
+                                   (SmallWebRTCRequest in, ``{sdp, type, pc_id}``
+                                   out; ``pc_id`` renegotiates)
+``PATCH /api/offer``               Pipecat's trickled ICE candidates for a
+                                   ``pc_id`` (``{"status": "success"}``)
 ``GET  /voiceaudit/status``        server facts: sessions, event-loop lag, ASR pool
 =================================  ==========================================
 """
@@ -36,7 +41,13 @@ from voiceaudit.reference.pipeline import CTX_KEY, ServerContext
 from voiceaudit.reference.realtime import realtime_handler
 from voiceaudit.reference.responder import ChatCompletionsResponder, Responder, ScriptedResponder
 from voiceaudit.reference.tts import Synthesizer
-from voiceaudit.reference.webrtc import close_webrtc_sessions, webrtc_offer
+from voiceaudit.reference.webrtc import (
+    SESSIONS_KEY,
+    close_webrtc_sessions,
+    pipecat_ice_candidates,
+    pipecat_offer,
+    webrtc_offer,
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -148,12 +159,16 @@ def build_app(ctx: ServerContext, lag: LoopLagMonitor) -> web.Application:
     app = web.Application(middlewares=[_connect_delay], client_max_size=32 * 1024 * 1024)
     app[CTX_KEY] = ctx
     app[LAG_KEY] = lag
+    app[SESSIONS_KEY] = {}
     app.router.add_get("/v1/realtime", realtime_handler)
     app.router.add_get("/v1/pcm", pcm_handler)
     app.router.add_post("/v1/audio/transcriptions", transcriptions)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/audio/speech", speech)
     app.router.add_post("/v1/webrtc/offer", webrtc_offer)
+    # Pipecat's runner (pipecat.runner.run) signalling, so a Pipecat client finds it.
+    app.router.add_post("/api/offer", pipecat_offer)
+    app.router.add_patch("/api/offer", pipecat_ice_candidates)
     app.on_shutdown.append(close_webrtc_sessions)
     app.router.add_get("/voiceaudit/status", _status)
     app.router.add_post("/voiceaudit/status/reset", _status_reset)
