@@ -27,6 +27,8 @@ def _without_paths(d: Any) -> Any:
         return {k: _without_paths(v) for k, v in d.items() if k != "path"}
     if isinstance(d, list):
         return [_without_paths(v) for v in d]
+    if isinstance(d, str):  # a warning names the trace as it was given
+        return d.split("trace.jsonl.gz: ", 1)[-1]
     return d
 
 

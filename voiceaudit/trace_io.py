@@ -12,6 +12,8 @@ a trace with no closing record (incomplete: finished turns are kept). Anything e
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gzip
 import importlib
 import io
@@ -50,6 +52,12 @@ TURN_END = "turn.end"
 
 def _dumps(rec: Record) -> str:
     return json.dumps(rec.to_dict(), separators=(",", ":"), ensure_ascii=False)
+
+
+def _fsync_quiet(fd: int) -> None:
+    # A run interrupted mid-fsync may close the file under it; close() syncs again.
+    with contextlib.suppress(OSError):
+        os.fsync(fd)
 
 
 class TraceWriter:
@@ -113,6 +121,15 @@ class TraceWriter:
             return
         self._file.flush()
         os.fsync(self._file.fileno())
+
+    async def commit_async(self) -> None:
+        """:meth:`commit`, with the fsync in a worker thread: an fsync takes a millisecond
+        or more (far more on a busy disk), and on the event loop it would hold every
+        session's paced sends. Durable when it returns, like :meth:`commit`."""
+        if self._file is None:
+            return
+        self._file.flush()
+        await asyncio.to_thread(_fsync_quiet, self._file.fileno())
 
     def close(self, reason: str = "complete", anchor: Anchor | None = None) -> None:
         """Write the closing record and close the file. Idempotent."""

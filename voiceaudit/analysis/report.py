@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from operator import attrgetter, itemgetter
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -29,6 +29,7 @@ from voiceaudit.analysis.findings import (
 )
 from voiceaudit.analysis.ledger import ALL_SEGMENTS, UNEXPLAINED, Ledger, MarkTime, ledger_from_obs
 from voiceaudit.analysis.stats import Summary, summarize
+from voiceaudit.analysis.turns import PROBE as PROBE_SOURCE
 from voiceaudit.analysis.turns import (
     SKIPPED_BY_DEFAULT,
     Collected,
@@ -40,6 +41,7 @@ from voiceaudit.analysis.turns import (
 )
 from voiceaudit.errors import NoDataError, UsageError
 from voiceaudit.model import Header
+from voiceaudit.probe.pacing import BROKE_NS, P99_GOAL_NS, PacingHistogram
 from voiceaudit.trace_io import Trace, TraceInfo, find_traces
 
 REPORT_SCHEMA = "voiceaudit.report/1"
@@ -113,6 +115,137 @@ class SourceInfo:
         }
 
 
+def _ints(v: Any) -> TypeGuard[list[int]]:
+    return type(v) is list and all(type(x) is int for x in v)
+
+
+@dataclass(frozen=True, slots=True)
+class TurnPacing:
+    """How late the probe sent a turn's frames: from its ``input.pacing`` summary of every
+    frame (``source`` ``frames``), or, in a trace without one, from the speech-end frame
+    alone (``speech_end_frame``)."""
+
+    source: str
+    #: the latest send after its deadline (ns) and that frame's index in the turn
+    max_ns: int
+    frame: int | None
+    frames: int | None = None
+    p50_ns: int | None = None
+    p99_ns: int | None = None
+    #: (bin width ns, bins, counts) of the lateness histogram
+    hist: tuple[int, list[int], list[int]] | None = None
+
+    @property
+    def broke(self) -> bool:
+        """A frame left more than ``BROKE_NS`` (5 ms) after its deadline."""
+        return self.max_ns > BROKE_NS
+
+    @classmethod
+    def from_obs(cls, obs: TurnObs) -> TurnPacing | None:
+        occ = obs.first("input.pacing", PROBE_SOURCE)
+        if occ is not None:
+            a = occ[2]
+            mx, fr, n = a.get("max_ns"), a.get("max_frame"), a.get("frames")
+            p50, p99, w = a.get("p50_ns"), a.get("p99_ns"), a.get("hist_bin_ns")
+            bins, counts = a.get("hist_bins"), a.get("hist_counts")
+            if (
+                type(mx) is int
+                and type(fr) is int
+                and type(n) is int
+                and type(p50) is int
+                and type(p99) is int
+            ):
+                hist: tuple[int, list[int], list[int]] | None = None
+                if (
+                    type(w) is int
+                    and w > 0
+                    and _ints(bins)
+                    and _ints(counts)
+                    and len(bins) == len(counts)
+                ):
+                    hist = (w, bins, counts)
+                return cls("frames", mx, fr, n, p50, p99, hist)
+        late = probe_lateness(obs)
+        if late is None:
+            return None
+        frame = obs.attrs("input.speech_end_sent").get("frame")
+        return cls("speech_end_frame", late, frame if type(frame) is int else None)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"source": self.source, "max_ms": self.max_ns / 1e6}
+        if self.source == "frames":
+            d["frames"] = self.frames
+            d["p50_ms"] = None if self.p50_ns is None else self.p50_ns / 1e6
+            d["p99_ms"] = None if self.p99_ns is None else self.p99_ns / 1e6
+        d["frame"] = self.frame
+        d["broke"] = self.broke
+        return d
+
+
+@dataclass(frozen=True)
+class PacingSummary:
+    """Pacing over every finished turn of the report (warm-up and failed turns too: it is
+    the probe's own health, not the target's)."""
+
+    turns: int
+    #: turns known only by their speech-end frame (traces written before ``input.pacing``)
+    speech_end_only: int
+    frames: int
+    p50_ns: int | None
+    p99_ns: int | None
+    worst: TurnReport
+    broke: tuple[TurnReport, ...]
+
+    @property
+    def worst_ns(self) -> int:
+        assert self.worst.pacing is not None
+        return self.worst.pacing.max_ns
+
+    def to_dict(self, multi: bool) -> dict[str, Any]:
+        w = self.worst
+        assert w.pacing is not None
+        where: dict[str, Any] = {"run_id": w.run_id} if multi else {}
+        where.update({"session": w.session, "turn": w.turn, "frame": w.pacing.frame})
+        return {
+            "turns": self.turns,
+            "speech_end_only_turns": self.speech_end_only,
+            "frames": self.frames,
+            "p50_ms": None if self.p50_ns is None else self.p50_ns / 1e6,
+            "p99_ms": None if self.p99_ns is None else self.p99_ns / 1e6,
+            "worst_ms": self.worst_ns / 1e6,
+            "worst": where,
+            "broke_turns": len(self.broke),
+            "broke_over_ms": BROKE_NS / 1e6,
+            "p99_goal_ms": P99_GOAL_NS / 1e6,
+        }
+
+
+def pacing_summary(turns: Iterable[TurnReport]) -> PacingSummary | None:
+    hist = PacingHistogram()
+    n = only = 0
+    worst: TurnReport | None = None
+    worst_ns = 0
+    broke: list[TurnReport] = []
+    for t in turns:
+        p = t.pacing
+        if p is None:
+            continue
+        n += 1
+        if p.source != "frames":
+            only += 1
+        if p.hist is not None:
+            hist.add(*p.hist)
+        if worst is None or p.max_ns > worst_ns:
+            worst, worst_ns = t, p.max_ns
+        if p.broke:
+            broke.append(t)
+    if worst is None:
+        return None
+    return PacingSummary(
+        n, only, hist.frames, hist.percentile_ns(50), hist.percentile_ns(99), worst, tuple(broke)
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class TurnReport:
     """One finished turn: its ledger, findings and status."""
@@ -129,6 +262,8 @@ class TurnReport:
     text: str | None
     transcript: str | None
     obs: TurnObs | None = None
+    #: how late the probe sent this turn's frames (None: the trace does not say)
+    pacing: TurnPacing | None = None
 
     @property
     def voice_to_voice_ns(self) -> int | None:
@@ -188,6 +323,8 @@ class TurnReport:
             v = getattr(self, k)
             if v is not None:
                 d[k] = v
+        if self.pacing is not None:
+            d["pacing"] = self.pacing.to_dict()
         return d
 
 
@@ -353,6 +490,11 @@ class Report:
         return tuple(out)
 
     @cached_property
+    def pacing(self) -> PacingSummary | None:
+        """How late the probe sent its frames, over every finished turn."""
+        return pacing_summary(self.turns)
+
+    @cached_property
     def counts(self) -> dict[str, int]:
         turns = self.turns
         return {
@@ -383,6 +525,7 @@ class Report:
                 "budget": [b.to_dict() for b in self.budget],
             },
             "findings": [f.to_dict() for f in self.findings],
+            "pacing": None if self.pacing is None else self.pacing.to_dict(multi),
             "failed_turns": [_failed_dict(t, multi) for t in self.failed_turns],
             "unfinished_turns": [
                 {"run_id": r, "session": s, "turn": n} for r, s, n in self.unfinished
@@ -466,6 +609,7 @@ def turn_report(
         text=_str(start.get("text")),
         transcript=_str(obs.attrs("transcript.final").get("text")),
         obs=obs if opts.keep_observations else None,
+        pacing=TurnPacing.from_obs(obs),
     )
 
 
@@ -633,6 +777,7 @@ def _build(
                 f"{info.path}: the probe sent the speech-end frame late in {len(late)} turn(s) "
                 f"(up to {max(late):.1f} ms): the machine may have been overloaded"
             )
+        _pacing_warnings(info.path, [tr for _, tr in done], warnings)
     if unfinished:
         warnings.append(
             f"{len(unfinished)} turn(s) have no turn.end (the run was cut short) and are left out"
@@ -651,6 +796,26 @@ def _build(
         warnings=tuple(warnings),
         label=label,
     )
+
+
+def _pacing_warnings(path: str, turns: list[TurnReport], warnings: list[str]) -> None:
+    """Say when the probe could not keep its pacing (the turns are marked, and kept)."""
+    ps = pacing_summary(turns)
+    if ps is None:
+        return
+    if ps.broke:
+        warnings.append(
+            f"{path}: pacing broke in {len(ps.broke)} turn(s): a frame sent more than "
+            f"{BROKE_NS / 1e6:g} ms after its deadline (worst {ps.worst_ns / 1e6:.1f} ms, "
+            f"{ps.worst.session} turn {ps.worst.turn}); the probe could not keep up, so the "
+            "target heard late audio; those turns are marked (pacing.broke) and kept in the "
+            "statistics"
+        )
+    if ps.p99_ns is not None and ps.p99_ns > P99_GOAL_NS:
+        warnings.append(
+            f"{path}: pacing p99 {ps.p99_ns / 1e6:.1f} ms is above {P99_GOAL_NS / 1e6:g} ms: "
+            "the probe's machine was busy"
+        )
 
 
 def _check_mixed(sources: Sequence[SourceInfo], warnings: list[str]) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 from voiceaudit import __version__
 from voiceaudit.clock import Anchor
 from voiceaudit.model import SCHEMA_NAME, SCHEMA_VERSION, Event, Header
+from voiceaudit.probe.pacing import pacing_attrs
 from voiceaudit.trace_io import TraceWriter
 
 MS = 1_000_000
@@ -253,6 +254,14 @@ def turn_events(
                     sched + 50_000,
                     {"i": i, "a": a, "b": b, "sched_ns": sched},
                 )
+        if n_frames:
+            # the probe's per-turn pacing summary, as `voiceaudit run` writes it (both forms)
+            probe(
+                "input.pacing",
+                "input",
+                scheds[-1] + 60_000,
+                pacing_attrs([s + 50_000 for s in scheds], scheds),
+            )
     if "input.speech_end_sent" in times:
         probe(
             "input.speech_end_sent",

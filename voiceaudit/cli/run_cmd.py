@@ -324,6 +324,21 @@ def _print_summary(summary: dict[str, Any]) -> None:
             f"voice-to-voice: p50 {v['p50']:.1f} ms, p95 {v['p95']:.1f} ms "
             f"(min {v['min']:.1f}, max {v['max']:.1f}, n={v['n']})"
         )
+    pacing = summary.get("pacing")
+    if pacing:
+        w = pacing["worst"]
+        out.print(
+            f"pacing: p99 {pacing['p99_ms']:.1f} ms, worst frame {pacing['worst_ms']:.1f} ms "
+            f"late ({w['session']} turn {w['turn']} frame {w['frame']}; "
+            f"{pacing['frames']} frames)"
+        )
+        if pacing["broke"]:
+            err_console().print(
+                f"[yellow]warning:[/] pacing broke: {pacing['broke_turns']} turn(s) had a frame "
+                f"sent more than {pacing['broke_over_ms']:g} ms late, p99 "
+                f"{pacing['p99_ms']:.1f} ms (goal {pacing['p99_goal_ms']:g} ms): the probe "
+                "could not keep up (machine busy or overloaded); the report marks those turns"
+            )
     for f in summary["failures"][:10]:
         out.print(f"failed: {f['session']} turn {f['turn']}: {f['reason']}")
     out.print(f"trace: {summary['trace']}")

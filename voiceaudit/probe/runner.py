@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import platform
 import socket
@@ -26,7 +27,7 @@ from voiceaudit import __version__
 from voiceaudit.clock import NS_PER_MS, NS_PER_S, MonotonicClock, take_anchor
 from voiceaudit.errors import TargetError, UsageError
 from voiceaudit.model import Header
-from voiceaudit.probe.pacing import Pacer
+from voiceaudit.probe.pacing import BROKE_NS, P99_GOAL_NS, Pacer, PacingHistogram, pacing_attrs
 from voiceaudit.probe.playout import Chunk, play
 from voiceaudit.probe.utterances import Utterance
 from voiceaudit.targets.base import Target, TargetSession
@@ -79,6 +80,14 @@ class TurnResult:
     warmup: bool
     voice_to_voice_ns: int | None
     reason: str | None = None
+    #: the turn's latest frame send after its deadline (ns), and that frame's index
+    pacing_max_ns: int | None = None
+    pacing_max_frame: int | None = None
+
+    @property
+    def pacing_broke(self) -> bool:
+        """A frame of this turn left more than ``BROKE_NS`` after its deadline."""
+        return self.pacing_max_ns is not None and self.pacing_max_ns > BROKE_NS
 
 
 @dataclass
@@ -86,6 +95,33 @@ class RunResult:
     trace_path: Path
     turns: list[TurnResult] = field(default_factory=list)
     interrupted: bool = False
+    #: every frame's lateness over the run, as a histogram (see ``input.pacing``)
+    pacing: PacingHistogram = field(default_factory=PacingHistogram)
+
+    def pacing_summary(self) -> dict[str, Any] | None:
+        """Pacing over the run: p50/p99 (to 0.1 ms, rounded up), the worst frame, the
+        turns whose pacing broke; None when no frame was sent."""
+        measured = [t for t in self.turns if t.pacing_max_ns is not None]
+        if not measured:
+            return None
+        worst = max(measured, key=lambda t: t.pacing_max_ns or 0)
+        p50, p99 = self.pacing.percentile_ns(50), self.pacing.percentile_ns(99)
+        broke = [t for t in measured if t.pacing_broke]
+        return {
+            "frames": self.pacing.frames,
+            "p50_ms": None if p50 is None else p50 / NS_PER_MS,
+            "p99_ms": None if p99 is None else p99 / NS_PER_MS,
+            "worst_ms": (worst.pacing_max_ns or 0) / NS_PER_MS,
+            "worst": {
+                "session": worst.session,
+                "turn": worst.turn,
+                "frame": worst.pacing_max_frame,
+            },
+            "broke_turns": len(broke),
+            "broke_over_ms": BROKE_NS / NS_PER_MS,
+            "p99_goal_ms": P99_GOAL_NS / NS_PER_MS,
+            "broke": bool(broke) or (p99 is not None and p99 > P99_GOAL_NS),
+        }
 
     @property
     def ok_turns(self) -> list[TurnResult]:
@@ -110,6 +146,7 @@ class RunResult:
                 {"session": t.session, "turn": t.turn, "reason": t.reason}
                 for t in self.failed_turns
             ],
+            "pacing": self.pacing_summary(),
         }
         if len(vals):
             out["voice_to_voice_ms"] = {
@@ -210,6 +247,8 @@ class Probe:
         self.result = RunResult(trace_path)
         self.run_config = run_config or {}
         self._stop = asyncio.Event()
+        #: the phase origin of every session's frame deadlines (see _phased)
+        self._epoch_ns = self.clock.now_ns()
 
     def stop(self) -> None:
         """Ask the run to stop after the turns in flight (Ctrl-C)."""
@@ -306,7 +345,7 @@ class Probe:
             try:
                 while turn < total and not self._stop.is_set():
                     utt = self.utterances[(turn + slot) % len(self.utterances)]
-                    healthy = await self._turn(ts, sink, writer, turn, utt)
+                    healthy = await self._turn(ts, sink, writer, turn, utt, slot)
                     turn += 1
                     if not healthy:
                         break
@@ -337,8 +376,23 @@ class Probe:
         self.result.turns.append(res)
         self.observer.turn_done(res)
 
+    def _phased(self, earliest_ns: int, slot: int, frame_ns: float) -> int:
+        """The first instant from ``earliest_ns`` at this slot's phase: session k of N has
+        its frame deadlines k/N of a frame after the run's epoch, so N sessions' frames fall
+        due spread over the frame period, as independent callers' would, instead of N at
+        once (the last of such a burst would leave N sends late)."""
+        period = max(1, round(frame_ns))
+        phase = self._epoch_ns + slot * period // self.options.sessions
+        return earliest_ns + (phase - earliest_ns) % period
+
     async def _turn(
-        self, ts: TargetSession, sink: _Sink, writer: TraceWriter, turn: int, utt: Utterance
+        self,
+        ts: TargetSession,
+        sink: _Sink,
+        writer: TraceWriter,
+        turn: int,
+        utt: Utterance,
+        slot: int = 0,
     ) -> bool:
         """Play one utterance and collect the reply. Returns False when the session is broken."""
         o = self.options
@@ -352,7 +406,7 @@ class Probe:
 
         sink.begin(turn)
         await ts.start_turn(turn)
-        t0 = self.clock.now_ns() + 5 * NS_PER_MS
+        t0 = self._phased(self.clock.now_ns() + 5 * NS_PER_MS, slot, frame * ns_per_sample)
         writer.event(
             sid,
             turn,
@@ -384,6 +438,7 @@ class Probe:
         give_up_ns = speech_end_ns + round(o.timeout_s * NS_PER_S)
         k = 0
         a = 0
+        worst: tuple[int | None, int | None] = (None, None)
         # Every frame sent, as the columns of one input.frames event (written below).
         sent_ns: list[int] = []
         starts: list[int] = []
@@ -443,6 +498,12 @@ class Probe:
                     "sched_dt_ns": [d - first for d in deadlines],
                 },
             )
+            pacing = pacing_attrs(sent_ns, deadlines)
+            writer.event(sid, turn, self.clock.now_ns(), "probe", "input", "input.pacing", pacing)
+            self.result.pacing.add(
+                pacing["hist_bin_ns"], pacing["hist_bins"], pacing["hist_counts"]
+            )
+            worst = (pacing["max_ns"], pacing["max_frame"])
         writer.event(sid, turn, self.clock.now_ns(), "probe", "input", "input.done", {"frames": k})
 
         if not sink.failed.is_set() and not self._stop.is_set():
@@ -452,7 +513,8 @@ class Probe:
         sink.finish()
         healthy = not sink.failed.is_set()
         result = self._close_turn(writer, sink, turn, utt, speech_end_ns, warm)
-        writer.commit()
+        result = dataclasses.replace(result, pacing_max_ns=worst[0], pacing_max_frame=worst[1])
+        await writer.commit_async()
         self.result.turns.append(result)
         self.observer.turn_done(result)
         if sink.failed.is_set():

@@ -7,6 +7,7 @@ from typing import Any
 from voiceaudit.analysis.ledger import ALL_SEGMENTS, UNEXPLAINED, Segment
 from voiceaudit.analysis.report import VOICE_TO_VOICE, Report, TurnReport
 from voiceaudit.analysis.stats import Summary
+from voiceaudit.probe.pacing import BROKE_NS
 
 #: Human labels for metrics (identifiers stay the JSON keys).
 LABELS: dict[str, str] = {
@@ -139,3 +140,26 @@ def target_line(report: Report) -> str:
         parts.append(f"{proto} {url}".strip())
     uniq = list(dict.fromkeys(parts))
     return "; ".join(uniq)
+
+
+def pacing_line(report: Report) -> str | None:
+    """How late the probe sent its frames: p99 and the worst frame, and the turns whose
+    pacing broke; None when the traces do not say."""
+    ps = report.pacing
+    if ps is None:
+        return None
+    w = ps.worst
+    where = f"{turn_id(w, report.multi_run)}"
+    if w.pacing is not None and w.pacing.frame is not None:
+        where += f" frame {w.pacing.frame}"
+    parts = []
+    if ps.p99_ns is not None:
+        parts.append(f"p99 {ps.p99_ns / 1e6:.1f} ms")
+    if ps.frames == 0:  # traces written before input.pacing
+        where += "; the trace times no other frame"
+        parts.append(f"speech-end frame up to {fmt_ms(ps.worst_ns / 1e6)} ms late ({where})")
+    else:
+        parts.append(f"worst frame {fmt_ms(ps.worst_ns / 1e6)} ms late ({where})")
+    broke = f"{len(ps.broke)} turn(s) with a frame over {BROKE_NS / 1e6:g} ms late (marked)"
+    parts.append(broke if ps.broke else "no turn broke")
+    return "probe pacing: " + ", ".join(parts)

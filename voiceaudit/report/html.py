@@ -23,6 +23,7 @@ from voiceaudit.report.common import (
     fmt_ms,
     label,
     metric_rows,
+    pacing_line,
     representative_turns,
     segment_label,
     summary_cells,
@@ -223,6 +224,11 @@ def _turns(report: Report) -> list[str]:
     return out
 
 
+def _pacing(report: Report) -> str:
+    line = pacing_line(report)
+    return "" if line is None else f"{esc(line[0].upper() + line[1:])}<br>"
+
+
 def _warnings(warnings: Iterable[str]) -> list[str]:
     items = "".join(f"<li>{esc(w)}</li>" for w in warnings)
     return ["<h2>Warnings</h2>", f"<ul>{items}</ul>"] if items else []
@@ -236,6 +242,7 @@ def render_report(report: Report) -> str:
         f"{c['in_statistics']} in the statistics"
         + (f"; {c['unfinished']} unfinished (left out)" if c["unfinished"] else "")
         + f".<br>Target: {esc(target_line(report))}<br>"
+        + _pacing(report)
         + '<span class="dim">Trace: '
         + esc(", ".join(s.path for s in report.sources))
         + "</span></p>",

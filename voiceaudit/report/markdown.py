@@ -17,6 +17,7 @@ from voiceaudit.report.common import (
     fmt_ms,
     label,
     metric_rows,
+    pacing_line,
     summary_cells,
     target_line,
     turn_id,
@@ -48,7 +49,12 @@ def render_report(report: Report) -> str:
     )
     if c["unfinished"]:
         summary += f"; {c['unfinished']} unfinished (left out)"
-    lines += [summary + ".  ", f"Target: {md(target_line(report))}", ""]
+    lines += [summary + ".  ", f"Target: {md(target_line(report))}"]
+    pl = pacing_line(report)
+    if pl is not None:
+        lines[-1] += "  "
+        lines.append(md(pl[0].upper() + pl[1:]))
+    lines.append("")
     if report.stats_turns:
         rows = []
         for name, s in metric_rows(report):

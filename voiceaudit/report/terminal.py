@@ -16,6 +16,7 @@ from voiceaudit.report.common import (
     fmt_ms,
     label,
     metric_rows,
+    pacing_line,
     summary_cells,
     target_line,
     turn_id,
@@ -37,6 +38,9 @@ def _header(report: Report) -> Text:
     if c["unfinished"]:
         t.append(f"; {c['unfinished']} unfinished (left out)")
     t.append(f"\ntarget: {target_line(report)}")
+    pl = pacing_line(report)
+    if pl is not None:
+        t.append(f"\n{pl}", style="yellow" if report.pacing and report.pacing.broke else "")
     files = ", ".join(s.path for s in report.sources)
     t.append(f"\ntrace: {files}", style="dim")
     return t
