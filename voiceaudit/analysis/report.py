@@ -807,14 +807,15 @@ def _pacing_warnings(path: str, turns: list[TurnReport], warnings: list[str]) ->
         warnings.append(
             f"{path}: pacing broke in {len(ps.broke)} turn(s): a frame sent more than "
             f"{BROKE_NS / 1e6:g} ms after its deadline (worst {ps.worst_ns / 1e6:.1f} ms, "
-            f"{ps.worst.session} turn {ps.worst.turn}); the probe could not keep up, so the "
-            "target heard late audio; those turns are marked (pacing.broke) and kept in the "
+            f"{ps.worst.session} turn {ps.worst.turn}); the probe could not keep up (its machine "
+            "was busy, or an in-process target blocked its event loop), so the target heard "
+            "late audio; those turns are marked (pacing.broke) and kept in the "
             "statistics"
         )
     if ps.p99_ns is not None and ps.p99_ns > P99_GOAL_NS:
         warnings.append(
             f"{path}: pacing p99 {ps.p99_ns / 1e6:.1f} ms is above {P99_GOAL_NS / 1e6:g} ms: "
-            "the probe's machine was busy"
+            "the probe's machine was busy (or an in-process target held its event loop)"
         )
 
 

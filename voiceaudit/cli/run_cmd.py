@@ -337,7 +337,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
                 f"[yellow]warning:[/] pacing broke: {pacing['broke_turns']} turn(s) had a frame "
                 f"sent more than {pacing['broke_over_ms']:g} ms late, p99 "
                 f"{pacing['p99_ms']:.1f} ms (goal {pacing['p99_goal_ms']:g} ms): the probe "
-                "could not keep up (machine busy or overloaded); the report marks those turns"
+                "could not keep up (machine busy, or an in-process target blocked its event loop); "
+                "the report marks those turns"
             )
     for f in summary["failures"][:10]:
         out.print(f"failed: {f['session']} turn {f['turn']}: {f['reason']}")
