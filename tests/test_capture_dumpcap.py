@@ -28,6 +28,7 @@ from voiceaudit.capture.dumpcap import (
     interface_for,
     plan_capture,
 )
+from voiceaudit.capture.tcp import StallParams
 from voiceaudit.errors import EnvironmentProblem, ExitCode, UsageError
 
 MS = 1_000_000
@@ -178,6 +179,76 @@ def test_small_write_stalls_match_the_server_clock(tmp_path: Path) -> None:
             assert abs(matched[i] - gap) < MS, (i, gap, matched[i])
         else:  # ... and an exchange the server acknowledged at once has none
             assert i not in matched, (i, gap, matched)
+
+
+def _unacked(sock: socket.socket) -> int:
+    """``tcpi_unacked`` of Linux's ``struct tcp_info``: segments sent and not yet ACKed."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    return int(struct.unpack_from("I", info, 24)[0])
+
+
+def test_a_late_write_right_after_a_delayed_ack_is_no_stall(tmp_path: Path) -> None:
+    """A caller that streams small frames with TCP_NODELAY and writes one frame late, just
+    after the peer's delayed ACK: on the wire that is a delayed ACK followed at once by
+    one write's worth of bytes, the classic Nagle stall's signature, but the kernel held
+    nothing. (A starved caller's microphone frame did this in test_capture_reference's
+    setup, recorded with the caller's write times: the write began 0.48 ms after the ACK
+    and was on the wire 32 us later.) The sender's other frames show it has Nagle off."""
+    srv, port = listener()
+    total = 0
+
+    def server() -> None:
+        nonlocal total
+        a, _ = srv.accept()
+        while True:
+            # Delayed ACKs from the start (no quick-ACK phase); not a permanent setting.
+            a.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)
+            data = a.recv(4096)
+            if not data:
+                break
+            total += len(data)
+        a.close()
+
+    out = tmp_path / "late.pcapng"
+    with Dumpcap(out, interface="lo", capture_filter=f"tcp port {port}"):
+        th = threading.Thread(target=server)
+        th.start()
+        c = socket.create_connection(("127.0.0.1", port))
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        time.sleep(0.05)
+        for _ in range(5):
+            c.send(b"a" * 300)  # two frames back to back: the second leaves while the
+            c.send(b"a" * 300)  # first is unacknowledged, which Nagle never allows
+            time.sleep(0.01)
+            c.send(b"p" * 300)  # one frame: the peer delays its ACK (40 ms or more) ...
+            deadline = time.monotonic() + 2
+            while _unacked(c) and time.monotonic() < deadline:
+                pass
+            c.send(b"s" * 300)  # ... and the next frame is written the moment it arrives
+            time.sleep(0.01)
+        c.send(b"z" * 300)
+        c.send(b"z" * 300)
+        time.sleep(0.05)
+        c.close()
+        th.join(10)
+    assert total == 5 * 4 * 300 + 2 * 300
+    # How soon after the ACK this thread got to write is up to the scheduler (on a loaded
+    # machine often more than the 2 ms a pure-ACK release may take), so the release
+    # window is widened to 50 ms for the comparison; it changes nothing else.
+    wide = 50 * MS
+    # Without the Nagle-off evidence (no segment counts as small), the late frames pass
+    # for stalls: the false positive, and the proof that the capture holds the case.
+    (old,) = analyze_capture(
+        out, stall=StallParams(release_ns=wide, nagle_small_bytes=0)
+    ).tcp_connections
+    assert len(old.small_write_stalls) >= 1
+    assert all(s.length == 300 and s.ack_delay_ns >= 15 * MS for s in old.small_write_stalls)
+    # The detector sees the back-to-back frames before and after: Nagle is off, no stall,
+    # with the wide window and with the default one.
+    (conn,) = analyze_capture(out, stall=StallParams(release_ns=wide)).tcp_connections
+    assert conn.small_write_stalls == ()
+    (conn,) = analyze_capture(out).tcp_connections
+    assert conn.small_write_stalls == ()
 
 
 # ------------------------------------------------------------------ TLS (and its key log)

@@ -15,6 +15,19 @@ the handshake round trip, for a capture taken at the peer) of a pure ACK, or wit
 ``kernel_release_ns`` of an ACK that carried data, S then holding more than twice P's
 bytes (the writes that piled up) -- an application answering the peer's data takes longer
 and sends one message.
+
+Only a sender with Nagle's algorithm on can be held so. On the wire a pure-ACK release
+looks the same as an application that happened to write just after a late ACK (a caller
+starved of CPU sends its next microphone frame late, and the peer, having had no second
+frame to acknowledge, sent its delayed ACK meanwhile). Nagle's algorithm never lets a
+sender put a small segment on the wire while an earlier small segment of its is
+unacknowledged (Linux's Minshall variant; the classic rule is stricter), so a sender seen
+doing that has Nagle off (TCP_NODELAY). A candidate stall of a sender seen doing so both
+before and after it is not reported: both a sender that switches Nagle on mid-connection
+(the reference pipeline's small-writes, after the WebSocket upgrade) and one that switches
+it off keep the stalls of their Nagle-on stretch. "Small" is below
+``nagle_small_bytes`` (and below the MSS), so no full-sized segment passes for a small one
+on a path whose MTU is lower than the MSS says.
 """
 
 from __future__ import annotations
@@ -120,8 +133,11 @@ class _Half:
         "max_end",
         "mss",
         "next_rel",
+        "nodelay_first_at",
+        "nodelay_last_at",
         "ooo",
         "outstanding",
+        "small_end",
         "zero_since",
     )
 
@@ -141,6 +157,12 @@ class _Half:
         self.last_ack_pure = False
         self.zero_since: int | None = None
         self.fin_at: int | None = None
+        #: End of the last small data segment this half sent (Nagle's bookkeeping).
+        self.small_end: int | None = None
+        #: First and last time this half sent a small segment while an earlier small
+        #: segment of its was unacknowledged: Nagle was off then.
+        self.nodelay_first_at: int | None = None
+        self.nodelay_last_at: int | None = None
 
     def rel(self, seq: int, near: int) -> int:
         """``seq`` relative to this half's base, unwrapped to the value nearest ``near``."""
@@ -156,6 +178,9 @@ class StallParams:
     stall_min_ns: int = 15_000_000
     release_ns: int = 2_000_000
     kernel_release_ns: int = 200_000
+    #: Segments below this (and below the MSS minus room for options) count as small
+    #: for the Nagle-off evidence: every real path's MSS is above it.
+    nagle_small_bytes: int = 1200
 
 
 class Conn:
@@ -221,6 +246,13 @@ class Conn:
         self.spool = False
         #: The first few raw packets, kept until we know whether to spool the connection.
         self.held: list[tuple[int, int, bytes]] | None = []
+
+
+def _nagle_off(conn: Conn, s: SmallWriteStall) -> bool:
+    """The sender of ``s`` showed Nagle off both before and after it: no Nagle stall."""
+    h = conn.c if s.sender == conn.client else conn.s
+    first, last = h.nodelay_first_at, h.nodelay_last_at
+    return first is not None and last is not None and first < s.released_at_ns < last
 
 
 def _options(buf: bytes, off: int, end: int) -> int | None:
@@ -393,6 +425,7 @@ class TcpTracker:
                 h.outstanding.append([end, ts, 0])
                 if len(h.outstanding) > 4096:
                     h.outstanding.popleft()
+                self._nagle_evidence(conn, h, from_client, ts, end, plen, flags)
                 self._stall_check(conn, h, from_client, ts, r, end, plen)
                 h.last_data_at = ts
                 h.last_data_end = end
@@ -476,6 +509,23 @@ class TcpTracker:
         if end > h.max_end:
             h.bytes += end - h.max_end
             h.max_end = end
+
+    def _small_limit(self, conn: Conn, h: _Half, from_client: bool) -> int:
+        peer = conn.s if from_client else conn.c
+        mss = peer.mss or h.mss or 1460
+        return min(self.stall.nagle_small_bytes, mss - 40)
+
+    def _nagle_evidence(
+        self, conn: Conn, h: _Half, from_client: bool, ts: int, end: int, plen: int, flags: int
+    ) -> None:
+        """Note a small segment sent while the previous small one is unacknowledged."""
+        if flags & FIN or plen >= self._small_limit(conn, h, from_client):
+            return  # Nagle lets a FIN and a full-sized segment through anyway
+        if h.small_end is not None and h.acked < h.small_end:
+            if h.nodelay_first_at is None:
+                h.nodelay_first_at = ts
+            h.nodelay_last_at = ts
+        h.small_end = end
 
     def _stall_check(
         self, conn: Conn, h: _Half, from_client: bool, ts: int, r: int, end: int, plen: int
@@ -644,7 +694,7 @@ class TcpTracker:
                     retransmissions=conn.retransmissions,
                     zero_windows=conn.zero_windows,
                     events=tuple(sorted(conn.events, key=lambda e: e.at_ns)),
-                    small_write_stalls=tuple(conn.stalls),
+                    small_write_stalls=tuple(s for s in conn.stalls if not _nagle_off(conn, s)),
                     protocol=conn.protocol,
                     fin_at_ns=conn.fin_at,
                     rst_at_ns=conn.rst_at,
