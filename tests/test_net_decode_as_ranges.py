@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from test_net_realdata import pcap
-from test_net_wireshark import _ROW, Row, _ep, ours
+from test_net_wireshark import Row, ours, parse_streams
 
 from voiceaudit.capture import DecodeAs, analyze_capture, parse_decode_as
 from voiceaudit.cli import run
@@ -32,24 +32,7 @@ def _tshark(path: Path, *rules: str) -> tuple[int, dict[tuple[str, str, str], Ro
     for r in rules:
         argv += ["-d", r]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
-    rows: dict[tuple[str, str, str], Row] = {}
-    for line in proc.stdout.splitlines():
-        m = _ROW.match(line)
-        if m:
-            g = m.groups()
-            rows[(_ep(g[2], g[3]), _ep(g[4], g[5]), g[6])] = (
-                g[7].replace(" ", ""),
-                g[8],
-                g[9],
-                g[11],
-                g[12],
-                g[13],
-                g[14],
-                g[15],
-                g[16],
-                "",
-            )
-    return proc.returncode, rows, proc.stderr
+    return proc.returncode, parse_streams(proc.stdout), proc.stderr
 
 
 @pytest.mark.parametrize(

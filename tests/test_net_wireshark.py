@@ -34,13 +34,10 @@ def _ep(addr: str, port: str) -> str:
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
-def tshark_streams(path: Path, heuristic: bool) -> dict[tuple[str, str, str], Row]:
-    argv = ["tshark", "-n", "-r", str(path), "-q", "-z", "rtp,streams"]
-    if heuristic:
-        argv[1:1] = ["-o", "rtp.heuristic_rtp:TRUE"]
-    out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=300).stdout
+def parse_streams(stdout: str) -> dict[tuple[str, str, str], Row]:
+    """TShark's ``-z rtp,streams`` table, one row per stream."""
     rows: dict[tuple[str, str, str], Row] = {}
-    for line in out.splitlines():
+    for line in stdout.splitlines():
         m = _ROW.match(line)
         if m:
             g = m.groups()
@@ -57,6 +54,14 @@ def tshark_streams(path: Path, heuristic: bool) -> dict[tuple[str, str, str], Ro
                 "",
             )
     return rows
+
+
+def tshark_streams(path: Path, heuristic: bool) -> dict[tuple[str, str, str], Row]:
+    argv = ["tshark", "-n", "-r", str(path), "-q", "-z", "rtp,streams"]
+    if heuristic:
+        argv[1:1] = ["-o", "rtp.heuristic_rtp:TRUE"]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=300).stdout
+    return parse_streams(out)
 
 
 def ours(report: NetReport) -> dict[tuple[str, str, str], Row]:
