@@ -120,3 +120,16 @@ def test_wire_to_app_recovers_a_held_event_loop(
         w2a = t.wire_to_app_ns
         assert w2a is not None
         assert HOLD_MS * 1_000_000 <= w2a <= (HOLD_MS + 15) * 1_000_000, w2a / 1e6
+    # The report's ledger takes the wire time as its reply.on_wire cut: the held loop's
+    # 80 ms is in transport (first audio on the wire to the probe's read), exactly the
+    # wire-to-app lag, and the segments still sum to voice-to-voice.
+    from voiceaudit.analysis import build_report
+
+    lag = {(t.session, t.turn): t.wire_to_app_ns for t in net.turns}
+    report = build_report([read_trace(trace)], wire_marks=net.wire_marks())
+    assert len(report.stats_turns) == 2
+    for tr in report.stats_turns:
+        seg = tr.ledger.by_name()
+        assert [m.name for m in tr.ledger.marks][-4] == "reply.on_wire", tr.ledger.marks
+        assert seg["transport"] == lag[(tr.session, tr.turn)] >= HOLD_MS * 1_000_000
+        assert sum(seg.values()) == tr.voice_to_voice_ns
