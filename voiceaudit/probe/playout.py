@@ -78,3 +78,14 @@ def play(chunks: list[Chunk], rate: int, *, depth_ns: int = 0) -> Playout:
         cursor = start + ch.samples * NS_PER_S // rate
     assert cursor is not None
     return Playout(rate, tuple(starts), tuple(offsets), tuple(underruns), cursor)
+
+
+#: the playout models ``play_model`` knows
+PLAYOUT_MODELS = ("fixed",)
+
+
+def play_model(chunks: list[Chunk], rate: int, *, model: str, depth_ns: int = 0) -> Playout:
+    """Apply the named playout model (see ``PLAYOUT_MODELS``)."""
+    if model == "fixed":
+        return play(chunks, rate, depth_ns=depth_ns)
+    raise ValueError(f"unknown playout model {model!r}")

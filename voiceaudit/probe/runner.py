@@ -28,7 +28,7 @@ from voiceaudit.clock import NS_PER_MS, NS_PER_S, MonotonicClock, take_anchor
 from voiceaudit.errors import TargetError, UsageError
 from voiceaudit.model import Header
 from voiceaudit.probe.pacing import BROKE_NS, P99_GOAL_NS, Pacer, PacingHistogram, pacing_attrs
-from voiceaudit.probe.playout import Chunk, play
+from voiceaudit.probe.playout import PLAYOUT_MODELS, Chunk, play_model
 from voiceaudit.probe.utterances import Utterance
 from voiceaudit.targets.base import Target, TargetSession
 from voiceaudit.trace_io import TraceWriter
@@ -52,6 +52,12 @@ class ProbeOptions:
     jitter_buffer_ms: int = 0
     #: keep the received reply audio as WAV files next to the trace
     save_audio: bool = False
+    #: playout model: "fixed" (a fixed jitter-buffer depth, ``jitter_buffer_ms``) or
+    #: "adaptive" (see :mod:`voiceaudit.probe.playout`)
+    playout: str = "fixed"
+    #: put before every session id ("w1-" gives "w1-s0"): keeps ids unique when the traces
+    #: of several probes (Locust workers) are merged into one report
+    session_prefix: str = ""
 
     def __post_init__(self) -> None:
         if self.sessions < 1:
@@ -70,6 +76,13 @@ class ProbeOptions:
             raise UsageError("--timeout must be positive")
         if self.gap_ms < 0 or self.jitter_buffer_ms < 0:
             raise UsageError("--gap-ms and --jitter-buffer-ms cannot be negative")
+        if self.playout not in PLAYOUT_MODELS:
+            raise UsageError(
+                f"unknown playout model {self.playout!r}",
+                hint="choose one of " + ", ".join(PLAYOUT_MODELS),
+            )
+        if any(c.isspace() for c in self.session_prefix):
+            raise UsageError("the session prefix cannot contain spaces")
 
 
 @dataclass(frozen=True)
@@ -83,6 +96,8 @@ class TurnResult:
     #: the turn's latest frame send after its deadline (ns), and that frame's index
     pacing_max_ns: int | None = None
     pacing_max_frame: int | None = None
+    #: speech end (as sent) to the first reply audio byte read, when a reply came
+    first_byte_ns: int | None = None
 
     @property
     def pacing_broke(self) -> bool:
@@ -314,7 +329,8 @@ class Probe:
         turn = 0
         conn = 0
         while turn < total and not self._stop.is_set():
-            sid = f"s{slot}" if conn == 0 else f"s{slot}.{conn}"
+            base = f"{self.options.session_prefix}s{slot}"
+            sid = base if conn == 0 else f"{base}.{conn}"
             conn += 1
             sink = _Sink(writer, sid)
             ts = self.target.session(sink)
@@ -550,6 +566,7 @@ class Probe:
         chunks = sink.chunks
         reason: str | None = None
         v2v: int | None = None
+        first_byte: int | None = None
         if sink.failed.is_set() and not chunks:
             reason = sink.failure or "failed"
         elif self._stop.is_set() and not sink.done.is_set():
@@ -578,7 +595,13 @@ class Probe:
                 },
             )
             audio = from_pcm16(b"".join(c[1] for c in chunks))
-            p = play(played, rate, depth_ns=self.options.jitter_buffer_ms * NS_PER_MS)
+            first_byte = chunks[0][0] - speech_end_ns
+            p = play_model(
+                played,
+                rate,
+                model=self.options.playout,
+                depth_ns=self.options.jitter_buffer_ms * NS_PER_MS,
+            )
             writer.event(sid, turn, chunks[0][0], "probe", "reply", "reply.first_byte")
             writer.event(
                 sid,
@@ -651,7 +674,7 @@ class Probe:
             attrs["reason"] = reason
         writer.event(sid, turn, self.clock.now_ns(), "probe", "turn", "turn.end", attrs)
         writer.count("turns_ok" if ok else "turns_failed")
-        return TurnResult(sid, turn, ok, warm, v2v, reason)
+        return TurnResult(sid, turn, ok, warm, v2v, reason, first_byte_ns=first_byte)
 
     def _save_reply(self, sid: str, turn: int, audio: np.ndarray[Any, Any], rate: int) -> None:
         import soundfile
