@@ -60,6 +60,19 @@ def register(app: typer.Typer) -> None:
         ),
         rate: int | None = typer.Option(None, "--rate", help="Sample rate of raw PCM input files."),
         sessions: int = typer.Option(1, "--sessions", "-n", help="Concurrent sessions."),
+        ramp: str | None = typer.Option(
+            None,
+            "--ramp",
+            help="Load profile FROM:TO:EVERY[:BY], e.g. 1:50:10s: start FROM sessions and add "
+            "BY (default 1) every EVERY up to TO; sessions run turns until the run ends "
+            "(instead of --sessions/--turns).",
+        ),
+        hold: str = typer.Option(
+            "0s",
+            "--hold",
+            help="With --ramp: keep the TO sessions running this long after the last step "
+            "(e.g. 60s).",
+        ),
         turns: int | None = typer.Option(
             None, "--turns", help="Turns per session (default: one pass over the audio)."
         ),
@@ -80,6 +93,12 @@ def register(app: typer.Typer) -> None:
         jitter_buffer_ms: int = typer.Option(
             0, "--jitter-buffer-ms", help="Playout model: fixed jitter-buffer depth."
         ),
+        playout: str = typer.Option(
+            "fixed",
+            "--playout",
+            help="Playout model: fixed (--jitter-buffer-ms) or adaptive (follows the "
+            "measured jitter, docs/run.md).",
+        ),
         out: Path | None = typer.Option(
             None, "--out", help="Run directory (default ./voiceaudit-runs/<timestamp>/)."
         ),
@@ -98,10 +117,22 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
         """Replay speech through a pipeline at real-time pace and record a trace."""
-        from voiceaudit.probe.runner import ProbeOptions, default_out_dir
+        from voiceaudit.probe.runner import ProbeOptions, Ramp, default_out_dir, parse_duration
         from voiceaudit.probe.utterances import load_utterances
 
+        ramp_spec = None
+        if ramp is not None:
+            ramp_spec = Ramp.parse(ramp, hold_s=parse_duration(hold, "--hold"))
+            if sessions != 1 or turns is not None:
+                raise UsageError(
+                    "--ramp sets the sessions and runs until the profile ends",
+                    hint="leave out --sessions and --turns with --ramp",
+                )
+        elif hold != "0s":
+            raise UsageError("--hold goes with --ramp")
         options = ProbeOptions(
+            ramp=ramp_spec,
+            playout=playout,
             sessions=sessions,
             turns=turns,
             repeat=repeat,

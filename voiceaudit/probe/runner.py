@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import os
 import platform
+import re
 import socket
 import time
 import uuid
@@ -32,6 +33,78 @@ from voiceaudit.probe.playout import PLAYOUT_MODELS, Chunk, play_model
 from voiceaudit.probe.utterances import Utterance
 from voiceaudit.targets.base import Target, TargetSession
 from voiceaudit.trace_io import TraceWriter
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min)?\s*$")
+
+
+def parse_duration(text: str, what: str) -> float:
+    """Seconds from "10s", "500ms", "2m" (a bare number is seconds)."""
+    m = _DURATION.match(text)
+    if m is None:
+        raise UsageError(f"{what}: {text!r} is not a duration", hint="e.g. 10s, 500ms, 2m")
+    value, unit = float(m.group(1)), m.group(2) or "s"
+    return value * {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0}[unit]
+
+
+@dataclass(frozen=True)
+class Ramp:
+    """A load profile: ``start`` sessions at once, ``by`` more every ``every_s`` up to
+    ``end``, then ``hold_s`` at ``end``; the run ends after that (turns in flight finish)."""
+
+    start: int
+    end: int
+    every_s: float
+    by: int = 1
+    hold_s: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str, *, hold_s: float = 0.0) -> Ramp:
+        parts = text.split(":")
+        if len(parts) not in (3, 4):
+            raise UsageError(
+                f"--ramp {text!r} must look like FROM:TO:EVERY[:BY]", hint="e.g. 1:50:10s"
+            )
+        try:
+            start, end = int(parts[0]), int(parts[1])
+            by = int(parts[3]) if len(parts) == 4 else 1
+        except ValueError:
+            raise UsageError(
+                f"--ramp {text!r}: FROM, TO and BY are whole numbers", hint="e.g. 1:50:10s:5"
+            ) from None
+        return cls(start, end, parse_duration(parts[2], "--ramp EVERY"), by, hold_s)
+
+    def __post_init__(self) -> None:
+        if self.start < 1 or self.end < self.start:
+            raise UsageError("--ramp needs 1 <= FROM <= TO")
+        if self.by < 1:
+            raise UsageError("--ramp BY must be at least 1")
+        if self.every_s <= 0 and self.end > self.start:
+            raise UsageError("--ramp EVERY must be positive")
+        if self.hold_s < 0:
+            raise UsageError("--hold cannot be negative")
+
+    def levels(self) -> list[tuple[float, int]]:
+        """(seconds from the run's start, sessions running from then on), one per step."""
+        out = [(0.0, self.start)]
+        n = self.start
+        while n < self.end:
+            n = min(self.end, n + self.by)
+            out.append((len(out) * self.every_s, n))
+        return out
+
+    @property
+    def duration_s(self) -> float:
+        """When the run ends: the last step plus the hold."""
+        return self.levels()[-1][0] + self.hold_s
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "from": self.start,
+            "to": self.end,
+            "every_s": self.every_s,
+            "by": self.by,
+            "hold_s": self.hold_s,
+        }
 
 
 @dataclass(frozen=True)
@@ -58,6 +131,8 @@ class ProbeOptions:
     #: put before every session id ("w1-" gives "w1-s0"): keeps ids unique when the traces
     #: of several probes (Locust workers) are merged into one report
     session_prefix: str = ""
+    #: a load profile instead of ``sessions`` fixed sessions of ``turns`` turns
+    ramp: Ramp | None = None
 
     def __post_init__(self) -> None:
         if self.sessions < 1:
