@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from operator import attrgetter, itemgetter
-from typing import Any, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import numpy as np
 
@@ -44,6 +44,17 @@ from voiceaudit.model import Header
 from voiceaudit.probe.pacing import BROKE_NS, P99_GOAL_NS, PacingHistogram
 from voiceaudit.trace_io import Trace, TraceInfo, find_traces
 
+if TYPE_CHECKING:  # the gate imports this module: its types come in lazily
+    from voiceaudit.analysis.concurrency import ConcurrencyView
+    from voiceaudit.gate.budget import Increase
+
+
+def _default_knee_margin() -> Increase:
+    from voiceaudit.analysis.concurrency import DEFAULT_MARGIN
+
+    return DEFAULT_MARGIN
+
+
 REPORT_SCHEMA = "voiceaudit.report/1"
 VOICE_TO_VOICE = "voice_to_voice"
 #: An interval narrower than this (ms) is never called wide (see stats.summarize).
@@ -63,6 +74,8 @@ class ReportOptions:
     rules: FindingRules = field(default_factory=FindingRules)
     #: keep each turn's raw observations (the HTML waterfalls need them)
     keep_observations: bool = False
+    #: how far above one session's p95 the knee's level must be (see concurrency.py)
+    knee_margin: Increase = field(default_factory=lambda: _default_knee_margin())
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -264,6 +277,8 @@ class TurnReport:
     obs: TurnObs | None = None
     #: how late the probe sent this turn's frames (None: the trace does not say)
     pacing: TurnPacing | None = None
+    #: sessions of the run running when this turn's speech end was sent (None: not said)
+    concurrency: int | None = None
 
     @property
     def voice_to_voice_ns(self) -> int | None:
@@ -325,6 +340,8 @@ class TurnReport:
                 d[k] = v
         if self.pacing is not None:
             d["pacing"] = self.pacing.to_dict()
+        if self.concurrency is not None:
+            d["concurrency"] = self.concurrency
         return d
 
 
@@ -495,6 +512,16 @@ class Report:
         return pacing_summary(self.turns)
 
     @cached_property
+    def concurrency(self) -> ConcurrencyView | None:
+        """Voice-to-voice per concurrency level and the knee; None with one level."""
+        from voiceaudit.analysis.concurrency import concurrency_view
+
+        return concurrency_view(
+            ((t.concurrency, t.voice_to_voice_ns) for t in self.stats_turns),
+            margin=self.options.knee_margin,
+        )
+
+    @cached_property
     def counts(self) -> dict[str, int]:
         turns = self.turns
         return {
@@ -532,6 +559,8 @@ class Report:
             ],
             "warnings": list(self.warnings),
         }
+        if self.concurrency is not None:
+            d["concurrency"] = self.concurrency.to_dict()
         if turns:
             d["turns"] = [t.to_dict(with_run_id=multi) for t in self.turns]
         return d
@@ -565,6 +594,10 @@ def _failed_dict(t: TurnReport, multi: bool) -> dict[str, Any]:
 
 def _bool(v: Any) -> bool | None:
     return v if type(v) is bool else None
+
+
+def _int(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
 
 
 def _str(v: Any) -> str | None:
@@ -610,6 +643,7 @@ def turn_report(
         transcript=_str(obs.attrs("transcript.final").get("text")),
         obs=obs if opts.keep_observations else None,
         pacing=TurnPacing.from_obs(obs),
+        concurrency=_int(obs.attrs("input.speech_end_sent").get("concurrency")),
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import os
 import platform
 import re
@@ -337,6 +338,12 @@ class Probe:
         self.result = RunResult(trace_path)
         self.run_config = run_config or {}
         self._stop = asyncio.Event()
+        #: set when a ramp's profile is over: no new turns, the ones in flight finish
+        self._winding_down = asyncio.Event()
+        #: sessions running now (connected or connecting, not yet closed)
+        self._active = 0
+        #: in a ramp: the step (0-based) that started each slot
+        self._slot_level: dict[int, int] = {}
         #: the phase origin of every session's frame deadlines (see _phased)
         self._epoch_ns = self.clock.now_ns()
 
@@ -359,7 +366,8 @@ class Probe:
             clock={"name": self.clock.name, "resolution_ns": self.clock.resolution_ns()},
             anchors=(take_anchor(self.clock),),
             config={
-                "sessions": o.sessions,
+                "sessions": o.sessions if o.ramp is None else o.ramp.end,
+                **({} if o.ramp is None else {"ramp": o.ramp.describe()}),
                 "turns": o.turns,
                 "repeat": o.repeat,
                 "warmup": o.warmup,
@@ -376,15 +384,57 @@ class Probe:
         jb = self.options.jitter_buffer_ms
         return "immediate" if jb == 0 else f"jitter_buffer:{jb}"
 
-    def _turns_per_session(self) -> int:
+    def _turns_per_session(self) -> int | float:
         o = self.options
+        if o.ramp is not None:
+            return math.inf  # until the profile ends
         return o.turns if o.turns is not None else len(self.utterances) * o.repeat
+
+    @property
+    def _slots(self) -> int:
+        o = self.options
+        return o.sessions if o.ramp is None else o.ramp.end
+
+    async def _ramp(self, writer: TraceWriter) -> None:
+        """Start the profile's sessions step by step; wind down after the hold."""
+        ramp = self.options.ramp
+        assert ramp is not None
+        t0 = self.clock.now_ns()
+        tasks: list[asyncio.Task[None]] = []
+        started = 0
+        try:
+            for level, (at_s, n) in enumerate(ramp.levels()):
+                await self._sleep_until(t0 + round(at_s * NS_PER_S))
+                if self._stop.is_set():
+                    break
+                self._slot_level.update(dict.fromkeys(range(started, n), level))
+                self.observer.message(f"ramp: {n} session(s)")
+                tasks += [asyncio.create_task(self._slot(i, writer)) for i in range(started, n)]
+                started = n
+            await self._sleep_until(t0 + round(ramp.duration_s * NS_PER_S))
+            self._winding_down.set()
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _sleep_until(self, t_ns: int) -> None:
+        delay = (t_ns - self.clock.now_ns()) / NS_PER_S
+        if delay > 0:
+            await self._sleep(delay)
+
+    def _more_turns(self, turn: int, total: int | float) -> bool:
+        return turn < total and not (self._stop.is_set() or self._winding_down.is_set())
 
     async def run(self) -> RunResult:
         writer = TraceWriter(self.trace_path, self._header(), secrets=self.target.config.secrets())
         reason = "complete"
         try:
-            await asyncio.gather(*(self._slot(i, writer) for i in range(self.options.sessions)))
+            if self.options.ramp is not None:
+                await self._ramp(writer)
+            else:
+                await asyncio.gather(*(self._slot(i, writer) for i in range(self._slots)))
         except asyncio.CancelledError:
             reason = "interrupted"
             self.result.interrupted = True
@@ -400,17 +450,31 @@ class Probe:
         return self.result
 
     async def _slot(self, slot: int, writer: TraceWriter) -> None:
+        self._active += 1
+        try:
+            await self._slot_turns(slot, writer)
+        finally:
+            self._active -= 1
+
+    async def _slot_turns(self, slot: int, writer: TraceWriter) -> None:
         total = self._turns_per_session()
         turn = 0
         conn = 0
-        while turn < total and not self._stop.is_set():
+        while self._more_turns(turn, total):
             base = f"{self.options.session_prefix}s{slot}"
             sid = base if conn == 0 else f"{base}.{conn}"
             conn += 1
             sink = _Sink(writer, sid)
             ts = self.target.session(sink)
+            level = self._slot_level.get(slot)
             writer.event(
-                sid, None, self.clock.now_ns(), "probe", "session", "session.connect_start"
+                sid,
+                None,
+                self.clock.now_ns(),
+                "probe",
+                "session",
+                "session.connect_start",
+                None if level is None else {"ramp_step": level},
             )
             try:
                 await ts.open()
@@ -434,7 +498,7 @@ class Probe:
                 continue
             writer.event(sid, None, self.clock.now_ns(), "probe", "session", "session.connected")
             try:
-                while turn < total and not self._stop.is_set():
+                while self._more_turns(turn, total):
                     utt = self.utterances[(turn + slot) % len(self.utterances)]
                     healthy = await self._turn(ts, sink, writer, turn, utt, slot)
                     turn += 1
@@ -448,8 +512,13 @@ class Probe:
                 writer.commit()
 
     async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), seconds)
+        """Sleep, waking early on a stop or (in a ramp) at the profile's end."""
+        waiters = [asyncio.ensure_future(e.wait()) for e in (self._stop, self._winding_down)]
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
 
     def _record_failed(self, writer: TraceWriter, sid: str, turn: int, reason: str) -> None:
         warm = turn < self.options.warmup
@@ -473,7 +542,7 @@ class Probe:
         due spread over the frame period, as independent callers' would, instead of N at
         once (the last of such a burst would leave N sends late)."""
         period = max(1, round(frame_ns))
-        phase = self._epoch_ns + slot * period // self.options.sessions
+        phase = self._epoch_ns + slot * period // self._slots
         return earliest_ns + (phase - earliest_ns) % period
 
     async def _turn(
@@ -564,7 +633,8 @@ class Probe:
                     "probe",
                     "input",
                     "input.speech_end_sent",
-                    {"frame": k, "late_ns": t - deadline},
+                    # concurrency: the sessions running when the turn's speech ended
+                    {"frame": k, "late_ns": t - deadline, "concurrency": self._active},
                 )
                 await ts.speech_ended()
             k += 1
