@@ -30,7 +30,7 @@ from voiceaudit.clock import NS_PER_MS, NS_PER_S, MonotonicClock, take_anchor
 from voiceaudit.errors import TargetError, UsageError
 from voiceaudit.model import Header
 from voiceaudit.probe.pacing import BROKE_NS, P99_GOAL_NS, Pacer, PacingHistogram, pacing_attrs
-from voiceaudit.probe.playout import PLAYOUT_MODELS, Chunk, play_model
+from voiceaudit.probe.playout import PLAYOUT_MODELS, Chunk, play_model, playout_name
 from voiceaudit.probe.utterances import Utterance
 from voiceaudit.targets.base import Target, TargetSession
 from voiceaudit.trace_io import TraceWriter
@@ -381,8 +381,8 @@ class Probe:
         )
 
     def _playout_name(self) -> str:
-        jb = self.options.jitter_buffer_ms
-        return "immediate" if jb == 0 else f"jitter_buffer:{jb}"
+        o = self.options
+        return playout_name(o.playout, o.jitter_buffer_ms * NS_PER_MS)
 
     def _turns_per_session(self) -> int | float:
         o = self.options
@@ -755,7 +755,7 @@ class Probe:
                 "probe",
                 "reply",
                 "reply.playout_start",
-                {"model": self._playout_name()},
+                {"model": self._playout_name(), "wait_ns": p.wait_ns},
             )
             for u in p.underruns:
                 writer.event(
@@ -778,6 +778,8 @@ class Probe:
                     "samples": sum(c.samples for c in played),
                     "underruns": len(p.underruns),
                     "underrun_ns": sum(u.gap_ns for u in p.underruns),
+                    "buffer_ns": p.buffer_ns,
+                    **({} if p.target_ns is None else {"target_ns": p.target_ns}),
                 },
             )
             onset = first_audible(audio, rate)
