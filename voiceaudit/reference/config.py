@@ -34,6 +34,9 @@ INJECTION_NAMES = (
     "stage-delay",
     "rtp-jitter",
     "rtp-loss",
+    "barge-in-delay",
+    "no-barge-in",
+    "endpointing-silence",
 )
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ns|us|µs|ms|s)?\s*$")
@@ -87,6 +90,13 @@ class Injections:
     rtp_jitter_ns: int = 0
     #: WebRTC only: fraction of outgoing RTP packets dropped at random (seeded).
     rtp_loss: float = 0.0
+    #: Barge-in: reply audio keeps going out for this long after the VAD heard the caller.
+    barge_in_delay_ns: int = 0
+    #: Barge-in off: the caller's speech never stops a reply (nor does the next turn).
+    no_barge_in: bool = False
+    #: Endpointing silence forced on every session (overrides ``--silence-ms`` and what a
+    #: client asks for: ``silence_duration_ms``, ``?silence_ms=``); None leaves it alone.
+    endpointing_silence_ns: int | None = None
 
     @property
     def small_writes(self) -> bool:
@@ -114,6 +124,9 @@ class Injections:
             "stage_delay_ns": {s: int(self.stage_delay_ns[s]) for s in sorted(self.stage_delay_ns)},
             "rtp_jitter_ns": self.rtp_jitter_ns,
             "rtp_loss": self.rtp_loss,
+            "barge_in_delay_ns": self.barge_in_delay_ns,
+            "no_barge_in": self.no_barge_in,
+            "endpointing_silence_ns": self.endpointing_silence_ns,
         }
 
     def describe(self) -> list[str]:
@@ -143,7 +156,19 @@ class Injections:
             out.append(f"rtp-jitter={self.rtp_jitter_ns / NS_PER_MS:g}ms")
         if self.rtp_loss:
             out.append(f"rtp-loss={self.rtp_loss * 100:g}%")
+        if self.barge_in_delay_ns:
+            out.append(f"barge-in-delay={self.barge_in_delay_ns / NS_PER_MS:g}ms")
+        if self.no_barge_in:
+            out.append("no-barge-in")
+        if self.endpointing_silence_ns is not None:
+            out.append(f"endpointing-silence={self.endpointing_silence_ns / NS_PER_MS:g}ms")
         return out
+
+    def endpointing_silence_ms(self, asked_ms: int) -> int:
+        """The endpointing silence a session uses when ``asked_ms`` is what it asked for."""
+        if self.endpointing_silence_ns is None:
+            return asked_ms
+        return max(1, round(self.endpointing_silence_ns / NS_PER_MS))
 
 
 #: Default piece size for ``small-writes`` (bytes per socket write).
@@ -220,6 +245,15 @@ def apply_injection(inj: Injections, spec: str) -> Injections:
         if not 0 <= pct <= 100:
             raise UsageError(f"{what}: {pct:g}% is outside 0..100%")
         return replace(inj, rtp_loss=pct / 100)
+    if name == "barge-in-delay":
+        return replace(inj, barge_in_delay_ns=parse_duration_ns(need(), what=what))
+    if name == "no-barge-in":
+        return replace(inj, no_barge_in=_parse_switch(val, what=name))
+    if name == "endpointing-silence":
+        ns = parse_duration_ns(need(), what=what)
+        if not 10 * NS_PER_MS <= ns <= 10_000 * NS_PER_MS:
+            raise UsageError(f"{what}: {ns / NS_PER_MS:g}ms is outside 10ms..10s")
+        return replace(inj, endpointing_silence_ns=ns)
     raise UsageError(
         f"unknown injection {name!r}", hint="known injections: " + ", ".join(INJECTION_NAMES)
     )

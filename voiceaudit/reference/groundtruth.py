@@ -5,6 +5,13 @@ configuration, injections, clock); then one ``turn`` record per finished turn (o
 request), written and flushed as soon as the turn ends. Times are integer nanoseconds of
 ``time.monotonic_ns()`` in the server process — the same clock the probe reads on this
 host. A mark that did not happen is ``null``. See docs/reference-pipeline.md.
+
+Turn-taking: a turn whose reply the caller talked over carries ``barge_in`` (when the
+VAD heard the caller, what reply audio still went out after that, whether the reply was
+cut), ``cancel`` (a client's ``response.cancel``) and ``truncate`` (a client's
+``conversation.item.truncate``). A truncate that arrives after its turn was written is
+appended as its own ``{"record": "truncate", "session_id", "turn", ...}`` line (the file
+stays append-only); :func:`turn_records` folds those into their turns.
 """
 
 from __future__ import annotations
@@ -68,6 +75,16 @@ class TurnRecord:
     audio_messages: int = 0
     #: When each reply audio message was handed to the socket.
     audio_sent_ns: list[int] = field(default_factory=list)
+    #: Reply audio written, in samples at ``output_rate`` (exact; ``reply_audio_ns`` rounds).
+    reply_audio_samples: int = 0
+    #: The reply stopped before all its audio went out (barge-in, cancel, the next turn).
+    reply_cut: bool = False
+    #: The caller spoke during this turn's reply (see :meth:`barge_in_detected`).
+    barge_in: dict[str, Any] | None = None
+    #: A client's ``response.cancel`` for this turn's reply: ``t_ns``, ``event_id``.
+    cancel: dict[str, Any] | None = None
+    #: A client's ``conversation.item.truncate`` of this turn's reply item.
+    truncate: dict[str, Any] | None = None
     status: str = "in_progress"
     error: str | None = None
     #: stages already announced to the client (voiceaudit.reference.stages); not written
@@ -86,6 +103,56 @@ class TurnRecord:
 
     def add_injected(self, key: str, ns: int) -> None:
         self.injected[key] = int(self.injected.get(key, 0)) + int(ns)
+
+    def barge_in_detected(
+        self,
+        t_ns: int,
+        *,
+        turn: int | None,
+        speech_start_ms: int | None,
+        delay_ns: int | None,
+        sent_samples: int | None = None,
+    ) -> dict[str, Any]:
+        """The caller's speech was detected (server clock ``t_ns``) while this turn's reply
+        was being produced or sent. ``delay_ns`` is how long reply audio may still go out
+        (``None``: barge-in is off, the reply is not stopped). The first detection wins;
+        the audio fields are settled by :meth:`settle_barge_in` when the reply ends."""
+        if self.barge_in is None:
+            self.barge_in = {
+                "detected_ns": t_ns,
+                "by_turn": turn,
+                "speech_start_ms": speech_start_ms,
+                "delay_ns": delay_ns,
+                "stop_at_ns": None if delay_ns is None else t_ns + delay_ns,
+                "stopped_ns": None,
+                "last_audio_sent_ns": None,
+                "audio_after_samples": 0,
+                "audio_after_ns": 0,
+                "messages_after": 0,
+                "audio_before_samples": self.reply_audio_samples
+                if sent_samples is None
+                else sent_samples,
+                "cut": False,
+            }
+        return self.barge_in
+
+    def settle_barge_in(self, *, stopped_ns: int | None = None) -> None:
+        """Fill in the barge-in's audio fields from what was sent (call when the reply has
+        ended; idempotent)."""
+        b = self.barge_in
+        if b is None:
+            return
+        t = int(b["detected_ns"])
+        after = [s for s in self.audio_sent_ns if s > t]
+        b["messages_after"] = len(after)
+        b["last_audio_sent_ns"] = after[-1] if after else None
+        before = int(b["audio_before_samples"])
+        b["audio_after_samples"] = max(0, self.reply_audio_samples - before)
+        if self.output_rate:
+            b["audio_after_ns"] = round(b["audio_after_samples"] * 1e9 / self.output_rate)
+        b["cut"] = self.reply_cut
+        if b["stopped_ns"] is None:
+            b["stopped_ns"] = stopped_ns if stopped_ns is not None else now_ns()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -107,7 +174,12 @@ class TurnRecord:
                 "audio_end_ms": self.audio_end_ms,
                 "reply_audio_ns": self.reply_audio_ns,
                 "reply_audio_messages": self.audio_messages,
+                "reply_audio_samples": self.reply_audio_samples,
             },
+            "reply_cut": self.reply_cut,
+            "barge_in": None if self.barge_in is None else dict(self.barge_in),
+            "cancel": None if self.cancel is None else dict(self.cancel),
+            "truncate": None if self.truncate is None else dict(self.truncate),
             "transcript": self.transcript,
             "reply_text": self.reply_text,
             "tts_texts": list(self.tts_texts),
@@ -156,6 +228,24 @@ class GroundTruth:
             self.records.append(d)
             self._write(d)
 
+    def write_truncate(self, record: TurnRecord) -> None:
+        """``record.truncate`` arrived after ``record`` was written: append it as its own
+        line and update the in-memory turn."""
+        if record.truncate is None:
+            return
+        line = {
+            "record": "truncate",
+            "session_id": record.session_id,
+            "turn": record.turn,
+            **record.truncate,
+        }
+        with self._lock:
+            for d in reversed(self.records):
+                if d.get("session_id") == record.session_id and d.get("turn") == record.turn:
+                    d["truncate"] = dict(record.truncate)
+                    break
+            self._write(line)
+
     def close(self) -> None:
         with self._lock:
             if self._fh is not None:
@@ -185,3 +275,18 @@ def read_ground_truth(path: Path) -> list[dict[str, Any]]:
             if isinstance(obj, dict):
                 out.append(obj)
     return out
+
+
+def turn_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ``turn`` records of a ground-truth file (as :func:`read_ground_truth` returns
+    it), each with any later ``truncate`` record folded into its ``truncate`` field."""
+    turns = [dict(r) for r in records if r.get("record") == "turn"]
+    by_key = {(t.get("session_id"), t.get("turn")): t for t in turns}
+    for r in records:
+        if r.get("record") == "truncate":
+            t = by_key.get((r.get("session_id"), r.get("turn")))
+            if t is not None:
+                t["truncate"] = {
+                    k: v for k, v in r.items() if k not in ("record", "session_id", "turn")
+                }
+    return turns

@@ -32,8 +32,10 @@ from voiceaudit.reference.groundtruth import TurnRecord, now_ns
 from voiceaudit.reference.pipeline import (
     CTX_KEY,
     InputPipeline,
+    ReplyControl,
     ServerContext,
     Utterance,
+    barge_in,
     new_id,
     run_reply,
 )
@@ -97,6 +99,9 @@ class PcmSession:
         self.turn_index = 0
         self._record: TurnRecord | None = None
         self._response: asyncio.Task[None] | None = None
+        #: The running turn's record and its barge-in handle.
+        self._response_record: TurnRecord | None = None
+        self._response_control: ReplyControl | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._small = ctx.injections.small_writes_bytes
         self._odd = False
@@ -122,8 +127,18 @@ class PcmSession:
     # --- InputListener ---------------------------------------------------------------
 
     def on_speech_started(self, start: SpeechStart, t_ns: int) -> None:
-        if self._response is not None and not self._response.done():
-            self._response.cancel()  # barge-in
+        if self._response_record is not None:
+            # barge-in: the VAD heard the caller while the previous turn is answered; the
+            # reply stops after the barge-in delay (never with no-barge-in)
+            barge_in(
+                self.ctx,
+                self._response_record,
+                self._response,
+                self._response_control,
+                t_ns,
+                by_turn=self.turn_index,
+                speech_start_ms=start.speech_start_ms,
+            )
         record = self.ctx.new_record(self.id, self.turn_index, "pcm")
         self.turn_index += 1
         record.mark("speech_started", t_ns)
@@ -151,13 +166,31 @@ class PcmSession:
             record = self.ctx.new_record(self.id, self.turn_index, "pcm")
             self.turn_index += 1
             record.input_rate = self.rate
-        if self._response is not None and not self._response.done():
-            self._response.cancel()
-        self._response = asyncio.ensure_future(self._turn(record, stop, t_ns, transcript))
+        previous = self._response
+        if previous is not None and not previous.done():
+            if self.ctx.injections.no_barge_in:
+                pass  # never stops: this turn's reply waits for the previous one
+            else:
+                if self._response_control is not None:
+                    self._response_control.reason = self._response_control.reason or "next_turn"
+                previous.cancel()
+        control = ReplyControl()
+        self._response = asyncio.ensure_future(
+            self._turn(record, stop, t_ns, transcript, control, previous)
+        )
+        self._response_record = record
+        self._response_control = control
 
     async def _turn(
-        self, record: TurnRecord, stop: SpeechStop, t_ns: int, transcript: Awaitable[Utterance]
+        self,
+        record: TurnRecord,
+        stop: SpeechStop,
+        t_ns: int,
+        transcript: Awaitable[Utterance],
+        control: ReplyControl | None = None,
+        previous: asyncio.Task[None] | None = None,
     ) -> None:
+        reason: str | None = None
         try:
             if self.ctx.injections.stage_delay("vad"):
                 await self.ctx.stage_delay(record, "vad")
@@ -189,38 +222,59 @@ class PcmSession:
                 record.transcript = ""
                 record.error = utt.error
             await self.mark(record, "transcript_final", text=record.transcript, error=utt.error)
+            if previous is not None and not previous.done():
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(previous)  # no-barge-in: one reply at a time
             self.history.append(Message("user", record.transcript))
             sink = _PcmSink(self, record)
-            result = await run_reply(self.ctx, record, list(self.history), sink, self.rng)
+            result = await run_reply(
+                self.ctx, record, list(self.history), sink, self.rng, control=control
+            )
             await sink.finish()
-            if record.marks["last_audio_sent"] is not None:
-                await self.mark(
-                    record,
-                    "last_audio_sent",
-                    reply_audio_ms=record.reply_audio_ns / 1e6,
-                    messages=record.audio_messages,
-                )
             self.history.append(Message("assistant", result.text))
             record.status = result.status
+            if result.status == "cancelled":
+                reason = control.reason if control is not None else None
             if result.error:
                 record.error = result.error
         except asyncio.CancelledError:
             record.status = "cancelled"
+            reason = control.reason if control is not None else None
         finally:
+            if self._response is asyncio.current_task():
+                self._response_record = None
+                self._response_control = None
+            record.settle_barge_in()
             self.ctx.truth.write_turn(record)
             if not self._closed:
-                await self.send_json(
-                    {
-                        "type": "turn_done",
-                        "turn": record.turn,
-                        "t_ns": now_ns(),
-                        "status": record.status,
-                        "transcript": record.transcript,
-                        "reply_text": record.reply_text,
-                        "reply_audio_ms": record.reply_audio_ns / 1e6,
-                        "error": record.error,
-                    }
-                )
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._finish_events(record, reason)
+
+    async def _finish_events(self, record: TurnRecord, reason: str | None) -> None:
+        if record.marks["last_audio_sent"] is not None:
+            await self.mark(
+                record,
+                "last_audio_sent",
+                reply_audio_ms=record.reply_audio_ns / 1e6,
+                messages=record.audio_messages,
+            )
+        b = record.barge_in
+        await self.send_json(
+            {
+                "type": "turn_done",
+                "turn": record.turn,
+                "t_ns": now_ns(),
+                "status": record.status,
+                "transcript": record.transcript,
+                "reply_text": record.reply_text,
+                "reply_audio_ms": record.reply_audio_ns / 1e6,
+                "error": record.error,
+                "cut": record.reply_cut,
+                "reason": reason if record.status == "cancelled" else None,
+                "barge_in_ns": None if b is None else b["detected_ns"],
+                "reply_samples": record.reply_audio_samples,
+            }
+        )
 
     # --- lifetime --------------------------------------------------------------------
 
@@ -266,6 +320,16 @@ class PcmSession:
                 await self.error("commit_empty", "less than 100 ms of audio to commit")
         elif kind == "ping":
             await self.send_json({"type": "pong", "t_ns": now_ns()})
+        elif kind == "cancel":
+            task, record = self._response, self._response_record
+            if task is None or task.done() or record is None:
+                await self.error("cancel_not_active", "no reply to cancel")
+                return
+            if record.cancel is None:
+                record.cancel = {"t_ns": now_ns(), "event_id": None}
+            if self._response_control is not None:
+                self._response_control.reason = self._response_control.reason or "cancel"
+            task.cancel()
         else:
             await self.error("unknown_type", f"unknown control message type {kind!r}")
 

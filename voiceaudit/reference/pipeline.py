@@ -130,7 +130,9 @@ class InputPipeline:
         self.prefix_padding_ms = prefix_padding_ms
         self.vad_enabled = vad_enabled
         self._resampler = StreamResampler(input_rate, ASR_RATE)
-        self._endpointer = Endpointer(silence_ms=silence_ms, threshold=threshold)
+        self._endpointer = Endpointer(
+            silence_ms=ctx.injections.endpointing_silence_ms(silence_ms), threshold=threshold
+        )
         # 16 kHz history, so speech start can include the prefix padding.
         self._history = np.zeros(0, dtype=np.float32)
         self._history_start = 0  # sample index (16 kHz) of _history[0]
@@ -149,7 +151,7 @@ class InputPipeline:
         return self._pos * 1000 // ASR_RATE
 
     def configure(self, *, silence_ms: int, prefix_padding_ms: int, vad_enabled: bool) -> None:
-        self._endpointer.set_silence_ms(silence_ms)
+        self._endpointer.set_silence_ms(self.ctx.injections.endpointing_silence_ms(silence_ms))
         self.prefix_padding_ms = prefix_padding_ms
         self.vad_enabled = vad_enabled
 
@@ -365,6 +367,10 @@ class Pacer:
         self.pacing_wait_ns = 0
 
     async def wait(self, n_samples: int) -> None:
+        await self.sleep_until(self.plan(n_samples))
+
+    def plan(self, n_samples: int) -> int:
+        """When the next message (``n_samples`` long) may be written (monotonic ns)."""
         ready = now_ns()
         if self._t0 is None:
             self._t0 = ready
@@ -381,6 +387,9 @@ class Pacer:
             due += extra
         due = max(due, self._last_send)
         self._samples_before += n_samples
+        return due
+
+    async def sleep_until(self, due: int) -> None:
         wait = due - now_ns()
         if wait > 0:
             self.pacing_wait_ns += wait
@@ -403,6 +412,10 @@ class ReplyResult:
     text_tokens: int
     audio_ns: int
     error: str | None = None
+
+
+class _Halt(Exception):
+    """The speaker reached its barge-in stop time."""
 
 
 class Speaker:
@@ -435,6 +448,14 @@ class Speaker:
         self.pacer = Pacer(inj, self.out_rate, rng)
         self.pad = round(inj.leading_silence_ns * self.out_rate / 1e9)
         self.queue: asyncio.Queue[str | None] = asyncio.Queue()
+        #: Barge-in: no message due after this is written (None: not interrupted).
+        self.stop_at: int | None = None
+        #: The reply stopped before all its audio was written.
+        self.cut = False
+        #: Every text segment was synthesized and written.
+        self.complete = False
+        self._emitting = False
+        self._deadline: asyncio.TimerHandle | None = None
         self.task = asyncio.create_task(self._run(), name=f"speak-{record.session_id}")
 
     def say(self, text: str) -> None:
@@ -443,24 +464,71 @@ class Speaker:
     def end(self) -> None:
         self.queue.put_nowait(None)
 
+    def interrupt(self, stop_at_ns: int) -> None:
+        """Barge-in: no reply audio message due after ``stop_at_ns`` is written. Messages
+        due before it still go out (``barge-in-delay``); at ``stop_at_ns`` the speaker
+        stops, even while it waits for text or synthesis."""
+        if self.stop_at is not None and self.stop_at <= stop_at_ns:
+            return
+        self.stop_at = stop_at_ns
+        if self.task.done():
+            return
+        delay = max(0.0, (stop_at_ns - now_ns()) / 1e9)
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.call_later(delay, self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        # Inside _emit the speaker stops by itself at the first message due too late; a
+        # speaker waiting for text or synthesis is stopped here.
+        if not self._emitting and not self.task.done():
+            self.cut = True
+            self.task.cancel()
+
+    def _only_end_left(self) -> bool:
+        # the reply's text is over (only the end marker is queued): nothing is cut
+        return self.queue.qsize() == 1 and self.queue._queue[0] is None  # type: ignore[attr-defined]
+
+    def _past(self, t_ns: int) -> bool:
+        return self.stop_at is not None and t_ns > self.stop_at
+
     async def _emit(self, frames: list[F32]) -> None:
         record = self.record
-        for frame in frames:
-            await self.pacer.wait(frame.size)
-            t = now_ns()
-            record.mark("first_audio_sent", t)
-            record.mark("last_audio_sent", t, overwrite=True)
-            record.audio_sent_ns.append(t)
-            await self.sink.send_audio(frame)
-            record.audio_messages += 1
-            record.reply_audio_ns += round(frame.size * 1e9 / self.out_rate)
-            # Synthesis runs far ahead of real time; yield after every message so one
-            # reply's burst never holds the loop for more than one message's work.
-            await asyncio.sleep(0)
+        self._emitting = True
+        try:
+            for frame in frames:
+                due = self.pacer.plan(frame.size)
+                if self._past(due):
+                    raise _Halt
+                await self.pacer.sleep_until(due)
+                t = now_ns()
+                record.mark("first_audio_sent", t)
+                record.mark("last_audio_sent", t, overwrite=True)
+                record.audio_sent_ns.append(t)
+                await self.sink.send_audio(frame)
+                record.audio_messages += 1
+                record.reply_audio_ns += round(frame.size * 1e9 / self.out_rate)
+                record.reply_audio_samples += int(frame.size)
+                # Synthesis runs far ahead of real time; yield after every message so one
+                # reply's burst never holds the loop for more than one message's work.
+                await asyncio.sleep(0)
+        finally:
+            self._emitting = False
 
     async def _run(self) -> None:
+        try:
+            await self._speak()
+            self.complete = True
+        except _Halt:
+            self.cut = True
+        finally:
+            if self._deadline is not None:
+                self._deadline.cancel()
+
+    async def _speak(self) -> None:
         record, inj = self.record, self.ctx.injections
         while True:
+            if self._past(now_ns()) and not self._only_end_left():
+                raise _Halt
             segment = await self.queue.get()
             if segment is None:
                 break
@@ -479,6 +547,8 @@ class Speaker:
                     record.add_injected("leading_silence_total_ns", inj.leading_silence_ns)
                 first_piece = False
                 await self._emit(self.framer.push(x))
+                if self._past(now_ns()):
+                    raise _Halt
             await self._emit(self.framer.push(resampler.flush()))
             if not self.buffered:
                 await self._emit(self.framer.flush())
@@ -488,9 +558,21 @@ class Speaker:
         await self.task
 
     async def cancel(self) -> None:
+        if not self.task.done():
+            self.cut = True
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self.task
+
+    async def drain(self) -> None:
+        """After an interrupt: let the messages due before the stop time go out (the
+        speaker stops by itself at the first one due later), then end."""
+        if self.stop_at is None or self.task.done():
+            await self.cancel()
+            return
+        self.end()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.shield(self.task)
 
     def record_pacing(self) -> None:
         pacer, record = self.pacer, self.record
@@ -505,6 +587,15 @@ class Speaker:
 class _Silent:
     """Stands in for the Speaker in a text-only reply."""
 
+    complete = False
+    stop_at: int | None = None
+
+    def interrupt(self, stop_at_ns: int) -> None:
+        self.stop_at = stop_at_ns
+
+    async def drain(self) -> None:
+        return None
+
     def say(self, text: str) -> None:
         return None
 
@@ -512,13 +603,83 @@ class _Silent:
         return None
 
     async def wait(self) -> None:
-        return None
+        self.complete = True
 
     async def cancel(self) -> None:
         return None
 
     def record_pacing(self) -> None:
         return None
+
+
+class ReplyControl:
+    """A session's handle on one reply in progress: barge-in stops its speaker."""
+
+    def __init__(self) -> None:
+        self.speaker: Speaker | _Silent | None = None
+        self.stop_at: int | None = None
+        #: Why the reply ends early, first cause wins (``barge_in``, ``cancel``,
+        #: ``next_turn``; the session names them).
+        self.reason: str | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def attach(self, speaker: Speaker | _Silent) -> None:
+        self.speaker = speaker
+        if self.stop_at is not None:
+            speaker.interrupt(self.stop_at)
+
+    def interrupt(self, stop_at_ns: int) -> None:
+        if self.stop_at is None or stop_at_ns < self.stop_at:
+            self.stop_at = stop_at_ns
+        if self.speaker is not None:
+            self.speaker.interrupt(self.stop_at)
+
+    def stop(self, task: asyncio.Future[Any], stop_at_ns: int) -> None:
+        """Stop the reply (and end ``task``, the session's response) at ``stop_at_ns``:
+        messages due before it still go out."""
+        self.interrupt(stop_at_ns)
+        delay = (stop_at_ns - now_ns()) / 1e9
+        if delay <= 0:
+            task.cancel()
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(delay, task.cancel)
+
+    def forget(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+def barge_in(
+    ctx: ServerContext,
+    record: TurnRecord,
+    task: asyncio.Future[Any] | None,
+    control: ReplyControl | None,
+    t_ns: int,
+    *,
+    by_turn: int | None,
+    speech_start_ms: int | None,
+) -> bool:
+    """The VAD heard the caller (at ``t_ns``) while ``record``'s reply ran in ``task``:
+    record it, and stop the reply after the ``barge-in-delay`` (not at all with
+    ``no-barge-in``). Returns whether the reply will be stopped."""
+    if task is None or task.done() or record.status != "in_progress":
+        return False  # no reply running, or it is already over (sending its last events)
+    inj = ctx.injections
+    delay = None if inj.no_barge_in else inj.barge_in_delay_ns
+    record.barge_in_detected(t_ns, turn=by_turn, speech_start_ms=speech_start_ms, delay_ns=delay)
+    if delay is None:
+        return False
+    if delay:
+        record.injected["barge_in_delay_ns"] = delay
+    if control is None:
+        task.cancel()
+    else:
+        control.reason = control.reason or "barge_in"
+        control.stop(task, t_ns + delay)
+    return True
 
 
 async def run_reply(
@@ -530,11 +691,16 @@ async def run_reply(
     *,
     wpm: int | None = None,
     speak: bool = True,
+    control: ReplyControl | None = None,
 ) -> ReplyResult:
     """Produce one reply (spoken unless ``speak`` is False); every stage mark goes into
-    ``record``."""
+    ``record``. ``control`` lets the session stop it on barge-in: cancelling the task
+    that runs this after ``control.interrupt`` lets the reply audio due before the stop
+    time go out first (``record.reply_cut`` says whether any was left unsaid)."""
     inj = ctx.injections
     speaker: Speaker | _Silent = Speaker(ctx, record, sink, rng, wpm=wpm) if speak else _Silent()
+    if control is not None:
+        control.attach(speaker)
     reply_parts: list[str] = []
     tokens = 0
     status = "completed"
@@ -562,14 +728,26 @@ async def run_reply(
         speaker.end()
         await speaker.wait()
     except asyncio.CancelledError:
-        await speaker.cancel()
+        if speaker.stop_at is not None:
+            await speaker.drain()
+        else:
+            await speaker.cancel()
         speaker.record_pacing()
         record.reply_text = "".join(reply_parts).strip()
+        record.reply_cut = not speaker.complete
+        if control is not None:
+            control.forget()
         raise
     except Exception as exc:
         status = "failed"
         error = f"{type(exc).__name__}: {exc}"
         await speaker.cancel()
+    if control is not None:
+        control.forget()
+    if not speaker.complete and status == "completed":
+        # the speaker stopped itself (barge-in) before the session ended the reply
+        status = "cancelled"
+    record.reply_cut = not speaker.complete and status != "failed"
     speaker.record_pacing()
     record.reply_text = "".join(reply_parts).strip()
     return ReplyResult(

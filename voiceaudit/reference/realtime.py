@@ -52,8 +52,10 @@ from voiceaudit.reference.groundtruth import TurnRecord, now_ns
 from voiceaudit.reference.pipeline import (
     CTX_KEY,
     InputPipeline,
+    ReplyControl,
     ServerContext,
     Utterance,
+    barge_in,
     new_id,
     run_reply,
 )
@@ -179,6 +181,12 @@ class RealtimeSession:
         self._speech_item: str | None = None
         self._speech_record: TurnRecord | None = None
         self._response_task: asyncio.Task[None] | None = None
+        #: The running response's turn record and its barge-in handle.
+        self._response_record: TurnRecord | None = None
+        self._response_control: ReplyControl | None = None
+        #: Assistant audio items by id (conversation.item.truncate), and the turns written.
+        self._reply_items: dict[str, TurnRecord] = {}
+        self._written: set[int] = set()
         self._user_turns_in_flight = 0
         #: Why the running response would be cancelled (response.status_details.reason).
         self._cancel_reason = "turn_detected"
@@ -493,8 +501,22 @@ class RealtimeSession:
 
     def on_speech_started(self, start: SpeechStart, t_ns: int) -> None:
         td = self.turn_detection or {}
-        if td.get("interrupt_response", True) and self._response_task is not None:
-            self._response_task.cancel()
+        task = self._response_task
+        if td.get("interrupt_response", True) and task is not None and not task.done():
+            if self.turn_detection is None:
+                task.cancel()  # a manual commit during a response (no speech detection)
+            elif self._response_record is not None:
+                # barge-in: the VAD heard the caller while the reply runs
+                self._cancel_reason = "turn_detected"
+                barge_in(
+                    self.ctx,
+                    self._response_record,
+                    task,
+                    self._response_control,
+                    t_ns,
+                    by_turn=self.turn_index,
+                    speech_start_ms=start.speech_start_ms,
+                )
         item_id = new_id("item")
         record = self.ctx.new_record(self.id, self.turn_index, self._protocol_name())
         self.turn_index += 1
@@ -647,15 +669,30 @@ class RealtimeSession:
     def _start_response(self, record: TurnRecord) -> None:
         self._handed_over.add(id(record))
         self._cancel_reason = "turn_detected"
-        if self._response_task is not None and not self._response_task.done():
-            self._response_task.cancel()
-        task = asyncio.ensure_future(self._respond(record))
+        previous = self._response_task
+        if previous is not None and not previous.done():
+            if self.ctx.injections.no_barge_in:
+                pass  # never stops: the new response waits for the old one (below)
+            else:
+                previous.cancel()  # cut by the next turn
+        control = ReplyControl()
+        task = asyncio.ensure_future(self._respond(record, previous, control))
         task.add_done_callback(_log_failure)
         self._response_task = task
+        self._response_record = record
+        self._response_control = control
 
-    async def _respond(self, record: TurnRecord) -> None:
+    async def _respond(
+        self,
+        record: TurnRecord,
+        previous: asyncio.Task[None] | None = None,
+        control: ReplyControl | None = None,
+    ) -> None:
         try:
-            await self._respond_inner(record)
+            if previous is not None and not previous.done():
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(previous)
+            await self._respond_inner(record, control)
         except Exception as exc:
             log.error("reference response failed", exc_info=exc)
             record.status = "failed"
@@ -669,8 +706,10 @@ class RealtimeSession:
         finally:
             if self._response_task is asyncio.current_task():
                 self._response_task = None
+                self._response_record = None
+                self._response_control = None
 
-    async def _respond_inner(self, record: TurnRecord) -> None:
+    async def _respond_inner(self, record: TurnRecord, control: ReplyControl | None) -> None:
         resp_id = new_id("resp")
         item_id = new_id("item")
         audio_out = "audio" in self.output_modalities
@@ -723,6 +762,8 @@ class RealtimeSession:
         }
         prev = self.last_item_id
         self.last_item_id = item_id
+        if audio_out:
+            self._reply_items[item_id] = record
         await self.send(
             "response.output_item.added", response_id=resp_id, output_index=0, item=item
         )
@@ -757,17 +798,22 @@ class RealtimeSession:
                 self.rng,
                 wpm=round(self.ctx.config.words_per_minute * self.speed),
                 speak=audio_out,
+                control=control,
             )
             text, tokens, audio_ns = result.text, result.text_tokens, result.audio_ns
             if result.status == "failed":
                 status = "failed"
                 record.error = result.error
+            elif result.status == "cancelled":
+                status = "cancelled"  # the speaker stopped at its barge-in time
+                reason = self._cancel_reason
         except asyncio.CancelledError:
             status = "cancelled"
             reason = self._cancel_reason
             text = record.reply_text or ""
             audio_ns = record.reply_audio_ns
         record.status = status
+        record.settle_barge_in()
         self.history.append(Message("assistant", text))
         item_status = "completed" if status == "completed" else "incomplete"
         if audio_out:
@@ -816,6 +862,7 @@ class RealtimeSession:
                 }
             await send("response.done", response=final)
         self.ctx.truth.write_turn(record)
+        self._written.add(id(record))
 
     # --- client events ---------------------------------------------------------------
 
@@ -884,7 +931,18 @@ class RealtimeSession:
                     "response_cancel_not_active", "Cancellation failed: no active response found."
                 )
             self._cancel_reason = "client_cancelled"
+            if self._response_record is not None and self._response_record.cancel is None:
+                eid = event.get("event_id")
+                self._response_record.cancel = {
+                    "t_ns": now_ns(),
+                    "event_id": eid if isinstance(eid, str) else None,
+                    "response_id": event.get("response_id")
+                    if isinstance(event.get("response_id"), str)
+                    else None,
+                }
             task.cancel()
+        elif etype == "conversation.item.truncate":
+            await self._on_truncate(event)
         elif etype == "conversation.item.create":
             self._on_item_create(event)
             await self.send(
@@ -906,6 +964,62 @@ class RealtimeSession:
                 + ".",
                 "type",
             )
+
+    async def _on_truncate(self, event: dict[str, Any]) -> None:
+        """``conversation.item.truncate``: the client says how much of an assistant audio
+        item it played (``audio_end_ms``). Recorded in the turn's ground truth and
+        answered with ``conversation.item.truncated``; it does not stop a running reply
+        (``response.cancel`` or the caller's speech does)."""
+        t = now_ns()
+        item_id = event.get("item_id")
+        content_index = event.get("content_index", 0)
+        end_ms = event.get("audio_end_ms")
+        if not isinstance(item_id, str):
+            raise ProtocolError(
+                "missing_required_parameter", "Missing required parameter: 'item_id'.", "item_id"
+            )
+        if isinstance(end_ms, bool) or not isinstance(end_ms, int):
+            raise ProtocolError(
+                "missing_required_parameter",
+                "Missing required parameter: 'audio_end_ms' (an integer).",
+                "audio_end_ms",
+            )
+        if isinstance(content_index, bool) or content_index != 0:
+            raise ProtocolError(
+                "invalid_value", "Invalid 'content_index': only 0 is valid.", "content_index"
+            )
+        record = self._reply_items.get(item_id)
+        if record is None:
+            raise ProtocolError(
+                "invalid_value",
+                f"Invalid 'item_id': no assistant audio item with id '{item_id}'.",
+                "item_id",
+            )
+        sent_ms = record.reply_audio_ns / 1e6
+        if end_ms < 0 or end_ms > sent_ms + 1:
+            raise ProtocolError(
+                "invalid_value",
+                f"Invalid 'audio_end_ms': {end_ms} is outside the item's audio "
+                f"(0..{sent_ms:.0f} ms).",
+                "audio_end_ms",
+            )
+        eid = event.get("event_id")
+        record.truncate = {
+            "t_ns": t,
+            "item_id": item_id,
+            "content_index": 0,
+            "audio_end_ms": end_ms,
+            "event_id": eid if isinstance(eid, str) else None,
+            "reply_audio_ms_sent": round(sent_ms, 3),
+        }
+        if id(record) in self._written:
+            self.ctx.truth.write_truncate(record)
+        await self.send(
+            "conversation.item.truncated",
+            item_id=item_id,
+            content_index=0,
+            audio_end_ms=end_ms,
+        )
 
     def _on_item_create(self, event: dict[str, Any]) -> None:
         item = event.get("item")
