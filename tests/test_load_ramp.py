@@ -151,3 +151,52 @@ def test_ramp_recovers_latency_per_level_and_the_knee(tmp_path: Path) -> None:
 
     d = json.loads(report.to_json())
     assert [lv["concurrency"] for lv in d["concurrency"]["levels"]] == [1, 2, 3, 4, 5]
+
+    # Every report format shows the view and names the knee.
+    from voiceaudit.report import Format, render
+
+    for fmt in (Format.TERMINAL, Format.MARKDOWN, Format.HTML):
+        text = render(report, fmt, width=120)
+        assert "Voice-to-voice by concurrency" in text, fmt
+        assert f"knee at {view.knee} concurrent sessions" in text, fmt
+
+    # The gate budgets the knee: at or above the level found passes, above it fails.
+    from voiceaudit.gate import parse_budget, run_gate
+
+    assert view.knee is not None
+    ok = run_gate([trace], budget=parse_budget(f"[budget]\nknee = {{ min = {view.knee} }}\n"))
+    assert ok.passed, [c.detail for c in ok.checks]
+    bad = run_gate([trace], budget=parse_budget(f"[budget]\nknee = {{ min = {view.knee + 1} }}\n"))
+    assert not bad.passed and bad.checks[0].observed == view.knee
+    # No knee, but the traces never reached the level asked for: no evidence, no pass.
+    far = parse_budget('[budget]\nknee = { min = 9, margin = "60ms" }\n')
+    unseen = run_gate([trace], budget=far)
+    assert not unseen.passed and unseen.checks[0].problem == "not enough turns"
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--ramp", "5:1:10s"], "FROM <= TO"),
+        (["--ramp", "1:5"], "FROM:TO:EVERY"),
+        (["--ramp", "1:5:soon"], "not a duration"),
+        (["--ramp", "1:5:10s:0"], "BY must be at least 1"),
+        (["--ramp", "1:5:10s", "--sessions", "3"], "leave out --sessions"),
+        (["--hold", "10s"], "--hold goes with --ramp"),
+        (["--ramp", "1:5:10s", "--hold", "-1s"], "not a duration"),
+        (["--playout", "magic"], "unknown playout model"),
+    ],
+)
+def test_bad_ramp_options_give_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], needle: str
+) -> None:
+    from voiceaudit.cli import run
+    from voiceaudit.errors import ExitCode
+
+    rc = run(["run", "--out", str(tmp_path / "run"), *args])
+    err = capsys.readouterr().err
+    assert rc == ExitCode.USAGE, err
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines[0].startswith("error:") and len(lines) <= 2 and needle in err, err
+    assert not (tmp_path / "run").exists()

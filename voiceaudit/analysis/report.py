@@ -740,6 +740,7 @@ def build_report(
     progress: Progress | None = None,
     label: str = "",
     wire_marks: Mapping[tuple[str, int], int] | None = None,
+    knee_margin: Increase | None = None,
 ) -> Report:
     """Build the report of one or more traces (merged into one population).
 
@@ -757,6 +758,7 @@ def build_report(
         mark_time=mark_time,
         rules=rules or FindingRules(),
         keep_observations=keep_observations,
+        knee_margin=knee_margin or _default_knee_margin(),
     )
     items: list[TraceInput] = []
     for t in traces:

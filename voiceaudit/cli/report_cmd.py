@@ -65,6 +65,12 @@ def register(app: typer.Typer) -> None:
         alpha: float = typer.Option(
             0.05, "--alpha", help="Significance level of a comparison (Holm-corrected)."
         ),
+        knee_margin: str = typer.Option(
+            "10%",
+            "--knee-margin",
+            help="Latency by concurrency: the knee is the lowest level whose p95 is "
+            "significantly more than this above one session's ('10%' or '50ms').",
+        ),
         pcap: Path | None = typer.Option(
             None,
             "--pcap",
@@ -83,9 +89,16 @@ def register(app: typer.Typer) -> None:
     ) -> int:
         """Attribute voice-to-voice latency to stages, find hidden delays, give statistics."""
         from voiceaudit.analysis import build_report, compare
+        from voiceaudit.gate.budget import parse_increase
         from voiceaudit.report import Format, print_to, render
 
         chosen = _format(fmt, output)
+        margin = parse_increase(knee_margin)
+        if margin is None:
+            raise UsageError(
+                f"--knee-margin {knee_margin!r} is neither a percentage nor a duration",
+                hint="write it like 10% or 50ms",
+            )
         if len(traces) > 2 and not merge:
             raise UsageError(
                 f"{len(traces)} traces given: give one (a report) or two (a comparison)",
@@ -117,6 +130,7 @@ def register(app: typer.Typer) -> None:
                     progress=progress,
                     label=", ".join(_label(p) for p in g),
                     wire_marks=None if join is None else join.wire_marks(),
+                    knee_margin=margin,
                 )
                 for g in groups
             ]

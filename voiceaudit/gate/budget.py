@@ -117,6 +117,18 @@ class Increase:
         return f"+{_num(self.absolute_ms)} ms"
 
 
+def parse_increase(text: str) -> Increase | None:
+    """ "10%" or "50ms" (or "0.05s"); None when it is neither."""
+    m = _PERCENT.match(text)
+    if m is not None:
+        return Increase(relative=float(m.group(1)) / 100.0)
+    d = _DURATION.match(text)
+    if d is not None:
+        x = float(d.group(1))
+        return Increase(absolute_ms=x if d.group(2) == "ms" else x * 1000.0)
+    return None
+
+
 def _num(x: float) -> str:
     return f"{x:g}" if abs(x) < 1e6 else f"{x:.0f}"
 
@@ -146,6 +158,17 @@ class FailedTurnsLimit:
 
     max_count: int | None = None
     max_share: float | None = None
+    line: int | None = None
+
+
+@dataclass(frozen=True)
+class KneeLimit:
+    """``knee = { min = 40, margin = "10%" }``: the latency knee (report's concurrency
+    view) is at ``min`` concurrent sessions or more; no knee passes only when the traces
+    measured ``min`` sessions or more."""
+
+    min_sessions: int
+    margin: Increase = field(default_factory=lambda: Increase(relative=0.10))
     line: int | None = None
 
 
@@ -184,6 +207,7 @@ class Budget:
     min_turns: int | None = None
     min_turns_line: int | None = None
     regression: Regression | None = None
+    knee: KneeLimit | None = None
     #: key paths → lines, for messages
     lines: Mapping[KeyPath, int] = field(default_factory=dict, compare=False, repr=False)
 
@@ -194,6 +218,7 @@ class Budget:
             and self.failed_turns is None
             and self.min_turns is None
             and self.regression is None
+            and self.knee is None
         )
 
     def with_baseline(self, baseline: Sequence[Path]) -> Budget:
@@ -324,6 +349,7 @@ class _Parser:
         failed: FailedTurnsLimit | None = None
         min_turns: int | None = None
         min_turns_line: int | None = None
+        knee: KneeLimit | None = None
         if "budget" in doc:
             at = (*root, "budget")
             table = self.table(doc["budget"], at, "budget")
@@ -334,6 +360,8 @@ class _Parser:
                     min_turns_line = self.line(here)
                 elif key == "failed_turns":
                     failed = self.failed_turns(value, here)
+                elif key == "knee":
+                    knee = self.knee(value, here)
                 elif key == "segment" and isinstance(value, dict):
                     # segment.NAME = {...} written as a dotted key or a [budget.segment] table
                     for seg, sub in value.items():
@@ -350,6 +378,7 @@ class _Parser:
             min_turns=min_turns,
             min_turns_line=min_turns_line,
             regression=regression,
+            knee=knee,
             lines=dict(self.lines),
         )
         if budget.empty:
@@ -388,14 +417,14 @@ class _Parser:
                 hint="segments are named segment.NAME",
             )
         close = difflib.get_close_matches(
-            name, [*METRICS, "failed_turns", "min_turns"], n=1, cutoff=0.6
+            name, [*METRICS, "failed_turns", "min_turns", "knee"], n=1, cutoff=0.6
         )
         extra = f" (did you mean {close[0]!r}?)" if close else ""
         self.fail(
             at,
             f"unknown metric {name!r}{extra}",
             hint="metrics: voice_to_voice, segment.NAME (a ledger segment), failed_turns, "
-            "min_turns",
+            "min_turns, knee",
         )
 
     def metric_limits(self, name: str, value: Any, at: KeyPath) -> list[Limit]:
@@ -447,6 +476,22 @@ class _Parser:
         if max_count is None and max_share is None:
             self.fail(at, "failed_turns: no limit given", hint="write failed_turns = { max = 0 }")
         return FailedTurnsLimit(max_count, max_share, self.line(at))
+
+    def knee(self, value: Any, at: KeyPath) -> KneeLimit:
+        table = self.table(value, at, "knee")
+        minimum: int | None = None
+        margin = Increase(relative=0.10)
+        for key, v in table.items():
+            here = (*at, key)
+            if key == "min":
+                minimum = self.count(v, here, "knee.min", minimum=2)
+            elif key == "margin":
+                margin = self.increase(v, here)
+            else:
+                self.unknown(here, "knee key", ["min", "margin"])
+        if minimum is None:
+            self.fail(at, "knee: no limit given", hint="write knee = { min = 40 }")
+        return KneeLimit(minimum, margin, self.line(at))
 
     def regression(self, value: Any, at: KeyPath) -> Regression:
         table = self.table(value, at, "regression")
@@ -570,17 +615,12 @@ class _Parser:
         self.fail(at, f"{what}: {value!r} is not a percentage", hint='write it like "5%"')
 
     def increase(self, value: Any, at: KeyPath) -> Increase:
-        if isinstance(value, str):
-            m = _PERCENT.match(value)
-            if m is not None:
-                return Increase(relative=float(m.group(1)) / 100.0)
-            d = _DURATION.match(value)
-            if d is not None:
-                x = float(d.group(1))
-                return Increase(absolute_ms=x if d.group(2) == "ms" else x * 1000.0)
+        inc = parse_increase(value) if isinstance(value, str) else None
+        if inc is not None:
+            return inc
         self.fail(
             at,
-            f"max_increase: {value!r} is neither a percentage nor a duration",
+            f"{at[-1] if at else 'max_increase'}: {value!r} is neither a percentage nor a duration",
             hint='write it like "10%" or "50ms"',
         )
 

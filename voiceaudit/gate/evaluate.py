@@ -50,6 +50,7 @@ from voiceaudit.gate.budget import (
     VOICE_TO_VOICE,
     Budget,
     Figure,
+    KneeLimit,
     Regression,
     RegressionMetric,
 )
@@ -61,7 +62,7 @@ from voiceaudit.gate.significance import (
     mann_whitney_greater,
 )
 
-CheckKind = Literal["turns", "failed_turns", "budget", "regression"]
+CheckKind = Literal["turns", "failed_turns", "budget", "regression", "knee"]
 
 
 @dataclass(frozen=True)
@@ -339,6 +340,8 @@ def evaluate(budget: Budget, current: Report, baseline: Report | None = None) ->
         )
     if budget.failed_turns is not None:
         checks.append(_failed_turns_check(budget, current))
+    if budget.knee is not None:
+        checks.append(_knee_check(budget.knee, current))
     for limit in budget.limits:
         min_turns = limit.min_turns if limit.min_turns is not None else budget.min_turns
         checks.append(
@@ -383,6 +386,56 @@ def evaluate(budget: Budget, current: Report, baseline: Report | None = None) ->
         baseline=baseline,
         differences=differences,
         warnings=tuple(dict.fromkeys(warnings)),
+    )
+
+
+def _knee_check(limit: KneeLimit, report: Report) -> Check:
+    """The knee is at ``limit.min_sessions`` or above; with no knee, the traces must have
+    measured that many sessions (fail closed: no evidence is no pass)."""
+    from voiceaudit.analysis.concurrency import concurrency_view
+
+    view = concurrency_view(
+        ((t.concurrency, t.voice_to_voice_ns) for t in report.stats_turns), margin=limit.margin
+    )
+    want = limit.min_sessions
+    name = f"knee >= {want} sessions (p95 {limit.margin})"
+    common: dict[str, Any] = {
+        "kind": "knee",
+        "name": name,
+        "metric": "knee",
+        "unit": "sessions",
+        "limit": float(want),
+        "line": limit.line,
+    }
+    if view is None:
+        levels = {t.concurrency for t in report.stats_turns if t.concurrency is not None}
+        return Check(
+            passed=False,
+            detail=f"{len(levels)} concurrency level(s) in the traces: no knee can be told "
+            "(record a ramp: voiceaudit run --ramp)",
+            problem="not in the traces",
+            **common,
+        )
+    n = sum(lv.turns for lv in view.levels)
+    if view.knee is not None:
+        ok = view.knee >= want
+        return Check(
+            passed=ok,
+            detail=view.describe_knee() + ("" if ok else f", below {want}"),
+            problem=None if ok else "over the limit",
+            observed=float(view.knee),
+            n=n,
+            **common,
+        )
+    ok = view.highest >= want
+    return Check(
+        passed=ok,
+        detail=view.describe_knee()
+        + ("" if ok else f"; the traces reach {view.highest} sessions, not {want}"),
+        problem=None if ok else "not enough turns",
+        observed=None,
+        n=n,
+        **common,
     )
 
 

@@ -163,3 +163,34 @@ def pacing_line(report: Report) -> str | None:
     broke = f"{len(ps.broke)} turn(s) with a frame over {BROKE_NS / 1e6:g} ms late (marked)"
     parts.append(broke if ps.broke else "no turn broke")
     return "probe pacing: " + ", ".join(parts)
+
+
+CONCURRENCY_HEAD = ["sessions", "turns", "p50 ms", "p95 ms", "p (Holm)", ""]
+
+
+def concurrency_rows(report: Report) -> list[list[str]]:
+    """The latency-vs-concurrency table: one row per level (empty with one level)."""
+    view = report.concurrency
+    if view is None:
+        return []
+    rows = []
+    for lv in view.levels:
+        if lv.concurrency == view.baseline:
+            note = "baseline"
+        elif lv.p_value is None:
+            note = f"not tested (< {view.min_turns} turns)"
+        elif lv.concurrency == view.knee:
+            note = "knee"
+        else:
+            note = "above" if lv.above else ""
+        p = "" if lv.p_value is None else f"{lv.p_value:.3g}"
+        rows.append(
+            [str(lv.concurrency), str(lv.turns), fmt_ms(lv.p50_ms), fmt_ms(lv.p95_ms), p, note]
+        )
+    return rows
+
+
+def knee_line(report: Report) -> str | None:
+    """The knee in one sentence (None with one concurrency level)."""
+    view = report.concurrency
+    return None if view is None else view.describe_knee()

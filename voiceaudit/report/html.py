@@ -17,10 +17,13 @@ from voiceaudit.analysis.report import VOICE_TO_VOICE, Report, TurnReport
 from voiceaudit.report import plots
 from voiceaudit.report.common import (
     COLUMNS,
+    CONCURRENCY_HEAD,
     MAX_FAILED_LISTED,
     MAX_TURNS_LISTED,
     UNRELIABLE_MARK,
+    concurrency_rows,
     fmt_ms,
+    knee_line,
     label,
     metric_rows,
     pacing_line,
@@ -174,6 +177,18 @@ def _waterfalls(report: Report) -> list[str]:
     return out
 
 
+def _concurrency(report: Report) -> list[str]:
+    rows = concurrency_rows(report)
+    if not rows:
+        return []
+    return [
+        "<h2>Voice-to-voice by concurrency</h2>",
+        f"<p>{esc(knee_line(report))}.</p>",
+        _img(plots.concurrency_png(report), "voice-to-voice p50 and p95 per concurrency level"),
+        _table(CONCURRENCY_HEAD, ([esc(c) for c in r] for r in rows)),
+    ]
+
+
 def _failed(report: Report) -> list[str]:
     failed = report.failed_turns
     if not failed:
@@ -258,6 +273,7 @@ def render_report(report: Report) -> str:
             ),
         ]
         body += _findings(report)
+        body += _concurrency(report)
         body += _waterfalls(report)
     else:
         body.append('<p class="fail"><b>No successful turns: no statistics.</b></p>')

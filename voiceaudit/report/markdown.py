@@ -12,9 +12,12 @@ from voiceaudit.analysis.compare import Comparison
 from voiceaudit.analysis.report import VOICE_TO_VOICE, Report
 from voiceaudit.report.common import (
     COLUMNS,
+    CONCURRENCY_HEAD,
     MAX_FAILED_LISTED,
     UNRELIABLE_MARK,
+    concurrency_rows,
     fmt_ms,
+    knee_line,
     label,
     metric_rows,
     pacing_line,
@@ -105,6 +108,11 @@ def render_report(report: Report) -> str:
         else:
             lines.append("No hidden delays found.")
         lines.append("")
+        crows = concurrency_rows(report)
+        if crows:
+            lines += ["### Voice-to-voice by concurrency", "", md(knee_line(report)) + ".", ""]
+            lines.append(_table(CONCURRENCY_HEAD, crows, {0, 1, 2, 3, 4}))
+            lines.append("")
     else:
         lines += ["**No successful turns: no statistics.**", ""]
     failed = report.failed_turns

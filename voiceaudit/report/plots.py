@@ -71,6 +71,37 @@ def cdf_png(series: Sequence[tuple[str, FloatArray]]) -> bytes:
         return _png(fig)
 
 
+def concurrency_png(report: Report) -> bytes:
+    """Voice-to-voice p50 and p95 per concurrency level, the baseline's p95 plus the knee
+    margin, and the knee."""
+    view = report.concurrency
+    if view is None:
+        raise ValueError("one concurrency level: nothing to draw")
+    plt = _plt()
+    x = [lv.concurrency for lv in view.levels]
+    with plt.rc_context(_RC):
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+        ax.plot(x, [lv.p50_ms for lv in view.levels], marker="o", label="p50")
+        ax.plot(x, [lv.p95_ms for lv in view.levels], marker="s", label="p95")
+        base = view.levels[0].p95_ms
+        ax.axhline(
+            view.margin.allowed(base),
+            color="#d62728",
+            lw=0.8,
+            ls="--",
+            label=f"baseline p95 {view.margin}",
+        )
+        if view.knee is not None:
+            ax.axvline(view.knee, color="#d62728", lw=0.8, label=f"knee ({view.knee})")
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("concurrent sessions")
+        ax.set_ylabel("voice-to-voice (ms)")
+        ax.legend(loc="upper left", frameon=False)
+        return _png(fig)
+
+
 def budget_png(report: Report) -> bytes:
     """Stacked budget by segment: the mean turn, then every turn sorted by voice-to-voice."""
     plt = _plt()

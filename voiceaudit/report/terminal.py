@@ -11,9 +11,12 @@ from voiceaudit.analysis.report import VOICE_TO_VOICE, Report
 from voiceaudit.report.common import (
     COLOURS,
     COLUMNS,
+    CONCURRENCY_HEAD,
     MAX_FAILED_LISTED,
     UNRELIABLE_MARK,
+    concurrency_rows,
     fmt_ms,
+    knee_line,
     label,
     metric_rows,
     pacing_line,
@@ -109,6 +112,25 @@ def _findings(report: Report) -> RenderableType:
     return table
 
 
+def _concurrency(report: Report) -> RenderableType:
+    rows = concurrency_rows(report)
+    if not rows:
+        return Text("")
+    table = Table(
+        title="Voice-to-voice by concurrency",
+        title_justify="left",
+        show_edge=False,
+        pad_edge=False,
+        caption=knee_line(report),
+        caption_justify="left",
+    )
+    for i, h in enumerate(CONCURRENCY_HEAD):
+        table.add_column(h, justify="left" if i == len(CONCURRENCY_HEAD) - 1 else "right")
+    for r in rows:
+        table.add_row(*r, style="bold" if r[-1] == "knee" else "")
+    return Group(Text(""), table)
+
+
 def _failed(report: Report) -> RenderableType:
     failed = report.failed_turns
     if not failed:
@@ -141,6 +163,8 @@ def render_report(report: Report, console: Console) -> None:
     if report.stats_turns:
         colour = console.color_system is not None
         parts += [_summary_table(report), Text(""), _budget(report, colour), _findings(report)]
+        if report.concurrency is not None:
+            parts.append(_concurrency(report))
     else:
         parts.append(Text("No successful turns: no statistics.", style="bold red"))
     parts += [Text(""), _failed(report), _notes(report)]
