@@ -55,8 +55,10 @@ from voiceaudit.reference.groundtruth import TurnRecord, now_ns
 from voiceaudit.reference.pipeline import (
     CTX_KEY,
     InputPipeline,
+    ReplyControl,
     ServerContext,
     Utterance,
+    barge_in,
     new_id,
     run_reply,
 )
@@ -96,7 +98,7 @@ class _OutTrack:
                 delay = (due - time.monotonic_ns()) / 1e9
                 if delay > 0:
                     await asyncio.sleep(delay)
-                pcm = session.next_frame(time.monotonic_ns(), self._k * FRAME)
+                pcm = session.next_frame(time.monotonic_ns(), self._k * FRAME, due)
                 frame = av.AudioFrame(format="s16", layout="mono", samples=FRAME)
                 frame.planes[0].update(pcm)
                 frame.sample_rate = RATE
@@ -153,6 +155,21 @@ class WebRTCSession:
         self.stage_events = False
         #: id(record) -> media time (pts, 48 kHz samples) of the reply's first frame
         self._first_pts: dict[int, int] = {}
+        #: The running turn's record and its barge-in handle.
+        self._response_record: TurnRecord | None = None
+        self._control: ReplyControl | None = None
+        #: id(record) -> barge-in stop time: no frame due after it carries that reply
+        self._stop_at: dict[int, int] = {}
+        #: id(record) -> reply samples the track has taken (what went out on RTP)
+        self._taken: dict[int, int] = {}
+        #: id(record) -> its reply audio was dropped before it all went out
+        self._cut: set[int] = set()
+        #: reply item ids (conversation.item.truncate) and the turns already written
+        self._items: dict[str, TurnRecord] = {}
+        self._ids: dict[int, tuple[str, str]] = {}
+        #: id(record) -> media time of the reply's last frame on the track
+        self._last_pts: dict[int, int] = {}
+        self._written: set[int] = set()
 
     # -- events on the data channel ---------------------------------------------------
 
@@ -175,6 +192,9 @@ class WebRTCSession:
             if stage == "first_audio_sent" and id(record) in self._first_pts:
                 # which frame of the continuous stream is the reply's first
                 extra["pts"] = self._first_pts[id(record)]
+            if stage == "last_audio_sent" and id(record) in self._last_pts:
+                # the media time just after the reply's last frame (its end in the stream)
+                extra["end_pts"] = self._last_pts[id(record)] + FRAME
             self.event(STAGE_EVENT, stage=stage, turn=record.turn, t_ns=t, **extra)
 
     # -- input ------------------------------------------------------------------------
@@ -199,8 +219,23 @@ class WebRTCSession:
             return
 
     def on_speech_started(self, start: SpeechStart, t_ns: int) -> None:
-        if self._response is not None and not self._response.done():
-            self._response.cancel()
+        old = self._response_record
+        if old is not None:
+            # barge-in: the VAD heard the caller while the previous reply runs or plays
+            taken = self._taken.get(id(old), 0)
+            if barge_in(
+                self.ctx,
+                old,
+                self._response,
+                self._control,
+                t_ns,
+                by_turn=self.turn_index,
+                speech_start_ms=start.speech_start_ms,
+            ):
+                assert old.barge_in is not None
+                self._stop_at[id(old)] = int(old.barge_in["stop_at_ns"])
+            if old.barge_in is not None and old.barge_in["detected_ns"] == t_ns:
+                old.barge_in["audio_before_samples"] = taken
         record = self.ctx.new_record(self.id, self.turn_index, "webrtc")
         self.turn_index += 1
         record.mark("speech_started", t_ns)
@@ -220,11 +255,33 @@ class WebRTCSession:
             record = self.ctx.new_record(self.id, self.turn_index, "webrtc")
             self.turn_index += 1
             record.input_rate = RATE
-        if self._response is not None and not self._response.done():
-            self._response.cancel()
-        self._response = asyncio.ensure_future(self._turn(record, stop, t_ns, transcript))
+        previous = self._response
+        if previous is not None and not previous.done():
+            if self.ctx.injections.no_barge_in:
+                pass  # never stops: this reply plays after the previous one
+            else:
+                if self._control is not None:
+                    self._control.reason = self._control.reason or "next_turn"
+                previous.cancel()
+        control = ReplyControl()
+        self._response = asyncio.ensure_future(
+            self._turn(record, stop, t_ns, transcript, control, previous)
+        )
+        self._response_record = record
+        self._control = control
 
-    async def _turn(self, record: TurnRecord, stop: SpeechStop, t_ns: int, transcript: Any) -> None:
+    async def _turn(
+        self,
+        record: TurnRecord,
+        stop: SpeechStop,
+        t_ns: int,
+        transcript: Any,
+        control: ReplyControl | None = None,
+        previous: asyncio.Future[None] | None = None,
+    ) -> None:
+        resp_id, item_id = new_id("resp"), new_id("item")
+        self._ids[id(record)] = (resp_id, item_id)
+        started = False
         try:
             record.mark("vad_stop", t_ns)
             record.marks["speech_end_received"] = self.input.last_voiced_arrival_ns
@@ -242,34 +299,97 @@ class WebRTCSession:
                 transcript=record.transcript,
             )
             self.announce(record)
+            if previous is not None and not previous.done():
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(previous)  # no-barge-in: one reply at a time
             self.history.append(Message("user", record.transcript))
             record.mark("llm_request")  # the response starts here: response.created follows
-            self.event("response.created")
+            self.event("response.created", response={"id": resp_id, "status": "in_progress"})
+            started = True
+            self._items[item_id] = record
             self.announce(record)
             self._sent[id(record)] = []
             result = await run_reply(
-                self.ctx, record, list(self.history), _ReplySink(self, record), self.rng
+                self.ctx,
+                record,
+                list(self.history),
+                _ReplySink(self, record),
+                self.rng,
+                control=control,
             )
-            # wait until the track has played the whole reply
+            # wait until the track has played the whole reply (or dropped it at barge-in)
             while any(r is record for r, _ in self._out):
                 await asyncio.sleep(0.02)
-            sent = self._sent.pop(id(record), [])
-            self._first_pts.pop(id(record), None)
-            record.audio_sent_ns = sent
-            if sent:
-                record.mark("first_audio_sent", sent[0], overwrite=True)
-                record.mark("last_audio_sent", sent[-1], overwrite=True)
             self.history.append(Message("assistant", result.text))
             record.status = result.status
             record.error = result.error
-            self.announce(record, final=True)
-            self.event("output_audio_buffer.stopped")
-            self.event("response.done", response={"status": record.status})
+            if id(record) in self._cut:
+                record.status = "cancelled"
         except asyncio.CancelledError:
             record.status = "cancelled"
         finally:
-            self._record_rtp(record)
-            self.ctx.truth.write_turn(record)
+            self._finish(record, control, started)
+
+    def _finish(self, record: TurnRecord, control: ReplyControl | None, started: bool) -> None:
+        """The turn is over: drop what the track has not played, settle the ground truth,
+        tell the data channel, write the record."""
+        key = id(record)
+        if self._response_record is record:
+            self._response_record = None
+            self._control = None
+        if record.status == "cancelled":
+            self._drop(record)
+        sent = self._sent.pop(key, [])
+        self._stop_at.pop(key, None)
+        taken = self._taken.pop(key, 0)
+        record.audio_sent_ns = sent
+        if sent:
+            record.mark("first_audio_sent", sent[0], overwrite=True)
+            record.mark("last_audio_sent", sent[-1], overwrite=True)
+        if key in self._cut or record.reply_audio_samples != taken:
+            # what went out on the track, not what synthesis produced
+            record.reply_audio_samples = taken
+            record.reply_audio_ns = round(taken * 1e9 / RATE)
+            record.audio_messages = len(sent)
+        record.reply_cut = record.reply_cut or key in self._cut
+        self._cut.discard(key)
+        record.settle_barge_in()
+        if started:
+            resp_id, item_id = self._ids.get(key, ("", ""))
+            self.announce(record, final=True)
+            response: dict[str, Any] = {"id": resp_id, "status": record.status}
+            if record.status == "cancelled":
+                reason = control.reason if control is not None else None
+                response["status_details"] = {
+                    "type": "cancelled",
+                    "reason": "client_cancelled" if reason == "cancel" else "turn_detected",
+                }
+                self.event("output_audio_buffer.cleared", response_id=resp_id)
+            else:
+                self.event("output_audio_buffer.stopped", response_id=resp_id)
+            response["output"] = [{"id": item_id, "type": "message", "role": "assistant"}]
+            self.event("response.done", response=response)
+        self._ids.pop(key, None)
+        self._first_pts.pop(key, None)
+        self._last_pts.pop(key, None)
+        self._record_rtp(record)
+        self.ctx.truth.write_turn(record)
+        self._written.add(key)
+
+    def _drop(self, record: TurnRecord) -> None:
+        """Remove ``record``'s reply audio the track has not played yet."""
+        kept: deque[tuple[TurnRecord, np.ndarray[Any, Any]]] = deque()
+        dropped = False
+        for i, (rec, chunk) in enumerate(self._out):
+            if rec is record:
+                dropped = True
+                if i == 0:
+                    self._out_pos = 0
+            else:
+                kept.append((rec, chunk))
+        if dropped:
+            self._cut.add(id(record))
+        self._out = kept
 
     # -- output -----------------------------------------------------------------------
 
@@ -277,32 +397,110 @@ class WebRTCSession:
         if samples.size:
             self._out.append((record, samples.astype(np.float32)))
 
-    def next_frame(self, t_ns: int, pts: int = 0) -> bytes:
+    def next_frame(self, t_ns: int, pts: int = 0, due: int | None = None) -> bytes:
         """The next 20 ms of the outgoing stream (``pts``: its media time in samples at
-        48 kHz, counted from the stream's first frame): reply audio, else silence."""
+        48 kHz, counted from the stream's first frame; ``due``: when the track's clock
+        says this frame leaves): reply audio, else silence. A reply whose barge-in stop
+        time is before ``due`` is dropped here: the track goes back to silence."""
         out = np.zeros(FRAME, dtype=np.float32)
         filled = 0
         record: TurnRecord | None = None
+        when = t_ns if due is None else due
         while filled < FRAME and self._out:
             rec, chunk = self._out[0]
+            stop_at = self._stop_at.get(id(rec))
+            if stop_at is not None and when > stop_at:
+                self._drop(rec)
+                continue
             record = record or rec
             take = min(FRAME - filled, chunk.size - self._out_pos)
             out[filled : filled + take] = chunk[self._out_pos : self._out_pos + take]
             filled += take
             self._out_pos += take
+            self._taken[id(rec)] = self._taken.get(id(rec), 0) + take
             if self._out_pos >= chunk.size:
                 self._out.popleft()
                 self._out_pos = 0
         if record is not None:
+            self._last_pts[id(record)] = pts
             sent = self._sent.setdefault(id(record), [])
             first = not sent
             sent.append(t_ns)
             if first:
                 record.mark("first_audio_sent", t_ns, overwrite=True)
                 self._first_pts[id(record)] = pts
-                self.event("output_audio_buffer.started")
+                resp_id = self._ids.get(id(record), ("", ""))[0]
+                self.event("output_audio_buffer.started", response_id=resp_id)
                 self.announce(record, taken=True)
         return (np.clip(out, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+
+    # -- client events on the data channel ------------------------------------------------
+
+    def on_client_event(self, message: Any) -> None:
+        """Realtime client events on the data channel: ``response.cancel``,
+        ``output_audio_buffer.clear`` (stop the reply now) and
+        ``conversation.item.truncate`` (recorded); anything else is ignored."""
+        try:
+            event = json.loads(message)
+        except (TypeError, ValueError):
+            return
+        if not isinstance(event, dict):
+            return
+        kind = event.get("type")
+        t = now_ns()
+        eid = event.get("event_id") if isinstance(event.get("event_id"), str) else None
+        if kind in ("response.cancel", "output_audio_buffer.clear"):
+            record, task = self._response_record, self._response
+            if record is None or task is None or task.done():
+                self.event(
+                    "error",
+                    error={
+                        "type": "invalid_request_error",
+                        "code": "response_cancel_not_active",
+                        "message": "Cancellation failed: no active response found.",
+                        "event_id": eid,
+                    },
+                )
+                return
+            if record.cancel is None:
+                record.cancel = {"t_ns": t, "event_id": eid, "event": kind}
+            if self._control is not None:
+                self._control.reason = self._control.reason or "cancel"
+                self._control.interrupt(t)
+            self._stop_at[id(record)] = min(self._stop_at.get(id(record), t), t)
+            self._drop(record)
+            task.cancel()
+        elif kind == "conversation.item.truncate":
+            item_id = event.get("item_id")
+            end_ms = event.get("audio_end_ms")
+            found = self._items.get(item_id) if isinstance(item_id, str) else None
+            if found is None or isinstance(end_ms, bool) or not isinstance(end_ms, int):
+                self.event(
+                    "error",
+                    error={
+                        "type": "invalid_request_error",
+                        "code": "invalid_value",
+                        "message": "conversation.item.truncate needs the item_id of a reply "
+                        "and an integer audio_end_ms",
+                        "event_id": eid,
+                    },
+                )
+                return
+            found.truncate = {
+                "t_ns": t,
+                "item_id": item_id,
+                "content_index": 0,
+                "audio_end_ms": end_ms,
+                "event_id": eid,
+                "reply_audio_ms_sent": round(
+                    self._taken.get(id(found), found.reply_audio_samples) * 1000 / RATE, 3
+                ),
+            }
+            if id(found) in self._written:
+                self.ctx.truth.write_truncate(found)
+            self.event(
+                "conversation.item.truncated", item_id=item_id, content_index=0, audio_end_ms=end_ms
+            )
 
     # -- RTP fault injection --------------------------------------------------------------
 
@@ -442,6 +640,7 @@ async def _answer_new(request: web.Request, sdp: str) -> WebRTCSession:
     @pc.on("datachannel")
     def _on_channel(channel: Any) -> None:
         session.channel = channel
+        channel.on("message", session.on_client_event)
 
     @pc.on("connectionstatechange")
     async def _on_state() -> None:
