@@ -23,6 +23,7 @@ from voiceaudit.cli import (
     report_cmd,
     run_cmd,
     serve_cmd,
+    sweep_cmd,
 )
 from voiceaudit.cli.console import err_console
 from voiceaudit.errors import ExitCode, VoiceauditError
@@ -57,6 +58,7 @@ def _root(
 
 for _mod in (
     run_cmd,
+    sweep_cmd,
     report_cmd,
     gate_cmd,
     net_cmd,

@@ -93,6 +93,10 @@ def register(app: typer.Typer) -> None:
         from voiceaudit.report import Format, print_to, render
 
         chosen = _format(fmt, output)
+        from voiceaudit.analysis.sweep import is_sweep
+
+        if len(traces) == 1 and is_sweep(traces[0]) and not merge:
+            return _sweep_report(traces[0], chosen, output, alpha, include_warmup)
         margin = parse_increase(knee_margin)
         if margin is None:
             raise UsageError(
@@ -319,3 +323,27 @@ def _with_extras(text: str, fmt: Any, extras: list[Extra]) -> str:
             f"\n## {title}\n\n```\n{section.render_text()}```\n" for title, _, section in extras
         )
     return text + "".join(f"\n{title}\n{section.render_text()}" for title, _, section in extras)
+
+
+def _sweep_report(
+    sweep_dir: Path, chosen: Any, output: Path | None, alpha: float, include_warmup: bool
+) -> int:
+    """The sweep view of a directory written by ``voiceaudit sweep``."""
+    from voiceaudit.analysis.sweep import build_sweep_view
+    from voiceaudit.report.sweep import render_sweep, render_terminal
+
+    view = build_sweep_view(sweep_dir, alpha=alpha, include_warmup=include_warmup)
+    fmt = str(chosen.value)
+    if fmt == "terminal" and output is None and sys.stdout.isatty():
+        render_terminal(view, out_console())
+        return 0
+    text = render_sweep(view, fmt, width=TEXT_WIDTH)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        try:
+            output.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot write {output}: {exc.strerror}") from None
+        err_console().print(f"wrote {output}", highlight=False)
+    return 0

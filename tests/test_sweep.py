@@ -1,0 +1,110 @@
+"""`voiceaudit sweep` through the real command line, against the built-in pipeline.
+
+Two network conditions (no proxy, and 40 ms each way through the impairment proxy) for
+the raw PCM WebSocket pipeline: one trace per cell, a manifest, the sweep view from
+``voiceaudit report DIR``, and the transport segment grown by the applied one-way delay
+(the proxy delays the reply's bytes by 40 ms, the machine can only add). Bad sweep files
+fail with one line naming the line of the file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from voiceaudit.cli import run
+from voiceaudit.errors import ExitCode
+from voiceaudit.probe.utterances import bundled_dir
+
+
+def test_sweep_runs_every_cell_and_reports_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "sweep"
+    rc = run(
+        [
+            "sweep",
+            str(bundled_dir() / "03_lights.wav"),
+            "--protocol",
+            "websocket",
+            "--network",
+            "direct",
+            "--network",
+            "wan=delay=40ms",
+            "--turns",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "Traceback" not in captured.err
+    manifest = json.loads((out / "sweep.json").read_text())
+    assert manifest["schema"] == "voiceaudit.sweep/1"
+    cells = {c["network"]: c for c in manifest["cells"]}
+    assert set(cells) == {"direct", "wan"}
+    assert all(c["status"] == "ok" for c in cells.values())
+    for c in cells.values():
+        assert (out / c["dir"] / "trace.jsonl").is_file()
+        assert (out / c["dir"] / "ground_truth.jsonl").is_file()
+    assert (out / cells["wan"]["dir"] / "impairment.jsonl").is_file()
+    assert not (out / cells["direct"]["dir"] / "impairment.jsonl").exists()
+    assert (out / "sweep-report.md").is_file()
+
+    rc = run(["report", str(out), "--format", "json"])
+    view = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    assert view["schema"] == "voiceaudit.sweep-report/1"
+    groups = {g["network"]: g for g in view["groups"]}
+    assert groups["direct"]["ok"] == 2 and groups["wan"]["ok"] == 2
+    # The reply's bytes crossed the proxy's 40 ms downlink: transport grows by at least
+    # that (one-sided: a busy machine can only add), and the pair is listed.
+    grown = groups["wan"]["transport_p50_ms"] - groups["direct"]["transport_p50_ms"]
+    assert grown >= 40.0 - 1.0, groups
+    assert [(p["a"]["network"], p["b"]["network"]) for p in view["pairs"]] == [("direct", "wan")]
+
+    for fmt in ("markdown", "html", "terminal"):
+        assert run(["report", str(out), "--format", fmt]) == 0
+        text = capsys.readouterr().out
+        assert "wan" in text and "direct" in text
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "needle"),
+    [
+        ("[sweep]\npipelines = []\nnetworks = ['lan']\n", 2, "non-empty"),
+        ("[sweep]\npipelines = ['websocket']\nnetworks = ['lan', 'moon']\n", 3, "moon"),
+        ("[sweep]\npipelines = ['websocket']\nnetworks = ['lan']\nrepeats = 0\n", 4, "repeats"),
+        ("[sweep]\npipelines = ['websocket']\nnetworks = ['lan']\ncolour = 'red'\n", 4, "colour"),
+        ("[sweep]\npipelines = [3]\nnetworks = ['lan']\n", 2, "pipeline"),
+    ],
+)
+def test_bad_sweep_file_names_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], body: str, line: int, needle: str
+) -> None:
+    f = tmp_path / "sweep.toml"
+    f.write_text(body)
+    rc = run(["sweep", "--file", str(f), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == ExitCode.USAGE, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert "Traceback" not in err and len(lines) <= 2, err
+    assert lines[0].startswith(f"error: {f}:{line}:") and needle in lines[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_sweep_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for args, needle in (
+        (["--protocol", "websocket"], "no network"),
+        (["--network", "lan"], "no pipeline"),
+        (["--protocol", "websocket", "--network", "delay=fast"], "delay"),
+        (["--protocol", "smoke", "--network", "lan"], "does not speak"),
+    ):
+        rc = run(["sweep", *args, "--out", str(tmp_path / "out")])
+        err = capsys.readouterr().err
+        assert rc == ExitCode.USAGE, (args, err)
+        assert err.startswith("error:") and needle in err, (args, err)
+    assert not (tmp_path / "out").exists()

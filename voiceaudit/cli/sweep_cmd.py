@@ -1,0 +1,406 @@
+"""`voiceaudit sweep`: the same speech through a matrix of pipelines x network conditions.
+
+One run directory per cell (pipeline, network, repeat) under one sweep directory, each
+with its trace, the impairment proxy's ground-truth record and (for the built-in
+pipeline) the server's ground truth; ``sweep.json`` lists the cells and is rewritten as
+each cell ends, so a sweep cut short keeps every finished cell. At the end the sweep view
+(:mod:`voiceaudit.analysis.sweep`) is printed and written as ``sweep-report.md`` and
+``sweep-report.json``; ``voiceaudit report DIR`` shows it again (any format).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from voiceaudit.cli.console import err_console, out_console
+from voiceaudit.errors import ExitCode, UsageError
+
+#: The network label that runs a cell without the impairment proxy.
+DIRECT = "direct"
+
+
+@dataclass
+class SweepSpec:
+    #: (label, protocol, target URL or None for the built-in pipeline)
+    pipelines: list[tuple[str, str, str | None]] = field(default_factory=list)
+    #: (label, impairment spec; "" with DIRECT)
+    networks: list[tuple[str, str]] = field(default_factory=list)
+    repeats: int = 1
+    turns: int | None = None
+    playout: str = "adaptive"
+    jitter_buffer_ms: int = 0
+    inject: list[str] = field(default_factory=list)
+    gap_ms: int = 500
+
+
+def _network(text: str) -> tuple[str, str]:
+    """A network entry: a profile name, ``direct``, or ``LABEL=SPEC`` / a bare spec."""
+    from voiceaudit.impair import PROFILES, parse_impairment
+
+    t = text.strip()
+    if t == DIRECT:
+        return DIRECT, ""
+    label, sep, spec = t.partition("=")
+    if sep and "," not in label and label and label.strip() not in _SPEC_KEYS:
+        label, spec = label.strip(), spec.strip()
+    else:
+        label, spec = t, t
+    if spec.lower() in PROFILES:
+        spec = spec.lower()
+        label = spec if label == t else label
+    parse_impairment(spec)  # one-line UsageError on a bad spec
+    return label, spec
+
+
+#: keys of an impairment spec: "delay=40ms" is a spec, not a label
+_SPEC_KEYS = frozenset(
+    {"delay", "jitter", "loss", "burst", "bad-loss", "good-loss", "dup", "rate", "queue"}
+    | {"seed", "rto", "mss"}
+    | {f"{d}.{k}" for d in ("up", "down") for k in ("delay", "jitter", "loss", "dup", "rate")}
+)
+
+
+def _from_file(path: Path) -> SweepSpec:
+    """A sweep file (docs/network-conditions.md#sweep-files); errors name the line."""
+    from voiceaudit.gate.tomlpos import key_lines, line_of
+
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the sweep file ({exc.strerror})") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path}: not valid TOML: {exc}") from None
+    lines = key_lines(text)
+
+    def fail(at: tuple[str | int, ...], msg: str) -> UsageError:
+        line = line_of(lines, at)
+        return UsageError(f"{path}:{line}: {msg}" if line else f"{path}: {msg}")
+
+    sw = doc.get("sweep")
+    if not isinstance(sw, dict):
+        raise fail(("sweep",), "a sweep file needs a [sweep] table")
+    known = {"pipelines", "networks", "repeats", "turns", "playout", "jitter_buffer_ms"}
+    known |= {"inject", "gap_ms"}
+    for k in sw:
+        if k not in known:
+            raise fail(
+                ("sweep", k), f"unknown key {k!r} in [sweep] (keys: {', '.join(sorted(known))})"
+            )
+    spec = SweepSpec()
+    pipes = sw.get("pipelines", [])
+    if not isinstance(pipes, list) or not pipes:
+        raise fail(("sweep", "pipelines"), "pipelines must be a non-empty array")
+    for i, p in enumerate(pipes):
+        at = ("sweep", "pipelines", i)
+        if isinstance(p, str):
+            spec.pipelines.append((p, p, None))
+        elif isinstance(p, dict) and isinstance(p.get("protocol"), str):
+            url = p.get("target")
+            if url is not None and not isinstance(url, str):
+                raise fail(at, "a pipeline's target must be a URL string")
+            spec.pipelines.append((str(p.get("name") or p["protocol"]), p["protocol"], url))
+        else:
+            raise fail(at, 'a pipeline is a protocol name or { protocol = "...", target = "..." }')
+    nets = sw.get("networks", [])
+    if not isinstance(nets, list) or not nets:
+        raise fail(("sweep", "networks"), "networks must be a non-empty array")
+    for i, n in enumerate(nets):
+        if not isinstance(n, str):
+            raise fail(("sweep", "networks", i), "a network is a profile name or a spec string")
+        try:
+            spec.networks.append(_network(n))
+        except UsageError as exc:
+            raise fail(("sweep", "networks", i), exc.message) from None
+    for key, attr, lo in (
+        ("repeats", "repeats", 1),
+        ("turns", "turns", 1),
+        ("jitter_buffer_ms", "jitter_buffer_ms", 0),
+        ("gap_ms", "gap_ms", 0),
+    ):
+        if key in sw:
+            v = sw[key]
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise fail(("sweep", key), f"{key} must be a whole number ≥ {lo}")
+            setattr(spec, attr, v)
+    if "playout" in sw:
+        if not isinstance(sw["playout"], str):
+            raise fail(("sweep", "playout"), "playout must be a string")
+        spec.playout = sw["playout"]
+    if "inject" in sw:
+        inj = sw["inject"]
+        if not isinstance(inj, list) or not all(isinstance(x, str) for x in inj):
+            raise fail(("sweep", "inject"), "inject must be an array of NAME=VALUE strings")
+        spec.inject = list(inj)
+    return spec
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("sweep")
+    def sweep(
+        audio: list[Path] = typer.Argument(
+            None, help="Speech files or directories (default: the bundled utterances)."
+        ),
+        file: Path | None = typer.Option(
+            None, "--file", "-f", help="A sweep file (TOML) instead of the matrix flags."
+        ),
+        protocol: list[str] = typer.Option(
+            [],
+            "--protocol",
+            "-p",
+            help="A pipeline of the built-in reference over this protocol (repeatable): "
+            "realtime, websocket, cascade, webrtc.",
+        ),
+        target: list[str] = typer.Option(
+            [],
+            "--target",
+            "-t",
+            help="A pipeline under test, [NAME=]URL (repeatable; protocol inferred from the "
+            "URL, or the single --protocol given).",
+        ),
+        network: list[str] = typer.Option(
+            [],
+            "--network",
+            "-n",
+            help="A network condition (repeatable): a profile (lan, edge, regional-cloud, "
+            "cross-continent, mobile-4g, bad-wifi), 'direct' (no proxy), or "
+            "[LABEL=]SPEC as for run --impair.",
+        ),
+        repeats: int = typer.Option(1, "--repeats", help="Runs per cell."),
+        turns: int | None = typer.Option(
+            None, "--turns", help="Turns per run (default: one pass over the audio)."
+        ),
+        playout: str = typer.Option(
+            "adaptive", "--playout", help="Playout model of every cell: adaptive or fixed."
+        ),
+        jitter_buffer_ms: int = typer.Option(
+            0, "--jitter-buffer-ms", help="With --playout fixed: the buffer depth."
+        ),
+        inject: list[str] = typer.Option(
+            [], "--inject", help="Fault injection of the built-in pipeline (repeatable)."
+        ),
+        out: Path | None = typer.Option(
+            None, "--out", help="Sweep directory (default ./voiceaudit-sweeps/<timestamp>/)."
+        ),
+        alpha: float = typer.Option(0.05, "--alpha", help="Significance of the comparisons."),
+    ) -> None:
+        """Run the same speech through pipelines x network conditions x repeats, one trace
+        per cell, and compare the cells."""
+        from voiceaudit.probe.runner import ProbeOptions, default_out_dir
+        from voiceaudit.probe.utterances import load_utterances
+        from voiceaudit.targets.registry import infer_protocol
+
+        if file is not None:
+            if protocol or target or network:
+                raise UsageError("give the matrix in --file or in flags, not both")
+            spec = _from_file(file)
+        else:
+            spec = SweepSpec(
+                repeats=repeats,
+                turns=turns,
+                playout=playout,
+                jitter_buffer_ms=jitter_buffer_ms,
+                inject=list(inject),
+            )
+            for t in target:
+                name, sep, url = t.partition("=")
+                if not sep or "://" in name:
+                    name, url = "", t
+                proto = protocol[0] if len(protocol) == 1 else infer_protocol(url)
+                spec.pipelines.append((name or proto, proto, url))
+            if not target:
+                spec.pipelines = [(p, p, None) for p in protocol]
+            spec.networks = [_network(n) for n in network]
+        if not spec.pipelines:
+            raise UsageError("no pipeline to sweep", hint="give --protocol or --target")
+        if not spec.networks:
+            raise UsageError("no network to sweep", hint="give --network lan --network bad-wifi …")
+        if spec.repeats < 1:
+            raise UsageError("--repeats must be at least 1")
+        if spec.inject and any(p[2] is not None for p in spec.pipelines):
+            raise UsageError("--inject applies to the built-in pipeline only (no --target)")
+        labels = [p[0] for p in spec.pipelines]
+        if len(set(labels)) != len(labels):
+            raise UsageError("two pipelines have the same name", hint="name them: NAME=URL")
+        nlabels = [n[0] for n in spec.networks]
+        if len(set(nlabels)) != len(nlabels):
+            raise UsageError("a network is given twice")
+        for _, proto, where in spec.pipelines:
+            if where is None and proto not in ("realtime", "websocket", "cascade", "webrtc"):
+                raise UsageError(
+                    f"the built-in pipeline does not speak {proto!r}",
+                    hint="choose realtime, websocket, cascade or webrtc",
+                )
+        options = ProbeOptions(
+            turns=spec.turns,
+            playout=spec.playout,
+            jitter_buffer_ms=spec.jitter_buffer_ms,
+            gap_ms=spec.gap_ms,
+        )
+        utterances = load_utterances(list(audio or []))
+        sweep_dir = out or default_out_dir(Path("voiceaudit-sweeps"))
+        if (sweep_dir / "sweep.json").exists():
+            raise UsageError(f"{sweep_dir} holds a sweep already", hint="choose another --out")
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        interrupted, manifest = asyncio.run(_sweep(spec, options, utterances, sweep_dir))
+        from voiceaudit.analysis.sweep import build_sweep_view
+        from voiceaudit.report.sweep import render_sweep, render_terminal
+
+        view = build_sweep_view(sweep_dir, alpha=alpha)
+        (sweep_dir / "sweep-report.md").write_text(render_sweep(view, "markdown"))
+        (sweep_dir / "sweep-report.json").write_text(render_sweep(view, "json"))
+        render_terminal(view, out_console())
+        out_console().print(f"sweep: {sweep_dir}  (voiceaudit report {sweep_dir})")
+        if interrupted:
+            raise typer.Exit(ExitCode.INTERRUPTED)
+        if any(c.status != "ok" for c in manifest.cells):
+            raise typer.Exit(ExitCode.FAILED)
+
+
+async def _sweep(
+    spec: SweepSpec, options: Any, utterances: list[Any], sweep_dir: Path
+) -> tuple[bool, Any]:
+    from voiceaudit.analysis.sweep import Manifest, cells_of
+
+    cells = cells_of(spec.pipelines, spec.networks, spec.repeats)
+    manifest = Manifest(
+        cells,
+        {
+            "repeats": spec.repeats,
+            "turns": spec.turns,
+            "playout": spec.playout,
+            "jitter_buffer_ms": spec.jitter_buffer_ms,
+            "inject": spec.inject,
+            "pipelines": [{"name": n, "protocol": p, "target": u} for n, p, u in spec.pipelines],
+            "networks": [{"name": n, "impair": s} for n, s in spec.networks],
+            "audio": [u.name for u in utterances],
+        },
+        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
+    manifest.write(sweep_dir)
+    state: dict[str, Any] = {"probe": None, "stop": False}
+    loop = asyncio.get_running_loop()
+
+    def _on_sigint() -> None:
+        state["stop"] = True
+        if state["probe"] is not None:
+            state["probe"].stop()
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGINT, _on_sigint)
+        loop.add_signal_handler(signal.SIGTERM, _on_sigint)
+    pool = None
+    if any(c.target is None for c in cells):
+        from voiceaudit.reference.asr import AsrPool
+
+        pool = AsrPool(2)
+        await pool.start()
+    err = err_console()
+    try:
+        for i, cell in enumerate(cells):
+            if state["stop"]:
+                cell.status = "not run (interrupted)"
+                continue
+            err.print(
+                f"[bold]cell {i + 1}/{len(cells)}[/]: {cell.pipeline} over {cell.network} "
+                f"(repeat {cell.repeat})",
+                highlight=False,
+            )
+            try:
+                ok = await _cell(cell, spec, options, utterances, sweep_dir / cell.dir, pool, state)
+                cell.status = "ok" if ok else "no successful turn"
+            except UsageError:
+                raise
+            except Exception as exc:  # one broken cell does not end the sweep
+                from voiceaudit.errors import VoiceauditError
+
+                cell.status = "failed"
+                cell.error = exc.message if isinstance(exc, VoiceauditError) else repr(exc)
+                err.print(f"  [red]failed[/]: {cell.error}", highlight=False)
+            if state["stop"] and cell.status == "ok":
+                cell.status = "interrupted"
+            manifest.write(sweep_dir)
+    finally:
+        if pool is not None:
+            await pool.close()
+        manifest.write(sweep_dir)
+    return bool(state["stop"]), manifest
+
+
+async def _cell(
+    cell: Any,
+    spec: SweepSpec,
+    options: Any,
+    utterances: list[Any],
+    run_dir: Path,
+    pool: Any,
+    state: dict[str, Any],
+) -> bool:
+    from voiceaudit.cli.run_cmd import reference_options, reference_url
+    from voiceaudit.impair import RECORD_NAME, impaired, parse_impairment
+    from voiceaudit.probe.runner import Probe
+    from voiceaudit.targets.base import TargetConfig
+    from voiceaudit.targets.registry import get_target_class
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    server = None
+    run_config: dict[str, Any] = {
+        "sweep": {
+            "cell": cell.dir,
+            "pipeline": cell.pipeline,
+            "network": cell.network,
+            "repeat": cell.repeat,
+        }
+    }
+    try:
+        url = cell.target
+        topts: dict[str, str] = {}
+        if url is None:
+            from voiceaudit.reference.config import ServerConfig, parse_injections
+            from voiceaudit.reference.server import start_reference_server
+
+            server = await start_reference_server(
+                ServerConfig(
+                    injections=parse_injections(spec.inject),
+                    ground_truth_path=run_dir / "ground_truth.jsonl",
+                ),
+                asr_pool=pool,
+            )
+            url = reference_url(server, cell.protocol)
+            topts = reference_options(cell.protocol)
+            run_config["reference"] = {
+                "inject": list(spec.inject),
+                "ground_truth": "ground_truth.jsonl",
+            }
+        imp = parse_impairment(cell.impair) if cell.impair else None
+        async with contextlib.AsyncExitStack() as stack:
+            if imp is not None:
+                url = await stack.enter_async_context(
+                    impaired(url, cell.protocol, imp, run_dir / RECORD_NAME)
+                )
+                run_config["impairment"] = imp.describe()
+            target = get_target_class(cell.protocol)(
+                TargetConfig(url=url, protocol=cell.protocol, options=topts)
+            )
+            probe = Probe(
+                target, utterances, options, run_dir / "trace.jsonl", run_config=run_config
+            )
+            state["probe"] = probe
+            try:
+                res = await probe.run()
+            finally:
+                state["probe"] = None
+        return bool(res.ok_turns)
+    finally:
+        if server is not None:
+            await server.close()
