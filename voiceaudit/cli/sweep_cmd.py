@@ -152,7 +152,7 @@ def register(app: typer.Typer) -> None:
             None, help="Speech files or directories (default: the bundled utterances)."
         ),
         file: Path | None = typer.Option(
-            None, "--file", "-f", help="A sweep file (TOML) instead of the matrix flags."
+            None, "--file", help="A sweep file (TOML) instead of the matrix flags."
         ),
         protocol: list[str] = typer.Option(
             [],
@@ -171,7 +171,6 @@ def register(app: typer.Typer) -> None:
         network: list[str] = typer.Option(
             [],
             "--network",
-            "-n",
             help="A network condition (repeatable): a profile (lan, edge, regional-cloud, "
             "cross-continent, mobile-4g, bad-wifi), 'direct' (no proxy), or "
             "[LABEL=]SPEC as for run --impair.",
