@@ -279,6 +279,8 @@ class TurnReport:
     pacing: TurnPacing | None = None
     #: sessions of the run running when this turn's speech end was sent (None: not said)
     concurrency: int | None = None
+    #: what the playout model made of the reply (None: no ``reply.end``)
+    playout: TurnPlayout | None = None
 
     @property
     def voice_to_voice_ns(self) -> int | None:
@@ -342,7 +344,56 @@ class TurnReport:
             d["pacing"] = self.pacing.to_dict()
         if self.concurrency is not None:
             d["concurrency"] = self.concurrency
+        if self.playout is not None:
+            d["playout"] = self.playout.to_dict()
         return d
+
+
+@dataclass(frozen=True, slots=True)
+class TurnPlayout:
+    """A turn's caller-heard playout, from ``reply.playout_start`` and ``reply.end``: the
+    latency the buffer added and the gaps the caller heard (see docs/report-format.md)."""
+
+    model: str | None
+    wait_ns: int | None
+    buffer_ns: int | None
+    underruns: int | None
+    underrun_ns: int | None
+    target_ns: int | None
+
+    @classmethod
+    def from_obs(cls, obs: TurnObs) -> TurnPlayout | None:
+        end = obs.first("reply.end", PROBE_SOURCE)
+        if end is None:
+            return None
+        occ = obs.first("reply.playout_start", PROBE_SOURCE)
+        start = occ[2] if occ is not None else {}
+        a = end[2]
+        wait = _int(start.get("wait_ns"))
+        first = obs.first("reply.first_byte", PROBE_SOURCE)
+        if wait is None and occ is not None and first is not None:
+            wait = occ[0] - first[0]  # a trace written before wait_ns
+        return cls(
+            _str(start.get("model")),
+            wait,
+            _int(a.get("buffer_ns")),
+            _int(a.get("underruns")),
+            _int(a.get("underrun_ns")),
+            _int(a.get("target_ns")),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        def ms(v: int | None) -> float | None:
+            return None if v is None else v / 1e6
+
+        return {
+            "model": self.model,
+            "wait_ms": ms(self.wait_ns),
+            "buffer_ms": ms(self.buffer_ns),
+            "underruns": self.underruns,
+            "underrun_ms": ms(self.underrun_ns),
+            "target_ms": ms(self.target_ns),
+        }
 
 
 def _segment_dict(s: Any) -> dict[str, Any]:
@@ -644,6 +695,7 @@ def turn_report(
         obs=obs if opts.keep_observations else None,
         pacing=TurnPacing.from_obs(obs),
         concurrency=_int(obs.attrs("input.speech_end_sent").get("concurrency")),
+        playout=TurnPlayout.from_obs(obs),
     )
 
 
