@@ -56,7 +56,14 @@ underruns (gaps the caller hears) and the latency the buffer adds (:attr:`Playou
        media; ``D < low``: *preemptive expand*, it plays ``1 - stretch``; otherwise
        normal. ``stretch`` = **0.1**: 1 ms per 10 ms block, NetEQ's limit of about
        100 ms of time-stretching per second (``kMinTimescaleInterval``). So the delay the
-       buffer holds grows or shrinks by at most 100 ms per second of playback.
+       buffer holds grows or shrinks by at most 100 ms per second of playback. One
+       deviation: a block is accelerated only if that plays no sample earlier than the
+       no-buffer playout (each chunk at real time as soon as it and the one before it
+       are in) would. Accelerating removes delay the buffer added; it never compresses
+       audio a sender delivered ahead of real time. (NetEQ's reference, the fastest
+       packet, assumes a sender paced in real time, as RTP is; a synthesizer streaming a
+       reply over WebSocket faster than real time would otherwise be played 10% fast
+       from start to end.)
     6. **Underruns.** When the buffer runs dry (every sample that has arrived has been
        played), the caller hears a gap (NetEQ's expand) from that instant until the next
        chunk arrives; playback resumes at its arrival, so the gap is exactly the time
@@ -71,12 +78,13 @@ underruns (gaps the caller hears) and the latency the buffer adds (:attr:`Playou
     replaced the 80 ms start target (under which ``D`` grew at 1 ms per block). A step up
     in jitter is followed once the new maxima carry 5% of the histogram's weight: 3
     updates in the steady state (``1 - 0.983^3 >= 0.05``), fewer in the first minute
-    of a stream, so within **2 s** (3 intervals, plus the one running when the step
-    came). A step down is followed only when the old maxima's weight falls below 5%:
-    175 updates (88 s) in the steady state; after n0 updates of the old jitter
-    (``n0 <= 116``), ``k`` more with ``(n0 + k)(n0 + k + 1) >= 20 n0 (n0 + 1)``. A
-    reply longer than ``window_ms`` that arrives much faster than real time (a burst)
-    keeps ``D`` above ``high`` and is played accelerated, as NetEQ plays a flooded buffer.
+    of a stream, so within **4 intervals** (3, plus the one running when the step
+    came; an interval is 500 ms plus up to one chunk's spacing and the jitter: about
+    2.1 s for 20 ms chunks). A step down is followed only when the old maxima's weight
+    falls below 5%: 175 updates (about 90 s) in the steady state; after n0 updates of
+    the old jitter (``n0 <= 116``), ``k`` more with
+    ``(n0 + k)(n0 + k + 1) >= 20 n0 (n0 + 1)`` (n0 = 9: k = 33, 17 s). NetEQ is slow to
+    lower its delay by design: a late packet costs a gap, a high delay only latency.
 
     Left out of NetEQ: the reorder optimizer (a chunk stream is in order), fast
     accelerate, the wait after a long expand before playing again, comfort noise and
@@ -400,6 +408,7 @@ def play_adaptive(
     granularity = prm.granularity_ms * NS_PER_MS
     decel = prm.deceleration_offset_ms * NS_PER_MS
 
+    imm = _play_fixed(chunks, rate, 0)  # the no-buffer playout: nothing plays before it
     t = arrivals[0]
     p = 0  # samples played
     avail = 0  # samples arrived
@@ -421,7 +430,8 @@ def play_adaptive(
             break
         if avail <= p:  # the buffer ran dry: a gap until the next chunk arrives
             nxt = arrivals[i]
-            underruns.append(Underrun(at_ns=t, gap_ns=nxt - t, chunk=i))
+            if p > 0:  # (before the first sample it is a later start, not a gap)
+                underruns.append(Underrun(at_ns=t, gap_ns=nxt - t, chunk=i))
             t = nxt
             knots.append((p, t))
             slope = None
@@ -431,7 +441,7 @@ def play_adaptive(
         low = max(target * 3 // 4, target - decel)
         high = max(target, dm.max_delay) + granularity
         want = block
-        if delay >= high:
+        if delay >= high and imm.heard_at(p + block + step) <= t + block_ns:
             want = block + step
         elif delay < low:
             want = block - step
@@ -447,7 +457,7 @@ def play_adaptive(
             slope = seg if take == want else None
     starts = tuple(_knot_time(tuple(knots), o, rate) if o < total else t for o in offsets)
     kt = tuple(knots)
-    buffer = _added_ns(kt, _play_fixed(chunks, rate, 0), total)
+    buffer = _added_ns(kt, imm, total)
     return Playout(
         rate,
         starts,
