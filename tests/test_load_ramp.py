@@ -98,6 +98,10 @@ def test_ramp_recovers_latency_per_level_and_the_knee(tmp_path: Path) -> None:
     )
     assert not res.interrupted
     assert res.ok_turns and not res.failed_turns, res.failed_turns
+    # The run's own summary already splits voice-to-voice by level.
+    by = res.summary()["by_concurrency"]
+    assert [lv["concurrency"] for lv in by] == [1, 2, 3, 4, 5]
+    assert sum(lv["n"] for lv in by) == len(res.ok_turns)
     tr = read_trace(trace)
     assert tr.complete
     assert tr.header.config["ramp"] == ramp.describe()

@@ -371,6 +371,14 @@ def _print_summary(summary: dict[str, Any]) -> None:
                 "could not keep up (machine busy, or an in-process target blocked its event loop); "
                 "the report marks those turns"
             )
+    levels = summary.get("by_concurrency")
+    if levels:
+        out.print(
+            "by concurrency (sessions: voice-to-voice p50/p95 ms, turns): "
+            + "; ".join(
+                f"{lv['concurrency']}: {lv['p50']:.0f}/{lv['p95']:.0f} ({lv['n']})" for lv in levels
+            )
+        )
     for f in summary["failures"][:10]:
         out.print(f"failed: {f['session']} turn {f['turn']}: {f['reason']}")
     out.print(f"trace: {summary['trace']}")

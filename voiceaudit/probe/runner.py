@@ -174,6 +174,8 @@ class TurnResult:
     pacing_max_frame: int | None = None
     #: speech end (as sent) to the first reply audio byte read, when a reply came
     first_byte_ns: int | None = None
+    #: the run's sessions running when the speech end was sent
+    concurrency: int | None = None
 
     @property
     def pacing_broke(self) -> bool:
@@ -214,6 +216,25 @@ class RunResult:
             "broke": bool(broke) or (p99 is not None and p99 > P99_GOAL_NS),
         }
 
+    def _by_concurrency(self) -> list[dict[str, Any]] | None:
+        """Voice-to-voice p50/p95 per concurrency level; None with fewer than two levels
+        (the report adds the knee: ``voiceaudit report``)."""
+        per: dict[int, list[float]] = {}
+        for t in self.turns:
+            if t.ok and not t.warmup and t.concurrency is not None and t.voice_to_voice_ns:
+                per.setdefault(t.concurrency, []).append(t.voice_to_voice_ns / NS_PER_MS)
+        if len(per) < 2:
+            return None
+        return [
+            {
+                "concurrency": c,
+                "n": len(v),
+                "p50": round(float(np.percentile(v, 50)), 3),
+                "p95": round(float(np.percentile(v, 95)), 3),
+            }
+            for c, v in sorted(per.items())
+        ]
+
     @property
     def ok_turns(self) -> list[TurnResult]:
         return [t for t in self.turns if t.ok]
@@ -238,6 +259,7 @@ class RunResult:
                 for t in self.failed_turns
             ],
             "pacing": self.pacing_summary(),
+            "by_concurrency": self._by_concurrency(),
         }
         if len(vals):
             out["voice_to_voice_ms"] = {
@@ -599,6 +621,7 @@ class Probe:
         k = 0
         a = 0
         worst: tuple[int | None, int | None] = (None, None)
+        concurrency: int | None = None
         # Every frame sent, as the columns of one input.frames event (written below).
         sent_ns: list[int] = []
         starts: list[int] = []
@@ -626,6 +649,7 @@ class Probe:
             ends.append(b)
             deadlines.append(deadline)
             if a < speech_end <= b:
+                concurrency = self._active
                 writer.event(
                     sid,
                     turn,
@@ -634,7 +658,7 @@ class Probe:
                     "input",
                     "input.speech_end_sent",
                     # concurrency: the sessions running when the turn's speech ended
-                    {"frame": k, "late_ns": t - deadline, "concurrency": self._active},
+                    {"frame": k, "late_ns": t - deadline, "concurrency": concurrency},
                 )
                 await ts.speech_ended()
             k += 1
@@ -674,7 +698,9 @@ class Probe:
         sink.finish()
         healthy = not sink.failed.is_set()
         result = self._close_turn(writer, sink, turn, utt, speech_end_ns, warm)
-        result = dataclasses.replace(result, pacing_max_ns=worst[0], pacing_max_frame=worst[1])
+        result = dataclasses.replace(
+            result, pacing_max_ns=worst[0], pacing_max_frame=worst[1], concurrency=concurrency
+        )
         await writer.commit_async()
         self.result.turns.append(result)
         self.observer.turn_done(result)
