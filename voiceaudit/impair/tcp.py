@@ -193,8 +193,9 @@ class _Direction:
             await pacer.wait_until(due)
             if not broken:
                 try:
-                    self.writer.write(data)
                     rec["tx_ns"] = time.monotonic_ns()
+                    self.writer.write(data)  # asyncio sends at once when nothing is queued
+                    rec["tx_done_ns"] = time.monotonic_ns()
                     await self.writer.drain()
                 except (ConnectionError, OSError, RuntimeError):
                     broken = True

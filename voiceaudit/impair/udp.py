@@ -73,8 +73,16 @@ def _clock_offset() -> int:
 class _Flow:
     def __init__(self, relay: UdpRelay, client: Addr, server: Addr) -> None:
         imp = relay.imp
-        self.id = relay.rec.new_flow("udp", client=f"{client[0]}:{client[1]}",
-                                     server=f"{server[0]}:{server[1]}")  # fmt: skip
+        host = relay.host
+        self.id = relay.rec.new_flow(
+            "udp",
+            client=f"{client[0]}:{client[1]}",
+            server=f"{server[0]}:{server[1]}",
+            #: the relay sockets each side talks to: the server's stand-in (the probe
+            #: sends to it) and the client's stand-in (the target sends to it)
+            via=f"{host}:{relay.stand_in(server, 'server')}",
+            upstream=f"{host}:{relay.stand_in(client, 'client')}",
+        )
         self.links = {
             "up": UdpLinkModel(imp.up, link_rngs(imp.seed, "udp", self.id, "up")),
             "down": UdpLinkModel(imp.down, link_rngs(imp.seed, "udp", self.id, "down")),
@@ -187,6 +195,7 @@ class UdpRelay:
         rec["delay_ns"] = list(fate.delays_ns)
         rec["queue_ns"] = fate.queue_ns
         rec["tx_ns"] = [None] * len(fate.due_ns)
+        rec["tx_done_ns"] = [None] * len(fate.due_ns)
         pending = [len(fate.due_ns)]
         for i, due in enumerate(fate.due_ns):
             task = asyncio.ensure_future(self._send(out_sock, data, target, due, rec, i, pending))
@@ -205,12 +214,18 @@ class UdpRelay:
     ) -> None:
         try:
             await self.pacer.wait_until(due)
+            t = time.monotonic_ns()
             with contextlib.suppress(OSError):
                 sock.sendto(data, dest)
-                rec["tx_ns"][i] = time.monotonic_ns()
+                # the datagram is on the wire between the two: a process descheduled
+                # inside sendto() reads its second clock late, never its first
+                rec["tx_ns"][i] = t
+                rec["tx_done_ns"][i] = time.monotonic_ns()
         finally:
             pending[0] -= 1
             if pending[0] == 0:
+                if all(t is None for t in rec["tx_ns"]):
+                    rec["fate"] = "unsent"  # the relay closed (or the send failed) first
                 self.rec.write(rec)
 
     async def close(self) -> None:
