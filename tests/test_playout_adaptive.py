@@ -216,13 +216,20 @@ def test_fixed_model_buffer_is_its_depth() -> None:
     p = play(chunks, RATE, depth_ns=60 * MS)
     assert p.buffer_ns == 60 * MS
     assert p.wait_ns == 60 * MS
-    # The fixed depth delays every chunk alike (a chunk plays at max(arrival + depth, end
-    # of the previous one)), so it shifts the playout and absorbs no jitter: a 40 ms late
-    # chunk is a 40 ms gap at any depth, and the buffer adds exactly its depth.
+    # The depth holds back the first sample; a later chunk plays at max(arrival, end of
+    # the previous one). A chunk 40 ms late against a 60 ms depth waits in the buffer:
+    # no gap (with no buffer: a 40 ms gap); the buffer then adds 60 ms before it and
+    # 60 - 40 = 20 ms after it (the no-buffer playout shifted by the gap).
     late = _late(50, {25: 40})
+    assert [u.gap_ns for u in play(late, RATE).underruns] == [40 * MS]
     deep = play(late, RATE, depth_ns=60 * MS)
-    assert deep.buffer_ns == 60 * MS
-    assert [u.gap_ns for u in deep.underruns] == [40 * MS]
+    assert deep.underruns == ()
+    n = 50 * CHUNK
+    before = 25 * CHUNK
+    assert deep.buffer_ns == pytest.approx((60 * before + 20 * (n - before)) / n * MS, abs=MS / 10)
+    # Later than the depth: the gap is what the depth could not absorb.
+    very = play(_late(50, {25: 100}), RATE, depth_ns=60 * MS)
+    assert [u.gap_ns for u in very.underruns] == [40 * MS]
 
 
 def test_heard_at_is_monotonic_and_never_before_arrival() -> None:

@@ -8,7 +8,8 @@ underruns (gaps the caller hears) and the latency the buffer adds (:attr:`Playou
 ``fixed`` (:func:`play`)
     Playback starts when the first chunk arrives plus a fixed jitter-buffer depth
     (``--jitter-buffer-ms``, default 0) and plays continuously at real time: the first
-    sample of chunk k plays at ``max(arrival_k + depth, end of chunk k-1)``. Whenever a
+    sample of chunk k > 0 plays at ``max(arrival_k, end of chunk k-1)``, so a chunk up to
+    ``depth`` late (against the first one's schedule) waits in the buffer. Whenever a
     chunk arrives after the previous one has finished playing, the caller hears a gap
     (an underrun) that lasts until it arrives.
 
@@ -241,7 +242,10 @@ def _play_fixed(chunks: list[Chunk], rate: int, depth_ns: int) -> Playout:
     offset = 0
     cursor: int | None = None  # when the previous chunk finishes playing
     for i, ch in enumerate(chunks):
-        ready = ch.arrival_ns + depth_ns
+        # The depth holds back the first sample only: a later chunk that arrives before its
+        # turn (the end of the previous one) waits in the buffer, so lateness up to the
+        # depth is absorbed, as a fixed jitter buffer does.
+        ready = ch.arrival_ns + depth_ns if cursor is None else ch.arrival_ns
         if cursor is None:
             start = ready
         elif ready > cursor:
