@@ -91,7 +91,10 @@ def register(app: typer.Typer) -> None:
             500, "--gap-ms", help="Pause between turns, after the reply ends (ms)."
         ),
         jitter_buffer_ms: int = typer.Option(
-            0, "--jitter-buffer-ms", help="Playout model: fixed jitter-buffer depth."
+            0,
+            "--jitter-buffer-ms",
+            help="Playout model: the fixed jitter buffer's depth (with --playout adaptive: "
+            "the minimum delay).",
         ),
         playout: str = typer.Option(
             "fixed",

@@ -165,43 +165,25 @@ def sweep_png(view: SweepView) -> bytes:
 
 
 def render_html(view: SweepView) -> str:
-    import base64
-    import html
+    """One self-contained page, as the report's (same style and Content-Security-Policy)."""
+    from voiceaudit.report.html import _img, _page, _table, esc
 
-    def table(head: list[str], rows: list[list[str]]) -> str:
-        h = "".join(f"<th>{html.escape(x)}</th>" for x in head)
-        body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows
-        )
-        return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
-
-    png = base64.b64encode(sweep_png(view)).decode()
     body = [
-        f"<h1>{html.escape(_title(view))}</h1>",
-        f"<p>Sweep: {html.escape(view.path)}</p>",
-        f'<img alt="voice-to-voice per cell" src="data:image/png;base64,{png}">',
+        f"<h1>{esc(_title(view))}</h1>",
+        f'<p class="dim">Sweep: {esc(view.path)}</p>',
+        _img(sweep_png(view), "voice-to-voice p50 and p95 per pipeline and network"),
         "<h2>Per cell (repeats merged)</h2>",
-        table(HEAD, _rows(view)),
+        _table(HEAD, ([esc(c) for c in r] for r in _rows(view)), left=2),
     ]
     if view.pairs:
         body += [
-            f"<h2>Comparisons (Mann-Whitney U, Holm, alpha {view.alpha:g})</h2>",
-            table(PAIR_HEAD, _pair_rows(view)),
+            f"<h2>Comparisons (voice-to-voice; Mann-Whitney U, Holm, alpha {view.alpha:g})</h2>",
+            _table(PAIR_HEAD, ([esc(c) for c in r] for r in _pair_rows(view)), left=2),
         ]
     if view.warnings:
-        body.append(
-            "<h2>Warnings</h2><ul>"
-            + "".join(f"<li>{html.escape(w)}</li>" for w in view.warnings)
-            + "</ul>"
-        )
-    style = (
-        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:2px 6px}"
-    )
-    return (
-        '<!doctype html><html><head><meta charset="utf-8"><title>voiceaudit sweep</title>'
-        f"<style>{style}</style></head><body>" + "".join(body) + "</body></html>\n"
-    )
+        items = "".join(f"<li>{esc(w)}</li>" for w in view.warnings)
+        body += ["<h2>Warnings</h2>", f"<ul>{items}</ul>"]
+    return _page("voiceaudit sweep", body)
 
 
 def render_sweep(view: SweepView, fmt: str, *, width: int = 120) -> str:
