@@ -51,7 +51,9 @@ SPECS = {
 
 
 def _url(served: Any, protocol: str) -> str:
-    return served.ws + "/v1/pcm" if protocol == "websocket" else served.url + "/v1/webrtc/offer"
+    return str(
+        served.ws + "/v1/pcm" if protocol == "websocket" else served.url + "/v1/webrtc/offer"
+    )
 
 
 async def _record(base: Path, served: Any) -> None:
