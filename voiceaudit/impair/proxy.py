@@ -11,7 +11,8 @@
   one request), the media get the whole UDP model.
 
 TLS targets (``wss://``, ``https://``) are refused: the probe would verify the proxy's
-loopback address against the target's certificate.
+loopback address against the target's certificate. Over WebRTC the target must be on this
+host (a loopback URL): the relay's sockets are on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -162,6 +163,15 @@ async def impaired(
     if protocol == "python":
         raise UsageError("--impair/--network need a network target (not python://)")
     host, port, _scheme = _host_port(url)
+    if protocol == "webrtc":
+        from voiceaudit.targets.webrtc import is_loopback_host
+
+        if not is_loopback_host(host):
+            raise UsageError(
+                "--impair/--network over WebRTC need a target on this host (a loopback URL)",
+                hint="the relay stands in for both peers on 127.0.0.1; a remote target's "
+                "candidates are not reachable from there",
+            )
     rec = Recorder(record_path, impairment)
     pacer = Pacer()
     try:
