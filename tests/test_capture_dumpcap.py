@@ -592,3 +592,52 @@ def test_interface_and_filter_for_a_target() -> None:
 def _no_dumpcap_left(tmp_path: Path) -> Iterator[None]:
     yield
     assert _pids_of(tmp_path) == []
+
+
+def test_a_retransmission_is_joined_to_its_turn(tmp_path: Path) -> None:
+    """A reply segment the receiver's kernel drops is retransmitted after the sender's
+    RTO; the report's capture join counts it in the turn whose time span holds it (the
+    capture's wall-clock packet times mapped onto the probe's monotonic clock), and gives
+    its delay after the original."""
+    from voiceaudit.analysis.network import join_capture
+    from voiceaudit.clock import MonotonicClock, take_anchor
+    from voiceaudit.model import Header
+    from voiceaudit.trace_io import TraceWriter, read_trace
+
+    srv, port = listener()
+    cli = socket.socket()
+    out = tmp_path / "retrans.pcapng"
+    trace = tmp_path / "trace.jsonl"
+    clock = MonotonicClock()
+    with Dumpcap(out, interface="lo", capture_filter=f"tcp port {port}") as cap:
+        cli.connect(("127.0.0.1", port))
+        conn, _ = srv.accept()
+        writer = TraceWriter(
+            trace,
+            Header("r", "test", {}, {}, {}, (take_anchor(clock),)),
+        )
+        start = clock.now_ns()
+        writer.event("s0", 0, start, "probe", "turn", "turn.start")
+        writer.event("s0", 0, start, "probe", "input", "input.speech_end")
+        keep = _drop_every_packet(cli)  # the client's kernel drops what arrives now
+        conn.sendall(b"r" * 500)
+        time.sleep(0.5)  # the sender's RTO (at least 200 ms) passes: it resends
+        cli.setsockopt(socket.SOL_SOCKET, _SO_DETACH_FILTER, 0)
+        del keep
+        got = b""
+        while len(got) < 500:
+            got += cli.recv(4096)
+        writer.event("s0", 0, clock.now_ns(), "probe", "reply", "reply.first_byte")
+        writer.event("s0", 0, clock.now_ns(), "probe", "turn", "turn.end", {"ok": True})
+        writer.close(anchor=take_anchor(clock))
+        conn.close()
+        cli.close()
+    srv.close()
+    assert cap.result is not None
+    join = join_capture(read_trace(trace), out)
+    (t,) = join.turns
+    assert t.retransmissions >= 1
+    # Each resend came at least the minimum RTO (200 ms) after the original.
+    assert t.retransmit_delay_ns >= 200 * MS * t.retransmissions
+    (f,) = [f for f in join.to_dict()["findings"] if f["kind"] == "retransmission"]
+    assert f["ms"] >= 200

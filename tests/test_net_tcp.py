@@ -288,3 +288,52 @@ def test_decode_as_forces_a_protocol(tmp_path: Path) -> None:
     forced = run(b, tmp_path, decode_as=["tcp.port==9999,http"])
     assert forced.tcp_connections[0].protocol == "http"
     assert forced.decode_as == ("tcp.port==9999,http",)
+
+
+def test_probe_clock_maps_every_absolute_time(tmp_path: Path) -> None:
+    """Mapping a report onto the probe's clock moves every absolute time, the events' and
+    the WebSocket frames' ``at_ns`` too (not only fields named ``*_at_ns``)."""
+    import dataclasses
+
+    from voiceaudit.capture.align import network_events, to_probe_clock
+    from voiceaudit.clock import Anchor
+
+    b = CaptureBuilder()
+    f = b.flow(C, 40000, S, 8765)
+    f.handshake(T0, T0 + MS, T0 + 2 * MS)
+    f.send(T0 + 5 * MS, True, b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n")
+    f.send(T0 + 85 * MS, False, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n")
+    seq = f.sseq
+    f.send(T0 + 300 * MS, False, ws_frame(2, b"\0" * 300))
+    # The same frame again 210 ms later: a retransmission (a TcpEvent with at_ns).
+    b.add(
+        T0 + 510 * MS, tcp_segment(S, 8765, C, 40000, seq, f.cseq, 0x18, ws_frame(2, b"\0" * 300))
+    )
+    r = run(b, tmp_path)
+    offset = 123 * MS
+    mono = to_probe_clock(r, [Anchor(wall_ns=T0, mono_ns=T0 - 10**18 + offset)])
+    shift = T0 - 10**18 + offset - T0
+
+    def times(obj: object, out: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            for fl in dataclasses.fields(obj):
+                v = getattr(obj, fl.name)
+                if (fl.name == "at_ns" or fl.name.endswith("_at_ns")) and isinstance(v, int):
+                    out.append((fl.name, v))
+                elif isinstance(v, tuple):
+                    for x in v:
+                        times(x, out)
+                else:
+                    times(v, out)
+        return out
+
+    before, after = times(r, []), times(mono, [])
+    assert {n for n, _ in before} >= {"at_ns", "syn_at_ns", "start_at_ns"}
+    assert len(before) == len(after)
+    for (n, v), (n2, v2) in zip(before, after, strict=True):
+        assert n == n2 and v2 - v == shift, (n, v, v2)
+    (c,) = mono.tcp_connections
+    (rt,) = [e for e in c.events if e.kind == "retransmission"]
+    assert rt.at_ns == T0 + 510 * MS + shift
+    frames = [e for e in network_events(mono) if e.name == "ws.frame"]
+    assert frames and all(e.t_ns < T0 for e in frames)  # on the probe's clock now

@@ -43,7 +43,15 @@ def test_clean_run_wire_to_app(tmp_path: Path, capsys: pytest.CaptureFixture[str
         assert t["wire_to_app_ms"] is not None
         assert 0 <= t["wire_to_app_ms"] < 50
         assert t["small_write_stalls"] == 0
-    assert net["findings"] == []
+    findings = net["findings"]
+    assert isinstance(findings, list)
+    # Nothing is held up on a clean loopback run. The one thing a busy machine can put on
+    # this wire is the sender kernel's tail-loss probe: a reply segment resent a few ms
+    # after the original because the probe's ACK came late (seen here: a 999-byte segment
+    # resent after 4.3 ms, then one ACK covering both). Nothing was lost, so no resend
+    # waited for a retransmission timeout (Linux's minimum: 200 ms).
+    assert [f for f in findings if f["kind"] != "retransmission"] == [], findings
+    assert all(f["ms"] < 200 for f in findings), findings
 
 
 def test_small_writes_show_as_stalls(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

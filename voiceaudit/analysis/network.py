@@ -43,6 +43,8 @@ class TurnNetwork:
     stall_held_ns: int
     retransmissions: int
     connects: tuple[dict[str, Any], ...]
+    #: the retransmissions' delays after their originals (where the capture has those)
+    retransmit_delay_ns: int = 0
 
     @property
     def wire_to_app_ns(self) -> int | None:
@@ -59,6 +61,7 @@ class TurnNetwork:
             "small_write_stalls": self.stalls,
             "small_write_stall_ms": round(self.stall_held_ns / NS_PER_MS, 3),
             "retransmissions": self.retransmissions,
+            "retransmit_delay_ms": round(self.retransmit_delay_ns / NS_PER_MS, 3),
             "connections_in_turn": list(self.connects),
         }
 
@@ -90,8 +93,13 @@ class NetworkJoin:
                     {
                         "kind": "retransmission",
                         **where,
-                        "ms": None,
-                        "evidence": f"{t.retransmissions} TCP retransmission(s) in the turn",
+                        # at most this: a lost segment holds the byte stream until it is
+                        # resent; a spurious one (a tail-loss probe) held nothing
+                        "ms": round(t.retransmit_delay_ns / NS_PER_MS, 3),
+                        "evidence": f"{t.retransmissions} TCP retransmission(s) in the turn, "
+                        "each resent after its original by "
+                        f"{t.retransmit_delay_ns / NS_PER_MS:.1f} ms in all (the most they "
+                        "held the stream)",
                     }
                 )
             for c in t.connects:
@@ -201,16 +209,17 @@ def join_capture(
             # saw it (1 ms slack for the clock mapping)
             cands = [t for t in audio_wire if speech_end <= t <= app + NS_PER_MS]
             wire = cands[0] if cands else None
-        stalls = held = retrans = 0
+        stalls = held = retrans = rdelay = 0
         connects = []
         for c in report.tcp_connections:
             for s in c.small_write_stalls:
                 if start <= s.released_at_ns <= end:
                     stalls += 1
                     held += s.held_ns
-            retrans += sum(
-                1 for ev in c.events if ev.kind == "retransmission" and start <= ev.at_ns <= end
-            )
+            for ev in c.events:
+                if ev.kind == "retransmission" and start <= ev.at_ns <= end:
+                    retrans += 1
+                    rdelay += ev.delay_ns or 0
             if c.established_at_ns is not None and speech_end <= c.established_at_ns <= end:
                 connects.append(
                     {
@@ -220,7 +229,9 @@ def join_capture(
                         else round(c.connect_ns / NS_PER_MS, 3),
                     }
                 )
-        out.append(TurnNetwork(session, turn, wire, app, stalls, held, retrans, tuple(connects)))
+        out.append(
+            TurnNetwork(session, turn, wire, app, stalls, held, retrans, tuple(connects), rdelay)
+        )
     rtp = tuple(
         {
             "ssrc": s.ssrc_hex,

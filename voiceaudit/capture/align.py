@@ -6,7 +6,8 @@ the capture (:class:`voiceaudit.capture.dumpcap.DumpcapResult.anchors`, or a tra
 header's anchors) give a :class:`~voiceaudit.clock.ClockMap` between the two.
 
 - :func:`to_probe_clock` returns a copy of a :class:`NetReport` whose every absolute time
-  (every field ending in ``_at_ns``) is on the monotonic clock. Durations do not change.
+  (every field named ``at_ns`` or ending in ``_at_ns``) is on the monotonic clock.
+  Durations do not change.
 - :func:`network_events` flattens a report into :class:`voiceaudit.model.Event` records
   (``source="network"``, ``turn=None``): the wire marks the latency ledger joins to turns
   (first reply byte on the wire, connection setup, stalls, retransmissions).
@@ -31,7 +32,7 @@ def _map_obj(obj: T, cm: ClockMap) -> T:
     changes: dict[str, Any] = {}
     for f in dataclasses.fields(obj):
         v = getattr(obj, f.name)
-        if f.name.endswith("_at_ns"):
+        if f.name == "at_ns" or f.name.endswith("_at_ns"):
             if isinstance(v, int):
                 changes[f.name] = cm.wall_to_mono(v)
         elif isinstance(v, tuple) and v and dataclasses.is_dataclass(v[0]):
