@@ -153,6 +153,18 @@ def test_tcp_keeps_order_and_holds_for_an_rto() -> None:
     assert _binomial_ok(hit, 5000, 1 - 0.97**10, sigmas=6)
 
 
+def test_tcp_retransmission_outlives_the_burst() -> None:
+    # a Wi-Fi-like burst (mean 4 packets) takes the original segment, but the
+    # retransmission an RTO later meets only the long-run 3 %: a second loss is rare
+    imp = parse_impairment("loss=3%,burst=4,seed=2")
+    m = TcpLinkModel(imp, imp.down, link_rngs(imp.seed, "tcp", 1, "down"))
+    fates = [m.chunk(i * 20 * MS, 500) for i in range(50_000)]
+    hit = [f for f in fates if f.losses]
+    assert _binomial_ok(len(hit), 50_000, 0.03)
+    again = sum(f.losses > 1 for f in hit)
+    assert _binomial_ok(again, len(hit), 0.03, sigmas=6)
+
+
 def test_tcp_rate_cap_serializes() -> None:
     imp = parse_impairment("rate=1mbit,delay=10ms")
     m = TcpLinkModel(imp, imp.up, link_rngs(1, "tcp", 1, "up"))

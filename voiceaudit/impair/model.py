@@ -25,8 +25,10 @@ the rate-capped link (a FIFO serializer: a packet of n bytes occupies it n·8/ra
 a packet that would wait longer than ``queue`` for the link is dropped (tail drop).
 
 **TCP**: a chunk read from the socket is ceil(bytes/mss) segments; each segment is lost
-with the loss model, and a lost segment is retransmitted one RTO later, lost again with
-the same model (each further loss doubling the RTO, as TCP backs off, at most 6 times).
+with the loss model (the chain steps once per segment), and a lost segment is
+retransmitted one RTO later; a loss burst is long over by then, so the retransmission is
+lost with the long-run rate ``loss`` (each further loss doubling the RTO, as TCP backs
+off, at most 6 times).
 The chunk is held for the longest of its segments' retransmission times. Bytes are
 delivered in order: a chunk is never delivered before the previous one (head-of-line
 blocking: one lost segment holds everything behind it). This models TCP's *loss effect*
@@ -151,8 +153,12 @@ class TcpLinkModel(_Link):
         losses = 0
         for _ in range(segments):
             k = 0
-            while k < 64 and self.loss.lost():
-                k += 1
+            if self.loss.lost():
+                # the retransmission leaves an RTO (>= 200 ms) later, when the burst that
+                # took the original is over: it meets the long-run loss rate
+                k = 1
+                while k < 64 and self.loss.rng.random() < self.loss.loss:
+                    k += 1
             if k:
                 losses += k
                 seg_hold = sum(self.rto_ns << min(i, MAX_BACKOFF) for i in range(k))
