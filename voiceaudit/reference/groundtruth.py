@@ -128,6 +128,8 @@ class TurnRecord:
                 "last_audio_sent_ns": None,
                 "audio_after_samples": 0,
                 "audio_after_ns": 0,
+                "scheduled_after_samples": 0,
+                "scheduled_after_ns": 0,
                 "messages_after": 0,
                 "audio_before_samples": self.reply_audio_samples
                 if sent_samples is None
@@ -150,6 +152,7 @@ class TurnRecord:
         b["audio_after_samples"] = max(0, self.reply_audio_samples - before)
         if self.output_rate:
             b["audio_after_ns"] = round(b["audio_after_samples"] * 1e9 / self.output_rate)
+            b["scheduled_after_ns"] = round(b["scheduled_after_samples"] * 1e9 / self.output_rate)
         b["cut"] = self.reply_cut
         if b["stopped_ns"] is None:
             b["stopped_ns"] = stopped_ns if stopped_ns is not None else now_ns()

@@ -361,6 +361,7 @@ class Pacer:
         self._t0: int | None = None
         self._samples_before = 0
         self._last_send = 0
+        self.scheduled = 0
         self.jitter_first_ns: int | None = None
         self.jitter_total_ns = 0
         self.jitter_each_ns: list[int] = []
@@ -375,9 +376,14 @@ class Pacer:
         if self._t0 is None:
             self._t0 = ready
         due = ready
+        # the message's place on the reply's own schedule (barge-in stops by it): its
+        # real-time slot with slow-audio, else when it was ready; lateness of the loop
+        # does not move it
+        self.scheduled = ready
         if self.slow is not None:
             nominal = self._t0 + round(self._samples_before * 1e9 / (self.rate * self.slow))
             due = max(due, nominal)
+            self.scheduled = nominal
         if self.jitter_ns > 0:
             extra = self.rng.randint(0, self.jitter_ns)
             if self.jitter_first_ns is None:
@@ -385,9 +391,17 @@ class Pacer:
             self.jitter_total_ns += extra
             self.jitter_each_ns.append(extra)
             due += extra
+            self.scheduled += extra
         due = max(due, self._last_send)
         self._samples_before += n_samples
         return due
+
+    def next_scheduled(self) -> int:
+        """The next message's place on the reply's schedule, without jitter (no side
+        effects): its real-time slot with slow-audio, else now."""
+        if self.slow is not None and self._t0 is not None:
+            return self._t0 + round(self._samples_before * 1e9 / (self.rate * self.slow))
+        return now_ns()
 
     async def sleep_until(self, due: int) -> None:
         wait = due - now_ns()
@@ -436,6 +450,9 @@ class Speaker:
         self.sink = sink
         self.wpm = wpm
         self.out_rate = sink.output_rate
+        #: the sink writes what it is given now (a socket), not on a clock of its own (a
+        #: media track, which counts the barge-in's audio itself)
+        self.own_clock = not getattr(sink, "played_by_track", False)
         record.output_rate = self.out_rate
         if inj.audio_chunk_ns is not None:
             chunk = round(inj.audio_chunk_ns * self.out_rate / 1e9)
@@ -497,7 +514,7 @@ class Speaker:
         try:
             for frame in frames:
                 due = self.pacer.plan(frame.size)
-                if self._past(due):
+                if self._past(self.pacer.scheduled):
                     raise _Halt
                 await self.pacer.sleep_until(due)
                 t = now_ns()
@@ -508,6 +525,10 @@ class Speaker:
                 record.audio_messages += 1
                 record.reply_audio_ns += round(frame.size * 1e9 / self.out_rate)
                 record.reply_audio_samples += int(frame.size)
+                b = record.barge_in
+                if b is not None and self.own_clock and self.pacer.scheduled > b["detected_ns"]:
+                    # on the reply's own schedule, after the caller was heard
+                    b["scheduled_after_samples"] += int(frame.size)
                 # Synthesis runs far ahead of real time; yield after every message so one
                 # reply's burst never holds the loop for more than one message's work.
                 await asyncio.sleep(0)
@@ -527,7 +548,9 @@ class Speaker:
     async def _speak(self) -> None:
         record, inj = self.record, self.ctx.injections
         while True:
-            if self._past(now_ns()) and not self._only_end_left():
+            # the reply's clock, not the wall clock: a speaker behind schedule (a loaded
+            # loop) still sends what was due before the stop time
+            if self._past(self.pacer.next_scheduled()) and not self._only_end_left():
                 raise _Halt
             segment = await self.queue.get()
             if segment is None:
@@ -547,7 +570,7 @@ class Speaker:
                     record.add_injected("leading_silence_total_ns", inj.leading_silence_ns)
                 first_piece = False
                 await self._emit(self.framer.push(x))
-                if self._past(now_ns()):
+                if self._past(self.pacer.next_scheduled()):
                     raise _Halt
             await self._emit(self.framer.push(resampler.flush()))
             if not self.buffered:

@@ -93,6 +93,7 @@ class _OutTrack:
                     raise MediaStreamError
                 if self._start is None:
                     self._start = time.monotonic_ns()
+                    session.track_start_ns = self._start
                 # absolute pacing: frame k leaves at start + k * 20 ms
                 due = self._start + self._k * 20_000_000
                 delay = (due - time.monotonic_ns()) / 1e9
@@ -112,6 +113,8 @@ class _OutTrack:
 
 class _ReplySink:
     output_rate = RATE
+    #: the track plays the audio on its own clock (see Speaker.own_clock)
+    played_by_track = True
 
     def __init__(self, session: WebRTCSession, record: TurnRecord) -> None:
         self.s = session
@@ -169,6 +172,10 @@ class WebRTCSession:
         self._ids: dict[int, tuple[str, str]] = {}
         #: id(record) -> media time of the reply's last frame on the track
         self._last_pts: dict[int, int] = {}
+        #: when the outgoing track's first frame was due (its clock: frame k at + k * 20 ms)
+        self.track_start_ns: int | None = None
+        #: the track's clock at the last frame it took
+        self._track_when = 0
         self._written: set[int] = set()
 
     # -- events on the data channel ---------------------------------------------------
@@ -218,6 +225,14 @@ class WebRTCSession:
         except Exception:  # the remote track ended
             return
 
+    def stream_pts(self, t_ns: int) -> int:
+        """Media time (48 kHz samples) of the first outgoing frame due after ``t_ns``, by
+        the track's clock (frame k is due at its start + k * 20 ms)."""
+        if self.track_start_ns is None:
+            return 0
+        k = max(0, -(-(t_ns - self.track_start_ns) // 20_000_000))
+        return int(k * FRAME)
+
     def on_speech_started(self, start: SpeechStart, t_ns: int) -> None:
         old = self._response_record
         if old is not None:
@@ -236,6 +251,8 @@ class WebRTCSession:
                 self._stop_at[id(old)] = int(old.barge_in["stop_at_ns"])
             if old.barge_in is not None and old.barge_in["detected_ns"] == t_ns:
                 old.barge_in["audio_before_samples"] = taken
+                # where the outgoing stream was when the caller was heard
+                old.barge_in["pts"] = self.stream_pts(t_ns)
         record = self.ctx.new_record(self.id, self.turn_index, "webrtc")
         self.turn_index += 1
         record.mark("speech_started", t_ns)
@@ -243,7 +260,11 @@ class WebRTCSession:
         record.speech_start_ms = start.speech_start_ms
         record.input_rate = RATE
         self._record = record
-        self.event("input_audio_buffer.speech_started", audio_start_ms=start.audio_start_ms)
+        self.event(
+            "input_audio_buffer.speech_started",
+            audio_start_ms=start.audio_start_ms,
+            pts=self.stream_pts(t_ns),
+        )
         self.announce(record)
 
     def on_speech_stopped(
@@ -327,6 +348,20 @@ class WebRTCSession:
                 record.status = "cancelled"
         except asyncio.CancelledError:
             record.status = "cancelled"
+            stop_at = self._stop_at.get(id(record))
+            if stop_at is not None:
+                # barge-in: the frames due before the stop time still go out, even when
+                # the track runs late (a loaded loop); the track drops the rest itself
+                with contextlib.suppress(asyncio.CancelledError):
+                    waited = 0
+                    while (
+                        not self._closed
+                        and self._track_when <= stop_at
+                        and any(r is record for r, _ in self._out)
+                        and waited < 500  # a track that stopped: give up after 5 s
+                    ):
+                        await asyncio.sleep(0.01)
+                        waited += 1
         finally:
             self._finish(record, control, started)
 
@@ -406,6 +441,7 @@ class WebRTCSession:
         filled = 0
         record: TurnRecord | None = None
         when = t_ns if due is None else due
+        self._track_when = when
         while filled < FRAME and self._out:
             rec, chunk = self._out[0]
             stop_at = self._stop_at.get(id(rec))
@@ -418,6 +454,10 @@ class WebRTCSession:
             filled += take
             self._out_pos += take
             self._taken[id(rec)] = self._taken.get(id(rec), 0) + take
+            b = rec.barge_in
+            if b is not None and when > b["detected_ns"]:
+                # the track's clock says this frame leaves after the caller was heard
+                b["scheduled_after_samples"] += take
             if self._out_pos >= chunk.size:
                 self._out.popleft()
                 self._out_pos = 0
