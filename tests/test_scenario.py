@@ -287,8 +287,13 @@ def test_a_missing_scenario_file_is_exit_3(tmp_path: Path) -> None:
     assert info.value.exit_code == ExitCode.BAD_INPUT
 
 
-def test_docs_examples_parse() -> None:
-    """Every ```toml block of docs/scenarios.md is a valid scenario."""
+def test_docs_examples_parse(clips: Path) -> None:
+    """Every ```toml block of docs/scenarios.md is a valid scenario (the files it names
+    exist beside it)."""
+    (clips / "recordings").mkdir()
+    (clips / "recordings" / "long-question.wav").write_bytes(
+        (clips / "clips" / "mine.wav").read_bytes()
+    )
     doc = Path(__file__).resolve().parent.parent / "docs" / "scenarios.md"
     blocks = doc.read_text(encoding="utf-8").split("```toml\n")[1:]
     assert blocks, "docs/scenarios.md has no toml examples"
@@ -296,5 +301,5 @@ def test_docs_examples_parse() -> None:
         text = block.split("```", 1)[0]
         if "[[session]]" not in text:
             continue  # a fragment
-        sc = parse_scenario(text, base_dir=bundled_dir())
+        sc = parse_scenario(text, base_dir=clips)
         assert sc.sessions
