@@ -18,7 +18,7 @@ system:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,reference,webrtc]'
+	$(BIN)/pip install -q -e '.[dev,reference,webrtc,load]'
 	touch $(STAMP)
 
 setup: system $(STAMP)
