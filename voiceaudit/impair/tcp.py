@@ -202,6 +202,7 @@ class _Direction:
                     rec["tx_ns"] = None
             else:
                 rec["tx_ns"] = None
+            rec["fate"] = "unsent" if rec["tx_ns"] is None else "delivered"
             self.proxy.rec.write(rec)
             self.buffered -= len(data)
             if self.buffered <= BUFFER_LIMIT:
