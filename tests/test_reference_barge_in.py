@@ -753,3 +753,64 @@ def check_endpointing(servers: dict[str, Served], protocol: str) -> None:
     # the first turn ended in the pause (the pause starts 1.2 s into the speech)
     assert second["audio"]["speech_start_ms"] - first["audio"]["speech_end_ms"] >= 250
     assert second["status"] == "completed"
+
+
+# --- units: the injections and the ground-truth records --------------------------------------
+
+
+def test_turn_taking_injections_parse_describe_and_refuse() -> None:
+    from voiceaudit.errors import UsageError
+    from voiceaudit.reference.config import Injections, parse_injections
+
+    inj = parse_injections(["barge-in-delay=300ms", "no-barge-in", "endpointing-silence=0.2s"])
+    d = inj.to_dict()
+    assert d["barge_in_delay_ns"] == 300 * MS and d["no_barge_in"] is True
+    assert d["endpointing_silence_ns"] == 200 * MS
+    assert parse_injections(inj.describe()) == inj  # describe() round-trips
+    assert (
+        inj.endpointing_silence_ms(500) == 200 and Injections().endpointing_silence_ms(500) == 500
+    )
+    assert not parse_injections(["no-barge-in=off"]).no_barge_in
+    for bad in (
+        "barge-in-delay",
+        "barge-in-delay=soon",
+        "endpointing-silence=5ms",
+        "no-barge-in=x",
+    ):
+        with pytest.raises(UsageError) as info:
+            parse_injections([bad])
+        assert "\n" not in info.value.message
+
+
+def test_a_late_truncate_is_its_own_record_and_folds_into_its_turn(tmp_path: Path) -> None:
+    from voiceaudit.reference.config import Injections
+    from voiceaudit.reference.groundtruth import (
+        GroundTruth,
+        TurnRecord,
+        read_ground_truth,
+        turn_records,
+    )
+
+    path = tmp_path / "truth.jsonl"
+    truth = GroundTruth(path, {})
+    rec = TurnRecord("sess_1", 0, "realtime", Injections().to_dict(), output_rate=24_000)
+    rec.audio_sent_ns = [100, 200, 300]
+    rec.reply_audio_samples = 3 * 480
+    rec.barge_in_detected(150, turn=1, speech_start_ms=900, delay_ns=0, sent_samples=480)
+    rec.reply_cut = True
+    rec.settle_barge_in(stopped_ns=310)
+    truth.write_turn(rec)
+    rec.truncate = {"t_ns": 400, "item_id": "item_1", "content_index": 0, "audio_end_ms": 20}
+    truth.write_truncate(rec)
+    truth.close()
+    records = read_ground_truth(path)
+    assert [r["record"] for r in records] == ["header", "turn", "truncate", "footer"]
+    assert records[1]["truncate"] is None  # the file stays append-only
+    (turn,) = turn_records(records)
+    assert turn["truncate"]["audio_end_ms"] == 20 and turn["truncate"]["item_id"] == "item_1"
+    assert truth.records[0]["truncate"]["audio_end_ms"] == 20  # server.turns is updated
+    b = turn["barge_in"]
+    assert b["messages_after"] == 2 and b["last_audio_sent_ns"] == 300
+    assert b["audio_after_samples"] == 960 and b["audio_after_ns"] == 40 * MS
+    assert b["cut"] and b["stopped_ns"] == 310 and turn["reply_cut"]
+    assert turn["audio"]["reply_audio_samples"] == 1440
