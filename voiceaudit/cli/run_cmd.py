@@ -117,6 +117,19 @@ def register(app: typer.Typer) -> None:
             help="Capture the target's traffic with dumpcap into capture.pcapng in the run "
             "directory (needs root or capabilities on dumpcap; runs on without it).",
         ),
+        impair: str | None = typer.Option(
+            None,
+            "--impair",
+            help="Impair the network path through a proxy on loopback: KEY=VALUE,... such "
+            "as delay=40ms,jitter=15ms,loss=2%,rate=1mbit (up./down. for one direction), "
+            "optionally led by a profile (docs/network-conditions.md).",
+        ),
+        network: str | None = typer.Option(
+            None,
+            "--network",
+            help="Network profile through the impairment proxy: lan, edge, regional-cloud, "
+            "cross-continent, mobile-4g, bad-wifi (--impair keys override it).",
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
         """Replay speech through a pipeline at real-time pace and record a trace."""
@@ -147,6 +160,11 @@ def register(app: typer.Typer) -> None:
             gap_ms=gap_ms,
             save_audio=save_audio,
         )
+        impairment = None
+        if impair is not None or network is not None:
+            from voiceaudit.impair import parse_impairment
+
+            impairment = parse_impairment(impair or "", profile=network)
         if inject and target is not None:
             raise UsageError("--inject applies to the built-in pipeline only (no --target)")
         headers = [(k, v) for k, v in _parse_pairs(header, "header", ":")]
@@ -169,6 +187,7 @@ def register(app: typer.Typer) -> None:
                 trace_path,
                 as_json,
                 capture,
+                impairment=impairment,
             )
         )
         summary = result.summary()
@@ -194,6 +213,7 @@ async def _run(
     trace_path: Path,
     quiet: bool,
     capture: bool = False,
+    impairment: Any = None,
 ) -> Any:
     from voiceaudit.probe.runner import Probe
     from voiceaudit.targets.base import TargetConfig
@@ -201,6 +221,7 @@ async def _run(
 
     server = None
     run_config: dict[str, Any] = {}
+    stack = contextlib.AsyncExitStack()
     try:
         if target_url is None:
             from voiceaudit.reference.config import ServerConfig, parse_injections
@@ -218,6 +239,9 @@ async def _run(
             topts = {**reference_options(protocol), **topts}
             run_config["reference"] = {"inject": list(inject), "ground_truth": "ground_truth.jsonl"}
         proto = protocol or infer_protocol(target_url)
+        real_url = target_url
+        if impairment is not None:
+            target_url = await _impair(stack, target_url, proto, impairment, trace_path, run_config)
         config = TargetConfig(
             url=target_url,
             protocol=proto,
@@ -227,7 +251,9 @@ async def _run(
         )
         target = get_target_class(proto)(config)
         dumpcap = (
-            _start_capture(target_url, proto, trace_path.parent, run_config) if capture else None
+            _start_capture(target_url, proto, trace_path.parent, run_config, also=real_url)
+            if capture
+            else None
         )
         observer = _ProgressObserver(quiet=quiet)
         probe = Probe(
@@ -261,11 +287,38 @@ async def _run(
                     " packets)[/]"
                 )
     finally:
+        await stack.aclose()
         if server is not None:
             await server.close()
 
 
-def _start_capture(url: str, protocol: str, run_dir: Path, run_config: dict[str, Any]) -> Any:
+async def _impair(
+    stack: contextlib.AsyncExitStack,
+    url: str,
+    protocol: str,
+    impairment: Any,
+    trace_path: Path,
+    run_config: dict[str, Any],
+) -> str:
+    """Put the impairment proxy in front of the target; the URL to connect to instead."""
+    from voiceaudit.impair import RECORD_NAME, impaired
+    from voiceaudit.targets.base import redact_url
+
+    via = await stack.enter_async_context(
+        impaired(url, protocol, impairment, trace_path.parent / RECORD_NAME)
+    )
+    run_config["impairment"] = {
+        **impairment.describe(),
+        "target": redact_url(url),
+        "proxy": redact_url(via),
+    }
+    err_console().print(f"[dim]network: {impairment.text} (impairment proxy {via})[/]")
+    return str(via)
+
+
+def _start_capture(
+    url: str, protocol: str, run_dir: Path, run_config: dict[str, Any], also: str | None = None
+) -> Any:
     """Start dumpcap for the target; on missing rights, say what to do and run on."""
     import os
 
@@ -275,12 +328,16 @@ def _start_capture(url: str, protocol: str, run_dir: Path, run_config: dict[str,
     if protocol == "python":
         raise UsageError("--capture needs a network target (not python://)")
     plan = plan_capture(url, media_udp=protocol == "webrtc")
+    capture_filter = plan.capture_filter
+    if also is not None and also != url:  # through the impairment proxy: both legs
+        other = plan_capture(also, media_udp=protocol == "webrtc").capture_filter
+        capture_filter = f"({capture_filter}) or ({other})"
     if plan.tls:
         # Python's ssl honours SSLKEYLOGFILE in every default context made after this.
         os.environ["SSLKEYLOGFILE"] = str(run_dir / KEYLOG_NAME)
         run_config["tls_keylog"] = KEYLOG_NAME
     cap = Dumpcap(
-        run_dir / "capture.pcapng", interface=plan.interface, capture_filter=plan.capture_filter
+        run_dir / "capture.pcapng", interface=plan.interface, capture_filter=capture_filter
     )
     try:
         cap.start()
@@ -292,7 +349,7 @@ def _start_capture(url: str, protocol: str, run_dir: Path, run_config: dict[str,
     run_config["capture"] = {
         "file": "capture.pcapng",
         "interface": plan.interface,
-        "filter": plan.capture_filter,
+        "filter": capture_filter,
     }
     return cap
 
