@@ -277,8 +277,15 @@ class Rtc:
     def types(self) -> list[str]:
         return [e["type"] for e in self.events if e["type"] != "voiceaudit.stage"]
 
+    #: received media time minus the server's (aiortc counts a received stream from its
+    #: first packet: when the first packets were lost the two differ); None until known
+    offset: int | None = None
+
     def samples_between(self, lo: int, hi: int) -> int:
-        return sum(x.size for pts, x in self.frames if lo <= pts < hi)
+        """Samples received in frames whose media time, by the server's count, is in
+        ``[lo, hi)``."""
+        off = self.offset or 0
+        return sum(x.size for pts, x in self.frames if lo + off <= pts < hi + off)
 
 
 async def webrtc_call(
@@ -322,7 +329,14 @@ async def webrtc_call(
                 pts = int(frame.pts)
                 rtc.frames.append((pts, mono.astype(np.float32)))
                 firsts = rtc.stage("first_audio_sent")
-                due = bool(firsts) and pts >= int(firsts[0]["pts"]) + int(TRIGGER_S * rate)
+                if firsts and rtc.offset is None:
+                    # the first audible frame of the stream is the reply's (silence before)
+                    heard = next((p for p, y in rtc.frames if np.abs(y).max() > 0.01), None)
+                    if heard is not None:
+                        rtc.offset = _offset(heard, int(firsts[0]["pts"]))
+                due = rtc.offset is not None and pts >= int(firsts[0]["pts"]) + rtc.offset + int(
+                    TRIGGER_S * rate
+                )
                 if barge is not None and not state["barge_pts"] and due:
                     state["barge_pts"] = pts
                     mic.say(barge)
@@ -357,6 +371,14 @@ async def webrtc_call(
     return rtc, state["barge_pts"]
 
 
+def _offset(received_pts: int, server_pts: int) -> int:
+    """Where the server's first reply frame is in the received stream: the first audible
+    received frame is it (eSpeak's leading silence is under a frame) or the next; a larger
+    difference is packets lost before the receiver counted its first."""
+    diff = received_pts - server_pts
+    return 0 if abs(diff) <= 2 * 960 else diff
+
+
 def _dones(rtc: Rtc) -> int:
     return sum(1 for e in rtc.events if e["type"] == "response.done")
 
@@ -373,7 +395,7 @@ async def webrtc_barge(server: Served) -> Barge:
     out = Barge("webrtc", 48_000, session_id=rtc.session_id, events=rtc.events)
     # the reply's frames as received (the server names its first and last by media time)
     out.reply_samples = rtc.samples_between(first, end)
-    out.trigger_samples = rtc.samples_between(first, barge_pts)
+    out.trigger_samples = rtc.samples_between(first, barge_pts - (rtc.offset or 0))
     # where the outgoing stream was when the server heard the caller: the client's own
     # position (barge_pts) lags it by both jitter buffers, which a loaded machine stretches
     heard = next(
