@@ -197,6 +197,8 @@ class Pair:
     same: str
     test: Difference | None
     significant: bool
+    #: Holm-adjusted p-value over the sweep's pairs (None when not tested)
+    p_adjusted: float | None = None
 
     @property
     def diff_p50_ms(self) -> float | None:
@@ -218,6 +220,7 @@ class Pair:
             "same": self.same,
             "diff_p50_ms": _r(self.diff_p50_ms),
             "p_value": None if self.test is None else self.test.p_value,
+            "p_adjusted": self.p_adjusted,
             "significant": self.significant,
             "verdict": self.verdict(),
         }
@@ -261,6 +264,8 @@ class SweepView:
 
 
 def _pairs(groups: Sequence[Group], alpha: float) -> tuple[Pair, ...]:
+    from voiceaudit.gate.significance import holm_adjusted
+
     by = {(g.pipeline, g.network): g for g in groups}
     pipelines = list(dict.fromkeys(g.pipeline for g in groups))
     networks = list(dict.fromkeys(g.network for g in groups))
@@ -276,10 +281,12 @@ def _pairs(groups: Sequence[Group], alpha: float) -> tuple[Pair, ...]:
                 cand.append((by[(pipe, first)], by[(pipe, net)], "pipeline"))
     tests = [mann_whitney(a.v2v, b.v2v) if len(a.v2v) and len(b.v2v) else None for a, b, _ in cand]
     tested = [i for i, t in enumerate(tests) if t is not None]
-    sig = holm([tests[i].p_value for i in tested], alpha)  # type: ignore[union-attr]
-    significant = dict(zip(tested, sig, strict=True))
+    raw = [tests[i].p_value for i in tested]  # type: ignore[union-attr]
+    significant = dict(zip(tested, holm(raw, alpha), strict=True))
+    adjusted = dict(zip(tested, holm_adjusted(raw), strict=True))
     return tuple(
-        Pair(a, b, same, tests[i], significant.get(i, False)) for i, (a, b, same) in enumerate(cand)
+        Pair(a, b, same, tests[i], significant.get(i, False), adjusted.get(i))
+        for i, (a, b, same) in enumerate(cand)
     )
 
 

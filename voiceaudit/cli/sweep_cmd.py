@@ -43,30 +43,25 @@ class SweepSpec:
 
 
 def _network(text: str) -> tuple[str, str]:
-    """A network entry: a profile name, ``direct``, or ``LABEL=SPEC`` / a bare spec."""
-    from voiceaudit.impair import PROFILES, parse_impairment
+    """A network entry: a profile name, ``direct``, a spec (labelled as written), or
+    ``LABEL=SPEC``. A bad one raises the spec parser's one-line error."""
+    from voiceaudit.impair import parse_impairment
 
     t = text.strip()
     if t == DIRECT:
         return DIRECT, ""
-    label, sep, spec = t.partition("=")
-    if sep and "," not in label and label and label.strip() not in _SPEC_KEYS:
-        label, spec = label.strip(), spec.strip()
-    else:
-        label, spec = t, t
-    if spec.lower() in PROFILES:
-        spec = spec.lower()
-        label = spec if label == t else label
-    parse_impairment(spec)  # one-line UsageError on a bad spec
-    return label, spec
-
-
-#: keys of an impairment spec: "delay=40ms" is a spec, not a label
-_SPEC_KEYS = frozenset(
-    {"delay", "jitter", "loss", "burst", "bad-loss", "good-loss", "dup", "rate", "queue"}
-    | {"seed", "rto", "mss"}
-    | {f"{d}.{k}" for d in ("up", "down") for k in ("delay", "jitter", "loss", "dup", "rate")}
-)
+    try:
+        parse_impairment(t)
+    except UsageError as whole:
+        label, sep, spec = t.partition("=")
+        if not sep or not label.strip() or "," in label:
+            raise whole from None
+        try:
+            parse_impairment(spec.strip())
+        except UsageError:
+            raise whole from None
+        return label.strip(), spec.strip()
+    return t.lower() if "=" not in t else t, t
 
 
 def _from_file(path: Path) -> SweepSpec:

@@ -61,7 +61,7 @@ def _pair_rows(view: SweepView) -> list[list[str]]:
                 f"{p.a.pipeline} over {p.a.network}",
                 f"{p.b.pipeline} over {p.b.network}",
                 "" if diff is None else f"{diff:+.1f}",
-                "" if d["p_value"] is None else f"{d['p_value']:.3g}",
+                "" if d["p_adjusted"] is None else f"{d['p_adjusted']:.3g}",
                 d["verdict"],
             ]
         )
