@@ -75,3 +75,9 @@ def test_run_through_the_layer_records_what_it_applied(
         proxy_port = imp["proxy"].rsplit(":", 1)[1].split("/")[0]
         target_port = imp["target"].rsplit(":", 1)[1].split("/")[0]
         assert {proxy_port, target_port} <= servers, servers
+    # The report names the real target and the network, not the proxy it connected to.
+    capfd.readouterr()
+    assert run(["report", str(out / "trace.jsonl"), "--format", "markdown"]) == ExitCode.OK
+    text = capfd.readouterr().out
+    assert f"{imp['target']} through the impairment proxy (edge)" in text, text[:600]
+    assert imp["proxy"] not in text

@@ -379,10 +379,17 @@ async def _cell(
         imp = parse_impairment(cell.impair) if cell.impair else None
         async with contextlib.AsyncExitStack() as stack:
             if imp is not None:
-                url = await stack.enter_async_context(
+                from voiceaudit.targets.base import redact_url
+
+                via = await stack.enter_async_context(
                     impaired(url, cell.protocol, imp, run_dir / RECORD_NAME)
                 )
-                run_config["impairment"] = imp.describe()
+                run_config["impairment"] = {
+                    **imp.describe(),
+                    "target": redact_url(url),
+                    "proxy": redact_url(via),
+                }
+                url = via
             target = get_target_class(cell.protocol)(
                 TargetConfig(url=url, protocol=cell.protocol, options=topts)
             )

@@ -137,7 +137,15 @@ def target_line(report: Report) -> str:
         t: dict[str, Any] = s.target
         proto = t.get("protocol") or "?"
         url = t.get("url") or ""
-        parts.append(f"{proto} {url}".strip())
+        imp = s.config.get("impairment")
+        if isinstance(imp, dict):
+            # The probe connected to the impairment proxy; name the real target and the
+            # network it was given.
+            real = imp.get("target") or url
+            net = imp.get("profile") or imp.get("spec") or "?"
+            parts.append(f"{proto} {real} through the impairment proxy ({net})")
+        else:
+            parts.append(f"{proto} {url}".strip())
     uniq = list(dict.fromkeys(parts))
     return "; ".join(uniq)
 
