@@ -2,7 +2,7 @@
 
 Two network conditions (no proxy, and 40 ms each way through the impairment proxy) for
 the raw PCM WebSocket pipeline: one trace per cell, a manifest, the sweep view from
-``voiceaudit report DIR``, and the transport segment grown by the applied one-way delay
+``voiceaudit report DIR``, and a transport segment of at least the applied one-way delay
 (the proxy delays the reply's bytes by 40 ms, the machine can only add). Bad sweep files
 fail with one line naming the line of the file.
 """
@@ -60,10 +60,12 @@ def test_sweep_runs_every_cell_and_reports_them(
     assert view["schema"] == "voiceaudit.sweep-report/1"
     groups = {g["network"]: g for g in view["groups"]}
     assert groups["direct"]["ok"] == 2 and groups["wan"]["ok"] == 2
-    # The reply's bytes crossed the proxy's 40 ms downlink: transport grows by at least
-    # that (one-sided: a busy machine can only add), and the pair is listed.
-    grown = groups["wan"]["transport_p50_ms"] - groups["direct"]["transport_p50_ms"]
-    assert grown >= 40.0 - 1.0, groups
+    # The reply's bytes crossed the proxy's 40 ms downlink: the wan cells' transport (the
+    # server's send of its first audio to the probe's read) is at least that. One-sided:
+    # a busy machine can only add (and can add to the direct cell too, so the difference
+    # of the two is no bound).
+    assert groups["wan"]["transport_p50_ms"] >= 40.0, groups
+    assert groups["direct"]["transport_p50_ms"] is not None
     assert [(p["a"]["network"], p["b"]["network"]) for p in view["pairs"]] == [("direct", "wan")]
 
     for fmt in ("markdown", "html", "terminal"):
