@@ -14,6 +14,7 @@ capacity. Nothing here bounds a latency: counts and structure only.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import signal
@@ -27,7 +28,12 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("locust", reason="the 'load' extra (make setup installs it)")
+# Only look for it: importing locust here would gevent-monkey-patch this whole pytest
+# process (threads become greenlets), breaking every later test that uses threads.
+if importlib.util.find_spec("locust") is None:
+    pytest.skip(
+        "the 'load' extra is not installed (make setup installs it)", allow_module_level=True
+    )
 
 pytestmark = pytest.mark.slow
 
