@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from reference_server import serve
 
 # Only look for it: importing locust here would gevent-monkey-patch this whole pytest
 # process (threads become greenlets), breaking every later test that uses threads.
@@ -46,40 +47,8 @@ def reference() -> Iterator[str]:
     """The reference pipeline's Realtime URL, served by ``voiceaudit serve``, with 200 ms
     of silence before every reply's speech: voice-to-voice (first audible sample) is then
     at least 200 ms more than first-byte (first reply byte) in every turn, by the audio."""
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "voiceaudit",
-            "serve",
-            "--port",
-            "0",
-            "--inject",
-            f"leading-silence={LEADING_SILENCE_MS}ms",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert server.stdout is not None
-        url = None
-        deadline = time.monotonic() + 120
-        while url is None and time.monotonic() < deadline:
-            line = server.stdout.readline()
-            if not line and server.poll() is not None:
-                break
-            if line.startswith("voiceaudit-serve listening "):
-                url = line.split()[-1].replace("http://", "ws://") + "/v1/realtime"
-        assert url is not None, "voiceaudit serve did not start"
+    with serve("--inject", f"leading-silence={LEADING_SILENCE_MS}ms", timeout_s=120) as (_, url):
         yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 def _free_port() -> int:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from reference_server import serve
 
 from voiceaudit.trace_io import read_trace
 
@@ -18,21 +19,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_server_killed_mid_run(tmp_path: Path) -> None:
-    server = subprocess.Popen(
-        [sys.executable, "-m", "voiceaudit", "serve", "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert server.stdout is not None
-        url = None
-        deadline = time.monotonic() + 60
-        while url is None and time.monotonic() < deadline:
-            line = server.stdout.readline()
-            if "listening" in line:
-                url = line.split()[-1].replace("http://", "ws://") + "/v1/realtime"
-        assert url is not None, "serve did not start"
+    with serve() as (server, url):
         out = tmp_path / "run"
         run = subprocess.Popen(
             [sys.executable, "-m", "voiceaudit", "run", "--target", url, "--turns", "4",
@@ -49,10 +36,6 @@ def test_server_killed_mid_run(tmp_path: Path) -> None:
             time.sleep(0.05)
         os.kill(server.pid, signal.SIGKILL)
         stdout, stderr = run.communicate(timeout=120)
-    finally:
-        if server.poll() is None:
-            server.kill()
-        server.wait()
     assert "Traceback" not in stderr, stderr
     assert run.returncode == 0, (run.returncode, stderr)  # one turn succeeded
     tr = read_trace(trace)
