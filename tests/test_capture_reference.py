@@ -47,10 +47,16 @@ def test_reference_injections_on_the_wire(tmp_path: Path) -> None:
                     async with cs.ws_connect(delayed.ws + "/v1/pcm"):
                         connect = time.monotonic_ns() - t0
                 base_turn = await pcm_turn(base.ws, speech, speed=2.0)
-                # A burst is held until the caller's next microphone frame carries the ACK:
-                # 0-20 ms later, by chance. Only holds of 15 ms or more are stalls, so a
-                # reply can pass without one; three replies make that vanishingly rare.
-                small_turns = [await pcm_turn(small.ws, speech, speed=2.0) for _ in range(3)]
+                # A burst is held until the caller's next microphone frame carries the ACK,
+                # and only holds of 15 ms or more are stalls. With 20 ms frames that needs
+                # a burst in the first 5 ms after a frame: 27 of 60 replies had no stall,
+                # and 2 of 20 runs (and one CI run) none in all three. With 30 ms frames
+                # (a common VAD frame size) 2 of 120 replies had none, under two busy
+                # cores (40 runs, none without a stall).
+                small_turns = [
+                    await pcm_turn(small.ws, speech, speed=2.0, open_mic_frame_ms=30)
+                    for _ in range(3)
+                ]
                 assert base_turn.frames and all(t.frames for t in small_turns)
                 return connect, small_turns[0].frames[0][0]
 

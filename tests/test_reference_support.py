@@ -229,10 +229,12 @@ async def pcm_turn(
     silence_s: float = 1.0,
     speed: float = 1.0,
     keep_sending: bool = True,
+    open_mic_frame_ms: int = 20,
     timeout: float = 30.0,
 ) -> PcmTurn:
     """Speak ``speech`` (then silence) into ``/v1/pcm`` at real-time pace times ``speed``,
-    and collect everything until ``turn_done``."""
+    and collect everything until ``turn_done``. After the clip the microphone stays open
+    (``keep_sending``): silence in ``open_mic_frame_ms`` frames, in real time."""
     result = PcmTurn()
     url = f"{base_ws}/v1/pcm?rate={rate}" + (f"&out_rate={out_rate}" if out_rate else "")
     frame = rate // 50
@@ -251,9 +253,10 @@ async def pcm_turn(
                     delay = start + n * 0.02 / speed - time.monotonic()
                     if delay > 0:
                         await asyncio.sleep(delay)
+                quiet = bytes(rate * open_mic_frame_ms // 1000 * 2)
                 while keep_sending:  # the caller's microphone stays open
-                    await ws.send_bytes(bytes(frame * 2))
-                    await asyncio.sleep(0.02)
+                    await ws.send_bytes(quiet)
+                    await asyncio.sleep(open_mic_frame_ms / 1000)
 
             sender = asyncio.create_task(send())
             try:
