@@ -130,6 +130,13 @@ def register(app: typer.Typer) -> None:
             help="Network profile through the impairment proxy: lan, edge, regional-cloud, "
             "cross-continent, mobile-4g, bad-wifi (--impair keys override it).",
         ),
+        scenario: Path | None = typer.Option(
+            None,
+            "--scenario",
+            help="A scenario file (TOML, docs/scenarios.md): a scripted conversation per "
+            "session, with pauses, interruptions and sounds over the reply, for turn-taking "
+            "measurements (barge-in stop latency, cut-ins, false interruptions).",
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
         """Replay speech through a pipeline at real-time pace and record a trace."""
@@ -169,7 +176,15 @@ def register(app: typer.Typer) -> None:
             raise UsageError("--inject applies to the built-in pipeline only (no --target)")
         headers = [(k, v) for k, v in _parse_pairs(header, "header", ":")]
         topts = dict(_parse_pairs(target_option, "target option"))
-        utterances = load_utterances(list(audio or []), rate=rate)
+        script = None
+        run_config: dict[str, Any] = {}
+        if scenario is not None:
+            script, run_config["scenario"] = _load_scenario(
+                scenario, audio, sessions, turns, repeat, ramp_spec
+            )
+            utterances = []
+        else:
+            utterances = load_utterances(list(audio or []), rate=rate)
         out_dir = out or default_out_dir()
         trace_path = out_dir / "trace.jsonl"
         if trace_path.exists():
@@ -188,6 +203,8 @@ def register(app: typer.Typer) -> None:
                 as_json,
                 capture,
                 impairment=impairment,
+                scenario=script,
+                run_config=run_config,
             )
         )
         summary = result.summary()
@@ -214,13 +231,15 @@ async def _run(
     quiet: bool,
     capture: bool = False,
     impairment: Any = None,
+    scenario: Any = None,
+    run_config: dict[str, Any] | None = None,
 ) -> Any:
     from voiceaudit.probe.runner import Probe
     from voiceaudit.targets.base import TargetConfig
     from voiceaudit.targets.registry import get_target_class, infer_protocol
 
     server = None
-    run_config: dict[str, Any] = {}
+    run_config = dict(run_config or {})
     stack = contextlib.AsyncExitStack()
     try:
         if target_url is None:
@@ -257,7 +276,13 @@ async def _run(
         )
         observer = _ProgressObserver(quiet=quiet)
         probe = Probe(
-            target, utterances, options, trace_path, observer=observer, run_config=run_config
+            target,
+            utterances,
+            options,
+            trace_path,
+            observer=observer,
+            run_config=run_config,
+            scenario=scenario,
         )
         loop = asyncio.get_running_loop()
         interrupts = 0
@@ -290,6 +315,43 @@ async def _run(
         await stack.aclose()
         if server is not None:
             await server.close()
+
+
+def _load_scenario(
+    path: Path,
+    audio: list[Path] | None,
+    sessions: int,
+    turns: int | None,
+    repeat: int,
+    ramp: Any,
+) -> tuple[Any, dict[str, Any]]:
+    """Read a scenario file for --scenario; it replaces the audio and the session counts."""
+    import hashlib
+
+    from voiceaudit.scenario import load_scenario
+
+    clash = [
+        name
+        for name, given in (
+            ("audio files", bool(audio)),
+            ("--sessions", sessions != 1),
+            ("--turns", turns is not None),
+            ("--repeat", repeat != 1),
+            ("--ramp", ramp is not None),
+        )
+        if given
+    ]
+    if clash:
+        raise UsageError(
+            f"--scenario says what each session does: leave out {', '.join(clash)}",
+            hint="set count and repeat in the scenario file",
+        )
+    script = load_scenario(path)
+    return script, {
+        "path": str(path),
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "sessions": [s.name for s in script.sessions],
+    }
 
 
 async def _impair(
@@ -431,6 +493,16 @@ def _print_summary(summary: dict[str, Any]) -> None:
                 "could not keep up (machine busy, or an in-process target blocked its event loop); "
                 "the report marks those turns"
             )
+    tt = summary.get("turn_taking")
+    if tt:
+        stop = tt["stop_ms"]
+        line = f"turn-taking: {tt['barge_ins']} barge-in(s)"
+        if stop:
+            line += f", stop latency p50 {stop['p50']:.0f} ms, max {stop['max']:.0f} ms"
+        line += f"; {tt['cut_ins']} cut-in(s)"
+        if tt.get("sounds"):
+            line += f"; {tt['sounds']} sound(s), {tt['false_interruptions']} stopped the reply"
+        out.print(line)
     levels = summary.get("by_concurrency")
     if levels:
         out.print(

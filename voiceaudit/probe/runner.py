@@ -32,6 +32,7 @@ from voiceaudit.model import Header
 from voiceaudit.probe.pacing import BROKE_NS, P99_GOAL_NS, Pacer, PacingHistogram, pacing_attrs
 from voiceaudit.probe.playout import PLAYOUT_MODELS, Chunk, play_model, playout_name
 from voiceaudit.probe.utterances import Utterance
+from voiceaudit.scenario import Scenario
 from voiceaudit.targets.base import Target, TargetSession
 from voiceaudit.trace_io import TraceWriter
 
@@ -176,6 +177,13 @@ class TurnResult:
     first_byte_ns: int | None = None
     #: the run's sessions running when the speech end was sent
     concurrency: int | None = None
+    #: scenario runs: the barge-in stop latency of this turn's interrupted reply
+    barge_in_stop_ns: int | None = None
+    #: scenario runs: replies heard while the caller was still speaking (cut-ins)
+    cut_ins: int = 0
+    #: scenario runs: sounds placed over this turn's reply, and how many stopped it
+    sounds: int = 0
+    false_interruptions: int = 0
 
     @property
     def pacing_broke(self) -> bool:
@@ -235,6 +243,30 @@ class RunResult:
             for c, v in sorted(per.items())
         ]
 
+    def _turn_taking(self) -> dict[str, Any] | None:
+        """Scenario runs: barge-in stop latency and cut-ins (None for a plain run)."""
+        stops = [
+            t.barge_in_stop_ns / NS_PER_MS for t in self.turns if t.barge_in_stop_ns is not None
+        ]
+        cut_ins = sum(t.cut_ins for t in self.turns)
+        sounds = sum(t.sounds for t in self.turns)
+        if not stops and not cut_ins and not sounds:
+            return None
+        out: dict[str, Any] = {
+            "barge_ins": len(stops),
+            "cut_ins": cut_ins,
+            "sounds": sounds,
+            "false_interruptions": sum(t.false_interruptions for t in self.turns),
+            "stop_ms": None,
+        }
+        if stops:
+            out["stop_ms"] = {
+                "p50": round(float(np.percentile(stops, 50)), 3),
+                "p95": round(float(np.percentile(stops, 95)), 3),
+                "max": round(max(stops), 3),
+            }
+        return out
+
     @property
     def ok_turns(self) -> list[TurnResult]:
         return [t for t in self.turns if t.ok]
@@ -260,6 +292,7 @@ class RunResult:
             ],
             "pacing": self.pacing_summary(),
             "by_concurrency": self._by_concurrency(),
+            "turn_taking": self._turn_taking(),
         }
         if len(vals):
             out["voice_to_voice_ms"] = {
@@ -347,9 +380,14 @@ class Probe:
         *,
         observer: Observer | None = None,
         run_config: dict[str, Any] | None = None,
+        scenario: Scenario | None = None,
     ) -> None:
-        if not utterances:
+        if not utterances and scenario is None:
             raise UsageError("nothing to replay: no utterances")
+        if scenario is not None and options.ramp is not None:
+            raise UsageError("--scenario and --ramp do not go together")
+        #: a scripted conversation per session instead of the utterances (``run --scenario``)
+        self.scenario = scenario
         self.target = target
         self.utterances = utterances
         self.options = options
@@ -388,7 +426,7 @@ class Probe:
             clock={"name": self.clock.name, "resolution_ns": self.clock.resolution_ns()},
             anchors=(take_anchor(self.clock),),
             config={
-                "sessions": o.sessions if o.ramp is None else o.ramp.end,
+                "sessions": self._slots,
                 **({} if o.ramp is None else {"ramp": o.ramp.describe()}),
                 "turns": o.turns,
                 "repeat": o.repeat,
@@ -415,6 +453,8 @@ class Probe:
     @property
     def _slots(self) -> int:
         o = self.options
+        if self.scenario is not None:
+            return len(self.scenario.sessions)
         return o.sessions if o.ramp is None else o.ramp.end
 
     async def _ramp(self, writer: TraceWriter) -> None:
@@ -479,6 +519,9 @@ class Probe:
             self._active -= 1
 
     async def _slot_turns(self, slot: int, writer: TraceWriter) -> None:
+        if self.scenario is not None:
+            await self._conversation(slot, writer)
+            return
         total = self._turns_per_session()
         turn = 0
         conn = 0
@@ -532,6 +575,44 @@ class Probe:
                     await ts.close()
                 writer.event(sid, None, self.clock.now_ns(), "probe", "session", "session.closed")
                 writer.commit()
+
+    async def _conversation(self, slot: int, writer: TraceWriter) -> None:
+        """One scenario session on one connection (voiceaudit.probe.conversation)."""
+        from voiceaudit.probe.conversation import Conversation
+
+        assert self.scenario is not None
+        sid = f"{self.options.session_prefix}s{slot}"
+        conv = Conversation(self, self.scenario, slot, sid, writer)
+        ts = self.target.session(conv.sink)
+        writer.event(sid, None, self.clock.now_ns(), "probe", "session", "session.connect_start")
+        try:
+            await ts.open()
+        except TargetError as exc:
+            writer.event(
+                sid,
+                None,
+                self.clock.now_ns(),
+                "probe",
+                "session",
+                "session.failed",
+                {"reason": exc.message},
+            )
+            for i in range(len(conv.script.turns)):
+                self._record_failed(writer, sid, i, f"connect failed: {exc.message}")
+            writer.commit()
+            if slot == 0:
+                raise
+            return
+        writer.event(sid, None, self.clock.now_ns(), "probe", "session", "session.connected")
+        try:
+            await conv.run(ts)
+        finally:
+            with contextlib.suppress(Exception):
+                await ts.end_turn()
+            with contextlib.suppress(Exception):
+                await ts.close()
+            writer.event(sid, None, self.clock.now_ns(), "probe", "session", "session.closed")
+            writer.commit()
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, waking early on a stop or (in a ramp) at the profile's end."""
@@ -697,7 +778,17 @@ class Probe:
             await ts.end_turn()
         sink.finish()
         healthy = not sink.failed.is_set()
-        result = self._close_turn(writer, sink, turn, utt, speech_end_ns, warm)
+        result = self._close_reply(
+            writer,
+            sid,
+            turn,
+            sink.chunks,
+            failure=sink.failure,
+            failed=sink.failed.is_set(),
+            done=sink.done.is_set(),
+            speech_end_ns=speech_end_ns,
+            warm=warm,
+        )
         result = dataclasses.replace(
             result, pacing_max_ns=worst[0], pacing_max_frame=worst[1], concurrency=concurrency
         )
@@ -724,23 +815,27 @@ class Probe:
                 for w in waiters:
                     w.cancel()
 
-    def _close_turn(
+    def _close_reply(
         self,
         writer: TraceWriter,
-        sink: _Sink,
+        sid: str,
         turn: int,
-        utt: Utterance,
+        chunks: list[tuple[int, bytes, int, int]],
+        *,
+        failure: str | None,
+        failed: bool,
+        done: bool,
         speech_end_ns: int,
         warm: bool,
     ) -> TurnResult:
-        sid = sink.session
-        chunks = sink.chunks
+        """Analyse a turn's reply (``chunks``: arrival ns, PCM, rate, wire bytes), write its
+        reply events and ``turn.end``."""
         reason: str | None = None
         v2v: int | None = None
         first_byte: int | None = None
-        if sink.failed.is_set() and not chunks:
-            reason = sink.failure or "failed"
-        elif self._stop.is_set() and not sink.done.is_set():
+        if failed and not chunks:
+            reason = failure or "failed"
+        elif self._stop.is_set() and not done:
             reason = "interrupted"
         elif not chunks:
             reason = f"timeout: no reply audio within {self.options.timeout_s:g} s of speech end"
@@ -828,7 +923,7 @@ class Probe:
                 v2v = heard - speech_end_ns
             if self.options.save_audio:
                 self._save_reply(sid, turn, audio, rate)
-            if reason is None and sink.failed.is_set():
+            if reason is None and failed:
                 # Audio arrived, then the target broke: the turn still measured what we heard.
                 writer.event(
                     sid,
@@ -837,7 +932,7 @@ class Probe:
                     "probe",
                     "turn",
                     "turn.note",
-                    {"note": sink.failure},
+                    {"note": failure},
                 )
         ok = reason is None
         attrs: dict[str, Any] = {"ok": ok, "warmup": warm}

@@ -131,6 +131,12 @@ class TargetSession(ABC):
     async def end_turn(self) -> None:  # noqa: B027 - optional hook
         """The probe is done with this turn (reply complete, failed or timed out)."""
 
+    async def truncate(self, audio_end_ms: int) -> str | None:
+        """The caller talked over the reply playing now, having heard ``audio_end_ms`` of
+        it: tell the target (OpenAI Realtime ``conversation.item.truncate``). Returns the
+        truncated item's id, or None when the protocol has no such message."""
+        return None
+
     @abstractmethod
     async def close(self) -> None:
         """Close the connection; idempotent."""

@@ -28,10 +28,35 @@ voiceaudit does not need Pipecat or the protobuf runtime installed):
   ``bot-tts-stopped``           ``tts.done``            synthesis
   ``bot-started-speaking``      ``bot.started_speaking`` output
   ``bot-stopped-speaking``      ``bot.stopped_speaking`` output (ends the reply)
-  ``bot-interrupted``           ``interrupted``         endpointing
+  ``bot-interrupted``           ``interrupted`` or      endpointing
+                                ``interruption`` (below)
   ``metrics``                   ``framework.metrics``   telemetry
   ``error``                     ``error``               error
   ============================  ======================  ==============
+
+Interruptions (barge-in), as Pipecat 1.14 sends them (checked against a real 1.14 bot,
+tests/test_pipecat_interrupt.py). A user turn start strategy with
+``enable_interruptions=True`` (Pipecat's default) broadcasts an ``InterruptionFrame`` when
+the caller starts speaking. The WebSocket output transport drops its queued audio (the
+chunk being written still goes out) and writes the frame to the client, so the client
+gets, in this order on one socket: a protobuf ``interruption`` frame, the RTVI
+``user-started-speaking`` and ``bot-interrupted`` messages, then ``bot-stopped-speaking``
+(which ends the reply as usual). No reply audio follows the ``interruption`` frame.
+Pipecat broadcasts an interruption at *every* user turn start, also while the bot is
+silent, and the observer sends ``bot-interrupted`` for each; so:
+
+- the first of the two signals that arrives while the bot is speaking (between RTVI
+  ``bot-started-speaking`` and ``bot-stopped-speaking``; without RTVI: reply audio came in
+  the last second) is the mark ``interrupted`` (stage ``endpointing``): the reply was cut;
+- every other one is the mark ``interruption`` (stage ``endpointing``, attrs
+  ``bot_speaking``, ``repeat``): the same interruption again, or one that cut nothing.
+  A bot that answered RTVI ``bot-ready`` and has sent no audio yet is silent. Before
+  anything at all is known (no RTVI, no reply audio yet) the signal is ``interrupted``:
+  there is no reply it could wrongly mark as cut.
+
+The WebSocket server output transport paces audio itself: after each chunk (40 ms by
+default) it sleeps for the chunk's duration, so a reply arrives at real time and what the
+caller still hears after a barge-in is mostly what Pipecat had already sent.
 
 Options (``--target-option NAME=VALUE``):
 
@@ -222,8 +247,10 @@ _RTVI_MARKS: dict[str, tuple[str, str]] = {
     "bot-tts-stopped": ("tts.done", "synthesis"),
     "bot-started-speaking": ("bot.started_speaking", "output"),
     "bot-stopped-speaking": ("bot.stopped_speaking", "output"),
-    "bot-interrupted": ("interrupted", "endpointing"),
 }
+#: without RTVI, the bot counts as speaking while reply audio came this recently (Pipecat
+#: paces its audio at real time; its own bot-speaking detector waits 0.35 s)
+SPEAKING_AUDIO_NS = 1_000_000_000
 #: RTVI messages that carry nothing about timing (or repeat per word)
 _RTVI_QUIET = {
     "bot-ready",
@@ -233,6 +260,10 @@ _RTVI_QUIET = {
     "user-llm-text",
     "server-message",
     "server-response",
+    "user-input",
+    "stt-raw-text",
+    "llm-raw-text",
+    "tts-raw-text",
     "user-audio-level",
     "bot-audio-level",
     "system-log",
@@ -263,6 +294,11 @@ class PipecatWebSocketSession(WebSocketSession):
         self._bot_ready = asyncio.Event()
         self._first_llm_text = False
         self._speaking = False
+        #: RTVI tells whether the bot speaks (a bot-started/stopped-speaking message came)
+        self._rtvi_seen = False
+        #: arrival of the last reply audio, and whether the current reply was marked cut
+        self._last_audio_ns: int | None = None
+        self._cut = False
 
     async def open(self) -> None:
         await self.connect(self.config.url, self.headers())
@@ -308,6 +344,9 @@ class PipecatWebSocketSession(WebSocketSession):
                 return
             if isinstance(channels, int) and channels > 1:
                 audio = _downmix(audio, channels)
+            if self._last_audio_ns is None and not self._rtvi_seen:
+                self._cut = False  # without RTVI: audio after an interruption is a new reply
+            self._last_audio_ns = t
             self.sink.reply_audio(t, audio, rate, len(data))
         elif frame.kind == "message":
             raw = f.get("data", b"")
@@ -323,7 +362,28 @@ class PipecatWebSocketSession(WebSocketSession):
                 self._first_llm_text = True
                 self.sink.mark("reply_text.first", "model", t, {"raw": "TextFrame"})
         elif frame.kind == "interruption":
-            self.sink.mark("interrupted", "endpointing", t, {"raw": "InterruptionFrame"})
+            self._interruption(t, "InterruptionFrame")
+
+    def _bot_speaking(self, t: int) -> bool | None:
+        """Whether the bot was speaking at ``t``; None when nothing tells."""
+        if self._rtvi_seen:
+            return self._speaking
+        if self._last_audio_ns is None:
+            # after bot-ready and before any reply audio the bot has said nothing yet
+            return False if self._bot_ready.is_set() and not self._cut else None
+        return t - self._last_audio_ns <= SPEAKING_AUDIO_NS
+
+    def _interruption(self, t: int, raw: str) -> None:
+        """One of Pipecat's two interruption signals (module docstring)."""
+        speaking = self._bot_speaking(t)
+        if speaking is not False and not self._cut:
+            self._cut = True
+            if not self._rtvi_seen:
+                self._last_audio_ns = None
+            self.sink.mark("interrupted", "endpointing", t, {"raw": raw})
+            return
+        attrs = {"raw": raw, "bot_speaking": bool(speaking), "repeat": self._cut}
+        self.sink.mark("interruption", "endpointing", t, attrs)
 
     def _on_message(self, t: int, raw: bytes) -> None:
         try:
@@ -341,12 +401,18 @@ class PipecatWebSocketSession(WebSocketSession):
         if kind == "bot-ready":
             self._bot_ready.set()
             return
+        if kind == "bot-interrupted":
+            self._interruption(t, kind)
+            return
         if kind in _RTVI_MARKS:
             name, stage = _RTVI_MARKS[kind]
             self.sink.mark(name, stage, t, {"raw": kind})
             if kind == "bot-started-speaking":
+                self._rtvi_seen = True
                 self._speaking = True
+                self._cut = False
             elif kind == "bot-stopped-speaking":
+                self._rtvi_seen = True
                 self._speaking = False
                 if self.done_on == "bot-stopped-speaking":
                     self.sink.reply_done(t)

@@ -75,6 +75,8 @@ class RealtimeSession(WebSocketSession):
         self.stage_events = wants_stage_events(config)
         self._ready = asyncio.Event()
         self._first_text_seen = False
+        #: the item id of the reply audio received last (for conversation.item.truncate)
+        self._audio_item: str | None = None
 
     def _url(self) -> str:
         model = self.config.options.get("model")
@@ -144,6 +146,21 @@ class RealtimeSession(WebSocketSession):
     async def start_turn(self, turn: int) -> None:
         self._first_text_seen = False
 
+    async def truncate(self, audio_end_ms: int) -> str | None:
+        """``conversation.item.truncate`` of the reply item playing now."""
+        item = self._audio_item
+        if item is None:
+            return None
+        await self._send(
+            {
+                "type": "conversation.item.truncate",
+                "item_id": item,
+                "content_index": 0,
+                "audio_end_ms": int(audio_end_ms),
+            }
+        )
+        return item
+
     async def speech_ended(self) -> None:
         if self.manual:
             await self._send({"type": "input_audio_buffer.commit"})
@@ -175,6 +192,9 @@ class RealtimeSession(WebSocketSession):
             except ValueError:
                 self.sink.fail(f"protocol: {kind} delta is not base64")
                 return
+            item = ev.get("item_id")
+            if isinstance(item, str):
+                self._audio_item = item
             self.sink.reply_audio(t, pcm, self.input_rate, len(data.encode()))
             return
         if kind == STAGE_EVENT:

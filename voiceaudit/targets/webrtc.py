@@ -349,6 +349,9 @@ class WebRTCSession(TargetSession):
             attrs["server_t_ns"] = server_t
         if kind in _DC_MARKS:
             name, stage = _DC_MARKS[kind]
+            resp = ev.get("response")
+            if kind == "response.done" and isinstance(resp, dict):
+                attrs["status"] = resp.get("status")
             self.sink.mark(name, stage, t, attrs)
         elif kind == STAGE_EVENT:
             got = stage_mark(ev)

@@ -94,6 +94,10 @@ class PcmWebSocketSession(WebSocketSession):
                 attrs["text"] = ev["text"]
             self.sink.mark(name, stage, t, attrs)
         elif kind in _DONE:
+            # the reference's turn_done says whether the reply was cut (and why)
+            for k in ("status", "cut", "reason", "reply_samples", "barge_in_ns"):
+                if k in ev and isinstance(ev[k], str | int | bool | None):
+                    attrs[k] = ev[k]
             self.sink.mark("response.done", "model", t, attrs)
             self.sink.reply_done(t)
         elif kind == "error":
