@@ -10,6 +10,21 @@ own OpenTelemetry tracing is on; its spans are written as JSON lines of
 Fault injection (to show a delay Pipecat's own numbers cannot see): ``--leading-silence-ms``
 prepends silence to each synthesized reply; a comma list (``50,550``) is used in turn.
 
+Interruptions (barge-in): Pipecat 1.14 has no ``allow_interruptions`` any more; a user turn
+start strategy decides. Its default strategies (``VADUserTurnStartStrategy``,
+``TranscriptionUserTurnStartStrategy``) have ``enable_interruptions=True``, so when the
+caller starts speaking (Silero VAD, ``start_secs`` 0.2 s) the user aggregator broadcasts an
+``InterruptionFrame``: the LLM and TTS drop their work, the output transport empties its
+audio queue (``handle_interruptions``: the chunk being written still goes out), sends the
+client a protobuf ``interruption`` frame and says bot-stopped-speaking; the RTVI observer
+sends ``bot-interrupted``. ``--interruptions`` (the default, as in Pipecat) keeps that;
+``--no-interruptions`` builds the same strategies with ``enable_interruptions=False``, so
+the reply plays to its end over the caller. Pipecat broadcasts the interruption at every
+user turn start, also when the bot is silent. ``--long-reply`` adds two sentences to every
+reply (it then lasts 8 to 10 s) so that there is reply left to stop; the WebSocket output
+transport sends audio at real time (it sleeps one 40 ms chunk's duration after each send),
+so the rest of a reply is still in the bot's queue when the caller barges in.
+
 Run: ``python tests/pipecat_bot.py --port N --spans spans.jsonl``; prints ``READY`` on
 stdout when the server listens, serves one client, and exits (flushing the spans) when
 that client disconnects.
@@ -127,11 +142,20 @@ def _resample(pcm: bytes, src: int, dst: int) -> bytes:
 # -- the rule-based responder ------------------------------------------------------------------
 
 
-def reply_for(text: str) -> str:
+#: added to every reply with ``--long-reply``: several seconds of speech to interrupt
+LONG_REPLY = (
+    " Here is a longer answer, so that there is something left to interrupt."
+    " A caller who has heard enough can simply start talking over it."
+)
+
+
+def reply_for(text: str, long: bool = False) -> str:
     words = text.split()
     if not words:
-        return "Sorry, I did not catch that."
-    return f"You said {' '.join(words[:8])}. How can I help?"
+        head = "Sorry, I did not catch that."
+    else:
+        head = f"You said {' '.join(words[:8])}. How can I help?"
+    return head + LONG_REPLY if long else head
 
 
 # -- span files ------------------------------------------------------------------------------
@@ -179,6 +203,10 @@ def _build(args: argparse.Namespace, pool: concurrent.futures.Executor) -> Any:
     from pipecat.transports.websocket.server import (
         SingleClientWebsocketServerParams,
         SingleClientWebsocketServerTransport,
+    )
+    from pipecat.turns.user_start import (
+        TranscriptionUserTurnStartStrategy,
+        VADUserTurnStartStrategy,
     )
     from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
     from pipecat.turns.user_turn_strategies import UserTurnStrategies
@@ -258,10 +286,13 @@ def _build(args: argparse.Namespace, pool: concurrent.futures.Executor) -> Any:
 
         adapter_class = OpenAILLMAdapter
 
-        def __init__(self, word_ms: int, first_token_ms: int, **kwargs: Any) -> None:
+        def __init__(
+            self, word_ms: int, first_token_ms: int, long_reply: bool, **kwargs: Any
+        ) -> None:
             super().__init__(settings=_all_none(LLMSettings, model="rule-responder"), **kwargs)
             self._word_s = word_ms / 1000
             self._first_s = first_token_ms / 1000
+            self._long = long_reply
 
         def can_generate_metrics(self) -> bool:
             return True
@@ -289,7 +320,7 @@ def _build(args: argparse.Namespace, pool: concurrent.futures.Executor) -> Any:
                     break
             await self.start_ttfb_metrics()
             await asyncio.sleep(self._first_s)
-            for i, word in enumerate(reply_for(heard).split(" ")):
+            for i, word in enumerate(reply_for(heard, self._long).split(" ")):
                 if i == 0:
                     await self.stop_ttfb_metrics()
                 else:
@@ -355,7 +386,9 @@ def _build(args: argparse.Namespace, pool: concurrent.futures.Executor) -> Any:
         settings=STTSettings(model="pocketsphinx-en-us", language="en"),
         ttfs_p99_latency=0.3,
     )
-    llm = RuleResponderLLM(word_ms=args.word_ms, first_token_ms=args.first_token_ms)
+    llm = RuleResponderLLM(
+        word_ms=args.word_ms, first_token_ms=args.first_token_ms, long_reply=args.long_reply
+    )
     tts = EspeakTTSService(
         leading_silence_ms=[int(x) for x in args.leading_silence_ms.split(",") if x.strip()]
     )
@@ -366,12 +399,18 @@ def _build(args: argparse.Namespace, pool: concurrent.futures.Executor) -> Any:
             vad_analyzer=SileroVADAnalyzer(params=VADParams(stop_secs=args.vad_stop_ms / 1000)),
             # Pipecat's default end-of-turn model (Smart Turn) is real but CPU-hungry; on a
             # shared test machine a fixed speech timeout keeps the timing steady.
-            user_turn_strategies=(
-                None
-                if args.smart_turn
-                else UserTurnStrategies(
-                    stop=[SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=0.2)]
-                )
+            user_turn_strategies=UserTurnStrategies(
+                # Pipecat's default start strategies, with interruptions on (its default)
+                # or off
+                start=[
+                    VADUserTurnStartStrategy(enable_interruptions=args.interruptions),
+                    TranscriptionUserTurnStartStrategy(enable_interruptions=args.interruptions),
+                ],
+                stop=(
+                    None  # Smart Turn
+                    if args.smart_turn
+                    else [SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=0.2)]
+                ),
             ),
         ),
     )
@@ -465,6 +504,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--turn-end-timeout", type=float, default=None)
     ap.add_argument("--smart-turn", action="store_true", help="Pipecat's default turn model")
+    ap.add_argument(
+        "--interruptions",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the caller's speech interrupts the bot (Pipecat's default; "
+        "--no-interruptions: the reply plays to its end)",
+    )
+    ap.add_argument(
+        "--long-reply",
+        action="store_true",
+        help="two more sentences in every reply (8-10 s in all)",
+    )
     args = ap.parse_args(argv)
     from loguru import logger
 

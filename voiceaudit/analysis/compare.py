@@ -1,11 +1,12 @@
 """Side-by-side comparison of two reports (two pipelines or two configurations).
 
-For voice-to-voice and every segment either side has, the difference B - A of the mean
-and of the median, and whether the two samples differ significantly: Mann-Whitney U
-(two-sided), Holm-corrected across the metrics compared, at ``alpha``. A difference that
-is not significant is shown as such, never as a win. Metadata that differs between the
-two (target, configuration, host, audio set) is listed, so a comparison that is not like
-for like says so.
+For voice-to-voice, every segment either side has and the turn-taking latencies
+(``barge_in.stop_latency``, ``response_to_interruption``) when either side has them, the
+difference B - A of the mean and of the median, and whether the two samples differ
+significantly: Mann-Whitney U (two-sided), Holm-corrected across the metrics compared, at
+``alpha``. A difference that is not significant is shown as such, never as a win.
+Metadata that differs between the two (target, configuration, host, audio set) is
+listed, so a comparison that is not like for like says so.
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ from urllib.parse import urlsplit, urlunsplit
 from voiceaudit import __version__
 from voiceaudit.analysis.ledger import ALL_SEGMENTS
 from voiceaudit.analysis.report import VOICE_TO_VOICE, Report
-from voiceaudit.analysis.stats import Difference, Summary, holm, mann_whitney
+from voiceaudit.analysis.stats import (
+    Difference,
+    FloatArray,
+    Summary,
+    as_sorted,
+    holm,
+    mann_whitney,
+)
+from voiceaudit.analysis.turntaking import BARGE_IN_STOP, RESPONSE_TO_INTERRUPTION
 
 COMPARISON_SCHEMA = "voiceaudit.comparison/1"
 
@@ -163,20 +172,38 @@ def _metadata(a: Report, b: Report) -> dict[str, tuple[Any, Any]]:
     return out
 
 
+def _turn_taking_metrics(r: Report) -> dict[str, FloatArray]:
+    tt = r.turn_taking
+    return {} if tt is None else tt.latency_metrics()
+
+
+def _summary(r: Report, metric: str) -> Summary | None:
+    """The report's own summary of a latency metric (a turn-taking one: its summary in
+    the report's ``turn_taking`` block), None when the side has no value."""
+    if metric == BARGE_IN_STOP:
+        return None if r.turn_taking is None else r.turn_taking.stop_summary
+    if metric == RESPONSE_TO_INTERRUPTION:
+        return None if r.turn_taking is None else r.turn_taking.response_summary
+    return r.summary.get(metric)
+
+
 def compare(a: Report, b: Report, *, alpha: float = 0.05) -> Comparison:
     """Compare report B against report A."""
     names = [VOICE_TO_VOICE, *ALL_SEGMENTS]
     present = [n for n in names if n in a.summary or n in b.summary]
-    tests = []
-    for n in present:
-        va, vb = a.metric_values[n], b.metric_values[n]
-        tests.append(mann_whitney(va, vb) if len(va) and len(vb) else None)
+    samples = [(n, a.metric_values[n], b.metric_values[n]) for n in present]
+    tta, ttb = _turn_taking_metrics(a), _turn_taking_metrics(b)
+    empty = as_sorted([])
+    for n in (BARGE_IN_STOP, RESPONSE_TO_INTERRUPTION):
+        if n in tta or n in ttb:
+            samples.append((n, tta.get(n, empty), ttb.get(n, empty)))
+    tests = [mann_whitney(va, vb) if len(va) and len(vb) else None for _, va, vb in samples]
     tested = [i for i, t in enumerate(tests) if t is not None]
     sig = holm([tests[i].p_value for i in tested], alpha)  # type: ignore[union-attr]
     significant = dict(zip(tested, sig, strict=True))
     metrics = tuple(
-        MetricComparison(n, a.summary.get(n), b.summary.get(n), tests[i], significant.get(i, False))
-        for i, n in enumerate(present)
+        MetricComparison(n, _summary(a, n), _summary(b, n), tests[i], significant.get(i, False))
+        for i, (n, _, _) in enumerate(samples)
     )
     fa = {f.kind: f for f in a.findings}
     fb = {f.kind: f for f in b.findings}

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 from voiceaudit.analysis.ledger import AUDIBLE, SPEECH_END, Ledger
 from voiceaudit.analysis.turns import PROBE, ReplyChunk, SessionObs, TurnObs
+from voiceaudit.analysis.turntaking import SPLIT_LABELS, TurnTaking
 from voiceaudit.model import Span
 
 NS_PER_MS = 1_000_000
@@ -57,9 +58,29 @@ class FindingRules:
     encoding_overhead_ratio: float = 1.10
     #: link rate at which byte overhead is costed (bits per second)
     link_bits_per_s: float = 2_000_000.0
+    # Turn-taking (scenario runs); see TURN_TAKING_RULES.
+    #: barge-in stop latency: the caller's speech onset to the last reply sample heard
+    barge_in_stop_ms: float = 300.0
+    #: reply audio the client still played from its buffer after the last chunk arrived
+    barge_in_client_buffer_ms: float = 100.0
+    #: |heard - truncated at| of a Realtime conversation.item.truncate
+    truncation_mismatch_ms: float = 100.0
 
-    def to_dict(self) -> dict[str, float]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+    def to_dict(self, *, turn_taking: bool = False) -> dict[str, float]:
+        """The thresholds by name; the turn-taking ones only with ``turn_taking`` (a
+        report shows them when its traces have turn-taking events, so the report of a
+        plain run stays as it was)."""
+        return {
+            k: getattr(self, k)
+            for k in self.__dataclass_fields__
+            if turn_taking or k not in TURN_TAKING_RULES
+        }
+
+
+#: The thresholds of the turn-taking detectors.
+TURN_TAKING_RULES: frozenset[str] = frozenset(
+    {"barge_in_stop_ms", "barge_in_client_buffer_ms", "truncation_mismatch_ms"}
+)
 
 
 #: Every finding kind, in the order reports list them when costs tie, with a one-line
@@ -77,6 +98,27 @@ KINDS: dict[str, str] = {
     "had finished",
     "encoding_overhead": "reply audio carried with encoding overhead (e.g. base64 in JSON)",
 }
+
+#: The turn-taking finding kinds (from the events of scenario runs), described. They cost
+#: what the caller heard (or lost), not voice-to-voice: see docs/report-format.md.
+TURN_TAKING_KINDS: dict[str, str] = {
+    "slow_barge_in_stop": "the reply went on too long after the caller barged in",
+    "no_barge_in": "the reply did not stop when the caller barged in",
+    "barge_in_client_buffer": "after a barge-in the client kept playing buffered reply audio",
+    "cut_in": "the target took the turn while the caller was pausing mid-utterance "
+    "(premature endpointing)",
+    "false_interruption": "a short sound (not speech) stopped the reply",
+    "truncation_mismatch": "the audio the client said it played (truncate) differs from "
+    "what the caller heard",
+}
+
+#: Kinds whose cost the trace cannot measure (a false interruption costs the rest of the
+#: reply, which was never sent). They are costed 0 ms, so they add nothing to a budget or a
+#: ranking, and the reports print "not measured" for them instead of a cost.
+UNCOSTED: frozenset[str] = frozenset({"false_interruption"})
+
+#: Every kind, in report order.
+ALL_KINDS: dict[str, str] = {**KINDS, **TURN_TAKING_KINDS}
 
 
 class TurnContext:
@@ -463,11 +505,124 @@ DETECTORS: tuple[Detector, ...] = (
 
 
 def detect(ctx: TurnContext) -> tuple[Finding, ...]:
-    """Every finding in one turn."""
+    """Every finding in one turn (the turn-taking ones: :func:`detect_turn_taking`)."""
     out: list[Finding] = []
     for d in DETECTORS:
         out.extend(d(ctx))
     return tuple(out)
+
+
+# -- turn-taking ----------------------------------------------------------------------------
+# These read a turn's TurnTaking (voiceaudit.analysis.turntaking), not its ledger: they
+# apply to failed turns too (a cut-in is often why a turn got no reply of its own).
+
+FLUSH_ADVICE = (
+    "flush the client's playout buffer when the server signals the caller's speech "
+    "(e.g. Realtime input_audio_buffer.speech_started), instead of playing out what arrived"
+)
+
+
+def _split_ms(split: Mapping[str, int]) -> dict[str, float]:
+    return {k: _ms(v) for k, v in split.items()}
+
+
+def barge_in_findings(tt: TurnTaking, rules: FindingRules) -> list[Finding]:
+    """``slow_barge_in_stop``, ``no_barge_in`` and ``barge_in_client_buffer``."""
+    out: list[Finding] = []
+    for b in tt.barge_ins:
+        base: dict[str, Any] = {"stop_ms": _ms(b.stop_ns)}
+        if b.opens_turn is not None:
+            base["interrupting_turn"] = b.opens_turn
+        if b.stopped is False:
+            ev = {**base, "heard_after_ms": b.heard_after_ms, "cut": b.cut}
+            out.append(Finding("no_barge_in", b.stop_ns, ev))
+            continue
+        split = b.split
+        thr = _thr(rules.barge_in_stop_ms)
+        if b.stop_ns > thr:
+            ev = {**base, "threshold_ms": rules.barge_in_stop_ms, "split_ms": _split_ms(split)}
+            big = b.biggest_part()
+            if big is not None:
+                ev["biggest"] = SPLIT_LABELS[big[0]]
+                ev["biggest_ms"] = _ms(big[1])
+            out.append(Finding("slow_barge_in_stop", b.stop_ns - thr, ev))
+        buf = split.get("client_buffer")
+        if buf is not None and buf > _thr(rules.barge_in_client_buffer_ms):
+            ev = {
+                **base,
+                "client_buffer_ms": _ms(buf),
+                "threshold_ms": rules.barge_in_client_buffer_ms,
+                "advice": FLUSH_ADVICE,
+            }
+            out.append(Finding("barge_in_client_buffer", buf, ev))
+    return out
+
+
+def cut_in_findings(tt: TurnTaking) -> list[Finding]:
+    """``cut_in``: premature endpointing, costed by how early the target took the turn."""
+    out = []
+    for c in tt.cut_ins:
+        ev: dict[str, Any] = {
+            "pause_ms": c.pause_ms,
+            "pause_index": c.pause_index,
+            "before_speech_end_ms": _ms(c.before_speech_end_ns),
+            "after_pause_start_ms": None
+            if c.after_pause_start_ns is None
+            else _ms(c.after_pause_start_ns),
+            "audible": c.audible,
+            "endpointed": c.endpointed,
+        }
+        out.append(Finding("cut_in", max(0, c.before_speech_end_ns), ev))
+    return out
+
+
+def false_interruption_findings(tt: TurnTaking) -> list[Finding]:
+    """``false_interruption``: a sound stopped the reply. Costed 0 ms: what it costs is
+    the rest of the reply, which was never sent, so the trace cannot measure it."""
+    out = []
+    for s in tt.sounds:
+        if s.false_interruption is True:
+            ev: dict[str, Any] = {"heard_after_ms": s.heard_after_ms, "stop_ms": _ms(s.stop_ns)}
+            if s.clip is not None:
+                ev["sound"] = s.clip
+            ev["cost"] = "the unsaid rest of the reply (not measured)"
+            out.append(Finding("false_interruption", 0, ev))
+    return out
+
+
+def truncation_findings(tt: TurnTaking, rules: FindingRules) -> list[Finding]:
+    """``truncation_mismatch``: |unclaimed_ms| over the rule; costed by that audio."""
+    out = []
+    for tr in tt.truncates:
+        u = tr.unclaimed_ms
+        if u is None or abs(u) <= rules.truncation_mismatch_ms:
+            continue
+        what = (
+            "the caller heard audio the model's context says was never said"
+            if u > 0
+            else "the model's context holds audio the caller never heard"
+        )
+        ev: dict[str, Any] = {
+            "audio_end_ms": tr.audio_end_ms,
+            "heard_ms": tr.heard_ms,
+            "unclaimed_ms": u,
+            "threshold_ms": rules.truncation_mismatch_ms,
+            "meaning": what,
+        }
+        out.append(Finding("truncation_mismatch", round(abs(u) * NS_PER_MS), ev))
+    return out
+
+
+def detect_turn_taking(tt: TurnTaking | None, rules: FindingRules) -> tuple[Finding, ...]:
+    """Every turn-taking finding in one turn (none without turn-taking observations)."""
+    if tt is None:
+        return ()
+    return (
+        *barge_in_findings(tt, rules),
+        *cut_in_findings(tt),
+        *false_interruption_findings(tt),
+        *truncation_findings(tt, rules),
+    )
 
 
 def probe_lateness(obs: TurnObs) -> int | None:

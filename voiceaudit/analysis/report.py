@@ -20,11 +20,13 @@ import numpy as np
 
 from voiceaudit import __version__
 from voiceaudit.analysis.findings import (
-    KINDS,
+    ALL_KINDS,
+    TURN_TAKING_KINDS,
     Finding,
     FindingRules,
     TurnContext,
     detect,
+    detect_turn_taking,
     probe_lateness,
 )
 from voiceaudit.analysis.ledger import ALL_SEGMENTS, UNEXPLAINED, Ledger, MarkTime, ledger_from_obs
@@ -39,6 +41,7 @@ from voiceaudit.analysis.turns import (
     collect_file,
     collect_trace,
 )
+from voiceaudit.analysis.turntaking import TurnTaking, TurnTakingSummary, summarize_turn_taking
 from voiceaudit.errors import NoDataError, UsageError
 from voiceaudit.model import Header
 from voiceaudit.probe.pacing import BROKE_NS, P99_GOAL_NS, PacingHistogram
@@ -77,11 +80,13 @@ class ReportOptions:
     #: how far above one session's p95 the knee's level must be (see concurrency.py)
     knee_margin: Increase = field(default_factory=lambda: _default_knee_margin())
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, turn_taking: bool = False) -> dict[str, Any]:
+        """``turn_taking``: show the turn-taking thresholds too (traces that have such
+        events; a plain run's report stays as it was)."""
         return {
             "include_warmup": self.include_warmup,
             "mark_time": self.mark_time,
-            "rules": self.rules.to_dict(),
+            "rules": self.rules.to_dict(turn_taking=turn_taking),
         }
 
 
@@ -281,6 +286,9 @@ class TurnReport:
     concurrency: int | None = None
     #: what the playout model made of the reply (None: no ``reply.end``)
     playout: TurnPlayout | None = None
+    #: barge-ins, cut-ins, sounds and truncation (None: a turn without any, as in a
+    #: plain run)
+    turn_taking: TurnTaking | None = None
 
     @property
     def voice_to_voice_ns(self) -> int | None:
@@ -346,6 +354,8 @@ class TurnReport:
             d["concurrency"] = self.concurrency
         if self.playout is not None:
             d["playout"] = self.playout.to_dict()
+        if self.turn_taking is not None:
+            d["turn_taking"] = self.turn_taking.to_dict()
         return d
 
 
@@ -536,24 +546,37 @@ class Report:
             lines.append(BudgetLine(name, s / n, s / total if total > 0 else 0.0, len(vals)))
         return tuple(lines)
 
+    @property
+    def turn_taking_turns(self) -> tuple[TurnReport, ...]:
+        """The turns the turn-taking figures and findings are over: those of the
+        statistics plus the failed ones (not warm-up unless asked), since a cut-in or a
+        barge-in is often why a turn got no reply of its own."""
+        inc = self.options.include_warmup
+        return tuple(t for t in self.turns if inc or not t.warmup)
+
     @cached_property
     def findings(self) -> tuple[FindingSummary, ...]:
-        """Findings per kind over the statistics turns, costliest per turn first."""
+        """Findings per kind over the statistics turns (the turn-taking kinds: over
+        :attr:`turn_taking_turns`), costliest per turn first."""
         of = len(self.stats_turns)
         per: dict[str, list[int]] = {}
-        for t in self.stats_turns:
+        stats = {id(t) for t in self.stats_turns}
+        for t in self.turn_taking_turns:
             acc: dict[str, int] = {}
             for f in t.findings:
-                acc[f.kind] = acc.get(f.kind, 0) + f.ns
+                if id(t) in stats or f.kind in TURN_TAKING_KINDS:
+                    acc[f.kind] = acc.get(f.kind, 0) + f.ns
             for k, ns in acc.items():
                 per.setdefault(k, []).append(ns)
         out = []
+        tt_of = len(self.turn_taking_turns)
         for kind, costs in per.items():
             arr = np.asarray(costs, dtype=np.float64) / 1e6
             s = summarize(arr, abs_tolerance=ABS_TOLERANCE_MS)
             assert s is not None
-            out.append(FindingSummary(kind, KINDS[kind], len(costs), of, s, float(arr.sum())))
-        order = list(KINDS)
+            n_of = tt_of if kind in TURN_TAKING_KINDS else of
+            out.append(FindingSummary(kind, ALL_KINDS[kind], len(costs), n_of, s, float(arr.sum())))
+        order = list(ALL_KINDS)
         out.sort(key=lambda f: (-f.per_turn_ms, order.index(f.kind)))
         return tuple(out)
 
@@ -570,6 +593,17 @@ class Report:
         return concurrency_view(
             ((t.concurrency, t.voice_to_voice_ns) for t in self.stats_turns),
             margin=self.options.knee_margin,
+        )
+
+    @cached_property
+    def turn_taking(self) -> TurnTakingSummary | None:
+        """Barge-ins, cut-ins, sounds, truncation and the responses to interruptions over
+        :attr:`turn_taking_turns` (voice-to-voice from the ok ones); None when no turn has
+        any (a plain run)."""
+        if all(t.turn_taking is None for t in self.turns):
+            return None
+        return summarize_turn_taking(
+            (t.turn_taking, t.voice_to_voice_ns if t.ok else None) for t in self.turn_taking_turns
         )
 
     @cached_property
@@ -593,7 +627,7 @@ class Report:
             "schema": REPORT_SCHEMA,
             "voiceaudit_version": __version__,
             "sources": [s.to_dict() for s in self.sources],
-            "options": self.options.to_dict(),
+            "options": self.options.to_dict(turn_taking=self.turn_taking is not None),
             "counts": self.counts,
             "summary": {
                 "voice_to_voice_ms": _summary_dict(self.summary.get(VOICE_TO_VOICE)),
@@ -612,6 +646,8 @@ class Report:
         }
         if self.concurrency is not None:
             d["concurrency"] = self.concurrency.to_dict()
+        if self.turn_taking is not None:
+            d["turn_taking"] = self.turn_taking.to_dict()
         if turns:
             d["turns"] = [t.to_dict(with_run_id=multi) for t in self.turns]
         return d
@@ -680,6 +716,9 @@ def turn_report(
         reason = ledger.problem
     ctx = TurnContext(obs, ledger, opts.rules, session_obs, config or {})
     findings = detect(ctx) if ledger.voice_to_voice_ns is not None else ()
+    tt = TurnTaking.from_obs(obs)
+    if tt is not None:
+        findings += detect_turn_taking(tt, opts.rules)
     return TurnReport(
         run_id=run_id,
         session=obs.session,
@@ -696,6 +735,7 @@ def turn_report(
         pacing=TurnPacing.from_obs(obs),
         concurrency=_int(obs.attrs("input.speech_end_sent").get("concurrency")),
         playout=TurnPlayout.from_obs(obs),
+        turn_taking=tt,
     )
 
 

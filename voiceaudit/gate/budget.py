@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal, NoReturn
 
 from voiceaudit.analysis.ledger import ALL_SEGMENTS
+from voiceaudit.analysis.turntaking import BARGE_IN_STOP, RESPONSE_TO_INTERRUPTION
 from voiceaudit.errors import UsageError
 from voiceaudit.gate.tomlpos import Path as KeyPath
 from voiceaudit.gate.tomlpos import key_lines, line_of
@@ -32,8 +33,28 @@ PYPROJECT = "pyproject.toml"
 
 VOICE_TO_VOICE = "voice_to_voice"
 SEGMENT_PREFIX = "segment."
-#: Every metric a budget can name: voice-to-voice and each ledger segment.
-METRICS: tuple[str, ...] = (VOICE_TO_VOICE, *(SEGMENT_PREFIX + s for s in ALL_SEGMENTS))
+#: Turn-taking metrics (scenario runs, see docs/ci.md): per-barge-in stop latency and
+#: the voice-to-voice of the responses to an interruption (figures of ms values, like
+#: voice_to_voice), and two rates (a ``max`` fraction).
+CUT_IN_RATE = "cut_in.rate"
+FALSE_INTERRUPTION_RATE = "false_interruption.rate"
+TURN_TAKING_METRICS: tuple[str, ...] = (BARGE_IN_STOP, RESPONSE_TO_INTERRUPTION)
+RATE_METRICS: tuple[str, ...] = (CUT_IN_RATE, FALSE_INTERRUPTION_RATE)
+#: Every metric with figures a budget can name: voice-to-voice, each ledger segment, and
+#: the turn-taking ones.
+METRICS: tuple[str, ...] = (
+    VOICE_TO_VOICE,
+    *(SEGMENT_PREFIX + s for s in ALL_SEGMENTS),
+    *TURN_TAKING_METRICS,
+)
+#: Dotted metric names by their first part (``barge_in.stop_latency = {...}`` is the table
+#: ``barge_in`` in TOML).
+_GROUPS: dict[str, tuple[str, ...]] = {
+    "barge_in": (BARGE_IN_STOP,),
+    "cut_in": (CUT_IN_RATE,),
+    "false_interruption": (FALSE_INTERRUPTION_RATE,),
+}
+_OTHER_KEYS = ("failed_turns", "min_turns", "knee")
 
 TestName = Literal["auto", "mann-whitney", "bootstrap"]
 TESTS: tuple[str, ...] = ("auto", "mann-whitney", "bootstrap")
@@ -153,6 +174,23 @@ class Limit:
 
 
 @dataclass(frozen=True)
+class RateLimit:
+    """An upper limit on a turn-taking rate: ``cut_in.rate = { max = 0.05 }``."""
+
+    metric: str
+    #: a fraction (0.05 for "5%")
+    max_rate: float
+    #: the rate's denominator needed (turns with planned pauses, sounds), overriding the
+    #: budget's ``min_turns``
+    min_turns: int | None = None
+    line: int | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.metric} <= {_num(self.max_rate * 100)}%"
+
+
+@dataclass(frozen=True)
 class FailedTurnsLimit:
     """``failed_turns = { max = N, max_share = "P%" }``."""
 
@@ -208,6 +246,8 @@ class Budget:
     min_turns_line: int | None = None
     regression: Regression | None = None
     knee: KneeLimit | None = None
+    #: turn-taking rate limits, in file order
+    rates: tuple[RateLimit, ...] = ()
     #: key paths → lines, for messages
     lines: Mapping[KeyPath, int] = field(default_factory=dict, compare=False, repr=False)
 
@@ -219,6 +259,7 @@ class Budget:
             and self.min_turns is None
             and self.regression is None
             and self.knee is None
+            and not self.rates
         )
 
     def with_baseline(self, baseline: Sequence[Path]) -> Budget:
@@ -346,6 +387,7 @@ class _Parser:
             if key not in ("budget", "regression"):
                 self.unknown((*root, key), "key", ["budget", "regression"])
         limits: list[Limit] = []
+        rates: list[RateLimit] = []
         failed: FailedTurnsLimit | None = None
         min_turns: int | None = None
         min_turns_line: int | None = None
@@ -366,8 +408,15 @@ class _Parser:
                     # segment.NAME = {...} written as a dotted key or a [budget.segment] table
                     for seg, sub in value.items():
                         limits.extend(self.metric_limits(f"segment.{seg}", sub, (*here, seg)))
+                elif key in _GROUPS and isinstance(value, dict):
+                    # barge_in.stop_latency = {...}, cut_in.rate = {...}: dotted keys
+                    for name, sub in value.items():
+                        self.group_entry(key, name, sub, (*here, name), limits, rates)
+                elif key in RATE_METRICS:
+                    rates.append(self.rate_limit(key, value, here))
                 else:
                     limits.extend(self.metric_limits(key, value, here))
+        self.no_duplicates(limits, rates)
         regression = None
         if "regression" in doc:
             regression = self.regression(doc["regression"], (*root, "regression"))
@@ -379,6 +428,7 @@ class _Parser:
             min_turns_line=min_turns_line,
             regression=regression,
             knee=knee,
+            rates=tuple(rates),
             lines=dict(self.lines),
         )
         if budget.empty:
@@ -398,9 +448,33 @@ class _Parser:
         out: dict[str, Any] = value
         return out
 
+    def no_duplicates(self, limits: Sequence[Limit], rates: Sequence[RateLimit]) -> None:
+        """The same limit twice (``"cut_in.rate"`` and ``cut_in.rate``, or
+        ``"segment.X"`` and ``segment.X``: different keys to TOML) is an error."""
+        seen: dict[str, int | None] = {}
+        named = [(f"{x.metric}.{x.figure}", x.line) for x in limits]
+        named += [(x.metric, x.line) for x in rates]
+        for name, line in named:
+            if name in seen:
+                also = f" (also at line {seen[name]})" if seen[name] is not None else ""
+                raise BudgetError(
+                    f"{name} is limited twice{also}",
+                    path=self.path,
+                    line=line,
+                    hint="keep one limit per figure",
+                )
+            seen[name] = line
+
     def metric_name(self, name: str, at: KeyPath) -> str:
         if name in METRICS:
             return name
+        if name in _GROUPS:
+            known = _GROUPS[name][0]
+            self.fail(
+                at,
+                f"unknown metric {name!r} (did you mean {known!r}?)",
+                hint=f"write it like {_example(known)}",
+            )
         if name.startswith(SEGMENT_PREFIX):
             seg = name[len(SEGMENT_PREFIX) :]
             close = difflib.get_close_matches(seg, ALL_SEGMENTS, n=1, cutoff=0.6)
@@ -417,15 +491,67 @@ class _Parser:
                 hint="segments are named segment.NAME",
             )
         close = difflib.get_close_matches(
-            name, [*METRICS, "failed_turns", "min_turns", "knee"], n=1, cutoff=0.6
+            name, [*METRICS, *RATE_METRICS, *_OTHER_KEYS], n=1, cutoff=0.6
         )
         extra = f" (did you mean {close[0]!r}?)" if close else ""
         self.fail(
             at,
             f"unknown metric {name!r}{extra}",
             hint="metrics: voice_to_voice, segment.NAME (a ledger segment), failed_turns, "
-            "min_turns, knee",
+            "min_turns, knee; turn-taking: " + ", ".join((*TURN_TAKING_METRICS, *RATE_METRICS)),
         )
+
+    def group_entry(
+        self,
+        group: str,
+        name: str,
+        value: Any,
+        at: KeyPath,
+        limits: list[Limit],
+        rates: list[RateLimit],
+    ) -> None:
+        """``GROUP.NAME`` of a dotted turn-taking metric (``barge_in.stop_latency``)."""
+        metric = f"{group}.{name}"
+        if metric in RATE_METRICS:
+            rates.append(self.rate_limit(metric, value, at))
+            return
+        if metric in METRICS:
+            limits.extend(self.metric_limits(metric, value, at))
+            return
+        known = _GROUPS[group]
+        if Figure.parse(name) is not None or name in ("min_turns", "rate"):
+            self.fail(
+                at,
+                f"unknown metric {group!r} (did you mean {known[0]!r}?)",
+                hint=f"write it like {_example(known[0])}",
+            )
+        self.metric_name(metric, at)  # unknown: fails with the closest name
+
+    def rate_limit(self, metric: str, value: Any, at: KeyPath) -> RateLimit:
+        if not isinstance(value, dict):
+            self.fail(
+                at,
+                f"{metric} must be a table, not {_kind(value)}",
+                hint=f"write it like {_example(metric)}",
+            )
+        max_rate: float | None = None
+        min_turns: int | None = None
+        for key, v in value.items():
+            here = (*at, key)
+            if key == "max":
+                max_rate = self.fraction(v, here, f"{metric}.max")
+            elif key == "min_turns":
+                min_turns = self.count(v, here, f"{metric}.min_turns", minimum=1)
+            else:
+                self.unknown(
+                    here,
+                    f"{metric} key",
+                    ["max", "min_turns"],
+                    hint=f"{metric} is a rate with an upper limit: {_example(metric)}",
+                )
+        if max_rate is None:
+            self.fail(at, f"{metric}: no limit given", hint=f"write it like {_example(metric)}")
+        return RateLimit(metric, max_rate, min_turns, self.line(at))
 
     def metric_limits(self, name: str, value: Any, at: KeyPath) -> list[Limit]:
         metric = self.metric_name(name, at)
@@ -567,6 +693,13 @@ class _Parser:
                 f"not {_kind(item)}",
             )
         m = _METRIC_FIGURE.match(item)
+        rate = item if m is None else m.group(1)
+        if rate in RATE_METRICS:
+            self.fail(
+                at,
+                f"{item!r}: a rate is not a regression metric",
+                hint=f"limit it in [budget]: {_example(rate)}",
+            )
         if m is None:
             self.fail(
                 at,
@@ -624,11 +757,31 @@ class _Parser:
             hint='write it like "10%" or "50ms"',
         )
 
+    def fraction(self, value: Any, at: KeyPath, what: str) -> float:
+        """A fraction in [0, 1], or a percentage string ("5%")."""
+        if isinstance(value, str):
+            m = _PERCENT.match(value)
+            if m is not None and float(m.group(1)) <= 100:
+                return float(m.group(1)) / 100.0
+        elif _is_number(value) and 0 <= value <= 1:
+            return float(value)
+        self.fail(
+            at,
+            f"{what} must be a fraction from 0 to 1 or a percentage, not {value!r}",
+            hint='write it like 0.05 or "5%"',
+        )
+
     def count(self, value: Any, at: KeyPath, what: str, *, minimum: int) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             self.fail(at, f"{what} must be a whole number ≥ {minimum}, not {value!r}")
         assert isinstance(value, int)
         return value
+
+
+def _example(metric: str) -> str:
+    if metric in RATE_METRICS:
+        return f"{metric} = {{ max = 0.05 }}"
+    return f'{metric} = {{ p95 = "500ms" }}'
 
 
 def _is_number(v: Any) -> bool:

@@ -14,7 +14,15 @@ Checks, in this order:
     finished turns.
 budget limits
     ``METRIC.FIGURE <= LIMIT`` on the observed figure; its 95 % interval is shown, and a
-    limit inside the interval is pointed out (a re-run may flip the check).
+    limit inside the interval is pointed out (a re-run may flip the check). The
+    turn-taking rates (``cut_in.rate``, ``false_interruption.rate``) are limits too,
+    ``RATE <= MAX`` with a Wilson interval; limits and rates come in file order.
+Turn-taking metrics come from the report's turn-taking summary
+(:attr:`~voiceaudit.analysis.report.Report.turn_taking`, the numbers ``voiceaudit report``
+shows): ``barge_in.stop_latency`` is every barge-in's stop latency, ``response_to_interruption``
+the voice-to-voice of the turns that talked over a reply, the rates the summary's
+``cut_in_rate`` and ``false_interruption_rate``. Traces without turn-taking events (not a
+scenario run) fail such checks as ``not in the traces``, like a segment no turn has.
 regression
     ``METRIC.FIGURE`` of the current traces against the baseline's: a regression when
     the current figure exceeds the baseline's plus ``max_increase`` *and* a one-sided
@@ -44,13 +52,18 @@ from voiceaudit.analysis.stats import (
     percentile,
     percentile_ci,
 )
+from voiceaudit.analysis.turntaking import BARGE_IN_STOP, RESPONSE_TO_INTERRUPTION
 from voiceaudit.errors import NoDataError, VoiceauditError
 from voiceaudit.gate.budget import (
+    CUT_IN_RATE,
+    FALSE_INTERRUPTION_RATE,
     SEGMENT_PREFIX,
+    TURN_TAKING_METRICS,
     VOICE_TO_VOICE,
     Budget,
     Figure,
     KneeLimit,
+    RateLimit,
     Regression,
     RegressionMetric,
 )
@@ -72,6 +85,9 @@ class Check:
     ``detail`` is the one line the summary prints; ``problem`` says why a failed check
     failed: ``over the limit``, ``regression``, ``not enough turns``, ``not in the
     traces``, ``not in the baseline``, ``no successful turns``.
+
+    A rate check (``unit`` ``fraction``) has ``observed``, ``ci95`` and ``limit`` as
+    fractions, ``n`` its denominator and ``count`` its numerator.
     """
 
     kind: CheckKind
@@ -102,6 +118,8 @@ class Check:
     alpha: float | None = None
     significant: bool | None = None
     notes: tuple[str, ...] = ()
+    #: rate checks only: the numerator of ``observed`` (``n`` is the denominator)
+    count: int | None = None
 
     @property
     def status(self) -> str:
@@ -124,6 +142,11 @@ class Check:
             "needed": self.needed,
             "line": self.line,
         }
+        if self.unit == FRACTION:
+            d["observed"] = _r5(self.observed)
+            d["limit"] = _r5(self.limit)
+            d["ci95"] = None if self.ci95 is None else [_r5(x) for x in self.ci95]
+            d["count"] = self.count
         if self.kind == "regression":
             d.update(
                 {
@@ -147,8 +170,16 @@ class Check:
         return d
 
 
+#: ``Check.unit`` of the turn-taking rates
+FRACTION = "fraction"
+
+
 def _r(x: float | None) -> float | None:
     return None if x is None else round(x, 3)
+
+
+def _r5(x: float | None) -> float | None:
+    return None if x is None else round(x, 5)
 
 
 def _pair(p: tuple[float, float] | None) -> list[float] | None:
@@ -219,13 +250,19 @@ def _segment(metric: str) -> str | None:
 
 
 def metric_values(report: Report, metric: str) -> FloatArray:
-    """Sorted per-turn ms values of ``voice_to_voice`` or ``segment.NAME``.
+    """Sorted ms values of ``voice_to_voice``, ``segment.NAME`` (per turn) or a
+    turn-taking metric: ``barge_in.stop_latency`` (per barge-in) and
+    ``response_to_interruption`` (per turn that talked over a reply), from the report's
+    turn-taking summary (empty for traces without turn-taking events).
 
     ``segment.unexplained`` is every turn's unexplained time, 0 when it has none: its
     absence is a measurement (every mark was there), not a gap in the data.
     """
     if metric == VOICE_TO_VOICE:
         return as_sorted(report.metric_values[VOICE_TO_VOICE])
+    if metric in TURN_TAKING_METRICS:
+        tt = report.turn_taking
+        return as_sorted([]) if tt is None else tt.latency_metrics().get(metric, as_sorted([]))
     seg = _segment(metric)
     assert seg is not None and seg in ALL_SEGMENTS, metric
     if seg == UNEXPLAINED:
@@ -243,6 +280,52 @@ def _marks_of(seg: str) -> str:
     return f"{'/'.join(starts)} and {'/'.join(ends)}"
 
 
+#: What each turn-taking metric counts (its values, or a rate's denominator).
+_COUNTED: dict[str, str] = {
+    BARGE_IN_STOP: "barge-ins",
+    RESPONSE_TO_INTERRUPTION: "responses to an interruption",
+    CUT_IN_RATE: "turns with planned pauses",
+    FALSE_INTERRUPTION_RATE: "sounds over the reply",
+}
+
+
+def _noun(metric: str) -> str:
+    return _COUNTED.get(metric, "turns")
+
+
+def _missing_turn_taking(report: Report, metric: str, side: str) -> str:
+    """Why a turn-taking metric has no values in ``report`` (over its turn-taking turns:
+    failed ones included, as the report's turn-taking figures)."""
+    what = _COUNTED[metric]
+    tt = report.turn_taking
+    if tt is None:
+        return (
+            f"no {what} in the {side}: they hold no turn-taking events (not a scenario run; "
+            "record one with voiceaudit run --scenario FILE, docs/scenarios.md)"
+        )
+    head = f"no {what} in the {side}"
+    of = f"{tt.turns} turn(s) with turn-taking observations"
+    if metric == BARGE_IN_STOP:
+        return f"{head}: {of}, no reply talked over (a scenario turn's interrupt)"
+    if metric == RESPONSE_TO_INTERRUPTION:
+        following = sum(
+            1
+            for t in report.turn_taking_turns
+            if t.turn_taking is not None and t.turn_taking.interrupts_turn is not None
+        )
+        if following:
+            return f"{head}: {following} turn(s) talked over a reply, none with a voice-to-voice"
+        return f"{head}: {of}, none talked over a reply (a scenario turn's interrupt)"
+    if metric == CUT_IN_RATE:
+        return f"{head}: {of}, none with a pause (a scenario turn's pause)"
+    if tt.sounds:
+        return (
+            f"{head} that the traces say stopped it or not: {len(tt.sounds)} sound(s), "
+            "the target's protocol did not say whether the reply was cut"
+        )
+    return f"{head}: {of}, no sound over a reply (a scenario turn's sound)"
+
+
 def _missing(report: Report, metric: str, side: str) -> tuple[str, str]:
     """(problem, detail) for a metric with no values."""
     if not report.stats_turns:
@@ -250,6 +333,9 @@ def _missing(report: Report, metric: str, side: str) -> tuple[str, str]:
         return "no successful turns", (
             f"no successful turns in the {side} to measure it ({failed} failed)"
         )
+    if metric in _COUNTED:
+        problem = "not in the traces" if side == "traces" else "not in the baseline"
+        return problem, _missing_turn_taking(report, metric, side)
     seg = _segment(metric)
     if seg is None:
         return f"not in the {side}", f"the {side} have no {metric} values"
@@ -306,10 +392,17 @@ def _p(p: float) -> str:
     return f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}"
 
 
-def _too_few(n: int, needed: int, figure: Figure, min_turns: int | None, side: str = "") -> str:
+def _too_few(
+    n: int,
+    needed: int,
+    figure: Figure | str,
+    min_turns: int | None,
+    side: str = "",
+    noun: str = "turns",
+) -> str:
     how = f"min_turns = {min_turns}" if min_turns is not None else "set min_turns to accept fewer"
     where = f" in the {side}" if side else ""
-    return f"not enough turns{where}: {n}, {figure} needs at least {needed} ({how})"
+    return f"not enough {noun}{where}: {n}, {figure} needs at least {needed} ({how})"
 
 
 # -- checks ---------------------------------------------------------------------------------
@@ -342,19 +435,29 @@ def evaluate(budget: Budget, current: Report, baseline: Report | None = None) ->
         checks.append(_failed_turns_check(budget, current))
     if budget.knee is not None:
         checks.append(_knee_check(budget.knee, current))
+    limits: list[tuple[int | None, Check]] = []
     for limit in budget.limits:
         min_turns = limit.min_turns if limit.min_turns is not None else budget.min_turns
-        checks.append(
-            _limit_check(
-                current,
-                limit.metric,
-                limit.figure,
-                limit.limit_ms,
-                min_turns,
+        limits.append(
+            (
                 limit.line,
-                name=f"{limit.name} <= {limit.limit_ms:g} ms",
+                _limit_check(
+                    current,
+                    limit.metric,
+                    limit.figure,
+                    limit.limit_ms,
+                    min_turns,
+                    limit.line,
+                    name=f"{limit.name} <= {limit.limit_ms:g} ms",
+                ),
             )
         )
+    for rate in budget.rates:
+        min_turns = rate.min_turns if rate.min_turns is not None else budget.min_turns
+        limits.append((rate.line, _rate_check(current, rate, min_turns)))
+    # file order (stable: a table's figures share its line)
+    limits.sort(key=lambda lc: math.inf if lc[0] is None else lc[0])
+    checks.extend(c for _, c in limits)
     differences: dict[str, tuple[Any, Any]] = {}
     if budget.regression is not None:
         if baseline is None:
@@ -522,7 +625,8 @@ def _limit_check(
             base,
             observed=value,
             ci95=ci,
-            detail=f"{_too_few(n, needed, figure, min_turns)}; observed {shown}",
+            detail=f"{_too_few(n, needed, figure, min_turns, noun=_noun(metric))}; "
+            f"observed {shown}",
             problem="not enough turns",
         )
     notes: tuple[str, ...] = ()
@@ -544,6 +648,97 @@ def _limit_check(
         ci95=ci,
         detail=f"{shown}: {_ms(limit - value)} under the limit",
         notes=notes,
+    )
+
+
+#: z of a two-sided 95 % interval
+_Z95 = 1.959963984540054
+
+
+def wilson_interval(count: int, n: int, z: float = _Z95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion ``count / n`` (95 % by default): unlike
+    the normal approximation it stays inside [0, 1] and is usable at 0 of n or n of n."""
+    assert n > 0 and 0 <= count <= n
+    p = count / n
+    z2 = z * z
+    den = 1.0 + z2 / n
+    centre = (p + z2 / (2 * n)) / den
+    half = z * math.sqrt(p * (1.0 - p) / n + z2 / (4.0 * n * n)) / den
+    lo = 0.0 if count == 0 else max(0.0, centre - half)
+    hi = 1.0 if count == n else min(1.0, centre + half)
+    return lo, hi
+
+
+def _pct(x: float) -> str:
+    return f"{x * 100:.1f}%" if x * 100 >= 0.1 or x == 0 else f"{x * 100:.2g}%"
+
+
+def _rate_check(report: Report, limit: RateLimit, min_turns: int | None) -> Check:
+    """``RATE <= MAX`` on the report's turn-taking summary: ``cut_in.rate`` (turns cut
+    into / turns with planned pauses) or ``false_interruption.rate`` (sounds that stopped
+    the reply / sounds over the reply that the trace says stopped it or not)."""
+    needed = min_turns if min_turns is not None else MIN_N_MEAN
+    base = Check(
+        kind="budget",
+        name=limit.name,
+        metric=limit.metric,
+        passed=False,
+        detail="",
+        unit=FRACTION,
+        limit=limit.max_rate,
+        needed=needed,
+        line=limit.line,
+    )
+    tt = report.turn_taking
+    notes: list[str] = []
+    what = ""
+    if tt is None or not report.stats_turns:
+        count, n, rate = 0, 0, None
+    elif limit.metric == CUT_IN_RATE:
+        count, n, rate = tt.turns_cut_in, tt.cut_in_turns, tt.cut_in_rate
+        what = "turns with planned pauses cut into"
+        if tt.before_any_pause:
+            notes.append(
+                f"{tt.before_any_pause} cut-in(s) before any planned pause: their turns "
+                "count as turns with a pause"
+            )
+    else:
+        assert limit.metric == FALSE_INTERRUPTION_RATE, limit.metric
+        count, n, rate = tt.false_interruptions, tt.sounds_known, tt.false_interruption_rate
+        what = "sounds over the reply stopped it"
+        unknown = len(tt.sounds) - tt.sounds_known
+        if unknown:
+            notes.append(
+                f"{unknown} of {len(tt.sounds)} sound(s) left out: the target's protocol "
+                "did not say whether the reply was cut"
+            )
+    base = replace(base, n=n, count=count, notes=tuple(notes))
+    if rate is None or n == 0:
+        problem, detail = _missing(report, limit.metric, "traces")
+        return replace(base, detail=detail, problem=problem)
+    ci = wilson_interval(count, n)
+    shown = f"{_pct(rate)} (95% CI {_pct(ci[0])[:-1]} to {_pct(ci[1])}), {count} of {n} {what}"
+    base = replace(base, observed=rate, ci95=ci)
+    over = rate > limit.max_rate
+    if over and limit.max_rate == 0:
+        # no number of further turns brings a rate above zero back to zero
+        return replace(base, detail=f"{shown}: over the limit of 0%", problem="over the limit")
+    if n < needed:
+        return replace(
+            base,
+            detail=f"{_too_few(n, needed, 'a rate', min_turns, noun=_noun(limit.metric))}; "
+            f"observed {shown}",
+            problem="not enough turns",
+        )
+    if ci[0] <= limit.max_rate <= ci[1]:
+        notes.append("the limit is inside the 95% interval: a re-run may flip this check")
+    verdict = "over" if over else "at" if rate == limit.max_rate else "under"
+    return replace(
+        base,
+        passed=not over,
+        detail=f"{shown}: {verdict} the limit of {_pct(limit.max_rate)}",
+        problem="over the limit" if over else None,
+        notes=tuple(notes),
     )
 
 
@@ -657,7 +852,7 @@ def _regression_one(
         limit=allowed,
     )
     short = [
-        _too_few(n, needed, rm.figure, min_turns, side)
+        _too_few(n, needed, rm.figure, min_turns, side, _noun(rm.metric))
         for n, side in ((len(b), "traces"), (len(a), "baseline"))
         if n < needed
     ]

@@ -14,7 +14,7 @@ from typing import Any
 
 from voiceaudit import __version__
 from voiceaudit.analysis.report import Report
-from voiceaudit.gate.evaluate import Check, GateResult
+from voiceaudit.gate.evaluate import FRACTION, Check, GateResult
 
 GATE_SCHEMA = "voiceaudit.gate/1"
 
@@ -89,8 +89,10 @@ def _md(text: object) -> str:
 def _val(c: Check, x: float | None) -> str:
     if x is None:
         return ""
-    if c.unit == "turns":
+    if c.unit in ("turns", "sessions"):
         return f"{x:.0f}"
+    if c.unit == FRACTION:
+        return f"{x * 100:.1f}%"
     return f"{x:.1f} ms" if abs(x) < 100 else f"{x:.0f} ms"
 
 

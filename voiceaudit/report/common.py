@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from voiceaudit.analysis.compare import FindingComparison
+from voiceaudit.analysis.findings import UNCOSTED
 from voiceaudit.analysis.ledger import ALL_SEGMENTS, UNEXPLAINED, Segment
 from voiceaudit.analysis.report import VOICE_TO_VOICE, Report, TurnReport
-from voiceaudit.analysis.stats import Summary
+from voiceaudit.analysis.stats import Summary, percentile
+from voiceaudit.analysis.turntaking import (
+    BARGE_IN_STOP,
+    INTERRUPT,
+    RESPONSE_TO_INTERRUPTION,
+    SPLIT_LABELS,
+    ReplyStop,
+)
 from voiceaudit.probe.pacing import BROKE_NS
 
 #: Human labels for metrics (identifiers stay the JSON keys).
@@ -26,6 +37,8 @@ LABELS: dict[str, str] = {
     "playout_wait": "playout wait",
     "leading_silence": "leading silence",
     UNEXPLAINED: "unexplained",
+    BARGE_IN_STOP: "barge-in stop latency",
+    RESPONSE_TO_INTERRUPTION: "response to interruption",
 }
 
 #: One colour per segment (matplotlib and rich both take these hex strings).
@@ -68,6 +81,43 @@ def fmt_ms(x: float | None) -> str:
     if abs(x) >= 10:
         return f"{x:.1f}"
     return f"{x:.2f}"
+
+
+#: What the reports print for the cost of a finding the trace cannot cost.
+NOT_MEASURED = "not measured"
+
+
+def fmt_cost(kind: str, ms: float, unit: str = "") -> str:
+    """A finding's cost in ms (``unit`` appended), or "not measured" for a kind the trace
+    cannot cost (:data:`~voiceaudit.analysis.findings.UNCOSTED`, costed 0 ms)."""
+    return NOT_MEASURED if kind in UNCOSTED else fmt_ms(ms) + unit
+
+
+def signed_ms(x: float | None) -> str:
+    """A difference in ms with its sign (``+12.3``, ``-4.00``, ``0.00``), ``-`` for none."""
+    if x is None:
+        return "-"
+    return ("+" if x > 0 else "") + fmt_ms(x)
+
+
+def finding_comparison_cells(f: FindingComparison) -> tuple[str, str, str]:
+    """A, B (ms per turn, with the turns in brackets) and B - A of a compared finding; a
+    kind the trace cannot cost reads "not measured" with its turns."""
+    if f.kind in UNCOSTED:
+        return (f"{NOT_MEASURED} ({f.a_turns})", f"{NOT_MEASURED} ({f.b_turns})", NOT_MEASURED)
+    return (
+        f"{fmt_ms(f.a_per_turn_ms)} ({f.a_turns})",
+        f"{fmt_ms(f.b_per_turn_ms)} ({f.b_turns})",
+        signed_ms(f.b_per_turn_ms - f.a_per_turn_ms),
+    )
+
+
+def finding_label(kind: str, ns: int, sign: str = "") -> str:
+    """``kind 12.3 ms`` for one turn's finding (``sign`` before the figure), or
+    ``kind (cost not measured)``."""
+    if kind in UNCOSTED:
+        return f"{kind} (cost {NOT_MEASURED})"
+    return f"{kind} {sign}{fmt_ms(ns / 1e6)} ms"
 
 
 def summary_cells(s: Summary) -> list[tuple[str, bool]]:
@@ -202,3 +252,209 @@ def knee_line(report: Report) -> str | None:
     """The knee in one sentence (None with one concurrency level)."""
     view = report.concurrency
     return None if view is None else view.describe_knee()
+
+
+# -- turn-taking (scenario runs) ------------------------------------------------------------
+
+#: At most this many turn-taking events are listed in terminal and Markdown output.
+MAX_TURN_TAKING_LISTED = 50
+
+#: The finding kinds an event row of each type can carry.
+_STOP_KINDS = ("no_barge_in", "slow_barge_in_stop", "barge_in_client_buffer")
+
+
+@dataclass(frozen=True)
+class TurnTakingRow:
+    """One turn-taking event of one turn, for the per-event table."""
+
+    turn: str
+    what: str
+    #: the event's headline figure in ms (stop latency, how early a cut-in was, …)
+    ms: float | None
+    detail: str
+    #: findings this event raised, as "kind +N ms"
+    findings: tuple[str, ...] = ()
+
+
+def _pct(num: int, den: int) -> str:
+    return f"{num}/{den}" + ("" if den == 0 else f" ({num / den * 100:.0f}%)")
+
+
+def split_text(b: ReplyStop) -> str:
+    """``server stop 150 + in flight 30 + client buffer 240 ms`` (the parts sum to the
+    stop latency), or "split unknown"."""
+    parts = b.split
+    if not parts:
+        return "split unknown"
+    return " + ".join(f"{SPLIT_LABELS[k]} {fmt_ms(v / 1e6)}" for k, v in parts.items()) + " ms"
+
+
+def _matching(
+    t: TurnReport, kinds: Sequence[str], key: str, value: float | None
+) -> tuple[str, ...]:
+    """The turn's findings of ``kinds`` whose evidence has ``key`` == ``value``."""
+    return tuple(
+        finding_label(f.kind, f.ns, "+")
+        for f in t.findings
+        if f.kind in kinds and value is not None and f.evidence.get(key) == value
+    )
+
+
+def _stop_row(t: TurnReport, tid: str, s: ReplyStop) -> TurnTakingRow:
+    stop_ms = round(s.stop_ns / 1e6, 3)
+    bits = [split_text(s)]
+    if s.heard_after_ms is not None:
+        bits.append(f"{fmt_ms(s.heard_after_ms)} ms of reply heard after the onset")
+    if s.cut is not None:
+        bits.append("the protocol said: cut" if s.cut else "the protocol said: completed")
+    if s.kind == INTERRUPT:
+        what = "barge-in" if s.stopped is not False else "barge-in (not stopped)"
+        if s.clip is not None:
+            bits.append(f"speech: {s.clip}")
+        return TurnTakingRow(
+            tid, what, stop_ms, "; ".join(bits), _matching(t, _STOP_KINDS, "stop_ms", stop_ms)
+        )
+    what = "sound" + (f" ({s.clip})" if s.clip is not None else "")
+    if s.false_interruption is True:
+        bits.insert(0, "false interruption: the sound stopped the reply")
+    elif s.false_interruption is False:
+        bits.insert(0, "the reply went on")
+    else:
+        bits.insert(0, "whether the sound stopped the reply: unknown")
+    found = _matching(t, ("false_interruption",), "stop_ms", stop_ms)
+    return TurnTakingRow(tid, what, stop_ms, "; ".join(bits), found)
+
+
+def turn_taking_rows(report: Report) -> list[TurnTakingRow]:
+    """Every turn-taking event, turn by turn in report order: barge-ins and sounds over
+    the turn's reply (stop latency and its split), cut-ins (with the pause), truncation
+    (told vs heard) and the response to an interruption (the turn's voice-to-voice)."""
+    rows: list[TurnTakingRow] = []
+    for t in report.turns:
+        tt = t.turn_taking
+        if tt is None:
+            continue
+        tid = turn_id(t, report.multi_run)
+        if not t.ok:
+            tid += " (failed)"
+        if tt.interrupts_turn is not None:
+            v2v = t.voice_to_voice_ns
+            rows.append(
+                TurnTakingRow(
+                    tid,
+                    "response to interruption",
+                    None if v2v is None else v2v / 1e6,
+                    f"voice-to-voice of this turn, which talked over the reply of turn "
+                    f"#{tt.interrupts_turn}",
+                )
+            )
+        for s in tt.stops:
+            rows.append(_stop_row(t, tid, s))
+        for c in tt.cut_ins:
+            early = round(c.before_speech_end_ns / 1e6, 3)
+            if c.pause_ms is None:
+                where = "before any pause"
+            else:
+                n = "" if c.pause_index is None else f" {c.pause_index + 1}"
+                where = f"in pause{n} of {fmt_ms(c.pause_ms)} ms"
+                if c.after_pause_start_ns is not None:
+                    where += f", {fmt_ms(c.after_pause_start_ns / 1e6)} ms into it"
+            how = "reply heard" if c.audible else "turn ended by the target, no reply heard"
+            detail = f"{where}; {how}; {fmt_ms(early)} ms before the speech end"
+            found = _matching(t, ("cut_in",), "before_speech_end_ms", early)
+            rows.append(TurnTakingRow(tid, "cut-in", early, detail, found))
+        for tr in tt.truncates:
+            heard = "-" if tr.heard_ms is None else fmt_ms(tr.heard_ms)
+            detail = (
+                f"told the server {fmt_ms(tr.audio_end_ms)} ms played, heard {heard} ms "
+                "(ms: heard - told)"
+            )
+            found = _matching(t, ("truncation_mismatch",), "audio_end_ms", tr.audio_end_ms)
+            rows.append(TurnTakingRow(tid, "truncation", tr.unclaimed_ms, detail, found))
+    return rows
+
+
+TURN_TAKING_HEAD = ["turn", "event", "ms", "detail", "findings"]
+
+
+def turn_taking_figures(report: Report) -> list[tuple[str, Summary]]:
+    """(label, summary) of the turn-taking latencies: barge-in stop latency, the
+    responses to an interruption and, beside them, the other turns' voice-to-voice."""
+    tt = report.turn_taking
+    if tt is None:
+        return []
+    out = []
+    for name, s in (
+        ("barge-in stop latency", tt.stop_summary),
+        ("response to interruption", tt.response_summary),
+        ("other turns' voice-to-voice", tt.ordinary_summary if tt.response_summary else None),
+    ):
+        if s is not None:
+            out.append((name, s))
+    return out
+
+
+def turn_taking_lines(report: Report) -> list[tuple[str, str]]:
+    """(label, text) of the report-level turn-taking summary: barge-ins and their split,
+    cut-in rate (by pause length), false-interruption rate, truncation, and the
+    response to interruption against the other turns."""
+    tt = report.turn_taking
+    if tt is None:
+        return []
+    out: list[tuple[str, str]] = []
+    b = tt.barge_ins
+    if b:
+        stopped = sum(1 for s in b if s.stopped is not False)
+        text = f"{len(b)}, stopped {_pct(stopped, len(b))}"
+        st = tt.stop_summary
+        if st is not None:
+            text += f"; stop latency p50 {fmt_ms(st.p50)} ms, p95 {fmt_ms(st.p95)} ms"
+        out.append(("barge-ins", text))
+        p50 = tt.split_p50_ms()
+        n = tt.split_n()
+        if n["server"] == len(b):
+            del p50["received"]  # = server stop + in flight, for every barge-in
+        parts = [
+            f"{SPLIT_LABELS[k]} {fmt_ms(v)} ms" + ("" if n[k] == len(b) else f" (of {n[k]})")
+            for k, v in p50.items()
+            if v is not None
+        ]
+        if parts:
+            out.append(("stop latency split (p50)", ", ".join(parts)))
+    if tt.cut_in_turns:
+        rate = f"{_pct(tt.turns_cut_in, tt.cut_in_turns)} of the turns with pauses"
+        if tt.by_pause:
+            rate += "; by pause: " + ", ".join(
+                f"{fmt_ms(p.pause_ms)} ms {p.cut_ins}/{p.pauses}" for p in tt.by_pause
+            )
+        if tt.before_any_pause:
+            rate += f"; {tt.before_any_pause} before any pause"
+        out.append(("cut-in rate", rate))
+    if tt.sounds:
+        if tt.sounds_known:
+            text = (
+                f"{_pct(tt.false_interruptions, tt.sounds_known)} of the sounds stopped the reply"
+            )
+        else:
+            text = "unknown (the protocol did not say whether the reply stopped)"
+        if tt.sounds_known < len(tt.sounds):
+            text += f"; {len(tt.sounds) - tt.sounds_known} of {len(tt.sounds)} sounds unknown"
+        out.append(("false-interruption rate", text))
+    unclaimed = tt.unclaimed_ms()
+    if tt.truncates:
+        text = f"{len(tt.truncates)} truncate(s)"
+        if len(unclaimed):
+            text += (
+                f"; heard - told: p50 {fmt_ms(percentile(unclaimed, 50))} ms, "
+                f"min {fmt_ms(float(unclaimed[0]))} ms, max {fmt_ms(float(unclaimed[-1]))} ms"
+            )
+        out.append(("truncation", text))
+    resp, other = tt.response_summary, tt.ordinary_summary
+    if resp is not None:
+        text = f"voice-to-voice p50 {fmt_ms(resp.p50)} ms over {resp.n} turn(s)"
+        if other is not None:
+            d = resp.p50 - other.p50
+            sign = "+" if d > 0 else ""
+            text += f"; other turns p50 {fmt_ms(other.p50)} ms (difference {sign}{fmt_ms(d)} ms)"
+        out.append(("response to interruption", text))
+    return out

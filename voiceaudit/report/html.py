@@ -14,14 +14,19 @@ from collections.abc import Iterable
 
 from voiceaudit.analysis.compare import Comparison
 from voiceaudit.analysis.report import VOICE_TO_VOICE, Report, TurnReport
+from voiceaudit.analysis.stats import Summary
 from voiceaudit.report import plots
 from voiceaudit.report.common import (
     COLUMNS,
     CONCURRENCY_HEAD,
     MAX_FAILED_LISTED,
     MAX_TURNS_LISTED,
+    TURN_TAKING_HEAD,
     UNRELIABLE_MARK,
     concurrency_rows,
+    finding_comparison_cells,
+    finding_label,
+    fmt_cost,
     fmt_ms,
     knee_line,
     label,
@@ -29,9 +34,13 @@ from voiceaudit.report.common import (
     pacing_line,
     representative_turns,
     segment_label,
+    signed_ms,
     summary_cells,
     target_line,
     turn_id,
+    turn_taking_figures,
+    turn_taking_lines,
+    turn_taking_rows,
 )
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -84,16 +93,21 @@ def _table(head: list[str], rows: Iterable[list[str]], left: int = 1) -> str:
     return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _figure_cells(s: Summary) -> list[str]:
+    """A summary's figures as cells, the unreliable ones marked with the reason."""
+    return [
+        f'<span class="bad" title="{esc(s.unreliable.get(col, ""))}">{esc(v)}'
+        f"{UNRELIABLE_MARK}</span>"
+        if bad
+        else esc(v)
+        for (v, bad), col in zip(summary_cells(s), COLUMNS, strict=True)
+    ]
+
+
 def _summary(report: Report) -> list[str]:
     rows = []
     for name, s in metric_rows(report):
-        cells = [
-            f'<span class="bad" title="{esc(s.unreliable.get(col, ""))}">{esc(v)}'
-            f"{UNRELIABLE_MARK}</span>"
-            if bad
-            else esc(v)
-            for (v, bad), col in zip(summary_cells(s), COLUMNS, strict=True)
-        ]
+        cells = _figure_cells(s)
         name_html = f"<b>{esc(label(name))}</b>" if name == VOICE_TO_VOICE else esc(label(name))
         rows.append([name_html, *cells])
     out = ["<h2>Latency (ms)</h2>", _table(["metric", *COLUMNS], rows)]
@@ -127,9 +141,9 @@ def _findings(report: Report) -> list[str]:
         [
             f"<code>{esc(f.kind)}</code>",
             f"{f.turns}/{f.of}",
-            fmt_ms(f.per_turn_ms),
-            fmt_ms(f.cost.p50),
-            fmt_ms(f.cost.max),
+            fmt_cost(f.kind, f.per_turn_ms),
+            fmt_cost(f.kind, f.cost.p50),
+            fmt_cost(f.kind, f.cost.max),
             f'<span class="l">{esc(f.description)}</span>',
         ]
         for f in report.findings
@@ -152,9 +166,7 @@ def _turn_caption(t: TurnReport) -> str:
     if t.audio is not None:
         bits.append(f"audio: {esc(t.audio)}")
     if t.findings:
-        bits.append(
-            "findings: " + ", ".join(f"{esc(f.kind)} {fmt_ms(f.ns / 1e6)} ms" for f in t.findings)
-        )
+        bits.append("findings: " + ", ".join(esc(finding_label(f.kind, f.ns)) for f in t.findings))
     if t.ledger.off_path:
         bits.append(
             "off the path: " + "; ".join(f"{esc(o.name)} ({esc(o.why)})" for o in t.ledger.off_path)
@@ -187,6 +199,43 @@ def _concurrency(report: Report) -> list[str]:
         _img(plots.concurrency_png(report), "voice-to-voice p50 and p95 per concurrency level"),
         _table(CONCURRENCY_HEAD, ([esc(c) for c in r] for r in rows)),
     ]
+
+
+def _turn_taking(report: Report) -> list[str]:
+    """The turn-taking section (scenario runs only)."""
+    out = ["<h2>Turn-taking</h2>"]
+    figures = turn_taking_figures(report)
+    if figures:
+        rows = []
+        for name, s in figures:
+            cells = _figure_cells(s)
+            rows.append([esc(name), *cells])
+        out.append(_table(["metric (ms)", *COLUMNS], rows))
+    summary = turn_taking_lines(report)
+    if summary:
+        items = "".join(f"<li><b>{esc(name)}</b>: {esc(text)}</li>" for name, text in summary)
+        out.append(f"<ul>{items}</ul>")
+    else:
+        out.append("<p>No barge-ins, cut-ins, sounds or truncation.</p>")
+    events = turn_taking_rows(report)
+    if events:
+        erows = [
+            [
+                esc(r.turn),
+                esc(r.what),
+                fmt_ms(r.ms),
+                f'<span class="l">{esc(r.detail)}</span>',
+                f'<span class="l">{esc(", ".join(r.findings))}</span>',
+            ]
+            for r in events[:MAX_TURNS_LISTED]
+        ]
+        out.append(_table(TURN_TAKING_HEAD, erows, 2))
+        if len(events) > MAX_TURNS_LISTED:
+            out.append(
+                f'<p class="dim">First {MAX_TURNS_LISTED} of {len(events)} events; the JSON '
+                "report lists them all.</p>"
+            )
+    return out
 
 
 def _failed(report: Report) -> list[str]:
@@ -277,16 +326,12 @@ def render_report(report: Report) -> str:
         body += _waterfalls(report)
     else:
         body.append('<p class="fail"><b>No successful turns: no statistics.</b></p>')
+    if report.turn_taking is not None:
+        body += _turn_taking(report)
     body += _failed(report)
     body += _turns(report)
     body += _warnings(report.warnings)
     return _page("voiceaudit report", body)
-
-
-def _signed(x: float | None) -> str:
-    if x is None:
-        return "-"
-    return ("+" if x > 0 else "") + fmt_ms(x)
 
 
 def render_comparison(cmp: Comparison) -> str:
@@ -301,10 +346,10 @@ def render_comparison(cmp: Comparison) -> str:
                 esc(label(m.metric)),
                 fmt_ms(None if m.a is None else m.a.p50),
                 fmt_ms(None if m.b is None else m.b.p50),
-                _signed(m.diff_p50_ms),
+                signed_ms(m.diff_p50_ms),
                 fmt_ms(None if m.a is None else m.a.mean),
                 fmt_ms(None if m.b is None else m.b.mean),
-                _signed(m.diff_mean_ms),
+                signed_ms(m.diff_mean_ms),
                 "-" if m.test is None else f"{m.test.p_value:.3g}",
                 verdict,
             ]
@@ -332,13 +377,7 @@ def render_comparison(cmp: Comparison) -> str:
     ]
     if cmp.findings:
         frows = [
-            [
-                f"<code>{esc(f.kind)}</code>",
-                f"{fmt_ms(f.a_per_turn_ms)} ({f.a_turns})",
-                f"{fmt_ms(f.b_per_turn_ms)} ({f.b_turns})",
-                _signed(f.b_per_turn_ms - f.a_per_turn_ms),
-            ]
-            for f in cmp.findings
+            [f"<code>{esc(f.kind)}</code>", *finding_comparison_cells(f)] for f in cmp.findings
         ]
         body += ["<h2>Findings (ms per turn)</h2>", _table(["finding", "A", "B", "Δ"], frows)]
     if cmp.differences:

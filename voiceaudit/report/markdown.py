@@ -14,16 +14,24 @@ from voiceaudit.report.common import (
     COLUMNS,
     CONCURRENCY_HEAD,
     MAX_FAILED_LISTED,
+    MAX_TURN_TAKING_LISTED,
+    TURN_TAKING_HEAD,
     UNRELIABLE_MARK,
     concurrency_rows,
+    finding_comparison_cells,
+    fmt_cost,
     fmt_ms,
     knee_line,
     label,
     metric_rows,
     pacing_line,
+    signed_ms,
     summary_cells,
     target_line,
     turn_id,
+    turn_taking_figures,
+    turn_taking_lines,
+    turn_taking_rows,
 )
 
 
@@ -41,6 +49,45 @@ def _table(head: list[str], rows: list[list[str]], right: set[int] | None = None
     out.append("|" + "|".join("---:" if i in right else "---" for i in range(len(head))) + "|")
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(out)
+
+
+def _turn_taking(report: Report) -> list[str]:
+    """The turn-taking section (scenario runs only)."""
+    lines = ["### Turn-taking", ""]
+    figures = turn_taking_figures(report)
+    if figures:
+        rows = [
+            [md(name), *(f"{v}{UNRELIABLE_MARK}" if bad else v for v, bad in summary_cells(s))]
+            for name, s in figures
+        ]
+        lines.append(_table(["metric (ms)", *COLUMNS], rows, set(range(1, len(COLUMNS) + 1))))
+        lines.append("")
+    summary = turn_taking_lines(report)
+    if summary:
+        lines += [f"- **{md(name)}**: {md(text)}" for name, text in summary]
+    else:
+        lines.append("No barge-ins, cut-ins, sounds or truncation.")
+    lines.append("")
+    events = turn_taking_rows(report)
+    if events:
+        erows = [
+            [
+                md(r.turn),
+                md(r.what),
+                fmt_ms(r.ms),
+                md(r.detail),
+                ", ".join(md(f) for f in r.findings),
+            ]
+            for r in events[:MAX_TURN_TAKING_LISTED]
+        ]
+        lines.append(_table(TURN_TAKING_HEAD, erows, {2}))
+        if len(events) > MAX_TURN_TAKING_LISTED:
+            lines += [
+                "",
+                f"… and {len(events) - MAX_TURN_TAKING_LISTED} more (see the JSON report)",
+            ]
+        lines.append("")
+    return lines
 
 
 def render_report(report: Report) -> str:
@@ -92,8 +139,8 @@ def render_report(report: Report) -> str:
                 [
                     f"`{f.kind}`",
                     f"{f.turns}/{f.of}",
-                    fmt_ms(f.per_turn_ms),
-                    fmt_ms(f.cost.p50),
+                    fmt_cost(f.kind, f.per_turn_ms),
+                    fmt_cost(f.kind, f.cost.p50),
                     md(f.description),
                 ]
                 for f in report.findings
@@ -115,6 +162,8 @@ def render_report(report: Report) -> str:
             lines.append("")
     else:
         lines += ["**No successful turns: no statistics.**", ""]
+    if report.turn_taking is not None:
+        lines += _turn_taking(report)
     failed = report.failed_turns
     if failed:
         lines += [f"### Failed turns ({len(failed)})", ""]
@@ -129,12 +178,6 @@ def render_report(report: Report) -> str:
         lines += [f"- {md(w)}" for w in report.warnings]
         lines.append("")
     return "\n".join(lines)
-
-
-def _signed(x: float | None) -> str:
-    if x is None:
-        return "-"
-    return ("+" if x > 0 else "") + fmt_ms(x)
 
 
 def render_comparison(cmp: Comparison) -> str:
@@ -157,10 +200,10 @@ def render_comparison(cmp: Comparison) -> str:
                 label(m.metric),
                 fmt_ms(None if m.a is None else m.a.p50),
                 fmt_ms(None if m.b is None else m.b.p50),
-                _signed(m.diff_p50_ms),
+                signed_ms(m.diff_p50_ms),
                 fmt_ms(None if m.a is None else m.a.mean),
                 fmt_ms(None if m.b is None else m.b.mean),
-                _signed(m.diff_mean_ms),
+                signed_ms(m.diff_mean_ms),
                 "-" if m.test is None else f"{m.test.p_value:.3g}",
                 verdict,
             ]
@@ -175,15 +218,7 @@ def render_comparison(cmp: Comparison) -> str:
     lines.append("")
     if cmp.findings:
         lines += ["### Findings (ms per turn)", ""]
-        frows = [
-            [
-                f"`{f.kind}`",
-                f"{fmt_ms(f.a_per_turn_ms)} ({f.a_turns})",
-                f"{fmt_ms(f.b_per_turn_ms)} ({f.b_turns})",
-                _signed(f.b_per_turn_ms - f.a_per_turn_ms),
-            ]
-            for f in cmp.findings
-        ]
+        frows = [[f"`{f.kind}`", *finding_comparison_cells(f)] for f in cmp.findings]
         lines.append(_table(["finding", "A", "B", "Δ"], frows, {1, 2, 3}))
         lines.append("")
     if cmp.differences:

@@ -13,16 +13,24 @@ from voiceaudit.report.common import (
     COLUMNS,
     CONCURRENCY_HEAD,
     MAX_FAILED_LISTED,
+    MAX_TURN_TAKING_LISTED,
+    TURN_TAKING_HEAD,
     UNRELIABLE_MARK,
     concurrency_rows,
+    finding_comparison_cells,
+    fmt_cost,
     fmt_ms,
     knee_line,
     label,
     metric_rows,
     pacing_line,
+    signed_ms,
     summary_cells,
     target_line,
     turn_id,
+    turn_taking_figures,
+    turn_taking_lines,
+    turn_taking_rows,
 )
 
 BAR_WIDTH = 40
@@ -105,8 +113,8 @@ def _findings(report: Report) -> RenderableType:
         table.add_row(
             f.kind,
             f"{f.turns}/{f.of}",
-            f"{fmt_ms(f.per_turn_ms)} ms",
-            f"{fmt_ms(f.cost.p50)} ms",
+            fmt_cost(f.kind, f.per_turn_ms, " ms"),
+            fmt_cost(f.kind, f.cost.p50, " ms"),
             f.description,
         )
     return table
@@ -129,6 +137,60 @@ def _concurrency(report: Report) -> RenderableType:
     for r in rows:
         table.add_row(*r, style="bold" if r[-1] == "knee" else "")
     return Group(Text(""), table)
+
+
+def _turn_taking(report: Report) -> RenderableType:
+    """Barge-ins, cut-ins, sounds and truncation (scenario runs only)."""
+    parts: list[RenderableType] = [Text("")]
+    figures = turn_taking_figures(report)
+    if figures:
+        table = Table(
+            title="Turn-taking (ms)", title_justify="left", show_edge=False, pad_edge=False
+        )
+        table.add_column("metric")
+        for c in COLUMNS:
+            table.add_column(c, justify="right")
+        for name, s in figures:
+            cells = [
+                Text(f"{v}{UNRELIABLE_MARK}" if bad else v, style="yellow" if bad else "")
+                for v, bad in summary_cells(s)
+            ]
+            table.add_row(name, *cells)
+        parts += [table, Text("")]
+    lines = turn_taking_lines(report)
+    t = Text()
+    t.append("Turn-taking\n", style="bold")
+    if not lines:
+        t.append("  no barge-ins, cut-ins, sounds or truncation\n", style="dim")
+    for name, text in lines:
+        t.append(f"  {name}: ", style="bold")
+        t.append(f"{text}\n")
+    parts.append(t)
+    rows = turn_taking_rows(report)
+    if rows:
+        ev = Table(
+            title="Turn-taking events", title_justify="left", show_edge=False, pad_edge=False
+        )
+        for i, h in enumerate(TURN_TAKING_HEAD):
+            ev.add_column(h, justify="right" if h == "ms" else "left", no_wrap=i < 2)
+        for r in rows[:MAX_TURN_TAKING_LISTED]:
+            ev.add_row(
+                r.turn,
+                r.what,
+                fmt_ms(r.ms),
+                r.detail,
+                Text(", ".join(r.findings), style="yellow"),
+            )
+        parts.append(ev)
+        if len(rows) > MAX_TURN_TAKING_LISTED:
+            parts.append(
+                Text(
+                    f"… and {len(rows) - MAX_TURN_TAKING_LISTED} more events "
+                    "(all are in --format json)",
+                    style="dim",
+                )
+            )
+    return Group(*parts)
 
 
 def _failed(report: Report) -> RenderableType:
@@ -167,6 +229,8 @@ def render_report(report: Report, console: Console) -> None:
             parts.append(_concurrency(report))
     else:
         parts.append(Text("No successful turns: no statistics.", style="bold red"))
+    if report.turn_taking is not None:
+        parts.append(_turn_taking(report))
     parts += [Text(""), _failed(report), _notes(report)]
     console.print(Group(*parts))
 
@@ -203,10 +267,10 @@ def render_comparison(cmp: Comparison, console: Console) -> None:
             label(m.metric),
             fmt_ms(None if m.a is None else m.a.p50),
             fmt_ms(None if m.b is None else m.b.p50),
-            _signed(m.diff_p50_ms),
+            signed_ms(m.diff_p50_ms),
             fmt_ms(None if m.a is None else m.a.mean),
             fmt_ms(None if m.b is None else m.b.mean),
-            _signed(m.diff_mean_ms),
+            signed_ms(m.diff_mean_ms),
             "-" if m.test is None else f"{m.test.p_value:.3g}",
             Text(m.verdict, style=verdict_style),
         )
@@ -216,12 +280,7 @@ def render_comparison(cmp: Comparison, console: Console) -> None:
         for col in ("finding", "A", "B", "Δ"):
             ft.add_column(col, justify="left" if col == "finding" else "right", no_wrap=True)
         for f in cmp.findings:
-            ft.add_row(
-                f.kind,
-                f"{fmt_ms(f.a_per_turn_ms)} ({f.a_turns})",
-                f"{fmt_ms(f.b_per_turn_ms)} ({f.b_turns})",
-                _signed(f.b_per_turn_ms - f.a_per_turn_ms),
-            )
+            ft.add_row(f.kind, *finding_comparison_cells(f))
         parts += [ft, Text("")]
     notes = Text()
     for k, (va, vb) in cmp.differences.items():
@@ -231,9 +290,3 @@ def render_comparison(cmp: Comparison, console: Console) -> None:
         notes.append(f"{w}\n")
     parts.append(notes)
     console.print(Group(*parts))
-
-
-def _signed(x: float | None) -> str:
-    if x is None:
-        return "-"
-    return ("+" if x > 0 else "") + fmt_ms(x)
