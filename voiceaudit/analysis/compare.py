@@ -3,8 +3,12 @@
 For voice-to-voice, every segment either side has and the turn-taking latencies
 (``barge_in.stop_latency``, ``response_to_interruption``) when either side has them, the
 difference B - A of the mean and of the median, and whether the two samples differ
-significantly: Mann-Whitney U (two-sided), Holm-corrected across the metrics compared, at
-``alpha``. A difference that is not significant is shown as such, never as a win.
+significantly: Mann-Whitney U (two-sided). For the turn-taking rates (``cut_in.rate``,
+``false_interruption.rate``) when either side has them: each side's count, rate and
+Wilson 95 % interval, the difference B - A, and Fisher's exact test (two-sided). One Holm
+correction covers every test of the comparison, at ``alpha``; the p-values shown are the
+Holm-adjusted ones, so each is compared with ``alpha`` as its verdict is. A difference
+that is not significant is shown as such, never as a win.
 Metadata that differs between the two (target, configuration, host, audio set) is
 listed, so a comparison that is not like for like says so.
 """
@@ -24,10 +28,17 @@ from voiceaudit.analysis.stats import (
     FloatArray,
     Summary,
     as_sorted,
-    holm,
+    fisher_exact,
     mann_whitney,
+    wilson_interval,
 )
-from voiceaudit.analysis.turntaking import BARGE_IN_STOP, RESPONSE_TO_INTERRUPTION
+from voiceaudit.analysis.turntaking import (
+    BARGE_IN_STOP,
+    CUT_IN_RATE,
+    FALSE_INTERRUPTION_RATE,
+    RESPONSE_TO_INTERRUPTION,
+)
+from voiceaudit.gate.significance import holm_adjusted
 
 COMPARISON_SCHEMA = "voiceaudit.comparison/1"
 
@@ -39,6 +50,8 @@ class MetricComparison:
     b: Summary | None
     test: Difference | None
     significant: bool
+    #: the Holm-adjusted p-value (over every test of the comparison)
+    p_adjusted: float | None = None
 
     @property
     def diff_mean_ms(self) -> float | None:
@@ -78,7 +91,74 @@ class MetricComparison:
                 "u": self.test.u,
                 "p_value": self.test.p_value,
                 "prob_a_greater": round(self.test.prob_a_greater, 4),
+                "p_adjusted": self.p_adjusted,
             },
+            "significant": self.significant,
+            "verdict": self.verdict,
+        }
+
+
+@dataclass(frozen=True)
+class RateComparison:
+    """A turn-taking rate on both sides: ``(count, of)`` (``None``: the side has no
+    denominator, e.g. no scripted pause), Fisher's exact test when both have one."""
+
+    metric: str
+    a: tuple[int, int] | None
+    b: tuple[int, int] | None
+    #: two-sided Fisher's exact p-value, and Holm-adjusted over the comparison's tests
+    p_value: float | None
+    p_adjusted: float | None
+    significant: bool
+
+    @staticmethod
+    def _rate(side: tuple[int, int] | None) -> float | None:
+        return None if side is None else side[0] / side[1]
+
+    @property
+    def rate_a(self) -> float | None:
+        return self._rate(self.a)
+
+    @property
+    def rate_b(self) -> float | None:
+        return self._rate(self.b)
+
+    @property
+    def diff(self) -> float | None:
+        """B - A, as a fraction (0.1 is 10 percentage points)."""
+        ra, rb = self.rate_a, self.rate_b
+        return None if ra is None or rb is None else rb - ra
+
+    @property
+    def verdict(self) -> str:
+        """``B higher``/``B lower`` (both rates count what goes wrong), ``no significant
+        difference``, or why not."""
+        if self.a is None or self.b is None:
+            return "only in A" if self.b is None else "only in B"
+        if not self.significant:
+            return "no significant difference"
+        return "B higher" if (self.diff or 0.0) > 0 else "B lower"
+
+    def to_dict(self) -> dict[str, Any]:
+        def side(v: tuple[int, int] | None) -> dict[str, Any] | None:
+            if v is None:
+                return None
+            lo, hi = wilson_interval(*v)
+            return {
+                "count": v[0],
+                "of": v[1],
+                "rate": round(v[0] / v[1], 4),
+                "ci95": [round(lo, 4), round(hi, 4)],
+            }
+
+        return {
+            "metric": self.metric,
+            "a": side(self.a),
+            "b": side(self.b),
+            "diff": None if self.diff is None else round(self.diff, 4),
+            "fisher_exact": None
+            if self.p_value is None
+            else {"p_value": self.p_value, "p_adjusted": self.p_adjusted},
             "significant": self.significant,
             "verdict": self.verdict,
         }
@@ -107,6 +187,7 @@ class Comparison:
     b: Report
     alpha: float
     metrics: tuple[MetricComparison, ...]
+    rates: tuple[RateComparison, ...]
     findings: tuple[FindingComparison, ...]
     #: metadata that differs: what → (A's value, B's value)
     differences: dict[str, tuple[Any, Any]]
@@ -120,6 +201,7 @@ class Comparison:
             "a": {"label": self.a.label, **self.a.to_dict(turns=False)},
             "b": {"label": self.b.label, **self.b.to_dict(turns=False)},
             "metrics": [m.to_dict() for m in self.metrics],
+            "rates": [r.to_dict() for r in self.rates],
             "findings": [f.to_dict() for f in self.findings],
             "differences": {k: {"a": a, "b": b} for k, (a, b) in self.differences.items()},
             "warnings": list(self.warnings),
@@ -177,6 +259,11 @@ def _turn_taking_metrics(r: Report) -> dict[str, FloatArray]:
     return {} if tt is None else tt.latency_metrics()
 
 
+def _rate_counts(r: Report) -> dict[str, tuple[int, int]]:
+    tt = r.turn_taking
+    return {} if tt is None or not r.stats_turns else tt.rate_counts()
+
+
 def _summary(r: Report, metric: str) -> Summary | None:
     """The report's own summary of a latency metric (a turn-taking one: its summary in
     the report's ``turn_taking`` block), None when the side has no value."""
@@ -198,12 +285,42 @@ def compare(a: Report, b: Report, *, alpha: float = 0.05) -> Comparison:
         if n in tta or n in ttb:
             samples.append((n, tta.get(n, empty), ttb.get(n, empty)))
     tests = [mann_whitney(va, vb) if len(va) and len(vb) else None for _, va, vb in samples]
-    tested = [i for i, t in enumerate(tests) if t is not None]
-    sig = holm([tests[i].p_value for i in tested], alpha)  # type: ignore[union-attr]
-    significant = dict(zip(tested, sig, strict=True))
+    ra, rb = _rate_counts(a), _rate_counts(b)
+    rate_sides = [
+        (n, ra.get(n), rb.get(n))
+        for n in (CUT_IN_RATE, FALSE_INTERRUPTION_RATE)
+        if n in ra or n in rb
+    ]
+    rate_p = [
+        fisher_exact(*sa, *sb) if sa is not None and sb is not None else None
+        for _, sa, sb in rate_sides
+    ]
+    # one Holm family: every latency test, then every rate test
+    raw = [t.p_value if t is not None else None for t in tests] + rate_p
+    tested = {i: p for i, p in enumerate(raw) if p is not None}
+    adjusted = dict(zip(tested, holm_adjusted(list(tested.values())), strict=True))
     metrics = tuple(
-        MetricComparison(n, _summary(a, n), _summary(b, n), tests[i], significant.get(i, False))
+        MetricComparison(
+            n,
+            _summary(a, n),
+            _summary(b, n),
+            tests[i],
+            i in adjusted and adjusted[i] < alpha,
+            adjusted.get(i),
+        )
         for i, (n, _, _) in enumerate(samples)
+    )
+    off = len(samples)
+    rates = tuple(
+        RateComparison(
+            n,
+            sa,
+            sb,
+            rate_p[j],
+            adjusted.get(off + j),
+            off + j in adjusted and adjusted[off + j] < alpha,
+        )
+        for j, (n, sa, sb) in enumerate(rate_sides)
     )
     fa = {f.kind: f for f in a.findings}
     fb = {f.kind: f for f in b.findings}
@@ -232,4 +349,4 @@ def compare(a: Report, b: Report, *, alpha: float = 0.05) -> Comparison:
     for side, r in (("A", a), ("B", b)):
         if not r.stats_turns:
             warnings.append(f"{side} has no successful turns to compare")
-    return Comparison(a, b, alpha, metrics, findings, differences, tuple(warnings))
+    return Comparison(a, b, alpha, metrics, rates, findings, differences, tuple(warnings))

@@ -32,6 +32,11 @@ Comparison
     Mann-Whitney U (two-sided, ``scipy.stats.mannwhitneyu``), with the common-language
     effect size (the probability that a value from A exceeds one from B) and Holm's
     step-down correction when several metrics are compared at once.
+
+Proportions
+    The Wilson score interval of a rate (95 %), and Fisher's exact test (two-sided,
+    ``scipy.stats.fisher_exact``) of two rates: exact at the small counts a rate of
+    cut-ins or false interruptions has, where a chi-squared test is not.
 """
 
 from __future__ import annotations
@@ -290,3 +295,32 @@ def holm(p_values: Sequence[float], alpha: float = 0.05) -> list[bool]:
         else:
             break
     return out
+
+
+#: z of a two-sided 95 % interval
+Z95 = 1.959963984540054
+
+
+def wilson_interval(count: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion ``count / n`` (95 % by default): unlike
+    the normal approximation it stays inside [0, 1] and is usable at 0 of n or n of n."""
+    assert n > 0 and 0 <= count <= n
+    p = count / n
+    z2 = z * z
+    den = 1.0 + z2 / n
+    centre = (p + z2 / (2 * n)) / den
+    half = z * math.sqrt(p * (1.0 - p) / n + z2 / (4.0 * n * n)) / den
+    lo = 0.0 if count == 0 else max(0.0, centre - half)
+    hi = 1.0 if count == n else min(1.0, centre + half)
+    return lo, hi
+
+
+def fisher_exact(count_a: int, n_a: int, count_b: int, n_b: int) -> float:
+    """Two-sided p-value of Fisher's exact test that ``count_a / n_a`` and
+    ``count_b / n_b`` are the same rate (both ``n`` > 0)."""
+    from scipy.stats import fisher_exact as _fisher
+
+    assert n_a > 0 and n_b > 0 and 0 <= count_a <= n_a and 0 <= count_b <= n_b
+    table = [[count_a, n_a - count_a], [count_b, n_b - count_b]]
+    p = float(_fisher(table, alternative="two-sided").pvalue)
+    return 1.0 if math.isnan(p) else min(1.0, p)

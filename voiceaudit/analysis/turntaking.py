@@ -59,6 +59,10 @@ _ABS_TOLERANCE_MS = 5.0
 #: a reply (the response to the interruption).
 BARGE_IN_STOP = "barge_in.stop_latency"
 RESPONSE_TO_INTERRUPTION = "response_to_interruption"
+#: The turn-taking rates (the gate's and ``report A B``'s names): turns with planned pauses
+#: that the target cut into, and sounds over the reply that stopped it.
+CUT_IN_RATE = "cut_in.rate"
+FALSE_INTERRUPTION_RATE = "false_interruption.rate"
 
 
 def _int(v: Any) -> int | None:
@@ -472,6 +476,17 @@ class TurnTakingSummary:
         :data:`BARGE_IN_STOP` and :data:`RESPONSE_TO_INTERRUPTION`."""
         out = {BARGE_IN_STOP: self.stop_ms, RESPONSE_TO_INTERRUPTION: as_sorted(self.response_ms)}
         return {k: v for k, v in out.items() if len(v)}
+
+    def rate_counts(self) -> dict[str, tuple[int, int]]:
+        """(count, of) of the turn-taking rates that have a denominator:
+        :data:`CUT_IN_RATE` (turns cut into, of the turns with planned pauses) and
+        :data:`FALSE_INTERRUPTION_RATE` (sounds that stopped the reply, of the sounds the
+        trace says stopped it or not)."""
+        out = {
+            CUT_IN_RATE: (self.turns_cut_in, self.cut_in_turns),
+            FALSE_INTERRUPTION_RATE: (self.false_interruptions, self.sounds_known),
+        }
+        return {k: v for k, v in out.items() if v[1]}
 
     def unclaimed_ms(self) -> FloatArray:
         return as_sorted([t.unclaimed_ms for t in self.truncates if t.unclaimed_ms is not None])

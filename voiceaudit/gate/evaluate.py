@@ -51,6 +51,7 @@ from voiceaudit.analysis.stats import (
     mean_ci,
     percentile,
     percentile_ci,
+    wilson_interval,
 )
 from voiceaudit.analysis.turntaking import BARGE_IN_STOP, RESPONSE_TO_INTERRUPTION
 from voiceaudit.errors import NoDataError, VoiceauditError
@@ -649,24 +650,6 @@ def _limit_check(
         detail=f"{shown}: {_ms(limit - value)} under the limit",
         notes=notes,
     )
-
-
-#: z of a two-sided 95 % interval
-_Z95 = 1.959963984540054
-
-
-def wilson_interval(count: int, n: int, z: float = _Z95) -> tuple[float, float]:
-    """The Wilson score interval of a proportion ``count / n`` (95 % by default): unlike
-    the normal approximation it stays inside [0, 1] and is usable at 0 of n or n of n."""
-    assert n > 0 and 0 <= count <= n
-    p = count / n
-    z2 = z * z
-    den = 1.0 + z2 / n
-    centre = (p + z2 / (2 * n)) / den
-    half = z * math.sqrt(p * (1.0 - p) / n + z2 / (4.0 * n * n)) / den
-    lo = 0.0 if count == 0 else max(0.0, centre - half)
-    hi = 1.0 if count == n else min(1.0, centre + half)
-    return lo, hi
 
 
 def _pct(x: float) -> str:

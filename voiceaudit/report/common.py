@@ -6,13 +6,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from voiceaudit.analysis.compare import FindingComparison
+from voiceaudit.analysis.compare import FindingComparison, MetricComparison, RateComparison
 from voiceaudit.analysis.findings import UNCOSTED
 from voiceaudit.analysis.ledger import ALL_SEGMENTS, UNEXPLAINED, Segment
 from voiceaudit.analysis.report import VOICE_TO_VOICE, Report, TurnReport
 from voiceaudit.analysis.stats import Summary, percentile
 from voiceaudit.analysis.turntaking import (
     BARGE_IN_STOP,
+    CUT_IN_RATE,
+    FALSE_INTERRUPTION_RATE,
     INTERRUPT,
     RESPONSE_TO_INTERRUPTION,
     SPLIT_LABELS,
@@ -39,6 +41,8 @@ LABELS: dict[str, str] = {
     UNEXPLAINED: "unexplained",
     BARGE_IN_STOP: "barge-in stop latency",
     RESPONSE_TO_INTERRUPTION: "response to interruption",
+    CUT_IN_RATE: "cut-in rate",
+    FALSE_INTERRUPTION_RATE: "false-interruption rate",
 }
 
 #: One colour per segment (matplotlib and rich both take these hex strings).
@@ -110,6 +114,79 @@ def finding_comparison_cells(f: FindingComparison) -> tuple[str, str, str]:
         f"{fmt_ms(f.b_per_turn_ms)} ({f.b_turns})",
         signed_ms(f.b_per_turn_ms - f.a_per_turn_ms),
     )
+
+
+#: Columns of a comparison's latency table (its cells: :func:`metric_comparison_cells`).
+METRIC_COMPARISON_COLUMNS: tuple[str, ...] = (
+    "metric",
+    "A p50",
+    "B p50",
+    "Δ p50",
+    "A mean",
+    "B mean",
+    "Δ mean",
+    "p (Holm)",
+    "verdict",
+)
+#: Columns of a comparison's rate table (its cells: :func:`rate_comparison_cells`).
+RATE_COMPARISON_COLUMNS: tuple[str, ...] = (
+    "rate",
+    "A",
+    "A 95% CI",
+    "B",
+    "B 95% CI",
+    "Δ",
+    "p (Holm)",
+    "verdict",
+)
+
+
+def fmt_p(p: float | None) -> str:
+    return "-" if p is None else f"{p:.3g}"
+
+
+def fmt_pct(x: float) -> str:
+    """A fraction as a percentage: ``12.5%``, ``0%``, ``0.05%``."""
+    pct = x * 100
+    return f"{pct:.1f}%" if pct >= 0.1 or x == 0 else f"{pct:.2g}%"
+
+
+def metric_comparison_cells(m: MetricComparison) -> list[str]:
+    """The cells of :data:`METRIC_COMPARISON_COLUMNS` for one compared metric."""
+    return [
+        label(m.metric),
+        fmt_ms(None if m.a is None else m.a.p50),
+        fmt_ms(None if m.b is None else m.b.p50),
+        signed_ms(m.diff_p50_ms),
+        fmt_ms(None if m.a is None else m.a.mean),
+        fmt_ms(None if m.b is None else m.b.mean),
+        signed_ms(m.diff_mean_ms),
+        fmt_p(m.p_adjusted),
+        m.verdict,
+    ]
+
+
+def rate_comparison_cells(r: RateComparison) -> list[str]:
+    """The cells of :data:`RATE_COMPARISON_COLUMNS` for one compared rate: each side as
+    ``12.5% (1/8)`` with its Wilson interval, B - A in percentage points."""
+    d = r.to_dict()
+
+    def side(v: dict[str, Any] | None) -> tuple[str, str]:
+        if v is None:
+            return "-", "-"
+        lo, hi = v["ci95"]
+        ci = f"{fmt_pct(lo)[:-1]}\u2013{fmt_pct(hi)}"
+        return f"{fmt_pct(v['rate'])} ({v['count']}/{v['of']})", ci
+
+    diff = r.diff
+    return [
+        label(r.metric),
+        *side(d["a"]),
+        *side(d["b"]),
+        "-" if diff is None else f"{'+' if diff > 0 else ''}{diff * 100:.1f} pp",
+        fmt_p(r.p_adjusted),
+        r.verdict,
+    ]
 
 
 def finding_label(kind: str, ns: int, sign: str = "") -> str:

@@ -21,6 +21,8 @@ from voiceaudit.report.common import (
     CONCURRENCY_HEAD,
     MAX_FAILED_LISTED,
     MAX_TURNS_LISTED,
+    METRIC_COMPARISON_COLUMNS,
+    RATE_COMPARISON_COLUMNS,
     TURN_TAKING_HEAD,
     UNRELIABLE_MARK,
     concurrency_rows,
@@ -30,11 +32,12 @@ from voiceaudit.report.common import (
     fmt_ms,
     knee_line,
     label,
+    metric_comparison_cells,
     metric_rows,
     pacing_line,
+    rate_comparison_cells,
     representative_turns,
     segment_label,
-    signed_ms,
     summary_cells,
     target_line,
     turn_id,
@@ -336,34 +339,31 @@ def render_report(report: Report) -> str:
 
 def render_comparison(cmp: Comparison) -> str:
     a, b = cmp.a, cmp.b
-    rows = []
-    for m in cmp.metrics:
-        verdict = esc(m.verdict)
-        if m.significant:
-            verdict = f"<b>{verdict}</b>"
-        rows.append(
-            [
-                esc(label(m.metric)),
-                fmt_ms(None if m.a is None else m.a.p50),
-                fmt_ms(None if m.b is None else m.b.p50),
-                signed_ms(m.diff_p50_ms),
-                fmt_ms(None if m.a is None else m.a.mean),
-                fmt_ms(None if m.b is None else m.b.mean),
-                signed_ms(m.diff_mean_ms),
-                "-" if m.test is None else f"{m.test.p_value:.3g}",
-                verdict,
-            ]
-        )
+
+    def cells(values: list[str], significant: bool) -> list[str]:
+        *rest, verdict = (esc(v) for v in values)
+        return [*rest, f"<b>{verdict}</b>" if significant else verdict]
+
+    rows = [cells(metric_comparison_cells(m), m.significant) for m in cmp.metrics]
     body = [
         "<h1>voiceaudit comparison</h1>",
         f"<p>A: {esc(a.label)} ({len(a.stats_turns)} turns in the statistics)<br>"
         f"B: {esc(b.label)} ({len(b.stats_turns)} turns in the statistics)</p>",
         f"<p>B against A, ms. Significance: Mann-Whitney U, two-sided, Holm-corrected, "
         f"p &lt; {cmp.alpha:g}.</p>",
-        _table(
-            ["metric", "A p50", "B p50", "Δ p50", "A mean", "B mean", "Δ mean", "p", "verdict"],
-            rows,
-        ),
+        _table(list(METRIC_COMPARISON_COLUMNS), rows),
+    ]
+    if cmp.rates:
+        body += [
+            "<h2>Turn-taking rates</h2>",
+            "<p>Fisher's exact test, two-sided, in the same Holm correction; Wilson 95% "
+            "intervals.</p>",
+            _table(
+                list(RATE_COMPARISON_COLUMNS),
+                [cells(rate_comparison_cells(r), r.significant) for r in cmp.rates],
+            ),
+        ]
+    body += [
         "<h2>Voice-to-voice distribution</h2>",
         _img(
             plots.cdf_png(

@@ -15,6 +15,8 @@ from voiceaudit.report.common import (
     CONCURRENCY_HEAD,
     MAX_FAILED_LISTED,
     MAX_TURN_TAKING_LISTED,
+    METRIC_COMPARISON_COLUMNS,
+    RATE_COMPARISON_COLUMNS,
     TURN_TAKING_HEAD,
     UNRELIABLE_MARK,
     concurrency_rows,
@@ -23,9 +25,10 @@ from voiceaudit.report.common import (
     fmt_ms,
     knee_line,
     label,
+    metric_comparison_cells,
     metric_rows,
     pacing_line,
-    signed_ms,
+    rate_comparison_cells,
     summary_cells,
     target_line,
     turn_id,
@@ -194,28 +197,23 @@ def render_comparison(cmp: Comparison) -> str:
     ]
     rows = []
     for m in cmp.metrics:
-        verdict = f"**{m.verdict}**" if m.significant else m.verdict
-        rows.append(
-            [
-                label(m.metric),
-                fmt_ms(None if m.a is None else m.a.p50),
-                fmt_ms(None if m.b is None else m.b.p50),
-                signed_ms(m.diff_p50_ms),
-                fmt_ms(None if m.a is None else m.a.mean),
-                fmt_ms(None if m.b is None else m.b.mean),
-                signed_ms(m.diff_mean_ms),
-                "-" if m.test is None else f"{m.test.p_value:.3g}",
-                verdict,
-            ]
-        )
-    lines.append(
-        _table(
-            ["metric", "A p50", "B p50", "Δ p50", "A mean", "B mean", "Δ mean", "p", "verdict"],
-            rows,
-            {1, 2, 3, 4, 5, 6, 7},
-        )
-    )
+        *cells, verdict = metric_comparison_cells(m)
+        rows.append([*cells, f"**{verdict}**" if m.significant else verdict])
+    lines.append(_table(list(METRIC_COMPARISON_COLUMNS), rows, {1, 2, 3, 4, 5, 6, 7}))
     lines.append("")
+    if cmp.rates:
+        lines += [
+            "### Turn-taking rates",
+            "",
+            "Fisher's exact test, two-sided, in the same Holm correction; Wilson 95% intervals.",
+            "",
+        ]
+        rrows = []
+        for r in cmp.rates:
+            *cells, verdict = rate_comparison_cells(r)
+            rrows.append([*cells, f"**{verdict}**" if r.significant else verdict])
+        lines.append(_table(list(RATE_COMPARISON_COLUMNS), rrows, {1, 2, 3, 4, 5, 6}))
+        lines.append("")
     if cmp.findings:
         lines += ["### Findings (ms per turn)", ""]
         frows = [[f"`{f.kind}`", *finding_comparison_cells(f)] for f in cmp.findings]

@@ -14,6 +14,7 @@ from voiceaudit.report.common import (
     CONCURRENCY_HEAD,
     MAX_FAILED_LISTED,
     MAX_TURN_TAKING_LISTED,
+    METRIC_COMPARISON_COLUMNS,
     TURN_TAKING_HEAD,
     UNRELIABLE_MARK,
     concurrency_rows,
@@ -22,9 +23,10 @@ from voiceaudit.report.common import (
     fmt_ms,
     knee_line,
     label,
+    metric_comparison_cells,
     metric_rows,
     pacing_line,
-    signed_ms,
+    rate_comparison_cells,
     summary_cells,
     target_line,
     turn_id,
@@ -247,34 +249,40 @@ def render_comparison(cmp: Comparison, console: Console) -> None:
         show_edge=False,
         pad_edge=False,
     )
-    for col, just in (
-        ("metric", "left"),
-        ("A p50", "right"),
-        ("B p50", "right"),
-        ("Δ p50", "right"),
-        ("A mean", "right"),
-        ("B mean", "right"),
-        ("Δ mean", "right"),
-        ("p", "right"),
-        ("verdict", "left"),
-    ):
-        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    for col in METRIC_COMPARISON_COLUMNS:
+        table.add_column(col, justify="left" if col in ("metric", "verdict") else "right")
     for m in cmp.metrics:
         verdict_style = (
             "green" if m.verdict == "B faster" else "red" if m.verdict == "B slower" else "dim"
         )
-        table.add_row(
-            label(m.metric),
-            fmt_ms(None if m.a is None else m.a.p50),
-            fmt_ms(None if m.b is None else m.b.p50),
-            signed_ms(m.diff_p50_ms),
-            fmt_ms(None if m.a is None else m.a.mean),
-            fmt_ms(None if m.b is None else m.b.mean),
-            signed_ms(m.diff_mean_ms),
-            "-" if m.test is None else f"{m.test.p_value:.3g}",
-            Text(m.verdict, style=verdict_style),
-        )
+        *cells, verdict = metric_comparison_cells(m)
+        table.add_row(*cells, Text(verdict, style=verdict_style))
     parts: list[RenderableType] = [head, Text(""), table, Text("")]
+    if cmp.rates:
+        rt = Table(
+            title="Turn-taking rates (95% CI below): Fisher's exact test, same Holm correction",
+            title_justify="left",
+            show_edge=False,
+            pad_edge=False,
+        )
+        # each side's rate with its 95 % interval below it, to fit the width
+        for col in ("rate", "A", "B", "Δ", "p (Holm)", "verdict"):
+            rt.add_column(
+                col,
+                justify="left" if col in ("rate", "verdict") else "right",
+                no_wrap=col != "verdict",
+            )
+        for r in cmp.rates:
+            name, a_rate, a_ci, b_rate, b_ci, *rest, verdict = rate_comparison_cells(r)
+            style = {"B higher": "red", "B lower": "green"}.get(verdict, "dim")
+            rt.add_row(
+                name,
+                f"{a_rate}\n{a_ci}",
+                f"{b_rate}\n{b_ci}",
+                *rest,
+                Text(verdict, style=style),
+            )
+        parts += [rt, Text("")]
     if cmp.findings:
         ft = Table(title="Findings (ms per turn)", title_justify="left", show_edge=False)
         for col in ("finding", "A", "B", "Δ"):
