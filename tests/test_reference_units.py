@@ -26,6 +26,7 @@ from test_reference_support import (
 
 from voiceaudit.errors import UsageError
 from voiceaudit.reference.config import (
+    INJECTION_EXAMPLES,
     Injections,
     ServerConfig,
     apply_injection,
@@ -324,6 +325,25 @@ def test_every_injection_parses_and_is_recorded() -> None:
     assert parse_injections(inj.describe()) == inj  # describe() round-trips
     assert apply_injection(Injections(), "small-writes=200").small_writes_bytes == 200
     assert not apply_injection(inj, "small-writes=off").small_writes
+
+
+def test_every_injection_has_an_example_that_applies() -> None:
+    """``serve --help`` lists INJECTION_EXAMPLES: each example is a real spec of its own
+    injection (it parses, changes the injections, and describe() names it), and the help
+    lists every one."""
+    import typer.main
+
+    from voiceaudit.cli import app
+
+    for name, example in INJECTION_EXAMPLES.items():
+        assert example.partition("=")[0] == name, example
+        inj = apply_injection(Injections(), example)
+        assert inj != Injections(), example
+        assert any(d.startswith(name) for d in inj.describe()), (example, inj.describe())
+    serve = typer.main.get_group(app).commands["serve"]
+    (inject,) = [p for p in serve.params if p.name == "inject"]
+    helptext = getattr(inject, "help", "") or ""
+    assert all(example in helptext for example in INJECTION_EXAMPLES.values()), helptext
 
 
 @pytest.mark.parametrize(

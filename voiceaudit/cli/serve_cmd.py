@@ -17,6 +17,8 @@ from pathlib import Path
 
 import typer
 
+from voiceaudit.reference.config import INJECTION_EXAMPLES
+
 LISTENING_PREFIX = "voiceaudit-serve listening "
 
 
@@ -36,10 +38,9 @@ def register(app: typer.Typer) -> None:
             [],
             "--inject",
             metavar="NAME=VALUE",
-            help="Add a known hidden delay (repeatable): leading-silence=300ms, "
-            "llm-ttft=400ms, whole-result-handoff, sentence-aggregation=on, small-writes, "
-            "audio-chunk=1000ms, connect-delay=200ms, jitter=20ms, slow-audio=0.8, "
-            "stage-delay=asr:150ms.",
+            help="Add a known hidden delay or fault (repeatable): "
+            + ", ".join(INJECTION_EXAMPLES.values())
+            + ". See docs/reference-pipeline.md.",
         ),
         ground_truth: Path | None = typer.Option(
             None,

@@ -21,23 +21,26 @@ NS_PER_MS = 1_000_000
 #: Stages that ``stage-delay=STAGE:DURATION`` can slow down.
 STAGES = ("vad", "asr", "llm", "tts")
 
-INJECTION_NAMES = (
-    "leading-silence",
-    "llm-ttft",
-    "whole-result-handoff",
-    "sentence-aggregation",
-    "small-writes",
-    "audio-chunk",
-    "connect-delay",
-    "jitter",
-    "slow-audio",
-    "stage-delay",
-    "rtp-jitter",
-    "rtp-loss",
-    "barge-in-delay",
-    "no-barge-in",
-    "endpointing-silence",
-)
+#: Every injection, with an example of its spec (``voiceaudit serve --help`` lists these;
+#: a test parses each one).
+INJECTION_EXAMPLES: dict[str, str] = {
+    "leading-silence": "leading-silence=300ms",
+    "llm-ttft": "llm-ttft=400ms",
+    "whole-result-handoff": "whole-result-handoff",
+    "sentence-aggregation": "sentence-aggregation=on",
+    "small-writes": "small-writes",
+    "audio-chunk": "audio-chunk=1000ms",
+    "connect-delay": "connect-delay=200ms",
+    "jitter": "jitter=20ms",
+    "slow-audio": "slow-audio=0.8",
+    "stage-delay": "stage-delay=asr:150ms",
+    "rtp-jitter": "rtp-jitter=20ms",
+    "rtp-loss": "rtp-loss=5%",
+    "barge-in-delay": "barge-in-delay=300ms",
+    "no-barge-in": "no-barge-in",
+    "endpointing-silence": "endpointing-silence=200ms",
+}
+INJECTION_NAMES: tuple[str, ...] = tuple(INJECTION_EXAMPLES)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ns|us|µs|ms|s)?\s*$")
 _UNIT_NS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": NS_PER_MS, "s": 1_000_000_000}
