@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from voiceaudit.errors import ExitCode
+from voiceaudit.errors import ExitCode, InputError, LocatedError, UsageError
 from voiceaudit.gate.budget import (
     Budget,
     BudgetError,
@@ -20,7 +20,7 @@ from voiceaudit.gate.budget import (
     load_budget,
     parse_budget,
 )
-from voiceaudit.gate.tomlpos import key_lines, line_of
+from voiceaudit.tomlpos import TomlChecker, key_lines, line_of, parse_toml
 
 ISSUE_EXAMPLE = """\
 [budget]
@@ -309,6 +309,42 @@ x = 1
 [ tool . "voice audit" ]
 y = 1979-05-27 07:32:00Z
 '''
+
+
+class _FileError(LocatedError, UsageError):
+    pass
+
+
+def test_parse_toml_and_the_checker_name_the_file_and_line() -> None:
+    """The shared TOML front end of budget, scenario and sweep files."""
+    f = Path("/proj/f.toml")
+    with pytest.raises(_FileError) as info:
+        parse_toml("a = 1\nb = \n", path=f, error=_FileError)
+    err = info.value
+    assert err.message == "/proj/f.toml:2: not valid TOML: Invalid value (column 5)"
+    assert (err.path, err.line, err.exit_code) == (f, 2, ExitCode.USAGE)
+    with pytest.raises(_FileError) as info:
+        parse_toml("a = [1,\n", path=f, error=_FileError)
+    assert info.value.message == "/proj/f.toml: not valid TOML: Invalid value (at end of document)"
+    assert info.value.line is None
+    doc, lines = parse_toml("a = 1\n[t]\nb = { c = 2 }\n", path=f, error=_FileError)
+    assert doc == {"a": 1, "t": {"b": {"c": 2}}}
+    check = TomlChecker(f, lines, _FileError)
+    assert check.error_at(("t", "b", "d"), "no d", "hint").message == "/proj/f.toml:3: no d"
+    assert check.error_at(("nowhere",), "lost").message == "/proj/f.toml: lost"
+    with pytest.raises(_FileError, match=r"^/proj/f.toml:1: bad a$"):
+        check.fail(("a",), "bad a")
+
+
+def test_the_located_errors_keep_their_exit_codes() -> None:
+    from voiceaudit.cli.sweep_cmd import SweepFileError
+    from voiceaudit.scenario import ScenarioAudioError, ScenarioError
+
+    for cls in (BudgetError, ScenarioError, SweepFileError):
+        assert issubclass(cls, LocatedError) and issubclass(cls, UsageError), cls
+        assert not issubclass(cls, InputError) and cls.exit_code == ExitCode.USAGE, cls
+    assert issubclass(ScenarioAudioError, InputError)
+    assert ScenarioAudioError.exit_code == ExitCode.BAD_INPUT
 
 
 def test_key_lines_of_a_tricky_document() -> None:

@@ -7,6 +7,7 @@ optional hint and the exit code the CLI returns. The CLI prints ``error: <messag
 
 from __future__ import annotations
 
+import os
 from enum import IntEnum
 
 
@@ -51,16 +52,20 @@ class UsageError(VoiceauditError):
     exit_code = ExitCode.USAGE
 
 
-class InputError(VoiceauditError):
-    """A file given to voiceaudit cannot be used."""
+class LocatedError(VoiceauditError):
+    """A failure at a place in a file: the message starts with ``FILE:LINE: `` (``FILE: ``
+    when the line is not known, nothing when there is no file).
 
-    exit_code = ExitCode.BAD_INPUT
+    It sets no exit code of its own: an error class takes it from the class it is mixed
+    with, e.g. ``class BudgetError(LocatedError, UsageError)`` exits 2, and
+    :class:`InputError` (a subclass) exits 3.
+    """
 
     def __init__(
         self,
         message: str,
         *,
-        path: str | None = None,
+        path: str | os.PathLike[str] | None = None,
         line: int | None = None,
         hint: str | None = None,
     ) -> None:
@@ -70,6 +75,12 @@ class InputError(VoiceauditError):
         super().__init__(where + message, hint=hint)
         self.path = path
         self.line = line
+
+
+class InputError(LocatedError):
+    """A file given to voiceaudit cannot be used."""
+
+    exit_code = ExitCode.BAD_INPUT
 
 
 class AudioError(InputError):

@@ -45,19 +45,17 @@ expanded ``count`` copies are separate sessions; ``turns`` already holds every r
 from __future__ import annotations
 
 import difflib
-import re
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from voiceaudit.errors import AudioError, InputError, UsageError
-from voiceaudit.gate.tomlpos import Path as KeyPath
-from voiceaudit.gate.tomlpos import key_lines, line_of
+from voiceaudit.errors import AudioError, InputError, LocatedError, UsageError
+from voiceaudit.tomlpos import Path as KeyPath
+from voiceaudit.tomlpos import TomlChecker, parse_toml
 
 F32 = npt.NDArray[np.float32]
 
@@ -76,23 +74,8 @@ _SOUND_KEYS = ("after_reply_ms", "kind", "ms", "hz", "level_dbfs", "say")
 SOUND_KINDS = ("tone", "noise", "audio")
 
 
-class ScenarioError(UsageError):
+class ScenarioError(LocatedError, UsageError):
     """A scenario file that does not fit the schema (exit 2); names the file and line."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        path: Path | str | None = None,
-        line: int | None = None,
-        hint: str | None = None,
-    ) -> None:
-        where = ""
-        if path is not None:
-            where = f"{path}:{line}: " if line is not None else f"{path}: "
-        super().__init__(where + message, hint=hint)
-        self.path = path
-        self.line = line
 
 
 class ScenarioAudioError(InputError):
@@ -227,8 +210,6 @@ class Scenario:
 
 # --- loading ------------------------------------------------------------------------------
 
-_TOML_AT = re.compile(r"^(.*) \(at line (\d+), column (\d+)\)$")
-
 
 def load_scenario(path: Path, *, bundled: Path | None = None) -> Scenario:
     """Read and check a scenario file; audio paths are relative to its directory."""
@@ -255,30 +236,18 @@ def parse_scenario(
     """Parse scenario TOML ``text``; ``base_dir`` resolves relative audio paths (default:
     the current directory), ``bundled`` is the directory of bundled utterances."""
     shown = path or Path("<scenario>")
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        msg = str(exc)
-        m = _TOML_AT.match(msg)
-        if m is not None:
-            raise ScenarioError(
-                f"not valid TOML: {m.group(1)} (column {m.group(3)})",
-                path=shown,
-                line=int(m.group(2)),
-            ) from None
-        raise ScenarioError(f"not valid TOML: {msg}", path=shown) from None
+    doc, lines = parse_toml(text, path=shown, error=ScenarioError)
     if bundled is None:
         from voiceaudit.probe.utterances import bundled_dir
 
         bundled = bundled_dir()
-    parser = _Parser(shown, key_lines(text), base_dir or Path.cwd(), bundled)
+    parser = _Parser(shown, lines, base_dir or Path.cwd(), bundled)
     return parser.scenario(doc, path)
 
 
-class _Parser:
+class _Parser(TomlChecker):
     def __init__(self, path: Path, lines: dict[KeyPath, int], base: Path, bundled: Path) -> None:
-        self.path = path
-        self.lines = lines
+        super().__init__(path, lines, ScenarioError)
         self.base = base
         self.bundled = bundled
         self.rate = DEFAULT_RATE
@@ -286,13 +255,7 @@ class _Parser:
         self._clips: dict[str, Clip] = {}
         self._sounds = 0
 
-    # -- errors ---------------------------------------------------------------------------
-
-    def line(self, at: KeyPath) -> int | None:
-        return line_of(self.lines, at)
-
-    def fail(self, at: KeyPath, message: str, hint: str | None = None) -> NoReturn:
-        raise ScenarioError(message, path=self.path, line=self.line(at), hint=hint)
+    # -- errors (fail() and line() are TomlChecker's) -------------------------------------
 
     def check_keys(
         self, table: dict[str, Any], at: KeyPath, known: Sequence[str], what: str

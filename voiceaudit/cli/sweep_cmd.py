@@ -22,10 +22,14 @@ from typing import Any
 import typer
 
 from voiceaudit.cli.console import err_console, out_console
-from voiceaudit.errors import ExitCode, UsageError
+from voiceaudit.errors import ExitCode, LocatedError, UsageError
 
 #: The network label that runs a cell without the impairment proxy.
 DIRECT = "direct"
+
+
+class SweepFileError(LocatedError, UsageError):
+    """A sweep file that cannot be used (exit 2); the message names the file and line."""
 
 
 @dataclass
@@ -66,21 +70,17 @@ def _network(text: str) -> tuple[str, str]:
 
 def _from_file(path: Path) -> SweepSpec:
     """A sweep file (docs/network-conditions.md#sweep-files); errors name the line."""
-    from voiceaudit.gate.tomlpos import key_lines, line_of
+    from voiceaudit.tomlpos import TomlChecker, key_lines
 
     try:
         text = path.read_text()
     except OSError as exc:
-        raise UsageError(f"{path}: cannot read the sweep file ({exc.strerror})") from None
+        raise SweepFileError(f"cannot read the sweep file ({exc.strerror})", path=path) from None
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path}: not valid TOML: {exc}") from None
-    lines = key_lines(text)
-
-    def fail(at: tuple[str | int, ...], msg: str) -> UsageError:
-        line = line_of(lines, at)
-        return UsageError(f"{path}:{line}: {msg}" if line else f"{path}: {msg}")
+        raise SweepFileError(f"not valid TOML: {exc}", path=path) from None
+    fail = TomlChecker(path, key_lines(text), SweepFileError).error_at
 
     sw = doc.get("sweep")
     if not isinstance(sw, dict):

@@ -24,9 +24,9 @@ from typing import Any, Literal, NoReturn
 
 from voiceaudit.analysis.ledger import ALL_SEGMENTS
 from voiceaudit.analysis.turntaking import BARGE_IN_STOP, RESPONSE_TO_INTERRUPTION
-from voiceaudit.errors import UsageError
-from voiceaudit.gate.tomlpos import Path as KeyPath
-from voiceaudit.gate.tomlpos import key_lines, line_of
+from voiceaudit.errors import LocatedError, UsageError
+from voiceaudit.tomlpos import Path as KeyPath
+from voiceaudit.tomlpos import TomlChecker, parse_toml
 
 BUDGET_FILE = "voiceaudit.toml"
 PYPROJECT = "pyproject.toml"
@@ -69,23 +69,8 @@ _PERCENTILE = re.compile(r"^p(\d{1,2}(?:\.\d+)?)$")
 _METRIC_FIGURE = re.compile(r"^(.+)\.(p\d{1,2}(?:\.\d+)?|mean|max|min)$")
 
 
-class BudgetError(UsageError):
-    """A budget file that cannot be used; the message names the file and line."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        path: Path | None = None,
-        line: int | None = None,
-        hint: str | None = None,
-    ) -> None:
-        where = ""
-        if path is not None:
-            where = f"{path}:{line}: " if line is not None else f"{path}: "
-        super().__init__(where + message, hint=hint)
-        self.path = path
-        self.line = line
+class BudgetError(LocatedError, UsageError):
+    """A budget file that cannot be used (exit 2); the message names the file and line."""
 
 
 # -- values ---------------------------------------------------------------------------------
@@ -327,25 +312,11 @@ def load_budget(path: Path) -> Budget:
     return parse_budget(text, path=path, pyproject=path.name == PYPROJECT)
 
 
-_TOML_AT = re.compile(r"^(.*) \(at line (\d+), column (\d+)\)$")
-
-
 def parse_budget(text: str, *, path: Path | None = None, pyproject: bool = False) -> Budget:
     """Parse budget TOML text. ``pyproject``: the budget is ``[tool.voiceaudit]``."""
     shown = path or Path("<budget>")
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        msg = str(exc)
-        m = _TOML_AT.match(msg)
-        if m is not None:
-            raise BudgetError(
-                f"not valid TOML: {m.group(1)} (column {m.group(3)})",
-                path=shown,
-                line=int(m.group(2)),
-            ) from None
-        raise BudgetError(f"not valid TOML: {msg}", path=shown) from None
-    parser = _Parser(shown, key_lines(text))
+    doc, lines = parse_toml(text, path=shown, error=BudgetError)
+    parser = _Parser(shown, lines, BudgetError)
     root: tuple[str, ...] = ()
     if pyproject:
         tool = doc.get("tool")
@@ -363,17 +334,7 @@ def parse_budget(text: str, *, path: Path | None = None, pyproject: bool = False
     return parser.budget(doc, root)
 
 
-class _Parser:
-    def __init__(self, path: Path, lines: dict[KeyPath, int]) -> None:
-        self.path = path
-        self.lines = lines
-
-    def line(self, at: KeyPath) -> int | None:
-        return line_of(self.lines, at)
-
-    def fail(self, at: KeyPath, message: str, hint: str | None = None) -> NoReturn:
-        raise BudgetError(message, path=self.path, line=self.line(at), hint=hint)
-
+class _Parser(TomlChecker):
     def unknown(
         self, at: KeyPath, what: str, known: Sequence[str], hint: str | None = None
     ) -> NoReturn:

@@ -1,23 +1,36 @@
-"""Where each key of a TOML document is: key path → line number.
+"""TOML files whose errors name their line: where each key is, and errors at a key.
 
-``tomllib`` parses TOML but gives no positions, and a budget error must name its line.
-This scanner walks a document that ``tomllib`` has already accepted (so it can assume the
-text is valid TOML 1.0) and records the line on which each key path first appears: table
-headers, dotted keys, keys inside inline tables, and the elements of arrays (by index).
+``tomllib`` parses TOML but gives no positions, and an error in a budget, scenario or
+sweep file must name its line. :func:`key_lines` walks a document that ``tomllib`` has
+already accepted (so it can assume the text is valid TOML 1.0) and records the line on
+which each key path first appears: table headers, dotted keys, keys inside inline tables,
+and the elements of arrays (by index).
 
 Paths are tuples of keys and array indexes, the way ``tomllib``'s result is indexed:
 ``[[runs]]`` tables are ``("runs", 0)``, ``("runs", 1)``…, the second element of
 ``metrics = [...]`` is ``("regression", "metrics", 1)``.
+
+:func:`parse_toml` parses and locates in one call, turning ``tomllib``'s error into a
+``FILE:LINE: not valid TOML: …`` one; a :class:`TomlChecker` (the base of a file format's
+schema checker) raises its format's :class:`~voiceaudit.errors.LocatedError` at the line
+of a key path.
 """
 
 from __future__ import annotations
 
 import contextlib
+import pathlib
+import re
 import tomllib
+from typing import Any, NoReturn
+
+from voiceaudit.errors import LocatedError
 
 Path = tuple[str | int, ...]
 
 _BARE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+#: how tomllib ends the message of an error it can place
+_TOML_AT = re.compile(r"^(.*) \(at line (\d+), column (\d+)\)$")
 
 
 def key_lines(text: str) -> dict[Path, int]:
@@ -39,6 +52,50 @@ def line_of(lines: dict[Path, int], path: Path) -> int | None:
         if line is not None:
             return line
     return None
+
+
+def parse_toml(
+    text: str, *, path: pathlib.Path, error: type[LocatedError]
+) -> tuple[dict[str, Any], dict[Path, int]]:
+    """``text`` parsed, and the line of each of its key paths (:func:`key_lines`).
+
+    Text that is not TOML raises ``error`` naming ``path`` and the line tomllib names:
+    ``FILE:LINE: not valid TOML: Unclosed inline table (column 35)``, or
+    ``FILE: not valid TOML: …`` when tomllib names no line.
+    """
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        msg = str(exc)
+        m = _TOML_AT.match(msg)
+        if m is None:
+            raise error(f"not valid TOML: {msg}", path=path) from None
+        raise error(
+            f"not valid TOML: {m.group(1)} (column {m.group(3)})", path=path, line=int(m.group(2))
+        ) from None
+    return doc, key_lines(text)
+
+
+class TomlChecker:
+    """Errors at key paths of one TOML file: each is ``error`` with the file and the line
+    of the path (or of its nearest parent that has one)."""
+
+    def __init__(
+        self, path: pathlib.Path, lines: dict[Path, int], error: type[LocatedError]
+    ) -> None:
+        #: the file as messages name it
+        self.path = path
+        self.lines = lines
+        self.error = error
+
+    def line(self, at: Path) -> int | None:
+        return line_of(self.lines, at)
+
+    def error_at(self, at: Path, message: str, hint: str | None = None) -> LocatedError:
+        return self.error(message, path=self.path, line=self.line(at), hint=hint)
+
+    def fail(self, at: Path, message: str, hint: str | None = None) -> NoReturn:
+        raise self.error_at(at, message, hint)
 
 
 class _Scanner:
