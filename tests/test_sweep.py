@@ -98,6 +98,41 @@ def test_bad_sweep_file_names_its_line(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    ("entry", "error", "hint"),
+    [
+        # LABEL=SPEC with a bad SPEC: the error is the SPEC's, not "unknown key 'wan'"
+        ("wan=moon", "network 'wan': unknown network profile 'moon'", "profiles: lan, edge"),
+        ("wan=delay=fast", "network 'wan': impairment delay='fast' is not a duration", "40ms"),
+        # a spec with a bad value is still the spec's error, not read as a label
+        ("delay=fast", "impairment delay='fast' is not a duration", "40ms"),
+    ],
+)
+@pytest.mark.parametrize("source", ["flag", "file"])
+def test_a_bad_network_names_what_is_wrong_with_it(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    entry: str,
+    error: str,
+    hint: str,
+    source: str,
+) -> None:
+    if source == "flag":
+        args, where = ["--protocol", "websocket", "--network", entry], ""
+    else:
+        f = tmp_path / "sweep.toml"
+        f.write_text(f"[sweep]\npipelines = ['websocket']\nnetworks = ['lan', '{entry}']\n")
+        args, where = ["--file", str(f)], f"{f}:3: "
+    rc = run(["sweep", *args, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == ExitCode.USAGE, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines[0] == f"error: {where}{error}", err
+    assert len(lines) == 2 and lines[1].startswith("hint: ") and hint in lines[1], err
+    assert "unknown impairment key" not in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_bad_sweep_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for args, needle in (
         (["--protocol", "websocket"], "no network"),

@@ -48,7 +48,9 @@ class SweepSpec:
 
 def _network(text: str) -> tuple[str, str]:
     """A network entry: a profile name, ``direct``, a spec (labelled as written), or
-    ``LABEL=SPEC``. A bad one raises the spec parser's one-line error."""
+    ``LABEL=SPEC``. A bad one raises the spec parser's one-line error: of the whole entry
+    when it starts with an impairment key (``delay=fast``), else of the SPEC after the
+    label (``wan=moon``: "network 'wan': unknown network profile 'moon'")."""
     from voiceaudit.impair import parse_impairment
 
     t = text.strip()
@@ -58,14 +60,28 @@ def _network(text: str) -> tuple[str, str]:
         parse_impairment(t)
     except UsageError as whole:
         label, sep, spec = t.partition("=")
-        if not sep or not label.strip() or "," in label:
+        label, spec = label.strip(), spec.strip()
+        if not sep or not label or "," in label:
             raise whole from None
         try:
-            parse_impairment(spec.strip())
-        except UsageError:
-            raise whole from None
-        return label.strip(), spec.strip()
+            parse_impairment(spec)
+        except UsageError as part:
+            if _is_impairment_key(label):
+                raise whole from None
+            raise UsageError(f"network {label!r}: {part.message}", hint=part.hint) from None
+        return label, spec
     return t.lower() if "=" not in t else t, t
+
+
+def _is_impairment_key(name: str) -> bool:
+    """Whether ``name`` is a key of an impairment spec (``delay``, ``up.loss``, ``seed``)."""
+    # the spec module keeps its key tables private; it has no public "is this a key"
+    from voiceaudit.impair.spec import _GLOBAL_KEYS, _LINK_KEYS
+
+    direction, dot, bare = name.lower().partition(".")
+    if not dot:
+        return direction in _LINK_KEYS or direction in _GLOBAL_KEYS
+    return direction in ("up", "down") and bare in _LINK_KEYS
 
 
 def _from_file(path: Path) -> SweepSpec:
@@ -116,7 +132,7 @@ def _from_file(path: Path) -> SweepSpec:
         try:
             spec.networks.append(_network(n))
         except UsageError as exc:
-            raise fail(("sweep", "networks", i), exc.message) from None
+            raise fail(("sweep", "networks", i), exc.message, exc.hint) from None
     for key, attr, lo in (
         ("repeats", "repeats", 1),
         ("turns", "turns", 1),
