@@ -82,6 +82,8 @@ def test_sweep_runs_every_cell_and_reports_them(
         ("[sweep]\npipelines = ['websocket']\nnetworks = ['lan']\nrepeats = 0\n", 4, "repeats"),
         ("[sweep]\npipelines = ['websocket']\nnetworks = ['lan']\ncolour = 'red'\n", 4, "colour"),
         ("[sweep]\npipelines = [3]\nnetworks = ['lan']\n", 2, "pipeline"),
+        # not TOML: tomllib's line and column, in the same FILE:LINE: form
+        ("[sweep]\npipelines = ['websocket'\nnetworks = ['lan']\n", 3, "not valid TOML"),
     ],
 )
 def test_bad_sweep_file_names_its_line(
@@ -96,6 +98,17 @@ def test_bad_sweep_file_names_its_line(
     assert "Traceback" not in err and len(lines) <= 2, err
     assert lines[0].startswith(f"error: {f}:{line}:") and needle in lines[0], err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_sweep_file_that_is_not_utf8_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = tmp_path / "sweep.toml"
+    f.write_bytes(b"[sweep]\npipelines = ['\xff\xfe']\n")
+    rc = run(["sweep", "--file", str(f), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == ExitCode.USAGE, err
+    assert err.splitlines()[0] == f"error: {f}: not UTF-8 text", err
 
 
 @pytest.mark.parametrize(

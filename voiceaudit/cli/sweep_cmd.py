@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import signal
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,17 +85,16 @@ def _is_impairment_key(name: str) -> bool:
 
 def _from_file(path: Path) -> SweepSpec:
     """A sweep file (docs/network-conditions.md#sweep-files); errors name the line."""
-    from voiceaudit.tomlpos import TomlChecker, key_lines
+    from voiceaudit.tomlpos import TomlChecker, parse_toml
 
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SweepFileError("not UTF-8 text", path=path) from None
     except OSError as exc:
         raise SweepFileError(f"cannot read the sweep file ({exc.strerror})", path=path) from None
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise SweepFileError(f"not valid TOML: {exc}", path=path) from None
-    fail = TomlChecker(path, key_lines(text), SweepFileError).error_at
+    doc, lines = parse_toml(text, path=path, error=SweepFileError)
+    fail = TomlChecker(path, lines, SweepFileError).error_at
 
     sw = doc.get("sweep")
     if not isinstance(sw, dict):
