@@ -11,6 +11,14 @@ separately per turn (``webrtc.jitter_buffer`` mark), because a browser's buffer 
 
 A WebRTC reply is a continuous stream (silence between replies), so a turn's reply begins
 at the first audible frame after the turn started and ends after ``quiet_ms`` of silence.
+When the server names the reply's first frame (the reference pipeline's ``first_audio_sent``
+stage event carries its ``pts``), the reply starts at that frame instead, so a synthesized
+leading silence is the reply's own. That event comes on the data channel, which is
+reliable: after a lost packet it waits for SCTP's retransmission (aiortc's timeout is at
+least 1 s) and can come after the first audible frame. Once the server has shown that it
+sends stage events, the frames after the first audible one are therefore held (up to
+``EVENT_WAIT_NS`` of the stream) until the event comes; only then, or at that bound, or
+when the turn ends, are they handed on, each with its own RTP arrival time.
 
 **Loopback-only hosts**: aioice skips 127.0.0.1 when gathering host candidates, so on a
 machine with no other interface no candidate is gathered at all. When (and only when) the
@@ -41,7 +49,7 @@ import json
 import socket
 import time
 from collections import deque
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -57,6 +65,11 @@ PRE_FRAMES = 3
 #: quiet frames held while waiting for the first audible one, when the server says which
 #: frame of its continuous stream starts the reply (3 s: longer than any leading silence)
 HELD_FRAMES = 150
+#: how much of the stream (from the first audible frame on) is held waiting for the server's
+#: event naming the reply's first frame, when that event is late: 2 s covers one SCTP
+#: retransmission (aiortc waits at least 1 s) on top of its own jitter buffer. Counted in
+#: media time, not wall time: the stream is paced by the server.
+EVENT_WAIT_NS = 2_000_000_000
 
 #: data-channel event -> (mark name, stage)
 _DC_MARKS: dict[str, tuple[str, str]] = {
@@ -88,6 +101,21 @@ def allow_loopback_ice() -> None:
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
 
 
+class _Frame(NamedTuple):
+    """A decoded frame of the remote stream, timed at its RTP packet's arrival."""
+
+    arrival: int
+    decoded: int
+    pcm: bytes
+    rate: int
+    pts: int | None
+    audible: bool
+
+    @property
+    def ns(self) -> int:
+        return (len(self.pcm) // 2) * 1_000_000_000 // self.rate
+
+
 class WebRTCSession(TargetSession):
     input_rate = RATE
 
@@ -109,11 +137,24 @@ class WebRTCSession(TargetSession):
         self._mapper: Any = None
         #: decoded frames whose packet arrival was not found (timed at decode instead)
         self._unmatched = 0
-        #: quiet frames before the first audible one: (arrival, decoded, pcm, rate, pts)
-        self._pre: deque[tuple[int, int, bytes, int, int | None]] = deque(maxlen=HELD_FRAMES)
+        #: quiet frames before the first audible one
+        self._pre: deque[_Frame] = deque(maxlen=HELD_FRAMES)
         #: media time (pts) of the reply's first frame, when the server said it (the
-        #: reference pipeline's first_audio_sent stage event)
+        #: reference pipeline's first_audio_sent stage event) and it is not used yet
         self._reply_pts: int | None = None
+        #: the first audible frame and those after it, while the event naming the reply's
+        #: first frame is awaited; and how much of the stream they hold
+        self._held: list[_Frame] = []
+        self._held_ns = 0
+        #: the server has sent stage events on this connection (so it names reply frames)
+        self._stages_seen = False
+        #: a reply of this turn was started (later ones do not wait for an event)
+        self._placed = False
+        #: the lowest pts an event may name as a reply's first frame: not before the turn's
+        #: first frame, nor at or before a frame already handed on (a stale event)
+        self._floor_pts: int | None = None
+        #: pts of the last frame decoded (in a turn or not)
+        self._last_pts: int | None = None
         self.quiet_ns = config.int_option("quiet_ms", 600) * 1_000_000
         self.threshold = float(config.option("threshold", "0.003"))
         self.stage_events = wants_stage_events(config)
@@ -282,9 +323,12 @@ class WebRTCSession(TargetSession):
             raise
         except Exception:  # MediaStreamError: the remote track ended
             if self._in_turn:
+                self._release()  # what arrived is the turn's, even without the event
                 self.sink.fail("WebRTC: the remote audio track ended")
 
     def _on_frame(self, arrival: int, decoded: int, frame: Any) -> None:
+        if frame.pts is not None:
+            self._last_pts = int(frame.pts)
         if not self._in_turn:
             return
         x = frame.to_ndarray()
@@ -294,44 +338,97 @@ class WebRTCSession(TargetSession):
         pcm = np.clip(mono, -32768, 32767).astype("<i2").tobytes()
         audible = bool(samples.size) and float(np.abs(samples).max()) > self.threshold
         pts = None if frame.pts is None else int(frame.pts)
+        self._take(_Frame(arrival, decoded, pcm, int(frame.sample_rate), pts, audible))
+
+    def _take(self, f: _Frame) -> None:
+        if self._floor_pts is None and f.pts is not None:
+            self._floor_pts = f.pts
+        if self._held:
+            self._held.append(f)
+            self._held_ns += f.ns
+            if self._held_ns >= EVENT_WAIT_NS:
+                self._release()  # the event is later than any retransmission: give up
+            return
         if not self._forwarding:
-            if not audible:
+            if not f.audible:
                 # Keep the quiet frames: the reply's first sound may begin in them, below
                 # this frame-level gate but audible to the onset detector.
-                self._pre.append((arrival, decoded, pcm, int(frame.sample_rate), pts))
+                self._pre.append(f)
                 return
-            self._forwarding = True
-            self._quiet_ns = 0
-            for p_arrival, p_decoded, p_pcm, p_rate, _ in self._reply_start(pts):
-                self._jb_delays.append(p_decoded - p_arrival)
-                self.sink.reply_audio(p_arrival, p_pcm, p_rate, len(p_pcm))
-            self._pre.clear()
-        self._jb_delays.append(decoded - arrival)
-        self.sink.reply_audio(arrival, pcm, int(frame.sample_rate), len(pcm))
-        if audible:
+            if self._awaits_reply_pts():
+                # The server will name the reply's first frame, but has not yet: hold on.
+                self._held = [f]
+                self._held_ns = f.ns
+                return
+            self._begin_reply(f.pts)
+        self._forward(f)
+
+    def _awaits_reply_pts(self) -> bool:
+        """Whether the first audible frame should wait for the server's event naming the
+        reply's first frame: the server sends stage events, has not named it yet, and no
+        reply of this turn has started (a later one gets no new event)."""
+        waiting = self._reply_pts is None and not self._placed
+        return self.stage_events and self._stages_seen and waiting
+
+    def _begin_reply(self, audible_pts: int | None) -> None:
+        """Start the reply before the frame at ``audible_pts``: hand on the quiet frames
+        before it that belong to the reply."""
+        self._forwarding = True
+        self._placed = True
+        self._quiet_ns = 0
+        for p in self._reply_start(audible_pts):
+            self._emit(p)
+        self._pre.clear()
+        self._reply_pts = None  # used
+
+    def _emit(self, f: _Frame) -> None:
+        self._jb_delays.append(f.decoded - f.arrival)
+        self.sink.reply_audio(f.arrival, f.pcm, f.rate, len(f.pcm))
+        if f.pts is not None:
+            self._floor_pts = f.pts + 1
+
+    def _forward(self, f: _Frame) -> None:
+        self._emit(f)
+        if f.audible:
             self._quiet_ns = 0
         else:
-            self._quiet_ns += len(mono) * 1_000_000_000 // int(frame.sample_rate)
+            self._quiet_ns += f.ns
             if self._quiet_ns >= self.quiet_ns:
                 self._forwarding = False
-                self.sink.reply_done(decoded)
+                self.sink.reply_done(f.decoded)
 
-    def _reply_start(
-        self, audible_pts: int | None
-    ) -> list[tuple[int, int, bytes, int, int | None]]:
+    def _release(self) -> None:
+        """Hand on the held frames: the reply starts as :meth:`_reply_start` places it (by
+        the server's event when it has come), then each frame goes on as it would have."""
+        if not self._held:
+            return
+        held, self._held, self._held_ns = self._held, [], 0
+        self._begin_reply(held[0].pts)
+        for f in held:
+            self._take(f)
+
+    def _reply_start(self, audible_pts: int | None) -> list[_Frame]:
         """The quiet frames before the first audible one that belong to the reply: from
-        the frame the server named as its first reply frame when it is among them (so a
-        synthesized leading silence is the reply's, and the stream's idle silence is not),
-        else the last ``PRE_FRAMES``."""
+        the frame the server named as its first reply frame (so a synthesized leading
+        silence is the reply's, and the stream's idle silence is not) -- or, when that
+        frame never came (its packet was lost, or aiortc's jitter buffer skipped it), from
+        the first frame after it -- else the last ``PRE_FRAMES``."""
         pre = list(self._pre)
         want = self._reply_pts
-        if want is not None:
-            if audible_pts == want:
+        if want is not None and audible_pts is not None:
+            if audible_pts <= want:
                 return []
-            for i, p in enumerate(pre):
-                if p[4] == want:
-                    return pre[i:]
+            if all(p.pts is not None for p in pre):
+                return [p for p in pre if p.pts is not None and p.pts >= want]
         return pre[-PRE_FRAMES:]
+
+    def _on_reply_pts(self, pts: int) -> None:
+        """The server named the media time of its reply's first frame."""
+        if self._floor_pts is not None and pts < self._floor_pts:
+            return  # a frame before this turn, or one already handed on: a stale event
+        self._reply_pts = pts
+        if self._held:
+            self._release()
 
     def _on_dc_message(self, message: Any) -> None:
         t = time.monotonic_ns()
@@ -354,24 +451,32 @@ class WebRTCSession(TargetSession):
                 attrs["status"] = resp.get("status")
             self.sink.mark(name, stage, t, attrs)
         elif kind == STAGE_EVENT:
+            self._stages_seen = True
             got = stage_mark(ev)
             if got is not None:
                 name, stage, sattrs = got
-                if "pts" in sattrs:
-                    self._reply_pts = sattrs["pts"]
                 self.sink.mark(name, stage, t, sattrs)
+                if "pts" in sattrs:
+                    self._on_reply_pts(sattrs["pts"])
         elif kind == "error":
             self.sink.mark("error", "error", t, {"message": str(ev.get("error"))[:200]})
 
     async def start_turn(self, turn: int) -> None:
+        if self._in_turn:
+            self._release()  # not ended: what is held is the previous turn's
         self._in_turn = True
         self._forwarding = False
         self._pre.clear()
         self._reply_pts = None
+        self._held, self._held_ns = [], 0
+        self._placed = False
+        self._floor_pts = None if self._last_pts is None else self._last_pts + 1
         self._jb_delays = []
         self._unmatched = 0
 
     async def end_turn(self) -> None:
+        if self._in_turn:
+            self._release()  # the event never came: nothing received is lost
         self._in_turn = False
         self._forwarding = False
         if self._jb_delays:
@@ -395,6 +500,8 @@ class WebRTCSession(TargetSession):
         self._queue.put_nowait(pcm16)
 
     async def close(self) -> None:
+        if self._in_turn:
+            self._release()
         self._queue.put_nowait(None)
         for task in self._tasks:
             task.cancel()
