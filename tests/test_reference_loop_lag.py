@@ -1,13 +1,16 @@
 """The server's event loop stays responsive while speech is being recognized.
 
 PocketSphinx holds the GIL while it decodes; the reference server keeps it in worker
-processes. A task ticking every 2 ms in the same loop as an in-process server measures
-how late each tick runs while a caller streams speech and the workers decode it.
+processes. A monitor ticking every 2 ms in the same loop as an in-process server
+(the server's own :class:`LoopLagMonitor`) measures how late each tick runs while a
+caller streams speech and the workers decode it.
 
-On a shared machine a tick can also be late because the whole process was not scheduled;
-that is not the loop's fault. So each tick's lag is also reported as the part this process
-can be blamed for: ``min(wall lag, CPU time the process used during the tick)`` — code
-that blocks the loop, or a thread holding the GIL, burns this process's CPU. The control
+On a shared machine a tick can also be late because the whole process was not scheduled,
+and the work that piled up meanwhile then runs in one tick; that is not the loop's fault.
+So each tick's lag is also reported as the part this process can be blamed for:
+``min(wall lag, blocking)``, blocking being the CPU time of the longest single callback in
+the tick plus the CPU time the process's other threads used in it. Code that blocks the
+loop is a long callback; a thread holding the GIL burns CPU in another thread. The control
 test shows the measure catches exactly that: the same decode run in a thread here.
 """
 
@@ -25,27 +28,20 @@ import numpy as np
 from test_reference_support import load_speech, need_realdata, pcm16
 
 from voiceaudit.reference import ServerConfig, start_reference_server
+from voiceaudit.reference.server import LoopLagMonitor
 
 SPEECH = "pocketsphinx_sense_and_sensibility_01_austen_64kb-0890.wav"  # 5.3 s
 TICK_NS = 2_000_000
 LIMIT_NS = 5_000_000
 
 
-class Ticker:
+class Ticker(LoopLagMonitor):
+    """The server's loop-lag monitor, ticking every 2 ms, started and stopped here."""
+
     def __init__(self) -> None:
-        self.wall: list[int] = []
-        self.own: list[int] = []
-        self.running = True
+        super().__init__(interval_ms=TICK_NS / 1e6)
 
-    async def run(self) -> None:
-        while self.running:
-            t0, c0 = time.monotonic_ns(), time.process_time_ns()
-            await asyncio.sleep(TICK_NS / 1e9)
-            lag = max(0, time.monotonic_ns() - t0 - TICK_NS)
-            self.wall.append(lag)
-            self.own.append(min(lag, time.process_time_ns() - c0))
-
-    def summary(self) -> str:
+    def summary_line(self) -> str:
         w = np.array(self.wall) / 1e6
         o = np.array(self.own) / 1e6
         return (
@@ -63,7 +59,7 @@ async def _speak_and_measure(ws_url: str, speech: np.ndarray, ticker: Ticker) ->
         cs.ws_connect(ws_url) as ws,
     ):
         await ws.receive()  # session.created
-        tick = asyncio.create_task(ticker.run())
+        ticker.start()
 
         async def send() -> None:
             start = time.monotonic()
@@ -80,8 +76,7 @@ async def _speak_and_measure(ws_url: str, speech: np.ndarray, ticker: Ticker) ->
                 if ev["type"] == "conversation.item.input_audio_transcription.completed":
                     transcript = ev["transcript"]
                     break
-        ticker.running = False
-        await tick
+        await ticker.stop()
         sender.cancel()
         await asyncio.gather(sender, return_exceptions=True)
     return transcript
@@ -101,10 +96,10 @@ def test_event_loop_lag_stays_under_5ms_while_decoding() -> None:
             await server.close()
 
     ticker, transcript, own_monitor = asyncio.run(main())
-    print(ticker.summary())
+    print(ticker.summary_line())
     assert len(transcript.split()) >= 5  # the workers really decoded the speech
     assert len(ticker.wall) > 500
-    assert max(ticker.own) < LIMIT_NS, ticker.summary()
+    assert max(ticker.own) < LIMIT_NS, ticker.summary_line()
     assert own_monitor["attributable"]["max_ns"] < LIMIT_NS, own_monitor
 
 
@@ -125,15 +120,14 @@ def test_control_decoding_in_a_thread_does_block_the_loop() -> None:
 
     async def main() -> Ticker:
         ticker = Ticker()
-        tick = asyncio.create_task(ticker.run())
+        ticker.start()
         thread = threading.Thread(target=decode)
         thread.start()
         while thread.is_alive():
             await asyncio.sleep(0.05)
-        ticker.running = False
-        await tick
+        await ticker.stop()
         return ticker
 
     ticker = asyncio.run(main())
-    print(ticker.summary())
-    assert max(ticker.own) > 4 * LIMIT_NS, ticker.summary()
+    print(ticker.summary_line())
+    assert max(ticker.own) > 4 * LIMIT_NS, ticker.summary_line()
