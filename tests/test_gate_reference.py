@@ -5,7 +5,7 @@ of 13 turns (1 warm-up + 12 in the statistics) over three short bundled utteranc
 
 * phase 1: ``clean_a`` and ``clean_b``, two runs of the same configuration at the same
   time against one server;
-* phase 2: ``slow`` (``--inject llm-ttft=400ms``) and ``clean_c`` at the same time, each
+* phase 2: ``slow`` (``--inject llm-ttft=1000ms``) and ``clean_c`` at the same time, each
   against its own server.
 
 Runs recorded side by side share the machine's load (the box is shared with other
@@ -49,7 +49,10 @@ UTTERANCES = ("03_lights.wav", "05_joke.wav", "06_thanks.wav")
 TURNS = 13
 WARMUP = 1
 PHASES = (("clean_a", "clean_b"), ("slow", "clean_c"))
-INJECT = {"slow": ("llm-ttft=400ms",)}
+#: The slowdown must stand out of a busy machine's noise: with two busy processes on the two
+#: cores, a clean run's voice-to-voice spread over 1.1 s (speech recognition slowed), and
+#: 400 ms more was no significant regression (p = 0.22, seen in CI and reproduced).
+INJECT = {"slow": ("llm-ttft=1000ms",)}
 
 BUDGET = """\
 [budget]
@@ -191,7 +194,7 @@ def _write(path: Path, text: str) -> Path:
 #: The scripted model's time to first token (the reference server's default).
 TTFT_MS = 200
 #: The slow run's injected extra delay before the first token.
-INJECTED_MS = 400
+INJECTED_MS = 1000
 
 
 def _first_token_bounds(run_dir: Path) -> list[tuple[float, float]]:
@@ -269,7 +272,7 @@ def test_injected_first_token_delay_fails_on_the_right_metric(
     by = {c["name"]: c for c in doc["checks"]}
     mft = by["segment.model_first_token.p90 <= 400 ms"]
     assert mft["status"] == "fail" and mft["problem"] == "over the limit"
-    # 200 ms + the injected 400 ms in every turn: never less (the machine can only add
+    # 200 ms + the injected 1000 ms in every turn: never less (the machine can only add
     # time), and more only by how late the server's event loop ran during that turn's
     # wait (a loaded machine once made the p90 116 ms over 600, so no fixed margin is
     # right). An injection applied twice, or the next stage's time in the segment,
@@ -345,16 +348,16 @@ def test_a_real_slowdown_is_reported(
     v2v = by["regression voice_to_voice.p50 (allowed +10%)"]
     assert v2v["status"] == "fail" and v2v["problem"] == "regression", v2v["detail"]
     assert v2v["method"] == "mann-whitney" and v2v["significant"] is True
-    assert v2v["p_adjusted"] < 0.01 and v2v["increase"] > 200
+    assert v2v["p_adjusted"] < 0.01 and v2v["increase"] > INJECTED_MS / 2
     assert "Mann-Whitney U, one-sided, against the baseline +10%" in v2v["detail"]
     mft = by["regression segment.model_first_token.p50 (allowed +10%)"]
     assert mft["problem"] == "regression"
-    assert 380 <= mft["increase"] <= 420  # the injected 400 ms
+    assert INJECTED_MS - 20 <= mft["increase"] <= INJECTED_MS + 20  # the injected delay
     assert "FAIL  regression voice_to_voice.p50 (allowed +10%)" in err
     # the two runs differ in what was injected: said so
     assert doc["differences"]["config.reference"] == {
         "baseline": {"ground_truth": None, "inject": []},
-        "traces": {"ground_truth": None, "inject": ["llm-ttft=400ms"]},
+        "traces": {"ground_truth": None, "inject": list(INJECT["slow"])},
     }
     assert "baseline and current traces differ in config.reference" in err
     suite = next(iter(JUnitXml.fromfile(str(junit))))
