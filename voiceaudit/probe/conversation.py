@@ -50,6 +50,7 @@ from voiceaudit.audio import first_audible, from_pcm16, resample
 from voiceaudit.clock import NS_PER_MS, NS_PER_S
 from voiceaudit.errors import TargetError
 from voiceaudit.probe.playout import Chunk, Playout, play_model
+from voiceaudit.probe.runner import send_frame
 from voiceaudit.scenario import Overlap, Scenario, Turn
 from voiceaudit.targets.base import TargetSession
 from voiceaudit.trace_io import TraceWriter
@@ -545,13 +546,7 @@ class Conversation:
                 break
             data = self._frame(pos, b)
             t = clock.now_ns()
-            try:
-                await ts.send_audio(data)
-            except TargetError as exc:
-                sink.fail(exc.message)
-                break
-            except (ConnectionError, OSError) as exc:
-                sink.fail(f"send failed: {exc}")
+            if not await send_frame(ts, sink, data):
                 break
             sink.samples_sent += self.frame
             owner = next((st for st in reversed(live) if st.start <= pos), None)

@@ -33,7 +33,7 @@ from voiceaudit.probe.pacing import BROKE_NS, P99_GOAL_NS, Pacer, PacingHistogra
 from voiceaudit.probe.playout import PLAYOUT_MODELS, Chunk, play_model, playout_name
 from voiceaudit.probe.utterances import Utterance
 from voiceaudit.scenario import Scenario
-from voiceaudit.targets.base import Target, TargetSession
+from voiceaudit.targets.base import Target, TargetSession, TargetSink
 from voiceaudit.trace_io import TraceWriter
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min)?\s*$")
@@ -368,6 +368,25 @@ class _Sink:
         self.failed.set()
 
 
+async def send_frame(ts: TargetSession, sink: TargetSink, data: bytes) -> bool:
+    """Send one microphone frame; a target that fails fails the turn through ``sink``
+    (False: stop sending)."""
+    try:
+        await ts.send_audio(data)
+    except TargetError as exc:
+        sink.fail(exc.message)
+        return False
+    except (ConnectionError, OSError) as exc:
+        sink.fail(f"send failed: {exc}")
+        return False
+    return True
+
+
+def session_failed(writer: TraceWriter, sid: str, at_ns: int, exc: TargetError) -> None:
+    """The ``session.failed`` event of a session whose connection could not be opened."""
+    writer.event(sid, None, at_ns, "probe", "session", "session.failed", {"reason": exc.message})
+
+
 class Probe:
     """Runs sessions against a target and writes one trace."""
 
@@ -544,15 +563,7 @@ class Probe:
             try:
                 await ts.open()
             except TargetError as exc:
-                writer.event(
-                    sid,
-                    None,
-                    self.clock.now_ns(),
-                    "probe",
-                    "session",
-                    "session.failed",
-                    {"reason": exc.message},
-                )
+                session_failed(writer, sid, self.clock.now_ns(), exc)
                 self._record_failed(writer, sid, turn, f"connect failed: {exc.message}")
                 writer.commit()
                 turn += 1
@@ -588,15 +599,7 @@ class Probe:
         try:
             await ts.open()
         except TargetError as exc:
-            writer.event(
-                sid,
-                None,
-                self.clock.now_ns(),
-                "probe",
-                "session",
-                "session.failed",
-                {"reason": exc.message},
-            )
+            session_failed(writer, sid, self.clock.now_ns(), exc)
             for i in range(len(conv.script.turns)):
                 self._record_failed(writer, sid, i, f"connect failed: {exc.message}")
             writer.commit()
@@ -716,13 +719,7 @@ class Probe:
             if sink.failed.is_set() or self._stop.is_set():
                 break
             t = self.clock.now_ns()
-            try:
-                await ts.send_audio(data)
-            except TargetError as exc:
-                sink.fail(exc.message)
-                break
-            except (ConnectionError, OSError) as exc:
-                sink.fail(f"send failed: {exc}")
+            if not await send_frame(ts, sink, data):
                 break
             sink.samples_sent += b - a
             sent_ns.append(t)
