@@ -157,7 +157,8 @@ def test_plain_traces_fail_turn_taking_checks(
             4,
             "cut_in.rate is limited twice (also at line 3)",
         ),
-        ('[regression]\nmetrics = ["cut_in.rate"]', 4, "a rate is not a regression metric"),
+        ('[regression]\nmetrics = ["cut_in.rate.p50"]', 4, "a rate has no figure to compare"),
+        ('[regression]\nmax_rate_increase = "5ms"', 4, "max_rate_increase must be a fraction"),
     ],
 )
 def test_bad_turn_taking_budgets_name_the_line(
@@ -179,3 +180,106 @@ def test_regression_on_stop_latency(capsys: pytest.CaptureFixture[str], tmp_path
     code, doc, err = gate(capsys, tmp_path, budget, slow)
     assert code == ExitCode.FAILED and doc["checks"][0]["problem"] == "regression"
     assert doc["checks"][0]["increase"] == pytest.approx(100.0, abs=0.01)
+
+
+def rates(path: Path, cut: int, paused: int, stopped: int, sounds: int) -> Path:
+    """``paused`` turns with a 400 ms pause, ``cut`` of them cut into, then ``sounds``
+    turns with a sound over the reply, ``stopped`` of which stopped it."""
+    turns = [
+        TTurn(
+            start={"pauses": pauses(400.0)},
+            events=(cut_in(0, 400.0, 800.0, 250.0),) if k < cut else (),
+        )
+        for k in range(paused)
+    ]
+    for k in range(sounds):
+        turns.append(
+            TTurn(
+                events=barge_in(1300, 80, 40, 10, 30, kind="sound", false_interruption=k < stopped)
+            )
+        )
+    return write_tt_trace(path, turns)
+
+
+def _fisher_greater(ca: int, na: int, cb: int, nb: int) -> float:
+    """One-sided Fisher's exact p of "B's rate is higher", from the hypergeometric law
+    written out: the chance of B holding cb or more of the ca + cb events."""
+    from math import comb
+
+    k = ca + cb
+    total = comb(na + nb, k)
+    return sum(comb(nb, x) * comb(na, k - x) for x in range(cb, min(k, nb) + 1)) / total
+
+
+def _rate_budget(base: Path, allowance: str | None = None) -> str:
+    extra = "" if allowance is None else f'max_rate_increase = "{allowance}"\n'
+    return (
+        f'[regression]\nbaseline = "{base}"\n'
+        'metrics = ["cut_in.rate", "false_interruption.rate"]\n' + extra
+    )
+
+
+def test_regression_on_the_turn_taking_rates(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The baseline cuts into 1 of 20 paused turns and B into 12 of 20: a regression
+    (one-sided Fisher, Holm over the two rates); a sound stopping 1 of 10 replies against
+    0 of 10 is over the allowance but not significant."""
+    base = rates(tmp_path / "base.jsonl", 1, 20, 0, 10)
+    worse = rates(tmp_path / "worse.jsonl", 12, 20, 1, 10)
+    code, doc, err = gate(capsys, tmp_path, _rate_budget(base, "5%"), worse)
+    assert code == ExitCode.FAILED, err
+    cut, fi = doc["checks"]
+    assert cut["name"] == "regression cut_in.rate (allowed +5.0 pp)" and cut["line"] == 3
+    assert (cut["count"], cut["n"], cut["baseline_count"], cut["baseline_n"]) == (12, 20, 1, 20)
+    assert (cut["observed"], cut["baseline"], cut["increase"], cut["allowed"]) == (
+        0.6,
+        0.05,
+        0.55,
+        0.1,
+    )
+    p_cut = _fisher_greater(1, 20, 12, 20)
+    p_fi = _fisher_greater(0, 10, 1, 10)
+    assert cut["p_value"] == pytest.approx(p_cut) and fi["p_value"] == pytest.approx(p_fi)
+    # Holm over the two: the smaller p times two, the larger at least that
+    assert cut["p_adjusted"] == pytest.approx(min(1.0, 2 * p_cut))
+    assert fi["p_adjusted"] == pytest.approx(max(2 * p_cut, p_fi))
+    assert cut["problem"] == "regression" and cut["method"] == "fisher-exact"
+    assert fi["status"] == "pass" and fi["increase"] == pytest.approx(0.1)
+    assert "over the allowance but not significant" in fi["detail"]
+    assert "FAIL  regression cut_in.rate (allowed +5.0 pp): 60.0% (12 of 20) vs baseline" in err
+    # against itself: no regression, within the allowance
+    same = rates(tmp_path / "same.jsonl", 1, 20, 0, 10)
+    code, doc, err = gate(capsys, tmp_path, _rate_budget(base), same)
+    assert code == ExitCode.OK, err
+    assert all("within the allowance" in c["detail"] for c in doc["checks"])
+    # an allowance of 60 points takes the 55-point rise, significant or not
+    code, doc, err = gate(capsys, tmp_path, _rate_budget(base, "60%"), worse)
+    assert code == ExitCode.OK, err
+    assert doc["checks"][0]["significant"] is True
+    assert "within the allowance" in doc["checks"][0]["detail"]
+
+
+def test_a_rate_regression_fails_closed(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    worse = rates(tmp_path / "worse.jsonl", 12, 20, 1, 10)
+    # too few paused turns in the baseline to measure its rate (5 needed by default)
+    few = rates(tmp_path / "few.jsonl", 0, 3, 0, 10)
+    code, doc, _ = gate(capsys, tmp_path, _rate_budget(few), worse)
+    assert code == ExitCode.FAILED
+    assert doc["checks"][0]["problem"] == "not enough turns"
+    assert "3 turns with planned pauses in the baseline, fewer than 5" in doc["checks"][0]["detail"]
+    # sizes that no outcome could make significant: fail, do not pass without evidence
+    # (4 a side, min_turns 3: the smallest one-sided p is 1/C(8, 4) = 1/70, times 2 > 0.01)
+    tiny = rates(tmp_path / "tiny.jsonl", 0, 4, 0, 4)
+    tiny_worse = rates(tmp_path / "tiny_worse.jsonl", 4, 4, 4, 4)
+    budget = "[budget]\nmin_turns = 3\n" + _rate_budget(tiny)
+    code, doc, _ = gate(capsys, tmp_path, budget, tiny_worse)
+    assert code == ExitCode.FAILED
+    regs = [c for c in doc["checks"] if c["kind"] == "regression"]
+    assert [c["problem"] for c in regs] == ["not enough turns"] * 2
+    assert "cannot reach p < 0.01 (Holm over 2)" in regs[0]["detail"]
+    # a baseline without turn-taking events
+    plain = write_tt_trace(tmp_path / "plain.jsonl", [TTurn()] * 12, scenario=False)
+    code, doc, _ = gate(capsys, tmp_path, _rate_budget(plain), worse)
+    assert code == ExitCode.FAILED
+    assert [c["problem"] for c in doc["checks"]] == ["not in the baseline"] * 2

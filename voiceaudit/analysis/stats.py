@@ -315,12 +315,17 @@ def wilson_interval(count: int, n: int, z: float = Z95) -> tuple[float, float]:
     return lo, hi
 
 
-def fisher_exact(count_a: int, n_a: int, count_b: int, n_b: int) -> float:
-    """Two-sided p-value of Fisher's exact test that ``count_a / n_a`` and
-    ``count_b / n_b`` are the same rate (both ``n`` > 0)."""
+def fisher_exact(
+    count_a: int, n_a: int, count_b: int, n_b: int, *, b_greater: bool = False
+) -> float:
+    """p-value of Fisher's exact test that ``count_a / n_a`` and ``count_b / n_b`` are
+    the same rate (both ``n`` > 0): two-sided, or with ``b_greater`` one-sided against
+    "B's rate is higher"."""
     from scipy.stats import fisher_exact as _fisher
 
     assert n_a > 0 and n_b > 0 and 0 <= count_a <= n_a and 0 <= count_b <= n_b
     table = [[count_a, n_a - count_a], [count_b, n_b - count_b]]
-    p = float(_fisher(table, alternative="two-sided").pvalue)
+    # B's rate higher is A's odds lower: an odds ratio (A over B) below 1
+    alternative = "less" if b_greater else "two-sided"
+    p = float(_fisher(table, alternative=alternative).pvalue)
     return 1.0 if math.isnan(p) else min(1.0, p)

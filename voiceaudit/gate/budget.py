@@ -207,6 +207,20 @@ class RegressionMetric:
 
 
 @dataclass(frozen=True)
+class RateRegression:
+    """A turn-taking rate in ``[regression].metrics`` (``"cut_in.rate"``): regressed when
+    it is significantly higher than the baseline's (one-sided Fisher's exact test) and
+    higher by more than ``max_rate_increase``."""
+
+    metric: str
+    line: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.metric
+
+
+@dataclass(frozen=True)
 class Regression:
     """``[regression]``: compare against a baseline."""
 
@@ -217,6 +231,10 @@ class Regression:
     alpha: float
     test: TestName = "auto"
     line: int | None = None
+    #: turn-taking rates compared with the baseline's, in file order
+    rates: tuple[RateRegression, ...] = ()
+    #: how much higher (a fraction: 0.05 is 5 percentage points) a rate may be
+    max_rate_increase: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -582,7 +600,7 @@ class _Parser(TomlChecker):
 
     def regression(self, value: Any, at: KeyPath) -> Regression:
         table = self.table(value, at, "regression")
-        known = ["baseline", "metrics", "max_increase", "alpha", "test"]
+        known = ["baseline", "metrics", "max_increase", "max_rate_increase", "alpha", "test"]
         for key in table:
             if key not in known:
                 self.unknown((*at, key), "regression key", known)
@@ -606,6 +624,7 @@ class _Parser(TomlChecker):
             if not baseline:
                 self.fail(here, "baseline is an empty list")
         metrics: list[RegressionMetric] = []
+        rates: list[RateRegression] = []
         if "metrics" in table:
             here = (*at, "metrics")
             raw = table["metrics"]
@@ -615,13 +634,16 @@ class _Parser(TomlChecker):
                     "metrics must be a non-empty list such as "
                     '["voice_to_voice.p50", "voice_to_voice.p95"]',
                 )
-            for i, item in enumerate(raw):
-                metrics.append(self.regression_metric(item, (*here, i)))
             seen: set[str] = set()
-            for i, m in enumerate(metrics):
-                if m.name in seen:
-                    self.fail((*here, i), f"metric {m.name!r} is listed twice")
-                seen.add(m.name)
+            for i, item in enumerate(raw):
+                got = self.regression_metric(item, (*here, i))
+                if got.name in seen:
+                    self.fail((*here, i), f"metric {got.name!r} is listed twice")
+                seen.add(got.name)
+                if isinstance(got, RateRegression):
+                    rates.append(got)
+                else:
+                    metrics.append(got)
         else:
             metrics = [
                 RegressionMetric(*_split_metric_figure(m), line=self.line(at))
@@ -630,6 +652,11 @@ class _Parser(TomlChecker):
         increase = Increase(relative=0.10)
         if "max_increase" in table:
             increase = self.increase(table["max_increase"], (*at, "max_increase"))
+        max_rate_increase = 0.0
+        if "max_rate_increase" in table:
+            max_rate_increase = self.fraction(
+                table["max_rate_increase"], (*at, "max_rate_increase"), "max_rate_increase"
+            )
         alpha = DEFAULT_ALPHA
         if "alpha" in table:
             here = (*at, "alpha")
@@ -644,22 +671,32 @@ class _Parser(TomlChecker):
             if v not in TESTS:
                 self.fail(here, f"unknown test {v!r}", hint=f"use one of: {', '.join(TESTS)}")
             test = v
-        return Regression(tuple(baseline), tuple(metrics), increase, alpha, test, self.line(at))
+        return Regression(
+            tuple(baseline),
+            tuple(metrics),
+            increase,
+            alpha,
+            test,
+            self.line(at),
+            tuple(rates),
+            max_rate_increase,
+        )
 
-    def regression_metric(self, item: Any, at: KeyPath) -> RegressionMetric:
+    def regression_metric(self, item: Any, at: KeyPath) -> RegressionMetric | RateRegression:
         if not isinstance(item, str):
             self.fail(
                 at,
                 "a regression metric must be a string like 'voice_to_voice.p95', "
                 f"not {_kind(item)}",
             )
+        if item in RATE_METRICS:
+            return RateRegression(item, self.line(at))
         m = _METRIC_FIGURE.match(item)
-        rate = item if m is None else m.group(1)
-        if rate in RATE_METRICS:
+        if m is not None and m.group(1) in RATE_METRICS:
             self.fail(
                 at,
-                f"{item!r}: a rate is not a regression metric",
-                hint=f"limit it in [budget]: {_example(rate)}",
+                f"{item!r}: a rate has no figure to compare",
+                hint=f"write it as {m.group(1)!r} (and max_rate_increase for an allowance)",
             )
         if m is None:
             self.fail(

@@ -48,6 +48,7 @@ from voiceaudit.analysis.stats import (
     MIN_N_MEAN,
     MIN_TAIL,
     as_sorted,
+    fisher_exact,
     mean_ci,
     percentile,
     percentile_ci,
@@ -65,6 +66,7 @@ from voiceaudit.gate.budget import (
     Figure,
     KneeLimit,
     RateLimit,
+    RateRegression,
     Regression,
     RegressionMetric,
 )
@@ -119,8 +121,10 @@ class Check:
     alpha: float | None = None
     significant: bool | None = None
     notes: tuple[str, ...] = ()
-    #: rate checks only: the numerator of ``observed`` (``n`` is the denominator)
+    #: rate checks only: the numerator of ``observed`` (``n`` is the denominator), and of
+    #: ``baseline`` (``baseline_n``) for a rate regression
     count: int | None = None
+    baseline_count: int | None = None
 
     @property
     def status(self) -> str:
@@ -167,6 +171,13 @@ class Check:
                     "significant": self.significant,
                 }
             )
+            if self.unit == FRACTION:
+                for key in ("baseline", "increase", "allowed"):
+                    d[key] = _r5(getattr(self, key))
+                d["baseline_ci95"] = (
+                    None if self.baseline_ci95 is None else [_r5(x) for x in self.baseline_ci95]
+                )
+                d["baseline_count"] = self.baseline_count
         d["notes"] = list(self.notes)
         return d
 
@@ -739,15 +750,17 @@ def _method(reg: Regression, figure: Figure) -> str:
 def _regression_checks(
     reg: Regression, min_turns: int | None, current: Report, baseline: Report
 ) -> list[Check]:
-    pending: list[tuple[RegressionMetric, Check, TestResult | None]] = []
+    pending: list[tuple[Check, TestResult | None]] = []
     for rm in reg.metrics:
-        pending.append(_regression_one(reg, rm, min_turns, current, baseline))
-    tested = [i for i, (_, _, t) in enumerate(pending) if t is not None]
-    adjusted = holm_adjusted([pending[i][2].p_value for i in tested])  # type: ignore[union-attr]
+        pending.append(_regression_one(reg, rm, min_turns, current, baseline)[1:])
+    for rr in reg.rates:
+        pending.append(_rate_regression_one(reg, rr, min_turns, current, baseline))
+    tested = [i for i, (_, t) in enumerate(pending) if t is not None]
+    adjusted = holm_adjusted([pending[i][1].p_value for i in tested])  # type: ignore[union-attr]
     adj = dict(zip(tested, adjusted, strict=True))
     out: list[Check] = []
     m = len(tested)
-    for i, (_rm, check, test) in enumerate(pending):
+    for i, (check, test) in enumerate(pending):
         if test is None:
             out.append(check)
             continue
@@ -767,7 +780,6 @@ def _regression_checks(
         )
         assert check.observed is not None and check.baseline is not None
         assert check.increase is not None
-        rel = "" if check.increase_share is None else f" ({check.increase_share * 100:+.1f}%)"
         verdict = (
             "regression"
             if regressed
@@ -775,11 +787,20 @@ def _regression_checks(
             if not exceeded
             else "over the allowance but not significant"
         )
-        detail = (
-            f"{_ms(check.observed)} vs baseline {_ms(check.baseline)}: "
-            f"{'+' if check.increase >= 0 else '-'}{_ms(abs(check.increase))}{rel}, "
-            f"allowed {reg.max_increase}; {test.description}: {sig}; {verdict}"
-        )
+        if check.unit == FRACTION:
+            detail = (
+                f"{_pct(check.observed)} ({check.count} of {check.n}) vs baseline "
+                f"{_pct(check.baseline)} ({check.baseline_count} of {check.baseline_n}): "
+                f"{_pp(check.increase)}, allowed {_pp(reg.max_rate_increase)}; "
+                f"{test.description}: {sig}; {verdict}"
+            )
+        else:
+            rel = "" if check.increase_share is None else f" ({check.increase_share * 100:+.1f}%)"
+            detail = (
+                f"{_ms(check.observed)} vs baseline {_ms(check.baseline)}: "
+                f"{'+' if check.increase >= 0 else '-'}{_ms(abs(check.increase))}{rel}, "
+                f"allowed {reg.max_increase}; {test.description}: {sig}; {verdict}"
+            )
         out.append(
             replace(
                 check,
@@ -841,7 +862,7 @@ def _regression_one(
     ]
     if short:
         return rm, replace(base, detail="; ".join(short), problem="not enough turns"), None
-    family = len(reg.metrics)
+    family = len(reg.metrics) + len(reg.rates)
     if method == "mann-whitney" and mw_smallest_p(len(a), len(b)) * family >= reg.alpha:
         # the test could never say "regression": passing would be passing without evidence
         holm = f" (Holm over {family})" if family > 1 else ""
@@ -861,6 +882,89 @@ def _regression_one(
     else:
         test = bootstrap_greater(a, b, rm.figure, reg.max_increase)
     return rm, replace(base, test=test.description), test
+
+
+def _pp(x: float) -> str:
+    """A difference of two rates in percentage points: ``+7.5 pp``."""
+    return f"{'+' if x >= 0 else '-'}{abs(x) * 100:.1f} pp"
+
+
+def _rate_regression_one(
+    reg: Regression, rr: RateRegression, min_turns: int | None, current: Report, baseline: Report
+) -> tuple[Check, TestResult | None]:
+    """A turn-taking rate against the baseline's: a regression when it is higher by more
+    than ``max_rate_increase`` and significantly higher (one-sided Fisher's exact test,
+    Holm with the other regression metrics)."""
+    base = Check(
+        kind="regression",
+        name=f"regression {rr.name} (allowed {_pp(reg.max_rate_increase)})",
+        metric=rr.metric,
+        passed=False,
+        detail="",
+        unit=FRACTION,
+        line=rr.line,
+        method="fisher-exact",
+        alpha=reg.alpha,
+    )
+    cur, bas = _rate_counts(current, rr.metric), _rate_counts(baseline, rr.metric)
+    if cur is None:
+        problem, detail = _missing(current, rr.metric, "traces")
+        return replace(base, detail=detail, problem=problem), None
+    if bas is None:
+        _, detail = _missing(baseline, rr.metric, "baseline")
+        return replace(base, detail=detail, problem="not in the baseline"), None
+    (cb, nb), (ca, na) = cur, bas
+    needed = min_turns if min_turns is not None else MIN_N_MEAN
+    allowed = ca / na + reg.max_rate_increase
+    base = replace(
+        base,
+        n=nb,
+        count=cb,
+        observed=cb / nb,
+        ci95=wilson_interval(cb, nb),
+        baseline_n=na,
+        baseline_count=ca,
+        baseline=ca / na,
+        baseline_ci95=wilson_interval(ca, na),
+        increase=cb / nb - ca / na,
+        allowed=allowed,
+        limit=allowed,
+        needed=needed,
+    )
+    noun = _noun(rr.metric)
+    short = [
+        f"{n} {noun} in the {side}, fewer than {needed}"
+        for n, side in ((nb, "traces"), (na, "baseline"))
+        if n < needed
+    ]
+    if short:
+        return replace(base, detail="; ".join(short), problem="not enough turns"), None
+    family = len(reg.metrics) + len(reg.rates)
+    smallest = mw_smallest_p(na, nb)  # all of one side's turns counted, none of the other's
+    if smallest * family >= reg.alpha:
+        holm = f" (Holm over {family})" if family > 1 else ""
+        return (
+            replace(
+                base,
+                detail=f"not enough {noun} to detect a regression: with {nb} and {na} "
+                f"Fisher's exact test cannot reach p < {reg.alpha:g}{holm} "
+                f"(its smallest p-value is {_p(smallest)})",
+                problem="not enough turns",
+            ),
+            None,
+        )
+    p = fisher_exact(ca, na, cb, nb, b_greater=True)
+    test = TestResult(
+        "fisher-exact", p, "Fisher's exact test, one-sided (higher than the baseline)"
+    )
+    return replace(base, test=test.description), test
+
+
+def _rate_counts(report: Report, metric: str) -> tuple[int, int] | None:
+    tt = report.turn_taking
+    if tt is None or not report.stats_turns:
+        return None
+    return tt.rate_counts().get(metric)
 
 
 # -- metadata -------------------------------------------------------------------------------

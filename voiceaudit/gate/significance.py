@@ -45,7 +45,7 @@ SEED = 20_240_607
 #: Above this many values a resampled mean is drawn from its normal limit.
 EXACT_MEAN_MAX_N = 5_000
 
-Method = Literal["mann-whitney", "bootstrap"]
+Method = Literal["mann-whitney", "bootstrap", "fisher-exact"]
 
 
 @dataclass(frozen=True)

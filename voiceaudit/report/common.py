@@ -146,7 +146,7 @@ def fmt_p(p: float | None) -> str:
 
 
 def fmt_pct(x: float) -> str:
-    """A fraction as a percentage: ``12.5%``, ``0%``, ``0.05%``."""
+    """A fraction as a percentage: ``12.5%``, ``0.0%``, ``0.05%``."""
     pct = x * 100
     return f"{pct:.1f}%" if pct >= 0.1 or x == 0 else f"{pct:.2g}%"
 
