@@ -23,7 +23,12 @@ from pathlib import Path
 from typing import Any, Literal, NoReturn
 
 from voiceaudit.analysis.ledger import ALL_SEGMENTS
-from voiceaudit.analysis.turntaking import BARGE_IN_STOP, RESPONSE_TO_INTERRUPTION
+from voiceaudit.analysis.turntaking import (
+    BARGE_IN_STOP,
+    CUT_IN_RATE,
+    FALSE_INTERRUPTION_RATE,
+    RESPONSE_TO_INTERRUPTION,
+)
 from voiceaudit.errors import LocatedError, UsageError
 from voiceaudit.tomlpos import Path as KeyPath
 from voiceaudit.tomlpos import TomlChecker, parse_toml
@@ -35,9 +40,7 @@ VOICE_TO_VOICE = "voice_to_voice"
 SEGMENT_PREFIX = "segment."
 #: Turn-taking metrics (scenario runs, see docs/ci.md): per-barge-in stop latency and
 #: the voice-to-voice of the responses to an interruption (figures of ms values, like
-#: voice_to_voice), and two rates (a ``max`` fraction).
-CUT_IN_RATE = "cut_in.rate"
-FALSE_INTERRUPTION_RATE = "false_interruption.rate"
+#: voice_to_voice), and two rates (a ``max`` fraction; the names are turntaking's).
 TURN_TAKING_METRICS: tuple[str, ...] = (BARGE_IN_STOP, RESPONSE_TO_INTERRUPTION)
 RATE_METRICS: tuple[str, ...] = (CUT_IN_RATE, FALSE_INTERRUPTION_RATE)
 #: Every metric with figures a budget can name: voice-to-voice, each ledger segment, and
