@@ -54,11 +54,14 @@ from voiceaudit.analysis.stats import (
     percentile_ci,
     wilson_interval,
 )
-from voiceaudit.analysis.turntaking import BARGE_IN_STOP, RESPONSE_TO_INTERRUPTION
-from voiceaudit.errors import NoDataError, VoiceauditError
-from voiceaudit.gate.budget import (
+from voiceaudit.analysis.turntaking import (
+    BARGE_IN_STOP,
     CUT_IN_RATE,
     FALSE_INTERRUPTION_RATE,
+    RESPONSE_TO_INTERRUPTION,
+)
+from voiceaudit.errors import NoDataError, VoiceauditError
+from voiceaudit.gate.budget import (
     SEGMENT_PREFIX,
     TURN_TAKING_METRICS,
     VOICE_TO_VOICE,
