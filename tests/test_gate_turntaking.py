@@ -11,7 +11,16 @@ from typing import Any
 
 import numpy as np
 import pytest
-from turntaking_traces import CLEAN, TTurn, barge_in, cut_in, pauses, write_tt_trace
+from turntaking_traces import (
+    CLEAN,
+    TTurn,
+    barge_in,
+    cut_in,
+    fisher_by_hand,
+    pauses,
+    rate_turns,
+    write_tt_trace,
+)
 
 from voiceaudit.cli import run
 from voiceaudit.errors import ExitCode
@@ -183,32 +192,8 @@ def test_regression_on_stop_latency(capsys: pytest.CaptureFixture[str], tmp_path
 
 
 def rates(path: Path, cut: int, paused: int, stopped: int, sounds: int) -> Path:
-    """``paused`` turns with a 400 ms pause, ``cut`` of them cut into, then ``sounds``
-    turns with a sound over the reply, ``stopped`` of which stopped it."""
-    turns = [
-        TTurn(
-            start={"pauses": pauses(400.0)},
-            events=(cut_in(0, 400.0, 800.0, 250.0),) if k < cut else (),
-        )
-        for k in range(paused)
-    ]
-    for k in range(sounds):
-        turns.append(
-            TTurn(
-                events=barge_in(1300, 80, 40, 10, 30, kind="sound", false_interruption=k < stopped)
-            )
-        )
-    return write_tt_trace(path, turns)
-
-
-def _fisher_greater(ca: int, na: int, cb: int, nb: int) -> float:
-    """One-sided Fisher's exact p of "B's rate is higher", from the hypergeometric law
-    written out: the chance of B holding cb or more of the ca + cb events."""
-    from math import comb
-
-    k = ca + cb
-    total = comb(na + nb, k)
-    return sum(comb(nb, x) * comb(na, k - x) for x in range(cb, min(k, nb) + 1)) / total
+    """A trace of :func:`rate_turns`."""
+    return write_tt_trace(path, rate_turns(cut, paused, stopped, sounds))
 
 
 def _rate_budget(base: Path, allowance: str | None = None) -> str:
@@ -238,8 +223,8 @@ def test_regression_on_the_turn_taking_rates(
         0.55,
         0.1,
     )
-    p_cut = _fisher_greater(1, 20, 12, 20)
-    p_fi = _fisher_greater(0, 10, 1, 10)
+    p_cut = fisher_by_hand(1, 20, 12, 20, b_greater=True)
+    p_fi = fisher_by_hand(0, 10, 1, 10, b_greater=True)
     assert cut["p_value"] == pytest.approx(p_cut) and fi["p_value"] == pytest.approx(p_fi)
     # Holm over the two: the smaller p times two, the larger at least that
     assert cut["p_adjusted"] == pytest.approx(min(1.0, 2 * p_cut))

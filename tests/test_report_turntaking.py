@@ -17,7 +17,9 @@ from turntaking_traces import (
     TTurn,
     barge_in,
     cut_in,
+    fisher_by_hand,
     pauses,
+    rate_turns,
     truncate,
     write_tt_trace,
 )
@@ -578,39 +580,6 @@ def test_a_comparison_with_a_plain_trace_says_only_in_b(
     assert "not measured (0)" in row and "not measured (1)" in row, row
 
 
-def _rate_turns(cut: int, paused: int, stopped: int, sounds: int) -> list[TTurn]:
-    """``paused`` turns with a 400 ms pause, ``cut`` of them cut into; then ``sounds``
-    turns with a sound over the reply, ``stopped`` of which stopped it."""
-    out = [
-        TTurn(
-            start={"pauses": pauses(400.0)},
-            events=(cut_in(0, 400.0, 600.0, 230.0),) if k < cut else (),
-        )
-        for k in range(paused)
-    ]
-    for k in range(sounds):
-        fi = k < stopped
-        stop_ms = 150.0 if fi else 1900.0
-        ev = barge_in(800.0, stop_ms, None, None, 40.0, kind="sound", false_interruption=fi)
-        out.append(TTurn(events=ev))
-    return out
-
-
-def _fisher_two_sided(ca: int, na: int, cb: int, nb: int) -> float:
-    """Fisher's exact test from the hypergeometric law, written out (not scipy's): the
-    probability of every table with these margins no likelier than the one observed."""
-    from math import comb
-
-    k, n = ca + cb, na + nb
-
-    def prob(x: int) -> float:
-        return comb(na, x) * comb(nb, k - x) / comb(n, k)
-
-    seen = prob(ca)
-    lo, hi = max(0, k - nb), min(k, na)
-    return min(1.0, sum(prob(x) for x in range(lo, hi + 1) if prob(x) <= seen * (1 + 1e-7)))
-
-
 def _holm_adjusted(ps: list[float]) -> list[float]:
     order = sorted(range(len(ps)), key=lambda i: ps[i])
     out, running = [0.0] * len(ps), 0.0
@@ -627,15 +596,15 @@ def test_a_comparison_compares_the_turn_taking_rates(
     in A and 1 of 10 in B. The counts, rates and differences come back exactly, Fisher's
     exact test gives the textbook p-values, one Holm correction covers them and every
     latency test, and only the cut-in rate is called a difference."""
-    a = write_tt_trace(tmp_path / "a" / "trace.jsonl", _rate_turns(2, 20, 0, 10))
-    b = write_tt_trace(tmp_path / "b" / "trace.jsonl", _rate_turns(16, 20, 1, 10))
+    a = write_tt_trace(tmp_path / "a" / "trace.jsonl", rate_turns(2, 20, 0, 10))
+    b = write_tt_trace(tmp_path / "b" / "trace.jsonl", rate_turns(16, 20, 1, 10))
     _, out = _cli(capsys, str(a), str(b), "--format", "json")
     doc = json.loads(out)
     rates = {r["metric"]: r for r in doc["rates"]}
     cut = rates["cut_in.rate"]
     assert (cut["a"]["count"], cut["a"]["of"], cut["b"]["count"], cut["b"]["of"]) == (2, 20, 16, 20)
     assert (cut["a"]["rate"], cut["b"]["rate"], cut["diff"]) == (0.1, 0.8, 0.7)
-    assert cut["fisher_exact"]["p_value"] == pytest.approx(_fisher_two_sided(2, 20, 16, 20))
+    assert cut["fisher_exact"]["p_value"] == pytest.approx(fisher_by_hand(2, 20, 16, 20))
     assert cut["significant"] is True and cut["verdict"] == "B higher"
     fi = rates["false_interruption.rate"]
     assert (fi["a"]["count"], fi["a"]["of"], fi["b"]["count"], fi["b"]["of"]) == (0, 10, 1, 10)
@@ -670,7 +639,7 @@ def test_a_comparison_of_rates_with_a_plain_trace_says_only_in_b(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     plain = write_tt_trace(tmp_path / "plain" / "trace.jsonl", [TTurn()] * 4, scenario=False)
-    b = write_tt_trace(tmp_path / "b" / "trace.jsonl", _rate_turns(1, 4, 0, 0))
+    b = write_tt_trace(tmp_path / "b" / "trace.jsonl", rate_turns(1, 4, 0, 0))
     _, out = _cli(capsys, str(plain), str(b), "--format", "json")
     (r,) = json.loads(out)["rates"]  # no sound in B: no false-interruption rate
     assert (r["metric"], r["a"], r["verdict"], r["fisher_exact"]) == (

@@ -182,3 +182,40 @@ def write_tt_trace(
     if close:
         w.close("complete")
     return path
+
+
+def rate_turns(cut: int, paused: int, stopped: int, sounds: int) -> list[TTurn]:
+    """``paused`` turns with a 400 ms pause, ``cut`` of them cut into; then ``sounds``
+    turns with a sound over the reply, ``stopped`` of which stopped it (the turn-taking
+    rates with known counts)."""
+    out = [
+        TTurn(
+            start={"pauses": pauses(400.0)},
+            events=(cut_in(0, 400.0, 600.0, 230.0),) if k < cut else (),
+        )
+        for k in range(paused)
+    ]
+    for k in range(sounds):
+        fi = k < stopped
+        stop_ms = 150.0 if fi else 1900.0
+        ev = barge_in(800.0, stop_ms, None, None, 40.0, kind="sound", false_interruption=fi)
+        out.append(TTurn(events=ev))
+    return out
+
+
+def fisher_by_hand(ca: int, na: int, cb: int, nb: int, *, b_greater: bool = False) -> float:
+    """Fisher's exact test from the hypergeometric law, written out (not scipy's): with
+    the margins fixed, the chance of a table no likelier than the one observed
+    (two-sided), or of B holding ``cb`` or more of the ``ca + cb`` events (``b_greater``)."""
+    from math import comb
+
+    k, n = ca + cb, na + nb
+
+    def prob(x: int) -> float:  # B holds x of the k events
+        return comb(nb, x) * comb(na, k - x) / comb(n, k)
+
+    lo, hi = max(0, k - na), min(k, nb)
+    if b_greater:
+        return min(1.0, sum(prob(x) for x in range(cb, hi + 1)))
+    seen = prob(cb)
+    return min(1.0, sum(prob(x) for x in range(lo, hi + 1) if prob(x) <= seen * (1 + 1e-7)))
