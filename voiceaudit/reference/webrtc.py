@@ -33,7 +33,8 @@ Fault injection on the outgoing media (besides the pipeline's own): ``rtp-jitter
 delays each outgoing RTP packet by a seeded uniform random 0..20 ms (order kept), and
 ``rtp-loss=5%`` drops a seeded random 5 % of outgoing RTP packets. What was done to each
 packet is in the turn's ``injected`` (``rtp_delays_ns`` per packet in send order,
-``rtp_sent``, ``rtp_dropped``), so a capture analysis can be checked against it.
+``rtp_sent``, ``rtp_dropped``, and ``rtp_wire``: ``[seq, rtp_timestamp, sent_ns]`` of each
+packet as it went to the socket), so a capture analysis can be checked against it.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import contextlib
 import fractions
 import json
 import random
+import struct
 import time
 from collections import deque
 from typing import Any
@@ -548,7 +550,7 @@ class WebRTCSession:
         inj = self.ctx.injections
         jitter_ns = int(getattr(inj, "rtp_jitter_ns", 0) or 0)
         loss = float(getattr(inj, "rtp_loss", 0.0) or 0.0)
-        self.rtp_stats: dict[str, Any] = {"sent": 0, "dropped": 0, "delays": []}
+        self.rtp_stats: dict[str, Any] = {"sent": 0, "dropped": 0, "delays": [], "wire": []}
         if not jitter_ns and not loss:
             return
         from aiortc.rtp import is_rtcp
@@ -574,6 +576,7 @@ class WebRTCSession:
                 self.rtp_stats["sent"] += 1
                 if not jitter_ns:
                     await _orig(data)
+                    self._wire(data)
                     return
                 delay = rng.randrange(jitter_ns + 1)
                 release = max(time.monotonic_ns() + delay, _last[0])
@@ -584,6 +587,7 @@ class WebRTCSession:
                     # the connection may have closed while the packet was held back
                     with contextlib.suppress(ConnectionError):
                         await _orig(data)
+                        self._wire(data)
 
                 def send() -> None:
                     task = asyncio.ensure_future(late_send())
@@ -595,6 +599,14 @@ class WebRTCSession:
             transport._send_rtp = faulty
             transport._voiceaudit_faults = True
 
+    def _wire(self, rtp: bytes) -> None:
+        """Note when a packet the faults let through went to the socket: its sequence number,
+        RTP timestamp and the time, just after the (SRTP-protecting) send returned. With the
+        packet's media time this is its true transit variation as a capture on this host
+        sees it, the server's own scheduling included, which the intended delays lack."""
+        seq, timestamp = struct.unpack_from("!HI", rtp, 2)
+        self.rtp_stats["wire"].append([seq, timestamp, time.monotonic_ns()])
+
     def _record_rtp(self, record: TurnRecord) -> None:
         stats = getattr(self, "rtp_stats", None)
         if not stats or not (stats["sent"] or stats["dropped"]):
@@ -603,7 +615,9 @@ class WebRTCSession:
         record.injected["rtp_dropped"] = stats["dropped"]
         if stats["delays"]:
             record.injected["rtp_delays_ns"] = list(stats["delays"])
-        self.rtp_stats = {"sent": 0, "dropped": 0, "delays": []}
+        if stats["wire"]:
+            record.injected["rtp_wire"] = list(stats["wire"])
+        self.rtp_stats = {"sent": 0, "dropped": 0, "delays": [], "wire": []}
 
     async def close(self) -> None:
         self._closed = True
