@@ -251,6 +251,84 @@ def test_a_late_write_right_after_a_delayed_ack_is_no_stall(tmp_path: Path) -> N
     assert conn.small_write_stalls == ()
 
 
+def test_a_late_write_of_the_probes_nagle_off_socket_is_no_stall(tmp_path: Path) -> None:
+    """The same late write, by a caller whose frames never give the Nagle-off evidence away
+    (one frame in flight at a time, as the probe's 1335-byte Realtime frames are at 20 ms
+    and above the detector's 1200-byte "small"): the capture alone reads it as a stall.
+    The trace's ``session.connected`` names the probe's end of the connection and its
+    TCP_NODELAY, and the report's capture join counts it apart, not as a stall."""
+    from voiceaudit.analysis.network import join_capture
+    from voiceaudit.clock import MonotonicClock, take_anchor
+    from voiceaudit.model import Header
+    from voiceaudit.targets.base import socket_facts
+    from voiceaudit.trace_io import TraceWriter, read_trace
+
+    srv, port = listener()
+    total = 0
+
+    def server() -> None:
+        nonlocal total
+        a, _ = srv.accept()
+        while True:
+            a.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)
+            data = a.recv(4096)
+            if not data:
+                break
+            total += len(data)
+        a.close()
+
+    out = tmp_path / "late.pcapng"
+    clock = MonotonicClock()
+    traces = {}
+    with Dumpcap(out, interface="lo", capture_filter=f"tcp port {port}"):
+        th = threading.Thread(target=server)
+        th.start()
+        c = socket.create_connection(("127.0.0.1", port))
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        facts = socket_facts(c)
+        assert facts == {
+            "local": f"127.0.0.1:{c.getsockname()[1]}",
+            "remote": f"127.0.0.1:{port}",
+            "tcp_nodelay": True,
+        }
+        anchor = take_anchor(clock)
+        start = clock.now_ns()
+        time.sleep(0.05)
+        for _ in range(5):
+            c.send(b"p" * 300)  # the peer delays its ACK (40 ms or more) ...
+            deadline = time.monotonic() + 2
+            while _unacked(c) and time.monotonic() < deadline:
+                pass
+            c.send(b"s" * 300)  # ... and the next frame is written the moment it arrives
+            time.sleep(0.01)
+        time.sleep(0.05)
+        end = clock.now_ns()
+        c.close()
+        th.join(10)
+        for name, attrs in (("old", None), ("new", facts)):
+            traces[name] = tmp_path / f"{name}.jsonl"
+            w = TraceWriter(traces[name], Header("r", "test", {}, {}, {}, (anchor,)))
+            w.event("s0", None, start, "probe", "session", "session.connected", attrs)
+            w.event("s0", 0, start, "probe", "turn", "turn.start")
+            w.event("s0", 0, end, "probe", "turn", "turn.end", {"ok": True})
+            w.close(anchor=take_anchor(clock))
+    assert total == 5 * 2 * 300
+    # the release window widened as in the test above (this thread's writes may come late)
+    wide = StallParams(release_ns=50 * MS)
+    # A trace without the socket's facts (written before they were recorded): stalls.
+    (old,) = join_capture(read_trace(traces["old"]), out, stall=wide).turns
+    assert old.stalls >= 1 and old.stalls_ruled_out == 0
+    assert [f["kind"] for f in join_capture(read_trace(traces["old"]), out, stall=wide).findings()]
+    # With them: the same candidates, none counted, no finding.
+    join = join_capture(read_trace(traces["new"]), out, stall=wide)
+    (new,) = join.turns
+    assert new.stalls == 0 and new.stall_held_ns == 0
+    assert new.stalls_ruled_out == old.stalls
+    assert join.findings() == []
+    assert join.to_dict()["turns"][0]["small_write_stalls_ruled_out"] == old.stalls
+    assert "not counted: " in join.render_text()
+
+
 # ------------------------------------------------------------------ TLS (and its key log)
 
 

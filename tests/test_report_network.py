@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from voiceaudit.capture import analyze_capture
 from voiceaudit.cli import run
+from voiceaudit.trace_io import read_trace
 
 pytestmark = [
     pytest.mark.slow,
@@ -43,6 +45,16 @@ def test_clean_run_wire_to_app(tmp_path: Path, capsys: pytest.CaptureFixture[str
         assert t["wire_to_app_ms"] is not None
         assert 0 <= t["wire_to_app_ms"] < 50
         assert t["small_write_stalls"] == 0
+    # The probe's end of its WebSocket, Nagle off (asyncio's default), is in the trace, and it
+    # is the client of the capture's connection to the server: a late write of its own
+    # would be counted apart (test_capture_dumpcap), never as a stall.
+    trace = read_trace(tmp_path / "clean" / "trace.jsonl")
+    (conn,) = [e.attrs for e in trace.events if e.name == "session.connected"]
+    assert conn["tcp_nodelay"] is True
+    capture = analyze_capture(tmp_path / "clean" / "capture.pcapng")
+    assert [(c.client, c.server) for c in capture.tcp_connections if c.client == conn["local"]] == [
+        (conn["local"], conn["remote"])
+    ]
     findings = net["findings"]
     assert isinstance(findings, list)
     # Nothing is held up on a clean loopback run. The one thing a busy machine can put on

@@ -15,7 +15,11 @@ Packet times are mapped onto the probe's monotonic clock through the trace's anc
   turns get no wire mark.
 - small-write stalls (Nagle + delayed ACK) and TCP retransmissions inside the turn, with
   the time they held data back: evidence for the ``small_write_stall`` and
-  ``retransmission`` findings;
+  ``retransmission`` findings. A stall whose sender is the probe's own end of a
+  connection that the trace says has Nagle off (``session.connected``'s ``local`` with
+  ``tcp_nodelay``) cannot be one: on the wire it is a caller that wrote late just after a
+  late ACK (starved of CPU), so it is counted apart (``small_write_stalls_ruled_out``),
+  not as a stall;
 - connections set up inside the turn (TCP connect, TLS handshake): ``connection_setup``.
 
 WebRTC media (RTP) is reported per stream instead; its reply is a continuous stream.
@@ -25,10 +29,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from voiceaudit.clock import NS_PER_MS
 from voiceaudit.trace_io import Trace
+
+if TYPE_CHECKING:
+    from voiceaudit.capture.tcp import StallParams
 
 _AUDIO_EVENTS = ("response.output_audio.delta", "response.audio.delta")
 
@@ -45,6 +52,8 @@ class TurnNetwork:
     connects: tuple[dict[str, Any], ...]
     #: the retransmissions' delays after their originals (where the capture has those)
     retransmit_delay_ns: int = 0
+    #: stall candidates of the probe's own Nagle-off sockets: not stalls
+    stalls_ruled_out: int = 0
 
     @property
     def wire_to_app_ns(self) -> int | None:
@@ -60,6 +69,7 @@ class TurnNetwork:
             "wire_to_app_ms": None if w2a is None else round(w2a / NS_PER_MS, 3),
             "small_write_stalls": self.stalls,
             "small_write_stall_ms": round(self.stall_held_ns / NS_PER_MS, 3),
+            "small_write_stalls_ruled_out": self.stalls_ruled_out,
             "retransmissions": self.retransmissions,
             "retransmit_delay_ms": round(self.retransmit_delay_ns / NS_PER_MS, 3),
             "connections_in_turn": list(self.connects),
@@ -154,14 +164,38 @@ class NetworkJoin:
                 f"RTP {s['ssrc']} {s['src']} → {s['dst']}: {s['packets']} packets, "
                 f"lost {s['lost']}, jitter mean {s['mean_jitter_ms']} ms"
             )
+        ruled_out = sum(t.stalls_ruled_out for t in self.turns)
+        if ruled_out:
+            lines.append(
+                f"not counted: {ruled_out} stall-like pause(s) of the probe's own sockets, "
+                "which have Nagle off (TCP_NODELAY): the probe wrote late (busy machine)"
+            )
         for w in self.warnings:
             lines.append(f"warning: {w}")
         return "\n".join(lines) + "\n"
 
 
+def probe_nodelay_endpoints(trace: Trace) -> frozenset[str]:
+    """The probe's ends (``host:port``) of connections it opened with Nagle's algorithm off,
+    from ``session.connected`` (traces from before it carried them have none)."""
+    return frozenset(
+        str(e.attrs["local"])
+        for e in trace.events
+        if e.source == "probe"
+        and e.name == "session.connected"
+        and e.attrs.get("tcp_nodelay") is True
+        and e.attrs.get("local")
+    )
+
+
 def join_capture(
-    trace: Trace, pcap: str | Path, *, keylog: str | Path | None = None
+    trace: Trace,
+    pcap: str | Path,
+    *,
+    keylog: str | Path | None = None,
+    stall: StallParams | None = None,
 ) -> NetworkJoin:
+    """``stall``: the small-write stall detector's thresholds (its defaults if None)."""
     from voiceaudit.capture import analyze_capture
     from voiceaudit.capture.align import to_probe_clock
 
@@ -169,7 +203,7 @@ def join_capture(
     if keylog is None:
         default = pcap.parent / "tls-keys.log"
         keylog = default if default.is_file() else None
-    raw = analyze_capture(pcap, heuristic_rtp=True, count_marked=True, keylog=keylog)
+    raw = analyze_capture(pcap, heuristic_rtp=True, count_marked=True, keylog=keylog, stall=stall)
     report = to_probe_clock(raw, trace.anchors)
 
     server_frames: list[tuple[int, int, str | None]] = []  # (first byte at, opcode, event)
@@ -196,6 +230,7 @@ def join_capture(
         if e.name in ("input.speech_end", "reply.first_byte", "turn.start", "turn.end"):
             d.setdefault(e.name, e.t_ns)
 
+    nodelay = probe_nodelay_endpoints(trace)
     out = []
     for (session, turn), d in sorted(by_turn.items()):
         if "turn.end" not in d or "turn.start" not in d:
@@ -209,11 +244,15 @@ def join_capture(
             # saw it (1 ms slack for the clock mapping)
             cands = [t for t in audio_wire if speech_end <= t <= app + NS_PER_MS]
             wire = cands[0] if cands else None
-        stalls = held = retrans = rdelay = 0
+        stalls = held = retrans = rdelay = ruled_out = 0
         connects = []
         for c in report.tcp_connections:
             for s in c.small_write_stalls:
-                if start <= s.released_at_ns <= end:
+                if not start <= s.released_at_ns <= end:
+                    continue
+                if s.sender in nodelay:
+                    ruled_out += 1
+                else:
                     stalls += 1
                     held += s.held_ns
             for ev in c.events:
@@ -230,7 +269,9 @@ def join_capture(
                     }
                 )
         out.append(
-            TurnNetwork(session, turn, wire, app, stalls, held, retrans, tuple(connects), rdelay)
+            TurnNetwork(
+                session, turn, wire, app, stalls, held, retrans, tuple(connects), rdelay, ruled_out
+            )
         )
     rtp = tuple(
         {

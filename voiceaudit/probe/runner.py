@@ -368,6 +368,12 @@ class _Sink:
         self.failed.set()
 
 
+def connected(writer: TraceWriter, sid: str, t_ns: int, ts: TargetSession) -> None:
+    """``session.connected``, with the probe's end of the session's TCP connection where it
+    has one (so a capture's stalls of a sender with Nagle off can be ruled out)."""
+    writer.event(sid, None, t_ns, "probe", "session", "session.connected", ts.connection())
+
+
 async def send_frame(ts: TargetSession, sink: TargetSink, data: bytes) -> bool:
     """Send one microphone frame; a target that fails fails the turn through ``sink``
     (False: stop sending)."""
@@ -572,7 +578,7 @@ class Probe:
                     raise
                 await self._sleep(0.2)
                 continue
-            writer.event(sid, None, self.clock.now_ns(), "probe", "session", "session.connected")
+            connected(writer, sid, self.clock.now_ns(), ts)
             try:
                 while self._more_turns(turn, total):
                     utt = self.utterances[(turn + slot) % len(self.utterances)]
@@ -606,7 +612,7 @@ class Probe:
             if slot == 0:
                 raise
             return
-        writer.event(sid, None, self.clock.now_ns(), "probe", "session", "session.connected")
+        connected(writer, sid, self.clock.now_ns(), ts)
         try:
             await conv.run(ts)
         finally:

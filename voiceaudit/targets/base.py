@@ -10,6 +10,7 @@ themselves and never decide turn boundaries: they only observe and report.
 from __future__ import annotations
 
 import os
+import socket
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
@@ -137,9 +138,33 @@ class TargetSession(ABC):
         truncated item's id, or None when the protocol has no such message."""
         return None
 
+    def connection(self) -> dict[str, Any] | None:
+        """The session's one long-lived TCP connection, once open: ``local`` and ``remote``
+        (``host:port``, ``[host]:port`` for IPv6, as a capture names endpoints) and
+        ``tcp_nodelay`` (whether Nagle's algorithm is off on the probe's socket). None
+        where a session has no such connection (HTTP requests from a pool, WebRTC)."""
+        return None
+
     @abstractmethod
     async def close(self) -> None:
         """Close the connection; idempotent."""
+
+
+def socket_facts(sock: Any) -> dict[str, Any] | None:
+    """:meth:`TargetSession.connection` of a connected TCP socket (a :class:`socket.socket`
+    or asyncio's wrapper of one, a transport's ``get_extra_info("socket")``)."""
+    if sock is None or sock.type != socket.SOCK_STREAM:
+        return None
+    try:
+        local, remote = sock.getsockname(), sock.getpeername()
+        nodelay = bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+    except OSError:
+        return None
+
+    def ep(addr: Any) -> str:
+        return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
+
+    return {"local": ep(local), "remote": ep(remote), "tcp_nodelay": nodelay}
 
 
 class Target(ABC):

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from typing import Any
 
 import aiohttp
 
 from voiceaudit.errors import TargetError
-from voiceaudit.targets.base import TargetConfig, TargetSession, TargetSink
+from voiceaudit.targets.base import TargetConfig, TargetSession, TargetSink, socket_facts
 
 
 class WebSocketSession(TargetSession):
@@ -53,6 +54,11 @@ class WebSocketSession(TargetSession):
                 f"cannot connect to {self.config.describe()['url']}: {exc or type(exc).__name__}"
             ) from None
         self._reader = asyncio.create_task(self._read())
+
+    def connection(self) -> dict[str, Any] | None:
+        if self._ws is None:
+            return None
+        return socket_facts(self._ws.get_extra_info("socket"))
 
     def live(self) -> aiohttp.ClientWebSocketResponse:
         if self._ws is None or self._ws.closed:
