@@ -466,6 +466,8 @@ def test_http_first_byte_and_websocket_upgrade(tmp_path: Path) -> None:
         await ws.prepare(request)
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
+                # the frame is written to the socket inside send_str, before its first await
+                measured["delta_written"] = time.monotonic_ns()
                 await ws.send_str(DELTA)
                 await ws.send_bytes(b"\0" * 3000)
         return ws
@@ -522,13 +524,16 @@ def test_http_first_byte_and_websocket_upgrade(tmp_path: Path) -> None:
     (x,) = [x for x in report.http_exchanges if x.target == "/slow"]
     assert x.status == 200 and x.content_type == "text/event-stream"
     assert x.first_byte_ns is not None and x.first_data_ns is not None and x.complete_ns
-    assert first_byte_delay <= x.first_byte_ns < first_byte_delay + 8 * MS
-    # The client's own figure also holds its connection setup: the wire time is below it.
-    assert x.first_byte_ns < measured["headers"]
+    # From below by the server's sleep (it had the request before it began); from above by
+    # the client, whose own figure also holds its connection setup. A busy machine only
+    # delays the client's clock reading, so the bracket holds whatever the load, and an
+    # analysis that took the second chunk (50 ms after the headers) for the first byte
+    # fails it.
+    assert first_byte_delay <= x.first_byte_ns < measured["headers"]
     assert x.complete_ns - x.first_data_ns >= chunk_gap
     (w,) = report.websocket_sessions
     assert w.target == "/ws" and w.upgrade_ns is not None
-    assert upgrade_delay <= w.upgrade_ns < upgrade_delay + 8 * MS
+    assert upgrade_delay <= w.upgrade_ns < measured["ws_connect"]  # bracketed the same way
     server_frames = [(f.opcode, f.payload_len) for f in w.frames if not f.from_client]
     assert server_frames[:2] == [(1, len(DELTA)), (2, 3000)]
     events = [f.event for f in w.frames if f.event]
@@ -541,8 +546,11 @@ def test_http_first_byte_and_websocket_upgrade(tmp_path: Path) -> None:
         mono, after_at_ns=measured["ws_sent"], events=("response.output_audio.delta",)
     )
     assert wire is not None
-    lag = measured["ws_first"] - wire  # the wire_to_app lag of the ledger
-    assert 0 <= lag < 5 * MS
+    # Bracketed by the two clocks of this process: the server stamped the frame just before
+    # writing it to the socket, the client read its clock after receive() returned. A
+    # mapping off by more than that window (well under a millisecond on an idle machine;
+    # load only widens it) or the wrong frame fails here.
+    assert measured["delta_written"] <= wire <= measured["ws_first"]
     names = {e.name for e in network_events(mono)}
     assert {"tcp.syn", "http.first_byte", "ws.upgraded", "ws.frame"} <= names
 
