@@ -14,7 +14,6 @@ import base64
 import contextlib
 import json
 import socket
-import statistics
 import time
 from pathlib import Path
 
@@ -199,6 +198,8 @@ def test_standard_events_split_the_reply_at_their_send_times(
         assert led.segment_ns("first_audio") >= FIRST_AUDIO_S * 1e9 - 2 * MS  # type: ignore[operator]
     for seg, values in lag.items():
         assert min(values) >= 0, (seg, values)
-        # on loopback an event arrives within 2 ms of leaving (median over the turns, so
-        # one turn descheduled on a busy machine does not decide it)
-        assert statistics.median(values) <= 2 * MS, (seg, values)
+        # on loopback an event arrives within 2 ms of leaving: a boundary stamped later
+        # than its event's arrival (at processing, at the next event) is late in every
+        # turn, while a busy machine only delays some reads, so the quickest turn decides
+        # (the median of four failed under CPU burners: 1.2, 5.6, 6.3, 1.1 ms)
+        assert min(values) <= 2 * MS, (seg, values)
