@@ -129,3 +129,30 @@ def test_secrets_collected_from_env_and_headers(monkeypatch: pytest.MonkeyPatch)
 def test_protocol_inference(url: str, proto: str) -> None:
     assert infer_protocol(url) == proto
     assert get_target_class(proto).protocol == proto
+
+
+def test_socket_facts_name_endpoints_as_a_capture_does() -> None:
+    """``session.connected``'s ``local``/``remote`` must equal the capture's endpoint names
+    (``host:port``, ``[host]:port`` for IPv6), or the report cannot match the probe's
+    socket to its connection; sockets with no such endpoints give none."""
+    import socket
+
+    from voiceaudit.targets.base import socket_facts
+
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        with socket.socket(family) as listener, socket.socket(family) as client:
+            listener.bind((host, 0))
+            listener.listen()
+            client.connect(listener.getsockname())
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            name = f"[{host}]" if family == socket.AF_INET6 else host
+            assert socket_facts(client) == {
+                "local": f"{name}:{client.getsockname()[1]}",
+                "remote": f"{name}:{listener.getsockname()[1]}",
+                "tcp_nodelay": True,
+            }
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+            assert socket_facts(client)["tcp_nodelay"] is False  # type: ignore[index]
+    a, b = socket.socketpair()  # a Unix socket
+    with a, b, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        assert socket_facts(a) is None and socket_facts(udp) is None and socket_facts(None) is None

@@ -155,6 +155,8 @@ def socket_facts(sock: Any) -> dict[str, Any] | None:
     or asyncio's wrapper of one, a transport's ``get_extra_info("socket")``)."""
     if sock is None or sock.type != socket.SOCK_STREAM:
         return None
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None  # a Unix socket has no endpoints a capture names
     try:
         local, remote = sock.getsockname(), sock.getpeername()
         nodelay = bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
