@@ -16,6 +16,7 @@ by its look-ahead) for the median turn.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -201,3 +202,44 @@ def test_webrtc_connection_timeline_in_the_report(
     at = {m["mark"]: m["ms"] for m in marks}
     assert 0 <= at["webrtc.offer_sent"] <= at["webrtc.answer_received"]
     assert at["webrtc.answer_received"] <= at["webrtc.dtls_connected"] <= at["session.connected"]
+
+
+@pytest.mark.parametrize("protocol", ["realtime", "websocket", "webrtc"])
+def test_session_sample_positions_match_the_servers_audio(
+    protocol: str, recorded: tuple[dict[str, Trace], list[Any]]
+) -> None:
+    """Where each turn's speech begins in the session's audio, as the probe accounts for it
+    (``session_sample_offset`` + ``stream_fill_samples`` + the turn's speech start), is
+    where the server's VAD found it in the audio it received (``speech_start_ms``, 10 ms
+    frames). Over WebRTC the track's silence between turns is part of that audio: before
+    it was counted, every turn after the first was off by the gaps' fill (~300 ms each)."""
+    traces, truth = recorded
+    tr = traces[protocol]
+    starts = {(e.session, e.turn): e for e in tr.events if e.name == "turn.start"}
+    assert len(starts) == len(UTTERANCES)
+    fills = []
+    for (session, turn), st in sorted(starts.items(), key=lambda kv: kv[1].t_ns):
+        end = next(e.t_ns for e in tr.turn_events(session, turn) if e.name == "turn.end")
+        (rec,) = [
+            r
+            for r in truth
+            if r["marks"].get("first_audio_sent") is not None
+            and st.t_ns <= r["marks"]["first_audio_sent"] <= end
+        ]
+        a = st.attrs
+        fill = a.get("stream_fill_samples", 0)
+        fills.append(fill)
+        at_ms = (a["session_sample_offset"] + fill + a["speech_start_sample"]) * 1000 / a["rate"]
+        assert rec["audio"]["speech_start_ms"] is not None
+        got = rec["audio"]["speech_start_ms"]
+        # Over WebRTC the server found the first turn's speech one 20 ms frame late (270 ms
+        # against 250, in every run looked at; the later turns agree within 2 ms, so the
+        # count of the stream's audio is right): something at the stream's start, not
+        # the fill accounting under test here, and not explained yet (see the notes).
+        slack = 20.0 if protocol == "webrtc" and len(fills) == 1 else 0.0
+        assert -10.0 <= got - at_ms <= 10.0 + slack, (turn, got, at_ms, fill)
+    if protocol == "webrtc":
+        # the track filled every gap (300 ms) between turns, and only those
+        assert fills[0] == 0 and all(b > a for a, b in itertools.pairwise(fills))
+    else:
+        assert fills == [0] * len(UTTERANCES)

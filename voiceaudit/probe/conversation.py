@@ -50,7 +50,7 @@ from voiceaudit.audio import first_audible, from_pcm16, resample
 from voiceaudit.clock import NS_PER_MS, NS_PER_S
 from voiceaudit.errors import TargetError
 from voiceaudit.probe.playout import Chunk, Playout, play_model
-from voiceaudit.probe.runner import send_frame
+from voiceaudit.probe.runner import fill_attrs, send_frame
 from voiceaudit.scenario import Overlap, Scenario, Turn
 from voiceaudit.targets.base import TargetSession
 from voiceaudit.trace_io import TraceWriter
@@ -300,6 +300,8 @@ class Conversation:
         self.target_index = first_turn
         self.ending: TurnState | None = None
         self._truncates: list[tuple[Segment, int]] = []
+        #: the target session, once run() has it
+        self._ts: TargetSession | None = None
         self.sink = ConversationSink(writer, sid, self)
         self.mic: list[tuple[int, np.ndarray[Any, Any]]] = []
         o = probe.options
@@ -424,6 +426,7 @@ class Conversation:
                 "text": None,
                 "frame_samples": self.frame,
                 "session_sample_offset": start,
+                **({} if self._ts is None else fill_attrs(self._ts)),
                 "scenario_session": self.script.name,
                 "scenario_turn": None if script is None else script.index,
                 "pauses": [list(p) for p in st.pauses],
@@ -517,6 +520,7 @@ class Conversation:
         return out.tobytes()
 
     async def run(self, ts: TargetSession) -> None:
+        self._ts = ts
         probe = self.probe
         o = probe.options
         self.rate = ts.input_rate

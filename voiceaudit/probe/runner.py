@@ -368,6 +368,13 @@ class _Sink:
         self.failed.set()
 
 
+def fill_attrs(ts: TargetSession) -> dict[str, int]:
+    """``turn.start``'s ``stream_fill_samples``, where the transport added silence of its own
+    to the session's audio before the turn (WebRTC's idle fill between turns)."""
+    fill = ts.stream_fill_samples()
+    return {"stream_fill_samples": fill} if fill else {}
+
+
 def connected(writer: TraceWriter, sid: str, t_ns: int, ts: TargetSession) -> None:
     """``session.connected``, with the probe's end of the session's TCP connection where it
     has one (so a capture's stalls of a sender with Nagle off can be ruled out)."""
@@ -698,8 +705,10 @@ class Probe:
                 "text": utt.text,
                 "frame_samples": frame,
                 # samples sent on this connection before this turn: the turn's sample a is
-                # the connection's sample session_sample_offset + a
+                # the connection's sample session_sample_offset + a (+ any silence the
+                # transport added on its own, below)
                 "session_sample_offset": sink.samples_sent,
+                **fill_attrs(ts),
             },
         )
         speech_end_ns = t0 + round(speech_end * ns_per_sample)

@@ -138,6 +138,12 @@ class TargetSession(ABC):
         truncated item's id, or None when the protocol has no such message."""
         return None
 
+    def stream_fill_samples(self) -> int:
+        """Samples of silence the transport added on its own to the outgoing audio so far
+        (WebRTC's track fills an idle microphone between turns), at the input rate: a
+        target counts them as part of the session's audio, the probe's own counts do not."""
+        return 0
+
     def connection(self) -> dict[str, Any] | None:
         """The session's one long-lived TCP connection, once open: ``local`` and ``remote``
         (``host:port``, ``[host]:port`` for IPv6, as a capture names endpoints) and

@@ -35,8 +35,9 @@ content type decides how it is read. Other options: ``datachannel`` (label, e.g.
 ``X-Voiceaudit-Stages: 1`` and the reference pipeline's ``voiceaudit.stage`` events become
 marks at its own times; ``off``), ``quiet_ms`` (600), ``threshold`` (linear peak for an
 audible frame, 0.003), ``connect_timeout`` (seconds, 10), ``mic`` (``continuous``, the
-default: silence fills the outgoing stream whenever the probe sends nothing for 40 ms, as
-a microphone would; ``frames``: only the probe's frames).
+default: between turns silence fills the outgoing stream whenever the probe sends nothing
+for 40 ms, as a microphone would, counted in ``turn.start``'s ``stream_fill_samples``;
+``frames``: only the probe's frames).
 """
 
 from __future__ import annotations
@@ -124,6 +125,8 @@ class WebRTCSession(TargetSession):
         self._pc: Any = None
         self._http: aiohttp.ClientSession | None = None
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        #: the outgoing track (its idle fill: hold_fill, fill_samples)
+        self._track: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._arrivals: dict[int, int] = {}
         self._ts_origin: int | None = None
@@ -208,9 +211,10 @@ class WebRTCSession(TargetSession):
             allow_loopback_ice()
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self._pc = pc
-        pc.addTrack(
-            _make_track(self._queue, fill_idle=self.config.option("mic", "continuous") != "frames")
+        self._track = _make_track(
+            self._queue, fill_idle=self.config.option("mic", "continuous") != "frames"
         )
+        pc.addTrack(self._track)
         label = self.config.options.get("datachannel")
         if label:
             channel = pc.createDataChannel(label)
@@ -461,7 +465,12 @@ class WebRTCSession(TargetSession):
         elif kind == "error":
             self.sink.mark("error", "error", t, {"message": str(ev.get("error"))[:200]})
 
+    def stream_fill_samples(self) -> int:
+        return 0 if self._track is None else int(self._track.fill_samples)
+
     async def start_turn(self, turn: int) -> None:
+        if self._track is not None:
+            self._track.hold_fill = True
         if self._in_turn:
             self._release()  # not ended: what is held is the previous turn's
         self._in_turn = True
@@ -475,6 +484,8 @@ class WebRTCSession(TargetSession):
         self._unmatched = 0
 
     async def end_turn(self) -> None:
+        if self._track is not None:
+            self._track.release_fill()
         if self._in_turn:
             self._release()  # the event never came: nothing received is lost
         self._in_turn = False
@@ -525,9 +536,13 @@ FILL_FRAME = RATE * 20 // 1000
 def _make_track(queue: asyncio.Queue[bytes | None], *, fill_idle: bool = True) -> Any:
     """An outgoing audio track that sends the frames the probe paces.
 
-    Like a microphone it never goes quiet on the wire: between the probe's frames (while a
-    reply plays, between turns) it sends silence every 20 ms, so the remote end's idle
-    watchers and jitter buffers see a live stream.
+    Like a microphone it never goes quiet on the wire: between the probe's frames (between
+    turns) it sends silence every 20 ms, so the remote end's idle watchers and jitter
+    buffers see a live stream. Not while a turn is on (``hold_fill``, from the session's
+    ``start_turn`` to its ``end_turn``: the probe's own frames, trailing silence included,
+    are the stream then), so a probe that falls 40 ms behind sends its frame late, as a late
+    microphone would, instead of slipping 20 ms of silence into the caller's speech; and
+    ``fill_samples`` (what it added) is exact at a turn's start.
     """
     import av
     from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
@@ -541,18 +556,34 @@ def _make_track(queue: asyncio.Queue[bytes | None], *, fill_idle: bool = True) -
             super().__init__()
             self._pts = 0
             self._next_fill: int | None = None
+            #: a turn is on: no idle fill (see above)
+            self.hold_fill = False
+            #: the silence this track added on its own, in samples
+            self.fill_samples = 0
+
+        def release_fill(self) -> None:
+            """The turn is over: idle fill resumes after ``IDLE_FILL_NS`` of quiet."""
+            self.hold_fill = False
+            if self._next_fill is not None:
+                self._next_fill = time.monotonic_ns() + IDLE_FILL_NS
 
         async def _next(self) -> bytes | None:
             if not fill_idle or self._next_fill is None:
                 return await queue.get()
-            wait = (self._next_fill - time.monotonic_ns()) / 1e9
-            try:
-                data = await asyncio.wait_for(queue.get(), max(0.0, wait))
-            except TimeoutError:
-                self._next_fill += FILL_FRAME * 1_000_000_000 // RATE
-                return silence
-            self._next_fill = time.monotonic_ns() + IDLE_FILL_NS
-            return data
+            while True:
+                wait = (self._next_fill - time.monotonic_ns()) / 1e9
+                try:
+                    data = await asyncio.wait_for(queue.get(), max(0.0, wait))
+                except TimeoutError:
+                    self._next_fill += FILL_FRAME * 1_000_000_000 // RATE
+                    if self.hold_fill:
+                        # look again a frame later (release_fill may come meanwhile)
+                        self._next_fill = max(self._next_fill, time.monotonic_ns())
+                        continue
+                    self.fill_samples += FILL_FRAME
+                    return silence
+                self._next_fill = time.monotonic_ns() + IDLE_FILL_NS
+                return data
 
         async def recv(self) -> Any:
             if self._next_fill is None and fill_idle:
