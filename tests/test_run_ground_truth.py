@@ -211,8 +211,9 @@ def test_session_sample_positions_match_the_servers_audio(
     """Where each turn's speech begins in the session's audio, as the probe accounts for it
     (``session_sample_offset`` + ``stream_fill_samples`` + the turn's speech start), is
     where the server's VAD found it in the audio it received (``speech_start_ms``, 10 ms
-    frames). Over WebRTC the track's silence between turns is part of that audio: before
-    it was counted, every turn after the first was off by the gaps' fill (~300 ms each)."""
+    frames). Over WebRTC the track's silence during replies and between turns is part of
+    that audio: before it was counted, every turn after the first was off by it (~280 ms
+    per turn here)."""
     traces, truth = recorded
     tr = traces[protocol]
     starts = {(e.session, e.turn): e for e in tr.events if e.name == "turn.start"}
@@ -239,7 +240,7 @@ def test_session_sample_positions_match_the_servers_audio(
         slack = 20.0 if protocol == "webrtc" and len(fills) == 1 else 0.0
         assert -10.0 <= got - at_ms <= 10.0 + slack, (turn, got, at_ms, fill)
     if protocol == "webrtc":
-        # the track filled every gap (300 ms) between turns, and only those
+        # the track filled the quiet after each turn (the probe stops sending at the reply)
         assert fills[0] == 0 and all(b > a for a, b in itertools.pairwise(fills))
     else:
         assert fills == [0] * len(UTTERANCES)

@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import itertools
 import shutil
+import socket
+import struct
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from voiceaudit.analysis.network import join_capture, probe_endpoints
 from voiceaudit.capture import analyze_capture
 from voiceaudit.cli import run
 from voiceaudit.reference.groundtruth import read_ground_truth
+from voiceaudit.trace_io import read_trace
 
 pytestmark = [
     pytest.mark.slow,
@@ -55,12 +60,33 @@ def wire_jitter_ms(wire: list[list[int]]) -> float:
     return float(np.mean(seen))
 
 
+def _other_rtp(stop: threading.Event) -> None:
+    """Another RTP stream on loopback, not the run's (as another WebRTC session on the host
+    would put in the capture): 20 ms packets between two sockets of its own."""
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with rx, tx:
+        seq = 0
+        while not stop.wait(0.02):
+            header = struct.pack("!BBHII", 0x80, 96, seq & 0xFFFF, seq * 960, 0x0BADCAFE)
+            tx.sendto(header + bytes(60), rx.getsockname())
+            seq += 1
+
+
 def test_rtp_jitter_and_loss_recovered(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    rc = run([
-        "run", "--protocol", "webrtc", "--capture", "--turns", "2", "--gap-ms", "200",
-        "--inject", "rtp-jitter=20ms", "--inject", "rtp-loss=5%", "--out", str(out),
-    ])  # fmt: skip
+    stop = threading.Event()
+    other = threading.Thread(target=_other_rtp, args=(stop,), daemon=True)
+    other.start()
+    try:
+        rc = run([
+            "run", "--protocol", "webrtc", "--capture", "--turns", "2", "--gap-ms", "200",
+            "--inject", "rtp-jitter=20ms", "--inject", "rtp-loss=5%", "--out", str(out),
+        ])  # fmt: skip
+    finally:
+        stop.set()
+        other.join(5)
     assert rc == 0
     turns = [r for r in read_ground_truth(out / "ground_truth.jsonl") if r.get("record") == "turn"]
     delays: list[int] = []
@@ -89,16 +115,25 @@ def test_rtp_jitter_and_loss_recovered(tmp_path: Path) -> None:
         count_marked=True,
         clock_rates={96: OPUS_CLOCK, 111: OPUS_CLOCK},
     )
-    # Two streams, both continuous: the probe's (no faults on loopback) and the server's,
-    # which the injection made lose packets.
-    assert len(report.rtp_streams) == 2
-    server = max(report.rtp_streams, key=lambda s: s.lost)
+    # The capture also holds the other stream; the trace names the probe's ICE endpoint,
+    # and the report's capture join keeps the run's own two streams, both continuous: the
+    # probe's (no faults on loopback) and the server's, which the injection made lose
+    # packets.
+    media = probe_endpoints(read_trace(out / "trace.jsonl"), "udp")
+    assert len(media) == 1
+    ours = [s for s in report.rtp_streams if s.src in media or s.dst in media]
+    assert len(ours) == 2
+    assert any(s.ssrc == 0x0BADCAFE for s in report.rtp_streams)
+    join = join_capture(read_trace(out / "trace.jsonl"), out / "capture.pcapng")
+    assert sorted(s["ssrc"] for s in join.rtp_streams) == sorted(s.ssrc_hex for s in ours)
+    assert any("left out" in w for w in join.warnings), join.warnings
+    server = max(ours, key=lambda s: s.lost)
     assert server.mean_jitter_ms is not None
     measured_loss = server.lost / server.expected * 100
     assert abs(measured_loss - truth_loss) <= 1.0, (measured_loss, truth_loss)
     assert abs(server.mean_jitter_ms - truth_mean) <= 0.5, (server.mean_jitter_ms, truth_mean)
     assert server.mean_jitter_ms >= intended_mean - 0.5, (server.mean_jitter_ms, intended_mean)
     # and the probe's own stream, untouched, shows no loss and little jitter
-    probe = min(report.rtp_streams, key=lambda s: s.lost)
+    probe = min(ours, key=lambda s: s.lost)
     assert probe.lost == 0
     assert probe.mean_jitter_ms is not None and probe.mean_jitter_ms < truth_mean

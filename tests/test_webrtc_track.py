@@ -1,6 +1,7 @@
-"""The WebRTC target's outgoing track: silence fills an idle microphone between turns, never
-a turn's own stream, and what it added is counted (real aiortc track, real asyncio timing:
-every bound here is one-sided, a busy machine only makes the probe's frames later)."""
+"""The WebRTC target's outgoing track: silence fills an idle microphone (a reply playing,
+between turns), never while a turn's speech goes out, and what it added is counted (real
+aiortc track, real asyncio timing: every bound here is one-sided, a busy machine only makes
+the probe's frames later)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ def test_idle_microphone_is_filled_and_counted() -> None:
 
 
 def test_no_fill_inside_a_turn() -> None:
-    # the probe fell 200 ms behind within a turn: its frame goes out late, nothing between
+    # the probe fell 200 ms behind within a turn's speech: its frame goes out late, nothing
+    # between
     got, added = _frames(hold=True, pause_s=0.2)
     assert got == [True, True] and added == 0

@@ -22,7 +22,10 @@ Packet times are mapped onto the probe's monotonic clock through the trace's anc
   not as a stall;
 - connections set up inside the turn (TCP connect, TLS handshake): ``connection_setup``.
 
-WebRTC media (RTP) is reported per stream instead; its reply is a continuous stream.
+WebRTC media (RTP) is reported per stream instead; its reply is a continuous stream. Where
+the trace names the probe's ICE endpoints (``session.connected`` with ``transport: "udp"``),
+only the streams to or from them are the run's: others in the capture are left out, with
+a warning.
 """
 
 from __future__ import annotations
@@ -180,12 +183,23 @@ def probe_nodelay_endpoints(trace: Trace) -> frozenset[str]:
     from ``session.connected`` (traces from before it carried them have none)."""
     return frozenset(
         str(e.attrs["local"])
-        for e in trace.events
-        if e.source == "probe"
-        and e.name == "session.connected"
-        and e.attrs.get("tcp_nodelay") is True
-        and e.attrs.get("local")
+        for e in _connected(trace)
+        if e.attrs.get("tcp_nodelay") is True and e.attrs.get("local")
     )
+
+
+def probe_endpoints(trace: Trace, transport: str) -> frozenset[str]:
+    """The probe's ends of its sessions' ``transport`` (``"udp"``: WebRTC's ICE pair)
+    connections, from ``session.connected``."""
+    return frozenset(
+        str(e.attrs["local"])
+        for e in _connected(trace)
+        if e.attrs.get("transport") == transport and e.attrs.get("local")
+    )
+
+
+def _connected(trace: Trace) -> list[Any]:
+    return [e for e in trace.events if e.source == "probe" and e.name == "session.connected"]
 
 
 def join_capture(
@@ -273,6 +287,16 @@ def join_capture(
                 session, turn, wire, app, stalls, held, retrans, tuple(connects), rdelay, ruled_out
             )
         )
+    # RTP of the run's own media only, where the trace names the probe's ICE endpoints: a
+    # loopback capture also holds any other WebRTC session on the host
+    media = probe_endpoints(trace, "udp")
+    streams = [s for s in report.rtp_streams if not media or s.src in media or s.dst in media]
+    warnings = list(report.warnings)
+    if len(streams) < len(report.rtp_streams):
+        warnings.append(
+            f"{len(report.rtp_streams) - len(streams)} RTP stream(s) of other endpoints in the "
+            "capture left out (not this run's media)"
+        )
     rtp = tuple(
         {
             "ssrc": s.ssrc_hex,
@@ -283,6 +307,6 @@ def join_capture(
             "mean_jitter_ms": None if s.mean_jitter_ms is None else round(s.mean_jitter_ms, 3),
             "max_jitter_ms": None if s.max_jitter_ms is None else round(s.max_jitter_ms, 3),
         }
-        for s in report.rtp_streams
+        for s in streams
     )
-    return NetworkJoin(str(pcap), tuple(out), rtp, tuple(report.warnings))
+    return NetworkJoin(str(pcap), tuple(out), rtp, tuple(warnings))

@@ -145,10 +145,11 @@ class TargetSession(ABC):
         return 0
 
     def connection(self) -> dict[str, Any] | None:
-        """The session's one long-lived TCP connection, once open: ``local`` and ``remote``
-        (``host:port``, ``[host]:port`` for IPv6, as a capture names endpoints) and
-        ``tcp_nodelay`` (whether Nagle's algorithm is off on the probe's socket). None
-        where a session has no such connection (HTTP requests from a pool, WebRTC)."""
+        """The session's one long-lived connection, once open: ``local`` and ``remote``
+        (``host:port``, ``[host]:port`` for IPv6, as a capture names endpoints), and for TCP
+        ``tcp_nodelay`` (whether Nagle's algorithm is off on the probe's socket), for UDP
+        (WebRTC's selected ICE pair) ``transport: "udp"``. None where a session has no such
+        connection (HTTP requests from a pool, an in-process target)."""
         return None
 
     @abstractmethod
@@ -169,10 +170,13 @@ def socket_facts(sock: Any) -> dict[str, Any] | None:
     except OSError:
         return None
 
-    def ep(addr: Any) -> str:
-        return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
+    return {"local": endpoint_name(local), "remote": endpoint_name(remote), "tcp_nodelay": nodelay}
 
-    return {"local": ep(local), "remote": ep(remote), "tcp_nodelay": nodelay}
+
+def endpoint_name(addr: Any) -> str:
+    """``host:port`` (``[host]:port`` for IPv6) of a socket address, as a capture names it."""
+    host, port = str(addr[0]), int(addr[1])
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class Target(ABC):

@@ -35,8 +35,9 @@ content type decides how it is read. Other options: ``datachannel`` (label, e.g.
 ``X-Voiceaudit-Stages: 1`` and the reference pipeline's ``voiceaudit.stage`` events become
 marks at its own times; ``off``), ``quiet_ms`` (600), ``threshold`` (linear peak for an
 audible frame, 0.003), ``connect_timeout`` (seconds, 10), ``mic`` (``continuous``, the
-default: between turns silence fills the outgoing stream whenever the probe sends nothing
-for 40 ms, as a microphone would, counted in ``turn.start``'s ``stream_fill_samples``;
+default: silence fills the outgoing stream whenever the probe sends nothing for 40 ms (while
+a reply plays, between turns, never inside a turn's speech), as a microphone would, counted
+in ``turn.start``'s ``stream_fill_samples``;
 ``frames``: only the probe's frames).
 """
 
@@ -57,7 +58,13 @@ import aiohttp
 import numpy as np
 
 from voiceaudit.errors import TargetError, missing_extra
-from voiceaudit.targets.base import Target, TargetConfig, TargetSession, TargetSink
+from voiceaudit.targets.base import (
+    Target,
+    TargetConfig,
+    TargetSession,
+    TargetSink,
+    endpoint_name,
+)
 from voiceaudit.targets.stages import STAGE_EVENT, STAGES_HEADER, stage_mark, wants_stage_events
 
 RATE = 48000
@@ -465,6 +472,17 @@ class WebRTCSession(TargetSession):
         elif kind == "error":
             self.sink.mark("error", "error", t, {"message": str(ev.get("error"))[:200]})
 
+    def connection(self) -> dict[str, Any] | None:
+        """The selected ICE pair (the media's UDP endpoints), from aioice's nominated pair
+        (not public API: None when it cannot be read)."""
+        try:
+            ice = self._pc.getSenders()[0].transport.transport
+            pair = ice._connection._nominated.get(1)
+            local, remote = pair.local_addr, pair.remote_addr
+        except Exception:
+            return None
+        return {"local": endpoint_name(local), "remote": endpoint_name(remote), "transport": "udp"}
+
     def stream_fill_samples(self) -> int:
         return 0 if self._track is None else int(self._track.fill_samples)
 
@@ -483,8 +501,14 @@ class WebRTCSession(TargetSession):
         self._jb_delays = []
         self._unmatched = 0
 
-    async def end_turn(self) -> None:
+    async def speech_ended(self) -> None:
+        # the turn's speech is out: what follows is trailing silence and the reply, which an
+        # idle microphone's fill may pad (counted, for the next turn's stream_fill_samples)
         if self._track is not None:
+            self._track.release_fill()
+
+    async def end_turn(self) -> None:
+        if self._track is not None and self._track.hold_fill:
             self._track.release_fill()
         if self._in_turn:
             self._release()  # the event never came: nothing received is lost
@@ -538,9 +562,9 @@ def _make_track(queue: asyncio.Queue[bytes | None], *, fill_idle: bool = True) -
 
     Like a microphone it never goes quiet on the wire: between the probe's frames (between
     turns) it sends silence every 20 ms, so the remote end's idle watchers and jitter
-    buffers see a live stream. Not while a turn is on (``hold_fill``, from the session's
-    ``start_turn`` to its ``end_turn``: the probe's own frames, trailing silence included,
-    are the stream then), so a probe that falls 40 ms behind sends its frame late, as a late
+    buffers see a live stream. Not while a turn's speech is going out (``hold_fill``, from
+    the session's ``start_turn`` to its ``speech_ended``: the probe's own frames are the
+    stream then), so a probe that falls 40 ms behind sends its frame late, as a late
     microphone would, instead of slipping 20 ms of silence into the caller's speech; and
     ``fill_samples`` (what it added) is exact at a turn's start.
     """
