@@ -187,6 +187,26 @@ def _unacked(sock: socket.socket) -> int:
     return int(struct.unpack_from("I", info, 24)[0])
 
 
+def _delayed_ack_reader(srv: socket.socket, received: list[int]) -> threading.Thread:
+    """A thread that accepts one connection on ``srv`` and reads it to the end with delayed
+    ACKs (no quick-ACK phase: not a permanent setting, so set before every read), noting
+    each read's length in ``received``."""
+
+    def serve() -> None:
+        a, _ = srv.accept()
+        while True:
+            a.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)
+            data = a.recv(4096)
+            if not data:
+                break
+            received.append(len(data))
+        a.close()
+
+    th = threading.Thread(target=serve)
+    th.start()
+    return th
+
+
 def test_a_late_write_right_after_a_delayed_ack_is_no_stall(tmp_path: Path) -> None:
     """A caller that streams small frames with TCP_NODELAY and writes one frame late, just
     after the peer's delayed ACK: on the wire that is a delayed ACK followed at once by
@@ -195,24 +215,10 @@ def test_a_late_write_right_after_a_delayed_ack_is_no_stall(tmp_path: Path) -> N
     setup, recorded with the caller's write times: the write began 0.48 ms after the ACK
     and was on the wire 32 us later.) The sender's other frames show it has Nagle off."""
     srv, port = listener()
-    total = 0
-
-    def server() -> None:
-        nonlocal total
-        a, _ = srv.accept()
-        while True:
-            # Delayed ACKs from the start (no quick-ACK phase); not a permanent setting.
-            a.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)
-            data = a.recv(4096)
-            if not data:
-                break
-            total += len(data)
-        a.close()
-
+    received: list[int] = []
     out = tmp_path / "late.pcapng"
     with Dumpcap(out, interface="lo", capture_filter=f"tcp port {port}"):
-        th = threading.Thread(target=server)
-        th.start()
+        th = _delayed_ack_reader(srv, received)
         c = socket.create_connection(("127.0.0.1", port))
         c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         time.sleep(0.05)
@@ -231,7 +237,7 @@ def test_a_late_write_right_after_a_delayed_ack_is_no_stall(tmp_path: Path) -> N
         time.sleep(0.05)
         c.close()
         th.join(10)
-    assert total == 5 * 4 * 300 + 2 * 300
+    assert sum(received) == 5 * 4 * 300 + 2 * 300
     # How soon after the ACK this thread got to write is up to the scheduler (on a loaded
     # machine often more than the 2 ms a pure-ACK release may take), so the release
     # window is widened to 50 ms for the comparison; it changes nothing else.
@@ -264,25 +270,12 @@ def test_a_late_write_of_the_probes_nagle_off_socket_is_no_stall(tmp_path: Path)
     from voiceaudit.trace_io import TraceWriter, read_trace
 
     srv, port = listener()
-    total = 0
-
-    def server() -> None:
-        nonlocal total
-        a, _ = srv.accept()
-        while True:
-            a.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)
-            data = a.recv(4096)
-            if not data:
-                break
-            total += len(data)
-        a.close()
-
+    received: list[int] = []
     out = tmp_path / "late.pcapng"
     clock = MonotonicClock()
     traces = {}
     with Dumpcap(out, interface="lo", capture_filter=f"tcp port {port}"):
-        th = threading.Thread(target=server)
-        th.start()
+        th = _delayed_ack_reader(srv, received)
         c = socket.create_connection(("127.0.0.1", port))
         c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         facts = socket_facts(c)
@@ -312,7 +305,7 @@ def test_a_late_write_of_the_probes_nagle_off_socket_is_no_stall(tmp_path: Path)
             w.event("s0", 0, start, "probe", "turn", "turn.start")
             w.event("s0", 0, end, "probe", "turn", "turn.end", {"ok": True})
             w.close(anchor=take_anchor(clock))
-    assert total == 5 * 2 * 300
+    assert sum(received) == 5 * 2 * 300
     # the release window widened as in the test above (this thread's writes may come late)
     wide = StallParams(release_ns=50 * MS)
     # A trace without the socket's facts (written before they were recorded): stalls.
