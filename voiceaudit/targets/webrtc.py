@@ -37,8 +37,7 @@ marks at its own times; ``off``), ``quiet_ms`` (600), ``threshold`` (linear peak
 audible frame, 0.003), ``connect_timeout`` (seconds, 10), ``mic`` (``continuous``, the
 default: silence fills the outgoing stream whenever the probe sends nothing for 40 ms (while
 a reply plays, between turns, never inside a turn's speech), as a microphone would, counted
-in ``turn.start``'s ``stream_fill_samples``;
-``frames``: only the probe's frames).
+in ``turn.start``'s ``stream_fill_samples``; ``frames``: only the probe's frames).
 """
 
 from __future__ import annotations
@@ -560,13 +559,13 @@ FILL_FRAME = RATE * 20 // 1000
 def _make_track(queue: asyncio.Queue[bytes | None], *, fill_idle: bool = True) -> Any:
     """An outgoing audio track that sends the frames the probe paces.
 
-    Like a microphone it never goes quiet on the wire: between the probe's frames (between
-    turns) it sends silence every 20 ms, so the remote end's idle watchers and jitter
-    buffers see a live stream. Not while a turn's speech is going out (``hold_fill``, from
-    the session's ``start_turn`` to its ``speech_ended``: the probe's own frames are the
-    stream then), so a probe that falls 40 ms behind sends its frame late, as a late
-    microphone would, instead of slipping 20 ms of silence into the caller's speech; and
-    ``fill_samples`` (what it added) is exact at a turn's start.
+    Like a microphone it never goes quiet on the wire: between the probe's frames (while a
+    reply plays, between turns) it sends silence every 20 ms, so the remote end's idle
+    watchers and jitter buffers see a live stream. Not while a turn's speech is going out
+    (``hold_fill``, from the session's ``start_turn`` to its ``speech_ended``: the probe's
+    own frames are the stream then), so a probe that falls 40 ms behind sends its frame
+    late, as a late microphone would, instead of slipping 20 ms of silence into the
+    caller's speech; and ``fill_samples`` (what it added) is exact at a turn's start.
     """
     import av
     from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
@@ -580,13 +579,13 @@ def _make_track(queue: asyncio.Queue[bytes | None], *, fill_idle: bool = True) -
             super().__init__()
             self._pts = 0
             self._next_fill: int | None = None
-            #: a turn is on: no idle fill (see above)
+            #: a turn's speech is going out: no idle fill (see above)
             self.hold_fill = False
             #: the silence this track added on its own, in samples
             self.fill_samples = 0
 
         def release_fill(self) -> None:
-            """The turn is over: idle fill resumes after ``IDLE_FILL_NS`` of quiet."""
+            """The turn's speech is out: idle fill resumes after ``IDLE_FILL_NS`` of quiet."""
             self.hold_fill = False
             if self._next_fill is not None:
                 self._next_fill = time.monotonic_ns() + IDLE_FILL_NS
