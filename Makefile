@@ -9,11 +9,12 @@ SUDO    = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup system demo test lint typecheck unit clean
 
+# tshark: packet capture and dissection; chromium: the report's headless-browser check
 system:
-	@command -v tshark >/dev/null 2>&1 || { \
-	  echo "installing tshark (Debian package) ..."; \
+	@command -v tshark >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing tshark and chromium (Debian packages) ..."; \
 	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq tshark >/dev/null; }
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq tshark chromium >/dev/null; }
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

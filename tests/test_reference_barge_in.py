@@ -430,7 +430,8 @@ class TestPaced:
     """Realtime and raw PCM (``slow-audio=1.0`` servers)."""
 
     @pytest.fixture(scope="class")
-    def servers(self) -> Iterator[dict[str, Served]]:
+    @classmethod
+    def servers(cls) -> Iterator[dict[str, Served]]:
         yield from _servers(PACED)
 
     @pytest.mark.parametrize("protocol", ["pcm", "realtime"])
@@ -447,7 +448,8 @@ class TestPaced:
 
 class TestWebRTC:
     @pytest.fixture(scope="class")
-    def servers(self) -> Iterator[dict[str, Served]]:
+    @classmethod
+    def servers(cls) -> Iterator[dict[str, Served]]:
         pytest.importorskip("aiortc")
         yield from _servers(TRACK)
 
@@ -459,7 +461,8 @@ class TestWebRTC:
 
 class TestEndpointing:
     @pytest.fixture(scope="class")
-    def servers(self) -> Iterator[dict[str, Served]]:
+    @classmethod
+    def servers(cls) -> Iterator[dict[str, Served]]:
         yield from _servers(ENDPOINTING)
 
     @pytest.mark.parametrize("protocol", ["pcm", "realtime", "webrtc"])
