@@ -189,24 +189,32 @@ def register(app: typer.Typer) -> None:
         trace_path = out_dir / "trace.jsonl"
         if trace_path.exists():
             raise UsageError(f"{trace_path} exists already", hint="choose another --out")
-        result = asyncio.run(
-            _run(
-                target,
-                protocol,
-                topts,
-                headers,
-                api_key_env,
-                inject,
-                utterances,
-                options,
-                trace_path,
-                as_json,
-                capture,
-                impairment=impairment,
-                scenario=script,
-                run_config=run_config,
+        try:
+            result = asyncio.run(
+                _run(
+                    target,
+                    protocol,
+                    topts,
+                    headers,
+                    api_key_env,
+                    inject,
+                    utterances,
+                    options,
+                    trace_path,
+                    as_json,
+                    capture,
+                    impairment=impairment,
+                    scenario=script,
+                    run_config=run_config,
+                )
             )
-        )
+        except asyncio.CancelledError:
+            # The last resort (a third Ctrl-C, or a second that did not end the run in
+            # time): the trace is closed `interrupted`, the turns in flight are lost.
+            err_console().print(
+                "[yellow]interrupted[/]: stopped at once; the trace keeps every finished turn"
+            )
+            raise typer.Exit(ExitCode.INTERRUPTED) from None
         summary = result.summary()
         if as_json:
             print(json.dumps(summary, indent=2))
@@ -216,6 +224,11 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(ExitCode.INTERRUPTED)
         if not result.ok_turns:
             raise typer.Exit(ExitCode.FAILED)
+
+
+#: after the second Ctrl-C, how long the turns in flight get to end as failed turns before
+#: the run is cancelled outright (a connect or close that hangs)
+CUT_GRACE_S = 5.0
 
 
 async def _run(
@@ -287,17 +300,40 @@ async def _run(
         loop = asyncio.get_running_loop()
         interrupts = 0
 
+        def _cancel_all() -> None:
+            for task in asyncio.all_tasks(loop):
+                task.cancel()
+
+        def _cut() -> None:
+            probe.cut()
+            loop.call_later(CUT_GRACE_S, _cancel_all)
+
         def _on_sigint() -> None:
+            # 1st: no new turn, the turns in flight finish; 2nd: cut them (failed turns,
+            # failure `interrupted`); 3rd: cancel at once.
             nonlocal interrupts
             interrupts += 1
-            probe.stop()
-            if interrupts > 1:
-                for task in asyncio.all_tasks(loop):
-                    task.cancel()
+            if interrupts == 1:
+                probe.stop()
+                err_console().print(
+                    "[yellow]stopping[/]: the turns in flight finish, no new turn starts "
+                    "(Ctrl-C again to cut them)"
+                )
+            elif interrupts == 2:
+                err_console().print("[yellow]stopping now[/]: the turns in flight are cut")
+                _cut()
+            else:
+                _cancel_all()
+
+        def _on_sigterm() -> None:
+            # A service manager's stop: what a second Ctrl-C does.
+            nonlocal interrupts
+            interrupts = max(interrupts, 2)
+            _cut()
 
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGINT, _on_sigint)
-            loop.add_signal_handler(signal.SIGTERM, _on_sigint)
+            loop.add_signal_handler(signal.SIGTERM, _on_sigterm)
         err_console().print(
             f"[dim]voiceaudit run → {config.describe()['url']} ({proto}); trace: {trace_path}[/]"
         )
@@ -453,8 +489,16 @@ class _ProgressObserver:
                 f"  {result.session} turn {result.turn}: voice-to-voice {v:7.1f} ms{tag}"
             )
         else:
+            from rich.markup import escape
+
+            from voiceaudit.failures import FAILURE_LABELS, failure_kind
+
+            label = FAILURE_LABELS[failure_kind(result.reason, result.failure)]
+            heard = result.informative_voice_to_voice_ns
+            extra = "" if heard is None else f" (reply heard at {heard / 1e6:.1f} ms, not counted)"
             self.console.print(
-                f"  {result.session} turn {result.turn}: [red]failed[/] — {result.reason}",
+                f"  {result.session} turn {result.turn}: [red]failed[/] ({label}) — "
+                f"{escape(result.reason or '')}{extra}",
                 highlight=False,
             )
 
@@ -472,6 +516,15 @@ def _print_summary(summary: dict[str, Any]) -> None:
         f"turns: {summary['turns']} (ok {summary['ok']}, failed {summary['failed']}, "
         f"warm-up {summary['warmup']})"
     )
+    by_kind = summary.get("failed_by_kind")
+    if by_kind:
+        from voiceaudit.failures import FAILURE_LABELS
+
+        err_console().print(
+            f"{summary['failed']} failed: "
+            + ", ".join(f"{n} {FAILURE_LABELS.get(k, k)}" for k, n in by_kind.items()),
+            highlight=False,
+        )
     if v:
         out.print(
             f"voice-to-voice: p50 {v['p50']:.1f} ms, p95 {v['p95']:.1f} ms "
@@ -512,6 +565,6 @@ def _print_summary(summary: dict[str, Any]) -> None:
             )
         )
     for f in summary["failures"][:10]:
-        out.print(f"failed: {f['session']} turn {f['turn']}: {f['reason']}")
+        out.print(f"failed: {f['session']} turn {f['turn']} ({f['failure']}): {f['reason']}")
     out.print(f"trace: {summary['trace']}")
     out.print(f"next: voiceaudit report {summary['trace']}")

@@ -577,8 +577,8 @@ class _Session:
         self._inbox.put_nowait(end)
 
     def stop(self) -> None:
-        """Ask the probe to stop after the turn in flight (that turn ends "interrupted")."""
-        self._loop.call(self._probe.stop)
+        """Stop the probe now: the turn in flight ends "interrupted" (``Probe.cut``)."""
+        self._loop.call(self._probe.cut)
 
     def wait(self, seconds: float) -> bool:
         """Wait (cooperatively) up to ``seconds`` for the run's end; True when it ended."""

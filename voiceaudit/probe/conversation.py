@@ -282,6 +282,7 @@ class Conversation:
         sid: str,
         writer: TraceWriter,
         first_turn: int = 0,
+        turns: list[Turn] | None = None,
     ) -> None:
         self.probe = probe
         self.scenario = scenario
@@ -292,6 +293,11 @@ class Conversation:
         self.turns: list[TurnState] = []
         self.input_turn: TurnState | None = None
         self.next_index = first_turn
+        #: the scripted turns not yet started (a reconnected session goes on from these)
+        self.pending: list[Turn] = list(self.script.turns if turns is None else turns)
+        #: a turn timed out: the target stopped answering on this connection, so the next
+        #: scripted turn waits for a new one (a late reply would be taken for its reply)
+        self.stale = False
         self.reply_changed = False
         #: the verdict of the last ``reply.stop`` written for a sound
         self._false_interruption: bool | None = None
@@ -527,26 +533,29 @@ class Conversation:
         self.frame = max(1, self.rate * o.frame_ms // 1000)
         self.nsps = NS_PER_S / (self.rate * o.speed)
         clock = probe.clock
-        for turn in self.script.turns:  # resample every clip before the clock starts
+        pending = self.pending
+        for turn in pending:  # resample every clip before the clock starts
             self._pcm(turn.say.samples)
             for ov in turn.during_reply:
                 self._pcm(ov.samples)
         self.t0 = probe._phased(clock.now_ns() + 5 * NS_PER_MS, self.slot, self.frame * self.nsps)
-        pending = list(self.script.turns)
         pos = 0
         sink = self.sink
         await ts.start_turn(self.next_index)
         while True:
             live = [st for st in self.turns if not st.closed]
             if not live:
-                if not pending or probe._stop.is_set() or probe._winding_down.is_set():
+                # After the first Ctrl-C the turns in flight finish; none starts.
+                if not pending or self.stale or probe._stop.is_set():
+                    break
+                if probe._winding_down.is_set():
                     break
                 if self.t_of(pos) >= self.next_start_ns:
                     live = [self._start_scripted(pending.pop(0), pos)]
             b = pos + self.frame
             deadline = self.t_of(b)
             await probe.pacer.wait_until(deadline)
-            if sink.failed or probe._stop.is_set():
+            if sink.failed or probe._cut.is_set():
                 break
             data = self._frame(pos, b)
             t = clock.now_ns()
@@ -558,16 +567,16 @@ class Conversation:
                 await self._sent(ts, owner, t, pos, b, deadline)
             pos = b
             await self._after_frame(ts, pos, live)
-        # Whatever is still open failed or was stopped.
+        # Whatever is still open failed or was cut.
         for st in self.turns:
             if not st.closed:
                 await self._close(st)
-        if sink.failed:
-            for _ in pending:
-                probe._record_failed(
-                    self.writer, self.sid, self.next_index, sink.failure or "session broke"
-                )
-                self.next_index += 1
+        if sink.failed and not self.turns and pending:
+            # Broken before its first turn: that turn fails here, so a session that breaks
+            # at once on every connection still comes to an end.
+            pending.pop(0)
+            probe._record_failed(self.writer, self.sid, self.next_index, sink.failure or "failed")
+            self.next_index += 1
 
     async def _sent(
         self, ts: TargetSession, st: TurnState, t: int, a: int, b: int, deadline: int
@@ -605,7 +614,8 @@ class Conversation:
         self._truncates.clear()
         for st in live:
             if (
-                st.main is not None
+                not self.probe._stop.is_set()  # stopping: no overlap opens a new turn
+                and st.main is not None
                 and st.main.heard_ns is not None
                 and not st.overlaps_placed
                 and st.script is not None
@@ -712,14 +722,15 @@ class Conversation:
             if st.truncate is not None:
                 self._write_truncate(st, main)
         chunks = main.chunks if main is not None else []
-        failure = self.sink.failure if self.sink.failed else None
+        # A failure after this turn's reply was done ends the connection, not the turn.
+        failed = self.sink.failed and not st.reply_done
         result = probe._close_reply(
             w,
             sid,
             st.index,
             chunks,
-            failure=failure,
-            failed=self.sink.failed,
+            failure=self.sink.failure if failed else None,
+            failed=failed,
             done=main is not None and main.done_ns is not None,
             speech_end_ns=st.speech_end_ns,
             warm=st.warm,
@@ -740,6 +751,8 @@ class Conversation:
             end = max(end, _played(main.chunks, self.model, self.depth_ns)[0].end_ns)
         gap = st.script.gap_ns if st.script is not None else self._gap_after(st)
         self.next_start_ns = max(self.next_start_ns, end + gap)
+        if result.failure == "timeout":
+            self.stale = True
         await w.commit_async()
         self._finish(result)
 

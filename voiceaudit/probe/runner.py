@@ -28,6 +28,7 @@ import numpy as np
 from voiceaudit import __version__
 from voiceaudit.clock import NS_PER_MS, NS_PER_S, MonotonicClock, take_anchor
 from voiceaudit.errors import TargetError, UsageError
+from voiceaudit.failures import FAILURE_KINDS, failure_kind
 from voiceaudit.model import Header
 from voiceaudit.probe.pacing import BROKE_NS, P99_GOAL_NS, Pacer, PacingHistogram, pacing_attrs
 from voiceaudit.probe.playout import PLAYOUT_MODELS, Chunk, play_model, playout_name
@@ -184,6 +185,11 @@ class TurnResult:
     #: scenario runs: sounds placed over this turn's reply, and how many stopped it
     sounds: int = 0
     false_interruptions: int = 0
+    #: a failed turn's kind (one of ``voiceaudit.failures.FAILURE_KINDS``); None when ok
+    failure: str | None = None
+    #: a failed turn whose reply was heard before the fault: its voice-to-voice, kept as
+    #: an informative figure (never in statistics)
+    informative_voice_to_voice_ns: int | None = None
 
     @property
     def pacing_broke(self) -> bool:
@@ -275,6 +281,14 @@ class RunResult:
     def failed_turns(self) -> list[TurnResult]:
         return [t for t in self.turns if not t.ok]
 
+    def failures_by_kind(self) -> dict[str, int]:
+        """Failed turns per failure kind, in ``FAILURE_KINDS`` order (kinds with none left
+        out)."""
+        counts = {k: 0 for k in FAILURE_KINDS}
+        for t in self.failed_turns:
+            counts[failure_kind(t.reason, t.failure)] += 1
+        return {k: n for k, n in counts.items() if n}
+
     def summary(self) -> dict[str, Any]:
         v2v = [t.voice_to_voice_ns for t in self.turns if t.ok and not t.warmup]
         vals = np.array([v for v in v2v if v is not None], dtype=np.float64) / NS_PER_MS
@@ -286,8 +300,14 @@ class RunResult:
             "warmup": sum(1 for t in self.turns if t.warmup),
             "interrupted": self.interrupted,
             "voice_to_voice_ms": None,
+            "failed_by_kind": self.failures_by_kind(),
             "failures": [
-                {"session": t.session, "turn": t.turn, "reason": t.reason}
+                {
+                    "session": t.session,
+                    "turn": t.turn,
+                    "failure": failure_kind(t.reason, t.failure),
+                    "reason": t.reason,
+                }
                 for t in self.failed_turns
             ],
             "pacing": self.pacing_summary(),
@@ -331,8 +351,14 @@ class _Sink:
         self.chunks: list[tuple[int, bytes, int, int]] = []
         self.first_audio = asyncio.Event()
         self.done = asyncio.Event()
+        #: the target has signalled the end of a reply on this connection: from then on a
+        #: reply that goes quiet without that signal stalled
+        self.done_seen = False
         self.failure: str | None = None
         self.failed = asyncio.Event()
+        #: the failure came after the turn's reply was done, or between turns: it ends the
+        #: connection, not the turn
+        self.failed_late = False
         self.last_audio_ns = 0
         self.late_chunks = 0
         self.samples_sent = 0
@@ -360,11 +386,13 @@ class _Sink:
         self.first_audio.set()
 
     def reply_done(self, t_ns: int) -> None:
+        self.done_seen = True
         self.done.set()
 
     def fail(self, reason: str) -> None:
         if self.failure is None:
             self.failure = reason
+            self.failed_late = self.turn is None or self.done.is_set()
         self.failed.set()
 
 
@@ -429,7 +457,10 @@ class Probe:
         self.pacer = Pacer()
         self.result = RunResult(trace_path)
         self.run_config = run_config or {}
+        #: no new turn starts (first Ctrl-C); the turns in flight finish
         self._stop = asyncio.Event()
+        #: the turns in flight end now, failed ``interrupted`` (second Ctrl-C)
+        self._cut = asyncio.Event()
         #: set when a ramp's profile is over: no new turns, the ones in flight finish
         self._winding_down = asyncio.Event()
         #: sessions running now (connected or connecting, not yet closed)
@@ -440,8 +471,15 @@ class Probe:
         self._epoch_ns = self.clock.now_ns()
 
     def stop(self) -> None:
-        """Ask the run to stop after the turns in flight (Ctrl-C)."""
+        """Ask the run to stop after the turns in flight (the first Ctrl-C): no new turn
+        starts; each turn in flight ends as it would have (its reply, its timeout)."""
         self._stop.set()
+
+    def cut(self) -> None:
+        """Stop now (the second Ctrl-C): the turns in flight end at once, as failed turns
+        of kind ``interrupted`` (what they received is kept), and no new turn starts."""
+        self._stop.set()
+        self._cut.set()
 
     def _header(self) -> Header:
         o = self.options
@@ -577,7 +615,9 @@ class Probe:
                 await ts.open()
             except TargetError as exc:
                 session_failed(writer, sid, self.clock.now_ns(), exc)
-                self._record_failed(writer, sid, turn, f"connect failed: {exc.message}")
+                self._record_failed(
+                    writer, sid, turn, f"connect failed: {exc.message}", "connect_failed"
+                )
                 writer.commit()
                 turn += 1
                 if not self.result.ok_turns and conn == 1 and slot == 0:
@@ -594,41 +634,72 @@ class Probe:
                     if not healthy:
                         break
                     await self._sleep(self.options.gap_ms / 1000)
+                    if sink.failed.is_set():
+                        break  # broke between turns: the next turn gets a new connection
             finally:
+                with contextlib.suppress(Exception):
+                    await ts.close()
+                writer.event(
+                    sid,
+                    None,
+                    self.clock.now_ns(),
+                    "probe",
+                    "session",
+                    "session.closed",
+                    None if sink.failure is None else {"reason": sink.failure},
+                )
+                writer.commit()
+
+    async def _conversation(self, slot: int, writer: TraceWriter) -> None:
+        """One scenario session (voiceaudit.probe.conversation): on one connection while it
+        works; after a failed or timed-out turn the script goes on, from its next turn, on a
+        new connection (session id ``s<slot>.<n>``), as a plain run's sessions do."""
+        from voiceaudit.probe.conversation import Conversation
+
+        assert self.scenario is not None
+        base = f"{self.options.session_prefix}s{slot}"
+        pending = list(self.scenario.sessions[slot].turns)
+        index = 0
+        conn = 0
+        while pending and not (self._stop.is_set() or self._winding_down.is_set()):
+            sid = base if conn == 0 else f"{base}.{conn}"
+            conn += 1
+            conv = Conversation(
+                self, self.scenario, slot, sid, writer, first_turn=index, turns=pending
+            )
+            ts = self.target.session(conv.sink)
+            writer.event(
+                sid, None, self.clock.now_ns(), "probe", "session", "session.connect_start"
+            )
+            try:
+                await ts.open()
+            except TargetError as exc:
+                session_failed(writer, sid, self.clock.now_ns(), exc)
+                first = conn == 1 and slot == 0 and not self.result.ok_turns
+                # The target is not there at all: every turn fails and the run says so;
+                # later, one turn fails per attempt, as in a plain run.
+                for _ in pending if first else pending[:1]:
+                    self._record_failed(
+                        writer, sid, index, f"connect failed: {exc.message}", "connect_failed"
+                    )
+                    index += 1
+                pending = [] if first else pending[1:]
+                writer.commit()
+                if first:
+                    raise
+                await self._sleep(0.2)
+                continue
+            connected(writer, sid, self.clock.now_ns(), ts)
+            try:
+                await conv.run(ts)
+            finally:
+                with contextlib.suppress(Exception):
+                    await ts.end_turn()
                 with contextlib.suppress(Exception):
                     await ts.close()
                 writer.event(sid, None, self.clock.now_ns(), "probe", "session", "session.closed")
                 writer.commit()
-
-    async def _conversation(self, slot: int, writer: TraceWriter) -> None:
-        """One scenario session on one connection (voiceaudit.probe.conversation)."""
-        from voiceaudit.probe.conversation import Conversation
-
-        assert self.scenario is not None
-        sid = f"{self.options.session_prefix}s{slot}"
-        conv = Conversation(self, self.scenario, slot, sid, writer)
-        ts = self.target.session(conv.sink)
-        writer.event(sid, None, self.clock.now_ns(), "probe", "session", "session.connect_start")
-        try:
-            await ts.open()
-        except TargetError as exc:
-            session_failed(writer, sid, self.clock.now_ns(), exc)
-            for i in range(len(conv.script.turns)):
-                self._record_failed(writer, sid, i, f"connect failed: {exc.message}")
-            writer.commit()
-            if slot == 0:
-                raise
-            return
-        connected(writer, sid, self.clock.now_ns(), ts)
-        try:
-            await conv.run(ts)
-        finally:
-            with contextlib.suppress(Exception):
-                await ts.end_turn()
-            with contextlib.suppress(Exception):
-                await ts.close()
-            writer.event(sid, None, self.clock.now_ns(), "probe", "session", "session.closed")
-            writer.commit()
+            pending, index = conv.pending, conv.next_index
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, waking early on a stop or (in a ramp) at the profile's end."""
@@ -639,8 +710,12 @@ class Probe:
             for w in waiters:
                 w.cancel()
 
-    def _record_failed(self, writer: TraceWriter, sid: str, turn: int, reason: str) -> None:
+    def _record_failed(
+        self, writer: TraceWriter, sid: str, turn: int, reason: str, failure: str | None = None
+    ) -> None:
+        """A turn that never ran (its connection could not be opened, its session broke)."""
         warm = turn < self.options.warmup
+        kind = failure_kind(reason, failure)
         writer.event(
             sid,
             turn,
@@ -648,10 +723,10 @@ class Probe:
             "probe",
             "turn",
             "turn.end",
-            {"ok": False, "reason": reason, "warmup": warm},
+            {"ok": False, "reason": reason, "failure": kind, "warmup": warm},
         )
         writer.count("turns_failed")
-        res = TurnResult(sid, turn, False, warm, None, reason)
+        res = TurnResult(sid, turn, False, warm, None, reason, failure=kind)
         self.result.turns.append(res)
         self.observer.turn_done(res)
 
@@ -731,7 +806,7 @@ class Probe:
             data = pcm[2 * a : 2 * b] if a < n else silence
             deadline = t0 + round(b * ns_per_sample)
             await self.pacer.wait_until(deadline)
-            if sink.failed.is_set() or self._stop.is_set():
+            if sink.failed.is_set() or self._cut.is_set():
                 break
             t = self.clock.now_ns()
             if not await send_frame(ts, sink, data):
@@ -784,43 +859,58 @@ class Probe:
             worst = (pacing["max_ns"], pacing["max_frame"])
         writer.event(sid, turn, self.clock.now_ns(), "probe", "input", "input.done", {"frames": k})
 
-        if not sink.failed.is_set() and not self._stop.is_set():
+        if not sink.failed.is_set() and not self._cut.is_set():
             await self._await_reply(sink, give_up_ns)
         with contextlib.suppress(Exception):
             await ts.end_turn()
         sink.finish()
-        healthy = not sink.failed.is_set()
+        fault = sink.failed.is_set() and not sink.failed_late
+        if sink.failed.is_set() and sink.failed_late:
+            # The reply was complete before the target broke: the turn stands, the
+            # connection does not (the next turn gets a new one).
+            writer.event(
+                sid,
+                turn,
+                self.clock.now_ns(),
+                "probe",
+                "turn",
+                "turn.note",
+                {"note": f"after the reply: {sink.failure}"},
+            )
         result = self._close_reply(
             writer,
             sid,
             turn,
             sink.chunks,
             failure=sink.failure,
-            failed=sink.failed.is_set(),
+            failed=fault,
             done=sink.done.is_set(),
             speech_end_ns=speech_end_ns,
             warm=warm,
+            # a target that signalled the end of an earlier reply on this connection and
+            # then went quiet without it in this one stalled
+            expects_done=sink.done_seen,
         )
         result = dataclasses.replace(
             result, pacing_max_ns=worst[0], pacing_max_frame=worst[1], concurrency=concurrency
         )
+        # A broken connection, or one that stopped answering (a timeout: a late reply would
+        # land in the next turn), is not used again: the next turn gets a fresh one.
+        healthy = not sink.failed.is_set() and result.failure != "timeout"
         await writer.commit_async()
         self.result.turns.append(result)
         self.observer.turn_done(result)
-        if sink.failed.is_set():
-            sink.failed.clear()
-            sink.failure = None
         return healthy
 
     async def _await_reply(self, sink: _Sink, give_up_ns: int) -> None:
         idle_ns = round(self.options.idle_s * NS_PER_S)
-        while not (sink.done.is_set() or sink.failed.is_set() or self._stop.is_set()):
+        while not (sink.done.is_set() or sink.failed.is_set() or self._cut.is_set()):
             now = self.clock.now_ns()
             if not sink.chunks and now >= give_up_ns:
                 return
             if sink.chunks and now - sink.last_audio_ns >= idle_ns:
                 return
-            waiters = [asyncio.ensure_future(e.wait()) for e in (sink.done, sink.failed)]
+            waiters = [asyncio.ensure_future(e.wait()) for e in (sink.done, sink.failed, self._cut)]
             try:
                 await asyncio.wait(waiters, timeout=0.05)
             finally:
@@ -839,19 +929,39 @@ class Probe:
         done: bool,
         speech_end_ns: int,
         warm: bool,
+        expects_done: bool = False,
     ) -> TurnResult:
         """Analyse a turn's reply (``chunks``: arrival ns, PCM, rate, wire bytes), write its
-        reply events and ``turn.end``."""
+        reply events and ``turn.end``.
+
+        The turn fails (``ok: false``, ``reason``, ``failure``) when the target failed
+        during it (even after reply audio arrived: what was heard is kept as
+        ``informative_voice_to_voice_ns``), when the run was cut (second Ctrl-C) before
+        its reply was done, when no reply audio came (``timeout``, or ``no_reply`` when
+        the target said its reply was done), when the reply went quiet without the end
+        signal the target gave its earlier replies (``expects_done``: it stalled), and
+        when the reply holds no audible sample."""
         reason: str | None = None
+        kind: str | None = None
         v2v: int | None = None
         first_byte: int | None = None
-        if failed and not chunks:
+        if failed:
             reason = failure or "failed"
-        elif self._stop.is_set() and not done:
-            reason = "interrupted"
+            kind = failure_kind(reason)
+        elif self._cut.is_set() and not done:
+            reason, kind = "interrupted", "interrupted"
+        elif not chunks and done:
+            reason, kind = "no reply: the target ended its reply without audio", "no_reply"
         elif not chunks:
             reason = f"timeout: no reply audio within {self.options.timeout_s:g} s of speech end"
-        else:
+            kind = "timeout"
+        elif expects_done and not done:
+            reason = (
+                f"timeout: the reply stalled (no audio for {self.options.idle_s:g} s and no "
+                "end-of-reply signal)"
+            )
+            kind = "timeout"
+        if chunks:
             from voiceaudit.audio import first_audible, from_pcm16
 
             rate = chunks[0][2]
@@ -917,7 +1027,8 @@ class Probe:
             )
             onset = first_audible(audio, rate)
             if onset is None:
-                reason = "reply audio is silent (no audible sample)"
+                if reason is None:
+                    reason, kind = "reply audio is silent (no audible sample)", "no_reply"
             else:
                 heard = p.heard_at(onset)
                 writer.event(
@@ -935,26 +1046,31 @@ class Probe:
                 v2v = heard - speech_end_ns
             if self.options.save_audio:
                 self._save_reply(sid, turn, audio, rate)
-            if reason is None and failed:
-                # Audio arrived, then the target broke: the turn still measured what we heard.
-                writer.event(
-                    sid,
-                    turn,
-                    self.clock.now_ns(),
-                    "probe",
-                    "turn",
-                    "turn.note",
-                    {"note": failure},
-                )
         ok = reason is None
         attrs: dict[str, Any] = {"ok": ok, "warmup": warm}
+        informative: int | None = None
         if ok:
             attrs["voice_to_voice_ns"] = v2v
         else:
             attrs["reason"] = reason
+            attrs["failure"] = kind
+            if v2v is not None:
+                # Heard before the fault: a figure to read, never one to count.
+                informative, v2v = v2v, None
+                attrs["informative_voice_to_voice_ns"] = informative
         writer.event(sid, turn, self.clock.now_ns(), "probe", "turn", "turn.end", attrs)
         writer.count("turns_ok" if ok else "turns_failed")
-        return TurnResult(sid, turn, ok, warm, v2v, reason, first_byte_ns=first_byte)
+        return TurnResult(
+            sid,
+            turn,
+            ok,
+            warm,
+            v2v,
+            reason,
+            first_byte_ns=first_byte,
+            failure=kind,
+            informative_voice_to_voice_ns=informative,
+        )
 
     def _save_reply(self, sid: str, turn: int, audio: np.ndarray[Any, Any], rate: int) -> None:
         import soundfile
