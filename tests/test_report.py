@@ -88,6 +88,7 @@ def test_json_document(trace: Path, capsys: pytest.CaptureFixture[str]) -> None:
             "turn": 20,
             "warmup": False,
             "reason": "timeout: no reply audio within 10 s",
+            "failure": "timeout",
         }
     ]
     # The warm-up turn (2 s first token) is listed but not in the statistics.
@@ -124,7 +125,7 @@ def test_terminal_report(trace: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert "42 turns: 41 ok, 1 failed, 1 warm-up; 40 in the statistics" in out
     assert "voice-to-voice" in out and "model first token" in out
     assert "sentence_aggregation" in out and "leading_silence" in out
-    assert "Failed turns (1)" in out and "s1 #20: timeout" in out
+    assert "Failed turns (1)" in out and "s1 #20 [timeout]: timeout" in out
     assert "p99 too few samples: 40" in out  # unreliable figures are marked and explained
     assert "warning" not in err
 

@@ -5,8 +5,11 @@ For voice-to-voice, every segment either side has and the turn-taking latencies
 difference B - A of the mean and of the median, and whether the two samples differ
 significantly: Mann-Whitney U (two-sided). For the turn-taking rates (``cut_in.rate``,
 ``false_interruption.rate``) when either side has them: each side's count, rate and
-Wilson 95 % interval, the difference B - A, and Fisher's exact test (two-sided). One Holm
-correction covers every test of the comparison, at ``alpha``; the p-values shown are the
+Wilson 95 % interval, the difference B - A, and Fisher's exact test (two-sided). The
+failed turns the same way, as a share of each side's measured turns: overall
+(``failures``) and per failure kind (``failures.KIND``), when either side has a failed
+turn (a kind: when either side has one of it). One Holm correction covers every test of
+the comparison, at ``alpha``; the p-values shown are the
 Holm-adjusted ones, so each is compared with ``alpha`` as its verdict is. A difference
 that is not significant is shown as such, never as a win.
 Metadata that differs between the two (target, configuration, host, audio set) is
@@ -22,7 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from voiceaudit import __version__
 from voiceaudit.analysis.ledger import ALL_SEGMENTS
-from voiceaudit.analysis.report import VOICE_TO_VOICE, Report
+from voiceaudit.analysis.report import FAILURE_METRICS, FAILURES, VOICE_TO_VOICE, Report
 from voiceaudit.analysis.stats import (
     Difference,
     FloatArray,
@@ -192,6 +195,9 @@ class Comparison:
     #: metadata that differs: what → (A's value, B's value)
     differences: dict[str, tuple[Any, Any]]
     warnings: tuple[str, ...]
+    #: failed turns overall and per kind, as rates of the measured turns (empty when
+    #: neither side has a failed turn)
+    failures: tuple[RateComparison, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -202,6 +208,7 @@ class Comparison:
             "b": {"label": self.b.label, **self.b.to_dict(turns=False)},
             "metrics": [m.to_dict() for m in self.metrics],
             "rates": [r.to_dict() for r in self.rates],
+            "failures": [r.to_dict() for r in self.failures],
             "findings": [f.to_dict() for f in self.findings],
             "differences": {k: {"a": a, "b": b} for k, (a, b) in self.differences.items()},
             "warnings": list(self.warnings),
@@ -264,6 +271,25 @@ def _rate_counts(r: Report) -> dict[str, tuple[int, int]]:
     return {} if tt is None or not r.stats_turns else tt.rate_counts()
 
 
+def _failure_sides(
+    a: Report, b: Report
+) -> list[tuple[str, tuple[int, int] | None, tuple[int, int] | None]]:
+    """(metric, A's (failed, measured turns), B's) for ``failures`` and each kind either
+    side has, in FAILURE_METRICS order; empty when neither side has a failed turn."""
+    fa, fb = a.failures.rate_counts(), b.failures.rate_counts()
+
+    def any_failed(name: str) -> bool:
+        return any(side is not None and side[0] > 0 for side in (fa.get(name), fb.get(name)))
+
+    if not any_failed(FAILURES):
+        return []
+    return [
+        (name, fa.get(name), fb.get(name))
+        for name in FAILURE_METRICS
+        if name == FAILURES or any_failed(name)
+    ]
+
+
 def _summary(r: Report, metric: str) -> Summary | None:
     """The report's own summary of a latency metric (a turn-taking one: its summary in
     the report's ``turn_taking`` block), None when the side has no value."""
@@ -291,11 +317,15 @@ def compare(a: Report, b: Report, *, alpha: float = 0.05) -> Comparison:
         for n in (CUT_IN_RATE, FALSE_INTERRUPTION_RATE)
         if n in ra or n in rb
     ]
+    # failures in the same family: a comparison that shows them tests them
+    fail_sides = _failure_sides(a, b)
+    n_rates = len(rate_sides)
+    rate_sides += fail_sides
     rate_p = [
         fisher_exact(*sa, *sb) if sa is not None and sb is not None else None
         for _, sa, sb in rate_sides
     ]
-    # one Holm family: every latency test, then every rate test
+    # one Holm family: every latency test, then every rate test, then the failures
     raw = [t.p_value if t is not None else None for t in tests] + rate_p
     tested = {i: p for i, p in enumerate(raw) if p is not None}
     adjusted = dict(zip(tested, holm_adjusted(list(tested.values())), strict=True))
@@ -311,7 +341,7 @@ def compare(a: Report, b: Report, *, alpha: float = 0.05) -> Comparison:
         for i, (n, _, _) in enumerate(samples)
     )
     off = len(samples)
-    rates = tuple(
+    all_rates = tuple(
         RateComparison(
             n,
             sa,
@@ -322,6 +352,7 @@ def compare(a: Report, b: Report, *, alpha: float = 0.05) -> Comparison:
         )
         for j, (n, sa, sb) in enumerate(rate_sides)
     )
+    rates, failures = all_rates[:n_rates], all_rates[n_rates:]
     fa = {f.kind: f for f in a.findings}
     fb = {f.kind: f for f in b.findings}
     kinds = sorted(
@@ -349,4 +380,11 @@ def compare(a: Report, b: Report, *, alpha: float = 0.05) -> Comparison:
     for side, r in (("A", a), ("B", b)):
         if not r.stats_turns:
             warnings.append(f"{side} has no successful turns to compare")
-    return Comparison(a, b, alpha, metrics, rates, findings, differences, tuple(warnings))
+    for side, r in (("A", a), ("B", b)):
+        ft = r.failures
+        if ft.failed:
+            warnings.append(
+                f"{side}: {ft.failed} of {ft.of} turns failed; they are in neither side's "
+                "latency figures (see the failure table)"
+            )
+    return Comparison(a, b, alpha, metrics, rates, findings, differences, tuple(warnings), failures)

@@ -43,6 +43,7 @@ from voiceaudit.analysis.turns import (
 )
 from voiceaudit.analysis.turntaking import TurnTaking, TurnTakingSummary, summarize_turn_taking
 from voiceaudit.errors import NoDataError, UsageError
+from voiceaudit.failures import FAILURE_KINDS, FAILURE_LABELS, failure_kind
 from voiceaudit.model import Header
 from voiceaudit.probe.pacing import BROKE_NS, P99_GOAL_NS, PacingHistogram
 from voiceaudit.trace_io import Trace, TraceInfo, find_traces
@@ -60,6 +61,10 @@ def _default_knee_margin() -> Increase:
 
 REPORT_SCHEMA = "voiceaudit.report/1"
 VOICE_TO_VOICE = "voice_to_voice"
+#: The share of measured turns that failed, as ``report A B`` and the gate name it; one
+#: kind's share is ``failures.KIND`` (see :data:`FAILURE_METRICS`).
+FAILURES = "failures"
+FAILURE_METRICS: tuple[str, ...] = (FAILURES, *(f"{FAILURES}.{k}" for k in FAILURE_KINDS))
 #: An interval narrower than this (ms) is never called wide (see stats.summarize).
 ABS_TOLERANCE_MS = 5.0
 #: The probe sending the speech-end frame later than this makes a turn's input suspect.
@@ -289,17 +294,31 @@ class TurnReport:
     #: barge-ins, cut-ins, sounds and truncation (None: a turn without any, as in a
     #: plain run)
     turn_taking: TurnTaking | None = None
+    #: why a failed turn failed, one of voiceaudit.failures.FAILURE_KINDS (None: ok)
+    failure: str | None = None
+    #: a failed turn's voice-to-voice where audio was heard before the fault: shown,
+    #: labelled, never in the statistics (None: ok, or nothing audible)
+    informative_ns: int | None = None
 
     @property
     def voice_to_voice_ns(self) -> int | None:
-        return self.ledger.voice_to_voice_ns
+        """The turn's voice-to-voice; None for a failed turn (its figure, if any, is
+        :attr:`informative_ns`): a fault never becomes a measurement."""
+        return self.ledger.voice_to_voice_ns if self.ok else None
+
+    @property
+    def informative_label(self) -> str | None:
+        """``informative: reply cut`` for a failed turn with an informative figure."""
+        if self.informative_ns is None or self.failure is None:
+            return None
+        return f"informative: {FAILURE_LABELS[self.failure]}"
 
     @property
     def key(self) -> tuple[str, str, int]:
         return (self.run_id, self.session, self.turn)
 
     def to_dict(self, *, with_run_id: bool = False) -> dict[str, Any]:
-        v2v = self.ledger.voice_to_voice_ns
+        v2v = self.voice_to_voice_ns
         d: dict[str, Any] = {}
         if with_run_id:
             d["run_id"] = self.run_id
@@ -320,6 +339,11 @@ class TurnReport:
         )
         if self.reason is not None:
             d["reason"] = self.reason
+        if self.failure is not None:
+            d["failure"] = self.failure
+        if self.informative_ns is not None:
+            d["informative_voice_to_voice_ms"] = self.informative_ns / 1e6
+            d["informative_voice_to_voice_ns"] = self.informative_ns
         if self.ledger.problem is not None:
             d["ledger_problem"] = self.ledger.problem
         d["clock"] = self.ledger.clock
@@ -465,6 +489,201 @@ class BudgetLine:
         }
 
 
+#: The reason an unfinished turn (no ``turn.end``) is counted with in the failure table.
+UNFINISHED_REASON = "no turn.end: the run was cut short before the turn finished"
+
+
+@dataclass(frozen=True)
+class FailureRow:
+    """One failure kind over the report's turns."""
+
+    kind: str
+    #: failed turns of this kind among the measured turns (see :class:`FailureTable`)
+    turns: int
+    #: failed warm-up turns of this kind (in ``turns`` only with ``--include-warmup``)
+    warmup: int
+    #: the first reason text of this kind (a measured turn's, else a warm-up's)
+    example: str | None
+
+    @property
+    def label(self) -> str:
+        return FAILURE_LABELS[self.kind]
+
+
+@dataclass(frozen=True)
+class FailureTable:
+    """Failed turns by kind (voiceaudit.failures.FAILURE_KINDS).
+
+    ``of``, the measured turns, is the population the gate's ``failed_turns`` and
+    ``failures`` checks count: every finished turn but the warm-ups (with them, under
+    ``--include-warmup``), plus every turn cut short without a ``turn.end``, which counts
+    as ``interrupted``. Failed warm-up turns are counted apart (``warmup``).
+    """
+
+    of: int
+    #: every kind, in the order of FAILURE_KINDS (zero counts included)
+    rows: tuple[FailureRow, ...]
+    #: failed turns that carry an informative voice-to-voice (audio heard before the fault)
+    informative: int = 0
+
+    @property
+    def failed(self) -> int:
+        return sum(r.turns for r in self.rows)
+
+    @property
+    def warmup(self) -> int:
+        return sum(r.warmup for r in self.rows)
+
+    @property
+    def share(self) -> float | None:
+        return self.failed / self.of if self.of else None
+
+    def counts(self) -> dict[str, int]:
+        """Failed turns per kind among the measured turns."""
+        return {r.kind: r.turns for r in self.rows}
+
+    def rate_counts(self) -> dict[str, tuple[int, int]]:
+        """(failed, measured turns) per name of :data:`FAILURE_METRICS`; empty without
+        measured turns."""
+        if not self.of:
+            return {}
+        out = {FAILURES: (self.failed, self.of)}
+        out.update({f"{FAILURES}.{r.kind}": (r.turns, self.of) for r in self.rows})
+        return out
+
+    def present(self) -> tuple[FailureRow, ...]:
+        """The kinds with at least one failed turn (warm-ups included)."""
+        return tuple(r for r in self.rows if r.turns or r.warmup)
+
+    def to_dict(self) -> dict[str, Any]:
+        share = self.share
+        return {
+            "of": self.of,
+            "failed": self.failed,
+            "share": None if share is None else round(share, 4),
+            "warmup": self.warmup,
+            "informative": self.informative,
+            "by_kind": [
+                {
+                    "kind": r.kind,
+                    "label": r.label,
+                    "turns": r.turns,
+                    "share": None if not self.of else round(r.turns / self.of, 4),
+                    "warmup": r.warmup,
+                    "example": r.example,
+                }
+                for r in self.rows
+            ],
+        }
+
+
+def failure_table(
+    turns: Iterable[TurnReport], unfinished: int, *, include_warmup: bool = False
+) -> FailureTable:
+    """The failure table of finished ``turns`` plus ``unfinished`` turns cut short."""
+    measured = {k: 0 for k in FAILURE_KINDS}
+    warm = {k: 0 for k in FAILURE_KINDS}
+    example: dict[str, str] = {}
+    warm_example: dict[str, str] = {}
+    of = unfinished
+    informative = 0
+    for t in turns:
+        counted = include_warmup or not t.warmup
+        of += counted
+        if t.ok:
+            continue
+        kind = t.failure or failure_kind(t.reason)
+        if counted:
+            measured[kind] += 1
+            example.setdefault(kind, t.reason or "")
+        if t.warmup:
+            warm[kind] += 1
+            warm_example.setdefault(kind, t.reason or "")
+        informative += t.informative_ns is not None
+    if unfinished:
+        measured["interrupted"] += unfinished
+        example.setdefault("interrupted", UNFINISHED_REASON)
+    rows = tuple(
+        FailureRow(k, measured[k], warm[k], example.get(k, warm_example.get(k)))
+        for k in FAILURE_KINDS
+    )
+    return FailureTable(of, rows, informative)
+
+
+#: What a session.audio_format's ``source`` means, for the reports.
+AUDIO_FORMAT_SOURCES: dict[str, str] = {
+    "declared": "declared by the target",
+    "requested": "requested with -o input_format/output_format",
+    "default": "assumed: nothing declared, 24 kHz PCM",
+}
+
+
+@dataclass(frozen=True)
+class AudioFormat:
+    """The audio format of one session: its latest ``session.audio_format`` event."""
+
+    run_id: str
+    session: str
+    #: {"encoding": "pcm16"|"pcmu"|"pcma", "rate": Hz}, or None when the event lacks it
+    input: dict[str, Any] | None
+    output: dict[str, Any] | None
+    source: str | None
+
+    @staticmethod
+    def _side(v: Any) -> dict[str, Any] | None:
+        if not isinstance(v, dict):
+            return None
+        enc, rate = v.get("encoding"), v.get("rate")
+        if type(enc) is not str or type(rate) is not int:
+            return None
+        return {"encoding": enc, "rate": rate}
+
+    @classmethod
+    def from_attrs(cls, run_id: str, session: str, attrs: dict[str, Any]) -> AudioFormat:
+        src = attrs.get("source")
+        return cls(
+            run_id,
+            session,
+            cls._side(attrs.get("input")),
+            cls._side(attrs.get("output")),
+            src if type(src) is str else None,
+        )
+
+    def key(self) -> tuple[Any, ...]:
+        """What two sessions must share to have the same format."""
+        return (
+            json.dumps(self.input, sort_keys=True),
+            json.dumps(self.output, sort_keys=True),
+            self.source,
+        )
+
+    def to_dict(self, multi: bool = False) -> dict[str, Any]:
+        d: dict[str, Any] = {"run_id": self.run_id} if multi else {}
+        d.update(
+            {
+                "session": self.session,
+                "input": self.input,
+                "output": self.output,
+                "source": self.source,
+            }
+        )
+        return d
+
+
+def audio_formats(run_id: str, sessions: Iterable[SessionObs]) -> list[AudioFormat]:
+    """The latest ``session.audio_format`` of each session that has one (by time; of
+    equal times, the later in the file)."""
+    out = []
+    for so in sessions:
+        best: tuple[int, dict[str, Any]] | None = None
+        for name, t_ns, attrs in so.events:
+            if name == "session.audio_format" and (best is None or t_ns >= best[0]):
+                best = (t_ns, attrs)
+        if best is not None:
+            out.append(AudioFormat.from_attrs(run_id, so.session, best[1]))
+    return out
+
+
 @dataclass(frozen=True)
 class Report:
     """Everything ``voiceaudit report`` says, derived from the traces."""
@@ -476,6 +695,8 @@ class Report:
     unfinished: tuple[tuple[str, str, int], ...] = ()
     warnings: tuple[str, ...] = ()
     label: str = ""
+    #: each session's audio format, where the trace records one (session.audio_format)
+    audio_formats: tuple[AudioFormat, ...] = ()
 
     # -- populations ---------------------------------------------------------------------
 
@@ -607,6 +828,13 @@ class Report:
         )
 
     @cached_property
+    def failures(self) -> FailureTable:
+        """Failed turns by kind (see :class:`FailureTable`)."""
+        return failure_table(
+            self.turns, len(self.unfinished), include_warmup=self.options.include_warmup
+        )
+
+    @cached_property
     def counts(self) -> dict[str, int]:
         turns = self.turns
         return {
@@ -638,11 +866,13 @@ class Report:
             },
             "findings": [f.to_dict() for f in self.findings],
             "pacing": None if self.pacing is None else self.pacing.to_dict(multi),
+            "failures": self.failures.to_dict(),
             "failed_turns": [_failed_dict(t, multi) for t in self.failed_turns],
             "unfinished_turns": [
                 {"run_id": r, "session": s, "turn": n} for r, s, n in self.unfinished
             ],
             "warnings": list(self.warnings),
+            "audio_formats": [f.to_dict(multi) for f in self.audio_formats],
         }
         if self.concurrency is not None:
             d["concurrency"] = self.concurrency.to_dict()
@@ -672,7 +902,17 @@ def _failed_dict(t: TurnReport, multi: bool) -> dict[str, Any]:
     d: dict[str, Any] = {}
     if multi:
         d["run_id"] = t.run_id
-    d.update({"session": t.session, "turn": t.turn, "warmup": t.warmup, "reason": t.reason})
+    d.update(
+        {
+            "session": t.session,
+            "turn": t.turn,
+            "warmup": t.warmup,
+            "reason": t.reason,
+            "failure": t.failure,
+        }
+    )
+    if t.informative_ns is not None:
+        d["informative_voice_to_voice_ms"] = t.informative_ns / 1e6
     return d
 
 
@@ -709,11 +949,19 @@ def turn_report(
         warm = _bool(end.get("warmup")) or False
     ok = end.get("ok") is True
     reason: str | None = None
+    failure: str | None = None
+    informative: int | None = None
     if not ok:
         reason = _str(end.get("reason")) or "failed (no reason recorded)"
+        failure = failure_kind(reason, end.get("failure"))
+        # Derived from the marks when the turn has them, else as the probe recorded it.
+        informative = ledger.voice_to_voice_ns
+        if informative is None:
+            informative = _int(end.get("informative_voice_to_voice_ns"))
     elif ledger.problem is not None:
         ok = False
         reason = ledger.problem
+        failure = failure_kind(reason)
     ctx = TurnContext(obs, ledger, opts.rules, session_obs, config or {})
     findings = detect(ctx) if ledger.voice_to_voice_ns is not None else ()
     tt = TurnTaking.from_obs(obs)
@@ -736,6 +984,8 @@ def turn_report(
         concurrency=_int(obs.attrs("input.speech_end_sent").get("concurrency")),
         playout=TurnPlayout.from_obs(obs),
         turn_taking=tt,
+        failure=failure,
+        informative_ns=informative,
     )
 
 
@@ -882,6 +1132,7 @@ def _build(
     turns: list[TurnReport] = []
     unfinished: list[tuple[str, str, int]] = []
     warnings: list[str] = []
+    formats: list[AudioFormat] = []
     skip = SKIPPED_BY_DEFAULT
     for item in items:
         what = str(item.path if isinstance(item, Trace) else item)
@@ -892,6 +1143,7 @@ def _build(
         done, late = an.done, an.late
         src = SourceInfo.from_info(info)
         sources.append(src)
+        formats.extend(audio_formats(src.run_id, col.sessions.values()))
         warnings.extend(f"{info.path}: {w}" for w in info.warnings)
         # In the order the turns first appear in the trace, however they were analysed.
         done.sort(key=itemgetter(0))
@@ -923,6 +1175,7 @@ def _build(
         unfinished=tuple(unfinished),
         warnings=tuple(warnings),
         label=label,
+        audio_formats=tuple(formats),
     )
 
 

@@ -9,7 +9,13 @@ from typing import Any
 from voiceaudit.analysis.compare import FindingComparison, MetricComparison, RateComparison
 from voiceaudit.analysis.findings import UNCOSTED
 from voiceaudit.analysis.ledger import ALL_SEGMENTS, UNEXPLAINED, Segment
-from voiceaudit.analysis.report import VOICE_TO_VOICE, Report, TurnReport
+from voiceaudit.analysis.report import (
+    AUDIO_FORMAT_SOURCES,
+    FAILURES,
+    VOICE_TO_VOICE,
+    Report,
+    TurnReport,
+)
 from voiceaudit.analysis.stats import Summary, percentile
 from voiceaudit.analysis.turntaking import (
     BARGE_IN_STOP,
@@ -20,6 +26,7 @@ from voiceaudit.analysis.turntaking import (
     SPLIT_LABELS,
     ReplyStop,
 )
+from voiceaudit.failures import FAILURE_LABELS
 from voiceaudit.probe.pacing import BROKE_NS
 
 #: Human labels for metrics (identifiers stay the JSON keys).
@@ -43,6 +50,8 @@ LABELS: dict[str, str] = {
     RESPONSE_TO_INTERRUPTION: "response to interruption",
     CUT_IN_RATE: "cut-in rate",
     FALSE_INTERRUPTION_RATE: "false-interruption rate",
+    FAILURES: "failed turns (all kinds)",
+    **{f"{FAILURES}.{k}": v for k, v in FAILURE_LABELS.items()},
 }
 
 #: One colour per segment (matplotlib and rich both take these hex strings).
@@ -125,6 +134,17 @@ METRIC_COMPARISON_COLUMNS: tuple[str, ...] = (
     "A mean",
     "B mean",
     "Δ mean",
+    "p (Holm)",
+    "verdict",
+)
+#: Columns of a comparison's failure table (its cells: :func:`rate_comparison_cells`).
+FAILURE_COMPARISON_COLUMNS: tuple[str, ...] = (
+    "failure",
+    "A",
+    "A 95% CI",
+    "B",
+    "B 95% CI",
+    "Δ",
     "p (Holm)",
     "verdict",
 )
@@ -534,4 +554,97 @@ def turn_taking_lines(report: Report) -> list[tuple[str, str]]:
             sign = "+" if d > 0 else ""
             text += f"; other turns p50 {fmt_ms(other.p50)} ms (difference {sign}{fmt_ms(d)} ms)"
         out.append(("response to interruption", text))
+    return out
+
+
+# -- failures and audio formats ---------------------------------------------------------------
+
+#: Columns of the failure table (its cells: :func:`failure_rows`).
+FAILURE_HEAD = ["failure", "turns", "share", "warm-up", "first reason"]
+
+
+def failure_banner(report: Report) -> str | None:
+    """The warning a report with failed turns opens with; None when no turn failed."""
+    ft = report.failures
+    if not ft.failed and not ft.warmup:
+        return None
+    kinds = ", ".join(f"{r.label} {r.turns}" for r in ft.rows if r.turns)
+    if ft.failed:
+        share = "" if ft.share is None else f" ({fmt_pct(ft.share)})"
+        text = f"{ft.failed} of {ft.of} turns failed{share}: {kinds}"
+    else:
+        text = "no measured turn failed"
+    if ft.warmup and not report.options.include_warmup:
+        text += f"; {ft.warmup} warm-up turn(s) failed too"
+    return f"FAILURES: {text}; failed turns are left out of the statistics"
+
+
+def failure_rows(report: Report) -> list[list[str]]:
+    """One row per failure kind that occurred: label, turns, share of the measured
+    turns, failed warm-ups, the first reason seen."""
+    ft = report.failures
+    return [
+        [
+            r.label,
+            str(r.turns),
+            "-" if not ft.of else fmt_pct(r.turns / ft.of),
+            str(r.warmup),
+            r.example or "",
+        ]
+        for r in ft.present()
+    ]
+
+
+def failure_note(report: Report) -> str:
+    """What the failure table's share is of."""
+    ft = report.failures
+    what = "every finished turn" if report.options.include_warmup else "finished turns but warm-ups"
+    text = f"Share of the {ft.of} measured turns ({what}"
+    if report.unfinished:
+        text += f", and {len(report.unfinished)} cut short, counted as interrupted"
+    return text + ")"
+
+
+def failed_turn_line(t: TurnReport, multi_run: bool) -> str:
+    """``s0 #3 [reply cut]: connection reset; voice-to-voice 412 ms (informative: reply
+    cut, not in the statistics)`` for the failed-turn lists."""
+    warm = " (warm-up)" if t.warmup else ""
+    kind = "" if t.failure is None else f" [{FAILURE_LABELS[t.failure]}]"
+    line = f"{turn_id(t, multi_run)}{warm}{kind}: {t.reason}"
+    return line + informative_text(t, "; ")
+
+
+def informative_text(t: TurnReport, sep: str = "") -> str:
+    """``voice-to-voice 412 ms (informative: reply cut, not in the statistics)``, or ""."""
+    if t.informative_ns is None:
+        return ""
+    return (
+        f"{sep}voice-to-voice {fmt_ms(t.informative_ns / 1e6)} ms "
+        f"({t.informative_label}, not in the statistics)"
+    )
+
+
+def _audio_side(d: dict[str, Any] | None) -> str:
+    return "?" if d is None else f"{d['encoding']} {d['rate']} Hz"
+
+
+def audio_format_lines(report: Report) -> list[str]:
+    """The audio formats the sessions used: one line when all agree, else one per
+    format with its sessions; empty when no trace records one."""
+    groups: dict[tuple[Any, ...], list[str]] = {}
+    first: dict[tuple[Any, ...], Any] = {}
+    for f in report.audio_formats:
+        k = f.key()
+        sid = f"{f.run_id}/{f.session}" if report.multi_run else f.session
+        groups.setdefault(k, []).append(sid)
+        first.setdefault(k, f)
+    out = []
+    for k, sessions in groups.items():
+        f = first[k]
+        src = AUDIO_FORMAT_SOURCES.get(f.source or "", f.source or "source not said")
+        line = f"input {_audio_side(f.input)}, output {_audio_side(f.output)} ({src})"
+        if len(groups) > 1:
+            shown = ", ".join(sessions[:5]) + (", …" if len(sessions) > 5 else "")
+            line += f": {len(sessions)} session(s): {shown}"
+        out.append(line)
     return out

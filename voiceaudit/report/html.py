@@ -19,13 +19,20 @@ from voiceaudit.report import plots
 from voiceaudit.report.common import (
     COLUMNS,
     CONCURRENCY_HEAD,
+    FAILURE_COMPARISON_COLUMNS,
+    FAILURE_HEAD,
     MAX_FAILED_LISTED,
     MAX_TURNS_LISTED,
     METRIC_COMPARISON_COLUMNS,
     RATE_COMPARISON_COLUMNS,
     TURN_TAKING_HEAD,
     UNRELIABLE_MARK,
+    audio_format_lines,
     concurrency_rows,
+    failed_turn_line,
+    failure_banner,
+    failure_note,
+    failure_rows,
     finding_comparison_cells,
     finding_label,
     fmt_cost,
@@ -241,14 +248,23 @@ def _turn_taking(report: Report) -> list[str]:
     return out
 
 
+def _failures(report: Report) -> list[str]:
+    rows = failure_rows(report)
+    if not rows:
+        return []
+    return [
+        '<h2 class="fail">Failures</h2>',
+        f"<p>{esc(failure_note(report))}.</p>",
+        _table(FAILURE_HEAD, ([esc(c) for c in r] for r in rows)),
+    ]
+
+
 def _failed(report: Report) -> list[str]:
     failed = report.failed_turns
     if not failed:
         return []
     items = "".join(
-        f"<li>{esc(turn_id(t, report.multi_run))}{' (warm-up)' if t.warmup else ''}: "
-        f"{esc(t.reason)}</li>"
-        for t in failed[:MAX_FAILED_LISTED]
+        f"<li>{esc(failed_turn_line(t, report.multi_run))}</li>" for t in failed[:MAX_FAILED_LISTED]
     )
     more = ""
     if len(failed) > MAX_FAILED_LISTED:
@@ -264,14 +280,21 @@ def _turns(report: Report) -> list[str]:
         ledger = ", ".join(
             f"{esc(segment_label(s))} {fmt_ms(s.ns / 1e6)}" for s in t.ledger.segments
         )
-        status = "ok" if t.ok else f'<span class="fail">{esc(t.reason)}</span>'
+        status = "ok" if t.ok else f'<span class="fail">failed: {esc(t.reason)}</span>'
         if t.warmup:
             status += ' <span class="dim">(warm-up)</span>'
+        v2v_cell = fmt_ms(None if v2v is None else v2v / 1e6)
+        if t.informative_ns is not None:
+            # a failed turn's figure: labelled, never read as a measurement
+            v2v_cell = (
+                f'<span class="dim">({fmt_ms(t.informative_ns / 1e6)})<br>'
+                f"{esc(t.informative_label)}</span>"
+            )
         rows.append(
             [
                 esc(turn_id(t, report.multi_run)),
                 status,
-                fmt_ms(None if v2v is None else v2v / 1e6),
+                v2v_cell,
                 f'<span class="l">{ledger}</span>',
                 esc(", ".join(f.kind for f in t.findings)),
                 esc(t.transcript or ""),
@@ -309,11 +332,15 @@ def render_report(report: Report) -> str:
         f"{c['in_statistics']} in the statistics"
         + (f"; {c['unfinished']} unfinished (left out)" if c["unfinished"] else "")
         + f".<br>Target: {esc(target_line(report))}<br>"
+        + "".join(f"Audio format: {esc(line)}<br>" for line in audio_format_lines(report))
         + _pacing(report)
         + '<span class="dim">Trace: '
         + esc(", ".join(s.path for s in report.sources))
         + "</span></p>",
     ]
+    banner = failure_banner(report)
+    if banner is not None:
+        body.append(f'<p class="fail"><b>{esc(banner)}</b></p>')
     if report.stats_turns:
         body += _summary(report)
         body += _budget(report)
@@ -331,6 +358,7 @@ def render_report(report: Report) -> str:
         body.append('<p class="fail"><b>No successful turns: no statistics.</b></p>')
     if report.turn_taking is not None:
         body += _turn_taking(report)
+    body += _failures(report)
     body += _failed(report)
     body += _turns(report)
     body += _warnings(report.warnings)
@@ -361,6 +389,16 @@ def render_comparison(cmp: Comparison) -> str:
             _table(
                 list(RATE_COMPARISON_COLUMNS),
                 [cells(rate_comparison_cells(r), r.significant) for r in cmp.rates],
+            ),
+        ]
+    if cmp.failures:
+        body += [
+            "<h2>Failures</h2>",
+            "<p>Failed turns as a share of each side's measured turns; Fisher's exact test, "
+            "two-sided, in the same Holm correction; Wilson 95% intervals.</p>",
+            _table(
+                list(FAILURE_COMPARISON_COLUMNS),
+                [cells(rate_comparison_cells(r), r.significant) for r in cmp.failures],
             ),
         ]
     body += [

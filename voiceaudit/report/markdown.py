@@ -13,13 +13,20 @@ from voiceaudit.analysis.report import VOICE_TO_VOICE, Report
 from voiceaudit.report.common import (
     COLUMNS,
     CONCURRENCY_HEAD,
+    FAILURE_COMPARISON_COLUMNS,
+    FAILURE_HEAD,
     MAX_FAILED_LISTED,
     MAX_TURN_TAKING_LISTED,
     METRIC_COMPARISON_COLUMNS,
     RATE_COMPARISON_COLUMNS,
     TURN_TAKING_HEAD,
     UNRELIABLE_MARK,
+    audio_format_lines,
     concurrency_rows,
+    failed_turn_line,
+    failure_banner,
+    failure_note,
+    failure_rows,
     finding_comparison_cells,
     fmt_cost,
     fmt_ms,
@@ -31,7 +38,6 @@ from voiceaudit.report.common import (
     rate_comparison_cells,
     summary_cells,
     target_line,
-    turn_id,
     turn_taking_figures,
     turn_taking_lines,
     turn_taking_rows,
@@ -103,11 +109,17 @@ def render_report(report: Report) -> str:
     if c["unfinished"]:
         summary += f"; {c['unfinished']} unfinished (left out)"
     lines += [summary + ".  ", f"Target: {md(target_line(report))}"]
+    for fl in audio_format_lines(report):
+        lines[-1] += "  "
+        lines.append(f"Audio format: {md(fl)}")
     pl = pacing_line(report)
     if pl is not None:
         lines[-1] += "  "
         lines.append(md(pl[0].upper() + pl[1:]))
     lines.append("")
+    banner = failure_banner(report)
+    if banner is not None:
+        lines += [f"> **{md(banner)}**", ""]
     if report.stats_turns:
         rows = []
         for name, s in metric_rows(report):
@@ -167,12 +179,21 @@ def render_report(report: Report) -> str:
         lines += ["**No successful turns: no statistics.**", ""]
     if report.turn_taking is not None:
         lines += _turn_taking(report)
+    frows = failure_rows(report)
+    if frows:
+        lines += [
+            "### Failures",
+            "",
+            md(failure_note(report)) + ".",
+            "",
+        ]
+        lines.append(_table(FAILURE_HEAD, [[md(c) for c in r] for r in frows], {1, 2, 3}))
+        lines.append("")
     failed = report.failed_turns
     if failed:
         lines += [f"### Failed turns ({len(failed)})", ""]
         for t in failed[:MAX_FAILED_LISTED]:
-            warm = " (warm-up)" if t.warmup else ""
-            lines.append(f"- {md(turn_id(t, report.multi_run))}{warm}: {md(t.reason)}")
+            lines.append(f"- {md(failed_turn_line(t, report.multi_run))}")
         if len(failed) > MAX_FAILED_LISTED:
             lines.append(f"- … and {len(failed) - MAX_FAILED_LISTED} more (see the JSON report)")
         lines.append("")
@@ -213,6 +234,20 @@ def render_comparison(cmp: Comparison) -> str:
             *cells, verdict = rate_comparison_cells(r)
             rrows.append([*cells, f"**{verdict}**" if r.significant else verdict])
         lines.append(_table(list(RATE_COMPARISON_COLUMNS), rrows, {1, 2, 3, 4, 5, 6}))
+        lines.append("")
+    if cmp.failures:
+        lines += [
+            "### Failures",
+            "",
+            "Failed turns as a share of each side's measured turns; Fisher's exact test, "
+            "two-sided, in the same Holm correction; Wilson 95% intervals.",
+            "",
+        ]
+        xrows = []
+        for r in cmp.failures:
+            *cells, verdict = rate_comparison_cells(r)
+            xrows.append([*cells, f"**{verdict}**" if r.significant else verdict])
+        lines.append(_table(list(FAILURE_COMPARISON_COLUMNS), xrows, {1, 2, 3, 4, 5, 6}))
         lines.append("")
     if cmp.findings:
         lines += ["### Findings (ms per turn)", ""]

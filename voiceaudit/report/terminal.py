@@ -12,12 +12,18 @@ from voiceaudit.report.common import (
     COLOURS,
     COLUMNS,
     CONCURRENCY_HEAD,
+    FAILURE_HEAD,
     MAX_FAILED_LISTED,
     MAX_TURN_TAKING_LISTED,
     METRIC_COMPARISON_COLUMNS,
     TURN_TAKING_HEAD,
     UNRELIABLE_MARK,
+    audio_format_lines,
     concurrency_rows,
+    failed_turn_line,
+    failure_banner,
+    failure_note,
+    failure_rows,
     finding_comparison_cells,
     fmt_cost,
     fmt_ms,
@@ -29,7 +35,6 @@ from voiceaudit.report.common import (
     rate_comparison_cells,
     summary_cells,
     target_line,
-    turn_id,
     turn_taking_figures,
     turn_taking_lines,
     turn_taking_rows,
@@ -50,7 +55,12 @@ def _header(report: Report) -> Text:
     )
     if c["unfinished"]:
         t.append(f"; {c['unfinished']} unfinished (left out)")
+    banner = failure_banner(report)
+    if banner is not None:
+        t.append(f"\n{banner}", style="bold red")
     t.append(f"\ntarget: {target_line(report)}")
+    for line in audio_format_lines(report):
+        t.append(f"\naudio format: {line}")
     pl = pacing_line(report)
     if pl is not None:
         t.append(f"\n{pl}", style="yellow" if report.pacing and report.pacing.broke else "")
@@ -195,6 +205,27 @@ def _turn_taking(report: Report) -> RenderableType:
     return Group(*parts)
 
 
+def _failures(report: Report) -> RenderableType:
+    """The failure table: failed turns by kind (nothing when no turn failed)."""
+    rows = failure_rows(report)
+    if not rows:
+        return Text("")
+    table = Table(
+        title="Failures",
+        title_justify="left",
+        title_style="bold red",
+        show_edge=False,
+        pad_edge=False,
+        caption=failure_note(report),
+        caption_justify="left",
+    )
+    for i, h in enumerate(FAILURE_HEAD):
+        table.add_column(h, justify="right" if 0 < i < 4 else "left", no_wrap=i < 4)
+    for r in rows:
+        table.add_row(*r)
+    return Group(table, Text(""))
+
+
 def _failed(report: Report) -> RenderableType:
     failed = report.failed_turns
     if not failed:
@@ -202,8 +233,7 @@ def _failed(report: Report) -> RenderableType:
     t = Text()
     t.append(f"Failed turns ({len(failed)})\n", style="bold red")
     for tr in failed[:MAX_FAILED_LISTED]:
-        warm = " (warm-up)" if tr.warmup else ""
-        t.append(f"  {turn_id(tr, report.multi_run)}{warm}: {tr.reason}\n")
+        t.append(f"  {failed_turn_line(tr, report.multi_run)}\n")
     if len(failed) > MAX_FAILED_LISTED:
         t.append(f"  … and {len(failed) - MAX_FAILED_LISTED} more (all are in --format json)\n")
     return t
@@ -233,7 +263,10 @@ def render_report(report: Report, console: Console) -> None:
         parts.append(Text("No successful turns: no statistics.", style="bold red"))
     if report.turn_taking is not None:
         parts.append(_turn_taking(report))
-    parts += [Text(""), _failed(report), _notes(report)]
+    parts.append(Text(""))
+    if report.failures.present():
+        parts.append(_failures(report))
+    parts += [_failed(report), _notes(report)]
     console.print(Group(*parts))
 
 
@@ -283,6 +316,27 @@ def render_comparison(cmp: Comparison, console: Console) -> None:
                 Text(verdict, style=style),
             )
         parts += [rt, Text("")]
+    if cmp.failures:
+        ftab = Table(
+            title="Failures (share of measured turns, 95% CI below): Fisher's exact test, "
+            "same Holm correction",
+            title_justify="left",
+            show_edge=False,
+            pad_edge=False,
+        )
+        for col in ("failure", "A", "B", "Δ", "p (Holm)", "verdict"):
+            ftab.add_column(
+                col,
+                justify="left" if col in ("failure", "verdict") else "right",
+                no_wrap=col != "verdict",
+            )
+        for r in cmp.failures:
+            name, a_rate, a_ci, b_rate, b_ci, *rest, verdict = rate_comparison_cells(r)
+            style = {"B higher": "red", "B lower": "green"}.get(verdict, "dim")
+            ftab.add_row(
+                name, f"{a_rate}\n{a_ci}", f"{b_rate}\n{b_ci}", *rest, Text(verdict, style=style)
+            )
+        parts += [ftab, Text("")]
     if cmp.findings:
         ft = Table(title="Findings (ms per turn)", title_justify="left", show_edge=False)
         for col in ("finding", "A", "B", "Δ"):
