@@ -1,5 +1,12 @@
 """What every WebSocket target shares: connecting (with the API key as a bearer token),
-one reader task that stamps each message's arrival, and a clean close.
+one reader task that hands on each message with its arrival time, and a clean close.
+
+A message's arrival time is when the bytes that completed it reached the host, not when
+the probe's loop got round to it: once connected, the socket is read on voiceaudit's
+receive thread with kernel timestamps (:mod:`voiceaudit.targets.rxstamp`), and each
+message aiohttp parses is tagged with the time of the chunk that completed it. A stalled
+loop delays the handling, never the time. (Where the socket cannot be tapped, or a
+message was parsed before the tap, the reader task's clock reading is the time.)
 
 Subclasses implement :meth:`on_text` and/or :meth:`on_binary`; a message kind they do not
 override fails the turn as a protocol error.
@@ -9,13 +16,56 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 
 from voiceaudit.errors import TargetError
+from voiceaudit.targets import rxstamp
 from voiceaudit.targets.base import TargetConfig, TargetSession, TargetSink, socket_facts
+
+
+class StampedQueue:
+    """Stands in for aiohttp's queue of parsed WebSocket messages (``ws._reader``): each
+    message the parser adds while a chunk is fed is tagged with that chunk's arrival, and
+    :attr:`last` is the arrival of the message read last."""
+
+    def __init__(self, real: Any, buffer: deque[Any]) -> None:
+        self._real = real
+        self._buffer = buffer
+        self._stamps: dict[int, int] = {}
+        #: arrival of the message :meth:`read` returned last (None: not known)
+        self.last: int | None = None
+        #: arrival of the last chunk fed (for messages parsed later from its bytes)
+        self._fed: int | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def deliver(self, stamp: int, data: bytes, feed: Callable[[], None]) -> None:
+        n0 = len(self._buffer)
+        feed()
+        self._fed = stamp
+        # Only the parser appends while a chunk is fed (reads happen in the reader task).
+        for item in itertools.islice(self._buffer, n0, None):
+            self._stamps[id(item[0])] = stamp
+        if len(self._stamps) > 4 * len(self._buffer) + 1024:  # drop tags of read-away items
+            live = {id(item[0]) for item in self._buffer}
+            self._stamps = {k: v for k, v in self._stamps.items() if k in live}
+
+    async def read(self) -> Any:
+        item = await self._real.read()
+        stamp = self._stamps.pop(id(item), None)
+        if stamp is None and self._fed is not None:
+            # parsed after its chunk was fed (aiohttp defers parsing while its queue is
+            # full): it came at or before the latest chunk
+            stamp = min(self._fed, time.monotonic_ns())
+        self.last = stamp
+        return item
 
 
 class WebSocketSession(TargetSession):
@@ -25,6 +75,8 @@ class WebSocketSession(TargetSession):
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Task[None] | None = None
         self._closing = False
+        #: the parsed-message queue that knows arrivals (None: the socket is not tapped)
+        self._stamped: StampedQueue | None = None
 
     def headers(self) -> dict[str, str]:
         """Connection headers: the user's, plus the API key as a bearer token."""
@@ -53,7 +105,33 @@ class WebSocketSession(TargetSession):
             raise TargetError(
                 f"cannot connect to {self.config.describe()['url']}: {exc or type(exc).__name__}"
             ) from None
+        self._tap()
         self._reader = asyncio.create_task(self._read())
+
+    def _tap(self) -> None:
+        """Read the socket on the receive thread, with kernel arrival times (module doc);
+        leaves everything as it is where aiohttp's internals are not what is expected."""
+        ws = self._ws
+        if ws is None or rxstamp.disabled():
+            return
+        queue = getattr(ws, "_reader", None)
+        buffer = getattr(queue, "_buffer", None)
+        conn = getattr(ws, "_conn", None)
+        transport = getattr(conn, "transport", None)
+        if not isinstance(buffer, deque) or transport is None:
+            return
+        stamped = StampedQueue(queue, buffer)
+        if rxstamp.tap(transport, stamped.deliver) is None:
+            return
+        ws._reader = stamped  # type: ignore[assignment]
+        self._stamped = stamped
+
+    def arrival_ns(self) -> int:
+        """When the message just read arrived (see the module docstring)."""
+        s = self._stamped
+        if s is not None and s.last is not None:
+            return s.last
+        return time.monotonic_ns()
 
     def connection(self) -> dict[str, Any] | None:
         if self._ws is None:
@@ -76,7 +154,7 @@ class WebSocketSession(TargetSession):
         ws = self._ws
         try:
             async for msg in ws:
-                t = time.monotonic_ns()
+                t = self.arrival_ns()
                 if msg.type == aiohttp.WSMsgType.TEXT:
                     self.on_text(t, msg.data)
                 elif msg.type == aiohttp.WSMsgType.BINARY:

@@ -1,0 +1,391 @@
+"""The probe's own stalls must not leak into its numbers (issue 22).
+
+A probe whose event loop is blocked for a while (an import, a first resample, a trace
+write) must still record when each reply chunk reached the host, not when the loop got
+round to it; otherwise the stall becomes an underrun the caller never heard, a later
+voice-to-voice and a longer barge-in stop latency.
+
+Each run here injects a 50 ms blocking ``time.sleep`` into the probe's loop when the
+first reply chunk of a turn is handed to the sink (the sink is wrapped), and compares
+what the probe recorded with the truth of a deterministic server on loopback. The
+WebSocket servers (realtime, raw PCM, Pipecat protobuf) run on their own thread and loop
+in this process, so the probe's stall does not stall them; each records when it handed
+every reply chunk to its socket (clock reads just before and just after the write). The
+server's reply is a tone after 30 ms of digital silence, in 20 ms chunks released 10 ms
+ahead of real time; its first audible sample is in the second chunk, so a stall at the
+first chunk that delayed the second one's arrival time would move voice-to-voice and
+make an underrun. The truth of every figure is the same playout model fed with the
+server's send times: voice-to-voice, underruns and barge-in stop latency agree within
+1 ms (the only difference left is loopback's delivery, microseconds).
+
+WebRTC (aiortc) runs against the reference pipeline (``voiceaudit serve``, another
+process), whose track paces its reply at real time: the arrival of each RTP packet is
+checked against its media time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from aiohttp import WSMsgType, web
+
+from voiceaudit.audio import first_audible, from_pcm16
+from voiceaudit.model import unbatch
+from voiceaudit.probe.playout import Chunk, play_model
+from voiceaudit.trace_io import Trace, read_trace
+
+MS = 1_000_000
+STALL_S = 0.05
+CHUNK_MS = 20
+LEAD_MS = 10
+LEAD_SILENCE_MS = 30
+REPLY_MS = 800
+#: a frame louder than this (peak, 16-bit) is speech to the server
+SPEECH_PEAK = 300
+#: the server ends the caller's turn after this much quiet
+ENDPOINT_MS = 400
+
+
+def _reply_pcm(rate: int) -> bytes:
+    n = REPLY_MS * rate // 1000
+    t = np.arange(n) / rate
+    x = 0.3 * np.sin(2 * np.pi * 440.0 * t)
+    x[: LEAD_SILENCE_MS * rate // 1000] = 0.0
+    return bytes((x * 32767).astype("<i2").tobytes())
+
+
+@dataclass
+class SentReply:
+    """One reply as the server sent it: per chunk, clock reads around its write."""
+
+    rate: int
+    before: list[int] = field(default_factory=list)
+    after: list[int] = field(default_factory=list)
+    samples: list[int] = field(default_factory=list)
+    pcm: list[bytes] = field(default_factory=list)
+    cut: bool = False
+
+
+# --- the servers (their own thread and loop) ------------------------------------------------
+
+
+class _Codec:
+    """How one protocol carries audio and events over the WebSocket."""
+
+    rate = 16000
+
+    async def hello(self, ws: web.WebSocketResponse) -> None:
+        pass
+
+    def audio_in(self, msg: Any) -> bytes | None:
+        raise NotImplementedError
+
+    async def send_audio(self, ws: web.WebSocketResponse, pcm: bytes) -> None:
+        raise NotImplementedError
+
+    async def reply_start(self, ws: web.WebSocketResponse) -> None:
+        pass
+
+    async def reply_end(self, ws: web.WebSocketResponse, cut: bool) -> None:
+        raise NotImplementedError
+
+    async def speech_started(self, ws: web.WebSocketResponse) -> None:
+        pass
+
+
+class _Pcm(_Codec):
+    def audio_in(self, msg: Any) -> bytes | None:
+        return bytes(msg.data) if msg.type == WSMsgType.BINARY else None
+
+    async def send_audio(self, ws: web.WebSocketResponse, pcm: bytes) -> None:
+        await ws.send_bytes(pcm)
+
+    async def reply_end(self, ws: web.WebSocketResponse, cut: bool) -> None:
+        status = "cancelled" if cut else "completed"
+        await ws.send_str(json.dumps({"type": "turn_done", "status": status, "cut": cut}))
+
+
+class _Realtime(_Codec):
+    rate = 24000
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    async def hello(self, ws: web.WebSocketResponse) -> None:
+        await ws.send_str(json.dumps({"type": "session.created", "session": {"id": "s"}}))
+
+    def audio_in(self, msg: Any) -> bytes | None:
+        ev = json.loads(msg.data)
+        if ev["type"] == "input_audio_buffer.append":
+            return base64.b64decode(ev["audio"])
+        return None
+
+    async def on_text(self, ws: web.WebSocketResponse, msg: Any) -> None:
+        ev = json.loads(msg.data)
+        if ev["type"] == "session.update":
+            fmt = {"type": "audio/pcm", "rate": self.rate}
+            session = {"audio": {"input": {"format": fmt}, "output": {"format": fmt}}}
+            await ws.send_str(json.dumps({"type": "session.updated", "session": session}))
+
+    async def reply_start(self, ws: web.WebSocketResponse) -> None:
+        self.n += 1
+        await ws.send_str(json.dumps({"type": "response.created", "response": {"id": "r"}}))
+
+    async def send_audio(self, ws: web.WebSocketResponse, pcm: bytes) -> None:
+        delta = base64.b64encode(pcm).decode()
+        ev = {"type": "response.output_audio.delta", "item_id": f"item_{self.n}", "delta": delta}
+        await ws.send_str(json.dumps(ev))
+
+    async def speech_started(self, ws: web.WebSocketResponse) -> None:
+        await ws.send_str(json.dumps({"type": "input_audio_buffer.speech_started"}))
+
+    async def reply_end(self, ws: web.WebSocketResponse, cut: bool) -> None:
+        status = "cancelled" if cut else "completed"
+        ev = {"type": "response.done", "response": {"id": "r", "status": status}}
+        await ws.send_str(json.dumps(ev))
+
+
+class _Pipecat(_Codec):
+    def audio_in(self, msg: Any) -> bytes | None:
+        from voiceaudit.targets.pipecat_ws import decode_frame
+
+        if msg.type != WSMsgType.BINARY:
+            return None
+        frame = decode_frame(bytes(msg.data))
+        audio = frame.fields.get("audio")
+        return audio if frame.kind == "audio" and isinstance(audio, bytes) else None
+
+    async def send_audio(self, ws: web.WebSocketResponse, pcm: bytes) -> None:
+        from voiceaudit.targets.pipecat_ws import encode_audio_frame
+
+        await ws.send_bytes(encode_audio_frame(pcm, self.rate))
+
+    async def _rtvi(self, ws: web.WebSocketResponse, kind: str) -> None:
+        from voiceaudit.targets.pipecat_ws import RTVI_LABEL, encode_message_frame
+
+        await ws.send_bytes(encode_message_frame({"label": RTVI_LABEL, "type": kind}))
+
+    async def reply_start(self, ws: web.WebSocketResponse) -> None:
+        await self._rtvi(ws, "bot-started-speaking")
+
+    async def speech_started(self, ws: web.WebSocketResponse) -> None:
+        await self._rtvi(ws, "bot-interrupted")
+
+    async def reply_end(self, ws: web.WebSocketResponse, cut: bool) -> None:
+        await self._rtvi(ws, "bot-stopped-speaking")
+
+
+CODECS: dict[str, Callable[[], _Codec]] = {
+    "websocket": _Pcm,
+    "realtime": _Realtime,
+    "pipecat-websocket": _Pipecat,
+}
+
+
+class StallServer:
+    """A deterministic voice server: answers each caller turn (speech, then
+    ``ENDPOINT_MS`` of quiet) with :func:`_reply_pcm`, stops a reply when the caller
+    speaks over it, and records what it sent (:class:`SentReply`)."""
+
+    def __init__(self, protocol: str) -> None:
+        self.protocol = protocol
+        self.replies: list[SentReply] = []
+        self._loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._main, daemon=True)
+        self.port = 0
+
+    def __enter__(self) -> StallServer:
+        self._thread.start()
+        assert self._started.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        app = web.Application()
+        app.router.add_get("/ws", self._handler)
+        runner = web.AppRunner(app)
+        self._loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        self._loop.run_until_complete(site.start())
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._started.set()
+        self._loop.run_forever()
+        self._loop.run_until_complete(runner.cleanup())
+
+    async def _handler(self, request: web.Request) -> web.WebSocketResponse:
+        codec = CODECS[self.protocol]()
+        ws = web.WebSocketResponse(max_msg_size=0)
+        await ws.prepare(request)
+        await codec.hello(ws)
+        state = {"speaking": False, "quiet_ms": 0.0}
+        replying: asyncio.Task[None] | None = None
+        barge = asyncio.Event()
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT and isinstance(codec, _Realtime):
+                await codec.on_text(ws, msg)
+            pcm = codec.audio_in(msg)
+            if pcm is None:
+                continue
+            x = np.frombuffer(pcm, dtype="<i2")
+            loud = x.size > 0 and int(np.abs(x.astype(np.int32)).max()) > SPEECH_PEAK
+            ms = x.size * 1000 / codec.rate
+            if loud:
+                if replying is not None and not replying.done() and not barge.is_set():
+                    barge.set()
+                    await codec.speech_started(ws)
+                state["speaking"], state["quiet_ms"] = True, 0.0
+            elif state["speaking"]:
+                state["quiet_ms"] += ms
+                if state["quiet_ms"] >= ENDPOINT_MS:
+                    state["speaking"] = False
+                    if replying is not None:
+                        await replying
+                    barge.clear()
+                    replying = asyncio.create_task(self._reply(ws, codec, barge))
+        if replying is not None:
+            replying.cancel()
+        return ws
+
+    async def _reply(self, ws: web.WebSocketResponse, codec: _Codec, barge: asyncio.Event) -> None:
+        rate = codec.rate
+        pcm = _reply_pcm(rate)
+        step = CHUNK_MS * rate // 1000 * 2
+        sent = SentReply(rate)
+        self.replies.append(sent)
+        await codec.reply_start(ws)
+        t0 = time.monotonic_ns()
+        for k, i in enumerate(range(0, len(pcm), step)):
+            if k:  # released LEAD_MS ahead of real time, like a streaming synthesizer
+                due = t0 + (k * CHUNK_MS - LEAD_MS) * MS
+                await asyncio.sleep(max(0.0, (due - time.monotonic_ns()) / 1e9))
+            if barge.is_set():
+                sent.cut = True
+                break
+            chunk = pcm[i : i + step]
+            sent.before.append(time.monotonic_ns())
+            await codec.send_audio(ws, chunk)
+            sent.after.append(time.monotonic_ns())
+            sent.samples.append(len(chunk) // 2)
+            sent.pcm.append(chunk)
+        await codec.reply_end(ws, sent.cut)
+
+
+# --- running the probe with a stall ---------------------------------------------------------
+
+
+def _stall_first_chunk(monkeypatch: pytest.MonkeyPatch, cls: type, stalls: list[int]) -> None:
+    """Block the loop for STALL_S when a turn's first reply chunk reaches ``cls``'s
+    ``reply_audio`` (once per reply: the first chunk after a quiet of 200 ms)."""
+    original = cls.reply_audio  # type: ignore[attr-defined]
+    last = {"t": 0}
+
+    def reply_audio(self: Any, t_ns: int, pcm16: bytes, rate: int, wire_bytes: int) -> None:
+        original(self, t_ns, pcm16, rate, wire_bytes)
+        if t_ns - last["t"] > 200 * MS:
+            stalls.append(time.monotonic_ns())
+            time.sleep(STALL_S)  # the stall: the whole loop stands still
+        last["t"] = t_ns
+
+    monkeypatch.setattr(cls, "reply_audio", reply_audio)
+
+
+def _events(tr: Trace, session: str, turn: int) -> list[Any]:
+    return sorted(
+        (u for e in tr.turn_events(session, turn) for u in unbatch(e)), key=lambda e: e.t_ns
+    )
+
+
+@dataclass
+class Figures:
+    v2v_ns: int | None
+    underruns: int
+    underrun_ns: int
+
+
+def _truth(sent: SentReply, *, depth_ns: int, speech_end_ns: int) -> Figures:
+    p = play_model(
+        [Chunk(t, n) for t, n in zip(sent.before, sent.samples, strict=True)],
+        sent.rate,
+        model="fixed",
+        depth_ns=depth_ns,
+    )
+    onset = first_audible(from_pcm16(b"".join(sent.pcm)), sent.rate)
+    assert onset is not None
+    return Figures(p.heard_at(onset) - speech_end_ns, len(p.underruns), p.underrun_ns)
+
+
+def _probe(evs: list[Any]) -> Figures:
+    by = {e.name: e for e in evs}
+    end = by["reply.end"].attrs
+    v2v = by["turn.end"].attrs.get("voice_to_voice_ns")
+    return Figures(v2v, end["underruns"], end["underrun_ns"])
+
+
+async def _run_plain(protocol: str, url: str, out: Path) -> Trace:
+    from voiceaudit.probe.runner import ProbeOptions, run_probe
+    from voiceaudit.probe.utterances import bundled_dir, load_utterances
+    from voiceaudit.targets.base import TargetConfig
+    from voiceaudit.targets.registry import get_target_class
+
+    utts = load_utterances([bundled_dir() / "06_thanks.wav", bundled_dir() / "03_lights.wav"])
+    options = {"rtvi": "off"} if protocol == "pipecat-websocket" else {}
+    if protocol == "realtime":
+        options = {"stage_events": "off"}
+    target = get_target_class(protocol)(TargetConfig(url=url, protocol=protocol, options=options))
+    await run_probe(target, utts, ProbeOptions(gap_ms=200, timeout_s=10), out)
+    return read_trace(out)
+
+
+WS_PROTOCOLS = ["realtime", "websocket", "pipecat-websocket"]
+
+
+@pytest.mark.parametrize("protocol", WS_PROTOCOLS)
+def test_a_stall_at_the_first_reply_chunk_moves_no_figure(
+    protocol: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from voiceaudit.probe.runner import _Sink
+
+    stalls: list[int] = []
+    _stall_first_chunk(monkeypatch, _Sink, stalls)
+    with StallServer(protocol) as server:
+        tr = asyncio.run(_run_plain(protocol, server.url, tmp_path / "trace.jsonl"))
+    turns = sorted(tr.finished_turns(), key=lambda st: st[1])
+    assert len(turns) == 2 == len(server.replies) == len(stalls)
+    for (session, turn), sent in zip(turns, server.replies, strict=True):
+        evs = _events(tr, session, turn)
+        by = {e.name: e for e in evs}
+        assert by["turn.end"].attrs["ok"], by["turn.end"].attrs
+        # every chunk's recorded arrival is between the server's write and a ms after
+        arrivals = [e.t_ns for e in evs if e.name == "reply.chunk"]
+        assert len(arrivals) == len(sent.before)
+        late = [a - b for a, b in zip(arrivals, sent.before, strict=True)]
+        slack = [aft - b for aft, b in zip(sent.after, sent.before, strict=True)]
+        assert all(-0.05 * MS <= d <= s + 1 * MS for d, s in zip(late, slack, strict=True)), [
+            round(d / MS, 3) for d in late
+        ]
+        truth = _truth(sent, depth_ns=0, speech_end_ns=by["input.speech_end"].t_ns)
+        got = _probe(evs)
+        assert got.underruns == truth.underruns == 0, (got, truth)
+        assert got.v2v_ns is not None and truth.v2v_ns is not None
+        assert 0 <= got.v2v_ns - truth.v2v_ns <= slack[1] + 1 * MS, (got, truth)
