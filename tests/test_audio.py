@@ -141,14 +141,38 @@ def _wav_bytes(speech: np.ndarray) -> bytes:
     )
 
 
-def test_streaming_wav_size_placeholder_is_accepted(tmp_path: Path, speech: np.ndarray) -> None:
+@pytest.mark.parametrize("placeholder", [0xFFFFFFFF, 0])
+@pytest.mark.parametrize("which", ["both", "data", "riff"])
+def test_streaming_wav_size_placeholder_is_accepted(
+    tmp_path: Path, speech: np.ndarray, placeholder: int, which: str
+) -> None:
+    """A streaming writer leaves 0 or 0xFFFFFFFF as the RIFF and data sizes until it
+    ends: the data runs to the end of the file (libsndfile alone reads a 0 as empty)."""
     data = bytearray(_wav_bytes(speech))
     i = data.index(b"data")
-    struct.pack_into("<I", data, i + 4, 0xFFFFFFFF)
-    struct.pack_into("<I", data, 4, 0xFFFFFFFF)
+    if which in ("both", "data"):
+        struct.pack_into("<I", data, i + 4, placeholder)
+    if which in ("both", "riff"):
+        struct.pack_into("<I", data, 4, placeholder)
     (tmp_path / "stream.wav").write_bytes(bytes(data))
     a = A.read_audio(tmp_path / "stream.wav")
     assert a.n_samples == speech.size
+    assert np.array_equal(a.samples, A.read_audio(_write_plain(tmp_path, speech)).samples)
+
+
+def _write_plain(tmp_path: Path, speech: np.ndarray) -> Path:
+    plain = tmp_path / "plain.wav"
+    plain.write_bytes(_wav_bytes(speech))
+    return plain
+
+
+def test_a_zero_size_wav_with_no_data_after_it_is_empty(tmp_path: Path) -> None:
+    """The placeholder with nothing behind it is an empty recording, still refused."""
+    fmt = struct.pack("<HHIIHH", 1, 1, 16000, 32000, 2, 16)
+    body = b"WAVEfmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", 0)
+    (tmp_path / "empty.wav").write_bytes(b"RIFF" + struct.pack("<I", 0) + body)
+    with pytest.raises(AudioError, match="holds no audio samples"):
+        A.read_audio(tmp_path / "empty.wav")
 
 
 def garbage(tmp_path: Path, kind: str, speech_dir: Path) -> Path:

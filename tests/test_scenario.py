@@ -151,7 +151,7 @@ def test_defaults_and_a_minimal_file() -> None:
 BAD = [
     # (file text, line, fragment of the message)
     ('[[session]]\n[[session.turn]]\nsay = "05_joke\n', 3, "not valid TOML"),
-    ("rate = 16000\n", None, "no [[session]]"),  # nothing to point at
+    ("rate = 16000\n", 1, "no [[session]]"),  # nothing to point at: the first line
     ("rat = 16000\n[[session]]\n", 1, "unknown top-level key 'rat' (did you mean 'rate'?)"),
     ("rate = 11025\n[[session]]\n", 1, "rate 11025 is not one of"),
     ('[[session]]\nname = "a"\n', 1, "session 'a' has no turns"),

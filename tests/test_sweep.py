@@ -108,7 +108,8 @@ def test_a_sweep_file_that_is_not_utf8_is_a_usage_error(
     rc = run(["sweep", "--file", str(f), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert rc == ExitCode.USAGE, err
-    assert err.splitlines()[0] == f"error: {f}: not UTF-8 text", err
+    # the line and column of the first byte that is not UTF-8
+    assert err.splitlines()[0] == f"error: {f}:2: not UTF-8 text (byte 0xff at column 15)", err
 
 
 @pytest.mark.parametrize(

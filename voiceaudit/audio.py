@@ -92,17 +92,23 @@ def _samples_to_ns(n: int, rate: int) -> int:
     return (n * 1_000_000_000 + rate // 2) // rate
 
 
-def read_audio(path: str | os.PathLike[str], *, rate: int | None = None) -> Audio:
+def read_audio(
+    path: str | os.PathLike[str], *, rate: int | None = None, guess_pcm: bool = True
+) -> Audio:
     """Read an audio file as mono float32.
 
     WAV (8/16/24/32-bit integer or float, any channel count), FLAC and the other formats
     libsndfile reads are decoded from their header. Files named ``*.raw``, ``*.pcm`` or
-    ``*.s16``, and files with no recognisable header when ``rate`` is given, are read as
-    headerless 16-bit little-endian mono PCM at ``rate`` (required for them).
+    ``*.s16``, and (with ``guess_pcm``) files with no recognisable header when ``rate`` is
+    given, are read as headerless 16-bit little-endian mono PCM at ``rate`` (required for
+    them).
 
     ``rate`` is the sample rate of the returned samples: the recorded rate of a headerless
     file, and for a file with a header the rate to resample to (nothing happens when it
-    matches the header).
+    matches the header). Pass ``guess_pcm=False`` when ``rate`` is only the rate wanted
+    (a scenario's), not the user's word that the file is raw PCM: then a file with no
+    header is refused unless its suffix says PCM, so a text file (or ``/etc/passwd``) is
+    never replayed as noise.
 
     Raises :class:`~voiceaudit.errors.AudioError` (one line naming the file) when the file
     is missing, empty, not audio, truncated or has a header that claims more data than the
@@ -110,7 +116,7 @@ def read_audio(path: str | os.PathLike[str], *, rate: int | None = None) -> Audi
     """
     p = Path(path)
     data = _read_bytes(p)
-    return _decode(data, p, rate)
+    return _decode(data, p, rate, guess_pcm)
 
 
 def _read_bytes(p: Path) -> bytes:
@@ -133,22 +139,23 @@ def _check_rate(rate: int | None, name: str) -> None:
         raise AudioError(f"invalid sample rate {rate!r}", path=name)
 
 
-def _decode(data: bytes, p: Path, rate: int | None) -> Audio:
+def _decode(data: bytes, p: Path, rate: int | None, guess_pcm: bool = True) -> Audio:
     name = str(p)
     _check_rate(rate, name)
     if p.suffix.lower() in HEADERLESS_SUFFIXES:
         return _decode_headerless(data, name, rate)
-    _check_riff(data, name)
+    data = _check_riff(data, name)
     try:
         samples, src_rate, channels = _decode_with_soundfile(data)
     except _NotRecognised as exc:
-        if rate is not None:
+        if rate is not None and guess_pcm:
             # The caller says what this is: headerless PCM at ``rate``.
             return _decode_headerless(data, name, rate)
         raise AudioError(
             f"not an audio file ({exc})",
             path=name,
-            hint="headerless 16-bit PCM needs --rate (or a .raw/.pcm/.s16 suffix)",
+            hint="headerless 16-bit PCM needs a .raw/.pcm/.s16 suffix"
+            + (" or --rate" if guess_pcm else ""),
         ) from None
     except _Broken as exc:
         raise AudioError(str(exc), path=name) from None
@@ -218,15 +225,18 @@ def _one_line(exc: BaseException) -> str:
     return text.replace("Error opening <_io.BytesIO object", "error opening").strip()
 
 
-def _check_riff(data: bytes, name: str) -> None:
-    """Refuse a WAV whose chunk sizes claim more bytes than the file holds.
+def _check_riff(data: bytes, name: str) -> bytes:
+    """Refuse a WAV whose chunk sizes claim more bytes than the file holds; return the
+    bytes to decode.
 
     libsndfile quietly reads what is there, so a cut-off download or a header that lies
-    would otherwise pass as a shorter recording. ``0xFFFFFFFF`` (and 0) as the data size are
-    the placeholders of streaming writers and are accepted.
+    would otherwise pass as a shorter recording. ``0xFFFFFFFF`` and 0 as the data size
+    are the placeholders of streaming writers (the sizes are filled in when the stream
+    ends, which never happened): the data runs to the end of the file. libsndfile takes
+    a 0 at its word (no samples), so such a header is given the real sizes first.
     """
     if len(data) < 12 or data[:4] not in (b"RIFF", b"RIFX") or data[8:12] != b"WAVE":
-        return
+        return data
     endian = "<" if data[:4] == b"RIFF" else ">"
     pos = 12
     while pos + 8 <= len(data):
@@ -235,14 +245,24 @@ def _check_riff(data: bytes, name: str) -> None:
         body = pos + 8
         if cid == b"data":
             if size in (0, 0xFFFFFFFF):
-                return
+                real = min(len(data) - body, 0xFFFFFFFF - 36)
+                if size == 0 and real > 0:
+                    riff = min(len(data) - 8, 0xFFFFFFFF)
+                    data = (
+                        data[:4]
+                        + struct.pack(endian + "I", riff)
+                        + data[8 : pos + 4]
+                        + struct.pack(endian + "I", real)
+                        + data[body:]
+                    )
+                return data
             if body + size > len(data):
                 raise AudioError(
                     f"WAV header claims {size} bytes of audio but the file holds only "
                     f"{len(data) - body} (truncated or corrupt)",
                     path=name,
                 )
-            return
+            return data
         if body + size > len(data):
             raise AudioError(
                 f"WAV chunk {cid.decode('latin-1')!r} runs past the end of the file "
@@ -658,7 +678,9 @@ def speech_info_cached(path: str | os.PathLike[str], *, rate: int | None = None)
     """:func:`detect_speech` of :func:`read_audio` ``(path, rate=rate)``, computed once per
     file content (sha256) and ``rate``: kept in this process and on disk under
     :func:`cache_dir`, invalidated by :data:`DETECTOR_VERSION`. A cache that cannot be
-    read or written is ignored.
+    read or written is ignored. A caller that must not take a headerless file for PCM
+    reads it with ``read_audio(…, guess_pcm=False)`` first (a cached result is not
+    decoded again).
     """
     p = Path(path)
     data = _read_bytes(p)

@@ -97,7 +97,11 @@ class Header:
         )
 
 
-def _int_list(a: Attrs, key: str, n: int | None, *, nulls: bool = False) -> int:
+def _int_list(
+    a: Attrs, key: str, n: int | None, *, nulls: bool = False, sizes: bool = False
+) -> int:
+    """Check ``attrs[key]`` is a list of integers (``n`` of them when given); ``sizes``:
+    none negative (a chunk of -480 samples would be a negative duration)."""
     v = a.get(key)
     if type(v) is not list:
         raise ValueError(f"attrs.{key} must be a list")
@@ -106,15 +110,17 @@ def _int_list(a: Attrs, key: str, n: int | None, *, nulls: bool = False) -> int:
     for x in v:
         if type(x) is not int and not (nulls and x is None):
             raise ValueError(f"attrs.{key} must hold integers" + (" or nulls" if nulls else ""))
+        if sizes and x is not None and x < 0:
+            raise ValueError(f"attrs.{key} holds a negative size ({x})")
     return len(v)
 
 
 def _check_reply_chunks(a: Attrs) -> None:
     n = _int_list(a, "dt_ns", None)
     for key in ("samples", "bytes"):
-        _int_list(a, key, n)
+        _int_list(a, key, n, sizes=True)
     if "wire_bytes" in a:
-        _int_list(a, "wire_bytes", n, nulls=True)
+        _int_list(a, "wire_bytes", n, nulls=True, sizes=True)
     peak = a.get("peak")
     if peak is not None and (
         type(peak) is not list

@@ -55,7 +55,7 @@ import numpy.typing as npt
 
 from voiceaudit.errors import AudioError, InputError, LocatedError, UsageError
 from voiceaudit.tomlpos import Path as KeyPath
-from voiceaudit.tomlpos import TomlChecker, parse_toml
+from voiceaudit.tomlpos import TomlChecker, decode_text, parse_toml
 
 F32 = npt.NDArray[np.float32]
 
@@ -214,15 +214,14 @@ class Scenario:
 def load_scenario(path: Path, *, bundled: Path | None = None) -> Scenario:
     """Read and check a scenario file; audio paths are relative to its directory."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ScenarioAudioError("no such scenario file", path=str(path)) from None
     except IsADirectoryError:
         raise ScenarioAudioError("is a directory, not a scenario file", path=str(path)) from None
-    except UnicodeDecodeError:
-        raise ScenarioError("not UTF-8 text", path=path) from None
     except OSError as exc:
         raise ScenarioAudioError(f"cannot read: {exc.strerror}", path=str(path)) from None
+    text = decode_text(data, path=path, error=ScenarioError)
     return parse_scenario(text, path=path, base_dir=path.parent, bundled=bundled)
 
 
@@ -325,7 +324,13 @@ class _Parser(TomlChecker):
         gap_ms = self.integer(doc, "gap_ms", (), lo=0, hi=600_000, default=DEFAULT_GAP_MS)
         raw = doc.get("session")
         if raw is None:
-            self.fail((), "no [[session]]: a scenario needs at least one session")
+            # Nothing to point at: the error names the file's first line.
+            raise ScenarioError(
+                "no [[session]]: a scenario needs at least one session",
+                path=self.path,
+                line=1,
+                hint="add a [[session]] table with at least one [[session.turn]]",
+            )
         if not isinstance(raw, list) or not raw:
             self.fail(("session",), "session must be an array of tables ([[session]])")
         sessions: list[Session] = []
@@ -523,11 +528,18 @@ class _Parser(TomlChecker):
         from voiceaudit.audio import read_audio, speech_info_cached
 
         try:
-            audio = read_audio(path, rate=self.rate)
+            # guess_pcm=False: the scenario's rate is the rate wanted, not the user's word
+            # that a file with no header is PCM; only a .raw/.pcm/.s16 name says that.
+            audio = read_audio(path, rate=self.rate, guess_pcm=False)
             info = speech_info_cached(path, rate=self.rate)
         except AudioError as exc:
+            why = exc.message.removeprefix(f"{exc.path}: ")
             raise ScenarioAudioError(
-                f"audio {ref!r}: {exc.message}", path=str(self.path), line=self.line(at)
+                f"audio {ref!r}: {why}",
+                path=str(self.path),
+                line=self.line(at),
+                hint="a turn says audio 'voiceaudit inspect' accepts: WAV, FLAC, …, or "
+                "16-bit PCM named *.raw, *.pcm or *.s16 (read at the scenario's rate)",
             ) from None
         samples = np.ascontiguousarray(np.asarray(audio.samples, dtype=np.float32))
         if samples.size == 0:

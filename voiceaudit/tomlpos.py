@@ -11,9 +11,10 @@ Paths are tuples of keys and array indexes, the way ``tomllib``'s result is inde
 ``metrics = [...]`` is ``("regression", "metrics", 1)``.
 
 :func:`parse_toml` parses and locates in one call, turning ``tomllib``'s error into a
-``FILE:LINE: not valid TOML: …`` one; a :class:`TomlChecker` (the base of a file format's
-schema checker) raises its format's :class:`~voiceaudit.errors.LocatedError` at the line
-of a key path.
+``FILE:LINE: not valid TOML: …`` one; :func:`decode_text` turns a file's bytes into its
+text, naming the line of the first byte that is not UTF-8; a :class:`TomlChecker` (the
+base of a file format's schema checker) raises its format's
+:class:`~voiceaudit.errors.LocatedError` at the line of a key path.
 """
 
 from __future__ import annotations
@@ -52,6 +53,23 @@ def line_of(lines: dict[Path, int], path: Path) -> int | None:
         if line is not None:
             return line
     return None
+
+
+def decode_text(data: bytes, *, path: pathlib.Path, error: type[LocatedError]) -> str:
+    """``data`` as UTF-8 text; otherwise ``error`` naming ``path`` and the line of the
+    first byte that is not UTF-8 (``FILE:3: not UTF-8 text (byte 0xff at column 12)``)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        # characters before it on its line (all valid: this is the first bad byte)
+        column = len(data[data.rfind(b"\n", 0, exc.start) + 1 : exc.start].decode()) + 1
+        raise error(
+            f"not UTF-8 text (byte 0x{data[exc.start]:02x} at column {column})",
+            path=path,
+            line=line,
+            hint="save the file as UTF-8",
+        ) from None
 
 
 def parse_toml(

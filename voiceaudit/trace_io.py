@@ -7,7 +7,10 @@ last line is cut short, and the reader drops it.
 
 Reader: ``.jsonl`` or ``.jsonl.gz`` (found by content, not name), a directory of traces,
 a trace with no closing record (incomplete: finished turns are kept). Anything else is a
-:class:`~voiceaudit.errors.TraceError` naming the file and line.
+:class:`~voiceaudit.errors.TraceError` naming the file and line. Records that are well
+formed but make no sense (a turn that starts twice, ends before it starts, a time that is
+no time of the run, CRLF line ends) are read, with a warning naming the line
+(docs/trace-format.md, "Reader rules").
 """
 
 from __future__ import annotations
@@ -198,12 +201,119 @@ class Trace:
 
 
 def _open_text(path: Path) -> tuple[IO[str], bool]:
+    # newline="": lines keep their own ends, so a CRLF file can be named (and a lone CR,
+    # which JSON Lines never holds, is not taken for a line break).
     raw = path.open("rb")
     magic = raw.read(2)
     raw.seek(0)
     if magic == b"\x1f\x8b":
-        return io.TextIOWrapper(gzip.GzipFile(fileobj=raw), encoding="utf-8"), True
-    return io.TextIOWrapper(raw, encoding="utf-8"), False
+        return io.TextIOWrapper(gzip.GzipFile(fileobj=raw), encoding="utf-8", newline=""), True
+    return io.TextIOWrapper(raw, encoding="utf-8", newline=""), False
+
+
+#: How far from the run's start anchor an event time may lie before it is called absurd:
+#: a week (a long load run lasts hours; a monotonic clock never runs backwards past boot).
+ODD_TIME_NS = 7 * 86_400 * 10**9
+
+#: Events :class:`_Oddities` looks at whatever their time.
+_CHECKED = frozenset({"turn.start", TURN_END, "reply.chunk"})
+
+
+class _Oddities:
+    """Well-formed records that make no sense, found while a trace is read: each kind is
+    one warning naming its first line (and how many lines in all), so the report never
+    gives a figure from such a turn without saying so. A v1 ``reply.chunk`` with a
+    negative size is refused outright (as a malformed ``reply.chunks`` is)."""
+
+    def __init__(self, path: Path, header: Header) -> None:
+        self.path = path
+        base = min((a.mono_ns for a in header.anchors), default=None)
+        #: event times outside [lo, hi] are absurd (negative ones always)
+        self.lo = 0 if base is None else max(0, base - ODD_TIME_NS)
+        self.hi = 2**63 - 1 if base is None else base + ODD_TIME_NS
+        self.base = base
+        self._first: dict[str, str] = {}
+        self._count: dict[str, int] = {}
+        #: (session, turn) -> (line, t_ns, ok) of its turn.start / turn.end
+        self._starts: dict[tuple[str, int], tuple[int, int]] = {}
+        self._ends: dict[tuple[str, int], tuple[int, int, bool]] = {}
+
+    def _note(self, kind: str, message: str) -> None:
+        self._count[kind] = self._count.get(kind, 0) + 1
+        self._first.setdefault(kind, message)
+
+    def event(
+        self, lineno: int, session: str, turn: int | None, t_ns: int, name: str, attrs: Any
+    ) -> None:
+        where = f"session {session}" + ("" if turn is None else f" turn {turn}")
+        if not self.lo <= t_ns <= self.hi:
+            if t_ns < 0:
+                why = "is negative"
+            elif self.base is None:
+                why = "is past any 64-bit time"
+            else:
+                days = (t_ns - self.base) / 86_400e9
+                why = f"is {days:+.1f} days from the run's start anchor"
+            self._note(
+                "time",
+                f"line {lineno}: {name} at t_ns {t_ns} {why}: not a time of this run; "
+                f"figures from {where} are suspect",
+            )
+        if name == "reply.chunk":
+            for size in ("samples", "bytes"):
+                v = attrs.get(size) if type(attrs) is dict else None
+                if type(v) is int and v < 0:
+                    raise TraceError(
+                        f"invalid record: reply.chunk: attrs.{size} is negative ({v})",
+                        path=str(self.path),
+                        line=lineno,
+                    )
+            return
+        if turn is None or name not in _CHECKED:
+            return
+        key = (session, turn)
+        if name == "turn.start":
+            if key in self._starts:
+                self._note(
+                    "twice",
+                    f"line {lineno}: {where} starts a second time (turn.start; the first is "
+                    f"on line {self._starts[key][0]}): its figures are suspect",
+                )
+                return
+            self._starts[key] = (lineno, t_ns)
+            end = self._ends.get(key)
+            if end is not None:
+                self._note(
+                    "order",
+                    f"line {lineno}: {where} starts (turn.start) after its turn.end on line "
+                    f"{end[0]}: its figures are suspect",
+                )
+            return
+        ok = type(attrs) is dict and attrs.get("ok") is True
+        if key in self._ends:
+            self._note(
+                "twice",
+                f"line {lineno}: {where} ends a second time (turn.end; the first is on line "
+                f"{self._ends[key][0]}): its figures are suspect",
+            )
+            return
+        self._ends[key] = (lineno, t_ns, ok)
+        start = self._starts.get(key)
+        # A failed turn may end before its first frame's deadline (turn.start is stamped
+        # with it, a few ms ahead): only a finished turn that ends first is nonsense.
+        if ok and start is not None and t_ns < start[1]:
+            self._note(
+                "order",
+                f"line {lineno}: {where} ends (turn.end, ok) {(start[1] - t_ns) / 1e6:.3f} ms "
+                f"before it starts (line {start[0]}): its figures are suspect",
+            )
+
+    def warnings(self) -> list[str]:
+        out = []
+        for kind, message in self._first.items():
+            n = self._count[kind]
+            out.append(message if n == 1 else f"{message} ({n} such lines in all)")
+        return out
 
 
 # -- decoding -------------------------------------------------------------------------------
@@ -356,6 +466,8 @@ def _scan(
     fast = False
     emit: EventSink = on_event if on_event is not None else _no_event
     undecoded = d = object()
+    odd: _Oddities | None = None
+    odd_lo, odd_hi = 0, 2**63 - 1
     with f:
         lineno = 0
         try:
@@ -373,7 +485,7 @@ def _scan(
                         continue
                     try:
                         d = decode(text)
-                    except (json.JSONDecodeError, ValueError):
+                    except (json.JSONDecodeError, ValueError, RecursionError):
                         d = undecoded
                     if type(d) is dict and d.get("type") == _EVENT_TYPE:
                         # _event_fields inline (a call per line costs a tenth of the
@@ -401,6 +513,9 @@ def _scan(
                             if name in skip:
                                 skipped[name] = skipped.get(name, 0) + 1
                             else:
+                                if t_ns < odd_lo or t_ns > odd_hi or name in _CHECKED:
+                                    assert odd is not None
+                                    odd.event(lineno, session, turn, t_ns, name, attrs)
                                 emit(session, turn, t_ns, source, stage, name, attrs)
                             continue
                 if pending_error is not None:
@@ -415,7 +530,7 @@ def _scan(
                     if d is undecoded or not fast:
                         d = decode(text)
                     rec = on_record(d) if header is not None else record_from_dict(d)
-                except (json.JSONDecodeError, ValueError) as first:
+                except (json.JSONDecodeError, ValueError, RecursionError) as first:
                     problem: Exception = first
                     failed = True
                     if decode is not _loads:
@@ -426,14 +541,16 @@ def _scan(
                             d = _loads(text)
                             rec = on_record(d) if header is not None else record_from_dict(d)
                             failed = False
-                        except (json.JSONDecodeError, ValueError) as second:
+                        except (json.JSONDecodeError, ValueError, RecursionError) as second:
                             problem = second
                     if not failed:
                         pass
                     elif not text.strip():
                         continue
                     else:
-                        err = TraceError(f"invalid record: {problem}", path=str(p), line=lineno)
+                        err = TraceError(
+                            f"invalid record: {_problem(problem)}", path=str(p), line=lineno
+                        )
                         if header is not None and not text.endswith("\n"):
                             # The last line of a killed writer: drop it, keep the rest.
                             warnings.append(f"line {lineno} is cut short (writer stopped mid-line)")
@@ -446,6 +563,16 @@ def _scan(
                 if rec is None:
                     if end is not None:
                         warnings.append(f"line {lineno}: records after the closing record")
+                    if odd is not None and type(d) is dict and d.get("type") == _EVENT_TYPE:
+                        # on_record accepted it: the fields are those of a valid event
+                        odd.event(
+                            lineno,
+                            d["session"],
+                            d["turn"],
+                            d["t_ns"],
+                            d["name"],
+                            d.get("attrs", _EMPTY),
+                        )
                     continue
                 if header is None:
                     if not isinstance(rec, Header):
@@ -454,6 +581,12 @@ def _scan(
                         )
                     _check_schema(rec, p)
                     header = rec
+                    odd = _Oddities(p, rec)
+                    odd_lo, odd_hi = odd.lo, odd.hi
+                    if text.endswith("\r\n"):
+                        warnings.append(
+                            f"line {lineno}: CRLF line ends (a converted copy?); read as LF"
+                        )
                     if on_header is not None:
                         on_header(rec)
                     fast = on_event is not None
@@ -479,6 +612,8 @@ def _scan(
         if warnings:
             raise TraceError("compressed trace is cut short before its header", path=str(p))
         raise TraceError("empty file: no header record", path=str(p))
+    if odd is not None:
+        warnings.extend(odd.warnings())
     if end is None:
         warnings.append("no closing record: the run was cut short; finished turns are kept")
     return TraceInfo(str(p), header, end, tuple(warnings), skipped)
@@ -592,6 +727,14 @@ def scan_trace(
     return _scan(p, on_record, skipping, _FAST_DECODE, on_event, on_header, skipped)
 
 
+def _problem(exc: Exception) -> str:
+    if isinstance(exc, RecursionError):
+        # json gives up with RecursionError, orjson past 1024 levels (its message then
+        # says "recursion"): a record no writer makes, not a voiceaudit bug.
+        return "nested too deeply to read"
+    return str(exc)
+
+
 def _not_a_trace(p: Path, lineno: int, text: str, exc: Exception) -> TraceError:
     if isinstance(exc, json.JSONDecodeError):
         return TraceError(
@@ -600,7 +743,7 @@ def _not_a_trace(p: Path, lineno: int, text: str, exc: Exception) -> TraceError:
             line=lineno,
             hint="a trace is the trace.jsonl file that 'voiceaudit run' writes",
         )
-    return TraceError(f"not a voiceaudit trace ({exc})", path=str(p), line=lineno)
+    return TraceError(f"not a voiceaudit trace ({_problem(exc)})", path=str(p), line=lineno)
 
 
 def _check_schema(h: Header, p: Path) -> None:
@@ -632,7 +775,7 @@ def _other_jsonl(p: Path) -> bool:
         with f:
             first = f.readline(1 << 20)
         d = json.loads(first)
-    except (OSError, EOFError, zlib.error, ValueError):
+    except (OSError, EOFError, zlib.error, ValueError, RecursionError):
         return False
     return not (isinstance(d, dict) and d.get("type") == "header")
 

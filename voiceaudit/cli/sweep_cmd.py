@@ -83,44 +83,106 @@ def _is_impairment_key(name: str) -> bool:
     return direction in ("up", "down") and bare in _LINK_KEYS
 
 
+#: The protocols the built-in reference pipeline speaks (a sweep pipeline without a target).
+BUILTIN_PROTOCOLS = ("realtime", "websocket", "cascade", "webrtc")
+
+_SWEEP_KEYS = (
+    "pipelines",
+    "networks",
+    "repeats",
+    "turns",
+    "playout",
+    "jitter_buffer_ms",
+    "inject",
+    "gap_ms",
+)
+_PIPELINE_KEYS = ("name", "protocol", "target")
+
+
 def _from_file(path: Path) -> SweepSpec:
-    """A sweep file (docs/network-conditions.md#sweep-files); errors name the line."""
-    from voiceaudit.tomlpos import TomlChecker, parse_toml
+    """A sweep file (docs/network-conditions.md#sweep-files); errors name the line.
+
+    Every key is checked: a misspelt one (``targt``) is an error, never ignored, so a
+    sweep measures only the targets the file names."""
+    import difflib
+
+    from voiceaudit.tomlpos import TomlChecker, decode_text, parse_toml
 
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise SweepFileError("not UTF-8 text", path=path) from None
+        data = path.read_bytes()
     except OSError as exc:
         raise SweepFileError(f"cannot read the sweep file ({exc.strerror})", path=path) from None
+    text = decode_text(data, path=path, error=SweepFileError)
     doc, lines = parse_toml(text, path=path, error=SweepFileError)
-    fail = TomlChecker(path, lines, SweepFileError).error_at
+    checker = TomlChecker(path, lines, SweepFileError)
 
+    def fail(at: tuple[str | int, ...], message: str, hint: str | None = None) -> SweepFileError:
+        # A document-level error has no key to point at: it names the first line.
+        err = checker.error_at(at, message, hint)
+        if err.line is None:
+            return SweepFileError(message, path=path, line=1, hint=hint)
+        assert isinstance(err, SweepFileError)
+        return err
+
+    def unknown(at: tuple[str | int, ...], key: str, known: tuple[str, ...], where: str) -> None:
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        extra = f" (did you mean {close[0]!r}?)" if close else ""
+        raise fail(
+            (*at, key), f"unknown key {key!r} in {where}{extra}", "keys: " + ", ".join(known)
+        )
+
+    for k in doc:
+        if k != "sweep":
+            unknown((), k, ("sweep",), "the sweep file")
     sw = doc.get("sweep")
     if not isinstance(sw, dict):
         raise fail(("sweep",), "a sweep file needs a [sweep] table")
-    known = {"pipelines", "networks", "repeats", "turns", "playout", "jitter_buffer_ms"}
-    known |= {"inject", "gap_ms"}
     for k in sw:
-        if k not in known:
-            raise fail(
-                ("sweep", k), f"unknown key {k!r} in [sweep] (keys: {', '.join(sorted(known))})"
-            )
+        if k not in _SWEEP_KEYS:
+            unknown(("sweep",), k, _SWEEP_KEYS, "[sweep]")
     spec = SweepSpec()
     pipes = sw.get("pipelines", [])
     if not isinstance(pipes, list) or not pipes:
         raise fail(("sweep", "pipelines"), "pipelines must be a non-empty array")
+    known_protocols = _known_protocols()
     for i, p in enumerate(pipes):
-        at = ("sweep", "pipelines", i)
+        at: tuple[str | int, ...] = ("sweep", "pipelines", i)
         if isinstance(p, str):
+            if p not in BUILTIN_PROTOCOLS:
+                raise fail(
+                    at,
+                    f"the built-in pipeline does not speak {p!r}",
+                    f"choose {', '.join(BUILTIN_PROTOCOLS)}, or give a table with a target",
+                )
             spec.pipelines.append((p, p, None))
-        elif isinstance(p, dict) and isinstance(p.get("protocol"), str):
-            url = p.get("target")
-            if url is not None and not isinstance(url, str):
-                raise fail(at, "a pipeline's target must be a URL string")
-            spec.pipelines.append((str(p.get("name") or p["protocol"]), p["protocol"], url))
-        else:
+            continue
+        if not isinstance(p, dict):
             raise fail(at, 'a pipeline is a protocol name or { protocol = "...", target = "..." }')
+        for k in p:
+            if k not in _PIPELINE_KEYS:
+                unknown(at, k, _PIPELINE_KEYS, "a pipeline")
+        proto = p.get("protocol")
+        if not isinstance(proto, str):
+            raise fail(at, 'a pipeline table needs protocol = "..."')
+        if proto not in known_protocols:
+            raise fail(
+                (*at, "protocol"),
+                f"unknown protocol {proto!r}",
+                "known protocols: " + ", ".join(sorted(known_protocols)),
+            )
+        url = p.get("target")
+        if not isinstance(url, str) or not url.strip():
+            # Without a target the table would measure the built-in pipeline under the
+            # user's name: never measure what the user did not name.
+            raise fail(
+                (*at, "target") if "target" in p else at,
+                'a pipeline table needs target = "URL" (a string)',
+                f'the built-in pipeline over a protocol is written as its name: "{proto}"',
+            )
+        name = p.get("name", proto)
+        if not isinstance(name, str) or not name.strip():
+            raise fail((*at, "name"), "a pipeline's name must be a non-empty string")
+        spec.pipelines.append((name, proto, url))
     nets = sw.get("networks", [])
     if not isinstance(nets, list) or not nets:
         raise fail(("sweep", "networks"), "networks must be a non-empty array")
@@ -143,15 +205,58 @@ def _from_file(path: Path) -> SweepSpec:
                 raise fail(("sweep", key), f"{key} must be a whole number ≥ {lo}")
             setattr(spec, attr, v)
     if "playout" in sw:
-        if not isinstance(sw["playout"], str):
-            raise fail(("sweep", "playout"), "playout must be a string")
+        from voiceaudit.probe.playout import PLAYOUT_MODELS
+
+        if sw["playout"] not in PLAYOUT_MODELS:
+            raise fail(
+                ("sweep", "playout"),
+                f"unknown playout model {sw['playout']!r}",
+                "choose one of " + ", ".join(PLAYOUT_MODELS),
+            )
         spec.playout = sw["playout"]
     if "inject" in sw:
         inj = sw["inject"]
         if not isinstance(inj, list) or not all(isinstance(x, str) for x in inj):
             raise fail(("sweep", "inject"), "inject must be an array of NAME=VALUE strings")
+        from voiceaudit.reference.config import parse_injections
+
+        for i, x in enumerate(inj):
+            try:
+                parse_injections([x])
+            except UsageError as exc:
+                raise fail(("sweep", "inject", i), exc.message, exc.hint) from None
+        if inj and any(url is not None for _, _, url in spec.pipelines):
+            raise fail(
+                ("sweep", "inject"), "inject applies to the built-in pipeline only (no target)"
+            )
         spec.inject = list(inj)
+    _check_names(spec, fail)
     return spec
+
+
+def _known_protocols() -> set[str]:
+    from voiceaudit.targets.registry import available
+
+    return set(available())
+
+
+def _check_names(spec: SweepSpec, fail: Any) -> None:
+    """Two pipelines (or networks) with one label would merge in the view: refuse them at
+    the line of the second."""
+    seen: set[str] = set()
+    for i, (label, _, _) in enumerate(spec.pipelines):
+        if label in seen:
+            raise fail(
+                ("sweep", "pipelines", i),
+                f"two pipelines are named {label!r}",
+                'name them: { name = "...", protocol = "...", target = "..." }',
+            )
+        seen.add(label)
+    nets: set[str] = set()
+    for i, (label, _) in enumerate(spec.networks):
+        if label in nets:
+            raise fail(("sweep", "networks", i), f"the network {label!r} is given twice")
+        nets.add(label)
 
 
 def register(app: typer.Typer) -> None:
@@ -244,7 +349,7 @@ def register(app: typer.Typer) -> None:
         if len(set(nlabels)) != len(nlabels):
             raise UsageError("a network is given twice")
         for _, proto, where in spec.pipelines:
-            if where is None and proto not in ("realtime", "websocket", "cascade", "webrtc"):
+            if where is None and proto not in BUILTIN_PROTOCOLS:
                 raise UsageError(
                     f"the built-in pipeline does not speak {proto!r}",
                     hint="choose realtime, websocket, cascade or webrtc",
