@@ -139,7 +139,8 @@ class FaultServer:
     async def start(self) -> str:
         app = web.Application()
         app.router.add_get("/v1/realtime", self.handler)
-        self.runner = web.AppRunner(app)
+        # a reply held back (delay_s) must not hold the server's shutdown
+        self.runner = web.AppRunner(app, shutdown_timeout=1.0)
         await self.runner.setup()
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
