@@ -560,6 +560,12 @@ def test_input_format_change_mid_session_reconnects(
 
 
 def test_bad_format_option_is_a_usage_error() -> None:
-    for opt in ({"input_format": "opus"}, {"output_format": "pcm8"}, {"rate": "0"}):
+    bad = (
+        {"input_format": "opus"},
+        {"output_format": "pcm8"},
+        {"rate": "0"},
+        {"format_wait_ms": "-1"},
+    )
+    for opt in bad:
         with pytest.raises(UsageError):
             RealtimeTarget(TargetConfig(url="ws://127.0.0.1:9/", protocol="realtime", options=opt))

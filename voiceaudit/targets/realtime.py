@@ -537,7 +537,8 @@ class RealtimeTarget(Target):
     def __init__(self, config: TargetConfig) -> None:
         super().__init__(config)
         requested_formats(config)  # a bad format option is a usage error before any connect
-        config.int_option("format_wait_ms", 1000)
+        if config.int_option("format_wait_ms", 1000) < 0:
+            raise UsageError("target option format_wait_ms cannot be negative")
 
     def session(self, sink: TargetSink) -> TargetSession:
         return RealtimeSession(self.config, sink)
