@@ -188,25 +188,28 @@ def test_a_time_that_is_no_time_of_the_run_is_named(
     assert odd[0].endswith("figures from session s0 turn 1 are suspect (2 such lines in all)")
 
 
+@pytest.mark.parametrize("key", ["samples", "bytes", "wire_bytes"])
 @pytest.mark.parametrize("version", [1, 2])
-def test_a_negative_chunk_duration_is_exit_3(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], version: int
+def test_a_negative_chunk_size_is_exit_3(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], version: int, key: str
 ) -> None:
+    """A chunk of -480 samples would be a negative duration: refused, with its line."""
     p = write_trace(tmp_path / "trace.jsonl", [TurnSpec(), TurnSpec()], version=version)
     lines = p.read_text().splitlines()
     name = "reply.chunks" if version == 2 else "reply.chunk"
     i = _line_of(lines, name, 1, nth=1 if version == 1 else 0)
     ev = json.loads(lines[i])
     if version == 2:
-        ev["attrs"]["samples"][1] = -480
+        n = len(ev["attrs"]["dt_ns"])
+        ev["attrs"].setdefault(key, [0] * n)[1] = -480
     else:
-        ev["attrs"]["samples"] = -480
+        ev["attrs"][key] = -480
     lines[i] = json.dumps(ev)
     p.write_text("\n".join(lines) + "\n")
     rc, err = _cli(capsys, "report", str(p))
     assert rc == ExitCode.BAD_INPUT, err
     line = _one_error(err)
-    assert line.startswith(f"error: {p}:{i + 1}: invalid record: {name}: attrs.samples"), line
+    assert line.startswith(f"error: {p}:{i + 1}: invalid record: {name}: attrs.{key}"), line
     assert "negative" in line, line
 
 

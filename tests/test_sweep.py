@@ -159,3 +159,22 @@ def test_bad_sweep_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
         assert rc == ExitCode.USAGE, (args, err)
         assert err.startswith("error:") and needle in err, (args, err)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply to read"),
+        ('{"schema": "voiceaudit.sweep/1", "cells": [{"dir": 3}]}', "malformed sweep manifest"),
+    ],
+)
+def test_a_hostile_sweep_manifest_is_exit_3(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, why: str
+) -> None:
+    (tmp_path / "sweep.json").write_text(text + "\n")
+    rc = run(["report", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == ExitCode.BAD_INPUT, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert "Traceback" not in err and len(lines) <= 2, err
+    assert lines[0].startswith(f"error: {tmp_path / 'sweep.json'}: ") and why in lines[0], err

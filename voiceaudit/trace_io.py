@@ -260,7 +260,7 @@ class _Oddities:
                 f"figures from {where} are suspect",
             )
         if name == "reply.chunk":
-            for size in ("samples", "bytes"):
+            for size in ("samples", "bytes", "wire_bytes"):
                 v = attrs.get(size) if type(attrs) is dict else None
                 if type(v) is int and v < 0:
                     raise TraceError(

@@ -111,7 +111,9 @@ def is_sweep(path: Path) -> bool:
 def read_manifest(sweep_dir: Path) -> Manifest:
     p = sweep_dir / MANIFEST
     try:
-        d = json.loads(p.read_text())
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise TraceError("not a sweep manifest: nested too deeply to read", path=str(p)) from None
     except (OSError, ValueError) as exc:
         raise TraceError(f"not a sweep manifest: {exc}", path=str(p)) from None
     if not isinstance(d, dict) or d.get("schema") != SWEEP_SCHEMA:
