@@ -284,3 +284,40 @@ def test_a_close_after_the_reply_is_done_keeps_the_turn(
         assert note.attrs["note"].startswith("after the reply: target closed the connection")
     starts = _by_turn(trace, "turn.start")
     assert [starts[t].session for t in (0, 1)] == ["s0", "s0.1"]
+
+
+@pytest.mark.parametrize(("mode", "kind"), [("close", "reply_cut"), ("hang", "timeout")])
+def test_scenario_session_goes_on_on_a_new_connection(
+    mode: str, kind: str, utterance: list[Path], tmp_path: Path
+) -> None:
+    """A scripted conversation: the faulty turn fails, and the script's next turn runs on a
+    new connection (``s0.1``) instead of failing with it."""
+    from voiceaudit.probe.runner import Probe
+    from voiceaudit.scenario import load_scenario
+
+    path = tmp_path / "three.toml"
+    path.write_text(
+        f'gap_ms = 100\n[[session]]\n[[session.turn]]\nsay = "{utterance[0]}"\nrepeat = 3\n'
+    )
+    script = load_scenario(path)
+    trace = tmp_path / "trace.jsonl"
+    server = FaultServer(mode, fault_at=1)
+
+    async def go() -> RunResult:
+        url = await server.start()
+        try:
+            cfg = TargetConfig(url=url, protocol="realtime", connect_timeout_s=5.0)
+            opts = ProbeOptions(timeout_s=2.0, idle_s=0.6)
+            return await Probe(RealtimeTarget(cfg), [], opts, trace, scenario=script).run()
+        finally:
+            await server.stop()
+
+    res = asyncio.run(go())
+    assert [t.ok for t in res.turns] == [True, False, True], res.turns
+    assert res.turns[1].failure == kind
+    starts = _by_turn(trace, "turn.start")
+    assert [starts[t].session for t in (0, 1, 2)] == ["s0", "s0", "s0.1"]
+    assert [starts[t].attrs["scenario_turn"] for t in (0, 1, 2)] == [0, 1, 2]
+    assert _by_turn(trace, "turn.end")[1].attrs["failure"] == kind
+    assert server.connections == 2
+    assert read_trace(trace).complete
