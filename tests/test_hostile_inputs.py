@@ -408,3 +408,31 @@ def test_a_bad_sweep_file_is_exit_2_with_its_line_and_measures_nothing(
     assert rc == ExitCode.USAGE, err
     assert _one_error(err) == f"error: {f}:{line}: {message}", err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("shape", ["array", "table"])
+@pytest.mark.parametrize("kind", ["scenario", "sweep"])
+def test_a_config_file_nested_too_deeply_is_exit_2_with_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str, shape: str
+) -> None:
+    f = tmp_path / "deep.toml"
+    deep = (
+        "[" * 100_000 + "]" * 100_000 if shape == "array" else "{a = " * 5_000 + "1" + "}" * 5_000
+    )
+    f.write_text(f"# a hostile file\n\nx = {deep}\n")
+    out = tmp_path / "out"
+    args = ["run", "--scenario"] if kind == "scenario" else ["sweep", "--file"]
+    rc, err = _cli(capsys, *args, str(f), "--out", str(out))
+    assert rc == ExitCode.USAGE, err
+    assert _one_error(err) == f"error: {f}:3: arrays or tables nested too deeply to read"
+    assert not out.exists()
+
+
+def test_a_sweep_target_of_an_unknown_protocol_starts_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "sweep"
+    rc, err = _cli(capsys, "sweep", "-p", "smoke", "-t", URL, "--network", "lan", "--out", str(out))
+    assert rc == ExitCode.USAGE, err
+    assert _one_error(err) == "error: unknown protocol 'smoke'"
+    assert not out.exists()

@@ -83,6 +83,14 @@ def parse_toml(
     """
     try:
         doc = tomllib.loads(text)
+        lines = key_lines(text)
+    except RecursionError:
+        # tomllib (and the key scanner) recurse per level of nested arrays and tables.
+        raise error(
+            "arrays or tables nested too deeply to read",
+            path=path,
+            line=_deep_line(text),
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         msg = str(exc)
         m = _TOML_AT.match(msg)
@@ -91,7 +99,25 @@ def parse_toml(
         raise error(
             f"not valid TOML: {m.group(1)} (column {m.group(3)})", path=path, line=int(m.group(2))
         ) from None
-    return doc, key_lines(text)
+    return doc, lines
+
+
+#: nesting deeper than this is where a too-deep file is said to go wrong
+_DEEP = 100
+
+
+def _deep_line(text: str) -> int:
+    """The line where brackets first nest ``_DEEP`` deep (strings are not skipped: this
+    only places the error of a file that cannot be read anyway)."""
+    depth = 0
+    for i, c in enumerate(text):
+        if c in "[{":
+            depth += 1
+            if depth >= _DEEP:
+                return text.count("\n", 0, i) + 1
+        elif c in "]}":
+            depth -= 1
+    return 1
 
 
 class TomlChecker:

@@ -330,6 +330,12 @@ def register(app: typer.Typer) -> None:
                 if not sep or "://" in name:
                     name, url = "", t
                 proto = protocol[0] if len(protocol) == 1 else infer_protocol(url)
+                if proto not in _known_protocols():
+                    # before the sweep directory exists, not when the cell runs
+                    raise UsageError(
+                        f"unknown protocol {proto!r}",
+                        hint="known protocols: " + ", ".join(sorted(_known_protocols())),
+                    )
                 spec.pipelines.append((name or proto, proto, url))
             if not target:
                 spec.pipelines = [(p, p, None) for p in protocol]
