@@ -144,9 +144,9 @@ def test_regression_defaults() -> None:
             '[budget]\nvoice_to_voice = { p50 = "1s" }\n\n[regression]\nbaseline = "b"\n'
             "max_increse = '5%'\n",
             6,
-            ["unknown regression key 'max_increse'", "'max_increase'"],
+            ["unknown key 'max_increse' in regression", "'max_increase'"],
         ),
-        ("[budget]\nfailed_turns = { max = 0, min = 1 }\n", 2, ["unknown failed_turns key 'min'"]),
+        ("[budget]\nfailed_turns = { max = 0, min = 1 }\n", 2, ["unknown key 'min' in failed_turns"]),
         # unknown metrics and segments
         (
             '[budget]\nmin_turns = 3\nvoice_to_vioce = { p50 = "1s" }\n',

@@ -151,7 +151,7 @@ def test_plain_traces_fail_turn_taking_checks(
     [
         ("cut_in.rate = { max = 5 }", 3, "cut_in.rate.max must be a fraction from 0 to 1"),
         ('cut_in.rate = { max = "150%" }', 3, "must be a fraction from 0 to 1"),
-        ('cut_in.rate = { p95 = "5%" }', 3, "unknown cut_in.rate key 'p95'"),
+        ('cut_in.rate = { p95 = "5%" }', 3, "unknown key 'p95' in cut_in.rate"),
         ("cut_in.rate = 0.05", 3, "cut_in.rate must be a table"),
         ("cut_in.rate = {}", 3, "cut_in.rate: no limit given"),
         ("barge_in.stop_latency = { p95 = 100 }", 3, "100 is not a duration"),

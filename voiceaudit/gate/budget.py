@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal, NoReturn
 
 from voiceaudit.analysis.ledger import ALL_SEGMENTS
+from voiceaudit.analysis.report import FAILURE_METRICS, FAILURES
 from voiceaudit.analysis.turntaking import (
     BARGE_IN_STOP,
     CUT_IN_RATE,
@@ -57,7 +58,9 @@ _GROUPS: dict[str, tuple[str, ...]] = {
     "cut_in": (CUT_IN_RATE,),
     "false_interruption": (FALSE_INTERRUPTION_RATE,),
 }
-_OTHER_KEYS = ("failed_turns", "min_turns", "knee")
+_OTHER_KEYS = ("failed_turns", FAILURES, "min_turns", "knee")
+#: The failure kinds a ``failures`` table can limit one by one.
+FAILURE_KIND_KEYS: tuple[str, ...] = tuple(m.split(".", 1)[1] for m in FAILURE_METRICS[1:])
 
 TestName = Literal["auto", "mann-whitney", "bootstrap"]
 TESTS: tuple[str, ...] = ("auto", "mann-whitney", "bootstrap")
@@ -188,6 +191,28 @@ class FailedTurnsLimit:
 
 
 @dataclass(frozen=True)
+class FailureLimit:
+    """An upper limit on failed turns, all kinds (``failures = { max = "1%" }``) or one
+    (``failures.reply_cut = { max = 0 }``): a share of the measured turns, or a count."""
+
+    #: ``failures`` or ``failures.KIND``
+    metric: str
+    #: a fraction (0.01 for "1%"), or None when the limit is a count
+    max_share: float | None = None
+    #: a number of turns, or None when the limit is a share
+    max_count: int | None = None
+    #: measured turns needed, overriding the budget's ``min_turns``
+    min_turns: int | None = None
+    line: int | None = None
+
+    @property
+    def name(self) -> str:
+        if self.max_share is not None:
+            return f"{self.metric} <= {_num(self.max_share * 100)}%"
+        return f"{self.metric} <= {self.max_count} turns"
+
+
+@dataclass(frozen=True)
 class KneeLimit:
     """``knee = { min = 40, margin = "10%" }``: the latency knee (report's concurrency
     view) is at ``min`` concurrent sessions or more; no knee passes only when the traces
@@ -211,7 +236,8 @@ class RegressionMetric:
 
 @dataclass(frozen=True)
 class RateRegression:
-    """A turn-taking rate in ``[regression].metrics`` (``"cut_in.rate"``): regressed when
+    """A turn-taking rate (``"cut_in.rate"``) or a failure share (``"failures"``,
+    ``"failures.reply_cut"``) in ``[regression].metrics``: regressed when
     it is significantly higher than the baseline's (one-sided Fisher's exact test) and
     higher by more than ``max_rate_increase``."""
 
@@ -254,6 +280,8 @@ class Budget:
     knee: KneeLimit | None = None
     #: turn-taking rate limits, in file order
     rates: tuple[RateLimit, ...] = ()
+    #: limits on failed turns (all kinds, or one), in file order
+    failures: tuple[FailureLimit, ...] = ()
     #: key paths → lines, for messages
     lines: Mapping[KeyPath, int] = field(default_factory=dict, compare=False, repr=False)
 
@@ -266,6 +294,7 @@ class Budget:
             and self.regression is None
             and self.knee is None
             and not self.rates
+            and not self.failures
         )
 
     def with_baseline(self, baseline: Sequence[Path]) -> Budget:
@@ -357,19 +386,35 @@ def parse_budget(text: str, *, path: Path | None = None, pyproject: bool = False
 
 class _Parser(TomlChecker):
     def unknown(
-        self, at: KeyPath, what: str, known: Sequence[str], hint: str | None = None
+        self,
+        at: KeyPath,
+        what: str,
+        known: Sequence[str],
+        hint: str | None = None,
+        *,
+        where: str | None = None,
     ) -> NoReturn:
+        """``unknown WHAT 'key'``, or with ``where``: ``unknown key 'x' in WHERE``."""
         key = str(at[-1])
         close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
         extra = f" (did you mean {close[0]!r}?)" if close else ""
-        self.fail(at, f"unknown {what} {key!r}{extra}", hint or f"known: {', '.join(known)}")
+        inside = "" if where is None else f" in {where}"
+        self.fail(
+            at, f"unknown {what} {key!r}{inside}{extra}", hint or f"known: {', '.join(known)}"
+        )
 
     def budget(self, doc: dict[str, Any], root: tuple[str, ...]) -> Budget:
         for key in doc:
             if key not in ("budget", "regression"):
-                self.unknown((*root, key), "key", ["budget", "regression"])
+                self.unknown(
+                    (*root, key),
+                    "key",
+                    ["budget", "regression"],
+                    where=".".join(root) if root else "the budget file",
+                )
         limits: list[Limit] = []
         rates: list[RateLimit] = []
+        failures: list[FailureLimit] = []
         failed: FailedTurnsLimit | None = None
         min_turns: int | None = None
         min_turns_line: int | None = None
@@ -384,6 +429,8 @@ class _Parser(TomlChecker):
                     min_turns_line = self.line(here)
                 elif key == "failed_turns":
                     failed = self.failed_turns(value, here)
+                elif key == FAILURES:
+                    failures = self.failures(value, here)
                 elif key == "knee":
                     knee = self.knee(value, here)
                 elif key == "segment" and isinstance(value, dict):
@@ -411,6 +458,7 @@ class _Parser(TomlChecker):
             regression=regression,
             knee=knee,
             rates=tuple(rates),
+            failures=tuple(failures),
             lines=dict(self.lines),
         )
         if budget.empty:
@@ -480,7 +528,8 @@ class _Parser(TomlChecker):
             at,
             f"unknown metric {name!r}{extra}",
             hint="metrics: voice_to_voice, segment.NAME (a ledger segment), failed_turns, "
-            "min_turns, knee; turn-taking: " + ", ".join((*TURN_TAKING_METRICS, *RATE_METRICS)),
+            "failures, min_turns, knee; turn-taking: "
+            + ", ".join((*TURN_TAKING_METRICS, *RATE_METRICS)),
         )
 
     def group_entry(
@@ -527,8 +576,9 @@ class _Parser(TomlChecker):
             else:
                 self.unknown(
                     here,
-                    f"{metric} key",
+                    "key",
                     ["max", "min_turns"],
+                    where=metric,
                     hint=f"{metric} is a rate with an upper limit: {_example(metric)}",
                 )
         if max_rate is None:
@@ -580,10 +630,88 @@ class _Parser(TomlChecker):
             elif key == "max_share":
                 max_share = self.percent(v, here, "failed_turns.max_share")
             else:
-                self.unknown(here, "failed_turns key", ["max", "max_share"])
+                self.unknown(here, "key", ["max", "max_share"], where="failed_turns")
         if max_count is None and max_share is None:
             self.fail(at, "failed_turns: no limit given", hint="write failed_turns = { max = 0 }")
         return FailedTurnsLimit(max_count, max_share, self.line(at))
+
+    def failures(self, value: Any, at: KeyPath) -> list[FailureLimit]:
+        """``failures = { max = "1%", min_turns = 20, reply_cut = { max = 0 } }`` (also
+        written ``[budget.failures]`` or ``failures.reply_cut.max = 0``)."""
+        table = self.table(value, at, FAILURES)
+        known = ["max", "min_turns", *FAILURE_KIND_KEYS]
+        overall: tuple[float | None, int | None, int | None] | None = None
+        min_turns: int | None = None
+        kinds: list[tuple[str, Any, KeyPath]] = []
+        for key, v in table.items():
+            here = (*at, key)
+            if key == "max":
+                overall = (*self.failure_max(v, here, "failures.max"), self.line(here))
+            elif key == "min_turns":
+                min_turns = self.count(v, here, "failures.min_turns", minimum=1)
+            elif key in FAILURE_KIND_KEYS:
+                kinds.append((key, v, here))
+            else:
+                self.unknown(
+                    here,
+                    "key",
+                    known,
+                    hint='failures takes max (a share such as "1%" or a number of turns), '
+                    "min_turns and a table per failure kind: " + ", ".join(FAILURE_KIND_KEYS),
+                    where=FAILURES,
+                )
+        out: list[FailureLimit] = []
+        if overall is not None:
+            share, count, line = overall
+            out.append(FailureLimit(FAILURES, share, count, min_turns, line))
+        for kind, v, here in kinds:
+            metric = f"{FAILURES}.{kind}"
+            sub = self.table(v, here, metric)
+            share = count = kmin = None
+            seen = False
+            for key, x in sub.items():
+                there = (*here, key)
+                if key == "max":
+                    share, count = self.failure_max(x, there, f"{metric}.max")
+                    seen = True
+                elif key == "min_turns":
+                    kmin = self.count(x, there, f"{metric}.min_turns", minimum=1)
+                else:
+                    self.unknown(there, "key", ["max", "min_turns"], where=metric)
+            if not seen:
+                self.fail(
+                    here,
+                    f"{metric}: no limit given",
+                    hint=f"write it like {metric} = {{ max = 0 }}",
+                )
+            out.append(
+                FailureLimit(
+                    metric, share, count, kmin if kmin is not None else min_turns, self.line(here)
+                )
+            )
+        if not out:
+            self.fail(
+                at,
+                "failures: no limit given",
+                hint='write it like failures = { max = "1%" } or failures.reply_cut = { max = 0 }',
+            )
+        return out
+
+    def failure_max(self, value: Any, at: KeyPath, what: str) -> tuple[float | None, int | None]:
+        """(share, count): ``"1%"`` is a share of the measured turns, a whole number a
+        count of turns; anything else (a bare fraction such as 0.01 reads as either) is an
+        error."""
+        if isinstance(value, str):
+            m = _PERCENT.match(value)
+            if m is not None and float(m.group(1)) <= 100:
+                return float(m.group(1)) / 100.0, None
+        elif isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return None, value
+        self.fail(
+            at,
+            f"{what}: {value!r} is neither a percentage nor a number of turns",
+            hint='write it like "1%" (a share of the measured turns) or 0 (a number of turns)',
+        )
 
     def knee(self, value: Any, at: KeyPath) -> KneeLimit:
         table = self.table(value, at, "knee")
@@ -596,7 +724,7 @@ class _Parser(TomlChecker):
             elif key == "margin":
                 margin = self.increase(v, here)
             else:
-                self.unknown(here, "knee key", ["min", "margin"])
+                self.unknown(here, "key", ["min", "margin"], where="knee")
         if minimum is None:
             self.fail(at, "knee: no limit given", hint="write knee = { min = 40 }")
         return KneeLimit(minimum, margin, self.line(at))
@@ -606,7 +734,7 @@ class _Parser(TomlChecker):
         known = ["baseline", "metrics", "max_increase", "max_rate_increase", "alpha", "test"]
         for key in table:
             if key not in known:
-                self.unknown((*at, key), "regression key", known)
+                self.unknown((*at, key), "key", known, where="regression")
         baseline: list[Path] = []
         if "baseline" in table:
             here = (*at, "baseline")
@@ -692,14 +820,20 @@ class _Parser(TomlChecker):
                 "a regression metric must be a string like 'voice_to_voice.p95', "
                 f"not {_kind(item)}",
             )
-        if item in RATE_METRICS:
+        if item in RATE_METRICS or item in FAILURE_METRICS:
             return RateRegression(item, self.line(at))
         m = _METRIC_FIGURE.match(item)
-        if m is not None and m.group(1) in RATE_METRICS:
+        if m is not None and (m.group(1) in RATE_METRICS or m.group(1) in FAILURE_METRICS):
             self.fail(
                 at,
                 f"{item!r}: a rate has no figure to compare",
                 hint=f"write it as {m.group(1)!r} (and max_rate_increase for an allowance)",
+            )
+        if m is None and item.startswith(f"{FAILURES}."):
+            self.fail(
+                at,
+                f"{item!r}: unknown failure kind {item.split('.', 1)[1]!r}",
+                hint="failure kinds: " + ", ".join(FAILURE_KIND_KEYS),
             )
         if m is None:
             self.fail(

@@ -12,6 +12,11 @@ Checks, in this order:
 ``failed_turns``
     failed turns (and turns cut short) at most ``max``, and at most ``max_share`` of the
     finished turns.
+``failures`` (in file order with the budget limits)
+    failed turns of every kind (``failures``) or of one (``failures.reply_cut``) at most
+    ``max``: a share of the measured turns (``"1%"``, with its Wilson interval) or a
+    number of turns. The counts are the report's failure table (the same turns as
+    ``failed_turns``: warm-ups left out, turns cut short counted as ``interrupted``).
 budget limits
     ``METRIC.FIGURE <= LIMIT`` on the observed figure; its 95 % interval is shown, and a
     limit inside the interval is pointed out (a re-run may flip the check). The
@@ -43,7 +48,7 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from voiceaudit.analysis.ledger import ALL_SEGMENTS, UNEXPLAINED, MarkTime, segment_bounds
-from voiceaudit.analysis.report import Report, build_report
+from voiceaudit.analysis.report import FAILURE_METRICS, FAILURES, Report, build_report
 from voiceaudit.analysis.stats import (
     MIN_N_MEAN,
     MIN_TAIL,
@@ -61,11 +66,13 @@ from voiceaudit.analysis.turntaking import (
     RESPONSE_TO_INTERRUPTION,
 )
 from voiceaudit.errors import NoDataError, VoiceauditError
+from voiceaudit.failures import FAILURE_LABELS
 from voiceaudit.gate.budget import (
     SEGMENT_PREFIX,
     TURN_TAKING_METRICS,
     VOICE_TO_VOICE,
     Budget,
+    FailureLimit,
     Figure,
     KneeLimit,
     RateLimit,
@@ -81,7 +88,7 @@ from voiceaudit.gate.significance import (
     mann_whitney_greater,
 )
 
-CheckKind = Literal["turns", "failed_turns", "budget", "regression", "knee"]
+CheckKind = Literal["turns", "failed_turns", "failures", "budget", "regression", "knee"]
 
 
 @dataclass(frozen=True)
@@ -305,6 +312,8 @@ _COUNTED: dict[str, str] = {
 
 
 def _noun(metric: str) -> str:
+    if metric in FAILURE_METRICS:
+        return "measured turns"
     return _COUNTED.get(metric, "turns")
 
 
@@ -343,6 +352,10 @@ def _missing_turn_taking(report: Report, metric: str, side: str) -> str:
 
 def _missing(report: Report, metric: str, side: str) -> tuple[str, str]:
     """(problem, detail) for a metric with no values."""
+    if metric in FAILURE_METRICS:
+        return "not enough turns", (
+            f"no measured turns in the {side} (every finished turn is a warm-up)"
+        )
     if not report.stats_turns:
         failed = report.counts["failed"]
         return "no successful turns", (
@@ -470,6 +483,9 @@ def evaluate(budget: Budget, current: Report, baseline: Report | None = None) ->
     for rate in budget.rates:
         min_turns = rate.min_turns if rate.min_turns is not None else budget.min_turns
         limits.append((rate.line, _rate_check(current, rate, min_turns)))
+    for fl in budget.failures:
+        min_turns = fl.min_turns if fl.min_turns is not None else budget.min_turns
+        limits.append((fl.line, _failure_check(current, fl, min_turns)))
     # file order (stable: a table's figures share its line)
     limits.sort(key=lambda lc: math.inf if lc[0] is None else lc[0])
     checks.extend(c for _, c in limits)
@@ -739,6 +755,90 @@ def _rate_check(report: Report, limit: RateLimit, min_turns: int | None) -> Chec
     )
 
 
+def _failure_check(report: Report, limit: FailureLimit, min_turns: int | None) -> Check:
+    """Failed turns (all kinds, or one) against a share of the measured turns or a count,
+    from the report's failure table. A count over its limit, or a share over a limit of
+    0%, fails however few turns there are (more turns cannot undo a failure); otherwise
+    fewer measured turns than needed (``min_turns``, default 5) is not enough evidence."""
+    ft = report.failures
+    needed = min_turns if min_turns is not None else MIN_N_MEAN
+    n = ft.of
+    if limit.metric == FAILURES:
+        count = ft.failed
+        kinds = "; ".join(f"{r.label} {r.turns}" for r in ft.rows if r.turns)
+        what = f"{count} of {n} measured turns failed" + (f" ({kinds})" if kinds else "")
+    else:
+        kind = limit.metric.split(".", 1)[1]
+        row = next(r for r in ft.rows if r.kind == kind)
+        count = row.turns
+        what = f"{count} of {n} measured turns failed with {FAILURE_LABELS[kind]}"
+        if count and row.example:
+            what += f" (first: {row.example})"
+    share = limit.max_share
+    base = Check(
+        kind="failures",
+        name=limit.name,
+        metric=limit.metric,
+        passed=False,
+        detail="",
+        unit=FRACTION if share is not None else "turns",
+        limit=share if share is not None else float(limit.max_count or 0),
+        n=n,
+        needed=needed,
+        line=limit.line,
+        count=count,
+    )
+    if n == 0:
+        return replace(
+            base,
+            detail="no measured turns in the traces (every finished turn is a warm-up)",
+            problem="not enough turns",
+        )
+    if share is None:
+        assert limit.max_count is not None
+        base = replace(base, observed=float(count))
+        over = count > limit.max_count
+        if over:
+            return replace(
+                base,
+                detail=f"{what}: over the limit of {limit.max_count}",
+                problem="over the limit",
+            )
+        if n < needed:
+            return replace(
+                base,
+                detail=_too_few(n, needed, "a failure limit", min_turns, noun="measured turns")
+                + f"; observed {what}",
+                problem="not enough turns",
+            )
+        return replace(base, passed=True, detail=f"{what}: within the limit of {limit.max_count}")
+    rate = count / n
+    ci = wilson_interval(count, n)
+    shown = f"{what}: {_pct(rate)} (95% CI {_pct(ci[0])[:-1]} to {_pct(ci[1])})"
+    base = replace(base, observed=rate, ci95=ci)
+    over = rate > share
+    if over and share == 0:
+        return replace(base, detail=f"{shown}: over the limit of 0%", problem="over the limit")
+    if n < needed:
+        return replace(
+            base,
+            detail=_too_few(n, needed, "a failure share", min_turns, noun="measured turns") + f"; "
+            f"observed {shown}",
+            problem="not enough turns",
+        )
+    notes: tuple[str, ...] = ()
+    if ci[0] <= share <= ci[1]:
+        notes = ("the limit is inside the 95% interval: a re-run may flip this check",)
+    verdict = "over" if over else "at" if rate == share else "under"
+    return replace(
+        base,
+        passed=not over,
+        detail=f"{shown}: {verdict} the limit of {_pct(share)}",
+        problem="over the limit" if over else None,
+        notes=notes,
+    )
+
+
 def mw_smallest_p(n_a: int, n_b: int) -> float:
     """The smallest one-sided p-value a Mann-Whitney test of these sizes can give."""
     return 1.0 / math.comb(n_a + n_b, n_a)
@@ -964,6 +1064,9 @@ def _rate_regression_one(
 
 
 def _rate_counts(report: Report, metric: str) -> tuple[int, int] | None:
+    if metric in FAILURE_METRICS:
+        # failed turns count whether or not any turn succeeded
+        return report.failures.rate_counts().get(metric)
     tt = report.turn_taking
     if tt is None or not report.stats_turns:
         return None
