@@ -569,3 +569,68 @@ def test_bad_format_option_is_a_usage_error() -> None:
     for opt in bad:
         with pytest.raises(UsageError):
             RealtimeTarget(TargetConfig(url="ws://127.0.0.1:9/", protocol="realtime", options=opt))
+
+
+# --- the reference pipeline in G.711, against its own truth ----------------------------
+
+
+@pytest.mark.slow
+def test_reference_pipeline_in_g711_agrees_with_its_truth(tmp_path: Path) -> None:
+    """The built-in pipeline speaks μ-law in and A-law out when asked: each turn's
+    voice-to-voice against the server's own record of when it sent the reply audio (as
+    tests/test_run_ground_truth.py checks it for 24 kHz PCM)."""
+    from test_run_ground_truth import _truth_v2v
+
+    from voiceaudit.cli.run_cmd import reference_url
+    from voiceaudit.model import unbatch
+    from voiceaudit.probe.utterances import bundled_dir
+    from voiceaudit.reference.config import ServerConfig
+    from voiceaudit.reference.groundtruth import read_ground_truth
+    from voiceaudit.reference.server import start_reference_server
+
+    async def go() -> None:
+        server = await start_reference_server(
+            ServerConfig(ground_truth_path=tmp_path / "ground_truth.jsonl")
+        )
+        try:
+            opts = {"input_format": "pcmu", "output_format": "pcma"}
+            cfg = TargetConfig(reference_url(server, "realtime"), "realtime", options=opts)
+            utt = load_utterances([bundled_dir() / u for u in ("01_weather.wav", "03_lights.wav")])
+            await run_probe(
+                RealtimeTarget(cfg), utt, ProbeOptions(gap_ms=300), tmp_path / "t.jsonl"
+            )
+        finally:
+            await server.close()
+
+    asyncio.run(go())
+    tr = read_trace(tmp_path / "t.jsonl")
+    truth = [
+        r for r in read_ground_truth(tmp_path / "ground_truth.jsonl") if r.get("record") == "turn"
+    ]
+    fmt = [e.attrs for e in tr.events if e.name == "session.audio_format"]
+    assert fmt == [
+        {
+            "input": {"encoding": "pcmu", "rate": 8000},
+            "output": {"encoding": "pcma", "rate": 8000},
+            "source": "declared",
+        }
+    ]
+    errors = []
+    for session, turn in tr.finished_turns():
+        evs: dict[str, Any] = {}
+        chunks = []
+        for e in sorted(
+            (u for e in tr.turn_events(session, turn) for u in unbatch(e)), key=lambda e: e.t_ns
+        ):
+            evs.setdefault(e.name, e)
+            if e.name == "reply.chunk":
+                chunks.append(e)
+        assert evs["turn.end"].attrs["ok"], evs["turn.end"].attrs
+        assert evs["turn.start"].attrs["rate"] == 8000 and chunks[0].attrs["rate"] == 8000
+        want = _truth_v2v(evs, chunks, truth)
+        assert want is not None
+        errors.append(evs["turn.end"].attrs["voice_to_voice_ns"] - want)
+    assert len(errors) == 2
+    # never earlier than the server made it; loopback adds little (the quickest turn: a
+    # busy machine only adds time)
+    assert min(errors) > -1 * MS and min(errors) <= 5 * MS, [e / MS for e in errors]
