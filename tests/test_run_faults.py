@@ -320,4 +320,7 @@ def test_scenario_session_goes_on_on_a_new_connection(
     assert [starts[t].attrs["scenario_turn"] for t in (0, 1, 2)] == [0, 1, 2]
     assert _by_turn(trace, "turn.end")[1].attrs["failure"] == kind
     assert server.connections == 2
-    assert read_trace(trace).complete
+    tr = read_trace(trace)
+    assert tr.complete
+    closed = [e.attrs for e in tr.events if e.name == "session.closed" and e.session == "s0"]
+    assert closed == ([{"reason": res.turns[1].reason}] if kind == "reply_cut" else [{}])

@@ -697,7 +697,16 @@ class Probe:
                     await ts.end_turn()
                 with contextlib.suppress(Exception):
                     await ts.close()
-                writer.event(sid, None, self.clock.now_ns(), "probe", "session", "session.closed")
+                broke = conv.sink.failure if conv.sink.failed else None
+                writer.event(
+                    sid,
+                    None,
+                    self.clock.now_ns(),
+                    "probe",
+                    "session",
+                    "session.closed",
+                    None if broke is None else {"reason": broke},
+                )
                 writer.commit()
             pending, index = conv.pending, conv.next_index
 
