@@ -168,7 +168,7 @@ class FormatServer:
     beta shape its beta string) are declared whatever the client asked; else the request is
     honoured. ``updated=False``: never sends session.updated (``created`` is what its
     greeting's session object holds); ``update_delay_s``: it sends it that late. ``odd``:
-    the first audio delta has one byte too many. ``switch_in``: the second response.create
+    the audio delta of that index has one byte too many. ``switch_in``: the second response.create
     on the first connection is answered by a session.updated changing the input format (in
     the middle of the probe's second turn), not by a reply."""
 
@@ -180,7 +180,7 @@ class FormatServer:
         updated: bool = True,
         created: dict[str, Any] | None = None,
         update_delay_s: float = 0.0,
-        odd: bool = False,
+        odd: int | None = None,
         switch_in: Any = None,
     ) -> None:
         self.force_in, self.force_out = force_in, force_out
@@ -218,7 +218,7 @@ class FormatServer:
             await ws.send_json({"type": "response.created", "response": {"id": "r"}})
             for i in range(0, len(data), step):
                 chunk = data[i : i + step]
-                if self.odd and i == 0:
+                if self.odd is not None and i == self.odd * step:
                     chunk += b"\x00"
                 if i == 0:
                     c.first_sent.append(time.monotonic_ns())
@@ -472,7 +472,7 @@ def test_g711_voice_to_voice_matches_pcm(outcomes: dict[str, Outcome]) -> None:
 
 
 def test_odd_pcm16_byte_count_fails_the_turn(utterances: list[Utterance], tmp_path: Path) -> None:
-    ev = run(FormatServer(odd=True), tmp_path / "t.jsonl", utterances, {}, turns=1)
+    ev = run(FormatServer(odd=0), tmp_path / "t.jsonl", utterances, {}, turns=1)
     (end,) = named(ev, "turn.end")
     assert end["ok"] is False
     assert "odd byte count" in end["reason"] and end["reason"].startswith("protocol:")
@@ -482,10 +482,28 @@ def test_odd_pcm16_byte_count_fails_the_turn(utterances: list[Utterance], tmp_pa
 
 def test_g711_odd_byte_count_is_audio(utterances: list[Utterance], tmp_path: Path) -> None:
     """One byte is one G.711 sample: an odd count is no fault there."""
-    server = FormatServer(odd=True)
+    server = FormatServer(odd=0)
     ev = run(server, tmp_path / "t.jsonl", utterances, {"output_format": "pcma"}, turns=1)
     (end,) = named(ev, "turn.end")
     assert end["ok"] is True, end
+
+
+def test_odd_byte_count_mid_reply_keeps_only_the_audio_before(
+    utterances: list[Utterance], tmp_path: Path
+) -> None:
+    """The fault in the 18th delta (after the tone began): the turn fails as a protocol
+    violation; the 17 deltas before it are the reply heard (its onset, and voice-to-voice
+    kept only as an informative figure), none after it."""
+    ev = run(FormatServer(odd=17), tmp_path / "t.jsonl", utterances, {}, turns=1)
+    (end,) = named(ev, "turn.end")
+    assert end["ok"] is False and "odd byte count" in end["reason"], end
+    assert failure_kind(end["reason"], end.get("failure")) == "protocol_violation"
+    assert "voice_to_voice_ns" not in end
+    assert isinstance(end.get("informative_voice_to_voice_ns"), int)
+    (chunks,) = named(ev, "reply.chunks")
+    assert sum(chunks["samples"]) == 17 * 24000 * CHUNK_MS // 1000
+    (aud,) = named(ev, "reply.audible")
+    assert abs(aud["onset_ms"] - LEAD_MS) <= 1.0
 
 
 @pytest.mark.parametrize(
