@@ -436,3 +436,20 @@ def test_a_sweep_target_of_an_unknown_protocol_starts_nothing(
     assert rc == ExitCode.USAGE, err
     assert _one_error(err) == "error: unknown protocol 'smoke'"
     assert not out.exists()
+
+
+def test_a_batched_item_at_no_time_of_the_run_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    p, lines = _trace(tmp_path)
+    i = _line_of(lines, "reply.chunks", 1)
+    ev = json.loads(lines[i])
+    ev["attrs"]["dt_ns"][1] = -ev["t_ns"] - 1  # one chunk before the clock began
+    lines[i] = json.dumps(ev)
+    p.write_text("\n".join(lines) + "\n")
+    rc, doc, _ = _report_json(tmp_path, capsys, p)
+    assert rc == 0
+    assert (
+        f"{p}: line {i + 1}: an item of reply.chunks at -1 ns is negative: not a time of this "
+        "run; figures from session s0 turn 1 are suspect"
+    ) in doc["warnings"], doc["warnings"]  # type: ignore[operator]

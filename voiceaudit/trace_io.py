@@ -247,18 +247,16 @@ class _Oddities:
     ) -> None:
         where = f"session {session}" + ("" if turn is None else f" turn {turn}")
         if not self.lo <= t_ns <= self.hi:
-            if t_ns < 0:
-                why = "is negative"
-            elif self.base is None:
-                why = "is past any 64-bit time"
-            else:
-                days = (t_ns - self.base) / 86_400e9
-                why = f"is {days:+.1f} days from the run's start anchor"
-            self._note(
-                "time",
-                f"line {lineno}: {name} at t_ns {t_ns} {why}: not a time of this run; "
-                f"figures from {where} are suspect",
-            )
+            self._odd_time(lineno, f"{name} at t_ns {t_ns}", t_ns, where)
+        if name in BATCHED:
+            # the items' times are t_ns + dt_ns (the arrays were checked: integers)
+            dt = attrs["dt_ns"]
+            if dt:
+                for t in (t_ns + min(dt), t_ns + max(dt)):
+                    if not self.lo <= t <= self.hi:
+                        self._odd_time(lineno, f"an item of {name} at {t} ns", t, where)
+                        break
+            return
         if name == "reply.chunk":
             for size in ("samples", "bytes", "wire_bytes"):
                 v = attrs.get(size) if type(attrs) is dict else None
@@ -307,6 +305,19 @@ class _Oddities:
                 f"line {lineno}: {where} ends (turn.end, ok) {(start[1] - t_ns) / 1e6:.3f} ms "
                 f"before it starts (line {start[0]}): its figures are suspect",
             )
+
+    def _odd_time(self, lineno: int, what: str, t_ns: int, where: str) -> None:
+        if t_ns < 0:
+            why = "is negative"
+        elif self.base is None:
+            why = "is past any 64-bit time"
+        else:
+            why = f"is {(t_ns - self.base) / 86_400e9:+.1f} days from the run's start anchor"
+        self._note(
+            "time",
+            f"line {lineno}: {what} {why}: not a time of this run; "
+            f"figures from {where} are suspect",
+        )
 
     def warnings(self) -> list[str]:
         out = []
