@@ -273,5 +273,9 @@ def test_cli_report_prints_the_table_and_keeps_exit_0(
 ) -> None:
     path = injected(tmp_path)[0]
     assert run(["report", str(path), "-f", "json"]) == 0
-    out, _ = capsys.readouterr()
+    out, err = capsys.readouterr()
     assert json.loads(out)["failures"]["failed"] == 6
+    # written to a file, the report still warns on stderr
+    assert run(["report", str(path), "-o", str(tmp_path / "r.md")]) == 0
+    _, err = capsys.readouterr()
+    assert "FAILURES: 6 of 36 turns failed (16.7%)" in " ".join(err.split())

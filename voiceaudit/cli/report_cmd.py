@@ -151,9 +151,16 @@ def register(app: typer.Typer) -> None:
             text = None if to_tty else render(obj, chosen, width=TEXT_WIDTH)
             if text is not None and extras:
                 text = _with_extras(text, chosen, extras)
+        from voiceaudit.report.common import failure_banner
+
         for r in reports:
             for w in r.warnings:
                 err.print(f"[yellow]warning:[/] {w}", highlight=False, markup=True)
+            # on stderr too, so a report written to a file still warns of its failures
+            banner = failure_banner(r)
+            if banner is not None:
+                what = f"{r.label}: " if len(reports) > 1 else ""
+                err.print(f"{what}{banner}", style="bold red", highlight=False, markup=False)
         if text is None:
             print_to(obj, out_console())
             for title, _, section in extras:
