@@ -389,3 +389,54 @@ def test_a_stall_at_the_first_reply_chunk_moves_no_figure(
         assert got.underruns == truth.underruns == 0, (got, truth)
         assert got.v2v_ns is not None and truth.v2v_ns is not None
         assert 0 <= got.v2v_ns - truth.v2v_ns <= slack[1] + 1 * MS, (got, truth)
+
+
+# --- WebRTC: the reference pipeline in its own process --------------------------------------
+
+
+@pytest.mark.slow
+def test_a_stall_at_the_first_reply_frame_moves_no_webrtc_arrival(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Against the reference pipeline over WebRTC, with the loop standing still for 50 ms
+    when a reply's first frame reaches the sink: every reply frame's recorded arrival is
+    within 5 ms after the server handed it to its encoder (its ground truth,
+    ``audio_sent_ns``: Opus encoding, the server's packetization and loopback; measured
+    0.6-2.8 ms). Before the tap, the frames behind the stalled one were stamped when the
+    loop came back: 30 ms and more late."""
+    from test_reference_support import serve_many
+
+    from voiceaudit.probe.runner import ProbeOptions, _Sink, run_probe
+    from voiceaudit.probe.utterances import bundled_dir, load_utterances
+    from voiceaudit.targets.base import TargetConfig
+    from voiceaudit.targets.webrtc import WebRTCTarget
+
+    stalls: list[int] = []
+    _stall_first_chunk(monkeypatch, _Sink, stalls)
+    utts = load_utterances([bundled_dir() / "06_thanks.wav", bundled_dir() / "03_lights.wav"])
+    out = tmp_path / "trace.jsonl"
+    with serve_many([[]]) as (server,):
+        config = TargetConfig(
+            url=server.url + "/v1/webrtc/offer",
+            protocol="webrtc",
+            options={"datachannel": "oai-events"},
+        )
+        options = ProbeOptions(gap_ms=300, jitter_buffer_ms=40)
+        asyncio.run(run_probe(WebRTCTarget(config), utts, options, out))
+        truth = server.turns()
+    tr = read_trace(out)
+    turns = sorted(tr.finished_turns(), key=lambda st: st[1])
+    assert len(turns) == 2 and len(stalls) >= 2
+    for session, turn in turns:
+        evs = _events(tr, session, turn)
+        by = {e.name: e for e in evs}
+        assert by["turn.end"].attrs["ok"], by["turn.end"].attrs
+        start, end = by["turn.start"].t_ns, by["turn.end"].t_ns
+        (rec,) = [r for r in truth if r["audio_sent_ns"] and start <= r["audio_sent_ns"][0] <= end]
+        sent = rec["audio_sent_ns"]
+        arrivals = [e.t_ns for e in evs if e.name == "reply.chunk"]
+        # the reply may begin with a few quiet frames of the stream sent before it
+        j = next(i for i, a in enumerate(arrivals) if a >= sent[0])
+        late = [a - s for a, s in zip(arrivals[j : j + 25], sent[:25], strict=False)]
+        assert len(late) == 25
+        assert all(-0.2 * MS <= d <= 5 * MS for d in late), str([round(d / MS, 2) for d in late])

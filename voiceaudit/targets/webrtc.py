@@ -4,8 +4,12 @@ The probe's paced frames go out as an Opus audio track; the remote audio track i
 reply. Stage marks come from an optional data channel (e.g. OpenAI's ``oai-events``).
 
 **Reply timing** is taken at RTP packet arrival, *before* aiortc's jitter buffer and
-decoder: the receiver's packet handler is wrapped to stamp each packet's arrival on the
-monotonic clock, and every decoded frame is matched to its packet by RTP timestamp. What
+decoder: the ICE connection's UDP sockets are read on voiceaudit's receive thread, with
+the kernel's timestamp of each datagram (:mod:`voiceaudit.targets.rxstamp`), so a probe
+loop that stalls does not move them; each RTP packet's arrival is kept by its RTP
+timestamp (read from the packet's header, which SRTP leaves in the clear), and every
+decoded frame is matched to its packet by RTP timestamp. (Where the sockets cannot be
+tapped, the receiver's packet handler stamps the packet when aiortc hands it on.) What
 aiortc's own jitter buffer adds (decoded-frame time minus packet arrival) is reported
 separately per turn (``webrtc.jitter_buffer`` mark), because a browser's buffer differs.
 
@@ -50,6 +54,7 @@ import json
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -57,6 +62,7 @@ import aiohttp
 import numpy as np
 
 from voiceaudit.errors import TargetError, missing_extra
+from voiceaudit.targets import rxstamp
 from voiceaudit.targets.base import (
     Target,
     TargetConfig,
@@ -135,6 +141,8 @@ class WebRTCSession(TargetSession):
         self._track: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._arrivals: dict[int, int] = {}
+        #: RTP timestamp -> arrival of its datagram, from the receive thread's kernel stamps
+        self._wire: dict[int, int] = {}
         self._ts_origin: int | None = None
         self._connected = asyncio.Event()
         self._failed: str | None = None
@@ -288,12 +296,15 @@ class WebRTCSession(TargetSession):
 
         Installed before the connection exists, so no packet arrives unstamped.
         """
+        self._tap_ice(pc)
         for receiver in pc.getReceivers():
             original = receiver._handle_rtp_packet
             self._mapper = getattr(receiver, "_RTCRtpReceiver__timestamp_mapper", None)
 
             async def stamped(packet: Any, arrival_time_ms: int, _orig: Any = original) -> None:
-                now = time.monotonic_ns()
+                now = self._wire.pop(packet.timestamp, None)
+                if now is None:  # not tapped: when aiortc hands the packet on
+                    now = time.monotonic_ns()
                 if not self._first_rtp_in:
                     self._first_rtp_in = True
                     self.sink.mark("webrtc.first_rtp_received", "session", now, {})
@@ -306,6 +317,34 @@ class WebRTCSession(TargetSession):
                 await _orig(packet, arrival_time_ms=arrival_time_ms)
 
             receiver._handle_rtp_packet = stamped
+
+    def _tap_ice(self, pc: Any) -> None:
+        """Read the ICE connection's UDP sockets on the receive thread (module docstring).
+        aioice's sockets are not public API: where they are not found, nothing changes."""
+        if rxstamp.disabled():
+            return
+        seen: set[int] = set()
+        for receiver in pc.getReceivers():
+            ice = getattr(getattr(receiver, "transport", None), "transport", None)
+            conn = getattr(ice, "_connection", None)
+            for proto in getattr(conn, "_protocols", None) or []:
+                transport = getattr(proto, "transport", None)
+                if transport is None or id(transport) in seen:
+                    continue
+                seen.add(id(transport))
+                rxstamp.tap(transport, self._on_datagram)
+
+    def _on_datagram(self, stamp: int, data: bytes, feed: Callable[[], None]) -> None:
+        """A datagram read on the receive thread: an RTP packet's arrival is kept by its
+        RTP timestamp (RFC 7983: first byte 128-191 is RTP or RTCP; RTCP's packet types
+        are 192-223) before the loop's ICE, DTLS and SRTP layers take it."""
+        if len(data) >= 12 and 128 <= data[0] <= 191 and not 192 <= data[1] <= 223:
+            ts = int.from_bytes(data[4:8], "big")
+            self._wire.setdefault(ts, stamp)  # a duplicate keeps the first arrival
+            if len(self._wire) > 4096:  # bounded: packets aiortc dropped are never popped
+                for k in list(self._wire)[:2048]:
+                    del self._wire[k]
+        feed()
 
     def _origin(self) -> int | None:
         """The RTP timestamp aiortc subtracts from decoded frames' pts."""
