@@ -453,3 +453,24 @@ def test_a_batched_item_at_no_time_of_the_run_is_named(
         f"{p}: line {i + 1}: an item of reply.chunks at -1 ns is negative: not a time of this "
         "run; figures from session s0 turn 1 are suspect"
     ) in doc["warnings"], doc["warnings"]  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("index", "message"),
+    [
+        ("{bad json\n", ":1: not valid JSON: Expecting property name enclosed in double quotes"),
+        ("[" * 100_000 + "]" * 100_000, ": cannot read the texts index (nested too deeply)"),
+        ('["01_weather.wav"]', ': not a texts index: it must be a JSON object {"file.wav"'),
+    ],
+)
+def test_a_broken_texts_index_beside_the_audio_is_exit_3(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], index: str, message: str
+) -> None:
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    (audio / "01_weather.wav").write_bytes((bundled_dir() / "01_weather.wav").read_bytes())
+    (audio / "texts.json").write_text(index)
+    rc, err = _cli(capsys, "run", str(audio), "--out", str(_run_out(tmp_path)))
+    assert rc == ExitCode.BAD_INPUT, err
+    assert _one_error(err).startswith(f"error: {audio / 'texts.json'}{message}"), err
+    assert not _run_out(tmp_path).exists()

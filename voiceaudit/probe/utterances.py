@@ -52,11 +52,25 @@ def bundled_dir() -> Path:
 
 
 def _texts(directory: Path) -> dict[str, str]:
+    """``texts.json`` beside the audio files: what each file says (``{"name.wav": "…"}``).
+
+    One that cannot be read is an error naming it (exit 3), never a crash."""
     index = directory / "texts.json"
     if not index.is_file():
         return {}
-    data = json.loads(index.read_text())
-    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"not valid JSON: {exc.msg}", path=str(index), line=exc.lineno) from None
+    except (OSError, ValueError, RecursionError) as exc:
+        why = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise InputError(f"cannot read the texts index ({why})", path=str(index)) from None
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise InputError(
+            'not a texts index: it must be a JSON object {"file.wav": "what it says", …}',
+            path=str(index),
+        )
+    return {str(k): v for k, v in data.items()}
 
 
 def expand(paths: list[Path]) -> list[Path]:
