@@ -168,7 +168,8 @@ class FormatServer:
     beta shape its beta string) are declared whatever the client asked; else the request is
     honoured. ``updated=False``: never sends session.updated (``created`` is what its
     greeting's session object holds); ``update_delay_s``: it sends it that late. ``odd``:
-    the audio delta of that index has one byte too many. ``switch_in``: the second response.create
+    the audio delta of that index has one byte too many. ``refuse``: session.update is
+    answered by an error event with that message. ``switch_in``: the second response.create
     on the first connection is answered by a session.updated changing the input format (in
     the middle of the probe's second turn), not by a reply."""
 
@@ -182,10 +183,12 @@ class FormatServer:
         update_delay_s: float = 0.0,
         odd: int | None = None,
         switch_in: Any = None,
+        refuse: str | None = None,
     ) -> None:
         self.force_in, self.force_out = force_in, force_out
         self.updated, self.created, self.odd = updated, created or {}, odd
         self.update_delay_s = update_delay_s
+        self.refuse = refuse
         self.switch_in = switch_in
         self.conns: list[Conn] = []
         self.runner: web.AppRunner | None = None
@@ -229,7 +232,10 @@ class FormatServer:
         async for msg in ws:
             ev = json.loads(msg.data)
             kind = ev["type"]
-            if kind == "session.update":
+            if kind == "session.update" and self.refuse is not None:
+                err = {"type": "invalid_request_error", "message": self.refuse}
+                await ws.send_json({"type": "error", "error": err})
+            elif kind == "session.update":
                 s = ev["session"]
                 c.update = s
                 if c.beta:
@@ -537,6 +543,22 @@ def test_undecodable_format_fails_the_session_open(
     (failed,) = named(ev, "session.failed")
     assert failed["reason"] == msg
     assert not named(ev, "session.audio_format")
+
+
+def test_error_answering_session_update_fails_the_open(
+    utterances: list[Utterance], tmp_path: Path
+) -> None:
+    """A server that refuses the format asked for keeps its own: the session cannot be
+    used, and the connect fails with the server's words."""
+    server = FormatServer(refuse="Invalid value: 'audio/pcmu'.")
+    with pytest.raises(TargetError) as err:
+        run(server, tmp_path / "t.jsonl", utterances, {"input_format": "pcmu"}, turns=1)
+    msg = err.value.message
+    assert msg == "target error answering session.update: Invalid value: 'audio/pcmu'."
+    ev = [{"name": e.name, **e.attrs} for e in read_trace(tmp_path / "t.jsonl").events]
+    (end,) = named(ev, "turn.end")
+    assert end["ok"] is False
+    assert failure_kind(end["reason"], end.get("failure")) == "connect_failed"
 
 
 def test_created_declaration_conflict_waits_for_updated(
