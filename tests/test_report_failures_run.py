@@ -58,3 +58,44 @@ def test_a_broken_reply_is_counted_and_kept_out_of_the_statistics(
     assert code == ExitCode.FAILED
     (check,) = json.loads(out)["checks"]
     assert check["name"] == f"failures.{kind} <= 0 turns" and check["problem"] == "over the limit"
+
+
+def test_the_audio_format_a_real_session_declared_is_in_the_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The reference pipeline asked for mu-law in and A-law out declares them in its
+    session.updated; the realtime target records that and the report shows it."""
+    from voiceaudit.cli.run_cmd import reference_url
+    from voiceaudit.probe.runner import ProbeOptions, run_probe
+    from voiceaudit.probe.utterances import bundled_dir, load_utterances
+    from voiceaudit.reference.config import ServerConfig
+    from voiceaudit.reference.server import start_reference_server
+    from voiceaudit.targets.base import TargetConfig
+    from voiceaudit.targets.realtime import RealtimeTarget
+
+    trace = tmp_path / "t.jsonl"
+
+    async def go() -> None:
+        server = await start_reference_server(ServerConfig())
+        try:
+            opts = {"input_format": "pcmu", "output_format": "pcma"}
+            cfg = TargetConfig(reference_url(server, "realtime"), "realtime", options=opts)
+            utt = load_utterances([bundled_dir() / "01_weather.wav"])
+            await run_probe(RealtimeTarget(cfg), utt, ProbeOptions(), trace)
+        finally:
+            await server.close()
+
+    asyncio.run(go())
+    assert run(["report", str(trace), "-f", "json"]) == 0
+    doc = json.loads(capsys.readouterr()[0])
+    assert doc["audio_formats"] == [
+        {
+            "session": "s0",
+            "input": {"encoding": "pcmu", "rate": 8000},
+            "output": {"encoding": "pcma", "rate": 8000},
+            "source": "declared",
+        }
+    ]
+    assert run(["report", str(trace), "-f", "markdown"]) == 0
+    md = capsys.readouterr()[0]
+    assert "Audio format: input pcmu 8000 Hz, output pcma 8000 Hz (declared by the target)" in md
