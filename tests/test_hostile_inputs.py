@@ -396,6 +396,12 @@ URL = "ws://127.0.0.1:9/v1/realtime"
             2,
             "two pipelines are named 'websocket'",
         ),
+        (
+            '[sweep]\npipelines = ["websocket"]\nnetworks = ["lan"]\n'
+            "repeats = 9223372036854775807\n",
+            4,
+            "repeats must be a whole number in 1..1000",
+        ),
     ],
 )
 def test_a_bad_sweep_file_is_exit_2_with_its_line_and_measures_nothing(

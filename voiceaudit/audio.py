@@ -704,7 +704,7 @@ def _load_cached(cf: Path, digest: str) -> SpeechInfo | None:
         if d.get("detector_version") != DETECTOR_VERSION or d.get("sha256") != digest:
             return None
         return SpeechInfo.from_dict(d)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
 
 

@@ -97,6 +97,8 @@ _SWEEP_KEYS = (
     "gap_ms",
 )
 _PIPELINE_KEYS = ("name", "protocol", "target")
+#: runs per cell at most (a file or --repeats)
+MAX_REPEATS = 1_000
 
 
 def _from_file(path: Path) -> SweepSpec:
@@ -193,17 +195,18 @@ def _from_file(path: Path) -> SweepSpec:
             spec.networks.append(_network(n))
         except UsageError as exc:
             raise fail(("sweep", "networks", i), exc.message, exc.hint) from None
-    for key, attr, lo in (
-        ("repeats", "repeats", 1),
-        ("turns", "turns", 1),
-        ("jitter_buffer_ms", "jitter_buffer_ms", 0),
-        ("gap_ms", "gap_ms", 0),
+    # Upper bounds too: repeats = 9223372036854775807 would build the matrix forever.
+    for key, lo, hi in (
+        ("repeats", 1, MAX_REPEATS),
+        ("turns", 1, 1_000_000),
+        ("jitter_buffer_ms", 0, 60_000),
+        ("gap_ms", 0, 600_000),
     ):
         if key in sw:
             v = sw[key]
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise fail(("sweep", key), f"{key} must be a whole number ≥ {lo}")
-            setattr(spec, attr, v)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise fail(("sweep", key), f"{key} must be a whole number in {lo}..{hi}")
+            setattr(spec, key, v)
     if "playout" in sw:
         from voiceaudit.probe.playout import PLAYOUT_MODELS
 
@@ -344,8 +347,8 @@ def register(app: typer.Typer) -> None:
             raise UsageError("no pipeline to sweep", hint="give --protocol or --target")
         if not spec.networks:
             raise UsageError("no network to sweep", hint="give --network lan --network bad-wifi …")
-        if spec.repeats < 1:
-            raise UsageError("--repeats must be at least 1")
+        if not 1 <= spec.repeats <= MAX_REPEATS:
+            raise UsageError(f"--repeats must be in 1..{MAX_REPEATS}")
         if spec.inject and any(p[2] is not None for p in spec.pipelines):
             raise UsageError("--inject applies to the built-in pipeline only (no --target)")
         labels = [p[0] for p in spec.pipelines]
