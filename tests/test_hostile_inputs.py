@@ -480,3 +480,20 @@ def test_a_broken_texts_index_beside_the_audio_is_exit_3(
     assert rc == ExitCode.BAD_INPUT, err
     assert _one_error(err).startswith(f"error: {audio / 'texts.json'}{message}"), err
     assert not _run_out(tmp_path).exists()
+
+
+def test_a_scenario_of_a_trillion_turns_is_refused_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each repeat is within its bound; their product would never finish being built."""
+    sc = tmp_path / "scenario.toml"
+    sc.write_text(
+        "[[session]]\ncount = 10000\nrepeat = 10000\n\n"
+        '[[session.turn]]\nsay = "01_weather"\nrepeat = 10000\n'
+    )
+    rc, err = _cli(capsys, "run", "--scenario", str(sc), "--out", str(_run_out(tmp_path)))
+    assert rc == ExitCode.USAGE, err
+    assert _one_error(err) == (
+        f"error: {sc}:1: the scenario has 1000000000000 turns by session 'session-1' "
+        "(count x repeat x turns and their repeats); at most 1000000"
+    )

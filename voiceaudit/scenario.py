@@ -64,6 +64,8 @@ DEFAULT_RATE = 16_000
 RATES = (8_000, 16_000, 22_050, 24_000, 44_100, 48_000)
 DEFAULT_GAP_MS = 500
 MAX_REPEAT = 10_000
+#: turns in a whole scenario, every count, repeat and session included
+MAX_TURNS = 1_000_000
 
 _TOP_KEYS = ("version", "rate", "gap_ms", "seed", "session")
 _SESSION_KEYS = ("name", "count", "repeat", "gap_ms", "turn")
@@ -253,6 +255,7 @@ class _Parser(TomlChecker):
         self.seed = 0
         self._clips: dict[str, Clip] = {}
         self._sounds = 0
+        self._turns = 0
 
     # -- errors (fail() and line() are TomlChecker's) -------------------------------------
 
@@ -353,6 +356,15 @@ class _Parser(TomlChecker):
         if not isinstance(raw_turns, list) or not raw_turns:
             self.fail((*at, "turn"), "session.turn must be an array of tables ([[session.turn]])")
         parsed = [self.turn(t, (*at, "turn", j), gap_ms) for j, t in enumerate(raw_turns)]
+        # Each bound alone is modest; their product is not (10,000^3 turns would never
+        # finish being built): the whole scenario has at most MAX_TURNS turns.
+        self._turns += count * repeat * sum(r for r, _ in parsed)
+        if self._turns > MAX_TURNS:
+            self.fail(
+                at,
+                f"the scenario has {self._turns} turns by session {name!r} (count x repeat "
+                f"x turns and their repeats); at most {MAX_TURNS}",
+            )
         script: list[tuple[Say, tuple[Overlap, ...], int, int | None]] = []
         for _ in range(repeat):
             for turn_repeat, item in parsed:
