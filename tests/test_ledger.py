@@ -359,7 +359,13 @@ def test_failed_turn_is_listed_with_its_reason(tmp_path: Path) -> None:
     assert failed.ledger.problem is not None
     doc = rep.to_dict()
     assert doc["failed_turns"] == [
-        {"session": "s0", "turn": 1, "warmup": False, "reason": "target closed the connection"}
+        {
+            "session": "s0",
+            "turn": 1,
+            "warmup": False,
+            "reason": "target closed the connection",
+            "failure": "reply_cut",  # an old trace's reason, classified (voiceaudit.failures)
+        }
     ]
     t1 = doc["turns"][1]
     assert t1["ok"] is False and t1["voice_to_voice_ms"] is None and t1["ledger"] == []

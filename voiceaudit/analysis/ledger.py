@@ -63,6 +63,13 @@ Which clock (see docs/report-format.md, "Times of pipeline marks")
     time is never later than its arrival; a turn in which any mark the ledger reads has a
     server time later than its arrival (a different host or clock) uses arrival times for
     all its marks, with a note.
+    With a capture joined to the trace (:func:`place_on_wire`), a pipeline mark without a
+    server time is placed at ``attrs.wire_t_ns``: when the WebSocket frame that carried
+    it left the server on the wire (the server's leg of an impairment proxy, else where
+    the capture saw it), so marks stamped at the probe's end never meet marks stamped at
+    the server's end (``reply.on_wire``) on one axis: the downlink is then all in
+    ``transport``. Without a capture an arrival-stamped mark carries the downlink delay
+    into the stage it ends, which the ledger cannot split off.
     ``mark_time="arrival"`` forces arrival times.
 
 Repeated and out-of-order marks
@@ -73,15 +80,18 @@ Repeated and out-of-order marks
     reason. When the remaining marks are
     not in chain order in time (a ``transcript.final`` after ``llm.request``: the model
     started on a partial transcript), the ledger keeps the largest set of marks that is
-    in order, preferring later stages (the ones nearer the reply), and lists the rest as
-    ``off_path``.
+    in order; of two equally large sets, the one that keeps the later stage where they
+    first differ, counting back from the reply. The rest are ``off_path``: "out of order:
+    N ms after X" (X: the nearest later stage kept that came before it), else "N ms
+    before X" (the nearest earlier stage kept that came after it). ``reply.on_wire``
+    never displaces a stage mark: it is kept only where it fits between them.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
 from voiceaudit.analysis.turns import PROBE, Occurrence, TurnObs
@@ -224,8 +234,37 @@ class Mark(NamedTuple):
 
     name: str
     t_ns: int
-    #: ``server`` (attrs.server_t_ns), ``arrival`` (pipeline t_ns) or ``probe``
+    #: ``server`` (attrs.server_t_ns), ``wire`` (its frame's departure in a capture, and
+    #: ``reply.on_wire``), ``arrival`` (pipeline t_ns) or ``probe``
     clock: str
+
+
+@dataclass(frozen=True, slots=True)
+class TurnWire:
+    """What a capture joined to the trace says of one turn's marks (probe clock)."""
+
+    #: when the turn's first reply audio left the server: the ``reply.on_wire`` mark
+    on_wire: int | None = None
+    #: (mark name, arrival t_ns) -> when the frame that carried it left the server
+    departures: Mapping[tuple[str, int], int] = field(default_factory=dict)
+
+
+def place_on_wire(obs: TurnObs, wire: TurnWire | int) -> None:
+    """Add a joined capture's times to a turn: ``reply.on_wire`` (source ``network``), and
+    ``wire_t_ns`` on each pipeline occurrence whose frame was found (``wire`` as a bare
+    int: only the ``reply.on_wire`` time)."""
+    if isinstance(wire, int):
+        obs.add("reply.on_wire", "network", "transport", wire, {"from": "capture"})
+        return
+    deps = wire.departures
+    if deps:
+        for name, occs in obs.marks.items():
+            for i, (t, src, a) in enumerate(occs):
+                d = deps.get((name, t))
+                if d is not None and src != PROBE:
+                    occs[i] = (t, src, {**a, "wire_t_ns": min(d, t)})
+    if wire.on_wire is not None:
+        obs.add("reply.on_wire", "network", "transport", wire.on_wire, {"from": "capture"})
 
 
 class OffPath(NamedTuple):
@@ -282,8 +321,27 @@ def _ms(ns: int) -> str:
 _tuple_new = tuple.__new__  # NamedTuples without their Python-level __new__ (hot path)
 
 
+#: which times _placed may use: server times and wire times, wire times only, neither
+_ALL_TIMES, _WIRE_TIMES, _ARRIVAL_TIMES = 2, 1, 0
+
+
+def _placed(t: int, src: str, a: dict[str, object], server: int) -> tuple[int, str, bool]:
+    """(time, clock, a server time later than its arrival) of one pipeline occurrence:
+    its server time, else its frame's departure on the wire, else its arrival, as far
+    as ``server`` allows (``reply.on_wire`` is always a wire time)."""
+    if server == _ALL_TIMES:
+        st = a.get("server_t_ns")
+        if type(st) is int:
+            return st, "server", st > t
+    if server:
+        wt = a.get("wire_t_ns")
+        if type(wt) is int:
+            return wt, "wire", False
+    return t, "wire" if src == "network" else "arrival", False
+
+
 def _choose(
-    occs: list[Occurrence], server: bool, t0: int | None
+    occs: list[Occurrence], server: int, t0: int | None
 ) -> tuple[int, str, int, bool] | None:
     """(time, clock, occurrences before t0, a server time later than its arrival was
     seen) of the occurrence to use: among pipeline (non-probe) occurrences of the
@@ -293,12 +351,7 @@ def _choose(
         t, src, a = occs[0]
         if src == PROBE:
             return None
-        clock, bad = "arrival", False
-        if server:
-            st = a.get("server_t_ns")
-            if type(st) is int:
-                bad = st > t
-                t, clock = st, "server"
+        t, clock, bad = _placed(t, src, a, server)
         return t, clock, 0 if t0 is None or t >= t0 else 1, bad
     rank = min(_SOURCE_RANK.get(o[1], 9) for o in occs)
     before = 0
@@ -308,12 +361,8 @@ def _choose(
     for t, src, a in occs:
         if src == PROBE or _SOURCE_RANK.get(src, 9) != rank:
             continue
-        clock = "arrival"
-        if server:
-            st = a.get("server_t_ns")
-            if type(st) is int:
-                bad = bad or st > t
-                t, clock = st, "server"
+        t, clock, late = _placed(t, src, a, server)
+        bad = bad or late
         if t0 is None or t >= t0:
             if best is None or t < best[0]:
                 best = (t, clock)
@@ -352,7 +401,7 @@ def build_ledger(events: Iterable[Event], *, mark_time: MarkTime = "auto") -> Le
 
 
 def _pick(
-    obs: TurnObs, server: bool, t0: int | None, notes: list[str]
+    obs: TurnObs, server: int, t0: int | None, notes: list[str]
 ) -> tuple[dict[int, tuple[str, int, str]], dict[str, int], str | None]:
     """Each chain boundary's (mark, time, clock), the times of the other marks read, and
     the name of a mark whose server time is later than its arrival (when one is)."""
@@ -375,12 +424,7 @@ def _pick(
                 t, src, a = occs[0]
                 if src == PROBE:
                     continue
-                clock, late = "arrival", False
-                if server:
-                    st = a.get("server_t_ns")
-                    if type(st) is int:
-                        late = st > t
-                        t, clock = st, "server"
+                t, clock, late = _placed(t, src, a, server)
                 if late and bad is None:
                     bad = name
                 # one occurrence before speech end is off the path, never noted
@@ -416,7 +460,9 @@ def ledger_from_obs(obs: TurnObs, *, mark_time: MarkTime = "auto") -> Ledger:
     notes: list[str] = []
     t0 = _first_probe(obs, SPEECH_END)
     t_audible = _first_probe(obs, AUDIBLE)
-    picked, extra, bad = _pick(obs, mark_time != "arrival", t0, notes)
+    picked, extra, bad = _pick(
+        obs, _ALL_TIMES if mark_time != "arrival" else _ARRIVAL_TIMES, t0, notes
+    )
     if bad is not None:
         # Some server time is later than its own arrival: not this host's clock.
         notes.clear()
@@ -424,7 +470,7 @@ def ledger_from_obs(obs: TurnObs, *, mark_time: MarkTime = "auto") -> Ledger:
             f"{bad}: server time after its arrival, so the server clock is not this "
             "host's monotonic clock; arrival times used"
         )
-        picked, extra, _ = _pick(obs, False, t0, notes)
+        picked, extra, _ = _pick(obs, _WIRE_TIMES, t0, notes)
     times: dict[str, int] = extra
     if t0 is not None:
         times[SPEECH_END] = t0
@@ -484,14 +530,32 @@ def ledger_from_obs(obs: TurnObs, *, mark_time: MarkTime = "auto") -> Ledger:
                 key=lambda c: c[0],
                 default=None,
             )
-            why = "out of order"
+            prv = max(
+                (c for c in chain if c[0] < idx and c[2] > t),
+                key=lambda c: c[0],
+                default=None,
+            )
             if nxt is not None:
                 why = f"out of order: {_ms(t - nxt[2])} after {nxt[1]}"
+            elif prv is not None:
+                why = f"out of order: {_ms(prv[2] - t)} before {prv[1]}"
+            else:  # cannot happen: a mark left out conflicts with one kept
+                why = "out of order"
             if s2s and name == "transcript.final":
                 why += " (a speech-to-speech model's input transcript is a side channel)"
             off_path.append(OffPath(name, t, why))
     if len(off_path) > 1:
         off_path.sort(key=lambda o: o.t_ns)
+    if "wire" in clocks and "arrival" in clocks and any(c[3] == "wire" for c in chain):
+        # Stamped at the probe's end beside marks stamped where the server sent them: each
+        # of these carries the downlink delay into the stage it ends.
+        late = [c[1] for c in chain if c[3] == "arrival"]
+        if late:
+            notes.append(
+                f"{', '.join(late)} at arrival (no server time, no frame found in the "
+                "capture), beside marks placed where the server sent them: the downlink "
+                "delay is in the stages they end"
+            )
 
     covers = _COVERS
     if s2s:
@@ -530,7 +594,8 @@ def _yield_first(cands: list[tuple[int, str, int, str]]) -> list[tuple[int, str,
 
 def _in_order(cands: list[tuple[int, str, int, str]]) -> list[tuple[int, str, int, str]]:
     """The largest subsequence of ``cands`` (sorted by chain index) whose times do not
-    decrease; among equals, the one that drops the earliest stages."""
+    decrease; of equally large ones, the one that keeps the later stage at the first
+    place where they differ, counting back from the reply."""
     prev = None
     for c in cands:
         if prev is not None and c[2] < prev:
@@ -539,11 +604,13 @@ def _in_order(cands: list[tuple[int, str, int, str]]) -> list[tuple[int, str, in
     else:
         return cands  # already in order: the common case
     n = len(cands)
-    for drop in range(1, n):
-        # combinations() yields index sets in lexicographic order, so the first set that
-        # works drops the earliest stages.
-        for removed in itertools.combinations(range(n), drop):
-            rest = [c for i, c in enumerate(cands) if i not in removed]
+    latest_first = range(n - 1, -1, -1)
+    for size in range(n - 1, 0, -1):
+        # combinations() of the positions taken latest first yields the kept sets in
+        # lexicographic order of their stages from the reply back: the first set in
+        # order is the one that prefers later stages.
+        for kept in itertools.combinations(latest_first, size):
+            rest = [cands[i] for i in reversed(kept)]
             if all(a[2] <= b[2] for a, b in itertools.pairwise(rest)):
                 return rest
     return []

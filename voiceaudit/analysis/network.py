@@ -30,17 +30,25 @@ a warning.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from voiceaudit.analysis.ledger import TurnWire
 from voiceaudit.clock import NS_PER_MS
 from voiceaudit.trace_io import Trace
 
 if TYPE_CHECKING:
+    from voiceaudit.capture.model import NetReport, WebSocketFrame
     from voiceaudit.capture.tcp import StallParams
 
 _AUDIO_EVENTS = ("response.output_audio.delta", "response.audio.delta")
+#: the probe's read of a frame, against the capture's time of it on the probe's own leg:
+#: the clock mapping's slack
+_SLACK_NS = NS_PER_MS
+#: stands for "a reply audio frame" among the received messages matched to frames
+_AUDIO = "\0audio"
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,10 @@ class TurnNetwork:
     retransmit_delay_ns: int = 0
     #: stall candidates of the probe's own Nagle-off sockets: not stalls
     stalls_ruled_out: int = 0
+    #: (mark name, arrival t_ns, departure t_ns) of each pipeline mark of the turn whose
+    #: WebSocket frame was found: when that frame left the server (see
+    #: :func:`join_capture`)
+    departures: tuple[tuple[str, int, int], ...] = ()
 
     @property
     def wire_to_app_ns(self) -> int | None:
@@ -126,11 +138,15 @@ class NetworkJoin:
                 )
         return out
 
-    def wire_marks(self) -> dict[tuple[str, int], int]:
-        """(session, turn) -> when the turn's first reply audio crossed the wire (probe
-        clock), for the ledger's ``reply.on_wire`` cut (WebSocket replies only: see
-        :func:`join_capture`)."""
-        return {(t.session, t.turn): t.wire_ns for t in self.turns if t.wire_ns is not None}
+    def wire_marks(self) -> dict[tuple[str, int], TurnWire]:
+        """(session, turn) -> what the capture says of the turn's marks (probe clock): when
+        its first reply audio left the server, for the ledger's ``reply.on_wire`` cut, and
+        when the frame carrying each of its pipeline marks did (see :func:`join_capture`)."""
+        return {
+            (t.session, t.turn): TurnWire(t.wire_ns, {(n, a): d for n, a, d in t.departures})
+            for t in self.turns
+            if t.wire_ns is not None or t.departures
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -219,6 +235,8 @@ def join_capture(
         keylog = default if default.is_file() else None
     raw = analyze_capture(pcap, heuristic_rtp=True, count_marked=True, keylog=keylog, stall=stall)
     report = to_probe_clock(raw, trace.anchors)
+    legs, leg_warning = proxy_legs(trace)
+    departed, first_audio = frame_departures(trace, report, legs)
 
     server_frames: list[tuple[int, int, str | None]] = []  # (first byte at, opcode, event)
     for w in report.websocket_sessions:
@@ -252,12 +270,19 @@ def join_capture(
         start, end = d["turn.start"], d["turn.end"]
         speech_end = d.get("input.speech_end", start)
         app = d.get("reply.first_byte")
-        wire = None
-        if app is not None:
+        wire = first_audio.get((session, turn))
+        if wire is None and app is not None:
+            # no frame matched to the probe's read (a trace that does not name the probe's
+            # end of its connection, or an HTTP reply):
             # the first reply audio on the wire after speech end, and not after the probe
             # saw it (1 ms slack for the clock mapping)
             cands = [t for t in audio_wire if speech_end <= t <= app + NS_PER_MS]
             wire = cands[0] if cands else None
+        if wire is not None and app is not None:
+            # The probe cannot get bytes before they crossed the wire: a wire time after
+            # its arrival (within the 1 ms slack) is the clock mapping's error, so it
+            # counts as the arrival and wire-to-app is never negative.
+            wire = min(wire, app)
         stalls = held = retrans = rdelay = ruled_out = 0
         connects = []
         for c in report.tcp_connections:
@@ -284,7 +309,17 @@ def join_capture(
                 )
         out.append(
             TurnNetwork(
-                session, turn, wire, app, stalls, held, retrans, tuple(connects), rdelay, ruled_out
+                session,
+                turn,
+                wire,
+                app,
+                stalls,
+                held,
+                retrans,
+                tuple(connects),
+                rdelay,
+                ruled_out,
+                tuple(departed.get((session, turn), ())),
             )
         )
     # RTP of the run's own media only, where the trace names the probe's ICE endpoints: a
@@ -292,6 +327,8 @@ def join_capture(
     media = probe_endpoints(trace, "udp")
     streams = [s for s in report.rtp_streams if not media or s.src in media or s.dst in media]
     warnings = list(report.warnings)
+    if leg_warning is not None:
+        warnings.append(leg_warning)
     if len(streams) < len(report.rtp_streams):
         warnings.append(
             f"{len(report.rtp_streams) - len(streams)} RTP stream(s) of other endpoints in the "
@@ -310,3 +347,161 @@ def join_capture(
         for s in streams
     )
     return NetworkJoin(str(pcap), tuple(out), rtp, tuple(warnings))
+
+
+Departures = dict[tuple[str, int], list[tuple[str, int, int]]]
+
+
+def proxy_legs(trace: Trace) -> tuple[dict[str, str], str | None]:
+    """(the probe's end of each connection through ``--impair``'s proxy -> the client end
+    of the proxy's own connection to the target, from the impairment record next to the
+    trace; a warning when the trace says it ran through the proxy and the record cannot
+    be read)."""
+    if not isinstance(trace.header.config.get("impairment"), dict):
+        return {}, None
+    from voiceaudit.errors import InputError
+    from voiceaudit.impair import RECORD_NAME, read_record
+
+    path = Path(trace.path).parent / RECORD_NAME
+    try:
+        recs = read_record(path)
+    except InputError as exc:
+        return {}, f"{exc.message}: the proxy's two legs are paired by their frames instead"
+    legs = {
+        str(r["client"]): str(r["upstream"])
+        for r in recs
+        if r.get("record") == "flow" and r.get("kind") == "tcp" and r.get("upstream")
+    }
+    return legs, None
+
+
+def frame_departures(
+    trace: Trace, report: NetReport, legs: Mapping[str, str] | None = None
+) -> tuple[Departures, dict[tuple[str, int], int]]:
+    """Where each message the probe read left the server, from a capture on the probe's
+    clock: ((session, turn) -> [(mark name, arrival, departure)] of its pipeline marks
+    that name their protocol event (``attrs.raw``), (session, turn) -> departure of the
+    frame carrying its first reply audio (the probe's ``reply.first_byte``)).
+
+    The probe's own connections are the WebSocket sessions whose client end a
+    ``session.connected`` names (a trace that names none gets nothing). The messages the
+    probe read on a session are matched to the server's data frames in order: each to the
+    next frame of its type that the capture saw no later than the probe read it (1 ms
+    slack for the clock mapping), and after the turn began. A frame's departure is its
+    time on the server's leg when the capture also holds one: the impairment proxy's
+    connection to the target that ``legs`` names (:func:`proxy_legs`), else a connection
+    whose server sent the same frames (type, length) no later (each used once); else its
+    time on the probe's own leg (a server on another host: when the frame reached this
+    one).
+    """
+    import bisect
+
+    owner: dict[str, str] = {}
+    for e in _connected(trace):
+        local = e.attrs.get("local")
+        if isinstance(local, str) and e.attrs.get("transport") != "udp":
+            owner[local] = e.session
+    if not owner:
+        return {}, {}
+
+    def data(frames: Sequence[WebSocketFrame]) -> list[WebSocketFrame]:
+        return [f for f in frames if not f.from_client and f.opcode in (1, 2)]
+
+    named = {} if legs is None else legs
+    by_client: dict[str, list[WebSocketFrame]] = {}
+    others: dict[tuple[tuple[int, int, str | None], ...], list[list[WebSocketFrame]]] = {}
+    for w in report.websocket_sessions:
+        if w.client not in owner:
+            fr = data(w.frames)
+            by_client[w.client] = fr
+            if fr:
+                others.setdefault(_signature(fr), []).append(fr)
+    # per session: (time on the probe's leg, opcode, event, departure) of each frame
+    frames: dict[str, list[tuple[int, int, str | None, int]]] = {}
+    for w in report.websocket_sessions:
+        session = owner.get(w.client)
+        fr = data(w.frames) if session is not None else []
+        if session is None or not fr:
+            continue
+        if w.client in named:
+            up = _upstream(fr, [by_client.get(named[w.client], [])])
+        else:
+            up = _upstream(fr, others.get(_signature(fr), ()))
+            if up is not None:  # one probe connection per proxy leg
+                same = others[_signature(fr)]
+                same[:] = [x for x in same if x is not up]
+        out = frames.setdefault(session, [])
+        for k, f in enumerate(fr):
+            dep = f.start_at_ns
+            if up is not None and k < len(up):
+                dep = min(dep, up[k].start_at_ns)
+            out.append((f.start_at_ns, f.opcode, f.event, dep))
+
+    starts: dict[tuple[str, int], int] = {}
+    # per session: (arrival, file order, event type or _AUDIO, mark name, turn)
+    read: dict[str, list[tuple[int, int, str, str, int]]] = {}
+    for i, e in enumerate(trace.events):
+        if e.turn is None or e.session not in frames:
+            continue
+        if e.source == "probe":
+            if e.name == "turn.start":
+                starts.setdefault((e.session, e.turn), e.t_ns)
+            elif e.name == "reply.first_byte":
+                read.setdefault(e.session, []).append((e.t_ns, i, _AUDIO, e.name, e.turn))
+        elif e.source == "pipeline":
+            kind = e.attrs.get("raw")
+            if isinstance(kind, str):
+                read.setdefault(e.session, []).append((e.t_ns, i, kind, e.name, e.turn))
+
+    departed: Departures = {}
+    first_audio: dict[tuple[str, int], int] = {}
+    for session, msgs in read.items():
+        seen = sorted(frames[session], key=lambda f: f[0])
+        times = [f[0] for f in seen]
+        audio_events = any(f[2] in _AUDIO_EVENTS for f in seen)
+        j = 0
+        for t, _, kind, name, turn in sorted(msgs):
+            begun = starts.get((session, turn))
+            k = j if begun is None else max(j, bisect.bisect_left(times, begun))
+            while k < len(seen) and seen[k][0] <= t + _SLACK_NS:
+                _, op, ev, dep = seen[k]
+                if kind == _AUDIO:
+                    hit = ev in _AUDIO_EVENTS if audio_events else op == 2
+                else:
+                    hit = ev == kind
+                if hit:
+                    if kind == _AUDIO:
+                        first_audio.setdefault((session, turn), dep)
+                    else:
+                        departed.setdefault((session, turn), []).append((name, t, dep))
+                    j = k + 1
+                    break
+                k += 1
+    return departed, first_audio
+
+
+def _signature(frames: Sequence[WebSocketFrame]) -> tuple[tuple[int, int, str | None], ...]:
+    """What identifies a connection's server frames on either leg of a proxy."""
+    return tuple((f.opcode, f.payload_len, f.event) for f in frames[:8])
+
+
+def _upstream(
+    frames: list[WebSocketFrame], legs: Sequence[list[WebSocketFrame]]
+) -> list[WebSocketFrame] | None:
+    """Of the other connections with the same first frames, the one whose server sent
+    every frame they share no later than ``frames`` saw it and earliest (a proxy's
+    upstream leg; with proxies in a chain, the first); ``None`` when there is none."""
+    best: list[WebSocketFrame] | None = None
+    for leg in legs:
+        n = min(len(leg), len(frames))
+        if (
+            n
+            and all(
+                (a.opcode, a.payload_len, a.event) == (b.opcode, b.payload_len, b.event)
+                and a.start_at_ns <= b.start_at_ns + _SLACK_NS
+                for a, b in zip(leg[:n], frames[:n], strict=True)
+            )
+            and (best is None or leg[0].start_at_ns < best[0].start_at_ns)
+        ):
+            best = leg
+    return best

@@ -29,7 +29,15 @@ from voiceaudit.analysis.findings import (
     detect_turn_taking,
     probe_lateness,
 )
-from voiceaudit.analysis.ledger import ALL_SEGMENTS, UNEXPLAINED, Ledger, MarkTime, ledger_from_obs
+from voiceaudit.analysis.ledger import (
+    ALL_SEGMENTS,
+    UNEXPLAINED,
+    Ledger,
+    MarkTime,
+    TurnWire,
+    ledger_from_obs,
+    place_on_wire,
+)
 from voiceaudit.analysis.stats import Summary, summarize
 from voiceaudit.analysis.turns import PROBE as PROBE_SOURCE
 from voiceaudit.analysis.turns import (
@@ -1004,10 +1012,10 @@ class _Analyser:
         options: ReportOptions,
         progress: Progress | None = None,
         what: str = "",
-        wire: Mapping[tuple[str, int], int] | None = None,
+        wire: Mapping[tuple[str, int], TurnWire | int] | None = None,
     ) -> None:
         self.options = options
-        #: (session, turn) -> first reply audio on the wire, from a joined capture
+        #: (session, turn) -> its marks' times on the wire, from a joined capture
         self.wire = wire or {}
         self.progress = progress
         self.what = what
@@ -1024,7 +1032,7 @@ class _Analyser:
     def analyse(self, obs: TurnObs, session_obs: SessionObs | None) -> None:
         w = self.wire.get((obs.session, obs.turn)) if self.wire else None
         if w is not None:
-            obs.add("reply.on_wire", "network", "transport", w, {"from": "capture"})
+            place_on_wire(obs, w)
         tr = turn_report(
             obs,
             run_id=self.run_id,
@@ -1081,7 +1089,7 @@ def build_report(
     keep_observations: bool = False,
     progress: Progress | None = None,
     label: str = "",
-    wire_marks: Mapping[tuple[str, int], int] | None = None,
+    wire_marks: Mapping[tuple[str, int], TurnWire | int] | None = None,
     knee_margin: Increase | None = None,
 ) -> Report:
     """Build the report of one or more traces (merged into one population).
@@ -1089,9 +1097,10 @@ def build_report(
     ``traces`` are :class:`~voiceaudit.trace_io.Trace` objects or paths (files or
     directories; paths are streamed through the fast reader). Raises
     :class:`~voiceaudit.errors.NoDataError` when no turn finished. ``wire_marks``:
-    (session, turn) -> when the turn's first reply audio crossed the wire, from a capture
-    joined to the trace (:meth:`voiceaudit.analysis.network.NetworkJoin.wire_marks`); each
-    becomes that turn's ``reply.on_wire`` mark (source ``network``).
+    (session, turn) -> what a capture joined to the trace says of the turn
+    (:meth:`voiceaudit.analysis.network.NetworkJoin.wire_marks`): when its first reply
+    audio left the server (its ``reply.on_wire`` mark, source ``network``; a bare int is
+    that alone) and when each of its pipeline marks did (their ``wire_t_ns``).
     """
     if mark_time not in ("auto", "arrival"):
         raise UsageError(f"unknown mark time {mark_time!r} (use 'auto' or 'arrival')")
@@ -1126,7 +1135,7 @@ def _build(
     options: ReportOptions,
     progress: Progress | None,
     label: str,
-    wire: Mapping[tuple[str, int], int] | None = None,
+    wire: Mapping[tuple[str, int], TurnWire | int] | None = None,
 ) -> Report:
     sources: list[SourceInfo] = []
     turns: list[TurnReport] = []
