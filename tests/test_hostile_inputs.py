@@ -497,3 +497,17 @@ def test_a_scenario_of_a_trillion_turns_is_refused_at_once(
         f"error: {sc}:1: the scenario has 1000000000000 turns by session 'session-1' "
         "(count x repeat x turns and their repeats); at most 1000000"
     )
+
+
+def test_hours_of_pauses_in_one_turn_are_refused_at_their_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pauses = ",\n".join(f"  {{ at_ms = {10 * k}, ms = 60000 }}" for k in range(1, 101))
+    sc = tmp_path / "scenario.toml"
+    sc.write_text(f'[[session]]\n[[session.turn]]\nsay = "01_weather"\npause = [\n{pauses}\n]\n')
+    rc, err = _cli(capsys, "run", "--scenario", str(sc), "--out", str(_run_out(tmp_path)))
+    assert rc == ExitCode.USAGE, err
+    # the eleventh pause (line 15) takes the turn past 600,000 ms
+    assert _one_error(err) == (
+        f"error: {sc}:15: the pauses of this turn add up to 660000 ms; at most 600000"
+    )

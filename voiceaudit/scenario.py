@@ -66,6 +66,8 @@ DEFAULT_GAP_MS = 500
 MAX_REPEAT = 10_000
 #: turns in a whole scenario, every count, repeat and session included
 MAX_TURNS = 1_000_000
+#: silence inserted into one turn's utterance, all its pauses together
+MAX_PAUSE_MS = 600_000
 
 _TOP_KEYS = ("version", "rate", "gap_ms", "seed", "session")
 _SESSION_KEYS = ("name", "count", "repeat", "gap_ms", "turn")
@@ -440,6 +442,7 @@ class _Parser(TomlChecker):
     def pauses(self, raw: Any, at: KeyPath, clip: Clip) -> tuple[Pause, ...]:
         items = raw if isinstance(raw, list) else [raw]
         out: list[Pause] = []
+        total = 0
         for k, item in enumerate(items):
             sub = (*at, k) if isinstance(raw, list) else at
             p = self.table(item, sub, "pause")
@@ -459,6 +462,13 @@ class _Parser(TomlChecker):
                     hint="list the pauses of a turn in order of at_ms",
                 )
             out.append(Pause(self.samples(at_ms), self.samples(ms), at_ms, ms))
+            total += ms
+            if total > MAX_PAUSE_MS:
+                # thousands of one-minute pauses would be hours of audio held in memory
+                self.fail(
+                    (*sub, "ms"),
+                    f"the pauses of this turn add up to {total} ms; at most {MAX_PAUSE_MS}",
+                )
         return tuple(out)
 
     def interrupt(self, raw: Any, at: KeyPath) -> Overlap:
