@@ -57,6 +57,11 @@ def test_a_kind_alone_and_its_own_min_turns() -> None:
     assert b.failures == (FailureLimit("failures.timeout", 0.005, None, 200, 2),)
 
 
+def test_a_kind_as_a_quoted_key() -> None:
+    b = parse_budget('[budget]\n"failures.reply_cut" = { max = 1 }\nmin_turns = 3\n')
+    assert b.failures == (FailureLimit("failures.reply_cut", None, 1, None, 2),)
+
+
 def _error(text: str) -> BudgetError:
     with pytest.raises(BudgetError) as ei:
         parse_budget(text, path=Path("/ci/voiceaudit.toml"))
@@ -90,6 +95,13 @@ def _error(text: str) -> BudgetError:
         ("[budget]\nfailures = { max = true }\n", 2, ["neither a percentage"]),
         ('[budget]\nfailures = "1%"\n', 2, ["failures must be a table"]),
         ("[budget.failures]\ntimeout = 0\n", 2, ["failures.timeout must be a table"]),
+        ('[budget]\n"failures.cut" = { max = 0 }\n', 2, ["unknown failure kind 'cut'"]),
+        (
+            '[budget.failures]\nreply_cut = { max = 0 }\n[budget]\n"failures.reply_cut" = '
+            "{ max = 1 }\n",
+            4,
+            ["failures.reply_cut is limited twice (also at line 2)"],
+        ),
         # unknown keys elsewhere say where they are too
         ("[budget]\nknee = { min = 4, x = 1 }\n", 2, ["unknown key 'x' in knee"]),
         (

@@ -430,7 +430,19 @@ class _Parser(TomlChecker):
                 elif key == "failed_turns":
                     failed = self.failed_turns(value, here)
                 elif key == FAILURES:
-                    failures = self.failures(value, here)
+                    failures += self.failures(value, here)
+                elif key.startswith(f"{FAILURES}."):
+                    # "failures.reply_cut" = {...}: a quoted key
+                    kind = key[len(FAILURES) + 1 :]
+                    if kind not in FAILURE_KIND_KEYS:
+                        close = difflib.get_close_matches(kind, FAILURE_KIND_KEYS, n=1)
+                        self.fail(
+                            here,
+                            f"unknown failure kind {kind!r}"
+                            + (f" (did you mean {close[0]!r}?)" if close else ""),
+                            hint="failure kinds: " + ", ".join(FAILURE_KIND_KEYS),
+                        )
+                    failures.append(self.failure_kind(kind, value, here, None))
                 elif key == "knee":
                     knee = self.knee(value, here)
                 elif key == "segment" and isinstance(value, dict):
@@ -445,7 +457,7 @@ class _Parser(TomlChecker):
                     rates.append(self.rate_limit(key, value, here))
                 else:
                     limits.extend(self.metric_limits(key, value, here))
-        self.no_duplicates(limits, rates)
+        self.no_duplicates(limits, rates, failures)
         regression = None
         if "regression" in doc:
             regression = self.regression(doc["regression"], (*root, "regression"))
@@ -478,12 +490,18 @@ class _Parser(TomlChecker):
         out: dict[str, Any] = value
         return out
 
-    def no_duplicates(self, limits: Sequence[Limit], rates: Sequence[RateLimit]) -> None:
+    def no_duplicates(
+        self,
+        limits: Sequence[Limit],
+        rates: Sequence[RateLimit],
+        failures: Sequence[FailureLimit] = (),
+    ) -> None:
         """The same limit twice (``"cut_in.rate"`` and ``cut_in.rate``, or
         ``"segment.X"`` and ``segment.X``: different keys to TOML) is an error."""
         seen: dict[str, int | None] = {}
         named = [(f"{x.metric}.{x.figure}", x.line) for x in limits]
         named += [(x.metric, x.line) for x in rates]
+        named += [(x.metric, x.line) for x in failures]
         for name, line in named:
             if name in seen:
                 also = f" (also at line {seen[name]})" if seen[name] is not None else ""
@@ -664,31 +682,7 @@ class _Parser(TomlChecker):
         if overall is not None:
             share, count, line = overall
             out.append(FailureLimit(FAILURES, share, count, min_turns, line))
-        for kind, v, here in kinds:
-            metric = f"{FAILURES}.{kind}"
-            sub = self.table(v, here, metric)
-            share = count = kmin = None
-            seen = False
-            for key, x in sub.items():
-                there = (*here, key)
-                if key == "max":
-                    share, count = self.failure_max(x, there, f"{metric}.max")
-                    seen = True
-                elif key == "min_turns":
-                    kmin = self.count(x, there, f"{metric}.min_turns", minimum=1)
-                else:
-                    self.unknown(there, "key", ["max", "min_turns"], where=metric)
-            if not seen:
-                self.fail(
-                    here,
-                    f"{metric}: no limit given",
-                    hint=f"write it like {metric} = {{ max = 0 }}",
-                )
-            out.append(
-                FailureLimit(
-                    metric, share, count, kmin if kmin is not None else min_turns, self.line(here)
-                )
-            )
+        out += [self.failure_kind(kind, v, here, min_turns) for kind, v, here in kinds]
         if not out:
             self.fail(
                 at,
@@ -696,6 +690,32 @@ class _Parser(TomlChecker):
                 hint='write it like failures = { max = "1%" } or failures.reply_cut = { max = 0 }',
             )
         return out
+
+    def failure_kind(
+        self, kind: str, value: Any, at: KeyPath, min_turns: int | None
+    ) -> FailureLimit:
+        """One kind's limit, ``{ max = …, min_turns = … }`` (``min_turns``: the
+        ``failures`` table's, when the kind gives none)."""
+        metric = f"{FAILURES}.{kind}"
+        sub = self.table(value, at, metric)
+        share = count = kmin = None
+        seen = False
+        for key, x in sub.items():
+            there = (*at, key)
+            if key == "max":
+                share, count = self.failure_max(x, there, f"{metric}.max")
+                seen = True
+            elif key == "min_turns":
+                kmin = self.count(x, there, f"{metric}.min_turns", minimum=1)
+            else:
+                self.unknown(there, "key", ["max", "min_turns"], where=metric)
+        if not seen:
+            self.fail(
+                at, f"{metric}: no limit given", hint=f"write it like {metric} = {{ max = 0 }}"
+            )
+        return FailureLimit(
+            metric, share, count, kmin if kmin is not None else min_turns, self.line(at)
+        )
 
     def failure_max(self, value: Any, at: KeyPath, what: str) -> tuple[float | None, int | None]:
         """(share, count): ``"1%"`` is a share of the measured turns, a whole number a
