@@ -3,16 +3,19 @@
 Packet times are mapped onto the probe's monotonic clock through the trace's anchors
 (:func:`voiceaudit.capture.align.to_probe_clock`). Per finished turn:
 
-- ``wire_to_app``: the first reply audio on the wire (a Realtime audio delta, a binary
-  WebSocket frame, the first body byte of a speech HTTP response) to the probe's own
-  ``reply.first_byte``: time the reply spent between the network and the application
-  (socket buffers, event-loop latency, parsing). ``voiceaudit report --pcap`` puts the
-  wire time into the ledger as the ``reply.on_wire`` mark, which ends ``first_audio``
-  and starts ``transport``. A cascade reads its own ``tts.first_byte`` after those bytes
-  crossed the wire, so there the mark gives way (off the path) and the split stays the
-  client's. WebRTC media is a continuous RTP stream (silence between replies): which
-  packet carries the first reply audio is not visible without decoding it, so WebRTC
-  turns get no wire mark.
+- ``wire_to_app``: the first reply audio leaving the server on the wire (the frame that
+  carried the probe's first reply audio, on the server's leg of an impairment proxy; a
+  Realtime audio delta, a binary WebSocket frame, the first body byte of a speech HTTP
+  response) to the probe's own ``reply.first_byte``: the downlink and what the probe's
+  host adds before its socket. ``voiceaudit report --pcap`` puts the wire time into the
+  ledger as the ``reply.on_wire`` mark, which ends ``first_audio`` and starts
+  ``transport``, and places every pipeline mark whose frame it finds at that frame's
+  departure (:func:`frame_departures`), so the server's marks and ``reply.on_wire`` are
+  on one axis and ``transport`` equals ``wire_to_app``. A cascade reads its own
+  ``tts.first_byte`` after those bytes crossed the wire, so there the mark gives way (off
+  the path) and the split stays the client's. WebRTC media is a continuous RTP stream
+  (silence between replies): which packet carries the first reply audio is not visible
+  without decoding it, so WebRTC turns get no wire mark.
 - small-write stalls (Nagle + delayed ACK) and TCP retransmissions inside the turn, with
   the time they held data back: evidence for the ``small_write_stall`` and
   ``retransmission`` findings. A stall whose sender is the probe's own end of a
