@@ -279,3 +279,19 @@ def test_cli_report_prints_the_table_and_keeps_exit_0(
     assert run(["report", str(path), "-o", str(tmp_path / "r.md")]) == 0
     _, err = capsys.readouterr()
     assert "FAILURES: 6 of 36 turns failed (16.7%)" in " ".join(err.split())
+
+
+def test_different_audio_formats_are_not_like_for_like(tmp_path: Path) -> None:
+    from voiceaudit.gate.evaluate import metadata_differences
+
+    pcm = {**PCMU, "input": {"encoding": "pcm16", "rate": 24000}}
+    a = build_report([write(tmp_path / "a.jsonl", [OK] * 3, formats={"s0": pcm}, run_id="a")])
+    b = build_report([write(tmp_path / "b.jsonl", [OK] * 3, formats={"s0": PCMU}, run_id="b")])
+    cmp = compare(a, b)
+    assert cmp.differences["audio_format"] == (
+        ["input pcm16 24000 Hz, output pcmu 8000 Hz"],
+        ["input pcmu 8000 Hz, output pcmu 8000 Hz"],
+    )
+    assert any("different audio formats" in w for w in cmp.warnings)
+    assert "audio_format" in metadata_differences(a, b)
+    assert "audio_format" not in compare(a, a).differences

@@ -254,6 +254,11 @@ def _metadata(a: Report, b: Report) -> dict[str, tuple[Any, Any]]:
         for k in sorted(set(ca) | set(cb)):
             if ca.get(k) != cb.get(k):
                 out[f"config.{k}"] = (ca.get(k), cb.get(k))
+    # audio in another format (8 kHz G.711 against 24 kHz PCM) is not like for like
+    fa = sorted({f.describe() for f in a.audio_formats})
+    fb = sorted({f.describe() for f in b.audio_formats})
+    if fa != fb:
+        out["audio_format"] = (fa, fb)
     aa = sorted({t.audio for t in a.stats_turns if t.audio is not None})
     ab = sorted({t.audio for t in b.stats_turns if t.audio is not None})
     if aa != ab:
@@ -377,6 +382,8 @@ def compare(a: Report, b: Report, *, alpha: float = 0.05) -> Comparison:
         warnings.append("A and B were measured on different machines")
     if "audio" in differences:
         warnings.append("A and B replayed different audio: the comparison is not like for like")
+    if "audio_format" in differences:
+        warnings.append("A and B used different audio formats: the comparison is not like for like")
     for side, r in (("A", a), ("B", b)):
         if not r.stats_turns:
             warnings.append(f"{side} has no successful turns to compare")

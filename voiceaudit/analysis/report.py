@@ -665,6 +665,14 @@ class AudioFormat:
             self.source,
         )
 
+    def describe(self) -> str:
+        """``input pcmu 8000 Hz, output pcma 8000 Hz`` (``?`` for a side not said)."""
+
+        def side(d: dict[str, Any] | None) -> str:
+            return "?" if d is None else f"{d['encoding']} {d['rate']} Hz"
+
+        return f"input {side(self.input)}, output {side(self.output)}"
+
     def to_dict(self, multi: bool = False) -> dict[str, Any]:
         d: dict[str, Any] = {"run_id": self.run_id} if multi else {}
         d.update(

@@ -1090,6 +1090,8 @@ def _target_key(target: dict[str, Any]) -> dict[str, Any]:
 def _side(report: Report, what: str) -> Any:
     if what == "audio":
         return sorted({t.audio for t in report.stats_turns if t.audio is not None})
+    if what == "audio_format":
+        return sorted({f.describe() for f in report.audio_formats})
     vals: set[str] = set()
     for s in report.sources:
         if what == "target":
@@ -1111,7 +1113,7 @@ _RUN_SIZE = frozenset({"audio", "turns", "repeat", "warmup"})
 def metadata_differences(baseline: Report, current: Report) -> dict[str, tuple[Any, Any]]:
     """Key metadata that differs: protocol, target, host, audio set, run configuration."""
     out: dict[str, tuple[Any, Any]] = {}
-    keys = ["protocol", "target", "host", "audio"]
+    keys = ["protocol", "target", "host", "audio", "audio_format"]
     cfg: set[str] = set()
     for r in (baseline, current):
         for s in r.sources:

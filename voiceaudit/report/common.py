@@ -624,10 +624,6 @@ def informative_text(t: TurnReport, sep: str = "") -> str:
     )
 
 
-def _audio_side(d: dict[str, Any] | None) -> str:
-    return "?" if d is None else f"{d['encoding']} {d['rate']} Hz"
-
-
 def audio_format_lines(report: Report) -> list[str]:
     """The audio formats the sessions used: one line when all agree, else one per
     format with its sessions; empty when no trace records one."""
@@ -642,7 +638,7 @@ def audio_format_lines(report: Report) -> list[str]:
     for k, sessions in groups.items():
         f = first[k]
         src = AUDIO_FORMAT_SOURCES.get(f.source or "", f.source or "source not said")
-        line = f"input {_audio_side(f.input)}, output {_audio_side(f.output)} ({src})"
+        line = f"{f.describe()} ({src})"
         if len(groups) > 1:
             shown = ", ".join(sessions[:5]) + (", …" if len(sessions) > 5 else "")
             line += f": {len(sessions)} session(s): {shown}"
