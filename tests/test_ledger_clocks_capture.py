@@ -232,3 +232,27 @@ def test_voice_to_voice_is_the_servers_own_figure_plus_both_directions(
     # sample); the quickest turn within 5 ms of them
     assert min(over) >= -5, over
     assert min(over) <= 5, over
+
+
+def test_without_the_capture_the_downlink_stays_in_the_stages_and_the_report_says_so(
+    recorded: tuple[Path, Server, dict[str, Any]], tmp_path: Path
+) -> None:
+    out, _, rep = recorded
+    bare = tmp_path / "run"
+    bare.mkdir()
+    for name in ("trace.jsonl", "impairment.jsonl"):  # no capture.pcapng
+        shutil.copy(out / name, bare / name)
+    report = bare / "report.json"
+    assert run(["report", str(bare / "trace.jsonl"), "--format", "json", "-o", str(report)]) == 0
+    doc = json.loads(report.read_text())
+    assert any("impairment proxy" in w and "--capture" in w for w in doc["warnings"])
+    extra = []
+    for with_cap, without in zip(rep["turns"], doc["turns"], strict=True):
+        seg = {s["segment"]: s["ms"] for s in without["ledger"]}
+        cap = {s["segment"]: s["ms"] for s in with_cap["ledger"]}
+        assert "transport" not in seg and without["clock"] == "arrival"
+        # speech_stopped's own trip down is in endpointing: at least the 60 ms
+        extra.append(seg["endpointing"] - cap["endpointing"])
+        assert without["voice_to_voice_ms"] == with_cap["voice_to_voice_ms"]
+    assert min(extra) >= DELAY_MS - 1, extra
+    assert min(extra) <= DELAY_MS + 5, extra

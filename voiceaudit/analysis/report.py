@@ -1175,6 +1175,8 @@ def _build(
                 f"(up to {max(late):.1f} ms): the machine may have been overloaded"
             )
         _pacing_warnings(info.path, [tr for _, tr in done], warnings)
+        if not wire and isinstance(an.config.get("impairment"), dict):
+            _downlink_warning(info.path, [tr for _, tr in done], warnings)
     if unfinished:
         warnings.append(
             f"{len(unfinished)} turn(s) have no turn.end (the run was cut short) and are left out"
@@ -1194,6 +1196,19 @@ def _build(
         label=label,
         audio_formats=tuple(formats),
     )
+
+
+def _downlink_warning(path: str, turns: list[TurnReport], warnings: list[str]) -> None:
+    """Say when a run through the impairment proxy has turns cut at arrival times and no
+    capture joined: the downlink delay is then inside the stages, not in transport."""
+    n = sum(1 for tr in turns if any(m.clock == "arrival" for m in tr.ledger.marks))
+    if n:
+        warnings.append(
+            f"{path}: the run went through the impairment proxy, and {n} turn(s) are cut "
+            "at pipeline marks stamped at their arrival: each stage they end holds the "
+            "downlink delay, which only a capture splits off into transport (run with "
+            "--capture, or give --pcap)"
+        )
 
 
 def _pacing_warnings(path: str, turns: list[TurnReport], warnings: list[str]) -> None:
