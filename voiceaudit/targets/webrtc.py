@@ -221,6 +221,9 @@ class WebRTCSession(TargetSession):
             from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
         except ImportError:
             raise missing_extra("aiortc", "webrtc") from None
+        from voiceaudit.probe.warm import warm_up
+
+        await warm_up()  # first-use costs off the loop, before the peer connection exists
         if is_loopback_host(urlsplit(self.config.url).hostname):
             allow_loopback_ice()
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))

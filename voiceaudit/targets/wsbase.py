@@ -88,6 +88,9 @@ class WebSocketSession(TargetSession):
 
     async def connect(self, url: str, headers: dict[str, str]) -> None:
         """Open the WebSocket and start reading; TargetError when it cannot be opened."""
+        from voiceaudit.probe.warm import warm_up
+
+        await warm_up()  # first-use costs off the loop, before any connection is open
         self._http = aiohttp.ClientSession()
         try:
             self._ws = await asyncio.wait_for(
