@@ -53,7 +53,7 @@ token was seen) the ``first_audio``, and ``endpoint → response.created`` the
 transcript came before the response; one that came after it, as a side channel, is off
 the path).
 
-Which clock (see docs/report-format.md, "Times of pipeline marks")
+Which clock (see docs/report-format.md, "Which clock")
     A pipeline mark's ``t_ns`` is when the probe *received* the message carrying it; when
     the target reports its own monotonic time on the same host it is in
     ``attrs.server_t_ns``. The ledger places pipeline marks at ``server_t_ns`` when it is
@@ -62,13 +62,13 @@ Which clock (see docs/report-format.md, "Times of pipeline marks")
     make ``transport`` zero). On one host both clocks are CLOCK_MONOTONIC, so a server
     time is never later than its arrival; a turn in which any mark the ledger reads has a
     server time later than its arrival (a different host or clock) uses arrival times for
-    all its marks, with a note.
+    all its marks (wire times where a capture gave them), with a note.
     With a capture joined to the trace (:func:`place_on_wire`), a pipeline mark without a
     server time is placed at ``attrs.wire_t_ns``: when the WebSocket frame that carried
     it left the server on the wire (the server's leg of an impairment proxy, else where
-    the capture saw it), so marks stamped at the probe's end never meet marks stamped at
-    the server's end (``reply.on_wire``) on one axis: the downlink is then all in
-    ``transport``. Without a capture an arrival-stamped mark carries the downlink delay
+    the capture saw it), so the server's marks and ``reply.on_wire`` are on one axis
+    instead of arrival-stamped marks meeting wire-stamped ones: the downlink is then all
+    in ``transport``. Without a capture an arrival-stamped mark carries the downlink delay
     into the stage it ends, which the ledger cannot split off.
     ``mark_time="arrival"`` forces arrival times.
 
