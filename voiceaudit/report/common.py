@@ -598,7 +598,11 @@ def failure_rows(report: Report) -> list[list[str]]:
 def failure_note(report: Report) -> str:
     """What the failure table's share is of."""
     ft = report.failures
-    what = "every finished turn" if report.options.include_warmup else "finished turns but warm-ups"
+    what = (
+        "every finished turn"
+        if report.options.include_warmup
+        else "every finished turn but the warm-ups"
+    )
     text = f"Share of the {ft.of} measured turns ({what}"
     if report.unfinished:
         text += f", and {len(report.unfinished)} cut short, counted as interrupted"
