@@ -537,3 +537,59 @@ def test_a_stall_at_the_first_reply_chunk_moves_no_stop_latency(
     assert a["stop_ns"] >= lo.heard_at(last) + tail - 50_000, (a, lo.heard_at(last) + tail)
     if on_time[0]:
         assert a["stop_ns"] <= hi.heard_at(last) + tail, (a, hi.heard_at(last) + tail)
+
+
+# --- a stall on the sending side ------------------------------------------------------------
+
+SEND_STALL_FRAME = 20
+
+
+@pytest.mark.parametrize("protocol", WS_PROTOCOLS)
+def test_a_stall_while_sending_is_marked_on_its_turn(
+    protocol: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 50 ms stall of the loop while the caller's speech goes out (as the turn's 20th
+    frame is written, 400 ms into the speech) sends the frames due meanwhile late: the
+    turn's ``input.pacing`` records it (the next frame, 30 ms late or more), and the
+    report marks that turn as one whose pacing broke. The frames after
+    it go out on their own deadlines again (absolute, so lateness does not accumulate),
+    so the speech end leaves on time and the reply's figures are the server's truth, as
+    with a stall on the receiving side."""
+    from voiceaudit.analysis import build_report
+    from voiceaudit.probe import runner
+
+    original = runner.send_frame
+    counts: dict[int, int] = {}
+    stalls: list[tuple[int, int]] = []
+
+    async def send_frame(ts: Any, sink: Any, data: bytes) -> bool:
+        turn = sink.turn
+        counts[turn] = counts.get(turn, 0) + 1
+        if turn == 1 and counts[turn] == SEND_STALL_FRAME:
+            t0 = time.monotonic_ns()
+            time.sleep(STALL_S)
+            stalls.append((t0, time.monotonic_ns()))
+        return await original(ts, sink, data)
+
+    monkeypatch.setattr(runner, "send_frame", send_frame)
+    with StallServer(protocol) as server:
+        tr = asyncio.run(_run_plain(protocol, server.url, tmp_path / "trace.jsonl"))
+    assert len(stalls) == 1
+    turns = sorted(tr.finished_turns(), key=lambda st: st[1])
+    assert len(turns) == 2 == len(server.replies)
+    for (session, turn), sent in zip(turns, server.replies, strict=True):
+        evs = _events(tr, session, turn)
+        pacing = next(e for e in evs if e.name == "input.pacing").attrs
+        if turn == 1:
+            # the stalled frame was stamped as it went in; the next one, due a frame
+            # later, left when the stall was over
+            assert pacing["max_ns"] >= STALL_S * 1e9 - CHUNK_MS * MS - 1 * MS, pacing
+            assert pacing["max_frame"] == SEND_STALL_FRAME and pacing["over_broke"] >= 1
+        end_sent = next(e for e in evs if e.name == "input.speech_end_sent").attrs
+        # caught up long before the speech end (a second later): not the stall's 30 ms
+        assert end_sent["late_ns"] < 20 * MS, end_sent
+        _check_figures(evs, sent, 0, _check_arrivals(evs, sent, []))
+    report = build_report([tr])
+    broke = {(t.session, t.turn) for t in report.turns if t.pacing is not None and t.pacing.broke}
+    # (another turn may be marked too on a loaded machine: the probe was descheduled)
+    assert turns[1] in broke, [(t.turn, t.pacing) for t in report.turns]
