@@ -32,6 +32,12 @@ played after it. Over OpenAI Realtime the probe truncates the interrupted item w
 server signals the caller's speech (``input_audio_buffer.speech_started``) with the
 audio it had played by then, as a client should (``reply.truncate``).
 
+**Failures.** A :class:`Conversation` is one connection. When the target fails, the turns
+open then fail with it (but one whose reply was already complete); after a timed-out turn
+no scripted turn starts on the connection (a late reply would be filed under it). The
+probe then runs the scripted turns left (``pending``) on a new connection
+(docs/scenarios.md, "Failures and Ctrl-C").
+
 Event formats: docs/trace-format.md ("Turn-taking events").
 """
 
@@ -724,6 +730,16 @@ class Conversation:
         chunks = main.chunks if main is not None else []
         # A failure after this turn's reply was done ends the connection, not the turn.
         failed = self.sink.failed and not st.reply_done
+        if self.sink.failed and not failed:
+            w.event(
+                sid,
+                st.index,
+                probe.clock.now_ns(),
+                "probe",
+                "turn",
+                "turn.note",
+                {"note": f"after the reply: {self.sink.failure}"},
+            )
         result = probe._close_reply(
             w,
             sid,
