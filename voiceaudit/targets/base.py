@@ -35,7 +35,15 @@ class TargetSink(Protocol):
         """The target says the reply is complete."""
 
     def fail(self, reason: str) -> None:
-        """The turn cannot complete: the target erred, closed, or sent garbage."""
+        """The turn cannot complete: the target erred, closed, or sent garbage.
+
+        ``reason`` is one line; the probe reads the failure kind from how it starts
+        (:func:`voiceaudit.failures.failure_kind`): ``protocol: …`` (a protocol
+        violation), ``target error: …`` (the target reported an error), ``target closed
+        …`` / ``connection …`` (the connection was closed, reset or lost: the reply was
+        cut). The session is not used again after a failure (the probe's next turn gets a
+        new one); the turn fails, unless the failure came after its reply was complete
+        (then it stands, with a ``turn.note``)."""
 
 
 @dataclass(frozen=True)
