@@ -241,6 +241,7 @@ class _Tap:
         #: chunks read: with a kernel timestamp, and in all
         self.kernel_stamped = 0
         self.chunks = 0
+        self._last_stamp = 0
 
     # -- the thread's side ----------------------------------------------------------------
 
@@ -261,6 +262,11 @@ class _Tap:
             stamp = now
         else:
             self.kernel_stamped += 1
+        if self.stream:
+            # TCP stamps the last segment read, which flow control and coalescing can make
+            # earlier than the previous read's: bytes later in a stream were not there first
+            stamp = max(stamp, self._last_stamp)
+            self._last_stamp = stamp
         if self.stream and not data:
             self.rx.unregister(self)  # EOF: nothing more to read
         self.push(_Chunk(stamp, data, addr))

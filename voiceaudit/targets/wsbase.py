@@ -37,11 +37,14 @@ class StampedQueue:
     def __init__(self, real: Any, buffer: deque[Any]) -> None:
         self._real = real
         self._buffer = buffer
-        self._stamps: dict[int, int] = {}
-        #: arrival of the message :meth:`read` returned last (None: not known)
+        now = time.monotonic_ns()
+        #: id of a queued message -> its arrival (those queued before the tap came by now)
+        self._stamps: dict[int, int] = {id(item[0]): now for item in buffer}
+        #: arrival of the message :meth:`read` returned last
         self.last: int | None = None
-        #: arrival of the last chunk fed (for messages parsed later from its bytes)
-        self._fed: int | None = None
+        #: arrival of the last chunk fed (for messages parsed later from its bytes); before
+        #: the first, the bytes aiohttp holds came before the tap
+        self._fed = now
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real, name)
@@ -59,11 +62,17 @@ class StampedQueue:
 
     async def read(self) -> Any:
         item = await self._real.read()
-        stamp = self._stamps.pop(id(item), None)
-        if stamp is None and self._fed is not None:
-            # parsed after its chunk was fed (aiohttp defers parsing while its queue is
-            # full): it came at or before the latest chunk
-            stamp = min(self._fed, time.monotonic_ns())
+        # aiohttp defers parsing while its queue is full and parses what it held back as
+        # this read makes room: those messages came with the chunks fed so far
+        for queued in reversed(self._buffer):
+            key = id(queued[0])
+            if key in self._stamps:
+                break
+            self._stamps[key] = self._fed
+        stamp = self._stamps.pop(id(item), self._fed)
+        # a message later in the stream was not complete before an earlier one
+        if self.last is not None and stamp < self.last:
+            stamp = self.last
         self.last = stamp
         return item
 
