@@ -188,7 +188,7 @@ def test_a_time_that_is_no_time_of_the_run_is_named(
     assert odd[0].endswith("figures from session s0 turn 1 are suspect (2 such lines in all)")
 
 
-@pytest.mark.parametrize("key", ["samples", "bytes", "wire_bytes"])
+@pytest.mark.parametrize("key", ["samples", "bytes"])
 @pytest.mark.parametrize("version", [1, 2])
 def test_a_negative_chunk_size_is_exit_3(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], version: int, key: str

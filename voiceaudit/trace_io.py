@@ -201,14 +201,28 @@ class Trace:
 
 
 def _open_text(path: Path) -> tuple[IO[str], bool]:
-    # newline="": lines keep their own ends, so a CRLF file can be named (and a lone CR,
-    # which JSON Lines never holds, is not taken for a line break).
     raw = path.open("rb")
     magic = raw.read(2)
     raw.seek(0)
     if magic == b"\x1f\x8b":
-        return io.TextIOWrapper(gzip.GzipFile(fileobj=raw), encoding="utf-8", newline=""), True
-    return io.TextIOWrapper(raw, encoding="utf-8", newline=""), False
+        return io.TextIOWrapper(gzip.GzipFile(fileobj=raw), encoding="utf-8"), True
+    return io.TextIOWrapper(raw, encoding="utf-8"), False
+
+
+def _first_line_crlf(path: Path) -> bool:
+    """Whether the file's first line ends in CRLF. The reader's text mode turns CRLF into
+    LF (and reading that way is the fastest), so the raw bytes are looked at once."""
+    try:
+        with path.open("rb") as raw:
+            head = raw.read(1 << 16)
+            if head[:2] == b"\x1f\x8b":
+                raw.seek(0)
+                with gzip.GzipFile(fileobj=raw) as g:
+                    head = g.read(1 << 16)
+    except (OSError, EOFError, zlib.error):
+        return False
+    i = head.find(b"\n")
+    return i > 0 and head[i - 1 : i] == b"\r"
 
 
 #: How far from the run's start anchor an event time may lie before it is called absurd:
@@ -217,6 +231,10 @@ ODD_TIME_NS = 7 * 86_400 * 10**9
 
 #: Events :class:`_Oddities` looks at whatever their time.
 _CHECKED = frozenset({"turn.start", TURN_END, "reply.chunk"})
+
+
+def _where(session: str, turn: int | None) -> str:
+    return f"session {session}" + ("" if turn is None else f" turn {turn}")
 
 
 class _Oddities:
@@ -245,20 +263,20 @@ class _Oddities:
     def event(
         self, lineno: int, session: str, turn: int | None, t_ns: int, name: str, attrs: Any
     ) -> None:
-        where = f"session {session}" + ("" if turn is None else f" turn {turn}")
         if not self.lo <= t_ns <= self.hi:
-            self._odd_time(lineno, f"{name} at t_ns {t_ns}", t_ns, where)
+            self._odd_time(lineno, f"{name} at t_ns {t_ns}", t_ns, _where(session, turn))
         if name in BATCHED:
             # the items' times are t_ns + dt_ns (the arrays were checked: integers)
             dt = attrs["dt_ns"]
             if dt:
                 for t in (t_ns + min(dt), t_ns + max(dt)):
                     if not self.lo <= t <= self.hi:
-                        self._odd_time(lineno, f"an item of {name} at {t} ns", t, where)
+                        what = f"an item of {name} at {t} ns"
+                        self._odd_time(lineno, what, t, _where(session, turn))
                         break
             return
         if name == "reply.chunk":
-            for size in ("samples", "bytes", "wire_bytes"):
+            for size in ("samples", "bytes"):
                 v = attrs.get(size) if type(attrs) is dict else None
                 if type(v) is int and v < 0:
                     raise TraceError(
@@ -274,8 +292,9 @@ class _Oddities:
             if key in self._starts:
                 self._note(
                     "twice",
-                    f"line {lineno}: {where} starts a second time (turn.start; the first is "
-                    f"on line {self._starts[key][0]}): its figures are suspect",
+                    f"line {lineno}: {_where(session, turn)} starts a second time "
+                    f"(turn.start; the first is on line {self._starts[key][0]}): "
+                    "its figures are suspect",
                 )
                 return
             self._starts[key] = (lineno, t_ns)
@@ -283,16 +302,16 @@ class _Oddities:
             if end is not None:
                 self._note(
                     "order",
-                    f"line {lineno}: {where} starts (turn.start) after its turn.end on line "
-                    f"{end[0]}: its figures are suspect",
+                    f"line {lineno}: {_where(session, turn)} starts (turn.start) after its "
+                    f"turn.end on line {end[0]}: its figures are suspect",
                 )
             return
         ok = type(attrs) is dict and attrs.get("ok") is True
         if key in self._ends:
             self._note(
                 "twice",
-                f"line {lineno}: {where} ends a second time (turn.end; the first is on line "
-                f"{self._ends[key][0]}): its figures are suspect",
+                f"line {lineno}: {_where(session, turn)} ends a second time (turn.end; the "
+                f"first is on line {self._ends[key][0]}): its figures are suspect",
             )
             return
         self._ends[key] = (lineno, t_ns, ok)
@@ -302,8 +321,9 @@ class _Oddities:
         if ok and start is not None and t_ns < start[1]:
             self._note(
                 "order",
-                f"line {lineno}: {where} ends (turn.end, ok) {(start[1] - t_ns) / 1e6:.3f} ms "
-                f"before it starts (line {start[0]}): its figures are suspect",
+                f"line {lineno}: {_where(session, turn)} ends (turn.end, ok) "
+                f"{(start[1] - t_ns) / 1e6:.3f} ms before it starts (line {start[0]}): "
+                "its figures are suspect",
             )
 
     def _odd_time(self, lineno: int, what: str, t_ns: int, where: str) -> None:
@@ -479,6 +499,7 @@ def _scan(
     undecoded = d = object()
     odd: _Oddities | None = None
     odd_lo, odd_hi = 0, 2**63 - 1
+    odd_event: Callable[[int, str, int | None, int, str, Any], None] = _no_event
     with f:
         lineno = 0
         try:
@@ -525,8 +546,7 @@ def _scan(
                                 skipped[name] = skipped.get(name, 0) + 1
                             else:
                                 if t_ns < odd_lo or t_ns > odd_hi or name in _CHECKED:
-                                    assert odd is not None
-                                    odd.event(lineno, session, turn, t_ns, name, attrs)
+                                    odd_event(lineno, session, turn, t_ns, name, attrs)
                                 emit(session, turn, t_ns, source, stage, name, attrs)
                             continue
                 if pending_error is not None:
@@ -576,7 +596,7 @@ def _scan(
                         warnings.append(f"line {lineno}: records after the closing record")
                     if odd is not None and type(d) is dict and d.get("type") == _EVENT_TYPE:
                         # on_record accepted it: the fields are those of a valid event
-                        odd.event(
+                        odd_event(
                             lineno,
                             d["session"],
                             d["turn"],
@@ -593,8 +613,8 @@ def _scan(
                     _check_schema(rec, p)
                     header = rec
                     odd = _Oddities(p, rec)
-                    odd_lo, odd_hi = odd.lo, odd.hi
-                    if text.endswith("\r\n"):
+                    odd_lo, odd_hi, odd_event = odd.lo, odd.hi, odd.event
+                    if _first_line_crlf(p):
                         warnings.append(
                             f"line {lineno}: CRLF line ends (a converted copy?); read as LF"
                         )
