@@ -178,3 +178,16 @@ def test_a_hostile_sweep_manifest_is_exit_3(
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert "Traceback" not in err and len(lines) <= 2, err
     assert lines[0].startswith(f"error: {tmp_path / 'sweep.json'}: ") and why in lines[0], err
+
+
+def test_the_documented_sweep_file_is_valid(tmp_path: Path) -> None:
+    """docs/network-conditions.md's sweep file example passes every check."""
+    from voiceaudit.cli.sweep_cmd import _from_file
+
+    doc = Path(__file__).resolve().parent.parent / "docs" / "network-conditions.md"
+    block = doc.read_text(encoding="utf-8").split("### Sweep files")[1]
+    f = tmp_path / "sweep.toml"
+    f.write_text(block.split("```toml\n")[1].split("```")[0])
+    spec = _from_file(f)
+    assert ("mine", "realtime", "ws://127.0.0.1:8080/v1/realtime") in spec.pipelines
+    assert spec.repeats == 2 and spec.turns == 4 and spec.playout == "adaptive"
