@@ -76,6 +76,13 @@ class ScriptedServer:
                         {"type": "error", "error": {"message": f"bad key {PLANTED_KEY}"}}
                     )
                     continue
+                if self.mode == "empty":  # a reply with no audio at all
+                    await ws.send_json({"type": "response.created", "response": {}})
+                    await ws.send_json(
+                        {"type": "response.done", "response": {"status": "completed"}}
+                    )
+                    appends = 0
+                    continue
                 turn_done = True
                 await ws.send_json({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": 1})
                 await ws.send_json({"type": "response.created", "response": {}})
@@ -133,17 +140,19 @@ async def _run(
 
 
 @pytest.mark.parametrize(
-    ("mode", "reason"),
+    ("mode", "reason", "kind"),
     [
-        ("silent", "timeout: no reply audio"),
-        ("garbage", "protocol: malformed event"),
-        ("close", "target closed the connection"),
-        ("error", "target error"),
+        ("silent", "timeout: no reply audio", "timeout"),
+        ("garbage", "protocol: malformed event", "protocol_violation"),
+        ("close", "target closed the connection", "reply_cut"),
+        ("error", "target error", "target_error"),
+        ("empty", "no reply: the target ended its reply without audio", "no_reply"),
     ],
 )
 def test_misbehaving_target_gives_failed_turns(
     mode: str,
     reason: str,
+    kind: str,
     utterance: list[Path],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -158,6 +167,8 @@ def test_misbehaving_target_gives_failed_turns(
     assert tr.complete
     ends = [e for e in tr.events if e.name == "turn.end"]
     assert [e.attrs["ok"] for e in ends] == [False, False]
+    assert [e.attrs["failure"] for e in ends] == [kind, kind]
+    assert [t.failure for t in res.turns] == [kind, kind]
     text = trace.read_text()
     assert PLANTED_KEY not in text
 
@@ -208,3 +219,6 @@ def test_unreachable_target_is_a_target_error(utterance: list[Path], tmp_path: P
     # the trace still exists, closed, with the failed turn in it
     tr = read_trace(tmp_path / "t.jsonl")
     assert tr.end is not None and tr.end.reason == "error"
+    (end,) = [e for e in tr.events if e.name == "turn.end"]
+    assert end.attrs["failure"] == "connect_failed"
+    assert end.attrs["reason"].startswith("connect failed: cannot connect")
