@@ -86,7 +86,8 @@ class ScriptedServer:
                 turn_done = True
                 await ws.send_json({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": 1})
                 await ws.send_json({"type": "response.created", "response": {}})
-                pcm = tone(300, lead_ms=100)
+                # "zeros": a reply of digital silence, nothing the caller can hear
+                pcm = bytes(2 * RATE * 400 // 1000) if self.mode == "zeros" else tone(300, 100)
                 for i in range(0, len(pcm), 4800):
                     d = base64.b64encode(pcm[i : i + 4800]).decode()
                     await ws.send_json({"type": "response.output_audio.delta", "delta": d})
@@ -147,6 +148,7 @@ async def _run(
         ("close", "target closed the connection", "reply_cut"),
         ("error", "target error", "target_error"),
         ("empty", "no reply: the target ended its reply without audio", "no_reply"),
+        ("zeros", "reply audio is silent", "no_reply"),
     ],
 )
 def test_misbehaving_target_gives_failed_turns(
