@@ -69,6 +69,10 @@ def _start() -> concurrent.futures.Future[None]:
 async def warm_up(timeout_s: float = 30.0) -> None:
     """Wait (at most ``timeout_s``) for the one warm-up of this process, starting it if
     needed; the loop keeps running meanwhile."""
+    from voiceaudit.targets.rxstamp import gevent_patched
+
+    if gevent_patched():
+        return  # its threads are greenlets (Locust workers): the loop pays, as before
     fut = _start()
     if fut.done():
         return

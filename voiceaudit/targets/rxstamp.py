@@ -24,7 +24,8 @@ Linux, or a segment that came before timestamping was on) the thread's own readi
 monotonic clock is the arrival: still independent of the loop, late only by the thread's
 wake-up. Only asyncio's selector transports (the default loop on Linux and macOS) can be
 tapped; anything else (uvloop, a proactor loop) is left to the loop, and :func:`tap`
-returns None so the caller keeps its own stamps.
+returns None so the caller keeps its own stamps. Under gevent's monkey-patching (Locust
+workers) nothing is tapped (:func:`disabled`): its threads are greenlets.
 
 Cost: one thread for the process, one ``call_soon_threadsafe`` per chunk read (measured
 in bench/rx_tap.py).
@@ -381,6 +382,20 @@ def tap(transport: Any, deliver: Deliver | None = None) -> _Tap | None:
     return t
 
 
+def gevent_patched() -> bool:
+    """Whether gevent has monkey-patched ``threading`` in this process (a Locust worker,
+    voiceaudit/load/locust.py): a thread started the usual way is then a greenlet on
+    another thread's hub, and gevent's locks are not for crossing OS threads."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is None:
+        return False
+    try:
+        return bool(monkey.is_module_patched("threading"))
+    except Exception:
+        return True
+
+
 def disabled() -> bool:
-    """``VOICEAUDIT_RX_TAP=0`` leaves reading to the loop (for comparison, bench/rx_tap.py)."""
-    return os.environ.get("VOICEAUDIT_RX_TAP", "1") == "0"
+    """Reading stays with the loop: asked for with ``VOICEAUDIT_RX_TAP=0`` (for comparison,
+    bench/rx_tap.py), and under gevent's monkey-patching (:func:`gevent_patched`)."""
+    return os.environ.get("VOICEAUDIT_RX_TAP", "1") == "0" or gevent_patched()
