@@ -44,6 +44,8 @@ from voiceaudit.model import unbatch
 from voiceaudit.probe.playout import Chunk, play_model
 from voiceaudit.trace_io import Trace, read_trace
 
+pytestmark = pytest.mark.slow
+
 MS = 1_000_000
 STALL_S = 0.05
 CHUNK_MS = 20
@@ -408,7 +410,6 @@ def test_a_stall_at_the_first_reply_chunk_moves_no_figure(
 # --- WebRTC: the reference pipeline in its own process --------------------------------------
 
 
-@pytest.mark.slow
 def test_a_stall_at_the_first_reply_frame_moves_no_webrtc_arrival(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
