@@ -420,7 +420,8 @@ def test_a_stall_at_the_first_reply_frame_moves_no_webrtc_arrival(
     its encoder (its ground truth, ``audio_sent_ns``), the frames it handed on while the
     probe's loop stood still are not stamped when the loop came back (before the tap they
     were, 30 ms and more late), and the typical frame arrives within 5 ms (Opus encoding,
-    the server's packetization, loopback: 0.6-2.8 ms measured)."""
+    the server's packetization, loopback: 0.6-2.8 ms measured); played through a 40 ms
+    buffer, the reply has no underrun."""
     from test_reference_support import serve_many
 
     from voiceaudit.probe.runner import ProbeOptions, _Sink, run_probe
@@ -464,6 +465,10 @@ def test_a_stall_at_the_first_reply_frame_moves_no_webrtc_arrival(
         ]
         assert during, (stalls, shown)  # the stall did fall inside the reply
         assert all(b < end - 15 * MS for b, end in during), (stalls, shown)
+        # and through a 40 ms buffer the real-time reply plays without a gap (before the
+        # tap, the frames behind the stall made one of 40 ms and more)
+        ends = [e.attrs for e in evs if e.name == "reply.end"]
+        assert [a["underruns"] for a in ends] == [0], ends
 
 
 # --- barge-in: stop latency -----------------------------------------------------------------
