@@ -237,6 +237,8 @@ class _Tap:
         self._scheduled = False
         self.paused = False
         self.stopped = False
+        #: a stream's EOF or error was read: nothing more to read from it
+        self.ended = False
         #: the chunk the transport is reading now (see _TappedSocket)
         self.current: _Chunk | None = None
         #: chunks read: with a kernel timestamp, and in all
@@ -253,6 +255,7 @@ class _Tap:
             return
         except OSError as exc:
             if self.stream:
+                self.ended = True
                 self.rx.unregister(self)
             self.push(_Chunk(time.monotonic_ns(), b"", error=exc))
             return
@@ -269,6 +272,7 @@ class _Tap:
             stamp = max(stamp, self._last_stamp)
             self._last_stamp = stamp
         if self.stream and not data:
+            self.ended = True
             self.rx.unregister(self)  # EOF: nothing more to read
         self.push(_Chunk(stamp, data, addr))
 
@@ -300,6 +304,10 @@ class _Tap:
 
             try:
                 self.deliver(chunk.stamp, chunk.data, feed)
+            except Exception as exc:  # the stamps' bookkeeping failed: the data must not
+                self.loop.call_exception_handler(
+                    {"message": "voiceaudit receive tap: deliver failed", "exception": exc}
+                )
             finally:
                 if self.current is chunk:
                     feed()  # the deliverer did not feed it: the transport still must
@@ -313,7 +321,8 @@ class _Tap:
     def resume(self) -> None:
         if self.paused and not self.stopped and not self.transport.is_closing():
             self.paused = False
-            self.rx.register(self)
+            if not self.ended:
+                self.rx.register(self)
             if self._chunks and not self._scheduled:
                 self._scheduled = True
                 self.loop.call_soon(self._drain)
