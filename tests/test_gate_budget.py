@@ -146,7 +146,11 @@ def test_regression_defaults() -> None:
             6,
             ["unknown key 'max_increse' in regression", "'max_increase'"],
         ),
-        ("[budget]\nfailed_turns = { max = 0, min = 1 }\n", 2, ["unknown key 'min' in failed_turns"]),
+        (
+            "[budget]\nfailed_turns = { max = 0, min = 1 }\n",
+            2,
+            ["unknown key 'min' in failed_turns"],
+        ),
         # unknown metrics and segments
         (
             '[budget]\nmin_turns = 3\nvoice_to_vioce = { p50 = "1s" }\n',
