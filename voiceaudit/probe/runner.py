@@ -409,6 +409,14 @@ def connected(writer: TraceWriter, sid: str, t_ns: int, ts: TargetSession) -> No
     writer.event(sid, None, t_ns, "probe", "session", "session.connected", ts.connection())
 
 
+def closed(writer: TraceWriter, sid: str, t_ns: int, broke: str | None) -> None:
+    """``session.closed`` (with the failure that broke the connection as ``reason``), made
+    durable."""
+    attrs = None if broke is None else {"reason": broke}
+    writer.event(sid, None, t_ns, "probe", "session", "session.closed", attrs)
+    writer.commit()
+
+
 async def send_frame(ts: TargetSession, sink: TargetSink, data: bytes) -> bool:
     """Send one microphone frame; a target that fails fails the turn through ``sink``
     (False: stop sending)."""
@@ -639,16 +647,7 @@ class Probe:
             finally:
                 with contextlib.suppress(Exception):
                     await ts.close()
-                writer.event(
-                    sid,
-                    None,
-                    self.clock.now_ns(),
-                    "probe",
-                    "session",
-                    "session.closed",
-                    None if sink.failure is None else {"reason": sink.failure},
-                )
-                writer.commit()
+                closed(writer, sid, self.clock.now_ns(), sink.failure)
 
     async def _conversation(self, slot: int, writer: TraceWriter) -> None:
         """One scenario session (voiceaudit.probe.conversation): on one connection while it
@@ -698,16 +697,7 @@ class Probe:
                 with contextlib.suppress(Exception):
                     await ts.close()
                 broke = conv.sink.failure if conv.sink.failed else None
-                writer.event(
-                    sid,
-                    None,
-                    self.clock.now_ns(),
-                    "probe",
-                    "session",
-                    "session.closed",
-                    None if broke is None else {"reason": broke},
-                )
-                writer.commit()
+                closed(writer, sid, self.clock.now_ns(), broke)
             pending, index = conv.pending, conv.next_index
 
     async def _sleep(self, seconds: float) -> None:

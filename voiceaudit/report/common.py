@@ -137,17 +137,6 @@ METRIC_COMPARISON_COLUMNS: tuple[str, ...] = (
     "p (Holm)",
     "verdict",
 )
-#: Columns of a comparison's failure table (its cells: :func:`rate_comparison_cells`).
-FAILURE_COMPARISON_COLUMNS: tuple[str, ...] = (
-    "failure",
-    "A",
-    "A 95% CI",
-    "B",
-    "B 95% CI",
-    "Δ",
-    "p (Holm)",
-    "verdict",
-)
 #: Columns of a comparison's rate table (its cells: :func:`rate_comparison_cells`).
 RATE_COMPARISON_COLUMNS: tuple[str, ...] = (
     "rate",
@@ -159,6 +148,8 @@ RATE_COMPARISON_COLUMNS: tuple[str, ...] = (
     "p (Holm)",
     "verdict",
 )
+#: Columns of a comparison's failure table: a rate table's, named by failure kind.
+FAILURE_COMPARISON_COLUMNS: tuple[str, ...] = ("failure", *RATE_COMPARISON_COLUMNS[1:])
 
 
 def fmt_p(p: float | None) -> str:
