@@ -27,9 +27,10 @@ import numpy as np
 from aiohttp import WSMsgType, web
 
 from voiceaudit.clock import NS_PER_MS
-from voiceaudit.probe.pacing import P99_GOAL_NS
+from voiceaudit.data import bundled_dir
+from voiceaudit.pacing_stats import P99_GOAL_NS
 from voiceaudit.probe.runner import ProbeOptions, RunResult, run_probe
-from voiceaudit.probe.utterances import Utterance, bundled_dir, load_utterances
+from voiceaudit.probe.utterances import Utterance, load_utterances
 from voiceaudit.targets.base import TargetConfig
 from voiceaudit.targets.websocket import PcmWebSocketTarget
 

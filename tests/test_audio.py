@@ -388,7 +388,7 @@ def test_synthesized_speech_is_exact(tmp_path: Path) -> None:
     """The bundled utterances (eSpeak NG): digital silence between words marks a clean
     signal, and speech runs from the first to the last sounding sample, final plosive
     releases after a silent closure included."""
-    from voiceaudit.probe.utterances import bundled_dir
+    from voiceaudit.data import bundled_dir
 
     files = sorted(bundled_dir().glob("*.wav"))
     assert files

@@ -89,8 +89,9 @@ class Recording:
 
 async def _record(base: Path) -> dict[str, tuple[Path, Path, str]]:
     from voiceaudit.cli.run_cmd import reference_url
+    from voiceaudit.data import bundled_dir
     from voiceaudit.probe.runner import ProbeOptions, run_probe
-    from voiceaudit.probe.utterances import bundled_dir, load_utterances
+    from voiceaudit.probe.utterances import load_utterances
     from voiceaudit.reference.asr import AsrPool
     from voiceaudit.reference.config import ServerConfig, parse_injections
     from voiceaudit.reference.server import ReferenceServer, start_reference_server

@@ -98,8 +98,9 @@ class _LoopLag:
 
 async def _record_all(base: Path) -> dict[str, Path]:
     from voiceaudit.cli.run_cmd import reference_url
+    from voiceaudit.data import bundled_dir
     from voiceaudit.probe.runner import ProbeOptions, run_probe
-    from voiceaudit.probe.utterances import bundled_dir, load_utterances
+    from voiceaudit.probe.utterances import load_utterances
     from voiceaudit.reference.asr import AsrPool
     from voiceaudit.reference.config import ServerConfig, parse_injections
     from voiceaudit.reference.server import start_reference_server

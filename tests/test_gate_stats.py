@@ -9,16 +9,17 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from voiceaudit.analysis.stats import holm, percentile
-from voiceaudit.gate.budget import Figure, Increase
-from voiceaudit.gate.evaluate import required_turns
-from voiceaudit.gate.significance import (
+from voiceaudit.analysis.significance import (
+    Figure,
+    Increase,
     bootstrap_greater,
     holm_adjusted,
     mann_whitney_greater,
     resample_mean,
     resample_percentile,
 )
+from voiceaudit.analysis.stats import holm, percentile
+from voiceaudit.gate.evaluate import required_turns
 
 P = Figure.parse
 

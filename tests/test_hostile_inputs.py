@@ -17,8 +17,8 @@ import pytest
 
 from voiceaudit.analysis.synthetic import TurnSpec, write_trace
 from voiceaudit.cli import run
+from voiceaudit.data import bundled_dir
 from voiceaudit.errors import ExitCode
-from voiceaudit.probe.utterances import bundled_dir
 
 TEXT = b"hello, this is a text file and not a recording\nsecond line of it\n"
 

@@ -58,8 +58,9 @@ def _url(served: Any, protocol: str) -> str:
 
 async def _record(base: Path, served: Any) -> None:
     from voiceaudit.cli.run_cmd import reference_options
+    from voiceaudit.data import bundled_dir
     from voiceaudit.probe.runner import ProbeOptions, run_probe
-    from voiceaudit.probe.utterances import bundled_dir, load_utterances
+    from voiceaudit.probe.utterances import load_utterances
     from voiceaudit.targets.base import TargetConfig
     from voiceaudit.targets.registry import get_target_class
 

@@ -21,9 +21,10 @@ import soundfile
 
 from voiceaudit.analysis import build_report
 from voiceaudit.analysis.concurrency import concurrency_view
-from voiceaudit.gate.budget import Increase
+from voiceaudit.analysis.significance import Increase
+from voiceaudit.data import bundled_dir
 from voiceaudit.probe.runner import ProbeOptions, Ramp, run_probe
-from voiceaudit.probe.utterances import bundled_dir, load_utterances
+from voiceaudit.probe.utterances import load_utterances
 from voiceaudit.targets.base import TargetConfig
 from voiceaudit.targets.python import Emitter, PythonTarget
 from voiceaudit.trace_io import read_trace

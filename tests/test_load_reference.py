@@ -23,8 +23,9 @@ TTFT_MS = 300
 
 async def _record(run_dir: Path) -> None:
     from voiceaudit.cli.run_cmd import reference_url
+    from voiceaudit.data import bundled_dir
     from voiceaudit.probe.runner import ProbeOptions, run_probe
-    from voiceaudit.probe.utterances import bundled_dir, load_utterances
+    from voiceaudit.probe.utterances import load_utterances
     from voiceaudit.reference.config import ServerConfig, parse_injections
     from voiceaudit.reference.server import start_reference_server
     from voiceaudit.targets.base import TargetConfig

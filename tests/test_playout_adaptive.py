@@ -253,8 +253,9 @@ def test_heard_at_is_monotonic_and_never_before_arrival() -> None:
 def test_probe_with_adaptive_playout_against_the_reference(tmp_path: Path) -> None:
     from voiceaudit.analysis import build_report
     from voiceaudit.cli.run_cmd import reference_options, reference_url
+    from voiceaudit.data import bundled_dir
     from voiceaudit.probe.runner import ProbeOptions, run_probe
-    from voiceaudit.probe.utterances import bundled_dir, load_utterances
+    from voiceaudit.probe.utterances import load_utterances
     from voiceaudit.reference.config import ServerConfig
     from voiceaudit.reference.server import start_reference_server
     from voiceaudit.targets.base import TargetConfig

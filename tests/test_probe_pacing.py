@@ -21,9 +21,10 @@ from test_probe_python import known_delay_pipeline
 
 from voiceaudit.analysis.report import TurnPacing, build_report
 from voiceaudit.clock import NS_PER_MS
-from voiceaudit.probe.pacing import BROKE_NS, HIST_BIN_NS, PacingHistogram, pacing_attrs
+from voiceaudit.data import bundled_dir
+from voiceaudit.pacing_stats import BROKE_NS, HIST_BIN_NS, PacingHistogram, pacing_attrs
 from voiceaudit.probe.runner import ProbeOptions, run_probe
-from voiceaudit.probe.utterances import bundled_dir, load_utterances
+from voiceaudit.probe.utterances import load_utterances
 from voiceaudit.targets.base import TargetConfig
 from voiceaudit.targets.python import Emitter, PythonTarget
 from voiceaudit.trace_io import read_trace
@@ -164,7 +165,7 @@ def test_sessions_frame_deadlines_are_spread_over_a_frame(tmp_path: Path) -> Non
     probe = Probe(PythonTarget(cfg), utts, ProbeOptions(sessions=4), tmp_path / "t.jsonl")
     period = 20 * NS_PER_MS
     earliest = probe._epoch_ns + 123_456_789
-    t0s = [probe._phased(earliest, slot, period) for slot in range(4)]
+    t0s = [probe.phased(earliest, slot, period) for slot in range(4)]
     for slot, t0 in enumerate(t0s):
         assert earliest <= t0 < earliest + period
         assert (t0 - probe._epoch_ns) % period == slot * period // 4

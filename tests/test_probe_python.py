@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from voiceaudit.clock import NS_PER_MS
+from voiceaudit.data import bundled_dir
 from voiceaudit.probe.runner import ProbeOptions, run_probe
-from voiceaudit.probe.utterances import bundled_dir, load_utterances
+from voiceaudit.probe.utterances import load_utterances
 from voiceaudit.targets.base import TargetConfig
 from voiceaudit.targets.python import Emitter, PythonTarget
 from voiceaudit.trace_io import read_trace

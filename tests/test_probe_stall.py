@@ -373,8 +373,9 @@ def _check_figures(evs: list[Any], sent: SentReply, depth_ms: int, on_time: bool
 
 
 async def _run_plain(protocol: str, url: str, out: Path) -> Trace:
+    from voiceaudit.data import bundled_dir
     from voiceaudit.probe.runner import ProbeOptions, run_probe
-    from voiceaudit.probe.utterances import bundled_dir, load_utterances
+    from voiceaudit.probe.utterances import load_utterances
     from voiceaudit.targets.base import TargetConfig
     from voiceaudit.targets.registry import get_target_class
 
@@ -424,8 +425,9 @@ def test_a_stall_at_the_first_reply_frame_moves_no_webrtc_arrival(
     buffer, the reply has no underrun."""
     from test_reference_support import serve_many
 
+    from voiceaudit.data import bundled_dir
     from voiceaudit.probe.runner import ProbeOptions, _Sink, run_probe
-    from voiceaudit.probe.utterances import bundled_dir, load_utterances
+    from voiceaudit.probe.utterances import load_utterances
     from voiceaudit.targets.base import TargetConfig
     from voiceaudit.targets.webrtc import WebRTCTarget
 

@@ -622,8 +622,8 @@ def test_reference_pipeline_in_g711_agrees_with_its_truth(tmp_path: Path) -> Non
     from test_run_ground_truth import _truth_v2v
 
     from voiceaudit.cli.run_cmd import reference_url
+    from voiceaudit.data import bundled_dir
     from voiceaudit.model import unbatch
-    from voiceaudit.probe.utterances import bundled_dir
     from voiceaudit.reference.config import ServerConfig
     from voiceaudit.reference.groundtruth import read_ground_truth
     from voiceaudit.reference.server import start_reference_server

@@ -66,8 +66,9 @@ def test_the_audio_format_a_real_session_declared_is_in_the_report(
     """The reference pipeline asked for mu-law in and A-law out declares them in its
     session.updated; the realtime target records that and the report shows it."""
     from voiceaudit.cli.run_cmd import reference_url
+    from voiceaudit.data import bundled_dir
     from voiceaudit.probe.runner import ProbeOptions, run_probe
-    from voiceaudit.probe.utterances import bundled_dir, load_utterances
+    from voiceaudit.probe.utterances import load_utterances
     from voiceaudit.reference.config import ServerConfig
     from voiceaudit.reference.server import start_reference_server
     from voiceaudit.targets.base import TargetConfig

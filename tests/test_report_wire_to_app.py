@@ -28,8 +28,9 @@ from aiohttp import web
 
 from voiceaudit.analysis.network import join_capture
 from voiceaudit.capture.dumpcap import Dumpcap
+from voiceaudit.data import bundled_dir
 from voiceaudit.probe.runner import ProbeOptions, run_probe
-from voiceaudit.probe.utterances import bundled_dir, load_utterances
+from voiceaudit.probe.utterances import load_utterances
 from voiceaudit.targets.base import TargetConfig
 from voiceaudit.targets.realtime import RealtimeSession, RealtimeTarget
 from voiceaudit.trace_io import read_trace

@@ -35,8 +35,9 @@ PROTOCOLS = {"realtime": 5 * MS, "websocket": 5 * MS, "cascade": 5 * MS, "webrtc
 
 async def _record(base: Path) -> None:
     from voiceaudit.cli.run_cmd import reference_options, reference_url
+    from voiceaudit.data import bundled_dir
     from voiceaudit.probe.runner import ProbeOptions, run_probe
-    from voiceaudit.probe.utterances import bundled_dir, load_utterances
+    from voiceaudit.probe.utterances import load_utterances
     from voiceaudit.reference.config import ServerConfig
     from voiceaudit.reference.server import start_reference_server
     from voiceaudit.targets.base import TargetConfig

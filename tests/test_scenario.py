@@ -11,8 +11,8 @@ import pytest
 import soundfile as sf
 
 from voiceaudit.audio import read_audio
+from voiceaudit.data import bundled_dir
 from voiceaudit.errors import ExitCode
-from voiceaudit.probe.utterances import bundled_dir
 from voiceaudit.scenario import (
     Overlap,
     Say,

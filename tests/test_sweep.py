@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from voiceaudit.cli import run
+from voiceaudit.data import bundled_dir
 from voiceaudit.errors import ExitCode
-from voiceaudit.probe.utterances import bundled_dir
 
 
 def test_sweep_runs_every_cell_and_reports_them(

@@ -28,9 +28,10 @@ import pytest
 
 from voiceaudit.cli import run as cli
 from voiceaudit.clock import NS_PER_MS
+from voiceaudit.data import bundled_dir
 from voiceaudit.errors import TargetError
 from voiceaudit.probe.runner import ProbeOptions, RunResult, run_probe
-from voiceaudit.probe.utterances import bundled_dir, load_utterances
+from voiceaudit.probe.utterances import load_utterances
 from voiceaudit.targets import registry
 from voiceaudit.targets.base import TargetConfig
 from voiceaudit.trace_io import read_trace

@@ -84,9 +84,10 @@ def _late_event_target(config: Any) -> Any:
 
 async def _record(base: Path) -> None:
     from voiceaudit.cli.run_cmd import reference_options, reference_url
+    from voiceaudit.data import bundled_dir
     from voiceaudit.impair import impaired, parse_impairment
     from voiceaudit.probe.runner import ProbeOptions, run_probe
-    from voiceaudit.probe.utterances import bundled_dir, load_utterances
+    from voiceaudit.probe.utterances import load_utterances
     from voiceaudit.reference.config import ServerConfig, parse_injections
     from voiceaudit.reference.server import start_reference_server
     from voiceaudit.targets.base import TargetConfig

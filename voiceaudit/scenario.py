@@ -241,7 +241,7 @@ def parse_scenario(
     shown = path or Path("<scenario>")
     doc, lines = parse_toml(text, path=shown, error=ScenarioError)
     if bundled is None:
-        from voiceaudit.probe.utterances import bundled_dir
+        from voiceaudit.data import bundled_dir
 
         bundled = bundled_dir()
     parser = _Parser(shown, lines, base_dir or Path.cwd(), bundled)

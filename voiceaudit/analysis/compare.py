@@ -26,6 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 from voiceaudit import __version__
 from voiceaudit.analysis.ledger import ALL_SEGMENTS
 from voiceaudit.analysis.report import FAILURE_METRICS, FAILURES, VOICE_TO_VOICE, Report
+from voiceaudit.analysis.significance import holm_adjusted
 from voiceaudit.analysis.stats import (
     Difference,
     FloatArray,
@@ -41,7 +42,6 @@ from voiceaudit.analysis.turntaking import (
     FALSE_INTERRUPTION_RATE,
     RESPONSE_TO_INTERRUPTION,
 )
-from voiceaudit.gate.significance import holm_adjusted
 
 COMPARISON_SCHEMA = "voiceaudit.comparison/1"
 

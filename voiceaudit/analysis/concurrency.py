@@ -9,7 +9,7 @@ Per level the view gives the number of turns and voice-to-voice p50 and p95. The
 **knee** is the lowest level whose p95 exceeds the baseline's (the lowest level measured,
 normally one session) by more than a margin (default +10 %), *significantly*: a one-sided
 percentile bootstrap of ``p95(level) - allowed(p95(baseline))``
-(:func:`voiceaudit.gate.significance.bootstrap_greater`, seeded, so the same traces give
+(:func:`voiceaudit.analysis.significance.bootstrap_greater`, seeded, so the same traces give
 the same knee), with Holm's correction over the levels tested. A level with fewer than
 ``min_turns`` turns is shown but not tested (its p95 would be its maximum). No knee means
 no level was significantly above the margin: the pipeline held up to the highest level
@@ -24,9 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from voiceaudit.analysis.significance import Figure, Increase, bootstrap_greater, holm_adjusted
 from voiceaudit.analysis.stats import as_sorted, percentile
-from voiceaudit.gate.budget import Figure, Increase
-from voiceaudit.gate.significance import bootstrap_greater, holm_adjusted
 
 #: how much above the baseline's p95 a level must be (significantly) to be the knee
 DEFAULT_MARGIN = Increase(relative=0.10)

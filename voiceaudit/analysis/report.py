@@ -53,12 +53,12 @@ from voiceaudit.analysis.turntaking import TurnTaking, TurnTakingSummary, summar
 from voiceaudit.errors import NoDataError, UsageError
 from voiceaudit.failures import FAILURE_KINDS, FAILURE_LABELS, failure_kind
 from voiceaudit.model import Header
-from voiceaudit.probe.pacing import BROKE_NS, P99_GOAL_NS, PacingHistogram
+from voiceaudit.pacing_stats import BROKE_NS, P99_GOAL_NS, PacingHistogram
 from voiceaudit.trace_io import Trace, TraceInfo, find_traces
 
 if TYPE_CHECKING:  # the gate imports this module: its types come in lazily
     from voiceaudit.analysis.concurrency import ConcurrencyView
-    from voiceaudit.gate.budget import Increase
+    from voiceaudit.analysis.significance import Increase
 
 
 def _default_knee_margin() -> Increase:

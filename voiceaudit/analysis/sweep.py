@@ -266,7 +266,7 @@ class SweepView:
 
 
 def _pairs(groups: Sequence[Group], alpha: float) -> tuple[Pair, ...]:
-    from voiceaudit.gate.significance import holm_adjusted
+    from voiceaudit.analysis.significance import holm_adjusted
 
     by = {(g.pipeline, g.network): g for g in groups}
     pipelines = list(dict.fromkeys(g.pipeline for g in groups))

@@ -22,7 +22,7 @@ from typing import Any
 from voiceaudit import __version__
 from voiceaudit.clock import Anchor
 from voiceaudit.model import SCHEMA_NAME, SCHEMA_VERSION, Event, Header
-from voiceaudit.probe.pacing import pacing_attrs
+from voiceaudit.pacing_stats import pacing_attrs
 from voiceaudit.trace_io import TraceWriter
 
 MS = 1_000_000

@@ -89,7 +89,7 @@ def register(app: typer.Typer) -> None:
     ) -> int:
         """Attribute voice-to-voice latency to stages, find hidden delays, give statistics."""
         from voiceaudit.analysis import build_report, compare
-        from voiceaudit.gate.budget import parse_increase
+        from voiceaudit.analysis.significance import parse_increase
         from voiceaudit.report import Format, print_to, render
 
         chosen = _format(fmt, output)

@@ -21,13 +21,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from voiceaudit.analysis.ledger import MarkTime
+from voiceaudit.analysis.significance import Figure, Increase
 from voiceaudit.errors import UsageError
 from voiceaudit.gate.budget import (
     METRICS,
     Budget,
     BudgetError,
-    Figure,
-    Increase,
     Limit,
     Regression,
     find_budget,

@@ -24,6 +24,14 @@ from typing import Any, Literal, NoReturn
 
 from voiceaudit.analysis.ledger import ALL_SEGMENTS
 from voiceaudit.analysis.report import FAILURE_METRICS, FAILURES
+from voiceaudit.analysis.significance import (
+    DURATION_RE,
+    PERCENT_RE,
+    Figure,
+    Increase,
+    number_text,
+    parse_increase,
+)
 from voiceaudit.analysis.turntaking import (
     BARGE_IN_STOP,
     CUT_IN_RATE,
@@ -69,9 +77,6 @@ DEFAULT_REGRESSION_METRICS = ("voice_to_voice.p50", "voice_to_voice.p95")
 DEFAULT_MAX_INCREASE = "10%"
 DEFAULT_ALPHA = 0.01
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s)\s*$")
-_PERCENT = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*%\s*$")
-_PERCENTILE = re.compile(r"^p(\d{1,2}(?:\.\d+)?)$")
 _METRIC_FIGURE = re.compile(r"^(.+)\.(p\d{1,2}(?:\.\d+)?|mean|max|min)$")
 
 
@@ -80,69 +85,6 @@ class BudgetError(LocatedError, UsageError):
 
 
 # -- values ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Figure:
-    """What is taken of a metric's per-turn values: ``mean``, ``min``, ``max`` or ``pQ``."""
-
-    name: str
-    #: the percentile (0 < q < 100) for ``pQ``, else None
-    q: float | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> Figure | None:
-        if text in ("mean", "min", "max"):
-            return cls(text)
-        m = _PERCENTILE.match(text)
-        if m is None:
-            return None
-        q = float(m.group(1))
-        if not 0 < q < 100:
-            return None
-        return cls(text, q)
-
-    def __str__(self) -> str:
-        return self.name
-
-
-@dataclass(frozen=True)
-class Increase:
-    """How much slower than the baseline is allowed: a fraction or a duration."""
-
-    #: 0.10 for "10%"; None when absolute
-    relative: float | None = None
-    #: milliseconds for "50ms"; None when relative
-    absolute_ms: float | None = None
-
-    def allowed(self, baseline: float) -> float:
-        """The largest value that is not a regression against ``baseline``."""
-        if self.relative is not None:
-            return baseline * (1.0 + self.relative)
-        assert self.absolute_ms is not None
-        return baseline + self.absolute_ms
-
-    def __str__(self) -> str:
-        if self.relative is not None:
-            return f"+{_num(self.relative * 100)}%"
-        assert self.absolute_ms is not None
-        return f"+{_num(self.absolute_ms)} ms"
-
-
-def parse_increase(text: str) -> Increase | None:
-    """ "10%" or "50ms" (or "0.05s"); None when it is neither."""
-    m = _PERCENT.match(text)
-    if m is not None:
-        return Increase(relative=float(m.group(1)) / 100.0)
-    d = _DURATION.match(text)
-    if d is not None:
-        x = float(d.group(1))
-        return Increase(absolute_ms=x if d.group(2) == "ms" else x * 1000.0)
-    return None
-
-
-def _num(x: float) -> str:
-    return f"{x:g}" if abs(x) < 1e6 else f"{x:.0f}"
 
 
 # -- the budget -----------------------------------------------------------------------------
@@ -178,7 +120,7 @@ class RateLimit:
 
     @property
     def name(self) -> str:
-        return f"{self.metric} <= {_num(self.max_rate * 100)}%"
+        return f"{self.metric} <= {number_text(self.max_rate * 100)}%"
 
 
 @dataclass(frozen=True)
@@ -208,7 +150,7 @@ class FailureLimit:
     @property
     def name(self) -> str:
         if self.max_share is not None:
-            return f"{self.metric} <= {_num(self.max_share * 100)}%"
+            return f"{self.metric} <= {number_text(self.max_share * 100)}%"
         return f"{self.metric} <= {self.max_count} turns"
 
 
@@ -722,7 +664,7 @@ class _Parser(TomlChecker):
         count of turns; anything else (a bare fraction such as 0.01 reads as either) is an
         error."""
         if isinstance(value, str):
-            m = _PERCENT.match(value)
+            m = PERCENT_RE.match(value)
             if m is not None and float(m.group(1)) <= 100:
                 return float(m.group(1)) / 100.0, None
         elif isinstance(value, int) and not isinstance(value, bool) and value >= 0:
@@ -878,7 +820,7 @@ class _Parser(TomlChecker):
 
     def duration(self, value: Any, at: KeyPath, what: str) -> float:
         if isinstance(value, str):
-            m = _DURATION.match(value)
+            m = DURATION_RE.match(value)
             if m is not None:
                 x = float(m.group(1))
                 ms = x if m.group(2) == "ms" else x * 1000.0
@@ -897,7 +839,7 @@ class _Parser(TomlChecker):
 
     def percent(self, value: Any, at: KeyPath, what: str) -> float:
         if isinstance(value, str):
-            m = _PERCENT.match(value)
+            m = PERCENT_RE.match(value)
             if m is not None and float(m.group(1)) <= 100:
                 return float(m.group(1)) / 100.0
         self.fail(at, f"{what}: {value!r} is not a percentage", hint='write it like "5%"')
@@ -915,7 +857,7 @@ class _Parser(TomlChecker):
     def fraction(self, value: Any, at: KeyPath, what: str) -> float:
         """A fraction in [0, 1], or a percentage string ("5%")."""
         if isinstance(value, str):
-            m = _PERCENT.match(value)
+            m = PERCENT_RE.match(value)
             if m is not None and float(m.group(1)) <= 100:
                 return float(m.group(1)) / 100.0
         elif _is_number(value) and 0 <= value <= 1:

@@ -31,7 +31,7 @@ scenario run) fail such checks as ``not in the traces``, like a segment no turn 
 regression
     ``METRIC.FIGURE`` of the current traces against the baseline's: a regression when
     the current figure exceeds the baseline's plus ``max_increase`` *and* a one-sided
-    test (see :mod:`voiceaudit.gate.significance`) says so at ``alpha``, Holm-corrected
+    test (see :mod:`voiceaudit.analysis.significance`) says so at ``alpha``, Holm-corrected
     over the regression metrics.
 """
 
@@ -49,6 +49,14 @@ import numpy as np
 
 from voiceaudit.analysis.ledger import ALL_SEGMENTS, UNEXPLAINED, MarkTime, segment_bounds
 from voiceaudit.analysis.report import FAILURE_METRICS, FAILURES, Report, build_report
+from voiceaudit.analysis.significance import (
+    Figure,
+    FloatArray,
+    TestResult,
+    bootstrap_greater,
+    holm_adjusted,
+    mann_whitney_greater,
+)
 from voiceaudit.analysis.stats import (
     MIN_N_MEAN,
     MIN_TAIL,
@@ -73,19 +81,11 @@ from voiceaudit.gate.budget import (
     VOICE_TO_VOICE,
     Budget,
     FailureLimit,
-    Figure,
     KneeLimit,
     RateLimit,
     RateRegression,
     Regression,
     RegressionMetric,
-)
-from voiceaudit.gate.significance import (
-    FloatArray,
-    TestResult,
-    bootstrap_greater,
-    holm_adjusted,
-    mann_whitney_greater,
 )
 
 CheckKind = Literal["turns", "failed_turns", "failures", "budget", "regression", "knee"]

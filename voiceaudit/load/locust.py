@@ -109,7 +109,8 @@ except ImportError:
 
 from voiceaudit.clock import NS_PER_MS  # noqa: E402
 from voiceaudit.probe.pacing import Pacer  # noqa: E402
-from voiceaudit.probe.runner import Probe, ProbeOptions, RunResult, TurnResult  # noqa: E402
+from voiceaudit.probe.runner import Probe, ProbeOptions, RunResult  # noqa: E402
+from voiceaudit.probe.session import TurnResult  # noqa: E402
 from voiceaudit.probe.utterances import Utterance, load_utterances  # noqa: E402
 from voiceaudit.targets.base import TargetConfig, redact_url  # noqa: E402
 from voiceaudit.targets.registry import get_target_class, infer_protocol  # noqa: E402

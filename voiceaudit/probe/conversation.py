@@ -48,7 +48,7 @@ import dataclasses
 import hashlib
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -56,13 +56,10 @@ from voiceaudit.audio import first_audible, from_pcm16, resample
 from voiceaudit.clock import NS_PER_MS, NS_PER_S
 from voiceaudit.errors import TargetError
 from voiceaudit.probe.playout import Chunk, Playout, play_model
-from voiceaudit.probe.runner import fill_attrs, send_frame
+from voiceaudit.probe.session import TurnHost, TurnResult, fill_attrs, send_frame
 from voiceaudit.scenario import Overlap, Scenario, Turn
 from voiceaudit.targets.base import TargetSession
 from voiceaudit.trace_io import TraceWriter
-
-if TYPE_CHECKING:
-    from voiceaudit.probe.runner import Probe, TurnResult
 
 #: without a "cut" signal from the protocol, a reply counts as stopped by an overlap when
 #: it was heard for less than this after the overlap's onset
@@ -282,7 +279,7 @@ class Conversation:
 
     def __init__(
         self,
-        probe: Probe,
+        probe: TurnHost,
         scenario: Scenario,
         slot: int,
         sid: str,
@@ -544,7 +541,7 @@ class Conversation:
             self._pcm(turn.say.samples)
             for ov in turn.during_reply:
                 self._pcm(ov.samples)
-        self.t0 = probe._phased(clock.now_ns() + 5 * NS_PER_MS, self.slot, self.frame * self.nsps)
+        self.t0 = probe.phased(clock.now_ns() + 5 * NS_PER_MS, self.slot, self.frame * self.nsps)
         pos = 0
         sink = self.sink
         await ts.start_turn(self.next_index)
@@ -552,16 +549,16 @@ class Conversation:
             live = [st for st in self.turns if not st.closed]
             if not live:
                 # After the first Ctrl-C the turns in flight finish; none starts.
-                if not pending or self.stale or probe._stop.is_set():
+                if not pending or self.stale or probe.stopping():
                     break
-                if probe._winding_down.is_set():
+                if probe.winding_down():
                     break
                 if self.t_of(pos) >= self.next_start_ns:
                     live = [self._start_scripted(pending.pop(0), pos)]
             b = pos + self.frame
             deadline = self.t_of(b)
             await probe.pacer.wait_until(deadline)
-            if sink.failed or probe._cut.is_set():
+            if sink.failed or probe.cutting():
                 break
             data = self._frame(pos, b)
             t = clock.now_ns()
@@ -581,7 +578,7 @@ class Conversation:
             # Broken before its first turn: that turn fails here, so a session that breaks
             # at once on every connection still comes to an end.
             pending.pop(0)
-            probe._record_failed(self.writer, self.sid, self.next_index, sink.failure or "failed")
+            probe.record_failed(self.writer, self.sid, self.next_index, sink.failure or "failed")
             self.next_index += 1
 
     async def _sent(
@@ -595,7 +592,7 @@ class Conversation:
         fr[3].append(deadline)
         if not st.speech_end_sent and st.start + st.speech_end <= b:
             st.speech_end_sent = True
-            st.concurrency = self.probe._active
+            st.concurrency = self.probe.active_sessions
             self.writer.event(
                 self.sid,
                 st.index,
@@ -620,7 +617,7 @@ class Conversation:
         self._truncates.clear()
         for st in live:
             if (
-                not self.probe._stop.is_set()  # stopping: no overlap opens a new turn
+                not self.probe.stopping()  # stopping: no overlap opens a new turn
                 and st.main is not None
                 and st.main.heard_ns is not None
                 and not st.overlaps_placed
@@ -677,7 +674,7 @@ class Conversation:
         sid = self.sid
         fr = st.frames
         if fr[0]:
-            from voiceaudit.probe.pacing import pacing_attrs
+            from voiceaudit.pacing_stats import pacing_attrs
 
             first = fr[0][0]
             w.event(
@@ -696,9 +693,7 @@ class Conversation:
             )
             pacing = pacing_attrs(fr[0], fr[3])
             w.event(sid, st.index, probe.clock.now_ns(), "probe", "input", "input.pacing", pacing)
-            probe.result.pacing.add(
-                pacing["hist_bin_ns"], pacing["hist_bins"], pacing["hist_counts"]
-            )
+            probe.pacing.add(pacing["hist_bin_ns"], pacing["hist_bins"], pacing["hist_counts"])
             worst: tuple[int | None, int | None] = (pacing["max_ns"], pacing["max_frame"])
         else:
             worst = (None, None)
@@ -740,7 +735,7 @@ class Conversation:
                 "turn.note",
                 {"note": f"after the reply: {self.sink.failure}"},
             )
-        result = probe._close_reply(
+        result = probe.close_reply(
             w,
             sid,
             st.index,
@@ -780,8 +775,7 @@ class Conversation:
         return self.probe.options.gap_ms * NS_PER_MS
 
     def _finish(self, result: TurnResult) -> None:
-        self.probe.result.turns.append(result)
-        self.probe.observer.turn_done(result)
+        self.probe.add_turn(result)
 
     def _write_cut_ins(self, st: TurnState) -> int:
         """The target ended the caller's turn, or was heard, while the caller was still

@@ -30,11 +30,21 @@ from voiceaudit.clock import NS_PER_MS, NS_PER_S, MonotonicClock, take_anchor
 from voiceaudit.errors import TargetError, UsageError
 from voiceaudit.failures import FAILURE_KINDS, failure_kind
 from voiceaudit.model import Header
-from voiceaudit.probe.pacing import BROKE_NS, P99_GOAL_NS, Pacer, PacingHistogram, pacing_attrs
+from voiceaudit.pacing_stats import BROKE_NS, P99_GOAL_NS, PacingHistogram, pacing_attrs
+from voiceaudit.probe.pacing import Pacer
 from voiceaudit.probe.playout import PLAYOUT_MODELS, Chunk, play_model, playout_name
+from voiceaudit.probe.session import (
+    TurnResult,
+    closed,
+    connected,
+    fill_attrs,
+    send_frame,
+    session_failed,
+)
 from voiceaudit.probe.utterances import Utterance
+from voiceaudit.probe.warm import warm_up
 from voiceaudit.scenario import Scenario
-from voiceaudit.targets.base import Target, TargetSession, TargetSink
+from voiceaudit.targets.base import Target, TargetSession
 from voiceaudit.trace_io import TraceWriter
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min)?\s*$")
@@ -161,40 +171,6 @@ class ProbeOptions:
             )
         if any(c.isspace() for c in self.session_prefix):
             raise UsageError("the session prefix cannot contain spaces")
-
-
-@dataclass(frozen=True)
-class TurnResult:
-    session: str
-    turn: int
-    ok: bool
-    warmup: bool
-    voice_to_voice_ns: int | None
-    reason: str | None = None
-    #: the turn's latest frame send after its deadline (ns), and that frame's index
-    pacing_max_ns: int | None = None
-    pacing_max_frame: int | None = None
-    #: speech end (as sent) to the first reply audio byte read, when a reply came
-    first_byte_ns: int | None = None
-    #: the run's sessions running when the speech end was sent
-    concurrency: int | None = None
-    #: scenario runs: the barge-in stop latency of this turn's interrupted reply
-    barge_in_stop_ns: int | None = None
-    #: scenario runs: replies heard while the caller was still speaking (cut-ins)
-    cut_ins: int = 0
-    #: scenario runs: sounds placed over this turn's reply, and how many stopped it
-    sounds: int = 0
-    false_interruptions: int = 0
-    #: a failed turn's kind (one of ``voiceaudit.failures.FAILURE_KINDS``); None when ok
-    failure: str | None = None
-    #: a failed turn whose reply was heard before the fault: its voice-to-voice, kept as
-    #: an informative figure (never in statistics)
-    informative_voice_to_voice_ns: int | None = None
-
-    @property
-    def pacing_broke(self) -> bool:
-        """A frame of this turn left more than ``BROKE_NS`` after its deadline."""
-        return self.pacing_max_ns is not None and self.pacing_max_ns > BROKE_NS
 
 
 @dataclass
@@ -396,44 +372,12 @@ class _Sink:
         self.failed.set()
 
 
-def fill_attrs(ts: TargetSession) -> dict[str, int]:
-    """``turn.start``'s ``stream_fill_samples``, where the transport added silence of its own
-    to the session's audio before the turn (WebRTC's idle fill between turns)."""
-    fill = ts.stream_fill_samples()
-    return {"stream_fill_samples": fill} if fill else {}
-
-
-def connected(writer: TraceWriter, sid: str, t_ns: int, ts: TargetSession) -> None:
-    """``session.connected``, with the probe's end of the session's TCP connection where it
-    has one (so a capture's stalls of a sender with Nagle off can be ruled out)."""
-    writer.event(sid, None, t_ns, "probe", "session", "session.connected", ts.connection())
-
-
-def closed(writer: TraceWriter, sid: str, t_ns: int, broke: str | None) -> None:
-    """``session.closed`` (with the failure that broke the connection as ``reason``), made
-    durable."""
-    attrs = None if broke is None else {"reason": broke}
-    writer.event(sid, None, t_ns, "probe", "session", "session.closed", attrs)
-    writer.commit()
-
-
-async def send_frame(ts: TargetSession, sink: TargetSink, data: bytes) -> bool:
-    """Send one microphone frame; a target that fails fails the turn through ``sink``
-    (False: stop sending)."""
-    try:
-        await ts.send_audio(data)
-    except TargetError as exc:
-        sink.fail(exc.message)
-        return False
-    except (ConnectionError, OSError) as exc:
-        sink.fail(f"send failed: {exc}")
-        return False
-    return True
-
-
-def session_failed(writer: TraceWriter, sid: str, at_ns: int, exc: TargetError) -> None:
-    """The ``session.failed`` event of a session whose connection could not be opened."""
-    writer.event(sid, None, at_ns, "probe", "session", "session.failed", {"reason": exc.message})
+async def _open(ts: TargetSession) -> None:
+    """Open a target session, first paying the probe's first-use costs off the loop when
+    the session asks for it (voiceaudit.probe.warm: before any connection is open)."""
+    if ts.warm_up_first:
+        await warm_up()
+    await ts.open()
 
 
 class Probe:
@@ -475,7 +419,7 @@ class Probe:
         self._active = 0
         #: in a ramp: the step (0-based) that started each slot
         self._slot_level: dict[int, int] = {}
-        #: the phase origin of every session's frame deadlines (see _phased)
+        #: the phase origin of every session's frame deadlines (see phased)
         self._epoch_ns = self.clock.now_ns()
 
     def stop(self) -> None:
@@ -488,6 +432,30 @@ class Probe:
         of kind ``interrupted`` (what they received is kept), and no new turn starts."""
         self._stop.set()
         self._cut.set()
+
+    # -- what a conversation sees of the probe (voiceaudit.probe.session.TurnHost) ----------
+
+    @property
+    def pacing(self) -> PacingHistogram:
+        return self.result.pacing
+
+    @property
+    def active_sessions(self) -> int:
+        return self._active
+
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def winding_down(self) -> bool:
+        return self._winding_down.is_set()
+
+    def cutting(self) -> bool:
+        return self._cut.is_set()
+
+    def add_turn(self, result: TurnResult) -> None:
+        """A finished turn: into the run's result, and to the observer."""
+        self.result.turns.append(result)
+        self.observer.turn_done(result)
 
     def _header(self) -> Header:
         o = self.options
@@ -620,10 +588,10 @@ class Probe:
                 None if level is None else {"ramp_step": level},
             )
             try:
-                await ts.open()
+                await _open(ts)
             except TargetError as exc:
                 session_failed(writer, sid, self.clock.now_ns(), exc)
-                self._record_failed(
+                self.record_failed(
                     writer, sid, turn, f"connect failed: {exc.message}", "connect_failed"
                 )
                 writer.commit()
@@ -671,14 +639,14 @@ class Probe:
                 sid, None, self.clock.now_ns(), "probe", "session", "session.connect_start"
             )
             try:
-                await ts.open()
+                await _open(ts)
             except TargetError as exc:
                 session_failed(writer, sid, self.clock.now_ns(), exc)
                 first = conn == 1 and slot == 0 and not self.result.ok_turns
                 # The target is not there at all: every turn fails and the run says so;
                 # later, one turn fails per attempt, as in a plain run.
                 for _ in pending if first else pending[:1]:
-                    self._record_failed(
+                    self.record_failed(
                         writer, sid, index, f"connect failed: {exc.message}", "connect_failed"
                     )
                     index += 1
@@ -709,7 +677,7 @@ class Probe:
             for w in waiters:
                 w.cancel()
 
-    def _record_failed(
+    def record_failed(
         self, writer: TraceWriter, sid: str, turn: int, reason: str, failure: str | None = None
     ) -> None:
         """A turn that never ran (its connection could not be opened, its session broke)."""
@@ -726,10 +694,9 @@ class Probe:
         )
         writer.count("turns_failed")
         res = TurnResult(sid, turn, False, warm, None, reason, failure=kind)
-        self.result.turns.append(res)
-        self.observer.turn_done(res)
+        self.add_turn(res)
 
-    def _phased(self, earliest_ns: int, slot: int, frame_ns: float) -> int:
+    def phased(self, earliest_ns: int, slot: int, frame_ns: float) -> int:
         """The first instant from ``earliest_ns`` at this slot's phase: session k of N has
         its frame deadlines k/N of a frame after the run's epoch, so N sessions' frames fall
         due spread over the frame period, as independent callers' would, instead of N at
@@ -759,7 +726,7 @@ class Probe:
 
         sink.begin(turn)
         await ts.start_turn(turn)
-        t0 = self._phased(self.clock.now_ns() + 5 * NS_PER_MS, slot, frame * ns_per_sample)
+        t0 = self.phased(self.clock.now_ns() + 5 * NS_PER_MS, slot, frame * ns_per_sample)
         writer.event(
             sid,
             turn,
@@ -876,7 +843,7 @@ class Probe:
                 "turn.note",
                 {"note": f"after the reply: {sink.failure}"},
             )
-        result = self._close_reply(
+        result = self.close_reply(
             writer,
             sid,
             turn,
@@ -897,8 +864,7 @@ class Probe:
         # land in the next turn), is not used again: the next turn gets a fresh one.
         healthy = not sink.failed.is_set() and result.failure != "timeout"
         await writer.commit_async()
-        self.result.turns.append(result)
-        self.observer.turn_done(result)
+        self.add_turn(result)
         return healthy
 
     async def _await_reply(self, sink: _Sink, give_up_ns: int) -> None:
@@ -916,7 +882,7 @@ class Probe:
                 for w in waiters:
                     w.cancel()
 
-    def _close_reply(
+    def close_reply(
         self,
         writer: TraceWriter,
         sid: str,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
+from voiceaudit.data import bundled_dir
 from voiceaudit.errors import AudioError, InputError
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".raw", ".pcm", ".s16")
@@ -45,10 +45,6 @@ class Utterance:
             cached = (to_pcm16(x), start, end)
             self._pcm[rate] = cached
         return cached
-
-
-def bundled_dir() -> Path:
-    return Path(str(resources.files("voiceaudit") / "data" / "utterances"))
 
 
 def _texts(directory: Path) -> dict[str, str]:

@@ -9,9 +9,11 @@ stall at the first reply of a run, which every session sharing the loop feels: i
 frames leave late, and (before arrival times were taken on the receive thread) its
 replies' chunks were stamped late.
 
-:func:`warm_up` runs each of them once on a thread of its own, once per process; a
-target awaits it before it connects, so no connection is open while the bulk of it runs
-(a session opening later finds it done).
+:func:`warm_up` runs each of them once on a thread of its own, once per process; the
+probe awaits it before it opens a session that asks for it
+(:attr:`~voiceaudit.targets.base.TargetSession.warm_up_first`: the WebSocket and WebRTC
+targets), so no connection is open while the bulk of it runs (a session opening later
+finds it done). The targets only say so: they sit below the probe and do not import it.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ def warm_sync() -> None:
     import numpy as np
 
     from voiceaudit.audio import first_audible, resample
+    from voiceaudit.pacing_stats import pacing_attrs
     from voiceaudit.probe.conversation import last_audible
-    from voiceaudit.probe.pacing import pacing_attrs
     from voiceaudit.probe.playout import PLAYOUT_MODELS, Chunk, play_model
 
     rng = np.random.default_rng(0)

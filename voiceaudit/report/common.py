@@ -27,7 +27,7 @@ from voiceaudit.analysis.turntaking import (
     ReplyStop,
 )
 from voiceaudit.failures import FAILURE_LABELS
-from voiceaudit.probe.pacing import BROKE_NS
+from voiceaudit.pacing_stats import BROKE_NS
 
 #: Human labels for metrics (identifiers stay the JSON keys).
 LABELS: dict[str, str] = {

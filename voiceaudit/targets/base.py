@@ -118,6 +118,10 @@ class TargetSession(ABC):
 
     #: the sample rate the target takes and gives (16-bit mono PCM)
     input_rate: int = 24000
+    #: the probe pays its own first-use costs (voiceaudit.probe.warm) before opening a
+    #: session of this kind: one whose replies arrive on a connection the probe's loop
+    #: must read on time. Targets below the probe only say so; the probe does the warming.
+    warm_up_first: ClassVar[bool] = False
 
     def __init__(self, config: TargetConfig, sink: TargetSink) -> None:
         self.config = config

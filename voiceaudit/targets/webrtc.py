@@ -131,6 +131,7 @@ class _Frame(NamedTuple):
 
 class WebRTCSession(TargetSession):
     input_rate = RATE
+    warm_up_first = True  # the probe warms up before the peer connection exists
 
     def __init__(self, config: TargetConfig, sink: TargetSink) -> None:
         super().__init__(config, sink)
@@ -221,9 +222,6 @@ class WebRTCSession(TargetSession):
             from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
         except ImportError:
             raise missing_extra("aiortc", "webrtc") from None
-        from voiceaudit.probe.warm import warm_up
-
-        await warm_up()  # first-use costs off the loop, before the peer connection exists
         if is_loopback_host(urlsplit(self.config.url).hostname):
             allow_loopback_ice()
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))

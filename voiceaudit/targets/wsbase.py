@@ -78,6 +78,8 @@ class StampedQueue:
 
 
 class WebSocketSession(TargetSession):
+    warm_up_first = True  # the probe warms up before the connection opens
+
     def __init__(self, config: TargetConfig, sink: TargetSink) -> None:
         super().__init__(config, sink)
         self._http: aiohttp.ClientSession | None = None
@@ -97,9 +99,6 @@ class WebSocketSession(TargetSession):
 
     async def connect(self, url: str, headers: dict[str, str]) -> None:
         """Open the WebSocket and start reading; TargetError when it cannot be opened."""
-        from voiceaudit.probe.warm import warm_up
-
-        await warm_up()  # first-use costs off the loop, before any connection is open
         self._http = aiohttp.ClientSession()
         try:
             self._ws = await asyncio.wait_for(

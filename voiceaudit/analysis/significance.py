@@ -28,13 +28,12 @@ Percentile bootstrap
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
-
-from voiceaudit.gate.budget import Figure, Increase
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -44,6 +43,76 @@ RESAMPLES = 10_000
 SEED = 20_240_607
 #: Above this many values a resampled mean is drawn from its normal limit.
 EXACT_MEAN_MAX_N = 5_000
+
+#: "50ms" or "0.05s" (group 1 the number, group 2 the unit)
+DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s)\s*$")
+#: "10%" (group 1 the number)
+PERCENT_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*%\s*$")
+_PERCENTILE_RE = re.compile(r"^p(\d{1,2}(?:\.\d+)?)$")
+
+
+@dataclass(frozen=True)
+class Figure:
+    """What is taken of a metric's per-turn values: ``mean``, ``min``, ``max`` or ``pQ``."""
+
+    name: str
+    #: the percentile (0 < q < 100) for ``pQ``, else None
+    q: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Figure | None:
+        if text in ("mean", "min", "max"):
+            return cls(text)
+        m = _PERCENTILE_RE.match(text)
+        if m is None:
+            return None
+        q = float(m.group(1))
+        if not 0 < q < 100:
+            return None
+        return cls(text, q)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class Increase:
+    """How much slower than the baseline is allowed: a fraction or a duration."""
+
+    #: 0.10 for "10%"; None when absolute
+    relative: float | None = None
+    #: milliseconds for "50ms"; None when relative
+    absolute_ms: float | None = None
+
+    def allowed(self, baseline: float) -> float:
+        """The largest value that is not a regression against ``baseline``."""
+        if self.relative is not None:
+            return baseline * (1.0 + self.relative)
+        assert self.absolute_ms is not None
+        return baseline + self.absolute_ms
+
+    def __str__(self) -> str:
+        if self.relative is not None:
+            return f"+{number_text(self.relative * 100)}%"
+        assert self.absolute_ms is not None
+        return f"+{number_text(self.absolute_ms)} ms"
+
+
+def parse_increase(text: str) -> Increase | None:
+    """ "10%" or "50ms" (or "0.05s"); None when it is neither."""
+    m = PERCENT_RE.match(text)
+    if m is not None:
+        return Increase(relative=float(m.group(1)) / 100.0)
+    d = DURATION_RE.match(text)
+    if d is not None:
+        x = float(d.group(1))
+        return Increase(absolute_ms=x if d.group(2) == "ms" else x * 1000.0)
+    return None
+
+
+def number_text(x: float) -> str:
+    return f"{x:g}" if abs(x) < 1e6 else f"{x:.0f}"
+
 
 Method = Literal["mann-whitney", "bootstrap", "fisher-exact"]
 
