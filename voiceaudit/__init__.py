@@ -2,6 +2,25 @@
 
 The public surface is small: the trace model and reader/writer. Everything else is
 reached through the command line or its own module.
+
+Layers, top to bottom; a module imports only from its own layer or those below it
+(tests/test_layers.py checks the edges that once ran back up):
+
+1. ``cli``, ``load``
+2. ``report``, ``gate``, ``exports``
+3. ``analysis`` (statistics in ``analysis.stats`` and ``analysis.significance``, used by
+   the gate), ``imports``, ``probe``
+4. ``trace_io``, ``capture``, ``reference``, ``scenario``
+5. ``targets``, ``model``, ``audio``, ``pacing_stats`` (the measured pacing the probe writes
+   and the report reads), ``data`` (the bundled utterances)
+6. ``errors``, ``clock``, ``failures``, ``tomlpos``, ``codecs``
+
+Within ``probe``, ``runner`` (the probe) imports ``conversation`` (scripted sessions), and
+both import ``session`` (the turn machinery they share; a conversation reaches the probe
+through its ``TurnHost`` protocol). The targets do not import the probe: a session that
+needs the probe's warm-up first says so (``TargetSession.warm_up_first``) and the probe
+runs it. One edge is left: ``impair`` paces packets with ``probe.pacing.Pacer`` while
+``analysis.network`` reads ``impair``'s records.
 """
 
 __version__ = "0.1.0"
