@@ -24,7 +24,14 @@ from aiohttp import web
 from voiceaudit.reference.asr import AsrError
 from voiceaudit.reference.dsp import F32, StreamResampler, float_to_pcm16, streaming_wav_header
 from voiceaudit.reference.groundtruth import TurnRecord
-from voiceaudit.reference.pipeline import CTX_KEY, ServerContext, Speaker, chunking_mode, new_id
+from voiceaudit.reference.pipeline import (
+    CONNECT_DELAY_KEY,
+    CTX_KEY,
+    ServerContext,
+    Speaker,
+    chunking_mode,
+    new_id,
+)
 from voiceaudit.reference.responder import Message, TextChunker
 from voiceaudit.reference.vad import RATE as ASR_RATE
 
@@ -57,7 +64,7 @@ def _record(ctx: ServerContext, request: web.Request, stage: str) -> TurnRecord:
         stage=stage,
         client_turn=request.headers.get("X-Voiceaudit-Turn"),
     )
-    delay = int(request.get("voiceaudit_connect_delay_ns", 0))
+    delay = int(request.get(CONNECT_DELAY_KEY, 0))
     if delay:
         record.injected["connect_delay_ns"] = delay
     return record

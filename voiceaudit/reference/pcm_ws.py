@@ -30,6 +30,7 @@ from aiohttp import WSMsgType, web
 from voiceaudit.reference.dsp import F32, float_to_pcm16, pcm16_to_float
 from voiceaudit.reference.groundtruth import TurnRecord, now_ns
 from voiceaudit.reference.pipeline import (
+    CONNECT_DELAY_KEY,
     CTX_KEY,
     InputPipeline,
     ReplyControl,
@@ -418,7 +419,7 @@ async def pcm_handler(request: web.Request) -> web.StreamResponse:
             text=json.dumps({"error": {"message": "threshold must be a number in 0..1"}}),
             content_type="application/json",
         )
-    connect_delay = int(request.get("voiceaudit_connect_delay_ns", 0))
+    connect_delay = int(request.get(CONNECT_DELAY_KEY, 0))
     ws = web.WebSocketResponse(compress=False, max_msg_size=16 * 1024 * 1024)
     await ws.prepare(request)
     if ctx.injections.small_writes:

@@ -87,6 +87,8 @@ class ServerContext:
 
 #: Where handlers find the context on the aiohttp application.
 CTX_KEY = web.AppKey("voiceaudit_ctx", ServerContext)
+#: On a request whose connection the connect-delay injection held: how long (ns).
+CONNECT_DELAY_KEY = web.RequestKey("voiceaudit_connect_delay_ns", int)
 
 
 # --- input: endpointing and streaming recognition ------------------------------------

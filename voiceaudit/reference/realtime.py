@@ -50,6 +50,7 @@ from voiceaudit.reference.dsp import (
 )
 from voiceaudit.reference.groundtruth import TurnRecord, now_ns
 from voiceaudit.reference.pipeline import (
+    CONNECT_DELAY_KEY,
     CTX_KEY,
     InputPipeline,
     ReplyControl,
@@ -1137,7 +1138,7 @@ async def realtime_handler(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CTX_KEY]
     beta = "realtime=v1" in request.headers.get("OpenAI-Beta", "").replace(" ", "")
     model = request.query.get("model", "voiceaudit-reference")
-    connect_delay = int(request.get("voiceaudit_connect_delay_ns", 0))
+    connect_delay = int(request.get(CONNECT_DELAY_KEY, 0))
     ws = web.WebSocketResponse(compress=False, max_msg_size=32 * 1024 * 1024, autoping=True)
     await ws.prepare(request)
     if ctx.injections.small_writes:

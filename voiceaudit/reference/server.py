@@ -38,7 +38,7 @@ from voiceaudit.reference.config import ServerConfig
 from voiceaudit.reference.groundtruth import GroundTruth, now_ns
 from voiceaudit.reference.http_api import chat_completions, speech, transcriptions
 from voiceaudit.reference.pcm_ws import pcm_handler
-from voiceaudit.reference.pipeline import CTX_KEY, ServerContext
+from voiceaudit.reference.pipeline import CONNECT_DELAY_KEY, CTX_KEY, ServerContext
 from voiceaudit.reference.realtime import realtime_handler
 from voiceaudit.reference.responder import ChatCompletionsResponder, Responder, ScriptedResponder
 from voiceaudit.reference.tts import Synthesizer
@@ -191,7 +191,7 @@ async def _connect_delay(request: web.Request, handler: Handler) -> web.StreamRe
     if delay and conn is not None and conn not in seen:
         seen.add(conn)
         await asyncio.sleep(delay / 1e9)
-        request["voiceaudit_connect_delay_ns"] = delay
+        request[CONNECT_DELAY_KEY] = delay
     return await handler(request)
 
 
