@@ -72,6 +72,18 @@ async def _serve(handler: Any) -> tuple[web.AppRunner, int]:
     return runner, server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
 
+def test_clock_pair_rereads_a_pair_the_thread_was_interrupted_in() -> None:
+    """A wall-clock read that comes 130 µs after its monotonic read (the thread lost the GIL
+    between them) would map every kernel stamp 130 µs early: the pair is read again, and
+    the wall clock's instant is the midpoint of the monotonic reads around it."""
+    offset = 1_700_000_000_000_000_000  # wall minus monotonic, constant
+    mono = iter([1_000, 131_000, 200_000, 200_800])
+    walls = iter([131_000 + offset, 200_400 + offset])
+    now, wall = rxstamp.clock_pair(lambda: next(mono), lambda: next(walls))
+    assert (now, wall) == (200_400, 200_400 + offset)
+    assert wall - now == offset  # the first pair's midpoint would be 65 µs off
+
+
 def test_a_flood_held_back_by_flow_control_arrives_whole_and_in_order() -> None:
     """40 messages of 200 KB at once (aiohttp's queue pauses reading at 128 KiB, so the
     tap's pause and resume are exercised), read slowly: every byte, in order; each

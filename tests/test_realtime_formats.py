@@ -459,19 +459,31 @@ def test_format_is_honoured(name: str, outcomes: dict[str, Outcome]) -> None:
 
 
 def test_g711_voice_to_voice_matches_pcm(outcomes: dict[str, Outcome]) -> None:
-    """The same reply, heard through each format: the probe's voice-to-voice agrees with
-    24 kHz PCM's within a few ms (the quickest turn of each: the machine only adds time)."""
+    """The same reply, heard through each format: the probe's voice-to-voice is what the
+    server's own send time gives (its first audio delta's send, plus the reply's leading
+    silence, after the speech end), in every format alike. Checked per turn against the
+    server's record, not between two runs' figures: a busy machine can delay the server's
+    answer in one run and not the other, and that is no error of the probe's."""
 
-    def quickest(key: str) -> int:
-        v: list[int] = [e["voice_to_voice_ns"] for e in named(outcomes[key].events, "turn.end")]
-        assert len(v) == 2 and all(isinstance(x, int) for x in v), v
-        return min(v)
+    def excess(key: str) -> list[int]:
+        """Per turn: voice-to-voice minus the server's own figure."""
+        o = outcomes[key]
+        ends = {e["turn"]: e["t_ns"] for e in named(o.events, "input.speech_end")}
+        v2v = {e["turn"]: e["voice_to_voice_ns"] for e in named(o.events, "turn.end")}
+        sent = [t for c in o.server.conns for t in c.first_sent]
+        assert len(v2v) == 2 and len(sent) == 2, (v2v, sent)
+        pairs = zip(sorted(v2v), sent, strict=True)
+        return [v2v[i] - (s + LEAD_MS * MS - ends[i]) for i, s in pairs]
 
-    base = quickest("pcm24-default")
-    assert LEAD_MS * MS <= base < (LEAD_MS + 100) * MS
+    base = excess("pcm24-default")
     for key in CASES:
-        if key != "pcm24-default":
-            assert abs(quickest(key) - base) <= 3 * MS, (key, quickest(key) - base)
+        got = excess(key)
+        # never heard before the server sent it (one 8 kHz sample of onset slack); the
+        # quickest turn within 3 ms of the server's figure (loopback and onset detection)
+        assert all(x >= -MS // 2 for x in got), (key, got)
+        assert min(got) <= 3 * MS, (key, got)
+        # and the formats agree with 24 kHz PCM in their quickest turns
+        assert abs(min(got) - min(base)) <= 3 * MS, (key, got, base)
 
 
 # --- faults --------------------------------------------------------------------------
