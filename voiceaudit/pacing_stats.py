@@ -2,7 +2,7 @@
 
 The probe writes these figures (``input.pacing``, docs/trace-format.md) and the analysis
 and the reports read them back, so they live here, below both, not in
-:mod:`voiceaudit.probe.pacing` (the pacer itself).
+:mod:`voiceaudit.pacing` (the pacer itself).
 """
 
 from __future__ import annotations

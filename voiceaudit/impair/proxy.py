@@ -31,7 +31,7 @@ from voiceaudit.impair.sdp import rewrite_candidate, rewrite_sdp
 from voiceaudit.impair.spec import Impairment
 from voiceaudit.impair.tcp import TcpProxy
 from voiceaudit.impair.udp import UdpRelay
-from voiceaudit.probe.pacing import Pacer
+from voiceaudit.pacing import Pacer
 
 RECORD_NAME = "impairment.jsonl"
 #: how long before a send is due the proxy's pacer busy-waits (see impaired())
@@ -190,7 +190,7 @@ async def impaired(
                 await sig.close()
                 await relay.close()
         else:
-            tcp = TcpProxy((host, port), impairment, rec, pacer=pacer)
+            tcp = TcpProxy(impairment, rec, upstream=(host, port), pacer=pacer)
             await tcp.start()
             try:
                 yield _with_netloc(url, tcp.host, tcp.port)

@@ -223,16 +223,29 @@ _KEYS_HINT = (
 )
 
 
+#: kind -> (pattern of a number and its unit, the unit's scale, what it is, how to write it)
+_WITH_UNIT: dict[str, tuple[re.Pattern[str], dict[str, int], str, str]] = {
+    "duration": (_DURATION, _TIME_UNITS, "a duration", "write it with a unit: 40ms, 1.5s, 500us"),
+    "rate": (
+        _RATE,
+        _RATE_UNITS,
+        "a rate",
+        "bits per second with a unit: 64kbit, 1mbit, 2.5mbit, 1gbit",
+    ),
+}
+
+
 def _value(key: str, kind: str, raw: str) -> Any:
     v = raw.strip().lower()
-    if kind == "duration":
-        m = _DURATION.match(v)
+    if kind in _WITH_UNIT:
+        pattern, units, what, hint = _WITH_UNIT[kind]
+        m = pattern.match(v)
         if not m:
-            raise UsageError(
-                f"impairment {key}={raw!r} is not a duration",
-                hint="write it with a unit: 40ms, 1.5s, 500us",
-            )
-        return round(float(m.group(1)) * _TIME_UNITS[m.group(2)])
+            raise UsageError(f"impairment {key}={raw!r} is not {what}", hint=hint)
+        n = round(float(m.group(1)) * units[m.group(2)])
+        if kind == "rate" and n < 8_000:
+            raise UsageError(f"impairment {key}={raw!r} is below 8kbit (one byte per ms)")
+        return n
     if kind == "percent":
         m = _PERCENT.match(v)
         if not m:
@@ -243,17 +256,6 @@ def _value(key: str, kind: str, raw: str) -> Any:
         if p > 1:
             raise UsageError(f"impairment {key}={raw!r} is above 100%")
         return p
-    if kind == "rate":
-        m = _RATE.match(v)
-        if not m:
-            raise UsageError(
-                f"impairment {key}={raw!r} is not a rate",
-                hint="bits per second with a unit: 64kbit, 1mbit, 2.5mbit, 1gbit",
-            )
-        bps = round(float(m.group(1)) * _RATE_UNITS[m.group(2)])
-        if bps < 8_000:
-            raise UsageError(f"impairment {key}={raw!r} is below 8kbit (one byte per ms)")
-        return bps
     if kind == "number":
         try:
             x = float(v)

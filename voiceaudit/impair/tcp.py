@@ -3,7 +3,7 @@ target, with one :class:`~voiceaudit.impair.model.TcpLinkModel` per direction.
 
 Each direction reads chunks from its socket (asyncio streams, up to 64 KiB at a time),
 asks the model when each is due at the far side, and one writer task per direction
-writes them in order at that time (:class:`voiceaudit.probe.pacing.Pacer`: sub-millisecond
+writes them in order at that time (:class:`voiceaudit.pacing.Pacer`: sub-millisecond
 release). Reading pauses while more than ``BUFFER_LIMIT`` bytes wait, so a slow link
 pushes back on the sender as TCP flow control would. An end of stream is passed on after
 the last chunk has been delivered.
@@ -16,11 +16,10 @@ import contextlib
 import socket
 import time
 from collections import deque
+from dataclasses import dataclass, field
 
 from voiceaudit.impair.model import TcpLinkModel, link_rngs
-from voiceaudit.impair.record import Recorder
-from voiceaudit.impair.spec import Impairment
-from voiceaudit.probe.pacing import Pacer
+from voiceaudit.impair.relay import Relay
 
 READ_SIZE = 65536
 #: bytes waiting for delivery before the proxy stops reading from the sender
@@ -33,26 +32,17 @@ def _addr(sockname: object) -> str:
     return str(sockname)
 
 
-class TcpProxy:
-    """``await start()``, then connect to ``port``; ``await close()`` at the end."""
+@dataclass(eq=False)
+class TcpProxy(Relay):
+    """``TcpProxy(impairment, recorder, upstream=(host, port))``: ``await start()``, then
+    connect to ``port``; ``await close()`` at the end."""
 
-    def __init__(
-        self,
-        upstream: tuple[str, int],
-        impairment: Impairment,
-        recorder: Recorder,
-        *,
-        host: str = "127.0.0.1",
-        pacer: Pacer | None = None,
-    ) -> None:
-        self.upstream = upstream
-        self.imp = impairment
-        self.rec = recorder
-        self.host = host
-        self.pacer = pacer or Pacer()
-        self.port = 0
-        self._server: asyncio.AbstractServer | None = None
-        self._conns: set[asyncio.Task[None]] = set()
+    #: the target's address, where each accepted connection is relayed
+    upstream: tuple[str, int]
+    #: the port the proxy listens on, once started
+    port: int = field(default=0, init=False)
+    _server: asyncio.AbstractServer | None = field(default=None, init=False)
+    _conns: set[asyncio.Task[None]] = field(default_factory=set, init=False)
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, self.host, 0)

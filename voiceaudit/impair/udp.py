@@ -24,12 +24,11 @@ import contextlib
 import socket
 import struct
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from voiceaudit.impair.model import UdpLinkModel, link_rngs
-from voiceaudit.impair.record import Recorder
-from voiceaudit.impair.spec import Impairment
-from voiceaudit.probe.pacing import Pacer
+from voiceaudit.impair.relay import Relay
 
 #: Linux's SO_TIMESTAMPNS (asm-generic; Python's socket module does not name it)
 SO_TIMESTAMPNS = 35
@@ -90,30 +89,21 @@ class _Flow:
         self.n = {"up": 0, "down": 0}
 
 
-class UdpRelay:
-    """Stand-in sockets for both sides' candidates (see the module docstring)."""
+@dataclass(eq=False)
+class UdpRelay(Relay):
+    """``UdpRelay(impairment, recorder)``: stand-in sockets for both sides' candidates (see
+    the module docstring)."""
 
-    def __init__(
-        self,
-        impairment: Impairment,
-        recorder: Recorder,
-        *,
-        host: str = "127.0.0.1",
-        pacer: Pacer | None = None,
-    ) -> None:
-        self.imp = impairment
-        self.rec = recorder
-        self.host = host
-        self.pacer = pacer or Pacer()
-        #: real address -> (its stand-in socket, which side it is: "client" | "server")
-        self._standin: dict[Addr, socket.socket] = {}
-        self._side: dict[int, tuple[str, Addr]] = {}
-        self._flows: dict[tuple[Addr, Addr], _Flow] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._offset = _clock_offset()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self.kernel_stamps = 0
-        self.user_stamps = 0
+    #: real address -> its stand-in socket
+    _standin: dict[Addr, socket.socket] = field(default_factory=dict, init=False)
+    #: stand-in port -> which side it stands in for ("client" | "server") and the address
+    _side: dict[int, tuple[str, Addr]] = field(default_factory=dict, init=False)
+    _flows: dict[tuple[Addr, Addr], _Flow] = field(default_factory=dict, init=False)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+    _offset: int = field(default_factory=_clock_offset, init=False)
+    _loop: asyncio.AbstractEventLoop | None = field(default=None, init=False)
+    kernel_stamps: int = field(default=0, init=False)
+    user_stamps: int = field(default=0, init=False)
 
     def stand_in(self, addr: Addr, side: str) -> int:
         """The relay port standing in for ``addr`` (a ``client`` or ``server`` address)."""
