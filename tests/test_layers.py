@@ -1,131 +1,46 @@
-"""The package's layers (voiceaudit/__init__.py): no import runs back up.
+"""The package's layers (voiceaudit/__init__.py): no import runs back up, no two modules
+import each other.
 
-Reads every module's imports with ``ast`` (those inside functions and under
-``TYPE_CHECKING`` too: a lazy import is still a dependency) and fails on the back edges
-issue 23 removed: statistics, pacing figures and the bundled utterances used from above
-(analysis, the renderers, the targets and the scenario loader importing ``gate/`` or
-``probe/``), the targets importing the probe to warm it up, and the runner and the
-conversation importing each other.
+The checks are scripts/check_layers.py's (one implementation: this test loads the script
+and runs its functions, so ``make test`` runs them). They read every module's imports with
+``ast`` (those inside functions and under ``TYPE_CHECKING`` too: a lazy import is still a
+dependency) and fail on the back edges issue 23 removed (statistics, pacing figures and the
+bundled utterances used from above; the targets importing the probe to warm it up; the
+runner and the conversation importing each other), on two packages that import each other,
+and on two modules that import each other (a package's ``__init__`` and its own submodule
+too).
 """
 
 from __future__ import annotations
 
-import ast
+import importlib.util
 import os
-from collections.abc import Iterable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
-import voiceaudit
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "check_layers.py"
+
+
+def load_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("check_layers", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+layers = load_script()
 
 #: the package to read (VOICEAUDIT_LAYERS_ROOT: another checkout's, to show that this test
 #: fails on the tree before the fix)
-PACKAGE = Path(os.environ.get("VOICEAUDIT_LAYERS_ROOT") or Path(voiceaudit.__file__).parent)
-
-#: (importer, imported): a module in the first (a package or a module, by dotted prefix)
-#: never imports one in the second
-FORBIDDEN = [
-    (low, high)
-    for low in (
-        "voiceaudit.analysis",
-        "voiceaudit.report",
-        "voiceaudit.targets",
-        "voiceaudit.capture",
-        "voiceaudit.scenario",
-        "voiceaudit.pacing_stats",
-        "voiceaudit.data",
-    )
-    for high in ("voiceaudit.gate", "voiceaudit.probe")
-] + [("voiceaudit.gate", "voiceaudit.probe")]
-
-
-def module_name(path: Path, root: Path) -> str:
-    parts = list(path.relative_to(root.parent).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
-
-
-def imports_of(path: Path, name: str) -> set[str]:
-    """Every voiceaudit module ``path`` imports, at any depth of its code; ``from A import
-    b`` yields ``A`` and ``A.b`` (which may be a module)."""
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    out: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
-        if isinstance(node, ast.Import):
-            out.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
-                mod = ".".join(base + ([node.module] if node.module else []))
-            else:
-                mod = node.module or ""
-            out.add(mod)
-            out.update(f"{mod}.{a.name}" for a in node.names)
-    return {m for m in out if m == "voiceaudit" or m.startswith("voiceaudit.")}
-
-
-def import_graph(root: Path) -> dict[str, set[str]]:
-    """Module -> the package's modules it imports (names that are not modules dropped)."""
-    found = {module_name(p, root): imports_of(p, module_name(p, root)) for p in root.rglob("*.py")}
-    return {m: {d for d in deps if d in found and d != m} for m, deps in found.items()}
-
-
-def under(module: str, prefix: str) -> bool:
-    return module == prefix or module.startswith(prefix + ".")
-
-
-def back_edges(graph: dict[str, set[str]]) -> list[str]:
-    return sorted(
-        f"{m} imports {d}"
-        for m, deps in graph.items()
-        for d in deps
-        for low, high in FORBIDDEN
-        if under(m, low) and under(d, high)
-    )
-
-
-def cycles(graph: dict[str, set[str]], within: Iterable[str]) -> list[list[str]]:
-    """The strongly connected components (more than one module) of the graph restricted to
-    ``within`` (Tarjan's algorithm)."""
-    nodes = set(within)
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    out: list[list[str]] = []
-
-    def visit(v: str) -> None:
-        index[v] = low[v] = len(index)
-        stack.append(v)
-        on_stack.add(v)
-        for w in sorted(graph.get(v, set()) & nodes):
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in on_stack:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            comp = []
-            while True:
-                w = stack.pop()
-                on_stack.discard(w)
-                comp.append(w)
-                if w == v:
-                    break
-            if len(comp) > 1:
-                out.append(sorted(comp))
-
-    for v in sorted(nodes):
-        if v not in index:
-            visit(v)
-    return out
+PACKAGE = Path(os.environ.get("VOICEAUDIT_LAYERS_ROOT") or layers.PACKAGE)
 
 
 @pytest.fixture(scope="module")
 def graph() -> dict[str, set[str]]:
-    return import_graph(PACKAGE)
+    return layers.import_graph(PACKAGE)
 
 
 def test_the_graph_is_read(graph: dict[str, set[str]]) -> None:
@@ -137,22 +52,19 @@ def test_the_graph_is_read(graph: dict[str, set[str]]) -> None:
 
 
 def test_no_lower_layer_imports_gate_or_probe(graph: dict[str, set[str]]) -> None:
-    assert back_edges(graph) == []
+    assert layers.back_edges(graph) == []
 
 
 def test_the_probe_package_has_no_import_cycle(graph: dict[str, set[str]]) -> None:
-    probe = [m for m in graph if under(m, "voiceaudit.probe") and m != "voiceaudit.probe"]
-    assert cycles(graph, probe) == []
+    assert layers.probe_cycles(graph) == []
 
 
 def test_no_two_packages_import_each_other(graph: dict[str, set[str]]) -> None:
-    def top(m: str) -> str:
-        return ".".join(m.split(".")[:2])
+    assert layers.package_cycles(graph) == []
 
-    packages: dict[str, set[str]] = {}
-    for m, deps in graph.items():
-        packages.setdefault(top(m), set()).update(top(d) for d in deps if top(d) != top(m))
-    assert cycles(packages, packages) == []
+
+def test_no_two_modules_import_each_other(graph: dict[str, set[str]]) -> None:
+    assert layers.mutual_imports(graph) == []
 
 
 def test_the_checks_catch_what_they_are_for() -> None:
@@ -162,9 +74,82 @@ def test_the_checks_catch_what_they_are_for() -> None:
         "voiceaudit.targets.wsbase": {"voiceaudit.probe.warm"},
         "voiceaudit.probe.runner": {"voiceaudit.probe.conversation"},
         "voiceaudit.probe.conversation": {"voiceaudit.probe.runner"},
+        "voiceaudit.gate.significance": set(),
+        "voiceaudit.probe.warm": set(),
+        "voiceaudit.report": {"voiceaudit.report.html"},
+        "voiceaudit.report.html": {"voiceaudit.report"},
     }
-    assert back_edges(bad) == [
+    assert layers.back_edges(bad) == [
         "voiceaudit.analysis.compare imports voiceaudit.gate.significance",
         "voiceaudit.targets.wsbase imports voiceaudit.probe.warm",
     ]
-    assert cycles(bad, bad) == [["voiceaudit.probe.conversation", "voiceaudit.probe.runner"]]
+    assert layers.cycles(bad, bad) == [
+        ["voiceaudit.probe.conversation", "voiceaudit.probe.runner"],
+        ["voiceaudit.report", "voiceaudit.report.html"],
+    ]
+    assert layers.probe_cycles(bad) == [
+        ["voiceaudit.probe.conversation", "voiceaudit.probe.runner"]
+    ]
+    assert layers.mutual_imports(bad) == [
+        ("voiceaudit.probe.conversation", "voiceaudit.probe.runner"),
+        ("voiceaudit.report", "voiceaudit.report.html"),
+    ]
+    assert layers.package_cycles({**bad, "voiceaudit.gate.budget": {"voiceaudit.analysis"}}) == [
+        ["voiceaudit.analysis", "voiceaudit.gate"]
+    ]
+
+
+def write(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text, encoding="utf-8")
+    return root / "voiceaudit"
+
+
+def test_from_package_import_reads_a_submodule_or_the_init(tmp_path: Path) -> None:
+    # `from pkg import sub` is an import of the submodule, `from pkg import NAME` one of
+    # pkg/__init__ (where NAME is read from); relative and lazy imports alike
+    package = write(
+        tmp_path,
+        {
+            "voiceaudit/__init__.py": "",
+            "voiceaudit/report/__init__.py": "from voiceaudit.report import html\nNAME = 1\n",
+            "voiceaudit/report/plots.py": "",
+            "voiceaudit/report/html.py": "from voiceaudit.report import plots\n",
+            "voiceaudit/report/markdown.py": "def f():\n    from . import NAME\n",
+            "voiceaudit/report/terminal.py": (
+                "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .. import report\n"
+            ),
+        },
+    )
+    graph = layers.import_graph(package)
+    assert graph["voiceaudit.report"] == {"voiceaudit.report.html"}
+    assert graph["voiceaudit.report.html"] == {"voiceaudit.report.plots"}
+    assert graph["voiceaudit.report.markdown"] == {"voiceaudit.report"}
+    assert graph["voiceaudit.report.terminal"] == {"voiceaudit.report"}
+    assert layers.mutual_imports(graph) == []
+
+
+def test_the_script_prints_each_problem_and_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    package = write(
+        tmp_path,
+        {
+            "voiceaudit/__init__.py": "",
+            "voiceaudit/gate/__init__.py": "",
+            "voiceaudit/gate/stats.py": "",
+            "voiceaudit/analysis/__init__.py": "",
+            "voiceaudit/analysis/compare.py": "from voiceaudit.gate.stats import x\n",
+            "voiceaudit/capture/__init__.py": "from voiceaudit.capture.analyze import f\n",
+            "voiceaudit/capture/analyze.py": "from voiceaudit.capture import DecodeAs\n",
+        },
+    )
+    assert layers.main([str(package)]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        "back edge: voiceaudit.analysis.compare imports voiceaudit.gate.stats",
+        "modules import each other: voiceaudit.capture <-> voiceaudit.capture.analyze",
+    ]
+    (package / "capture" / "analyze.py").write_text("", encoding="utf-8")
+    (package / "analysis" / "compare.py").write_text("", encoding="utf-8")
+    assert layers.main([str(package)]) == 0
