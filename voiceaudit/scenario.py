@@ -45,7 +45,6 @@ expanded ``count`` copies are separate sessions; ``turns`` already holds every r
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +54,7 @@ import numpy.typing as npt
 
 from voiceaudit.errors import AudioError, InputError, LocatedError, UsageError
 from voiceaudit.tomlpos import Path as KeyPath
-from voiceaudit.tomlpos import TomlChecker, decode_text, parse_toml
+from voiceaudit.tomlpos import TomlChecker, parse_toml, read_text
 
 F32 = npt.NDArray[np.float32]
 
@@ -217,15 +216,7 @@ class Scenario:
 
 def load_scenario(path: Path, *, bundled: Path | None = None) -> Scenario:
     """Read and check a scenario file; audio paths are relative to its directory."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ScenarioAudioError("no such scenario file", path=str(path)) from None
-    except IsADirectoryError:
-        raise ScenarioAudioError("is a directory, not a scenario file", path=str(path)) from None
-    except OSError as exc:
-        raise ScenarioAudioError(f"cannot read: {exc.strerror}", path=str(path)) from None
-    text = decode_text(data, path=path, error=ScenarioError)
+    text = read_text(path, error=ScenarioError, what="scenario file", unreadable=ScenarioAudioError)
     return parse_scenario(text, path=path, base_dir=path.parent, bundled=bundled)
 
 
@@ -259,23 +250,7 @@ class _Parser(TomlChecker):
         self._sounds = 0
         self._turns = 0
 
-    # -- errors (fail() and line() are TomlChecker's) -------------------------------------
-
-    def check_keys(
-        self, table: dict[str, Any], at: KeyPath, known: Sequence[str], what: str
-    ) -> None:
-        for key in table:
-            if key not in known:
-                close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-                extra = f" (did you mean {close[0]!r}?)" if close else ""
-                self.fail(
-                    (*at, key), f"unknown {what} key {key!r}{extra}", f"known: {', '.join(known)}"
-                )
-
-    def table(self, value: Any, at: KeyPath, what: str) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            self.fail(at, f"{what} must be a table, not {_kind(value)}")
-        return value
+    # -- values (fail(), line(), table() and check_keys() are TomlChecker's) ---------------
 
     def integer(
         self, table: dict[str, Any], key: str, at: KeyPath, *, lo: int, hi: int, default: int | None
@@ -286,7 +261,7 @@ class _Parser(TomlChecker):
             return default
         v = table[key]
         if isinstance(v, bool) or not isinstance(v, int):
-            self.fail((*at, key), f"{_name((*at, key))} must be an integer, not {_kind(v)}")
+            self.fail((*at, key), f"{_name((*at, key))} must be an integer, not {self.kind(v)}")
         if not lo <= v <= hi:
             self.fail((*at, key), f"{_name((*at, key))} {v} is outside {lo}..{hi}")
         return v
@@ -298,7 +273,7 @@ class _Parser(TomlChecker):
             return default
         v = table[key]
         if isinstance(v, bool) or not isinstance(v, int | float):
-            self.fail((*at, key), f"{_name((*at, key))} must be a number, not {_kind(v)}")
+            self.fail((*at, key), f"{_name((*at, key))} must be a number, not {self.kind(v)}")
         if not lo <= float(v) <= hi:
             self.fail((*at, key), f"{_name((*at, key))} {v:g} is outside {lo:g}..{hi:g}")
         return float(v)
@@ -317,7 +292,7 @@ class _Parser(TomlChecker):
     # -- document -------------------------------------------------------------------------
 
     def scenario(self, doc: dict[str, Any], path: Path | None) -> Scenario:
-        self.check_keys(doc, (), _TOP_KEYS, "top-level")
+        self.check_keys(doc, (), _TOP_KEYS, what="top-level key")
         version = self.integer(doc, "version", (), lo=1, hi=SCHEMA_VERSION, default=1)
         del version
         if "rate" in doc:
@@ -345,7 +320,7 @@ class _Parser(TomlChecker):
 
     def session(self, raw: Any, at: KeyPath, i: int, gap_ms: int) -> list[Session]:
         s = self.table(raw, at, "a session")
-        self.check_keys(s, at, _SESSION_KEYS, "session")
+        self.check_keys(s, at, _SESSION_KEYS, what="session key")
         name = s.get("name", f"session-{i + 1}")
         if not isinstance(name, str) or not name:
             self.fail((*at, "name"), "session.name must be a non-empty string")
@@ -384,7 +359,7 @@ class _Parser(TomlChecker):
         self, raw: Any, at: KeyPath, gap_ms: int
     ) -> tuple[int, tuple[Say, tuple[Overlap, ...], int, int | None]]:
         t = self.table(raw, at, "a turn")
-        self.check_keys(t, at, _TURN_KEYS, "turn")
+        self.check_keys(t, at, _TURN_KEYS, what="turn key")
         clip = self.clip(self.string(t, "say", at), (*at, "say"))
         pauses = self.pauses(t.get("pause"), (*at, "pause"), clip) if "pause" in t else ()
         say = self.say(clip, pauses, self.line(at))
@@ -446,7 +421,7 @@ class _Parser(TomlChecker):
         for k, item in enumerate(items):
             sub = (*at, k) if isinstance(raw, list) else at
             p = self.table(item, sub, "pause")
-            self.check_keys(p, sub, _PAUSE_KEYS, "pause")
+            self.check_keys(p, sub, _PAUSE_KEYS, what="pause key")
             at_ms = self.integer(p, "at_ms", sub, lo=0, hi=3_600_000, default=None)
             ms = self.integer(p, "ms", sub, lo=1, hi=60_000, default=None)
             if self.samples(at_ms) >= clip.n_samples:
@@ -473,7 +448,7 @@ class _Parser(TomlChecker):
 
     def interrupt(self, raw: Any, at: KeyPath) -> Overlap:
         t = self.table(raw, at, "interrupt")
-        self.check_keys(t, at, _INTERRUPT_KEYS, "interrupt")
+        self.check_keys(t, at, _INTERRUPT_KEYS, what="interrupt key")
         after = self.integer(t, "after_reply_ms", at, lo=0, hi=600_000, default=None)
         clip = self.clip(self.string(t, "say", at), (*at, "say"))
         if clip.speech_start is None or clip.speech_end is None:
@@ -490,7 +465,7 @@ class _Parser(TomlChecker):
 
     def sound(self, raw: Any, at: KeyPath) -> Overlap:
         t = self.table(raw, at, "sound")
-        self.check_keys(t, at, _SOUND_KEYS, "sound")
+        self.check_keys(t, at, _SOUND_KEYS, what="sound key")
         after = self.integer(t, "after_reply_ms", at, lo=0, hi=600_000, default=None)
         kind = t.get("kind", "tone" if "say" not in t else "audio")
         if kind not in SOUND_KINDS:
@@ -604,19 +579,3 @@ def _name(at: KeyPath) -> str:
         return keys[-1]
     keys = [k for k in keys if k not in ("session", "turn")]
     return ".".join(keys[-2:])
-
-
-def _kind(v: Any) -> str:
-    if isinstance(v, bool):
-        return "a boolean"
-    if isinstance(v, int):
-        return "an integer"
-    if isinstance(v, float):
-        return "a number"
-    if isinstance(v, str):
-        return "a string"
-    if isinstance(v, list):
-        return "an array"
-    if isinstance(v, dict):
-        return "a table"
-    return type(v).__name__

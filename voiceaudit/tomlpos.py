@@ -1,4 +1,4 @@
-"""TOML files whose errors name their line: where each key is, and errors at a key.
+"""The TOML front end of every file format (budget, scenario, sweep): errors name their line.
 
 ``tomllib`` parses TOML but gives no positions, and an error in a budget, scenario or
 sweep file must name its line. :func:`key_lines` walks a document that ``tomllib`` has
@@ -10,19 +10,27 @@ Paths are tuples of keys and array indexes, the way ``tomllib``'s result is inde
 ``[[runs]]`` tables are ``("runs", 0)``, ``("runs", 1)``…, the second element of
 ``metrics = [...]`` is ``("regression", "metrics", 1)``.
 
-:func:`parse_toml` parses and locates in one call, turning ``tomllib``'s error into a
-``FILE:LINE: not valid TOML: …`` one; :func:`decode_text` turns a file's bytes into its
-text, naming the line of the first byte that is not UTF-8; a :class:`TomlChecker` (the
-base of a file format's schema checker) raises its format's
-:class:`~voiceaudit.errors.LocatedError` at the line of a key path.
+A format reads its file in three steps, each raising the format's
+:class:`~voiceaudit.errors.LocatedError`:
+
+1. :func:`read_text`: the file's text (``no such budget file``, ``is a directory, not a
+   budget file``, ``cannot read: …``; bytes that are not UTF-8 at their line, by
+   :func:`decode_text`);
+2. :func:`parse_toml`: the document and the line of each key path (``FILE:LINE: not valid
+   TOML: …``); :func:`load_toml` is both in one call;
+3. a :class:`TomlChecker` (the base of the format's schema checker): errors at the line of
+   a key path, tables, and unknown keys with the closest known one
+   (``unknown key 'targt' in a pipeline (did you mean 'target'?)``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import pathlib
 import re
 import tomllib
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 from voiceaudit.errors import LocatedError
@@ -102,6 +110,49 @@ def parse_toml(
     return doc, lines
 
 
+def why_unreadable(exc: OSError, what: str) -> str:
+    """Why the ``what`` file (``budget file``) could not be read: ``no such budget file``,
+    ``is a directory, not a budget file`` or ``cannot read: <strerror>``."""
+    if isinstance(exc, FileNotFoundError):
+        return f"no such {what}"
+    if isinstance(exc, IsADirectoryError):
+        return f"is a directory, not a {what}"
+    return f"cannot read: {exc.strerror}"
+
+
+def read_text(
+    path: pathlib.Path,
+    *,
+    error: type[LocatedError],
+    what: str,
+    unreadable: type[LocatedError] | None = None,
+    why: Callable[[OSError, str], str] = why_unreadable,
+) -> str:
+    """The UTF-8 text of the ``what`` file at ``path``.
+
+    A file that cannot be read raises ``unreadable`` (default ``error``) naming ``path``,
+    with the message ``why`` gives (:func:`why_unreadable`); bytes that are not UTF-8
+    raise ``error`` at their line (:func:`decode_text`).
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise (unreadable or error)(why(exc, what), path=path) from None
+    return decode_text(data, path=path, error=error)
+
+
+def load_toml(
+    path: pathlib.Path,
+    *,
+    error: type[LocatedError],
+    what: str,
+    why: Callable[[OSError, str], str] = why_unreadable,
+) -> tuple[dict[str, Any], dict[Path, int]]:
+    """The ``what`` file at ``path`` read (:func:`read_text`) and parsed (:func:`parse_toml`)."""
+    text = read_text(path, error=error, what=what, why=why)
+    return parse_toml(text, path=path, error=error)
+
+
 #: nesting deeper than this is where a too-deep file is said to go wrong
 _DEEP = 100
 
@@ -120,26 +171,113 @@ def _deep_line(text: str) -> int:
     return 1
 
 
+#: What messages call each kind of TOML value (``"must be a table, not an array"``), in
+#: the order they are tried (a bool is an int); a format may rename some.
+KINDS: Mapping[type, str] = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "an array",
+    dict: "a table",
+}
+
+
+def kind_of(value: Any, names: Mapping[type, str] = KINDS) -> str:
+    """What ``value`` is, for a message: ``a boolean``, ``an integer``, … (:data:`KINDS`)."""
+    for kind, name in names.items():
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
+
+
 class TomlChecker:
     """Errors at key paths of one TOML file: each is ``error`` with the file and the line
-    of the path (or of its nearest parent that has one)."""
+    of the path (or of its nearest parent that has one; else ``default_line``)."""
+
+    #: how this format's messages name the kinds of value (:func:`kind_of`)
+    kinds: Mapping[type, str] = KINDS
 
     def __init__(
-        self, path: pathlib.Path, lines: dict[Path, int], error: type[LocatedError]
+        self,
+        path: pathlib.Path,
+        lines: dict[Path, int],
+        error: type[LocatedError],
+        *,
+        default_line: int | None = None,
+        known_prefix: str = "known: ",
     ) -> None:
         #: the file as messages name it
         self.path = path
         self.lines = lines
         self.error = error
+        #: the line of an error at a path with no line (a format may name the first)
+        self.default_line = default_line
+        #: what the hint of an unknown key says before the known keys
+        self.known_prefix = known_prefix
 
     def line(self, at: Path) -> int | None:
+        """The line of the key path ``at`` (or of its nearest parent that has one)."""
         return line_of(self.lines, at)
 
     def error_at(self, at: Path, message: str, hint: str | None = None) -> LocatedError:
-        return self.error(message, path=self.path, line=self.line(at), hint=hint)
+        """The error ``message`` at the line of ``at``."""
+        line = self.line(at)
+        return self.error(
+            message, path=self.path, line=self.default_line if line is None else line, hint=hint
+        )
 
     def fail(self, at: Path, message: str, hint: str | None = None) -> NoReturn:
+        """Raise the error ``message`` at the line of ``at``."""
         raise self.error_at(at, message, hint)
+
+    def kind(self, value: Any) -> str:
+        """What ``value`` is, in this format's words (:attr:`kinds`)."""
+        return kind_of(value, self.kinds)
+
+    def table(self, value: Any, at: Path, what: str) -> dict[str, Any]:
+        """``value`` if it is a table, else ``WHAT must be a table, not a …``."""
+        if not isinstance(value, dict):
+            self.fail(at, f"{what} must be a table, not {self.kind(value)}")
+        return value
+
+    def unknown(
+        self,
+        at: Path,
+        known: Sequence[str],
+        *,
+        what: str = "key",
+        where: str | None = None,
+        hint: str | None = None,
+    ) -> NoReturn:
+        """``unknown WHAT 'KEY'`` (``KEY``: the last part of ``at``), ``in WHERE`` when
+        given, then the closest known key (``(did you mean 'target'?)``); the hint lists
+        the known keys (after :attr:`known_prefix`) unless ``hint`` is given."""
+        key = str(at[-1])
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        extra = f" (did you mean {close[0]!r}?)" if close else ""
+        inside = "" if where is None else f" in {where}"
+        self.fail(
+            at,
+            f"unknown {what} {key!r}{inside}{extra}",
+            hint or self.known_prefix + ", ".join(known),
+        )
+
+    def check_keys(
+        self,
+        table: Mapping[str, Any],
+        at: Path,
+        known: Sequence[str],
+        *,
+        what: str = "key",
+        where: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        """Fail at the first key of ``table`` (at ``at``) that is not ``known``
+        (:meth:`unknown`)."""
+        for key in table:
+            if key not in known:
+                self.unknown((*at, key), known, what=what, where=where, hint=hint)
 
 
 class _Scanner:
@@ -211,13 +349,16 @@ class _Scanner:
                     table = self.resolve(key)
                 self.note(table, line)
             else:
-                key = self.key()
-                path = table + tuple(key)
-                self.note(path, line)
-                self.skip_ws()
-                self.i += 1  # "="
-                self.skip_ws()
-                self.value(path)
+                self.key_value(table, line)
+
+    def key_value(self, table: Path, line: int) -> None:
+        """``key = value`` in ``table``, the key on ``line``."""
+        path = table + tuple(self.key())
+        self.note(path, line)
+        self.skip_ws()
+        self.i += 1  # "="
+        self.skip_ws()
+        self.value(path)
 
     def resolve(self, key: list[str]) -> Path:
         """A header's path, with the current index after each array of tables in it."""
@@ -301,14 +442,7 @@ class _Scanner:
             if self.peek() == "}":
                 self.i += 1
                 return
-            line = self.line
-            key = self.key()
-            sub = path + tuple(key)
-            self.note(sub, line)
-            self.skip_ws()
-            self.i += 1  # "="
-            self.skip_ws()
-            self.value(sub)
+            self.key_value(path, self.line)
             self.skip_blank()
             if self.peek() == ",":
                 self.i += 1

@@ -106,42 +106,22 @@ def _from_file(path: Path) -> SweepSpec:
 
     Every key is checked: a misspelt one (``targt``) is an error, never ignored, so a
     sweep measures only the targets the file names."""
-    import difflib
+    from voiceaudit.tomlpos import TomlChecker, load_toml
 
-    from voiceaudit.tomlpos import TomlChecker, decode_text, parse_toml
-
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise SweepFileError(f"cannot read the sweep file ({exc.strerror})", path=path) from None
-    text = decode_text(data, path=path, error=SweepFileError)
-    doc, lines = parse_toml(text, path=path, error=SweepFileError)
-    checker = TomlChecker(path, lines, SweepFileError)
-
-    def fail(at: tuple[str | int, ...], message: str, hint: str | None = None) -> SweepFileError:
-        # A document-level error has no key to point at: it names the first line.
-        err = checker.error_at(at, message, hint)
-        if err.line is None:
-            return SweepFileError(message, path=path, line=1, hint=hint)
-        assert isinstance(err, SweepFileError)
-        return err
-
-    def unknown(at: tuple[str | int, ...], key: str, known: tuple[str, ...], where: str) -> None:
-        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-        extra = f" (did you mean {close[0]!r}?)" if close else ""
-        raise fail(
-            (*at, key), f"unknown key {key!r} in {where}{extra}", "keys: " + ", ".join(known)
-        )
-
-    for k in doc:
-        if k != "sweep":
-            unknown((), k, ("sweep",), "the sweep file")
+    doc, lines = load_toml(
+        path,
+        error=SweepFileError,
+        what="sweep file",
+        why=lambda exc, what: f"cannot read the {what} ({exc.strerror})",
+    )
+    # A document-level error has no key to point at: it names the first line.
+    checker = TomlChecker(path, lines, SweepFileError, default_line=1, known_prefix="keys: ")
+    fail = checker.error_at
+    checker.check_keys(doc, (), ("sweep",), where="the sweep file")
     sw = doc.get("sweep")
     if not isinstance(sw, dict):
         raise fail(("sweep",), "a sweep file needs a [sweep] table")
-    for k in sw:
-        if k not in _SWEEP_KEYS:
-            unknown(("sweep",), k, _SWEEP_KEYS, "[sweep]")
+    checker.check_keys(sw, ("sweep",), _SWEEP_KEYS, where="[sweep]")
     spec = SweepSpec()
     pipes = sw.get("pipelines", [])
     if not isinstance(pipes, list) or not pipes:
@@ -160,9 +140,7 @@ def _from_file(path: Path) -> SweepSpec:
             continue
         if not isinstance(p, dict):
             raise fail(at, 'a pipeline is a protocol name or { protocol = "...", target = "..." }')
-        for k in p:
-            if k not in _PIPELINE_KEYS:
-                unknown(at, k, _PIPELINE_KEYS, "a pipeline")
+        checker.check_keys(p, at, _PIPELINE_KEYS, where="a pipeline")
         proto = p.get("protocol")
         if not isinstance(proto, str):
             raise fail(at, 'a pipeline table needs protocol = "..."')

@@ -20,7 +20,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal
 
 from voiceaudit.analysis.ledger import ALL_SEGMENTS
 from voiceaudit.analysis.report import FAILURE_METRICS, FAILURES
@@ -39,8 +39,8 @@ from voiceaudit.analysis.turntaking import (
     RESPONSE_TO_INTERRUPTION,
 )
 from voiceaudit.errors import LocatedError, UsageError
+from voiceaudit.tomlpos import KINDS, TomlChecker, parse_toml, read_text
 from voiceaudit.tomlpos import Path as KeyPath
-from voiceaudit.tomlpos import TomlChecker, parse_toml
 
 BUDGET_FILE = "voiceaudit.toml"
 PYPROJECT = "pyproject.toml"
@@ -78,6 +78,10 @@ DEFAULT_MAX_INCREASE = "10%"
 DEFAULT_ALPHA = 0.01
 
 _METRIC_FIGURE = re.compile(r"^(.+)\.(p\d{1,2}(?:\.\d+)?|mean|max|min)$")
+
+
+#: How budget messages name the kinds of TOML value (a whole number is "a number").
+BUDGET_KINDS = {**KINDS, int: "a number", list: "a list"}
 
 
 class BudgetError(LocatedError, UsageError):
@@ -291,16 +295,7 @@ def find_budget(cwd: Path | None = None) -> Path | None:
 
 def load_budget(path: Path) -> Budget:
     """Read and validate a budget file (``pyproject.toml``: its ``[tool.voiceaudit]``)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BudgetError("no such budget file", path=path) from None
-    except IsADirectoryError:
-        raise BudgetError("is a directory, not a budget file", path=path) from None
-    except UnicodeDecodeError:
-        raise BudgetError("not UTF-8 text", path=path) from None
-    except OSError as exc:
-        raise BudgetError(f"cannot read: {exc.strerror}", path=path) from None
+    text = read_text(path, error=BudgetError, what="budget file")
     return parse_budget(text, path=path, pyproject=path.name == PYPROJECT)
 
 
@@ -327,33 +322,15 @@ def parse_budget(text: str, *, path: Path | None = None, pyproject: bool = False
 
 
 class _Parser(TomlChecker):
-    def unknown(
-        self,
-        at: KeyPath,
-        what: str,
-        known: Sequence[str],
-        hint: str | None = None,
-        *,
-        where: str | None = None,
-    ) -> NoReturn:
-        """``unknown WHAT 'key'``, or with ``where``: ``unknown key 'x' in WHERE``."""
-        key = str(at[-1])
-        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-        extra = f" (did you mean {close[0]!r}?)" if close else ""
-        inside = "" if where is None else f" in {where}"
-        self.fail(
-            at, f"unknown {what} {key!r}{inside}{extra}", hint or f"known: {', '.join(known)}"
-        )
+    kinds = BUDGET_KINDS
 
     def budget(self, doc: dict[str, Any], root: tuple[str, ...]) -> Budget:
-        for key in doc:
-            if key not in ("budget", "regression"):
-                self.unknown(
-                    (*root, key),
-                    "key",
-                    ["budget", "regression"],
-                    where=".".join(root) if root else "the budget file",
-                )
+        self.check_keys(
+            doc,
+            root,
+            ["budget", "regression"],
+            where=".".join(root) if root else "the budget file",
+        )
         limits: list[Limit] = []
         rates: list[RateLimit] = []
         failures: list[FailureLimit] = []
@@ -425,12 +402,6 @@ class _Parser(TomlChecker):
         return budget
 
     # -- pieces -------------------------------------------------------------------------
-
-    def table(self, value: Any, at: KeyPath, what: str) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            self.fail(at, f"{what} must be a table, not {_kind(value)}")
-        out: dict[str, Any] = value
-        return out
 
     def no_duplicates(
         self,
@@ -522,7 +493,7 @@ class _Parser(TomlChecker):
         if not isinstance(value, dict):
             self.fail(
                 at,
-                f"{metric} must be a table, not {_kind(value)}",
+                f"{metric} must be a table, not {self.kind(value)}",
                 hint=f"write it like {_example(metric)}",
             )
         max_rate: float | None = None
@@ -536,7 +507,6 @@ class _Parser(TomlChecker):
             else:
                 self.unknown(
                     here,
-                    "key",
                     ["max", "min_turns"],
                     where=metric,
                     hint=f"{metric} is a rate with an upper limit: {_example(metric)}",
@@ -590,7 +560,7 @@ class _Parser(TomlChecker):
             elif key == "max_share":
                 max_share = self.percent(v, here, "failed_turns.max_share")
             else:
-                self.unknown(here, "key", ["max", "max_share"], where="failed_turns")
+                self.unknown(here, ["max", "max_share"], where="failed_turns")
         if max_count is None and max_share is None:
             self.fail(at, "failed_turns: no limit given", hint="write failed_turns = { max = 0 }")
         return FailedTurnsLimit(max_count, max_share, self.line(at))
@@ -614,7 +584,6 @@ class _Parser(TomlChecker):
             else:
                 self.unknown(
                     here,
-                    "key",
                     known,
                     hint='failures takes max (a share such as "1%" or a number of turns), '
                     "min_turns and a table per failure kind: " + ", ".join(FAILURE_KIND_KEYS),
@@ -650,7 +619,7 @@ class _Parser(TomlChecker):
             elif key == "min_turns":
                 kmin = self.count(x, there, f"{metric}.min_turns", minimum=1)
             else:
-                self.unknown(there, "key", ["max", "min_turns"], where=metric)
+                self.unknown(there, ["max", "min_turns"], where=metric)
         if not seen:
             self.fail(
                 at, f"{metric}: no limit given", hint=f"write it like {metric} = {{ max = 0 }}"
@@ -686,7 +655,7 @@ class _Parser(TomlChecker):
             elif key == "margin":
                 margin = self.increase(v, here)
             else:
-                self.unknown(here, "key", ["min", "margin"], where="knee")
+                self.unknown(here, ["min", "margin"], where="knee")
         if minimum is None:
             self.fail(at, "knee: no limit given", hint="write knee = { min = 40 }")
         return KneeLimit(minimum, margin, self.line(at))
@@ -694,9 +663,7 @@ class _Parser(TomlChecker):
     def regression(self, value: Any, at: KeyPath) -> Regression:
         table = self.table(value, at, "regression")
         known = ["baseline", "metrics", "max_increase", "max_rate_increase", "alpha", "test"]
-        for key in table:
-            if key not in known:
-                self.unknown((*at, key), "key", known, where="regression")
+        self.check_keys(table, at, known, where="regression")
         baseline: list[Path] = []
         if "baseline" in table:
             here = (*at, "baseline")
@@ -707,7 +674,8 @@ class _Parser(TomlChecker):
                 if not isinstance(item, str) or not item.strip():
                     self.fail(
                         where,
-                        f"baseline must be a path (a trace or a run directory), not {_kind(item)}",
+                        "baseline must be a path (a trace or a run directory), "
+                        f"not {self.kind(item)}",
                     )
                 p = Path(item)
                 if not p.is_absolute():
@@ -780,7 +748,7 @@ class _Parser(TomlChecker):
             self.fail(
                 at,
                 "a regression metric must be a string like 'voice_to_voice.p95', "
-                f"not {_kind(item)}",
+                f"not {self.kind(item)}",
             )
         if item in RATE_METRICS or item in FAILURE_METRICS:
             return RateRegression(item, self.line(at))
@@ -883,17 +851,3 @@ def _example(metric: str) -> str:
 
 def _is_number(v: Any) -> bool:
     return not isinstance(v, bool) and isinstance(v, int | float)
-
-
-def _kind(v: Any) -> str:
-    if isinstance(v, bool):
-        return "a boolean"
-    if isinstance(v, int | float):
-        return "a number"
-    if isinstance(v, str):
-        return "a string"
-    if isinstance(v, list):
-        return "a list"
-    if isinstance(v, dict):
-        return "a table"
-    return type(v).__name__
