@@ -9,6 +9,8 @@ themselves and never decide turn boundaries: they only observe and report.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import socket
 from abc import ABC, abstractmethod
@@ -63,6 +65,14 @@ class TargetConfig:
             return None
         key = os.environ.get(self.api_key_env)
         return key or None
+
+    def auth_headers(self) -> dict[str, str]:
+        """Request headers: the user's, plus the API key as a bearer token."""
+        h = {k: v for k, v in self.headers}
+        key = self.api_key()
+        if key:
+            h["Authorization"] = f"Bearer {key}"
+        return h
 
     def secrets(self) -> list[str]:
         """Strings that must never be written anywhere."""
@@ -191,6 +201,21 @@ def endpoint_name(addr: Any) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+async def cancel_quietly(task: asyncio.Task[Any] | None) -> None:
+    """Cancel ``task`` (None: nothing) and wait for it, whatever it raises."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+
+
+async def close_quietly(resource: Any, timeout_s: float) -> None:
+    """Await ``resource.close()`` for at most ``timeout_s``, whatever it raises."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(resource.close(), timeout_s)
+
+
 class Target(ABC):
     """A protocol adapter. Subclasses register under a protocol name."""
 
@@ -198,10 +223,13 @@ class Target(ABC):
     #: URL schemes that imply this protocol when --protocol is not given
     schemes: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
+    #: the session class :meth:`session` makes (``session_class(config, sink)``); a target
+    #: whose sessions need more than that overrides :meth:`session` instead
+    session_class: ClassVar[type[TargetSession]]
 
     def __init__(self, config: TargetConfig) -> None:
         self.config = config
 
-    @abstractmethod
     def session(self, sink: TargetSink) -> TargetSession:
         """A new, unopened session."""
+        return self.session_class(self.config, sink)

@@ -37,7 +37,6 @@ pool's limit, default 100 as in aiohttp; a request beyond it waits for a free co
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import json
 import re
@@ -52,7 +51,14 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from voiceaudit.errors import TargetError, UsageError
-from voiceaudit.targets.base import Target, TargetConfig, TargetSession, TargetSink
+from voiceaudit.targets.base import (
+    Target,
+    TargetConfig,
+    TargetSession,
+    TargetSink,
+    cancel_quietly,
+    redact_url,
+)
 
 _SENTENCE_END = re.compile(r"[.!?](?:\s|$)")
 
@@ -171,18 +177,11 @@ class CascadeSession(TargetSession):
         self._task: asyncio.Task[None] | None = None
         self._turn_open = False
 
-    def _headers(self) -> dict[str, str]:
-        h = {k: v for k, v in self.config.headers}
-        key = self.config.api_key()
-        if key:
-            h["Authorization"] = f"Bearer {key}"
-        return h
-
     async def open(self) -> None:
         # aiohttp's defaults otherwise: keep-alive on (15 s idle), so later turns reuse the
         # first turn's connections.
         self._http = aiohttp.ClientSession(
-            headers=self._headers(),
+            headers=self.config.auth_headers(),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
             connector=aiohttp.TCPConnector(limit=self.max_connections),
             trace_configs=[self._trace_config()],
@@ -244,9 +243,7 @@ class CascadeSession(TargetSession):
     async def end_turn(self) -> None:
         self._turn_open = False
         if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            await cancel_quietly(self._task)
         self._task = None
 
     async def _respond(self, pcm16: bytes) -> None:
@@ -277,7 +274,7 @@ class CascadeSession(TargetSession):
         )
         form.add_field("model", self.config.option("asr_model", "whisper-1"))
         url = f"{self.asr_url}/audio/transcriptions"
-        self._hop("asr", "http.request_sent", time.monotonic_ns(), url=_path(url))
+        self._hop("asr", "http.request_sent", time.monotonic_ns(), url=redact_url(url))
         ctx = _hop_request("asr", url)
         async with self._http.post(url, data=form, trace_request_ctx=ctx) as resp:
             self._hop("asr", "http.headers", time.monotonic_ns(), status=resp.status)
@@ -313,7 +310,7 @@ class CascadeSession(TargetSession):
         try:
             t = time.monotonic_ns()
             self.sink.mark("llm.request", "model", t, {})
-            self._hop("llm", "http.request_sent", t, url=_path(url))
+            self._hop("llm", "http.request_sent", t, url=redact_url(url))
             buffer = ""
             whole = ""
             first = True
@@ -341,9 +338,7 @@ class CascadeSession(TargetSession):
             await speaker
         finally:
             if not speaker.done():
-                speaker.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await speaker
+                await cancel_quietly(speaker)
 
     async def _speak_all(self, sentences: asyncio.Queue[str | None]) -> None:
         first_request = True
@@ -364,7 +359,7 @@ class CascadeSession(TargetSession):
             if first_request:
                 first_request = False
                 self.sink.mark("tts.request", "synthesis", t, {"chars": len(text)})
-            self._hop("tts", "http.request_sent", t, url=_path(url), chars=len(text))
+            self._hop("tts", "http.request_sent", t, url=redact_url(url), chars=len(text))
             ctx = _hop_request("tts", url)
             async with self._http.post(url, json=payload, trace_request_ctx=ctx) as resp:
                 self._hop("tts", "http.headers", time.monotonic_ns(), status=resp.status)
@@ -409,19 +404,8 @@ async def _sse_tokens(resp: aiohttp.ClientResponse) -> Any:
             yield content
 
 
-def _path(url: str) -> str:
-    from voiceaudit.targets.base import redact_url
-
-    return redact_url(url)
-
-
 class CascadeTarget(Target):
     protocol = "cascade"
     schemes = ("http", "https")
     description = "ASR -> LLM -> TTS over OpenAI-compatible HTTP endpoints, driven by voiceaudit"
-
-    def __init__(self, config: TargetConfig) -> None:
-        super().__init__(config)
-
-    def session(self, sink: TargetSink) -> TargetSession:
-        return CascadeSession(self.config, sink)
+    session_class = CascadeSession

@@ -76,8 +76,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from voiceaudit.errors import TargetError, UsageError
-from voiceaudit.targets.base import Target, TargetConfig, TargetSession, TargetSink
-from voiceaudit.targets.wsbase import WebSocketSession
+from voiceaudit.targets.base import Target, TargetConfig, TargetSink
+from voiceaudit.targets.wsbase import WebSocketSession, dict_at
 
 # -- protobuf wire format (only what frames.proto uses) -------------------------------------
 
@@ -301,7 +301,7 @@ class PipecatWebSocketSession(WebSocketSession):
         self._cut = False
 
     async def open(self) -> None:
-        await self.connect(self.config.url, self.headers())
+        await super().open()
         if self.rtvi == "off":
             return
         await self.live().send_bytes(encode_message_frame(client_ready_message()))
@@ -395,7 +395,7 @@ class PipecatWebSocketSession(WebSocketSession):
             self.sink.mark("transport.message", "other", t, {"raw": "MessageFrame"})
             return
         kind = msg.get("type")
-        data = _obj(msg, "data")
+        data = dict_at(msg, "data")
         if not isinstance(kind, str):
             return
         if kind == "bot-ready":
@@ -444,11 +444,6 @@ class PipecatWebSocketSession(WebSocketSession):
             self.sink.mark("unknown_event", "other", t, {"raw": kind[:80]})
 
 
-def _obj(d: dict[str, Any], key: str) -> dict[str, Any]:
-    v = d.get(key)
-    return v if isinstance(v, dict) else {}
-
-
 def _downmix(pcm16: bytes, channels: int) -> bytes:
     import numpy as np
 
@@ -475,6 +470,4 @@ class PipecatWebSocketTarget(Target):
     protocol = "pipecat-websocket"
     schemes = ("ws", "wss")
     description = "Pipecat WebSocket transport with the protobuf frame serializer (RTVI marks)"
-
-    def session(self, sink: TargetSink) -> TargetSession:
-        return PipecatWebSocketSession(self.config, sink)
+    session_class = PipecatWebSocketSession

@@ -23,7 +23,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from voiceaudit.errors import TargetError, UsageError
-from voiceaudit.targets.base import Target, TargetConfig, TargetSession, TargetSink
+from voiceaudit.targets.base import (
+    Target,
+    TargetConfig,
+    TargetSession,
+    TargetSink,
+    cancel_quietly,
+)
 
 
 class Emitter:
@@ -104,9 +110,7 @@ class PythonSession(TargetSession):
             self._queue.put_nowait(None)
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
                 await asyncio.wait_for(asyncio.shield(self._task), 1.0)
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            await cancel_quietly(self._task)
             self._task = None
 
 

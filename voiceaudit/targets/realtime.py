@@ -73,21 +73,23 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from voiceaudit import codecs
 from voiceaudit.errors import TargetError, UsageError
-from voiceaudit.targets.base import Target, TargetConfig, TargetSession, TargetSink
+from voiceaudit.targets.base import Target, TargetConfig, TargetSink
 from voiceaudit.targets.stages import STAGE_EVENT, STAGES_HEADER, stage_mark, wants_stage_events
-from voiceaudit.targets.wsbase import WebSocketSession
+from voiceaudit.targets.wsbase import WebSocketSession, dict_at
 
-#: server event -> (mark name, stage); audio deltas are handled separately
-_MARKS: dict[str, tuple[str, str]] = {
+#: OpenAI Realtime events that mark the turn's progress, the same over a WebSocket and on
+#: WebRTC's ``oai-events`` data channel (voiceaudit.targets.webrtc): event -> (mark, stage)
+TURN_MARKS: Final[dict[str, tuple[str, str]]] = {
     "input_audio_buffer.speech_started": ("speech_started", "endpointing"),
     "input_audio_buffer.speech_stopped": ("endpoint", "endpointing"),
     "input_audio_buffer.committed": ("committed", "endpointing"),
-    "conversation.item.input_audio_transcription.delta": ("transcript.partial", "transcription"),
-    "conversation.item.input_audio_transcription.completed": (
-        "transcript.final",
-        "transcription",
-    ),
+    "conversation.item.input_audio_transcription.completed": ("transcript.final", "transcription"),
     "response.created": ("response.created", "model"),
+}
+#: server event -> (mark name, stage); audio deltas are handled separately
+_MARKS: dict[str, tuple[str, str]] = {
+    **TURN_MARKS,
+    "conversation.item.input_audio_transcription.delta": ("transcript.partial", "transcription"),
     "response.output_audio.done": ("tts.done", "synthesis"),
     "response.audio.done": ("tts.done", "synthesis"),
 }
@@ -247,7 +249,8 @@ class RealtimeSession(WebSocketSession):
         #: the item id of the reply audio received last (for conversation.item.truncate)
         self._audio_item: str | None = None
 
-    def _url(self) -> str:
+    def url(self) -> str:
+        """The target's URL, with ``model=`` added to its query when the option is given."""
         model = self.config.options.get("model")
         if not model:
             return self.config.url
@@ -296,8 +299,8 @@ class RealtimeSession(WebSocketSession):
             headers["OpenAI-Beta"] = "realtime=v1"
         if self.stage_events:
             headers[STAGES_HEADER] = "1"
-        await self.connect(self._url(), headers)
-        await self._send(self._session_update())
+        await self.connect(self.url(), headers)
+        await self.send_json(self._session_update())
         try:
             await self._settle()
         except TargetError:
@@ -392,14 +395,11 @@ class RealtimeSession(WebSocketSession):
             self._broken = reason
         self.sink.fail(reason)
 
-    async def _send(self, obj: dict[str, Any]) -> None:
-        await self.live().send_str(json.dumps(obj, separators=(",", ":")))
-
     async def send_audio(self, pcm16: bytes) -> None:
         if self._broken is not None:
             raise TargetError(self._broken)
         data = codecs.encode(pcm16, self.input_format.encoding)
-        await self._send(
+        await self.send_json(
             {"type": "input_audio_buffer.append", "audio": base64.b64encode(data).decode()}
         )
 
@@ -412,7 +412,7 @@ class RealtimeSession(WebSocketSession):
         item = self._audio_item
         if item is None:
             return None
-        await self._send(
+        await self.send_json(
             {
                 "type": "conversation.item.truncate",
                 "item_id": item,
@@ -424,33 +424,23 @@ class RealtimeSession(WebSocketSession):
 
     async def speech_ended(self) -> None:
         if self.manual:
-            await self._send({"type": "input_audio_buffer.commit"})
-            await self._send({"type": "response.create"})
+            await self.send_json({"type": "input_audio_buffer.commit"})
+            await self.send_json({"type": "response.create"})
 
     def on_binary(self, t_ns: int, data: bytes) -> None:
         self.sink.fail("protocol: unexpected binary message from a realtime server")
 
     def on_text(self, t: int, data: str) -> None:
-        try:
-            ev = json.loads(data)
-            kind = ev["type"]
-            if not isinstance(kind, str):
-                raise TypeError
-        except (ValueError, KeyError, TypeError):
-            self.sink.fail(f"protocol: malformed event {data[:80]!r}")
+        got = self.read_event(data)
+        if got is None:
             return
+        ev, kind = got
         if kind in ("session.created", "session.updated"):
             self._on_session(t, kind, ev)
             return
         if kind in _AUDIO_DELTAS:
-            delta = ev.get("delta")
-            if not isinstance(delta, str):
-                self.sink.fail(f"protocol: {kind} without a base64 delta")
-                return
-            try:
-                raw = base64.b64decode(delta, validate=True)
-            except ValueError:
-                self.sink.fail(f"protocol: {kind} delta is not base64")
+            raw = self.b64_field(kind, ev.get("delta"), "delta")
+            if raw is None:
                 return
             if self._broken is not None:
                 self.sink.fail(self._broken)
@@ -492,13 +482,13 @@ class RealtimeSession(WebSocketSession):
             self.sink.mark(name, stage, t, attrs)
             return
         if kind == "response.done":
-            resp = ev.get("response") if isinstance(ev.get("response"), dict) else {}
+            resp = dict_at(ev, "response")
             attrs = {"raw": kind, "status": resp.get("status"), "usage": resp.get("usage")}
             self.sink.mark("response.done", "model", t, attrs)
             self.sink.reply_done(t)
             return
         if kind == "error":
-            err = ev.get("error") if isinstance(ev.get("error"), dict) else {}
+            err = dict_at(ev, "error")
             msg = str(err.get("message", "unknown error"))
             self.sink.mark("error", "error", t, {"message": msg, "code": err.get("code")})
             if not self._opened and self._open_error is None:
@@ -534,11 +524,10 @@ class RealtimeTarget(Target):
     schemes = ("ws", "wss")
     description = "OpenAI Realtime protocol over WebSocket (GA and beta event names)"
 
+    session_class = RealtimeSession
+
     def __init__(self, config: TargetConfig) -> None:
         super().__init__(config)
         requested_formats(config)  # a bad format option is a usage error before any connect
         if config.int_option("format_wait_ms", 1000) < 0:
             raise UsageError("target option format_wait_ms cannot be negative")
-
-    def session(self, sink: TargetSink) -> TargetSession:
-        return RealtimeSession(self.config, sink)

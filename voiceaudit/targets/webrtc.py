@@ -47,7 +47,6 @@ in ``turn.start``'s ``stream_fill_samples``; ``frames``: only the probe's frames
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fractions
 import ipaddress
 import json
@@ -68,8 +67,11 @@ from voiceaudit.targets.base import (
     TargetConfig,
     TargetSession,
     TargetSink,
+    cancel_quietly,
+    close_quietly,
     endpoint_name,
 )
+from voiceaudit.targets.realtime import TURN_MARKS
 from voiceaudit.targets.stages import STAGE_EVENT, STAGES_HEADER, stage_mark, wants_stage_events
 
 RATE = 48000
@@ -86,11 +88,7 @@ EVENT_WAIT_NS = 2_000_000_000
 
 #: data-channel event -> (mark name, stage)
 _DC_MARKS: dict[str, tuple[str, str]] = {
-    "input_audio_buffer.speech_started": ("speech_started", "endpointing"),
-    "input_audio_buffer.speech_stopped": ("endpoint", "endpointing"),
-    "input_audio_buffer.committed": ("committed", "endpointing"),
-    "conversation.item.input_audio_transcription.completed": ("transcript.final", "transcription"),
-    "response.created": ("response.created", "model"),
+    **TURN_MARKS,
     "output_audio_buffer.started": ("audio.first_sent", "transport"),
     "output_audio_buffer.stopped": ("audio.last_sent", "transport"),
     "response.done": ("response.done", "model"),
@@ -187,12 +185,9 @@ class WebRTCSession(TargetSession):
         return "sdp" if path.endswith(("/calls", "/whip", "/sdp")) else "json"
 
     async def _exchange(self, sdp: str) -> str:
-        headers = {k: v for k, v in self.config.headers}
+        headers = self.config.auth_headers()
         if self.config.options.get("datachannel") and self.stage_events:
             headers[STAGES_HEADER] = "1"
-        key = self.config.api_key()
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
         if self._style() == "sdp":
             headers["Content-Type"] = "application/sdp"
@@ -578,13 +573,10 @@ class WebRTCSession(TargetSession):
             self._release()
         self._queue.put_nowait(None)
         for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await cancel_quietly(task)
         self._tasks = []
         if self._pc is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._pc.close(), 5)
+            await close_quietly(self._pc, 5)
             self._pc = None
         if self._http is not None:
             await self._http.close()
@@ -673,6 +665,4 @@ class WebRTCTarget(Target):
     protocol = "webrtc"
     schemes = ("http", "https")
     description = "a WebRTC peer (aiortc) with HTTP offer/answer signalling"
-
-    def session(self, sink: TargetSink) -> TargetSession:
-        return WebRTCSession(self.config, sink)
+    session_class = WebRTCSession

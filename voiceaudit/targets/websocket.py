@@ -14,11 +14,10 @@ one), ``out_rate`` (the reply rate, default = ``rate``), ``silence_ms``.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from voiceaudit.targets.base import Target, TargetConfig, TargetSession, TargetSink
+from voiceaudit.targets.base import Target, TargetConfig, TargetSink
 from voiceaudit.targets.wsbase import WebSocketSession
 
 #: event type -> (mark name, stage)
@@ -63,8 +62,9 @@ class PcmWebSocketSession(WebSocketSession):
             query.setdefault("silence_ms", config.options["silence_ms"])
         self._url = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
 
-    async def open(self) -> None:
-        await self.connect(self._url, self.headers())
+    def url(self) -> str:
+        """The target's URL with the rates (and ``silence_ms``) in its query."""
+        return self._url
 
     async def send_audio(self, pcm16: bytes) -> None:
         await self.live().send_bytes(pcm16)
@@ -76,14 +76,10 @@ class PcmWebSocketSession(WebSocketSession):
         self.sink.reply_audio(t_ns, data, self.out_rate, len(data))
 
     def on_text(self, t: int, text: str) -> None:
-        try:
-            ev = json.loads(text)
-            kind = ev["type"]
-            if not isinstance(kind, str):
-                raise TypeError
-        except (ValueError, KeyError, TypeError):
-            self.sink.fail(f"protocol: malformed event {text[:80]!r}")
+        got = self.read_event(text)
+        if got is None:
             return
+        ev, kind = got
         attrs: dict[str, Any] = {"raw": kind}
         server_t = ev.get("t_ns")
         if isinstance(server_t, int) and not isinstance(server_t, bool):
@@ -113,6 +109,4 @@ class PcmWebSocketTarget(Target):
     protocol = "websocket"
     schemes = ("ws", "wss")
     description = "raw 16-bit mono PCM frames over a WebSocket, JSON text events for marks"
-
-    def session(self, sink: TargetSink) -> TargetSession:
-        return PcmWebSocketSession(self.config, sink)
+    session_class = PcmWebSocketSession

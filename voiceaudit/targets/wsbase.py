@@ -1,22 +1,92 @@
-"""What every WebSocket target shares: connecting (with the API key as a bearer token),
-one reader task that hands on each message with its arrival time, and a clean close.
+"""The base of every streaming-WebSocket target: a new protocol is a small adapter over
+:class:`WebSocketSession` (the adapter contract is below).
 
-A message's arrival time is when the bytes that completed it reached the host, not when
-the probe's loop got round to it: once connected, the socket is read on voiceaudit's
-receive thread with kernel timestamps (:mod:`voiceaudit.targets.rxstamp`), and each
-message aiohttp parses is tagged with the time of the chunk that completed it. A stalled
-loop delays the handling, never the time. (Where the socket cannot be tapped, or a
-message was parsed before the tap, the reader task's clock reading is the time.)
+What the base does:
 
-Subclasses implement :meth:`on_text` and/or :meth:`on_binary`; a message kind they do not
-override fails the turn as a protocol error.
+- **connect**: :meth:`WebSocketSession.connect` opens the WebSocket (the user's headers
+  plus the API key as a bearer token, :meth:`~WebSocketSession.headers`) within the
+  connect timeout, or raises :class:`~voiceaudit.errors.TargetError`; the default
+  :meth:`~WebSocketSession.open` is just that, to :meth:`~WebSocketSession.url`.
+- **receive-thread stamping**: once connected, the socket is read on voiceaudit's receive
+  thread with kernel timestamps (:mod:`voiceaudit.targets.rxstamp`), and each message
+  aiohttp parses is tagged with the arrival of the chunk that completed it. A message's
+  arrival time is when the bytes that completed it reached the host, not when the probe's
+  loop got round to it: a stalled loop delays the handling, never the time. (Where the
+  socket cannot be tapped, or a message was parsed before the tap, the reader task's clock
+  reading is the time.) One reader task hands each message on, with that time, to
+  :meth:`~WebSocketSession.on_text` or :meth:`~WebSocketSession.on_binary`; an error
+  frame, a close the probe did not ask for or a lost connection fails the turn
+  (``connection …`` / ``target closed …``).
+- **warm-up**: ``warm_up_first`` is set, so the probe pays its own first-use costs
+  (voiceaudit.probe.warm) before the connection opens.
+- **sending**: :meth:`~WebSocketSession.send_json` (one compact JSON text frame) and
+  :meth:`~WebSocketSession.live` (the open socket, for ``send_bytes``; TargetError once it
+  is closed). The probe paces the frames (its :class:`voiceaudit.pacing.Pacer` calls
+  ``send_audio`` at each frame's deadline): a send must write its frame before its first
+  await, which aiohttp's ``send_str``/``send_bytes`` do.
+- **reading JSON events**: :meth:`~WebSocketSession.read_event` (the event and its kind, by
+  a key such as ``type`` or ``event``; a malformed one fails the turn as a protocol
+  fault), :func:`dict_at` (an object inside one) and :meth:`~WebSocketSession.b64_field`
+  (the base64 audio inside one).
+- **close**: :meth:`~WebSocketSession.close` stops the reader, closes the WebSocket (2 s at
+  most) and its HTTP session; idempotent.
+
+What an adapter implements (a subclass of :class:`WebSocketSession`):
+
+- ``input_rate`` (attribute): the rate of the 16-bit mono PCM the probe sends it;
+- ``send_audio(pcm16)``: frame one chunk of the probe's audio for the wire and send it;
+- ``on_text(t_ns, data)`` and/or ``on_binary(t_ns, data)``: read one message that arrived
+  at ``t_ns`` and report through ``self.sink`` (``mark``, ``reply_audio`` with the reply as
+  16-bit PCM and its wire size, ``reply_done``, ``fail``); a message kind left to the base
+  fails the turn as a protocol error;
+- optionally ``url()`` (the URL to connect to), ``open()`` (``await super().open()``, then
+  any handshake: a session update, a ``start`` event), and the turn hooks of
+  :class:`~voiceaudit.targets.base.TargetSession` (``start_turn``, ``speech_ended``,
+  ``end_turn``, ``truncate``);
+- and a :class:`~voiceaudit.targets.base.Target` naming it (``protocol``, ``schemes``,
+  ``description``, ``session_class``), registered in
+  :data:`voiceaudit.targets.registry.BUILTINS` or under the entry-point group.
+
+A media-stream protocol of JSON text frames with base64 audio (the telephony streams)::
+
+    class MediaStreamSession(WebSocketSession):
+        input_rate = codecs.G711_RATE
+
+        async def open(self) -> None:
+            await super().open()
+            await self.send_json({"event": "start", "start": {"streamSid": "probe"}})
+
+        async def send_audio(self, pcm16: bytes) -> None:
+            payload = base64.b64encode(codecs.encode(pcm16, "pcmu")).decode()
+            await self.send_json({"event": "media", "media": {"payload": payload}})
+
+        def on_text(self, t_ns: int, data: str) -> None:
+            got = self.read_event(data, key="event")
+            if got is None:
+                return  # malformed: the turn has failed
+            ev, kind = got
+            if kind == "media":
+                raw = self.b64_field(kind, dict_at(ev, "media").get("payload"), "payload")
+                if raw is not None:
+                    pcm = codecs.decode(raw, "pcmu")
+                    self.sink.reply_audio(t_ns, pcm, codecs.G711_RATE, len(data))
+            elif kind == "mark":
+                self.sink.reply_done(t_ns)
+
+
+    class MediaStreamTarget(Target):
+        protocol = "media-stream"
+        schemes = ("ws", "wss")
+        description = "a telephony media stream"
+        session_class = MediaStreamSession
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import base64
 import itertools
+import json
 import time
 from collections import deque
 from collections.abc import Callable
@@ -26,7 +96,21 @@ import aiohttp
 
 from voiceaudit.errors import TargetError
 from voiceaudit.targets import rxstamp
-from voiceaudit.targets.base import TargetConfig, TargetSession, TargetSink, socket_facts
+from voiceaudit.targets.base import (
+    TargetConfig,
+    TargetSession,
+    TargetSink,
+    cancel_quietly,
+    close_quietly,
+    socket_facts,
+)
+
+
+def dict_at(ev: dict[str, Any], key: str) -> dict[str, Any]:
+    """The object under ``key`` in a JSON event; an empty one when it is missing or not an
+    object."""
+    v = ev.get(key)
+    return v if isinstance(v, dict) else {}
 
 
 class StampedQueue:
@@ -91,11 +175,15 @@ class WebSocketSession(TargetSession):
 
     def headers(self) -> dict[str, str]:
         """Connection headers: the user's, plus the API key as a bearer token."""
-        h = {k: v for k, v in self.config.headers}
-        key = self.config.api_key()
-        if key:
-            h["Authorization"] = f"Bearer {key}"
-        return h
+        return self.config.auth_headers()
+
+    def url(self) -> str:
+        """The URL :meth:`open` connects to (the target's, unless an adapter adds to it)."""
+        return self.config.url
+
+    async def open(self) -> None:
+        """Connect to :meth:`url` with :meth:`headers`; adapters add their handshake."""
+        await self.connect(self.url(), self.headers())
 
     async def connect(self, url: str, headers: dict[str, str]) -> None:
         """Open the WebSocket and start reading; TargetError when it cannot be opened."""
@@ -154,6 +242,35 @@ class WebSocketSession(TargetSession):
             raise TargetError("connection is closed")
         return self._ws
 
+    async def send_json(self, obj: dict[str, Any]) -> None:
+        """Send ``obj`` as one compact JSON text frame."""
+        await self.live().send_str(json.dumps(obj, separators=(",", ":")))
+
+    def read_event(self, data: str, key: str = "type") -> tuple[dict[str, Any], str] | None:
+        """A JSON event and its kind (the string under ``key``); None, having failed the
+        turn as a protocol fault, when the message is not one."""
+        try:
+            ev = json.loads(data)
+            kind = ev[key]
+            if not isinstance(kind, str):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            self.sink.fail(f"protocol: malformed event {data[:80]!r}")
+            return None
+        return ev, kind
+
+    def b64_field(self, kind: str, value: Any, name: str) -> bytes | None:
+        """The bytes of a base64 field ``name`` of a ``kind`` event; None, having failed the
+        turn as a protocol fault, when it is missing or not base64."""
+        if not isinstance(value, str):
+            self.sink.fail(f"protocol: {kind} without a base64 {name}")
+            return None
+        try:
+            return base64.b64decode(value, validate=True)
+        except ValueError:
+            self.sink.fail(f"protocol: {kind} {name} is not base64")
+            return None
+
     def on_text(self, t_ns: int, data: str) -> None:
         self.sink.fail(f"protocol: unexpected text message {data[:60]!r}")
 
@@ -180,14 +297,10 @@ class WebSocketSession(TargetSession):
 
     async def close(self) -> None:
         self._closing = True
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
-            self._reader = None
+        await cancel_quietly(self._reader)
+        self._reader = None
         if self._ws is not None and not self._ws.closed:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._ws.close(), 2.0)
+            await close_quietly(self._ws, 2.0)
         self._ws = None
         if self._http is not None:
             await self._http.close()
