@@ -30,8 +30,8 @@ from voiceaudit.clock import NS_PER_MS, NS_PER_S, MonotonicClock, take_anchor
 from voiceaudit.errors import TargetError, UsageError
 from voiceaudit.failures import FAILURE_KINDS, failure_kind
 from voiceaudit.model import Header
-from voiceaudit.pacing_stats import BROKE_NS, P99_GOAL_NS, PacingHistogram, pacing_attrs
 from voiceaudit.pacing import Pacer
+from voiceaudit.pacing_stats import BROKE_NS, P99_GOAL_NS, PacingHistogram, pacing_attrs
 from voiceaudit.probe.playout import PLAYOUT_MODELS, Chunk, play_model, playout_name
 from voiceaudit.probe.session import (
     TurnResult,

@@ -14,8 +14,8 @@ from typing import Protocol
 
 from voiceaudit.clock import Clock
 from voiceaudit.errors import TargetError
-from voiceaudit.pacing_stats import BROKE_NS, PacingHistogram
 from voiceaudit.pacing import Pacer
+from voiceaudit.pacing_stats import BROKE_NS, PacingHistogram
 from voiceaudit.targets.base import TargetSession, TargetSink
 from voiceaudit.trace_io import TraceWriter
 
