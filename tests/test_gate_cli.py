@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import budget_toml
 from junitparser import Failure, JUnitXml
 
 from voiceaudit.cli import run
@@ -19,14 +20,7 @@ from voiceaudit.errors import ExitCode
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_traces"
 
-BUDGET = """\
-[budget]
-voice_to_voice = { p50 = "2500ms", max = "4s" }
-"segment.model_first_token" = { p50 = "400ms" }
-"segment.leading_silence" = { max = "50ms" }
-failed_turns = { max = 0 }
-min_turns = 3
-"""
+BUDGET = budget_toml('p50 = "2500ms", max = "4s"', 'p50 = "400ms"', min_turns=3)
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

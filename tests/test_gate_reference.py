@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import budget_toml
 from junitparser import JUnitXml
 
 from voiceaudit.analysis import Report, build_report
@@ -54,14 +55,7 @@ PHASES = (("clean_a", "clean_b"), ("slow", "clean_c"))
 #: 400 ms more was no significant regression (p = 0.22, seen in CI and reproduced).
 INJECT = {"slow": ("llm-ttft=1000ms",)}
 
-BUDGET = """\
-[budget]
-voice_to_voice = { p50 = "2500ms", p90 = "4000ms" }
-"segment.model_first_token" = { p90 = "400ms" }
-"segment.leading_silence" = { max = "50ms" }
-failed_turns = { max = 0 }
-min_turns = 10
-"""
+BUDGET = budget_toml('p50 = "2500ms", p90 = "4000ms"', 'p90 = "400ms"', min_turns=10)
 
 REGRESSION = """\
 [budget]

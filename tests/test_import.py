@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import refuses_missing_and_directory
 from pipecat_capture import captured_turns, realdata
 from pipecat_capture import write_trace as write_capture_trace
 
@@ -848,10 +849,8 @@ def test_malformed_input_gives_a_clear_error(tmp_path: Path, content: bytes, mes
 
 
 def test_missing_file_and_directory(tmp_path: Path) -> None:
-    with pytest.raises(TelemetryError, match="no such file"):
-        import_telemetry(tmp_path / "nope.json")
-    with pytest.raises(TelemetryError, match="is a directory"):
-        import_telemetry(tmp_path)
+    missing = tmp_path / "nope.json"
+    refuses_missing_and_directory(import_telemetry, TelemetryError, missing, "is a directory")
     with pytest.raises(TelemetryError, match="unknown telemetry format"):
         import_telemetry(tel("pipecat-1.14.0_ws_spans.jsonl"), fmt="zoom")
 

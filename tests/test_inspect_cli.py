@@ -8,23 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_audio import GARBAGE, garbage
+from test_audio import GARBAGE, INSPECT_KEYS, garbage
 
 from voiceaudit import audio as A
 from voiceaudit.cli import run
 from voiceaudit.errors import ExitCode
 
 ROOT = Path(__file__).resolve().parent.parent
-KEYS = [
-    "path",
-    "sample_rate",
-    "channels",
-    "duration_ms",
-    "segments",
-    "speech_start_ms",
-    "speech_end_ms",
-    "leading_silence_ms",
-]
 
 
 def test_json_is_a_list_with_the_documented_keys(
@@ -38,7 +28,7 @@ def test_json_is_a_list_with_the_documented_keys(
     data = json.loads(out)
     assert isinstance(data, list) and len(data) == 2
     for item, path in zip(data, (wav, flac), strict=True):
-        assert list(item) == KEYS
+        assert list(item) == INSPECT_KEYS
         assert item == A.inspect_audio(path)
     assert [d["channels"] for d in data] == [1, 2]
     assert [d["sample_rate"] for d in data] == [16000, 44100]

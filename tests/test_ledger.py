@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 
 import pytest
+from helpers import with_attrs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -89,19 +90,7 @@ def test_arrival_times_can_be_forced() -> None:
 def test_server_time_after_its_arrival_means_another_clock() -> None:
     evs = turn_events(TurnSpec(notify_ms=5.0), "s0", 0, T0)
     # One mark claims a server time 1 s after it arrived: not this host's clock.
-    bad = []
-    for e in evs:
-        if e.name == "llm.request":
-            e = Event(
-                e.session,
-                e.turn,
-                e.t_ns,
-                e.source,
-                e.stage,
-                e.name,
-                {**e.attrs, "server_t_ns": e.t_ns + 1000 * MS},
-            )
-        bad.append(e)
+    bad = with_attrs(evs, "llm.request", {"server_t_ns": lambda e: e.t_ns + 1000 * MS})
     led = build_ledger(bad)
     assert led.clock == "arrival"
     assert any("not this host's monotonic clock" in n for n in led.notes)

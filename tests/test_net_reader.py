@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import refuses_missing_and_directory
 
 from voiceaudit.capture import analyze_capture
 from voiceaudit.capture.pcapfile import (
@@ -87,10 +88,9 @@ def test_empty_file(tmp_path: Path) -> None:
 
 
 def test_missing_file_and_directory(tmp_path: Path) -> None:
-    with pytest.raises(CaptureError, match="no such file"):
-        analyze_capture(tmp_path / "nope.pcap")
-    with pytest.raises(CaptureError, match="directory"):
-        analyze_capture(tmp_path)
+    refuses_missing_and_directory(
+        analyze_capture, CaptureError, tmp_path / "nope.pcap", "directory"
+    )
 
 
 @pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
