@@ -56,7 +56,14 @@ from voiceaudit.audio import first_audible, from_pcm16, resample
 from voiceaudit.clock import NS_PER_MS, NS_PER_S
 from voiceaudit.errors import TargetError
 from voiceaudit.probe.playout import Chunk, Playout, play_model
-from voiceaudit.probe.session import TurnHost, TurnResult, fill_attrs, send_frame
+from voiceaudit.probe.session import (
+    ReplyOutcome,
+    TurnHost,
+    TurnResult,
+    fill_attrs,
+    note_after_reply,
+    send_frame,
+)
 from voiceaudit.scenario import Overlap, Scenario, Turn
 from voiceaudit.targets.base import TargetSession
 from voiceaudit.trace_io import TraceWriter
@@ -726,26 +733,11 @@ class Conversation:
         # A failure after this turn's reply was done ends the connection, not the turn.
         failed = self.sink.failed and not st.reply_done
         if self.sink.failed and not failed:
-            w.event(
-                sid,
-                st.index,
-                probe.clock.now_ns(),
-                "probe",
-                "turn",
-                "turn.note",
-                {"note": f"after the reply: {self.sink.failure}"},
-            )
-        result = probe.close_reply(
-            w,
-            sid,
-            st.index,
-            chunks,
-            failure=self.sink.failure if failed else None,
-            failed=failed,
-            done=main is not None and main.done_ns is not None,
-            speech_end_ns=st.speech_end_ns,
-            warm=st.warm,
-        )
+            note_after_reply(w, sid, st.index, probe.clock.now_ns(), self.sink.failure)
+        done = main is not None and main.done_ns is not None
+        failure = self.sink.failure if failed else None
+        out = ReplyOutcome(sid, st.index, chunks, failure, failed, done, st.speech_end_ns, st.warm)
+        result = probe.close_reply(w, out)
         result = dataclasses.replace(
             result,
             pacing_max_ns=worst[0],

@@ -14,7 +14,6 @@ import dataclasses
 import math
 import os
 import platform
-import re
 import socket
 import time
 import uuid
@@ -32,12 +31,19 @@ from voiceaudit.failures import FAILURE_KINDS, failure_kind
 from voiceaudit.model import Header
 from voiceaudit.pacing import Pacer
 from voiceaudit.pacing_stats import BROKE_NS, P99_GOAL_NS, PacingHistogram, pacing_attrs
-from voiceaudit.probe.playout import PLAYOUT_MODELS, Chunk, play_model, playout_name
+
+# re-exported (as X as X): the CLI, the load driver and the tests take them from here
+from voiceaudit.probe.options import ProbeOptions as ProbeOptions
+from voiceaudit.probe.options import Ramp as Ramp
+from voiceaudit.probe.options import parse_duration as parse_duration
+from voiceaudit.probe.playout import Chunk, play_model, playout_name
 from voiceaudit.probe.session import (
+    ReplyOutcome,
     TurnResult,
     closed,
     connected,
     fill_attrs,
+    note_after_reply,
     send_frame,
     session_failed,
 )
@@ -46,131 +52,6 @@ from voiceaudit.probe.warm import warm_up
 from voiceaudit.scenario import Scenario
 from voiceaudit.targets.base import Target, TargetSession
 from voiceaudit.trace_io import TraceWriter
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min)?\s*$")
-
-
-def parse_duration(text: str, what: str) -> float:
-    """Seconds from "10s", "500ms", "2m" (a bare number is seconds)."""
-    m = _DURATION.match(text)
-    if m is None:
-        raise UsageError(f"{what}: {text!r} is not a duration", hint="e.g. 10s, 500ms, 2m")
-    value, unit = float(m.group(1)), m.group(2) or "s"
-    return value * {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0}[unit]
-
-
-@dataclass(frozen=True)
-class Ramp:
-    """A load profile: ``start`` sessions at once, ``by`` more every ``every_s`` up to
-    ``end``, then ``hold_s`` at ``end``; the run ends after that (turns in flight finish)."""
-
-    start: int
-    end: int
-    every_s: float
-    by: int = 1
-    hold_s: float = 0.0
-
-    @classmethod
-    def parse(cls, text: str, *, hold_s: float = 0.0) -> Ramp:
-        parts = text.split(":")
-        if len(parts) not in (3, 4):
-            raise UsageError(
-                f"--ramp {text!r} must look like FROM:TO:EVERY[:BY]", hint="e.g. 1:50:10s"
-            )
-        try:
-            start, end = int(parts[0]), int(parts[1])
-            by = int(parts[3]) if len(parts) == 4 else 1
-        except ValueError:
-            raise UsageError(
-                f"--ramp {text!r}: FROM, TO and BY are whole numbers", hint="e.g. 1:50:10s:5"
-            ) from None
-        return cls(start, end, parse_duration(parts[2], "--ramp EVERY"), by, hold_s)
-
-    def __post_init__(self) -> None:
-        if self.start < 1 or self.end < self.start:
-            raise UsageError("--ramp needs 1 <= FROM <= TO")
-        if self.by < 1:
-            raise UsageError("--ramp BY must be at least 1")
-        if self.every_s <= 0 and self.end > self.start:
-            raise UsageError("--ramp EVERY must be positive")
-        if self.hold_s < 0:
-            raise UsageError("--hold cannot be negative")
-
-    def levels(self) -> list[tuple[float, int]]:
-        """(seconds from the run's start, sessions running from then on), one per step."""
-        out = [(0.0, self.start)]
-        n = self.start
-        while n < self.end:
-            n = min(self.end, n + self.by)
-            out.append((len(out) * self.every_s, n))
-        return out
-
-    @property
-    def duration_s(self) -> float:
-        """When the run ends: the last step plus the hold."""
-        return self.levels()[-1][0] + self.hold_s
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "from": self.start,
-            "to": self.end,
-            "every_s": self.every_s,
-            "by": self.by,
-            "hold_s": self.hold_s,
-        }
-
-
-@dataclass(frozen=True)
-class ProbeOptions:
-    sessions: int = 1
-    #: turns per session; None = one pass over the utterances (times ``repeat``)
-    turns: int | None = None
-    repeat: int = 1
-    warmup: int = 0
-    frame_ms: int = 20
-    speed: float = 1.0
-    #: give up on a turn that has no reply audio this long after speech end
-    timeout_s: float = 15.0
-    #: a reply with audio but no "done" event ends after this much quiet
-    idle_s: float = 1.5
-    #: pause between turns (after the reply ends)
-    gap_ms: int = 500
-    jitter_buffer_ms: int = 0
-    #: keep the received reply audio as WAV files next to the trace
-    save_audio: bool = False
-    #: playout model: "fixed" (a fixed jitter-buffer depth, ``jitter_buffer_ms``) or
-    #: "adaptive" (see :mod:`voiceaudit.probe.playout`)
-    playout: str = "fixed"
-    #: put before every session id ("w1-" gives "w1-s0"): keeps ids unique when the traces
-    #: of several probes (Locust workers) are merged into one report
-    session_prefix: str = ""
-    #: a load profile instead of ``sessions`` fixed sessions of ``turns`` turns
-    ramp: Ramp | None = None
-
-    def __post_init__(self) -> None:
-        if self.sessions < 1:
-            raise UsageError("--sessions must be at least 1")
-        if self.turns is not None and self.turns < 1:
-            raise UsageError("--turns must be at least 1")
-        if self.repeat < 1:
-            raise UsageError("--repeat must be at least 1")
-        if self.warmup < 0:
-            raise UsageError("--warmup cannot be negative")
-        if not 5 <= self.frame_ms <= 1000:
-            raise UsageError("--frame-ms must be between 5 and 1000")
-        if not 0.1 <= self.speed <= 100:
-            raise UsageError("--speed must be between 0.1 and 100")
-        if self.timeout_s <= 0:
-            raise UsageError("--timeout must be positive")
-        if self.gap_ms < 0 or self.jitter_buffer_ms < 0:
-            raise UsageError("--gap-ms and --jitter-buffer-ms cannot be negative")
-        if self.playout not in PLAYOUT_MODELS:
-            raise UsageError(
-                f"unknown playout model {self.playout!r}",
-                hint="choose one of " + ", ".join(PLAYOUT_MODELS),
-            )
-        if any(c.isspace() for c in self.session_prefix):
-            raise UsageError("the session prefix cannot contain spaces")
 
 
 @dataclass
@@ -834,29 +715,19 @@ class Probe:
         if sink.failed.is_set() and sink.failed_late:
             # The reply was complete before the target broke: the turn stands, the
             # connection does not (the next turn gets a new one).
-            writer.event(
-                sid,
-                turn,
-                self.clock.now_ns(),
-                "probe",
-                "turn",
-                "turn.note",
-                {"note": f"after the reply: {sink.failure}"},
-            )
-        result = self.close_reply(
-            writer,
+            note_after_reply(writer, sid, turn, self.clock.now_ns(), sink.failure)
+        out = ReplyOutcome(
             sid,
             turn,
             sink.chunks,
-            failure=sink.failure,
-            failed=fault,
-            done=sink.done.is_set(),
-            speech_end_ns=speech_end_ns,
-            warm=warm,
-            # a target that signalled the end of an earlier reply on this connection and
-            # then went quiet without it in this one stalled
+            sink.failure,
+            fault,
+            sink.done.is_set(),
+            speech_end_ns,
+            warm,
             expects_done=sink.done_seen,
         )
+        result = self.close_reply(writer, out)
         result = dataclasses.replace(
             result, pacing_max_ns=worst[0], pacing_max_frame=worst[1], concurrency=concurrency
         )
@@ -882,21 +753,8 @@ class Probe:
                 for w in waiters:
                     w.cancel()
 
-    def close_reply(
-        self,
-        writer: TraceWriter,
-        sid: str,
-        turn: int,
-        chunks: list[tuple[int, bytes, int, int]],
-        *,
-        failure: str | None,
-        failed: bool,
-        done: bool,
-        speech_end_ns: int,
-        warm: bool,
-        expects_done: bool = False,
-    ) -> TurnResult:
-        """Analyse a turn's reply (``chunks``: arrival ns, PCM, rate, wire bytes), write its
+    def close_reply(self, writer: TraceWriter, out: ReplyOutcome) -> TurnResult:
+        """Analyse a turn's reply (:class:`~voiceaudit.probe.session.ReplyOutcome`), write its
         reply events and ``turn.end``.
 
         The turn fails (``ok: false``, ``reason``, ``failure``) when the target failed
@@ -906,6 +764,9 @@ class Probe:
         the target said its reply was done), when the reply went quiet without the end
         signal the target gave its earlier replies (``expects_done``: it stalled), and
         when the reply holds no audible sample."""
+        sid, turn, chunks, failure, failed = out.sid, out.turn, out.chunks, out.failure, out.failed
+        done = out.done
+        speech_end_ns, warm, expects_done = out.speech_end_ns, out.warm, out.expects_done
         reason: str | None = None
         kind: str | None = None
         v2v: int | None = None

@@ -16,6 +16,7 @@ from voiceaudit.clock import Clock
 from voiceaudit.errors import TargetError
 from voiceaudit.pacing import Pacer
 from voiceaudit.pacing_stats import BROKE_NS, PacingHistogram
+from voiceaudit.probe.options import ProbeOptions
 from voiceaudit.targets.base import TargetSession, TargetSink
 from voiceaudit.trace_io import TraceWriter
 
@@ -52,6 +53,35 @@ class TurnResult:
     def pacing_broke(self) -> bool:
         """A frame of this turn left more than ``BROKE_NS`` after its deadline."""
         return self.pacing_max_ns is not None and self.pacing_max_ns > BROKE_NS
+
+
+@dataclass(frozen=True)
+class ReplyOutcome:
+    """How a turn's reply came out, for :meth:`TurnHost.close_reply` to judge and write."""
+
+    sid: str
+    turn: int
+    #: the reply audio: (arrival ns, PCM, rate, wire bytes) per chunk
+    chunks: list[tuple[int, bytes, int, int]]
+    #: the target's failure during the turn (when ``failed``)
+    failure: str | None
+    failed: bool
+    #: the target said the reply was done
+    done: bool
+    speech_end_ns: int
+    warm: bool
+    #: the target signalled the end of an earlier reply on this connection: one that goes
+    #: quiet without it stalled
+    expects_done: bool = False
+
+
+def note_after_reply(
+    writer: TraceWriter, sid: str, turn: int, t_ns: int, failure: str | None
+) -> None:
+    """``turn.note`` of a failure that came after the turn's reply was complete: the turn
+    stands, the connection does not."""
+    note = {"note": f"after the reply: {failure}"}
+    writer.event(sid, turn, t_ns, "probe", "turn", "turn.note", note)
 
 
 def fill_attrs(ts: TargetSession) -> dict[str, int]:
@@ -94,33 +124,12 @@ def session_failed(writer: TraceWriter, sid: str, at_ns: int, exc: TargetError) 
     writer.event(sid, None, at_ns, "probe", "session", "session.failed", {"reason": exc.message})
 
 
-class SessionOptions(Protocol):
-    """The run options a conversation reads (:class:`~voiceaudit.probe.runner.ProbeOptions`)."""
-
-    @property
-    def warmup(self) -> int: ...
-    @property
-    def frame_ms(self) -> int: ...
-    @property
-    def speed(self) -> float: ...
-    @property
-    def timeout_s(self) -> float: ...
-    @property
-    def idle_s(self) -> float: ...
-    @property
-    def gap_ms(self) -> int: ...
-    @property
-    def jitter_buffer_ms(self) -> int: ...
-    @property
-    def playout(self) -> str: ...
-
-
 class TurnHost(Protocol):
     """The probe as a conversation sees it: its options, clock and pacer, whether it is
     stopping, and the turn machinery it owns (the probe implements it)."""
 
     @property
-    def options(self) -> SessionOptions: ...
+    def options(self) -> ProbeOptions: ...
     @property
     def clock(self) -> Clock: ...
     @property
@@ -157,20 +166,7 @@ class TurnHost(Protocol):
         """A turn that never ran: its failed ``turn.end``, counted in the result."""
         ...
 
-    def close_reply(
-        self,
-        writer: TraceWriter,
-        sid: str,
-        turn: int,
-        chunks: list[tuple[int, bytes, int, int]],
-        *,
-        failure: str | None,
-        failed: bool,
-        done: bool,
-        speech_end_ns: int,
-        warm: bool,
-        expects_done: bool = False,
-    ) -> TurnResult:
+    def close_reply(self, writer: TraceWriter, out: ReplyOutcome) -> TurnResult:
         """Analyse a turn's reply, write its reply events and ``turn.end``."""
         ...
 
