@@ -16,14 +16,19 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import random
-import socket
+import sys
 import time
+from pathlib import Path
 
 import aiohttp
 import numpy as np
 from aiohttp import web
 
 from voiceaudit.probe.pacing import Pacer
+
+# the tests' helpers serve the bench scripts too
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers import serve_local
 
 RATE = 24000
 FRAME_MS = 20
@@ -38,15 +43,8 @@ def _sink(port_q: mp.Queue) -> None:  # type: ignore[type-arg]
         return ws
 
     async def main() -> None:
-        app = web.Application()
-        app.router.add_get("/", handler)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        site = web.SockSite(runner, sock)
-        await site.start()
-        port_q.put(sock.getsockname()[1])
+        _runner, port = await serve_local("/", handler)
+        port_q.put(port)
         await asyncio.Event().wait()
 
     asyncio.run(main())

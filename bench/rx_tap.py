@@ -23,7 +23,9 @@ import asyncio
 import multiprocessing as mp
 import os
 import struct
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +33,10 @@ from aiohttp import web
 
 from voiceaudit.targets.base import TargetConfig
 from voiceaudit.targets.websocket import PcmWebSocketTarget
+
+# the tests' helpers serve the bench scripts too
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers import serve_local
 
 HEAD = struct.Struct("<q")
 
@@ -55,13 +61,8 @@ def _server(port_q: Any, mode: str, seconds: float, messages: int) -> None:
         return ws
 
     async def main() -> None:
-        app = web.Application()
-        app.router.add_get("/pcm", handler)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port_q.put(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        _runner, port = await serve_local("/pcm", handler)
+        port_q.put(port)
         await asyncio.sleep(3600)
 
     asyncio.run(main())

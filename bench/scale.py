@@ -18,7 +18,7 @@ import argparse
 import asyncio
 import cProfile
 import multiprocessing as mp
-import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +33,10 @@ from voiceaudit.probe.runner import ProbeOptions, RunResult, run_probe
 from voiceaudit.probe.utterances import Utterance, load_utterances
 from voiceaudit.targets.base import TargetConfig
 from voiceaudit.targets.websocket import PcmWebSocketTarget
+
+# the tests' helpers serve the bench scripts too
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers import serve_local
 
 RATE = 16000
 #: consecutive all-zero frames (20 ms) after speech that end the caller's turn
@@ -63,14 +67,8 @@ def _echo(port_q: mp.Queue) -> None:  # type: ignore[type-arg]
         return ws
 
     async def main() -> None:
-        app = web.Application()
-        app.router.add_get("/v1/pcm", handler)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        await web.SockSite(runner, sock).start()
-        port_q.put(sock.getsockname()[1])
+        _runner, port = await serve_local("/v1/pcm", handler)
+        port_q.put(port)
         await asyncio.Event().wait()
 
     asyncio.run(main())

@@ -17,7 +17,6 @@ import asyncio
 import base64
 import json
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from aiohttp import web
+from helpers import serve_local
 
 from voiceaudit.analysis.network import join_capture
 from voiceaudit.capture.dumpcap import Dumpcap
@@ -71,14 +71,8 @@ async def _handler(request: web.Request) -> web.WebSocketResponse:
 
 def _serve(port_box: list[int], stop: threading.Event) -> None:
     async def main() -> None:
-        app = web.Application()
-        app.router.add_get("/v1/realtime", _handler)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        await web.SockSite(runner, sock).start()
-        port_box.append(sock.getsockname()[1])
+        runner, port = await serve_local("/v1/realtime", _handler)
+        port_box.append(port)
         while not stop.is_set():
             await asyncio.sleep(0.05)
         await runner.cleanup()
