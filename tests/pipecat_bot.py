@@ -1,14 +1,33 @@
-"""A real Pipecat 1.14 voice bot, offline, for the end-to-end telemetry test.
+"""A real Pipecat 1.14 voice bot, offline, over Pipecat's WebSocket server transport or its
+SmallWebRTC transport (``--transport websocket|webrtc``), for the end-to-end tests.
 
 Silero VAD (Pipecat's bundled ONNX model) → PocketSphinx STT (in a worker process, so
 decoding never holds the bot's GIL) → a rule-based responder (a Pipecat LLM service that
-streams words at a fixed pace; clearly not a language model) → eSpeak NG TTS, served over
-Pipecat's own WebSocket server transport with its protobuf frame serializer. Pipecat's
-own OpenTelemetry tracing is on; its spans are written as JSON lines of
-``span.to_json()`` and, when ``--otlp`` is given, as one OTLP/JSON document.
+streams words at a fixed pace; clearly not a language model) → eSpeak NG TTS. The two
+transports share these services; what differs is how a client reaches the pipeline.
+
+``websocket`` (the default): Pipecat's own WebSocket server transport with its protobuf
+frame serializer, serving one client; the bot exits (flushing its spans) when that client
+disconnects. Pipecat's own OpenTelemetry tracing and the services' metrics are on; the spans
+are written (``--spans``) as JSON lines of ``span.to_json()`` and, when ``--otlp`` is given,
+as one OTLP/JSON document.
+
+``webrtc``: Pipecat's ``SmallWebRTCTransport``, one pipeline per connection, without
+tracing or service metrics. Signalling mirrors Pipecat's development runner
+(``pipecat/runner/run.py``): ``POST /api/offer`` takes a ``SmallWebRTCRequest`` body
+(``sdp``, ``type``, optional ``pc_id``/``restart_pc``), creates a
+``SmallWebRTCConnection(ice_servers=[])``, initializes it with the offer, starts a bot
+pipeline on it and answers ``{"sdp", "type", "pc_id"}``; ``PATCH /api/offer`` adds trickled
+ICE candidates. The runner itself needs FastAPI, which is not installed here, so this is a
+small aiohttp app doing the same steps. On a loopback host aioice gathers no usable
+candidate unless its host-address lookup returns 127.0.0.1; the bot patches that (like
+voiceaudit does for loopback targets). ``session N ended`` goes to stderr when the pipeline
+of the N-th connection has ended; with ``--max-sessions N`` the bot exits (code 0) once N
+sessions have ended; SIGTERM/SIGINT end it cleanly too.
 
 Fault injection (to show a delay Pipecat's own numbers cannot see): ``--leading-silence-ms``
-prepends silence to each synthesized reply; a comma list (``50,550``) is used in turn.
+prepends silence to each synthesized reply; a comma list (``50,550``) is used in turn
+(across the sessions of a WebRTC bot).
 
 Interruptions (barge-in): Pipecat 1.14 has no ``allow_interruptions`` any more; a user turn
 start strategy decides. Its default strategies (``VADUserTurnStartStrategy``,
@@ -25,9 +44,9 @@ reply (it then lasts 8 to 10 s) so that there is reply left to stop; the WebSock
 transport sends audio at real time (it sleeps one 40 ms chunk's duration after each send),
 so the rest of a reply is still in the bot's queue when the caller barges in.
 
-Run: ``python tests/pipecat_bot.py --port N --spans spans.jsonl``; prints ``READY`` on
-stdout when the server listens, serves one client, and exits (flushing the spans) when
-that client disconnects.
+Run: ``python tests/pipecat_bot.py --port N --spans spans.jsonl`` (WebSocket) or
+``python tests/pipecat_bot.py --transport webrtc --port 0``; either prints ``READY <port>``
+on stdout when the server listens. Tests start it through ``servers.PipecatBot``.
 
 Test support code: the services are deliberately small and offline.
 """
@@ -40,6 +59,8 @@ import concurrent.futures
 import ctypes
 import json
 import multiprocessing
+import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncGenerator
@@ -158,9 +179,6 @@ def reply_for(text: str, long: bool = False) -> str:
     return head + LONG_REPLY if long else head
 
 
-# -- span files ------------------------------------------------------------------------------
-
-
 def _all_none(cls: Any, **given: Any) -> Any:
     """A Pipecat settings object with every field given (None where unsupported)."""
     import dataclasses
@@ -169,13 +187,29 @@ def _all_none(cls: Any, **given: Any) -> Any:
     return cls(**{n: given.get(n) for n in names})
 
 
-def _build(args: argparse.Namespace, pool: concurrent.futures.Executor) -> Any:
-    """Import Pipecat and build the services (kept out of module scope for spawn)."""
-    from opentelemetry.sdk.trace import ReadableSpan
-    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+class Voice:
+    """The bot's eSpeak NG (warmed up) and ``--leading-silence-ms``: the silence before
+    each reply, taken in turn across every session of the process."""
+
+    def __init__(self, leading_silence_ms: str) -> None:
+        self.espeak = Espeak()
+        _resample(self.espeak.synth("ready"), self.espeak.rate, 16000)  # warm up
+        self.plan = [int(x) for x in leading_silence_ms.split(",") if x.strip()] or [0]
+        self.replies = 0
+
+    def next_silence_ms(self) -> int:
+        """The silence to prepend to the next reply."""
+        silence = self.plan[self.replies % len(self.plan)]
+        self.replies += 1
+        return silence
+
+
+def _service_classes(
+    pool: concurrent.futures.Executor, voice: Voice, metrics: bool
+) -> tuple[type[Any], type[Any], type[Any]]:
+    """The three offline Pipecat services (STT, LLM, TTS). Their tracing decorators act
+    only when the pipeline has tracing on; ``metrics``: they report Pipecat metrics."""
     from pipecat.adapters.llm.services.open_ai_adapter import OpenAILLMAdapter
-    from pipecat.audio.vad.silero import SileroVADAnalyzer
-    from pipecat.audio.vad.vad_analyzer import VADParams
     from pipecat.frames.frames import (
         ErrorFrame,
         Frame,
@@ -186,50 +220,13 @@ def _build(args: argparse.Namespace, pool: concurrent.futures.Executor) -> Any:
         TranscriptionFrame,
         TTSAudioRawFrame,
     )
-    from pipecat.pipeline.pipeline import Pipeline
-    from pipecat.pipeline.worker import PipelineParams, PipelineWorker
-    from pipecat.processors.aggregators.llm_context import LLMContext
-    from pipecat.processors.aggregators.llm_response_universal import (
-        LLMContextAggregatorPair,
-        LLMUserAggregatorParams,
-    )
     from pipecat.processors.frame_processor import FrameDirection
-    from pipecat.processors.frameworks.rtvi import RTVIObserverParams
-    from pipecat.serializers.protobuf import ProtobufFrameSerializer
     from pipecat.services.llm_service import LLMService
-    from pipecat.services.settings import LLMSettings, STTSettings, TTSSettings
+    from pipecat.services.settings import LLMSettings, TTSSettings
     from pipecat.services.stt_service import STTService
     from pipecat.services.tts_service import TTSService
-    from pipecat.transports.websocket.server import (
-        SingleClientWebsocketServerParams,
-        SingleClientWebsocketServerTransport,
-    )
-    from pipecat.turns.user_start import (
-        TranscriptionUserTurnStartStrategy,
-        VADUserTurnStartStrategy,
-    )
-    from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
-    from pipecat.turns.user_turn_strategies import UserTurnStrategies
     from pipecat.utils.time import time_now_iso8601
     from pipecat.utils.tracing.service_decorators import traced_llm, traced_stt, traced_tts
-    from pipecat.utils.tracing.setup import setup_tracing
-
-    class JsonLinesExporter(SpanExporter):
-        """One ``span.to_json()`` per line (what Pipecat users get from a file exporter)."""
-
-        def __init__(self, path: Path) -> None:
-            self.f = path.open("w", encoding="utf-8")
-            self.spans: list[ReadableSpan] = []
-
-        def export(self, spans: Any) -> SpanExportResult:
-            for s in spans:
-                self.f.write(json.dumps(json.loads(s.to_json())) + "\n")
-                self.spans.append(s)
-            self.f.flush()
-            return SpanExportResult.SUCCESS
-
-        def shutdown(self) -> None:
-            self.f.close()
 
     class PocketSphinxSTTService(STTService):
         """Streaming: audio is decoded while the user speaks (from a 0.5 s pre-roll before
@@ -242,7 +239,7 @@ def _build(args: argparse.Namespace, pool: concurrent.futures.Executor) -> Any:
             self._final: asyncio.Task[None] | None = None
 
         def can_generate_metrics(self) -> bool:
-            return True
+            return metrics
 
         @traced_stt
         async def _handle_transcription(
@@ -295,7 +292,7 @@ def _build(args: argparse.Namespace, pool: concurrent.futures.Executor) -> Any:
             self._long = long_reply
 
         def can_generate_metrics(self) -> bool:
-            return True
+            return metrics
 
         async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
             await super().process_frame(frame, direction)
@@ -328,32 +325,27 @@ def _build(args: argparse.Namespace, pool: concurrent.futures.Executor) -> Any:
                 await self.push_frame(LLMTextFrame(word if i == 0 else " " + word))
 
     class EspeakTTSService(TTSService):
-        def __init__(self, leading_silence_ms: list[int], **kwargs: Any) -> None:
+        def __init__(self, **kwargs: Any) -> None:
             super().__init__(
                 push_start_frame=True,
                 push_stop_frames=True,
                 settings=TTSSettings(model="espeak-ng", voice="en-us", language="en"),
                 **kwargs,
             )
-            self._espeak = Espeak()
-            _resample(self._espeak.synth("ready"), self._espeak.rate, 16000)  # warm up
-            self._silence_ms = leading_silence_ms or [0]
-            self._replies = 0
             self._context: str | None = None
 
         def can_generate_metrics(self) -> bool:
-            return True
+            return metrics
 
         @traced_tts
         async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
             try:
                 await self.start_tts_usage_metrics(text)
-                pcm = await asyncio.to_thread(self._espeak.synth, text)
-                pcm = _resample(pcm, self._espeak.rate, self.sample_rate)
+                pcm = await asyncio.to_thread(voice.espeak.synth, text)
+                pcm = _resample(pcm, voice.espeak.rate, self.sample_rate)
                 if context_id != self._context:  # a reply: one audio context, many sentences
                     self._context = context_id
-                    silence = self._silence_ms[self._replies % len(self._silence_ms)]
-                    self._replies += 1
+                    silence = voice.next_silence_ms()
                     pcm = bytes(2 * (self.sample_rate * silence // 1000)) + pcm
                 await self.stop_ttfb_metrics()
                 step = self.sample_rate // 10 * 2  # 100 ms pieces
@@ -369,32 +361,45 @@ def _build(args: argparse.Namespace, pool: concurrent.futures.Executor) -> Any:
             finally:
                 await self.stop_ttfb_metrics()
 
-    exporter = JsonLinesExporter(Path(args.spans))
-    setup_tracing(service_name="voiceaudit-pipecat-bot", exporter=exporter)
+    return PocketSphinxSTTService, RuleResponderLLM, EspeakTTSService
 
-    transport = SingleClientWebsocketServerTransport(
-        params=SingleClientWebsocketServerParams(
-            serializer=ProtobufFrameSerializer(),
-            audio_in_enabled=True,
-            audio_out_enabled=True,
-            allowed_origins=[],
-        ),
-        host="127.0.0.1",
-        port=args.port,
+
+def _worker(
+    args: argparse.Namespace,
+    transport: Any,
+    services: tuple[type[Any], type[Any], type[Any]],
+    **worker_options: Any,
+) -> Any:
+    """Pipecat's pipeline of the services between ``transport``'s input and output, in a
+    worker that runs until cancelled."""
+    from pipecat.audio.vad.silero import SileroVADAnalyzer
+    from pipecat.audio.vad.vad_analyzer import VADParams
+    from pipecat.pipeline.pipeline import Pipeline
+    from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+    from pipecat.processors.aggregators.llm_context import LLMContext
+    from pipecat.processors.aggregators.llm_response_universal import (
+        LLMContextAggregatorPair,
+        LLMUserAggregatorParams,
     )
-    stt = PocketSphinxSTTService(
+    from pipecat.services.settings import STTSettings
+    from pipecat.turns.user_start import (
+        TranscriptionUserTurnStartStrategy,
+        VADUserTurnStartStrategy,
+    )
+    from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
+    from pipecat.turns.user_turn_strategies import UserTurnStrategies
+
+    stt_cls, llm_cls, tts_cls = services
+    stt = stt_cls(
         settings=STTSettings(model="pocketsphinx-en-us", language="en"),
         ttfs_p99_latency=0.3,
     )
-    llm = RuleResponderLLM(
+    llm = llm_cls(
         word_ms=args.word_ms, first_token_ms=args.first_token_ms, long_reply=args.long_reply
     )
-    tts = EspeakTTSService(
-        leading_silence_ms=[int(x) for x in args.leading_silence_ms.split(",") if x.strip()]
-    )
-    context = LLMContext()
+    tts = tts_cls()
     pair = LLMContextAggregatorPair(
-        context,
+        LLMContext(),
         user_params=LLMUserAggregatorParams(
             vad_analyzer=SileroVADAnalyzer(params=VADParams(stop_secs=args.vad_stop_ms / 1000)),
             # Pipecat's default end-of-turn model (Smart Turn) is real but CPU-hungry; on a
@@ -424,9 +429,70 @@ def _build(args: argparse.Namespace, pool: concurrent.futures.Executor) -> Any:
             audio_out_sample_rate=args.out_rate,
             enable_metrics=True,
         ),
+        idle_timeout_secs=None,
+        **worker_options,
+    )
+
+    async def _gone(transport: Any, client: Any) -> None:
+        await worker.cancel()
+
+    transport.add_event_handler("on_client_disconnected", _gone)
+    return worker
+
+
+# -- WebSocket: one client, traced -----------------------------------------------------------
+
+
+def _websocket_bot(
+    args: argparse.Namespace, pool: concurrent.futures.Executor, voice: Voice
+) -> tuple[Any, Any]:
+    """The traced WebSocket bot's worker and its span exporter."""
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+    from pipecat.processors.frameworks.rtvi import RTVIObserverParams
+    from pipecat.serializers.protobuf import ProtobufFrameSerializer
+    from pipecat.transports.websocket.server import (
+        SingleClientWebsocketServerParams,
+        SingleClientWebsocketServerTransport,
+    )
+    from pipecat.utils.tracing.setup import setup_tracing
+
+    class JsonLinesExporter(SpanExporter):
+        """One ``span.to_json()`` per line (what Pipecat users get from a file exporter)."""
+
+        def __init__(self, path: Path) -> None:
+            self.f = path.open("w", encoding="utf-8")
+            self.spans: list[ReadableSpan] = []
+
+        def export(self, spans: Any) -> SpanExportResult:
+            for s in spans:
+                self.f.write(json.dumps(json.loads(s.to_json())) + "\n")
+                self.spans.append(s)
+            self.f.flush()
+            return SpanExportResult.SUCCESS
+
+        def shutdown(self) -> None:
+            self.f.close()
+
+    exporter = JsonLinesExporter(Path(args.spans))
+    setup_tracing(service_name="voiceaudit-pipecat-bot", exporter=exporter)
+
+    transport = SingleClientWebsocketServerTransport(
+        params=SingleClientWebsocketServerParams(
+            serializer=ProtobufFrameSerializer(),
+            audio_in_enabled=True,
+            audio_out_enabled=True,
+            allowed_origins=[],
+        ),
+        host=args.host,
+        port=args.port,
+    )
+    worker = _worker(
+        args,
+        transport,
+        _service_classes(pool, voice, metrics=True),
         enable_tracing=True,
         conversation_id=args.conversation_id,
-        idle_timeout_secs=None,
         # RTVI's VAD messages give the client the endpoint mark (off by default).
         rtvi_observer_params=RTVIObserverParams(vad_user_speaking_enabled=True),
     )
@@ -438,34 +504,28 @@ def _build(args: argparse.Namespace, pool: concurrent.futures.Executor) -> Any:
         # one span per exchange shorten it (there is no public parameter for it).
         tracker._turn_end_timeout_secs = args.turn_end_timeout
 
-    @transport.event_handler("on_client_disconnected")
-    async def _gone(transport: Any, ws: Any) -> None:
-        await worker.cancel()
-
     @transport.event_handler("on_websocket_ready")
     async def _ready(transport: Any) -> None:
-        print("READY", flush=True)
+        print(f"READY {args.port}", flush=True)
 
     return worker, exporter
 
 
-async def _main(args: argparse.Namespace) -> None:
+async def _serve_websocket(
+    args: argparse.Namespace, pool: concurrent.futures.Executor, voice: Voice
+) -> None:
     from opentelemetry import trace
     from pipecat.workers.runner import WorkerRunner
 
-    ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx, initializer=_asr_init) as pool:
-        # Load the model before the server opens, so the first turn is not slower.
-        await asyncio.get_running_loop().run_in_executor(pool, _asr_warm)
-        worker, exporter = _build(args, pool)
-        runner = WorkerRunner(handle_sigint=True)
-        await runner.add_workers(worker)
-        await runner.run()
-        provider = trace.get_tracer_provider()
-        provider.force_flush()  # type: ignore[attr-defined]
-        if args.otlp:
-            _write_otlp(exporter.spans, Path(args.otlp))
-        provider.shutdown()  # type: ignore[attr-defined]
+    worker, exporter = _websocket_bot(args, pool, voice)
+    runner = WorkerRunner(handle_sigint=True)
+    await runner.add_workers(worker)
+    await runner.run()
+    provider = trace.get_tracer_provider()
+    provider.force_flush()  # type: ignore[attr-defined]
+    if args.otlp:
+        _write_otlp(exporter.spans, Path(args.otlp))
+    provider.shutdown()  # type: ignore[attr-defined]
 
 
 def _write_otlp(spans: list[Any], path: Path) -> None:
@@ -487,12 +547,156 @@ def _write_otlp(spans: list[Any], path: Path) -> None:
     path.write_text(json.dumps(doc))
 
 
+# -- WebRTC: SmallWebRTC signalling, one pipeline per connection --------------------------------
+
+
+def _loopback_ice() -> None:
+    import aioice.ice
+
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
+
+
+class BotServer:
+    """The signalling app and the bots it runs (one Pipecat pipeline per connection)."""
+
+    def __init__(
+        self, args: argparse.Namespace, pool: concurrent.futures.Executor, voice: Voice
+    ) -> None:
+        self.args = args
+        self.connections: dict[str, Any] = {}
+        self.bots: set[asyncio.Task[None]] = set()
+        self.sessions_started = 0
+        self.sessions_ended = 0
+        self.done = asyncio.Event()
+        self._services = _service_classes(pool, voice, metrics=False)
+
+    # -- signalling (mirrors pipecat/runner/run.py and SmallWebRTCRequestHandler) ---------
+
+    async def offer(self, request: Any) -> Any:
+        from aiohttp import web
+        from pipecat.transports.smallwebrtc.connection import SmallWebRTCConnection
+
+        try:
+            body = await request.json()
+            sdp, kind = body["sdp"], body["type"]
+        except (ValueError, KeyError, TypeError):
+            return web.json_response({"error": "expected JSON {sdp, type}"}, status=400)
+        pc_id = body.get("pc_id")
+        conn = self.connections.get(pc_id) if pc_id else None
+        if conn is not None:
+            await conn.renegotiate(sdp=sdp, type=kind, restart_pc=bool(body.get("restart_pc")))
+        else:
+            conn = SmallWebRTCConnection(ice_servers=[])
+            await conn.initialize(sdp=sdp, type=kind)
+
+            async def _closed(c: Any) -> None:
+                self.connections.pop(c.pc_id, None)
+
+            conn.add_event_handler("closed", _closed)
+            self.sessions_started += 1
+            task = asyncio.create_task(self._run_bot(conn, self.sessions_started))
+            self.bots.add(task)
+            task.add_done_callback(self.bots.discard)
+        answer = conn.get_answer()
+        if answer is None:
+            return web.json_response({"error": "no SDP answer"}, status=500)
+        self.connections[answer["pc_id"]] = conn
+        return web.json_response(answer)
+
+    async def patch(self, request: Any) -> Any:
+        from aiohttp import web
+        from aiortc.sdp import candidate_from_sdp
+
+        body = await request.json()
+        conn = self.connections.get(body.get("pc_id"))
+        if conn is None:
+            return web.json_response({"error": "Peer connection not found"}, status=404)
+        for c in body.get("candidates", []):
+            candidate = None  # an empty candidate: end of candidates (RFC 8840)
+            if c.get("candidate"):
+                candidate = candidate_from_sdp(c["candidate"])
+                candidate.sdpMid = c.get("sdp_mid")
+                candidate.sdpMLineIndex = c.get("sdp_mline_index")
+            await conn.add_ice_candidate(candidate)
+        return web.json_response({"status": "success"})
+
+    # -- one bot per connection ------------------------------------------------------------
+
+    async def _run_bot(self, connection: Any, number: int) -> None:
+        from pipecat.transports.base_transport import TransportParams
+        from pipecat.transports.smallwebrtc.transport import SmallWebRTCTransport
+        from pipecat.workers.runner import WorkerRunner
+
+        try:
+            transport = SmallWebRTCTransport(
+                webrtc_connection=connection,
+                params=TransportParams(audio_in_enabled=True, audio_out_enabled=True),
+            )
+            worker = _worker(self.args, transport, self._services)
+            runner = WorkerRunner(handle_sigint=False)
+            await runner.add_workers(worker)
+            await runner.run()
+        finally:
+            self.sessions_ended += 1
+            print(f"session {number} ended", file=sys.stderr, flush=True)
+            if self.args.max_sessions and self.sessions_ended >= self.args.max_sessions:
+                self.done.set()
+
+    async def close(self) -> None:
+        for conn in list(self.connections.values()):
+            await conn.disconnect()
+        for task in list(self.bots):
+            task.cancel()
+        await asyncio.gather(*self.bots, return_exceptions=True)
+
+
+async def _serve_webrtc(
+    args: argparse.Namespace, pool: concurrent.futures.Executor, voice: Voice
+) -> None:
+    from aiohttp import web
+
+    if args.host in ("127.0.0.1", "localhost", "::1"):
+        _loopback_ice()
+    loop = asyncio.get_running_loop()
+    server = BotServer(args, pool, voice)
+    app = web.Application()
+    app.router.add_post("/api/offer", server.offer)
+    app.router.add_patch("/api/offer", server.patch)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((args.host, args.port))
+    await web.SockSite(runner, sock).start()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, server.done.set)
+    print(f"READY {sock.getsockname()[1]}", flush=True)
+    try:
+        await server.done.wait()
+    finally:
+        await server.close()
+        await runner.cleanup()
+
+
+async def _main(args: argparse.Namespace) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx, initializer=_asr_init) as pool:
+        # Load the model and warm the synthesizer before the server opens, so the first
+        # turn is not slower.
+        await asyncio.get_running_loop().run_in_executor(pool, _asr_warm)
+        voice = Voice(args.leading_silence_ms)
+        serve = _serve_websocket if args.transport == "websocket" else _serve_webrtc
+        await serve(args, pool, voice)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--spans", required=True)
-    ap.add_argument("--otlp")
+    ap.add_argument("--transport", choices=("websocket", "webrtc"), default="websocket")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0, help="webrtc: 0 is any free port (printed)")
+    ap.add_argument("--spans", help="websocket: the span file (JSON lines), required")
+    ap.add_argument("--otlp", help="websocket: the spans as one OTLP/JSON document too")
     ap.add_argument("--conversation-id", default="voiceaudit-e2e")
+    ap.add_argument("--max-sessions", type=int, default=0, help="webrtc: exit after N sessions")
     ap.add_argument("--out-rate", type=int, default=16000)
     ap.add_argument("--vad-stop-ms", type=int, default=200)
     ap.add_argument("--word-ms", type=int, default=30)
@@ -517,6 +721,8 @@ def main(argv: list[str] | None = None) -> int:
         help="two more sentences in every reply (8-10 s in all)",
     )
     args = ap.parse_args(argv)
+    if args.transport == "websocket" and (not args.port or not args.spans):
+        ap.error("--transport websocket needs --port and --spans")
     from loguru import logger
 
     logger.remove()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import shutil
 import statistics
 import subprocess
 from decimal import Decimal
@@ -26,18 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from servers import capture_marks
 
-from voiceaudit.capture.dumpcap import Dumpcap, capture_rights_problem
+from voiceaudit.capture.dumpcap import Dumpcap
 from voiceaudit.impair import impaired, parse_impairment, read_record
 from voiceaudit.impair.udp import classify
 
-pytestmark = [
-    pytest.mark.capture,
-    pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("dumpcap") is None, reason="dumpcap not installed"),
-    pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed"),
-    pytest.mark.skipif(capture_rights_problem() is not None, reason="no capture rights here"),
-]
+pytestmark = capture_marks()
 
 MS = 1_000_000
 UTTERANCES = ("01_weather.wav", "03_lights.wav", "05_joke.wav", "06_thanks.wav")
@@ -86,7 +80,7 @@ async def _record(base: Path, served: Any) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from test_reference_support import serve_many
+    from servers import serve_many
 
     base = tmp_path_factory.mktemp("impair")
     # The pipeline runs in its own process (voiceaudit serve), as a real target would:

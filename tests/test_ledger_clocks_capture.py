@@ -24,8 +24,6 @@ import asyncio
 import base64
 import json
 import shutil
-import socket
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -33,19 +31,13 @@ from typing import Any
 import numpy as np
 import pytest
 from aiohttp import web
+from servers import EnergyEndpointer, LoopbackServer, appended_pcm, capture_marks
 
-from voiceaudit.capture.dumpcap import capture_rights_problem
 from voiceaudit.cli import run
 from voiceaudit.errors import ExitCode
 from voiceaudit.trace_io import read_trace
 
-pytestmark = [
-    pytest.mark.capture,
-    pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("dumpcap") is None, reason="dumpcap not installed"),
-    pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed"),
-    pytest.mark.skipif(capture_rights_problem() is not None, reason="no capture rights here"),
-]
+pytestmark = capture_marks()
 
 MS = 1_000_000
 RATE = 24000
@@ -55,7 +47,7 @@ TURNS = 3
 AUDIO_AFTER_CREATED_S = 0.02
 
 
-class Server:
+class Server(LoopbackServer):
     """Standard GA events only; per turn, when it wrote its first audio delta, and the
     arrival and sample range of every input chunk (per connection)."""
 
@@ -64,16 +56,14 @@ class Server:
         self.chunks: list[list[tuple[int, int, int]]] = []
         #: per turn (in order): monotonic ns just before the first audio delta was written
         self.first_audio: list[int] = []
-        self.port = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
 
     async def handler(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         chunks: list[tuple[int, int, int]] = []
         self.chunks.append(chunks)
-        pos = speech = quiet = 0
+        pos = 0
+        vad = EnergyEndpointer(RATE)
         replying: asyncio.Task[None] | None = None
 
         async def send(ev: dict[str, Any]) -> None:
@@ -109,49 +99,16 @@ class Server:
             if ev["type"] == "session.update":
                 await send({"type": "session.created", "session": {}})
             elif ev["type"] == "input_audio_buffer.append":
-                x = np.frombuffer(base64.b64decode(ev["audio"]), "<i2").astype(np.float64)
+                x = appended_pcm(ev)
                 chunks.append((time.monotonic_ns(), pos, pos + x.size))
                 pos += x.size
-                loud = x.size > 0 and float(np.sqrt(np.mean(x * x))) > 300.0
-                if loud:
-                    speech += 1
-                    quiet = 0
-                elif speech:
-                    quiet += 1000 * x.size // RATE
-                    if quiet >= 300 and (replying is None or replying.done()):
-                        speech = quiet = 0
-                        replying = asyncio.ensure_future(reply())
+                vad.feed(x)
+                if vad.turn_ended and (replying is None or replying.done()):
+                    vad.reset()
+                    replying = asyncio.ensure_future(reply())
         if replying is not None and not replying.done():
             await replying
         return ws
-
-    def _serve(self) -> None:
-        async def main() -> None:
-            app = web.Application()
-            app.router.add_get("/v1/realtime", self.handler)
-            runner = web.AppRunner(app)
-            await runner.setup()
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            await web.SockSite(runner, sock).start()
-            self.port = sock.getsockname()[1]
-            while not self._stop.is_set():
-                await asyncio.sleep(0.05)
-            await runner.cleanup()
-
-        asyncio.run(main())
-
-    def __enter__(self) -> Server:
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self.port and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert self.port
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
 
     def speech_end_seen(self, conn: int, sample: int) -> int:
         """When the input's sample ``sample`` (the first after the speech) reached the

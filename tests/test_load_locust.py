@@ -18,7 +18,6 @@ import importlib.util
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from reference_server import serve
+from servers import free_port, serve
 
 # Only look for it: importing locust here would gevent-monkey-patch this whole pytest
 # process (threads become greenlets), breaking every later test that uses threads.
@@ -47,14 +46,14 @@ def reference() -> Iterator[str]:
     """The reference pipeline's Realtime URL, served by ``voiceaudit serve``, with 200 ms
     of silence before every reply's speech: voice-to-voice (first audible sample) is then
     at least 200 ms more than first-byte (first reply byte) in every turn, by the audio."""
-    with serve("--inject", f"leading-silence={LEADING_SILENCE_MS}ms", timeout_s=120) as (_, url):
-        yield url
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    with serve(
+        "--inject",
+        f"leading-silence={LEADING_SILENCE_MS}ms",
+        asr_workers=None,
+        timeout=120,
+        stop_s=30,
+    ) as server:
+        yield server.realtime
 
 
 class Swarm:
@@ -66,7 +65,7 @@ class Swarm:
         self.csv = tmp / "stats"
         locustfile = tmp / "locustfile.py"
         locustfile.write_text(LOCUSTFILE)
-        port = _free_port()
+        port = free_port()
         common = [sys.executable, "-m", "locust", "-f", str(locustfile)]
         self.master = self._spawn(
             "master",
@@ -136,6 +135,22 @@ def _report(directory: Path) -> tuple[dict[str, Any], str]:
     assert run.returncode == 0, run.stderr
     assert "Traceback" not in run.stderr, run.stderr
     return json.loads(run.stdout), run.stderr
+
+
+def _locust_headless(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``locust -f locustfile.py --headless ARGS`` in ``tmp_path`` (voiceaudit's locustfile
+    written there); its output captured."""
+    (tmp_path / "locustfile.py").write_text(LOCUSTFILE)
+    return subprocess.run(
+        [sys.executable, "-m", "locust", "-f", "locustfile.py", "--headless", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=env,
+    )
 
 
 def _no_tracebacks(swarm: Swarm, names: list[str]) -> None:
@@ -251,12 +266,11 @@ def test_worker_killed_mid_run_leaves_its_finished_turns(tmp_path: Path, referen
 
 
 def test_bad_arguments_one_line_exit_2(tmp_path: Path) -> None:
-    (tmp_path / "locustfile.py").write_text(LOCUSTFILE)
-    run = subprocess.run(
-        [sys.executable, "-m", "locust", "-f", "locustfile.py", "--headless", "-u", "1",
-         "-t", "1s", "--va-target", "ws://127.0.0.1:9/v1/realtime", "--va-protocol", "nope"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
-    )  # fmt: skip
+    run = _locust_headless(
+        tmp_path,
+        *("-u", "1", "-t", "1s", "--va-target", "ws://127.0.0.1:9/v1/realtime"),
+        *("--va-protocol", "nope"),
+    )
     assert run.returncode == 2, run.stderr
     assert "Traceback" not in run.stderr, run.stderr
     lines = [ln for ln in run.stderr.splitlines() if "error: voiceaudit:" in ln]
@@ -264,13 +278,11 @@ def test_bad_arguments_one_line_exit_2(tmp_path: Path) -> None:
 
 
 def test_api_key_is_an_environment_variable_name(tmp_path: Path) -> None:
-    (tmp_path / "locustfile.py").write_text(LOCUSTFILE)
-    run = subprocess.run(
-        [sys.executable, "-m", "locust", "-f", "locustfile.py", "--headless", "-u", "1",
-         "-t", "1s", "--va-target", "ws://127.0.0.1:9/v1/realtime",
-         "--va-api-key-env", "sk-not-a-name/123"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
-    )  # fmt: skip
+    run = _locust_headless(
+        tmp_path,
+        *("-u", "1", "-t", "1s", "--va-target", "ws://127.0.0.1:9/v1/realtime"),
+        *("--va-api-key-env", "sk-not-a-name/123"),
+    )
     assert run.returncode == 2, run.stderr
     assert "Traceback" not in run.stderr, run.stderr
     assert "NAME of an environment variable" in run.stderr
@@ -296,13 +308,11 @@ def test_import_without_locust_says_which_extra() -> None:
 def test_audio_missing_on_a_worker_one_line(tmp_path: Path) -> None:
     """An argument that fails only where users run (here: the audio file): one line, the
     documented exit code (3, an input file), no traceback, no users."""
-    (tmp_path / "locustfile.py").write_text(LOCUSTFILE)
-    run = subprocess.run(
-        [sys.executable, "-m", "locust", "-f", "locustfile.py", "--headless", "-u", "2",
-         "-t", "3s", "--va-target", "ws://127.0.0.1:9/v1/realtime",
-         "--va-audio", str(tmp_path / "missing.wav"), "--va-out", str(tmp_path / "traces")],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
-    )  # fmt: skip
+    run = _locust_headless(
+        tmp_path,
+        *("-u", "2", "-t", "3s", "--va-target", "ws://127.0.0.1:9/v1/realtime"),
+        *("--va-audio", str(tmp_path / "missing.wav"), "--va-out", str(tmp_path / "traces")),
+    )
     assert run.returncode == 3, run.stderr
     assert "Traceback" not in run.stderr, run.stderr
     lines = [ln for ln in run.stderr.splitlines() if "error: voiceaudit:" in ln]
@@ -312,15 +322,13 @@ def test_audio_missing_on_a_worker_one_line(tmp_path: Path) -> None:
 
 def test_api_key_never_reaches_a_trace_or_log(tmp_path: Path, reference: str) -> None:
     key = "sk-voiceaudit-locust-test-0123456789abcdef"
-    (tmp_path / "locustfile.py").write_text(LOCUSTFILE)
     out = tmp_path / "traces"
-    run = subprocess.run(
-        [sys.executable, "-m", "locust", "-f", "locustfile.py", "--headless", "-u", "1",
-         "-t", "6s", "--va-target", reference, "--va-api-key-env", "VA_TEST_KEY",
-         "--va-out", str(out), "--csv", str(tmp_path / "stats"), "--loglevel", "DEBUG"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    run = _locust_headless(
+        tmp_path,
+        *("-u", "1", "-t", "6s", "--va-target", reference, "--va-api-key-env", "VA_TEST_KEY"),
+        *("--va-out", str(out), "--csv", str(tmp_path / "stats"), "--loglevel", "DEBUG"),
         env={**os.environ, "VA_TEST_KEY": key},
-    )  # fmt: skip
+    )
     assert run.returncode in (0, 1), run.stderr
     assert "Traceback" not in run.stderr, run.stderr
     assert key not in run.stdout + run.stderr

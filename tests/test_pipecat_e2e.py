@@ -10,14 +10,11 @@ see, so "measured - reported" must grow by 500 ms on odd turns.
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 from pipecat_capture import realdata
+from servers import PipecatBot
 from test_export import check_trace_event_format
 
 from voiceaudit.cli import run as cli
@@ -33,47 +30,7 @@ from voiceaudit.targets import registry
 from voiceaudit.trace_io import read_trace
 
 MS = NS_PER_MS
-BOT = Path(__file__).with_name("pipecat_bot.py")
 SPEECH = "pocketsphinx_sense_and_sensibility_01_austen_64kb-0880.wav"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_bot(tmp: Path, port: int) -> subprocess.Popen[str]:
-    log = (tmp / "bot.log").open("w")
-    bot = subprocess.Popen(
-        [
-            sys.executable,
-            str(BOT),
-            "--port",
-            str(port),
-            "--spans",
-            str(tmp / "spans.jsonl"),
-            "--otlp",
-            str(tmp / "spans.otlp.json"),
-            "--leading-silence-ms",
-            "50,550",
-            "--turn-end-timeout",
-            "0.3",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-    )
-    assert bot.stdout is not None
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        line = bot.stdout.readline()
-        if line.strip() == "READY":
-            return bot
-        if not line and bot.poll() is not None:
-            break
-    bot.kill()
-    raise AssertionError("the Pipecat bot did not start:\n" + (tmp / "bot.log").read_text()[-3000:])
 
 
 @pytest.mark.slow
@@ -88,15 +45,19 @@ def test_real_pipecat_bot_framework_vs_heard(
         "pipecat-websocket",
         "voiceaudit.targets.pipecat_ws:PipecatWebSocketTarget",
     )
-    port = free_port()
-    bot = start_bot(tmp_path, port)
-    try:
+    # the bot (fault injection: 50 ms, then 550 ms of silence before each reply's speech)
+    bot = PipecatBot(
+        tmp_path / "bot.log",
+        *("--spans", str(tmp_path / "spans.jsonl"), "--otlp", str(tmp_path / "spans.otlp.json")),
+        *("--leading-silence-ms", "50,550", "--turn-end-timeout", "0.3"),
+    )
+    with bot:
         rc = cli(
             [
                 "run",
                 str(speech),
                 "--target",
-                f"ws://127.0.0.1:{port}",
+                bot.url,
                 "--protocol",
                 "pipecat-websocket",
                 "--repeat",
@@ -109,11 +70,7 @@ def test_real_pipecat_bot_framework_vs_heard(
         out = capsys.readouterr().out
         assert rc == 0, out
         # the bot ends its pipeline (flushing its spans) when the client disconnects
-        assert bot.wait(timeout=60) == 0, (tmp_path / "bot.log").read_text()[-3000:]
-    finally:
-        if bot.poll() is None:
-            bot.kill()
-            bot.wait()
+        assert bot.proc.wait(timeout=60) == 0, bot.log_tail()
     summary = json.loads(out[out.index("{") :])
     assert summary["ok"] == 4
 

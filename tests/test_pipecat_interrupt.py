@@ -18,64 +18,23 @@ shorter (its audio is paced by its duration).
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pipecat_capture import realdata
+from servers import PipecatBot
 
 from voiceaudit.cli import run as cli
 from voiceaudit.clock import NS_PER_MS, NS_PER_S
 from voiceaudit.model import Event
 from voiceaudit.trace_io import read_trace
 
-BOT = Path(__file__).with_name("pipecat_bot.py")
 #: real speech: a LibriVox sentence (2.99 s) asked, a card name (1.96 s) said over the reply
 QUESTION = "pocketsphinx_sense_and_sensibility_01_austen_64kb-0880.wav"
 BARGE_IN = "pocketsphinx_cards_002.wav"
 AFTER_REPLY_MS = 800
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_bot(log: Path, port: int, *flags: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            str(BOT),
-            "--port",
-            str(port),
-            "--spans",
-            str(log.with_suffix(".spans.jsonl")),
-            "--long-reply",
-            *flags,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=log.open("w"),
-        text=True,
-    )
-
-
-def wait_ready(bot: subprocess.Popen[str], log: Path) -> None:
-    assert bot.stdout is not None
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        line = bot.stdout.readline()
-        if line.strip() == "READY":
-            return
-        if not line and bot.poll() is not None:
-            break
-    bot.kill()
-    raise AssertionError("the Pipecat bot did not start:\n" + log.read_text()[-3000:])
 
 
 def scenario(tmp: Path, speech: Path) -> Path:
@@ -94,12 +53,7 @@ def scenario(tmp: Path, speech: Path) -> Path:
 
 
 def run_scenario(
-    file: Path,
-    port: int,
-    out: Path,
-    bot: subprocess.Popen[str],
-    log: Path,
-    capsys: pytest.CaptureFixture[str],
+    file: Path, bot: PipecatBot, out: Path, capsys: pytest.CaptureFixture[str]
 ) -> dict[str, Any]:
     rc = cli(
         [
@@ -107,7 +61,7 @@ def run_scenario(
             "--scenario",
             str(file),
             "--target",
-            f"ws://127.0.0.1:{port}",
+            bot.url,
             "--protocol",
             "pipecat-websocket",
             "--out",
@@ -122,7 +76,7 @@ def run_scenario(
     text = capsys.readouterr().out
     assert rc == 0, text
     # the bot ends its pipeline when the client disconnects
-    assert bot.wait(timeout=60) == 0, log.read_text()[-3000:]
+    assert bot.proc.wait(timeout=60) == 0, bot.log_tail()
     summary: dict[str, Any] = json.loads(text[text.index("{") :])
     assert summary["ok"] == 2, summary  # the question, and the barge-in as a turn of its own
     return summary
@@ -148,21 +102,23 @@ def test_real_pipecat_bot_stops_when_interrupted(
 ) -> None:
     pytest.importorskip("pipecat", reason="pipecat-ai is a test dependency")
     file = scenario(tmp_path, realdata() / "speech")
-    p_on, p_off = free_port(), free_port()
-    log_on, log_off = tmp_path / "bot-interruptions.log", tmp_path / "bot-no-interruptions.log"
     # both bots load their models at once; each serves one client and exits
-    on = start_bot(log_on, p_on, "--interruptions")
-    off = start_bot(log_off, p_off, "--no-interruptions")
+    bots = [
+        PipecatBot(
+            tmp_path / f"bot-{name}.log",
+            *("--spans", str(tmp_path / f"bot-{name}.spans.jsonl"), "--long-reply", f"--{name}"),
+        )
+        for name in ("interruptions", "no-interruptions")
+    ]
     try:
-        wait_ready(on, log_on)
-        wait_ready(off, log_off)
-        s_on = run_scenario(file, p_on, tmp_path / "on", on, log_on, capsys)
-        s_off = run_scenario(file, p_off, tmp_path / "off", off, log_off, capsys)
+        on, off = bots
+        on.wait_ready()
+        off.wait_ready()
+        s_on = run_scenario(file, on, tmp_path / "on", capsys)
+        s_off = run_scenario(file, off, tmp_path / "off", capsys)
     finally:
-        for bot in (on, off):
-            if bot.poll() is None:
-                bot.kill()
-                bot.wait()
+        for bot in bots:
+            bot.stop()
 
     # -- interruptions on: Pipecat cut the reply --------------------------------------
     ev = read_trace(tmp_path / "on" / "trace.jsonl").events

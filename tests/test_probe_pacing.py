@@ -10,20 +10,19 @@ checks instead that the recorded summary is exactly what the turn's own frames g
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from test_probe_python import known_delay_pipeline
+from test_probe_python import known_delay_pipeline, run_pipeline
 
 from voiceaudit.analysis.report import TurnPacing, build_report
 from voiceaudit.clock import NS_PER_MS
 from voiceaudit.data import bundled_dir
 from voiceaudit.pacing_stats import BROKE_NS, HIST_BIN_NS, PacingHistogram, pacing_attrs
-from voiceaudit.probe.runner import ProbeOptions, run_probe
+from voiceaudit.probe.runner import ProbeOptions
 from voiceaudit.probe.utterances import load_utterances
 from voiceaudit.targets.base import TargetConfig
 from voiceaudit.targets.python import Emitter, PythonTarget
@@ -54,15 +53,9 @@ def _late(attrs: dict[str, Any]) -> list[int]:
 
 
 def test_a_held_event_loop_shows_in_pacing_and_marks_the_turn(tmp_path: Path) -> None:
-    files = [bundled_dir() / name for name in ("03_lights.wav", "05_joke.wav")]
-    cfg = TargetConfig(
-        url="python://test_probe_pacing:hold_once_pipeline",
-        protocol="python",
-        options={"rate": "16000"},
-    )
     trace = tmp_path / "trace.jsonl"
     opts = ProbeOptions(gap_ms=100, frame_ms=FRAME_MS)
-    res = asyncio.run(run_probe(PythonTarget(cfg), load_utterances(files), opts, trace))
+    res = run_pipeline("test_probe_pacing:hold_once_pipeline", trace, opts)
     assert [t.ok for t in res.turns] == [True, True], res.turns
 
     floor = (HOLD_MS - FRAME_MS) * NS_PER_MS

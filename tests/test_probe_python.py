@@ -17,7 +17,7 @@ import numpy as np
 
 from voiceaudit.clock import NS_PER_MS
 from voiceaudit.data import bundled_dir
-from voiceaudit.probe.runner import ProbeOptions, run_probe
+from voiceaudit.probe.runner import ProbeOptions, RunResult, run_probe
 from voiceaudit.probe.utterances import load_utterances
 from voiceaudit.targets.base import TargetConfig
 from voiceaudit.targets.python import Emitter, PythonTarget
@@ -62,19 +62,19 @@ async def known_delay_pipeline(frames: AsyncIterator[bytes], emit: Emitter) -> N
         reply_task.cancel()
 
 
+def run_pipeline(pipeline: str, trace: Path, opts: ProbeOptions) -> RunResult:
+    """The probe against ``python://PIPELINE`` at 16 kHz, replaying two bundled
+    utterances (continuous synthesized sentences ending on digital silence)."""
+    files = [bundled_dir() / name for name in ("03_lights.wav", "05_joke.wav")]
+    cfg = TargetConfig(url=f"python://{pipeline}", protocol="python", options={"rate": "16000"})
+    return asyncio.run(run_probe(PythonTarget(cfg), load_utterances(files), opts, trace))
+
+
 def test_probe_recovers_known_voice_to_voice(tmp_path: Path) -> None:
     # Continuous synthesized sentences ending on digital silence: no pause inside them
     # that the crude level detector above could take for the end of the turn.
-    files = [bundled_dir() / name for name in ("03_lights.wav", "05_joke.wav")]
-    cfg = TargetConfig(
-        url="python://test_probe_python:known_delay_pipeline",
-        protocol="python",
-        options={"rate": "16000"},
-    )
     trace = tmp_path / "trace.jsonl"
-    res = asyncio.run(
-        run_probe(PythonTarget(cfg), load_utterances(files), ProbeOptions(gap_ms=100), trace)
-    )
+    res = run_pipeline("test_probe_python:known_delay_pipeline", trace, ProbeOptions(gap_ms=100))
     assert [t.ok for t in res.turns] == [True, True], res.turns
     tr = read_trace(trace)
     for _, turn in tr.finished_turns():

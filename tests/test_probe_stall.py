@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from typing import Any
 import numpy as np
 import pytest
 from aiohttp import WSMsgType, web
+from servers import LoopbackServer
 
 from voiceaudit.audio import first_audible, from_pcm16
 from voiceaudit.model import unbatch
@@ -194,48 +194,18 @@ CODECS: dict[str, Callable[[], _Codec]] = {
 }
 
 
-class StallServer:
+class StallServer(LoopbackServer):
     """A deterministic voice server: answers each caller turn (speech, then
     ``ENDPOINT_MS`` of quiet) with :func:`_reply_pcm`, stops a reply when the caller
     speaks over it, and records what it sent (:class:`SentReply`)."""
 
+    path = "/ws"
+
     def __init__(self, protocol: str) -> None:
         self.protocol = protocol
         self.replies: list[SentReply] = []
-        self._loop = asyncio.new_event_loop()
-        self._started = threading.Event()
-        self._thread = threading.Thread(target=self._main, daemon=True)
-        self.port = 0
 
-    def __enter__(self) -> StallServer:
-        self._thread.start()
-        assert self._started.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
-
-    def _main(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        app = web.Application()
-        app.router.add_get("/ws", self._handler)
-        runner = web.AppRunner(app)
-        self._loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self._started.set()
-        self._loop.run_forever()
-        self._loop.run_until_complete(runner.cleanup())
-
-    async def _handler(self, request: web.Request) -> web.WebSocketResponse:
+    async def handler(self, request: web.Request) -> web.WebSocketResponse:
         codec = CODECS[self.protocol]()
         ws = web.WebSocketResponse(max_msg_size=0)
         await ws.prepare(request)
@@ -423,7 +393,7 @@ def test_a_stall_at_the_first_reply_frame_moves_no_webrtc_arrival(
     were, 30 ms and more late), and the typical frame arrives within 5 ms (Opus encoding,
     the server's packetization, loopback: 0.6-2.8 ms measured); played through a 40 ms
     buffer, the reply has no underrun."""
-    from test_reference_support import serve_many
+    from servers import serve_many
 
     from voiceaudit.data import bundled_dir
     from voiceaudit.probe.runner import ProbeOptions, _Sink, run_probe

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from servers import HandlerServer
 
 from voiceaudit.targets import rxstamp
 from voiceaudit.targets.base import TargetConfig
@@ -60,18 +61,6 @@ class _Sink:
         self.failed.set()
 
 
-async def _serve(handler: Any) -> tuple[web.AppRunner, int]:
-    app = web.Application()
-    app.router.add_get("/pcm", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    server = site._server
-    assert server is not None
-    return runner, server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-
 def test_clock_pair_rereads_a_pair_the_thread_was_interrupted_in() -> None:
     """A wall-clock read that comes 130 µs after its monotonic read (the thread lost the GIL
     between them) would map every kernel stamp 130 µs early: the pair is read again, and
@@ -99,12 +88,11 @@ def test_a_flood_held_back_by_flow_control_arrives_whole_and_in_order() -> None:
         return ws
 
     async def main() -> tuple[_Sink, list[int], bool]:
-        runner, port = await _serve(handler)
+        server = HandlerServer(handler, "/pcm")
+        url = await server.start()
         sink = _Sink()
         read_at: list[int] = []
-        session: Any = PcmWebSocketTarget(
-            TargetConfig(url=f"ws://127.0.0.1:{port}/pcm", protocol="websocket")
-        ).session(sink)
+        session: Any = PcmWebSocketTarget(TargetConfig(url=url, protocol="websocket")).session(sink)
         original = session.on_binary
 
         def slow(t_ns: int, data: bytes) -> None:
@@ -117,7 +105,7 @@ def test_a_flood_held_back_by_flow_control_arrives_whole_and_in_order() -> None:
         tapped = session._stamped is not None
         await asyncio.wait_for(sink.failed.wait(), 60)  # the server closes at the end
         await session.close()
-        await runner.cleanup()
+        await server.stop()
         return sink, read_at, tapped
 
     sink, read_at, tapped = asyncio.run(main())
@@ -147,16 +135,15 @@ def test_a_connection_the_server_drops_fails_the_turn_as_before(how: str) -> Non
         return ws
 
     async def main() -> tuple[_Sink, bool]:
-        runner, port = await _serve(handler)
+        server = HandlerServer(handler, "/pcm")
+        url = await server.start()
         sink = _Sink()
-        session: Any = PcmWebSocketTarget(
-            TargetConfig(url=f"ws://127.0.0.1:{port}/pcm", protocol="websocket")
-        ).session(sink)
+        session: Any = PcmWebSocketTarget(TargetConfig(url=url, protocol="websocket")).session(sink)
         await session.open()
         tapped = session._stamped is not None
         await asyncio.wait_for(sink.failed.wait(), 10)
         await session.close()
-        await runner.cleanup()
+        await server.stop()
         return sink, tapped
 
     sink, tapped = asyncio.run(main())

@@ -15,7 +15,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import socket
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 from aiohttp import web
+from servers import LoopbackServer
 
 from voiceaudit import codecs
 from voiceaudit.errors import TargetError, UsageError
@@ -163,7 +163,7 @@ class Conn:
         return sum(n for _, n in self.appends[1:]) / ((t1 - t0) / 1e9)
 
 
-class FormatServer:
+class FormatServer(LoopbackServer):
     """Realtime events over aiohttp. ``force_in``/``force_out`` (a GA format object; in the
     beta shape its beta string) are declared whatever the client asked; else the request is
     honoured. ``updated=False``: never sends session.updated (``created`` is what its
@@ -191,7 +191,6 @@ class FormatServer:
         self.refuse = refuse
         self.switch_in = switch_in
         self.conns: list[Conn] = []
-        self.runner: web.AppRunner | None = None
 
     def _declare(self, c: Conn) -> dict[str, Any]:
         if c.beta:
@@ -267,21 +266,6 @@ class FormatServer:
             with contextlib.suppress(Exception):
                 await t
         return ws
-
-    async def start(self) -> str:
-        app = web.Application()
-        app.router.add_get("/v1/realtime", self.handler)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        await web.SockSite(self.runner, sock).start()
-        return f"ws://127.0.0.1:{sock.getsockname()[1]}/v1/realtime"
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            with contextlib.suppress(Exception):
-                await self.runner.cleanup()
 
 
 def run(

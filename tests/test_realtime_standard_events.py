@@ -13,13 +13,13 @@ import asyncio
 import base64
 import contextlib
 import json
-import socket
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from aiohttp import web
+from servers import EnergyEndpointer, LoopbackServer, appended_pcm
 
 from voiceaudit.analysis import UNEXPLAINED, build_report
 from voiceaudit.probe.runner import ProbeOptions, run_probe
@@ -51,11 +51,10 @@ def tone(ms: int) -> bytes:
     return x.tobytes()
 
 
-class StandardServer:
+class StandardServer(LoopbackServer):
     """Standard GA (or, with ``OpenAI-Beta: realtime=v1``, beta) events only."""
 
     def __init__(self) -> None:
-        self.runner: web.AppRunner | None = None
         #: per turn: event type -> monotonic ns just before it was sent
         self.sent: list[dict[str, int]] = []
         self.headers: list[dict[str, str]] = []
@@ -99,45 +98,21 @@ class StandardServer:
             await send({"type": names["audio_done"]}, log)
             await send({"type": "response.done", "response": {"status": "completed"}}, log)
 
-        speech = quiet = 0
+        vad = EnergyEndpointer(RATE)
         async for msg in ws:
             ev = json.loads(msg.data)
             if ev["type"] == "session.update":
                 await send({"type": "session.created", "session": {}})
             elif ev["type"] == "input_audio_buffer.append":
-                x = np.frombuffer(base64.b64decode(ev["audio"]), "<i2").astype(np.float64)
-                loud = x.size > 0 and float(np.sqrt(np.mean(x * x))) > 300.0
-                ms = 1000 * x.size // RATE
-                if loud:
-                    if speech == 0:
-                        await send({"type": "input_audio_buffer.speech_started"})
-                    speech += ms
-                    quiet = 0
-                elif speech:
-                    quiet += ms
-                    if quiet >= 300 and (replying is None or replying.done()):
-                        speech = quiet = 0
-                        replying = asyncio.ensure_future(reply())
+                if vad.feed(appended_pcm(ev)):
+                    await send({"type": "input_audio_buffer.speech_started"})
+                if vad.turn_ended and (replying is None or replying.done()):
+                    vad.reset()
+                    replying = asyncio.ensure_future(reply())
         if replying is not None:
             with contextlib.suppress(Exception):
                 await replying
         return ws
-
-    async def start(self) -> str:
-        app = web.Application()
-        app.router.add_get("/v1/realtime", self.handler)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        await web.SockSite(self.runner, sock).start()
-        return f"ws://127.0.0.1:{port}/v1/realtime"
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            with contextlib.suppress(Exception):
-                await self.runner.cleanup()
 
 
 async def _run(trace: Path, audio: Path, api: str) -> StandardServer:

@@ -22,7 +22,8 @@ import base64
 import fractions
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,7 @@ class Mic:
     """The caller's microphone: what it says next, 20 ms at a time, silence otherwise."""
 
     def __init__(self, speech: np.ndarray, rate: int) -> None:
+        self.rate = rate
         self.frame = rate // 50
         self.cur = speech
         self.pos = 0
@@ -105,6 +107,33 @@ async def paced(mic: Mic, send: Any) -> None:
         delay = start + n * 0.02 - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
+
+
+@asynccontextmanager
+async def talking(
+    server: Served, mic: Mic, protocol: str
+) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
+    """A WebSocket to the server (``pcm`` at the microphone's rate, or ``realtime``) over
+    which ``mic`` is sent at real-time pace while the block runs."""
+    if protocol == "pcm":
+        url = f"{server.ws}/v1/pcm?rate={mic.rate}"
+    else:
+        url = f"{server.ws}/v1/realtime?model=gpt-realtime"
+    async with aiohttp.ClientSession() as cs, cs.ws_connect(url) as ws:
+
+        async def send(x: np.ndarray) -> None:
+            if protocol == "pcm":
+                await ws.send_bytes(pcm16(x))
+            else:
+                audio = base64.b64encode(pcm16(x)).decode()
+                await ws.send_str(json.dumps({"type": "input_audio_buffer.append", "audio": audio}))
+
+        sender = asyncio.create_task(paced(mic, send))
+        try:
+            yield ws
+        finally:
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
 
 
 @dataclass
@@ -137,36 +166,28 @@ async def pcm_barge(server: Served, *, interrupt: bool = True) -> Barge:
     out = Barge("pcm", rate)
     mic = Mic(load(FIRST, rate), rate)
     barge = load(BARGE, rate)
-    async with (
-        aiohttp.ClientSession() as cs,
-        cs.ws_connect(f"{server.ws}/v1/pcm?rate={rate}") as ws,
-    ):
-        sender = asyncio.create_task(paced(mic, lambda x: ws.send_bytes(pcm16(x))))
+    async with talking(server, mic, "pcm") as ws:
         turn = 0
-        try:
-            async with asyncio.timeout(120):
-                async for msg in ws:
-                    if msg.type == aiohttp.WSMsgType.BINARY:
-                        if turn == 0:
-                            out.reply_samples += len(msg.data) // 2
-                            due = out.reply_samples >= TRIGGER_S * rate
-                            if interrupt and not out.trigger_samples and due:
-                                out.trigger_samples = out.reply_samples
-                                mic.say(barge)
-                        continue
-                    if msg.type != aiohttp.WSMsgType.TEXT:
+        async with asyncio.timeout(120):
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.BINARY:
+                    if turn == 0:
+                        out.reply_samples += len(msg.data) // 2
+                        due = out.reply_samples >= TRIGGER_S * rate
+                        if interrupt and not out.trigger_samples and due:
+                            out.trigger_samples = out.reply_samples
+                            mic.say(barge)
+                    continue
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    break
+                ev = json.loads(msg.data)
+                out.events.append(ev)
+                if ev["type"] == "session.started":
+                    out.session_id = ev["session_id"]
+                if ev["type"] == "turn_done":
+                    turn = ev["turn"] + 1
+                    if ev["turn"] >= 1:
                         break
-                    ev = json.loads(msg.data)
-                    out.events.append(ev)
-                    if ev["type"] == "session.started":
-                        out.session_id = ev["session_id"]
-                    if ev["type"] == "turn_done":
-                        turn = ev["turn"] + 1
-                        if ev["turn"] >= 1:
-                            break
-        finally:
-            sender.cancel()
-            await asyncio.gather(sender, return_exceptions=True)
     return out
 
 
@@ -176,59 +197,46 @@ async def realtime_barge(server: Served, *, truncate: bool = True) -> Barge:
     mic = Mic(load(FIRST, rate), rate)
     barge = load(BARGE, rate)
     first_item: str | None = None
-    async with (
-        aiohttp.ClientSession() as cs,
-        cs.ws_connect(f"{server.ws}/v1/realtime?model=gpt-realtime") as ws,
-    ):
-
-        async def send(x: np.ndarray) -> None:
-            audio = base64.b64encode(pcm16(x)).decode()
-            await ws.send_str(json.dumps({"type": "input_audio_buffer.append", "audio": audio}))
-
-        sender = asyncio.create_task(paced(mic, send))
+    async with talking(server, mic, "realtime") as ws:
         responses = 0
-        try:
-            async with asyncio.timeout(120):
-                async for msg in ws:
-                    if msg.type != aiohttp.WSMsgType.TEXT:
-                        break
-                    ev = json.loads(msg.data)
-                    out.events.append(ev)
-                    kind = ev["type"]
-                    if kind == "session.created":
-                        out.session_id = ev["session"]["id"]
-                    elif kind == "response.output_audio.delta" and responses == 0:
-                        first_item = first_item or ev["item_id"]
-                        out.reply_samples += len(base64.b64decode(ev["delta"])) // 2
-                        if not out.trigger_samples and out.reply_samples >= TRIGGER_S * rate:
-                            out.trigger_samples = out.reply_samples
-                            mic.say(barge)
-                    elif (
-                        kind == "input_audio_buffer.speech_started"
-                        and out.trigger_samples
-                        and truncate
-                        and first_item is not None
-                    ):
-                        # what a client does: say how much of the reply it played
-                        played_ms = out.trigger_samples * 1000 // rate
-                        await ws.send_str(
-                            json.dumps(
-                                {
-                                    "type": "conversation.item.truncate",
-                                    "item_id": first_item,
-                                    "content_index": 0,
-                                    "audio_end_ms": played_ms,
-                                }
-                            )
+        async with asyncio.timeout(120):
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    break
+                ev = json.loads(msg.data)
+                out.events.append(ev)
+                kind = ev["type"]
+                if kind == "session.created":
+                    out.session_id = ev["session"]["id"]
+                elif kind == "response.output_audio.delta" and responses == 0:
+                    first_item = first_item or ev["item_id"]
+                    out.reply_samples += len(base64.b64decode(ev["delta"])) // 2
+                    if not out.trigger_samples and out.reply_samples >= TRIGGER_S * rate:
+                        out.trigger_samples = out.reply_samples
+                        mic.say(barge)
+                elif (
+                    kind == "input_audio_buffer.speech_started"
+                    and out.trigger_samples
+                    and truncate
+                    and first_item is not None
+                ):
+                    # what a client does: say how much of the reply it played
+                    played_ms = out.trigger_samples * 1000 // rate
+                    await ws.send_str(
+                        json.dumps(
+                            {
+                                "type": "conversation.item.truncate",
+                                "item_id": first_item,
+                                "content_index": 0,
+                                "audio_end_ms": played_ms,
+                            }
                         )
-                        truncate = False
-                    elif kind == "response.done":
-                        responses += 1
-                        if responses >= 2:
-                            break
-        finally:
-            sender.cancel()
-            await asyncio.gather(sender, return_exceptions=True)
+                    )
+                    truncate = False
+                elif kind == "response.done":
+                    responses += 1
+                    if responses >= 2:
+                        break
     return out
 
 
@@ -602,45 +610,32 @@ def check_response_cancel(server: Served) -> None:
         events: list[dict[str, Any]] = []
         received = at_cancel = 0
         session_id = ""
-        async with (
-            aiohttp.ClientSession() as cs,
-            cs.ws_connect(f"{server.ws}/v1/realtime?model=gpt-realtime") as ws,
-        ):
-
-            async def send(x: np.ndarray) -> None:
-                audio = base64.b64encode(pcm16(x)).decode()
-                await ws.send_str(json.dumps({"type": "input_audio_buffer.append", "audio": audio}))
-
-            sender = asyncio.create_task(paced(mic, send))
-            try:
-                async with asyncio.timeout(120):
-                    async for msg in ws:
-                        ev = json.loads(msg.data)
-                        events.append(ev)
-                        if ev["type"] == "session.created":
-                            session_id = ev["session"]["id"]
-                        if ev["type"] == "response.output_audio.delta":
-                            received += len(base64.b64decode(ev["delta"])) // 2
-                            if not at_cancel and received >= TRIGGER_S * rate:
-                                at_cancel = received
-                                await ws.send_str(
-                                    json.dumps(
-                                        {
-                                            "type": "conversation.item.truncate",
-                                            "item_id": "item_nope",
-                                            "content_index": 0,
-                                            "audio_end_ms": 10,
-                                        }
-                                    )
+        async with talking(server, mic, "realtime") as ws:
+            async with asyncio.timeout(120):
+                async for msg in ws:
+                    ev = json.loads(msg.data)
+                    events.append(ev)
+                    if ev["type"] == "session.created":
+                        session_id = ev["session"]["id"]
+                    if ev["type"] == "response.output_audio.delta":
+                        received += len(base64.b64decode(ev["delta"])) // 2
+                        if not at_cancel and received >= TRIGGER_S * rate:
+                            at_cancel = received
+                            await ws.send_str(
+                                json.dumps(
+                                    {
+                                        "type": "conversation.item.truncate",
+                                        "item_id": "item_nope",
+                                        "content_index": 0,
+                                        "audio_end_ms": 10,
+                                    }
                                 )
-                                await ws.send_str(
-                                    json.dumps({"type": "response.cancel", "event_id": "ev_1"})
-                                )
-                        if ev["type"] == "response.done":
-                            break
-            finally:
-                sender.cancel()
-                await asyncio.gather(sender, return_exceptions=True)
+                            )
+                            await ws.send_str(
+                                json.dumps({"type": "response.cancel", "event_id": "ev_1"})
+                            )
+                    if ev["type"] == "response.done":
+                        break
         return session_id, events, received, at_cancel
 
     session_id, events, received, at_cancel = asyncio.run(main())
@@ -664,66 +659,45 @@ def check_response_cancel(server: Served) -> None:
 async def _paused_pcm(server: Served) -> str:
     rate = 16_000
     mic = Mic(with_pause(load(PAUSED, rate), rate), rate)
-    async with (
-        aiohttp.ClientSession() as cs,
-        cs.ws_connect(f"{server.ws}/v1/pcm?rate={rate}") as ws,
-    ):
-        sender = asyncio.create_task(paced(mic, lambda x: ws.send_bytes(pcm16(x))))
+    async with talking(server, mic, "pcm") as ws:
         session_id = ""
-        try:
-            async with asyncio.timeout(120):
-                async for msg in ws:
-                    if msg.type == aiohttp.WSMsgType.BINARY:
-                        continue
-                    if msg.type != aiohttp.WSMsgType.TEXT:
-                        break
-                    ev = json.loads(msg.data)
-                    if ev["type"] == "session.started":
-                        session_id = ev["session_id"]
-                    if (
-                        ev["type"] == "turn_done"
-                        and ev["status"] == "completed"
-                        and mic.said_all.is_set()
-                    ):
-                        break
-        finally:
-            sender.cancel()
-            await asyncio.gather(sender, return_exceptions=True)
+        async with asyncio.timeout(120):
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.BINARY:
+                    continue
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    break
+                ev = json.loads(msg.data)
+                if ev["type"] == "session.started":
+                    session_id = ev["session_id"]
+                if (
+                    ev["type"] == "turn_done"
+                    and ev["status"] == "completed"
+                    and mic.said_all.is_set()
+                ):
+                    break
     return session_id
 
 
 async def _paused_realtime(server: Served) -> str:
     rate = 24_000
     mic = Mic(with_pause(load(PAUSED, rate), rate), rate)
-    async with (
-        aiohttp.ClientSession() as cs,
-        cs.ws_connect(f"{server.ws}/v1/realtime?model=gpt-realtime") as ws,
-    ):
-
-        async def send(x: np.ndarray) -> None:
-            audio = base64.b64encode(pcm16(x)).decode()
-            await ws.send_str(json.dumps({"type": "input_audio_buffer.append", "audio": audio}))
-
-        sender = asyncio.create_task(paced(mic, send))
+    async with talking(server, mic, "realtime") as ws:
         session_id = ""
         stopped_after_all = False
         last_response: str | None = None
-        try:
-            async with asyncio.timeout(120):
-                async for msg in ws:
-                    ev = json.loads(msg.data)
-                    kind = ev["type"]
-                    if kind == "session.created":
-                        session_id = ev["session"]["id"]
-                    if kind == "input_audio_buffer.speech_stopped" and mic.said_all.is_set():
-                        stopped_after_all = True
-                    if kind == "response.created" and stopped_after_all:
-                        last_response = ev["response"]["id"]  # the answer to the whole turn
-                    if kind == "response.done" and ev["response"]["id"] == last_response:
-                        break
-        finally:
-            sender.cancel()
-            await asyncio.gather(sender, return_exceptions=True)
+        async with asyncio.timeout(120):
+            async for msg in ws:
+                ev = json.loads(msg.data)
+                kind = ev["type"]
+                if kind == "session.created":
+                    session_id = ev["session"]["id"]
+                if kind == "input_audio_buffer.speech_stopped" and mic.said_all.is_set():
+                    stopped_after_all = True
+                if kind == "response.created" and stopped_after_all:
+                    last_response = ev["response"]["id"]  # the answer to the whole turn
+                if kind == "response.done" and ev["response"]["id"] == last_response:
+                    break
     return session_id
 
 

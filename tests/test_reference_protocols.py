@@ -85,6 +85,29 @@ def _audible_seconds(samples: np.ndarray, rate: int) -> float:
     return (samples.size - first) / rate
 
 
+async def _exchange(
+    server: Served, *messages: dict[str, Any], timeout_s: float, cancel: bool = False
+) -> list[dict[str, Any]]:
+    """On one Realtime connection, send ``messages`` in order, then collect every event
+    until ``response.done`` (``cancel``: answer ``response.created`` with
+    ``response.cancel``)."""
+    events: list[dict[str, Any]] = []
+    async with (
+        aiohttp.ClientSession() as cs,
+        cs.ws_connect(server.ws + "/v1/realtime") as ws,
+    ):
+        for m in messages:
+            await ws.send_json(m)
+        async with asyncio.timeout(timeout_s):
+            async for msg in ws:
+                events.append(json.loads(msg.data))
+                if cancel and events[-1]["type"] == "response.created":
+                    await ws.send_json({"type": "response.cancel"})
+                if events[-1]["type"] == "response.done":
+                    break
+    return events
+
+
 # --- command line ------------------------------------------------------------------------
 
 
@@ -260,38 +283,33 @@ def test_realtime_g711_mulaw_in_and_out(server: Served) -> None:
     turn is committed by hand (turn_detection null) so the VAD cannot split it."""
     speech = load_speech(ONE_TWO_THREE, 8000)
 
-    async def main() -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = []
-        async with (
-            aiohttp.ClientSession() as cs,
-            cs.ws_connect(server.ws + "/v1/realtime") as ws,
-        ):
-            fmt = {"type": "audio/pcmu"}
-            await ws.send_json(
-                {
-                    "type": "session.update",
-                    "session": {
-                        "type": "realtime",
-                        "audio": {
-                            "input": {"format": fmt, "turn_detection": None},
-                            "output": {"format": fmt},
-                        },
+    chunks = [
+        {
+            "type": "input_audio_buffer.append",
+            "audio": base64.b64encode(ulaw_encode(speech[k : k + 1600])).decode(),
+        }
+        for k in range(0, speech.size, 1600)
+    ]
+    fmt = {"type": "audio/pcmu"}
+    events = asyncio.run(
+        _exchange(
+            server,
+            {
+                "type": "session.update",
+                "session": {
+                    "type": "realtime",
+                    "audio": {
+                        "input": {"format": fmt, "turn_detection": None},
+                        "output": {"format": fmt},
                     },
-                }
-            )
-            for k in range(0, speech.size, 1600):
-                chunk = base64.b64encode(ulaw_encode(speech[k : k + 1600])).decode()
-                await ws.send_json({"type": "input_audio_buffer.append", "audio": chunk})
-            await ws.send_json({"type": "input_audio_buffer.commit"})
-            await ws.send_json({"type": "response.create"})
-            async with asyncio.timeout(30):
-                async for msg in ws:
-                    events.append(json.loads(msg.data))
-                    if events[-1]["type"] == "response.done":
-                        break
-        return events
-
-    events = asyncio.run(main())
+                },
+            },
+            *chunks,
+            {"type": "input_audio_buffer.commit"},
+            {"type": "response.create"},
+            timeout_s=30,
+        )
+    )
     transcript = next(
         e for e in events if e["type"] == "conversation.item.input_audio_transcription.completed"
     )
@@ -308,35 +326,26 @@ def test_realtime_manual_commit_and_response_create(server: Served) -> None:
     """turn_detection null: the client commits and asks for the response itself."""
     speech = load_speech(CARDS_001, 24000)
 
-    async def main() -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = []
-        async with (
-            aiohttp.ClientSession() as cs,
-            cs.ws_connect(server.ws + "/v1/realtime") as ws,
-        ):
-            await ws.send_json(
-                {
-                    "type": "session.update",
-                    "session": {"type": "realtime", "audio": {"input": {"turn_detection": None}}},
-                }
-            )
-            for k in range(0, speech.size, 4800):
-                await ws.send_json(
-                    {
-                        "type": "input_audio_buffer.append",
-                        "audio": base64.b64encode(pcm16(speech[k : k + 4800])).decode(),
-                    }
-                )
-            await ws.send_json({"type": "input_audio_buffer.commit"})
-            await ws.send_json({"type": "response.create"})
-            async with asyncio.timeout(30):
-                async for msg in ws:
-                    events.append(json.loads(msg.data))
-                    if events[-1]["type"] == "response.done":
-                        break
-        return events
-
-    events = asyncio.run(main())
+    chunks = [
+        {
+            "type": "input_audio_buffer.append",
+            "audio": base64.b64encode(pcm16(speech[k : k + 4800])).decode(),
+        }
+        for k in range(0, speech.size, 4800)
+    ]
+    events = asyncio.run(
+        _exchange(
+            server,
+            {
+                "type": "session.update",
+                "session": {"type": "realtime", "audio": {"input": {"turn_detection": None}}},
+            },
+            *chunks,
+            {"type": "input_audio_buffer.commit"},
+            {"type": "response.create"},
+            timeout_s=30,
+        )
+    )
     types = [e["type"] for e in events]
     assert "input_audio_buffer.speech_started" not in types
     assert "input_audio_buffer.committed" in types
@@ -654,37 +663,25 @@ def test_realtime_text_item_and_text_only_response(server: Served) -> None:
     """conversation.item.create with text, then response.create, with output_modalities
     ['text']: a text response (response.output_text.delta) and no audio."""
 
-    async def main() -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = []
-        async with (
-            aiohttp.ClientSession() as cs,
-            cs.ws_connect(server.ws + "/v1/realtime") as ws,
-        ):
-            await ws.send_json(
-                {
-                    "type": "session.update",
-                    "session": {"type": "realtime", "output_modalities": ["text"]},
-                }
-            )
-            await ws.send_json(
-                {
-                    "type": "conversation.item.create",
-                    "item": {
-                        "type": "message",
-                        "role": "user",
-                        "content": [{"type": "input_text", "text": "queen of hearts"}],
-                    },
-                }
-            )
-            await ws.send_json({"type": "response.create"})
-            async with asyncio.timeout(20):
-                async for msg in ws:
-                    events.append(json.loads(msg.data))
-                    if events[-1]["type"] == "response.done":
-                        break
-        return events
-
-    events = asyncio.run(main())
+    events = asyncio.run(
+        _exchange(
+            server,
+            {
+                "type": "session.update",
+                "session": {"type": "realtime", "output_modalities": ["text"]},
+            },
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "queen of hearts"}],
+                },
+            },
+            {"type": "response.create"},
+            timeout_s=20,
+        )
+    )
     for e in events:
         _validate_realtime(json.dumps(e))
     types = [e["type"] for e in events]
@@ -699,29 +696,20 @@ def test_realtime_text_item_and_text_only_response(server: Served) -> None:
 
 
 def test_realtime_response_cancel(server: Served) -> None:
-    async def main() -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = []
-        async with (
-            aiohttp.ClientSession() as cs,
-            cs.ws_connect(server.ws + "/v1/realtime") as ws,
-        ):
-            item = {
-                "type": "message",
-                "role": "user",
-                "content": [{"type": "input_text", "text": "two of spades"}],
-            }
-            await ws.send_json({"type": "conversation.item.create", "item": item})
-            await ws.send_json({"type": "response.create"})
-            async with asyncio.timeout(20):
-                async for msg in ws:
-                    events.append(json.loads(msg.data))
-                    if events[-1]["type"] == "response.created":
-                        await ws.send_json({"type": "response.cancel"})
-                    if events[-1]["type"] == "response.done":
-                        break
-        return events
-
-    events = asyncio.run(main())
+    item = {
+        "type": "message",
+        "role": "user",
+        "content": [{"type": "input_text", "text": "two of spades"}],
+    }
+    events = asyncio.run(
+        _exchange(
+            server,
+            {"type": "conversation.item.create", "item": item},
+            {"type": "response.create"},
+            timeout_s=20,
+            cancel=True,
+        )
+    )
     final = events[-1]["response"]
     assert final["status"] == "cancelled"
     assert final["status_details"]["reason"] == "client_cancelled"

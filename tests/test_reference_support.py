@@ -7,12 +7,7 @@ import asyncio
 import base64
 import json
 import os
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +15,9 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pytest
+from servers import Served as Served
+from servers import serve as serve
+from servers import serve_many as serve_many
 
 ROOT = Path(__file__).resolve().parent.parent
 REALDATA = Path(os.environ.get("VOICEAUDIT_REALDATA", ROOT.parent / "shared" / "realdata"))
@@ -83,117 +81,7 @@ def from_pcm16(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
 
 
-# --- the server as a subprocess --------------------------------------------------------
-
-
-@dataclass
-class Served:
-    url: str
-    proc: subprocess.Popen[str]
-    ground_truth: Path
-    stderr_path: Path
-
-    @property
-    def ws(self) -> str:
-        return self.url.replace("http://", "ws://", 1)
-
-    def records(self) -> list[dict[str, Any]]:
-        from voiceaudit.reference import read_ground_truth
-
-        return read_ground_truth(self.ground_truth)
-
-    def turns(self) -> list[dict[str, Any]]:
-        return [r for r in self.records() if r.get("record") == "turn"]
-
-    def wait_turns(self, pred: Any, timeout: float = 10.0) -> list[dict[str, Any]]:
-        """Turn records matching ``pred``, waiting until there is at least one."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = [r for r in self.turns() if pred(r)]
-            if found or time.monotonic() > deadline:
-                return found
-            time.sleep(0.05)
-
-    def turn(self, session_id: str, turn: int = 0, timeout: float = 10.0) -> dict[str, Any]:
-        """The ground-truth record of one turn (waits for it to be written)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for r in self.turns():
-                if r["session_id"] == session_id and r["turn"] == turn:
-                    return r
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no ground truth for {session_id} turn {turn}")
-            time.sleep(0.05)
-
-
-@contextmanager
-def serve(*args: str, asr_workers: int = 1, timeout: float = 90.0) -> Iterator[Served]:
-    """Run ``voiceaudit serve --port 0`` and yield its URL once it listens."""
-    with serve_many([list(args)], asr_workers=asr_workers, timeout=timeout) as servers:
-        yield servers[0]
-
-
-@contextmanager
-def serve_many(
-    arg_lists: list[list[str]], *, asr_workers: int = 1, timeout: float = 120.0
-) -> Iterator[list[Served]]:
-    """Start several servers at once (their start-up overlaps) and yield them all."""
-    started: list[tuple[subprocess.Popen[str], Path, Path, Any]] = []
-    try:
-        for args in arg_lists:
-            tmp = Path(tempfile.mkdtemp(prefix="va-ref-"))
-            gt = tmp / "truth.jsonl"
-            err_path = tmp / "stderr.txt"
-            err = err_path.open("w")
-            cmd = [
-                sys.executable,
-                "-m",
-                "voiceaudit",
-                "serve",
-                "--port",
-                "0",
-                "--asr-workers",
-                str(asr_workers),
-                "--ground-truth",
-                str(gt),
-                *args,
-            ]
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT)
-            started.append((proc, gt, err_path, err))
-        servers = [
-            Served(_read_url(proc, timeout, err_path), proc, gt, err_path)
-            for proc, gt, err_path, _ in started
-        ]
-        yield servers
-    finally:
-        for proc, _, _, _ in started:
-            proc.terminate()
-        for proc, _, _, err in started:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            err.close()
-
-
-def _read_url(proc: subprocess.Popen[str], timeout: float, err_path: Path) -> str:
-    assert proc.stdout is not None
-    import selectors
-
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if sel.select(timeout=0.2):
-            line = proc.stdout.readline()
-            if not line:
-                break
-            if line.startswith("voiceaudit-serve listening "):
-                return line.split()[-1]
-        if proc.poll() is not None:
-            break
-    raise AssertionError(f"voiceaudit serve did not start: {err_path.read_text()[-2000:]}")
+# --- the server as a subprocess: tests/servers.py (kept importable from here) ---------
 
 
 # --- raw PCM WebSocket client -------------------------------------------------------------

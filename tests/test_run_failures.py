@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import socket
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from aiohttp import web
+from servers import LoopbackServer
 
 from voiceaudit.probe.runner import ProbeOptions, RunResult, run_probe
 from voiceaudit.probe.utterances import load_utterances
@@ -34,15 +34,13 @@ def tone(ms: int, lead_ms: int = 0) -> bytes:
     return bytes(RATE * lead_ms // 1000 * 2) + x.tobytes()
 
 
-class ScriptedServer:
+class ScriptedServer(LoopbackServer):
     """A Realtime-protocol server that answers after `answer_after` appends, then misbehaves."""
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
         self.connections = 0
         self.auth_headers: list[str] = []
-        self.runner: web.AppRunner | None = None
-        self.port = 0
 
     async def handler(self, request: web.Request) -> web.WebSocketResponse:
         self.connections += 1
@@ -99,24 +97,6 @@ class ScriptedServer:
                 appends = 0
                 turn_done = False
         return ws
-
-    async def start(self) -> str:
-        app = web.Application()
-        app.router.add_get("/v1/realtime", self.handler)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        await web.SockSite(self.runner, sock).start()
-        return f"ws://127.0.0.1:{self.port}/v1/realtime"
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            runner, self.runner = self.runner, None
-            with contextlib.suppress(Exception):
-                await runner.shutdown()
-                await runner.cleanup()
 
 
 @pytest.fixture

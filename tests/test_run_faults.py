@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import socket
 import struct
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 from aiohttp import web
+from servers import EnergyEndpointer, LoopbackServer, appended_pcm
 
 from voiceaudit.probe.runner import ProbeOptions, RunResult, run_probe
 from voiceaudit.probe.utterances import load_utterances
@@ -42,11 +42,14 @@ def tone_chunk() -> str:
     return base64.b64encode((x * 32767).astype("<i2").tobytes()).decode()
 
 
-class FaultServer:
+class FaultServer(LoopbackServer):
     """Realtime over WebSocket; reply number ``fault_at`` of the run (0-based, counted over
     every connection) misbehaves as ``mode`` after ``FAULT_AFTER`` chunks (``hang``: before
     the first). After a ``stall`` or a ``hang`` its connection never answers again; a new
     connection is answered. ``delay_s`` holds every reply back (replies ``delay_from`` on)."""
+
+    #: a reply held back (delay_s) must not hold the server's shutdown
+    shutdown_timeout = 1.0
 
     def __init__(self, mode: str = "none", fault_at: int = 1) -> None:
         self.mode = mode
@@ -57,7 +60,6 @@ class FaultServer:
         self.replies = 0
         #: set when speech of reply number k began arriving (k = len at the time)
         self.speech_seen = 0
-        self.runner: web.AppRunner | None = None
 
     async def _reply(self, ws: web.WebSocketResponse, request: web.Request, n: int) -> bool:
         """Send reply ``n``; False when the connection is finished with (closed, reset,
@@ -107,7 +109,7 @@ class FaultServer:
         await ws.prepare(request)
         await ws.send_json({"type": "session.created", "session": {}})
         alive = True
-        speech = quiet = 0
+        vad = EnergyEndpointer(RATE)
         async for msg in ws:
             if msg.type != web.WSMsgType.TEXT:
                 continue
@@ -115,44 +117,19 @@ class FaultServer:
             if ev["type"] == "session.update":
                 await ws.send_json({"type": "session.updated", "session": {}})
             elif ev["type"] == "input_audio_buffer.append" and alive:
-                x = np.frombuffer(base64.b64decode(ev["audio"]), "<i2").astype(np.float64)
-                ms = 1000 * x.size // RATE
-                if x.size and float(np.sqrt(np.mean(x * x))) > 300.0:
-                    if speech == 0:
-                        self.speech_seen += 1
-                    speech += ms
-                    quiet = 0
-                elif speech:
-                    quiet += ms
-                    if quiet >= 300:
-                        speech = quiet = 0
-                        n = self.replies
-                        self.replies += 1
-                        try:
-                            alive = await self._reply(ws, request, n)
-                        except ConnectionError:
-                            break  # the probe hung up after the fault: nothing more to say
-                        if ws.closed or (request.transport is None):
-                            break
+                if vad.feed(appended_pcm(ev)):
+                    self.speech_seen += 1
+                if vad.turn_ended:
+                    vad.reset()
+                    n = self.replies
+                    self.replies += 1
+                    try:
+                        alive = await self._reply(ws, request, n)
+                    except ConnectionError:
+                        break  # the probe hung up after the fault: nothing more to say
+                    if ws.closed or (request.transport is None):
+                        break
         return ws
-
-    async def start(self) -> str:
-        app = web.Application()
-        app.router.add_get("/v1/realtime", self.handler)
-        # a reply held back (delay_s) must not hold the server's shutdown
-        self.runner = web.AppRunner(app, shutdown_timeout=1.0)
-        await self.runner.setup()
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        await web.SockSite(self.runner, sock).start()
-        return f"ws://127.0.0.1:{port}/v1/realtime"
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            runner, self.runner = self.runner, None
-            with contextlib.suppress(Exception):
-                await runner.cleanup()
 
 
 @pytest.fixture

@@ -10,14 +10,10 @@ server has heard that turn's speech end and not answered yet.
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -27,31 +23,6 @@ from voiceaudit.errors import ExitCode
 from voiceaudit.trace_io import read_trace
 
 pytestmark = pytest.mark.slow
-
-
-@contextmanager
-def in_thread(server: FaultServer) -> Iterator[str]:
-    """Run ``server`` on its own event loop in a thread; yields its URL."""
-    loop = asyncio.new_event_loop()
-    url: list[str] = []
-    ready = threading.Event()
-
-    def main() -> None:
-        asyncio.set_event_loop(loop)
-        url.append(loop.run_until_complete(server.start()))
-        ready.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=main, daemon=True)
-    thread.start()
-    assert ready.wait(30), "the server did not start"
-    try:
-        yield url[0]
-    finally:
-        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(30)
-        loop.close()
 
 
 def _run(url: str, audio: Path, out: Path) -> subprocess.Popen[str]:
@@ -82,8 +53,8 @@ def audio(realdata: Path) -> Path:
 def test_first_ctrl_c_lets_the_turn_in_flight_finish(audio: Path, tmp_path: Path) -> None:
     server = FaultServer()
     server.delay_s, server.delay_from = 1.5, 1
-    with in_thread(server) as url:
-        run = _run(url, audio, tmp_path / "run")
+    with server:
+        run = _run(server.url, audio, tmp_path / "run")
         _wait_for_reply_held(server, run)
         run.send_signal(signal.SIGINT)
         stdout, stderr = run.communicate(timeout=120)
@@ -104,8 +75,8 @@ def test_first_ctrl_c_lets_the_turn_in_flight_finish(audio: Path, tmp_path: Path
 def test_second_ctrl_c_cuts_the_turn_in_flight(audio: Path, tmp_path: Path) -> None:
     server = FaultServer()
     server.delay_s, server.delay_from = 60.0, 1  # turn 1 would wait a minute
-    with in_thread(server) as url:
-        run = _run(url, audio, tmp_path / "run")
+    with server:
+        run = _run(server.url, audio, tmp_path / "run")
         _wait_for_reply_held(server, run)
         run.send_signal(signal.SIGINT)
         time.sleep(0.3)

@@ -7,12 +7,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from reference_server import serve
+from servers import Served, serve, start_run
 
 from voiceaudit.errors import ExitCode
 from voiceaudit.trace_io import read_trace
@@ -28,30 +26,20 @@ repeat = 4
 """
 
 
-def _start(tmp_path: Path, url: str) -> tuple[subprocess.Popen[str], Path]:
+def _start(tmp_path: Path, server: Served) -> tuple[subprocess.Popen[str], Path]:
     scenario = tmp_path / "four.toml"
     scenario.write_text(SCRIPT)
-    out = tmp_path / "run"
-    run = subprocess.Popen(
-        [sys.executable, "-m", "voiceaudit", "run", "--target", url, "--scenario",
-         str(scenario), "--timeout", "3", "--out", str(out)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    trace = out / "trace.jsonl"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if trace.exists() and '"turn.end"' in trace.read_text():
-            break
-        time.sleep(0.05)
-    return run, trace
+    return start_run(
+        tmp_path / "run",
+        *("--target", server.realtime, "--scenario", str(scenario), "--timeout", "3"),
+        first_turn_s=90,
+    )
 
 
 def test_target_killed_mid_scenario(tmp_path: Path) -> None:
-    with serve() as (server, url):
-        run, trace = _start(tmp_path, url)
-        os.kill(server.pid, signal.SIGKILL)
+    with serve(asr_workers=None, timeout=60, stop_s=30) as server:
+        run, trace = _start(tmp_path, server)
+        os.kill(server.proc.pid, signal.SIGKILL)
         stdout, stderr = run.communicate(timeout=120)
     assert "Traceback" not in stderr, stderr
     assert "failed" in stdout
@@ -67,8 +55,8 @@ def test_target_killed_mid_scenario(tmp_path: Path) -> None:
 
 
 def test_sigint_mid_scenario_keeps_finished_turns(tmp_path: Path) -> None:
-    with serve() as (_, url):
-        run, trace = _start(tmp_path, url)
+    with serve(asr_workers=None, timeout=60, stop_s=30) as server:
+        run, trace = _start(tmp_path, server)
         run.send_signal(signal.SIGINT)
         _, stderr = run.communicate(timeout=120)
     assert "Traceback" not in stderr, stderr

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from reference_server import serve
+from servers import serve, start_run
 
 from voiceaudit.trace_io import read_trace
 
@@ -19,22 +16,13 @@ pytestmark = pytest.mark.slow
 
 
 def test_server_killed_mid_run(tmp_path: Path) -> None:
-    with serve() as (server, url):
-        out = tmp_path / "run"
-        run = subprocess.Popen(
-            [sys.executable, "-m", "voiceaudit", "run", "--target", url, "--turns", "4",
-             "--timeout", "3", "--gap-ms", "100", "--out", str(out)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        trace = out / "trace.jsonl"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if trace.exists() and '"turn.end"' in trace.read_text():
-                break
-            time.sleep(0.05)
-        os.kill(server.pid, signal.SIGKILL)
+    with serve(asr_workers=None, timeout=60, stop_s=30) as server:
+        run, trace = start_run(
+            tmp_path / "run",
+            *("--target", server.realtime, "--turns", "4", "--timeout", "3", "--gap-ms", "100"),
+            first_turn_s=60,
+        )
+        os.kill(server.proc.pid, signal.SIGKILL)
         stdout, stderr = run.communicate(timeout=120)
     assert "Traceback" not in stderr, stderr
     assert run.returncode == 0, (run.returncode, stderr)  # one turn succeeded

@@ -1,7 +1,7 @@
 """voiceaudit's WebRTC target against a real Pipecat 1.14 SmallWebRTC bot, and failed
 negotiations that must end in a clear TargetError, never a hang.
 
-The bot (tests/pipecat_webrtc_bot.py) is Pipecat's own ``SmallWebRTCTransport`` and
+The bot (tests/pipecat_bot.py over WebRTC) is Pipecat's own ``SmallWebRTCTransport`` and
 ``SmallWebRTCConnection`` (aiortc) behind the ``POST /api/offer`` signalling of Pipecat's
 runner, with offline services (Silero VAD, PocketSphinx, a rule-based responder, eSpeak NG).
 Two bundled utterances are replayed twice; the bot prepends 500 ms of silence to the
@@ -15,16 +15,13 @@ The fast tests need no Pipecat: loopback signalling endpoints that fail one way 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from servers import LoopbackServer, PipecatBot
 
 from voiceaudit.cli import run as cli
 from voiceaudit.clock import NS_PER_MS
@@ -39,45 +36,8 @@ from voiceaudit.trace_io import read_trace
 pytest.importorskip("aiortc", reason="aiortc is the webrtc extra")
 
 MS = NS_PER_MS
-BOT = Path(__file__).with_name("pipecat_webrtc_bot.py")
 UTTERANCES = ["01_weather.wav", "03_lights.wav"]
 SILENCE_PLAN = [0, 0, 500, 500]
-
-
-def start_bot(tmp: Path, *extra: str) -> tuple[subprocess.Popen[str], int]:
-    log = (tmp / "bot.log").open("w")
-    bot = subprocess.Popen(
-        [sys.executable, str(BOT), "--port", "0", *extra],
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-    )
-    assert bot.stdout is not None
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = bot.stdout.readline()
-        if line.startswith("READY "):
-            return bot, int(line.split()[1])
-        if not line and bot.poll() is not None:
-            break
-    bot.kill()
-    bot.wait()
-    raise AssertionError("the Pipecat bot did not start:\n" + (tmp / "bot.log").read_text()[-3000:])
-
-
-@contextlib.contextmanager
-def running_bot(tmp: Path, *extra: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    bot, port = start_bot(tmp, *extra)
-    try:
-        yield bot, port
-    finally:
-        if bot.poll() is None:
-            bot.terminate()
-            try:
-                bot.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                bot.kill()
-                bot.wait()
 
 
 def webrtc_target(url: str, **options: str) -> Any:
@@ -88,7 +48,7 @@ def webrtc_target(url: str, **options: str) -> Any:
 # -- failed negotiations: a clear TargetError in bounded time, never a hang ------------------
 
 
-class Signalling:
+class Signalling(LoopbackServer):
     """A loopback signalling endpoint (aiohttp) with a chosen way to fail.
 
     ``404``: answers 404; ``no-sdp``: answers JSON without ``sdp``; ``dead-peer``: a real
@@ -102,7 +62,6 @@ class Signalling:
     def __init__(self, mode: str, upstream: str | None = None) -> None:
         self.mode = mode
         self.upstream = upstream
-        self.runner: Any = None
         self.black_hole: socket.socket | None = None
         self.offers = 0
 
@@ -152,26 +111,20 @@ class Signalling:
             lines.append(line)
         return "".join(lines)
 
-    async def start(self) -> str:
-        from aiohttp import web
+    path = "/api/offer"
+    scheme = "http"
 
+    def routes(self, app: Any) -> None:
+        app.router.add_post(self.path, self.handler)
+
+    async def start(self) -> str:
         if self.mode == "proxy":
             self.black_hole = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             self.black_hole.bind(("127.0.0.1", 0))
-        app = web.Application()
-        app.router.add_post("/api/offer", self.handler)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        await web.SockSite(self.runner, sock).start()
-        return f"http://127.0.0.1:{port}/api/offer"
+        return await super().start()
 
     async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
+        await super().stop()
         if self.black_hole is not None:
             self.black_hole.close()
             self.black_hole = None
@@ -298,8 +251,11 @@ def test_real_pipecat_smallwebrtc_bot(tmp_path: Path) -> None:
     files = [bundled_dir() / name for name in UTTERANCES]
     trace = tmp_path / "trace.jsonl"
     plan = ",".join(str(x) for x in SILENCE_PLAN)
-    with running_bot(tmp_path, "--leading-silence-ms", plan) as (bot, port):
-        url = f"http://127.0.0.1:{port}/api/offer"
+    bot = PipecatBot(
+        tmp_path / "bot.log", "--leading-silence-ms", plan, transport="webrtc", ready_s=120
+    )
+    with bot:
+        url = bot.url
 
         async def failures() -> tuple[TargetError, TargetError, float]:
             # a path Pipecat's runner does not serve
@@ -327,12 +283,12 @@ def test_real_pipecat_smallwebrtc_bot(tmp_path: Path) -> None:
         # The probe hung up: Pipecat saw its connection (the bot's second) close and ended
         # that pipeline.
         deadline = time.monotonic() + 30
-        log = tmp_path / "bot.log"
+        log = bot.log
         while "session 2 ended" not in log.read_text() and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert "session 2 ended" in log.read_text(), log.read_text()[-3000:]
-        bot.terminate()
-        assert bot.wait(timeout=30) == 0, log.read_text()[-3000:]
+        assert "session 2 ended" in log.read_text(), bot.log_tail()
+        bot.proc.terminate()
+        assert bot.proc.wait(timeout=30) == 0, bot.log_tail()
     print(f"probe took {took:.1f} s; bot log tail:\n{log.read_text()[-1500:]}")
 
     assert [t.ok for t in res.turns] == [True] * 4, res.turns
