@@ -137,20 +137,25 @@ class ClockMap:
         return ((last.mono_ns - first.mono_ns) - dw) / dw * 1e6
 
     def wall_to_mono(self, wall_ns: int) -> int:
+        """A wall-clock time on the monotonic clock."""
         first, last = self.anchors[0], self.anchors[-1]
-        dw = last.wall_ns - first.wall_ns
-        if dw == 0:
-            return wall_ns - first.wall_ns + first.mono_ns
-        slope = (last.mono_ns - first.mono_ns) / dw
-        return first.mono_ns + round((wall_ns - first.wall_ns) * slope)
+        return _on_line(wall_ns, (first.wall_ns, first.mono_ns), (last.wall_ns, last.mono_ns))
 
     def mono_to_wall(self, mono_ns: int) -> int:
+        """A monotonic time on the wall clock."""
         first, last = self.anchors[0], self.anchors[-1]
-        dm = last.mono_ns - first.mono_ns
-        if dm == 0:
-            return mono_ns - first.mono_ns + first.wall_ns
-        slope = (last.wall_ns - first.wall_ns) / dm
-        return first.wall_ns + round((mono_ns - first.mono_ns) * slope)
+        return _on_line(mono_ns, (first.mono_ns, first.wall_ns), (last.mono_ns, last.wall_ns))
+
+
+def _on_line(x: int, first: tuple[int, int], last: tuple[int, int]) -> int:
+    """``x`` mapped along the straight line through the points ``first`` and ``last``
+    (``(x, y)`` pairs); a pure offset when they share their ``x``."""
+    (x0, y0), (x1, y1) = first, last
+    dx = x1 - x0
+    if dx == 0:
+        return x - x0 + y0
+    slope = (y1 - y0) / dx
+    return y0 + round((x - x0) * slope)
 
 
 def ms(ns: int | float) -> float:

@@ -31,7 +31,8 @@ import pathlib
 import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NoReturn
+from dataclasses import KW_ONLY, dataclass
+from typing import Any, ClassVar, NoReturn
 
 from voiceaudit.errors import LocatedError
 
@@ -191,30 +192,24 @@ def kind_of(value: Any, names: Mapping[type, str] = KINDS) -> str:
     return type(value).__name__
 
 
+@dataclass
 class TomlChecker:
     """Errors at key paths of one TOML file: each is ``error`` with the file and the line
     of the path (or of its nearest parent that has one; else ``default_line``)."""
 
     #: how this format's messages name the kinds of value (:func:`kind_of`)
-    kinds: Mapping[type, str] = KINDS
+    kinds: ClassVar[Mapping[type, str]] = KINDS
 
-    def __init__(
-        self,
-        path: pathlib.Path,
-        lines: dict[Path, int],
-        error: type[LocatedError],
-        *,
-        default_line: int | None = None,
-        known_prefix: str = "known: ",
-    ) -> None:
-        #: the file as messages name it
-        self.path = path
-        self.lines = lines
-        self.error = error
-        #: the line of an error at a path with no line (a format may name the first)
-        self.default_line = default_line
-        #: what the hint of an unknown key says before the known keys
-        self.known_prefix = known_prefix
+    #: the file as messages name it
+    path: pathlib.Path
+    #: the line of each key path (:func:`key_lines`)
+    lines: dict[Path, int]
+    error: type[LocatedError]
+    _: KW_ONLY
+    #: the line of an error at a path with no line (a format may name the first)
+    default_line: int | None = None
+    #: what the hint of an unknown key says before the known keys
+    known_prefix: str = "known: "
 
     def line(self, at: Path) -> int | None:
         """The line of the key path ``at`` (or of its nearest parent that has one)."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Container, Iterable, Sequence
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -25,10 +27,33 @@ def _f(v: float | None, nd: int = 3) -> str:
     return "-" if v is None else f"{v:.{nd}f}"
 
 
+def _cut(text: str, most: int) -> str:
+    """``text``, cut to ``most`` characters with an ellipsis when longer."""
+    return text if len(text) <= most else text[: most - 3] + "…"
+
+
+def _print_table(
+    console: Any,
+    title: str,
+    columns: Sequence[str],
+    left: Container[str],
+    rows: Iterable[Sequence[str]],
+) -> None:
+    """A rich table of ``rows`` under ``columns`` (those in ``left`` left-aligned, the
+    others right-aligned), printed to ``console``."""
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left", header_style="bold")
+    for col in columns:
+        t.add_column(col, justify="left" if col in left else "right")
+    for row in rows:
+        t.add_row(*row)
+    console.print(t)
+
+
 def render_text(report: object, console: object) -> None:
     """Rich tables for a NetReport (kept here: the library never imports rich)."""
     from rich.console import Console
-    from rich.table import Table
 
     from voiceaudit.capture.model import NetReport
 
@@ -60,43 +85,46 @@ def render_text(report: object, console: object) -> None:
         console.print("[dim]" + "; ".join(opts) + "[/]")
 
     if r.rtp_streams:
-        t = Table(title="RTP streams", title_justify="left", header_style="bold")
-        for col in (
-            "start s",
-            "src",
-            "dst",
-            "SSRC",
-            "payload",
-            "pkts",
-            "lost",
-            "min Δ ms",
-            "mean Δ ms",
-            "max Δ ms",
-            "min jit",
-            "mean jit",
-            "max jit",
-            "max skew",
-        ):
-            t.add_column(col, justify="right" if col not in ("src", "dst", "payload") else "left")
-        for s in r.rtp_streams:
-            lost = f"{s.lost} ({s.lost_percent:.1f}%)" if s.lost else "0"
-            t.add_row(
-                rel(s.start_at_ns),
-                s.src,
-                s.dst,
-                s.ssrc_hex,
-                ", ".join(s.payload_names),
-                str(s.packets),
-                lost,
-                _f(s.min_delta_ms),
-                _f(s.mean_delta_ms),
-                _f(s.max_delta_ms),
-                _f(s.min_jitter_ms),
-                _f(s.mean_jitter_ms),
-                _f(s.max_jitter_ms),
-                _f(s.max_skew_ms),
-            )
-        console.print(t)
+        _print_table(
+            console,
+            "RTP streams",
+            (
+                "start s",
+                "src",
+                "dst",
+                "SSRC",
+                "payload",
+                "pkts",
+                "lost",
+                "min Δ ms",
+                "mean Δ ms",
+                "max Δ ms",
+                "min jit",
+                "mean jit",
+                "max jit",
+                "max skew",
+            ),
+            ("src", "dst", "payload"),
+            (
+                (
+                    rel(s.start_at_ns),
+                    s.src,
+                    s.dst,
+                    s.ssrc_hex,
+                    ", ".join(s.payload_names),
+                    str(s.packets),
+                    f"{s.lost} ({s.lost_percent:.1f}%)" if s.lost else "0",
+                    _f(s.min_delta_ms),
+                    _f(s.mean_delta_ms),
+                    _f(s.max_delta_ms),
+                    _f(s.min_jitter_ms),
+                    _f(s.mean_jitter_ms),
+                    _f(s.max_jitter_ms),
+                    _f(s.max_skew_ms),
+                )
+                for s in r.rtp_streams
+            ),
+        )
         if any(s.min_jitter_ms is None and s.min_delta_ms is not None for s in r.rtp_streams):
             console.print(
                 "[dim]jitter needs the RTP clock rate: give it with --clock-rate PT=RATE[/]"
@@ -106,171 +134,181 @@ def render_text(report: object, console: object) -> None:
         console.print(f"[dim]no RTP streams{hint}[/]")
 
     if r.tcp_connections:
-        t = Table(title="TCP connections", title_justify="left", header_style="bold")
-        for col in (
-            "start s",
-            "client",
-            "server",
-            "proto",
-            "connect ms",
-            "rtt p50",
-            "rtt p90",
-            "rtt max",
-            "retrans",
-            "zero win",
-            "stalls",
-            "pkts",
-        ):
-            t.add_column(col, justify="left" if col in ("client", "server", "proto") else "right")
-        for c in r.tcp_connections:
-            t.add_row(
-                rel(c.first_at_ns),
-                c.client,
-                c.server,
-                c.protocol or "-",
-                _ms(c.connect_ns),
-                _ms(c.ack_rtt.p50_ns),
-                _ms(c.ack_rtt.p90_ns),
-                _ms(c.ack_rtt.max_ns),
-                str(c.retransmissions),
-                str(c.zero_windows),
-                str(len(c.small_write_stalls)),
-                str(c.packets),
-            )
-        console.print(t)
-        stalls = [(c, s) for c in r.tcp_connections for s in c.small_write_stalls]
-        if stalls:
-            t = Table(
-                title="Small-write stalls (Nagle + delayed ACK)",
-                title_justify="left",
-                header_style="bold",
-            )
-            for col in ("at s", "sender", "held ms", "ACK delay ms", "bytes"):
-                t.add_column(col, justify="left" if col == "sender" else "right")
-            for _c, stall in stalls[:50]:
-                t.add_row(
-                    rel(stall.released_at_ns),
-                    stall.sender,
-                    _ms(stall.held_ns),
-                    _ms(stall.ack_delay_ns),
-                    str(stall.length),
+        _print_table(
+            console,
+            "TCP connections",
+            (
+                "start s",
+                "client",
+                "server",
+                "proto",
+                "connect ms",
+                "rtt p50",
+                "rtt p90",
+                "rtt max",
+                "retrans",
+                "zero win",
+                "stalls",
+                "pkts",
+            ),
+            ("client", "server", "proto"),
+            (
+                (
+                    rel(c.first_at_ns),
+                    c.client,
+                    c.server,
+                    c.protocol or "-",
+                    _ms(c.connect_ns),
+                    _ms(c.ack_rtt.p50_ns),
+                    _ms(c.ack_rtt.p90_ns),
+                    _ms(c.ack_rtt.max_ns),
+                    str(c.retransmissions),
+                    str(c.zero_windows),
+                    str(len(c.small_write_stalls)),
+                    str(c.packets),
                 )
-            console.print(t)
+                for c in r.tcp_connections
+            ),
+        )
+        stalls = [s for c in r.tcp_connections for s in c.small_write_stalls]
+        if stalls:
+            _print_table(
+                console,
+                "Small-write stalls (Nagle + delayed ACK)",
+                ("at s", "sender", "held ms", "ACK delay ms", "bytes"),
+                ("sender",),
+                (
+                    (
+                        rel(stall.released_at_ns),
+                        stall.sender,
+                        _ms(stall.held_ns),
+                        _ms(stall.ack_delay_ns),
+                        str(stall.length),
+                    )
+                    for stall in stalls[:50]
+                ),
+            )
             if len(stalls) > 50:
                 console.print(f"[dim]… {len(stalls) - 50} more (see --format json)[/]")
 
     if r.tls_handshakes:
-        t = Table(title="TLS / DTLS handshakes", title_justify="left", header_style="bold")
-        for col in (
-            "start s",
-            "client",
-            "server",
-            "version",
-            "SNI",
-            "ServerHello ms",
-            "handshake ms",
-        ):
-            t.add_column(col, justify="right" if "ms" in col or col == "start s" else "left")
-        for h in r.tls_handshakes:
-            t.add_row(
-                rel(h.client_hello_at_ns),
-                h.client,
-                h.server,
-                f"{h.version or '?'} ({h.transport})",
-                h.sni or "-",
-                _ms(h.server_hello_ns),
-                _ms(h.handshake_ns),
-            )
-        console.print(t)
+        _print_table(
+            console,
+            "TLS / DTLS handshakes",
+            (
+                "start s",
+                "client",
+                "server",
+                "version",
+                "SNI",
+                "ServerHello ms",
+                "handshake ms",
+            ),
+            ("client", "server", "version", "SNI"),
+            (
+                (
+                    rel(h.client_hello_at_ns),
+                    h.client,
+                    h.server,
+                    f"{h.version or '?'} ({h.transport})",
+                    h.sni or "-",
+                    _ms(h.server_hello_ns),
+                    _ms(h.handshake_ns),
+                )
+                for h in r.tls_handshakes
+            ),
+        )
 
     if r.http_exchanges:
-        t = Table(title="HTTP exchanges", title_justify="left", header_style="bold")
-        for col in (
-            "start s",
-            "server",
-            "proto",
-            "request",
-            "status",
-            "first byte ms",
-            "first data ms",
-            "complete ms",
-            "bytes",
-        ):
-            t.add_column(col, justify="left" if col in ("server", "proto", "request") else "right")
-        for x in r.http_exchanges[:200]:
-            req = f"{x.method or '?'} {x.target or ''}".strip()
-            if len(req) > 60:
-                req = req[:57] + "…"
-            proto = x.protocol + (f" #{x.stream_id}" if x.stream_id is not None else "")
-            t.add_row(
-                rel(x.request_at_ns),
-                x.server,
-                proto,
-                req,
-                "-" if x.status is None else str(x.status),
-                _ms(x.first_byte_ns),
-                _ms(x.first_data_ns),
-                _ms(x.complete_ns),
-                str(x.body_bytes),
-            )
-        console.print(t)
+        _print_table(
+            console,
+            "HTTP exchanges",
+            (
+                "start s",
+                "server",
+                "proto",
+                "request",
+                "status",
+                "first byte ms",
+                "first data ms",
+                "complete ms",
+                "bytes",
+            ),
+            ("server", "proto", "request"),
+            (
+                (
+                    rel(x.request_at_ns),
+                    x.server,
+                    x.protocol + (f" #{x.stream_id}" if x.stream_id is not None else ""),
+                    _cut(f"{x.method or '?'} {x.target or ''}".strip(), 60),
+                    "-" if x.status is None else str(x.status),
+                    _ms(x.first_byte_ns),
+                    _ms(x.first_data_ns),
+                    _ms(x.complete_ns),
+                    str(x.body_bytes),
+                )
+                for x in r.http_exchanges[:200]
+            ),
+        )
         if len(r.http_exchanges) > 200:
             console.print(f"[dim]… {len(r.http_exchanges) - 200} more (see --format json)[/]")
 
     if r.websocket_sessions:
-        t = Table(title="WebSocket sessions", title_justify="left", header_style="bold")
-        for col in (
-            "start s",
-            "server",
-            "target",
-            "upgrade ms",
-            "frames",
-            "from client",
-            "from server",
-            "bytes c→s",
-            "bytes s→c",
-        ):
-            t.add_column(col, justify="left" if col in ("server", "target") else "right")
         names = {0: "cont", 1: "text", 2: "bin", 8: "close", 9: "ping", 10: "pong"}
 
         def ops(d: dict[int, int]) -> str:
             return " ".join(f"{names.get(k, k)}:{v}" for k, v in sorted(d.items())) or "-"
 
-        for w in r.websocket_sessions:
-            target = w.target or "-"
-            if len(target) > 40:
-                target = target[:37] + "…"
-            t.add_row(
-                rel(w.upgrade_request_at_ns),
-                w.server,
-                target,
-                _ms(w.upgrade_ns),
-                str(w.frames_total),
-                ops(w.opcodes_from_client),
-                ops(w.opcodes_from_server),
-                str(w.bytes_from_client),
-                str(w.bytes_from_server),
-            )
-        console.print(t)
+        _print_table(
+            console,
+            "WebSocket sessions",
+            (
+                "start s",
+                "server",
+                "target",
+                "upgrade ms",
+                "frames",
+                "from client",
+                "from server",
+                "bytes c→s",
+                "bytes s→c",
+            ),
+            ("server", "target"),
+            (
+                (
+                    rel(w.upgrade_request_at_ns),
+                    w.server,
+                    _cut(w.target or "-", 40),
+                    _ms(w.upgrade_ns),
+                    str(w.frames_total),
+                    ops(w.opcodes_from_client),
+                    ops(w.opcodes_from_server),
+                    str(w.bytes_from_client),
+                    str(w.bytes_from_server),
+                )
+                for w in r.websocket_sessions
+            ),
+        )
 
     if r.stun_transactions:
-        t = Table(title="STUN transactions", title_justify="left", header_style="bold")
-        for col in ("start s", "client", "server", "method", "rtt ms", "result", "retries"):
-            t.add_column(
-                col, justify="right" if col in ("start s", "rtt ms", "retries") else "left"
-            )
-        for tx in r.stun_transactions[:100]:
-            res = "-" if tx.success is None else ("success" if tx.success else "error")
-            t.add_row(
-                rel(tx.request_at_ns),
-                tx.client,
-                tx.server,
-                tx.method,
-                _ms(tx.rtt_ns),
-                res,
-                str(tx.retransmits),
-            )
-        console.print(t)
+        _print_table(
+            console,
+            "STUN transactions",
+            ("start s", "client", "server", "method", "rtt ms", "result", "retries"),
+            ("client", "server", "method", "result"),
+            (
+                (
+                    rel(tx.request_at_ns),
+                    tx.client,
+                    tx.server,
+                    tx.method,
+                    _ms(tx.rtt_ns),
+                    "-" if tx.success is None else ("success" if tx.success else "error"),
+                    str(tx.retransmits),
+                )
+                for tx in r.stun_transactions[:100]
+            ),
+        )
     if not (r.rtp_streams or r.tcp_connections or r.tls_handshakes or r.stun_transactions):
         console.print(
             "[dim]nothing voiceaudit reads in this capture (no TCP, RTP, STUN or DTLS)[/]"

@@ -43,10 +43,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
+# the comparison's own notion of "the same target" (a loopback port is not a difference)
+from voiceaudit.analysis.compare import _target_key
 from voiceaudit.analysis.ledger import ALL_SEGMENTS, UNEXPLAINED, MarkTime, segment_bounds
 from voiceaudit.analysis.report import FAILURE_METRICS, FAILURES, Report, build_report
 from voiceaudit.analysis.significance import (
@@ -1074,17 +1075,6 @@ def _rate_counts(report: Report, metric: str) -> tuple[int, int] | None:
 
 
 # -- metadata -------------------------------------------------------------------------------
-
-
-def _target_key(target: dict[str, Any]) -> dict[str, Any]:
-    """A target without what changes from run to run on its own (a loopback port)."""
-    out = dict(target)
-    url = out.get("url")
-    if isinstance(url, str):
-        parts = urlsplit(url)
-        if parts.hostname in ("127.0.0.1", "localhost", "::1") and parts.port is not None:
-            out["url"] = urlunsplit(parts._replace(netloc=parts.hostname))
-    return out
 
 
 def _side(report: Report, what: str) -> Any:
