@@ -70,12 +70,36 @@ def checks_by_name(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["name"]: c for c in doc["checks"]}
 
 
+class Gate:
+    """`voiceaudit gate` on a trace (a sample's name, or a path) with a budget file written
+    from a text, and any other options."""
+
+    def __init__(self, capsys: pytest.CaptureFixture[str], budget: Callable[..., Path]) -> None:
+        self.capsys, self.budget = capsys, budget
+
+    def args(self, trace: str | Path, text: str, *more: str) -> list[str]:
+        path = str(trace) if isinstance(trace, Path) else sample(trace)
+        return [path, "--budget", str(self.budget(text)), *more]
+
+    def __call__(self, trace: str | Path, text: str = BUDGET, *more: str) -> tuple[int, str, str]:
+        return cli(self.capsys, *self.args(trace, text, *more))
+
+    def json(
+        self, trace: str | Path, text: str = BUDGET, *more: str
+    ) -> tuple[int, dict[str, Any], str]:
+        return gate_json(self.capsys, *self.args(trace, text, *more))
+
+
+@pytest.fixture
+def gate(capsys: pytest.CaptureFixture[str], budget: Callable[..., Path]) -> Gate:
+    return Gate(capsys, budget)
+
+
 # -- verdicts -------------------------------------------------------------------------------
 
 
-def test_clean_run_passes(capsys: pytest.CaptureFixture[str], budget: Callable[..., Path]) -> None:
-    b = budget()
-    code, doc, err = gate_json(capsys, sample("clean"), "--budget", str(b))
+def test_clean_run_passes(gate: Gate) -> None:
+    code, doc, err = gate.json("clean")
     assert code == ExitCode.OK, err
     assert doc["schema"] == "voiceaudit.gate/1"
     assert doc["passed"] is True and doc["exit_code"] == 0
@@ -96,10 +120,8 @@ def test_clean_run_passes(capsys: pytest.CaptureFixture[str], budget: Callable[.
     assert "PASS  segment.model_first_token.p50 <= 400 ms: 201 ms" in err
 
 
-def test_slow_first_token_fails_on_that_metric(
-    capsys: pytest.CaptureFixture[str], budget: Callable[..., Path]
-) -> None:
-    code, doc, err = gate_json(capsys, sample("slow-first-token"), "--budget", str(budget()))
+def test_slow_first_token_fails_on_that_metric(gate: Gate) -> None:
+    code, doc, err = gate.json("slow-first-token")
     assert code == ExitCode.FAILED
     failed = [c for c in doc["checks"] if c["status"] == "fail"]
     assert [c["name"] for c in failed] == ["segment.model_first_token.p50 <= 400 ms"]
@@ -110,15 +132,13 @@ def test_slow_first_token_fails_on_that_metric(
     assert "voiceaudit gate: FAILED: 1 of 6 checks failed" in err
 
 
-def test_leading_silence_and_failed_turns(
-    capsys: pytest.CaptureFixture[str], budget: Callable[..., Path]
-) -> None:
-    code, doc, _ = gate_json(capsys, sample("leading-silence"), "--budget", str(budget()))
+def test_leading_silence_and_failed_turns(gate: Gate) -> None:
+    code, doc, _ = gate.json("leading-silence")
     assert code == ExitCode.FAILED
     assert [c["metric"] for c in doc["checks"] if c["status"] == "fail"] == [
         "segment.leading_silence"
     ]
-    code, doc, err = gate_json(capsys, sample("failed-turns"), "--budget", str(budget()))
+    code, doc, err = gate.json("failed-turns")
     assert code == ExitCode.FAILED
     ft = checks_by_name(doc)["failed_turns (max 0)"]
     assert ft["status"] == "fail" and ft["observed"] == 4 and ft["n"] == 6
@@ -126,11 +146,8 @@ def test_leading_silence_and_failed_turns(
     assert "4 failed of 6 turns" in err
 
 
-def test_a_percentile_from_too_few_turns_fails(
-    capsys: pytest.CaptureFixture[str], budget: Callable[..., Path]
-) -> None:
-    b = budget('[budget]\nvoice_to_voice = { p95 = "10s", p50 = "10s" }\n')
-    code, doc, err = gate_json(capsys, sample("clean"), "--budget", str(b))
+def test_a_percentile_from_too_few_turns_fails(gate: Gate) -> None:
+    code, doc, err = gate.json("clean", '[budget]\nvoice_to_voice = { p95 = "10s", p50 = "10s" }\n')
     assert code == ExitCode.FAILED
     p95, p50 = doc["checks"]
     assert p95["status"] == p50["status"] == "fail"
@@ -141,15 +158,13 @@ def test_a_percentile_from_too_few_turns_fails(
     assert p95["observed"] < 2000
 
 
-def test_a_max_over_the_limit_fails_even_with_few_turns(
-    capsys: pytest.CaptureFixture[str], budget: Callable[..., Path]
-) -> None:
-    b = budget('[budget]\n"segment.leading_silence" = { max = "50ms" }\n')
-    code, doc, _ = gate_json(capsys, sample("leading-silence"), "--budget", str(b))
+def test_a_max_over_the_limit_fails_even_with_few_turns(gate: Gate) -> None:
+    text = '[budget]\n"segment.leading_silence" = { max = "50ms" }\n'
+    code, doc, _ = gate.json("leading-silence", text)
     assert code == ExitCode.FAILED
     (c,) = doc["checks"]
     assert c["problem"] == "over the limit" and c["observed"] > 250  # 300 ms injected
-    code, doc, _ = gate_json(capsys, sample("clean"), "--budget", str(b))
+    code, doc, _ = gate.json("clean", text)
     (c,) = doc["checks"]
     assert c["problem"] == "not enough turns"  # 0 ms from 3 turns is not yet evidence
 
@@ -157,17 +172,15 @@ def test_a_max_over_the_limit_fails_even_with_few_turns(
 # -- regression on the samples --------------------------------------------------------------
 
 
-def test_three_turns_cannot_prove_or_disprove_a_regression(
-    capsys: pytest.CaptureFixture[str], budget: Callable[..., Path]
-) -> None:
+def test_three_turns_cannot_prove_or_disprove_a_regression(gate: Gate) -> None:
     """801 ms against 201 ms is far over +10 %, but from three turns a side the one-sided
     Mann-Whitney test cannot reach p < 0.01 (its smallest p-value is 1/20): the check can
     neither call a regression nor vouch there is none, so it fails closed and says why."""
-    b = budget(
+    regression = (
         f'[budget]\nmin_turns = 3\n[regression]\nbaseline = "{SAMPLES / "clean"}"\n'
         'metrics = ["segment.model_first_token.p50"]\n'
     )
-    code, doc, err = gate_json(capsys, sample("slow-first-token"), "--budget", str(b))
+    code, doc, err = gate.json("slow-first-token", regression)
     assert code == ExitCode.FAILED, err
     reg = doc["checks"][1]
     assert reg["kind"] == "regression" and reg["status"] == "fail"
@@ -179,11 +192,7 @@ def test_three_turns_cannot_prove_or_disprove_a_regression(
     ) in err
     # with a looser alpha the same three turns are enough to test, and the test says
     # the 600 ms is real: a regression, with the test named
-    b = budget(
-        f'[budget]\nmin_turns = 3\n[regression]\nbaseline = "{SAMPLES / "clean"}"\n'
-        'metrics = ["segment.model_first_token.p50"]\nalpha = 0.1\n'
-    )
-    code, doc, err = gate_json(capsys, sample("slow-first-token"), "--budget", str(b))
+    code, doc, err = gate.json("slow-first-token", regression + "alpha = 0.1\n")
     assert code == ExitCode.FAILED, err
     reg = doc["checks"][1]
     assert reg["problem"] == "regression" and reg["significant"] is True
@@ -291,19 +300,15 @@ def test_only_incomplete_traces(
     assert "warning: 1 of 2 traces are incomplete" in err
 
 
-def test_zero_finished_turns(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, budget: Callable[..., Path]
-) -> None:
+def test_zero_finished_turns(gate: Gate, tmp_path: Path) -> None:
     recs = [r for r in records("clean") if r.get("name") != "turn.end"]
     t = write_trace(tmp_path / "t" / "trace.jsonl", recs)
-    code, _, err = cli(capsys, str(t), "--budget", str(budget()))
+    code, _, err = gate(t)
     assert code == ExitCode.NO_DATA
     assert "traces: no finished turns in the traces given" in err
 
 
-def test_zero_successful_turns(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, budget: Callable[..., Path]
-) -> None:
+def test_zero_successful_turns(gate: Gate, tmp_path: Path) -> None:
     recs = records("clean")
     for r in recs:
         if r.get("name") == "turn.end":
@@ -311,9 +316,7 @@ def test_zero_successful_turns(
     t = write_trace(tmp_path / "t" / "trace.jsonl", recs)
     junit = tmp_path / "out" / "junit.xml"
     md = tmp_path / "out" / "gate.md"
-    code, doc, err = gate_json(
-        capsys, str(t), "--budget", str(budget()), "--junit", str(junit), "--markdown", str(md)
-    )
+    code, doc, err = gate.json(t, BUDGET, "--junit", str(junit), "--markdown", str(md))
     assert code == ExitCode.FAILED
     assert all(c["status"] == "fail" for c in doc["checks"])
     by = checks_by_name(doc)
@@ -374,20 +377,14 @@ def test_no_budget_anywhere(
     assert "no budget" in err
 
 
-def test_regression_without_a_baseline(
-    capsys: pytest.CaptureFixture[str], budget: Callable[..., Path]
-) -> None:
-    b = budget('[regression]\nmetrics = ["voice_to_voice.p50"]\n')
-    code, _, err = cli(capsys, sample("clean"), "--budget", str(b))
+def test_regression_without_a_baseline(gate: Gate) -> None:
+    code, _, err = gate("clean", '[regression]\nmetrics = ["voice_to_voice.p50"]\n')
     assert code == ExitCode.USAGE
     assert "no baseline" in err
 
 
-def test_a_baseline_that_does_not_exist(
-    capsys: pytest.CaptureFixture[str], budget: Callable[..., Path]
-) -> None:
-    b = budget('[regression]\nbaseline = "baselines/main"\n')
-    code, _, err = cli(capsys, sample("clean"), "--budget", str(b))
+def test_a_baseline_that_does_not_exist(gate: Gate) -> None:
+    code, _, err = gate("clean", '[regression]\nbaseline = "baselines/main"\n')
     assert code == ExitCode.BAD_INPUT
     assert "baseline:" in err and "baselines/main: no such file or directory" in err
 
@@ -481,6 +478,7 @@ def test_markdown_and_the_github_step_summary(
     tmp_path: Path,
     budget: Callable[..., Path],
     monkeypatch: pytest.MonkeyPatch,
+    gate: Gate,
 ) -> None:
     summary = tmp_path / "step_summary.md"
     summary.write_text("earlier step\n")
@@ -495,7 +493,7 @@ def test_markdown_and_the_github_step_summary(
     assert "| ❌ | segment.model_first_token.p50 &lt;= 400 ms | 801 ms | 400 ms |" in text
     assert "| ✅ | voice_to_voice.p50 &lt;= 2500 ms |" in text
     assert summary.read_text() == "earlier step\n" + text  # appended, not replaced
-    cli(capsys, sample("clean"), "--budget", str(budget()))
+    gate("clean")
     assert summary.read_text().count("### ") == 2
     assert "### ✅ voiceaudit gate: passed: all 6 checks pass" in summary.read_text()
     cli(capsys, sample("clean"), "--budget", str(budget()), "--no-step-summary")
@@ -523,9 +521,7 @@ def test_help_lists_the_options(capsys: pytest.CaptureFixture[str]) -> None:
         assert opt in out
 
 
-def test_step_summary_env_is_not_required(
-    capsys: pytest.CaptureFixture[str], budget: Callable[..., Path]
-) -> None:
+def test_step_summary_env_is_not_required(gate: Gate) -> None:
     assert "GITHUB_STEP_SUMMARY" not in os.environ
-    code, _, _ = cli(capsys, sample("clean"), "--budget", str(budget()))
+    code, _, _ = gate("clean")
     assert code == ExitCode.OK
