@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Callable, Container, Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import typer
 
 from voiceaudit.cli.console import err_console, out_console
 from voiceaudit.errors import UsageError
+
+_T = TypeVar("_T")
 
 
 class NetFormat(StrEnum):
@@ -37,18 +39,35 @@ def _print_table(
     title: str,
     columns: Sequence[str],
     left: Container[str],
-    rows: Iterable[Sequence[str]],
+    items: Sequence[_T],
+    row: Callable[[_T], Sequence[str]],
+    *,
+    most: int | None = None,
 ) -> None:
-    """A rich table of ``rows`` under ``columns`` (those in ``left`` left-aligned, the
-    others right-aligned), printed to ``console``."""
+    """A rich table of one ``row`` per item under ``columns`` (those in ``left``
+    left-aligned, the others right-aligned), printed to ``console``; nothing when there
+    are no items. With ``most``: the first ``most`` items, then how many more there are."""
     from rich.table import Table
 
+    if not items:
+        return
     t = Table(title=title, title_justify="left", header_style="bold")
     for col in columns:
         t.add_column(col, justify="left" if col in left else "right")
-    for row in rows:
-        t.add_row(*row)
+    for item in items[:most]:
+        t.add_row(*row(item))
     console.print(t)
+    if most is not None and len(items) > most:
+        console.print(f"[dim]… {len(items) - most} more (see --format json)[/]")
+
+
+#: WebSocket opcodes by name, for the frame counts
+_OPCODES = {0: "cont", 1: "text", 2: "bin", 8: "close", 9: "ping", 10: "pong"}
+
+
+def _opcodes(counts: dict[int, int]) -> str:
+    """Frame counts by opcode: ``text:3 bin:120``."""
+    return " ".join(f"{_OPCODES.get(k, k)}:{v}" for k, v in sorted(counts.items())) or "-"
 
 
 def render_text(report: object, console: object) -> None:
@@ -84,231 +103,188 @@ def render_text(report: object, console: object) -> None:
     if opts:
         console.print("[dim]" + "; ".join(opts) + "[/]")
 
-    if r.rtp_streams:
-        _print_table(
-            console,
-            "RTP streams",
-            (
-                "start s",
-                "src",
-                "dst",
-                "SSRC",
-                "payload",
-                "pkts",
-                "lost",
-                "min Δ ms",
-                "mean Δ ms",
-                "max Δ ms",
-                "min jit",
-                "mean jit",
-                "max jit",
-                "max skew",
-            ),
-            ("src", "dst", "payload"),
-            (
-                (
-                    rel(s.start_at_ns),
-                    s.src,
-                    s.dst,
-                    s.ssrc_hex,
-                    ", ".join(s.payload_names),
-                    str(s.packets),
-                    f"{s.lost} ({s.lost_percent:.1f}%)" if s.lost else "0",
-                    _f(s.min_delta_ms),
-                    _f(s.mean_delta_ms),
-                    _f(s.max_delta_ms),
-                    _f(s.min_jitter_ms),
-                    _f(s.mean_jitter_ms),
-                    _f(s.max_jitter_ms),
-                    _f(s.max_skew_ms),
-                )
-                for s in r.rtp_streams
-            ),
-        )
-        if any(s.min_jitter_ms is None and s.min_delta_ms is not None for s in r.rtp_streams):
-            console.print(
-                "[dim]jitter needs the RTP clock rate: give it with --clock-rate PT=RATE[/]"
-            )
-    elif r.counts.get("udp"):
+    _print_table(
+        console,
+        "RTP streams",
+        (
+            "start s",
+            "src",
+            "dst",
+            "SSRC",
+            "payload",
+            "pkts",
+            "lost",
+            "min Δ ms",
+            "mean Δ ms",
+            "max Δ ms",
+            "min jit",
+            "mean jit",
+            "max jit",
+            "max skew",
+        ),
+        ("src", "dst", "payload"),
+        r.rtp_streams,
+        lambda s: (
+            rel(s.start_at_ns),
+            s.src,
+            s.dst,
+            s.ssrc_hex,
+            ", ".join(s.payload_names),
+            str(s.packets),
+            f"{s.lost} ({s.lost_percent:.1f}%)" if s.lost else "0",
+            _f(s.min_delta_ms),
+            _f(s.mean_delta_ms),
+            _f(s.max_delta_ms),
+            _f(s.min_jitter_ms),
+            _f(s.mean_jitter_ms),
+            _f(s.max_jitter_ms),
+            _f(s.max_skew_ms),
+        ),
+    )
+    if any(s.min_jitter_ms is None and s.min_delta_ms is not None for s in r.rtp_streams):
+        console.print("[dim]jitter needs the RTP clock rate: give it with --clock-rate PT=RATE[/]")
+    elif not r.rtp_streams and r.counts.get("udp"):
         hint = "" if r.heuristic_rtp else " (without signalling, try --enable-heuristic rtp_udp)"
         console.print(f"[dim]no RTP streams{hint}[/]")
 
-    if r.tcp_connections:
-        _print_table(
-            console,
-            "TCP connections",
-            (
-                "start s",
-                "client",
-                "server",
-                "proto",
-                "connect ms",
-                "rtt p50",
-                "rtt p90",
-                "rtt max",
-                "retrans",
-                "zero win",
-                "stalls",
-                "pkts",
-            ),
-            ("client", "server", "proto"),
-            (
-                (
-                    rel(c.first_at_ns),
-                    c.client,
-                    c.server,
-                    c.protocol or "-",
-                    _ms(c.connect_ns),
-                    _ms(c.ack_rtt.p50_ns),
-                    _ms(c.ack_rtt.p90_ns),
-                    _ms(c.ack_rtt.max_ns),
-                    str(c.retransmissions),
-                    str(c.zero_windows),
-                    str(len(c.small_write_stalls)),
-                    str(c.packets),
-                )
-                for c in r.tcp_connections
-            ),
-        )
-        stalls = [s for c in r.tcp_connections for s in c.small_write_stalls]
-        if stalls:
-            _print_table(
-                console,
-                "Small-write stalls (Nagle + delayed ACK)",
-                ("at s", "sender", "held ms", "ACK delay ms", "bytes"),
-                ("sender",),
-                (
-                    (
-                        rel(stall.released_at_ns),
-                        stall.sender,
-                        _ms(stall.held_ns),
-                        _ms(stall.ack_delay_ns),
-                        str(stall.length),
-                    )
-                    for stall in stalls[:50]
-                ),
-            )
-            if len(stalls) > 50:
-                console.print(f"[dim]… {len(stalls) - 50} more (see --format json)[/]")
-
-    if r.tls_handshakes:
-        _print_table(
-            console,
-            "TLS / DTLS handshakes",
-            (
-                "start s",
-                "client",
-                "server",
-                "version",
-                "SNI",
-                "ServerHello ms",
-                "handshake ms",
-            ),
-            ("client", "server", "version", "SNI"),
-            (
-                (
-                    rel(h.client_hello_at_ns),
-                    h.client,
-                    h.server,
-                    f"{h.version or '?'} ({h.transport})",
-                    h.sni or "-",
-                    _ms(h.server_hello_ns),
-                    _ms(h.handshake_ns),
-                )
-                for h in r.tls_handshakes
-            ),
-        )
-
-    if r.http_exchanges:
-        _print_table(
-            console,
-            "HTTP exchanges",
-            (
-                "start s",
-                "server",
-                "proto",
-                "request",
-                "status",
-                "first byte ms",
-                "first data ms",
-                "complete ms",
-                "bytes",
-            ),
-            ("server", "proto", "request"),
-            (
-                (
-                    rel(x.request_at_ns),
-                    x.server,
-                    x.protocol + (f" #{x.stream_id}" if x.stream_id is not None else ""),
-                    _cut(f"{x.method or '?'} {x.target or ''}".strip(), 60),
-                    "-" if x.status is None else str(x.status),
-                    _ms(x.first_byte_ns),
-                    _ms(x.first_data_ns),
-                    _ms(x.complete_ns),
-                    str(x.body_bytes),
-                )
-                for x in r.http_exchanges[:200]
-            ),
-        )
-        if len(r.http_exchanges) > 200:
-            console.print(f"[dim]… {len(r.http_exchanges) - 200} more (see --format json)[/]")
-
-    if r.websocket_sessions:
-        names = {0: "cont", 1: "text", 2: "bin", 8: "close", 9: "ping", 10: "pong"}
-
-        def ops(d: dict[int, int]) -> str:
-            return " ".join(f"{names.get(k, k)}:{v}" for k, v in sorted(d.items())) or "-"
-
-        _print_table(
-            console,
-            "WebSocket sessions",
-            (
-                "start s",
-                "server",
-                "target",
-                "upgrade ms",
-                "frames",
-                "from client",
-                "from server",
-                "bytes c→s",
-                "bytes s→c",
-            ),
-            ("server", "target"),
-            (
-                (
-                    rel(w.upgrade_request_at_ns),
-                    w.server,
-                    _cut(w.target or "-", 40),
-                    _ms(w.upgrade_ns),
-                    str(w.frames_total),
-                    ops(w.opcodes_from_client),
-                    ops(w.opcodes_from_server),
-                    str(w.bytes_from_client),
-                    str(w.bytes_from_server),
-                )
-                for w in r.websocket_sessions
-            ),
-        )
-
-    if r.stun_transactions:
-        _print_table(
-            console,
-            "STUN transactions",
-            ("start s", "client", "server", "method", "rtt ms", "result", "retries"),
-            ("client", "server", "method", "result"),
-            (
-                (
-                    rel(tx.request_at_ns),
-                    tx.client,
-                    tx.server,
-                    tx.method,
-                    _ms(tx.rtt_ns),
-                    "-" if tx.success is None else ("success" if tx.success else "error"),
-                    str(tx.retransmits),
-                )
-                for tx in r.stun_transactions[:100]
-            ),
-        )
+    _print_table(
+        console,
+        "TCP connections",
+        (
+            "start s",
+            "client",
+            "server",
+            "proto",
+            "connect ms",
+            "rtt p50",
+            "rtt p90",
+            "rtt max",
+            "retrans",
+            "zero win",
+            "stalls",
+            "pkts",
+        ),
+        ("client", "server", "proto"),
+        r.tcp_connections,
+        lambda c: (
+            rel(c.first_at_ns),
+            c.client,
+            c.server,
+            c.protocol or "-",
+            _ms(c.connect_ns),
+            _ms(c.ack_rtt.p50_ns),
+            _ms(c.ack_rtt.p90_ns),
+            _ms(c.ack_rtt.max_ns),
+            str(c.retransmissions),
+            str(c.zero_windows),
+            str(len(c.small_write_stalls)),
+            str(c.packets),
+        ),
+    )
+    _print_table(
+        console,
+        "Small-write stalls (Nagle + delayed ACK)",
+        ("at s", "sender", "held ms", "ACK delay ms", "bytes"),
+        ("sender",),
+        [s for c in r.tcp_connections for s in c.small_write_stalls],
+        lambda stall: (
+            rel(stall.released_at_ns),
+            stall.sender,
+            _ms(stall.held_ns),
+            _ms(stall.ack_delay_ns),
+            str(stall.length),
+        ),
+        most=50,
+    )
+    _print_table(
+        console,
+        "TLS / DTLS handshakes",
+        ("start s", "client", "server", "version", "SNI", "ServerHello ms", "handshake ms"),
+        ("client", "server", "version", "SNI"),
+        r.tls_handshakes,
+        lambda h: (
+            rel(h.client_hello_at_ns),
+            h.client,
+            h.server,
+            f"{h.version or '?'} ({h.transport})",
+            h.sni or "-",
+            _ms(h.server_hello_ns),
+            _ms(h.handshake_ns),
+        ),
+    )
+    _print_table(
+        console,
+        "HTTP exchanges",
+        (
+            "start s",
+            "server",
+            "proto",
+            "request",
+            "status",
+            "first byte ms",
+            "first data ms",
+            "complete ms",
+            "bytes",
+        ),
+        ("server", "proto", "request"),
+        r.http_exchanges,
+        lambda x: (
+            rel(x.request_at_ns),
+            x.server,
+            x.protocol + (f" #{x.stream_id}" if x.stream_id is not None else ""),
+            _cut(f"{x.method or '?'} {x.target or ''}".strip(), 60),
+            "-" if x.status is None else str(x.status),
+            _ms(x.first_byte_ns),
+            _ms(x.first_data_ns),
+            _ms(x.complete_ns),
+            str(x.body_bytes),
+        ),
+        most=200,
+    )
+    _print_table(
+        console,
+        "WebSocket sessions",
+        (
+            "start s",
+            "server",
+            "target",
+            "upgrade ms",
+            "frames",
+            "from client",
+            "from server",
+            "bytes c→s",
+            "bytes s→c",
+        ),
+        ("server", "target"),
+        r.websocket_sessions,
+        lambda w: (
+            rel(w.upgrade_request_at_ns),
+            w.server,
+            _cut(w.target or "-", 40),
+            _ms(w.upgrade_ns),
+            str(w.frames_total),
+            _opcodes(w.opcodes_from_client),
+            _opcodes(w.opcodes_from_server),
+            str(w.bytes_from_client),
+            str(w.bytes_from_server),
+        ),
+    )
+    _print_table(
+        console,
+        "STUN transactions",
+        ("start s", "client", "server", "method", "rtt ms", "result", "retries"),
+        ("client", "server", "method", "result"),
+        r.stun_transactions[:100],  # the rest only in --format json
+        lambda tx: (
+            rel(tx.request_at_ns),
+            tx.client,
+            tx.server,
+            tx.method,
+            _ms(tx.rtt_ns),
+            "-" if tx.success is None else ("success" if tx.success else "error"),
+            str(tx.retransmits),
+        ),
+    )
     if not (r.rtp_streams or r.tcp_connections or r.tls_handshakes or r.stun_transactions):
         console.print(
             "[dim]nothing voiceaudit reads in this capture (no TCP, RTP, STUN or DTLS)[/]"
