@@ -63,6 +63,16 @@ def _report_json(
     return rc, (json.loads(out.read_text()) if out.exists() else {}), err
 
 
+def _warnings_of(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], trace: Path, lines: list[str]
+) -> list[str]:
+    """The report's warnings on ``lines`` written to ``trace`` (the report must succeed)."""
+    trace.write_text("\n".join(lines) + "\n")
+    rc, doc, _ = _report_json(tmp_path, capsys, trace)
+    assert rc == 0
+    return doc["warnings"]  # type: ignore[return-value]
+
+
 @pytest.mark.parametrize("shape", ["object", "array"])
 def test_attributes_nested_100000_deep_are_exit_3(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], shape: str
@@ -99,14 +109,12 @@ def test_a_turn_that_starts_twice_is_named(
     p, lines = _trace(tmp_path)
     i = _line_of(lines, "turn.start", 1)
     lines.insert(i + 2, lines[i])  # the same turn.start again, two lines on
-    p.write_text("\n".join(lines) + "\n")
-    rc, doc, _ = _report_json(tmp_path, capsys, p)
-    assert rc == 0
-    warnings = [w for w in doc["warnings"] if "second time" in w]  # type: ignore[union-attr]
+    found = _warnings_of(tmp_path, capsys, p, lines)
+    warnings = [w for w in found if "second time" in w]
     assert warnings == [
         f"{p}: line {i + 3}: session s0 turn 1 starts a second time (turn.start; the first "
         f"is on line {i + 1}): its figures are suspect"
-    ], doc["warnings"]
+    ], found
 
 
 def test_a_turn_that_ends_twice_is_named(
@@ -115,13 +123,10 @@ def test_a_turn_that_ends_twice_is_named(
     p, lines = _trace(tmp_path)
     i = _line_of(lines, "turn.end", 0)
     lines.insert(i + 1, lines[i])
-    p.write_text("\n".join(lines) + "\n")
-    rc, doc, _ = _report_json(tmp_path, capsys, p)
-    assert rc == 0
+    found = _warnings_of(tmp_path, capsys, p, lines)
     assert any(
-        w.startswith(f"{p}: line {i + 2}: session s0 turn 0 ends a second time")
-        for w in doc["warnings"]  # type: ignore[union-attr]
-    ), doc["warnings"]
+        w.startswith(f"{p}: line {i + 2}: session s0 turn 0 ends a second time") for w in found
+    ), found
 
 
 def test_a_finished_turn_that_ends_before_it_starts_is_named(
@@ -134,13 +139,11 @@ def test_a_finished_turn_that_ends_before_it_starts_is_named(
     assert end["attrs"]["ok"] is True
     end["t_ns"] = start["t_ns"] - 7_000_000  # 7 ms before its own start
     lines[e] = json.dumps(end)
-    p.write_text("\n".join(lines) + "\n")
-    rc, doc, _ = _report_json(tmp_path, capsys, p)
-    assert rc == 0
+    found = _warnings_of(tmp_path, capsys, p, lines)
     assert (
         f"{p}: line {e + 1}: session s0 turn 2 ends (turn.end, ok) 7.000 ms before it starts "
         f"(line {s + 1}): its figures are suspect"
-    ) in doc["warnings"], doc["warnings"]  # type: ignore[operator]
+    ) in found, found
 
 
 def test_a_failed_turn_may_end_before_its_first_frame_deadline(
@@ -157,10 +160,8 @@ def test_a_failed_turn_may_end_before_its_first_frame_deadline(
     end = json.loads(lines[e])
     end["t_ns"] = json.loads(lines[s])["t_ns"] - 3_000_000
     lines[e] = json.dumps(end)
-    p.write_text("\n".join(lines) + "\n")
-    rc, doc, _ = _report_json(tmp_path, capsys, p)
-    assert rc == 0
-    assert not [w for w in doc["warnings"] if "line" in w], doc["warnings"]  # type: ignore[union-attr]
+    found = _warnings_of(tmp_path, capsys, p, lines)
+    assert not [w for w in found if "line" in w], found
 
 
 @pytest.mark.parametrize(
@@ -179,11 +180,9 @@ def test_a_time_that_is_no_time_of_the_run_is_named(
     ev = json.loads(lines[j])
     ev["t_ns"] = t_ns
     lines[j] = json.dumps(ev)
-    p.write_text("\n".join(lines) + "\n")
-    rc, doc, _ = _report_json(tmp_path, capsys, p)
-    assert rc == 0
-    odd = [w for w in doc["warnings"] if "not a time of this run" in w]  # type: ignore[union-attr]
-    assert len(odd) == 1, doc["warnings"]
+    found = _warnings_of(tmp_path, capsys, p, lines)
+    odd = [w for w in found if "not a time of this run" in w]
+    assert len(odd) == 1, found
     assert odd[0].startswith(f"{p}: line {i + 1}: reply.audible at t_ns {t_ns} {why}"), odd
     assert odd[0].endswith("figures from session s0 turn 1 are suspect (2 such lines in all)")
 
@@ -452,13 +451,11 @@ def test_a_batched_item_at_no_time_of_the_run_is_named(
     ev = json.loads(lines[i])
     ev["attrs"]["dt_ns"][1] = -ev["t_ns"] - 1  # one chunk before the clock began
     lines[i] = json.dumps(ev)
-    p.write_text("\n".join(lines) + "\n")
-    rc, doc, _ = _report_json(tmp_path, capsys, p)
-    assert rc == 0
+    found = _warnings_of(tmp_path, capsys, p, lines)
     assert (
         f"{p}: line {i + 1}: an item of reply.chunks at -1 ns is negative: not a time of this "
         "run; figures from session s0 turn 1 are suspect"
-    ) in doc["warnings"], doc["warnings"]  # type: ignore[operator]
+    ) in found, found
 
 
 @pytest.mark.parametrize(
