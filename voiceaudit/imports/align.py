@@ -23,8 +23,8 @@ from __future__ import annotations
 import bisect
 import ipaddress
 import itertools
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from voiceaudit.clock import NS_PER_MS, NS_PER_S
@@ -179,16 +179,8 @@ class AssignedMeasure:
     note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "framework": self.framework,
-            "session": self.session,
-            "turn": self.turn,
-            "metric": self.metric,
-            "value_ns": self.value_ns,
-            "label": self.label,
-            "t_ns": self.t_ns,
-            "note": self.note,
-        }
+        """Every field, by name."""
+        return asdict(self)
 
 
 @dataclass
@@ -526,19 +518,7 @@ def place(
             return session, placement.turns[(conv, k)]
         return session, aligner.turn_at(session, aligner.mono(anchor) + res)
 
-    spans, events = _records(tel, lambda t: aligner.mono(t) + res, where)
-    measures = [
-        AssignedMeasure(
-            m.framework,
-            *where(m.conversation, m.anchor_ns, m.group),
-            m.metric,
-            m.value_ns,
-            m.label,
-            aligner.mono(m.anchor_ns) + res,
-            m.note,
-        )
-        for m in tel.measures
-    ]
+    spans, events, measures = _records(tel, lambda t: aligner.mono(t) + res, where)
     return spans, events, measures, alignment, warnings, {labels[c]: sessions[c] for c in sessions}
 
 
@@ -554,9 +534,10 @@ def _conversation_labels(tel: Telemetry) -> dict[str, str]:
 
 def _records(
     tel: Telemetry,
-    clock: Any,
-    where: Any,
-) -> tuple[list[Span], list[Event]]:
+    clock: Callable[[int], int],
+    where: Callable[[str, int, str | None], tuple[str, int | None]],
+) -> tuple[list[Span], list[Event], list[AssignedMeasure]]:
+    """The output records: times through ``clock``, (session, turn) from ``where``."""
     spans: list[Span] = []
     events: list[Event] = []
     for it in tel.items:
@@ -574,7 +555,19 @@ def _records(
             )
     spans.sort(key=lambda s: (s.start_ns, s.end_ns))
     events.sort(key=lambda e: e.t_ns)
-    return spans, events
+    measures = [
+        AssignedMeasure(
+            m.framework,
+            *where(m.conversation, m.anchor_ns, m.group),
+            m.metric,
+            m.value_ns,
+            m.label,
+            clock(m.anchor_ns),
+            m.note,
+        )
+        for m in tel.measures
+    ]
+    return spans, events, measures
 
 
 def _unplaced(
@@ -585,17 +578,4 @@ def _unplaced(
     def where(conv: str, anchor: int, group: str | None) -> tuple[str, int | None]:
         return labels[conv], exchange_of(tel, conv, anchor, group)
 
-    spans, events = _records(tel, lambda t: t, where)
-    measures = [
-        AssignedMeasure(
-            m.framework,
-            *where(m.conversation, m.anchor_ns, m.group),
-            m.metric,
-            m.value_ns,
-            m.label,
-            m.anchor_ns,
-            m.note,
-        )
-        for m in tel.measures
-    ]
-    return spans, events, measures
+    return _records(tel, lambda t: t, where)

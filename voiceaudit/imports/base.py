@@ -186,8 +186,70 @@ class Telemetry:
     dropped_content: int = 0
 
     def add_conversation(self, key: str, **facts: Any) -> None:
+        """Note a conversation (and facts about it) the first time or again."""
         self.conversations.setdefault(key, {}).update(facts)
         self.replies.setdefault(key, [])
+
+    def add_span(
+        self,
+        conv: str,
+        start_ns: int,
+        end_ns: int,
+        stage: str,
+        name: str,
+        attrs: dict[str, Any],
+        anchor_ns: int,
+        group: str | None = None,
+        *,
+        per_turn: bool = True,
+    ) -> None:
+        """An interval that becomes a span record."""
+        self.items.append(
+            Item("span", conv, start_ns, end_ns, stage, name, attrs, anchor_ns, group, per_turn)
+        )
+
+    def add_mark(
+        self,
+        conv: str,
+        t_ns: int,
+        stage: str,
+        name: str,
+        attrs: dict[str, Any],
+        anchor_ns: int,
+        group: str | None = None,
+    ) -> None:
+        """An instant that becomes an event record."""
+        self.items.append(Item("event", conv, t_ns, t_ns, stage, name, attrs, anchor_ns, group))
+
+    def add_measure(
+        self,
+        conv: str,
+        metric: str,
+        value_ns: int,
+        label: str,
+        anchor_ns: int,
+        group: str | None = None,
+        note: str | None = None,
+    ) -> None:
+        """A number this framework reported."""
+        self.measures.append(
+            Measure(self.framework, conv, metric, value_ns, label, anchor_ns, group, note)
+        )
+
+    def add_reply(self, conv: str, t_ns: int, what: str, group: str | None = None) -> None:
+        """The framework began a reply at ``t_ns``: after the caller's speech ended and
+        before the reply reached the probe (``what`` names the instant)."""
+        self.replies[conv].append((t_ns, group))
+        self.add_window(conv, t_ns, what)
+
+    def add_window(self, conv: str, t_ns: int, what: str) -> None:
+        """An instant after the caller's speech ended and before the reply arrived."""
+        self.constraints.append(Constraint(conv, t_ns, "after_speech_end", what))
+        self.constraints.append(Constraint(conv, t_ns, "before_reply", what))
+
+    def add_first_byte(self, conv: str, t_ns: int, anchor_ns: int) -> None:
+        """The synthesis's first byte, which came before the reply reached the probe."""
+        self.constraints.append(Constraint(conv, t_ns, "before_reply", "tts first byte", anchor_ns))
 
 
 def obj_at(d: dict[str, Any], key: str) -> dict[str, Any]:

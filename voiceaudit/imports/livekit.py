@@ -23,14 +23,13 @@ from typing import Any
 
 from voiceaudit.imports.base import (
     Constraint,
-    Item,
-    Measure,
     Telemetry,
     epoch_to_ns,
     seconds_to_ns,
     strip_content,
 )
 from voiceaudit.imports.otel import OtelSpan
+from voiceaudit.imports.spans import SpanRecords, SpanTree, record_attrs
 
 FRAMEWORK = "livekit"
 
@@ -92,60 +91,48 @@ def _blob(value: Any) -> dict[str, Any]:
     return {}
 
 
+#: numbers any span may carry: (metric, attribute)
+_SPAN_FIGURES = (
+    ("e2e_latency", "lk.e2e_latency"),
+    ("transcription_delay", "lk.transcription_delay"),
+    ("end_of_turn_delay", "lk.end_of_turn_delay"),
+    ("eou_endpointing_delay", "lk.eou.endpointing_delay"),
+)
+
+
+def _measure(rec: SpanRecords, metric: str, value: Any, label: str) -> int | None:
+    ns = seconds_to_ns(value)
+    if ns is not None:
+        rec.measure(metric, ns, label)
+    return ns
+
+
 def from_spans(spans: list[OtelSpan], fmt: str, *, keep_content: bool) -> Telemetry:
+    """LiveKit's spans (``fmt``: the JSON shape they came in) as telemetry."""
     tel = Telemetry(framework=FRAMEWORK, format=fmt)
-    by_id = {s.span_id: s for s in spans}
-    spans = sorted(spans, key=lambda s: (s.start_ns, s.end_ns))
-
-    def ancestor(s: OtelSpan, name: str) -> OtelSpan | None:
-        p = by_id.get(s.parent_id) if s.parent_id else None
-        for _ in range(64):
-            if p is None:
-                return None
-            if p.name == name:
-                return p
-            p = by_id.get(p.parent_id) if p.parent_id else None
-        return None
-
-    def group_of(s: OtelSpan) -> str | None:
-        sid = s.attrs.get("lk.speech_id")
-        if isinstance(sid, str):
-            return sid
-        turn = s if s.name == "agent_turn" else ancestor(s, "agent_turn")
-        if turn is not None:
-            sid = turn.attrs.get("lk.speech_id")
-            return sid if isinstance(sid, str) else turn.span_id
-        return None
-
+    tree = SpanTree(spans)
     # llm_request / tts_request metrics are only used when their node did not report.
     node_has = {
-        ("llm", s.span_id) for s in spans if s.name == "llm_node" and "lk.response.ttft" in s.attrs
+        ("llm", s.span_id)
+        for s in tree.spans
+        if s.name == "llm_node" and "lk.response.ttft" in s.attrs
     } | {
-        ("tts", s.span_id) for s in spans if s.name == "tts_node" and "lk.response.ttfb" in s.attrs
+        ("tts", s.span_id)
+        for s in tree.spans
+        if s.name == "tts_node" and "lk.response.ttfb" in s.attrs
     }
-
-    for s in spans:
+    tree.add_conversations(tel, "agent_session", lambda s: {"session_span": s.span_id})
+    for s in tree.spans:
         conv = s.trace_id
-        if s.name == "agent_session":
-            tel.add_conversation(conv, session_span=s.span_id)
-        else:
-            tel.add_conversation(conv)
-    for s in spans:
-        conv = s.trace_id
-        attrs, dropped = strip_content(s.attrs, keep_content)
-        tel.dropped_content += dropped
-        group = group_of(s)
-        stage = _STAGE.get(s.name, "other")
-        base = {
-            "framework": FRAMEWORK,
-            "span": s.name,
-            "span_id": s.span_id,
-            **({"parent_id": s.parent_id} if s.parent_id else {}),
-            **attrs,
-        }
-        ev = {"framework": FRAMEWORK, "span_id": s.span_id}
-        turn_span = s if s.name == "agent_turn" else ancestor(s, "agent_turn")
-        user_span = s if s.name == "user_turn" else ancestor(s, "user_turn")
+        base = record_attrs(tel, s, keep_content)
+        turn_span = tree.within(s, "agent_turn")
+        user_span = tree.within(s, "user_turn")
+        group = s.attrs.get("lk.speech_id")
+        if not isinstance(group, str):
+            group = None
+            if turn_span is not None:
+                sid = turn_span.attrs.get("lk.speech_id")
+                group = sid if isinstance(sid, str) else turn_span.span_id
         if turn_span is not None:
             anchor = turn_span.start_ns  # the reply this span is part of
         elif user_span is not None:
@@ -154,121 +141,59 @@ def from_spans(spans: list[OtelSpan], fmt: str, *, keep_content: bool) -> Teleme
             anchor = user_span.start_ns
         else:
             anchor = s.start_ns
-        tel.items.append(
-            Item(
-                "span",
-                conv,
-                s.start_ns,
-                s.end_ns,
-                stage,
-                f"livekit.{s.name}",
-                base,
-                anchor,
-                group,
-                per_turn=s.name != "agent_session",
-            )
-        )
-
-        def mark(
-            t: int,
-            name: str,
-            st: str,
-            frm: str,
-            *,
-            g: str | None = group,
-            a: int = anchor,
-            conv: str = conv,
-            ev: dict[str, Any] = ev,
-        ) -> None:
-            tel.items.append(Item("event", conv, t, t, st, name, {**ev, "from": frm}, a, g))
-
-        def measure(
-            metric: str,
-            value: Any,
-            label: str,
-            *,
-            a: int = anchor,
-            conv: str = conv,
-            span: str = s.name,
-            group: str | None = group,
-        ) -> int | None:
-            ns = seconds_to_ns(value)
-            if ns is not None:
-                tel.measures.append(
-                    Measure(FRAMEWORK, conv, metric, ns, f"{label} on span {span}", a, group)
-                )
-            return ns
-
+        rec = SpanRecords(tel, s, anchor, group)
+        stage = _STAGE.get(s.name, "other")
+        rec.record(stage, f"livekit.{s.name}", base, per_turn=s.name != "agent_session")
         if s.name == "user_speaking":
-            mark(s.start_ns, "speech_started", "endpointing", "user_speaking span start")
-            mark(s.end_ns, "framework.speech_end", "endpointing", "user_speaking span end")
+            rec.mark(s.start_ns, "endpointing", "speech_started", "user_speaking span start")
+            rec.mark(s.end_ns, "endpointing", "framework.speech_end", "user_speaking span end")
         elif s.name == "eou_detection":
-            mark(s.end_ns, "endpoint", "endpointing", "eou_detection span end")
+            rec.mark(s.end_ns, "endpointing", "endpoint", "eou_detection span end")
             tel.constraints.append(Constraint(conv, s.end_ns, "after_speech_end", "eou end"))
         elif s.name == "user_turn":
-            mark(s.end_ns, "committed", "endpointing", "user_turn span end")
+            rec.mark(s.end_ns, "endpointing", "committed", "user_turn span end")
         elif s.name == "agent_turn":
-            tel.replies[conv].append((s.start_ns, group))
-            tel.constraints.append(
-                Constraint(conv, s.start_ns, "after_speech_end", "agent_turn start")
-            )
-            tel.constraints.append(Constraint(conv, s.start_ns, "before_reply", "agent_turn start"))
+            tel.add_reply(conv, s.start_ns, "agent_turn start", group)
         elif s.name == "agent_speaking":
-            mark(s.start_ns, "bot.started_speaking", "output", "agent_speaking span start")
+            rec.mark(s.start_ns, "output", "bot.started_speaking", "agent_speaking span start")
         elif s.name in ("llm_node", "llm_request", "tts_node", "tts_request"):
-            llm = s.name.startswith("llm")
-            node = s.name.endswith("_node")
-            key, blob, metric = (
-                ("lk.response.ttft", "lk.llm_metrics", "llm_ttft")
-                if llm
-                else ("lk.response.ttfb", "lk.tts_metrics", "tts_ttfb")
-            )
-            parent = by_id.get(s.parent_id) if s.parent_id else None
-            under_node = parent is not None and parent.name == ("llm_node" if llm else "tts_node")
-            raw: Any = s.attrs.get(key)
-            label = key
-            if not node:
-                raw = _blob(s.attrs.get(blob)).get("ttft" if llm else "ttfb", raw)
-                label = f"{blob}.{'ttft' if llm else 'ttfb'}"
-                kind0 = "llm" if llm else "tts"
-                if parent is not None and under_node and (kind0, parent.span_id) in node_has:
-                    raw = None
-            st = "model" if llm else "synthesis"
-            kind = "llm" if llm else "tts"
-            if not under_node:
-                mark(s.start_ns, f"{kind}.request", st, f"{s.name} span start")
-                mark(s.end_ns, f"{kind}.done", st, f"{s.name} span end")
-                if not llm:
-                    tel.constraints.append(
-                        Constraint(conv, s.start_ns, "before_reply", "tts start")
-                    )
-            first = measure(metric, raw, label)
-            if first is not None:
-                name = "llm.first_token" if llm else "tts.first_byte"
-                mark(s.start_ns + first, name, st, f"{s.name} span start + {label}")
-                if not llm:
-                    tel.constraints.append(
-                        Constraint(
-                            conv, s.start_ns + first, "before_reply", "tts first byte", anchor
-                        )
-                    )
-        measure("e2e_latency", s.attrs.get("lk.e2e_latency"), "lk.e2e_latency")
-        measure(
-            "transcription_delay",
-            s.attrs.get("lk.transcription_delay"),
-            "lk.transcription_delay",
-        )
-        measure(
-            "end_of_turn_delay",
-            s.attrs.get("lk.end_of_turn_delay"),
-            "lk.end_of_turn_delay",
-        )
-        measure(
-            "eou_endpointing_delay",
-            s.attrs.get("lk.eou.endpointing_delay"),
-            "lk.eou.endpointing_delay",
-        )
+            _request(rec, tree.parent(s), node_has)
+        for metric, key in _SPAN_FIGURES:
+            _measure(rec, metric, s.attrs.get(key), key)
     return tel
+
+
+def _request(rec: SpanRecords, parent: OtelSpan | None, node_has: set[tuple[str, str]]) -> None:
+    """The marks and time to first token or byte of an llm/tts node or request span."""
+    s = rec.span
+    llm = s.name.startswith("llm")
+    kind, stage = ("llm", "model") if llm else ("tts", "synthesis")
+    key, blob, metric = (
+        ("lk.response.ttft", "lk.llm_metrics", "llm_ttft")
+        if llm
+        else ("lk.response.ttfb", "lk.tts_metrics", "tts_ttfb")
+    )
+    under_node = parent is not None and parent.name == f"{kind}_node"
+    raw: Any = s.attrs.get(key)
+    label = key
+    if not s.name.endswith("_node"):
+        raw = _blob(s.attrs.get(blob)).get("ttft" if llm else "ttfb", raw)
+        label = f"{blob}.{'ttft' if llm else 'ttfb'}"
+        if parent is not None and under_node and (kind, parent.span_id) in node_has:
+            raw = None
+    if not under_node:
+        rec.mark(s.start_ns, stage, f"{kind}.request", f"{s.name} span start")
+        rec.mark(s.end_ns, stage, f"{kind}.done", f"{s.name} span end")
+        if not llm:
+            rec.tel.constraints.append(
+                Constraint(s.trace_id, s.start_ns, "before_reply", "tts start")
+            )
+    first = _measure(rec, metric, raw, label)
+    if first is not None:
+        name = "llm.first_token" if llm else "tts.first_byte"
+        rec.mark(s.start_ns + first, stage, name, f"{s.name} span start + {label}")
+        if not llm:
+            rec.first_byte(s.start_ns + first)
 
 
 def is_metrics_record(obj: Any) -> bool:
@@ -276,6 +201,14 @@ def is_metrics_record(obj: Any) -> bool:
         return False
     inner = obj.get("metrics") if isinstance(obj.get("metrics"), dict) else obj
     return isinstance(inner, dict) and inner.get("type") in METRIC_TYPES and "timestamp" in inner
+
+
+#: metrics records of a request: (stage, request kind, metric, time-to-first key, its mark)
+_REQUESTS = {
+    "llm_metrics": ("model", "llm", "llm_ttft", "ttft", "llm.first_token"),
+    "realtime_model_metrics": ("model", "llm", "llm_ttft", "ttft", "llm.first_token"),
+    "tts_metrics": ("synthesis", "tts", "tts_ttfb", "ttfb", "tts.first_byte"),
+}
 
 
 def from_metrics(objs: list[Any], *, keep_content: bool) -> Telemetry:
@@ -294,163 +227,38 @@ def from_metrics(objs: list[Any], *, keep_content: bool) -> Telemetry:
     for t, m in records:
         kind = m["type"]
         sid = m.get("speech_id") if isinstance(m.get("speech_id"), str) else None
-        duration = seconds_to_ns(m.get("duration")) or 0
         attrs, dropped = strip_content(
             {k: v for k, v in m.items() if not isinstance(v, dict | list)}, keep_content
         )
         tel.dropped_content += dropped
         ev = {"framework": FRAMEWORK, "record": kind}
-        start = t - duration
-
-        def measure(
-            metric: str,
-            key: str,
-            anchor: int,
-            *,
-            m: dict[str, Any] = m,
-            kind: str = kind,
-            sid: str | None = sid,
-        ) -> int | None:
-            ns = seconds_to_ns(m.get(key))
-            if ns is not None:
-                tel.measures.append(
-                    Measure(FRAMEWORK, conv, metric, ns, f"{kind}.{key}", anchor, sid)
-                )
-            return ns
-
-        if kind == "llm_metrics" or kind == "realtime_model_metrics":
-            tel.items.append(
-                Item(
-                    "span",
-                    conv,
-                    start,
-                    t,
-                    "model",
-                    f"livekit.{kind}",
-                    {"framework": FRAMEWORK, **attrs},
-                    start,
-                    sid,
-                )
-            )
-            tel.items.append(
-                Item(
-                    "event",
-                    conv,
-                    start,
-                    start,
-                    "model",
-                    "llm.request",
-                    {**ev, "from": "timestamp - duration"},
-                    start,
-                    sid,
-                )
-            )
-            ttft = measure("llm_ttft", "ttft", start)
-            if ttft is not None and ttft > 0:
-                tel.items.append(
-                    Item(
-                        "event",
-                        conv,
-                        start + ttft,
-                        start + ttft,
-                        "model",
-                        "llm.first_token",
-                        {**ev, "from": "request start + ttft"},
-                        start,
-                        sid,
-                    )
-                )
-            tel.replies[conv].append((start, sid))
-            tel.constraints.append(Constraint(conv, start, "after_speech_end", "llm request"))
-            tel.constraints.append(Constraint(conv, start, "before_reply", "llm request"))
-        elif kind == "tts_metrics":
-            tel.items.append(
-                Item(
-                    "span",
-                    conv,
-                    start,
-                    t,
-                    "synthesis",
-                    "livekit.tts_metrics",
-                    {"framework": FRAMEWORK, **attrs},
-                    start,
-                    sid,
-                )
-            )
-            tel.items.append(
-                Item(
-                    "event",
-                    conv,
-                    start,
-                    start,
-                    "synthesis",
-                    "tts.request",
-                    {**ev, "from": "timestamp - duration"},
-                    start,
-                    sid,
-                )
-            )
-            ttfb = measure("tts_ttfb", "ttfb", start)
-            if ttfb is not None and ttfb > 0:
-                tel.items.append(
-                    Item(
-                        "event",
-                        conv,
-                        start + ttfb,
-                        start + ttfb,
-                        "synthesis",
-                        "tts.first_byte",
-                        {**ev, "from": "request start + ttfb"},
-                        start,
-                        sid,
-                    )
-                )
-                tel.constraints.append(
-                    Constraint(conv, start + ttfb, "before_reply", "tts first byte", start)
-                )
+        record = {"framework": FRAMEWORK, **attrs}
+        if kind in _REQUESTS:
+            stage, what, metric, key, first_mark = _REQUESTS[kind]
+            start = t - (seconds_to_ns(m.get("duration")) or 0)
+            tel.add_span(conv, start, t, stage, f"livekit.{kind}", record, start, sid)
+            frm = {**ev, "from": "timestamp - duration"}
+            tel.add_mark(conv, start, stage, f"{what}.request", frm, start, sid)
+            first = seconds_to_ns(m.get(key))
+            if first is not None:
+                tel.add_measure(conv, metric, first, f"{kind}.{key}", start, sid)
+            if first is not None and first > 0:
+                frm = {**ev, "from": f"request start + {key}"}
+                tel.add_mark(conv, start + first, stage, first_mark, frm, start, sid)
+                if what == "tts":
+                    tel.add_first_byte(conv, start + first, start)
+            if what == "llm":
+                tel.add_reply(conv, start, "llm request", sid)
         elif kind == "eou_metrics":
-            tel.items.append(
-                Item(
-                    "event",
-                    conv,
-                    t,
-                    t,
-                    "endpointing",
-                    "endpoint",
-                    {**ev, "from": "eou_metrics timestamp"},
-                    t,
-                    sid,
-                )
-            )
-            measure("end_of_utterance_delay", "end_of_utterance_delay", t)
-            measure("transcription_delay", "transcription_delay", t)
+            frm = {**ev, "from": "eou_metrics timestamp"}
+            tel.add_mark(conv, t, "endpointing", "endpoint", frm, t, sid)
+            for key in ("end_of_utterance_delay", "transcription_delay"):
+                value = seconds_to_ns(m.get(key))
+                if value is not None:
+                    tel.add_measure(conv, key, value, f"{kind}.{key}", t, sid)
             tel.constraints.append(Constraint(conv, t, "after_speech_end", "eou decision"))
         elif kind == "stt_metrics":
-            tel.items.append(
-                Item(
-                    "event",
-                    conv,
-                    t,
-                    t,
-                    "transcription",
-                    "framework.stt_metrics",
-                    {"framework": FRAMEWORK, **attrs},
-                    t,
-                    sid,
-                )
-            )
+            tel.add_mark(conv, t, "transcription", "framework.stt_metrics", record, t, sid)
         else:
-            tel.items.append(
-                Item(
-                    "event",
-                    conv,
-                    t,
-                    t,
-                    "other",
-                    f"livekit.{kind}",
-                    {"framework": FRAMEWORK, **attrs},
-                    t,
-                    sid,
-                )
-            )
+            tel.add_mark(conv, t, "other", f"livekit.{kind}", record, t, sid)
     return tel

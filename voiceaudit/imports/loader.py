@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from voiceaudit.imports import livekit, openai_realtime, pipecat
+# by module path: the package's __init__ imports this module, so this one does not import it
+import voiceaudit.imports.livekit as livekit
+import voiceaudit.imports.openai_realtime as openai_realtime
+import voiceaudit.imports.pipecat as pipecat
 from voiceaudit.imports.align import AssignedMeasure, ClockAlignment, place
 from voiceaudit.imports.base import Telemetry, TelemetryError
 from voiceaudit.imports.otel import NotSpans, OtelSpan, is_otlp, is_to_json_span, spans_from_objects

@@ -20,8 +20,6 @@ from typing import Any
 
 from voiceaudit.imports.base import (
     Constraint,
-    Item,
-    Measure,
     Telemetry,
     epoch_to_ns,
     obj_at,
@@ -119,31 +117,18 @@ def from_events(objs: list[Any], *, keep_content: bool) -> Telemetry:
         if kind in _AUDIO_DELTA:
             if not first_audio_seen:
                 first_audio_seen = True
-                tel.items.append(
-                    Item(
-                        "event",
-                        conv,
-                        t,
-                        t,
-                        "reply",
-                        "reply.first_audio_event",
-                        {**attrs, "from": "first audio delta received"},
-                        anchor,
-                    )
-                )
+                frm = {**attrs, "from": "first audio delta received"}
+                tel.add_mark(conv, t, "reply", "reply.first_audio_event", frm, anchor)
                 tel.constraints.append(
                     Constraint(conv, t, "before_reply", "first audio delta", anchor)
                 )
                 if stopped is not None:
-                    tel.measures.append(
-                        Measure(
-                            FRAMEWORK,
-                            conv,
-                            "response_latency",
-                            t - stopped,
-                            "first audio delta - speech_stopped (as received)",
-                            anchor,
-                        )
+                    tel.add_measure(
+                        conv,
+                        "response_latency",
+                        t - stopped,
+                        "first audio delta - speech_stopped (as received)",
+                        anchor,
                     )
             continue
         if kind == "input_audio_buffer.speech_stopped":
@@ -151,27 +136,15 @@ def from_events(objs: list[Any], *, keep_content: bool) -> Telemetry:
             first_audio_seen = False
             tel.constraints.append(Constraint(conv, t, "after_speech_end", "speech_stopped"))
         elif kind == "response.created":
-            tel.replies[conv].append((t, None))
-            tel.constraints.append(Constraint(conv, t, "after_speech_end", "response.created"))
-            tel.constraints.append(Constraint(conv, t, "before_reply", "response.created"))
+            tel.add_reply(conv, t, "response.created")
         if kind in _MARKS:
             name, stage = _MARKS[kind]
             if kind == "response.done":
                 resp = obj_at(ev, "response")
                 attrs["status"] = resp.get("status")
-            tel.items.append(Item("event", conv, t, t, stage, name, attrs, anchor))
+            tel.add_mark(conv, t, stage, name, attrs, anchor)
         elif kind == "error":
             err = obj_at(ev, "error")
-            tel.items.append(
-                Item(
-                    "event",
-                    conv,
-                    t,
-                    t,
-                    "error",
-                    "error",
-                    {**attrs, "message": str(err.get("message", ""))},
-                    anchor,
-                )
-            )
+            msg = {**attrs, "message": str(err.get("message", ""))}
+            tel.add_mark(conv, t, "error", "error", msg, anchor)
     return tel

@@ -112,21 +112,20 @@ def from_to_json(obj: dict[str, Any]) -> OtelSpan:
                 continue
             ea = obj_at(ev, "attributes")
             events.append(OtelEvent(ev["name"], t, dict(ea)))
-    span_id = norm_id(ctx.get("span_id"))
-    trace_id = norm_id(ctx.get("trace_id"))
-    if span_id is None or trace_id is None:
-        raise NotSpans(f"span {name!r} has no span_id/trace_id")
-    return OtelSpan(
-        name=name,
-        trace_id=trace_id,
-        span_id=span_id,
-        parent_id=norm_id(obj.get("parent_id")),
-        start_ns=start,
-        end_ns=max(start, end),
-        attrs=dict(attrs),
-        resource=dict(res_attrs) if isinstance(res_attrs, dict) else {},
-        events=tuple(events),
+    ids = _ids(
+        name, ctx.get("span_id"), ctx.get("trace_id"), obj.get("parent_id"), "span_id/trace_id"
     )
+    resource = dict(res_attrs) if isinstance(res_attrs, dict) else {}
+    return OtelSpan(name, *ids, start, max(start, end), dict(attrs), resource, tuple(events))
+
+
+def _ids(name: str, span: Any, trace: Any, parent: Any, what: str) -> tuple[str, str, str | None]:
+    """(trace id, span id, parent id) as lower-case hex; a span must have the first two."""
+    span_id = norm_id(span)
+    trace_id = norm_id(trace)
+    if span_id is None or trace_id is None:
+        raise NotSpans(f"span {name!r} has no {what}")
+    return trace_id, span_id, norm_id(parent)
 
 
 def any_value(v: Any) -> Any:
@@ -215,21 +214,16 @@ def _otlp_span(s: Any, resource: dict[str, Any], scope: str | None) -> OtelSpan:
                     key_values(ev.get("attributes", [])),
                 )
             )
-    span_id = norm_id(s.get("spanId"))
-    trace_id = norm_id(s.get("traceId"))
-    if span_id is None or trace_id is None:
-        raise NotSpans(f"span {name!r} has no spanId/traceId")
+    ids = _ids(name, s.get("spanId"), s.get("traceId"), s.get("parentSpanId"), "spanId/traceId")
     return OtelSpan(
-        name=name,
-        trace_id=trace_id,
-        span_id=span_id,
-        parent_id=norm_id(s.get("parentSpanId")),
-        start_ns=start,
-        end_ns=max(start, end),
-        attrs=key_values(s.get("attributes", [])),
-        resource=resource,
-        events=tuple(events),
-        scope=scope if isinstance(scope, str) else None,
+        name,
+        *ids,
+        start,
+        max(start, end),
+        key_values(s.get("attributes", [])),
+        resource,
+        tuple(events),
+        scope if isinstance(scope, str) else None,
     )
 
 

@@ -20,15 +20,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from voiceaudit.imports.base import (
-    Constraint,
-    Item,
-    Measure,
-    Telemetry,
-    seconds_to_ns,
-    strip_content,
-)
+from voiceaudit.imports.base import Telemetry, seconds_to_ns
 from voiceaudit.imports.otel import OtelSpan
+from voiceaudit.imports.spans import SpanRecords, SpanTree, record_attrs
 
 FRAMEWORK = "pipecat"
 
@@ -61,337 +55,89 @@ def looks_like_pipecat(spans: list[OtelSpan]) -> bool:
 _STAGE = {"stt": "transcription", "llm": "model", "tts": "synthesis", "s2s": "model"}
 
 
+def _conversation_facts(s: OtelSpan) -> dict[str, Any]:
+    return {
+        "conversation_id": s.attrs.get("conversation.id"),
+        "service": s.resource.get("service.name"),
+    }
+
+
 def from_spans(spans: list[OtelSpan], fmt: str, *, keep_content: bool) -> Telemetry:
+    """Pipecat's spans (``fmt``: the JSON shape they came in) as telemetry."""
     tel = Telemetry(framework=FRAMEWORK, format=fmt)
-    by_id = {s.span_id: s for s in spans}
-    spans = sorted(spans, key=lambda s: (s.start_ns, s.end_ns))
-
-    def turn_of(s: OtelSpan) -> OtelSpan | None:
-        seen = 0
-        p = by_id.get(s.parent_id) if s.parent_id else None
-        while p is not None and seen < 64:
-            if p.name == "turn":
-                return p
-            p = by_id.get(p.parent_id) if p.parent_id else None
-            seen += 1
-        return None
-
-    for s in spans:
-        conv = s.trace_id
-        if s.name == "conversation":
-            tel.add_conversation(
-                conv,
-                conversation_id=s.attrs.get("conversation.id"),
-                service=s.resource.get("service.name"),
-            )
-        else:
-            tel.add_conversation(conv)
-
-    turn_spans = [s for s in spans if s.name == "turn"]
-    for s in spans:
-        conv = s.trace_id
-        attrs, dropped = strip_content(s.attrs, keep_content)
-        tel.dropped_content += dropped
-        base = {
-            "framework": FRAMEWORK,
-            "span": s.name,
-            "span_id": s.span_id,
-            **({"parent_id": s.parent_id} if s.parent_id else {}),
-            **attrs,
-        }
+    tree = SpanTree(spans)
+    tree.add_conversations(tel, "conversation", _conversation_facts)
+    for s in tree.spans:
+        base = record_attrs(tel, s, keep_content)
         kind = service_kind(s.name)
-        turn = turn_of(s)
+        turn = tree.ancestor(s, "turn")
         group = turn.span_id if turn is not None else None
         if s.name == "conversation":
-            tel.items.append(
-                Item(
-                    "span",
-                    conv,
-                    s.start_ns,
-                    s.end_ns,
-                    "session",
-                    "pipecat.conversation",
-                    base,
-                    s.start_ns,
-                    per_turn=False,
-                )
+            rec = SpanRecords(tel, s, s.start_ns, None)
+            rec.record("session", "pipecat.conversation", base, per_turn=False)
+        elif s.name == "turn":
+            # a turn span folding several replies goes with the first
+            SpanRecords(tel, s, s.start_ns, s.span_id).record("turn", "pipecat.turn", base)
+        elif kind is None:
+            SpanRecords(tel, s, s.start_ns, group).record("other", f"pipecat.{s.name}", base)
+        else:
+            _service(
+                SpanRecords(tel, s, s.end_ns if kind == "stt" else s.start_ns, group), kind, base
             )
-            continue
-        if s.name == "turn":
-            tel.items.append(
-                Item(
-                    "span",
-                    conv,
-                    s.start_ns,
-                    s.end_ns,
-                    "turn",
-                    "pipecat.turn",
-                    base,
-                    s.start_ns,  # a turn span folding several replies goes with the first
-                    s.span_id,
-                )
-            )
-            continue
-        if kind is None:
-            tel.items.append(
-                Item(
-                    "span",
-                    conv,
-                    s.start_ns,
-                    s.end_ns,
-                    "other",
-                    f"pipecat.{s.name}",
-                    base,
-                    s.start_ns,
-                    group,
-                )
-            )
-            continue
-        ttfb = seconds_to_ns(s.attrs.get("metrics.ttfb"))
-        provider = s.attrs.get("gen_ai.provider.name", s.attrs.get("gen_ai.system"))
-        label_tail = f" on span {s.name}" + (f" ({provider})" if provider else "")
-        if kind == "stt":
-            anchor = s.end_ns
-            tel.items.append(
-                Item(
-                    "span",
-                    conv,
-                    s.start_ns,
-                    s.end_ns,
-                    "transcription",
-                    "pipecat.stt",
-                    base,
-                    anchor,
-                    group,
-                )
-            )
-            ev = {"framework": FRAMEWORK, "span_id": s.span_id}
-            tel.items.append(
-                Item(
-                    "event",
-                    conv,
-                    s.start_ns,
-                    s.start_ns,
-                    "endpointing",
-                    "speech_started",
-                    {**ev, "from": "stt span start (VAD speech start)"},
-                    anchor,
-                    group,
-                )
-            )
-            final = s.attrs.get("is_final")
-            if final is None or final is True:
-                tel.items.append(
-                    Item(
-                        "event",
-                        conv,
-                        s.end_ns,
-                        s.end_ns,
-                        "transcription",
-                        "transcript.final",
-                        {**ev, "from": "stt span end"},
-                        anchor,
-                        group,
-                    )
-                )
-            if ttfb is not None:
-                t = s.end_ns - ttfb
-                tel.items.append(
-                    Item(
-                        "event",
-                        conv,
-                        t,
-                        t,
-                        "endpointing",
-                        "framework.speech_end",
-                        {**ev, "from": "stt span end - metrics.ttfb (Pipecat's speech end)"},
-                        anchor,
-                        group,
-                    )
-                )
-                tel.measures.append(
-                    Measure(
-                        FRAMEWORK,
-                        conv,
-                        "stt_ttfb",
-                        ttfb,
-                        "metrics.ttfb" + label_tail,
-                        anchor,
-                        group,
-                    )
-                )
-        elif kind == "llm":
-            anchor = s.start_ns
-            tel.items.append(
-                Item(
-                    "span", conv, s.start_ns, s.end_ns, "model", "pipecat.llm", base, anchor, group
-                )
-            )
-            _request_marks(tel, conv, s, "llm", ttfb, anchor, group)
-            if ttfb is not None:
-                tel.measures.append(
-                    Measure(
-                        FRAMEWORK,
-                        conv,
-                        "llm_ttfb",
-                        ttfb,
-                        "metrics.ttfb" + label_tail,
-                        anchor,
-                        group,
-                    )
-                )
-            tel.constraints.append(Constraint(conv, s.start_ns, "after_speech_end", "llm start"))
-            tel.constraints.append(Constraint(conv, s.start_ns, "before_reply", "llm start"))
-        elif kind == "tts":
-            anchor = s.start_ns
-            tel.items.append(
-                Item(
-                    "span",
-                    conv,
-                    s.start_ns,
-                    s.end_ns,
-                    "synthesis",
-                    "pipecat.tts",
-                    base,
-                    anchor,
-                    group,
-                )
-            )
-            _request_marks(tel, conv, s, "tts", ttfb, anchor, group)
-            tel.replies[conv].append((s.start_ns, group))
-            if ttfb is not None:
-                tel.measures.append(
-                    Measure(
-                        FRAMEWORK,
-                        conv,
-                        "tts_ttfb",
-                        ttfb,
-                        "metrics.ttfb" + label_tail,
-                        anchor,
-                        group,
-                    )
-                )
-                tel.constraints.append(
-                    Constraint(
-                        conv, s.start_ns + ttfb, "before_reply", "tts first byte", s.start_ns
-                    )
-                )
-            tel.constraints.append(Constraint(conv, s.start_ns, "after_speech_end", "tts start"))
-            tel.constraints.append(Constraint(conv, s.start_ns, "before_reply", "tts start"))
-        else:  # speech-to-speech
-            _s2s(tel, conv, s, base, ttfb, label_tail, group)
-
-    _turn_measures(tel, turn_spans)
+    _turn_measures(tel, [s for s in tree.spans if s.name == "turn"])
     return tel
 
 
-def _request_marks(
-    tel: Telemetry,
-    conv: str,
-    s: OtelSpan,
-    stage: str,
-    ttfb: int | None,
-    anchor: int,
-    group: str | None,
-) -> None:
-    ev = {"framework": FRAMEWORK, "span_id": s.span_id}
-    st = _STAGE[stage]
-    tel.items.append(
-        Item(
-            "event",
-            conv,
-            s.start_ns,
-            s.start_ns,
-            st,
-            f"{stage}.request",
-            {**ev, "from": f"{s.name} span start"},
-            anchor,
-            group,
-        )
-    )
-    if ttfb is not None:
-        first = "llm.first_token" if stage == "llm" else "tts.first_byte"
-        tel.items.append(
-            Item(
-                "event",
-                conv,
-                s.start_ns + ttfb,
-                s.start_ns + ttfb,
-                st,
-                first,
-                {**ev, "from": f"{s.name} span start + metrics.ttfb"},
-                anchor,
-                group,
-            )
-        )
-    tel.items.append(
-        Item(
-            "event",
-            conv,
-            s.end_ns,
-            s.end_ns,
-            st,
-            f"{stage}.done",
-            {**ev, "from": f"{s.name} span end"},
-            anchor,
-            group,
-        )
-    )
-
-
-def _s2s(
-    tel: Telemetry,
-    conv: str,
-    s: OtelSpan,
-    base: dict[str, Any],
-    ttfb: int | None,
-    label_tail: str,
-    group: str | None,
-) -> None:
-    ev = {"framework": FRAMEWORK, "span_id": s.span_id}
-    anchor = s.start_ns
-    tel.items.append(
-        Item("span", conv, s.start_ns, s.end_ns, "model", f"pipecat.{s.name}", base, anchor, group)
-    )
-    if s.name == "llm_request":
-        tel.items.append(
-            Item(
-                "event",
-                conv,
-                s.start_ns,
-                s.start_ns,
-                "model",
-                "llm.request",
-                {**ev, "from": "llm_request span start"},
-                anchor,
-                group,
-            )
-        )
-        tel.replies[conv].append((s.start_ns, group))
-        tel.constraints.append(
-            Constraint(conv, s.start_ns, "after_speech_end", "llm_request start")
-        )
-        tel.constraints.append(Constraint(conv, s.start_ns, "before_reply", "llm_request start"))
-    elif s.name == "llm_response":
-        tel.items.append(
-            Item(
-                "event",
-                conv,
-                s.start_ns,
-                s.start_ns,
-                "model",
-                "response.done",
-                {**ev, "from": "llm_response span start"},
-                anchor,
-                group,
-            )
-        )
+def _service(rec: SpanRecords, kind: str, base: dict[str, Any]) -> None:
+    """The records of an stt, llm, tts or speech-to-speech span."""
+    s, tel, conv = rec.span, rec.tel, rec.span.trace_id
+    ttfb = seconds_to_ns(s.attrs.get("metrics.ttfb"))
+    provider = s.attrs.get("gen_ai.provider.name", s.attrs.get("gen_ai.system"))
+    detail = f" ({provider})" if provider else ""
+    if kind == "s2s":
+        rec.record("model", f"pipecat.{s.name}", base)
+        if s.name == "llm_request":
+            rec.mark(s.start_ns, "model", "llm.request", "llm_request span start")
+            tel.add_reply(conv, s.start_ns, "llm_request start", rec.group)
+        elif s.name == "llm_response":
+            rec.mark(s.start_ns, "model", "response.done", "llm_response span start")
+            if ttfb is not None:
+                rec.measure("llm_ttfb", ttfb, "metrics.ttfb", detail)
+        return
+    rec.record(_STAGE[kind], f"pipecat.{kind}", base)
+    if kind == "stt":
+        rec.mark(s.start_ns, "endpointing", "speech_started", "stt span start (VAD speech start)")
+        final = s.attrs.get("is_final")
+        if final is None or final is True:
+            rec.mark(s.end_ns, "transcription", "transcript.final", "stt span end")
         if ttfb is not None:
-            tel.measures.append(
-                Measure(
-                    FRAMEWORK, conv, "llm_ttfb", ttfb, "metrics.ttfb" + label_tail, anchor, group
-                )
+            rec.mark(
+                s.end_ns - ttfb,
+                "endpointing",
+                "framework.speech_end",
+                "stt span end - metrics.ttfb (Pipecat's speech end)",
             )
+            rec.measure("stt_ttfb", ttfb, "metrics.ttfb", detail)
+        return
+    _request_marks(rec, kind, ttfb)
+    if ttfb is not None:
+        rec.measure(f"{kind}_ttfb", ttfb, "metrics.ttfb", detail)
+    if kind == "tts":
+        if ttfb is not None:
+            rec.first_byte(s.start_ns + ttfb)
+        tel.add_reply(conv, s.start_ns, "tts start", rec.group)
+    else:
+        tel.add_window(conv, s.start_ns, "llm start")
+
+
+def _request_marks(rec: SpanRecords, kind: str, ttfb: int | None) -> None:
+    """Request, first token or byte (from ``metrics.ttfb``), done: from an llm or tts span."""
+    s, st = rec.span, _STAGE[kind]
+    rec.mark(s.start_ns, st, f"{kind}.request", f"{s.name} span start")
+    if ttfb is not None:
+        first = "llm.first_token" if kind == "llm" else "tts.first_byte"
+        rec.mark(s.start_ns + ttfb, st, first, f"{s.name} span start + metrics.ttfb")
+    rec.mark(s.end_ns, st, f"{kind}.done", f"{s.name} span end")
 
 
 def _turn_measures(tel: Telemetry, turn_spans: list[OtelSpan]) -> None:
@@ -408,17 +154,14 @@ def _turn_measures(tel: Telemetry, turn_spans: list[OtelSpan]) -> None:
                 f"Pipecat's turn span #{t.attrs.get('turn.number', '?')} folded "
                 f"{len(replies)} replies into one turn; it keeps only the last latency"
             )
-        tel.measures.append(
-            Measure(
-                FRAMEWORK,
-                t.trace_id,
-                "user_bot_latency",
-                value,
-                "turn.user_bot_latency_seconds on span turn",
-                anchor,
-                t.span_id,
-                note,
-            )
+        tel.add_measure(
+            t.trace_id,
+            "user_bot_latency",
+            value,
+            "turn.user_bot_latency_seconds on span turn",
+            anchor,
+            t.span_id,
+            note,
         )
         if note is not None:
             tel.warnings.append(note)
