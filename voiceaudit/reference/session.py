@@ -1,0 +1,414 @@
+"""One reference session, whatever the protocol: the turn state and its ground truth.
+
+:class:`Session` owns what every protocol server used to repeat: the session's id and
+seeded random source, its :class:`~voiceaudit.reference.pipeline.InputPipeline` (VAD →
+streaming recognition), the turn records (a turn starts when the VAD hears speech, or at
+a manual commit), the hearing of a turn (the ``vad`` and ``asr`` stage-delay injections,
+the ``vad_stop``/``asr_done``/``transcript_final`` marks, the transcript), the reply in
+progress (one at a time; the next turn cuts it, unless ``no-barge-in``), barge-in, a
+client's cancel and truncate, the conversation history, writing each turn to the ground
+truth, and closing (every task stopped, an unfinished turn written as
+``client_disconnected``). It knows no socket, codec or event name.
+
+A protocol adapter subclasses it and implements:
+
+- its **transport**: accept the connection, decode input audio to float samples at the
+  rate it opened the input with (:meth:`Session.open_input`) and pass them to
+  ``self.input.feed(samples, arrival_ns)``; a manual commit is ``self.input.commit``;
+- ``protocol`` (the ground truth's protocol name) and ``id_prefix``;
+- the **event hooks**, each called at the moment the protocol tells its client (all
+  optional; the defaults send nothing): :meth:`Session.speech_began`,
+  :meth:`Session.speech_stopped`, :meth:`Session.recognised`, :meth:`Session.transcribed`;
+- :meth:`Session.respond`: the reply to a heard turn (run in the reply task
+  :meth:`Session.speech_ended` starts): its protocol events around
+  :func:`~voiceaudit.reference.pipeline.run_reply`, given a
+  :class:`~voiceaudit.reference.pipeline.ReplySink` that frames text and audio for the
+  wire (``send_audio`` hands its bytes to the transport before its first ``await``), and
+  writing the turn with :meth:`Session.write`;
+- its client **control messages**, mapped onto :meth:`Session.cancel_reply`,
+  :meth:`Session.record_truncate` and ``self.input.clear``.
+
+Hooks with a default an adapter may replace: :meth:`Session.interrupt` (what the caller's
+speech does to a running reply; default: :func:`~voiceaudit.reference.pipeline.barge_in`),
+:meth:`Session.speech_ended` (default: the reply starts at once, and the hearing runs in
+it), :meth:`Session.abandon` (what closing writes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any
+
+from voiceaudit.reference.dsp import F32
+from voiceaudit.reference.groundtruth import TurnRecord, now_ns
+from voiceaudit.reference.pipeline import (
+    InputPipeline,
+    ReplyControl,
+    ReplySink,
+    ServerContext,
+    Utterance,
+    barge_in,
+    new_id,
+    run_reply,
+)
+from voiceaudit.reference.responder import Message
+from voiceaudit.reference.vad import SpeechStart, SpeechStop
+
+log = logging.getLogger("voiceaudit.reference")
+
+#: Runs one reply, given its barge-in handle and the reply it may have to wait for.
+ReplyRun = Callable[[ReplyControl, "asyncio.Task[None] | None"], Coroutine[Any, Any, None]]
+
+
+def log_failure(task: asyncio.Future[Any]) -> None:
+    """Unexpected exceptions in session tasks go to the log, never silently away."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("reference session task failed", exc_info=task.exception())
+
+
+async def stop_tasks(tasks: Iterable[asyncio.Future[Any] | None]) -> None:
+    """Cancel the tasks still running and wait until they have ended."""
+    running = [t for t in tasks if t is not None and not t.done()]
+    for t in running:
+        t.cancel()
+    for t in running:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await t
+
+
+class Sink:
+    """A :class:`~voiceaudit.reference.pipeline.ReplySink` that hands one reply's text and
+    audio to its session's :meth:`Session.reply_text` and :meth:`Session.reply_audio`."""
+
+    def __init__(self, session: Session, record: TurnRecord) -> None:
+        self.session, self.record, self.output_rate = session, record, session.output_rate
+        #: the audio is played on the transport's own media clock (see Speaker.own_clock)
+        self.played_by_track = session.played_by_track
+
+    async def send_text_delta(self, text: str) -> None:
+        await self.session.reply_text(self.record, text)
+
+    async def send_audio(self, samples: F32) -> None:
+        await self.session.reply_audio(self.record, samples)
+
+
+class Session:
+    """The protocol-neutral part of one reference-pipeline connection (see the module)."""
+
+    #: The ground truth's ``protocol`` of this session's turns.
+    protocol = "reference"
+    id_prefix = "sess"
+    #: The end of speech pays the ``vad`` stage-delay injection (WebRTC never has).
+    vad_stage_delay = True
+    #: A turn records the recognizer's details (worker, decode time) and its error.
+    asr_details = True
+    #: The reply audio's sample rate (the default sink's).
+    output_rate = 24_000
+    #: The transport plays reply audio on a media clock of its own (a track), not as sent.
+    played_by_track = False
+
+    def __init__(self, ctx: ServerContext, *, connect_delay_ns: int = 0) -> None:
+        self.ctx = ctx
+        self.id = new_id(self.id_prefix)
+        self.rng = ctx.session_rng()
+        self.connect_delay_ns = connect_delay_ns
+        self.input_rate = 0
+        self.input: InputPipeline
+        self.turn_index = 0
+        self.history: list[Message] = []
+        #: The turn whose speech the VAD is hearing (not ended yet).
+        self.speech_record: TurnRecord | None = None
+        #: The reply in progress: its task, its turn's record and its barge-in handle.
+        self.response: asyncio.Task[None] | None = None
+        self.response_record: TurnRecord | None = None
+        self.control: ReplyControl | None = None
+        #: Reply items by id (``conversation.item.truncate``) and the turns written.
+        self.items: dict[str, TurnRecord] = {}
+        self.written: set[int] = set()
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.closed = False
+
+    def open_input(
+        self,
+        rate: int,
+        *,
+        silence_ms: int,
+        prefix_padding_ms: int,
+        threshold: float,
+        vad_enabled: bool = True,
+    ) -> None:
+        """(Re)open the input pipeline for audio at ``rate`` (a previous one is closed)."""
+        old = getattr(self, "input", None)
+        if old is not None:
+            old.close()
+        self.input_rate = rate
+        self.input = InputPipeline(
+            self.ctx,
+            rate,
+            self,
+            silence_ms=silence_ms,
+            prefix_padding_ms=prefix_padding_ms,
+            threshold=threshold,
+            vad_enabled=vad_enabled,
+        )
+
+    def spawn(self, coro: Awaitable[Any]) -> None:
+        """Run ``coro`` as a task of this session (stopped when it closes)."""
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(log_failure)
+
+    def new_turn(self, *, heard: bool = True) -> TurnRecord:
+        """The next turn's ground-truth record (``heard``: from input audio, at its rate)."""
+        record = self.ctx.new_record(self.id, self.turn_index, self.protocol)
+        self.turn_index += 1
+        if heard:
+            record.input_rate = self.input_rate
+        return record
+
+    # --- the InputPipeline's listener ----------------------------------------------
+
+    def on_speech_started(self, start: SpeechStart, t_ns: int) -> None:
+        """The VAD heard the caller: a running reply may be interrupted, a turn begins."""
+        self.interrupt(start, t_ns)
+        record = self.new_turn()
+        record.mark("speech_started", t_ns)
+        record.audio_start_ms = start.audio_start_ms
+        record.speech_start_ms = start.speech_start_ms
+        if record.turn == 0 and self.connect_delay_ns:
+            record.injected["connect_delay_ns"] = self.connect_delay_ns
+        self.speech_record = record
+        self.speech_began(record, start, t_ns)
+
+    def on_speech_stopped(
+        self, stop: SpeechStop, t_ns: int, transcript: Awaitable[Utterance]
+    ) -> None:
+        """The utterance ended (the VAD's endpoint or a manual commit)."""
+        record = self.speech_record
+        self.speech_record = None
+        if record is None:  # a manual commit without a speech start
+            record = self.new_turn()
+        self.speech_ended(record, stop, t_ns, transcript)
+
+    # --- hooks -----------------------------------------------------------------------
+
+    def interrupt(self, start: SpeechStart, t_ns: int) -> bool:
+        """The caller speaks while a reply may run: barge-in (stops it after the
+        ``barge-in-delay``, never with ``no-barge-in``). Returns whether it will stop."""
+        record = self.response_record
+        if record is None:
+            return False
+        return barge_in(
+            self.ctx,
+            record,
+            self.response,
+            self.control,
+            t_ns,
+            by_turn=self.turn_index,
+            speech_start_ms=start.speech_start_ms,
+        )
+
+    def speech_began(self, record: TurnRecord, start: SpeechStart, t_ns: int) -> None:
+        """Hook: tell the client the VAD heard speech (``record`` is the new turn)."""
+
+    def speech_ended(
+        self, record: TurnRecord, stop: SpeechStop, t_ns: int, transcript: Awaitable[Utterance]
+    ) -> None:
+        """Hook: the turn's speech ended. Default: its reply task (:meth:`turn`) starts now
+        and hears the turn first."""
+
+        def run(
+            control: ReplyControl, previous: asyncio.Task[None] | None
+        ) -> Coroutine[Any, Any, None]:
+            return self.turn(record, stop, t_ns, transcript, control, previous)
+
+        self.start_response(record, run)
+
+    async def speech_stopped(self, record: TurnRecord, stop: SpeechStop) -> None:
+        """Hook: tell the client the speech ended (``vad_stop`` is marked)."""
+
+    async def recognised(self, record: TurnRecord) -> None:
+        """Hook: recognition finished (``asr_done``), before the ``asr`` stage delay."""
+
+    async def transcribed(self, record: TurnRecord, utt: Utterance) -> None:
+        """Hook: tell the client the final transcript (``record.transcript``)."""
+
+    async def begin_reply(self, record: TurnRecord) -> ReplySink:
+        """Hook: the reply starts (tell the client); returns where its text and audio go.
+        Default: a :class:`Sink` at ``output_rate`` onto :meth:`reply_text` and
+        :meth:`reply_audio`."""
+        return Sink(self, record)
+
+    async def reply_text(self, record: TurnRecord, text: str) -> None:
+        """Hook (the default sink): a piece of the reply's text."""
+        raise NotImplementedError
+
+    async def reply_audio(self, record: TurnRecord, samples: F32) -> None:
+        """Hook (the default sink): a message of reply audio at ``output_rate``, to be
+        handed to the transport before the first ``await``."""
+        raise NotImplementedError
+
+    async def reply_sent(self, record: TurnRecord, sink: ReplySink) -> None:
+        """Hook: the reply has been produced and handed to ``sink``."""
+
+    async def reply_cancelled(self, record: TurnRecord) -> None:
+        """Hook: the reply task was cancelled (barge-in, a cancel, the next turn)."""
+
+    async def turn_over(self, record: TurnRecord, control: ReplyControl) -> None:
+        """Hook: the turn is over (``record.status`` says how): settle and write it."""
+        record.settle_barge_in()
+        self.write(record)
+
+    def abandon(self) -> None:
+        """Hook, on close: write the turn being spoken as ``client_disconnected``."""
+        record = self.speech_record
+        self.speech_record = None
+        if record is not None:
+            record.status = "client_disconnected"
+            self.ctx.truth.write_turn(record)
+
+    # --- turns -----------------------------------------------------------------------
+
+    async def hear(
+        self, record: TurnRecord, stop: SpeechStop, t_ns: int, transcript: Awaitable[Utterance]
+    ) -> Utterance:
+        """The end of the turn's speech up to its final transcript, with the ``vad`` and
+        ``asr`` stage delays and their marks; the hooks tell the client."""
+        if self.vad_stage_delay and self.ctx.injections.stage_delay("vad"):
+            await self.ctx.stage_delay(record, "vad")
+            t_ns = now_ns()
+        record.mark("vad_stop", t_ns)
+        record.marks["speech_end_received"] = self.input.last_voiced_arrival_ns
+        record.speech_end_ms = stop.speech_end_ms
+        record.audio_end_ms = stop.audio_end_ms
+        await self.speech_stopped(record, stop)
+        utt = await transcript
+        record.mark("asr_done")
+        await self.recognised(record)
+        await self.ctx.stage_delay(record, "asr")
+        record.mark("transcript_final")
+        record.transcript = utt.result.text if utt.result is not None else ""
+        if self.asr_details:
+            if utt.result is not None:
+                record.asr = {
+                    "worker": utt.result.worker,
+                    "decode_ns": utt.result.decode_ns,
+                    "end_utt_ns": utt.result.end_ns,
+                }
+            else:
+                record.error = utt.error
+        await self.transcribed(record, utt)
+        return utt
+
+    async def turn(
+        self,
+        record: TurnRecord,
+        stop: SpeechStop,
+        t_ns: int,
+        transcript: Awaitable[Utterance],
+        control: ReplyControl,
+        previous: asyncio.Task[None] | None,
+    ) -> None:
+        """The default reply task: hear the turn, wait for the previous reply (with
+        ``no-barge-in``), reply with the whole conversation, then :meth:`turn_over`."""
+        try:
+            await self.hear(record, stop, t_ns, transcript)
+            await self.after(previous)
+            self.history.append(Message("user", record.transcript or ""))
+            sink = await self.begin_reply(record)
+            result = await run_reply(
+                self.ctx, record, list(self.history), sink, self.rng, control=control
+            )
+            await self.reply_sent(record, sink)
+            self.history.append(Message("assistant", result.text))
+            record.status = result.status
+            if result.error:
+                record.error = result.error
+        except asyncio.CancelledError:
+            record.status = "cancelled"
+            await self.reply_cancelled(record)
+        finally:
+            self.reply_over()
+            await self.turn_over(record, control)
+
+    def start_response(self, record: TurnRecord, run: ReplyRun) -> asyncio.Task[None]:
+        """Start ``record``'s reply (``run``) as the session's reply in progress. A reply
+        still running is cut (reason ``next_turn``), unless ``no-barge-in``: then the
+        new one is handed it to wait for (:meth:`after`)."""
+        previous = self.response
+        if previous is not None and not previous.done() and not self.ctx.injections.no_barge_in:
+            if self.control is not None:
+                self.control.reason = self.control.reason or "next_turn"
+            previous.cancel()
+        control = ReplyControl()
+        task = asyncio.ensure_future(run(control, previous))
+        task.add_done_callback(log_failure)
+        self.response, self.response_record, self.control = task, record, control
+        return task
+
+    @staticmethod
+    async def after(previous: asyncio.Task[None] | None) -> None:
+        """With ``no-barge-in``: wait until the previous reply has ended (one at a time)."""
+        if previous is not None and not previous.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(previous)
+
+    def reply_over(self) -> None:
+        """Called by the reply task as it ends: it is no longer the reply in progress."""
+        if self.response is asyncio.current_task():
+            self.response, self.response_record, self.control = None, None, None
+
+    def cancel_reply(self, t_ns: int, **fields: Any) -> TurnRecord | None:
+        """A client's cancel: recorded in the running reply's turn (``cancel``: ``t_ns``
+        and ``fields``), which stops now. None when no reply runs."""
+        task, record = self.response, self.response_record
+        if task is None or task.done() or record is None:
+            return None
+        if record.cancel is None:
+            record.cancel = {"t_ns": t_ns, **fields}
+        if self.control is not None:
+            self.control.reason = self.control.reason or "cancel"
+        task.cancel()
+        return record
+
+    def record_truncate(
+        self,
+        record: TurnRecord,
+        t_ns: int,
+        item_id: str,
+        audio_end_ms: int,
+        event_id: str | None,
+        sent_ms: float,
+    ) -> None:
+        """A client's ``conversation.item.truncate`` of ``record``'s reply (``sent_ms``:
+        the reply audio that went out); appended to the ground truth if already written."""
+        record.truncate = {
+            "t_ns": t_ns,
+            "item_id": item_id,
+            "content_index": 0,
+            "audio_end_ms": audio_end_ms,
+            "event_id": event_id,
+            "reply_audio_ms_sent": round(sent_ms, 3),
+        }
+        if id(record) in self.written:
+            self.ctx.truth.write_truncate(record)
+
+    def write(self, record: TurnRecord) -> None:
+        """Write the finished turn to the ground truth."""
+        self.ctx.truth.write_turn(record)
+        self.written.add(id(record))
+
+    # --- lifetime --------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """The connection is gone: stop the input, the reply and every task (in that
+        order), then :meth:`abandon` what is left."""
+        self.closed = True
+        self.input.close()
+        await stop_tasks([self.response])
+        await stop_tasks(list(self.tasks))
+        self.abandon()
