@@ -20,30 +20,38 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from voiceaudit.targets.base import Target, TargetConfig, TargetSink
 from voiceaudit.targets.wsbase import WebSocketSession
 
-#: event type -> (mark name, stage)
+#: the marks of the vocabulary (docs/trace-format.md) the events may name, and their stages
+_STAGES: dict[str, str] = {
+    "speech_started": "endpointing",
+    "endpoint": "endpointing",
+    "committed": "endpointing",
+    "transcript.final": "transcription",
+    "asr.done": "transcription",
+    "llm.request": "model",
+    "llm.first_token": "model",
+    "llm.done": "model",
+    "tts.request": "synthesis",
+    "tts.first_byte": "synthesis",
+    "audio.first_sent": "transport",
+    "audio.last_sent": "transport",
+}
+#: the reference pipeline's event names for them
+_REFERENCE_NAMES: dict[str, str] = {
+    "vad_stop": "endpoint",
+    "transcript_final": "transcript.final",
+    "asr_done": "asr.done",
+    "llm_request": "llm.request",
+    "llm_first_token": "llm.first_token",
+    "llm_done": "llm.done",
+    "tts_request": "tts.request",
+    "tts_first_audio": "tts.first_byte",
+    "first_audio_sent": "audio.first_sent",
+    "last_audio_sent": "audio.last_sent",
+}
+#: event type (either name) -> (mark name, stage)
 EVENT_MARKS: dict[str, tuple[str, str]] = {
-    "speech_started": ("speech_started", "endpointing"),
-    "vad_stop": ("endpoint", "endpointing"),
-    "endpoint": ("endpoint", "endpointing"),
-    "committed": ("committed", "endpointing"),
-    "transcript_final": ("transcript.final", "transcription"),
-    "transcript.final": ("transcript.final", "transcription"),
-    "llm_request": ("llm.request", "model"),
-    "llm.request": ("llm.request", "model"),
-    "llm_first_token": ("llm.first_token", "model"),
-    "llm.first_token": ("llm.first_token", "model"),
-    "llm_done": ("llm.done", "model"),
-    "asr_done": ("asr.done", "transcription"),
-    "asr.done": ("asr.done", "transcription"),
-    "llm.done": ("llm.done", "model"),
-    "tts_request": ("tts.request", "synthesis"),
-    "tts.request": ("tts.request", "synthesis"),
-    "tts_first_audio": ("tts.first_byte", "synthesis"),
-    "tts.first_byte": ("tts.first_byte", "synthesis"),
-    "first_audio_sent": ("audio.first_sent", "transport"),
-    "audio.first_sent": ("audio.first_sent", "transport"),
-    "last_audio_sent": ("audio.last_sent", "transport"),
-    "audio.last_sent": ("audio.last_sent", "transport"),
+    **{name: (name, stage) for name, stage in _STAGES.items()},
+    **{ref: (name, _STAGES[name]) for ref, name in _REFERENCE_NAMES.items()},
 }
 _DONE = {"turn_done", "response.done"}
 _QUIET = {"session.started", "pong", "session.created"}
