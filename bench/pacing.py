@@ -28,7 +28,7 @@ from voiceaudit.probe.pacing import Pacer
 
 # the tests' helpers serve the bench scripts too
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from helpers import serve_local
+from helpers import serve_forever
 
 RATE = 24000
 FRAME_MS = 20
@@ -42,12 +42,7 @@ def _sink(port_q: mp.Queue) -> None:  # type: ignore[type-arg]
             pass
         return ws
 
-    async def main() -> None:
-        _runner, port = await serve_local("/", handler)
-        port_q.put(port)
-        await asyncio.Event().wait()
-
-    asyncio.run(main())
+    serve_forever("/", handler, port_q)
 
 
 async def _session(

@@ -36,7 +36,7 @@ from voiceaudit.targets.websocket import PcmWebSocketTarget
 
 # the tests' helpers serve the bench scripts too
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from helpers import serve_local
+from helpers import serve_forever
 
 HEAD = struct.Struct("<q")
 
@@ -60,12 +60,7 @@ def _server(port_q: Any, mode: str, seconds: float, messages: int) -> None:
         await ws.close()
         return ws
 
-    async def main() -> None:
-        _runner, port = await serve_local("/pcm", handler)
-        port_q.put(port)
-        await asyncio.sleep(3600)
-
-    asyncio.run(main())
+    serve_forever("/pcm", handler, port_q)
 
 
 class _Sink:

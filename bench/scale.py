@@ -36,7 +36,7 @@ from voiceaudit.targets.websocket import PcmWebSocketTarget
 
 # the tests' helpers serve the bench scripts too
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from helpers import serve_local
+from helpers import serve_forever
 
 RATE = 16000
 #: consecutive all-zero frames (20 ms) after speech that end the caller's turn
@@ -66,12 +66,7 @@ def _echo(port_q: mp.Queue) -> None:  # type: ignore[type-arg]
                 speech, quiet = True, 0
         return ws
 
-    async def main() -> None:
-        _runner, port = await serve_local("/v1/pcm", handler)
-        port_q.put(port)
-        await asyncio.Event().wait()
-
-    asyncio.run(main())
+    serve_forever("/v1/pcm", handler, port_q)
 
 
 async def _level(

@@ -6,6 +6,7 @@ module; this one holds what is smaller than a fixture.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import socket
 from collections.abc import Callable, Iterable, Mapping
@@ -42,6 +43,18 @@ async def serve_local(path: str, handler: Any) -> tuple[web.AppRunner, int]:
     sock.bind(("127.0.0.1", 0))
     await web.SockSite(runner, sock).start()
     return runner, sock.getsockname()[1]
+
+
+def serve_forever(path: str, handler: Any, port_q: Any) -> None:
+    """Serve ``handler`` at ``path`` on a free loopback port until the process ends, after
+    putting the port on ``port_q`` (a server in a child process)."""
+
+    async def main() -> None:
+        _runner, port = await serve_local(path, handler)
+        port_q.put(port)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
 
 
 def budget_toml(voice_to_voice: str, model_first_token: str, min_turns: int) -> str:
