@@ -3,7 +3,9 @@
 One entry point, :func:`render`, takes a :class:`~voiceaudit.analysis.Report` or a
 :class:`~voiceaudit.analysis.Comparison` and a :class:`Format`, and returns the text.
 Terminal output can also be printed straight to a rich console with :func:`print_to`.
-Renderers never read traces: everything they show comes from the report object.
+Renderers never read traces: everything they show comes from the report object. The
+tables every format shows are built once, as data (columns, alignment, cells), in
+:mod:`voiceaudit.report.tables`; each renderer only formats them.
 """
 
 from __future__ import annotations

@@ -12,46 +12,31 @@ import base64
 import html
 from collections.abc import Iterable
 
+import voiceaudit.report.tables as tables
 from voiceaudit.analysis.compare import Comparison
 from voiceaudit.analysis.report import VOICE_TO_VOICE, Report, TurnReport
-from voiceaudit.analysis.stats import Summary
-from voiceaudit.report import plots
 from voiceaudit.report.common import (
-    COLUMNS,
-    CONCURRENCY_HEAD,
-    FAILURE_COMPARISON_COLUMNS,
-    FAILURE_HEAD,
     MAX_FAILED_LISTED,
     MAX_TURNS_LISTED,
-    METRIC_COMPARISON_COLUMNS,
-    RATE_COMPARISON_COLUMNS,
-    TURN_TAKING_HEAD,
     UNRELIABLE_MARK,
     audio_format_lines,
-    concurrency_rows,
     failed_turn_line,
     failure_banner,
     failure_note,
-    failure_rows,
-    finding_comparison_cells,
     finding_label,
-    fmt_cost,
     fmt_ms,
     knee_line,
     label,
-    metric_comparison_cells,
     metric_rows,
     pacing_line,
-    rate_comparison_cells,
     representative_turns,
     segment_label,
-    summary_cells,
     target_line,
     turn_id,
-    turn_taking_figures,
     turn_taking_lines,
     turn_taking_rows,
 )
+from voiceaudit.report.plots import budget_png, cdf_png, concurrency_png, waterfall_png
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
@@ -103,24 +88,33 @@ def _table(head: list[str], rows: Iterable[list[str]], left: int = 1) -> str:
     return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _figure_cells(s: Summary) -> list[str]:
-    """A summary's figures as cells, the unreliable ones marked with the reason."""
-    return [
-        f'<span class="bad" title="{esc(s.unreliable.get(col, ""))}">{esc(v)}'
-        f"{UNRELIABLE_MARK}</span>"
-        if bad
-        else esc(v)
-        for (v, bad), col in zip(summary_cells(s), COLUMNS, strict=True)
-    ]
+def _cell(c: tables.Cell) -> str:
+    text = esc(c.text)
+    if c.unreliable is not None:
+        # the reason shows when the figure is hovered
+        return f'<span class="bad" title="{esc(c.unreliable)}">{text}{UNRELIABLE_MARK}</span>'
+    if c.code:
+        text = f"<code>{text}</code>"
+    return f"<b>{text}</b>" if c.strong else text
+
+
+def _grid(t: tables.Table) -> str:
+    """A :class:`~voiceaudit.report.tables.Table` as ``<table>``. The first column is
+    always left-aligned (the style sheet's rule); running text after the figures is set
+    left inside its cell."""
+    lead = next((i for i, c in enumerate(t.columns) if c.right), len(t.columns))
+    rows = (
+        [
+            f'<span class="l">{_cell(cell)}</span>' if c.prose and i >= lead else _cell(cell)
+            for i, (c, cell) in enumerate(zip(t.columns, row, strict=True))
+        ]
+        for row in t.rows
+    )
+    return _table(t.head, rows, left=max(1, lead))
 
 
 def _summary(report: Report) -> list[str]:
-    rows = []
-    for name, s in metric_rows(report):
-        cells = _figure_cells(s)
-        name_html = f"<b>{esc(label(name))}</b>" if name == VOICE_TO_VOICE else esc(label(name))
-        rows.append([name_html, *cells])
-    out = ["<h2>Latency (ms)</h2>", _table(["metric", *COLUMNS], rows)]
+    out = ["<h2>Latency (ms)</h2>", _grid(tables.latency(report))]
     if any(s.unreliable for _, s in metric_rows(report)):
         out.append(
             f'<p class="dim">{UNRELIABLE_MARK} marks a figure not to be trusted (too few '
@@ -138,7 +132,7 @@ def _budget(report: Report) -> list[str]:
     return [
         "<h2>Where the time goes</h2>",
         f"<p>Mean per turn; the segments sum to the mean voice-to-voice ({fmt_ms(v2v)} ms).</p>",
-        _img(plots.budget_png(report), "stacked latency budget by segment"),
+        _img(budget_png(report), "stacked latency budget by segment"),
         _table(["segment", "mean ms", "share", "turns"], rows),
     ]
 
@@ -147,24 +141,7 @@ def _findings(report: Report) -> list[str]:
     out = ["<h2>Findings</h2>"]
     if not report.findings:
         return [*out, "<p>No hidden delays found.</p>"]
-    rows = [
-        [
-            f"<code>{esc(f.kind)}</code>",
-            f"{f.turns}/{f.of}",
-            fmt_cost(f.kind, f.per_turn_ms),
-            fmt_cost(f.kind, f.cost.p50),
-            fmt_cost(f.kind, f.cost.max),
-            f'<span class="l">{esc(f.description)}</span>',
-        ]
-        for f in report.findings
-    ]
-    out.append(
-        _table(
-            ["finding", "turns", "ms per turn", "median ms when found", "max ms", "what it is"],
-            rows,
-        )
-    )
-    return out
+    return [*out, _grid(tables.findings(report, max_ms=True))]
 
 
 def _turn_caption(t: TurnReport) -> str:
@@ -194,33 +171,29 @@ def _waterfalls(report: Report) -> list[str]:
         v2v = (t.voice_to_voice_ns or 0) / 1e6
         title = f"{which}: {turn_id(t, report.multi_run)}, voice-to-voice {v2v:.1f} ms"
         out.append(f"<h3>{esc(title)}</h3>")
-        out.append(_img(plots.waterfall_png(t, title, paths.get(t.run_id)), title))
+        out.append(_img(waterfall_png(t, title, paths.get(t.run_id)), title))
         out.append(_turn_caption(t))
     return out
 
 
 def _concurrency(report: Report) -> list[str]:
-    rows = concurrency_rows(report)
-    if not rows:
+    levels = tables.concurrency(report)
+    if not levels.rows:
         return []
     return [
         "<h2>Voice-to-voice by concurrency</h2>",
         f"<p>{esc(knee_line(report))}.</p>",
-        _img(plots.concurrency_png(report), "voice-to-voice p50 and p95 per concurrency level"),
-        _table(CONCURRENCY_HEAD, ([esc(c) for c in r] for r in rows)),
+        _img(concurrency_png(report), "voice-to-voice p50 and p95 per concurrency level"),
+        _grid(levels),
     ]
 
 
 def _turn_taking(report: Report) -> list[str]:
     """The turn-taking section (scenario runs only)."""
     out = ["<h2>Turn-taking</h2>"]
-    figures = turn_taking_figures(report)
-    if figures:
-        rows = []
-        for name, s in figures:
-            cells = _figure_cells(s)
-            rows.append([esc(name), *cells])
-        out.append(_table(["metric (ms)", *COLUMNS], rows))
+    figures = tables.turn_taking_figures_table(report)
+    if figures.rows:
+        out.append(_grid(figures))
     summary = turn_taking_lines(report)
     if summary:
         items = "".join(f"<li><b>{esc(name)}</b>: {esc(text)}</li>" for name, text in summary)
@@ -229,17 +202,7 @@ def _turn_taking(report: Report) -> list[str]:
         out.append("<p>No barge-ins, cut-ins, sounds or truncation.</p>")
     events = turn_taking_rows(report)
     if events:
-        erows = [
-            [
-                esc(r.turn),
-                esc(r.what),
-                fmt_ms(r.ms),
-                f'<span class="l">{esc(r.detail)}</span>',
-                f'<span class="l">{esc(", ".join(r.findings))}</span>',
-            ]
-            for r in events[:MAX_TURNS_LISTED]
-        ]
-        out.append(_table(TURN_TAKING_HEAD, erows, 2))
+        out.append(_grid(tables.turn_taking_events(events[:MAX_TURNS_LISTED])))
         if len(events) > MAX_TURNS_LISTED:
             out.append(
                 f'<p class="dim">First {MAX_TURNS_LISTED} of {len(events)} events; the JSON '
@@ -249,13 +212,13 @@ def _turn_taking(report: Report) -> list[str]:
 
 
 def _failures(report: Report) -> list[str]:
-    rows = failure_rows(report)
-    if not rows:
+    kinds = tables.failures(report)
+    if not kinds.rows:
         return []
     return [
         '<h2 class="fail">Failures</h2>',
         f"<p>{esc(failure_note(report))}.</p>",
-        _table(FAILURE_HEAD, ([esc(c) for c in r] for r in rows)),
+        _grid(kinds),
     ]
 
 
@@ -347,7 +310,7 @@ def render_report(report: Report) -> str:
         body += [
             "<h2>Voice-to-voice distribution</h2>",
             _img(
-                plots.cdf_png([(report.label or "turns", report.metric_values[VOICE_TO_VOICE])]),
+                cdf_png([(report.label or "turns", report.metric_values[VOICE_TO_VOICE])]),
                 "cumulative distribution of voice-to-voice latency",
             ),
         ]
@@ -367,44 +330,32 @@ def render_report(report: Report) -> str:
 
 def render_comparison(cmp: Comparison) -> str:
     a, b = cmp.a, cmp.b
-
-    def cells(values: list[str], significant: bool) -> list[str]:
-        *rest, verdict = (esc(v) for v in values)
-        return [*rest, f"<b>{verdict}</b>" if significant else verdict]
-
-    rows = [cells(metric_comparison_cells(m), m.significant) for m in cmp.metrics]
     body = [
         "<h1>voiceaudit comparison</h1>",
         f"<p>A: {esc(a.label)} ({len(a.stats_turns)} turns in the statistics)<br>"
         f"B: {esc(b.label)} ({len(b.stats_turns)} turns in the statistics)</p>",
         f"<p>B against A, ms. Significance: Mann-Whitney U, two-sided, Holm-corrected, "
         f"p &lt; {cmp.alpha:g}.</p>",
-        _table(list(METRIC_COMPARISON_COLUMNS), rows),
+        _grid(tables.metric_comparison(cmp)),
     ]
     if cmp.rates:
         body += [
             "<h2>Turn-taking rates</h2>",
             "<p>Fisher's exact test, two-sided, in the same Holm correction; Wilson 95% "
             "intervals.</p>",
-            _table(
-                list(RATE_COMPARISON_COLUMNS),
-                [cells(rate_comparison_cells(r), r.significant) for r in cmp.rates],
-            ),
+            _grid(tables.rate_comparison(cmp)),
         ]
     if cmp.failures:
         body += [
             "<h2>Failures</h2>",
             "<p>Failed turns as a share of each side's measured turns; Fisher's exact test, "
             "two-sided, in the same Holm correction; Wilson 95% intervals.</p>",
-            _table(
-                list(FAILURE_COMPARISON_COLUMNS),
-                [cells(rate_comparison_cells(r), r.significant) for r in cmp.failures],
-            ),
+            _grid(tables.failure_comparison(cmp)),
         ]
     body += [
         "<h2>Voice-to-voice distribution</h2>",
         _img(
-            plots.cdf_png(
+            cdf_png(
                 [
                     (f"A: {a.label}", a.metric_values[VOICE_TO_VOICE]),
                     (f"B: {b.label}", b.metric_values[VOICE_TO_VOICE]),
@@ -414,10 +365,7 @@ def render_comparison(cmp: Comparison) -> str:
         ),
     ]
     if cmp.findings:
-        frows = [
-            [f"<code>{esc(f.kind)}</code>", *finding_comparison_cells(f)] for f in cmp.findings
-        ]
-        body += ["<h2>Findings (ms per turn)</h2>", _table(["finding", "A", "B", "Δ"], frows)]
+        body += ["<h2>Findings (ms per turn)</h2>", _grid(tables.finding_comparison(cmp))]
     if cmp.differences:
         items = "".join(
             f"<li>{esc(k)}: A = {esc(repr(va))}, B = {esc(repr(vb))}</li>"

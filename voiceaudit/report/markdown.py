@@ -11,36 +11,35 @@ import html
 from voiceaudit.analysis.compare import Comparison
 from voiceaudit.analysis.report import VOICE_TO_VOICE, Report
 from voiceaudit.report.common import (
-    COLUMNS,
-    CONCURRENCY_HEAD,
-    FAILURE_COMPARISON_COLUMNS,
-    FAILURE_HEAD,
     MAX_FAILED_LISTED,
     MAX_TURN_TAKING_LISTED,
-    METRIC_COMPARISON_COLUMNS,
-    RATE_COMPARISON_COLUMNS,
-    TURN_TAKING_HEAD,
     UNRELIABLE_MARK,
     audio_format_lines,
-    concurrency_rows,
     failed_turn_line,
     failure_banner,
     failure_note,
-    failure_rows,
-    finding_comparison_cells,
-    fmt_cost,
     fmt_ms,
     knee_line,
     label,
-    metric_comparison_cells,
     metric_rows,
     pacing_line,
-    rate_comparison_cells,
-    summary_cells,
     target_line,
-    turn_taking_figures,
     turn_taking_lines,
     turn_taking_rows,
+)
+from voiceaudit.report.tables import (
+    Cell,
+    Table,
+    concurrency,
+    failure_comparison,
+    failures,
+    finding_comparison,
+    findings,
+    latency,
+    metric_comparison,
+    rate_comparison,
+    turn_taking_events,
+    turn_taking_figures_table,
 )
 
 
@@ -60,17 +59,26 @@ def _table(head: list[str], rows: list[list[str]], right: set[int] | None = None
     return "\n".join(out)
 
 
+def _cell(c: Cell) -> str:
+    text = md(c.text) if c.escape else c.text
+    if c.code:
+        text = f"`{text}`"
+    if c.strong:
+        text = f"**{text}**"
+    return text if c.unreliable is None else text + UNRELIABLE_MARK
+
+
+def _grid(t: Table) -> str:
+    """A :class:`~voiceaudit.report.tables.Table` as a pipe table."""
+    return _table(t.head, [[_cell(c) for c in r] for r in t.rows], t.right())
+
+
 def _turn_taking(report: Report) -> list[str]:
     """The turn-taking section (scenario runs only)."""
     lines = ["### Turn-taking", ""]
-    figures = turn_taking_figures(report)
-    if figures:
-        rows = [
-            [md(name), *(f"{v}{UNRELIABLE_MARK}" if bad else v for v, bad in summary_cells(s))]
-            for name, s in figures
-        ]
-        lines.append(_table(["metric (ms)", *COLUMNS], rows, set(range(1, len(COLUMNS) + 1))))
-        lines.append("")
+    figures = turn_taking_figures_table(report)
+    if figures.rows:
+        lines += [_grid(figures), ""]
     summary = turn_taking_lines(report)
     if summary:
         lines += [f"- **{md(name)}**: {md(text)}" for name, text in summary]
@@ -79,17 +87,7 @@ def _turn_taking(report: Report) -> list[str]:
     lines.append("")
     events = turn_taking_rows(report)
     if events:
-        erows = [
-            [
-                md(r.turn),
-                md(r.what),
-                fmt_ms(r.ms),
-                md(r.detail),
-                ", ".join(md(f) for f in r.findings),
-            ]
-            for r in events[:MAX_TURN_TAKING_LISTED]
-        ]
-        lines.append(_table(TURN_TAKING_HEAD, erows, {2}))
+        lines.append(_grid(turn_taking_events(events[:MAX_TURN_TAKING_LISTED])))
         if len(events) > MAX_TURN_TAKING_LISTED:
             lines += [
                 "",
@@ -121,14 +119,7 @@ def render_report(report: Report) -> str:
     if banner is not None:
         lines += [f"> **{md(banner)}**", ""]
     if report.stats_turns:
-        rows = []
-        for name, s in metric_rows(report):
-            cells = [f"{v}{UNRELIABLE_MARK}" if bad else v for v, bad in summary_cells(s)]
-            name_cell = f"**{label(name)}**" if name == VOICE_TO_VOICE else label(name)
-            rows.append([name_cell, *cells])
-        lines += ["### Latency (ms)", ""]
-        lines.append(_table(["metric", *COLUMNS], rows, set(range(1, len(COLUMNS) + 1))))
-        lines.append("")
+        lines += ["### Latency (ms)", "", _grid(latency(report)), ""]
         s = report.summary[VOICE_TO_VOICE]
         if any(s.unreliable for _, s in metric_rows(report)):
             lines.append(
@@ -150,45 +141,21 @@ def render_report(report: Report) -> str:
         lines.append("")
         lines += ["### Findings", ""]
         if report.findings:
-            frows = [
-                [
-                    f"`{f.kind}`",
-                    f"{f.turns}/{f.of}",
-                    fmt_cost(f.kind, f.per_turn_ms),
-                    fmt_cost(f.kind, f.cost.p50),
-                    md(f.description),
-                ]
-                for f in report.findings
-            ]
-            lines.append(
-                _table(
-                    ["finding", "turns", "ms per turn", "median ms when found", "what it is"],
-                    frows,
-                    {1, 2, 3},
-                )
-            )
+            lines.append(_grid(findings(report)))
         else:
             lines.append("No hidden delays found.")
         lines.append("")
-        crows = concurrency_rows(report)
-        if crows:
+        levels = concurrency(report)
+        if levels.rows:
             lines += ["### Voice-to-voice by concurrency", "", md(knee_line(report)) + ".", ""]
-            lines.append(_table(CONCURRENCY_HEAD, crows, {0, 1, 2, 3, 4}))
-            lines.append("")
+            lines += [_grid(levels), ""]
     else:
         lines += ["**No successful turns: no statistics.**", ""]
     if report.turn_taking is not None:
         lines += _turn_taking(report)
-    frows = failure_rows(report)
-    if frows:
-        lines += [
-            "### Failures",
-            "",
-            md(failure_note(report)) + ".",
-            "",
-        ]
-        lines.append(_table(FAILURE_HEAD, [[md(c) for c in r] for r in frows], {1, 2, 3}))
-        lines.append("")
+    kinds = failures(report)
+    if kinds.rows:
+        lines += ["### Failures", "", md(failure_note(report)) + ".", "", _grid(kinds), ""]
     failed = report.failed_turns
     if failed:
         lines += [f"### Failed turns ({len(failed)})", ""]
@@ -216,25 +183,16 @@ def render_comparison(cmp: Comparison) -> str:
         f"p < {cmp.alpha:g}.",
         "",
     ]
-    rows = []
-    for m in cmp.metrics:
-        *cells, verdict = metric_comparison_cells(m)
-        rows.append([*cells, f"**{verdict}**" if m.significant else verdict])
-    lines.append(_table(list(METRIC_COMPARISON_COLUMNS), rows, {1, 2, 3, 4, 5, 6, 7}))
-    lines.append("")
+    lines += [_grid(metric_comparison(cmp)), ""]
     if cmp.rates:
         lines += [
             "### Turn-taking rates",
             "",
             "Fisher's exact test, two-sided, in the same Holm correction; Wilson 95% intervals.",
             "",
+            _grid(rate_comparison(cmp)),
+            "",
         ]
-        rrows = []
-        for r in cmp.rates:
-            *cells, verdict = rate_comparison_cells(r)
-            rrows.append([*cells, f"**{verdict}**" if r.significant else verdict])
-        lines.append(_table(list(RATE_COMPARISON_COLUMNS), rrows, {1, 2, 3, 4, 5, 6}))
-        lines.append("")
     if cmp.failures:
         lines += [
             "### Failures",
@@ -242,18 +200,11 @@ def render_comparison(cmp: Comparison) -> str:
             "Failed turns as a share of each side's measured turns; Fisher's exact test, "
             "two-sided, in the same Holm correction; Wilson 95% intervals.",
             "",
+            _grid(failure_comparison(cmp)),
+            "",
         ]
-        xrows = []
-        for r in cmp.failures:
-            *cells, verdict = rate_comparison_cells(r)
-            xrows.append([*cells, f"**{verdict}**" if r.significant else verdict])
-        lines.append(_table(list(FAILURE_COMPARISON_COLUMNS), xrows, {1, 2, 3, 4, 5, 6}))
-        lines.append("")
     if cmp.findings:
-        lines += ["### Findings (ms per turn)", ""]
-        frows = [[f"`{f.kind}`", *finding_comparison_cells(f)] for f in cmp.findings]
-        lines.append(_table(["finding", "A", "B", "Δ"], frows, {1, 2, 3}))
-        lines.append("")
+        lines += ["### Findings (ms per turn)", "", _grid(finding_comparison(cmp)), ""]
     if cmp.differences:
         lines += ["### What differs", ""]
         for k, (va, vb) in cmp.differences.items():

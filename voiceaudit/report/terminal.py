@@ -2,45 +2,60 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+import voiceaudit.report.tables as tables
 from voiceaudit.analysis.compare import Comparison
 from voiceaudit.analysis.report import VOICE_TO_VOICE, Report
 from voiceaudit.report.common import (
     COLOURS,
-    COLUMNS,
-    CONCURRENCY_HEAD,
-    FAILURE_HEAD,
     MAX_FAILED_LISTED,
     MAX_TURN_TAKING_LISTED,
-    METRIC_COMPARISON_COLUMNS,
-    TURN_TAKING_HEAD,
     UNRELIABLE_MARK,
     audio_format_lines,
-    concurrency_rows,
     failed_turn_line,
     failure_banner,
     failure_note,
-    failure_rows,
-    finding_comparison_cells,
-    fmt_cost,
     fmt_ms,
     knee_line,
     label,
-    metric_comparison_cells,
-    metric_rows,
     pacing_line,
-    rate_comparison_cells,
-    summary_cells,
     target_line,
-    turn_taking_figures,
     turn_taking_lines,
     turn_taking_rows,
 )
 
 BAR_WIDTH = 40
+
+
+def _cell(c: tables.Cell) -> RenderableType:
+    if c.unreliable is not None:
+        return Text(f"{c.text}{UNRELIABLE_MARK}", style="yellow")
+    return c.text if c.tone is tables.Tone.PLAIN else Text(c.text, style=c.tone.value)
+
+
+def _grid(t: tables.Table, title: str, **options: Any) -> Table:
+    """A :class:`~voiceaudit.report.tables.Table` as a rich table titled ``title``
+    (``options`` go to :class:`rich.table.Table`); a stacked column's cells go below the
+    previous column's, in its cell."""
+    defaults: dict[str, Any] = {"title_justify": "left", "show_edge": False, "pad_edge": False}
+    table = Table(title=title, **(defaults | options))
+    for c in t.columns:
+        if not c.stacked:
+            table.add_column(c.name, justify="right" if c.right else "left", no_wrap=c.no_wrap)
+    for i, row in enumerate(t.rows):
+        cells: list[RenderableType] = []
+        for c, cell in zip(t.columns, row, strict=True):
+            if c.stacked:
+                cells[-1] = f"{cells[-1]}\n{cell.text}"
+            else:
+                cells.append(_cell(cell))
+        table.add_row(*cells, style="bold" if i in t.highlight else None)
+    return table
 
 
 def _header(report: Report) -> Text:
@@ -67,21 +82,6 @@ def _header(report: Report) -> Text:
     files = ", ".join(s.path for s in report.sources)
     t.append(f"\ntrace: {files}", style="dim")
     return t
-
-
-def _summary_table(report: Report) -> Table:
-    table = Table(title="Latency (ms)", title_justify="left", show_edge=False, pad_edge=False)
-    table.add_column("metric")
-    for c in COLUMNS:
-        table.add_column(c, justify="right")
-    for name, s in metric_rows(report):
-        cells = [
-            Text(f"{v}{UNRELIABLE_MARK}" if bad else v, style="yellow" if bad else "")
-            for v, bad in summary_cells(s)
-        ]
-        style = "bold" if name == VOICE_TO_VOICE else ""
-        table.add_row(Text(label(name), style=style), *cells)
-    return table
 
 
 def _budget(report: Report, colour: bool) -> RenderableType:
@@ -115,60 +115,27 @@ def _budget(report: Report, colour: bool) -> RenderableType:
 def _findings(report: Report) -> RenderableType:
     if not report.findings:
         return Text("No hidden delays found.", style="green")
-    table = Table(title="Top findings", title_justify="left", show_edge=False, pad_edge=False)
-    table.add_column("finding", no_wrap=True)
-    table.add_column("turns", justify="right", no_wrap=True)
-    table.add_column("per turn", justify="right", no_wrap=True)
-    table.add_column("median when found", justify="right", no_wrap=True)
-    table.add_column("what it is", ratio=1)
-    for f in report.findings:
-        table.add_row(
-            f.kind,
-            f"{f.turns}/{f.of}",
-            fmt_cost(f.kind, f.per_turn_ms, " ms"),
-            fmt_cost(f.kind, f.cost.p50, " ms"),
-            f.description,
-        )
+    table = _grid(tables.findings(report, unit=" ms"), "Top findings")
+    table.columns[-1].ratio = 1  # the description takes the width the figures leave
     return table
 
 
 def _concurrency(report: Report) -> RenderableType:
-    rows = concurrency_rows(report)
-    if not rows:
+    levels = tables.concurrency(report)
+    if not levels.rows:
         return Text("")
-    table = Table(
-        title="Voice-to-voice by concurrency",
-        title_justify="left",
-        show_edge=False,
-        pad_edge=False,
-        caption=knee_line(report),
-        caption_justify="left",
+    table = _grid(
+        levels, "Voice-to-voice by concurrency", caption=knee_line(report), caption_justify="left"
     )
-    for i, h in enumerate(CONCURRENCY_HEAD):
-        table.add_column(h, justify="left" if i == len(CONCURRENCY_HEAD) - 1 else "right")
-    for r in rows:
-        table.add_row(*r, style="bold" if r[-1] == "knee" else "")
     return Group(Text(""), table)
 
 
 def _turn_taking(report: Report) -> RenderableType:
     """Barge-ins, cut-ins, sounds and truncation (scenario runs only)."""
     parts: list[RenderableType] = [Text("")]
-    figures = turn_taking_figures(report)
-    if figures:
-        table = Table(
-            title="Turn-taking (ms)", title_justify="left", show_edge=False, pad_edge=False
-        )
-        table.add_column("metric")
-        for c in COLUMNS:
-            table.add_column(c, justify="right")
-        for name, s in figures:
-            cells = [
-                Text(f"{v}{UNRELIABLE_MARK}" if bad else v, style="yellow" if bad else "")
-                for v, bad in summary_cells(s)
-            ]
-            table.add_row(name, *cells)
-        parts += [table, Text("")]
+    figures = tables.turn_taking_figures_table(report, "metric")
+    if figures.rows:
+        parts += [_grid(figures, "Turn-taking (ms)"), Text("")]
     lines = turn_taking_lines(report)
     t = Text()
     t.append("Turn-taking\n", style="bold")
@@ -180,20 +147,8 @@ def _turn_taking(report: Report) -> RenderableType:
     parts.append(t)
     rows = turn_taking_rows(report)
     if rows:
-        ev = Table(
-            title="Turn-taking events", title_justify="left", show_edge=False, pad_edge=False
-        )
-        for i, h in enumerate(TURN_TAKING_HEAD):
-            ev.add_column(h, justify="right" if h == "ms" else "left", no_wrap=i < 2)
-        for r in rows[:MAX_TURN_TAKING_LISTED]:
-            ev.add_row(
-                r.turn,
-                r.what,
-                fmt_ms(r.ms),
-                r.detail,
-                Text(", ".join(r.findings), style="yellow"),
-            )
-        parts.append(ev)
+        events = tables.turn_taking_events(rows[:MAX_TURN_TAKING_LISTED])
+        parts.append(_grid(events, "Turn-taking events"))
         if len(rows) > MAX_TURN_TAKING_LISTED:
             parts.append(
                 Text(
@@ -207,22 +162,16 @@ def _turn_taking(report: Report) -> RenderableType:
 
 def _failures(report: Report) -> RenderableType:
     """The failure table: failed turns by kind (nothing when no turn failed)."""
-    rows = failure_rows(report)
-    if not rows:
+    kinds = tables.failures(report)
+    if not kinds.rows:
         return Text("")
-    table = Table(
-        title="Failures",
-        title_justify="left",
+    table = _grid(
+        kinds,
+        "Failures",
         title_style="bold red",
-        show_edge=False,
-        pad_edge=False,
         caption=failure_note(report),
         caption_justify="left",
     )
-    for i, h in enumerate(FAILURE_HEAD):
-        table.add_column(h, justify="right" if 0 < i < 4 else "left", no_wrap=i < 4)
-    for r in rows:
-        table.add_row(*r)
     return Group(table, Text(""))
 
 
@@ -256,7 +205,8 @@ def render_report(report: Report, console: Console) -> None:
     parts: list[RenderableType] = [_header(report), Text("")]
     if report.stats_turns:
         colour = console.color_system is not None
-        parts += [_summary_table(report), Text(""), _budget(report, colour), _findings(report)]
+        latency = _grid(tables.latency(report), "Latency (ms)")
+        parts += [latency, Text(""), _budget(report, colour), _findings(report)]
         if report.concurrency is not None:
             parts.append(_concurrency(report))
     else:
@@ -276,73 +226,23 @@ def render_comparison(cmp: Comparison, console: Console) -> None:
     head.append("voiceaudit comparison", style="bold")
     head.append(f"\nA: {a.label} ({len(a.stats_turns)} turns in the statistics)")
     head.append(f"\nB: {b.label} ({len(b.stats_turns)} turns in the statistics)")
-    table = Table(
-        title=f"B against A (ms): Mann-Whitney U, Holm-corrected, significant at p < {cmp.alpha:g}",
-        title_justify="left",
-        show_edge=False,
-        pad_edge=False,
+    table = _grid(
+        tables.metric_comparison(cmp),
+        f"B against A (ms): Mann-Whitney U, Holm-corrected, significant at p < {cmp.alpha:g}",
     )
-    for col in METRIC_COMPARISON_COLUMNS:
-        table.add_column(col, justify="left" if col in ("metric", "verdict") else "right")
-    for m in cmp.metrics:
-        verdict_style = (
-            "green" if m.verdict == "B faster" else "red" if m.verdict == "B slower" else "dim"
-        )
-        *cells, verdict = metric_comparison_cells(m)
-        table.add_row(*cells, Text(verdict, style=verdict_style))
     parts: list[RenderableType] = [head, Text(""), table, Text("")]
+    # each side's rate with its 95 % interval below it, to fit the width
     if cmp.rates:
-        rt = Table(
-            title="Turn-taking rates (95% CI below): Fisher's exact test, same Holm correction",
-            title_justify="left",
-            show_edge=False,
-            pad_edge=False,
-        )
-        # each side's rate with its 95 % interval below it, to fit the width
-        for col in ("rate", "A", "B", "Δ", "p (Holm)", "verdict"):
-            rt.add_column(
-                col,
-                justify="left" if col in ("rate", "verdict") else "right",
-                no_wrap=col != "verdict",
-            )
-        for r in cmp.rates:
-            name, a_rate, a_ci, b_rate, b_ci, *rest, verdict = rate_comparison_cells(r)
-            style = {"B higher": "red", "B lower": "green"}.get(verdict, "dim")
-            rt.add_row(
-                name,
-                f"{a_rate}\n{a_ci}",
-                f"{b_rate}\n{b_ci}",
-                *rest,
-                Text(verdict, style=style),
-            )
-        parts += [rt, Text("")]
+        title = "Turn-taking rates (95% CI below): Fisher's exact test, same Holm correction"
+        parts += [_grid(tables.rate_comparison(cmp), title), Text("")]
     if cmp.failures:
-        ftab = Table(
-            title="Failures (share of measured turns, 95% CI below): Fisher's exact test, "
-            "same Holm correction",
-            title_justify="left",
-            show_edge=False,
-            pad_edge=False,
+        title = (
+            "Failures (share of measured turns, 95% CI below): Fisher's exact test, "
+            "same Holm correction"
         )
-        for col in ("failure", "A", "B", "Δ", "p (Holm)", "verdict"):
-            ftab.add_column(
-                col,
-                justify="left" if col in ("failure", "verdict") else "right",
-                no_wrap=col != "verdict",
-            )
-        for r in cmp.failures:
-            name, a_rate, a_ci, b_rate, b_ci, *rest, verdict = rate_comparison_cells(r)
-            style = {"B higher": "red", "B lower": "green"}.get(verdict, "dim")
-            ftab.add_row(
-                name, f"{a_rate}\n{a_ci}", f"{b_rate}\n{b_ci}", *rest, Text(verdict, style=style)
-            )
-        parts += [ftab, Text("")]
+        parts += [_grid(tables.failure_comparison(cmp), title), Text("")]
     if cmp.findings:
-        ft = Table(title="Findings (ms per turn)", title_justify="left", show_edge=False)
-        for col in ("finding", "A", "B", "Δ"):
-            ft.add_column(col, justify="left" if col == "finding" else "right", no_wrap=True)
-        for f in cmp.findings:
-            ft.add_row(f.kind, *finding_comparison_cells(f))
+        ft = _grid(tables.finding_comparison(cmp), "Findings (ms per turn)", pad_edge=True)
         parts += [ft, Text("")]
     notes = Text()
     for k, (va, vb) in cmp.differences.items():
