@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from hypothesis import strategies as st
 
 from voiceaudit.model import Event
 
@@ -80,3 +81,47 @@ def refuses_missing_and_directory(
         read(missing)
     with pytest.raises(error, match=directory):
         read(missing.parent)
+
+
+def json_values(
+    *, text: int = 20, items: int = 4, keys: int = 8, leaves: int = 10, floats: bool = False
+) -> st.SearchStrategy[Any]:
+    """JSON values: null, booleans, 63-bit integers, strings up to ``text`` characters (and
+    finite floats with ``floats``), in lists and objects of up to ``items`` members."""
+    scalars = [st.none(), st.booleans(), st.integers(-(2**62), 2**62), st.text(max_size=text)]
+    if floats:
+        scalars.append(st.floats(allow_nan=False, allow_infinity=False))
+    return st.recursive(
+        st.one_of(*scalars),
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=items),
+            st.dictionaries(st.text(max_size=keys), inner, max_size=items),
+        ),
+        max_leaves=leaves,
+    )
+
+
+def events(
+    values: st.SearchStrategy[Any],
+    names: st.SearchStrategy[str],
+    *,
+    text: int = 10,
+    turns: int = 10_000,
+    t_ns: int = 2**62,
+    stage: int = 12,
+    keys: int = 8,
+    attrs: int = 5,
+) -> st.SearchStrategy[Event]:
+    """Events of any source, with texts of up to ``text`` characters (the stage ``stage``),
+    turns up to ``turns``, times up to ``t_ns`` and up to ``attrs`` attributes of
+    ``values``."""
+    return st.builds(
+        Event,
+        session=st.text(min_size=1, max_size=text),
+        turn=st.one_of(st.none(), st.integers(0, turns)),
+        t_ns=st.integers(0, t_ns),
+        source=st.sampled_from(["probe", "pipeline", "network", "import"]),
+        stage=st.text(max_size=stage),
+        name=names,
+        attrs=st.dictionaries(st.text(max_size=keys), values, max_size=attrs),
+    )

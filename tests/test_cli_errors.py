@@ -3,49 +3,23 @@ code, never a traceback. And a planted API key never reaches a trace, report or 
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 import struct
 from pathlib import Path
 
 import pytest
+from test_trace_io import garbage_trace
 
 from voiceaudit.cli import run
 from voiceaudit.errors import ExitCode
 
 
 def _garbage(tmp: Path, kind: str) -> Path:
-    p = tmp / "trace.jsonl"
-    if kind == "empty":
-        p.write_bytes(b"")
-    elif kind == "binary":
-        p.write_bytes(os.urandom(2048))
-    elif kind == "truncated_gzip":
-        p = tmp / "trace.jsonl.gz"
-        p.write_bytes(gzip.compress(b'{"type": "header"}\n' * 50)[:15])
-    elif kind == "wrong_shape":
-        p.write_text(json.dumps({"hello": "world"}) + "\n")
-    elif kind == "no_traces":
+    """test_trace_io's garbage traces, and what other commands read."""
+    if kind == "no_traces":
         p = tmp / "empty-dir"
         p.mkdir()
         (p / "notes.txt").write_text("nothing here")
-    elif kind == "newer_schema":
-        p.write_text(
-            json.dumps(
-                {
-                    "type": "header",
-                    "schema": "voiceaudit.trace/9",
-                    "run_id": "x",
-                    "voiceaudit_version": "9.0",
-                    "target": {},
-                    "host": {},
-                    "clock": {},
-                    "anchors": [],
-                }
-            )
-            + "\n"
-        )
     elif kind == "lying_wav":
         p = tmp / "lying.wav"
         data = b"\x01\x02" * 100
@@ -55,8 +29,8 @@ def _garbage(tmp: Path, kind: str) -> Path:
     elif kind == "noise_wav":
         p = tmp / "noise.wav"
         p.write_bytes(os.urandom(4096))
-    elif kind == "missing":
-        p = tmp / "missing.jsonl"
+    else:
+        p = garbage_trace(tmp, kind)
     return p
 
 

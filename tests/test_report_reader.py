@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import helpers
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -37,25 +38,15 @@ def decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     return str(request.param)
 
 
-json_values = st.recursive(
-    st.one_of(
-        st.none(), st.booleans(), st.integers(-(2**62), 2**62), st.text(max_size=12),
-        st.floats(allow_nan=False, allow_infinity=False),
-    ),
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)
-    ),
-    max_leaves=8,
-)  # fmt: skip
-events = st.builds(
-    Event,
-    session=st.text(min_size=1, max_size=8),
-    turn=st.one_of(st.none(), st.integers(0, 1000)),
-    t_ns=st.integers(0, 2**63),
-    source=st.sampled_from(["probe", "pipeline", "network", "import"]),
-    stage=st.text(max_size=8),
-    name=st.sampled_from(["endpoint", "reply.chunk", "input.frame", 'x\u00e9"y', "turn.end"]),
-    attrs=st.dictionaries(st.text(max_size=6), json_values, max_size=4),
+events = helpers.events(
+    helpers.json_values(text=12, items=3, keys=6, leaves=8, floats=True),
+    st.sampled_from(["endpoint", "reply.chunk", "input.frame", 'x\u00e9"y', "turn.end"]),
+    text=8,
+    turns=1000,
+    t_ns=2**63,
+    stage=8,
+    keys=6,
+    attrs=4,
 )
 
 

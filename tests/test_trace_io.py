@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import helpers
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -46,26 +47,7 @@ def write_turns(path: Path, turns: int, *, close: bool = True) -> None:
 
 # -- round trips --------------------------------------------------------------------------
 
-json_scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**62), 2**62), st.text(max_size=20)
-)
-json_values = st.recursive(
-    json_scalars,
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=10,
-)
-events = st.builds(
-    Event,
-    session=st.text(min_size=1, max_size=10),
-    turn=st.one_of(st.none(), st.integers(0, 10_000)),
-    t_ns=st.integers(0, 2**62),
-    source=st.sampled_from(["probe", "pipeline", "network", "import"]),
-    stage=st.text(max_size=12),
-    name=st.text(min_size=1, max_size=30),
-    attrs=st.dictionaries(st.text(max_size=8), json_values, max_size=5),
-)
+events = helpers.events(helpers.json_values(), st.text(min_size=1, max_size=30))
 
 
 @given(events)
@@ -211,7 +193,8 @@ def test_sigkill_mid_write_keeps_every_finished_turn(tmp_path: Path) -> None:
 # -- garbage is refused with a clear error -------------------------------------------------
 
 
-def _garbage(tmp_path: Path, kind: str) -> Path:
+def garbage_trace(tmp_path: Path, kind: str) -> Path:
+    """A trace file (or a path with none) that is not a readable trace, of this kind."""
     p = tmp_path / "trace.jsonl"
     if kind == "empty":
         p.write_bytes(b"")
@@ -253,7 +236,7 @@ def _garbage(tmp_path: Path, kind: str) -> Path:
     ],
 )
 def test_garbage_gives_trace_error(tmp_path: Path, kind: str, needle: str) -> None:
-    p = _garbage(tmp_path, kind)
+    p = garbage_trace(tmp_path, kind)
     with pytest.raises(TraceError) as info:
         read_trace(p)
     assert needle in info.value.message
