@@ -440,6 +440,7 @@ def test_old_pipecat_span_names_and_folded_turn(tmp_path: Path) -> None:
 
 def _otlp(spans: list[dict[str, Any]], *, base64_ids: bool = False) -> dict[str, Any]:
     """The same spans as OTLP/JSON (hex ids per the OTLP spec, or protobuf's base64)."""
+    from voiceaudit.exports.otlp import any_value  # OTLP's AnyValue, as the export writes it
     from voiceaudit.imports.base import parse_iso_ns
 
     def idv(h: str | None) -> str | None:
@@ -447,15 +448,6 @@ def _otlp(spans: list[dict[str, Any]], *, base64_ids: bool = False) -> dict[str,
             return None
         h = h.removeprefix("0x")
         return base64.b64encode(bytes.fromhex(h)).decode() if base64_ids else h
-
-    def val(v: Any) -> dict[str, Any]:
-        if isinstance(v, bool):
-            return {"boolValue": v}
-        if isinstance(v, int):
-            return {"intValue": str(v)}
-        if isinstance(v, float):
-            return {"doubleValue": v}
-        return {"stringValue": str(v)}
 
     out = []
     for s in spans:
@@ -466,7 +458,7 @@ def _otlp(spans: list[dict[str, Any]], *, base64_ids: bool = False) -> dict[str,
             "kind": 1,
             "startTimeUnixNano": str(parse_iso_ns(s["start_time"])),
             "endTimeUnixNano": parse_iso_ns(s["end_time"]),
-            "attributes": [{"key": k, "value": val(v)} for k, v in s["attributes"].items()],
+            "attributes": [{"key": k, "value": any_value(v)} for k, v in s["attributes"].items()],
         }
         if s["parent_id"]:
             d["parentSpanId"] = idv(s["parent_id"])
