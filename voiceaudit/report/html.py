@@ -98,7 +98,7 @@ def _cell(c: tables.Cell) -> str:
     return f"<b>{text}</b>" if c.strong else text
 
 
-def _grid(t: tables.Table) -> str:
+def grid(t: tables.Table) -> str:
     """A :class:`~voiceaudit.report.tables.Table` as ``<table>``. The first column is
     always left-aligned (the style sheet's rule); running text after the figures is set
     left inside its cell."""
@@ -114,7 +114,7 @@ def _grid(t: tables.Table) -> str:
 
 
 def _summary(report: Report) -> list[str]:
-    out = ["<h2>Latency (ms)</h2>", _grid(tables.latency(report))]
+    out = ["<h2>Latency (ms)</h2>", grid(tables.latency(report))]
     if any(s.unreliable for _, s in metric_rows(report)):
         out.append(
             f'<p class="dim">{UNRELIABLE_MARK} marks a figure not to be trusted (too few '
@@ -141,7 +141,7 @@ def _findings(report: Report) -> list[str]:
     out = ["<h2>Findings</h2>"]
     if not report.findings:
         return [*out, "<p>No hidden delays found.</p>"]
-    return [*out, _grid(tables.findings(report, max_ms=True))]
+    return [*out, grid(tables.findings(report, max_ms=True))]
 
 
 def _turn_caption(t: TurnReport) -> str:
@@ -184,7 +184,7 @@ def _concurrency(report: Report) -> list[str]:
         "<h2>Voice-to-voice by concurrency</h2>",
         f"<p>{esc(knee_line(report))}.</p>",
         _img(concurrency_png(report), "voice-to-voice p50 and p95 per concurrency level"),
-        _grid(levels),
+        grid(levels),
     ]
 
 
@@ -193,7 +193,7 @@ def _turn_taking(report: Report) -> list[str]:
     out = ["<h2>Turn-taking</h2>"]
     figures = tables.turn_taking_figures_table(report)
     if figures.rows:
-        out.append(_grid(figures))
+        out.append(grid(figures))
     summary = turn_taking_lines(report)
     if summary:
         items = "".join(f"<li><b>{esc(name)}</b>: {esc(text)}</li>" for name, text in summary)
@@ -202,7 +202,7 @@ def _turn_taking(report: Report) -> list[str]:
         out.append("<p>No barge-ins, cut-ins, sounds or truncation.</p>")
     events = turn_taking_rows(report)
     if events:
-        out.append(_grid(tables.turn_taking_events(events[:MAX_TURNS_LISTED])))
+        out.append(grid(tables.turn_taking_events(events[:MAX_TURNS_LISTED])))
         if len(events) > MAX_TURNS_LISTED:
             out.append(
                 f'<p class="dim">First {MAX_TURNS_LISTED} of {len(events)} events; the JSON '
@@ -218,7 +218,7 @@ def _failures(report: Report) -> list[str]:
     return [
         '<h2 class="fail">Failures</h2>',
         f"<p>{esc(failure_note(report))}.</p>",
-        _grid(kinds),
+        grid(kinds),
     ]
 
 
@@ -336,21 +336,21 @@ def render_comparison(cmp: Comparison) -> str:
         f"B: {esc(b.label)} ({len(b.stats_turns)} turns in the statistics)</p>",
         f"<p>B against A, ms. Significance: Mann-Whitney U, two-sided, Holm-corrected, "
         f"p &lt; {cmp.alpha:g}.</p>",
-        _grid(tables.metric_comparison(cmp)),
+        grid(tables.metric_comparison(cmp)),
     ]
     if cmp.rates:
         body += [
             "<h2>Turn-taking rates</h2>",
             "<p>Fisher's exact test, two-sided, in the same Holm correction; Wilson 95% "
             "intervals.</p>",
-            _grid(tables.rate_comparison(cmp)),
+            grid(tables.rate_comparison(cmp)),
         ]
     if cmp.failures:
         body += [
             "<h2>Failures</h2>",
             "<p>Failed turns as a share of each side's measured turns; Fisher's exact test, "
             "two-sided, in the same Holm correction; Wilson 95% intervals.</p>",
-            _grid(tables.failure_comparison(cmp)),
+            grid(tables.failure_comparison(cmp)),
         ]
     body += [
         "<h2>Voice-to-voice distribution</h2>",
@@ -365,7 +365,7 @@ def render_comparison(cmp: Comparison) -> str:
         ),
     ]
     if cmp.findings:
-        body += ["<h2>Findings (ms per turn)</h2>", _grid(tables.finding_comparison(cmp))]
+        body += ["<h2>Findings (ms per turn)</h2>", grid(tables.finding_comparison(cmp))]
     if cmp.differences:
         items = "".join(
             f"<li>{esc(k)}: A = {esc(repr(va))}, B = {esc(repr(vb))}</li>"

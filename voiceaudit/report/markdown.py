@@ -51,8 +51,8 @@ def md(text: object) -> str:
     return " ".join(s.split())
 
 
-def _table(head: list[str], rows: list[list[str]], right: set[int] | None = None) -> str:
-    right = right or set()
+def pipe_table(head: list[str], rows: list[list[str]], right: set[int]) -> str:
+    """A pipe table of ``rows`` (cells already Markdown), the ``right`` columns right-aligned."""
     out = ["| " + " | ".join(head) + " |"]
     out.append("|" + "|".join("---:" if i in right else "---" for i in range(len(head))) + "|")
     out += ["| " + " | ".join(r) + " |" for r in rows]
@@ -70,7 +70,7 @@ def _cell(c: Cell) -> str:
 
 def _grid(t: Table) -> str:
     """A :class:`~voiceaudit.report.tables.Table` as a pipe table."""
-    return _table(t.head, [[_cell(c) for c in r] for r in t.rows], t.right())
+    return pipe_table(t.head, [[_cell(c) for c in r] for r in t.rows], t.right())
 
 
 def _turn_taking(report: Report) -> list[str]:
@@ -137,7 +137,7 @@ def render_report(report: Report) -> str:
         for b in report.budget:
             bar = "█" * max(0, round(b.share * 30))
             brows.append([label(b.segment), fmt_ms(b.mean_ms), f"{b.share * 100:.1f}%", bar or " "])
-        lines.append(_table(["segment", "ms", "share", ""], brows, {1, 2}))
+        lines.append(pipe_table(["segment", "ms", "share", ""], brows, {1, 2}))
         lines.append("")
         lines += ["### Findings", ""]
         if report.findings:

@@ -7,65 +7,84 @@ import json
 from typing import Any
 
 from rich.console import Console, Group
-from rich.table import Table
 from rich.text import Text
 
 from voiceaudit.analysis.sweep import SweepView
 from voiceaudit.report.common import fmt_ms
+from voiceaudit.report.tables import Cell, Column, Table, left
 
-HEAD = [
-    "pipeline",
-    "network",
-    "turns ok",
-    "failed",
-    "v2v p50 ms",
-    "v2v p95 ms",
-    "transport p50 ms",
-    "buffer p50 ms",
-    "turns with gaps",
-    "gap ms/turn",
-]
+#: Columns of the per-cell table: the cell, then its figures.
+COLUMNS = (
+    left("pipeline"),
+    left("network"),
+    *(
+        Column(h)
+        for h in (
+            "turns ok",
+            "failed",
+            "v2v p50 ms",
+            "v2v p95 ms",
+            "transport p50 ms",
+            "buffer p50 ms",
+            "turns with gaps",
+            "gap ms/turn",
+        )
+    ),
+)
 
 
-def _rows(view: SweepView) -> list[list[str]]:
+def cell_table(view: SweepView) -> Table:
+    """One row per cell of the sweep (its repeats merged)."""
     rows = []
     for g in view.groups:
         d = g.to_dict()
-        rows.append(
-            [
-                g.pipeline,
-                g.network,
-                str(d["ok"]),
-                str(d["failed"]),
-                fmt_ms(d["voice_to_voice_p50_ms"]),
-                fmt_ms(d["voice_to_voice_p95_ms"]),
-                fmt_ms(d["transport_p50_ms"]),
-                fmt_ms(d["buffer_p50_ms"]),
-                f"{d['underrun_turns']}/{d['ok']}",
-                fmt_ms(d["underrun_ms_per_turn"]),
-            ]
-        )
-    return rows
+        texts = [
+            g.pipeline,
+            g.network,
+            str(d["ok"]),
+            str(d["failed"]),
+            *(
+                fmt_ms(d[k])
+                for k in (
+                    "voice_to_voice_p50_ms",
+                    "voice_to_voice_p95_ms",
+                    "transport_p50_ms",
+                    "buffer_p50_ms",
+                )
+            ),
+            f"{d['underrun_turns']}/{d['ok']}",
+            fmt_ms(d["underrun_ms_per_turn"]),
+        ]
+        rows.append(tuple(Cell(t) for t in texts))
+    return Table(COLUMNS, tuple(rows))
 
 
-PAIR_HEAD = ["A", "B", "p50 B-A ms", "p (Holm)", "verdict (B against A)"]
+#: Columns of the comparison table: the two cells, B - A, p-value and verdict.
+PAIR_COLUMNS = (
+    left("A"),
+    left("B"),
+    Column("p50 B-A ms"),
+    Column("p (Holm)"),
+    left("verdict (B against A)"),
+)
 
 
-def _pair_rows(view: SweepView) -> list[list[str]]:
+def pair_table(view: SweepView) -> Table:
+    """One row per compared pair of cells, the significant ones highlighted."""
     rows = []
     for p in view.pairs:
         d = p.to_dict()
         diff = d["diff_p50_ms"]
-        rows.append(
-            [
-                f"{p.a.pipeline} over {p.a.network}",
-                f"{p.b.pipeline} over {p.b.network}",
-                "" if diff is None else f"{diff:+.1f}",
-                "" if d["p_adjusted"] is None else f"{d['p_adjusted']:.3g}",
-                d["verdict"],
-            ]
-        )
-    return rows
+        texts = [
+            f"{p.a.pipeline} over {p.a.network}",
+            f"{p.b.pipeline} over {p.b.network}",
+            "" if diff is None else f"{diff:+.1f}",
+            "" if d["p_adjusted"] is None else f"{d['p_adjusted']:.3g}",
+            d["verdict"],
+        ]
+        rows.append(tuple(Cell(t) for t in texts))
+    marked = frozenset(i for i, r in enumerate(rows) if r[-1].text in ("slower", "faster"))
+    return Table(PAIR_COLUMNS, tuple(rows), marked)
 
 
 def _title(view: SweepView) -> str:
@@ -78,23 +97,13 @@ def _title(view: SweepView) -> str:
 
 
 def render_terminal(view: SweepView, console: Console) -> None:
-    t = Table(title="Per cell (repeats merged)", title_justify="left", show_edge=False)
-    for i, h in enumerate(HEAD):
-        t.add_column(h, justify="left" if i < 2 else "right")
-    for r in _rows(view):
-        t.add_row(*r)
+    from voiceaudit.report.terminal import grid
+
+    t = grid(cell_table(view), "Per cell (repeats merged)", pad_edge=True)
     parts: list[Any] = [Text(_title(view), style="bold"), Text(f"sweep: {view.path}"), t]
     if view.pairs:
-        pt = Table(
-            title=f"Comparisons (voice-to-voice; Mann-Whitney U, Holm, alpha {view.alpha:g})",
-            title_justify="left",
-            show_edge=False,
-        )
-        for i, h in enumerate(PAIR_HEAD):
-            pt.add_column(h, justify="right" if i in (2, 3) else "left")
-        for r in _pair_rows(view):
-            pt.add_row(*r, style="bold" if r[-1] in ("slower", "faster") else "")
-        parts += [Text(""), pt]
+        title = f"Comparisons (voice-to-voice; Mann-Whitney U, Holm, alpha {view.alpha:g})"
+        parts += [Text(""), grid(pair_table(view), title, pad_edge=True)]
     for w in view.warnings:
         parts.append(Text(f"warning: {w}", style="yellow"))
     console.print(Group(*parts))
@@ -107,26 +116,22 @@ def render_text(view: SweepView, width: int) -> str:
     return buf.getvalue()
 
 
-def _md_table(head: list[str], rows: list[list[str]], right: set[int]) -> str:
-    def esc(x: str) -> str:
-        return x.replace("|", "\\|")
+def _md(t: Table) -> str:
+    """``t`` as a pipe table (its text escapes only the pipe)."""
+    from voiceaudit.report.markdown import pipe_table
 
-    out = ["| " + " | ".join(head) + " |"]
-    out.append("|" + "|".join("---:" if i in right else "---" for i in range(len(head))) + "|")
-    out += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
-    return "\n".join(out)
+    rows = [[c.text.replace("|", "\\|") for c in r] for r in t.rows]
+    return pipe_table(t.head, rows, t.right())
 
 
 def render_markdown(view: SweepView) -> str:
     lines = [f"## {_title(view)}", "", f"Sweep: `{view.path}`", ""]
-    lines += ["### Per cell (repeats merged)", ""]
-    lines.append(_md_table(HEAD, _rows(view), set(range(2, len(HEAD)))))
-    lines.append("")
+    lines += ["### Per cell (repeats merged)", "", _md(cell_table(view)), ""]
     if view.pairs:
         lines += [
             f"### Comparisons (voice-to-voice; Mann-Whitney U, Holm, alpha {view.alpha:g})",
             "",
-            _md_table(PAIR_HEAD, _pair_rows(view), {2, 3}),
+            _md(pair_table(view)),
             "",
         ]
     if view.warnings:
@@ -166,19 +171,19 @@ def sweep_png(view: SweepView) -> bytes:
 
 def render_html(view: SweepView) -> str:
     """One self-contained page, as the report's (same style and Content-Security-Policy)."""
-    from voiceaudit.report.html import _img, _page, _table, esc
+    from voiceaudit.report.html import _img, _page, esc, grid
 
     body = [
         f"<h1>{esc(_title(view))}</h1>",
         f'<p class="dim">Sweep: {esc(view.path)}</p>',
         _img(sweep_png(view), "voice-to-voice p50 and p95 per pipeline and network"),
         "<h2>Per cell (repeats merged)</h2>",
-        _table(HEAD, ([esc(c) for c in r] for r in _rows(view)), left=2),
+        grid(cell_table(view)),
     ]
     if view.pairs:
         body += [
             f"<h2>Comparisons (voice-to-voice; Mann-Whitney U, Holm, alpha {view.alpha:g})</h2>",
-            _table(PAIR_HEAD, ([esc(c) for c in r] for r in _pair_rows(view)), left=2),
+            grid(pair_table(view)),
         ]
     if view.warnings:
         items = "".join(f"<li>{esc(w)}</li>" for w in view.warnings)

@@ -38,7 +38,7 @@ def _cell(c: tables.Cell) -> RenderableType:
     return c.text if c.tone is tables.Tone.PLAIN else Text(c.text, style=c.tone.value)
 
 
-def _grid(t: tables.Table, title: str, **options: Any) -> Table:
+def grid(t: tables.Table, title: str, **options: Any) -> Table:
     """A :class:`~voiceaudit.report.tables.Table` as a rich table titled ``title``
     (``options`` go to :class:`rich.table.Table`); a stacked column's cells go below the
     previous column's, in its cell."""
@@ -115,7 +115,7 @@ def _budget(report: Report, colour: bool) -> RenderableType:
 def _findings(report: Report) -> RenderableType:
     if not report.findings:
         return Text("No hidden delays found.", style="green")
-    table = _grid(tables.findings(report, unit=" ms"), "Top findings")
+    table = grid(tables.findings(report, unit=" ms"), "Top findings")
     table.columns[-1].ratio = 1  # the description takes the width the figures leave
     return table
 
@@ -124,7 +124,7 @@ def _concurrency(report: Report) -> RenderableType:
     levels = tables.concurrency(report)
     if not levels.rows:
         return Text("")
-    table = _grid(
+    table = grid(
         levels, "Voice-to-voice by concurrency", caption=knee_line(report), caption_justify="left"
     )
     return Group(Text(""), table)
@@ -135,7 +135,7 @@ def _turn_taking(report: Report) -> RenderableType:
     parts: list[RenderableType] = [Text("")]
     figures = tables.turn_taking_figures_table(report, "metric")
     if figures.rows:
-        parts += [_grid(figures, "Turn-taking (ms)"), Text("")]
+        parts += [grid(figures, "Turn-taking (ms)"), Text("")]
     lines = turn_taking_lines(report)
     t = Text()
     t.append("Turn-taking\n", style="bold")
@@ -148,7 +148,7 @@ def _turn_taking(report: Report) -> RenderableType:
     rows = turn_taking_rows(report)
     if rows:
         events = tables.turn_taking_events(rows[:MAX_TURN_TAKING_LISTED])
-        parts.append(_grid(events, "Turn-taking events"))
+        parts.append(grid(events, "Turn-taking events"))
         if len(rows) > MAX_TURN_TAKING_LISTED:
             parts.append(
                 Text(
@@ -165,7 +165,7 @@ def _failures(report: Report) -> RenderableType:
     kinds = tables.failures(report)
     if not kinds.rows:
         return Text("")
-    table = _grid(
+    table = grid(
         kinds,
         "Failures",
         title_style="bold red",
@@ -205,7 +205,7 @@ def render_report(report: Report, console: Console) -> None:
     parts: list[RenderableType] = [_header(report), Text("")]
     if report.stats_turns:
         colour = console.color_system is not None
-        latency = _grid(tables.latency(report), "Latency (ms)")
+        latency = grid(tables.latency(report), "Latency (ms)")
         parts += [latency, Text(""), _budget(report, colour), _findings(report)]
         if report.concurrency is not None:
             parts.append(_concurrency(report))
@@ -226,7 +226,7 @@ def render_comparison(cmp: Comparison, console: Console) -> None:
     head.append("voiceaudit comparison", style="bold")
     head.append(f"\nA: {a.label} ({len(a.stats_turns)} turns in the statistics)")
     head.append(f"\nB: {b.label} ({len(b.stats_turns)} turns in the statistics)")
-    table = _grid(
+    table = grid(
         tables.metric_comparison(cmp),
         f"B against A (ms): Mann-Whitney U, Holm-corrected, significant at p < {cmp.alpha:g}",
     )
@@ -234,15 +234,15 @@ def render_comparison(cmp: Comparison, console: Console) -> None:
     # each side's rate with its 95 % interval below it, to fit the width
     if cmp.rates:
         title = "Turn-taking rates (95% CI below): Fisher's exact test, same Holm correction"
-        parts += [_grid(tables.rate_comparison(cmp), title), Text("")]
+        parts += [grid(tables.rate_comparison(cmp), title), Text("")]
     if cmp.failures:
         title = (
             "Failures (share of measured turns, 95% CI below): Fisher's exact test, "
             "same Holm correction"
         )
-        parts += [_grid(tables.failure_comparison(cmp), title), Text("")]
+        parts += [grid(tables.failure_comparison(cmp), title), Text("")]
     if cmp.findings:
-        ft = _grid(tables.finding_comparison(cmp), "Findings (ms per turn)", pad_edge=True)
+        ft = grid(tables.finding_comparison(cmp), "Findings (ms per turn)", pad_edge=True)
         parts += [ft, Text("")]
     notes = Text()
     for k, (va, vb) in cmp.differences.items():
