@@ -8,8 +8,8 @@ clock; a missing value is ``None``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Literal, TypeVar, cast
 
 from voiceaudit.clock import Anchor
 
@@ -56,8 +56,71 @@ def _attrs(d: dict[str, Any]) -> Attrs:
     return a
 
 
+def _source(d: dict[str, Any]) -> str:
+    source: str = _req(d, "source", str)
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}")
+    return source
+
+
+#: the JSON value a field's declared type asks for (what ``from_dict`` checks)
+_JSON_KINDS: dict[str, type | tuple[type, ...]] = {
+    "str": str,
+    "int": int,
+    "int | None": (int, type(None)),
+}
+
+
+class _Record:
+    """What the record types share: the JSON object of a record is its ``type``, then its
+    fields in the order they are declared (unless :func:`_record` is told otherwise)."""
+
+    __slots__ = ()
+    TYPE: ClassVar[str]
+    KEYS: ClassVar[tuple[str, ...]]
+    #: field -> the JSON value :meth:`_read` checks it for; None: not a plain value (the
+    #: ``attrs`` object, which :meth:`_read` reads with :func:`_attrs`, or a field the record
+    #: reads by its own rule)
+    KINDS: ClassVar[dict[str, type | tuple[type, ...] | None]]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as the JSON object a trace line holds."""
+        d: dict[str, Any] = {"type": self.TYPE}
+        for key in self.KEYS:
+            d[key] = getattr(self, key)
+        return d
+
+    @classmethod
+    def _read(cls, d: dict[str, Any], **given: Any) -> dict[str, Any]:
+        """``given``, then every other field read from ``d`` and checked, in declared order
+        (``attrs``: an object, empty when missing). For records whose other fields are
+        all plain values (:class:`Event`, :class:`Span`)."""
+        out = dict(given)
+        for key, kind in cls.KINDS.items():
+            if key not in out:
+                out[key] = _attrs(d) if kind is None else _req(d, key, kind)
+        return out
+
+
+R = TypeVar("R", bound=_Record)
+
+
+def _record(kind: str, *, first: tuple[str, ...] = ()) -> Callable[[type[R]], type[R]]:
+    """Declare a record type: its ``type`` in the trace, and the fields written ``first``."""
+
+    def declare(cls: type[R]) -> type[R]:
+        declared = fields(cast(Any, cls))  # a dataclass: the decorator below this one
+        cls.TYPE = kind
+        cls.KEYS = (*first, *(f.name for f in declared if f.name not in first))
+        cls.KINDS = {f.name: _JSON_KINDS.get(str(f.type)) for f in declared}
+        return cls
+
+    return declare
+
+
+@_record("header", first=("schema",))
 @dataclass(frozen=True, slots=True)
-class Header:
+class Header(_Record):
     """The first record of every trace."""
 
     run_id: str
@@ -70,17 +133,7 @@ class Header:
     schema: str = SCHEMA
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "type": "header",
-            "schema": self.schema,
-            "run_id": self.run_id,
-            "voiceaudit_version": self.voiceaudit_version,
-            "target": self.target,
-            "host": self.host,
-            "clock": self.clock,
-            "anchors": [a.to_dict() for a in self.anchors],
-            "config": self.config,
-        }
+        return {**_Record.to_dict(self), "anchors": [a.to_dict() for a in self.anchors]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Header:
@@ -158,8 +211,9 @@ def check_batch(name: str, attrs: Attrs) -> None:
         raise ValueError(f"{name}: {exc}") from None
 
 
+@_record("event")
 @dataclass(frozen=True, slots=True)
-class Event:
+class Event(_Record):
     """An instant observation: something happened at ``t_ns``.
 
     ``turn`` is ``None`` for session-level events (connection setup, for instance).
@@ -173,32 +227,9 @@ class Event:
     name: str
     attrs: Attrs = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "type": "event",
-            "session": self.session,
-            "turn": self.turn,
-            "t_ns": self.t_ns,
-            "source": self.source,
-            "stage": self.stage,
-            "name": self.name,
-            "attrs": self.attrs,
-        }
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Event:
-        source = _req(d, "source", str)
-        if source not in SOURCES:
-            raise ValueError(f"unknown source {source!r}")
-        ev = cls(
-            session=_req(d, "session", str),
-            turn=_req(d, "turn", (int, type(None))),
-            t_ns=_req(d, "t_ns", int),
-            source=source,
-            stage=_req(d, "stage", str),
-            name=_req(d, "name", str),
-            attrs=_attrs(d),
-        )
+        ev = cls(**cls._read(d, source=_source(d)))
         if ev.name in BATCHED:
             check_batch(ev.name, ev.attrs)
         return ev
@@ -249,8 +280,9 @@ def unbatch(ev: Event) -> list[Event]:
     return [ev]
 
 
+@_record("span")
 @dataclass(frozen=True, slots=True)
-class Span:
+class Span(_Record):
     """An interval a source reported (imported OpenTelemetry spans, for instance)."""
 
     session: str
@@ -262,41 +294,18 @@ class Span:
     name: str
     attrs: Attrs = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "type": "span",
-            "session": self.session,
-            "turn": self.turn,
-            "start_ns": self.start_ns,
-            "end_ns": self.end_ns,
-            "source": self.source,
-            "stage": self.stage,
-            "name": self.name,
-            "attrs": self.attrs,
-        }
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Span:
-        source = _req(d, "source", str)
-        if source not in SOURCES:
-            raise ValueError(f"unknown source {source!r}")
+        source = _source(d)
         start, end = _req(d, "start_ns", int), _req(d, "end_ns", int)
         if end < start:
             raise ValueError("span ends before it starts")
-        return cls(
-            session=_req(d, "session", str),
-            turn=_req(d, "turn", (int, type(None))),
-            start_ns=start,
-            end_ns=end,
-            source=source,
-            stage=_req(d, "stage", str),
-            name=_req(d, "name", str),
-            attrs=_attrs(d),
-        )
+        return cls(**cls._read(d, source=source, start_ns=start, end_ns=end))
 
 
+@_record("end")
 @dataclass(frozen=True, slots=True)
-class End:
+class End(_Record):
     """The closing record. A trace without one was cut short (crash, kill, Ctrl-C)."""
 
     reason: str
@@ -304,12 +313,8 @@ class End:
     anchor: Anchor | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "type": "end",
-            "reason": self.reason,
-            "counts": self.counts,
-            "anchor": None if self.anchor is None else self.anchor.to_dict(),
-        }
+        anchor = None if self.anchor is None else self.anchor.to_dict()
+        return {**_Record.to_dict(self), "anchor": anchor}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> End:

@@ -41,7 +41,6 @@ from voiceaudit.model import (
     Header,
     Record,
     Span,
-    check_batch,
     parse_schema,
     record_from_dict,
 )
@@ -391,57 +390,11 @@ FAST_DECODER = "json" if _FAST_DECODE is _loads else "orjson"
 _EVENT_TYPE = "event"
 
 
-EventFields = tuple[str, int | None, int, str, str, str, dict[str, Any]]
-
-
-def _event_fields(d: dict[str, Any]) -> EventFields | None:
-    """(session, turn, t_ns, source, stage, name, attrs) of an event record that passes
-    ``Event.from_dict``'s checks in their common form (a batched event's arrays checked,
-    raising like it); ``None`` when only ``Event.from_dict`` can say (it raises or, for
-    an unusual but valid record, builds the event). ``_scan`` has an inline copy."""
-    try:
-        session = d["session"]
-        turn = d["turn"]
-        t_ns = d["t_ns"]
-        source = d["source"]
-        stage = d["stage"]
-        name = d["name"]
-    except KeyError:
-        return None
-    attrs = d.get("attrs", {})  # a fresh one: read_trace hands it out
-    # ``type(x) is int`` rejects booleans, as the full parser does.
-    if (
-        type(t_ns) is int
-        and (turn is None or type(turn) is int)
-        and type(session) is str
-        and source in SOURCES
-        and type(stage) is str
-        and type(name) is str
-        and type(attrs) is dict
-    ):
-        if name in BATCHED:
-            check_batch(name, attrs)
-        return session, turn, t_ns, source, stage, name, attrs
-    return None
-
-
-def _event_from_dict(d: dict[str, Any]) -> Event:
-    """``Event.from_dict`` with the common case checked inline (same checks, same result)."""
-    f = _event_fields(d)
-    return Event.from_dict(d) if f is None else Event(*f)
-
-
 _EMPTY: dict[str, Any] = {}
 
 
 def _no_event(*_: Any) -> None:  # pragma: no cover - the fast path is off without a sink
     raise AssertionError("no event sink")
-
-
-def _record(d: Any) -> Record:
-    if type(d) is dict and d.get("type") == _EVENT_TYPE:
-        return _event_from_dict(d)
-    return record_from_dict(d)
 
 
 @dataclass(frozen=True)
@@ -520,8 +473,9 @@ def _scan(
                     except (json.JSONDecodeError, ValueError, RecursionError):
                         d = undecoded
                     if type(d) is dict and d.get("type") == _EVENT_TYPE:
-                        # _event_fields inline (a call per line costs a tenth of the
-                        # report's reading time): the common checks of Event.from_dict.
+                        # The common checks of Event.from_dict, inline (a call per line
+                        # costs a tenth of the report's reading time); ``type(x) is int``
+                        # rejects booleans, as the full parser does.
                         try:
                             session = d["session"]
                             turn = d["turn"]
@@ -689,8 +643,15 @@ def read_trace(path: str | os.PathLike[str]) -> Trace:
     add_event = events.append
     add_span = spans.append
 
+    def on_event(
+        session: str, turn: int | None, t_ns: int, source: str, stage: str, name: str, attrs: Any
+    ) -> None:
+        # a missing attrs is passed as a shared empty object: this event gets its own
+        attrs = {} if attrs is _EMPTY else attrs
+        add_event(Event(session, turn, t_ns, source, stage, name, attrs))
+
     def on_record(d: Any) -> Record | None:
-        rec = _record(d)
+        rec = record_from_dict(d)
         if type(rec) is Event:
             add_event(rec)
             return None
@@ -699,7 +660,7 @@ def read_trace(path: str | os.PathLike[str]) -> Trace:
             return None
         return rec
 
-    info = _scan(p, on_record, frozenset())
+    info = _scan(p, on_record, frozenset(), on_event=on_event)
     return Trace(info.path, info.header, tuple(events), tuple(spans), info.end, info.warnings)
 
 
@@ -734,18 +695,15 @@ def scan_trace(
     """
 
     def on_record(d: Any) -> Record | None:
-        if type(d) is dict and d.get("type") == _EVENT_TYPE:
-            f = _event_fields(d)
-            if f is None:
-                ev = Event.from_dict(d)  # raises, unless only the common check was too strict
-                f = (ev.session, ev.turn, ev.t_ns, ev.source, ev.stage, ev.name, ev.attrs)
-            name = f[5]
-            if name in skipping:
-                skipped[name] = skipped.get(name, 0) + 1
-            else:
-                on_event(*f)
-            return None
         rec = record_from_dict(d)
+        if type(rec) is Event:
+            if rec.name in skipping:
+                skipped[rec.name] = skipped.get(rec.name, 0) + 1
+            else:
+                on_event(
+                    rec.session, rec.turn, rec.t_ns, rec.source, rec.stage, rec.name, rec.attrs
+                )
+            return None
         if type(rec) is Span:
             if on_span is not None:
                 on_span(rec)

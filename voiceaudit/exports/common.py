@@ -26,6 +26,8 @@ class SegmentSlice:
 
 @dataclass
 class TurnView:
+    """One turn: its records, its outcome and its ledger, as both exports draw it."""
+
     session: str
     turn: int
     events: list[Event] = field(default_factory=list)
@@ -55,6 +57,8 @@ class TurnView:
 
 @dataclass
 class SessionView:
+    """One session: its records outside any turn, and its turns by number."""
+
     session: str
     events: list[Event] = field(default_factory=list)
     spans: list[Span] = field(default_factory=list)
