@@ -7,6 +7,7 @@ import os
 import platform
 import socket
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -55,17 +56,7 @@ def write_trace(
     if trace is not None:
         h = trace.header
         imports = list(h.config.get("imports", [])) if isinstance(h.config, dict) else []
-        header = Header(
-            run_id=h.run_id,
-            voiceaudit_version=h.voiceaudit_version,
-            target=h.target,
-            host=h.host,
-            clock=h.clock,
-            anchors=h.anchors,
-            config={**h.config, "imports": [*imports, *facts]},
-            schema=h.schema,
-        )
-        w = TraceWriter(path, header)
+        w = TraceWriter(path, replace(h, config={**h.config, "imports": [*imports, *facts]}))
         for ev in trace.events:
             w.write(ev)
         for sp in trace.spans:
