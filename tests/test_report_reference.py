@@ -244,11 +244,21 @@ def test_slow_first_token(runs: dict[str, Recorded]) -> None:
         )
 
 
-def test_sentence_aggregation(runs: dict[str, Recorded]) -> None:
-    rec = runs["sentence_aggregation"]
+@pytest.mark.parametrize(
+    ("kind", "start", "end"),
+    [
+        ("sentence_aggregation", "llm_first_token", "tts_request"),
+        ("large_audio_buffer", "tts_first_audio", "first_audio_sent"),
+    ],
+)
+def test_a_finding_is_the_time_between_two_marks(
+    runs: dict[str, Recorded], kind: str, start: str, end: str
+) -> None:
+    # the run with that injection; its finding is the ground truth's time from start to end
+    rec = runs[kind]
     for t in _ok_turns(rec):
         gt = _truth_for(rec, t)["marks"]
-        _close(_finding(t, "sentence_aggregation"), gt["tts_request"] - gt["llm_first_token"])
+        _close(_finding(t, kind), gt[end] - gt[start])
 
 
 def test_whole_result_handoff(runs: dict[str, Recorded]) -> None:
@@ -278,13 +288,6 @@ def test_whole_result_handoff_inside_the_pipeline(runs: dict[str, Recorded]) -> 
         assert gt["tts_request"] >= gt["llm_done"]
         _close(_finding(t, "whole_result_handoff"), gt["tts_request"] - gt["llm_first_token"])
         assert "sentence_aggregation" not in {f.kind for f in t.findings}
-
-
-def test_large_audio_buffer(runs: dict[str, Recorded]) -> None:
-    rec = runs["large_audio_buffer"]
-    for t in _ok_turns(rec):
-        gt = _truth_for(rec, t)["marks"]
-        _close(_finding(t, "large_audio_buffer"), gt["first_audio_sent"] - gt["tts_first_audio"])
 
 
 def test_audio_underrun(runs: dict[str, Recorded]) -> None:
