@@ -137,13 +137,18 @@ def _report(directory: Path) -> tuple[dict[str, Any], str]:
     return json.loads(run.stdout), run.stderr
 
 
+#: a target nothing listens on
+NOWHERE = "ws://127.0.0.1:9/v1/realtime"
+
+
 def _locust_headless(
-    tmp_path: Path, *args: str, env: dict[str, str] | None = None
+    tmp_path: Path, *args: str, exit_codes: tuple[int, ...], env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """``locust -f locustfile.py --headless ARGS`` in ``tmp_path`` (voiceaudit's locustfile
-    written there); its output captured."""
+    written there), its output captured; it must exit with one of ``exit_codes`` and
+    print no traceback."""
     (tmp_path / "locustfile.py").write_text(LOCUSTFILE)
-    return subprocess.run(
+    run = subprocess.run(
         [sys.executable, "-m", "locust", "-f", "locustfile.py", "--headless", *args],
         capture_output=True,
         text=True,
@@ -151,6 +156,14 @@ def _locust_headless(
         cwd=tmp_path,
         env=env,
     )
+    assert run.returncode in exit_codes, run.stderr
+    assert "Traceback" not in run.stderr, run.stderr
+    return run
+
+
+def _error_lines(run: subprocess.CompletedProcess[str]) -> list[str]:
+    """The ``error: voiceaudit:`` lines of its stderr."""
+    return [ln for ln in run.stderr.splitlines() if "error: voiceaudit:" in ln]
 
 
 def _no_tracebacks(swarm: Swarm, names: list[str]) -> None:
@@ -266,25 +279,15 @@ def test_worker_killed_mid_run_leaves_its_finished_turns(tmp_path: Path, referen
 
 
 def test_bad_arguments_one_line_exit_2(tmp_path: Path) -> None:
-    run = _locust_headless(
-        tmp_path,
-        *("-u", "1", "-t", "1s", "--va-target", "ws://127.0.0.1:9/v1/realtime"),
-        *("--va-protocol", "nope"),
-    )
-    assert run.returncode == 2, run.stderr
-    assert "Traceback" not in run.stderr, run.stderr
-    lines = [ln for ln in run.stderr.splitlines() if "error: voiceaudit:" in ln]
+    args = ("-u", "1", "-t", "1s", "--va-target", NOWHERE, "--va-protocol", "nope")
+    run = _locust_headless(tmp_path, *args, exit_codes=(2,))
+    lines = _error_lines(run)
     assert len(lines) == 1 and "unknown protocol 'nope'" in lines[0], run.stderr
 
 
 def test_api_key_is_an_environment_variable_name(tmp_path: Path) -> None:
-    run = _locust_headless(
-        tmp_path,
-        *("-u", "1", "-t", "1s", "--va-target", "ws://127.0.0.1:9/v1/realtime"),
-        *("--va-api-key-env", "sk-not-a-name/123"),
-    )
-    assert run.returncode == 2, run.stderr
-    assert "Traceback" not in run.stderr, run.stderr
+    args = ("-u", "1", "-t", "1s", "--va-target", NOWHERE, "--va-api-key-env", "sk-not-a-name/123")
+    run = _locust_headless(tmp_path, *args, exit_codes=(2,))
     assert "NAME of an environment variable" in run.stderr
 
 
@@ -310,12 +313,20 @@ def test_audio_missing_on_a_worker_one_line(tmp_path: Path) -> None:
     documented exit code (3, an input file), no traceback, no users."""
     run = _locust_headless(
         tmp_path,
-        *("-u", "2", "-t", "3s", "--va-target", "ws://127.0.0.1:9/v1/realtime"),
-        *("--va-audio", str(tmp_path / "missing.wav"), "--va-out", str(tmp_path / "traces")),
+        *(
+            "-u",
+            "2",
+            "-t",
+            "3s",
+            "--va-target",
+            NOWHERE,
+            "--va-audio",
+            str(tmp_path / "missing.wav"),
+        ),
+        *("--va-out", str(tmp_path / "traces")),
+        exit_codes=(3,),
     )
-    assert run.returncode == 3, run.stderr
-    assert "Traceback" not in run.stderr, run.stderr
-    lines = [ln for ln in run.stderr.splitlines() if "error: voiceaudit:" in ln]
+    lines = _error_lines(run)
     assert len(lines) == 1 and "missing.wav: no such file" in lines[0], run.stderr
     assert not list(tmp_path.rglob("*.jsonl"))
 
@@ -327,10 +338,9 @@ def test_api_key_never_reaches_a_trace_or_log(tmp_path: Path, reference: str) ->
         tmp_path,
         *("-u", "1", "-t", "6s", "--va-target", reference, "--va-api-key-env", "VA_TEST_KEY"),
         *("--va-out", str(out), "--csv", str(tmp_path / "stats"), "--loglevel", "DEBUG"),
+        exit_codes=(0, 1),
         env={**os.environ, "VA_TEST_KEY": key},
     )
-    assert run.returncode in (0, 1), run.stderr
-    assert "Traceback" not in run.stderr, run.stderr
     assert key not in run.stdout + run.stderr
     (trace,) = out.rglob("*.jsonl")
     text = trace.read_text()
