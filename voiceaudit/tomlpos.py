@@ -192,7 +192,7 @@ def kind_of(value: Any, names: Mapping[type, str] = KINDS) -> str:
     return type(value).__name__
 
 
-@dataclass
+@dataclass(eq=False)
 class TomlChecker:
     """Errors at key paths of one TOML file: each is ``error`` with the file and the line
     of the path (or of its nearest parent that has one; else ``default_line``)."""
