@@ -72,6 +72,24 @@ def budget_toml(voice_to_voice: str, model_first_token: str, min_turns: int) -> 
     )
 
 
+#: the stages between two of the reference pipeline's marks: stage -> (start, end mark)
+PIPELINE_STAGES = {
+    "transcription": ("vad_stop", "transcript_final"),
+    "handoff": ("transcript_final", "llm_request"),
+    "model_first_token": ("llm_request", "llm_first_token"),
+    "aggregation": ("llm_first_token", "tts_request"),
+    "synthesis_first_byte": ("tts_request", "tts_first_audio"),
+}
+
+
+def assert_pipeline_stages(segments: Mapping[str, int], marks: Mapping[str, int]) -> None:
+    """Each of ``PIPELINE_STAGES`` in a ledger's ``segments`` (by name) is exactly the ground
+    truth's time between its two ``marks``."""
+    for stage, (start, end) in PIPELINE_STAGES.items():
+        truth = marks[end] - marks[start]
+        assert segments[stage] == truth, (stage, segments[stage], truth)
+
+
 def refuses_missing_and_directory(
     read: Callable[[Path], object], error: type[Exception], missing: Path, directory: str
 ) -> None:
@@ -88,7 +106,12 @@ def json_values(
 ) -> st.SearchStrategy[Any]:
     """JSON values: null, booleans, 63-bit integers, strings up to ``text`` characters (and
     finite floats with ``floats``), in lists and objects of up to ``items`` members."""
-    scalars = [st.none(), st.booleans(), st.integers(-(2**62), 2**62), st.text(max_size=text)]
+    scalars: list[st.SearchStrategy[Any]] = [
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**62), 2**62),
+        st.text(max_size=text),
+    ]
     if floats:
         scalars.append(st.floats(allow_nan=False, allow_infinity=False))
     return st.recursive(
