@@ -238,6 +238,7 @@ class WebSocketSession(TargetSession):
         return socket_facts(self._ws.get_extra_info("socket"))
 
     def live(self) -> aiohttp.ClientWebSocketResponse:
+        """The open WebSocket, to send on; TargetError once it is closed."""
         if self._ws is None or self._ws.closed:
             raise TargetError("connection is closed")
         return self._ws
