@@ -269,6 +269,18 @@ def unreliable_notes(report: Report) -> list[str]:
     return [f"{k}: {why}" for k, why in s.unreliable.items()]
 
 
+def counts_line(report: Report) -> str:
+    """``12 turns: 10 ok, 1 failed, 1 warm-up; 10 in the statistics`` (and the unfinished)."""
+    c = report.counts
+    line = (
+        f"{c['turns']} turns: {c['ok']} ok, {c['failed']} failed, {c['warmup']} warm-up; "
+        f"{c['in_statistics']} in the statistics"
+    )
+    if c["unfinished"]:
+        line += f"; {c['unfinished']} unfinished (left out)"
+    return line
+
+
 def target_line(report: Report) -> str:
     parts = []
     for s in report.sources:

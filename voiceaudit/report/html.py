@@ -20,6 +20,7 @@ from voiceaudit.report.common import (
     MAX_TURNS_LISTED,
     UNRELIABLE_MARK,
     audio_format_lines,
+    counts_line,
     failed_turn_line,
     failure_banner,
     failure_note,
@@ -93,9 +94,9 @@ def _cell(c: tables.Cell) -> str:
     if c.unreliable is not None:
         # the reason shows when the figure is hovered
         return f'<span class="bad" title="{esc(c.unreliable)}">{text}{UNRELIABLE_MARK}</span>'
-    if c.code:
-        text = f"<code>{text}</code>"
-    return f"<b>{text}</b>" if c.strong else text
+    if c.kind is tables.Kind.CODE:
+        return f"<code>{text}</code>"
+    return f"<b>{text}</b>" if c.kind is tables.Kind.STRONG else text
 
 
 def grid(t: tables.Table) -> str:
@@ -288,13 +289,9 @@ def _warnings(warnings: Iterable[str]) -> list[str]:
 
 
 def render_report(report: Report) -> str:
-    c = report.counts
     body = [
         "<h1>voiceaudit report" + (f": {esc(report.label)}" if report.label else "") + "</h1>",
-        f"<p>{c['turns']} turns: {c['ok']} ok, {c['failed']} failed, {c['warmup']} warm-up; "
-        f"{c['in_statistics']} in the statistics"
-        + (f"; {c['unfinished']} unfinished (left out)" if c["unfinished"] else "")
-        + f".<br>Target: {esc(target_line(report))}<br>"
+        f"<p>{counts_line(report)}.<br>Target: {esc(target_line(report))}<br>"
         + "".join(f"Audio format: {esc(line)}<br>" for line in audio_format_lines(report))
         + _pacing(report)
         + '<span class="dim">Trace: '

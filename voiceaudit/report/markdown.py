@@ -15,6 +15,7 @@ from voiceaudit.report.common import (
     MAX_TURN_TAKING_LISTED,
     UNRELIABLE_MARK,
     audio_format_lines,
+    counts_line,
     failed_turn_line,
     failure_banner,
     failure_note,
@@ -29,6 +30,7 @@ from voiceaudit.report.common import (
 )
 from voiceaudit.report.tables import (
     Cell,
+    Kind,
     Table,
     concurrency,
     failure_comparison,
@@ -60,17 +62,25 @@ def pipe_table(head: list[str], rows: list[list[str]], right: set[int]) -> str:
 
 
 def _cell(c: Cell) -> str:
-    text = md(c.text) if c.escape else c.text
-    if c.code:
-        text = f"`{text}`"
-    if c.strong:
-        text = f"**{text}**"
+    text = {
+        Kind.PLAIN: c.text,
+        Kind.TEXT: md(c.text),
+        Kind.CODE: f"`{c.text}`",
+        Kind.STRONG: f"**{c.text}**",
+    }[c.kind]
     return text if c.unreliable is None else text + UNRELIABLE_MARK
 
 
 def _grid(t: Table) -> str:
     """A :class:`~voiceaudit.report.tables.Table` as a pipe table."""
     return pipe_table(t.head, [[_cell(c) for c in r] for r in t.rows], t.right())
+
+
+def _bullets(title: str, items: list[str]) -> list[str]:
+    """A section listing ``items`` (already Markdown); nothing when there are none."""
+    if not items:
+        return []
+    return [f"### {title}", "", *(f"- {i}" for i in items), ""]
 
 
 def _turn_taking(report: Report) -> list[str]:
@@ -98,15 +108,8 @@ def _turn_taking(report: Report) -> list[str]:
 
 
 def render_report(report: Report) -> str:
-    c = report.counts
     lines = ["## voiceaudit report" + (f": {md(report.label)}" if report.label else ""), ""]
-    summary = (
-        f"{c['turns']} turns: {c['ok']} ok, {c['failed']} failed, {c['warmup']} warm-up; "
-        f"{c['in_statistics']} in the statistics"
-    )
-    if c["unfinished"]:
-        summary += f"; {c['unfinished']} unfinished (left out)"
-    lines += [summary + ".  ", f"Target: {md(target_line(report))}"]
+    lines += [counts_line(report) + ".  ", f"Target: {md(target_line(report))}"]
     for fl in audio_format_lines(report):
         lines[-1] += "  "
         lines.append(f"Audio format: {md(fl)}")
@@ -157,17 +160,11 @@ def render_report(report: Report) -> str:
     if kinds.rows:
         lines += ["### Failures", "", md(failure_note(report)) + ".", "", _grid(kinds), ""]
     failed = report.failed_turns
-    if failed:
-        lines += [f"### Failed turns ({len(failed)})", ""]
-        for t in failed[:MAX_FAILED_LISTED]:
-            lines.append(f"- {md(failed_turn_line(t, report.multi_run))}")
-        if len(failed) > MAX_FAILED_LISTED:
-            lines.append(f"- … and {len(failed) - MAX_FAILED_LISTED} more (see the JSON report)")
-        lines.append("")
-    if report.warnings:
-        lines += ["### Warnings", ""]
-        lines += [f"- {md(w)}" for w in report.warnings]
-        lines.append("")
+    listed = [md(failed_turn_line(t, report.multi_run)) for t in failed[:MAX_FAILED_LISTED]]
+    if len(failed) > MAX_FAILED_LISTED:
+        listed.append(f"… and {len(failed) - MAX_FAILED_LISTED} more (see the JSON report)")
+    lines += _bullets(f"Failed turns ({len(failed)})", listed)
+    lines += _bullets("Warnings", [md(w) for w in report.warnings])
     return "\n".join(lines)
 
 
@@ -205,13 +202,10 @@ def render_comparison(cmp: Comparison) -> str:
         ]
     if cmp.findings:
         lines += ["### Findings (ms per turn)", "", _grid(finding_comparison(cmp)), ""]
-    if cmp.differences:
-        lines += ["### What differs", ""]
-        for k, (va, vb) in cmp.differences.items():
-            lines.append(f"- {md(k)}: A = {md(repr(va))}, B = {md(repr(vb))}")
-        lines.append("")
-    if cmp.warnings:
-        lines += ["### Warnings", ""]
-        lines += [f"- {md(w)}" for w in cmp.warnings]
-        lines.append("")
+    differs = [
+        f"{md(k)}: A = {md(repr(va))}, B = {md(repr(vb))}"
+        for k, (va, vb) in cmp.differences.items()
+    ]
+    lines += _bullets("What differs", differs)
+    lines += _bullets("Warnings", [md(w) for w in cmp.warnings])
     return "\n".join(lines)

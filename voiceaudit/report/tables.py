@@ -39,11 +39,24 @@ from voiceaudit.report.common import (
 )
 
 
+class Kind(Enum):
+    """What a cell's text is: it says how each format marks it."""
+
+    #: our own words and figures, shown as they are
+    PLAIN = "plain"
+    #: text that may carry markup characters (trace text, a description): Markdown
+    #: escapes it (HTML escapes every cell)
+    TEXT = "text"
+    #: an identifier (a finding's kind): code in Markdown and HTML
+    CODE = "code"
+    #: what to read first (voice-to-voice, a significant verdict): bold
+    STRONG = "strong"
+
+
 class Tone(Enum):
     """How the terminal colours a cell (Markdown and HTML do not colour)."""
 
     PLAIN = ""
-    BOLD = "bold"
     GOOD = "green"
     BAD = "red"
     MUTED = "dim"
@@ -75,14 +88,8 @@ class Cell:
     """One cell's text and what it stands for; each renderer formats that its own way."""
 
     text: str
-    #: emphasised in Markdown and HTML (voice-to-voice, a significant verdict)
-    strong: bool = False
-    #: an identifier (a finding's kind): code in Markdown and HTML
-    code: bool = False
-    #: text that may carry Markdown's special characters (trace text, descriptions):
-    #: Markdown escapes it (HTML escapes every cell)
-    escape: bool = False
-    #: the terminal's colour for it
+    kind: Kind = Kind.PLAIN
+    #: the terminal's colour for it (a strong cell without one is bold)
     tone: Tone = Tone.PLAIN
     #: why the figure is not to be trusted (it is then marked), None when it is
     unreliable: str | None = None
@@ -107,8 +114,8 @@ class Table:
         return {i for i, c in enumerate(self.columns) if c.right}
 
 
-def _cells(texts: Iterable[str], *, escape: bool = False) -> tuple[Cell, ...]:
-    return tuple(Cell(t, escape=escape) for t in texts)
+def _cells(texts: Iterable[str], kind: Kind = Kind.PLAIN) -> tuple[Cell, ...]:
+    return tuple(Cell(t, kind) for t in texts)
 
 
 def _figure_cells(s: Summary) -> tuple[Cell, ...]:
@@ -127,8 +134,7 @@ def latency(report: Report) -> Table:
     """Voice-to-voice (emphasised) and every segment present: n, mean, percentiles."""
     rows = []
     for name, s in metric_rows(report):
-        v2v = name == VOICE_TO_VOICE
-        head = Cell(label(name), strong=v2v, tone=Tone.BOLD if v2v else Tone.PLAIN)
+        head = Cell(label(name), Kind.STRONG if name == VOICE_TO_VOICE else Kind.PLAIN)
         rows.append((head, *_figure_cells(s)))
     return Table(_figure_columns("metric"), tuple(rows))
 
@@ -137,7 +143,7 @@ def turn_taking_figures_table(report: Report, first: str = "metric (ms)") -> Tab
     """The turn-taking latencies (barge-in stop, response to an interruption, the other
     turns' voice-to-voice) as :func:`latency` shows its metrics."""
     rows = tuple(
-        (Cell(name, escape=True), *_figure_cells(s)) for name, s in turn_taking_figures(report)
+        (Cell(name, Kind.TEXT), *_figure_cells(s)) for name, s in turn_taking_figures(report)
     )
     return Table(_figure_columns(first), rows)
 
@@ -154,11 +160,11 @@ def turn_taking_events(events: Sequence[TurnTakingRow]) -> Table:
     )
     rows = tuple(
         (
-            Cell(r.turn, escape=True),
-            Cell(r.what, escape=True),
+            Cell(r.turn, Kind.TEXT),
+            Cell(r.what, Kind.TEXT),
             Cell(fmt_ms(r.ms)),
-            Cell(r.detail, escape=True),
-            Cell(", ".join(r.findings), escape=True, tone=Tone.WARN),
+            Cell(r.detail, Kind.TEXT),
+            Cell(", ".join(r.findings), Kind.TEXT, Tone.WARN),
         )
         for r in events
     )
@@ -184,10 +190,10 @@ def findings(report: Report, *, unit: str = "", max_ms: bool = False) -> Table:
         costs = [f.per_turn_ms, f.cost.p50] + ([f.cost.max] if max_ms else [])
         rows.append(
             (
-                Cell(f.kind, code=True),
+                Cell(f.kind, Kind.CODE),
                 Cell(f"{f.turns}/{f.of}"),
                 *(Cell(fmt_cost(f.kind, c, unit)) for c in costs),
-                Cell(f.description, escape=True),
+                Cell(f.description, Kind.TEXT),
             )
         )
     return Table(tuple(columns), tuple(rows))
@@ -212,11 +218,12 @@ def failures(report: Report) -> Table:
         *(Column(h, no_wrap=True) for h in counts),
         left(reason),
     )
-    return Table(columns, tuple(_cells(r, escape=True) for r in failure_rows(report)))
+    return Table(columns, tuple(_cells(r, Kind.TEXT) for r in failure_rows(report)))
 
 
 def _verdict(text: str, significant: bool, tones: dict[str, Tone]) -> Cell:
-    return Cell(text, strong=significant, tone=tones.get(text, Tone.MUTED))
+    kind = Kind.STRONG if significant else Kind.PLAIN
+    return Cell(text, kind, tones.get(text, Tone.MUTED))
 
 
 def metric_comparison(cmp: Comparison) -> Table:
@@ -261,6 +268,6 @@ def finding_comparison(cmp: Comparison) -> Table:
     """B against A per finding: ms per turn of each side (with its turns) and B - A."""
     columns = (left("finding", no_wrap=True), *(Column(h, no_wrap=True) for h in ("A", "B", "Δ")))
     rows = tuple(
-        (Cell(f.kind, code=True), *_cells(finding_comparison_cells(f))) for f in cmp.findings
+        (Cell(f.kind, Kind.CODE), *_cells(finding_comparison_cells(f))) for f in cmp.findings
     )
     return Table(columns, rows)

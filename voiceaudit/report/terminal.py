@@ -17,6 +17,7 @@ from voiceaudit.report.common import (
     MAX_TURN_TAKING_LISTED,
     UNRELIABLE_MARK,
     audio_format_lines,
+    counts_line,
     failed_turn_line,
     failure_banner,
     failure_note,
@@ -35,7 +36,8 @@ BAR_WIDTH = 40
 def _cell(c: tables.Cell) -> RenderableType:
     if c.unreliable is not None:
         return Text(f"{c.text}{UNRELIABLE_MARK}", style="yellow")
-    return c.text if c.tone is tables.Tone.PLAIN else Text(c.text, style=c.tone.value)
+    style = c.tone.value or ("bold" if c.kind is tables.Kind.STRONG else "")
+    return Text(c.text, style=style) if style else c.text
 
 
 def grid(t: tables.Table, title: str, **options: Any) -> Table:
@@ -59,17 +61,11 @@ def grid(t: tables.Table, title: str, **options: Any) -> Table:
 
 
 def _header(report: Report) -> Text:
-    c = report.counts
     t = Text()
     t.append("voiceaudit report", style="bold")
     if report.label:
         t.append(f": {report.label}", style="bold")
-    t.append(
-        f"\n{c['turns']} turns: {c['ok']} ok, {c['failed']} failed, {c['warmup']} warm-up; "
-        f"{c['in_statistics']} in the statistics"
-    )
-    if c["unfinished"]:
-        t.append(f"; {c['unfinished']} unfinished (left out)")
+    t.append(f"\n{counts_line(report)}")
     banner = failure_banner(report)
     if banner is not None:
         t.append(f"\n{banner}", style="bold red")
