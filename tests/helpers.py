@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import socket
 from collections.abc import Callable, Iterable, Mapping
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -72,20 +73,29 @@ def budget_toml(voice_to_voice: str, model_first_token: str, min_turns: int) -> 
     )
 
 
-#: the stages between two of the reference pipeline's marks: stage -> (start, end mark)
-PIPELINE_STAGES = {
-    "transcription": ("vad_stop", "transcript_final"),
-    "handoff": ("transcript_final", "llm_request"),
-    "model_first_token": ("llm_request", "llm_first_token"),
-    "aggregation": ("llm_first_token", "tts_request"),
-    "synthesis_first_byte": ("tts_request", "tts_first_audio"),
-}
+#: the reference pipeline's marks in the order they happen, and the ledger's stage from
+#: each to the next
+PIPELINE_MARKS = (
+    "vad_stop",
+    "transcript_final",
+    "llm_request",
+    "llm_first_token",
+    "tts_request",
+    "tts_first_audio",
+)
+PIPELINE_STAGES = (
+    "transcription",
+    "handoff",
+    "model_first_token",
+    "aggregation",
+    "synthesis_first_byte",
+)
 
 
 def assert_pipeline_stages(segments: Mapping[str, int], marks: Mapping[str, int]) -> None:
     """Each of ``PIPELINE_STAGES`` in a ledger's ``segments`` (by name) is exactly the ground
     truth's time between its two ``marks``."""
-    for stage, (start, end) in PIPELINE_STAGES.items():
+    for stage, (start, end) in zip(PIPELINE_STAGES, pairwise(PIPELINE_MARKS), strict=True):
         truth = marks[end] - marks[start]
         assert segments[stage] == truth, (stage, segments[stage], truth)
 
