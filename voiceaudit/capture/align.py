@@ -42,6 +42,11 @@ def _map_obj(obj: T, cm: ClockMap) -> T:
     return dataclasses.replace(obj, **changes) if changes else obj  # type: ignore[type-var,unused-ignore]
 
 
+def _attrs(obj: object, *names: str) -> dict[str, Any]:
+    """``{name: obj.name}`` for each of ``names``, in that order (an event's attributes)."""
+    return {name: getattr(obj, name) for name in names}
+
+
 def clock_map(anchors: Sequence[Anchor] | ClockMap) -> ClockMap:
     return anchors if isinstance(anchors, ClockMap) else ClockMap(tuple(anchors))
 
@@ -74,76 +79,44 @@ def network_events(report: NetReport, *, session: str = "network") -> list[Event
     """
     ev: list[Event] = []
 
-    def add(t: int | None, stage: str, name: str, **attrs: Any) -> None:
+    def add(t: int | None, name: str, **attrs: Any) -> None:
         if t is not None:
-            ev.append(Event(session, None, t, "network", stage, name, attrs))
+            ev.append(Event(session, None, t, "network", "transport", name, attrs))
 
     for c in report.tcp_connections:
-        conn: dict[str, Any] = {"client": c.client, "server": c.server}
-        add(c.syn_at_ns, "transport", "tcp.syn", **conn)
-        add(c.established_at_ns, "transport", "tcp.established", connect_ns=c.connect_ns, **conn)
+        conn = _attrs(c, "client", "server")
+        add(c.syn_at_ns, "tcp.syn", **conn)
+        add(c.established_at_ns, "tcp.established", connect_ns=c.connect_ns, **conn)
         for e in c.events:
-            add(
-                e.at_ns,
-                "transport",
-                f"tcp.{e.kind}",
-                sender=e.sender,
-                length=e.length,
-                delay_ns=e.delay_ns,
-                **conn,
-            )
+            add(e.at_ns, f"tcp.{e.kind}", **_attrs(e, "sender", "length", "delay_ns"), **conn)
         for s in c.small_write_stalls:
-            add(
-                s.released_at_ns,
-                "transport",
-                "tcp.small_write_stall",
-                sender=s.sender,
-                held_ns=s.held_ns,
-                ack_delay_ns=s.ack_delay_ns,
-                first_unacked_at_ns=s.first_unacked_at_ns,
-                length=s.length,
-                **conn,
-            )
+            stall = _attrs(s, "sender", "held_ns", "ack_delay_ns", "first_unacked_at_ns", "length")
+            add(s.released_at_ns, "tcp.small_write_stall", **stall, **conn)
     for h in report.tls_handshakes:
-        conn = {"client": h.client, "server": h.server, "transport": h.transport}
-        add(h.client_hello_at_ns, "transport", "tls.client_hello", **conn)
-        add(h.done_at_ns, "transport", "tls.done", handshake_ns=h.handshake_ns, **conn)
+        conn = _attrs(h, "client", "server", "transport")
+        add(h.client_hello_at_ns, "tls.client_hello", **conn)
+        add(h.done_at_ns, "tls.done", handshake_ns=h.handshake_ns, **conn)
     for x in report.http_exchanges:
-        conn = {
-            "client": x.client,
-            "server": x.server,
-            "method": x.method,
-            "target": x.target,
-            "stream_id": x.stream_id,
-        }
-        add(x.request_at_ns, "transport", "http.request", **conn)
-        add(x.response_at_ns, "transport", "http.first_byte", status=x.status, **conn)
-        add(x.first_data_at_ns, "transport", "http.first_data", **conn)
-        add(x.response_end_at_ns, "transport", "http.end", body_bytes=x.body_bytes, **conn)
+        conn = _attrs(x, "client", "server", "method", "target", "stream_id")
+        add(x.request_at_ns, "http.request", **conn)
+        add(x.response_at_ns, "http.first_byte", status=x.status, **conn)
+        add(x.first_data_at_ns, "http.first_data", **conn)
+        add(x.response_end_at_ns, "http.end", body_bytes=x.body_bytes, **conn)
     for w in report.websocket_sessions:
-        conn = {"client": w.client, "server": w.server}
-        add(w.upgrade_request_at_ns, "transport", "ws.upgrade_request", **conn)
-        add(w.upgrade_response_at_ns, "transport", "ws.upgraded", upgrade_ns=w.upgrade_ns, **conn)
+        conn = _attrs(w, "client", "server")
+        add(w.upgrade_request_at_ns, "ws.upgrade_request", **conn)
+        add(w.upgrade_response_at_ns, "ws.upgraded", upgrade_ns=w.upgrade_ns, **conn)
         for f in w.frames:
-            add(
-                f.at_ns,
-                "transport",
-                "ws.frame",
-                from_client=f.from_client,
-                opcode=f.opcode,
-                payload_len=f.payload_len,
-                event=f.event,
-                first_at_ns=f.start_at_ns,
-                **conn,
-            )
+            frame = _attrs(f, "from_client", "opcode", "payload_len", "event")
+            add(f.at_ns, "ws.frame", **frame, first_at_ns=f.start_at_ns, **conn)
     for rs in report.rtp_streams:
         st = {"src": rs.src, "dst": rs.dst, "ssrc": rs.ssrc_hex}
-        add(rs.start_at_ns, "transport", "rtp.first_packet", **st)
-        add(rs.end_at_ns, "transport", "rtp.last_packet", packets=rs.packets, **st)
+        add(rs.start_at_ns, "rtp.first_packet", **st)
+        add(rs.end_at_ns, "rtp.last_packet", packets=rs.packets, **st)
     for t in report.stun_transactions:
-        st = {"client": t.client, "server": t.server, "method": t.method}
-        add(t.request_at_ns, "transport", "stun.request", **st)
-        add(t.response_at_ns, "transport", "stun.response", rtt_ns=t.rtt_ns, **st)
+        st = _attrs(t, "client", "server", "method")
+        add(t.request_at_ns, "stun.request", **st)
+        add(t.response_at_ns, "stun.response", rtt_ns=t.rtt_ns, **st)
     ev.sort(key=lambda e: e.t_ns)
     return ev
 

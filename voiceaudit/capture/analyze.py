@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from voiceaudit.capture import rtp as rtpmod
 from voiceaudit.capture.model import NetReport, RtpStream, TcpConnection
 from voiceaudit.capture.pcapfile import (
     LINKTYPE_ETHERNET,
@@ -34,7 +33,13 @@ from voiceaudit.capture.pcapfile import (
     CaptureReader,
     PcapngWriter,
 )
-from voiceaudit.capture.rtp import Conversation, PayloadFormat, RtpStreamState, payload_format
+from voiceaudit.capture.rtp import (
+    Conversation,
+    PayloadFormat,
+    RtpStreamState,
+    heuristic_accepts,
+    payload_format,
+)
 from voiceaudit.capture.sdp import parse_sdp, sdp_bodies
 from voiceaudit.capture.streams import Results
 from voiceaudit.capture.tcp import StallParams, TcpTracker
@@ -260,8 +265,8 @@ class _Analysis:
         self.pair_convs: dict[tuple[tuple[bytes, int], tuple[bytes, int]], Conversation] = {}
         self.streams: dict[tuple[tuple[bytes, int], tuple[bytes, int], int], RtpStreamState] = {}
         self.formats: dict[tuple[int, int], PayloadFormat] = {}
-        self.stun = StunTracker()
-        self.dtls = DtlsTracker()
+        self.stun = StunTracker(self.names.ep)
+        self.dtls = DtlsTracker(self.names.ep)
         self.spool_writer: PcapngWriter | None = None
         self.spool_path: Path | None = None
         self.spool_file: BinaryIO | None = None
@@ -314,7 +319,6 @@ class _Analysis:
         udp_hdr = struct.Struct("!HHH").unpack_from
         tcp_hdr = struct.Struct("!HHIIHH").unpack_from
         rtp_hdr = struct.Struct("!HII").unpack_from
-        names = self.names
         counts = self.counts
         streams = self.streams
         sdp_convs = self.sdp_convs
@@ -464,7 +468,7 @@ class _Analysis:
                         and sport not in claim
                         and dport not in claim
                         and 0x80 <= b0 <= 0xBF
-                        and rtpmod.heuristic_accepts(buf, pl, plen)
+                        and heuristic_accepts(buf, pl, plen)
                         and not (buf[pl + 1] & 0x80 and 64 <= (buf[pl + 1] & 0x7F) <= 95)
                     ):
                         rtp_ok = True
@@ -500,18 +504,9 @@ class _Analysis:
                         st.add(frame, ts, now_ms, seq, rts, pt, marked, fmt)
                         continue
                     if b0 < 4:
-                        stun.packet(ts, buf, pl, plen, names.ep(src, sport), names.ep(dst, dport))
+                        stun.packet(ts, bytes(buf[pl:pend]), src_key, dst_key)
                     elif 20 <= b0 <= 63:
-                        dtls.packet(
-                            ts,
-                            buf,
-                            pl,
-                            plen,
-                            src_key,
-                            dst_key,
-                            names.ep(src, sport),
-                            names.ep(dst, dport),
-                        )
+                        dtls.packet(ts, bytes(buf[pl:pend]), src_key, dst_key)
                 elif proto == 6:
                     if l4 + 20 > ipend:
                         continue

@@ -33,7 +33,6 @@ import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 from voiceaudit.clock import Anchor, Clock, ClockMap, MonotonicClock, take_anchor
 from voiceaudit.errors import EnvironmentProblem, UsageError
@@ -414,10 +413,5 @@ class Dumpcap:
     def __enter__(self) -> Dumpcap:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()

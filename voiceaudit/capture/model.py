@@ -302,28 +302,27 @@ class HttpExchange:
     body_bytes: int
     decrypted: bool = False
 
+    def _since_request(self, at_ns: int | None) -> int | None:
+        """Request sent (its last byte, else its first) -> ``at_ns``."""
+        if at_ns is None:
+            return None
+        base = self.request_at_ns if self.request_end_at_ns is None else self.request_end_at_ns
+        return at_ns - base
+
     @property
     def first_byte_ns(self) -> int | None:
         """Request sent (its last byte) -> first byte of the response."""
-        if self.response_at_ns is None:
-            return None
-        base = self.request_at_ns if self.request_end_at_ns is None else self.request_end_at_ns
-        return self.response_at_ns - base
+        return self._since_request(self.response_at_ns)
 
     @property
     def first_data_ns(self) -> int | None:
-        if self.first_data_at_ns is None:
-            return None
-        base = self.request_at_ns if self.request_end_at_ns is None else self.request_end_at_ns
-        return self.first_data_at_ns - base
+        """Request sent -> first byte of the response body."""
+        return self._since_request(self.first_data_at_ns)
 
     @property
     def complete_ns(self) -> int | None:
         """Request sent -> last byte of the response (Wireshark's ``http.time``)."""
-        if self.response_end_at_ns is None:
-            return None
-        base = self.request_at_ns if self.request_end_at_ns is None else self.request_end_at_ns
-        return self.response_end_at_ns - base
+        return self._since_request(self.response_end_at_ns)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -22,7 +22,7 @@ import io
 import os
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, BinaryIO, cast
@@ -223,28 +223,37 @@ class CaptureReader:
         )
         linktype = linkfield & 0x0FFFFFFF
         self.facts.link_types.add(linktype)
-        rec = struct.Struct(endian + "IIII")
-        unpack = rec.unpack_from
-        tail = b""
-        packets = 0
-        while True:
-            data = self._read(self.block_size)
-            buf = tail + data if tail else data
+        unpack = struct.Struct(endian + "IIII").unpack_from
+
+        def parse(buf: bytes) -> tuple[list[Record], int, bool]:
             n = len(buf)
             pos = 0
             recs: list[Record] = []
             append = recs.append
-            bad = False
             while pos + 16 <= n:
                 sec, frac, incl, orig = unpack(buf, pos)
                 if incl > _MAX_RECORD:
-                    bad = True
-                    break
+                    return recs, pos, True
                 end = pos + 16 + incl
                 if end > n:
                     break
                 append((sec * 1_000_000_000 + frac * tick_ns, linktype, pos + 16, incl, orig))
                 pos = end
+            return recs, pos, False
+
+        yield from self._blocks(b"", parse, "the last packet record is cut short")
+
+    def _blocks(
+        self, tail: bytes, parse: Callable[[bytes], tuple[list[Record], int, bool]], cut: str
+    ) -> Iterator[tuple[bytes, list[Record]]]:
+        """Read the file a block at a time, ``tail`` (bytes already read) first; ``parse``
+        takes the whole records from the front of a buffer and says where it stopped and
+        whether it stopped at corruption; ``cut`` names what a cut-short end left over."""
+        packets = 0
+        while True:
+            data = self._read(self.block_size)
+            buf = tail + data if tail else data
+            recs, pos, bad = parse(buf)
             packets += len(recs)
             self.facts.packets = packets
             if recs:
@@ -257,7 +266,7 @@ class CaptureReader:
                 if self._gzip_error:
                     self._warn_truncated(self._gzip_error)
                 if tail:
-                    self._warn_truncated("the last packet record is cut short (truncated capture)")
+                    self._warn_truncated(f"{cut} (truncated capture)")
                 return
 
     def _warn_corrupt(self, where: int) -> None:
@@ -269,20 +278,19 @@ class CaptureReader:
             )
 
     def _pcapng_batches(self) -> Iterator[tuple[bytes, list[Record]]]:
-        tail = self._head
+        facts = self.facts
+        # What holds from one block to the next: the section's byte order (little-endian
+        # until its header says), its interfaces, the last packet's time.
         ifaces: list[_Interface] = []
         endian = "<"
         u32 = struct.Struct("<I")
         epb = struct.Struct("<IIIII")
+        pb = struct.Struct("<HHIIII")
         hdr = struct.Struct("<II")
-        packets = 0
         last_ts = 0
-        eof = False
-        while True:
-            data = b"" if eof else self._read(self.block_size)
-            if not data:
-                eof = True
-            buf = tail + data if tail else data
+
+        def parse(buf: bytes) -> tuple[list[Record], int, bool]:
+            nonlocal ifaces, endian, u32, epb, pb, hdr, last_ts
             n = len(buf)
             pos = 0
             recs: list[Record] = []
@@ -304,6 +312,7 @@ class CaptureReader:
                         break
                     u32 = struct.Struct(endian + "I")
                     epb = struct.Struct(endian + "IIIII")
+                    pb = struct.Struct(endian + "HHIIII")
                     hdr = struct.Struct(endian + "II")
                     blen = u32.unpack_from(buf, pos + 4)[0]
                     if blen < 28 or blen % 4 or blen > _MAX_RECORD:
@@ -320,8 +329,11 @@ class CaptureReader:
                 end = pos + blen
                 if end > n:
                     break
-                if btype == _BT_EPB:
-                    iface, hi, lo, cap, orig = epb.unpack_from(buf, pos + 8)
+                if btype in (_BT_EPB, _BT_PB):
+                    if btype == _BT_EPB:
+                        iface, hi, lo, cap, orig = epb.unpack_from(buf, pos + 8)
+                    else:  # the obsolete Packet Block: a 16-bit interface and a drop count
+                        iface, _drops, hi, lo, cap, orig = pb.unpack_from(buf, pos + 8)
                     if iface >= len(ifaces) or cap > blen - 32:
                         bad = True
                         break
@@ -335,7 +347,7 @@ class CaptureReader:
                     append((ts, itf.linktype, pos + 28, cap, orig))
                 elif btype == _BT_IDB:
                     ifaces.append(self._parse_idb(buf, pos, blen, endian))
-                    self.facts.link_types.add(ifaces[-1].linktype)
+                    facts.link_types.add(ifaces[-1].linktype)
                 elif btype == _BT_SPB:
                     if not ifaces:
                         bad = True
@@ -346,40 +358,14 @@ class CaptureReader:
                         cap = min(cap, ifaces[0].snaplen)
                     # A simple packet has no timestamp: it takes the previous packet's.
                     append((last_ts, ifaces[0].linktype, pos + 12, cap, orig))
-                elif btype == _BT_PB:
-                    iface, _drops, hi, lo, cap, orig = struct.unpack_from(
-                        endian + "HHIIII", buf, pos + 8
-                    )
-                    if iface >= len(ifaces) or cap > blen - 32:
-                        bad = True
-                        break
-                    itf = ifaces[iface]
-                    ticks = (hi << 32) | lo
-                    if itf.shift:
-                        ts = ((ticks * 1_000_000_000) >> itf.shift) + itf.offset_ns
-                    else:
-                        ts = ticks * itf.mul // itf.div + itf.offset_ns
-                    last_ts = ts
-                    append((ts, itf.linktype, pos + 28, cap, orig))
                 elif btype == _BT_DSB:
                     stype, slen = struct.unpack_from(endian + "II", buf, pos + 8)
                     if stype == DSB_TLS_KEYLOG and slen <= blen - 20:
-                        self.facts.tls_secrets.append(bytes(buf[pos + 16 : pos + 16 + slen]))
+                        facts.tls_secrets.append(bytes(buf[pos + 16 : pos + 16 + slen]))
                 pos = end
-            packets += len(recs)
-            self.facts.packets = packets
-            if recs:
-                yield buf, recs
-            if bad:
-                self._warn_corrupt(pos)
-                return
-            tail = buf[pos:]
-            if eof:
-                if self._gzip_error:
-                    self._warn_truncated(self._gzip_error)
-                if tail:
-                    self._warn_truncated("the last pcapng block is cut short (truncated capture)")
-                return
+            return recs, pos, bad
+
+        yield from self._blocks(self._head, parse, "the last pcapng block is cut short")
 
     @staticmethod
     def _parse_idb(buf: bytes, pos: int, blen: int, endian: str) -> _Interface:

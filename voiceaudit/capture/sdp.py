@@ -1,30 +1,17 @@
 """SDP bodies carried by SIP and MGCP: which UDP endpoints carry RTP, and the clock
-rate of each dynamic payload type (``a=rtpmap``)."""
+rate of each dynamic payload type (``a=rtpmap``). SIP over UDP is read per datagram
+(:func:`sdp_bodies`), SIP over TCP as a byte stream (:class:`SipTcpParser`)."""
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from voiceaudit.capture.streams import MAX_HEAD, SIP_STARTS, Results, StreamParser, parse_headers
 
 _SIP_PORTS = frozenset({5060, 5061})
 _MGCP_PORTS = frozenset({2427, 2727})
-_SIP_PREFIXES = (
-    b"INVITE ",
-    b"ACK ",
-    b"BYE ",
-    b"CANCEL ",
-    b"REGISTER ",
-    b"OPTIONS ",
-    b"PRACK ",
-    b"SUBSCRIBE ",
-    b"NOTIFY ",
-    b"PUBLISH ",
-    b"INFO ",
-    b"REFER ",
-    b"MESSAGE ",
-    b"UPDATE ",
-    b"SIP/2.0 ",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +118,7 @@ def _sdp_in_body(head: bytes, body: bytes) -> bytes | None:
 
 def sdp_bodies(payload: bytes, sport: int, dport: int) -> list[bytes]:
     """SDP bodies in one UDP payload if it is a SIP or MGCP message, else nothing."""
-    is_sip = sport in _SIP_PORTS or dport in _SIP_PORTS or payload.startswith(_SIP_PREFIXES)
+    is_sip = sport in _SIP_PORTS or dport in _SIP_PORTS or payload.startswith(SIP_STARTS)
     is_mgcp = sport in _MGCP_PORTS or dport in _MGCP_PORTS
     if not (is_sip or is_mgcp):
         return []
@@ -139,9 +126,43 @@ def sdp_bodies(payload: bytes, sport: int, dport: int) -> list[bytes]:
     if parts is None:
         return []
     head, body = parts
-    if is_sip and (payload.startswith(_SIP_PREFIXES)):
+    if is_sip and (payload.startswith(SIP_STARTS)):
         sdp = _sdp_in_body(head, body)
         return [sdp] if sdp else []
     if is_mgcp and body.lstrip().startswith(b"v=0"):
         return [body.lstrip()]
     return []
+
+
+class SipTcpParser(StreamParser):
+    """SIP messages on a TCP stream, for the SDP bodies they carry."""
+
+    def __init__(self, on_body: Callable[[bytes, int], None]) -> None:
+        self.on_body = on_body
+        self.bufs = (bytearray(), bytearray())
+
+    def feed(self, from_client: bool, data: bytes, ts: int) -> None:
+        if self.lost_sync:
+            return
+        buf = self.bufs[1 if from_client else 0]
+        buf += data
+        while True:
+            k = buf.find(b"\r\n\r\n")
+            if k < 0:
+                if len(buf) > MAX_HEAD:
+                    self.lost_sync = True
+                return
+            _start, headers = parse_headers(bytes(buf[:k]))
+            try:
+                length = int(headers.get("content-length", headers.get("l", "0")) or 0)
+            except ValueError:
+                length = 0
+            if len(buf) < k + 4 + length:
+                return
+            body = bytes(buf[k + 4 : k + 4 + length])
+            del buf[: k + 4 + length]
+            if body:
+                self.on_body(body, ts)
+
+    def finish(self, sink: Results) -> None:
+        return

@@ -180,93 +180,55 @@ class TcpFlow:
     sseq: int = 5000
     mss: int = 1460
 
+    def segment(
+        self,
+        from_client: bool,
+        flags: int,
+        payload: bytes = b"",
+        *,
+        ack: int | None = None,
+        mss: int | None = None,
+    ) -> bytes:
+        """A segment from the client (or the server) at the flow's sequence numbers; ``ack``
+        overrides the acknowledgement number (the peer's next sequence number)."""
+        client = (self.client, self.cport, self.cseq)
+        server = (self.server, self.sport, self.sseq)
+        (src, sport, seq), (dst, dport, peer) = (
+            (client, server) if from_client else (server, client)
+        )
+        return tcp_segment(
+            src, sport, dst, dport, seq, peer if ack is None else ack, flags, payload, mss=mss
+        )
+
     def handshake(self, t_syn: int, t_synack: int, t_ack: int) -> None:
         b = self.builder
-        b.add(
-            t_syn,
-            tcp_segment(
-                self.client, self.cport, self.server, self.sport, self.cseq, 0, 0x02, mss=self.mss
-            ),
-        )
-        b.add(
-            t_synack,
-            tcp_segment(
-                self.server,
-                self.sport,
-                self.client,
-                self.cport,
-                self.sseq,
-                self.cseq + 1,
-                0x12,
-                mss=self.mss,
-            ),
-        )
+        b.add(t_syn, self.segment(True, 0x02, ack=0, mss=self.mss))
+        b.add(t_synack, self.segment(False, 0x12, ack=self.cseq + 1, mss=self.mss))
         self.cseq += 1
         self.sseq += 1
         b.add(t_ack, self.ack_segment(True))
 
     def ack_segment(self, from_client: bool) -> bytes:
-        if from_client:
-            return tcp_segment(
-                self.client, self.cport, self.server, self.sport, self.cseq, self.sseq, 0x10
-            )
-        return tcp_segment(
-            self.server, self.sport, self.client, self.cport, self.sseq, self.cseq, 0x10
-        )
+        return self.segment(from_client, 0x10)
 
     def send(self, t: int, from_client: bool, data: bytes, *, ack_at: int | None = None) -> None:
         """Data in one segment (or several, cut at the MSS), acknowledged at ``ack_at``."""
         b = self.builder
         for i in range(0, max(1, len(data)), self.mss):
             chunk = data[i : i + self.mss]
+            b.add(t, self.segment(from_client, 0x18, chunk))
             if from_client:
-                b.add(
-                    t,
-                    tcp_segment(
-                        self.client,
-                        self.cport,
-                        self.server,
-                        self.sport,
-                        self.cseq,
-                        self.sseq,
-                        0x18,
-                        chunk,
-                    ),
-                )
                 self.cseq += len(chunk)
             else:
-                b.add(
-                    t,
-                    tcp_segment(
-                        self.server,
-                        self.sport,
-                        self.client,
-                        self.cport,
-                        self.sseq,
-                        self.cseq,
-                        0x18,
-                        chunk,
-                    ),
-                )
                 self.sseq += len(chunk)
         if ack_at is not None:
             b.add(ack_at, self.ack_segment(not from_client))
 
     def close(self, t: int) -> None:
         b = self.builder
-        b.add(
-            t,
-            tcp_segment(
-                self.client, self.cport, self.server, self.sport, self.cseq, self.sseq, 0x11
-            ),
-        )
+        b.add(t, self.segment(True, 0x11))
         self.cseq += 1
-        b.add(
-            t + 50_000,
-            tcp_segment(
-                self.server, self.sport, self.client, self.cport, self.sseq, self.cseq, 0x11
-            ),
-        )
+        b.add(t + 50_000, self.segment(False, 0x11))
         self.sseq += 1
         b.add(t + 100_000, self.ack_segment(True))
 

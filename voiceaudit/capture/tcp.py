@@ -37,6 +37,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from voiceaudit.capture.http import Http2Parser, HttpParser
 from voiceaudit.capture.model import (
     EMPTY_DISTRIBUTION,
     Distribution,
@@ -44,16 +45,9 @@ from voiceaudit.capture.model import (
     TcpConnection,
     TcpEvent,
 )
-from voiceaudit.capture.streams import (
-    Http2Parser,
-    HttpParser,
-    OpaqueParser,
-    Results,
-    SipTcpParser,
-    StreamParser,
-    TlsParser,
-    sniff,
-)
+from voiceaudit.capture.sdp import SipTcpParser
+from voiceaudit.capture.streams import OpaqueParser, Results, StreamParser, sniff
+from voiceaudit.capture.tls import TlsParser
 
 FIN = 0x01
 SYN = 0x02

@@ -7,14 +7,17 @@ main pass), with one ``-T fields`` pass; nothing else of the capture goes throug
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from voiceaudit.capture.model import HttpExchange, WebSocketFrame, WebSocketSession
+from voiceaudit.capture.http import PendingExchange
+from voiceaudit.capture.model import HttpExchange, WebSocketSession
+from voiceaudit.capture.websocket import WebSocketLog
 from voiceaudit.errors import EnvironmentProblem
 
 _FIELDS = (
@@ -80,37 +83,6 @@ def _ep(addr: str, port: str) -> str:
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
-@dataclass
-class _H2:
-    client: str
-    server: str
-    request_at: int
-    method: str | None = None
-    target: str | None = None
-    request_end_at: int | None = None
-    response_at: int | None = None
-    status: int | None = None
-    first_data_at: int | None = None
-    response_end_at: int | None = None
-    body_bytes: int = 0
-
-
-@dataclass
-class _Ws:
-    client: str
-    server: str
-    target: str | None
-    request_at: int
-    response_at: int
-    frames: list[WebSocketFrame] = field(default_factory=list)
-    ops_c: dict[int, int] = field(default_factory=dict)
-    ops_s: dict[int, int] = field(default_factory=dict)
-    bytes_c: int = 0
-    bytes_s: int = 0
-    first_server_data: int | None = None
-    close_at: int | None = None
-
-
 def decrypted_exchanges(
     capture: Path,
     keylog: Path,
@@ -158,12 +130,12 @@ def decrypted_exchanges(
         if len(row) >= 2 and row[0] and row[1]:
             times[int(row[0])] = _ns(row[1])
 
-    h2: dict[tuple[str, int], _H2] = {}
-    h2_order: list[tuple[str, int]] = []
-    h1_requests: dict[int, tuple[str, str, str | None, str | None, int, int, str | None]] = {}
+    #: (TCP stream, HTTP/2 stream id) -> client, server, exchange
+    h2: dict[tuple[str, int], tuple[str, str, PendingExchange]] = {}
+    #: frame of an HTTP/1.x request -> client, server, the request
+    h1_requests: dict[int, tuple[str, str, PendingExchange]] = {}
     h1: list[HttpExchange] = []
-    ws: dict[str, _Ws] = {}
-    ws_req_end: dict[str, int] = {}
+    ws: dict[str, WebSocketLog] = {}
     for row in rows:
         if len(row) < len(_FIELDS):
             row = row + [""] * (len(_FIELDS) - len(row))
@@ -199,14 +171,13 @@ def decrypted_exchanges(
             if sid == 0 or typ not in (0, 1):
                 continue
             key = (stream, sid)
-            ex = h2.get(key)
+            known = h2.get(key)
             end_stream = bool(fl & 0x01)
-            if ex is None:
+            if known is None:
                 if typ != 1:
                     continue
-                ex = _H2(client=src, server=dst, request_at=t)
-                h2[key] = ex
-                h2_order.append(key)
+                ex = PendingExchange(request_at=t)
+                h2[key] = (src, dst, ex)
                 if methods:
                     ex.method = methods.pop(0)
                 if paths:
@@ -214,58 +185,33 @@ def decrypted_exchanges(
                 if end_stream:
                     ex.request_end_at = t
                 continue
-            if src == ex.client:
+            client, _server, ex = known
+            if src == client:
                 if end_stream:
                     ex.request_end_at = t
                 continue
-            if typ == 1 and ex.response_at is None:
-                ex.response_at = t
-                if statuses:
-                    ex.status = int(statuses.pop(0))
-            elif typ == 0 and ln > 0:
-                if ex.first_data_at is None:
-                    ex.first_data_at = t
-                ex.body_bytes += ln
-            if end_stream:
-                ex.response_end_at = t
+            if ex.h2_response_frame(typ == 1, ln, end_stream, t) and statuses:
+                ex.status = int(statuses.pop(0))
 
         # HTTP/1.x messages (each row is the frame where the message was reassembled).
         for method, uri in zip(col("http.request.method"), col("http.request.uri"), strict=False):
+            req = PendingExchange(request_at=first_t, method=method, target=uri, request_end_at=t)
             ups = col("http.upgrade")
-            upgrade = ups[0] if ups else None
-            h1_requests[frame] = (src, dst, method, uri, first_t, t, upgrade)
+            req.upgrade = ups[0] if ups else None
+            h1_requests[frame] = (src, dst, req)
         codes = col("http.response.code")
         req_in = col("http.request_in")
         for code_s, rin in zip(codes, req_in, strict=False):
-            req = h1_requests.get(int(rin))
-            if req is None:
+            found = h1_requests.get(int(rin))
+            if found is None:
                 continue
-            c_ep, s_ep, req_method, req_uri, req_at, req_end, req_upgrade = req
+            c_ep, s_ep, req = found
             code = int(code_s)
-            if code == 101 and req_upgrade and req_upgrade.lower() == "websocket":
-                ws[stream] = _Ws(c_ep, s_ep, req_uri, req_at, first_t)
-                ws_req_end[stream] = req_end
-            h1.append(
-                HttpExchange(
-                    client=c_ep,
-                    server=s_ep,
-                    protocol="HTTP/1.1",
-                    method=req_method,
-                    target=req_uri,
-                    status=code,
-                    stream_id=None,
-                    content_type=None,
-                    chunked=False,
-                    request_at_ns=req_at,
-                    request_end_at_ns=req_end,
-                    response_at_ns=first_t,
-                    headers_at_ns=None,
-                    first_data_at_ns=None,
-                    response_end_at_ns=t,
-                    body_bytes=0,
-                    decrypted=True,
-                )
-            )
+            # Each response (an interim one too) makes its own exchange with the request.
+            ex = dataclasses.replace(req, response_at=first_t, status=code, response_end_at=t)
+            if code == 101 and ex.upgrade and ex.upgrade.lower() == "websocket":
+                ws[stream] = ex.websocket_log(c_ep, s_ep, compressed=False, max_frames=sys.maxsize)
+            h1.append(ex.exchange(c_ep, s_ep, "HTTP/1.1", decrypted=True))
 
         # WebSocket frames.
         ops = col("websocket.opcode")
@@ -290,77 +236,12 @@ def decrypted_exchanges(
                     ln = int(ext64.pop(0))
                 fin = i < len(fins) and fins[i] in ("1", "True")
                 masked = i < len(masks) and masks[i] in ("1", "True")
-                if from_client:
-                    sess.ops_c[op] = sess.ops_c.get(op, 0) + 1
-                    sess.bytes_c += ln
-                else:
-                    sess.ops_s[op] = sess.ops_s.get(op, 0) + 1
-                    sess.bytes_s += ln
-                    if sess.first_server_data is None and op in (0, 1, 2):
-                        sess.first_server_data = t
-                if op == 8 and sess.close_at is None:
-                    sess.close_at = t
-                sess.frames.append(
-                    WebSocketFrame(
-                        at_ns=t,
-                        start_at_ns=first_t,
-                        from_client=from_client,
-                        opcode=op,
-                        fin=fin,
-                        rsv1=False,
-                        masked=masked,
-                        payload_len=ln,
-                    )
-                )
+                sess.frame(from_client, op, ln, t, first_t, fin=fin, rsv1=False, masked=masked)
 
     exchanges = list(h1)
-    for key in h2_order:
-        e = h2[key]
-        exchanges.append(
-            HttpExchange(
-                client=e.client,
-                server=e.server,
-                protocol="h2",
-                method=e.method,
-                target=e.target,
-                status=e.status,
-                stream_id=key[1],
-                content_type=None,
-                chunked=False,
-                request_at_ns=e.request_at,
-                request_end_at_ns=e.request_end_at,
-                response_at_ns=e.response_at,
-                headers_at_ns=e.response_at,
-                first_data_at_ns=e.first_data_at,
-                response_end_at_ns=e.response_end_at,
-                body_bytes=e.body_bytes,
-                decrypted=True,
-            )
-        )
-    sessions = []
-    for stream, s in ws.items():
-        ws_end = ws_req_end.get(stream)
-        sessions.append(
-            WebSocketSession(
-                client=s.client,
-                server=s.server,
-                target=s.target,
-                upgrade_request_at_ns=s.request_at,
-                upgrade_request_end_at_ns=ws_end,
-                upgrade_response_at_ns=s.response_at,
-                upgrade_ns=s.response_at - (ws_end if ws_end is not None else s.request_at),
-                compressed=False,
-                frames_total=len(s.frames),
-                frames=tuple(s.frames),
-                frames_truncated=False,
-                opcodes_from_client=s.ops_c,
-                opcodes_from_server=s.ops_s,
-                bytes_from_client=s.bytes_c,
-                bytes_from_server=s.bytes_s,
-                first_server_data_at_ns=s.first_server_data,
-                close_at_ns=s.close_at,
-            )
-        )
+    for (_stream, sid), (client, server, ex) in h2.items():
+        exchanges.append(ex.exchange(client, server, "h2", stream_id=sid, decrypted=True))
+    sessions: list[WebSocketSession] = [log.session() for log in ws.values()]
     if not exchanges and not sessions:
         notes.append(
             "tshark found no HTTP inside the TLS connections (is the key log the right one?)"

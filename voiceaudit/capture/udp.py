@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import struct
-from dataclasses import dataclass
+from collections.abc import Callable
 
 from voiceaudit.capture.model import StunTransaction, TlsHandshake
-from voiceaudit.capture.streams import _TLS_VERSIONS, parse_client_hello, server_hello_version
+from voiceaudit.capture.tls import Hellos, server_hello_version
+
+#: An endpoint: (packed address, port).
+Key = tuple[bytes, int]
+#: Names an endpoint: (packed address, port) -> "addr:port".
+Endpoint = Callable[[bytes, int], str]
 
 STUN_MAGIC = 0x2112A442
 STUN_METHODS = {
@@ -20,26 +26,19 @@ STUN_METHODS = {
 }
 
 
-@dataclass(slots=True)
-class _Txn:
-    client: str
-    server: str
-    method: str
-    request_at: int
-    response_at: int | None = None
-    success: bool | None = None
-    retransmits: int = 0
-
-
 class StunTracker:
-    def __init__(self, max_transactions: int = 100_000) -> None:
-        self.txns: dict[bytes, _Txn] = {}
+    """STUN transactions, each request paired with its first response."""
+
+    def __init__(self, endpoint: Endpoint, max_transactions: int = 100_000) -> None:
+        self.endpoint = endpoint
+        self.txns: dict[bytes, StunTransaction] = {}
         self.order: list[bytes] = []
         self.max = max_transactions
         self.dropped = 0
 
-    def packet(self, ts: int, buf: bytes, off: int, length: int, src: str, dst: str) -> bool:
+    def packet(self, ts: int, payload: bytes, src_key: Key, dst_key: Key) -> bool:
         """Read one UDP payload; True if it was a STUN message."""
+        buf, off, length = payload, 0, len(payload)
         if length < 20 or buf[off] & 0xC0:
             return False
         mtype, mlen, magic = struct.unpack_from("!HHI", buf, off)
@@ -48,73 +47,47 @@ class StunTracker:
         method = (mtype & 0x000F) | ((mtype & 0x00E0) >> 1) | ((mtype & 0x3E00) >> 2)
         cls = ((mtype & 0x0100) >> 7) | ((mtype & 0x0010) >> 4)
         txid = bytes(buf[off + 8 : off + 20])
+        t = self.txns.get(txid)
         if cls == 0:  # request
-            t = self.txns.get(txid)
             if t is not None:
-                t.retransmits += 1
+                self.txns[txid] = dataclasses.replace(t, retransmits=t.retransmits + 1)
             elif len(self.order) < self.max:
-                self.txns[txid] = _Txn(src, dst, STUN_METHODS.get(method, f"0x{method:03x}"), ts)
+                self.txns[txid] = StunTransaction(
+                    self.endpoint(*src_key),
+                    self.endpoint(*dst_key),
+                    STUN_METHODS.get(method, f"0x{method:03x}"),
+                    request_at_ns=ts,
+                    response_at_ns=None,
+                    rtt_ns=None,
+                    success=None,
+                    retransmits=0,
+                )
                 self.order.append(txid)
             else:
                 self.dropped += 1
-        elif cls in (2, 3):
-            t = self.txns.get(txid)
-            if t is not None and t.response_at is None:
-                t.response_at = ts
-                t.success = cls == 2
+        elif cls in (2, 3) and t is not None and t.response_at_ns is None:
+            self.txns[txid] = dataclasses.replace(
+                t, response_at_ns=ts, rtt_ns=ts - t.request_at_ns, success=cls == 2
+            )
         return True
 
     def finish(self) -> list[StunTransaction]:
-        out = []
-        for txid in self.order:
-            t = self.txns[txid]
-            out.append(
-                StunTransaction(
-                    client=t.client,
-                    server=t.server,
-                    method=t.method,
-                    request_at_ns=t.request_at,
-                    response_at_ns=t.response_at,
-                    rtt_ns=None if t.response_at is None else t.response_at - t.request_at,
-                    success=t.success,
-                    retransmits=t.retransmits,
-                )
-            )
-        return out
-
-
-@dataclass(slots=True)
-class _Dtls:
-    client: str
-    server: str
-    client_key: tuple[bytes, int]
-    client_hello_at: int
-    sni: str | None = None
-    alpn: tuple[str, ...] = ()
-    server_hello_at: int | None = None
-    version: int | None = None
-    hello_verify: bool = False
-    fin_client: int | None = None
-    fin_server: int | None = None
+        """The transactions, in the order their requests were first seen."""
+        return [self.txns[txid] for txid in self.order]
 
 
 class DtlsTracker:
-    def __init__(self) -> None:
-        self.sessions: dict[tuple[tuple[bytes, int], tuple[bytes, int]], _Dtls] = {}
-        self.order: list[_Dtls] = []
+    """DTLS handshakes: hellos in the clear, then each side's first encrypted record."""
 
-    def packet(
-        self,
-        ts: int,
-        buf: bytes,
-        off: int,
-        length: int,
-        src_key: tuple[bytes, int],
-        dst_key: tuple[bytes, int],
-        src: str,
-        dst: str,
-    ) -> bool:
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        #: (lower endpoint, higher endpoint) -> the handshake, its client's endpoint
+        self.sessions: dict[tuple[Key, Key], tuple[Hellos, Key]] = {}
+        self.order: list[Hellos] = []
+
+    def packet(self, ts: int, payload: bytes, src_key: Key, dst_key: Key) -> bool:
         """Read one UDP payload; True if it held DTLS records."""
+        buf, off, length = payload, 0, len(payload)
         if length < 13 or buf[off + 1] != 0xFE:
             return False
         key = (src_key, dst_key) if src_key <= dst_key else (dst_key, src_key)
@@ -139,50 +112,25 @@ class DtlsTracker:
                 hbody = bytes(buf[body + 12 : body + 12 + frag_len]) if frag_off == 0 else b""
                 if mtype == 1:
                     if sess is None:
-                        sess = _Dtls(src, dst, src_key, ts)
-                        if hbody:
-                            sess.sni, sess.alpn = parse_client_hello(hbody)
+                        hello = Hellos(self.endpoint(*src_key), self.endpoint(*dst_key))
+                        hello.client_hello(ts, hbody)
+                        sess = (hello, src_key)
                         self.sessions[key] = sess
-                        self.order.append(sess)
+                        self.order.append(hello)
                 elif sess is not None and mtype == 3:
-                    sess.hello_verify = True
-                elif sess is not None and mtype == 2 and sess.server_hello_at is None:
-                    sess.server_hello_at = ts
+                    sess[0].retry = True
+                elif sess is not None and mtype == 2 and sess[0].server_hello_at is None:
+                    sess[0].server_hello_at = ts
                     if hbody:
-                        sess.version = server_hello_version(hbody)[0]
+                        sess[0].version = server_hello_version(hbody)[0]
             elif rtype == 22 and epoch >= 1 and sess is not None:
-                if src_key == sess.client_key:
-                    if sess.fin_client is None:
-                        sess.fin_client = ts
-                elif sess.fin_server is None:
-                    sess.fin_server = ts
+                finished = sess[0].finished
+                side = 1 if src_key == sess[1] else 0
+                if finished[side] is None:
+                    finished[side] = ts
             p = body + rlen
         return seen
 
     def finish(self) -> list[TlsHandshake]:
-        out = []
-        for s in self.order:
-            done = None
-            if s.fin_client is not None and s.fin_server is not None:
-                done = max(s.fin_client, s.fin_server)
-            out.append(
-                TlsHandshake(
-                    transport="udp",
-                    client=s.client,
-                    server=s.server,
-                    version=None
-                    if s.version is None
-                    else _TLS_VERSIONS.get(s.version, hex(s.version)),
-                    sni=s.sni,
-                    alpn=s.alpn,
-                    client_hello_at_ns=s.client_hello_at,
-                    server_hello_at_ns=s.server_hello_at,
-                    done_at_ns=done,
-                    server_hello_ns=None
-                    if s.server_hello_at is None
-                    else s.server_hello_at - s.client_hello_at,
-                    handshake_ns=None if done is None else done - s.client_hello_at,
-                    hello_retry=s.hello_verify,
-                )
-            )
-        return out
+        """The handshakes, in the order their ClientHellos were seen."""
+        return [hello.record("udp", hello.both_finished()) for hello in self.order]
