@@ -15,23 +15,27 @@ A protocol adapter subclasses it and implements:
 - its **transport**: accept the connection, decode input audio to float samples at the
   rate it opened the input with (:meth:`Session.open_input`) and pass them to
   ``self.input.feed(samples, arrival_ns)``; a manual commit is ``self.input.commit``;
-- ``protocol`` (the ground truth's protocol name) and ``id_prefix``;
+- ``protocol`` (the ground truth's protocol name), ``id_prefix`` and ``output_rate``;
 - the **event hooks**, each called at the moment the protocol tells its client (all
   optional; the defaults send nothing): :meth:`Session.speech_began`,
-  :meth:`Session.speech_stopped`, :meth:`Session.recognised`, :meth:`Session.transcribed`;
-- :meth:`Session.respond`: the reply to a heard turn (run in the reply task
-  :meth:`Session.speech_ended` starts): its protocol events around
-  :func:`~voiceaudit.reference.pipeline.run_reply`, given a
-  :class:`~voiceaudit.reference.pipeline.ReplySink` that frames text and audio for the
-  wire (``send_audio`` hands its bytes to the transport before its first ``await``), and
-  writing the turn with :meth:`Session.write`;
+  :meth:`Session.speech_stopped`, :meth:`Session.recognised`, :meth:`Session.transcribed`,
+  :meth:`Session.begin_reply`, :meth:`Session.reply_sent`, :meth:`Session.reply_cancelled`,
+  :meth:`Session.turn_over` (call the core's first: it settles and writes the turn);
+- the **reply's framing**: :meth:`Session.reply_text` and :meth:`Session.reply_audio`
+  (the default :class:`Sink` calls them; ``reply_audio`` must hand its bytes to the
+  transport before its first ``await``), or a sink of its own from ``begin_reply``;
 - its client **control messages**, mapped onto :meth:`Session.cancel_reply`,
   :meth:`Session.record_truncate` and ``self.input.clear``.
 
-Hooks with a default an adapter may replace: :meth:`Session.interrupt` (what the caller's
-speech does to a running reply; default: :func:`~voiceaudit.reference.pipeline.barge_in`),
-:meth:`Session.speech_ended` (default: the reply starts at once, and the hearing runs in
-it), :meth:`Session.abandon` (what closing writes).
+The default turn (:meth:`Session.turn`, started by :meth:`Session.speech_ended` when the
+speech ends) hears the turn, waits for the previous reply under ``no-barge-in``, answers
+with the conversation so far through
+:func:`~voiceaudit.reference.pipeline.run_reply`, and ends the turn. Hooks with a default
+an adapter may replace: :meth:`Session.interrupt` (what the caller's speech does to a
+running reply; default: :func:`~voiceaudit.reference.pipeline.barge_in`),
+:meth:`Session.speech_ended` (a protocol whose replies start otherwise, like Realtime's
+``response.create``, hears the turn with :meth:`Session.hear` and starts replies with
+:meth:`Session.start_response`), :meth:`Session.abandon` (what closing writes).
 """
 
 from __future__ import annotations
@@ -101,7 +105,7 @@ class Session:
     #: The ground truth's ``protocol`` of this session's turns.
     protocol = "reference"
     id_prefix = "sess"
-    #: The end of speech pays the ``vad`` stage-delay injection (WebRTC never has).
+    #: The end of speech pays the ``vad`` stage-delay injection (an adapter may opt out).
     vad_stage_delay = True
     #: A turn records the recognizer's details (worker, decode time) and its error.
     asr_details = True
