@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import struct
+from dataclasses import KW_ONLY, dataclass, field
 
 from voiceaudit.capture.model import WebSocketFrame, WebSocketSession
 from voiceaudit.capture.streams import Results, StreamParser
@@ -27,57 +28,29 @@ def _event(text: bytes | bytearray, key: bytes) -> str | None:
     return m.group(1).decode("utf-8", "replace") if m else None
 
 
+@dataclass(slots=True)
 class WebSocketLog:
     """One WebSocket session's frames as they are read: counts and bytes per direction,
     the first ``max_frames`` frames, the first server data and the close."""
 
-    __slots__ = (
-        "bytes_c",
-        "bytes_s",
-        "client",
-        "close_at",
-        "compressed",
-        "first_server_data",
-        "frames",
-        "frames_total",
-        "max_frames",
-        "ops_c",
-        "ops_s",
-        "request_at",
-        "request_end_at",
-        "response_at",
-        "server",
-        "target",
-    )
-
-    def __init__(
-        self,
-        client: str,
-        server: str,
-        *,
-        target: str | None,
-        request_at: int,
-        request_end_at: int | None,
-        response_at: int | None,
-        compressed: bool,
-        max_frames: int = 10_000,
-    ) -> None:
-        self.client = client
-        self.server = server
-        self.target = target
-        self.request_at = request_at
-        self.request_end_at = request_end_at
-        self.response_at = response_at
-        self.compressed = compressed
-        self.max_frames = max_frames
-        self.frames: list[WebSocketFrame] = []
-        self.frames_total = 0
-        self.ops_c: dict[int, int] = {}
-        self.ops_s: dict[int, int] = {}
-        self.bytes_c = 0
-        self.bytes_s = 0
-        self.first_server_data: int | None = None
-        self.close_at: int | None = None
+    client: str
+    server: str
+    _: KW_ONLY
+    target: str | None
+    request_at: int
+    request_end_at: int | None
+    response_at: int | None
+    compressed: bool
+    max_frames: int = 10_000
+    frames: list[WebSocketFrame] = field(default_factory=list, init=False)
+    frames_total: int = field(default=0, init=False)
+    #: opcode -> frames, from the client (``_c``) and from the server (``_s``)
+    ops_c: dict[int, int] = field(default_factory=dict, init=False)
+    ops_s: dict[int, int] = field(default_factory=dict, init=False)
+    bytes_c: int = field(default=0, init=False)
+    bytes_s: int = field(default=0, init=False)
+    first_server_data: int | None = field(default=None, init=False)
+    close_at: int | None = field(default=None, init=False)
 
     def frame(
         self,
