@@ -35,7 +35,7 @@ from __future__ import annotations
 import bisect
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from voiceaudit.capture.http import Http2Parser, HttpParser
 from voiceaudit.capture.model import (
@@ -177,69 +177,43 @@ class StallParams:
     nagle_small_bytes: int = 1200
 
 
+@dataclass(slots=True, eq=False)
 class Conn:
-    __slots__ = (
-        "app",
-        "c",
-        "client",
-        "client_key",
-        "decided",
-        "established_at",
-        "events",
-        "events_dropped",
-        "fin_at",
-        "first_at",
-        "held",
-        "last_at",
-        "min_rtt",
-        "packets",
-        "parsers",
-        "protocol",
-        "retransmissions",
-        "rst_at",
-        "rtt",
-        "s",
-        "server",
-        "spool",
-        "stalls",
-        "syn_at",
-        "syn_isn",
-        "syn_retx",
-        "synack_at",
-        "zero_windows",
-    )
+    """One TCP connection as it is followed (``c``: what the client sent, ``s``: the server)."""
 
-    def __init__(self, client: str, server: str, client_key: tuple[bytes, int], ts: int) -> None:
-        self.client = client
-        self.server = server
-        self.client_key = client_key
-        self.c = _Half()
-        self.s = _Half()
-        self.first_at = ts
-        self.last_at = ts
-        self.syn_at: int | None = None
-        self.syn_isn: int | None = None
-        self.syn_retx = 0
-        self.synack_at: int | None = None
-        self.established_at: int | None = None
-        self.fin_at: int | None = None
-        self.rst_at: int | None = None
-        self.packets = 0
-        self.rtt = Sampler()
-        self.min_rtt: int | None = None
-        self.events: list[TcpEvent] = []
-        self.events_dropped = 0
-        self.stalls: list[SmallWriteStall] = []
-        self.retransmissions = 0
-        self.zero_windows = 0
-        self.app: StreamParser | None = None
-        #: Every parser the connection had (HTTP, then WebSocket after an Upgrade...).
-        self.parsers: list[StreamParser] = []
-        self.decided = False
-        self.protocol: str | None = None
-        self.spool = False
-        #: The first few raw packets, kept until we know whether to spool the connection.
-        self.held: list[tuple[int, int, bytes]] | None = []
+    client: str
+    server: str
+    client_key: tuple[bytes, int]
+    first_at: int
+    last_at: int = field(init=False)
+    c: _Half = field(default_factory=_Half, init=False)
+    s: _Half = field(default_factory=_Half, init=False)
+    syn_at: int | None = field(default=None, init=False)
+    syn_isn: int | None = field(default=None, init=False)
+    syn_retx: int = field(default=0, init=False)
+    synack_at: int | None = field(default=None, init=False)
+    established_at: int | None = field(default=None, init=False)
+    fin_at: int | None = field(default=None, init=False)
+    rst_at: int | None = field(default=None, init=False)
+    packets: int = field(default=0, init=False)
+    rtt: Sampler = field(default_factory=Sampler, init=False)
+    min_rtt: int | None = field(default=None, init=False)
+    events: list[TcpEvent] = field(default_factory=list, init=False)
+    events_dropped: int = field(default=0, init=False)
+    stalls: list[SmallWriteStall] = field(default_factory=list, init=False)
+    retransmissions: int = field(default=0, init=False)
+    zero_windows: int = field(default=0, init=False)
+    app: StreamParser | None = field(default=None, init=False)
+    #: Every parser the connection had (HTTP, then WebSocket after an Upgrade...).
+    parsers: list[StreamParser] = field(default_factory=list, init=False)
+    decided: bool = field(default=False, init=False)
+    protocol: str | None = field(default=None, init=False)
+    spool: bool = field(default=False, init=False)
+    #: The first few raw packets, kept until we know whether to spool the connection.
+    held: list[tuple[int, int, bytes]] | None = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        self.last_at = self.first_at
 
 
 def _nagle_off(conn: Conn, s: SmallWriteStall) -> bool:

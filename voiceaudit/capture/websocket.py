@@ -28,7 +28,7 @@ def _event(text: bytes | bytearray, key: bytes) -> str | None:
     return m.group(1).decode("utf-8", "replace") if m else None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class WebSocketLog:
     """One WebSocket session's frames as they are read: counts and bytes per direction,
     the first ``max_frames`` frames, the first server data and the close."""
