@@ -325,15 +325,17 @@ class TurnReport:
     def key(self) -> tuple[str, str, int]:
         return (self.run_id, self.session, self.turn)
 
+    def id_dict(self, with_run_id: bool) -> dict[str, Any]:
+        """The first keys of the turn's JSON: its run (``with_run_id``), session, turn."""
+        d: dict[str, Any] = {"run_id": self.run_id} if with_run_id else {}
+        d.update(session=self.session, turn=self.turn)
+        return d
+
     def to_dict(self, *, with_run_id: bool = False) -> dict[str, Any]:
         v2v = self.voice_to_voice_ns
-        d: dict[str, Any] = {}
-        if with_run_id:
-            d["run_id"] = self.run_id
+        d = self.id_dict(with_run_id)
         d.update(
             {
-                "session": self.session,
-                "turn": self.turn,
                 "ok": self.ok,
                 "warmup": self.warmup,
                 "voice_to_voice_ms": None if v2v is None else v2v / 1e6,
@@ -915,18 +917,8 @@ def _summary_dict(s: Summary | None) -> dict[str, Any] | None:
 
 
 def _failed_dict(t: TurnReport, multi: bool) -> dict[str, Any]:
-    d: dict[str, Any] = {}
-    if multi:
-        d["run_id"] = t.run_id
-    d.update(
-        {
-            "session": t.session,
-            "turn": t.turn,
-            "warmup": t.warmup,
-            "reason": t.reason,
-            "failure": t.failure,
-        }
-    )
+    d = t.id_dict(multi)
+    d.update(warmup=t.warmup, reason=t.reason, failure=t.failure)
     if t.informative_ns is not None:
         d["informative_voice_to_voice_ms"] = t.informative_ns / 1e6
     return d

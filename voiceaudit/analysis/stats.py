@@ -75,14 +75,20 @@ def as_sorted(values: Values) -> FloatArray:
     return arr
 
 
-def percentile(sorted_values: FloatArray, q: float) -> float:
-    """The ``q``-th percentile (0-100) of sorted values, linear interpolation (type 7)."""
-    n = len(sorted_values)
+def _rank(n: int, q: float) -> tuple[int, float]:
+    """Where the ``q``-th percentile (type 7) sits among ``n`` sorted values: the index
+    at or below it and the fraction of the way on to the next."""
     if n == 0:
         raise ValueError("no values")
     h = (n - 1) * q / 100.0
     k = math.floor(h)
-    g = h - k
+    return k, h - k
+
+
+def percentile(sorted_values: FloatArray, q: float) -> float:
+    """The ``q``-th percentile (0-100) of sorted values, linear interpolation (type 7)."""
+    n = len(sorted_values)
+    k, g = _rank(n, q)
     lo = float(sorted_values[k])
     if g == 0.0 or k + 1 >= n:
         return lo
@@ -119,11 +125,7 @@ def percentile_ci(
 ) -> tuple[float, float]:
     """The exact percentile-bootstrap interval of the ``q``-th percentile (see module doc)."""
     n = len(sorted_values)
-    if n == 0:
-        raise ValueError("no values")
-    h = (n - 1) * q / 100.0
-    k = math.floor(h)
-    g = h - k
+    k, g = _rank(n, q)
     a_lo, a_hi = _order_stat_interval(sorted_values, k + 1, confidence)
     lo, hi = float(sorted_values[a_lo]), float(sorted_values[a_hi])
     if g > 0.0 and k + 2 <= n:
