@@ -410,7 +410,7 @@ class RealtimeSettings:
 
     def response_object(self, resp_id: str, conversation_id: str, beta: bool) -> dict[str, Any]:
         """The ``response`` of ``response.created`` (in progress)."""
-        head = {
+        head: dict[str, Any] = {
             "object": "realtime.response",
             "id": resp_id,
             "status": "in_progress",
