@@ -59,9 +59,23 @@ TRACK = {
 ENDPOINTING = {"base": [], "endpointing": ["--inject", "endpointing-silence=200ms"]}
 
 
-def _servers(configs: dict[str, list[str]]) -> Iterator[dict[str, Served]]:
-    with serve_many(list(configs.values()), asr_workers=1) as started:
-        yield dict(zip(configs, started, strict=True))
+#: every server the classes below use, by name: WebRTC's and endpointing's plain server
+#: (no injection) is one
+CONFIGS = {
+    **{f"paced-{k}": v for k, v in PACED.items()},
+    **{f"track-{k}": v for k, v in TRACK.items() if k != "base"},
+    "plain": TRACK["base"],
+    "endpointing": ENDPOINTING["endpointing"],
+}
+assert TRACK["base"] == ENDPOINTING["base"] == []
+
+
+@pytest.fixture(scope="module")
+def all_servers() -> Iterator[dict[str, Served]]:
+    """The servers of :data:`CONFIGS`, started at once (their start-up overlaps) and shared
+    by the tests: every check reads its own sessions' ground truth only."""
+    with serve_many(list(CONFIGS.values()), asr_workers=1) as started:
+        yield dict(zip(CONFIGS, started, strict=True))
 
 
 def load(name: str, rate: int) -> np.ndarray:
@@ -439,8 +453,8 @@ class TestPaced:
 
     @pytest.fixture(scope="class")
     @classmethod
-    def servers(cls) -> Iterator[dict[str, Served]]:
-        yield from _servers(PACED)
+    def servers(cls, all_servers: dict[str, Served]) -> dict[str, Served]:
+        return {k: all_servers[f"paced-{k}"] for k in PACED}
 
     @pytest.mark.parametrize("protocol", ["pcm", "realtime"])
     def test_barge_in_stops_the_reply_and_the_delay_is_recovered(
@@ -457,9 +471,11 @@ class TestPaced:
 class TestWebRTC:
     @pytest.fixture(scope="class")
     @classmethod
-    def servers(cls) -> Iterator[dict[str, Served]]:
+    def servers(cls, all_servers: dict[str, Served]) -> dict[str, Served]:
         pytest.importorskip("aiortc")
-        yield from _servers(TRACK)
+        return {"base": all_servers["plain"]} | {
+            k: all_servers[f"track-{k}"] for k in TRACK if k != "base"
+        }
 
     def test_barge_in_stops_the_reply_and_the_delay_is_recovered(
         self, servers: dict[str, Served]
@@ -470,8 +486,8 @@ class TestWebRTC:
 class TestEndpointing:
     @pytest.fixture(scope="class")
     @classmethod
-    def servers(cls) -> Iterator[dict[str, Served]]:
-        yield from _servers(ENDPOINTING)
+    def servers(cls, all_servers: dict[str, Served]) -> dict[str, Served]:
+        return {"base": all_servers["plain"], "endpointing": all_servers["endpointing"]}
 
     @pytest.mark.parametrize("protocol", ["pcm", "realtime", "webrtc"])
     def test_endpointing_silence_cuts_in_on_a_mid_utterance_pause(
