@@ -11,16 +11,20 @@ Layers, top to bottom; a module imports only from its own layer or those below i
 3. ``analysis`` (statistics in ``analysis.stats`` and ``analysis.significance``, used by
    the gate), ``imports``, ``probe``
 4. ``trace_io``, ``capture``, ``reference``, ``scenario``
-5. ``targets``, ``model``, ``audio``, ``pacing_stats`` (the measured pacing the probe writes
-   and the report reads), ``data`` (the bundled utterances)
+5. ``targets``, ``model``, ``audio``, ``pacing`` (the deadline pacer the probe and
+   ``impair`` share), ``pacing_stats`` (the measured pacing the probe writes and the
+   report reads), ``data`` (the bundled utterances)
 6. ``errors``, ``clock``, ``failures``, ``tomlpos``, ``codecs``
 
 Within ``probe``, ``runner`` (the probe) imports ``conversation`` (scripted sessions), and
 both import ``session`` (the turn machinery they share; a conversation reaches the probe
 through its ``TurnHost`` protocol). The targets do not import the probe: a session that
 needs the probe's warm-up first says so (``TargetSession.warm_up_first``) and the probe
-runs it. One edge is left: ``impair`` paces packets with ``probe.pacing.Pacer`` while
-``analysis.network`` reads ``impair``'s records.
+runs it. ``impair`` paces packets with ``voiceaudit.pacing.Pacer``, below both it and the
+probe, so ``analysis.network`` can read ``impair``'s records without a circle.
+
+``scripts/check_layers.py`` (run by tests/test_layers.py) fails on a back edge, a cycle in
+``probe``, and two packages or two modules that import each other.
 """
 
 __version__ = "0.1.0"
