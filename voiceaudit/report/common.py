@@ -621,6 +621,14 @@ def failed_turn_line(t: TurnReport, multi_run: bool) -> str:
     return line + informative_text(t, "; ")
 
 
+def failed_turn_lines(report: Report) -> tuple[list[str], int]:
+    """The failed-turn list (:func:`failed_turn_line`, at most :data:`MAX_FAILED_LISTED`)
+    and how many failed turns it leaves out."""
+    failed = report.failed_turns
+    listed = [failed_turn_line(t, report.multi_run) for t in failed[:MAX_FAILED_LISTED]]
+    return listed, len(failed) - len(listed)
+
+
 def informative_text(t: TurnReport, sep: str = "") -> str:
     """``voice-to-voice 412 ms (informative: reply cut, not in the statistics)``, or ""."""
     if t.informative_ns is None:

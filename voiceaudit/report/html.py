@@ -16,17 +16,14 @@ import voiceaudit.report.tables as tables
 from voiceaudit.analysis.compare import Comparison
 from voiceaudit.analysis.report import VOICE_TO_VOICE, Report, TurnReport
 from voiceaudit.report.common import (
-    MAX_FAILED_LISTED,
     MAX_TURNS_LISTED,
     UNRELIABLE_MARK,
     audio_format_lines,
     counts_line,
-    failed_turn_line,
+    failed_turn_lines,
     failure_banner,
-    failure_note,
     finding_label,
     fmt_ms,
-    knee_line,
     label,
     metric_rows,
     pacing_line,
@@ -35,7 +32,6 @@ from voiceaudit.report.common import (
     target_line,
     turn_id,
     turn_taking_lines,
-    turn_taking_rows,
 )
 from voiceaudit.report.plots import budget_png, cdf_png, concurrency_png, waterfall_png
 
@@ -183,7 +179,7 @@ def _concurrency(report: Report) -> list[str]:
         return []
     return [
         "<h2>Voice-to-voice by concurrency</h2>",
-        f"<p>{esc(knee_line(report))}.</p>",
+        f"<p>{esc(levels.note)}.</p>",
         _img(concurrency_png(report), "voice-to-voice p50 and p95 per concurrency level"),
         grid(levels),
     ]
@@ -201,12 +197,13 @@ def _turn_taking(report: Report) -> list[str]:
         out.append(f"<ul>{items}</ul>")
     else:
         out.append("<p>No barge-ins, cut-ins, sounds or truncation.</p>")
-    events = turn_taking_rows(report)
-    if events:
-        out.append(grid(tables.turn_taking_events(events[:MAX_TURNS_LISTED])))
-        if len(events) > MAX_TURNS_LISTED:
+    events = tables.turn_taking_events(report, MAX_TURNS_LISTED)
+    if events.rows:
+        out.append(grid(events))
+        if events.left_out:
+            every = len(events.rows) + events.left_out
             out.append(
-                f'<p class="dim">First {MAX_TURNS_LISTED} of {len(events)} events; the JSON '
+                f'<p class="dim">First {MAX_TURNS_LISTED} of {every} events; the JSON '
                 "report lists them all.</p>"
             )
     return out
@@ -218,22 +215,22 @@ def _failures(report: Report) -> list[str]:
         return []
     return [
         '<h2 class="fail">Failures</h2>',
-        f"<p>{esc(failure_note(report))}.</p>",
+        f"<p>{esc(kinds.note)}.</p>",
         grid(kinds),
     ]
 
 
 def _failed(report: Report) -> list[str]:
-    failed = report.failed_turns
-    if not failed:
+    listed, more = failed_turn_lines(report)
+    if not listed:
         return []
-    items = "".join(
-        f"<li>{esc(failed_turn_line(t, report.multi_run))}</li>" for t in failed[:MAX_FAILED_LISTED]
-    )
-    more = ""
-    if len(failed) > MAX_FAILED_LISTED:
-        more = f"<li>… and {len(failed) - MAX_FAILED_LISTED} more (see the JSON report)</li>"
-    return [f'<h2 class="fail">Failed turns ({len(failed)})</h2>', f"<ul>{items}{more}</ul>"]
+    items = "".join(f"<li>{esc(line)}</li>" for line in listed)
+    if more:
+        items += f"<li>… and {more} more (see the JSON report)</li>"
+    return [
+        f'<h2 class="fail">Failed turns ({len(report.failed_turns)})</h2>',
+        f"<ul>{items}</ul>",
+    ]
 
 
 def _turns(report: Report) -> list[str]:

@@ -11,22 +11,18 @@ import html
 from voiceaudit.analysis.compare import Comparison
 from voiceaudit.analysis.report import VOICE_TO_VOICE, Report
 from voiceaudit.report.common import (
-    MAX_FAILED_LISTED,
     MAX_TURN_TAKING_LISTED,
     UNRELIABLE_MARK,
     audio_format_lines,
     counts_line,
-    failed_turn_line,
+    failed_turn_lines,
     failure_banner,
-    failure_note,
     fmt_ms,
-    knee_line,
     label,
     metric_rows,
     pacing_line,
     target_line,
     turn_taking_lines,
-    turn_taking_rows,
 )
 from voiceaudit.report.tables import (
     Cell,
@@ -95,14 +91,11 @@ def _turn_taking(report: Report) -> list[str]:
     else:
         lines.append("No barge-ins, cut-ins, sounds or truncation.")
     lines.append("")
-    events = turn_taking_rows(report)
-    if events:
-        lines.append(_grid(turn_taking_events(events[:MAX_TURN_TAKING_LISTED])))
-        if len(events) > MAX_TURN_TAKING_LISTED:
-            lines += [
-                "",
-                f"… and {len(events) - MAX_TURN_TAKING_LISTED} more (see the JSON report)",
-            ]
+    events = turn_taking_events(report, MAX_TURN_TAKING_LISTED)
+    if events.rows:
+        lines.append(_grid(events))
+        if events.left_out:
+            lines += ["", f"… and {events.left_out} more (see the JSON report)"]
         lines.append("")
     return lines
 
@@ -150,7 +143,7 @@ def render_report(report: Report) -> str:
         lines.append("")
         levels = concurrency(report)
         if levels.rows:
-            lines += ["### Voice-to-voice by concurrency", "", md(knee_line(report)) + ".", ""]
+            lines += ["### Voice-to-voice by concurrency", "", md(levels.note) + ".", ""]
             lines += [_grid(levels), ""]
     else:
         lines += ["**No successful turns: no statistics.**", ""]
@@ -158,12 +151,12 @@ def render_report(report: Report) -> str:
         lines += _turn_taking(report)
     kinds = failures(report)
     if kinds.rows:
-        lines += ["### Failures", "", md(failure_note(report)) + ".", "", _grid(kinds), ""]
-    failed = report.failed_turns
-    listed = [md(failed_turn_line(t, report.multi_run)) for t in failed[:MAX_FAILED_LISTED]]
-    if len(failed) > MAX_FAILED_LISTED:
-        listed.append(f"… and {len(failed) - MAX_FAILED_LISTED} more (see the JSON report)")
-    lines += _bullets(f"Failed turns ({len(failed)})", listed)
+        lines += ["### Failures", "", md(kinds.note) + ".", "", _grid(kinds), ""]
+    failed, more = failed_turn_lines(report)
+    listed = [md(line) for line in failed]
+    if more:
+        listed.append(f"… and {more} more (see the JSON report)")
+    lines += _bullets(f"Failed turns ({len(report.failed_turns)})", listed)
     lines += _bullets("Warnings", [md(w) for w in report.warnings])
     return "\n".join(lines)
 

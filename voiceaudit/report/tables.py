@@ -24,18 +24,20 @@ from voiceaudit.report.common import (
     METRIC_COMPARISON_COLUMNS,
     RATE_COMPARISON_COLUMNS,
     TURN_TAKING_HEAD,
-    TurnTakingRow,
     concurrency_rows,
+    failure_note,
     failure_rows,
     finding_comparison_cells,
     fmt_cost,
     fmt_ms,
+    knee_line,
     label,
     metric_comparison_cells,
     metric_rows,
     rate_comparison_cells,
     summary_cells,
     turn_taking_figures,
+    turn_taking_rows,
 )
 
 
@@ -103,6 +105,10 @@ class Table:
     rows: tuple[tuple[Cell, ...], ...]
     #: rows to draw the eye to (the terminal shows them bold)
     highlight: frozenset[int] = field(default_factory=frozenset)
+    #: what the figures are of, in a sentence (the terminal's caption)
+    note: str | None = None
+    #: rows past the renderer's limit, not in ``rows``
+    left_out: int = 0
 
     @property
     def head(self) -> list[str]:
@@ -148,8 +154,11 @@ def turn_taking_figures_table(report: Report, first: str = "metric (ms)") -> Tab
     return Table(_figure_columns(first), rows)
 
 
-def turn_taking_events(events: Sequence[TurnTakingRow]) -> Table:
-    """One row per turn-taking event (see :func:`~voiceaudit.report.common.turn_taking_rows`)."""
+def turn_taking_events(report: Report, limit: int) -> Table:
+    """One row per turn-taking event (see :func:`~voiceaudit.report.common.turn_taking_rows`),
+    the first ``limit`` of them."""
+    every = turn_taking_rows(report)
+    events = every[:limit]
     turn, what, ms, detail, found = TURN_TAKING_HEAD
     columns = (
         left(turn, no_wrap=True),
@@ -168,7 +177,7 @@ def turn_taking_events(events: Sequence[TurnTakingRow]) -> Table:
         )
         for r in events
     )
-    return Table(columns, rows)
+    return Table(columns, rows, left_out=len(every) - len(events))
 
 
 def findings(report: Report, *, unit: str = "", max_ms: bool = False) -> Table:
@@ -207,6 +216,7 @@ def concurrency(report: Report) -> Table:
         (*(Column(h) for h in figures), left(note)),
         tuple(_cells(r) for r in rows),
         frozenset(i for i, r in enumerate(rows) if r[-1] == "knee"),
+        knee_line(report),
     )
 
 
@@ -218,7 +228,8 @@ def failures(report: Report) -> Table:
         *(Column(h, no_wrap=True) for h in counts),
         left(reason),
     )
-    return Table(columns, tuple(_cells(r, Kind.TEXT) for r in failure_rows(report)))
+    rows = tuple(_cells(r, Kind.TEXT) for r in failure_rows(report))
+    return Table(columns, rows, note=failure_note(report))
 
 
 def _verdict(text: str, significant: bool, tones: dict[str, Tone]) -> Cell:

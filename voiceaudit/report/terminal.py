@@ -13,21 +13,17 @@ from voiceaudit.analysis.compare import Comparison
 from voiceaudit.analysis.report import VOICE_TO_VOICE, Report
 from voiceaudit.report.common import (
     COLOURS,
-    MAX_FAILED_LISTED,
     MAX_TURN_TAKING_LISTED,
     UNRELIABLE_MARK,
     audio_format_lines,
     counts_line,
-    failed_turn_line,
+    failed_turn_lines,
     failure_banner,
-    failure_note,
     fmt_ms,
-    knee_line,
     label,
     pacing_line,
     target_line,
     turn_taking_lines,
-    turn_taking_rows,
 )
 
 BAR_WIDTH = 40
@@ -121,7 +117,7 @@ def _concurrency(report: Report) -> RenderableType:
     if not levels.rows:
         return Text("")
     table = grid(
-        levels, "Voice-to-voice by concurrency", caption=knee_line(report), caption_justify="left"
+        levels, "Voice-to-voice by concurrency", caption=levels.note, caption_justify="left"
     )
     return Group(Text(""), table)
 
@@ -141,15 +137,13 @@ def _turn_taking(report: Report) -> RenderableType:
         t.append(f"  {name}: ", style="bold")
         t.append(f"{text}\n")
     parts.append(t)
-    rows = turn_taking_rows(report)
-    if rows:
-        events = tables.turn_taking_events(rows[:MAX_TURN_TAKING_LISTED])
+    events = tables.turn_taking_events(report, MAX_TURN_TAKING_LISTED)
+    if events.rows:
         parts.append(grid(events, "Turn-taking events"))
-        if len(rows) > MAX_TURN_TAKING_LISTED:
+        if events.left_out:
             parts.append(
                 Text(
-                    f"… and {len(rows) - MAX_TURN_TAKING_LISTED} more events "
-                    "(all are in --format json)",
+                    f"… and {events.left_out} more events (all are in --format json)",
                     style="dim",
                 )
             )
@@ -165,7 +159,7 @@ def _failures(report: Report) -> RenderableType:
         kinds,
         "Failures",
         title_style="bold red",
-        caption=failure_note(report),
+        caption=kinds.note,
         caption_justify="left",
     )
     return Group(table, Text(""))
@@ -177,10 +171,11 @@ def _failed(report: Report) -> RenderableType:
         return Text("")
     t = Text()
     t.append(f"Failed turns ({len(failed)})\n", style="bold red")
-    for tr in failed[:MAX_FAILED_LISTED]:
-        t.append(f"  {failed_turn_line(tr, report.multi_run)}\n")
-    if len(failed) > MAX_FAILED_LISTED:
-        t.append(f"  … and {len(failed) - MAX_FAILED_LISTED} more (all are in --format json)\n")
+    listed, more = failed_turn_lines(report)
+    for line in listed:
+        t.append(f"  {line}\n")
+    if more:
+        t.append(f"  … and {more} more (all are in --format json)\n")
     return t
 
 
