@@ -5,6 +5,9 @@ of its licences: ``../shared/realdata`` relative to the repository root, or the 
 named by ``$VOICEAUDIT_REALDATA``. Tests that need it take the ``realdata`` fixture, which
 fails loudly (never skips) when the data is missing, so a CI run without it cannot pass
 silently.
+
+Starting what a test talks to (``voiceaudit serve``, the Pipecat test bot, a loopback
+aiohttp server) is in ``tests/servers.py``.
 """
 
 from __future__ import annotations
