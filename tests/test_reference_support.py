@@ -1,5 +1,6 @@
 """Helpers for the reference-pipeline tests (no tests here): real speech, a ``voiceaudit
-serve`` subprocess, and protocol clients that record what arrives and when."""
+serve`` subprocess (``serve``, ``serve_many``, ``Served``: from ``tests/servers.py``), and
+protocol clients that record what arrives and when."""
 
 from __future__ import annotations
 
