@@ -7,10 +7,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servers import Served, serve, start_run
+from servers import Served, serve_many, start_run
 
 from voiceaudit.errors import ExitCode
 from voiceaudit.trace_io import read_trace
@@ -36,11 +37,18 @@ def _start(tmp_path: Path, server: Served) -> tuple[subprocess.Popen[str], Path]
     )
 
 
-def test_target_killed_mid_scenario(tmp_path: Path) -> None:
-    with serve(asr_workers=None, timeout=60, stop_s=30) as server:
-        run, trace = _start(tmp_path, server)
-        os.kill(server.proc.pid, signal.SIGKILL)
-        stdout, stderr = run.communicate(timeout=120)
+@pytest.fixture(scope="module")
+def servers() -> Iterator[dict[str, Served]]:
+    """A server for each test (one is killed), started at once: their start-up overlaps."""
+    with serve_many([[], []], asr_workers=None, timeout=60, stop_s=30) as (killed, other):
+        yield {"killed": killed, "other": other}
+
+
+def test_target_killed_mid_scenario(tmp_path: Path, servers: dict[str, Served]) -> None:
+    server = servers["killed"]
+    run, trace = _start(tmp_path, server)
+    os.kill(server.proc.pid, signal.SIGKILL)
+    stdout, stderr = run.communicate(timeout=120)
     assert "Traceback" not in stderr, stderr
     assert "failed" in stdout
     assert run.returncode == 0, (run.returncode, stderr)  # one turn succeeded
@@ -54,11 +62,12 @@ def test_target_killed_mid_scenario(tmp_path: Path) -> None:
     assert all(by_turn[t].attrs["reason"] for t in (1, 2, 3))
 
 
-def test_sigint_mid_scenario_keeps_finished_turns(tmp_path: Path) -> None:
-    with serve(asr_workers=None, timeout=60, stop_s=30) as server:
-        run, trace = _start(tmp_path, server)
-        run.send_signal(signal.SIGINT)
-        _, stderr = run.communicate(timeout=120)
+def test_sigint_mid_scenario_keeps_finished_turns(
+    tmp_path: Path, servers: dict[str, Served]
+) -> None:
+    run, trace = _start(tmp_path, servers["other"])
+    run.send_signal(signal.SIGINT)
+    _, stderr = run.communicate(timeout=120)
     assert "Traceback" not in stderr, stderr
     assert run.returncode == ExitCode.INTERRUPTED
     tr = read_trace(trace)
