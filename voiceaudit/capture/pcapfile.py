@@ -60,6 +60,8 @@ _BT_PB = 2
 _BT_SPB = 3
 _BT_EPB = 6
 _BT_DSB = 10
+#: The blocks that hold a timestamped packet: Enhanced and (obsolete) Packet Blocks.
+_PACKET_BLOCKS = frozenset({_BT_EPB, _BT_PB})
 #: Decryption Secrets Block type for a TLS key log (pcapng spec).
 DSB_TLS_KEYLOG = 0x544C534B
 
@@ -279,18 +281,14 @@ class CaptureReader:
 
     def _pcapng_batches(self) -> Iterator[tuple[bytes, list[Record]]]:
         facts = self.facts
-        # What holds from one block to the next: the section's byte order (little-endian
-        # until its header says), its interfaces, the last packet's time.
-        ifaces: list[_Interface] = []
-        endian = "<"
-        u32 = struct.Struct("<I")
-        epb = struct.Struct("<IIIII")
-        pb = struct.Struct("<HHIIII")
-        hdr = struct.Struct("<II")
-        last_ts = 0
+        # What holds from one block to the next: the section's interfaces and byte order
+        # (little-endian until its header says), the last packet's time.
+        kept: tuple[list[_Interface], str, int] = ([], "<", 0)
 
         def parse(buf: bytes) -> tuple[list[Record], int, bool]:
-            nonlocal ifaces, endian, u32, epb, pb, hdr, last_ts
+            nonlocal kept
+            ifaces, endian, last_ts = kept  # locals: the loop below is the hot path
+            u32, epb, pb, hdr = _pcapng_structs(endian)
             n = len(buf)
             pos = 0
             recs: list[Record] = []
@@ -310,10 +308,7 @@ class CaptureReader:
                     else:
                         bad = True
                         break
-                    u32 = struct.Struct(endian + "I")
-                    epb = struct.Struct(endian + "IIIII")
-                    pb = struct.Struct(endian + "HHIIII")
-                    hdr = struct.Struct(endian + "II")
+                    u32, epb, pb, hdr = _pcapng_structs(endian)
                     blen = u32.unpack_from(buf, pos + 4)[0]
                     if blen < 28 or blen % 4 or blen > _MAX_RECORD:
                         bad = True
@@ -329,7 +324,7 @@ class CaptureReader:
                 end = pos + blen
                 if end > n:
                     break
-                if btype in (_BT_EPB, _BT_PB):
+                if btype in _PACKET_BLOCKS:
                     if btype == _BT_EPB:
                         iface, hi, lo, cap, orig = epb.unpack_from(buf, pos + 8)
                     else:  # the obsolete Packet Block: a 16-bit interface and a drop count
@@ -363,6 +358,7 @@ class CaptureReader:
                     if stype == DSB_TLS_KEYLOG and slen <= blen - 20:
                         facts.tls_secrets.append(bytes(buf[pos + 16 : pos + 16 + slen]))
                 pos = end
+            kept = (ifaces, endian, last_ts)
             return recs, pos, bad
 
         yield from self._blocks(self._head, parse, "the last pcapng block is cut short")
@@ -393,6 +389,15 @@ class CaptureReader:
                 itf.offset_ns = struct.unpack_from(endian + "q", val)[0] * 1_000_000_000
             opt += 4 + ((olen + 3) & ~3)
         return itf
+
+
+def _pcapng_structs(
+    endian: str,
+) -> tuple[struct.Struct, struct.Struct, struct.Struct, struct.Struct]:
+    """A 32-bit word, an Enhanced Packet Block's and an obsolete Packet Block's fields, and a
+    block header, in a section's byte order."""
+    u32, epb, pb, hdr = (struct.Struct(endian + f) for f in ("I", "IIIII", "HHIIII", "II"))
+    return u32, epb, pb, hdr
 
 
 def count_packets(path: str | os.PathLike[str]) -> int:

@@ -111,52 +111,32 @@ class Sampler:
         )
 
 
+@dataclass(slots=True, eq=False)
 class _Half:
     """One direction of a connection: what one endpoint sent."""
 
-    __slots__ = (
-        "acked",
-        "base",
-        "bytes",
-        "fin_at",
-        "last_ack_at",
-        "last_ack_pure",
-        "last_data_at",
-        "last_data_end",
-        "last_data_len",
-        "max_end",
-        "mss",
-        "next_rel",
-        "nodelay_first_at",
-        "nodelay_last_at",
-        "ooo",
-        "outstanding",
-        "small_end",
-        "zero_since",
-    )
-
-    def __init__(self) -> None:
-        self.base: int | None = None
-        self.next_rel = 0
-        self.max_end = 0
-        self.acked = 0
-        self.outstanding: deque[list[int]] = deque()  # [rel_end, sent_at, retransmitted]
-        self.ooo: dict[int, tuple[bytes, int]] = {}
-        self.mss: int | None = None
-        self.bytes = 0
-        self.last_data_at: int | None = None
-        self.last_data_end = 0
-        self.last_data_len = 0
-        self.last_ack_at: int | None = None
-        self.last_ack_pure = False
-        self.zero_since: int | None = None
-        self.fin_at: int | None = None
-        #: End of the last small data segment this half sent (Nagle's bookkeeping).
-        self.small_end: int | None = None
-        #: First and last time this half sent a small segment while an earlier small
-        #: segment of its was unacknowledged: Nagle was off then.
-        self.nodelay_first_at: int | None = None
-        self.nodelay_last_at: int | None = None
+    base: int | None = None
+    next_rel: int = 0
+    max_end: int = 0
+    acked: int = 0
+    #: [rel_end, sent_at, retransmitted] of each segment awaiting its ACK
+    outstanding: deque[list[int]] = field(default_factory=deque)
+    ooo: dict[int, tuple[bytes, int]] = field(default_factory=dict)
+    mss: int | None = None
+    bytes: int = 0
+    last_data_at: int | None = None
+    last_data_end: int = 0
+    last_data_len: int = 0
+    last_ack_at: int | None = None
+    last_ack_pure: bool = False
+    zero_since: int | None = None
+    fin_at: int | None = None
+    #: End of the last small data segment this half sent (Nagle's bookkeeping).
+    small_end: int | None = None
+    #: First and last time this half sent a small segment while an earlier small
+    #: segment of its was unacknowledged: Nagle was off then.
+    nodelay_first_at: int | None = None
+    nodelay_last_at: int | None = None
 
     def rel(self, seq: int, near: int) -> int:
         """``seq`` relative to this half's base, unwrapped to the value nearest ``near``."""
