@@ -11,6 +11,9 @@ the same checks on the same code, so ``make test`` runs them.
 
 The checks:
 
+- every import between two top-level packages or modules goes down ``LAYERS`` (the
+  table in voiceaudit/__init__.py's docstring) or stays in its layer, and every top-level
+  package or module has a layer;
 - the back edges issue 23 removed: statistics, pacing figures and the bundled utterances
   used from above (analysis, the renderers, the targets and the scenario loader importing
   ``gate/`` or ``probe/``), the targets importing the probe to warm it up;
@@ -37,6 +40,17 @@ PACKAGE = Path(__file__).resolve().parent.parent / "voiceaudit"
 
 #: the import graph: module -> the package's modules it imports
 Graph = Mapping[str, set[str]]
+
+#: the layers of voiceaudit/__init__.py's docstring, top (1) to bottom: a module imports
+#: only from its own layer or those below it ("" is the package's own __init__)
+LAYERS: dict[str, int] = {
+    **dict.fromkeys(("__main__", "cli", "load"), 1),
+    **dict.fromkeys(("report", "gate", "exports"), 2),
+    **dict.fromkeys(("analysis", "imports", "probe"), 3),
+    **dict.fromkeys(("trace_io", "capture", "reference", "scenario", "impair"), 4),
+    **dict.fromkeys(("targets", "model", "audio", "pacing", "pacing_stats", "data"), 5),
+    **dict.fromkeys(("", "errors", "clock", "failures", "tomlpos", "codecs"), 6),
+}
 
 #: (importer, imported): a module in the first (a package or a module, by dotted prefix)
 #: never imports one in the second
@@ -106,6 +120,24 @@ def back_edges(graph: Graph) -> list[str]:
         for low, high in FORBIDDEN
         if under(m, low) and under(d, high)
     )
+
+
+def layer_of(module: str) -> int | None:
+    """The layer of the top-level package or module ``module`` belongs to (None: none)."""
+    return LAYERS.get(".".join(module.split(".")[1:2]))
+
+
+def upward_imports(graph: Graph) -> list[str]:
+    """Each import from a layer to one above it, and each top-level package or module that
+    ``LAYERS`` does not place."""
+    unplaced = sorted({m.split(".")[1] for m in graph if "." in m and layer_of(m) is None})
+    up = sorted(
+        f"{m} (layer {layer_of(m)}) imports {d} (layer {layer_of(d)})"
+        for m, deps in graph.items()
+        for d in deps
+        if (lm := layer_of(m)) is not None and (ld := layer_of(d)) is not None and ld < lm
+    )
+    return [f"voiceaudit.{name} has no layer" for name in unplaced] + up
 
 
 def cycles(graph: Graph, within: Iterable[str]) -> list[list[str]]:
@@ -178,7 +210,8 @@ def mutual_imports(graph: Graph) -> list[tuple[str, str]]:
 def problems(graph: Graph) -> list[str]:
     """One line for each back edge and each cycle the checks find."""
     return (
-        [f"back edge: {edge}" for edge in back_edges(graph)]
+        [f"upward import: {edge}" for edge in upward_imports(graph)]
+        + [f"back edge: {edge}" for edge in back_edges(graph)]
         + [f"import cycle in probe/: {', '.join(c)}" for c in probe_cycles(graph)]
         + [f"packages import each other: {', '.join(c)}" for c in package_cycles(graph)]
         + [f"modules import each other: {a} <-> {b}" for a, b in mutual_imports(graph)]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from pathlib import Path
 from types import ModuleType
 
@@ -49,6 +50,38 @@ def test_the_graph_is_read(graph: dict[str, set[str]]) -> None:
     assert "voiceaudit.probe.conversation" in graph["voiceaudit.probe.runner"]
     assert "voiceaudit.analysis.ledger" in graph["voiceaudit.gate.budget"]
     assert "voiceaudit.audio" in graph["voiceaudit.scenario"]  # inside a function
+
+
+def test_no_module_imports_from_a_layer_above_it(graph: dict[str, set[str]]) -> None:
+    assert layers.upward_imports(graph) == []
+
+
+def test_the_layer_table_is_the_documented_one() -> None:
+    # every layer line of voiceaudit/__init__.py's docstring names the packages LAYERS puts
+    # there (and the table places nothing the docstring does not name)
+    doc = (layers.PACKAGE / "__init__.py").read_text(encoding="utf-8")
+    block = doc.split("Layers, top to bottom")[1].split("\n\n")[1]
+    documented = {
+        name: int(item.split(".")[0])
+        for item in re.split(r"\n(?=\d\. )", block)
+        # the names of a layer, not those its notes (in parentheses) mention
+        for name in re.findall(r"``(\w+)``", re.sub(r"\([^)]*\)", "", item))
+    }
+    placed = {k: v for k, v in layers.LAYERS.items() if k not in ("", "__main__")}
+    assert documented == placed
+
+
+def test_the_layer_check_catches_an_upward_import() -> None:
+    bad = {
+        "voiceaudit.model": {"voiceaudit.trace_io"},
+        "voiceaudit.trace_io": {"voiceaudit.model"},
+        "voiceaudit.newthing": set(),
+        "voiceaudit.cli.run_cmd": {"voiceaudit.errors"},
+    }
+    assert layers.upward_imports(bad) == [
+        "voiceaudit.newthing has no layer",
+        "voiceaudit.model (layer 5) imports voiceaudit.trace_io (layer 4)",
+    ]
 
 
 def test_no_lower_layer_imports_gate_or_probe(graph: dict[str, set[str]]) -> None:
@@ -147,6 +180,8 @@ def test_the_script_prints_each_problem_and_fails(
     )
     assert layers.main([str(package)]) == 1
     assert capsys.readouterr().out.splitlines() == [
+        "upward import: voiceaudit.analysis.compare (layer 3) imports voiceaudit.gate.stats"
+        " (layer 2)",
         "back edge: voiceaudit.analysis.compare imports voiceaudit.gate.stats",
         "modules import each other: voiceaudit.capture <-> voiceaudit.capture.analyze",
     ]

@@ -4,13 +4,14 @@ The public surface is small: the trace model and reader/writer. Everything else 
 reached through the command line or its own module.
 
 Layers, top to bottom; a module imports only from its own layer or those below it
-(tests/test_layers.py checks the edges that once ran back up):
+(scripts/check_layers.py checks every import against this table):
 
 1. ``cli``, ``load``
 2. ``report``, ``gate``, ``exports``
 3. ``analysis`` (statistics in ``analysis.stats`` and ``analysis.significance``, used by
    the gate), ``imports``, ``probe``
-4. ``trace_io``, ``capture``, ``reference``, ``scenario``
+4. ``trace_io``, ``capture``, ``reference``, ``scenario``, ``impair`` (the network
+   impairment layer)
 5. ``targets``, ``model``, ``audio``, ``pacing`` (the deadline pacer the probe and
    ``impair`` share), ``pacing_stats`` (the measured pacing the probe writes and the
    report reads), ``data`` (the bundled utterances)
