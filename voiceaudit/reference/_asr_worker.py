@@ -17,16 +17,7 @@ import sys
 import time
 from typing import Any, BinaryIO
 
-from voiceaudit.reference.asr_protocol import (
-    HEADER,
-    OP_AUDIO,
-    OP_CANCEL,
-    OP_END,
-    OP_ERROR,
-    OP_FINAL,
-    OP_READY,
-    OP_START,
-)
+import voiceaudit.reference.asr_protocol as wire
 
 #: Search limit: active HMMs per frame (PocketSphinx's default is 30000). On the real
 #: recordings in the tests (cards, digits, LibriVox read speech, JFK) 3000 gives the same
@@ -49,7 +40,7 @@ def _read_exact(stream: BinaryIO, n: int) -> bytes | None:
 
 
 def _send(out: BinaryIO, op: int, stream_id: int, payload: bytes = b"") -> None:
-    out.write(HEADER.pack(op, stream_id, len(payload)) + payload)
+    out.write(wire.frame(op, stream_id, payload))
     out.flush()
 
 
@@ -104,18 +95,18 @@ def main() -> int:
 
     active: dict[int, Any] = {}
     decode_ns: dict[int, int] = {}
-    _send(stdout, OP_READY, 0)
+    _send(stdout, wire.OP_READY, 0)
 
     while True:
-        head = _read_exact(stdin, HEADER.size)
+        head = _read_exact(stdin, wire.HEADER.size)
         if head is None:
             return 0
-        op, sid, length = HEADER.unpack(head)
+        op, sid, length = wire.HEADER.unpack(head)
         payload = _read_exact(stdin, length) if length else b""
         if payload is None:
             return 0
         try:
-            if op == OP_START:
+            if op == wire.OP_START:
                 dec = idle.pop() if idle else new_decoder()
                 # Every utterance starts from the same cepstral-mean estimate, so its
                 # transcript does not depend on what this decoder heard before.
@@ -123,13 +114,13 @@ def main() -> int:
                 dec.start_utt()
                 active[sid] = dec
                 decode_ns[sid] = 0
-            elif op == OP_AUDIO:
+            elif op == wire.OP_AUDIO:
                 dec = active.get(sid)
                 if dec is not None:
                     t0 = time.monotonic_ns()
                     dec.process_raw(payload, False, False)
                     decode_ns[sid] += time.monotonic_ns() - t0
-            elif op in (OP_END, OP_CANCEL):
+            elif op in (wire.OP_END, wire.OP_CANCEL):
                 dec = active.pop(sid, None)
                 spent = decode_ns.pop(sid, 0)
                 if dec is None:
@@ -137,17 +128,17 @@ def main() -> int:
                 t0 = time.monotonic_ns()
                 dec.end_utt()
                 end_ns = time.monotonic_ns() - t0
-                if op == OP_END:
+                if op == wire.OP_END:
                     hyp = dec.hyp()
                     text = hyp.hypstr if hyp is not None else ""
                     body = {"text": text, "decode_ns": spent, "end_ns": end_ns}
-                    _send(stdout, OP_FINAL, sid, json.dumps(body).encode())
+                    _send(stdout, wire.OP_FINAL, sid, json.dumps(body).encode())
                 if len(idle) < MAX_IDLE_DECODERS:
                     idle.append(dec)
         except Exception as exc:  # one bad stream must not kill the others
             active.pop(sid, None)
             body = {"message": f"{type(exc).__name__}: {exc}"}
-            _send(stdout, OP_ERROR, sid, json.dumps(body).encode())
+            _send(stdout, wire.OP_ERROR, sid, json.dumps(body).encode())
 
 
 if __name__ == "__main__":

@@ -16,17 +16,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+import voiceaudit.reference.asr_protocol as wire
 from voiceaudit.errors import EnvironmentProblem, VoiceauditError
-from voiceaudit.reference.asr_protocol import (
-    HEADER,
-    OP_AUDIO,
-    OP_CANCEL,
-    OP_END,
-    OP_ERROR,
-    OP_FINAL,
-    OP_READY,
-    OP_START,
-)
 
 #: How long a worker may take to load its model and answer READY.
 STARTUP_TIMEOUT_S = 60.0
@@ -58,7 +49,7 @@ class _Worker:
         stdin = self.proc.stdin
         if not self.alive or stdin is None or stdin.is_closing():
             raise AsrError(f"speech recognition worker {self.index} is not running")
-        stdin.write(HEADER.pack(op, sid, len(payload)) + payload)
+        stdin.write(wire.frame(op, sid, payload))
 
 
 class AsrStream:
@@ -75,7 +66,7 @@ class AsrStream:
         if self._done or not pcm16:
             return
         self.bytes_fed += len(pcm16)
-        self._worker.write(OP_AUDIO, self.sid, pcm16)
+        self._worker.write(wire.OP_AUDIO, self.sid, pcm16)
 
     async def finish(self) -> AsrResult:
         """End the utterance and wait for its transcript."""
@@ -85,7 +76,7 @@ class AsrStream:
         fut: asyncio.Future[AsrResult] = asyncio.get_running_loop().create_future()
         self._worker.active[self.sid] = fut
         try:
-            self._worker.write(OP_END, self.sid)
+            self._worker.write(wire.OP_END, self.sid)
             stdin = self._worker.proc.stdin
             if stdin is not None:
                 await stdin.drain()
@@ -100,7 +91,7 @@ class AsrStream:
         self._done = True
         self._worker.open_streams -= 1
         with contextlib.suppress(AsrError):
-            self._worker.write(OP_CANCEL, self.sid)
+            self._worker.write(wire.OP_CANCEL, self.sid)
 
 
 class AsrPool:
@@ -145,7 +136,7 @@ class AsrPool:
         assert proc.stdout is not None
         try:
             head = await asyncio.wait_for(
-                proc.stdout.readexactly(HEADER.size), timeout=STARTUP_TIMEOUT_S
+                proc.stdout.readexactly(wire.HEADER.size), timeout=STARTUP_TIMEOUT_S
             )
         except (asyncio.IncompleteReadError, TimeoutError) as exc:
             with contextlib.suppress(ProcessLookupError):
@@ -154,8 +145,8 @@ class AsrPool:
                 "the speech recognition worker did not start",
                 hint="check that pocketsphinx imports: python -c 'import pocketsphinx'",
             ) from exc
-        op, _, _ = HEADER.unpack(head)
-        if op != OP_READY:
+        op, _, _ = wire.HEADER.unpack(head)
+        if op != wire.OP_READY:
             proc.kill()
             raise EnvironmentProblem(f"the speech recognition worker said {op:#x}, not READY")
         worker.reader = asyncio.create_task(self._read(worker), name=f"asr-reader-{index}")
@@ -166,14 +157,14 @@ class AsrPool:
         assert stdout is not None
         try:
             while True:
-                head = await stdout.readexactly(HEADER.size)
-                op, sid, length = HEADER.unpack(head)
+                head = await stdout.readexactly(wire.HEADER.size)
+                op, sid, length = wire.HEADER.unpack(head)
                 payload = await stdout.readexactly(length) if length else b""
                 fut = worker.active.get(sid)
                 if fut is None or fut.done():
                     continue
                 body = json.loads(payload.decode("utf-8")) if payload else {}
-                if op == OP_FINAL:
+                if op == wire.OP_FINAL:
                     fut.set_result(
                         AsrResult(
                             text=str(body.get("text", "")),
@@ -182,7 +173,7 @@ class AsrPool:
                             worker=worker.index,
                         )
                     )
-                elif op == OP_ERROR:
+                elif op == wire.OP_ERROR:
                     fut.set_exception(AsrError(str(body.get("message", "recognition failed"))))
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
             pass
@@ -208,7 +199,7 @@ class AsrPool:
         worker = await self._usable_worker()
         sid = self._next_sid
         self._next_sid += 1
-        worker.write(OP_START, sid)
+        worker.write(wire.OP_START, sid)
         worker.open_streams += 1
         return AsrStream(self, worker, sid)
 

@@ -14,3 +14,8 @@ OP_CANCEL = 4
 OP_READY = 0x81
 OP_FINAL = 0x82
 OP_ERROR = 0x83
+
+
+def frame(op: int, stream_id: int, payload: bytes = b"") -> bytes:
+    """One frame: the header (op, stream id, payload length), then the payload."""
+    return HEADER.pack(op, stream_id, len(payload)) + payload

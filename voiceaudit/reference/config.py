@@ -269,6 +269,21 @@ def parse_injections(specs: Iterable[str]) -> Injections:
     return inj
 
 
+#: The server settings' valid ranges, in the order they are checked: field, low, high
+#: (None: no upper limit) and the message when the value is outside them.
+_LIMITS: tuple[tuple[str, float, float | None, str], ...] = (
+    ("port", 0, 65535, "--port {} is outside 0..65535"),
+    ("silence_ms", 10, 10_000, "--silence-ms {} is outside 10..10000"),
+    ("prefix_padding_ms", 0, 5_000, "prefix padding {} ms is outside 0..5000"),
+    ("vad_threshold", 0.0, 1.0, "VAD threshold {} is outside 0..1"),
+    ("ttft_ms", 0, None, "--ttft-ms cannot be negative"),
+    ("token_rate", 0.1, 10_000, "--token-rate {} is outside 0.1..10000 tokens/s"),
+    ("asr_workers", 1, 64, "--asr-workers {} is outside 1..64"),
+    ("audio_chunk_ms", 5, 10_000, "audio chunk {} ms is outside 5..10000"),
+    ("words_per_minute", 80, 450, "--wpm {} is outside 80..450"),
+)
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     """Everything ``voiceaudit serve`` needs; the library API takes the same object."""
@@ -304,24 +319,10 @@ class ServerConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise UsageError(f"--port {self.port} is outside 0..65535")
-        if not 10 <= self.silence_ms <= 10_000:
-            raise UsageError(f"--silence-ms {self.silence_ms} is outside 10..10000")
-        if not 0 <= self.prefix_padding_ms <= 5_000:
-            raise UsageError(f"prefix padding {self.prefix_padding_ms} ms is outside 0..5000")
-        if not 0.0 <= self.vad_threshold <= 1.0:
-            raise UsageError(f"VAD threshold {self.vad_threshold} is outside 0..1")
-        if self.ttft_ms < 0:
-            raise UsageError("--ttft-ms cannot be negative")
-        if not 0.1 <= self.token_rate <= 10_000:
-            raise UsageError(f"--token-rate {self.token_rate} is outside 0.1..10000 tokens/s")
-        if not 1 <= self.asr_workers <= 64:
-            raise UsageError(f"--asr-workers {self.asr_workers} is outside 1..64")
-        if not 5 <= self.audio_chunk_ms <= 10_000:
-            raise UsageError(f"audio chunk {self.audio_chunk_ms} ms is outside 5..10000")
-        if not 80 <= self.words_per_minute <= 450:
-            raise UsageError(f"--wpm {self.words_per_minute} is outside 80..450")
+        for name, lo, hi, message in _LIMITS:
+            value = getattr(self, name)
+            if (value < lo) if hi is None else not lo <= value <= hi:
+                raise UsageError(message.format(value))
 
     @classmethod
     def from_injections(cls, specs: Iterable[str], **overrides: Any) -> ServerConfig:

@@ -198,12 +198,18 @@ def _messages(body: dict[str, Any]) -> list[Message]:
     return out
 
 
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    """The request's body, a JSON object (else ValueError, its message for the 400)."""
+    body = await request.json()
+    if not isinstance(body, dict):
+        raise ValueError("the body must be a JSON object")
+    return body
+
+
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CTX_KEY]
     try:
-        body = await request.json()
-        if not isinstance(body, dict):
-            raise ValueError("the body must be a JSON object")
+        body = await _json_body(request)
         messages = _messages(body)
     except ValueError as exc:
         return error_response(400, f"Invalid request body: {exc}")
@@ -334,9 +340,7 @@ class _HttpSink:
 async def speech(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CTX_KEY]
     try:
-        body = await request.json()
-        if not isinstance(body, dict):
-            raise ValueError("the body must be a JSON object")
+        body = await _json_body(request)
     except ValueError as exc:
         return error_response(400, f"Invalid request body: {exc}")
     text = body.get("input")
