@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from voiceaudit.clock import MonotonicClock, take_anchor
-from voiceaudit.reference import GROUND_TRUTH_SCHEMA as SCHEMA
+
+#: The ground-truth file's schema (``voiceaudit.reference.GROUND_TRUTH_SCHEMA``).
+SCHEMA = "voiceaudit.groundtruth/1"
 
 #: Stage marks in pipeline order (the keys of a turn record's ``marks``).
 MARKS = (
