@@ -222,7 +222,7 @@ def _one(values: set[str]) -> str | None:
     return next(iter(values)) if len(values) == 1 else None
 
 
-def _target_key(target: dict[str, Any]) -> dict[str, Any]:
+def target_key(target: dict[str, Any]) -> dict[str, Any]:
     """A target without what changes from run to run on its own (a loopback port)."""
     out = dict(target)
     url = out.get("url")
@@ -242,7 +242,7 @@ def _metadata(a: Report, b: Report) -> dict[str, tuple[Any, Any]]:
         return json.loads(one) if one is not None else "(several)"
 
     for what, get in (
-        ("target", lambda s: _target_key(s.target)),
+        ("target", lambda s: target_key(s.target)),
         ("host", lambda s: s.host.get("hostname")),
     ):
         va, vb = side(a, get), side(b, get)

@@ -47,7 +47,7 @@ from typing import Any, Literal
 import numpy as np
 
 # the comparison's own notion of "the same target" (a loopback port is not a difference)
-from voiceaudit.analysis.compare import _target_key
+from voiceaudit.analysis.compare import target_key
 from voiceaudit.analysis.ledger import ALL_SEGMENTS, UNEXPLAINED, MarkTime, segment_bounds
 from voiceaudit.analysis.report import FAILURE_METRICS, FAILURES, Report, build_report
 from voiceaudit.analysis.significance import (
@@ -1085,7 +1085,7 @@ def _side(report: Report, what: str) -> Any:
     vals: set[str] = set()
     for s in report.sources:
         if what == "target":
-            v: Any = _target_key(s.target)
+            v: Any = target_key(s.target)
         elif what == "protocol":
             v = s.target.get("protocol")
         elif what == "host":
