@@ -22,7 +22,7 @@ import io
 import os
 import struct
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, BinaryIO, cast
@@ -225,37 +225,28 @@ class CaptureReader:
         )
         linktype = linkfield & 0x0FFFFFFF
         self.facts.link_types.add(linktype)
-        unpack = struct.Struct(endian + "IIII").unpack_from
-
-        def parse(buf: bytes) -> tuple[list[Record], int, bool]:
+        rec = struct.Struct(endian + "IIII")
+        unpack = rec.unpack_from
+        tail = b""
+        packets = 0
+        while True:
+            data = self._read(self.block_size)
+            buf = tail + data if tail else data
             n = len(buf)
             pos = 0
             recs: list[Record] = []
             append = recs.append
+            bad = False
             while pos + 16 <= n:
                 sec, frac, incl, orig = unpack(buf, pos)
                 if incl > _MAX_RECORD:
-                    return recs, pos, True
+                    bad = True
+                    break
                 end = pos + 16 + incl
                 if end > n:
                     break
                 append((sec * 1_000_000_000 + frac * tick_ns, linktype, pos + 16, incl, orig))
                 pos = end
-            return recs, pos, False
-
-        yield from self._blocks(b"", parse, "the last packet record is cut short")
-
-    def _blocks(
-        self, tail: bytes, parse: Callable[[bytes], tuple[list[Record], int, bool]], cut: str
-    ) -> Iterator[tuple[bytes, list[Record]]]:
-        """Read the file a block at a time, ``tail`` (bytes already read) first; ``parse``
-        takes the whole records from the front of a buffer and says where it stopped and
-        whether it stopped at corruption; ``cut`` names what a cut-short end left over."""
-        packets = 0
-        while True:
-            data = self._read(self.block_size)
-            buf = tail + data if tail else data
-            recs, pos, bad = parse(buf)
             packets += len(recs)
             self.facts.packets = packets
             if recs:
@@ -268,7 +259,7 @@ class CaptureReader:
                 if self._gzip_error:
                     self._warn_truncated(self._gzip_error)
                 if tail:
-                    self._warn_truncated(f"{cut} (truncated capture)")
+                    self._warn_truncated("the last packet record is cut short (truncated capture)")
                 return
 
     def _warn_corrupt(self, where: int) -> None:
@@ -280,15 +271,21 @@ class CaptureReader:
             )
 
     def _pcapng_batches(self) -> Iterator[tuple[bytes, list[Record]]]:
-        facts = self.facts
-        # What holds from one block to the next: the section's interfaces and byte order
-        # (little-endian until its header says), the last packet's time.
-        kept: tuple[list[_Interface], str, int] = ([], "<", 0)
-
-        def parse(buf: bytes) -> tuple[list[Record], int, bool]:
-            nonlocal kept
-            ifaces, endian, last_ts = kept  # locals: the loop below is the hot path
-            u32, epb, pb, hdr = _pcapng_structs(endian)
+        tail = self._head
+        ifaces: list[_Interface] = []
+        endian = "<"
+        u32 = struct.Struct("<I")
+        epb = struct.Struct("<IIIII")
+        pb = struct.Struct("<HHIIII")
+        hdr = struct.Struct("<II")
+        packets = 0
+        last_ts = 0
+        eof = False
+        while True:
+            data = b"" if eof else self._read(self.block_size)
+            if not data:
+                eof = True
+            buf = tail + data if tail else data
             n = len(buf)
             pos = 0
             recs: list[Record] = []
@@ -308,7 +305,10 @@ class CaptureReader:
                     else:
                         bad = True
                         break
-                    u32, epb, pb, hdr = _pcapng_structs(endian)
+                    u32 = struct.Struct(endian + "I")
+                    epb = struct.Struct(endian + "IIIII")
+                    pb = struct.Struct(endian + "HHIIII")
+                    hdr = struct.Struct(endian + "II")
                     blen = u32.unpack_from(buf, pos + 4)[0]
                     if blen < 28 or blen % 4 or blen > _MAX_RECORD:
                         bad = True
@@ -342,7 +342,7 @@ class CaptureReader:
                     append((ts, itf.linktype, pos + 28, cap, orig))
                 elif btype == _BT_IDB:
                     ifaces.append(self._parse_idb(buf, pos, blen, endian))
-                    facts.link_types.add(ifaces[-1].linktype)
+                    self.facts.link_types.add(ifaces[-1].linktype)
                 elif btype == _BT_SPB:
                     if not ifaces:
                         bad = True
@@ -356,12 +356,22 @@ class CaptureReader:
                 elif btype == _BT_DSB:
                     stype, slen = struct.unpack_from(endian + "II", buf, pos + 8)
                     if stype == DSB_TLS_KEYLOG and slen <= blen - 20:
-                        facts.tls_secrets.append(bytes(buf[pos + 16 : pos + 16 + slen]))
+                        self.facts.tls_secrets.append(bytes(buf[pos + 16 : pos + 16 + slen]))
                 pos = end
-            kept = (ifaces, endian, last_ts)
-            return recs, pos, bad
-
-        yield from self._blocks(self._head, parse, "the last pcapng block is cut short")
+            packets += len(recs)
+            self.facts.packets = packets
+            if recs:
+                yield buf, recs
+            if bad:
+                self._warn_corrupt(pos)
+                return
+            tail = buf[pos:]
+            if eof:
+                if self._gzip_error:
+                    self._warn_truncated(self._gzip_error)
+                if tail:
+                    self._warn_truncated("the last pcapng block is cut short (truncated capture)")
+                return
 
     @staticmethod
     def _parse_idb(buf: bytes, pos: int, blen: int, endian: str) -> _Interface:
@@ -389,15 +399,6 @@ class CaptureReader:
                 itf.offset_ns = struct.unpack_from(endian + "q", val)[0] * 1_000_000_000
             opt += 4 + ((olen + 3) & ~3)
         return itf
-
-
-def _pcapng_structs(
-    endian: str,
-) -> tuple[struct.Struct, struct.Struct, struct.Struct, struct.Struct]:
-    """A 32-bit word, an Enhanced Packet Block's and an obsolete Packet Block's fields, and a
-    block header, in a section's byte order."""
-    u32, epb, pb, hdr = (struct.Struct(endian + f) for f in ("I", "IIIII", "HHIIII", "II"))
-    return u32, epb, pb, hdr
 
 
 def count_packets(path: str | os.PathLike[str]) -> int:

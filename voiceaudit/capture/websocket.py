@@ -59,7 +59,6 @@ class WebSocketLog:
         payload_len: int,
         ts: int,
         start: int,
-        *,
         fin: bool,
         rsv1: bool,
         masked: bool,
@@ -231,17 +230,18 @@ class WebSocketParser(StreamParser):
         h.event_buf = bytearray() if (h.opcode == 1 and not h.rsv1) else None
 
     def _end_frame(self, h: _WsHalf, from_client: bool, ts: int) -> None:
+        # Positional: a call with keywords costs more, once a frame.
         self.log.frame(
             from_client,
             h.opcode,
             h.payload_len,
             ts,
             h.start,
-            fin=h.fin,
-            rsv1=h.rsv1,
-            masked=h.masked,
-            text=h.event_buf,
-            key=h.key,
+            h.fin,
+            h.rsv1,
+            h.masked,
+            h.event_buf,
+            h.key,
         )
         h.remaining = -1
         h.event_buf = None
