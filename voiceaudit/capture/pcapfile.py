@@ -227,8 +227,7 @@ class CaptureReader:
         self.facts.link_types.add(linktype)
         rec = struct.Struct(endian + "IIII")
         unpack = rec.unpack_from
-        tail = b""
-        packets = 0
+        tail: bytes | None = b""
         while True:
             data = self._read(self.block_size)
             buf = tail + data if tail else data
@@ -247,20 +246,30 @@ class CaptureReader:
                     break
                 append((sec * 1_000_000_000 + frac * tick_ns, linktype, pos + 16, incl, orig))
                 pos = end
-            packets += len(recs)
-            self.facts.packets = packets
             if recs:
                 yield buf, recs
-            if bad:
-                self._warn_corrupt(pos)
+            tail = self._after_block(buf, len(recs), pos, bad, not data, "packet record")
+            if tail is None:
                 return
-            tail = buf[pos:]
-            if not data:
-                if self._gzip_error:
-                    self._warn_truncated(self._gzip_error)
-                if tail:
-                    self._warn_truncated("the last packet record is cut short (truncated capture)")
-                return
+
+    def _after_block(
+        self, buf: bytes, count: int, pos: int, bad: bool, eof: bool, unit: str
+    ) -> bytes | None:
+        """Count a block's ``count`` records; the bytes after ``pos`` to carry into the next
+        block, or ``None`` when reading stops: at corruption, or at the end of the file
+        (warning of a gzip error, or of a last ``unit`` cut short)."""
+        self.facts.packets += count
+        if bad:
+            self._warn_corrupt(pos)
+            return None
+        tail = buf[pos:]
+        if not eof:
+            return tail
+        if self._gzip_error:
+            self._warn_truncated(self._gzip_error)
+        if tail:
+            self._warn_truncated(f"the last {unit} is cut short (truncated capture)")
+        return None
 
     def _warn_corrupt(self, where: int) -> None:
         if not self.facts.truncated:
@@ -271,14 +280,13 @@ class CaptureReader:
             )
 
     def _pcapng_batches(self) -> Iterator[tuple[bytes, list[Record]]]:
-        tail = self._head
+        tail: bytes | None = self._head
         ifaces: list[_Interface] = []
         endian = "<"
         u32 = struct.Struct("<I")
         epb = struct.Struct("<IIIII")
         pb = struct.Struct("<HHIIII")
         hdr = struct.Struct("<II")
-        packets = 0
         last_ts = 0
         eof = False
         while True:
@@ -358,19 +366,10 @@ class CaptureReader:
                     if stype == DSB_TLS_KEYLOG and slen <= blen - 20:
                         self.facts.tls_secrets.append(bytes(buf[pos + 16 : pos + 16 + slen]))
                 pos = end
-            packets += len(recs)
-            self.facts.packets = packets
             if recs:
                 yield buf, recs
-            if bad:
-                self._warn_corrupt(pos)
-                return
-            tail = buf[pos:]
-            if eof:
-                if self._gzip_error:
-                    self._warn_truncated(self._gzip_error)
-                if tail:
-                    self._warn_truncated("the last pcapng block is cut short (truncated capture)")
+            tail = self._after_block(buf, len(recs), pos, bad, eof, "pcapng block")
+            if tail is None:
                 return
 
     @staticmethod
