@@ -10,10 +10,10 @@ Layout: ``pipeline`` holds the stages (:class:`~voiceaudit.reference.pipeline.In
 VAD → recognition; ``run_reply``: responder → chunking → synthesis → pacing → a sink) and
 the injections applied at each; ``session`` is the one session core every streaming
 protocol shares (turn state, hearing, replies, barge-in, cancel/truncate, ground truth);
-``pcm_ws`` and ``realtime`` (+ ``realtime_events``, the protocol's shapes) are thin
-protocol adapters over it; ``webrtc`` still carries its own copy of the session plumbing
-(not yet moved onto the core); ``http_api`` serves the HTTP cascade endpoints; ``server``
-builds the application.
+``pcm_ws``, ``realtime`` (+ ``realtime_events``, the protocol's shapes) and ``webrtc``
+(+ ``webrtc_signal``, its offer/answer routes; ``playout``, reply audio on a media clock)
+are thin protocol adapters over it; ``http_api`` serves the HTTP cascade endpoints;
+``server`` builds the application.
 
 A new streaming protocol is an adapter: a subclass of
 :class:`~voiceaudit.reference.session.Session` that

@@ -42,7 +42,7 @@ from voiceaudit.reference.pipeline import CONNECT_DELAY_KEY, CTX_KEY, ServerCont
 from voiceaudit.reference.realtime import realtime_handler
 from voiceaudit.reference.responder import ChatCompletionsResponder, Responder, ScriptedResponder
 from voiceaudit.reference.tts import Synthesizer
-from voiceaudit.reference.webrtc import (
+from voiceaudit.reference.webrtc_signal import (
     SESSIONS_KEY,
     close_webrtc_sessions,
     pipecat_ice_candidates,
