@@ -58,3 +58,42 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ.pop("XDG_CACHE_HOME", None)
     else:
         os.environ["XDG_CACHE_HOME"] = old
+
+
+#: Test files that send or capture UDP on loopback while they run (WebRTC sessions, the
+#: impairment relay, captures that keep every UDP packet because WebRTC's ports are
+#: negotiated) or drive a Pipecat bot under capture: under ``pytest -n`` (make test) they
+#: run one after another on one worker, so no capture sees another test's packets. Every
+#: other file is one group of its own, so a module's shared recording is made once.
+LIVE_UDP = frozenset(
+    {
+        "test_capture_dumpcap.py",
+        "test_capture_reference.py",
+        "test_impair_capture.py",
+        "test_impair_cli.py",
+        "test_ledger_clocks_capture.py",
+        "test_pipecat_e2e.py",
+        "test_pipecat_interrupt.py",
+        "test_probe_stall.py",
+        "test_probe_stall_rxstamp.py",
+        "test_reference_barge_in.py",
+        "test_reference_pipecat_offer.py",
+        "test_report_network.py",
+        "test_report_wire_to_app.py",
+        "test_run_capture.py",
+        "test_run_ground_truth.py",
+        "test_turntaking_reference.py",
+        "test_webrtc_pipecat.py",
+        "test_webrtc_reply_start.py",
+        "test_webrtc_rtp_injection.py",
+        "test_webrtc_track.py",
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Put each test in its ``xdist_group`` (``--dist loadgroup``): its file, or
+    ``live-udp`` for the files in ``LIVE_UDP``."""
+    for item in items:
+        name = item.path.name
+        item.add_marker(pytest.mark.xdist_group("live-udp" if name in LIVE_UDP else name))
