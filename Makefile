@@ -35,7 +35,8 @@ typecheck: setup
 	$(BIN)/mypy
 
 unit: setup
-	$(BIN)/pytest -q -n 2 --dist loadgroup
+	$(BIN)/pytest -q -n 2 --dist loadgroup -m 'not udp_capture'
+	$(BIN)/pytest -q -m udp_capture
 
 test: lint typecheck unit
 

@@ -60,40 +60,20 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ["XDG_CACHE_HOME"] = old
 
 
-#: Test files that send or capture UDP on loopback while they run (WebRTC sessions, the
-#: impairment relay, captures that keep every UDP packet because WebRTC's ports are
-#: negotiated) or drive a Pipecat bot under capture: under ``pytest -n`` (make test) they
-#: run one after another on one worker, so no capture sees another test's packets. Every
-#: other file is one group of its own, so a module's shared recording is made once.
-LIVE_UDP = frozenset(
-    {
-        "test_capture_dumpcap.py",
-        "test_capture_reference.py",
-        "test_impair_capture.py",
-        "test_impair_cli.py",
-        "test_ledger_clocks_capture.py",
-        "test_pipecat_e2e.py",
-        "test_pipecat_interrupt.py",
-        "test_probe_stall.py",
-        "test_probe_stall_rxstamp.py",
-        "test_reference_barge_in.py",
-        "test_reference_pipecat_offer.py",
-        "test_report_network.py",
-        "test_report_wire_to_app.py",
-        "test_run_capture.py",
-        "test_run_ground_truth.py",
-        "test_turntaking_reference.py",
-        "test_webrtc_pipecat.py",
-        "test_webrtc_reply_start.py",
-        "test_webrtc_rtp_injection.py",
-        "test_webrtc_track.py",
-    }
-)
+#: Test files that capture every UDP packet on loopback while a WebRTC session runs (its
+#: media ports are negotiated, so the capture filter keeps all UDP): a WebRTC session of
+#: another test would land in their capture. ``make test`` runs them after the rest, on
+#: their own (``-m udp_capture``); every other file runs on two workers (``-n 2
+#: --dist loadgroup``), a file at a time per worker, so a module's shared recording is made
+#: once. Every other capture filters on its own TCP or UDP ports.
+UDP_CAPTURE = frozenset({"test_impair_capture.py", "test_webrtc_rtp_injection.py"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Put each test in its ``xdist_group`` (``--dist loadgroup``): its file, or
-    ``live-udp`` for the files in ``LIVE_UDP``."""
+    """Mark each test with its ``xdist_group`` (its file) and, in ``UDP_CAPTURE``'s files,
+    ``udp_capture``."""
     for item in items:
         name = item.path.name
-        item.add_marker(pytest.mark.xdist_group("live-udp" if name in LIVE_UDP else name))
+        item.add_marker(pytest.mark.xdist_group(name))
+        if name in UDP_CAPTURE:
+            item.add_marker(pytest.mark.udp_capture)
