@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from voiceaudit.errors import UsageError
+from voiceaudit.errors import TargetError, UsageError
 
 
 class TargetSink(Protocol):
@@ -132,6 +132,13 @@ class TargetSession(ABC):
     #: session of this kind: one whose replies arrive on a connection the probe's loop
     #: must read on time. Targets below the probe only say so; the probe does the warming.
     warm_up_first: ClassVar[bool] = False
+    #: the agents this protocol reaches speak first (phone bots greet the caller): unless
+    #: told otherwise (``run --greeting-wait``), the probe waits for the greeting to be heard
+    #: before the first turn. Reply audio that arrives before the first turn is the greeting.
+    speaks_first: ClassVar[bool] = False
+    #: the path the caller's audio takes, as the report labels results: ``phone`` (a
+    #: carrier's media stream), ``webrtc`` or ``websocket`` (and ``http``, ``in-process``)
+    path: ClassVar[str] = "websocket"
 
     def __init__(self, config: TargetConfig, sink: TargetSink) -> None:
         self.config = config
@@ -159,6 +166,16 @@ class TargetSession(ABC):
         it: tell the target (OpenAI Realtime ``conversation.item.truncate``). Returns the
         truncated item's id, or None when the protocol has no such message."""
         return None
+
+    def media_start_ns(self) -> int | None:
+        """When the call's media began on this session (a carrier's ``start`` message), on
+        the probe's clock: greeting latency counts from it. None: from ``session.connected``."""
+        return None
+
+    async def send_dtmf(self, digit: str) -> None:
+        """Send a key press (a scenario's ``dtmf`` step); TargetError where the protocol has
+        none."""
+        raise TargetError(f"protocol {self.config.protocol!r} cannot send DTMF")
 
     def stream_fill_samples(self) -> int:
         """Samples of silence the transport added on its own to the outgoing audio so far
@@ -223,6 +240,9 @@ class Target(ABC):
     #: URL schemes that imply this protocol when --protocol is not given
     schemes: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
+    #: the ``-o NAME=VALUE`` options the target reads: name -> one line on what it does
+    #: (``voiceaudit targets`` lists them)
+    options: ClassVar[dict[str, str]] = {}
     #: the session class :meth:`session` makes (``session_class(config, sink)``); a target
     #: whose sessions need more than that overrides :meth:`session` instead
     session_class: ClassVar[type[TargetSession]]
