@@ -136,9 +136,6 @@ class TargetSession(ABC):
     #: told otherwise (``run --greeting-wait``), the probe waits for the greeting to be heard
     #: before the first turn. Reply audio that arrives before the first turn is the greeting.
     speaks_first: ClassVar[bool] = False
-    #: the path the caller's audio takes, as the report labels results: ``phone`` (a
-    #: carrier's media stream), ``webrtc`` or ``websocket`` (and ``http``, ``in-process``)
-    path: ClassVar[str] = "websocket"
 
     def __init__(self, config: TargetConfig, sink: TargetSink) -> None:
         self.config = config
@@ -240,6 +237,9 @@ class Target(ABC):
     #: URL schemes that imply this protocol when --protocol is not given
     schemes: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
+    #: the path the caller's audio takes, as the report labels results: ``phone`` (a
+    #: carrier's media stream), ``webrtc``, ``websocket``, ``http`` or ``in-process``
+    path: ClassVar[str] = "websocket"
     #: the ``-o NAME=VALUE`` options the target reads: name -> one line on what it does
     #: (``voiceaudit targets`` lists them)
     options: ClassVar[dict[str, str]] = {}

@@ -406,6 +406,7 @@ async def _sse_tokens(resp: aiohttp.ClientResponse) -> Any:
 
 class CascadeTarget(Target):
     protocol = "cascade"
+    path = "http"
     schemes = ("http", "https")
     description = "ASR -> LLM -> TTS over OpenAI-compatible HTTP endpoints, driven by voiceaudit"
     session_class = CascadeSession

@@ -116,6 +116,7 @@ class PythonSession(TargetSession):
 
 class PythonTarget(Target):
     protocol = "python"
+    path = "in-process"
     schemes = ("python",)
     description = "an in-process pipeline: python://package.module:callable"
 

@@ -25,6 +25,14 @@ BUILTINS: dict[str, str] = {
     "python": "voiceaudit.targets.python:PythonTarget",
     "webrtc": "voiceaudit.targets.webrtc:WebRTCTarget",
     "pipecat-websocket": "voiceaudit.targets.pipecat_ws:PipecatWebSocketTarget",
+    "twilio": "voiceaudit.targets.carrier:TwilioTarget",
+    "telnyx": "voiceaudit.targets.carrier:TelnyxTarget",
+    "plivo": "voiceaudit.targets.carrier:PlivoTarget",
+    "exotel": "voiceaudit.targets.carrier:ExotelTarget",
+    "vonage": "voiceaudit.targets.carrier:VonageTarget",
+    "gemini-live": "voiceaudit.targets.gemini:GeminiLiveTarget",
+    "deepgram-agent": "voiceaudit.targets.deepgram:DeepgramAgentTarget",
+    "elevenlabs-agent": "voiceaudit.targets.elevenlabs:ElevenLabsAgentTarget",
 }
 
 

@@ -663,6 +663,7 @@ def _make_track(queue: asyncio.Queue[bytes | None], *, fill_idle: bool = True) -
 
 class WebRTCTarget(Target):
     protocol = "webrtc"
+    path = "webrtc"
     schemes = ("http", "https")
     description = "a WebRTC peer (aiortc) with HTTP offer/answer signalling"
     session_class = WebRTCSession
