@@ -74,7 +74,8 @@ STOPPED_WITHIN_NS = 2 * NS_PER_S
 #: stages whose marks belong to the turn being said (the rest to the turn being answered)
 _INPUT_STAGES = ("endpointing", "transcription")
 
-RawChunk = tuple[int, bytes, int, int]
+#: (time, 16-bit PCM, rate, wire bytes, queued_ns or None): TargetSink.reply_audio's arguments
+RawChunk = tuple[int, bytes, int, int, int | None]
 #: the level of an audible sample at the end of a reply (-50 dBFS, linear)
 AUDIBLE = 10 ** (-50 / 20)
 
@@ -109,7 +110,7 @@ def last_audible(
 
 
 def _played(chunks: list[RawChunk], model: str, depth_ns: int) -> tuple[Playout, int]:
-    played = [Chunk(t, len(pcm) // 2) for t, pcm, _, _ in chunks]
+    played = [Chunk(c[0], len(c[1]) // 2) for c in chunks]
     return play_model(played, chunks[0][2], model=model, depth_ns=depth_ns), chunks[0][2]
 
 
@@ -247,7 +248,9 @@ class ConversationSink:
                 live.speech_started_ns = t_ns
                 self.conv.truncate_due(live, t_ns)
 
-    def reply_audio(self, t_ns: int, pcm16: bytes, rate: int, wire_bytes: int) -> None:
+    def reply_audio(
+        self, t_ns: int, pcm16: bytes, rate: int, wire_bytes: int, queued_ns: int | None = None
+    ) -> None:
         if not pcm16:
             return
         st = self.conv.reply_turn()
@@ -258,7 +261,7 @@ class ConversationSink:
             self.open = Segment()
             st.segments.append(self.open)
         seg = self.open
-        seg.chunks.append((t_ns, pcm16, rate, wire_bytes))
+        seg.chunks.append((t_ns, pcm16, rate, wire_bytes, queued_ns))
         self.last_audio_ns = t_ns
         if seg.onset is None:
             self.conv.find_onset(st, seg)
@@ -837,7 +840,7 @@ class Conversation:
         # the chunk holding the last audible sample, and when it arrived
         off = 0
         arrived = main.chunks[-1][0]
-        for t_ns, pcm, _, _ in main.chunks:
+        for t_ns, pcm, *_ in main.chunks:
             off += len(pcm) // 2
             if off > last:
                 arrived = t_ns

@@ -205,7 +205,7 @@ class _Sink:
         self.writer = writer
         self.session = session
         self.turn: int | None = None
-        self.chunks: list[tuple[int, bytes, int, int]] = []
+        self.chunks: list[tuple[int, bytes, int, int, int | None]] = []
         self.first_audio = asyncio.Event()
         self.done = asyncio.Event()
         #: the target has signalled the end of a reply on this connection: from then on a
@@ -232,13 +232,15 @@ class _Sink:
     def mark(self, name: str, stage: str, t_ns: int, attrs: dict[str, Any] | None = None) -> None:
         self.writer.event(self.session, self.turn, t_ns, "pipeline", stage, name, attrs)
 
-    def reply_audio(self, t_ns: int, pcm16: bytes, rate: int, wire_bytes: int) -> None:
+    def reply_audio(
+        self, t_ns: int, pcm16: bytes, rate: int, wire_bytes: int, queued_ns: int | None = None
+    ) -> None:
         if self.turn is None:
             self.late_chunks += 1
             return
         if not pcm16:
             return
-        self.chunks.append((t_ns, pcm16, rate, wire_bytes))
+        self.chunks.append((t_ns, pcm16, rate, wire_bytes, queued_ns))
         self.last_audio_ns = t_ns
         self.first_audio.set()
 
@@ -792,7 +794,8 @@ class Probe:
 
             rate = chunks[0][2]
             first = min(c[0] for c in chunks)
-            played = [Chunk(t_ns, len(pcm) // 2) for t_ns, pcm, _, _ in chunks]
+            played = [Chunk(c[0], len(c[1]) // 2) for c in chunks]
+            queued = [c[4] for c in chunks]
             writer.event(
                 sid,
                 turn,
@@ -806,6 +809,8 @@ class Probe:
                     "bytes": [len(c[1]) for c in chunks],
                     "wire_bytes": [c[3] for c in chunks],
                     "rate": rate,
+                    # a carrier's buffer: each chunk's wait in it (only where one was modelled)
+                    **({"queued_ns": queued} if any(q is not None for q in queued) else {}),
                 },
             )
             audio = from_pcm16(b"".join(c[1] for c in chunks))

@@ -62,7 +62,7 @@ class ReplyOutcome:
     sid: str
     turn: int
     #: the reply audio: (arrival ns, PCM, rate, wire bytes) per chunk
-    chunks: list[tuple[int, bytes, int, int]]
+    chunks: list[tuple[int, bytes, int, int, int | None]]
     #: the target's failure during the turn (when ``failed``)
     failure: str | None
     failed: bool

@@ -27,10 +27,15 @@ class TargetSink(Protocol):
     def mark(self, name: str, stage: str, t_ns: int, attrs: dict[str, Any] | None = None) -> None:
         """A pipeline stage mark (see docs/trace-format.md, "Pipeline marks")."""
 
-    def reply_audio(self, t_ns: int, pcm16: bytes, rate: int, wire_bytes: int) -> None:
+    def reply_audio(
+        self, t_ns: int, pcm16: bytes, rate: int, wire_bytes: int, queued_ns: int | None = None
+    ) -> None:
         """A chunk of reply audio (16-bit mono PCM) arrived at ``t_ns``.
 
         ``wire_bytes`` is what the chunk cost on the protocol (e.g. base64 inside JSON).
+        ``queued_ns``: where the far end plays the audio from a buffer of its own (a phone
+        carrier), ``t_ns`` is when the chunk started playing there and ``queued_ns`` how long
+        it waited in that buffer after it arrived (the send-ahead: audio queued before it).
         """
 
     def reply_done(self, t_ns: int) -> None:
