@@ -24,6 +24,7 @@ from voiceaudit.cli import (
     run_cmd,
     serve_cmd,
     sweep_cmd,
+    targets_cmd,
 )
 from voiceaudit.cli.console import err_console
 from voiceaudit.errors import ExitCode, VoiceauditError
@@ -66,6 +67,7 @@ for _mod in (
     export_cmd,
     import_cmd,
     inspect_cmd,
+    targets_cmd,
 ):
     _mod.register(app)
 

@@ -409,4 +409,20 @@ class CascadeTarget(Target):
     path = "http"
     schemes = ("http", "https")
     description = "ASR -> LLM -> TTS over OpenAI-compatible HTTP endpoints, driven by voiceaudit"
+    options = {  # noqa: RUF012 - read-only, as in Target
+        "asr_url": "base URL (ending in /v1) of the transcription endpoint (default: target URL)",
+        "llm_url": "base URL of the chat-completions endpoint (default: the target URL)",
+        "tts_url": "base URL of the speech endpoint (default: the target URL)",
+        "handoff": "streaming (default: each sentence to synthesis at once) | whole (reply)",
+        "silence_ms": "the client VAD's end-of-turn silence (default 500)",
+        "vad_mode": "WebRTC VAD aggressiveness 0-3 (default 2)",
+        "asr_model": "transcription model (default whisper-1)",
+        "llm_model": "chat model (default gpt-4o-mini)",
+        "tts_model": "speech model (default tts-1)",
+        "voice": "speech voice (default alloy)",
+        "rate": "input sample rate (default 16000)",
+        "tts_rate": "sample rate of the PCM the speech endpoint returns (default 24000)",
+        "system": "system prompt for the chat model",
+        "max_connections": "the HTTP connection pool's limit (default 100; 0: no limit)",
+    }
     session_class = CascadeSession

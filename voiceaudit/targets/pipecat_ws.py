@@ -470,4 +470,9 @@ class PipecatWebSocketTarget(Target):
     protocol = "pipecat-websocket"
     schemes = ("ws", "wss")
     description = "Pipecat WebSocket transport with the protobuf frame serializer (RTVI marks)"
+    options = {  # noqa: RUF012 - read-only, as in Target
+        "rate": "input sample rate (default 16000, Pipecat's audio_in_sample_rate)",
+        "rtvi": "auto (default: client-ready, wait 2 s for bot-ready) | on (require it) | off",
+        "done_on": "what ends a reply: bot-stopped-speaking (default, the RTVI message) | idle",
+    }
     session_class = PipecatWebSocketSession

@@ -119,6 +119,9 @@ class PythonTarget(Target):
     path = "in-process"
     schemes = ("python",)
     description = "an in-process pipeline: python://package.module:callable"
+    options = {  # noqa: RUF012 - read-only, as in Target
+        "rate": "sample rate of the frames the pipeline gets and emits (default 16000)",
+    }
 
     def __init__(self, config: TargetConfig) -> None:
         super().__init__(config)

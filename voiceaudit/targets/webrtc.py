@@ -666,4 +666,13 @@ class WebRTCTarget(Target):
     path = "webrtc"
     schemes = ("http", "https")
     description = "a WebRTC peer (aiortc) with HTTP offer/answer signalling"
+    options = {  # noqa: RUF012 - read-only, as in Target
+        "signalling": "auto (default) | json (POST {sdp, type}: Pipecat, reference) | sdp (WHIP)",
+        "datachannel": "label of a data channel to open for stage events (e.g. oai-events)",
+        "stage_events": "on (default with a datachannel: reference stage events as marks) | off",
+        "quiet_ms": "silence that ends a reply on the continuous stream (default 600)",
+        "threshold": "linear peak above which a frame is audible (default 0.003)",
+        "connect_timeout": "seconds to wait for signalling and ICE/DTLS (default 10)",
+        "mic": "continuous (default: silence fills the idle mic) | frames (only the probe's)",
+    }
     session_class = WebRTCSession

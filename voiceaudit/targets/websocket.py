@@ -117,4 +117,9 @@ class PcmWebSocketTarget(Target):
     protocol = "websocket"
     schemes = ("ws", "wss")
     description = "raw 16-bit mono PCM frames over a WebSocket, JSON text events for marks"
+    options = {  # noqa: RUF012 - read-only, as in Target
+        "rate": "input sample rate, sent as rate= in the URL's query unless it has one (16000)",
+        "out_rate": "sample rate of the reply PCM, sent as out_rate= (default: rate)",
+        "silence_ms": "the server's end-of-turn silence, sent as silence_ms= in the query",
+    }
     session_class = PcmWebSocketSession
