@@ -7,6 +7,13 @@ What the base does:
   plus the API key as a bearer token, :meth:`~WebSocketSession.headers`) within the
   connect timeout, or raises :class:`~voiceaudit.errors.TargetError`; the default
   :meth:`~WebSocketSession.open` is just that, to :meth:`~WebSocketSession.url`.
+- **TLS** (``wss://``): the server's certificate is verified against the system's CAs,
+  unless the target options say otherwise (:data:`TLS_OPTIONS`, :func:`tls_context`):
+  ``ca_file=PATH`` trusts the CA certificates in that PEM file instead (a private CA, a
+  test server's self-signed certificate); ``tls_insecure=true`` skips verification
+  altogether (never the default; for a throw-away endpoint only). A missing or unreadable
+  CA file, or both options at once, is a :class:`~voiceaudit.errors.UsageError` when the
+  session is made, before anything connects.
 - **receive-thread stamping**: once connected, the socket is read on voiceaudit's receive
   thread with kernel timestamps (:mod:`voiceaudit.targets.rxstamp`), and each message
   aiohttp parses is tagged with the arrival of the chunk that completed it. A message's
@@ -87,6 +94,8 @@ import asyncio
 import base64
 import itertools
 import json
+import os
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -94,7 +103,7 @@ from typing import Any
 
 import aiohttp
 
-from voiceaudit.errors import TargetError
+from voiceaudit.errors import TargetError, UsageError
 from voiceaudit.targets import rxstamp
 from voiceaudit.targets.base import (
     TargetConfig,
@@ -111,6 +120,46 @@ def dict_at(ev: dict[str, Any], key: str) -> dict[str, Any]:
     object."""
     v = ev.get(key)
     return v if isinstance(v, dict) else {}
+
+
+#: the target options every WebSocket target reads for ``wss://`` (name -> one line of help)
+TLS_OPTIONS: dict[str, str] = {
+    "ca_file": "PEM file of the CA certificate(s) to trust for wss:// (e.g. a self-signed "
+    "test server's certificate) instead of the system's",
+    "tls_insecure": "true: do not verify the server's TLS certificate at all (never the "
+    "default; throw-away endpoints only)",
+}
+
+
+def tls_context(config: TargetConfig) -> ssl.SSLContext | None:
+    """The TLS context the target options ask for (module doc): one that trusts only the
+    ``ca_file``'s certificates, or (``tls_insecure=true``) one that verifies nothing; None
+    (aiohttp's default: the system's CAs, host name checked) when neither is given.
+    UsageError for a CA file that is missing or not PEM certificates, a ``tls_insecure``
+    other than ``true``/``false``, or both options at once."""
+    ca = config.options.get("ca_file")
+    raw = config.options.get("tls_insecure", "false").strip().lower()
+    if raw not in ("true", "false"):
+        raise UsageError(f"target option tls_insecure={raw!r} must be true or false")
+    insecure = raw == "true"
+    if ca is not None and insecure:
+        raise UsageError("target options ca_file and tls_insecure=true do not go together")
+    if insecure:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    if ca is None:
+        return None
+    if not os.path.isfile(ca):
+        raise UsageError(f"target option ca_file={ca!r}: no such file")
+    try:
+        return ssl.create_default_context(cafile=ca)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        why = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
+        raise UsageError(
+            f"target option ca_file={ca!r}: not a readable PEM certificate file ({why})"
+        ) from None
 
 
 class StampedQueue:
@@ -172,6 +221,8 @@ class WebSocketSession(TargetSession):
         self._closing = False
         #: the parsed-message queue that knows arrivals (None: the socket is not tapped)
         self._stamped: StampedQueue | None = None
+        #: the TLS context of ``wss://`` connections (None: aiohttp's default verification)
+        self._ssl = tls_context(config)
 
     def headers(self) -> dict[str, str]:
         """Connection headers: the user's, plus the API key as a bearer token."""
@@ -196,6 +247,7 @@ class WebSocketSession(TargetSession):
                     timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
                     max_msg_size=64 * 1024 * 1024,
                     autoping=True,
+                    ssl=True if self._ssl is None else self._ssl,
                 ),
                 self.config.connect_timeout_s,
             )
