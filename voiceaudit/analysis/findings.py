@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from voiceaudit.analysis.ledger import AUDIBLE, SPEECH_END, Ledger
+from voiceaudit.analysis.phone import Greeting, PhoneTurn
 from voiceaudit.analysis.turns import PROBE, ReplyChunk, SessionObs, TurnObs
 from voiceaudit.analysis.turntaking import SPLIT_LABELS, TurnTaking
 from voiceaudit.model import Span
@@ -65,15 +66,23 @@ class FindingRules:
     barge_in_client_buffer_ms: float = 100.0
     #: |heard - truncated at| of a Realtime conversation.item.truncate
     truncation_mismatch_ms: float = 100.0
+    # Phone paths and agents that speak first; see PHONE_RULES.
+    #: a barge-in's onset to the bot's ``clear`` (a bot that clears on the caller's
+    #: speech start, after a 200-300 ms VAD, stays well under it)
+    late_clear_ms: float = 500.0
+    #: reply audio sent after a mark and heard after its echo (one 20 ms frame)
+    mark_early_ms: float = 20.0
+    #: the call's media start to the first audible sample of the greeting
+    slow_greeting_ms: float = 2000.0
 
-    def to_dict(self, *, turn_taking: bool = False) -> dict[str, float]:
+    def to_dict(self, *, turn_taking: bool = False, phone: bool = False) -> dict[str, float]:
         """The thresholds by name; the turn-taking ones only with ``turn_taking`` (a
         report shows them when its traces have turn-taking events, so the report of a
-        plain run stays as it was)."""
+        plain run stays as it was), the phone ones only with ``phone`` (likewise)."""
         return {
             k: getattr(self, k)
             for k in self.__dataclass_fields__
-            if turn_taking or k not in TURN_TAKING_RULES
+            if (turn_taking or k not in TURN_TAKING_RULES) and (phone or k not in PHONE_RULES)
         }
 
 
@@ -112,13 +121,37 @@ TURN_TAKING_KINDS: dict[str, str] = {
     "what the caller heard",
 }
 
+#: The thresholds of the phone and greeting detectors.
+PHONE_RULES: frozenset[str] = frozenset({"late_clear_ms", "mark_early_ms", "slow_greeting_ms"})
+
+#: The phone finding kinds (a carrier's ``clear`` and marks), described. Like the
+#: turn-taking kinds they are counted over failed turns too, and cost what the caller
+#: heard, not voice-to-voice.
+PHONE_KINDS: dict[str, str] = {
+    "no_clear": "the bot sent no clear when the caller barged in: the carrier played "
+    "its queued reply on",
+    "late_clear": "the bot's clear came long after the caller barged in",
+    "mark_early": "a mark was echoed while reply audio sent after it was still to be "
+    "heard: the bot took for played what the caller had not heard",
+}
+
+#: The greeting kinds: one per session (not per turn), costed by the silence the caller
+#: sat through.
+GREETING_KINDS: dict[str, str] = {
+    "no_greeting": "the target speaks first, but no greeting was heard",
+    "slow_greeting": "a long silence before the greeting",
+}
+
+#: Kinds counted over every turn (failed ones too), not only the statistics' turns.
+ALL_TURN_KINDS: frozenset[str] = frozenset(TURN_TAKING_KINDS) | frozenset(PHONE_KINDS)
+
 #: Kinds whose cost the trace cannot measure (a false interruption costs the rest of the
 #: reply, which was never sent). They are costed 0 ms, so they add nothing to a budget or a
 #: ranking, and the reports print "not measured" for them instead of a cost.
 UNCOSTED: frozenset[str] = frozenset({"false_interruption"})
 
 #: Every kind, in report order.
-ALL_KINDS: dict[str, str] = {**KINDS, **TURN_TAKING_KINDS}
+ALL_KINDS: dict[str, str] = {**KINDS, **TURN_TAKING_KINDS, **PHONE_KINDS, **GREETING_KINDS}
 
 
 class TurnContext:
@@ -623,6 +656,62 @@ def detect_turn_taking(tt: TurnTaking | None, rules: FindingRules) -> tuple[Find
         *false_interruption_findings(tt),
         *truncation_findings(tt, rules),
     )
+
+
+# -- phone --------------------------------------------------------------------------------
+
+
+def phone_findings(pt: PhoneTurn | None, rules: FindingRules) -> tuple[Finding, ...]:
+    """``no_clear``, ``late_clear`` and ``mark_early`` of one turn heard through a phone
+    carrier (none without carrier data)."""
+    if pt is None:
+        return ()
+    out: list[Finding] = []
+    thr = _thr(rules.late_clear_ms)
+    for b in pt.barge_ins:
+        base: dict[str, Any] = {"stop_ms": _ms(b.stop_ns)}
+        if b.deaf_window_ns is not None:
+            base["deaf_window_ms"] = _ms(b.deaf_window_ns)
+        cleared = b.clear_ns is not None and b.clear_ns <= b.stop_ns
+        if not cleared:
+            heard = b.heard_ns
+            if heard > 0:
+                ev = {**base, "heard_after_ms": _ms(heard)}
+                if b.clear_ns is not None:
+                    ev["clear_after_last_heard_ms"] = _ms(b.clear_ns)
+                out.append(Finding("no_clear", heard, ev))
+        elif b.clear_ns is not None and b.clear_ns > thr:
+            ev = {**base, "clear_ms": _ms(b.clear_ns), "threshold_ms": rules.late_clear_ms}
+            if b.after_clear_ns is not None:
+                ev["after_clear_ms"] = _ms(b.after_clear_ns)
+            out.append(Finding("late_clear", b.clear_ns, ev))
+    mthr = _thr(rules.mark_early_ms)
+    for m in pt.marks:
+        if m.heard_after_echo_ns >= mthr and m.heard_after_echo_ns > 0:
+            ev = {
+                "mark": m.name,
+                "echo_after_mark_ms": _ms(m.echo_ns - m.mark_ns),
+                "heard_after_echo_ms": _ms(m.heard_after_echo_ns),
+                "threshold_ms": rules.mark_early_ms,
+            }
+            out.append(Finding("mark_early", m.heard_after_echo_ns, ev))
+    return tuple(out)
+
+
+def greeting_findings(g: Greeting, speaks_first: bool, rules: FindingRules) -> list[Finding]:
+    """``no_greeting`` (costed by how long the caller waited for one: only where the
+    path speaks first) and ``slow_greeting`` (costed by the silence before it)."""
+    if g.latency_ns is None:
+        if not speaks_first or g.waited_ns is None:
+            return []
+        return [Finding("no_greeting", g.waited_ns, {"waited_ms": _ms(g.waited_ns)})]
+    if g.latency_ns > _thr(rules.slow_greeting_ms):
+        ev: dict[str, Any] = {
+            "greeting_latency_ms": _ms(g.latency_ns),
+            "threshold_ms": rules.slow_greeting_ms,
+        }
+        return [Finding("slow_greeting", g.latency_ns, ev)]
+    return []
 
 
 def probe_lateness(obs: TurnObs) -> int | None:

@@ -91,7 +91,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, NamedTuple
 
 from voiceaudit.analysis.turns import PROBE, Occurrence, TurnObs
@@ -140,13 +140,28 @@ BOUNDARIES: tuple[tuple[str, ...], ...] = (
     (AUDIBLE,),
 )
 UNEXPLAINED = "unexplained"
+#: The segments a phone carrier adds before ``reply.first_byte`` (see :func:`with_carrier`):
+#: the reply's first audio waiting in the carrier's buffer behind audio queued before
+#: it, and the carrier's fixed delay (``fixed_delay_ms``, where not 0).
+CARRIER_BUFFER = "carrier_buffer"
+FIXED_DELAY = "fixed_delay"
+CARRIER_SEGMENTS: tuple[str, ...] = (CARRIER_BUFFER, FIXED_DELAY)
+#: The derived marks that bound them: the first chunk's arrival at the carrier, and when
+#: the carrier began playing it (before its fixed delay).
+CARRIER_ARRIVAL = "carrier.arrival"
+CARRIER_PLAYING = "carrier.playing"
 #: Every segment name a ledger can hold, in chain order (``unexplained`` last): each
-#: boundary's default name, then the names its alternative marks give.
+#: boundary's default name, then the names its alternative marks give; the carrier's
+#: segments after ``transport``.
 ALL_SEGMENTS: tuple[str, ...] = (
     *(
         name
         for i in range(1, len(BOUNDARIES))
-        for name in (SEGMENTS[i - 1], *(RENAMED[m] for m in BOUNDARIES[i] if m in RENAMED))
+        for name in (
+            SEGMENTS[i - 1],
+            *(RENAMED[m] for m in BOUNDARIES[i] if m in RENAMED),
+            *(CARRIER_SEGMENTS if SEGMENTS[i - 1] == "transport" else ()),
+        )
     ),
     UNEXPLAINED,
 )
@@ -167,6 +182,10 @@ _YIELDING = frozenset({"reply.on_wire"})
 
 def segment_bounds(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The marks that can start and end segment ``name`` (a chain segment)."""
+    if name == CARRIER_BUFFER:
+        return (CARRIER_ARRIVAL,), (CARRIER_PLAYING,)
+    if name == FIXED_DELAY:
+        return (CARRIER_PLAYING,), ("reply.first_byte",)
     for i in range(1, _N):
         if SEGMENTS[i - 1] == name:
             ends = tuple(m for m in BOUNDARIES[i] if m not in RENAMED)
@@ -614,3 +633,42 @@ def _in_order(cands: list[tuple[int, str, int, str]]) -> list[tuple[int, str, in
             if all(a[2] <= b[2] for a, b in itertools.pairwise(rest)):
                 return rest
     return []
+
+
+def with_carrier(ledger: Ledger, queued_ns: int, fixed_ns: int = 0) -> Ledger:
+    """The ledger of a turn heard through a phone carrier: the segment that ends at
+    ``reply.first_byte`` (the first reply chunk put on the line, fixed delay included) is
+    cut at the chunk's arrival at the carrier (``first_byte - fixed - queued``) and at
+    its start of play (``first_byte - fixed``), giving ``carrier_buffer`` (``queued_ns``:
+    its wait behind audio queued before it) and, where ``fixed_ns`` is not 0,
+    ``fixed_delay``. Each cut is clipped to the segment, so the segments still sum
+    exactly to voice-to-voice; the derived marks are ``carrier.arrival`` and
+    ``carrier.playing`` (clock ``probe``: the carrier is the probe). A ledger without
+    that segment is returned as it is."""
+    if ledger.voice_to_voice_ns is None or queued_ns < 0 or fixed_ns < 0:
+        return ledger
+    idx = next((i for i, s in enumerate(ledger.segments) if s.end == "reply.first_byte"), None)
+    fb = ledger.times.get("reply.first_byte")
+    if idx is None or fb is None:
+        return ledger
+    seg = ledger.segments[idx]
+    start = fb - seg.ns
+    playing = max(start, fb - fixed_ns)
+    arrival = max(start, min(playing, fb - fixed_ns - queued_ns))
+    parts: list[Segment] = []
+    if seg.name != UNEXPLAINED or arrival > start:
+        parts.append(seg._replace(ns=arrival - start, end=CARRIER_ARRIVAL))
+    parts.append(Segment(CARRIER_BUFFER, playing - arrival, CARRIER_ARRIVAL, CARRIER_PLAYING))
+    if fixed_ns:
+        parts.append(Segment(FIXED_DELAY, fb - playing, CARRIER_PLAYING, "reply.first_byte"))
+    else:
+        parts[-1] = parts[-1]._replace(end="reply.first_byte")
+    segments = (*ledger.segments[:idx], *parts, *ledger.segments[idx + 1 :])
+    marks = list(ledger.marks)
+    at = next((i for i, m in enumerate(marks) if m.name == "reply.first_byte"), len(marks))
+    new = [Mark(CARRIER_ARRIVAL, arrival, "probe")]
+    if fixed_ns:
+        new.append(Mark(CARRIER_PLAYING, playing, "probe"))
+    marks[at:at] = new
+    times = {**ledger.times, CARRIER_ARRIVAL: arrival, CARRIER_PLAYING: playing}
+    return replace(ledger, segments=segments, marks=tuple(marks), times=times)

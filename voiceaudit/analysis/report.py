@@ -21,12 +21,15 @@ import numpy as np
 from voiceaudit import __version__
 from voiceaudit.analysis.findings import (
     ALL_KINDS,
-    TURN_TAKING_KINDS,
+    ALL_TURN_KINDS,
+    GREETING_KINDS,
     Finding,
     FindingRules,
     TurnContext,
     detect,
     detect_turn_taking,
+    greeting_findings,
+    phone_findings,
     probe_lateness,
 )
 from voiceaudit.analysis.ledger import (
@@ -37,6 +40,16 @@ from voiceaudit.analysis.ledger import (
     TurnWire,
     ledger_from_obs,
     place_on_wire,
+    with_carrier,
+)
+from voiceaudit.analysis.phone import (
+    Greeting,
+    PhoneSummary,
+    PhoneTurn,
+    dtmf_digit,
+    path_declared,
+    summarize_phone,
+    target_path,
 )
 from voiceaudit.analysis.stats import Summary, summarize
 from voiceaudit.analysis.turns import PROBE as PROBE_SOURCE
@@ -93,13 +106,13 @@ class ReportOptions:
     #: how far above one session's p95 the knee's level must be (see concurrency.py)
     knee_margin: Increase = field(default_factory=lambda: _default_knee_margin())
 
-    def to_dict(self, *, turn_taking: bool = False) -> dict[str, Any]:
+    def to_dict(self, *, turn_taking: bool = False, phone: bool = False) -> dict[str, Any]:
         """``turn_taking``: show the turn-taking thresholds too (traces that have such
-        events; a plain run's report stays as it was)."""
+        events; a plain run's report stays as it was); ``phone``: the phone ones."""
         return {
             "include_warmup": self.include_warmup,
             "mark_time": self.mark_time,
-            "rules": self.rules.to_dict(turn_taking=turn_taking),
+            "rules": self.rules.to_dict(turn_taking=turn_taking, phone=phone),
         }
 
 
@@ -307,6 +320,12 @@ class TurnReport:
     #: a failed turn's voice-to-voice where audio was heard before the fault: shown,
     #: labelled, never in the statistics (None: ok, or nothing audible)
     informative_ns: int | None = None
+    #: what the phone carrier says of the turn (None: not heard through a carrier)
+    phone: PhoneTurn | None = None
+    #: a key-press turn's key: its voice-to-voice is the bot's reaction time to the key
+    dtmf: str | None = None
+    #: the path the turn was measured on (phone, webrtc, websocket, http, in-process)
+    path: str = "websocket"
 
     @property
     def voice_to_voice_ns(self) -> int | None:
@@ -390,6 +409,11 @@ class TurnReport:
             d["playout"] = self.playout.to_dict()
         if self.turn_taking is not None:
             d["turn_taking"] = self.turn_taking.to_dict()
+        if self.phone is not None:
+            d["phone"] = self.phone.to_dict(t0)
+        if self.dtmf is not None:
+            d["dtmf"] = self.dtmf
+            d["key_press"] = True
         return d
 
 
@@ -715,6 +739,8 @@ class Report:
     label: str = ""
     #: each session's audio format, where the trace records one (session.audio_format)
     audio_formats: tuple[AudioFormat, ...] = ()
+    #: (run_id, greeting) of each session that waited for the target to speak first
+    greetings: tuple[tuple[str, Greeting], ...] = ()
 
     # -- populations ---------------------------------------------------------------------
 
@@ -803,17 +829,26 @@ class Report:
         for t in self.turn_taking_turns:
             acc: dict[str, int] = {}
             for f in t.findings:
-                if id(t) in stats or f.kind in TURN_TAKING_KINDS:
+                if id(t) in stats or f.kind in ALL_TURN_KINDS:
                     acc[f.kind] = acc.get(f.kind, 0) + f.ns
             for k, ns in acc.items():
                 per.setdefault(k, []).append(ns)
+        # The greeting's findings are per session: their share is of the sessions.
+        for f in self.greeting_findings:
+            per.setdefault(f.kind, []).append(f.ns)
         out = []
         tt_of = len(self.turn_taking_turns)
         for kind, costs in per.items():
             arr = np.asarray(costs, dtype=np.float64) / 1e6
             s = summarize(arr, abs_tolerance=ABS_TOLERANCE_MS)
             assert s is not None
-            n_of = tt_of if kind in TURN_TAKING_KINDS else of
+            n_of = (
+                len(self.greetings)
+                if kind in GREETING_KINDS
+                else tt_of
+                if kind in ALL_TURN_KINDS
+                else of
+            )
             out.append(FindingSummary(kind, ALL_KINDS[kind], len(costs), n_of, s, float(arr.sum())))
         order = list(ALL_KINDS)
         out.sort(key=lambda f: (-f.per_turn_ms, order.index(f.kind)))
@@ -846,6 +881,42 @@ class Report:
         )
 
     @cached_property
+    def greeting_findings(self) -> tuple[Finding, ...]:
+        """``no_greeting`` and ``slow_greeting``, one per session at most."""
+        rules = self.options.rules
+        out: list[Finding] = []
+        for _, g in self.greetings:
+            out += greeting_findings(g, True, rules)
+        return tuple(out)
+
+    @cached_property
+    def paths(self) -> dict[str, str]:
+        """The path of each run (by run_id): its header's ``target.path``, or from the
+        protocol for an older trace."""
+        return {s.run_id: target_path(s.target) for s in self.sources}
+
+    @cached_property
+    def phone(self) -> PhoneSummary | None:
+        """Paths, greeting, carrier, barge-ins through the carrier, marks and key presses
+        (docs/report-format.md, "Phone and greeting"); None for traces that have none of
+        them and whose header does not name its path, so their reports stay as they
+        were."""
+        declared = any(path_declared(s.target) for s in self.sources)
+        if (
+            not declared
+            and not self.greetings
+            and all(t.phone is None and t.dtmf is None for t in self.turns)
+        ):
+            return None
+        return summarize_phone(
+            [(t.path, t.voice_to_voice_ns, t.phone, t.dtmf) for t in self.stats_turns],
+            [t.phone for t in self.turn_taking_turns if t.phone is not None],
+            [g for _, g in self.greetings],
+            sorted(set(self.paths.values())),
+            self.options.rules.mark_early_ms,
+        )
+
+    @cached_property
     def failures(self) -> FailureTable:
         """Failed turns by kind (see :class:`FailureTable`)."""
         return failure_table(
@@ -873,7 +944,9 @@ class Report:
             "schema": REPORT_SCHEMA,
             "voiceaudit_version": __version__,
             "sources": [s.to_dict() for s in self.sources],
-            "options": self.options.to_dict(turn_taking=self.turn_taking is not None),
+            "options": self.options.to_dict(
+                turn_taking=self.turn_taking is not None, phone=self.phone is not None
+            ),
             "counts": self.counts,
             "summary": {
                 "voice_to_voice_ms": _summary_dict(self.summary.get(VOICE_TO_VOICE)),
@@ -896,6 +969,11 @@ class Report:
             d["concurrency"] = self.concurrency.to_dict()
         if self.turn_taking is not None:
             d["turn_taking"] = self.turn_taking.to_dict()
+        if self.phone is not None:
+            d["phone"] = self.phone.to_dict()
+            d["phone"]["greeting"]["sessions"] = [
+                g.to_dict(run_id if multi else None) for run_id, g in self.greetings
+            ]
         if turns:
             d["turns"] = [t.to_dict(with_run_id=multi) for t in self.turns]
         return d
@@ -946,10 +1024,15 @@ def turn_report(
     options: ReportOptions | None = None,
     session_obs: Any = None,
     config: dict[str, Any] | None = None,
+    path: str = "websocket",
 ) -> TurnReport:
-    """Ledger, findings and status of one finished turn."""
+    """Ledger, findings and status of one finished turn (``path``: the path it was
+    measured on, :func:`~voiceaudit.analysis.phone.target_path`)."""
     opts = options or ReportOptions()
     ledger = ledger_from_obs(obs, mark_time=opts.mark_time)
+    phone = PhoneTurn.from_obs(obs, session_obs if isinstance(session_obs, SessionObs) else None)
+    if phone is not None and phone.first_queued_ns is not None:
+        ledger = with_carrier(ledger, phone.first_queued_ns, phone.fixed_delay_ns)
     start = obs.attrs("turn.start")
     end = obs.attrs("turn.end")
     warm = _bool(start.get("warmup"))
@@ -975,6 +1058,7 @@ def turn_report(
     tt = TurnTaking.from_obs(obs)
     if tt is not None:
         findings += detect_turn_taking(tt, opts.rules)
+    findings += phone_findings(phone, opts.rules)
     return TurnReport(
         run_id=run_id,
         session=obs.session,
@@ -994,6 +1078,9 @@ def turn_report(
         turn_taking=tt,
         failure=failure,
         informative_ns=informative,
+        phone=phone,
+        dtmf=dtmf_digit(obs),
+        path=path,
     )
 
 
@@ -1021,6 +1108,7 @@ class _Analyser:
         self.what = what
         self.run_id = ""
         self.config: dict[str, Any] = {}
+        self.path = "websocket"
         #: (order of first appearance, report) of each finished turn
         self.done: list[tuple[int, TurnReport]] = []
         #: how late (ms) the probe sent the speech-end frame, where notably late
@@ -1028,6 +1116,7 @@ class _Analyser:
 
     def header(self, h: Header) -> None:
         self.run_id, self.config = h.run_id, h.config
+        self.path = target_path(h.target)
 
     def analyse(self, obs: TurnObs, session_obs: SessionObs | None) -> None:
         w = self.wire.get((obs.session, obs.turn)) if self.wire else None
@@ -1039,6 +1128,7 @@ class _Analyser:
             options=self.options,
             session_obs=session_obs,
             config=self.config,
+            path=self.path,
         )
         self.done.append((obs.seq, tr))
         if self.progress is not None and len(self.done) % self.PROGRESS_EVERY == 0:
@@ -1142,6 +1232,7 @@ def _build(
     unfinished: list[tuple[str, str, int]] = []
     warnings: list[str] = []
     formats: list[AudioFormat] = []
+    greetings: list[tuple[str, Greeting]] = []
     skip = SKIPPED_BY_DEFAULT
     for item in items:
         what = str(item.path if isinstance(item, Trace) else item)
@@ -1153,6 +1244,10 @@ def _build(
         src = SourceInfo.from_info(info)
         sources.append(src)
         formats.extend(audio_formats(src.run_id, col.sessions.values()))
+        for so in col.sessions.values():
+            g = Greeting.from_session(so)
+            if g is not None:
+                greetings.append((src.run_id, g))
         warnings.extend(f"{info.path}: {w}" for w in info.warnings)
         # In the order the turns first appear in the trace, however they were analysed.
         done.sort(key=itemgetter(0))
@@ -1187,6 +1282,7 @@ def _build(
         warnings=tuple(warnings),
         label=label,
         audio_formats=tuple(formats),
+        greetings=tuple(greetings),
     )
 
 
