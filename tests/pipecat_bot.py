@@ -1,5 +1,6 @@
-"""A real Pipecat 1.14 voice bot, offline, over Pipecat's WebSocket server transport or its
-SmallWebRTC transport (``--transport websocket|webrtc``), for the end-to-end tests.
+"""A real Pipecat 1.14 voice bot, offline, over Pipecat's WebSocket server transport, its
+SmallWebRTC transport (``--transport websocket|webrtc``) or a phone carrier's media stream
+(``--transport twilio|telnyx|plivo|exotel|vonage|phone``), for the end-to-end tests.
 
 Silero VAD (Pipecat's bundled ONNX model) → PocketSphinx STT (in a worker process, so
 decoding never holds the bot's GIL) → a rule-based responder (a Pipecat LLM service that
@@ -25,6 +26,23 @@ voiceaudit does for loopback targets). ``session N ended`` goes to stderr when t
 of the N-th connection has ended; with ``--max-sessions N`` the bot exits (code 0) once N
 sessions have ended; SIGTERM/SIGINT end it cleanly too.
 
+Phone (``twilio``, ``telnyx``, ``plivo``, ``exotel``, ``vonage``): a FastAPI app served by
+uvicorn, where the carrier (the client) opens a WebSocket to ``/ws`` or ``/DIALECT``;
+``--transport phone`` serves every dialect at once, at ``/twilio`` … ``/vonage``. Each call
+runs one pipeline on Pipecat's ``FastAPIWebsocketTransport`` with the dialect's serializer
+(``pipecat.serializers.*``), built as Pipecat's runner builds it: the carrier's first messages
+are read by Pipecat's ``parse_telephony_websocket`` (Twilio: ``connected``, then ``start``
+with the ``streamSid`` and ``callSid``), and ``auto_hang_up=False`` where the serializer has
+it (offline there is no carrier REST API). Vonage sends no ids: its serializer is made at
+once, at ``--vonage-rate``, with 20 ms binary packets (Pipecat's ``vonage-audio-bot``
+example). A handshake of another dialect closes the socket (1008). ``--greeting TEXT``: the
+bot says it when the call starts (``on_client_connected``: a ``TTSSpeakFrame``), as phone
+bots do. The call ends when the carrier hangs up; ``session N ended`` and ``--max-sessions``
+as for WebRTC. Pipecat's FastAPI output transport sends audio at about twice real time (it
+sleeps half of each 40 ms chunk's duration), so the carrier's buffer runs ahead of what the
+caller has heard; on an interruption the serializer sends the dialect's ``clear``
+(``clearAudio`` for Plivo, ``{"action": "clear"}`` for Vonage).
+
 Fault injection (to show a delay Pipecat's own numbers cannot see): ``--leading-silence-ms``
 prepends silence to each synthesized reply; a comma list (``50,550``) is used in turn
 (across the sessions of a WebRTC bot).
@@ -40,13 +58,16 @@ sends ``bot-interrupted``. ``--interruptions`` (the default, as in Pipecat) keep
 ``--no-interruptions`` builds the same strategies with ``enable_interruptions=False``, so
 the reply plays to its end over the caller. Pipecat broadcasts the interruption at every
 user turn start, also when the bot is silent. ``--long-reply`` adds two sentences to every
-reply (it then lasts 8 to 10 s) so that there is reply left to stop; the WebSocket output
-transport sends audio at real time (it sleeps one 40 ms chunk's duration after each send),
-so the rest of a reply is still in the bot's queue when the caller barges in.
+reply (it then lasts 8 to 10 s) so that there is reply left to stop (``--long-replies 3``:
+only to each session's third reply); the WebSocket output transport sends audio at real time
+(it sleeps one 40 ms chunk's duration after each send), so the rest of a reply is still in
+the bot's queue when the caller barges in. With ``--no-interruptions`` no ``InterruptionFrame``
+is ever broadcast, so a phone bot never sends ``clear``.
 
-Run: ``python tests/pipecat_bot.py --port N --spans spans.jsonl`` (WebSocket) or
-``python tests/pipecat_bot.py --transport webrtc --port 0``; either prints ``READY <port>``
-on stdout when the server listens. Tests start it through ``servers.PipecatBot``.
+Run: ``python tests/pipecat_bot.py --port N --spans spans.jsonl`` (WebSocket),
+``python tests/pipecat_bot.py --transport webrtc --port 0`` or ``--transport twilio --port 0
+--greeting "Hello"``; each prints ``READY <port>`` on stdout when the server listens. Tests
+start it through ``servers.PipecatBot``.
 
 Test support code: the services are deliberately small and offline.
 """
@@ -284,12 +305,19 @@ def _service_classes(
         adapter_class = OpenAILLMAdapter
 
         def __init__(
-            self, word_ms: int, first_token_ms: int, long_reply: bool, **kwargs: Any
+            self,
+            word_ms: int,
+            first_token_ms: int,
+            long_reply: bool,
+            long_replies: frozenset[int] = frozenset(),
+            **kwargs: Any,
         ) -> None:
             super().__init__(settings=_all_none(LLMSettings, model="rule-responder"), **kwargs)
             self._word_s = word_ms / 1000
             self._first_s = first_token_ms / 1000
             self._long = long_reply
+            self._long_replies = long_replies
+            self._replies = 0
 
         def can_generate_metrics(self) -> bool:
             return metrics
@@ -315,9 +343,11 @@ def _service_classes(
                     c = m.get("content")
                     heard = c if isinstance(c, str) else ""
                     break
+            self._replies += 1
+            long = self._long or self._replies in self._long_replies
             await self.start_ttfb_metrics()
             await asyncio.sleep(self._first_s)
-            for i, word in enumerate(reply_for(heard, self._long).split(" ")):
+            for i, word in enumerate(reply_for(heard, long).split(" ")):
                 if i == 0:
                     await self.stop_ttfb_metrics()
                 else:
@@ -395,7 +425,10 @@ def _worker(
         ttfs_p99_latency=0.3,
     )
     llm = llm_cls(
-        word_ms=args.word_ms, first_token_ms=args.first_token_ms, long_reply=args.long_reply
+        word_ms=args.word_ms,
+        first_token_ms=args.first_token_ms,
+        long_reply=args.long_reply,
+        long_replies=frozenset(int(x) for x in args.long_replies.split(",") if x.strip()),
     )
     tts = tts_cls()
     pair = LLMContextAggregatorPair(
@@ -677,6 +710,205 @@ async def _serve_webrtc(
         await runner.cleanup()
 
 
+# -- Phone: a carrier's media stream (FastAPI WebSocket, one pipeline per call) -----------------
+
+#: the carrier dialects, each with Pipecat's serializer for it
+DIALECTS = ("twilio", "telnyx", "plivo", "exotel", "vonage")
+
+
+async def _carrier_serializer(websocket: Any, dialect: str, args: argparse.Namespace) -> Any:
+    """Pipecat's serializer for ``dialect``, built as Pipecat's runner builds it
+    (``pipecat/runner/utils.py`` ``_create_telephony_transport``) but with
+    ``auto_hang_up=False`` (offline there is no carrier REST API to call at the end).
+
+    Twilio, Telnyx, Plivo and Exotel: the carrier's first messages are read by Pipecat's
+    ``parse_telephony_websocket`` (two messages: ``connected`` and ``start``, or ``start``
+    and the first ``media``), which gives the stream and call ids; a handshake of another
+    dialect raises ``ValueError``. Vonage sends no ids (``websocket:connected`` first, which
+    its serializer reads and logs): the serializer is built at once, as Pipecat's
+    ``vonage-audio-bot`` example does, at ``--vonage-rate``."""
+    if dialect == "vonage":
+        from pipecat.serializers.vonage import VonageFrameSerializer
+
+        return VonageFrameSerializer(
+            VonageFrameSerializer.InputParams(vonage_sample_rate=args.vonage_rate)
+        )
+    from pipecat.runner.utils import parse_telephony_websocket
+
+    kind, call = await parse_telephony_websocket(websocket)
+    if kind != dialect:
+        raise ValueError(f"expected a {dialect} handshake, the carrier's looks like {kind}")
+    print(
+        f"call {dialect} stream={call['stream_id']} call={call['call_id']}",
+        file=sys.stderr,
+        flush=True,
+    )
+    if dialect == "twilio":
+        from pipecat.serializers.twilio import TwilioFrameSerializer
+
+        return TwilioFrameSerializer(
+            stream_sid=call["stream_id"],
+            call_sid=call["call_id"],
+            params=TwilioFrameSerializer.InputParams(auto_hang_up=False),
+        )
+    if dialect == "telnyx":
+        from pipecat.serializers.telnyx import TelnyxFrameSerializer
+
+        return TelnyxFrameSerializer(
+            stream_id=call["stream_id"],
+            call_control_id=call["call_id"],
+            outbound_encoding=call["outbound_encoding"] or "PCMU",
+            inbound_encoding="PCMU",
+            params=TelnyxFrameSerializer.InputParams(auto_hang_up=False),
+        )
+    if dialect == "plivo":
+        from pipecat.serializers.plivo import PlivoFrameSerializer
+
+        return PlivoFrameSerializer(
+            stream_id=call["stream_id"],
+            call_id=call["call_id"],
+            params=PlivoFrameSerializer.InputParams(auto_hang_up=False),
+        )
+    from pipecat.serializers.exotel import ExotelFrameSerializer
+
+    return ExotelFrameSerializer(stream_sid=call["stream_id"], call_sid=call["call_id"])
+
+
+class PhoneServer:
+    """The FastAPI app a carrier calls: one WebSocket route per dialect served, and one
+    Pipecat pipeline (``FastAPIWebsocketTransport`` with the dialect's serializer) per
+    call, which ends when the carrier hangs up."""
+
+    def __init__(
+        self, args: argparse.Namespace, pool: concurrent.futures.Executor, voice: Voice
+    ) -> None:
+        self.args = args
+        self.calls = 0
+        self.calls_ended = 0
+        self.done = asyncio.Event()
+        self.workers: set[Any] = set()
+        self._services = _service_classes(pool, voice, metrics=False)
+
+    def app(self) -> Any:
+        """``/DIALECT`` for each dialect served (``--transport phone``: all five), and
+        ``/ws`` too when one dialect is served (Pipecat's examples use ``/ws``)."""
+        from fastapi import FastAPI
+        from starlette.routing import WebSocketRoute
+
+        app = FastAPI()
+        served = DIALECTS if self.args.transport == "phone" else (self.args.transport,)
+        for dialect in served:
+
+            def route(dialect: str = dialect) -> Any:
+                async def call(websocket: Any) -> None:
+                    await self.call(websocket, dialect)
+
+                return call
+
+            # Starlette's plain route: the handler gets the WebSocket itself
+            app.router.routes.append(WebSocketRoute(f"/{dialect}", route()))
+            if len(served) == 1:
+                app.router.routes.append(WebSocketRoute("/ws", route()))
+        return app
+
+    async def call(self, websocket: Any, dialect: str) -> None:
+        """One phone call: the carrier's handshake, then the bot's pipeline until the
+        carrier hangs up (or the server stops)."""
+        from pipecat.frames.frames import TTSSpeakFrame
+        from pipecat.transports.websocket.fastapi import (
+            FastAPIWebsocketParams,
+            FastAPIWebsocketTransport,
+        )
+        from pipecat.workers.runner import WorkerRunner
+
+        await websocket.accept()
+        self.calls += 1
+        number = self.calls
+        try:
+            try:
+                serializer = await _carrier_serializer(websocket, dialect, self.args)
+            except ValueError as e:  # not this dialect's handshake, or no handshake at all
+                print(f"call {number}: {e}", file=sys.stderr, flush=True)
+                await websocket.close(code=1008)
+                return
+            transport = FastAPIWebsocketTransport(
+                websocket=websocket,
+                params=FastAPIWebsocketParams(
+                    audio_in_enabled=True,
+                    audio_out_enabled=True,
+                    add_wav_header=False,
+                    serializer=serializer,
+                    allowed_origins=[],
+                    # Vonage takes 20 ms binary frames (Pipecat's vonage-audio-bot example)
+                    fixed_audio_packet_size=(
+                        self.args.vonage_rate // 50 * 2 if dialect == "vonage" else None
+                    ),
+                ),
+            )
+            worker = _worker(self.args, transport, self._services)
+            if self.args.greeting:
+
+                async def _greet(transport: Any, client: Any) -> None:
+                    await worker.queue_frames([TTSSpeakFrame(self.args.greeting)])
+
+                transport.add_event_handler("on_client_connected", _greet)
+            self.workers.add(worker)
+            try:
+                runner = WorkerRunner(handle_sigint=False)
+                await runner.add_workers(worker)
+                await runner.run()
+            finally:
+                self.workers.discard(worker)
+        finally:
+            self.calls_ended += 1
+            print(f"session {number} ended", file=sys.stderr, flush=True)
+            if self.args.max_sessions and self.calls_ended >= self.args.max_sessions:
+                self.done.set()
+
+    async def close(self) -> None:
+        """Hang up every call still running."""
+        for worker in list(self.workers):
+            await worker.cancel()
+
+
+async def _serve_phone(
+    args: argparse.Namespace, pool: concurrent.futures.Executor, voice: Voice
+) -> None:
+    import contextlib
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn, leaving SIGINT/SIGTERM to the bot (uvicorn re-raises them at exit)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Any:
+            yield
+
+    loop = asyncio.get_running_loop()
+    phone = PhoneServer(args, pool, voice)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((args.host, args.port))
+    server = Server(
+        uvicorn.Config(phone.app(), log_level="warning", ws="auto", timeout_graceful_shutdown=5)
+    )
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if serving.done():
+            serving.result()  # it failed to start: raise why
+        await asyncio.sleep(0.02)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, phone.done.set)
+    print(f"READY {sock.getsockname()[1]}", flush=True)
+    try:
+        await phone.done.wait()
+    finally:
+        await phone.close()
+        server.should_exit = True
+        await serving
+
+
 async def _main(args: argparse.Namespace) -> None:
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx, initializer=_asr_init) as pool:
@@ -684,19 +916,31 @@ async def _main(args: argparse.Namespace) -> None:
         # turn is not slower.
         await asyncio.get_running_loop().run_in_executor(pool, _asr_warm)
         voice = Voice(args.leading_silence_ms)
-        serve = _serve_websocket if args.transport == "websocket" else _serve_webrtc
-        await serve(args, pool, voice)
+        if args.transport == "websocket":
+            await _serve_websocket(args, pool, voice)
+        elif args.transport == "webrtc":
+            await _serve_webrtc(args, pool, voice)
+        else:
+            await _serve_phone(args, pool, voice)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--transport", choices=("websocket", "webrtc"), default="websocket")
+    ap.add_argument(
+        "--transport", choices=("websocket", "webrtc", "phone", *DIALECTS), default="websocket"
+    )
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0, help="webrtc: 0 is any free port (printed)")
     ap.add_argument("--spans", help="websocket: the span file (JSON lines), required")
     ap.add_argument("--otlp", help="websocket: the spans as one OTLP/JSON document too")
     ap.add_argument("--conversation-id", default="voiceaudit-e2e")
-    ap.add_argument("--max-sessions", type=int, default=0, help="webrtc: exit after N sessions")
+    ap.add_argument(
+        "--max-sessions", type=int, default=0, help="webrtc, phone: exit after N sessions (calls)"
+    )
+    ap.add_argument("--greeting", default="", help="phone: the bot says this when a call starts")
+    ap.add_argument(
+        "--vonage-rate", type=int, choices=(8000, 16000), default=16000, help="vonage: L16 rate"
+    )
     ap.add_argument("--out-rate", type=int, default=16000)
     ap.add_argument("--vad-stop-ms", type=int, default=200)
     ap.add_argument("--word-ms", type=int, default=30)
@@ -719,6 +963,12 @@ def main(argv: list[str] | None = None) -> int:
         "--long-reply",
         action="store_true",
         help="two more sentences in every reply (8-10 s in all)",
+    )
+    ap.add_argument(
+        "--long-replies",
+        default="",
+        help="the same for these replies only: a comma list of reply numbers in each session "
+        "(1 is its first reply; a greeting is not a reply)",
     )
     args = ap.parse_args(argv)
     if args.transport == "websocket" and (not args.port or not args.spans):
