@@ -222,14 +222,27 @@ class CarrierBargeIn:
         }
 
 
-def deaf_window(chunks: Iterable[CarrierChunk], onset_ns: int) -> int | None:
-    """Audio already queued at the carrier at ``onset_ns`` (carrier time): from the chunks
-    that had arrived by then, the end of their playout - the onset (0 when it had all
-    played; None without such a chunk)."""
-    ends = [c.end_ns for c in chunks if c.arrival_ns <= onset_ns]
+def deaf_window(
+    chunks: Iterable[CarrierChunk],
+    onset_ns: int,
+    clear: tuple[int, float | None] | None = None,
+) -> int | None:
+    """Audio already queued at the carrier at ``onset_ns``: from the chunks that had
+    arrived by then, the end of their playout - the onset (0 when it had all played;
+    None without such a chunk). A clear (``(arrival, dropped_ms)``) cut the played
+    chunks short: when no chunk that played arrived after the onset, the queue the clear
+    dropped is the rest of the one at the onset, so its end was the clear's arrival +
+    ``dropped_ms``."""
+    cs = list(chunks)
+    ends = [c.end_ns for c in cs if c.arrival_ns <= onset_ns]
     if not ends:
         return None
-    return max(0, max(ends) - onset_ns)
+    end = max(ends)
+    if clear is not None:
+        t_clear, dropped_ms = clear
+        if dropped_ms is not None and not any(onset_ns < c.arrival_ns <= t_clear for c in cs):
+            end = max(end, t_clear + round(dropped_ms * 1e6))
+    return max(0, end - onset_ns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,14 +317,20 @@ class PhoneTurn:
             clear = next((c for c in clears if onset <= c[0] <= max(t, onset + stop)), None)
             if clear is None:
                 clear = next((c for c in clears if c[0] >= onset), None)
+            dropped = None if clear is None else _num(clear[2].get("dropped_ms"))
+            cleared = clear is not None and clear[0] - onset <= stop
             barge.append(
                 CarrierBargeIn(
                     onset_ns=onset,
                     stop_ns=stop,
                     clear_ns=None if clear is None else clear[0] - onset,
                     heard_after_ms=_num(a.get("heard_after_ms")),
-                    deaf_window_ns=deaf_window(chunks, onset) if chunks else None,
-                    dropped_ms=None if clear is None else _num(clear[2].get("dropped_ms")),
+                    deaf_window_ns=deaf_window(
+                        chunks, onset, (clear[0], dropped) if cleared and clear else None
+                    )
+                    if chunks
+                    else None,
+                    dropped_ms=dropped,
                 )
             )
         checks: list[MarkCheck] = []

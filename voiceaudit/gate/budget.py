@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from voiceaudit.analysis.ledger import ALL_SEGMENTS
+from voiceaudit.analysis.phone import CLEAR_LATENCY, GREETING_LATENCY
 from voiceaudit.analysis.report import FAILURE_METRICS, FAILURES
 from voiceaudit.analysis.significance import (
     DURATION_RE,
@@ -52,17 +53,21 @@ SEGMENT_PREFIX = "segment."
 #: voice_to_voice), and two rates (a ``max`` fraction; the names are turntaking's).
 TURN_TAKING_METRICS: tuple[str, ...] = (BARGE_IN_STOP, RESPONSE_TO_INTERRUPTION)
 RATE_METRICS: tuple[str, ...] = (CUT_IN_RATE, FALSE_INTERRUPTION_RATE)
-#: Every metric with figures a budget can name: voice-to-voice, each ledger segment, and
-#: the turn-taking ones.
+#: Phone and greeting metrics (docs/ci.md): each session's greeting latency, and each
+#: barge-in's onset to the bot's ``clear`` through a phone carrier.
+PHONE_METRICS: tuple[str, ...] = (GREETING_LATENCY, CLEAR_LATENCY)
+#: Every metric with figures a budget can name: voice-to-voice, each ledger segment, the
+#: turn-taking ones and the phone ones.
 METRICS: tuple[str, ...] = (
     VOICE_TO_VOICE,
     *(SEGMENT_PREFIX + s for s in ALL_SEGMENTS),
     *TURN_TAKING_METRICS,
+    *PHONE_METRICS,
 )
 #: Dotted metric names by their first part (``barge_in.stop_latency = {...}`` is the table
 #: ``barge_in`` in TOML).
 _GROUPS: dict[str, tuple[str, ...]] = {
-    "barge_in": (BARGE_IN_STOP,),
+    "barge_in": (BARGE_IN_STOP, CLEAR_LATENCY),
     "cut_in": (CUT_IN_RATE,),
     "false_interruption": (FALSE_INTERRUPTION_RATE,),
 }

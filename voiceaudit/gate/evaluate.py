@@ -49,6 +49,7 @@ import numpy as np
 # the comparison's own notion of "the same target" (a loopback port is not a difference)
 from voiceaudit.analysis.compare import target_key
 from voiceaudit.analysis.ledger import ALL_SEGMENTS, UNEXPLAINED, MarkTime, segment_bounds
+from voiceaudit.analysis.phone import CLEAR_LATENCY, GREETING_LATENCY
 from voiceaudit.analysis.report import FAILURE_METRICS, FAILURES, Report, build_report
 from voiceaudit.analysis.significance import (
     Figure,
@@ -77,6 +78,7 @@ from voiceaudit.analysis.turntaking import (
 from voiceaudit.errors import NoDataError, VoiceauditError
 from voiceaudit.failures import FAILURE_LABELS
 from voiceaudit.gate.budget import (
+    PHONE_METRICS,
     SEGMENT_PREFIX,
     TURN_TAKING_METRICS,
     VOICE_TO_VOICE,
@@ -286,6 +288,9 @@ def metric_values(report: Report, metric: str) -> FloatArray:
     if metric in TURN_TAKING_METRICS:
         tt = report.turn_taking
         return as_sorted([]) if tt is None else tt.latency_metrics().get(metric, as_sorted([]))
+    if metric in PHONE_METRICS:
+        ph = report.phone
+        return as_sorted([]) if ph is None else ph.latency_metrics().get(metric, as_sorted([]))
     seg = _segment(metric)
     assert seg is not None and seg in ALL_SEGMENTS, metric
     if seg == UNEXPLAINED:
@@ -309,6 +314,8 @@ _COUNTED: dict[str, str] = {
     RESPONSE_TO_INTERRUPTION: "responses to an interruption",
     CUT_IN_RATE: "turns with planned pauses",
     FALSE_INTERRUPTION_RATE: "sounds over the reply",
+    GREETING_LATENCY: "sessions that heard a greeting",
+    CLEAR_LATENCY: "barge-ins the bot cleared",
 }
 
 
@@ -361,6 +368,17 @@ def _missing(report: Report, metric: str, side: str) -> tuple[str, str]:
         failed = report.counts["failed"]
         return "no successful turns", (
             f"no successful turns in the {side} to measure it ({failed} failed)"
+        )
+    if metric in PHONE_METRICS:
+        problem = "not in the traces" if side == "traces" else "not in the baseline"
+        if metric == GREETING_LATENCY:
+            return problem, (
+                f"no greeting heard in the {side}: no session waited for the target to "
+                "speak first, or none heard a greeting (greeting.audible)"
+            )
+        return problem, (
+            f"no barge-in in the {side} that the bot cleared through a phone carrier "
+            "(carrier.clear between the caller's onset and the last sample heard)"
         )
     if metric in _COUNTED:
         problem = "not in the traces" if side == "traces" else "not in the baseline"
