@@ -328,3 +328,30 @@ def test_pipecat_carrier_bot_speaks_its_dialect(phone_bot: PipecatBot, dialect: 
     url = f"ws://127.0.0.1:{phone_bot.port}/{dialect}"
     asyncio.run(place_call(url, carrier, script))
     check_call(carrier, script, True, phone_bot.log_tail())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_pipecat_twilio_bot_without_interruptions_never_clears(tmp_path: Path) -> None:
+    """The same call to a Twilio bot with ``--no-interruptions``: no ``clear``, ever, and
+    the reply keeps coming over the caller's barge-in. About 11 s of real time."""
+    speech = realdata() / "speech"
+    carrier = MiniCarrier("twilio")
+    script: list[bytes | float] = [
+        3.0,
+        caller_audio(speech / QUESTION, 8000),
+        1.2,
+        caller_audio(speech / BARGE_IN, 8000),
+        2.0,
+    ]
+    bot = PipecatBot(
+        tmp_path / "bot.log",
+        *("--greeting", GREETING, "--long-reply", "--no-interruptions"),
+        transport="twilio",
+    )
+    with bot:
+        asyncio.run(place_call(f"ws://127.0.0.1:{bot.port}/ws", carrier, script))
+    check_call(carrier, script, False, bot.log_tail())
+    b1 = onsets(script, 8000)[1][1]
+    # the reply is sent on through the caller's speech and after it
+    assert [h for h in carrier.heard if h.kind == "media" and h.t > b1 + 0.5], bot.log_tail()
