@@ -58,6 +58,34 @@ missing would put what follows out of place).
 
 The API key comes from the environment variable named by ``--api-key-env`` and is sent as
 ``Authorization: Bearer …``; it is registered as a secret so it never reaches the trace.
+
+Dialects (``dialect``): ``openai`` (default) is the above. ``azure`` is Azure AI Voice Live
+(the Realtime event schema with the beta event names, a flat session object and extras):
+
+- the URL: a resource endpoint (``wss://NAME.services.ai.azure.com``, ``https://`` taken as
+  ``wss://``) gets the path ``/voice-live/realtime``; the query gets ``api-version``
+  (option ``api_version``, default :data:`AZURE_API_VERSION`) and ``model`` (option
+  ``model``) unless the URL has them; a model (or an ``agent_id``) is required;
+- the key (``--api-key-env``) goes in the ``api-key`` header, not ``Authorization``
+  (``auth=bearer``: ``Authorization: Bearer`` for a Microsoft Entra token in the variable);
+- ``session.update`` is Voice Live's flat session: ``input_audio_format`` (``pcm16``,
+  ``g711_ulaw``, ``g711_alaw``) with ``input_audio_sampling_rate`` (``rate``: 16000 or
+  24000), ``output_audio_format`` (``pcm16`` at 24 kHz, ``pcm16_16000hz``,
+  ``pcm16_8000hz``, G.711: the one that matches ``rate``/``output_format``),
+  ``turn_detection`` (``server_vad``, ``semantic_vad``, ``azure_semantic_vad``,
+  ``azure_semantic_vad_multilingual``, or ``manual`` for none, with ``threshold``,
+  ``prefix_padding_ms``, ``silence_ms``, ``remove_filler_words``, ``end_of_utterance``: a
+  semantic end-of-turn model such as ``semantic_detection_v1``), ``input_audio_transcription``
+  (``transcription_model``, default ``azure-speech``), ``input_audio_noise_reduction``
+  (``noise_reduction``: ``off`` (default), ``azure_deep_noise_suppression``,
+  ``near_field``, ``far_field``), ``input_audio_echo_cancellation`` (``echo_cancellation``:
+  ``off`` (default) or ``on``) and ``voice`` when given (a name with a ``-``, such as
+  ``en-US-AvaNeural``, is an ``azure-standard`` voice, other names ``openai`` voices);
+- the reference pipeline's stage events are not asked for unless ``stage_events=on``.
+
+The session's formats are read from Voice Live's declarations as from OpenAI's (its
+``pcm16_16000hz``-style names and ``input_audio_sampling_rate`` included). An unknown
+dialect, an option of one dialect given with the other, or a bad value is a usage error.
 """
 
 from __future__ import annotations
@@ -66,14 +94,15 @@ import asyncio
 import base64
 import contextlib
 import json
+import re
 import time
 from dataclasses import dataclass
-from typing import Any, Final
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from typing import Any, ClassVar, Final
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from voiceaudit import codecs
 from voiceaudit.errors import TargetError, UsageError
-from voiceaudit.targets.base import Target, TargetConfig, TargetSink
+from voiceaudit.targets.base import Target, TargetConfig, TargetSink, redact_url
 from voiceaudit.targets.stages import STAGE_EVENT, STAGES_HEADER, stage_mark, wants_stage_events
 from voiceaudit.targets.wsbase import WebSocketSession, dict_at
 
@@ -126,6 +155,44 @@ DEFAULT_RATE: Final[int] = 24000
 #: PCM rates a declaration may name (a rate outside is a broken declaration, not audio)
 _RATE_RANGE: Final[tuple[int, int]] = (1000, 384000)
 
+DIALECTS: Final[tuple[str, ...]] = ("openai", "azure")
+#: Voice Live's generally available API version (the ``api-version`` query parameter)
+AZURE_API_VERSION: Final[str] = "2025-10-01"
+AZURE_PATH: Final[str] = "/voice-live/realtime"
+#: Voice Live's PCM output formats by rate (``pcm16`` is 24 kHz)
+_AZURE_PCM_OUT: Final[dict[int, str]] = {
+    24000: "pcm16",
+    16000: "pcm16_16000hz",
+    8000: "pcm16_8000hz",
+}
+_AZURE_INPUT_RATES: Final[tuple[int, ...]] = (16000, 24000)
+_AZURE_TURN_DETECTION: Final[tuple[str, ...]] = (
+    "server_vad",
+    "semantic_vad",
+    "azure_semantic_vad",
+    "azure_semantic_vad_multilingual",
+    "manual",
+)
+_AZURE_NOISE: Final[tuple[str, ...]] = (
+    "off",
+    "azure_deep_noise_suppression",
+    "near_field",
+    "far_field",
+)
+#: options only the azure dialect reads, and only the openai one
+_AZURE_ONLY: Final[tuple[str, ...]] = (
+    "api_version",
+    "auth",
+    "noise_reduction",
+    "echo_cancellation",
+    "remove_filler_words",
+    "end_of_utterance",
+    "transcription_model",
+)
+_OPENAI_ONLY: Final[tuple[str, ...]] = ("api",)
+#: a PCM format name that carries its rate (Voice Live's ``pcm16_16000hz``)
+_PCM_AT_RATE = re.compile(r"^pcm16_(\d+)hz$")
+
 
 @dataclass(frozen=True)
 class AudioFormat:
@@ -155,6 +222,8 @@ def parse_format(value: Any, pcm_rate: int) -> AudioFormat:
         name, rate = value.get("type"), value.get("rate")
     else:
         name = value
+    if isinstance(name, str) and rate is None and (m := _PCM_AT_RATE.match(name.lower())):
+        name, rate = "pcm16", int(m.group(1))
     if not isinstance(name, str) or name.lower() not in _ENCODING_NAMES:
         shown = name if isinstance(name, str) else json.dumps(value)[:60]
         raise FormatError(f"audio format {shown!r}")
@@ -169,15 +238,26 @@ def parse_format(value: Any, pcm_rate: int) -> AudioFormat:
     return AudioFormat(encoding, codecs.G711_RATE)
 
 
-def declared_formats(session: Any, pcm_rate: int) -> tuple[AudioFormat | None, AudioFormat | None]:
+def declared_formats(
+    session: Any, pcm_rate: int, output_pcm_rate: int | None = None
+) -> tuple[AudioFormat | None, AudioFormat | None]:
     """The (input, output) formats a ``session.created``/``session.updated`` session object
-    declares (GA ``audio.input.format``/``audio.output.format``, beta
-    ``input_audio_format``/``output_audio_format``); None for a direction it leaves out.
-    FormatError (naming the direction) for one voiceaudit cannot decode."""
+    declares (GA ``audio.input.format``/``audio.output.format``, beta and Voice Live
+    ``input_audio_format``/``output_audio_format``, Voice Live's ``pcm16_16000hz`` names and
+    ``input_audio_sampling_rate``); None for a direction it leaves out. A PCM name without a
+    rate is at ``pcm_rate`` (output: ``output_pcm_rate`` when given). FormatError (naming
+    the direction) for one voiceaudit cannot decode."""
     if not isinstance(session, dict):
         return None, None
     out: list[AudioFormat | None] = []
     audio = session.get("audio")
+    in_rate = session.get("input_audio_sampling_rate", pcm_rate)
+    if type(in_rate) is not int or not _RATE_RANGE[0] <= in_rate <= _RATE_RANGE[1]:
+        raise FormatError(f"input audio sampling rate {in_rate!r}")
+    rates = {
+        "input": in_rate,
+        "output": pcm_rate if output_pcm_rate is None else output_pcm_rate,
+    }
     for direction in ("input", "output"):
         raw: Any = None
         if isinstance(audio, dict) and isinstance(audio.get(direction), dict):
@@ -188,7 +268,7 @@ def declared_formats(session: Any, pcm_rate: int) -> tuple[AudioFormat | None, A
             out.append(None)
             continue
         try:
-            out.append(parse_format(raw, pcm_rate))
+            out.append(parse_format(raw, rates[direction]))
         except FormatError as exc:
             raise FormatError(f"{direction} {exc}") from None
     return out[0], out[1]
@@ -216,9 +296,91 @@ def requested_formats(config: TargetConfig) -> tuple[AudioFormat, AudioFormat]:
     )
 
 
+def dialect(config: TargetConfig) -> str:
+    """The ``dialect`` option: ``openai`` (default) or ``azure``; UsageError otherwise."""
+    value = config.option("dialect", "openai")
+    if value not in DIALECTS:
+        raise UsageError(
+            f"target option dialect={value!r} is not a dialect of the realtime protocol",
+            hint="dialects: " + ", ".join(DIALECTS),
+        )
+    return value
+
+
+def _choice(config: TargetConfig, name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = config.option(name, default)
+    if value not in allowed:
+        raise UsageError(f"target option {name}={value!r} must be one of: {', '.join(allowed)}")
+    return value
+
+
+def check_options(config: TargetConfig) -> None:
+    """Every option the target reads, checked before anything connects (UsageError)."""
+    requested = requested_formats(config)
+    if config.int_option("format_wait_ms", 1000) < 0:
+        raise UsageError("target option format_wait_ms cannot be negative")
+    if dialect(config) == "openai":
+        for name in _AZURE_ONLY:
+            if name in config.options:
+                raise UsageError(f"target option {name} is for -o dialect=azure (Voice Live)")
+        return
+    for name in _OPENAI_ONLY:
+        if name in config.options:
+            raise UsageError(f"target option {name} is for the openai dialect, not azure")
+    want_in, want_out = requested
+    if want_in.encoding == "pcm16" and want_in.rate not in _AZURE_INPUT_RATES:
+        raise UsageError(
+            f"Voice Live takes PCM input at 16000 or 24000 Hz, not rate={want_in.rate}"
+        )
+    if want_out.encoding == "pcm16" and want_out.rate not in _AZURE_PCM_OUT:
+        raise UsageError(
+            f"Voice Live gives PCM at 8000, 16000 or 24000 Hz, not rate={want_out.rate}"
+        )
+    _choice(config, "turn_detection", "server_vad", _AZURE_TURN_DETECTION)
+    _choice(config, "noise_reduction", "off", _AZURE_NOISE)
+    _choice(config, "echo_cancellation", "off", ("off", "on"))
+    _choice(config, "remove_filler_words", "off", ("off", "on"))
+    _choice(config, "auth", "api-key", ("api-key", "bearer"))
+    for name in ("threshold",):
+        try:
+            float(config.option(name, "0.5"))
+        except ValueError:
+            raise UsageError(f"target option {name} must be a number") from None
+    parts = urlsplit(config.url)
+    if parts.scheme not in ("ws", "wss", "http", "https") or not parts.hostname:
+        raise UsageError(
+            f"dialect=azure takes a Voice Live endpoint (wss://NAME.services.ai.azure.com), "
+            f"not {redact_url(config.url)!r}"
+        )
+    query = dict(parse_qsl(parts.query))
+    if not (config.options.get("model") or query.get("model") or query.get("agent_id")):
+        raise UsageError(
+            "dialect=azure needs the model Voice Live runs: -o model=NAME "
+            "(or model= or agent_id= in the URL)"
+        )
+
+
+def azure_url(config: TargetConfig) -> str:
+    """A Voice Live URL from the target URL (see the module doc)."""
+    parts = urlsplit(config.url)
+    scheme = {"https": "wss", "http": "ws"}.get(parts.scheme, parts.scheme)
+    path = parts.path
+    if AZURE_PATH not in path:
+        path = path.rstrip("/") + AZURE_PATH
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    have = {k for k, _ in query}
+    if "api-version" not in have:
+        query.append(("api-version", config.option("api_version", AZURE_API_VERSION)))
+    model = config.options.get("model")
+    if model and "model" not in have:
+        query.append(("model", model))
+    return urlunsplit((scheme, parts.netloc, path, urlencode(query), ""))
+
+
 class RealtimeSession(WebSocketSession):
     def __init__(self, config: TargetConfig, sink: TargetSink) -> None:
         super().__init__(config, sink)
+        self.azure = dialect(config) == "azure"
         self.pcm_rate = config.int_option("rate", DEFAULT_RATE)
         self.requested = requested_formats(config)
         self.user_asked = any(
@@ -228,9 +390,12 @@ class RealtimeSession(WebSocketSession):
         #: the formats in effect: what the probe sends and how reply audio is read
         self.input_format, self.output_format = self.requested
         self.input_rate = self.input_format.rate
-        self.beta = config.option("api", "ga") == "beta"
+        self.beta = not self.azure and config.option("api", "ga") == "beta"
         self.manual = config.option("turn_detection", "server_vad") == "manual"
-        self.stage_events = wants_stage_events(config)
+        # Voice Live is not the reference pipeline: its stage events only when asked for
+        self.stage_events = wants_stage_events(config) and (
+            not self.azure or config.options.get("stage_events") == "on"
+        )
         self._ready = asyncio.Event()
         self._updated = asyncio.Event()
         #: what session.created / the latest session.updated declared, and at what arrival
@@ -250,7 +415,10 @@ class RealtimeSession(WebSocketSession):
         self._audio_item: str | None = None
 
     def url(self) -> str:
-        """The target's URL, with ``model=`` added to its query when the option is given."""
+        """The target's URL, with ``model=`` added to its query when the option is given
+        (Voice Live's: :func:`azure_url`)."""
+        if self.azure:
+            return azure_url(self.config)
         model = self.config.options.get("model")
         if not model:
             return self.config.url
@@ -258,7 +426,64 @@ class RealtimeSession(WebSocketSession):
         query = (parts.query + "&" if parts.query else "") + urlencode({"model": model})
         return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
 
+    def headers(self) -> dict[str, str]:
+        """The user's headers and the key: ``Authorization: Bearer`` (openai), Voice Live's
+        ``api-key`` header (azure; ``auth=bearer``: a bearer token)."""
+        if not self.azure or self.config.option("auth", "api-key") == "bearer":
+            return super().headers()
+        h = {k: v for k, v in self.config.headers}
+        key = self.config.api_key()
+        if key:
+            h["api-key"] = key
+        return h
+
+    def _azure_session_update(self) -> dict[str, Any]:
+        """Voice Live's ``session.update`` (module doc, "Dialects")."""
+        c = self.config
+        want_in, want_out = self.requested
+        session: dict[str, Any] = {
+            "modalities": ["text", "audio"],
+            "input_audio_format": _BETA_NAMES[want_in.encoding],
+        }
+        if want_in.encoding == "pcm16":
+            session["input_audio_sampling_rate"] = want_in.rate
+        if want_out.encoding == "pcm16":
+            session["output_audio_format"] = _AZURE_PCM_OUT[want_out.rate]
+        else:
+            session["output_audio_format"] = _BETA_NAMES[want_out.encoding]
+        kind = c.option("turn_detection", "server_vad")
+        td: dict[str, Any] | None = None
+        if kind != "manual":
+            td = {
+                "type": kind,
+                "threshold": float(c.option("threshold", "0.5")),
+                "prefix_padding_ms": c.int_option("prefix_padding_ms", 300),
+                "silence_duration_ms": c.int_option("silence_ms", 500),
+            }
+            if "remove_filler_words" in c.options:
+                td["remove_filler_words"] = c.options["remove_filler_words"] == "on"
+            if c.options.get("end_of_utterance"):
+                td["end_of_utterance_detection"] = {"model": c.options["end_of_utterance"]}
+        session["turn_detection"] = td
+        session["input_audio_transcription"] = {
+            "model": c.option("transcription_model", "azure-speech")
+        }
+        noise = c.option("noise_reduction", "off")
+        if noise != "off":
+            session["input_audio_noise_reduction"] = {"type": noise}
+        if c.option("echo_cancellation", "off") == "on":
+            session["input_audio_echo_cancellation"] = {"type": "server_echo_cancellation"}
+        voice = c.options.get("voice")
+        if voice:
+            session["voice"] = {
+                "name": voice,
+                "type": "azure-standard" if "-" in voice else "openai",
+            }
+        return {"type": "session.update", "session": session}
+
     def _session_update(self) -> dict[str, Any]:
+        if self.azure:
+            return self._azure_session_update()
         td: dict[str, Any] | None = None
         if not self.manual:
             td = {
@@ -356,7 +581,10 @@ class RealtimeSession(WebSocketSession):
     def _on_session(self, t: int, kind: str, ev: dict[str, Any]) -> None:
         """``session.created`` / ``session.updated``: read the formats they declare."""
         try:
-            got = declared_formats(ev.get("session"), self.pcm_rate)
+            if self.azure:  # Voice Live's PCM is 24 kHz unless the name or rate says
+                got = declared_formats(ev.get("session"), DEFAULT_RATE, DEFAULT_RATE)
+            else:
+                got = declared_formats(ev.get("session"), self.pcm_rate)
         except FormatError as exc:
             reason = f"the target declared {exc}, which voiceaudit cannot decode"
             if not self._opened:
@@ -522,12 +750,37 @@ def _ga_format(fmt: AudioFormat) -> dict[str, Any]:
 class RealtimeTarget(Target):
     protocol = "realtime"
     schemes = ("ws", "wss")
-    description = "OpenAI Realtime protocol over WebSocket (GA and beta event names)"
+    description = (
+        "OpenAI Realtime protocol over WebSocket (GA and beta event names; "
+        "-o dialect=azure: Azure Voice Live)"
+    )
+    options: ClassVar[dict[str, str]] = {
+        "dialect": "openai (default) | azure (Azure AI Voice Live: URL, api-key header, session)",
+        "api": "openai: ga (default) | beta (OpenAI-Beta header, beta session and event names)",
+        "turn_detection": "server_vad (default) | manual (commit at the speech end); azure: "
+        "also semantic_vad, azure_semantic_vad, azure_semantic_vad_multilingual",
+        "silence_ms": "server VAD silence that ends the turn (default 500)",
+        "prefix_padding_ms": "server VAD audio kept before speech (default 300)",
+        "threshold": "server VAD threshold (default 0.5)",
+        "voice": "the reply voice (openai default alloy; azure: the service's unless given)",
+        "model": "added to the URL query as model= (azure: required, unless in the URL)",
+        "input_format": "pcm16 (default) | pcmu | pcma (G.711 at 8 kHz)",
+        "output_format": "pcm16 (default) | pcmu | pcma",
+        "rate": "PCM sample rate to ask for (default 24000; azure: 16000 or 24000)",
+        "format_wait_ms": "how long to wait for session.updated after session.created (1000)",
+        "stage_events": "on (default; azure: off) asks the reference for its stage events | off",
+        "api_version": f"azure: the api-version query parameter (default {AZURE_API_VERSION})",
+        "auth": "azure: api-key (default: the key in the api-key header) | bearer (Entra token)",
+        "noise_reduction": "azure: off (default) | azure_deep_noise_suppression | near_field "
+        "| far_field",
+        "echo_cancellation": "azure: off (default) | on (server_echo_cancellation)",
+        "remove_filler_words": "azure: on | off (turn detection drops um/uh)",
+        "end_of_utterance": "azure: semantic end-of-turn model, e.g. semantic_detection_v1",
+        "transcription_model": "azure: input transcription model (default azure-speech)",
+    }
 
     session_class = RealtimeSession
 
     def __init__(self, config: TargetConfig) -> None:
         super().__init__(config)
-        requested_formats(config)  # a bad format option is a usage error before any connect
-        if config.int_option("format_wait_ms", 1000) < 0:
-            raise UsageError("target option format_wait_ms cannot be negative")
+        check_options(config)  # a bad option is a usage error before any connect
