@@ -28,8 +28,9 @@ def register(app: typer.Typer) -> None:
         help="Run the built-in reference voice pipeline (real VAD, PocketSphinx, eSpeak NG) "
         "on one port: OpenAI Realtime WebSocket /v1/realtime, raw PCM WebSocket /v1/pcm, "
         "OpenAI-compatible /v1/audio/transcriptions, /v1/chat/completions, "
-        "/v1/audio/speech, and WebRTC at /v1/webrtc/offer and /api/offer (Pipecat's runner "
-        "signalling). Prints 'voiceaudit-serve listening URL' on stdout when ready.",
+        "/v1/audio/speech, WebRTC at /v1/webrtc/offer and /api/offer (Pipecat's runner "
+        "signalling), and phone carriers' media streams as a bot at /twilio, /telnyx, /plivo, "
+        "/exotel and /vonage. Prints 'voiceaudit-serve listening URL' on stdout when ready.",
     )
     def serve_(
         host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
@@ -133,7 +134,9 @@ async def _serve(config: object) -> None:
             f"  HTTP      {server.url}/v1/audio/transcriptions · /v1/chat/completions · "
             "/v1/audio/speech\n"
             f"  WebRTC    {server.url}/v1/webrtc/offer (SDP offer/answer)\n"
-            f"            {server.url}/api/offer (Pipecat's runner: POST offer, PATCH ICE)",
+            f"            {server.url}/api/offer (Pipecat's runner: POST offer, PATCH ICE)\n"
+            f"  phone     {server.url_for('twilio').rsplit('/', 1)[0]}"
+            "/{twilio,telnyx,plivo,exotel,vonage} (carrier media streams; the bot)",
             highlight=False,
         )
         responder = "LLM at --llm URL" if config.llm_url else "scripted stand-in for an LLM"

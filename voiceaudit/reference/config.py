@@ -39,6 +39,11 @@ INJECTION_EXAMPLES: dict[str, str] = {
     "barge-in-delay": "barge-in-delay=300ms",
     "no-barge-in": "no-barge-in",
     "endpointing-silence": "endpointing-silence=200ms",
+    "burst": "burst=10x",
+    "no-clear": "no-clear",
+    "greeting": "greeting=800ms",
+    "no-greeting": "no-greeting",
+    "mark-early": "mark-early",
 }
 INJECTION_NAMES: tuple[str, ...] = tuple(INJECTION_EXAMPLES)
 
@@ -100,6 +105,18 @@ class Injections:
     #: Endpointing silence forced on every session (overrides ``--silence-ms`` and what a
     #: client asks for: ``silence_duration_ms``, ``?silence_ms=``); None leaves it alone.
     endpointing_silence_ns: int | None = None
+    #: Carrier paths: replies (and the greeting) sent this many times faster than real
+    #: time (None: at real time, like Pipecat's output transport).
+    burst: float | None = None
+    #: Carrier paths: no ``clear`` on barge-in (the carrier plays what it has queued).
+    no_clear: bool = False
+    #: The greeting's first audio this long after the call's media began (carrier:
+    #: ``start`` received); also makes every other streaming protocol greet.
+    greeting_ns: int | None = None
+    #: Carrier paths: no greeting (the bot waits for the caller).
+    no_greeting: bool = False
+    #: Carrier paths: each reply's mark sent before the reply's audio, not after it.
+    mark_early: bool = False
 
     @property
     def small_writes(self) -> bool:
@@ -130,6 +147,11 @@ class Injections:
             "barge_in_delay_ns": self.barge_in_delay_ns,
             "no_barge_in": self.no_barge_in,
             "endpointing_silence_ns": self.endpointing_silence_ns,
+            "burst": self.burst,
+            "no_clear": self.no_clear,
+            "greeting_ns": self.greeting_ns,
+            "no_greeting": self.no_greeting,
+            "mark_early": self.mark_early,
         }
 
     def describe(self) -> list[str]:
@@ -165,6 +187,16 @@ class Injections:
             out.append("no-barge-in")
         if self.endpointing_silence_ns is not None:
             out.append(f"endpointing-silence={self.endpointing_silence_ns / NS_PER_MS:g}ms")
+        if self.burst is not None:
+            out.append(f"burst={self.burst:g}x")
+        if self.no_clear:
+            out.append("no-clear")
+        if self.greeting_ns is not None:
+            out.append(f"greeting={self.greeting_ns / NS_PER_MS:g}ms")
+        if self.no_greeting:
+            out.append("no-greeting")
+        if self.mark_early:
+            out.append("mark-early")
         return out
 
     def endpointing_silence_ms(self, asked_ms: int) -> int:
@@ -257,15 +289,42 @@ def apply_injection(inj: Injections, spec: str) -> Injections:
         if not 10 * NS_PER_MS <= ns <= 10_000 * NS_PER_MS:
             raise UsageError(f"{what}: {ns / NS_PER_MS:g}ms is outside 10ms..10s")
         return replace(inj, endpointing_silence_ns=ns)
+    if name == "burst":
+        raw = need().lower().rstrip("x").strip()
+        try:
+            factor = float(raw)
+        except ValueError:
+            raise UsageError(
+                f"{what}: {val!r} is not a factor", hint="burst=10x sends 10x real time"
+            ) from None
+        if not 1.0 <= factor <= 1000.0:
+            raise UsageError(f"{what}: {factor:g}x is outside 1x..1000x")
+        return replace(inj, burst=factor)
+    if name == "no-clear":
+        return replace(inj, no_clear=_parse_switch(val, what=name))
+    if name == "greeting":
+        ns = parse_duration_ns(need(), what=what)
+        if ns > 60_000 * NS_PER_MS:
+            raise UsageError(f"{what}: {ns / NS_PER_MS:g}ms is outside 0..60s")
+        return replace(inj, greeting_ns=ns)
+    if name == "no-greeting":
+        return replace(inj, no_greeting=_parse_switch(val, what=name))
+    if name == "mark-early":
+        return replace(inj, mark_early=_parse_switch(val, what=name))
     raise UsageError(
         f"unknown injection {name!r}", hint="known injections: " + ", ".join(INJECTION_NAMES)
     )
 
 
 def parse_injections(specs: Iterable[str]) -> Injections:
+    """The injections ``specs`` (``NAME=VALUE`` strings) switch on, in order."""
     inj = Injections()
     for spec in specs:
         inj = apply_injection(inj, spec)
+    if inj.no_greeting and inj.greeting_ns is not None:
+        raise UsageError(
+            "--inject greeting and no-greeting contradict each other", hint="give one of them"
+        )
     return inj
 
 

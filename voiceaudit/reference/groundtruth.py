@@ -6,6 +6,10 @@ request), written and flushed as soon as the turn ends. Times are integer nanose
 ``time.monotonic_ns()`` in the server process — the same clock the probe reads on this
 host. A mark that did not happen is ``null``. See docs/reference-pipeline.md.
 
+Phone carriers (``/twilio``, ``/telnyx``, ``/plivo``, ``/exotel``, ``/vonage``): a turn
+record also carries ``carrier`` (what the caller heard through the carrier's buffer), and
+the bot's greeting is a ``{"record": "greeting", ...}`` line of its own.
+
 Turn-taking: a turn whose reply the caller talked over carries ``barge_in`` (when the
 VAD heard the caller, what reply audio still went out after that, whether the reply was
 cut), ``cancel`` (a client's ``response.cancel``) and ``truncate`` (a client's
@@ -89,6 +93,9 @@ class TurnRecord:
     truncate: dict[str, Any] | None = None
     status: str = "in_progress"
     error: str | None = None
+    #: Carrier paths (``/twilio`` …): what the caller heard through the carrier's buffer
+    #: (voiceaudit.reference.carrier); written only when set.
+    carrier: dict[str, Any] | None = None
     #: stages already announced to the client (voiceaudit.reference.stages); not written
     announced: set[str] = field(default_factory=set)
 
@@ -160,6 +167,12 @@ class TurnRecord:
             b["stopped_ns"] = stopped_ns if stopped_ns is not None else now_ns()
 
     def to_dict(self) -> dict[str, Any]:
+        d = self._to_dict()
+        if self.carrier is not None:
+            d["carrier"] = dict(self.carrier)
+        return d
+
+    def _to_dict(self) -> dict[str, Any]:
         return {
             "record": "turn",
             "session_id": self.session_id,
@@ -201,6 +214,8 @@ class GroundTruth:
     def __init__(self, path: Path | None, header: dict[str, Any]) -> None:
         self.path = path
         self.records: list[dict[str, Any]] = []
+        #: records that are not turns (``greeting``), in the order written
+        self.other_records: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._fh: IO[str] | None = None
         clock = MonotonicClock()
@@ -232,6 +247,13 @@ class GroundTruth:
         with self._lock:
             self.records.append(d)
             self._write(d)
+
+    def write_record(self, obj: dict[str, Any]) -> None:
+        """Append a record of another kind (``greeting``) to the file; in memory it goes
+        to :attr:`other_records`, not to the turns."""
+        with self._lock:
+            self.other_records.append(obj)
+            self._write(obj)
 
     def write_truncate(self, record: TurnRecord) -> None:
         """``record.truncate`` arrived after ``record`` was written: append it as its own

@@ -320,7 +320,13 @@ class InputPipeline:
 
 class ReplySink(Protocol):
     """Where a reply goes. ``send_audio`` must hand its bytes to the transport before its
-    first ``await``, so the time taken just before the call is the write time."""
+    first ``await``, so the time taken just before the call is the write time.
+
+    Optional attributes the :class:`Speaker` reads when a sink has them: ``pace`` (the
+    audio is released at this multiple of real time, e.g. 1.0 like Pipecat's output
+    transport; the ``slow-audio`` injection overrides it; absent or None: as produced),
+    ``chunk_ms`` (the message size, unless the ``audio-chunk`` injection sets one),
+    ``not_before_ns`` (no message is written before this time) and ``played_by_track``."""
 
     output_rate: int
 
@@ -353,10 +359,21 @@ class AudioFramer:
 
 
 class Pacer:
-    """Decides when each reply audio message may be written (slow-audio and jitter)."""
+    """Decides when each reply audio message may be written (slow-audio and jitter; a
+    sink's own ``pace``, the speed it releases audio at, when slow-audio is not given;
+    and the reply's ``not_before_ns``: no message before it)."""
 
-    def __init__(self, inj: Injections, rate: int, rng: random.Random) -> None:
-        self.slow = inj.slow_audio
+    def __init__(
+        self,
+        inj: Injections,
+        rate: int,
+        rng: random.Random,
+        *,
+        pace: float | None = None,
+        not_before_ns: int | None = None,
+    ) -> None:
+        self.slow = inj.slow_audio if inj.slow_audio is not None else pace
+        self.not_before_ns = not_before_ns
         self.jitter_ns = inj.jitter_ns
         self.rate = rate
         self.rng = rng
@@ -376,6 +393,8 @@ class Pacer:
         """When the next message (``n_samples`` long) may be written (monotonic ns)."""
         ready = now_ns()
         if self._t0 is None:
+            if self.not_before_ns is not None and self.not_before_ns > ready:
+                ready = self.not_before_ns
             self._t0 = ready
         due = ready
         # the message's place on the reply's own schedule (barge-in stops by it): its
@@ -456,15 +475,25 @@ class Speaker:
         #: media track, which counts the barge-in's audio itself)
         self.own_clock = not getattr(sink, "played_by_track", False)
         record.output_rate = self.out_rate
+        sink_chunk_ms: int | None = getattr(sink, "chunk_ms", None)
         if inj.audio_chunk_ns is not None:
             chunk = round(inj.audio_chunk_ns * self.out_rate / 1e9)
+        elif sink_chunk_ms is not None:
+            # the protocol's own message size (a carrier's minimum)
+            chunk = round(sink_chunk_ms * self.out_rate / 1000)
         else:
             chunk = round(ctx.config.audio_chunk_ms * self.out_rate / 1000)
         # Large buffers are only flushed at the end of the reply; default-sized messages
         # also at the end of each synthesis request, so no audio waits for later text.
         self.buffered = inj.audio_chunk_ns is not None
         self.framer = AudioFramer(chunk)
-        self.pacer = Pacer(inj, self.out_rate, rng)
+        self.pacer = Pacer(
+            inj,
+            self.out_rate,
+            rng,
+            pace=getattr(sink, "pace", None),
+            not_before_ns=getattr(sink, "not_before_ns", None),
+        )
         self.pad = round(inj.leading_silence_ns * self.out_rate / 1e9)
         self.queue: asyncio.Queue[str | None] = asyncio.Queue()
         #: Barge-in: no message due after this is written (None: not interrupted).

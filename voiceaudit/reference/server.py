@@ -15,6 +15,11 @@ path                               protocol
                                    out; ``pc_id`` renegotiates)
 ``PATCH /api/offer``               Pipecat's trickled ICE candidates for a
                                    ``pc_id`` (``{"status": "success"}``)
+``GET  /twilio``                   phone carriers' media streams, served as a
+``GET  /telnyx``                   bot (reference.carrier): Twilio Media
+``GET  /plivo``                    Streams and the Telnyx, Plivo, Exotel and
+``GET  /exotel``                   Vonage dialects (WebSocket)
+``GET  /vonage``
 ``GET  /voiceaudit/status``        server facts: sessions, event-loop lag, ASR pool
 =================================  ==========================================
 """
@@ -34,6 +39,7 @@ from aiohttp import web
 
 from voiceaudit import __version__
 from voiceaudit.reference.asr import AsrPool
+from voiceaudit.reference.carrier import DIALECTS, carrier_handler
 from voiceaudit.reference.config import ServerConfig
 from voiceaudit.reference.groundtruth import GroundTruth, now_ns
 from voiceaudit.reference.http_api import chat_completions, speech, transcriptions
@@ -233,6 +239,8 @@ def build_app(ctx: ServerContext, lag: LoopLagMonitor) -> web.Application:
     app.router.add_post("/api/offer", pipecat_offer)
     app.router.add_patch("/api/offer", pipecat_ice_candidates)
     app.on_shutdown.append(close_webrtc_sessions)
+    for name in DIALECTS:
+        app.router.add_get(f"/{name}", carrier_handler(name))
     app.router.add_get("/voiceaudit/status", _status)
     app.router.add_post("/voiceaudit/status/reset", _status_reset)
     return app
@@ -290,12 +298,19 @@ class ReferenceServer:
             return self.pcm_url
         if protocol == "cascade":
             return self.url + "/v1"
+        if protocol in DIALECTS:
+            return self.url.replace("http://", "ws://", 1) + f"/{protocol}"
         return self.url
 
     @property
     def turns(self) -> list[dict[str, Any]]:
         """The ground-truth turn records written so far."""
         return list(self.context.truth.records)
+
+    @property
+    def greetings(self) -> list[dict[str, Any]]:
+        """The ground-truth greeting records written so far (carrier paths, ``greeting=``)."""
+        return [r for r in self.context.truth.other_records if r.get("record") == "greeting"]
 
     async def close(self) -> None:
         if self._closed:

@@ -319,8 +319,21 @@ class Session:
     ) -> None:
         """The default reply task: hear the turn, wait for the previous reply (with
         ``no-barge-in``), reply with the whole conversation, then :meth:`turn_over`."""
+        await self.respond(record, control, previous, self.hear(record, stop, t_ns, transcript))
+
+    async def respond(
+        self,
+        record: TurnRecord,
+        control: ReplyControl,
+        previous: asyncio.Task[None] | None,
+        first: Awaitable[Any] | None = None,
+    ) -> None:
+        """A reply task's body: ``first`` (the hearing, if any; ``record.transcript`` is
+        what the caller said), wait for the previous reply (with ``no-barge-in``), reply
+        with the whole conversation, then :meth:`turn_over` however it ends."""
         try:
-            await self.hear(record, stop, t_ns, transcript)
+            if first is not None:
+                await first
             await self.after(previous)
             self.history.append(Message("user", record.transcript or ""))
             sink = await self.begin_reply(record)
