@@ -104,3 +104,16 @@ def test_unknown_and_unavailable_protocols(
     code = cli(["run", "--target", "ws://127.0.0.1:9/x", "--protocol", "later"])
     assert code == ExitCode.USAGE
     assert "protocol 'later' is unavailable" in capsys.readouterr().err
+
+
+def test_docs_list_every_option_of_the_declared_built_ins() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "targets.md").read_text()
+    for name in DECLARED:
+        head = f"### `{name}`\n"
+        assert head in doc, name
+        section = doc.split(head, 1)[1].split("\n### ", 1)[0].split("\n## ", 1)[0]
+        listed = set(re.findall(r"^\| `(\w+)` \|", section, re.M))
+        assert listed == set(registry.get_target_class(name).options), name
+    assert '[project.entry-points."voiceaudit.targets"]' in doc
