@@ -25,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from voiceaudit import __version__
 from voiceaudit.analysis.ledger import ALL_SEGMENTS
+from voiceaudit.analysis.phone import CLEAR_LATENCY, GREETING_LATENCY
 from voiceaudit.analysis.report import FAILURE_METRICS, FAILURES, VOICE_TO_VOICE, Report
 from voiceaudit.analysis.significance import holm_adjusted
 from voiceaudit.analysis.stats import (
@@ -34,6 +35,7 @@ from voiceaudit.analysis.stats import (
     as_sorted,
     fisher_exact,
     mann_whitney,
+    summarize,
     wilson_interval,
 )
 from voiceaudit.analysis.turntaking import (
@@ -254,6 +256,10 @@ def _metadata(a: Report, b: Report) -> dict[str, tuple[Any, Any]]:
         for k in sorted(set(ca) | set(cb)):
             if ca.get(k) != cb.get(k):
                 out[f"config.{k}"] = (ca.get(k), cb.get(k))
+    # results of different paths (phone, WebRTC, WebSocket) are reported apart
+    pa, pb = sorted(set(a.paths.values())), sorted(set(b.paths.values()))
+    if pa != pb:
+        out["path"] = (pa, pb)
     # audio in another format (8 kHz G.711 against 24 kHz PCM) is not like for like
     fa = sorted({f.describe() for f in a.audio_formats})
     fb = sorted({f.describe() for f in b.audio_formats})
@@ -302,7 +308,17 @@ def _summary(r: Report, metric: str) -> Summary | None:
         return None if r.turn_taking is None else r.turn_taking.stop_summary
     if metric == RESPONSE_TO_INTERRUPTION:
         return None if r.turn_taking is None else r.turn_taking.response_summary
+    if metric in (GREETING_LATENCY, CLEAR_LATENCY):
+        ph = r.phone
+        if ph is None:
+            return None
+        return summarize(ph.latency_metrics().get(metric, as_sorted([])), abs_tolerance=5.0)
     return r.summary.get(metric)
+
+
+def _phone_metrics(r: Report) -> dict[str, FloatArray]:
+    ph = r.phone
+    return {} if ph is None else ph.latency_metrics()
 
 
 def compare(a: Report, b: Report, *, alpha: float = 0.05) -> Comparison:
@@ -315,6 +331,10 @@ def compare(a: Report, b: Report, *, alpha: float = 0.05) -> Comparison:
     for n in (BARGE_IN_STOP, RESPONSE_TO_INTERRUPTION):
         if n in tta or n in ttb:
             samples.append((n, tta.get(n, empty), ttb.get(n, empty)))
+    pha, phb = _phone_metrics(a), _phone_metrics(b)
+    for n in (GREETING_LATENCY, CLEAR_LATENCY):
+        if n in pha or n in phb:
+            samples.append((n, pha.get(n, empty), phb.get(n, empty)))
     tests = [mann_whitney(va, vb) if len(va) and len(vb) else None for _, va, vb in samples]
     ra, rb = _rate_counts(a), _rate_counts(b)
     rate_sides = [
@@ -382,6 +402,11 @@ def compare(a: Report, b: Report, *, alpha: float = 0.05) -> Comparison:
         warnings.append("A and B were measured on different machines")
     if "audio" in differences:
         warnings.append("A and B replayed different audio: the comparison is not like for like")
+    if "path" in differences:
+        warnings.append(
+            f"A was measured on the {'/'.join(differences['path'][0])} path, B on the "
+            f"{'/'.join(differences['path'][1])} path: the difference includes what each path adds"
+        )
     if "audio_format" in differences:
         warnings.append("A and B used different audio formats: the comparison is not like for like")
     for side, r in (("A", a), ("B", b)):

@@ -8,7 +8,14 @@ from typing import Any
 
 from voiceaudit.analysis.compare import FindingComparison, MetricComparison, RateComparison
 from voiceaudit.analysis.findings import UNCOSTED
-from voiceaudit.analysis.ledger import ALL_SEGMENTS, UNEXPLAINED, Segment
+from voiceaudit.analysis.ledger import (
+    ALL_SEGMENTS,
+    CARRIER_BUFFER,
+    FIXED_DELAY,
+    UNEXPLAINED,
+    Segment,
+)
+from voiceaudit.analysis.phone import CLEAR_LATENCY, GREETING_LATENCY
 from voiceaudit.analysis.report import (
     AUDIO_FORMAT_SOURCES,
     FAILURES,
@@ -16,7 +23,7 @@ from voiceaudit.analysis.report import (
     Report,
     TurnReport,
 )
-from voiceaudit.analysis.stats import Summary, percentile
+from voiceaudit.analysis.stats import Summary, as_sorted, percentile
 from voiceaudit.analysis.turntaking import (
     BARGE_IN_STOP,
     CUT_IN_RATE,
@@ -43,6 +50,8 @@ LABELS: dict[str, str] = {
     "synthesis_first_byte": "synthesis first byte",
     "first_audio": "first audio byte",
     "transport": "transport",
+    CARRIER_BUFFER: "carrier buffer",
+    FIXED_DELAY: "fixed delay",
     "playout_wait": "playout wait",
     "leading_silence": "leading silence",
     UNEXPLAINED: "unexplained",
@@ -50,6 +59,8 @@ LABELS: dict[str, str] = {
     RESPONSE_TO_INTERRUPTION: "response to interruption",
     CUT_IN_RATE: "cut-in rate",
     FALSE_INTERRUPTION_RATE: "false-interruption rate",
+    GREETING_LATENCY: "greeting latency",
+    CLEAR_LATENCY: "barge-in onset to clear",
     FAILURES: "failed turns (all kinds)",
     **{f"{FAILURES}.{k}": v for k, v in FAILURE_LABELS.items()},
 }
@@ -67,6 +78,8 @@ COLOURS: dict[str, str] = {
     "synthesis_first_byte": "#9467bd",
     "first_audio": "#c5b0d5",
     "transport": "#8c564b",
+    CARRIER_BUFFER: "#c49c94",
+    FIXED_DELAY: "#f7b6d2",
     "playout_wait": "#7f7f7f",
     "leading_silence": "#e377c2",
     UNEXPLAINED: "#2b2b2b",
@@ -233,7 +246,11 @@ def segment_label(s: Segment) -> str:
 
 
 def turn_id(t: TurnReport, multi_run: bool) -> str:
+    """``s0 #3`` (``run/s0 #3`` of several runs); a key-press turn says so: ``s0 #3 (key
+    press 1)``, its voice-to-voice being the bot's reaction time to the key."""
     base = f"{t.session} #{t.turn}"
+    if t.dtmf is not None:
+        base += f" (key press {t.dtmf})"
     return f"{t.run_id}/{base}" if multi_run else base
 
 
@@ -282,7 +299,10 @@ def counts_line(report: Report) -> str:
 
 
 def target_line(report: Report) -> str:
+    """The targets measured; each with its path (``phone path``) when the report shows
+    paths (:attr:`~voiceaudit.analysis.report.Report.phone`)."""
     parts = []
+    show_path = report.phone is not None
     for s in report.sources:
         t: dict[str, Any] = s.target
         proto = t.get("protocol") or "?"
@@ -296,6 +316,8 @@ def target_line(report: Report) -> str:
             parts.append(f"{proto} {real} through the impairment proxy ({net})")
         else:
             parts.append(f"{proto} {url}".strip())
+        if show_path:
+            parts[-1] += f" ({report.paths.get(s.run_id, '?')} path)"
     uniq = list(dict.fromkeys(parts))
     return "; ".join(uniq)
 
@@ -658,4 +680,93 @@ def audio_format_lines(report: Report) -> list[str]:
             shown = ", ".join(sessions[:5]) + (", …" if len(sessions) > 5 else "")
             line += f": {len(sessions)} session(s): {shown}"
         out.append(line)
+    return out
+
+
+def _ms_range(v: Any) -> str:
+    """``p50 X ms, max Y ms`` of sorted ms values."""
+    return f"p50 {fmt_ms(percentile(v, 50))} ms, max {fmt_ms(float(v[-1]))} ms"
+
+
+def side_paths(r: Report) -> str:
+    """``phone path`` (``phone + websocket paths``) of a comparison's side."""
+    ps = sorted(set(r.paths.values()))
+    return f"{' + '.join(ps)} path" + ("s" if len(ps) > 1 else "")
+
+
+def show_paths(a: Report, b: Report) -> bool:
+    """A comparison names each side's path when either side shows paths or they differ."""
+    return (
+        a.phone is not None or b.phone is not None or set(a.paths.values()) != set(b.paths.values())
+    )
+
+
+def phone_lines(report: Report) -> list[tuple[str, str]]:
+    """(label, text) of the report-level phone and greeting summary: each path's
+    voice-to-voice (results of different paths apart), what the phone figures include, the
+    greeting, the carrier's buffer and send-ahead, barge-ins through the carrier, mark
+    honesty and key presses."""
+    ph = report.phone
+    if ph is None:
+        return []
+    out: list[tuple[str, str]] = []
+    paths = []
+    for p in ph.paths:
+        v = p.voice_to_voice
+        fig = (
+            "no voice-to-voice"
+            if v is None
+            else (f"voice-to-voice p50 {fmt_ms(v.p50)} ms, p95 {fmt_ms(v.p95)} ms")
+        )
+        paths.append(f"{p.path}: {p.turns} turn(s), {fig}")
+    out.append(("paths" if len(ph.paths) > 1 else "path", "; ".join(paths)))
+    inc = ph.includes
+    if inc is not None:
+        out.append(("phone figures", inc))
+    if ph.greetings:
+        heard = len(ph.greetings) - ph.no_greeting
+        text = f"heard in {_pct(heard, len(ph.greetings))} of the sessions that waited for it"
+        g = ph.greeting_summary
+        if g is not None:
+            text += (
+                f"; latency p50 {fmt_ms(g.p50)} ms, p95 {fmt_ms(g.p95)} ms, max {fmt_ms(g.max)} ms"
+            )
+        if ph.no_greeting:
+            text += f"; no greeting in {ph.no_greeting} session(s)"
+        out.append(("greeting", text))
+    if ph.carrier_turns:
+        text = f"{ph.carrier_turns} turn(s)"
+        if ph.dialects:
+            text += f" ({', '.join(ph.dialects)})"
+        if len(ph.carrier_buffer_ms):
+            text += f"; carrier buffer {_ms_range(ph.carrier_buffer_ms)}"
+        if len(ph.send_ahead_max_ms):
+            ahead = _ms_range(ph.send_ahead_max_ms)
+            text += f"; send-ahead (most audio queued ahead of the playout) {ahead}"
+        out.append(("carrier", text))
+    if ph.barge_ins:
+        n = len(ph.barge_ins)
+        text = f"{n}, cleared {_pct(ph.cleared, n)}"
+        if len(ph.clear_ms):
+            text += f"; onset to clear {_ms_range(ph.clear_ms)}"
+        deaf = [b.deaf_window_ns / 1e6 for b in ph.barge_ins if b.deaf_window_ns is not None]
+        if deaf:
+            text += f"; deaf window (audio queued at the onset) {_ms_range(as_sorted(deaf))}"
+        out.append(("barge-ins through the carrier", text))
+    if ph.marks:
+        out.append(
+            (
+                "marks",
+                f"{len(ph.marks)} echoed, {ph.early_marks} early (echoed while audio sent "
+                "after it was still to be heard)",
+            )
+        )
+    if len(ph.key_press_ms):
+        out.append(
+            (
+                "key presses",
+                f"{len(ph.key_press_ms)} turn(s); the bot's reaction to the key "
+                f"{_ms_range(ph.key_press_ms)}",
+            )
+        )
     return out

@@ -27,8 +27,11 @@ from voiceaudit.report.common import (
     label,
     metric_rows,
     pacing_line,
+    phone_lines,
     representative_turns,
     segment_label,
+    show_paths,
+    side_paths,
     target_line,
     turn_id,
     turn_taking_lines,
@@ -315,6 +318,11 @@ def render_report(report: Report) -> str:
         body.append('<p class="fail"><b>No successful turns: no statistics.</b></p>')
     if report.turn_taking is not None:
         body += _turn_taking(report)
+    if report.phone is not None:
+        items = "".join(
+            f"<li><b>{esc(name)}</b>: {esc(text)}</li>" for name, text in phone_lines(report)
+        )
+        body += ["<h2>Phone and greeting</h2>", f"<ul>{items}</ul>"]
     body += _failures(report)
     body += _failed(report)
     body += _turns(report)
@@ -324,10 +332,15 @@ def render_report(report: Report) -> str:
 
 def render_comparison(cmp: Comparison) -> str:
     a, b = cmp.a, cmp.b
+    paths = show_paths(a, b)
+
+    def where(r: Report) -> str:
+        return esc(f", {side_paths(r)}") if paths else ""
+
     body = [
         "<h1>voiceaudit comparison</h1>",
-        f"<p>A: {esc(a.label)} ({len(a.stats_turns)} turns in the statistics)<br>"
-        f"B: {esc(b.label)} ({len(b.stats_turns)} turns in the statistics)</p>",
+        f"<p>A: {esc(a.label)} ({len(a.stats_turns)} turns in the statistics{where(a)})<br>"
+        f"B: {esc(b.label)} ({len(b.stats_turns)} turns in the statistics{where(b)})</p>",
         f"<p>B against A, ms. Significance: Mann-Whitney U, two-sided, Holm-corrected, "
         f"p &lt; {cmp.alpha:g}.</p>",
         grid(tables.metric_comparison(cmp)),

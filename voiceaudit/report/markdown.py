@@ -21,6 +21,9 @@ from voiceaudit.report.common import (
     label,
     metric_rows,
     pacing_line,
+    phone_lines,
+    show_paths,
+    side_paths,
     target_line,
     turn_taking_lines,
 )
@@ -149,6 +152,10 @@ def render_report(report: Report) -> str:
         lines += ["**No successful turns: no statistics.**", ""]
     if report.turn_taking is not None:
         lines += _turn_taking(report)
+    if report.phone is not None:
+        lines += ["### Phone and greeting", ""]
+        lines += [f"- **{md(name)}**: {md(text)}" for name, text in phone_lines(report)]
+        lines.append("")
     kinds = failures(report)
     if kinds.rows:
         lines += ["### Failures", "", md(kinds.note) + ".", "", _grid(kinds), ""]
@@ -161,13 +168,18 @@ def render_report(report: Report) -> str:
     return "\n".join(lines)
 
 
+def _where(cmp: Comparison, r: Report) -> str:
+    """``, phone path`` when the comparison names the sides' paths."""
+    return f", {side_paths(r)}" if show_paths(cmp.a, cmp.b) else ""
+
+
 def render_comparison(cmp: Comparison) -> str:
     a, b = cmp.a, cmp.b
     lines = [
         "## voiceaudit comparison",
         "",
-        f"A: {md(a.label)} ({len(a.stats_turns)} turns in the statistics)  ",
-        f"B: {md(b.label)} ({len(b.stats_turns)} turns in the statistics)",
+        f"A: {md(a.label)} ({len(a.stats_turns)} turns in the statistics{_where(cmp, a)})  ",
+        f"B: {md(b.label)} ({len(b.stats_turns)} turns in the statistics{_where(cmp, b)})",
         "",
         f"B against A, ms. Significance: Mann-Whitney U, two-sided, Holm-corrected, "
         f"p < {cmp.alpha:g}.",

@@ -22,6 +22,9 @@ from voiceaudit.report.common import (
     fmt_ms,
     label,
     pacing_line,
+    phone_lines,
+    show_paths,
+    side_paths,
     target_line,
     turn_taking_lines,
 )
@@ -150,6 +153,16 @@ def _turn_taking(report: Report) -> RenderableType:
     return Group(*parts)
 
 
+def _phone(report: Report) -> RenderableType:
+    """Paths, greeting, the carrier, barge-ins through it, marks, key presses."""
+    t = Text()
+    t.append("\nPhone and greeting\n", style="bold")
+    for name, text in phone_lines(report):
+        t.append(f"  {name}: ", style="bold")
+        t.append(f"{text}\n")
+    return t
+
+
 def _failures(report: Report) -> RenderableType:
     """The failure table: failed turns by kind (nothing when no turn failed)."""
     kinds = tables.failures(report)
@@ -204,6 +217,8 @@ def render_report(report: Report, console: Console) -> None:
         parts.append(Text("No successful turns: no statistics.", style="bold red"))
     if report.turn_taking is not None:
         parts.append(_turn_taking(report))
+    if report.phone is not None:
+        parts.append(_phone(report))
     parts.append(Text(""))
     if report.failures.present():
         parts.append(_failures(report))
@@ -215,8 +230,10 @@ def render_comparison(cmp: Comparison, console: Console) -> None:
     a, b = cmp.a, cmp.b
     head = Text()
     head.append("voiceaudit comparison", style="bold")
-    head.append(f"\nA: {a.label} ({len(a.stats_turns)} turns in the statistics)")
-    head.append(f"\nB: {b.label} ({len(b.stats_turns)} turns in the statistics)")
+    paths = show_paths(a, b)
+    for side, r in (("A", a), ("B", b)):
+        where = f", {side_paths(r)}" if paths else ""
+        head.append(f"\n{side}: {r.label} ({len(r.stats_turns)} turns in the statistics{where})")
     table = grid(
         tables.metric_comparison(cmp),
         f"B against A (ms): Mann-Whitney U, Holm-corrected, significant at p < {cmp.alpha:g}",
