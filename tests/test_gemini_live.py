@@ -1,0 +1,635 @@
+"""The ``gemini-live`` target against a faithful Gemini Live server on loopback (WSS with a
+self-signed certificate, tests/gemini_server.py), and Google's own SDK client against the
+same server.
+
+Every message the server sends passes the SDK's strict ``LiveServerMessage`` model and every
+message voiceaudit sends passes its ``LiveClientMessage`` model (the server records any
+that does not: asserted empty). The server records its truth on the host's monotonic clock
+(the probe's too: one process): when it sent every reply chunk, ``interrupted``, and the
+greeting. The probe's voice-to-voice is checked against it: the server's send time of the
+chunk holding the reply's first audible sample plus that sample's offset in it, minus the
+instant the caller's last speech sample was spoken. Real speech both ways (realdata).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import ssl
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from gemini_server import OUT_RATE, GeminiLiveServer, ReplyRecord, make_cert, speech_pcm
+from google import genai
+from google.genai import types
+
+from voiceaudit.audio import from_pcm16
+from voiceaudit.errors import TargetError, UsageError
+from voiceaudit.model import Event, unbatch
+from voiceaudit.probe.conversation import last_audible
+from voiceaudit.probe.playout import Chunk, play
+from voiceaudit.probe.runner import Probe, ProbeOptions, run_probe
+from voiceaudit.probe.utterances import load_utterances
+from voiceaudit.scenario import parse_scenario
+from voiceaudit.targets.base import TargetConfig
+from voiceaudit.targets.gemini import GeminiLiveTarget, parse_pcm_mime
+from voiceaudit.targets.registry import get_target_class
+from voiceaudit.targets.wsbase import tls_context
+from voiceaudit.trace_io import Trace, read_trace
+
+MS = 1_000_000
+KEY_ENV = "VOICEAUDIT_TEST_GEMINI_KEY"
+SECRET = "AIzaTEST-secret-key-0123456789"
+CARDS = {
+    "pocketsphinx_cards_001.wav": "ten of clubs",
+    "pocketsphinx_cards_003.wav": "seven of clubs",
+    "pocketsphinx_cards_004.wav": "five five",
+    "pocketsphinx_cards_002.wav": "four queen of clubs",
+}
+REPLY = "pocketsphinx_sense_and_sensibility_01_austen_64kb-0870.wav"
+REPLY_TEXT = "and mister john dashwood had then"
+
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return make_cert(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def key(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    return SECRET
+
+
+def _server(
+    cert: tuple[Path, Path], speech: Path, reply_ms: int = 1600, **kw: Any
+) -> GeminiLiveServer:
+    return GeminiLiveServer(
+        cert[0],
+        cert[1],
+        speech_pcm(speech / REPLY, reply_ms),
+        transcripts=list(CARDS.values()),
+        reply_text=REPLY_TEXT,
+        end_ms=400,
+        **kw,
+    )
+
+
+def _target(url: str, cert: tuple[Path, Path], **options: str) -> GeminiLiveTarget:
+    config = TargetConfig(
+        url=url,
+        protocol="gemini-live",
+        api_key_env=KEY_ENV,
+        options={"ca_file": str(cert[0]), **options},
+    )
+    target = get_target_class("gemini-live")(config)
+    assert isinstance(target, GeminiLiveTarget)
+    return target
+
+
+def _turn_events(tr: Trace, session: str, turn: int) -> dict[str, list[Event]]:
+    out: dict[str, list[Event]] = {}
+    for e in sorted(
+        (u for e in tr.turn_events(session, turn) for u in unbatch(e)), key=lambda e: e.t_ns
+    ):
+        out.setdefault(e.name, []).append(e)
+    return out
+
+
+def _heard(rec: ReplyRecord, sample: int) -> int:
+    """When the reply's ``sample`` is heard by the server's truth: each chunk played (as
+    the probe's immediate playout does) from its send time, or once the chunk before it
+    has played (a chunk the server's pacing sent before that waits for it)."""
+    n = rec.chunk_samples
+    return play([Chunk(t, n) for t in rec.audio_sent_ns], OUT_RATE).heard_at(sample)
+
+
+def _no_secret(path: Path) -> None:
+    text = path.read_text()
+    assert SECRET not in text
+    assert SECRET[:12] not in text
+
+
+# --- turns: voice-to-voice against the server's truth -----------------------------------
+
+
+@pytest.mark.parametrize("vad", ["server", "manual"])
+def test_turns_agree_with_server_truth(
+    vad: str, cert: tuple[Path, Path], key: str, speech_dir: Path, tmp_path: Path
+) -> None:
+    """Four turns of real speech (cards recordings, 16 kHz PCM at microphone pace) each get
+    a reply of real speech (24 kHz ``inlineData`` paced at real time). Voice-to-voice is the
+    server's truth within 2 ms (median; never more than 1 ms earlier), the ledger's marks
+    are the arrivals of the messages that carry them, the key went as ``x-goog-api-key``
+    and never reached the trace, and every message both ways passed the SDK's models."""
+    server = _server(cert, speech_dir)
+    trace = tmp_path / "trace.jsonl"
+    options = {"vad": vad} if vad == "manual" else {}
+
+    async def main() -> None:
+        url = await server.start()
+        try:
+            await run_probe(
+                _target(url, cert, **options),
+                load_utterances([speech_dir / f for f in CARDS]),
+                ProbeOptions(gap_ms=200, timeout_s=8),
+                trace,
+            )
+        finally:
+            await server.stop()
+
+    asyncio.run(main())
+    assert server.client_errors == []
+    assert server.rejected_sent == []
+    (conn,) = server.connections
+    assert (conn.key_in, conn.key, conn.version) == ("header", key, "v1beta")
+    assert conn.input_rate == 16000
+    assert conn.setup is not None
+    assert conn.setup["generationConfig"]["responseModalities"] == ["AUDIO"]
+    aad = conn.setup["realtimeInputConfig"]["automaticActivityDetection"]
+    assert aad["disabled"] is (vad == "manual")
+    _no_secret(trace)
+    tr = read_trace(trace)
+    turns = sorted(tr.finished_turns(), key=lambda st: st[1])
+    records = [r for r in server.records() if r.kind == "turn"]
+    assert len(turns) == 4 == len(records)
+    errors = []
+    for (session, turn), rec, text in zip(turns, records, CARDS.values(), strict=True):
+        ev = _turn_events(tr, session, turn)
+        assert ev["turn.end"][0].attrs["ok"], ev["turn.end"][0].attrs
+        assert rec.completed and rec.interrupted_ns is None
+        audible = ev["reply.audible"][0]
+        truth = _heard(rec, audible.attrs["sample"]) - ev["input.speech_end"][0].t_ns
+        measured = ev["turn.end"][0].attrs["voice_to_voice_ns"]
+        assert measured == audible.t_ns - ev["input.speech_end"][0].t_ns
+        errors.append(measured - truth)
+        # marks at the arrival of their messages: never before the send, on loopback soon
+        first = ev["llm.first_token"][0]
+        assert first.t_ns == ev["reply.first_byte"][0].t_ns
+        final = ev["transcript.final"][0]
+        assert final.attrs["text"] == text and final.attrs["finished"] is False
+        partials = [e.t_ns for e in ev["transcript.partial"]]
+        assert final.t_ns == partials[-1]
+        pairs = {
+            "inputTranscription": partials[-1],
+            "inlineData": first.t_ns,
+            "outputTranscription": ev["reply_text.first"][0].t_ns,
+            "generationComplete": ev["llm.done"][0].t_ns,
+            "turnComplete": ev["response.done"][0].t_ns,
+        }
+        for name, t in pairs.items():
+            assert rec.sent[name] <= t, (name, t - rec.sent[name])
+        done = ev["response.done"][0].attrs
+        assert done["cut"] is False and done["usage"]["totalTokenCount"] == 100
+        chunks = ev["reply.chunk"]
+        assert {c.attrs["rate"] for c in chunks} == {OUT_RATE}
+        assert len(chunks) == len(rec.audio_sent_ns)
+    print(f"gemini-live {vad}: probe - server truth (ms): {[round(e / MS, 3) for e in errors]}")
+    assert min(errors) > -1 * MS, errors
+    assert sorted(errors)[len(errors) // 2] <= 2 * MS, [e / MS for e in errors]
+
+
+def test_a_slower_model_is_recovered(
+    cert: tuple[Path, Path], key: str, speech_dir: Path, tmp_path: Path
+) -> None:
+    """300 ms more of the server's thinking before its first audio: voice-to-voice grows by
+    what the server's truth says (within 2 ms per turn, median), and the ledger puts it
+    between the input transcript and the first audio (``llm.first_token``)."""
+    v2v: dict[int, list[int]] = {}
+    stage: dict[int, list[int]] = {}
+    for think in (100, 400):
+        server = _server(cert, speech_dir, reply_ms=600, think_ms=think)
+        trace = tmp_path / f"trace-{think}.jsonl"
+
+        async def main(server: GeminiLiveServer = server, trace: Path = trace) -> None:
+            url = await server.start()
+            try:
+                utts = load_utterances([speech_dir / f for f in list(CARDS)[:2]])
+                await run_probe(_target(url, cert), utts, ProbeOptions(gap_ms=200), trace)
+            finally:
+                await server.stop()
+
+        asyncio.run(main())
+        tr = read_trace(trace)
+        for session, turn in tr.finished_turns():
+            ev = _turn_events(tr, session, turn)
+            v2v.setdefault(think, []).append(ev["turn.end"][0].attrs["voice_to_voice_ns"])
+            stage.setdefault(think, []).append(
+                ev["llm.first_token"][0].t_ns - ev["transcript.final"][0].t_ns
+            )
+    for values in stage.values():
+        assert len(values) == 2
+    grown = float(np.median(stage[400]) - np.median(stage[100]))
+    # the server's think time is between its last transcript piece and its first audio
+    assert grown >= 300 * MS - 2 * MS, grown / MS
+    # and so does voice-to-voice (the same speech, the same endpointing)
+    assert float(np.median(v2v[400]) - np.median(v2v[100])) >= 300 * MS - 2 * MS, v2v
+    assert min(stage[400]) >= 400 * MS - 1 * MS
+
+
+# --- barge-in ------------------------------------------------------------------------------
+
+BARGE = """
+gap_ms = 300
+[[session]]
+name = "barge"
+[[session.turn]]
+say = "{first}"
+interrupt = {{ after_reply_ms = 500, say = "{second}" }}
+"""
+
+
+def test_barge_in_is_cut_by_interrupted(
+    cert: tuple[Path, Path], key: str, speech_dir: Path, tmp_path: Path
+) -> None:
+    """The caller talks over a real-time reply: the server hears it, stops sending and
+    says ``interrupted`` then ``turnComplete``. The probe marks the reply cut, and its stop
+    latency is what the same playout of the server's own send times gives (within 2 ms:
+    the last chunk's transport); the interrupting speech gets its own reply."""
+    server = _server(cert, speech_dir, reply_ms=3000)
+    trace = tmp_path / "trace.jsonl"
+    scenario = parse_scenario(
+        BARGE.format(
+            first=speech_dir / "pocketsphinx_cards_003.wav",
+            second=speech_dir / "pocketsphinx_cards_001.wav",
+        )
+    )
+
+    async def main() -> None:
+        url = await server.start()
+        try:
+            probe = Probe(
+                _target(url, cert), [], ProbeOptions(timeout_s=10), trace, scenario=scenario
+            )
+            await probe.run()
+        finally:
+            await server.stop()
+
+    asyncio.run(main())
+    assert server.client_errors == []
+    tr = read_trace(trace)
+    cut, answer = [r for r in server.records() if r.kind == "turn"]
+    assert cut.interrupted_ns is not None and not cut.completed
+    assert answer.completed and answer.interrupted_ns is None
+    names = [e.name for e in tr.events]
+    assert names.count("interrupted") == 1
+    assert "interruption" not in names
+    (stop,) = [e for e in tr.events if e.name == "reply.stop"]
+    a = stop.attrs
+    assert a["cut"] is True and a["stopped"] is True, a
+    onset = a["onset_ns"]
+    assert cut.interrupted_ns > onset
+    # the same playout (immediate) of what the server sent, when it sent it
+    n = cut.chunk_samples
+    sent = [Chunk(t, n) for t in cut.audio_sent_ns]
+    pcm = server.reply_pcm[: 2 * n * len(sent)]
+    last = last_audible(from_pcm16(pcm), OUT_RATE)
+    assert last is not None
+    truth = play(sent, OUT_RATE).heard_at(last) + 1_000_000_000 // OUT_RATE - onset
+    print(f"gemini-live barge-in: stop {a['stop_ns'] / MS:.2f} ms, truth {truth / MS:.2f} ms")
+    assert truth - 50_000 <= a["stop_ns"] <= truth + 2 * MS, (a, truth)
+    turns = sorted(tr.finished_turns(), key=lambda st: st[1])
+    assert len(turns) == 2
+    second = _turn_events(tr, *turns[1])
+    assert second["turn.end"][0].attrs["ok"]
+
+
+# --- greeting -------------------------------------------------------------------------------
+
+
+def test_greeting_is_timed_from_its_request(
+    cert: tuple[Path, Path], key: str, speech_dir: Path, tmp_path: Path
+) -> None:
+    """With ``greeting=TEXT`` the target asks the agent to speak first (``clientContent``);
+    the probe waits for the greeting, and its latency (from that request to the first
+    audible sample) is the server's truth within 2 ms; the first turn then completes."""
+    server = _server(cert, speech_dir, reply_ms=1200, think_ms=250)
+    trace = tmp_path / "trace.jsonl"
+
+    async def main() -> None:
+        url = await server.start()
+        try:
+            utts = load_utterances([speech_dir / "pocketsphinx_cards_001.wav"])
+            target = _target(url, cert, greeting="Greet the caller.")
+            await run_probe(target, utts, ProbeOptions(gap_ms=200), trace)
+        finally:
+            await server.stop()
+
+    asyncio.run(main())
+    assert server.client_errors == []
+    (conn,) = server.connections
+    greeting, turn = conn.replies
+    assert greeting.kind == "greeting" and turn.kind == "turn"
+    assert conn.greeting_request_ns is not None
+    tr = read_trace(trace)
+    by = {e.name: e for e in tr.events if e.stage == "greeting"}
+    audible = by["greeting.audible"]
+    truth = _heard(greeting, audible.attrs["sample"]) - conn.greeting_request_ns
+    measured = audible.attrs["latency_ns"]
+    print(f"gemini-live greeting: {measured / MS:.2f} ms, truth {truth / MS:.2f} ms")
+    # timed from the request's send, just before the server's receipt of it
+    assert truth - 50_000 <= measured <= truth + 2 * MS, (measured, truth)
+    assert measured >= 250 * MS
+    ((session, t),) = tr.finished_turns()
+    assert _turn_events(tr, session, t)["turn.end"][0].attrs["ok"]
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("inject", "reason"),
+    [
+        ("parts_not_list", "serverContent.modelTurn.parts is dict, not list"),
+        ("not_object", "not a JSON object"),
+        ("opus", "declared as 'audio/opus', not audio/pcm"),
+        ("odd_bytes", "cannot be 16-bit PCM (an odd byte count)"),
+    ],
+)
+def test_bad_input_fails_the_turn_with_the_reason(
+    inject: str, reason: str, cert: tuple[Path, Path], key: str, speech_dir: Path, tmp_path: Path
+) -> None:
+    """A message the SDK's model rejects (``parts`` an object, an array for a message) or
+    audio in a format other than declared (Opus, an odd byte count of 16-bit PCM, which the
+    SDK's model accepts as bytes): a failed turn whose reason says what was wrong; the
+    trace is read back whole (no traceback anywhere)."""
+    server = _server(cert, speech_dir, reply_ms=400, inject={inject})
+    trace = tmp_path / "trace.jsonl"
+
+    async def main() -> None:
+        url = await server.start()
+        try:
+            utts = load_utterances([speech_dir / "pocketsphinx_cards_001.wav"])
+            await run_probe(_target(url, cert), utts, ProbeOptions(gap_ms=100, timeout_s=5), trace)
+        finally:
+            await server.stop()
+
+    asyncio.run(main())
+    if inject in ("parts_not_list", "not_object"):
+        assert [n for n, _ in server.rejected_sent] == [inject]
+    tr = read_trace(trace)
+    ((session, turn),) = tr.finished_turns()
+    end = _turn_events(tr, session, turn)["turn.end"][0].attrs
+    assert end["ok"] is False
+    assert end["failure"] == "protocol_violation", end
+    assert reason in end["reason"], end["reason"]
+    assert "\n" not in end["reason"] and "Traceback" not in trace.read_text()
+
+
+def test_an_unknown_field_is_a_mark_and_the_turn_stands(
+    cert: tuple[Path, Path], key: str, speech_dir: Path, tmp_path: Path
+) -> None:
+    """A ``serverContent`` key the API does not define (the SDK's model rejects it): the
+    mark ``unknown_event`` naming it; the reply is read as usual."""
+    server = _server(cert, speech_dir, reply_ms=400, inject={"unknown_field"})
+    trace = tmp_path / "trace.jsonl"
+
+    async def main() -> None:
+        url = await server.start()
+        try:
+            utts = load_utterances([speech_dir / "pocketsphinx_cards_001.wav"])
+            await run_probe(_target(url, cert), utts, ProbeOptions(gap_ms=100), trace)
+        finally:
+            await server.stop()
+
+    asyncio.run(main())
+    assert [n for n, _ in server.rejected_sent] == ["unknown_field"]
+    tr = read_trace(trace)
+    unknown = [e.attrs["raw"] for e in tr.events if e.name == "unknown_event"]
+    assert unknown == ["serverContent.bogusField"]
+    ((session, turn),) = tr.finished_turns()
+    assert _turn_events(tr, session, turn)["turn.end"][0].attrs["ok"]
+
+
+# --- keys, TLS, options -------------------------------------------------------------------
+
+
+def test_a_wrong_key_in_the_query_fails_the_session_without_leaking_it(
+    cert: tuple[Path, Path], key: str, speech_dir: Path, tmp_path: Path
+) -> None:
+    """``key_in=query`` puts the key in the URL's ``key`` parameter (as the API takes it);
+    a server that refuses it closes the socket at setup: the session fails with a one-line
+    reason (and, no session having opened, so does the run), and neither the URL's query
+    nor the key is anywhere in the trace."""
+    server = _server(cert, speech_dir, api_key="another-key")
+    trace = tmp_path / "trace.jsonl"
+
+    async def main() -> None:
+        url = await server.start()
+        try:
+            utts = load_utterances([speech_dir / "pocketsphinx_cards_001.wav"])
+            await run_probe(_target(url, cert, key_in="query"), utts, ProbeOptions(), trace)
+        finally:
+            await server.stop()
+
+    # no session could open: the run's error (exit code 4, TARGET), one line, no key
+    with pytest.raises(TargetError) as err:
+        asyncio.run(main())
+    assert "\n" not in err.value.message and key not in err.value.message
+    assert "closed the connection during setup (code 1008)" in err.value.message
+    assert server.connections[0].key_in == "query"
+    assert server.connections[0].key == key
+    _no_secret(trace)
+    tr = read_trace(trace)
+    failed = [e for e in tr.events if e.name == "session.failed"]
+    assert failed and "closed the connection during setup (code 1008)" in failed[0].attrs["reason"]
+    assert "key=" not in trace.read_text()
+
+
+def test_the_self_signed_server_is_refused_without_a_ca(
+    cert: tuple[Path, Path], key: str, speech_dir: Path, tmp_path: Path
+) -> None:
+    """TLS is verified by default: without ``ca_file`` the test server's certificate is
+    refused (the session fails, naming the certificate); ``tls_insecure=true`` connects."""
+    server = _server(cert, speech_dir)
+
+    async def main() -> tuple[str, str]:
+        url = await server.start()
+        try:
+            reasons = []
+            for options in ({}, {"tls_insecure": "true"}):
+                config = TargetConfig(url=url, protocol="gemini-live", options=options)
+                session = GeminiLiveTarget(config).session(_NullSink())
+                try:
+                    await session.open()
+                    reasons.append("ok")
+                except Exception as exc:
+                    reasons.append(str(exc))
+                finally:
+                    await session.close()
+            return reasons[0], reasons[1]
+        finally:
+            await server.stop()
+
+    refused, insecure = asyncio.run(main())
+    assert "certificate" in refused.lower(), refused
+    assert insecure == "ok"
+
+
+class _NullSink:
+    def mark(self, name: str, stage: str, t_ns: int, attrs: dict[str, Any] | None = None) -> None:
+        pass
+
+    def reply_audio(
+        self, t_ns: int, pcm16: bytes, rate: int, wire_bytes: int, queued_ns: int | None = None
+    ) -> None:
+        pass
+
+    def reply_done(self, t_ns: int) -> None:
+        pass
+
+    def fail(self, reason: str) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"ca_file": "/nonexistent/ca.pem"}, "ca_file='/nonexistent/ca.pem': no such file"),
+        ({"tls_insecure": "maybe"}, "tls_insecure='maybe' must be true or false"),
+        ({"vad": "client"}, "vad='client' must be server or manual"),
+        ({"colour": "blue"}, "unknown gemini-live target option 'colour'"),
+        ({"rate": "sixteen"}, "rate='sixteen' must be a whole number"),
+    ],
+)
+def test_bad_options_are_one_line_usage_errors(options: dict[str, str], message: str) -> None:
+    with pytest.raises(UsageError) as err:
+        GeminiLiveTarget(TargetConfig(url="wss://h", protocol="gemini-live", options=options))
+    assert message in err.value.message and "\n" not in err.value.message
+
+
+def test_a_ca_file_that_is_not_pem_and_both_tls_options(tmp_path: Path) -> None:
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate\n")
+    cfg = TargetConfig(url="wss://h", protocol="gemini-live", options={"ca_file": str(bad)})
+    with pytest.raises(UsageError, match="not a readable PEM certificate file"):
+        tls_context(cfg)
+    both = {"ca_file": str(bad), "tls_insecure": "true"}
+    with pytest.raises(UsageError, match="do not go together"):
+        tls_context(TargetConfig(url="wss://h", protocol="gemini-live", options=both))
+
+
+def test_the_trace_url_has_no_query(key: str) -> None:
+    """The key in the query stays out of what a trace records of the target."""
+    cfg = TargetConfig(url=f"wss://h/ws/x?key={key}", protocol="gemini-live", api_key_env=KEY_ENV)
+    assert key not in json.dumps(cfg.describe())
+    assert key in cfg.secrets()
+
+
+def test_reply_mime_types() -> None:
+    assert parse_pcm_mime("audio/pcm;rate=24000") == 24000
+    assert parse_pcm_mime("audio/pcm; rate=16000") == 16000
+    assert parse_pcm_mime("audio/pcm") == 24000
+    for bad in ("audio/opus", "audio/wav", "audio/pcm;rate=x", "audio/pcm;rate=5", None):
+        with pytest.raises(ValueError):
+            parse_pcm_mime(bad)
+
+
+# --- the official SDK client against the same server --------------------------------------
+
+
+def test_the_sdk_client_completes_a_turn(cert: tuple[Path, Path], speech_dir: Path) -> None:
+    """google-genai's own client (``client.aio.live.connect``), pointed at the test server
+    (``HttpOptions(base_url=...)``, trusting its certificate through
+    ``async_client_args={"ssl": ctx}``), sends real speech and receives the whole reply:
+    the input transcription, every audio byte the server sent, the output transcription,
+    ``generation_complete`` and ``turn_complete``. Its messages pass the SDK's own client
+    models on the server (none recorded as rejected)."""
+    server = _server(cert, speech_dir, reply_ms=800)
+    utt = speech_pcm(speech_dir / "pocketsphinx_cards_001.wav", 2000, rate=16000)
+
+    async def main() -> dict[str, Any]:
+        await server.start()
+        got: dict[str, Any] = {"audio": b"", "in": "", "out": "", "flags": []}
+        try:
+            ctx = ssl.create_default_context(cafile=str(cert[0]))
+            client = genai.Client(
+                api_key="sdk-key",
+                http_options=types.HttpOptions(
+                    base_url=server.base, async_client_args={"ssl": ctx}
+                ),
+            )
+            config = types.LiveConnectConfig(
+                response_modalities=[types.Modality.AUDIO],
+                input_audio_transcription=types.AudioTranscriptionConfig(),
+                output_audio_transcription=types.AudioTranscriptionConfig(),
+            )
+            async with client.aio.live.connect(model="gemini-live-test", config=config) as s:
+                step = 640  # 20 ms at 16 kHz
+                for i in range(0, len(utt), step):
+                    await s.send_realtime_input(
+                        audio=types.Blob(data=utt[i : i + step], mime_type="audio/pcm;rate=16000")
+                    )
+                    await asyncio.sleep(0.02)
+                silence = bytes(step)
+                sender = asyncio.ensure_future(_silence(s, silence))
+                try:
+                    async for msg in s.receive():
+                        sc = msg.server_content
+                        if sc is None:
+                            continue
+                        if sc.input_transcription and sc.input_transcription.text:
+                            got["in"] += sc.input_transcription.text
+                        if sc.output_transcription and sc.output_transcription.text:
+                            got["out"] += sc.output_transcription.text
+                        if sc.model_turn and sc.model_turn.parts:
+                            for p in sc.model_turn.parts:
+                                if p.inline_data and p.inline_data.data:
+                                    got["audio"] += p.inline_data.data
+                                    got["mime"] = p.inline_data.mime_type
+                        if sc.generation_complete:
+                            got["flags"].append("generation_complete")
+                        if sc.turn_complete:
+                            got["flags"].append("turn_complete")
+                            break
+                finally:
+                    sender.cancel()
+        finally:
+            await server.stop()
+        return got
+
+    got = asyncio.run(main())
+    assert server.client_errors == []
+    (conn,) = server.connections
+    assert conn.key == "sdk-key"
+    assert got["in"] == "ten of clubs"
+    assert got["out"] == REPLY_TEXT
+    assert got["mime"] == f"audio/pcm;rate={OUT_RATE}"
+    assert got["audio"] == server.reply_pcm
+    assert got["flags"] == ["generation_complete", "turn_complete"]
+    # what the SDK sends: its own setup shape, URL-safe base64 audio the server decodes
+    assert conn.setup is not None and conn.setup["model"] == "models/gemini-live-test"
+    assert conn.input_rate == 16000
+
+
+async def _silence(s: Any, silence: bytes) -> None:
+    while True:
+        await s.send_realtime_input(
+            audio=types.Blob(data=silence, mime_type="audio/pcm;rate=16000")
+        )
+        await asyncio.sleep(0.02)
+
+
+def test_voiceaudit_audio_is_standard_base64_the_sdk_reads() -> None:
+    """What voiceaudit sends for a frame is a message the SDK's client model reads back to
+    the same samples."""
+    from voiceaudit.targets.gemini import GeminiLiveSession
+
+    sent: list[str] = []
+
+    class Capture(GeminiLiveSession):
+        async def send_json(self, obj: dict[str, Any]) -> None:
+            sent.append(json.dumps(obj))
+
+    cfg = TargetConfig(url="wss://h", protocol="gemini-live")
+    s = Capture(cfg, _NullSink())
+    pcm = (np.arange(320, dtype="<i2") * 97).tobytes()
+    asyncio.run(s.send_audio(pcm))
+    m = types.LiveClientMessage.model_validate(json.loads(sent[0]))
+    assert m.realtime_input is not None and m.realtime_input.audio is not None
+    assert m.realtime_input.audio.data == pcm
+    assert m.realtime_input.audio.mime_type == "audio/pcm;rate=16000"
+    assert base64.b64decode(json.loads(sent[0])["realtimeInput"]["audio"]["data"]) == pcm
