@@ -111,10 +111,22 @@ def _distribution(ep: EntryPoint) -> str:
         return ""
 
 
+#: :func:`plugins` by ``sys.path`` (a lookup reads every installed distribution's metadata)
+_found: dict[tuple[str, ...], dict[str, list[Plugin]]] = {}
+
+
 def plugins() -> dict[str, list[Plugin]]:
     """Every installed plugin entry point, by name: the one that is used first, then any
     others claiming the same name (duplicates of one entry, as when a package is on the
-    path twice or registers under both groups with the same value, are dropped)."""
+    path twice or registers under both groups with the same value, are dropped). Read once
+    per ``sys.path``."""
+    key = tuple(sys.path)
+    if key not in _found:
+        _found[key] = _plugins()
+    return {name: list(claims) for name, claims in _found[key].items()}
+
+
+def _plugins() -> dict[str, list[Plugin]]:
     out: dict[str, list[Plugin]] = {}
     for group in (ENTRY_POINT_GROUP, *LEGACY_GROUPS):
         try:
