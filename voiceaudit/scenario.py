@@ -68,9 +68,13 @@ MAX_TURNS = 1_000_000
 #: silence inserted into one turn's utterance, all its pauses together
 MAX_PAUSE_MS = 600_000
 
-_TOP_KEYS = ("version", "rate", "gap_ms", "seed", "session")
+_TOP_KEYS = ("version", "rate", "gap_ms", "seed", "greeting_wait_ms", "session")
 _SESSION_KEYS = ("name", "count", "repeat", "gap_ms", "turn")
-_TURN_KEYS = ("say", "pause", "interrupt", "sound", "repeat", "gap_ms")
+_TURN_KEYS = ("say", "dtmf", "pause", "interrupt", "sound", "repeat", "gap_ms")
+#: the keys of a key-press turn (``dtmf``): DTMF digits, one after another
+DTMF_DIGITS = "0123456789*#ABCD"
+#: a key-press turn presses its keys this far apart
+DTMF_SPACING_MS = 200
 _PAUSE_KEYS = ("at_ms", "ms")
 _INTERRUPT_KEYS = ("after_reply_ms", "say")
 _SOUND_KEYS = ("after_reply_ms", "kind", "ms", "hz", "level_dbfs", "say")
@@ -183,6 +187,9 @@ class Turn:
     gap: int
     gap_ns: int
     line: int | None = None
+    #: a key-press turn (``dtmf = "1"``): the keys pressed, ``DTMF_SPACING_MS`` apart, instead
+    #: of speech (``say`` is then silence, its speech end the last press); None: a spoken turn
+    dtmf: str | None = None
 
 
 @dataclass(frozen=True)
@@ -209,6 +216,9 @@ class Scenario:
     rate: int
     seed: int
     sessions: tuple[Session, ...]
+    #: how long each session waits for the target's greeting before its first turn (ms);
+    #: None: as ``run`` decides (``--greeting-wait``, else the protocol's default)
+    greeting_wait_ms: int | None = None
 
 
 # --- loading ------------------------------------------------------------------------------
@@ -301,6 +311,11 @@ class _Parser(TomlChecker):
                 self.fail(("rate",), f"rate {rate!r} is not one of {', '.join(map(str, RATES))}")
             self.rate = int(rate)
         self.seed = self.integer(doc, "seed", (), lo=0, hi=2**31 - 1, default=0)
+        greeting_wait_ms = (
+            self.integer(doc, "greeting_wait_ms", (), lo=0, hi=600_000, default=0)
+            if "greeting_wait_ms" in doc
+            else None
+        )
         gap_ms = self.integer(doc, "gap_ms", (), lo=0, hi=600_000, default=DEFAULT_GAP_MS)
         raw = doc.get("session")
         if raw is None:
@@ -316,7 +331,7 @@ class _Parser(TomlChecker):
         sessions: list[Session] = []
         for i, s in enumerate(raw):
             sessions.extend(self.session(s, ("session", i), i, gap_ms))
-        return Scenario(path, self.rate, self.seed, tuple(sessions))
+        return Scenario(path, self.rate, self.seed, tuple(sessions), greeting_wait_ms)
 
     def session(self, raw: Any, at: KeyPath, i: int, gap_ms: int) -> list[Session]:
         s = self.table(raw, at, "a session")
@@ -342,25 +357,34 @@ class _Parser(TomlChecker):
                 f"the scenario has {self._turns} turns by session {name!r} (count x repeat "
                 f"x turns and their repeats); at most {MAX_TURNS}",
             )
-        script: list[tuple[Say, tuple[Overlap, ...], int, int | None]] = []
+        script: list[tuple[Say, tuple[Overlap, ...], int, int | None, str | None]] = []
         for _ in range(repeat):
             for turn_repeat, item in parsed:
                 script.extend([item] * turn_repeat)
         out: list[Session] = []
         for copy in range(count):
             turns = tuple(
-                Turn(k, say, overlaps, gap, gap * 1_000_000_000 // self.rate, line)
-                for k, (say, overlaps, gap, line) in enumerate(script)
+                Turn(k, say, overlaps, gap, gap * 1_000_000_000 // self.rate, line, dtmf)
+                for k, (say, overlaps, gap, line, dtmf) in enumerate(script)
             )
             out.append(Session(name, copy, turns, self.line(at)))
         return out
 
     def turn(
         self, raw: Any, at: KeyPath, gap_ms: int
-    ) -> tuple[int, tuple[Say, tuple[Overlap, ...], int, int | None]]:
+    ) -> tuple[int, tuple[Say, tuple[Overlap, ...], int, int | None, str | None]]:
         t = self.table(raw, at, "a turn")
         self.check_keys(t, at, _TURN_KEYS, what="turn key")
-        clip = self.clip(self.string(t, "say", at), (*at, "say"))
+        dtmf: str | None = None
+        if "dtmf" in t:
+            if "say" in t:
+                self.fail((*at, "dtmf"), "a turn either says something or presses keys (dtmf)")
+            if "pause" in t:
+                self.fail((*at, "pause"), "a key-press turn (dtmf) has no speech to pause")
+            dtmf = self.dtmf(t["dtmf"], (*at, "dtmf"))
+            clip = self._presses(dtmf)
+        else:
+            clip = self.clip(self.string(t, "say", at), (*at, "say"))
         pauses = self.pauses(t.get("pause"), (*at, "pause"), clip) if "pause" in t else ()
         say = self.say(clip, pauses, self.line(at))
         overlaps: list[Overlap] = []
@@ -383,7 +407,22 @@ class _Parser(TomlChecker):
             )
         repeat = self.integer(t, "repeat", at, lo=1, hi=MAX_REPEAT, default=1)
         gap = self.samples(self.integer(t, "gap_ms", at, lo=0, hi=600_000, default=gap_ms))
-        return repeat, (say, tuple(overlaps), gap, self.line(at))
+        return repeat, (say, tuple(overlaps), gap, self.line(at), dtmf)
+
+    def dtmf(self, v: Any, at: KeyPath) -> str:
+        if not isinstance(v, str) or not 1 <= len(v) <= 32:
+            self.fail(at, 'dtmf must be a string of 1 to 32 keys, e.g. "1" or "123#"')
+        bad = sorted({c for c in v if c not in DTMF_DIGITS})
+        if bad:
+            self.fail(at, f"dtmf {v!r}: {''.join(bad)!r} is not a key (keys: {DTMF_DIGITS})")
+        return v
+
+    def _presses(self, digits: str) -> Clip:
+        """A key-press turn's audio: silence, the keys ``DTMF_SPACING_MS`` apart from its
+        start; its "speech" ends at the last press (the probe sends the key events)."""
+        last = self.samples(DTMF_SPACING_MS * (len(digits) - 1))
+        n = last + self.samples(DTMF_SPACING_MS)
+        return Clip(f"dtmf {digits}", "dtmf", None, self.rate, np.zeros(n, np.float32), 0, last + 1)
 
     def say(self, clip: Clip, pauses: tuple[Pause, ...], line: int | None) -> Say:
         if not pauses:

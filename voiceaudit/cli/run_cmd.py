@@ -45,7 +45,9 @@ def register(app: typer.Typer) -> None:
             None,
             "--protocol",
             "-p",
-            help="realtime | cascade | websocket | python (inferred from the URL if clear).",
+            help="The target's protocol (inferred from the URL if clear): "
+            + " | ".join(_protocol_names())
+            + ". `voiceaudit targets` lists them with their options.",
         ),
         target_option: list[str] = typer.Option(
             [], "--target-option", "-o", help="Protocol option NAME=VALUE (repeatable)."
@@ -89,6 +91,13 @@ def register(app: typer.Typer) -> None:
         ),
         gap_ms: int = typer.Option(
             500, "--gap-ms", help="Pause between turns, after the reply ends (ms)."
+        ),
+        greeting_wait: str | None = typer.Option(
+            None,
+            "--greeting-wait",
+            help="Before each session's first turn, wait this long for the target's "
+            "greeting (e.g. 5s; 0: never). Default: 5s where the agents speak first "
+            "(the phone carriers), else no wait.",
         ),
         jitter_buffer_ms: int = typer.Option(
             0,
@@ -154,6 +163,9 @@ def register(app: typer.Typer) -> None:
         elif hold != "0s":
             raise UsageError("--hold goes with --ramp")
         options = ProbeOptions(
+            greeting_wait_s=None
+            if greeting_wait is None
+            else parse_duration(greeting_wait, "--greeting-wait"),
             ramp=ramp_spec,
             playout=playout,
             sessions=sessions,
@@ -452,10 +464,30 @@ def _start_capture(
     return cap
 
 
+def _protocol_names() -> list[str]:
+    """Every protocol, built in or from a plugin (for --protocol's help)."""
+    from voiceaudit.targets.registry import available
+
+    try:
+        return sorted(available())
+    except Exception:  # a broken plugin environment must not break --help
+        from voiceaudit.targets.registry import BUILTINS
+
+        return sorted(BUILTINS)
+
+
 def reference_options(protocol: str) -> dict[str, str]:
     """Target options for the built-in pipeline: over WebRTC its events (and its stage
     events) travel on a data channel, which the probe opens only when asked."""
     return {"datachannel": "oai-events"} if protocol == "webrtc" else {}
+
+
+#: the phone carriers' protocols, which the built-in pipeline serves as a bot at /<name>
+CARRIERS = ("twilio", "telnyx", "plivo", "exotel", "vonage")
+
+
+def _ws(url: str) -> str:
+    return "ws" + url[4:] if url.startswith("http") else url
 
 
 def reference_url(server: Any, protocol: str) -> str:
@@ -465,6 +497,8 @@ def reference_url(server: Any, protocol: str) -> str:
         "websocket": server.pcm_url,
         "cascade": server.url + "/v1",
         "webrtc": server.url + "/v1/webrtc/offer",
+        # the phone carriers: the reference is the bot each carrier connects to
+        **{name: _ws(server.url) + "/" + name for name in CARRIERS},
     }
     if protocol not in urls:
         raise UsageError(

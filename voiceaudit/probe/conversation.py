@@ -55,6 +55,7 @@ import numpy as np
 from voiceaudit.audio import first_audible, from_pcm16, resample
 from voiceaudit.clock import NS_PER_MS, NS_PER_S
 from voiceaudit.errors import TargetError
+from voiceaudit.probe.greeting import GreetingCollector
 from voiceaudit.probe.playout import Chunk, Playout, play_model
 from voiceaudit.probe.session import (
     ReplyOutcome,
@@ -64,7 +65,7 @@ from voiceaudit.probe.session import (
     note_after_reply,
     send_frame,
 )
-from voiceaudit.scenario import Overlap, Scenario, Turn
+from voiceaudit.scenario import DTMF_SPACING_MS, Overlap, Scenario, Turn
 from voiceaudit.targets.base import TargetSession
 from voiceaudit.trace_io import TraceWriter
 
@@ -187,6 +188,9 @@ class TurnState:
     )
     concurrency: int | None = None
     truncate: dict[str, Any] | None = None
+    #: a key-press turn: (turn-relative sample at whose frame's send the key goes, key)
+    presses: list[tuple[int, str]] = field(default_factory=list)
+    pressed: int = 0
     #: when the target said this turn's speech ended (``endpoint`` marks, probe clock)
     endpoints: list[int] = field(default_factory=list)
 
@@ -209,6 +213,8 @@ class ConversationSink:
         self.open: Segment | None = None
         self.last_closed: Segment | None = None
         self.last_audio_ns = 0
+        #: set while the probe waits for the target's greeting: reply audio goes there
+        self.greeting: GreetingCollector | None = None
 
     # -- routing ----------------------------------------------------------------------
 
@@ -253,6 +259,9 @@ class ConversationSink:
     ) -> None:
         if not pcm16:
             return
+        if self.greeting is not None:
+            self.greeting.add((t_ns, pcm16, rate, wire_bytes, queued_ns))
+            return
         st = self.conv.reply_turn()
         if st is None:
             self.late_chunks += 1
@@ -267,6 +276,9 @@ class ConversationSink:
             self.conv.find_onset(st, seg)
 
     def reply_done(self, t_ns: int) -> None:
+        if self.greeting is not None:
+            self.greeting.done.set()
+            return
         self.end_segment(t_ns)
 
     def end_segment(self, t_ns: int) -> None:
@@ -282,6 +294,10 @@ class ConversationSink:
         if self.failure is None:
             self.failure = reason
         self.failed = True
+
+    def has_failed(self) -> bool:
+        """The session broke."""
+        return self.failed
 
 
 class Conversation:
@@ -402,6 +418,7 @@ class Conversation:
         pauses: list[tuple[int, int]],
         script: Turn | None,
         interrupts: int | None,
+        presses: list[tuple[int, str]] | None = None,
     ) -> TurnState:
         pcm, sha = self._pcm(samples)
         o = self.probe.options
@@ -414,13 +431,15 @@ class Conversation:
             start=start,
             n=int(pcm.size),
             speech_start=self._scale(speech_start),
-            speech_end=min(int(pcm.size), self._scale(speech_end)),
+            # a key-press turn "ends its speech" with the frame that carries its last key
+            speech_end=presses[-1][0] if presses else min(int(pcm.size), self._scale(speech_end)),
             pauses=[(self._scale(a), self._scale(n)) for a, n in pauses],
             t0_ns=self.t_of(start),
             speech_end_ns=0,
             interrupts_turn=interrupts,
             script=script,
             warm=idx < o.warmup,
+            presses=presses or [],
         )
         st.speech_end_ns = self.t_of(start + st.speech_end)
         self.mic.append((start, pcm))
@@ -450,6 +469,7 @@ class Conversation:
                 "scenario_turn": None if script is None else script.index,
                 "pauses": [list(p) for p in st.pauses],
                 "interrupts_turn": interrupts,
+                **({"dtmf": "".join(k for _, k in presses)} if presses else {}),
             },
         )
         self.writer.event(
@@ -466,6 +486,14 @@ class Conversation:
     def _start_scripted(self, turn: Turn, pos: int) -> TurnState:
         say = turn.say
         assert say.speech_start is not None and say.speech_end is not None
+        presses: list[tuple[int, str]] = []
+        if turn.dtmf is not None:
+            # key k is pressed DTMF_SPACING_MS * k into the turn: it goes out with the frame
+            # that ends at the first frame boundary after that (frames never straddle)
+            step = self.scenario.rate * DTMF_SPACING_MS // 1000
+            for k, key in enumerate(turn.dtmf):
+                at = self._scale(k * step)
+                presses.append(((at // self.frame + 1) * self.frame, key))
         return self._new_turn(
             pos,
             say.samples,
@@ -475,6 +503,7 @@ class Conversation:
             [(p.at, p.length) for p in say.pauses],
             turn,
             None,
+            presses,
         )
 
     def _place_overlaps(self, st: TurnState, pos: int) -> None:
@@ -600,6 +629,18 @@ class Conversation:
         fr[1].append(a - st.start)
         fr[2].append(b - st.start)
         fr[3].append(deadline)
+        while st.pressed < len(st.presses) and st.start + st.presses[st.pressed][0] <= b:
+            key = st.presses[st.pressed][1]
+            st.pressed += 1
+            t_key = self.probe.clock.now_ns()
+            try:
+                await ts.send_dtmf(key)
+            except TargetError as exc:
+                self.sink.fail(f"protocol: {exc.message} (the scenario presses {key!r})")
+                return
+            self.writer.event(
+                self.sid, st.index, t_key, "probe", "input", "input.dtmf", {"digit": key}
+            )
         if not st.speech_end_sent and st.start + st.speech_end <= b:
             st.speech_end_sent = True
             st.concurrency = self.probe.active_sessions

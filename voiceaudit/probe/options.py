@@ -112,6 +112,10 @@ class ProbeOptions:
     session_prefix: str = ""
     #: a load profile instead of ``sessions`` fixed sessions of ``turns`` turns
     ramp: Ramp | None = None
+    #: how long each session waits for the target's greeting before its first turn (s);
+    #: None: the protocol's default (voiceaudit.probe.greeting: 5 s where the agents speak
+    #: first, the phone carriers; else no wait), 0: never wait
+    greeting_wait_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.sessions < 1:
@@ -128,6 +132,8 @@ class ProbeOptions:
             raise UsageError("--speed must be between 0.1 and 100")
         if self.timeout_s <= 0:
             raise UsageError("--timeout must be positive")
+        if self.greeting_wait_s is not None and not 0 <= self.greeting_wait_s <= 600:
+            raise UsageError("--greeting-wait must be between 0 and 10 minutes")
         if self.gap_ms < 0 or self.jitter_buffer_ms < 0:
             raise UsageError("--gap-ms and --jitter-buffer-ms cannot be negative")
         if self.playout not in PLAYOUT_MODELS:

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -31,6 +31,7 @@ from voiceaudit.failures import FAILURE_KINDS, failure_kind
 from voiceaudit.model import Header
 from voiceaudit.pacing import Pacer
 from voiceaudit.pacing_stats import BROKE_NS, P99_GOAL_NS, PacingHistogram, pacing_attrs
+from voiceaudit.probe.greeting import GreetingCollector, await_greeting, wait_seconds
 
 # re-exported (as X as X): the CLI, the load driver and the tests take them from here
 from voiceaudit.probe.options import ProbeOptions as ProbeOptions
@@ -52,6 +53,9 @@ from voiceaudit.probe.warm import warm_up
 from voiceaudit.scenario import Scenario
 from voiceaudit.targets.base import Target, TargetSession
 from voiceaudit.trace_io import TraceWriter
+
+if TYPE_CHECKING:
+    from voiceaudit.probe.conversation import ConversationSink
 
 
 @dataclass
@@ -219,6 +223,8 @@ class _Sink:
         self.last_audio_ns = 0
         self.late_chunks = 0
         self.samples_sent = 0
+        #: set while the probe waits for the target's greeting: reply audio goes there
+        self.greeting: GreetingCollector | None = None
 
     def begin(self, turn: int) -> None:
         self.turn = turn
@@ -235,6 +241,9 @@ class _Sink:
     def reply_audio(
         self, t_ns: int, pcm16: bytes, rate: int, wire_bytes: int, queued_ns: int | None = None
     ) -> None:
+        if self.greeting is not None:
+            self.greeting.add((t_ns, pcm16, rate, wire_bytes, queued_ns))
+            return
         if self.turn is None:
             self.late_chunks += 1
             return
@@ -246,6 +255,9 @@ class _Sink:
 
     def reply_done(self, t_ns: int) -> None:
         self.done_seen = True
+        if self.greeting is not None:
+            self.greeting.done.set()
+            return
         self.done.set()
 
     def fail(self, reason: str) -> None:
@@ -345,7 +357,9 @@ class Probe:
         return Header(
             run_id=uuid.uuid4().hex[:16],
             voiceaudit_version=__version__,
-            target=self.target.config.describe(),
+            # the path the caller's audio takes (phone, webrtc, websocket, ...): the report
+            # labels results by it
+            target={**self.target.config.describe(), "path": self.target.path},
             host={
                 "hostname": socket.gethostname(),
                 "platform": platform.platform(),
@@ -484,8 +498,16 @@ class Probe:
                     raise
                 await self._sleep(0.2)
                 continue
-            connected(writer, sid, self.clock.now_ns(), ts)
+            connected_ns = self.clock.now_ns()
+            connected(writer, sid, connected_ns, ts)
             try:
+                if not await self._greet(ts, sink, writer, sid, connected_ns, sink.failed.is_set):
+                    # broke while greeting: the first turn fails, the next gets a new call
+                    if self._more_turns(turn, total):
+                        self.record_failed(writer, sid, turn, sink.failure or "target closed")
+                        await writer.commit_async()
+                        turn += 1
+                    continue
                 while self._more_turns(turn, total):
                     utt = self.utterances[(turn + slot) % len(self.utterances)]
                     healthy = await self._turn(ts, sink, writer, turn, utt, slot)
@@ -499,6 +521,52 @@ class Probe:
                 with contextlib.suppress(Exception):
                     await ts.close()
                 closed(writer, sid, self.clock.now_ns(), sink.failure)
+
+    async def _greet(
+        self,
+        ts: TargetSession,
+        sink: _Sink | ConversationSink,
+        writer: TraceWriter,
+        sid: str,
+        connected_ns: int,
+        failed: Callable[[], bool],
+    ) -> bool:
+        """Wait for the target's greeting before a session's first turn, when the options or
+        the protocol say so (:mod:`voiceaudit.probe.greeting`), then for the gap after it.
+        False when the session broke meanwhile."""
+        o = self.options
+        configured = o.greeting_wait_s
+        if configured is None and self.scenario is not None:
+            ms = self.scenario.greeting_wait_ms
+            configured = None if ms is None else ms / 1000
+        wait_s = wait_seconds(configured, ts)
+        if wait_s <= 0:
+            return True
+        sink.greeting = GreetingCollector()
+        try:
+            got = await await_greeting(
+                ts=ts,
+                collector=sink.greeting,
+                writer=writer,
+                sid=sid,
+                connected_ns=connected_ns,
+                wait_s=wait_s,
+                idle_s=o.idle_s,
+                playout=o.playout,
+                depth_ns=o.jitter_buffer_ms * NS_PER_MS,
+                now=self.clock.now_ns,
+                stop=[self._stop, self._cut],
+                failed=failed,
+            )
+        finally:
+            sink.greeting = None
+        await writer.commit_async()
+        if failed():
+            return False
+        rest = got.ready_ns + o.gap_ms * NS_PER_MS - self.clock.now_ns()
+        if rest > 0:
+            await self._sleep(rest / NS_PER_S)
+        return not failed()
 
     async def _conversation(self, slot: int, writer: TraceWriter) -> None:
         """One scenario session (voiceaudit.probe.conversation): on one connection while it
@@ -539,9 +607,21 @@ class Probe:
                     raise
                 await self._sleep(0.2)
                 continue
-            connected(writer, sid, self.clock.now_ns(), ts)
+            connected_ns = self.clock.now_ns()
+            connected(writer, sid, connected_ns, ts)
             try:
-                await conv.run(ts)
+                if await self._greet(
+                    ts, conv.sink, writer, sid, connected_ns, conv.sink.has_failed
+                ):
+                    await conv.run(ts)
+                else:
+                    # broke while greeting: the script's next turn fails, the rest goes on
+                    # on a new connection
+                    if conv.pending:
+                        self.record_failed(writer, sid, index, conv.sink.failure or "target closed")
+                        await writer.commit_async()
+                        conv.pending.pop(0)
+                        conv.next_index += 1
             finally:
                 with contextlib.suppress(Exception):
                     await ts.end_turn()
