@@ -505,3 +505,37 @@ def test_merged_paths_reported_apart(tmp_path: Path, trace: Path) -> None:
     assert paths["phone"]["voice_to_voice_ms"]["p50"] - paths["websocket"]["voice_to_voice_ms"][
         "p50"
     ] == pytest.approx(40.0)
+
+
+def test_sweep_shows_paths_side_by_side(tmp_path: Path) -> None:
+    from voiceaudit.analysis.sweep import Cell, Manifest, build_sweep_view
+    from voiceaudit.report.sweep import render_sweep
+
+    cells = [
+        Cell("twilio--lan--r1", "twilio", "twilio", "lan", 1, status="ok"),
+        Cell("ws--lan--r1", "ws", "websocket", "lan", 1, status="ok"),
+    ]
+    for c in cells:
+        (tmp_path / c.dir).mkdir()
+    write_phone_trace(tmp_path / cells[0].dir / "trace.jsonl", turns(), run_id="p")
+    write_phone_trace(
+        tmp_path / cells[1].dir / "trace.jsonl",
+        turns(),
+        greeting_ms=None,
+        run_id="w",
+        target_path_=None,
+        protocol="websocket",
+        fixed_ms=0,
+    )
+    Manifest(cells, {"repeats": 1}).write(tmp_path)
+    view = build_sweep_view(tmp_path)
+    d = view.to_dict()
+    groups = {g["pipeline"]: g for g in d["groups"]}
+    assert groups["twilio"]["path"] == "phone" and groups["ws"]["path"] == "websocket"
+    assert groups["twilio"]["greeting_p50_ms"] == 730.0
+    assert groups["ws"]["greeting_p50_ms"] is None
+    pair = d["pairs"][0]
+    assert {pair["a"]["path"], pair["b"]["path"]} == {"phone", "websocket"}
+    for fmt in ("terminal", "markdown", "html", "json"):
+        text = render_sweep(view, fmt, width=200)
+        assert "phone" in text and "websocket" in text and "greeting" in text, fmt

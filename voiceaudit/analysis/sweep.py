@@ -11,7 +11,9 @@ one sweep directory and a manifest, ``sweep.json`` (schema ``voiceaudit.sweep/1`
                 "impair": "...", "repeat": 1, "status": "ok"}]}
 
 The view groups cells by (pipeline, network), merging repeats, and gives per group the
-turns, voice-to-voice p50/p95, the transport segment's p50, what the caller heard of the
+path it was measured on (phone, webrtc, websocket, ...: results of different paths side
+by side, never merged), the turns, voice-to-voice p50/p95, the transport segment's p50,
+the greeting latency's p50 (where the target speaks first), what the caller heard of the
 playout (latency the buffer added, p50; turns with an underrun; underrun time per turn)
 and the failures. Pairwise comparisons (voice-to-voice, two-sided Mann-Whitney U, as in
 ``voiceaudit report A B``, Holm-corrected over all the pairs of the sweep):
@@ -31,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from voiceaudit import __version__
+from voiceaudit.analysis.phone import target_path
 from voiceaudit.analysis.report import VOICE_TO_VOICE, Report, build_report
 from voiceaudit.analysis.stats import Difference, holm, mann_whitney
 from voiceaudit.errors import NoDataError, TraceError
@@ -145,6 +148,24 @@ class Group:
     problem: str | None = None
 
     @property
+    def path(self) -> str:
+        """The path the group was measured on (phone, webrtc, websocket, http,
+        in-process): its traces' headers, else the cells' protocol; ``a + b`` when its
+        runs were on several."""
+        if self.report is not None:
+            paths = sorted(set(self.report.paths.values()))
+        else:
+            paths = sorted({target_path({"protocol": c.protocol}) for c in self.cells})
+        return " + ".join(paths)
+
+    def greeting_p50_ms(self) -> float | None:
+        """The group's greeting latency p50 (sessions that waited for one and heard it)."""
+        ph = None if self.report is None else self.report.phone
+        if ph is None:
+            return None
+        return _p(ph.greeting_ms, 50)
+
+    @property
     def v2v(self) -> np.ndarray[Any, np.dtype[np.float64]]:
         if self.report is None:
             return np.zeros(0)
@@ -178,6 +199,7 @@ class Group:
         return {
             "pipeline": self.pipeline,
             "network": self.network,
+            "path": self.path,
             "cells": [c.dir for c in self.cells],
             "turns": 0 if r is None else r.counts["turns"],
             "ok": 0 if r is None else len(r.stats_turns),
@@ -186,6 +208,7 @@ class Group:
             "voice_to_voice_p50_ms": _r(_p(v, 50)),
             "voice_to_voice_p95_ms": _r(_p(v, 95)),
             "transport_p50_ms": _r(None if transport is None else _p(transport, 50)),
+            "greeting_p50_ms": _r(self.greeting_p50_ms()),
             **self.playout(),
             "problem": self.problem,
         }
@@ -217,8 +240,8 @@ class Pair:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "a": {"pipeline": self.a.pipeline, "network": self.a.network},
-            "b": {"pipeline": self.b.pipeline, "network": self.b.network},
+            "a": {"pipeline": self.a.pipeline, "network": self.a.network, "path": self.a.path},
+            "b": {"pipeline": self.b.pipeline, "network": self.b.network, "path": self.b.path},
             "same": self.same,
             "diff_p50_ms": _r(self.diff_p50_ms),
             "p_value": None if self.test is None else self.test.p_value,

@@ -16,6 +16,7 @@ from voiceaudit.report.tables import Cell, Column, Table, left
 #: Columns of the per-cell table: the cell, then its figures.
 COLUMNS = (
     left("pipeline"),
+    left("path"),
     left("network"),
     *(
         Column(h)
@@ -25,6 +26,7 @@ COLUMNS = (
             "v2v p50 ms",
             "v2v p95 ms",
             "transport p50 ms",
+            "greeting p50 ms",
             "buffer p50 ms",
             "turns with gaps",
             "gap ms/turn",
@@ -40,6 +42,7 @@ def cell_table(view: SweepView) -> Table:
         d = g.to_dict()
         texts = [
             g.pipeline,
+            g.path,
             g.network,
             str(d["ok"]),
             str(d["failed"]),
@@ -49,6 +52,7 @@ def cell_table(view: SweepView) -> Table:
                     "voice_to_voice_p50_ms",
                     "voice_to_voice_p95_ms",
                     "transport_p50_ms",
+                    "greeting_p50_ms",
                     "buffer_p50_ms",
                 )
             ),
@@ -75,9 +79,10 @@ def pair_table(view: SweepView) -> Table:
     for p in view.pairs:
         d = p.to_dict()
         diff = d["diff_p50_ms"]
+        paths = p.a.path != p.b.path
         texts = [
-            f"{p.a.pipeline} over {p.a.network}",
-            f"{p.b.pipeline} over {p.b.network}",
+            f"{p.a.pipeline} over {p.a.network}" + (f" ({p.a.path})" if paths else ""),
+            f"{p.b.pipeline} over {p.b.network}" + (f" ({p.b.path})" if paths else ""),
             "" if diff is None else f"{diff:+.1f}",
             "" if d["p_adjusted"] is None else f"{d['p_adjusted']:.3g}",
             d["verdict"],
