@@ -213,7 +213,6 @@ def initiation_message(config: TargetConfig) -> dict[str, Any]:
         "dynamic_variables": {
             k[len("dynamic.") :]: v for k, v in config.options.items() if k.startswith("dynamic.")
         },
-        "source_info": {"source": "voiceaudit"},
     }
     if "user_id" in config.options:
         msg["user_id"] = config.options["user_id"]
