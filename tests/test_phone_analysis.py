@@ -539,3 +539,15 @@ def test_sweep_shows_paths_side_by_side(tmp_path: Path) -> None:
     for fmt in ("terminal", "markdown", "html", "json"):
         text = render_sweep(view, fmt, width=200)
         assert "phone" in text and "websocket" in text and "greeting" in text, fmt
+
+
+def test_exports_carry_the_carrier_segments(trace: Path) -> None:
+    from voiceaudit.exports.common import sessions_of
+    from voiceaudit.trace_io import read_trace
+
+    (sv,) = sessions_of(read_trace(trace))
+    t0 = sv.turns[0]
+    segs = {s.name: s.end_ns - s.start_ns for s in t0.segments}
+    assert segs["carrier_buffer"] == QB0
+    assert segs["fixed_delay"] == FIXED_MS * MS
+    assert sum(s.end_ns - s.start_ns for s in t0.segments) == t0.voice_to_voice_ns

@@ -43,6 +43,10 @@ class TurnView:
     audible_ns: int | None = None
     segments: list[SegmentSlice] = field(default_factory=list)
     ledger_problem: str | None = None
+    #: ``queued_ns`` of the reply's first chunk, where a phone carrier played the reply
+    #: (the ledger's ``carrier_buffer``; the batched event holds it, its unbatched
+    #: per-chunk events do not)
+    first_queued_ns: int | None = None
 
     def first(self, name: str) -> Event | None:
         return next((e for e in self.events if e.name == name and e.source == "probe"), None)
@@ -74,13 +78,19 @@ class SessionView:
         return min(ts), max(ts)
 
 
-def ledger_segments(events: list[Event]) -> tuple[list[SegmentSlice], int | None, str | None]:
-    """(segments on the time axis, voice-to-voice, problem) from the analysis ledger."""
+def ledger_segments(
+    events: list[Event], carrier: tuple[int, int] | None = None
+) -> tuple[list[SegmentSlice], int | None, str | None]:
+    """(segments on the time axis, voice-to-voice, problem) from the analysis ledger;
+    ``carrier``: (the first reply chunk's ``queued_ns``, the carrier's fixed delay ns) of a
+    turn heard through a phone carrier (its ``carrier_buffer`` and ``fixed_delay``)."""
     try:
-        from voiceaudit.analysis.ledger import build_ledger
+        from voiceaudit.analysis.ledger import build_ledger, with_carrier
     except ImportError:  # pragma: no cover - the analysis package is part of voiceaudit
         return [], None, "ledger unavailable"
     led = build_ledger(events)
+    if carrier is not None:
+        led = with_carrier(led, *carrier)
     t0 = led.t0_ns
     if led.voice_to_voice_ns is None or t0 is None:
         return [], None, led.problem
@@ -96,10 +106,21 @@ def sessions_of(trace: Trace, *, ledger: bool = True) -> list[SessionView]:
     """The trace grouped by session (in order of first appearance) and turn."""
     views: dict[str, SessionView] = {}
     events: list[Event] = []
+    #: (session, turn) -> (play time, queued_ns) of the earliest chunk said to be queued
+    queued: dict[tuple[str, int | None], tuple[int, int]] = {}
     for ev in trace.events:
         # Batched events (trace schema 2) are exported as the per-chunk events they hold.
         if ev.name in BATCHED:
             events += unbatch(ev)
+            q = ev.attrs.get("queued_ns")
+            dt = ev.attrs.get("dt_ns")
+            if ev.name == "reply.chunks" and type(q) is list and type(dt) is list:
+                for d, v in zip(dt, q, strict=False):
+                    if type(v) is int and type(d) is int and v >= 0:
+                        key = (ev.session, ev.turn)
+                        old = queued.get(key)
+                        if old is None or ev.t_ns + d < old[0]:
+                            queued[key] = (ev.t_ns + d, v)
         else:
             events.append(ev)
     for ev in events:
@@ -116,12 +137,26 @@ def sessions_of(trace: Trace, *, ledger: bool = True) -> list[SessionView]:
         else:
             sv.turns.setdefault(sp.turn, TurnView(sp.session, sp.turn)).spans.append(sp)
     for sv in views.values():
+        fixed = _fixed_delay_ns(sv)
         for tv in sv.turns.values():
-            _fill(tv, ledger)
+            q = queued.get((tv.session, tv.turn))
+            tv.first_queued_ns = None if q is None else q[1]
+            _fill(tv, ledger, fixed)
     return list(views.values())
 
 
-def _fill(tv: TurnView, ledger: bool) -> None:
+def _fixed_delay_ns(sv: SessionView) -> int:
+    """The session's carrier fixed delay (``carrier.start``'s ``fixed_delay_ms``; 0)."""
+    for ev in [*sv.events, *(e for t in sv.turns.values() for e in t.events)]:
+        if ev.name == "carrier.start":
+            v = ev.attrs.get("fixed_delay_ms")
+            if isinstance(v, int | float) and not isinstance(v, bool) and v >= 0:
+                return round(v * 1e6)
+            return 0
+    return 0
+
+
+def _fill(tv: TurnView, ledger: bool, fixed_ns: int = 0) -> None:
     start = tv.first("turn.start")
     end = tv.first("turn.end")
     if start is not None:
@@ -140,7 +175,8 @@ def _fill(tv: TurnView, ledger: bool) -> None:
     tv.speech_end_ns = None if se is None else se.t_ns
     tv.audible_ns = None if au is None else au.t_ns
     if ledger and tv.ok:
-        tv.segments, tv.voice_to_voice_ns, tv.ledger_problem = ledger_segments(tv.events)
+        carrier = None if tv.first_queued_ns is None else (tv.first_queued_ns, fixed_ns)
+        tv.segments, tv.voice_to_voice_ns, tv.ledger_problem = ledger_segments(tv.events, carrier)
     if tv.voice_to_voice_ns is None and tv.ok and end is not None:
         v = end.attrs.get("voice_to_voice_ns")
         if isinstance(v, int) and not isinstance(v, bool):
