@@ -2,10 +2,13 @@
 
 The interface is :mod:`voiceaudit.targets.base`; the adapters are found by protocol name in
 :mod:`voiceaudit.targets.registry` (built-ins, and plugins under the entry-point group
-``voiceaudit.targets.v1``). Built in: ``realtime`` (OpenAI Realtime), ``websocket`` (raw
-PCM), ``pipecat-websocket`` (Pipecat's protobuf frames), all three over
-:mod:`voiceaudit.targets.wsbase`; ``webrtc`` (aiortc), ``cascade`` (ASR -> LLM -> TTS over
-HTTP) and ``python`` (an in-process pipeline).
+``voiceaudit.targets``, docs/targets.md). Built in, over :mod:`voiceaudit.targets.wsbase`:
+``realtime`` (OpenAI Realtime, and Azure Voice Live as its dialect), ``websocket`` (raw
+PCM), ``pipecat-websocket`` (Pipecat's protobuf frames), the phone carriers' media streams
+(``twilio``, ``telnyx``, ``plivo``, ``exotel``, ``vonage``: :mod:`voiceaudit.targets.carrier`,
+voiceaudit playing the carrier), ``gemini-live``, ``deepgram-agent`` and
+``elevenlabs-agent``; and ``webrtc`` (aiortc), ``cascade`` (ASR -> LLM -> TTS over HTTP) and
+``python`` (an in-process pipeline). ``voiceaudit targets`` lists them with their options.
 
 The adapter contract
 --------------------
