@@ -124,8 +124,10 @@ def test_turns_agree_with_server_truth(
     a reply of real speech (24 kHz ``inlineData`` paced at real time). Voice-to-voice is the
     server's truth within 2 ms (median; never more than 1 ms earlier), the ledger's marks
     are the arrivals of the messages that carry them, the key went as ``x-goog-api-key``
-    and never reached the trace, and every message both ways passed the SDK's models."""
-    server = _server(cert, speech_dir)
+    and never reached the trace, and every message both ways passed the SDK's models. (About
+    15 s: four turns of speech and replies at real time.)"""
+    # the API sends JSON in binary frames; text frames are read the same
+    server = _server(cert, speech_dir, frames="text" if vad == "manual" else "binary")
     trace = tmp_path / "trace.jsonl"
     options = {"vad": vad} if vad == "manual" else {}
 
@@ -595,6 +597,9 @@ def test_the_sdk_client_completes_a_turn(cert: tuple[Path, Path], speech_dir: Pa
     assert server.client_errors == []
     (conn,) = server.connections
     assert conn.key == "sdk-key"
+    # google-genai 3.6 asks for the v1 path with the key in x-goog-api-key (voiceaudit's
+    # default header; its default path is the v1beta of Google's WebSocket reference)
+    assert (conn.version, conn.key_in) == ("v1", "header")
     assert got["in"] == "ten of clubs"
     assert got["out"] == REPLY_TEXT
     assert got["mime"] == f"audio/pcm;rate={OUT_RATE}"
@@ -633,3 +638,42 @@ def test_voiceaudit_audio_is_standard_base64_the_sdk_reads() -> None:
     assert m.realtime_input.audio.data == pcm
     assert m.realtime_input.audio.mime_type == "audio/pcm;rate=16000"
     assert base64.b64decode(json.loads(sent[0])["realtimeInput"]["audio"]["data"]) == pcm
+
+
+# --- the command line ---------------------------------------------------------------------
+
+
+def test_the_command_line_runs_a_turn_and_refuses_a_missing_ca(
+    cert: tuple[Path, Path],
+    key: str,
+    speech_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``voiceaudit run --protocol gemini-live URL -o ca_file=… --api-key-env …`` runs a turn
+    against the test server (exit 0; the key in neither the run's files nor its output); a
+    CA file that does not exist is one line and exit code 2 before anything connects."""
+    from voiceaudit.cli import run
+    from voiceaudit.errors import ExitCode
+
+    audio = str(speech_dir / "pocketsphinx_cards_001.wav")
+    base = ["run", "--protocol", "gemini-live", "--api-key-env", KEY_ENV, "--gap-ms", "100"]
+    rc = run([*base, "--target", "wss://127.0.0.1:9", "-o", "ca_file=/no/such/ca.pem", audio])
+    err = capsys.readouterr().err
+    assert rc == ExitCode.USAGE, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines[0] == "error: target option ca_file='/no/such/ca.pem': no such file", err
+    assert "Traceback" not in err
+    out = tmp_path / "run"
+    with _server(cert, speech_dir, reply_ms=400) as server:
+        rc = run(
+            [*base, "--target", server.url, "-o", f"ca_file={cert[0]}", "--out", str(out), audio]
+        )
+    captured = capsys.readouterr()
+    assert rc == ExitCode.OK, captured.err
+    assert key not in captured.out + captured.err
+    for f in out.rglob("*"):
+        if f.is_file():
+            assert key.encode() not in f.read_bytes(), f
+    assert server.client_errors == []
+    assert len([r for r in server.records() if r.completed]) == 1
