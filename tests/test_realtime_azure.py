@@ -140,7 +140,10 @@ class VoiceLiveServer(LoopbackServer):
                 validate_client(ev)
             except Exception as exc:
                 self.problems.append(f"{ev['type']}: {exc}"[:300])
-            if ev["type"] == "session.update":
+            if ev["type"] == "response.create" and not replying:
+                replying = True  # manual turn detection: the client says when
+                tasks.append(asyncio.ensure_future(reply()))
+            elif ev["type"] == "session.update":
                 s = ev["session"]
                 self.sessions.append(s)
                 in_rate = s.get("input_audio_sampling_rate", 24000)
@@ -354,3 +357,38 @@ def test_a_voice_live_run_matches_the_servers_truth(
     print("probe - server truth (ms):", [round(e / MS, 3) for e in errors])
     assert min(errors) > -1 * MS, errors
     assert sorted(errors)[len(errors) // 2] <= 5 * MS, [e / MS for e in errors]
+
+
+def test_manual_turns_at_24khz(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Push-to-talk on Voice Live: ``turn_detection`` off, the probe commits and asks for the
+    response at the speech end (both messages pass Pipecat's models); 24 kHz PCM is Voice
+    Live's plain ``pcm16``. One turn, about 4 s."""
+    from voiceaudit.data import bundled_dir
+
+    monkeypatch.setenv(KEY_ENV, KEY)
+    server = VoiceLiveServer()
+    out = tmp_path / "run"
+    with server:
+        url = f"ws://127.0.0.1:{server.port}/voice-live/realtime?api-version=2025-05-01-preview"
+        code = cli(
+            ["run", str(bundled_dir() / "06_thanks.wav"), "--target", url, "--protocol",
+             "realtime", "--api-key-env", KEY_ENV, "--out", str(out), "-o", "dialect=azure",
+             "-o", "model=gpt-4o-mini", "-o", "turn_detection=manual"]
+        )  # fmt: skip
+    assert code == 0
+    assert not server.problems, server.problems
+    (req,) = server.requests
+    assert req["query"] == {"api-version": "2025-05-01-preview", "model": "gpt-4o-mini"}
+    (session,) = server.sessions
+    assert session["turn_detection"] is None
+    assert session["input_audio_sampling_rate"] == 24000
+    assert session["output_audio_format"] == "pcm16"
+    assert "voice" not in session and "input_audio_noise_reduction" not in session
+    assert server.client_types.count("input_audio_buffer.commit") == 1
+    assert server.client_types.count("response.create") == 1
+    tr = read_trace(out / "trace.jsonl")
+    ends = [e for e in tr.events if e.name == "turn.end"]
+    assert len(ends) == 1 and ends[0].attrs["ok"]
+    assert ends[0].attrs["voice_to_voice_ns"] >= DELAY_MS * MS
+    fmt = next(e for e in tr.events if e.name == "session.audio_format")
+    assert fmt.attrs["output"] == {"encoding": "pcm16", "rate": 24000}
