@@ -22,9 +22,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from aiohttp import web
 from gemini_server import OUT_RATE, GeminiLiveServer, ReplyRecord, make_cert, speech_pcm
 from google import genai
 from google.genai import types
+from servers import HandlerServer
 
 from voiceaudit.audio import from_pcm16
 from voiceaudit.errors import TargetError, UsageError
@@ -439,6 +441,31 @@ def test_a_wrong_key_in_the_query_fails_the_session_without_leaking_it(
     failed = [e for e in tr.events if e.name == "session.failed"]
     assert failed and "closed the connection during setup (code 1008)" in failed[0].attrs["reason"]
     assert "key=" not in trace.read_text()
+
+
+def test_a_refused_handshake_does_not_quote_the_key(key: str) -> None:
+    """A server that refuses the WebSocket handshake itself (HTTP 403): aiohttp's error
+    quotes the URL with its query; the session's error has the key blanked out."""
+
+    async def refuse(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=403, text="API key not valid")
+
+    async def main() -> str:
+        server = HandlerServer(refuse, "/ws/x")
+        url = await server.start()
+        try:
+            config = TargetConfig(
+                url=url, protocol="gemini-live", api_key_env=KEY_ENV, options={"key_in": "query"}
+            )
+            session = GeminiLiveTarget(config).session(_NullSink())
+            with pytest.raises(TargetError) as err:
+                await session.open()
+            return err.value.message
+        finally:
+            await server.stop()
+
+    message = asyncio.run(main())
+    assert "403" in message and key not in message, message
 
 
 def test_the_self_signed_server_is_refused_without_a_ca(

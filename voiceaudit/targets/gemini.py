@@ -314,7 +314,11 @@ class GeminiLiveSession(WebSocketSession):
         return {"setup": setup}
 
     async def open(self) -> None:
-        await self.connect(self.url(), self.headers())
+        try:
+            await self.connect(self.url(), self.headers())
+        except TargetError as exc:
+            # aiohttp's handshake errors quote the whole URL, query (``key=``) and all
+            raise TargetError(self._scrub(exc.message)) from None
         try:
             await self.send_json(self.setup_message())
             await self._await_setup()
@@ -332,6 +336,12 @@ class GeminiLiveSession(WebSocketSession):
             await self.close()
             raise
         self._opened = True
+
+    def _scrub(self, text: str) -> str:
+        """``text`` with the API key (and every other secret of the config) blanked out."""
+        for secret in self.config.secrets():
+            text = text.replace(secret, "***")
+        return text
 
     async def _await_setup(self) -> None:
         """Wait for ``setupComplete``; TargetError when the server closes, breaks the
