@@ -551,3 +551,29 @@ def test_exports_carry_the_carrier_segments(trace: Path) -> None:
     assert segs["carrier_buffer"] == QB0
     assert segs["fixed_delay"] == FIXED_MS * MS
     assert sum(s.end_ns - s.start_ns for s in t0.segments) == t0.voice_to_voice_ns
+
+
+def test_gate_greeting_and_clear_latency(tmp_path: Path, trace: Path) -> None:
+    from voiceaudit.gate.budget import parse_budget
+    from voiceaudit.gate.evaluate import evaluate
+
+    rep = build_report([trace])
+    over = parse_budget(
+        '[budget]\ngreeting_latency = { max = "700ms", min_turns = 1 }\n'
+        'barge_in.clear_latency = { max = "600ms", min_turns = 1 }\n'
+    )
+    res = evaluate(over, rep)
+    by = {c.metric: c for c in res.checks}
+    assert by[GREETING_LATENCY].observed == 730.0 and not by[GREETING_LATENCY].passed
+    assert by[CLEAR_LATENCY].observed == 650.0 and not by[CLEAR_LATENCY].passed
+    under = parse_budget(
+        '[budget]\ngreeting_latency = { max = "731ms", min_turns = 1 }\n'
+        'barge_in.clear_latency = { max = "650ms", min_turns = 1 }\n'
+    )
+    assert evaluate(under, rep).passed
+    # traces without a greeting fail the check as not in the traces
+    plain = write_phone_trace(tmp_path / "none.jsonl", turns()[:1], greeting_ms=None)
+    res = evaluate(under, build_report([plain]))
+    by = {c.metric: c for c in res.checks}
+    assert by[GREETING_LATENCY].problem == "not in the traces"
+    assert "no greeting heard" in by[GREETING_LATENCY].detail
