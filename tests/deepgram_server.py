@@ -129,7 +129,9 @@ class ServerConfig:
     chunk_ms: int = 20
     #: realtime: frames on absolute real-time deadlines; burst: all at once
     pace: str = "realtime"
-    barge_in_delay_ms: int = 0
+    #: how long after hearing the caller it stops a reply's audio, barge-in by barge-in
+    #: (cycled)
+    barge_in_delay_ms: tuple[int, ...] = (0,)
     idle_timeout_s: float = 10.0
     reply_clip: tuple[Path, str] = REPLY_CLIP
     greeting_clip: tuple[Path, str] = GREETING_CLIP
@@ -266,6 +268,7 @@ class _Session:
         self.reply_record: dict[str, Any] | None = None
         self.speaking = False
         self.turns = 0
+        self.barge_ins = 0
 
     # sending, every message checked by the SDK's model first
     async def send(self, msg: dict[str, Any], *, must_pass: bool = True) -> int:
@@ -463,8 +466,12 @@ class _Session:
         self, rec: dict[str, Any], cut: dict[str, Any], reply: asyncio.Task[None]
     ) -> None:
         """Stop the reply's audio (``barge_in_delay_ms`` after the caller was heard)."""
-        if self.cfg.barge_in_delay_ms:
-            await asyncio.sleep(self.cfg.barge_in_delay_ms / 1000)
+        delays = self.cfg.barge_in_delay_ms
+        delay = delays[self.barge_ins % len(delays)]
+        self.barge_ins += 1
+        cut["delay_ms"] = delay
+        if delay:
+            await asyncio.sleep(delay / 1000)
         reply.cancel()
         sent = rec.get("audio_sent_ns") or []
         cut["stopped_ns"] = time.monotonic_ns()
@@ -525,8 +532,8 @@ class _Session:
         msg: dict[str, Any] = {
             "type": "AgentStartedSpeaking",
             "total_latency": total,
-            "ttt_latency": ttt_ms / 1000,
-            "tts_latency": tts_ms / 1000,
+            "ttt_latency": 0.0 if greeting else ttt_ms / 1000,
+            "tts_latency": 0.0 if greeting else tts_ms / 1000,
         }
         bad = self.cfg.bad_event if not greeting else None
         if bad is not None:

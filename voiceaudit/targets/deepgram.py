@@ -47,11 +47,12 @@ says", beside what the caller heard.
 
 **Barge-in.** ``UserStartedSpeaking`` while the agent is speaking (after
 ``AgentStartedSpeaking`` or its first audio, before ``AgentAudioDone``) is the API's
-interruption: the adapter writes ``interrupted`` and ends the reply there (the probe's
-scenario machinery measures the stop latency from what the caller heard). A client must
-drop the agent audio it still holds then; audio that still arrives before the next
-``AgentStartedSpeaking`` belongs to the cut reply and is dropped (the mark
-``reply.discarded``, stage transport: ``bytes``, ``chunks``, at its first such chunk).
+interruption: the adapter writes ``interrupted`` (the probe's scenario machinery then
+knows the reply was cut and measures the stop latency from what the caller heard). Reply
+audio that still arrives is the cut reply's, heard as it comes (a client that drops its
+queued audio at the signal saves the ``client_buffer_ns`` of ``reply.stop``); the cut
+reply ends at ``AgentAudioDone``, the caller's next ``ConversationText`` or the next
+``AgentStartedSpeaking``, whichever comes first.
 
 **Greeting.** With the option ``greeting`` (or an ``agent.greeting`` in a ``settings``
 file) the agent speaks first: the session says so (``speaks_first``), and the probe takes
@@ -241,7 +242,6 @@ class DeepgramAgentSession(WebSocketSession):
         #: late audio is dropped until the next AgentStartedSpeaking)
         self._reply = "idle"
         self._reply_chunks = 0
-        self._discarded = (0, 0)
         self._first_text_seen = False
         #: a frame of this reply could not be the declared format: the rest is not used
         self._audio_fault = False
@@ -329,12 +329,6 @@ class DeepgramAgentSession(WebSocketSession):
         if self._broken is not None:
             self.sink.fail(self._broken)
             return
-        if self._reply == "cut":
-            n, b = self._discarded
-            if n == 0:
-                self.sink.mark("reply.discarded", "transport", t, {"bytes": len(data), "chunks": 1})
-            self._discarded = (n + 1, b + len(data))
-            return
         if self._reply == "idle":
             self._start_reply()
         first = self._reply_chunks == 0
@@ -364,7 +358,12 @@ class DeepgramAgentSession(WebSocketSession):
         self._reply = "speaking"
         self._reply_chunks = 0
         self._audio_fault = False
-        self._discarded = (0, 0)
+
+    def _end_cut_reply(self, t: int) -> None:
+        """An interrupted reply ends when the agent moves on (module docstring)."""
+        if self._reply == "cut":
+            self._reply = "idle"
+            self.sink.reply_done(t)
 
     def on_text(self, t: int, data: str) -> None:
         got = self.read_event(data)
@@ -408,8 +407,6 @@ class DeepgramAgentSession(WebSocketSession):
                 {"raw": "UserStartedSpeaking", "chunks": self._reply_chunks},
             )
             self._reply = "cut"
-            self._discarded = (0, 0)
-            self.sink.reply_done(t)
 
     def _conversation_text(self, t: int, ev: dict[str, Any]) -> None:
         role, content = ev.get("role"), ev.get("content")
@@ -417,6 +414,7 @@ class DeepgramAgentSession(WebSocketSession):
             self._bad("ConversationText", "without a string content")
             return
         if role == "user":
+            self._end_cut_reply(t)
             self._first_text_seen = False  # the next assistant text answers this turn
             attrs = {"raw": "ConversationText", "role": "user"}
             self.sink.mark("committed", "endpointing", t, attrs)
@@ -446,27 +444,21 @@ class DeepgramAgentSession(WebSocketSession):
             shown = ", ".join(f"{k}={json.dumps(ev.get(k))[:20]}" for k in bad)
             self._bad("AgentStartedSpeaking", f"latencies are not numbers ({shown})")
             return
+        self._end_cut_reply(t)
         attrs: dict[str, Any] = {"raw": "AgentStartedSpeaking"}
         for k in _LATENCIES:
             attrs[k] = ev[k]
             attrs[f"{k}_ns"] = round(ev[k] * 1e9)
         self.sink.mark("tts.first_byte", "synthesis", t, attrs)
-        if self._reply == "cut" and self._discarded[0]:
-            n, b = self._discarded
-            self.sink.mark(
-                "reply.discarded", "transport", t, {"bytes": b, "chunks": n, "final": True}
-            )
         self._start_reply()
 
     def _audio_done(self, t: int, ev: dict[str, Any]) -> None:
-        cut = self._reply == "cut"
         attrs: dict[str, Any] = {"raw": "AgentAudioDone", "chunks": self._reply_chunks}
-        if cut:
+        if self._reply == "cut":
             attrs["interrupted"] = True
         self.sink.mark("audio.last_sent", "transport", t, attrs)
         self._reply = "idle"
-        if not cut:  # an interrupted reply ended at the interruption
-            self.sink.reply_done(t)
+        self.sink.reply_done(t)
 
     def _latency_report(self, t: int, ev: dict[str, Any]) -> None:
         attrs: dict[str, Any] = {"raw": "LatencyReport"}
