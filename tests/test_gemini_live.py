@@ -704,3 +704,149 @@ def test_the_command_line_runs_a_turn_and_refuses_a_missing_ca(
             assert key.encode() not in f.read_bytes(), f
     assert server.client_errors == []
     assert len([r for r in server.records() if r.completed]) == 1
+
+
+# --- server messages, one by one -----------------------------------------------------------
+
+
+class _Recorder(_NullSink):
+    def __init__(self) -> None:
+        self.marks: list[tuple[str, str, int, dict[str, Any]]] = []
+        self.audio: list[tuple[int, bytes, int]] = []
+        self.done: list[int] = []
+        self.failures: list[str] = []
+
+    def mark(self, name: str, stage: str, t_ns: int, attrs: dict[str, Any] | None = None) -> None:
+        self.marks.append((name, stage, t_ns, attrs or {}))
+
+    def reply_audio(
+        self, t_ns: int, pcm16: bytes, rate: int, wire_bytes: int, queued_ns: int | None = None
+    ) -> None:
+        self.audio.append((t_ns, pcm16, rate))
+
+    def reply_done(self, t_ns: int) -> None:
+        self.done.append(t_ns)
+
+    def fail(self, reason: str) -> None:
+        self.failures.append(reason)
+
+
+def _feed(messages: list[Any], *, sdk_accepts: bool = True) -> _Recorder:
+    """Feed ``messages`` (each checked first: the SDK's server model accepts them, or
+    rejects them when ``sdk_accepts`` is false) to a session, at t = 1, 2, 3 …"""
+    from gemini_server import validate_server
+    from pydantic import ValidationError
+
+    from voiceaudit.targets.gemini import GeminiLiveSession
+
+    rec = _Recorder()
+    s = GeminiLiveSession(TargetConfig(url="wss://h", protocol="gemini-live"), rec)
+    s._opened = True
+    for t, m in enumerate(messages, start=1):
+        if sdk_accepts:
+            validate_server(m)
+        else:
+            with pytest.raises(ValidationError):
+                validate_server(m)
+        s.on_binary(t, json.dumps(m).encode())
+    return rec
+
+
+def _audio(pcm: bytes, mime: str = "audio/pcm;rate=24000") -> dict[str, Any]:
+    blob = {"data": base64.b64encode(pcm).decode(), "mimeType": mime}
+    return {"serverContent": {"modelTurn": {"parts": [{"inlineData": blob}]}}}
+
+
+def test_voice_activity_tool_calls_and_go_away_are_marks() -> None:
+    rec = _feed(
+        [
+            {"voiceActivity": {"voiceActivityType": "ACTIVITY_START"}},
+            {"voiceActivity": {"voiceActivityType": "ACTIVITY_END"}},
+            {"voiceActivityDetectionSignal": {"vadSignalType": "VAD_SIGNAL_TYPE_EOS"}},
+            {"toolCall": {"functionCalls": [{"name": "lookup", "args": {}, "id": "1"}]}},
+            {"goAway": {"timeLeft": "10s"}},
+        ]
+    )
+    assert [(n, st, t) for n, st, t, _ in rec.marks] == [
+        ("speech_started", "endpointing", 1),
+        ("endpoint", "endpointing", 2),
+        ("endpoint", "endpointing", 3),
+        ("tool_call", "model", 4),
+        ("go_away", "session", 5),
+    ]
+    assert rec.marks[3][3]["names"] == ["lookup"]
+    assert rec.marks[4][3]["time_left"] == "10s"
+    assert rec.failures == []
+
+
+def test_one_reply_read_from_its_messages() -> None:
+    """Transcript pieces, audio at the declared rate (16 kHz here), an interruption while
+    it plays, then turnComplete: the marks, in order, at their messages' arrivals."""
+    pcm = (np.arange(320, dtype="<i2") * 50).tobytes()
+    rec = _feed(
+        [
+            {"serverContent": {"inputTranscription": {"text": "ten of"}}},
+            {"serverContent": {"inputTranscription": {"text": " clubs"}}},
+            _audio(pcm, "audio/pcm;rate=16000"),
+            {"serverContent": {"outputTranscription": {"text": "Sure"}}},
+            _audio(pcm, "audio/pcm;rate=16000"),
+            {"serverContent": {"interrupted": True}},
+            {"serverContent": {"interrupted": True}},
+            {"serverContent": {"turnComplete": True}},
+            {"serverContent": {"interrupted": True}},
+        ]
+    )
+    names = [(n, t) for n, _, t, _ in rec.marks]
+    assert names == [
+        ("transcript.partial", 1),
+        ("transcript.partial", 2),
+        ("transcript.final", 2),
+        ("llm.first_token", 3),
+        ("reply_text.first", 4),
+        ("interrupted", 6),
+        ("interruption", 7),
+        ("response.done", 8),
+        ("interruption", 9),
+    ]
+    assert rec.marks[2][3]["text"] == "ten of clubs"
+    assert rec.marks[7][3]["cut"] is True
+    assert rec.marks[8][3]["bot_speaking"] is False
+    assert [(t, r) for t, _, r in rec.audio] == [(3, 16000), (5, 16000)]
+    assert rec.done == [8] and rec.failures == []
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        (_audio(b"\x00\x01\x02"), "odd byte count"),
+        (_audio(b"\x00\x01", "audio/wav"), "declared as 'audio/wav'"),
+        ({"serverContent": {"inputTranscription": {"text": 7}}}, "inputTranscription.text is int"),
+        ({"serverContent": {"turnComplete": "yes"}}, "serverContent.turnComplete is str"),
+        ({"serverContent": {"modelTurn": {"parts": [7]}}}, "parts[0] is not an object"),
+    ],
+)
+def test_a_bad_field_fails_with_its_name(message: dict[str, Any], reason: str) -> None:
+    """Fields of the wrong type, and audio in a format other than declared (which the SDK's
+    model, reading ``data`` as bytes and ``mimeType`` as any string, lets through)."""
+    sdk_accepts = "text" not in reason and "parts[0]" not in reason
+    rec = _feed([message], sdk_accepts=sdk_accepts)
+    assert len(rec.failures) == 1 and reason in rec.failures[0], rec.failures
+    assert rec.failures[0].startswith("protocol: ")
+    assert rec.audio == []
+
+
+def test_a_rate_change_midway_and_bad_frames_fail() -> None:
+    pcm = bytes(640)
+    rec = _feed([_audio(pcm), _audio(pcm, "audio/pcm;rate=16000"), _audio(pcm)])
+    assert len(rec.audio) == 1
+    assert rec.failures == ["protocol: reply audio rate changed from 24000 to 16000 Hz midway"]
+    rec = _Recorder()
+    from voiceaudit.targets.gemini import GeminiLiveSession
+
+    s = GeminiLiveSession(TargetConfig(url="wss://h", protocol="gemini-live"), rec)
+    s._opened = True
+    s.on_binary(1, b"\xff\xfe not utf-8")
+    s.on_text(2, "{not json")
+    s.on_text(3, json.dumps(_audio(pcm)).replace('"data": "', '"data": "!!'))
+    assert [f.split(":")[0] for f in rec.failures] == ["protocol"] * 3, rec.failures
+    assert "inlineData.data is not base64" in rec.failures[2]
