@@ -80,7 +80,7 @@ from typing import Any, ClassVar, Final
 from voiceaudit import codecs
 from voiceaudit.errors import TargetError, UsageError
 from voiceaudit.targets.base import Target, TargetConfig, TargetSession, TargetSink, cancel_quietly
-from voiceaudit.targets.wsbase import WebSocketSession
+from voiceaudit.targets.wsbase import TLS_OPTIONS, WebSocketSession, tls_context
 
 #: the API's endpoint (the URL a user gives; any ws:// or wss:// URL works)
 DEFAULT_URL: Final[str] = "wss://agent.deepgram.com/v1/agent/converse"
@@ -131,6 +131,7 @@ OPTIONS: Final[dict[str, str]] = {
     "speak_model": "the Deepgram voice (default aura-2-thalia-en)",
     "keepalive_ms": f"send KeepAlive after this long without audio (default "
     f"{DEFAULT_KEEPALIVE_MS}; 0: never)",
+    **TLS_OPTIONS,
 }
 
 
@@ -210,6 +211,7 @@ def build_settings(config: TargetConfig) -> dict[str, Any]:
     }
     if config.int_option("keepalive_ms", DEFAULT_KEEPALIVE_MS) < 0:
         raise UsageError("target option keepalive_ms cannot be negative")
+    tls_context(config)  # a bad CA file is a usage error before any connect
     rest = {k: v for k, v in base.items() if k not in ("type", "audio", "agent")}
     return {"type": "Settings", **rest, "audio": audio, "agent": agent}
 
