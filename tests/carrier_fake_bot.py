@@ -14,7 +14,8 @@ the start message.
 Script: after the caller's speech ends (an energy endpointer), it replies with
 ``reply_ms`` of tone in chunks of ``chunk_ms`` sent ``burst`` times faster than real time,
 then a mark ``reply-<n>``; optionally a clear ``clear_after_ms`` after the reply's first
-chunk was sent; optionally ``script`` (raw messages) right after the start. It records
+chunk was sent; optionally ``script`` (raw messages, ``$SID`` standing for the stream id)
+right after the start, and ``reply_script`` sent instead of the reply. It records
 when it sent each chunk, when each message arrived (its handler's clock: never before the
 real arrival), the mark echoes and clear acknowledgements, and any message that a
 serializer or a field check rejected (``errors``).
@@ -110,6 +111,7 @@ class FakeCarrierBot(LoopbackServer):
         clear_after_ms: int | None = None,
         script: list[str | bytes] | None = None,
         replies: bool = True,
+        reply_script: list[str | bytes] | None = None,
         vonage_rate: int = 16000,
     ) -> None:
         self.dialect = dialect
@@ -119,6 +121,7 @@ class FakeCarrierBot(LoopbackServer):
         self.clear_after_ms = clear_after_ms
         self.script = script or []
         self.replies = replies
+        self.reply_script = reply_script
         self.rate = vonage_rate if dialect == "vonage" else 8000
         self.calls: list[Call] = []
 
@@ -245,7 +248,7 @@ class FakeCarrierBot(LoopbackServer):
                     self.read_start(call, cast(dict[str, Any], ev))
                     ser = self.serializer(call.stream_id)
                     await ser.setup(cast(Any, None))
-                    tasks.append(asyncio.create_task(self._run_script(ws, call)))
+                    tasks.append(asyncio.create_task(self._run_script(ws, call, self.script)))
                 if ev is not None:
                     self.check_fields(call, kind, ev)
                     self._note_answers(call, t, kind, ev)
@@ -266,7 +269,11 @@ class FakeCarrierBot(LoopbackServer):
                     vad.feed(x)
                     if vad.turn_ended:
                         vad.reset()
-                        tasks.append(asyncio.create_task(self._reply(ws, ser, call, n)))
+                        if self.reply_script is not None:
+                            reply = self._run_script(ws, call, self.reply_script)
+                        else:
+                            reply = self._reply(ws, ser, call, n)
+                        tasks.append(asyncio.create_task(reply))
                         n += 1
         finally:
             call.closed_ns = time.monotonic_ns()
@@ -304,8 +311,12 @@ class FakeCarrierBot(LoopbackServer):
         else:
             await ws.send_str(data)
 
-    async def _run_script(self, ws: web.WebSocketResponse, call: Call) -> None:
-        for raw in self.script:
+    async def _run_script(
+        self, ws: web.WebSocketResponse, call: Call, script: list[str | bytes]
+    ) -> None:
+        for raw in script:
+            if isinstance(raw, str):
+                raw = raw.replace("$SID", call.stream_id)
             call.sent.append(Sent(time.monotonic_ns(), "script"))
             await self._send(ws, raw)
             await asyncio.sleep(0.02)

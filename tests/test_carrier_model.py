@@ -173,11 +173,18 @@ def test_fixed_delay_is_added_to_play_times_only() -> None:
 def test_late_inputs_are_taken_at_the_horizon() -> None:
     m = CarrierModel()
     m.media(0, pcm(1000), RATE)
-    m.advance(600 * MS)
+    m.advance(610 * MS)  # releases the pieces up to 600 ms
+    assert m.horizon_ns == 600 * MS
     # a clear whose arrival is before what was released already takes effect at the horizon
     c = m.clear(400 * MS)
     assert c.t_ns == 600 * MS and c.dropped_ns == 400 * MS
     assert m.mark(500 * MS, "late") == 600 * MS
+    # one that arrived after the last release but before the advance is exact
+    m = CarrierModel()
+    m.media(0, pcm(1000), RATE)
+    m.advance(610 * MS)
+    c = m.clear(605 * MS)
+    assert c.t_ns == 605 * MS and c.dropped_ns == 395 * MS
 
 
 def test_wire_bytes_are_shared_out() -> None:

@@ -421,16 +421,15 @@ class CarrierSession(WebSocketSession):
         else:
             self._flush(self.model.advance(t_ns))
             c = self.model.clear(t_ns)
-            self.sink.mark(
-                "carrier.clear",
-                "transport",
-                t_ns,
-                {
-                    "dropped_ms": round(c.dropped_ns / NS_PER_MS, 3),
-                    "playing": c.playing,
-                    "marks_echoed": len(c.echoed),
-                },
-            )
+            attrs: dict[str, Any] = {
+                "dropped_ms": round(c.dropped_ns / NS_PER_MS, 3),
+                "playing": c.playing,
+                "marks_echoed": len(c.echoed),
+            }
+            if c.t_ns != t_ns:
+                # handled after audio past its arrival was released: it cut from there
+                attrs["late_ns"] = c.t_ns - t_ns
+            self.sink.mark("carrier.clear", "transport", t_ns, attrs)
             self._outbox.extend(c.echoed)
             ack = self.clear_ack()
             if ack is not None:

@@ -19,8 +19,9 @@ Times are integers in ns, on whatever clock the caller gives arrivals in. The au
 message is cut into pieces of at most ``piece_ms`` (20 ms); a piece is *released* (handed
 back by :meth:`CarrierModel.advance`) once it has played, at its end, truncated to what
 played before a clear. Inputs come in arrival order; a mark or clear given with a time
-before the model's horizon (the last :meth:`~CarrierModel.advance`) is taken at the horizon,
-since what was released before it cannot be taken back.
+before the model's horizon (the time of the last piece end or echo released by
+:meth:`~CarrierModel.advance`) is taken at the horizon, since what was released cannot be
+taken back.
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ class CarrierModel:
         self.piece_ms = piece_ms
         #: when the audio queued so far ends playing (no fixed delay); 0: nothing ever
         self.end_ns = 0
-        #: everything up to this time has been released
+        #: the time of the last event released: a mark or clear cannot take effect before it
         self.horizon_ns = 0
         self._pieces: deque[tuple[int, Piece]] = deque()
         self._marks: deque[_Mark] = deque()
@@ -239,7 +240,6 @@ class CarrierModel:
     def advance(self, now_ns: int) -> list[Played | Echo]:
         """Release, in time order, the pieces that have ended and the marks that are due by
         ``now_ns`` (a piece before a mark due at its end)."""
-        self.horizon_ns = max(self.horizon_ns, now_ns)
         out: list[tuple[int, int, Played | Echo]] = []
         while self._pieces and self._pieces[0][1].end_ns <= now_ns:
             seq, p = self._pieces.popleft()
@@ -263,4 +263,6 @@ class CarrierModel:
             m = self._marks.popleft()
             out.append((m.due_ns, m.seq, Echo(m.name, m.mark_ns, m.due_ns, False, m.data)))
         out.sort(key=lambda x: (x[0], x[1]))
+        if out:
+            self.horizon_ns = max(self.horizon_ns, out[-1][0])
         return [e for _, _, e in out]
