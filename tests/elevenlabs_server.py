@@ -87,6 +87,10 @@ SHAPES: dict[str, tuple[str, dict[str, str]]] = {
         },
     ),
     "ping": ("ping_event", {"event_id": "int"}),
+    "client_tool_call": (
+        "client_tool_call",
+        {"tool_name": "str", "tool_call_id": "str", "parameters": "obj", "event_id": "int"},
+    ),
     "vad_score": ("vad_score_event", {"vad_score": "num"}),
 }
 
@@ -138,6 +142,8 @@ def _kind_ok(kind: str, v: Any) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
     if kind == "num":
         return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if kind == "obj":
+        return isinstance(v, dict)
     if kind == "in":
         return v in INPUT_FORMATS
     if kind == "out":
@@ -225,6 +231,11 @@ class Reply:
     barge_sample: int | None = None
     barge_ns: int | None = None
     interruption_ns: int | None = None
+    #: audio of this reply sent after its interruption (still in flight)
+    stale_sent_ns: list[int] = field(default_factory=list)
+    #: when agent_response_complete went, and the client tool call's id
+    complete_ns: int | None = None
+    tool_call_id: str | None = None
     done: bool = False
 
     def heard(self, sample: int) -> int:
@@ -258,6 +269,7 @@ class Conversation:
     pings: dict[int, int] = field(default_factory=dict)
     pongs: dict[int, int] = field(default_factory=dict)
     client_kinds: Counter[str] = field(default_factory=Counter)
+    tool_results: list[dict[str, Any]] = field(default_factory=list)
     samples_in: int = 0
     violations: list[str] = field(default_factory=list)
     closed_code: int | None = None
@@ -273,7 +285,8 @@ class ElevenLabsServer(LoopbackServer):
     at ``pace`` times real time (0: all at once). ``end_ms`` of quiet ends the caller's turn;
     ``barge_ms`` of speech during a reply interrupts it. ``ping_ms`` > 0 pings that often.
     ``api_key``: required as ``xi-api-key`` (or through a signed URL). ``fault`` injects one
-    bad message into the first reply (see :meth:`_fault_message`)."""
+    bad message into the first reply (see :meth:`_fault_message`); ``stale_after_interrupt``,
+    ``complete_event`` and ``tool_call`` are described where they are set."""
 
     path = "/v1/convai/conversation"
     shutdown_timeout = 5.0
@@ -295,6 +308,9 @@ class ElevenLabsServer(LoopbackServer):
         api_key: str | None = None,
         fault: str | None = None,
         transcripts: tuple[str, ...] = ("(caller speech)",),
+        stale_after_interrupt: int = 0,
+        complete_event: bool = False,
+        tool_call: bool = False,
     ) -> None:
         self.reply = reply
         self.greeting = greeting
@@ -310,6 +326,13 @@ class ElevenLabsServer(LoopbackServer):
         self.api_key = api_key
         self.fault = fault
         self.transcripts = transcripts
+        #: audio messages of the cut reply still sent after the interruption (in flight)
+        self.stale_after_interrupt = stale_after_interrupt
+        #: end each reply with agent_response_complete (an agent that lists it in its
+        #: client_events; the SDK reads only its type, so only the type is sent)
+        self.complete_event = complete_event
+        #: the first reply to the caller asks for a client tool first
+        self.tool_call = tool_call
         self.conversations: list[Conversation] = []
         #: server messages that failed the SDK's checks (a bug of this server)
         self.sent_rejected: list[str] = []
@@ -480,6 +503,8 @@ class _Session:
             eid = msg["event_id"]
             self.conv.pongs.setdefault(eid, t)
             self.last_rtt_ms = round((t - self.conv.pings[eid]) / MS)
+        elif kind == "client_tool_result":
+            self.conv.tool_results.append(msg)
         elif kind == "user_audio_chunk":
             raw = base64.b64decode(msg["user_audio_chunk"])
             x = (
@@ -540,6 +565,16 @@ class _Session:
         r.interruption_ns = await self.send(
             {"type": "interruption", "interruption_event": {"event_id": r.event_id}}
         )
+        for _ in range(self.s.stale_after_interrupt):
+            piece = bytes(r.rate * self.s.chunk_ms // 1000 * 2)
+            msg = {
+                "type": "audio",
+                "audio_event": {
+                    "audio_base_64": base64.b64encode(piece).decode(),
+                    "event_id": r.event_id,
+                },
+            }
+            r.stale_sent_ns.append(await self.send(msg))
 
     def turn_over(self) -> None:
         assert self.speech_start is not None and self.last_loud_end is not None
@@ -573,6 +608,19 @@ class _Session:
                     "user_transcription_event": {"user_transcript": text, "event_id": r.event_id},
                 }
             )
+            if self.s.tool_call and self.turns == 1:
+                r.tool_call_id = f"call_{r.event_id}"
+                await self.send(
+                    {
+                        "type": "client_tool_call",
+                        "client_tool_call": {
+                            "tool_name": "lookup_order",
+                            "tool_call_id": r.tool_call_id,
+                            "parameters": {"order": "42"},
+                            "event_id": r.event_id,
+                        },
+                    }
+                )
             await asyncio.sleep(self.s.think_ms / 1000)
         self.current = r
         data, rate, width = speech.encoded(self.s.output_format)
@@ -595,6 +643,8 @@ class _Session:
             sent = await self.send(msg, fault=fault)
             r.audio_sent_ns.append(sent)
             r.chunk_samples.append(len(piece) // width)
+        if self.s.complete_event:
+            r.complete_ns = await self.send({"type": "agent_response_complete"})
         r.done = True
 
     def _fault_message(self, piece: bytes, r: Reply) -> tuple[dict[str, Any], bool]:

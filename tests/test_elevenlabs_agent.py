@@ -34,6 +34,7 @@ from elevenlabs.types.conversation_initiation_client_data_request_input import (
 )
 from elevenlabs_server import ElevenLabsServer, SdkReader, Speech, client_violation, sdk_rejects
 
+from voiceaudit.analysis import UNEXPLAINED, build_report
 from voiceaudit.audio import read_audio
 from voiceaudit.errors import TargetError, UsageError
 from voiceaudit.model import Event, unbatch
@@ -242,6 +243,7 @@ def barged(
             "A long answer.",
         ),
         output_format="pcm_24000",
+        stale_after_interrupt=2,
     )
     sc = parse_scenario(
         BARGE.format(
@@ -284,6 +286,13 @@ def test_barge_in(barged: tuple[Trace, ElevenLabsServer]) -> None:
     # the server heard the interrupting speech where the probe started it (its 10 ms VAD
     # frames, the energy threshold)
     assert abs(cut.barge_ns - stop["onset_ns"]) <= 60 * MS, (cut.barge_ns - stop["onset_ns"]) / MS
+    # audio of the cut reply still in flight after the interruption is dropped, as the
+    # SDK drops it: the reply holds exactly what came before
+    discarded = named(tr, "reply.discarded")
+    assert len(cut.stale_sent_ns) == 2 and len(discarded) == 1
+    assert discarded[0].attrs["event_id"] == cut.event_id
+    session, first = tr.finished_turns()[0]
+    assert len(turn_events(tr, session, first)["reply.chunk"]) == len(cut.audio_sent_ns)
     # the reply to the interruption is a turn of its own, answered
     ends = named(tr, "turn.end")
     assert len(ends) == 2 and all(e.attrs["ok"] for e in ends), [e.attrs for e in ends]
@@ -295,33 +304,119 @@ def test_barge_in(barged: tuple[Trace, ElevenLabsServer]) -> None:
 
 def test_mulaw_input_and_a_burst_reply(speech_dir: Path, tmp_path: Path) -> None:
     """``ulaw_8000`` in (the probe sends 8 kHz, encoded to μ-law here), 16 kHz out sent all
-    at once; the agent does not speak first."""
+    at once and ended by ``agent_response_complete``, after a client tool call (voiceaudit
+    answers that it has no tools); the agent does not speak first; the key fetches a signed
+    URL (``auth=signed_url``) and never goes to the WebSocket."""
     out = tmp_path / "trace.jsonl"
     server = ElevenLabsServer(
         speech(speech_dir, "pocketsphinx_cards_003.wav", "Seven of clubs."),
         input_format="ulaw_8000",
         pace=0.0,
+        api_key=KEY,
+        complete_event=True,
+        tool_call=True,
     )
     utterances = load_utterances([speech_dir / CALLER[1]])
 
     async def go() -> None:
         url = await server.start()
         try:
-            t = target(url, agent_id="agent_local", first_message="", quiet_ms="300")
+            t = target(
+                url, agent_id="agent_local", first_message="", quiet_ms="300", auth="signed_url"
+            )
             await run_probe(t, utterances, ProbeOptions(), out)
         finally:
             await server.stop()
 
-    asyncio.run(go())
+    os.environ[KEY_ENV] = KEY
+    try:
+        asyncio.run(go())
+    finally:
+        del os.environ[KEY_ENV]
     tr = read_trace(out)
     conv = server.conversations[-1]
-    assert server.sent_rejected == [] and conv.violations == []
+    assert server.sent_rejected == [] and conv.violations == [] and server.refused == []
+    assert conv.query.get("conversation_signature") and "xi-api-key" not in conv.headers
+    assert KEY not in out.read_text()
+    assert [m.attrs["raw"] for m in named(tr, "response.done")] == ["agent_response_complete"]
+    assert [m.attrs["raw"] for m in named(tr, "agent.event")] == ["client_tool_call"]
+    assert len(conv.tool_results) == 1
+    result = conv.tool_results[0]
+    assert result["tool_call_id"] == conv.replies[0].tool_call_id and result["is_error"] is True
     assert named(tr, "turn.start")[0].attrs["rate"] == 8000
     fmt = named(tr, "session.audio_format")[0].attrs
     assert fmt["input"] == {"encoding": "pcmu", "rate": 8000}
     errors = truth_errors(tr, server)
     assert -1 * MS < errors[0] <= 2 * MS, errors[0] / MS
     assert named(tr, "greeting.wait") == []  # the agent does not speak first
+
+
+class Sink:
+    """A target sink that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.marks: list[tuple[str, dict[str, Any] | None]] = []
+        self.failures: list[str] = []
+
+    def mark(self, name: str, stage: str, t_ns: int, attrs: dict[str, Any] | None = None) -> None:
+        self.marks.append((name, attrs))
+
+    def reply_audio(self, *args: Any) -> None:
+        pass
+
+    def reply_done(self, t_ns: int) -> None:
+        pass
+
+    def fail(self, reason: str) -> None:
+        self.failures.append(reason)
+
+
+def test_a_wrong_key_fails_the_connect_with_the_reason(speech_dir: Path) -> None:
+    """A wrong key is refused, as header and for a signed URL: a one-line TargetError that
+    does not hold the key."""
+    server = ElevenLabsServer(speech(speech_dir, "pocketsphinx_cards_001.wav", "x"), api_key=KEY)
+    wrong = "xi-wrong-key-5e1b"
+
+    async def go() -> list[str]:
+        url = await server.start()
+        out = []
+        try:
+            for auth in ("header", "signed_url"):
+                ts = target(url, agent_id="agent_local", auth=auth).session(Sink())
+                with pytest.raises(TargetError) as exc:
+                    await ts.open()
+                await ts.close()
+                out.append(exc.value.message)
+        finally:
+            await server.stop()
+        return out
+
+    os.environ[KEY_ENV] = wrong
+    try:
+        messages = asyncio.run(go())
+    finally:
+        del os.environ[KEY_ENV]
+    assert "403" in messages[0] and "401" in messages[1], messages
+    assert all(wrong not in m and "\n" not in m for m in messages)
+    assert server.conversations == []
+
+
+def test_the_ledger_is_cut_by_the_api_events(
+    greeted: tuple[Trace, ElevenLabsServer, str],
+) -> None:
+    """user_transcript ends the endpointing, agent_response the response's start; no time
+    is unexplained, and the response's start is what the server took between the two."""
+    tr, server, _ = greeted
+    rep = build_report([tr])
+    conv = server.conversations[-1]
+    assert len(rep.turns) == len(conv.replies)
+    for t, reply in zip(rep.turns, conv.replies, strict=True):
+        segs = {s.name: s.ns for s in t.ledger.segments}
+        assert UNEXPLAINED not in segs, segs
+        assert reply.response_ns is not None and reply.transcript_ns is not None
+        server_ns = reply.response_ns - reply.transcript_ns
+        assert abs(segs["response_start"] - server_ns) <= 2 * MS, (segs, server_ns)
+        assert segs["endpointing"] >= server.end_ms * MS
 
 
 # -- the official SDK's client against the same server -------------------------------------

@@ -30,7 +30,9 @@ event                           mark                                            
 ``user_transcript``             ``committed`` and ``transcript.final`` (``text``):  endpointing,
                                 the API's end of the user's turn                    transcription
 ``tentative_user_transcript``   ``transcript.partial``                              transcription
-``agent_response``              ``reply_text.first`` (``text``)                     model
+``agent_response``              ``response.created`` and ``reply_text.first``      model
+                                (``text``): the response began (it comes with
+                                the reply's first audio)
 ``agent_response_correction``   ``reply_text.correction`` (after an interruption)   model
 ``agent_response_complete``     ``response.done``; the reply is done                model
 ``interruption``                ``interrupted``; the reply is cut                   endpointing
@@ -520,8 +522,9 @@ class ElevenLabsAgentSession(WebSocketSession):
         got = self._text_event(t, ev, "agent_response_event", "agent_response", ev["type"])
         if got is None:
             return
-        attrs = {"raw": "agent_response", "text": got[0], "event_id": got[1]}
-        self.sink.mark("reply_text.first", "model", t, attrs)
+        attrs: dict[str, Any] = {"raw": "agent_response", "event_id": got[1]}
+        self.sink.mark("response.created", "model", t, attrs)
+        self.sink.mark("reply_text.first", "model", t, {**attrs, "text": got[0]})
 
     def _correction(self, t: int, ev: dict[str, Any], size: int) -> None:
         body = dict_at(ev, "agent_response_correction_event")
