@@ -486,6 +486,7 @@ def test_bad_payload_in_a_run_fails_the_turn_with_the_reason(speech: Path, tmp_p
         ("vonage", {"rate": "11025"}, "rate=11025 must be 8000 or 16000"),
         ("exotel", {"param.a b": "1"}, "bad target option 'param.a b' for exotel"),
         ("telnyx", {"stream_id": "a/b"}, "stream_id='a/b'"),
+        ("twilio", {"tls_insecure": "maybe"}, "tls_insecure='maybe' must be true or false"),
     ],
 )
 def test_bad_options_are_one_line_usage_errors(

@@ -44,7 +44,7 @@ from voiceaudit import codecs
 from voiceaudit.errors import TargetError, UsageError
 from voiceaudit.targets.base import Target, TargetConfig, TargetSink, cancel_quietly
 from voiceaudit.targets.carrier_model import CarrierModel, Echo, Played
-from voiceaudit.targets.wsbase import WebSocketSession, dict_at
+from voiceaudit.targets.wsbase import TLS_OPTIONS, WebSocketSession, dict_at, tls_context
 
 NS_PER_MS = 1_000_000
 #: outbound media frames: exactly 20 ms
@@ -65,6 +65,7 @@ _COMMON_OPTIONS: dict[str, str] = {
     "handset), added to every play time (default 0)",
     "quiet_ms": "the reply is done when the buffer has drained and no audio came for "
     "this long after (default 500)",
+    **TLS_OPTIONS,
 }
 _ID_OPTIONS: dict[str, str] = {
     "stream_id": "the stream id sent in start (default: a realistic random one)",
@@ -925,6 +926,7 @@ class _CarrierTarget(Target):
     def __init__(self, config: TargetConfig) -> None:
         super().__init__(config)
         self.opts = parse_options(type(self), dict(config.options))
+        tls_context(config)  # a bad ca_file / tls_insecure is a usage error now
 
     def session(self, sink: TargetSink) -> CarrierSession:
         return self.session_class(self.config, sink, self.opts)
