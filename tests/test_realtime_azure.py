@@ -11,7 +11,9 @@ the model does not know), and every message the server sends passes Pipecat's
 endpointer with the ``silence_duration_ms`` it was given), waits a known delay, and replies
 with a known leading silence then a tone, sent at once, stamping when each audio delta left
 (one process: the probe's monotonic clock), so the voice-to-voice the probe reports is
-checked against the server's truth.
+checked against the server's truth. Paced at real time, a reply the caller talks over is
+stopped by the server's VAD (``speech_started``, then ``response.done`` cancelled), as
+Voice Live's barge-in does.
 """
 
 from __future__ import annotations
@@ -76,7 +78,12 @@ class VoiceLiveServer(LoopbackServer):
 
     path = "/voice-live/realtime"
 
-    def __init__(self) -> None:
+    def __init__(self, tone_ms: int = TONE_MS, paced: bool = False) -> None:
+        #: the reply's tone; ``paced``: deltas sent at real time (else all at once)
+        self.tone_ms, self.paced = tone_ms, paced
+        #: monotonic ns when the caller's speech over a reply stopped it
+        self.cuts: list[int] = []
+        self.truncates: list[dict[str, Any]] = []
         self.requests: list[dict[str, Any]] = []
         self.sessions: list[dict[str, Any]] = []
         self.client_types: list[str] = []
@@ -106,20 +113,25 @@ class VoiceLiveServer(LoopbackServer):
         in_rate = 24000
         tasks: list[asyncio.Task[None]] = []
         replying = False
+        current: asyncio.Task[None] | None = None
 
         async def reply() -> None:
             nonlocal replying
             await asyncio.sleep(DELAY_MS / 1000)
             rate = self.out_rate
             lead = np.zeros(rate * LEAD_MS // 1000)
-            n = rate * TONE_MS // 1000
+            n = rate * self.tone_ms // 1000
             tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(n) / rate) * 32767
             pcm = np.concatenate([lead, tone]).astype("<i2").tobytes()
             step = rate * CHUNK_MS // 1000 * 2
             await self.send(ws, {"type": "response.created", "response": {"id": "resp_1"}})
             stamps: list[tuple[int, int]] = []
             self.sent.append(stamps)
+            t0 = time.monotonic()
             for i in range(0, len(pcm), step):
+                if self.paced:
+                    due = t0 + i // step * CHUNK_MS / 1000
+                    await asyncio.sleep(max(0.0, due - time.monotonic()))
                 chunk = pcm[i : i + step]
                 stamps.append((time.monotonic_ns(), len(chunk) // 2))
                 delta = base64.b64encode(chunk).decode()
@@ -143,6 +155,8 @@ class VoiceLiveServer(LoopbackServer):
             if ev["type"] == "response.create" and not replying:
                 replying = True  # manual turn detection: the client says when
                 tasks.append(asyncio.ensure_future(reply()))
+            elif ev["type"] == "conversation.item.truncate":
+                self.truncates.append(ev)
             elif ev["type"] == "session.update":
                 s = ev["session"]
                 self.sessions.append(s)
@@ -155,19 +169,27 @@ class VoiceLiveServer(LoopbackServer):
                 await self.send(ws, {"type": "session.updated", "session": self.declared(s)})
             elif ev["type"] == "input_audio_buffer.append" and endpointer is not None:
                 x = np.frombuffer(base64.b64decode(ev["audio"]), "<i2").astype(np.float64)
-                if replying:
-                    continue
                 if endpointer.feed(x):
                     await self.send(ws, {"type": "input_audio_buffer.speech_started",
                                          "audio_start_ms": 0, "item_id": "item_0"})  # fmt: skip
-                if endpointer.turn_ended:
+                    if current is not None and not current.done():
+                        # the caller talks over the reply: Voice Live stops it
+                        current.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await current
+                        self.cuts.append(time.monotonic_ns())
+                        replying = False
+                        done = {"id": "resp_1", "status": "cancelled"}
+                        await self.send(ws, {"type": "response.done", "response": done})
+                if endpointer.turn_ended and not replying:
                     endpointer.reset()
                     replying = True
                     await self.send(ws, {"type": "input_audio_buffer.speech_stopped",
                                          "audio_end_ms": 0, "item_id": "item_0"})  # fmt: skip
-                    tasks.append(asyncio.ensure_future(reply()))
+                    current = asyncio.ensure_future(reply())
+                    tasks.append(current)
         for t in tasks:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(BaseException):
                 await t
         return ws
 
@@ -392,3 +414,51 @@ def test_manual_turns_at_24khz(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     assert ends[0].attrs["voice_to_voice_ns"] >= DELAY_MS * MS
     fmt = next(e for e in tr.events if e.name == "session.audio_format")
     assert fmt.attrs["output"] == {"encoding": "pcm16", "rate": 24000}
+
+
+def test_a_barge_in_stops_the_voice_live_reply(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The caller talks over a reply Voice Live sends at real time: the server's VAD stops it
+    (``speech_started``, ``response.done`` cancelled), the probe truncates the item (the
+    message passes Pipecat's model) and measures the stop from the caller's side. Two
+    turns, about 10 s."""
+    monkeypatch.setenv(KEY_ENV, KEY)
+    scenario = tmp_path / "barge-in.toml"
+    scenario.write_text(
+        'gap_ms = 300\n[[session]]\nname = "azure"\n[[session.turn]]\nsay = "01_weather"\n'
+        'interrupt = { after_reply_ms = 500, say = "06_thanks" }\n'
+    )
+    server = VoiceLiveServer(tone_ms=3000, paced=True)
+    out = tmp_path / "run"
+    with server:
+        code = cli(
+            ["run", "--scenario", str(scenario), "--target", f"ws://127.0.0.1:{server.port}",
+             "--protocol", "realtime", "--api-key-env", KEY_ENV, "--out", str(out),
+             "-o", "dialect=azure", "-o", f"model={MODEL}", "-o", "rate=16000"]
+        )  # fmt: skip
+    assert code == 0
+    assert not server.problems, server.problems
+    assert len(server.cuts) == 1 and len(server.sent) == 2
+    (trunc,) = server.truncates
+    assert trunc["item_id"] == "item_1" and trunc["content_index"] == 0
+    tr = read_trace(out / "trace.jsonl")
+    (stop,) = [e for e in tr.events if e.name == "reply.stop"]
+    assert stop.attrs["kind"] == "interrupt" and stop.attrs["cut"] is True and stop.attrs["stopped"]
+    onset = stop.attrs["onset_ns"]
+    # The server stopped only once it heard the caller, and the caller heard it stop after
+    # (never before) the end of the last audio it sent, played as the probe plays: each
+    # delta at its send time or when the audio before it has played, if later (a late
+    # delta delays the rest of the reply for the caller).
+    play = server.sent[0][0][0]
+    for sent, samples in server.sent[0]:
+        play = max(sent, play) + samples * 1_000_000_000 // 16000
+    server_stop = play - onset
+    assert server.cuts[0] > onset
+    assert stop.attrs["stop_ns"] > server_stop - 3 * MS, (stop.attrs["stop_ns"], server_stop)
+    print("stop latency (ms): probe", stop.attrs["stop_ns"] / MS, "server", server_stop / MS)
+    # the truncation claims no more than the audio sent before the cut
+    sent_ms = sum(n for _, n in server.sent[0]) * 1000 // 16000
+    assert 0 < trunc["audio_end_ms"] <= sent_ms
+    ends = [e for e in tr.events if e.name == "turn.end"]
+    assert len(ends) == 2 and ends[1].attrs["ok"]  # the interruption is answered
