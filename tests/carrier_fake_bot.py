@@ -15,7 +15,9 @@ Script: after the caller's speech ends (an energy endpointer), it replies with
 ``reply_ms`` of tone in chunks of ``chunk_ms`` sent ``burst`` times faster than real time,
 then a mark ``reply-<n>``; optionally a clear ``clear_after_ms`` after the reply's first
 chunk was sent; optionally ``script`` (raw messages, ``$SID`` standing for the stream id)
-right after the start, and ``reply_script`` sent instead of the reply. It records
+right after the start, and ``reply_script`` sent instead of the reply; optionally a
+greeting of ``greet_ms`` (sent as a reply is, then the mark ``greeting``) ``greet_after_ms``
+after the start. It records
 when it sent each chunk, when each message arrived (its handler's clock: never before the
 real arrival), the mark echoes and clear acknowledgements, and any message that a
 serializer or a field check rejected (``errors``).
@@ -112,6 +114,8 @@ class FakeCarrierBot(LoopbackServer):
         script: list[str | bytes] | None = None,
         replies: bool = True,
         reply_script: list[str | bytes] | None = None,
+        greet_ms: int = 0,
+        greet_after_ms: int = 0,
         vonage_rate: int = 16000,
     ) -> None:
         self.dialect = dialect
@@ -122,6 +126,8 @@ class FakeCarrierBot(LoopbackServer):
         self.script = script or []
         self.replies = replies
         self.reply_script = reply_script
+        self.greet_ms = greet_ms
+        self.greet_after_ms = greet_after_ms
         self.rate = vonage_rate if dialect == "vonage" else 8000
         self.calls: list[Call] = []
 
@@ -249,6 +255,8 @@ class FakeCarrierBot(LoopbackServer):
                     ser = self.serializer(call.stream_id)
                     await ser.setup(cast(Any, None))
                     tasks.append(asyncio.create_task(self._run_script(ws, call, self.script)))
+                    if self.greet_ms:
+                        tasks.append(asyncio.create_task(self._greet(ws, ser, call)))
                 if ev is not None:
                     self.check_fields(call, kind, ev)
                     self._note_answers(call, t, kind, ev)
@@ -321,10 +329,20 @@ class FakeCarrierBot(LoopbackServer):
             await self._send(ws, raw)
             await asyncio.sleep(0.02)
 
+    async def _greet(self, ws: web.WebSocketResponse, ser: FrameSerializer, call: Call) -> None:
+        await asyncio.sleep(self.greet_after_ms / 1000)
+        await self._reply(ws, ser, call, -1, self.greet_ms, "greeting")
+
     async def _reply(
-        self, ws: web.WebSocketResponse, ser: FrameSerializer, call: Call, n: int
+        self,
+        ws: web.WebSocketResponse,
+        ser: FrameSerializer,
+        call: Call,
+        n: int,
+        ms: int | None = None,
+        kind: str = "media",
     ) -> None:
-        audio = tone(self.reply_ms, self.rate)
+        audio = tone(self.reply_ms if ms is None else ms, self.rate)
         step = 2 * self.rate * self.chunk_ms // 1000
         gap = self.chunk_ms / 1000 / self.burst
         clear_task: asyncio.Task[None] | None = None
@@ -335,11 +353,11 @@ class FakeCarrierBot(LoopbackServer):
             )
             t = time.monotonic_ns()
             await self._send(ws, out)
-            call.sent.append(Sent(t, "media", len(piece) // 2))
+            call.sent.append(Sent(t, kind, len(piece) // 2))
             if k == 0 and self.clear_after_ms is not None:
                 clear_task = asyncio.create_task(self._clear_later(ws, ser, call, t))
             await asyncio.sleep(gap)
-        name = f"reply-{n}"
+        name = f"reply-{n}" if n >= 0 else "greeting"
         mark = await ser.serialize(
             OutputTransportMessageFrame(message=self.mark_message(call.stream_id, name))
         )

@@ -541,3 +541,36 @@ def test_options_shape_the_handshake() -> None:
     assert s["tracks"] == ["inbound", "outbound"]
     t = get_target_class("twilio")
     assert t.path == "phone" and "param.NAME" in t.options
+
+
+def test_the_greeting_is_heard_through_the_carrier(speech: Path, tmp_path: Path) -> None:
+    """The bot greets 200 ms after ``start`` with 1 s of tone sent ten times faster than
+    real time: the probe waits for it (the carriers' agents speak first), measures its
+    latency from ``start`` and hears it for 1 s before the first turn."""
+    bot = FakeCarrierBot("twilio", greet_ms=1000, greet_after_ms=200, burst=10.0)
+    trace = tmp_path / "trace.jsonl"
+    opts = ProbeOptions(turns=1, timeout_s=4.0, idle_s=1.5, gap_ms=100)
+    with bot:
+        res = asyncio.run(
+            run_probe(target("twilio", bot.url), load_utterances([speech]), opts, trace)
+        )
+    events = read_trace(trace).events
+    assert [t.ok for t in res.turns] == [True], res.turns
+    call = bot.calls[0]
+    assert call.errors == []
+    greet_sends = [s.t_ns for s in call.sent if s.kind == "greeting"]
+    start = one(events, "carrier.start")
+    wait = one(events, "greeting.wait")
+    assert wait.t_ns == start.t_ns
+    audible = one(events, "greeting.audible")
+    assert audible.attrs["latency_ns"] == audible.t_ns - start.t_ns
+    # the bot sent it 200 ms after start at the earliest; heard no sooner than sent
+    assert audible.t_ns >= greet_sends[0] >= start.t_ns + 200 * MS
+    end = one(events, "greeting.end")
+    # the greeting's first chunk played when it arrived, no sooner than the bot sent it
+    assert audible.attrs["first_byte_ns"] >= greet_sends[0]
+    # sent in 0.1 s, heard for 1 s
+    assert end.t_ns == audible.attrs["first_byte_ns"] + 1000 * MS
+    assert end.attrs["duration_ns"] == 1000 * MS
+    assert greet_sends[-1] - greet_sends[0] < 1000 * MS
+    assert one(events, "turn.start").t_ns >= end.t_ns + 100 * MS
