@@ -137,6 +137,8 @@ class ReplyRecord:
     audio_sent_ns: list[int] = field(default_factory=list)
     #: message name -> when it was first sent for this reply
     sent: dict[str, int] = field(default_factory=dict)
+    #: message name -> when it was last sent for this reply
+    last_sent: dict[str, int] = field(default_factory=dict)
     interrupted_ns: int | None = None
     completed: bool = False
 
@@ -287,6 +289,7 @@ class _Session:
             await self.ws.send_bytes(data.encode())
         if rec is not None and name:
             rec.sent.setdefault(name, t)
+            rec.last_sent[name] = t
         return t
 
     async def run(self) -> None:

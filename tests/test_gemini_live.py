@@ -199,11 +199,11 @@ def test_turns_agree_with_server_truth(
 def test_a_slower_model_is_recovered(
     cert: tuple[Path, Path], key: str, speech_dir: Path, tmp_path: Path
 ) -> None:
-    """300 ms more of the server's thinking before its first audio: voice-to-voice grows by
-    what the server's truth says (within 2 ms per turn, median), and the ledger puts it
-    between the input transcript and the first audio (``llm.first_token``)."""
-    v2v: dict[int, list[int]] = {}
-    stage: dict[int, list[int]] = {}
+    """The server thinks 100 ms, then 400 ms, between its last transcript piece and its
+    first audio. The ledger's span from ``transcript.final`` to ``llm.first_token`` is the
+    server's own (its send times of the two messages) within 2 ms, median, and never
+    shorter than the think time; voice-to-voice is the server's truth within 2 ms, median,
+    at both. (About 11 s: two runs of two turns at real time.)"""
     for think in (100, 400):
         server = _server(cert, speech_dir, reply_ms=600, think_ms=think)
         trace = tmp_path / f"trace-{think}.jsonl"
@@ -218,20 +218,22 @@ def test_a_slower_model_is_recovered(
 
         asyncio.run(main())
         tr = read_trace(trace)
-        for session, turn in tr.finished_turns():
+        turns = sorted(tr.finished_turns(), key=lambda st: st[1])
+        records = server.records()
+        assert len(turns) == 2 == len(records)
+        stage_err, v2v_err = [], []
+        for (session, turn), rec in zip(turns, records, strict=True):
             ev = _turn_events(tr, session, turn)
-            v2v.setdefault(think, []).append(ev["turn.end"][0].attrs["voice_to_voice_ns"])
-            stage.setdefault(think, []).append(
-                ev["llm.first_token"][0].t_ns - ev["transcript.final"][0].t_ns
-            )
-    for values in stage.values():
-        assert len(values) == 2
-    grown = float(np.median(stage[400]) - np.median(stage[100]))
-    # the server's think time is between its last transcript piece and its first audio
-    assert grown >= 300 * MS - 2 * MS, grown / MS
-    # and so does voice-to-voice (the same speech, the same endpointing)
-    assert float(np.median(v2v[400]) - np.median(v2v[100])) >= 300 * MS - 2 * MS, v2v
-    assert min(stage[400]) >= 400 * MS - 1 * MS
+            stage = ev["llm.first_token"][0].t_ns - ev["transcript.final"][0].t_ns
+            assert stage >= think * MS - 1 * MS, (think, stage)
+            truth = rec.sent["inlineData"] - rec.last_sent["inputTranscription"]
+            stage_err.append(stage - truth)
+            audible = ev["reply.audible"][0]
+            v2v_truth = _heard(rec, audible.attrs["sample"]) - ev["input.speech_end"][0].t_ns
+            v2v_err.append(ev["turn.end"][0].attrs["voice_to_voice_ns"] - v2v_truth)
+        print(f"think {think} ms: stage - truth {stage_err}, v2v - truth {v2v_err} (ns)")
+        for errors in (stage_err, v2v_err):
+            assert sorted(errors)[len(errors) // 2] <= 2 * MS and min(errors) > -1 * MS, errors
 
 
 # --- barge-in ------------------------------------------------------------------------------
