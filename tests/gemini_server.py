@@ -156,6 +156,9 @@ class Connection:
     key: str | None
     key_in: str | None
     headers: dict[str, str]
+    #: the client's end of the connection, ``host:port`` (a trace's ``session.connected``
+    #: ``local``)
+    peer: str = ""
     #: the setup message as it came (the SDK's or voiceaudit's spelling)
     setup: dict[str, Any] | None = None
     input_rate: int | None = None
@@ -241,6 +244,9 @@ class GeminiLiveServer(LoopbackServer):
             key_in="query" if q else "header" if h else None,
             headers=dict(request.headers),
         )
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        if peer:
+            conn.peer = f"{peer[0]}:{peer[1]}"
         self.connections.append(conn)
         if self.api_key is not None and conn.key != self.api_key:
             # the API accepts the socket, then closes it with a policy violation
