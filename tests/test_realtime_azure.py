@@ -249,6 +249,8 @@ def test_the_key_goes_in_the_api_key_header(monkeypatch: pytest.MonkeyPatch) -> 
         ({"dialect": "azure", "model": MODEL, "turn_detection": "vad"}, "turn_detection='vad'"),
         ({"dialect": "azure", "model": MODEL, "auth": "token"}, "auth='token'"),
         ({"noise_reduction": "far_field"}, "noise_reduction is for -o dialect=azure"),
+        ({"threshold": "high"}, "target option threshold must be a number"),
+        ({"dialect": "azure", "model": MODEL, "silence_ms": "-5"}, "silence_ms cannot be neg"),
     ],
 )
 def test_bad_dialect_options_are_usage_errors(

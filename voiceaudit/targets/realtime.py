@@ -319,6 +319,13 @@ def check_options(config: TargetConfig) -> None:
     requested = requested_formats(config)
     if config.int_option("format_wait_ms", 1000) < 0:
         raise UsageError("target option format_wait_ms cannot be negative")
+    for name, default in (("silence_ms", 500), ("prefix_padding_ms", 300)):
+        if config.int_option(name, default) < 0:
+            raise UsageError(f"target option {name} cannot be negative")
+    try:
+        float(config.option("threshold", "0.5"))
+    except ValueError:
+        raise UsageError("target option threshold must be a number") from None
     if dialect(config) == "openai":
         for name in _AZURE_ONLY:
             if name in config.options:
@@ -341,11 +348,6 @@ def check_options(config: TargetConfig) -> None:
     _choice(config, "echo_cancellation", "off", ("off", "on"))
     _choice(config, "remove_filler_words", "off", ("off", "on"))
     _choice(config, "auth", "api-key", ("api-key", "bearer"))
-    for name in ("threshold",):
-        try:
-            float(config.option(name, "0.5"))
-        except ValueError:
-            raise UsageError(f"target option {name} must be a number") from None
     parts = urlsplit(config.url)
     if parts.scheme not in ("ws", "wss", "http", "https") or not parts.hostname:
         raise UsageError(
