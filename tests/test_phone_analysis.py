@@ -258,10 +258,13 @@ def turns() -> list[Turn]:
             {"name": "reply-0", "mark_ns": A0[-1] + 1 * MS, "cleared": False, "sent_ns": 0},
         ),
     ]
-    t1 = Turn(S1, A1, N1)
+    # the bot's answer to the barge-in arrives 800 ms after the onset and is played on in
+    # the same turn's audio (the carrier was still playing this reply: no quiet between)
+    nxt, nn = burst(ONSET1 + 800 * MS, 10)
+    t1 = Turn(S1, A1 + nxt, N1 + nn)
     p1 = t1.plays()
     mark1 = A1[0] - 1 * MS
-    end1 = p1[-1] + 20 * MS
+    end_all = p1[-1] + 20 * MS
     t1.pipeline = [
         ("carrier.mark", "transport", mark1, {"name": "reply-1", "queued_ms": 0.0}),
         (
@@ -271,7 +274,8 @@ def turns() -> list[Turn]:
             {"name": "reply-1", "mark_ns": mark1, "cleared": False, "sent_ns": mark1},
         ),
     ]
-    stop1 = end1 + FIXED_MS * MS - ONSET1
+    # as the probe sees it: the last sample of the whole segment, the next reply's too
+    stop1 = end_all + FIXED_MS * MS - ONSET1
     t1.probe = [
         (
             "input.overlap",
@@ -282,7 +286,7 @@ def turns() -> list[Turn]:
         (
             "reply.stop",
             "reply",
-            end1 + FIXED_MS * MS,
+            end_all + FIXED_MS * MS,
             {
                 "kind": "interrupt",
                 "onset_ns": ONSET1,
@@ -382,9 +386,12 @@ def test_no_clear_costed_with_heard_audio(doc: dict[str, Any]) -> None:
     # 500 ms of reply, onset 100 ms in: 400 ms queued, heard with the 40 ms fixed delay
     assert b["clear_ms"] is None
     assert b["deaf_window_ms"] == 400.0
-    assert b["stop_ms"] == 440.0
+    assert b["reply_heard_after_ms"] == 440.0
+    # reply.stop ran on to the end of the bot's next reply, 800 ms after the onset
+    assert b["stop_ms"] == 800.0 + 200.0 + FIXED_MS
     f = [x for x in t1["findings"] if x["kind"] == "no_clear"]
     assert len(f) == 1 and f[0]["ms"] == 440.0
+    assert f[0]["evidence"]["heard_after_stop_event_ms"] == 1040.0
     assert not [x for x in t1["findings"] if x["kind"] == "late_clear"]
 
 

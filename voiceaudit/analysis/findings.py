@@ -677,6 +677,9 @@ def phone_findings(pt: PhoneTurn | None, rules: FindingRules) -> tuple[Finding, 
             heard = b.heard_ns
             if heard > 0:
                 ev = {**base, "heard_after_ms": _ms(heard)}
+                if b.reply_heard_ns is not None and b.heard_after_ms is not None:
+                    # reply.stop's figure may run on into the bot's next reply
+                    ev["heard_after_stop_event_ms"] = b.heard_after_ms
                 if b.clear_ns is not None:
                     ev["clear_after_last_heard_ms"] = _ms(b.clear_ns)
                 out.append(Finding("no_clear", heard, ev))

@@ -36,6 +36,7 @@ Path (:func:`target_path`): every result is labelled by the path it was measured
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -197,6 +198,9 @@ class CarrierBargeIn:
     deaf_window_ns: int | None
     #: the queued audio the clear dropped (its ``dropped_ms``)
     dropped_ms: float | None
+    #: this reply's audio heard after the onset, from the carrier's chunks (None: they do
+    #: not say how long they were queued)
+    reply_heard_ns: int | None = None
 
     @property
     def after_clear_ns(self) -> int | None:
@@ -205,8 +209,10 @@ class CarrierBargeIn:
 
     @property
     def heard_ns(self) -> int:
-        """Reply audio the caller heard after the onset: ``heard_after_ms``, else the
-        stop latency."""
+        """Reply audio the caller heard after the onset: from this reply's chunks, else
+        ``reply.stop``'s ``heard_after_ms``, else its stop latency."""
+        if self.reply_heard_ns is not None:
+            return self.reply_heard_ns
         if self.heard_after_ms is not None:
             return round(self.heard_after_ms * 1e6)
         return max(0, self.stop_ns)
@@ -219,7 +225,49 @@ class CarrierBargeIn:
             "heard_after_ms": self.heard_after_ms,
             "deaf_window_ms": _ms(self.deaf_window_ns),
             "dropped_ms": self.dropped_ms,
+            "reply_heard_after_ms": _ms(self.reply_heard_ns),
         }
+
+
+#: Without a mark to end it, a reply's audio ends at the first chunk that arrived after the
+#: onset this long after the chunk before it: the bot's next reply (a reply streamed at
+#: real time sends a chunk every 20 ms; a next reply waits for the caller's speech).
+REPLY_GAP_NS = 250_000_000
+
+
+def reply_chunks(
+    chunks: list[CarrierChunk], onset_ns: int, mark_arrivals: Iterable[int]
+) -> list[CarrierChunk]:
+    """The chunks of the reply the caller barged in on, out of a turn's chunks (which
+    may also hold the bot's next reply, played on by a carrier that was still playing
+    this one): those that arrived before the bot's first mark after this reply's first
+    chunk (an honest mark follows its reply; an early one precedes the next), else before
+    the first chunk that arrived after the onset :data:`REPLY_GAP_NS` after the one
+    before it."""
+    if not chunks:
+        return []
+    by_arrival = sorted(chunks, key=lambda c: c.arrival_ns)
+    first = by_arrival[0].arrival_ns
+    later = [m for m in mark_arrivals if m > first]
+    if later:
+        bound = min(later)
+        return [c for c in chunks if c.arrival_ns < bound]
+    out = [by_arrival[0]]
+    for prev, c in itertools.pairwise(by_arrival):
+        if c.arrival_ns > onset_ns and c.arrival_ns - prev.arrival_ns > REPLY_GAP_NS:
+            break
+        out.append(c)
+    return sorted(out, key=lambda c: c.play_ns)
+
+
+def heard_after(chunks: Iterable[CarrierChunk], onset_ns: int, fixed_ns: int) -> int:
+    """The chunks' audio heard (carrier play + the fixed delay) after ``onset_ns``."""
+    total = 0
+    for c in chunks:
+        end = c.end_ns + fixed_ns
+        if end > onset_ns:
+            total += end - max(c.play_ns + fixed_ns, onset_ns)
+    return total
 
 
 def deaf_window(
@@ -268,10 +316,15 @@ class MarkCheck:
         }
 
 
-def heard_after_echo(chunks: Iterable[CarrierChunk], mark_ns: int, echo_ns: int) -> int:
-    """The audio of the chunks that arrived after the mark, played after its echo (ns)."""
+def heard_after_echo(
+    chunks: Iterable[CarrierChunk], mark_ns: int, echo_ns: int, until_ns: int | None = None
+) -> int:
+    """The audio of the chunks that arrived after the mark (and, with ``until_ns``, not
+    after it), played after its echo (ns)."""
     total = 0
     for c in chunks:
+        if until_ns is not None and c.arrival_ns > until_ns:
+            continue
         if c.arrival_ns > mark_ns and c.end_ns > echo_ns:
             total += c.end_ns - max(c.play_ns, echo_ns)
     return total
@@ -302,6 +355,7 @@ class PhoneTurn:
         if start is None and not chunks and not any(n in marks for n in CARRIER_EVENTS):
             return None
         clears = sorted(marks.get(CLEAR, ()), key=lambda o: o[0])
+        arrivals = sorted(o[0] for o in marks.get(MARK, ()))
         barge: list[CarrierBargeIn] = []
         for t, src, a in sorted(marks.get(STOP, ()), key=lambda o: o[0]):
             if src != PROBE or a.get("kind") != INTERRUPT:
@@ -319,6 +373,7 @@ class PhoneTurn:
                 clear = next((c for c in clears if c[0] >= onset), None)
             dropped = None if clear is None else _num(clear[2].get("dropped_ms"))
             cleared = clear is not None and clear[0] - onset <= stop
+            own = reply_chunks(chunks, onset, arrivals)
             barge.append(
                 CarrierBargeIn(
                     onset_ns=onset,
@@ -331,8 +386,14 @@ class PhoneTurn:
                     if chunks
                     else None,
                     dropped_ms=dropped,
+                    reply_heard_ns=heard_after(own, onset, fixed) if own else None,
                 )
             )
+        # The audio a mark vouches for is what the bot sent after it up to its next mark,
+        # and before the caller's next barge-in: audio sent after either is another
+        # reply's (a reply to the barge-in can land in this turn's audio when the
+        # carrier was still playing this one).
+        onsets = sorted(b.onset_ns for b in barge)
         checks: list[MarkCheck] = []
         for t, _, a in sorted(marks.get(MARK_ECHO, ()), key=lambda o: o[0]):
             if a.get("cleared") is True:
@@ -340,13 +401,14 @@ class PhoneTurn:
             mark_ns = _int(a.get("mark_ns"))
             if mark_ns is None:
                 continue
+            bounds = [x for x in (*arrivals, *onsets) if x > mark_ns]
             name = a.get("name")
             checks.append(
                 MarkCheck(
                     name if type(name) is str else None,
                     mark_ns,
                     t,
-                    heard_after_echo(chunks, mark_ns, t),
+                    heard_after_echo(chunks, mark_ns, t, min(bounds) if bounds else None),
                 )
             )
         queued = [c.play_ns - c.arrival_ns for c in chunks]
