@@ -11,6 +11,10 @@ The public surface::
     ledger = build_ledger(events_of_one_turn)       # pure function of a turn's events
     sum(s.ns for s in ledger.segments) == ledger.voice_to_voice_ns
 
+Phone paths and agents that speak first (the carrier's buffer, send-ahead, barge-in
+through ``clear``, mark honesty, key presses, the greeting, the path of each result) are
+in :mod:`voiceaudit.analysis.phone`; ``report.phone`` summarises them.
+
 Statistics helpers (percentiles, bootstrap intervals, Mann-Whitney U) are in
 :mod:`voiceaudit.analysis.stats`; they know nothing about traces.
 """

@@ -44,6 +44,14 @@ segment: ``transport`` when it starts at a first audio byte or token (``tts.firs
 or a speech-to-speech model's ``llm.first_token``), ``first_audio`` when it starts at the
 response or its first text (the model still had to make the audio).
 
+Through a phone carrier (:func:`with_carrier`, applied by the report where the reply's
+chunks carry ``queued_ns``), the segment that ends at ``reply.first_byte`` (the carrier
+putting the first chunk on the line, its fixed delay included) is cut at the chunk's
+arrival at the carrier (``carrier.arrival``) and where it began to play
+(``carrier.playing``): ``carrier_buffer`` (its wait behind audio queued before it) and
+``fixed_delay`` (the carrier's ``fixed_delay_ms``, where not 0). Both marks are derived
+from the recorded ``queued_ns`` and fixed delay, not invented.
+
 Speech-to-speech turns (``response.created`` but no ``llm.request``, ``tts.request`` or
 ``tts.first_byte``) have no synthesis stage: their model's first token *is* audio. So
 ``llm.first_token → reply.first_byte`` is the ``transport``, ``reply_text.first →
