@@ -574,3 +574,59 @@ def test_the_greeting_is_heard_through_the_carrier(speech: Path, tmp_path: Path)
     assert end.attrs["duration_ns"] == 1000 * MS
     assert greet_sends[-1] - greet_sends[0] < 1000 * MS
     assert one(events, "turn.start").t_ns >= end.t_ns + 100 * MS
+
+
+def test_tracks_both_forks_what_the_caller_hears_back() -> None:
+    """``-o tracks=both``: each piece the caller heard goes back to the bot as ``media`` on
+    the outbound track, once played; the bot's serializer reads it as audio."""
+    # 50 ms of μ-law, without 0x7F (μ-law's second zero, which comes back as 0xFF)
+    codes = bytes(range(0x10, 0x10 + 100)) + bytes(range(0x90, 0x90 + 100))
+    audio = base64.b64encode(codes * 2).decode()
+    bot = FakeCarrierBot(
+        "twilio",
+        replies=False,
+        script=['{"event":"media","streamSid":"$SID","media":{"payload":"' + audio + '"}}'],
+    )
+
+    async def go() -> RecordingSink:
+        ts, sink = await _session(bot, "twilio", {"tracks": "both"})
+        try:
+            await wait_for(lambda: len(sink.chunks) == 3)
+            await asyncio.sleep(0.1)
+        finally:
+            await ts.close()
+        return sink
+
+    with bot:
+        sink = asyncio.run(go())
+    call = bot.calls[0]
+    assert call.errors == []
+    out = [g.ev for g in call.got if g.ev and g.ev.get("media", {}).get("track") == "outbound"]
+    assert len(out) == 3
+    sent = base64.b64decode(audio)
+    assert b"".join(base64.b64decode(m["media"]["payload"]) for m in out) == sent
+    ts_ms = [int(m["media"]["timestamp"]) for m in out]
+    assert ts_ms[1] - ts_ms[0] == 20 and ts_ms[2] - ts_ms[1] == 20
+    assert [c[1] for c in sink.chunks] == [160, 160, 80]
+
+
+def test_exotel_marks_chunks_that_break_its_rule() -> None:
+    """Exotel wants the bot's chunks in multiples of 320 bytes and at least 100 ms: a 40 ms
+    chunk is marked once (``carrier.chunk_rule``) and played anyway."""
+    pcm = base64.b64encode(bytes(640)).decode()
+    msg = '{"event":"media","stream_sid":"$SID","media":{"payload":"' + pcm + '"}}'
+    bot = FakeCarrierBot("exotel", replies=False, script=[msg, msg])
+
+    async def go() -> RecordingSink:
+        ts, sink = await _session(bot, "exotel")
+        try:
+            await wait_for(lambda: len(sink.chunks) == 4)
+        finally:
+            await ts.close()
+        return sink
+
+    with bot:
+        sink = asyncio.run(go())
+    (m,) = sink.named("carrier.chunk_rule")
+    assert m[3] == {"bytes": 640, "min_bytes": 1600, "multiple_of": 320}
+    assert sink.fails == []
