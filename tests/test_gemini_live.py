@@ -862,3 +862,25 @@ def test_a_rate_change_midway_and_bad_frames_fail() -> None:
     s.on_text(3, json.dumps(_audio(pcm)).replace('"data": "', '"data": "!!'))
     assert [f.split(":")[0] for f in rec.failures] == ["protocol"] * 3, rec.failures
     assert "inlineData.data is not base64" in rec.failures[2]
+
+
+def test_late_transcript_pieces_stay_with_their_turn() -> None:
+    """An input transcription piece that comes once the reply has begun is a late partial
+    of that turn, in no ``transcript.final``; after ``interrupted`` the pieces are the
+    interrupting speech's, and make the next reply's ``transcript.final``."""
+    pcm = bytes(960)
+    rec = _feed(
+        [
+            {"serverContent": {"inputTranscription": {"text": "ten of clubs"}}},
+            _audio(pcm),
+            {"serverContent": {"inputTranscription": {"text": " please"}}},
+            {"serverContent": {"interrupted": True}},
+            {"serverContent": {"inputTranscription": {"text": "stop"}}},
+            {"serverContent": {"turnComplete": True}},
+            _audio(pcm),
+        ]
+    )
+    finals = [(t, a["text"]) for n, _, t, a in rec.marks if n == "transcript.final"]
+    assert finals == [(1, "ten of clubs"), (5, "stop")]
+    late = [(t, a.get("late")) for n, _, t, a in rec.marks if n == "transcript.partial"]
+    assert late == [(1, None), (3, True), (5, None)]

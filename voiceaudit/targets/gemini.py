@@ -56,7 +56,10 @@ text part) of a reply
 ``transcript.final`` is the caller's transcript as the model took it: the API streams the
 input transcription in pieces and says when it is finished only sometimes, so the mark is
 the arrival of the last piece before the reply began (``attrs.finished`` says which),
-``attrs.text`` the pieces joined. ``response.done`` carries ``cut`` (an ``interrupted``
+``attrs.text`` the pieces joined. A piece that comes once the reply has begun is a
+``transcript.partial`` with ``attrs.late`` (the API's transcription lagging its model), left
+out of every ``transcript.final``; after an ``interrupted`` the pieces are the interrupting
+speech's, so they make the next turn's. ``response.done`` carries ``cut`` (an ``interrupted``
 came during the reply), ``turn_complete_reason`` when given and ``usage`` (the turn's
 ``usageMetadata``, when it came first). Interruptions: the API stops generating when the
 caller talks over the reply and sends ``interrupted: true`` then ``turnComplete`` (no
@@ -259,6 +262,8 @@ class GeminiLiveSession(WebSocketSession):
         self._rate: int | None = None
         self._cut = False
         self._interrupt_seen = False
+        #: any ``interrupted`` came during this reply: the caller is saying the next turn
+        self._any_interrupt = False
         #: a chunk of this reply could not be read as declared: its later audio is dropped
         self._audio_fault = False
 
@@ -499,9 +504,12 @@ class GeminiLiveSession(WebSocketSession):
         attrs: dict[str, Any] = {"raw": key}
         if text is not None:
             attrs["text"] = text
+        late = self._replying and not self._any_interrupt
+        if late:
+            attrs["late"] = True
         self.sink.mark("transcript.partial", "transcription", t, attrs)
-        if key != "inputTranscription":
-            return
+        if key != "inputTranscription" or late:
+            return  # a piece after the reply began belongs to the turn it answers
         if text:
             self._transcript.append(text)
         self._transcript_ns = t
@@ -579,6 +587,7 @@ class GeminiLiveSession(WebSocketSession):
 
     def _interrupted(self, t: int) -> None:
         """``interrupted: true``: the reply was cut (module doc)."""
+        self._any_interrupt = True
         if self._audio_seen and not self._interrupt_seen:
             self._interrupt_seen = True
             self._cut = True
