@@ -40,6 +40,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import aiohttp
+
 from voiceaudit import codecs
 from voiceaudit.errors import TargetError, UsageError
 from voiceaudit.targets.base import Target, TargetConfig, TargetSink, cancel_quietly
@@ -298,11 +300,15 @@ class CarrierSession(WebSocketSession):
     async def open(self) -> None:
         await super().open()
         msgs = self.handshake()
-        for i, msg in enumerate(msgs):
-            t = time.monotonic_ns()
-            await self.send_json(msg)
-            if i == len(msgs) - 1:
-                self._start_ns = t
+        try:
+            for i, msg in enumerate(msgs):
+                t = time.monotonic_ns()
+                await self.send_json(msg)
+                if i == len(msgs) - 1:
+                    self._start_ns = t
+        except (ConnectionError, aiohttp.ClientError) as exc:
+            await self.close()
+            raise TargetError(f"connection lost during the handshake: {exc}") from None
         assert self._start_ns is not None
         self.sink.mark(
             "carrier.start",
