@@ -192,6 +192,12 @@ def check_options(config: TargetConfig) -> None:
         raise UsageError("target option auth must be 'header' or 'signed_url'")
     if config.int_option("quiet_ms", DEFAULT_QUIET_MS) < 0:
         raise UsageError("target option quiet_ms cannot be negative")
+    query = dict(parse_qsl(urlsplit(config.url).query))
+    if not query.get("agent_id") and not config.options.get("agent_id"):
+        raise UsageError(
+            "elevenlabs-agent needs the agent's id",
+            hint="give -o agent_id=AGENT_ID, or a URL with ?agent_id= (a signed URL has one)",
+        )
 
 
 def initiation_message(config: TargetConfig) -> dict[str, Any]:
