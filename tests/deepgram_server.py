@@ -2,8 +2,10 @@
 
 It speaks the API as docs/apis/deepgram-agent.md and ../shared/PROTOCOLS.md describe it,
 at ``ws://127.0.0.1:PORT/v1/agent/converse`` (the path the official SDK appends to its
-``agent`` environment URL), on its own thread and event loop, so the probe's loop and the
-server's never wait on each other:
+``agent`` environment URL), in a process of its own by default (``serve()``: the probe's
+process holds the GIL for milliseconds at a time, and a server thread waiting on it would
+send late while recording the time it meant to send), or on a thread of this process
+(``serve(process=False)``, where its timing is not what is tested):
 
 - checks ``Authorization: Token KEY`` when made with a key (401 otherwise);
 - sends ``Welcome``; the first client message must be ``Settings``, validated with the SDK's
@@ -11,8 +13,8 @@ server's never wait on each other:
   serve: linear16, mulaw and alaw in, the same out, ``container`` ``none``);
 - with ``agent.greeting`` set, speaks first: ``ConversationText`` (assistant),
   ``AgentStartedSpeaking``, the greeting's audio, ``AgentAudioDone``;
-- reads the caller's binary audio in the declared encoding and rate with an energy speech
-  detector over 10 ms frames (``start_ms`` of speech begins an utterance and sends
+- reads the caller's binary audio in the declared encoding and rate with a speech detector
+  over 10 ms frames (energy, or webrtcvad) (``start_ms`` of speech begins an utterance and sends
   ``UserStartedSpeaking``, ``endpoint_ms`` of silence ends it), and answers each
   utterance: ``ConversationText`` (user) at the end of the turn, ``AgentThinking``,
   ``ConversationText`` (assistant) ``ttt_ms`` after it, ``AgentStartedSpeaking`` with its
@@ -42,7 +44,10 @@ frame's send time and samples.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -121,8 +126,12 @@ class ServerConfig:
     api_key: str | None = None
     start_ms: int = 60
     endpoint_ms: int = 400
+    #: the speech detector over 10 ms frames: ``energy`` (RMS above ``speech_dbfs``) or
+    #: ``webrtc`` (webrtcvad at ``webrtc_mode``; input rates 8, 16, 32 or 48 kHz)
+    vad: str = "energy"
     #: a 10 ms frame is speech above this level (dBFS, RMS)
     speech_dbfs: float = -45.0
+    webrtc_mode: int = 3
     ttt_ms: int = 150
     tts_ms: int = 120
     greeting_ms: int = 200
@@ -220,6 +229,16 @@ class DeepgramAgentServer:
         """Every truth record so far (of ``kind``), connection by connection."""
         return [r for c in self.connections for r in c.truth if kind in (None, r["kind"])]
 
+    def snapshot(self) -> list[dict[str, Any]]:
+        """The connections' records as plain data, copied on the server's own loop (so
+        none is half-written)."""
+
+        async def copy() -> list[dict[str, Any]]:
+            return [dataclasses.asdict(c) for c in self.connections]
+
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(copy(), self._loop).result(10)
+
     def clip(self, path: Path, rate: int) -> bytes:
         key = (path, rate)
         if key not in self._clips:
@@ -269,6 +288,7 @@ class _Session:
         self.speaking = False
         self.turns = 0
         self.barge_ins = 0
+        self.webrtc: Any = None
 
     # sending, every message checked by the SDK's model first
     async def send(self, msg: dict[str, Any], *, must_pass: bool = True) -> int:
@@ -410,8 +430,15 @@ class _Session:
 
     async def _frame(self, frame: np.ndarray[Any, Any]) -> None:
         self.frames_seen += 1
-        rms = float(np.sqrt(np.mean((frame.astype(np.float64) / 32768) ** 2)))
-        loud = rms > 10 ** (self.cfg.speech_dbfs / 20)
+        if self.cfg.vad == "webrtc":
+            if self.webrtc is None:
+                import webrtcvad
+
+                self.webrtc = webrtcvad.Vad(self.cfg.webrtc_mode)
+            loud = bool(self.webrtc.is_speech(frame.astype("<i2").tobytes(), self.in_rate))
+        else:
+            rms = float(np.sqrt(np.mean((frame.astype(np.float64) / 32768) ** 2)))
+            loud = rms > 10 ** (self.cfg.speech_dbfs / 20)
         if loud:
             self.run_speech += 10
             self.run_silence = 0
@@ -602,12 +629,95 @@ def _wav_header(n: int, rate: int) -> bytes:
     )
 
 
+def _config_json(cfg: ServerConfig) -> str:
+    return json.dumps(dataclasses.asdict(cfg), default=str)
+
+
+def _config_from(raw: str) -> ServerConfig:
+    d = json.loads(raw)
+    for k in ("reply_clip", "greeting_clip"):
+        d[k] = (Path(d[k][0]), d[k][1])
+    d["barge_in_delay_ms"] = tuple(d["barge_in_delay_ms"])
+    return ServerConfig(**d)
+
+
+class ServerProcess:
+    """The server in a process of its own (``serve(process=True)``): the probe's process
+    holds the GIL for milliseconds at a time (numpy over a reply, the trace), and a server
+    thread waiting on it would send late and record it as sent on time. Same attributes
+    as :class:`DeepgramAgentServer`: ``url``, ``base_url``, ``config``, ``connections``
+    (read from the process when asked, kept once it has stopped), ``truth()``."""
+
+    def __init__(self, config: ServerConfig | None = None) -> None:
+        self.config = config or ServerConfig()
+        self._proc = subprocess.Popen(
+            [sys.executable, __file__, _config_json(self.config)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline().strip()
+        if not line.startswith("ws://"):
+            self._proc.kill()
+            raise RuntimeError(f"the Deepgram test server did not start ({line!r})")
+        self.url = line
+        self.base_url = line.removesuffix("/v1/agent/converse")
+        self._final: list[Connection] | None = None
+
+    @property
+    def connections(self) -> list[Connection]:
+        if self._final is not None:
+            return self._final
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._proc.stdin.write("dump\n")
+        self._proc.stdin.flush()
+        return [Connection(**c) for c in json.loads(self._proc.stdout.readline())]
+
+    def truth(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """Every truth record so far (of ``kind``), connection by connection."""
+        return [r for c in self.connections for r in c.truth if kind in (None, r["kind"])]
+
+    def stop(self) -> None:
+        if self._final is None and self._proc.poll() is None:
+            self._final = self.connections
+        if self._proc.stdin is not None:
+            self._proc.stdin.close()
+        try:
+            self._proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+
 @contextmanager
-def serve(config: ServerConfig | None = None) -> Iterator[DeepgramAgentServer]:
-    """A running server for a ``with`` block (stopped on the way out)."""
-    server = DeepgramAgentServer(config)
-    server.start()
+def serve(config: ServerConfig | None = None, *, process: bool = True) -> Iterator[Any]:
+    """A running server for a ``with`` block (stopped on the way out): in a process of its
+    own (:class:`ServerProcess`), or with ``process=False`` on a thread of this one."""
+    server: DeepgramAgentServer | ServerProcess
+    if process:
+        server = ServerProcess(config)
+    else:
+        server = DeepgramAgentServer(config)
+        server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+def main() -> None:
+    """The server process: argv[1] is its config (JSON); it prints its URL, answers each
+    ``dump`` line on stdin with its connections (one JSON line) and stops at EOF."""
+    server = DeepgramAgentServer(_config_from(sys.argv[1]))
+    server.start()
+    print(server.url, flush=True)
+    for line in sys.stdin:
+        if line.strip() == "dump":
+            print(json.dumps(server.snapshot()), flush=True)
+    server.stop()
+
+
+if __name__ == "__main__":
+    main()

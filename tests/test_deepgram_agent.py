@@ -12,9 +12,10 @@ sample's offset in it, minus the instant the caller's last speech sample was spo
 server finds that speech end itself (the sample after which the caller's audio is digital
 silence, and the arrival of the frame holding it), and it must be the probe's sample.
 
-Real time: the recorded runs below replay speech at microphone pace (module fixtures, once
-per module): about 25 s in all for the greeting and three turns, two barge-ins and a turn
-in G.711; the rest takes a second or two each.
+Real time: the recorded runs replay speech at microphone pace, as a caller speaks (module
+fixtures, once per module): about 30 s in all for the greeting and three turns, two
+barge-ins and a turn in G.711, each against a server in a process of its own; the rest
+takes a second or two each (about 65 s for the file on a busy two-core machine).
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from deepgram.agent.v1.types import AgentV1Settings
 from deepgram.environment import DeepgramClientEnvironment
 from deepgram_server import (
     LONG_REPLY_CLIP,
-    DeepgramAgentServer,
     ServerConfig,
+    ServerProcess,
     sdk_accepts,
     serve,
 )
@@ -123,7 +124,7 @@ def _sent_at(rec: dict[str, Any], sample: int) -> int:
 
 
 @pytest.fixture(scope="module")
-def greeted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Trace, DeepgramAgentServer]:
+def greeted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Trace, ServerProcess]:
     """A greeting and three turns, with the API key, the server's LatencyReport on."""
     out = tmp_path_factory.mktemp("deepgram") / "turns.jsonl"
     mp = pytest.MonkeyPatch()
@@ -155,7 +156,7 @@ interrupt = { after_reply_ms = 1000, say = "06_thanks" }
 
 
 @pytest.fixture(scope="module")
-def barged(tmp_path_factory: pytest.TempPathFactory) -> tuple[Trace, DeepgramAgentServer]:
+def barged(tmp_path_factory: pytest.TempPathFactory) -> tuple[Trace, ServerProcess]:
     """Two barge-ins: the server stops its reply at once, then 300 ms late."""
     d = tmp_path_factory.mktemp("deepgram-barge")
     (d / "barge.toml").write_text(BARGE)
@@ -176,7 +177,7 @@ def barged(tmp_path_factory: pytest.TempPathFactory) -> tuple[Trace, DeepgramAge
 
 
 def test_turns_complete_and_the_messages_pass_the_sdk_models(
-    greeted: tuple[Trace, DeepgramAgentServer],
+    greeted: tuple[Trace, ServerProcess],
 ) -> None:
     tr, srv = greeted
     assert len(tr.finished_turns()) == len(UTTERANCES)
@@ -198,7 +199,7 @@ def test_turns_complete_and_the_messages_pass_the_sdk_models(
 
 
 def test_voice_to_voice_equals_the_server_truth(
-    greeted: tuple[Trace, DeepgramAgentServer],
+    greeted: tuple[Trace, ServerProcess],
 ) -> None:
     tr, srv = greeted
     truth = srv.truth("turn")
@@ -225,7 +226,7 @@ def test_voice_to_voice_equals_the_server_truth(
 
 
 def test_the_ledger_is_cut_by_the_agent_events_and_recovers_the_injected_delays(
-    greeted: tuple[Trace, DeepgramAgentServer],
+    greeted: tuple[Trace, ServerProcess],
 ) -> None:
     from voiceaudit.analysis import build_report
 
@@ -253,7 +254,7 @@ def test_the_ledger_is_cut_by_the_agent_events_and_recovers_the_injected_delays(
 
 
 def test_the_framework_says_beside_what_the_caller_heard(
-    greeted: tuple[Trace, DeepgramAgentServer],
+    greeted: tuple[Trace, ServerProcess],
 ) -> None:
     tr, srv = greeted
     truth = srv.truth("turn")
@@ -275,7 +276,7 @@ def test_the_framework_says_beside_what_the_caller_heard(
 
 
 def test_the_greeting_is_heard_first_and_timed_from_settings(
-    greeted: tuple[Trace, DeepgramAgentServer],
+    greeted: tuple[Trace, ServerProcess],
 ) -> None:
     tr, srv = greeted
     session = [e for e in tr.events if e.turn is None]
@@ -299,7 +300,7 @@ def test_the_greeting_is_heard_first_and_timed_from_settings(
 
 
 def test_barge_in_stops_the_reply_as_the_server_says(
-    barged: tuple[Trace, DeepgramAgentServer],
+    barged: tuple[Trace, ServerProcess],
 ) -> None:
     tr, srv = barged
     stops = [e for e in tr.events if e.name == "reply.stop"]
@@ -330,7 +331,7 @@ def test_barge_in_stops_the_reply_as_the_server_says(
 
 
 def test_the_official_sdk_completes_a_turn_against_the_server() -> None:
-    async def converse(srv: DeepgramAgentServer) -> list[Any]:
+    async def converse(srv: ServerProcess) -> list[Any]:
         env = DeepgramClientEnvironment(
             base="http://127.0.0.1:9",
             production=srv.base_url,
@@ -361,7 +362,7 @@ def test_the_official_sdk_completes_a_turn_against_the_server() -> None:
             await task
         return got
 
-    with serve(ServerConfig(api_key=KEY)) as srv:
+    with serve(ServerConfig(api_key=KEY), process=False) as srv:
         got = asyncio.run(converse(srv))
         assert srv.connections[0].violations == []
     kinds = [type(m).__name__ for m in got if not isinstance(m, bytes)]
@@ -409,7 +410,7 @@ def test_a_turn_in_g711_at_8khz(tmp_path: Path) -> None:
     assert rec["speech_end_sample"] == evs["turn.start"].attrs["speech_end_sample"]
 
 
-async def _open(srv: DeepgramAgentServer, sink: Sink, **options: str) -> DeepgramAgentSession:
+async def _open(srv: ServerProcess, sink: Sink, **options: str) -> DeepgramAgentSession:
     session = _target(srv.url, **options).session(sink)
     assert isinstance(session, DeepgramAgentSession)
     await session.open()
@@ -417,14 +418,14 @@ async def _open(srv: DeepgramAgentServer, sink: Sink, **options: str) -> Deepgra
 
 
 def test_keepalive_holds_an_idle_connection_open() -> None:
-    async def idle(srv: DeepgramAgentServer, keepalive_ms: str) -> Sink:
+    async def idle(srv: ServerProcess, keepalive_ms: str) -> Sink:
         sink = Sink()
         session = await _open(srv, sink, keepalive_ms=keepalive_ms)
         await asyncio.sleep(1.2)  # no audio: three idle timeouts of the server's
         await session.close()
         return sink
 
-    with serve(ServerConfig(idle_timeout_s=0.4)) as srv:
+    with serve(ServerConfig(idle_timeout_s=0.4), process=False) as srv:
         held = asyncio.run(idle(srv, "100"))
         dropped = asyncio.run(idle(srv, "0"))
         kept, lost = srv.connections
@@ -440,15 +441,46 @@ def test_keepalive_holds_an_idle_connection_open() -> None:
 def test_a_wrong_key_is_a_one_line_connect_failure(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(KEY_ENV, "not-the-key")
 
-    async def go(srv: DeepgramAgentServer) -> str:
+    async def go(srv: ServerProcess) -> str:
         with pytest.raises(TargetError) as exc:
             await _open(srv, Sink())
         return str(exc.value)
 
-    with serve(ServerConfig(api_key=KEY)) as srv:
+    with serve(ServerConfig(api_key=KEY), process=False) as srv:
         msg = asyncio.run(go(srv))
     assert msg.startswith("cannot connect to ws://127.0.0.1:") and "\n" not in msg
     assert "not-the-key" not in msg
+
+
+async def _fast_turn(srv: ServerProcess, sink: Sink, done: Any) -> None:
+    """One utterance sent faster than real time (the server counts samples, not time),
+    then wait (up to 4 s) for ``done()``."""
+    session = await _open(srv, sink)
+    a = read_audio(bundled_dir() / "05_joke.wav", rate=16000)
+    pcm = to_pcm16(a.samples) + bytes(16000)  # 0.5 s of silence ends the turn
+    for i in range(0, len(pcm), 640):
+        await session.send_audio(pcm[i : i + 640])
+    for _ in range(400):
+        if done():
+            break
+        await asyncio.sleep(0.01)
+    await session.close()
+
+
+def test_the_server_hears_the_same_speech_end_with_webrtcvad() -> None:
+    sink = Sink()
+    with serve(ServerConfig(vad="webrtc"), process=False) as srv:
+        asyncio.run(_fast_turn(srv, sink, lambda: bool(sink.done)))
+        (rec,) = srv.truth("turn")
+    speech = read_audio(bundled_dir() / "05_joke.wav", rate=16000)
+    from voiceaudit.audio import detect_speech
+
+    assert rec["speech_end_sample"] == detect_speech(speech).speech_end
+    assert sink.failures == [] and sink.done and sink.audio
+    names = sink.names()
+    order = ["speech_started", "committed", "llm.request", "reply_text.first", "tts.first_byte"]
+    assert [n for n in names if n in order] == order, names
+    assert names[-1] == "audio.last_sent"
 
 
 # -- bad input --------------------------------------------------------------------------
@@ -489,21 +521,12 @@ BAD_STARTED = [
 def test_bad_server_input_fails_the_turn_with_the_reason(
     fault: dict[str, Any], reason: str
 ) -> None:
-    async def turn(srv: DeepgramAgentServer) -> Sink:
+    async def turn(srv: ServerProcess) -> Sink:
         sink = Sink()
-        session = await _open(srv, sink)
-        a = read_audio(bundled_dir() / "05_joke.wav", rate=16000)
-        pcm = to_pcm16(a.samples) + bytes(16000)  # 0.5 s of silence ends the turn
-        for i in range(0, len(pcm), 640):  # faster than real time: the server counts samples
-            await session.send_audio(pcm[i : i + 640])
-        for _ in range(200):
-            if sink.failures:
-                break
-            await asyncio.sleep(0.01)
-        await session.close()
+        await _fast_turn(srv, sink, lambda: bool(sink.failures))
         return sink
 
-    with serve(ServerConfig(**fault)) as srv:
+    with serve(ServerConfig(**fault), process=False) as srv:
         sink = asyncio.run(turn(srv))
         (rec,) = srv.truth("turn")
     if "bad_event" in fault:
@@ -516,7 +539,7 @@ def test_bad_server_input_fails_the_turn_with_the_reason(
 
 def test_a_bad_event_is_a_failed_turn_in_the_trace(tmp_path: Path) -> None:
     out = tmp_path / "bad.jsonl"
-    with serve(ServerConfig(bad_event=BAD_STARTED[2])) as srv:
+    with serve(ServerConfig(bad_event=BAD_STARTED[2]), process=False) as srv:
         utts = load_utterances([bundled_dir() / "05_joke.wav"])
         asyncio.run(run_probe(_target(srv.url), utts, ProbeOptions(timeout_s=5), out))
     end = _turn(read_trace(out), "s0", 0)[0]["turn.end"].attrs
