@@ -28,6 +28,7 @@ from google import genai
 from google.genai import types
 from servers import HandlerServer
 
+from voiceaudit.analysis import build_report
 from voiceaudit.audio import from_pcm16
 from voiceaudit.errors import TargetError, UsageError
 from voiceaudit.model import Event, unbatch
@@ -128,10 +129,12 @@ def test_turns_agree_with_server_truth(
     are the arrivals of the messages that carry them, the key went as ``x-goog-api-key``
     and never reached the trace, and every message both ways passed the SDK's models. (About
     15 s: four turns of speech and replies at real time.)"""
-    # the API sends JSON in binary frames; text frames are read the same
+    # the API sends JSON in binary frames; text frames are read the same. The manual run
+    # sends 24 kHz (the API takes any PCM rate its mimeType declares): resampled utterances
     server = _server(cert, speech_dir, frames="text" if vad == "manual" else "binary")
     trace = tmp_path / "trace.jsonl"
-    options = {"vad": vad} if vad == "manual" else {}
+    options = {"vad": vad, "rate": "24000"} if vad == "manual" else {}
+    rate = 24000 if vad == "manual" else 16000
 
     async def main() -> None:
         url = await server.start()
@@ -150,13 +153,24 @@ def test_turns_agree_with_server_truth(
     assert server.rejected_sent == []
     (conn,) = server.connections
     assert (conn.key_in, conn.key, conn.version) == ("header", key, "v1beta")
-    assert conn.input_rate == 16000
+    assert conn.input_rate == rate
     assert conn.setup is not None
     assert conn.setup["generationConfig"]["responseModalities"] == ["AUDIO"]
     aad = conn.setup["realtimeInputConfig"]["automaticActivityDetection"]
     assert aad["disabled"] is (vad == "manual")
     _no_secret(trace)
     tr = read_trace(trace)
+    # one realtimeInput message per frame the probe sent, every sample of them
+    frames = [u for e in tr.events if e.name == "input.frames" for u in unbatch(e)]
+    assert conn.audio_messages == len(frames)
+    assert conn.input_samples == sum(f.attrs["b"] - f.attrs["a"] for f in frames)
+    assert {e.attrs["rate"] for e in tr.events if e.name == "turn.start"} == {rate}
+    # the ledger is cut at the API's events and sums to voice-to-voice
+    for st in build_report([tr]).stats_turns:
+        led = st.ledger
+        assert led.voice_to_voice_ns is not None
+        assert sum(seg.ns for seg in led.segments) == led.voice_to_voice_ns
+        assert {"transcript.final", "llm.first_token"} <= {m.name for m in led.marks}
     turns = sorted(tr.finished_turns(), key=lambda st: st[1])
     records = [r for r in server.records() if r.kind == "turn"]
     assert len(turns) == 4 == len(records)
