@@ -898,3 +898,32 @@ def test_late_transcript_pieces_stay_with_their_turn() -> None:
     assert finals == [(1, "ten of clubs"), (5, "stop")]
     late = [(t, a.get("late")) for n, _, t, a in rec.marks if n == "transcript.partial"]
     assert late == [(1, None), (3, True), (5, None)]
+
+
+def test_every_option_makes_a_setup_the_sdk_models_accept() -> None:
+    from gemini_server import validate_client
+
+    from voiceaudit.targets.gemini import GeminiLiveSession
+
+    options = {
+        "model": "gemini-live-x",
+        "voice": "Puck",
+        "silence_ms": "600",
+        "prefix_padding_ms": "200",
+        "system_instruction": "Be brief.",
+    }
+    cfg = TargetConfig(url="wss://h", protocol="gemini-live", options=options)
+    setup = GeminiLiveSession(cfg, _NullSink()).setup_message()
+    m = validate_client(setup)
+    assert m.setup is not None and m.setup.model == "models/gemini-live-x"
+    assert m.setup.generation_config is not None
+    speech = m.setup.generation_config.speech_config
+    assert speech is not None and speech.voice_config is not None
+    assert speech.voice_config.prebuilt_voice_config is not None
+    assert speech.voice_config.prebuilt_voice_config.voice_name == "Puck"
+    aad = setup["setup"]["realtimeInputConfig"]["automaticActivityDetection"]
+    assert aad == {"disabled": False, "silenceDurationMs": 600, "prefixPaddingMs": 200}
+    off = TargetConfig(url="wss://h", protocol="gemini-live", options={"transcription": "off"})
+    bare = GeminiLiveSession(off, _NullSink()).setup_message()["setup"]
+    assert "inputAudioTranscription" not in bare and "outputAudioTranscription" not in bare
+    validate_client({"setup": bare})

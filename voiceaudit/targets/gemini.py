@@ -140,7 +140,8 @@ _ACTIVITY: Final[dict[str, tuple[str, str]]] = {
 }
 
 OPTIONS: Final[dict[str, str]] = {
-    "model": f"the model to ask for in setup (default {DEFAULT_MODEL})",
+    "model": f"the model to ask for in setup (default {DEFAULT_MODEL}; a bare name gets "
+    "models/ in front, as the SDK does)",
     "voice": "a prebuilt voice name (speechConfig.voiceConfig); default: the model's",
     "rate": f"sample rate of the caller's PCM (default {DEFAULT_INPUT_RATE}; the API takes any)",
     "vad": "server (default: the API's automatic activity detection) or manual "
@@ -306,8 +307,11 @@ class GeminiLiveSession(WebSocketSession):
                 aad["silenceDurationMs"] = self.config.int_option("silence_ms", 0)
             if "prefix_padding_ms" in opt:
                 aad["prefixPaddingMs"] = self.config.int_option("prefix_padding_ms", 0)
+        model = opt.get("model", DEFAULT_MODEL)
+        if "/" not in model:
+            model = f"models/{model}"  # as the SDK names it
         setup: dict[str, Any] = {
-            "model": opt.get("model", DEFAULT_MODEL),
+            "model": model,
             "generationConfig": gen,
             "realtimeInputConfig": {"automaticActivityDetection": aad},
         }
