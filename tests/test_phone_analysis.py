@@ -584,3 +584,23 @@ def test_gate_greeting_and_clear_latency(tmp_path: Path, trace: Path) -> None:
     by = {c.metric: c for c in res.checks}
     assert by[GREETING_LATENCY].problem == "not in the traces"
     assert "no greeting heard" in by[GREETING_LATENCY].detail
+
+
+def test_plain_run_with_a_declared_path(tmp_path: Path) -> None:
+    """A trace whose header names its path but has no phone, greeting or key-press event:
+    the JSON labels its path, the text reports name it on the target line only."""
+    from voiceaudit.analysis.synthetic import TurnSpec, schedule, turn_events
+
+    w = TraceWriter(tmp_path / "t.jsonl", header("ws", "websocket", "realtime"))
+    for spec, session, turn, t0 in schedule([TurnSpec()] * 3):
+        for ev in turn_events(spec, session, turn, t0):
+            w.write(ev)
+    w.close("complete")
+    rep = build_report([tmp_path / "t.jsonl"])
+    d = json.loads(rep.to_json())
+    assert [p["path"] for p in d["phone"]["paths"]] == ["websocket"]
+    assert d["phone"]["includes"] is None and d["phone"]["greeting"]["sessions_waited"] == 0
+    assert "late_clear_ms" in d["options"]["rules"]
+    text = render(rep, Format.TERMINAL, width=120)
+    assert "(websocket path)" in text
+    assert "Phone and greeting" not in text

@@ -705,7 +705,8 @@ def phone_lines(report: Report) -> list[tuple[str, str]]:
     """(label, text) of the report-level phone and greeting summary: each path's
     voice-to-voice (results of different paths apart), what the phone figures include, the
     greeting, the carrier's buffer and send-ahead, barge-ins through the carrier, mark
-    honesty and key presses."""
+    honesty and key presses; empty when all there is to say is the one path (the target
+    line names it)."""
     ph = report.phone
     if ph is None:
         return []
@@ -769,4 +770,6 @@ def phone_lines(report: Report) -> list[tuple[str, str]]:
                 f"{_ms_range(ph.key_press_ms)}",
             )
         )
+    if len(out) == 1 and len(ph.paths) == 1:
+        return []  # one path and nothing else: the target line names it
     return out

@@ -318,7 +318,7 @@ def render_report(report: Report) -> str:
         body.append('<p class="fail"><b>No successful turns: no statistics.</b></p>')
     if report.turn_taking is not None:
         body += _turn_taking(report)
-    if report.phone is not None:
+    if phone_lines(report):
         items = "".join(
             f"<li><b>{esc(name)}</b>: {esc(text)}</li>" for name, text in phone_lines(report)
         )

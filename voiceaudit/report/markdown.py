@@ -152,7 +152,7 @@ def render_report(report: Report) -> str:
         lines += ["**No successful turns: no statistics.**", ""]
     if report.turn_taking is not None:
         lines += _turn_taking(report)
-    if report.phone is not None:
+    if phone_lines(report):
         lines += ["### Phone and greeting", ""]
         lines += [f"- **{md(name)}**: {md(text)}" for name, text in phone_lines(report)]
         lines.append("")

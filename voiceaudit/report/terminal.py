@@ -217,7 +217,7 @@ def render_report(report: Report, console: Console) -> None:
         parts.append(Text("No successful turns: no statistics.", style="bold red"))
     if report.turn_taking is not None:
         parts.append(_turn_taking(report))
-    if report.phone is not None:
+    if phone_lines(report):
         parts.append(_phone(report))
     parts.append(Text(""))
     if report.failures.present():
