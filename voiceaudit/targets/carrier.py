@@ -494,13 +494,18 @@ class CarrierSession(WebSocketSession):
                 self._wake.clear()
                 if self._outbox or self._acks:
                     continue
-                if due is None:
-                    await self._wake.wait()
-                else:
+                timer = None
+                if due is not None:
                     delay = (due - time.monotonic_ns()) / 1e9
-                    if delay > 0:
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._wake.wait(), delay)
+                    if delay <= 0:
+                        continue
+                    # a timer, not wait_for: no task made every 20 ms of every session
+                    timer = asyncio.get_running_loop().call_later(delay, self._wake.set)
+                try:
+                    await self._wake.wait()
+                finally:
+                    if timer is not None:
+                        timer.cancel()
         except (TargetError, ConnectionError, RuntimeError):
             return
 
