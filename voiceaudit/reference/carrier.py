@@ -72,6 +72,8 @@ NS_PER_S = 1_000_000_000
 GREETING = "Hello, you have reached the reference voice bot. How can I help you today?"
 #: How long a finished reply's record waits for its mark's echo after it has played.
 ECHO_WAIT_NS = 1_000_000_000
+#: An audible sample's level: -50 dBFS (the probe's onset and reply-end level).
+AUDIBLE = 10 ** (-50 / 20)
 #: Input frames remembered to map session audio time to arrival time (about 3 minutes).
 _ARRIVALS_KEPT = 10_000
 
@@ -286,8 +288,9 @@ class Heard:
     pieces: list[Piece] = field(default_factory=list)
     audio: list[F32] = field(default_factory=list)
     samples: int = 0
-    #: the reply's first audible sample (``voiceaudit.audio.first_audible``), once found
-    onset: int | None = None
+    #: the reply's first audible sample as a streaming listener finds it (``first_audible``
+    #: over the audio so far, after each message that holds sound, until one is found)
+    onset_streaming: int | None = None
     clear: dict[str, Any] | None = None
     #: the mark's truth (``reply-<turn>`` / ``greeting``), once sent
     mark: dict[str, Any] | None = None
@@ -300,14 +303,54 @@ class Heard:
         # cheap: only while no onset is found, and only when the newest message has sound
         # (the probe's own rule: a 16-bit sample of 8 or more)
         loud = wire_samples.size and float(np.abs(wire_samples).max()) >= 8 / 32768
-        if self.onset is None and loud:
-            self.onset = first_audible(np.concatenate(self.audio), self.rate)
+        if self.onset_streaming is None and loud:
+            self.onset_streaming = first_audible(np.concatenate(self.audio), self.rate)
+
+    def heard_audio(self) -> F32:
+        """The samples the caller heard (a clear cuts the pieces it drops)."""
+        parts = [a[: max(0, p.heard)] for a, p in zip(self.audio, self.pieces, strict=True)]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+    def onset(self) -> int | None:
+        """The reply's first audible sample, over the whole of what the caller heard (as
+        ``voiceaudit run`` finds it once the reply is over)."""
+        heard = self.heard_audio()
+        return first_audible(heard, self.rate) if heard.size else None
 
     def heard_at(self, k: int) -> int | None:
         """When the caller hears sample ``k`` of the reply (None: never, a clear cut it)."""
         for p in self.pieces:
             if p.offset <= k < p.offset + p.samples:
                 return p.time_of(k - p.offset) if k - p.offset < p.heard else None
+        return None
+
+    def last_audible(self) -> int | None:
+        """The last audible sample the caller heard (index into the reply), by the rule the
+        probe's reply end uses: the last sample at or above -50 dBFS in the last 5 ms
+        window whose RMS is above that level (None: nothing audible was heard)."""
+        x = np.abs(self.heard_audio().astype(np.float64))
+        if not x.size:
+            return None
+        w = max(1, self.rate * 5 // 1000)
+        n = x.size // w
+        rms = np.sqrt((x[: n * w].reshape(n, w) ** 2).mean(axis=1)) if n else np.zeros(0)
+        loud = np.flatnonzero(rms > AUDIBLE)
+        tail = x[n * w :]
+        if tail.size and float(np.sqrt((tail**2).mean())) > AUDIBLE:
+            start = n * w
+        elif loud.size:
+            start = int(loud[-1]) * w
+        else:
+            return None
+        above = np.flatnonzero(x[start:] >= AUDIBLE)
+        if not above.size:
+            return None
+        k = start + int(above[-1])
+        # back to the reply's own sample index (the heard parts are a prefix of each piece)
+        for p in self.pieces:
+            if k < p.heard:
+                return p.offset + k
+            k -= max(0, p.heard)
         return None
 
     @property
@@ -453,10 +496,12 @@ class CarrierSession(Session):
         if self.closed or self.ws.closed:
             return
         t = now_ns()
+        # the bytes go to the socket first (before send_message's first await); the truth's
+        # bookkeeping (the onset search takes milliseconds) must not delay them
+        await send_message(self.ws, self.request, msg, self.ctx.injections.small_writes_bytes)
         piece = self.playout.media(t, heard, int(played.size))
         heard.add(played, piece)
         self.last_heard = heard
-        await send_message(self.ws, self.request, msg, self.ctx.injections.small_writes_bytes)
 
     async def send_mark(self, heard: Heard, name: str) -> None:
         t = now_ns()
@@ -680,10 +725,15 @@ class CarrierSession(Session):
         c["first_play_ns"] = pieces[0].start_ns if pieces else None
         c["last_sent_ns"] = pieces[-1].sent_ns if pieces else None
         c["play_end_ns"] = heard.end_ns if heard is not None else None
-        onset = heard.onset if heard is not None else None
+        onset = heard.onset() if heard is not None else None
         audible = heard.heard_at(onset) if heard is not None and onset is not None else None
         c["onset_sample"] = onset
         c["first_audible_ns"] = audible
+        streaming = None if heard is None else heard.onset_streaming
+        c["onset_sample_streaming"] = streaming
+        c["first_audible_streaming_ns"] = (
+            None if heard is None or streaming is None else heard.heard_at(streaming)
+        )
         wait = None
         if heard is not None and onset is not None:
             p = next(p for p in pieces if p.offset <= onset < p.offset + p.samples)
@@ -704,6 +754,16 @@ class CarrierSession(Session):
             end = c["play_end_ns"]
             onset_ns = b.get("onset_ns")
             b["last_heard_ns"] = end
+            last = None if heard is None else heard.last_audible()
+            b["last_audible_sample"] = last
+            # when it has been heard: the end of that sample (as the probe's reply.stop)
+            at = None if heard is None or last is None else heard.heard_at(last)
+            b["last_audible_ns"] = None if at is None else at + NS_PER_S // self.output_rate
+            b["audible_after_onset_ns"] = (
+                None
+                if b["last_audible_ns"] is None or onset_ns is None
+                else max(0, b["last_audible_ns"] - onset_ns)
+            )
             b["heard_after_onset_ns"] = (
                 None if end is None or onset_ns is None else max(0, end - onset_ns)
             )
