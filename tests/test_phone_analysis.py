@@ -604,3 +604,42 @@ def test_plain_run_with_a_declared_path(tmp_path: Path) -> None:
     text = render(rep, Format.TERMINAL, width=120)
     assert "(websocket path)" in text
     assert "Phone and greeting" not in text
+
+
+def test_malformed_phone_events_never_break_the_report(tmp_path: Path) -> None:
+    """Carrier and greeting events with attributes of the wrong type, a ``queued_ns``
+    column of the wrong length or with bad elements: read, never a traceback; the figures
+    they would give are left out."""
+    path = write_phone_trace(tmp_path / "ok.jsonl", turns())
+    bad = tmp_path / "bad.jsonl"
+    out = []
+    for line in path.read_text().splitlines():
+        d = json.loads(line)
+        if d.get("type") == "event":
+            a = d["attrs"]
+            name = d["name"]
+            if name == "reply.chunks" and d["turn"] == 0:
+                a["queued_ns"] = a["queued_ns"][:-1]  # wrong length: no carrier figures
+            elif name == "reply.chunks" and d["turn"] == 1:
+                a["queued_ns"] = ["x", -5, None, *a["queued_ns"][3:]]
+            elif name == "carrier.start":
+                a["fixed_delay_ms"] = "forty"
+            elif name == "carrier.mark_echo":
+                a["mark_ns"] = "soon"
+            elif name == "carrier.clear":
+                a["dropped_ms"] = [1]
+            elif name == "greeting.audible":
+                a["latency_ns"] = "slow"
+        out.append(json.dumps(d))
+    bad.write_text("\n".join(out) + "\n")
+    rep = build_report([bad])
+    d = json.loads(rep.to_json())
+    t0, t1 = d["turns"][0], d["turns"][1]
+    assert t0["phone"]["carrier_buffer_ms"] is None
+    assert "carrier_buffer" not in {s["segment"] for s in t0["ledger"]}
+    assert t1["phone"]["fixed_delay_ms"] == 0.0
+    assert "marks" not in t1["phone"]
+    # the greeting's latency falls back to its time after greeting.wait
+    assert d["phone"]["greeting"]["latency_ms"]["p50"] == 730.0
+    for fmt in Format:
+        render(rep, fmt)
