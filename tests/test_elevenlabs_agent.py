@@ -390,6 +390,14 @@ def test_a_wrong_key_fails_the_connect_with_the_reason(speech_dir: Path) -> None
                     await ts.open()
                 await ts.close()
                 out.append(exc.value.message)
+            # a signed URL given as the target, its signature stale: the error names the
+            # URL without its query (the signature is a credential)
+            signed = f"{url}?agent_id=agent_local&conversation_signature=sig-{wrong}"
+            ts = target(signed).session(Sink())
+            with pytest.raises(TargetError) as exc:
+                await ts.open()
+            await ts.close()
+            out.append(exc.value.message)
         finally:
             await server.stop()
         return out
@@ -399,7 +407,7 @@ def test_a_wrong_key_fails_the_connect_with_the_reason(speech_dir: Path) -> None
         messages = asyncio.run(go())
     finally:
         del os.environ[KEY_ENV]
-    assert "403" in messages[0] and "401" in messages[1], messages
+    assert "403" in messages[0] and "401" in messages[1] and "403" in messages[2], messages
     assert all(wrong not in m and "\n" not in m for m in messages)
     assert server.conversations == []
 

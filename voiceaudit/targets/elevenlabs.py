@@ -96,7 +96,7 @@ from voiceaudit.targets.base import (
     cancel_quietly,
     redact_url,
 )
-from voiceaudit.targets.wsbase import WebSocketSession, dict_at
+from voiceaudit.targets.wsbase import TLS_OPTIONS, WebSocketSession, dict_at, tls_context
 
 #: the API's endpoint (the URL a user gives; any ws:// or wss:// URL works)
 DEFAULT_URL: Final[str] = "wss://api.elevenlabs.io/v1/convai/conversation"
@@ -140,6 +140,7 @@ OPTIONS: Final[dict[str, str]] = {
     "dynamic.NAME": "a dynamic variable NAME for the agent's prompt",
     "quiet_ms": f"a reply without agent_response_complete ends after this long without "
     f"audio (default {DEFAULT_QUIET_MS})",
+    **TLS_OPTIONS,
 }
 
 
@@ -192,6 +193,7 @@ def check_options(config: TargetConfig) -> None:
         raise UsageError("target option auth must be 'header' or 'signed_url'")
     if config.int_option("quiet_ms", DEFAULT_QUIET_MS) < 0:
         raise UsageError("target option quiet_ms cannot be negative")
+    tls_context(config)  # a bad ca_file / tls_insecure
     query = dict(parse_qsl(urlsplit(config.url).query))
     if not query.get("agent_id") and not config.options.get("agent_id"):
         raise UsageError(
@@ -313,9 +315,18 @@ class ElevenLabsAgentSession(WebSocketSession):
 
     async def open(self) -> None:
         if self.config.option("auth", "header") == "signed_url":
-            await self.connect(await self._signed_url(), dict(self.config.headers))
+            url = await self._signed_url()
+            headers = dict(self.config.headers)
         else:
-            await self.connect(self.url(), self.headers())
+            url, headers = self.url(), self.headers()
+        try:
+            await self.connect(url, headers)
+        except TargetError as exc:
+            # aiohttp names the URL it was given: a signed URL's signature is a credential
+            msg = exc.message
+            for u in {url, self.config.url}:
+                msg = msg.replace(u, redact_url(u))
+            raise TargetError(msg) from None
         try:
             self._media_start = time.monotonic_ns()
             await self.send_json(initiation_message(self.config))
