@@ -100,6 +100,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -253,9 +254,12 @@ class WebSocketSession(TargetSession):
             )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             await self.close()
-            raise TargetError(
-                f"cannot connect to {self.config.describe()['url']}: {exc or type(exc).__name__}"
-            ) from None
+            why = str(exc) or type(exc).__name__
+            # aiohttp's handshake errors quote the whole URL, query (and any key in it) too
+            query = urlsplit(url).query
+            for secret in [*self.config.secrets(), *([query] if query else [])]:
+                why = why.replace(secret, "***")
+            raise TargetError(f"cannot connect to {self.config.describe()['url']}: {why}") from None
         self._tap()
         self._reader = asyncio.create_task(self._read())
 
