@@ -630,3 +630,37 @@ def test_exotel_marks_chunks_that_break_its_rule() -> None:
     (m,) = sink.named("carrier.chunk_rule")
     assert m[3] == {"bytes": 640, "min_bytes": 1600, "multiple_of": 320}
     assert sink.fails == []
+
+
+VALID = {
+    "param.NAME": ("param.lang", "en-GB"),
+    "fixed_delay_ms": ("fixed_delay_ms", "120"),
+    "quiet_ms": ("quiet_ms", "250"),
+    "stream_id": ("stream_id", "s-1"),
+    "call_id": ("call_id", "c-1"),
+    "account_id": ("account_id", "a-1"),
+    "tracks": ("tracks", "both"),
+    "rate": ("rate", "8000"),
+    "tls_insecure": ("tls_insecure", "false"),
+    "ca_file": ("", ""),  # needs a PEM file: wsbase's own tests cover it
+}
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_every_declared_option_is_taken(dialect: str) -> None:
+    """Each option a carrier target declares (``voiceaudit targets``) is accepted with a
+    good value and has its effect on the session; each has one line of help."""
+    cls = get_target_class(dialect)
+    assert set(cls.options) <= set(VALID)
+    assert all(text and "\n" not in text for text in cls.options.values())
+    opts = dict(VALID[name] for name in cls.options if VALID[name][0])
+    ts = target(dialect, "ws://127.0.0.1:1/x", opts).session(RecordingSink())
+    assert isinstance(ts, CarrierSession)
+    assert ts.opts.params == {"lang": "en-GB"}
+    assert ts.model.fixed_delay_ns == 120 * MS and ts.quiet_ns == 250 * MS
+    if "stream_id" in cls.options:
+        assert (ts.stream_id, ts.call_id, ts.account_id) == ("s-1", "c-1", "a-1")
+    if "rate" in cls.options:
+        assert ts.input_rate == 8000
+    if "tracks" in cls.options:
+        assert ts.opts.tracks == "both"
