@@ -43,6 +43,7 @@ from voiceaudit.probe.utterances import load_utterances
 from voiceaudit.scenario import parse_scenario
 from voiceaudit.targets.base import TargetConfig
 from voiceaudit.targets.elevenlabs import (
+    ElevenLabsAgentSession,
     ElevenLabsAgentTarget,
     initiation_message,
     parse_format,
@@ -187,6 +188,10 @@ def test_marks_formats_and_pings_in_the_trace(
         assert text.attrs["text"] == "Ten of clubs."
         assert reply.response_ns is not None and text.t_ns >= reply.response_ns
         assert evs["committed"][0].t_ns == final.t_ns
+        # every audio message is one reply chunk, whole, at the declared rate
+        chunks = evs["reply.chunk"]
+        assert [c.attrs["samples"] for c in chunks] == reply.chunk_samples
+        assert {c.attrs["rate"] for c in chunks} == {44100}
     pings = named(tr, "ping")
     assert len(pings) >= 10
     # the second ping on carries the server's measured round trip
@@ -360,18 +365,75 @@ class Sink:
     def __init__(self) -> None:
         self.marks: list[tuple[str, dict[str, Any] | None]] = []
         self.failures: list[str] = []
+        self.audio: list[tuple[int, bytes, int]] = []
+        self.done: list[int] = []
 
     def mark(self, name: str, stage: str, t_ns: int, attrs: dict[str, Any] | None = None) -> None:
         self.marks.append((name, attrs))
 
-    def reply_audio(self, *args: Any) -> None:
-        pass
+    def reply_audio(self, t_ns: int, pcm16: bytes, rate: int, *rest: Any) -> None:
+        self.audio.append((t_ns, pcm16, rate))
 
     def reply_done(self, t_ns: int) -> None:
-        pass
+        self.done.append(t_ns)
 
     def fail(self, reason: str) -> None:
         self.failures.append(reason)
+
+
+def test_what_ends_a_reply() -> None:
+    """Without a server: quiet_ms after the last audio ends a reply (once); an
+    interruption ends it at once, and the cut reply's audio still in flight is dropped;
+    agent_response_complete ends it; audio decodes at the declared format."""
+    sink = Sink()
+    s = target("ws://h/x", agent_id="a", quiet_ms="50").session(sink)
+    assert isinstance(s, ElevenLabsAgentSession)
+
+    def ev(obj: dict[str, Any]) -> None:
+        s.on_text(time.monotonic_ns(), json.dumps(obj))
+
+    def audio(eid: int, pcm: bytes) -> None:
+        b64 = base64.b64encode(pcm).decode()
+        ev({"type": "audio", "audio_event": {"audio_base_64": b64, "event_id": eid}})
+
+    async def go() -> None:
+        ev(
+            {
+                "type": "conversation_initiation_metadata",
+                "conversation_initiation_metadata_event": {
+                    "conversation_id": "c1",
+                    "agent_output_audio_format": "ulaw_8000",
+                    "user_input_audio_format": "pcm_22050",
+                },
+            }
+        )
+        assert s.input_rate == 22050
+        for _ in range(4):
+            audio(1, bytes([0xFF, 0x7F]) * 80)
+        assert sink.done == []  # (the watcher has not even run)
+        last = sink.audio[-1][0]
+        for _ in range(500):  # wait for it, however busy the machine
+            if sink.done:
+                break
+            await asyncio.sleep(0.01)
+        assert len(sink.done) == 1 and sink.done[0] - last >= 50 * MS  # quiet_ms after it
+        assert all(r == 8000 and len(p) == 320 for _, p, r in sink.audio)  # mu-law decoded
+        audio(2, b"\xff" * 160)
+        ev({"type": "interruption", "interruption_event": {"event_id": 2}})
+        assert len(sink.done) == 2  # at once
+        audio(2, b"\xff" * 160)  # in flight: dropped
+        audio(2, b"\xff" * 160)
+        assert len(sink.audio) == 5
+        assert [n for n, _ in sink.marks].count("reply.discarded") == 1
+        audio(3, b"\xff" * 160)
+        ev({"type": "agent_response_complete"})
+        assert len(sink.done) == 3 and len(sink.audio) == 6
+        await asyncio.sleep(0.2)
+        assert len(sink.done) == 3  # nothing more to end
+        assert sink.failures == []
+        await s.close()
+
+    asyncio.run(go())
 
 
 def test_a_wrong_key_fails_the_connect_with_the_reason(speech_dir: Path) -> None:
