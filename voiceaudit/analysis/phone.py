@@ -260,13 +260,20 @@ def reply_chunks(
     return sorted(out, key=lambda c: c.play_ns)
 
 
-def heard_after(chunks: Iterable[CarrierChunk], onset_ns: int, fixed_ns: int) -> int:
-    """The chunks' audio heard (carrier play + the fixed delay) after ``onset_ns``."""
+def heard_after(
+    chunks: Iterable[CarrierChunk], onset_ns: int, fixed_ns: int, last_ns: int | None = None
+) -> int:
+    """The chunks' audio heard (carrier play + the fixed delay) after ``onset_ns`` and,
+    with ``last_ns`` (the last audible sample heard), not after it: the silence that ends
+    a reply is not heard audio."""
     total = 0
     for c in chunks:
         end = c.end_ns + fixed_ns
-        if end > onset_ns:
-            total += end - max(c.play_ns + fixed_ns, onset_ns)
+        if last_ns is not None:
+            end = min(end, last_ns)
+        start = max(c.play_ns + fixed_ns, onset_ns)
+        if end > start:
+            total += end - start
     return total
 
 
@@ -386,7 +393,7 @@ class PhoneTurn:
                     if chunks
                     else None,
                     dropped_ms=dropped,
-                    reply_heard_ns=heard_after(own, onset, fixed) if own else None,
+                    reply_heard_ns=heard_after(own, onset, fixed, t) if own else None,
                 )
             )
         # The audio a mark vouches for is what the bot sent after it up to its next mark,
