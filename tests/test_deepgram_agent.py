@@ -289,7 +289,9 @@ def test_the_greeting_is_heard_first_and_timed_from_settings(
     audible = by["greeting.audible"]
     heard = _sent_at(rec, audible.attrs["sample"])
     err = audible.attrs["latency_ns"] - (heard - wait.t_ns)
-    assert -MS // 2 < err <= 2 * MS, err / MS
+    # never earlier than the server made it possible; later by the loopback transit (one
+    # greeting, so a busy machine's stall is not outvoted: measured 0.04-1.7 ms)
+    assert -MS // 2 < err <= 10 * MS, err / MS
     assert audible.attrs["latency_ns"] >= GREETING_MS * MS
     # the first turn starts after the greeting was heard
     first = min(e.t_ns for e in tr.events if e.name == "turn.start")
@@ -317,7 +319,8 @@ def test_barge_in_stops_the_reply_as_the_server_says(
         # the last reply audio received is the last the server sent before it stopped
         truth = cut["last_audio_sent_ns"] - a["onset_ns"]
         assert truth >= cut["delay_ms"] * MS
-        assert -srv.config.chunk_ms * MS <= a["received_ns"] - truth <= 2 * MS, (a, truth)
+        # (later by the transit: measured 0.03 ms; a busy machine adds to it)
+        assert -srv.config.chunk_ms * MS <= a["received_ns"] - truth <= 10 * MS, (a, truth)
     # the injected 300 ms is in the caller's stop latency
     assert stops[1].attrs["received_ns"] - stops[0].attrs["received_ns"] >= 250 * MS
     # every turn completed, the interruptions' own replies too

@@ -62,7 +62,8 @@ the reply audio before the first turn as the greeting, its latency counted from 
 Malformed messages (not a JSON object, no string ``type``, a known message without the
 fields the SDK's models require: ``AgentStartedSpeaking`` latencies that are not numbers,
 ``ConversationText`` or ``AgentThinking`` content that is not a string, a ``Welcome``
-without a ``request_id``, an ``Error`` or ``Warning`` without ``code``/``description``)
+without a ``request_id``, an ``Error`` or ``Warning`` without ``code``/``description``, a
+``LatencyReport`` figure that is not a number)
 fail the turn as a protocol fault naming the message and field. Unknown message types are
 ``unknown_event`` marks.
 """
@@ -289,7 +290,7 @@ class DeepgramAgentSession(WebSocketSession):
                 continue
             try:
                 await self.send_json({"type": "KeepAlive"})
-            except (TargetError, ConnectionError, RuntimeError):
+            except Exception:  # the connection is gone: the reader reports why
                 return
             self._last_sent_ns = time.monotonic_ns()
 
