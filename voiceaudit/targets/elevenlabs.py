@@ -5,6 +5,12 @@ docs/apis/elevenlabs-agent.md. The message names and shapes are those of the off
 ``elevenlabs`` SDK (``elevenlabs.conversational_ai.conversation``, the event names of
 ``elevenlabs.types.client_event``) and ElevenLabs' AsyncAPI contract of the protocol.
 
+**Options** (:data:`OPTIONS`, checked before anything connects: an unknown or bad one, or
+no agent id in the URL or ``agent_id``, is a usage error): the agent (``agent_id``), the
+key's way (``auth``), the overrides (``first_message``, ``language``, ``prompt``,
+``voice_id``, ``user_id``, ``dynamic.NAME``), ``quiet_ms`` (below) and the WebSocket
+targets' TLS options (``ca_file``, ``tls_insecure``; also for ``get-signed-url``).
+
 **Opening.** The session connects (the key, from the environment variable named by
 ``--api-key-env`` and never from an option, goes as the ``xi-api-key`` header; with
 ``auth=signed_url`` it is sent instead to ``GET /v1/convai/conversation/get-signed-url`` and
@@ -15,7 +21,8 @@ options ask for) and waits for ``conversation_initiation_metadata``: its
 ``ulaw_8000``) are the session's formats, written as the mark ``session.audio_format``
 (``source: "declared"``, ``conversation_id``). A format voiceaudit cannot decode (``mp3_…``,
 ``opus_…``), a metadata event without a ``conversation_id``, or none within the connect
-timeout fails the open.
+timeout fails the open. A connection error names the URL without its query (a signed URL's
+``conversation_signature`` is a credential too).
 
 **Audio.** The caller's speech goes as ``{"user_audio_chunk": "<base64>"}``, one message per
 probe frame at the probe's microphone pace, in the declared input format (the probe
@@ -64,6 +71,10 @@ reply and are dropped (the mark ``reply.discarded``, stage transport, at the fir
 the probe takes the reply audio before the first turn as the greeting, its latency counted
 from when ``conversation_initiation_client_data`` was sent. ``first_message=`` (empty)
 overrides it away: the session then does not speak first.
+
+**Tools.** voiceaudit runs no client tools: a ``client_tool_call`` is answered with a
+``client_tool_result`` (``is_error``), as the SDK answers for a tool it does not have, so the
+agent does not wait.
 
 **Faults.** A message the SDK would reject (not a JSON object, no string ``type``, an
 ``audio`` event without ``audio_event.event_id`` or with ``audio_base_64`` that is not
