@@ -628,6 +628,15 @@ def test_settings_from_the_options_pass_the_sdk_model(tmp_path: Path) -> None:
         AgentV1Settings.model_validate(s)
     assert DeepgramAgentTarget(cfg(settings=str(own))).session(Sink()).speaks_first
     assert not DeepgramAgentTarget(cfg()).session(Sink()).speaks_first
+    # a stored agent, named by a string, is sent as it is
+    named = tmp_path / "named.json"
+    named.write_text(json.dumps({"agent": "agent-1234"}))
+    stored = build_settings(cfg(settings=str(named)))
+    assert stored["agent"] == "agent-1234"
+    AgentV1Settings.model_validate(stored)
+    assert not DeepgramAgentTarget(cfg(settings=str(named))).session(Sink()).speaks_first
+    with pytest.raises(UsageError, match="greeting needs an agent object"):
+        build_settings(cfg(settings=str(named), greeting="Hi"))
 
 
 @pytest.mark.parametrize(

@@ -160,10 +160,10 @@ def _settings_file(config: TargetConfig) -> dict[str, Any]:
         raise UsageError(f"target option settings={path!r}: {exc.strerror or exc}") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise UsageError(f"target option settings={path!r}: not JSON ({exc})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("agent", {}), dict):
+    if not isinstance(data, dict) or not isinstance(data.get("agent", {}), dict | str):
         raise UsageError(
-            f"target option settings={path!r}: not a Settings object (an object with an "
-            "'agent' object)"
+            f"target option settings={path!r}: not a Settings object (an object whose "
+            "'agent' is an object, or a string naming a stored agent)"
         )
     return data
 
@@ -177,7 +177,15 @@ def build_settings(config: TargetConfig) -> dict[str, Any]:
                 hint="known options: " + ", ".join(sorted(OPTIONS)),
             )
     base = _settings_file(config)
-    agent: dict[str, Any] = dict(base.get("agent") or {})
+    stored = base.get("agent")
+    if isinstance(stored, str):  # a stored agent configuration, named
+        if "greeting" in config.options:
+            raise UsageError(
+                "target option greeting needs an agent object; the settings file names a "
+                f"stored agent ({stored!r}): put the greeting there"
+            )
+        return _settings(config, base, stored)
+    agent: dict[str, Any] = dict(stored or {})
     if not agent:
         agent = {
             "listen": {
@@ -199,6 +207,12 @@ def build_settings(config: TargetConfig) -> dict[str, Any]:
         }
     if "greeting" in config.options:
         agent["greeting"] = config.options["greeting"]
+    return _settings(config, base, agent)
+
+
+def _settings(
+    config: TargetConfig, base: dict[str, Any], agent: dict[str, Any] | str
+) -> dict[str, Any]:
     audio = {
         "input": {
             "encoding": _encoding_option(config, "input_encoding"),
@@ -536,8 +550,8 @@ class DeepgramAgentTarget(Target):
 
     def __init__(self, config: TargetConfig) -> None:
         super().__init__(config)
-        settings = build_settings(config)  # a bad option is a usage error before any connect
-        self.greets = bool(settings["agent"].get("greeting"))
+        agent = build_settings(config)["agent"]  # a bad option: a usage error before connecting
+        self.greets = isinstance(agent, dict) and bool(agent.get("greeting"))
 
     def session(self, sink: TargetSink) -> TargetSession:
         cls = DeepgramGreetingSession if self.greets else DeepgramAgentSession
