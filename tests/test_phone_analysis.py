@@ -493,6 +493,12 @@ def test_every_format_shows_phone(trace: Path) -> None:
         assert "greeting" in text, fmt
         assert "no_clear" in text or "no clear" in text, fmt
         assert "key press" in text or "key_press" in text, fmt
+        if fmt is not Format.JSON:
+            flat = " ".join(text.split())
+            assert "onset to clear p50 650 ms" in flat, fmt
+            assert "clear to the last sample heard p50 40.0 ms" in flat, fmt
+            plain = flat.replace("**", "").replace("<b>", "").replace("</b>", "")
+            assert "greeting: heard in 1/1" in plain, fmt
 
 
 def test_merged_paths_reported_apart(tmp_path: Path, trace: Path) -> None:

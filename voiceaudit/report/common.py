@@ -750,6 +750,15 @@ def phone_lines(report: Report) -> list[tuple[str, str]]:
         text = f"{n}, cleared {_pct(ph.cleared, n)}"
         if len(ph.clear_ms):
             text += f"; onset to clear {_ms_range(ph.clear_ms)}"
+            after = [
+                b.after_clear_ns / 1e6
+                for b in ph.barge_ins
+                if b.after_clear_ns is not None
+                and b.clear_ns is not None
+                and b.clear_ns <= b.stop_ns
+            ]
+            if after:
+                text += f", clear to the last sample heard {_ms_range(as_sorted(after))}"
         deaf = [b.deaf_window_ns / 1e6 for b in ph.barge_ins if b.deaf_window_ns is not None]
         if deaf:
             text += f"; deaf window (audio queued at the onset) {_ms_range(as_sorted(deaf))}"
