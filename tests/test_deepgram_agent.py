@@ -658,3 +658,50 @@ def test_bad_options_are_usage_errors(options: dict[str, str], message: str) -> 
             TargetConfig(url="ws://h/v1/agent/converse", protocol="deepgram-agent", options=options)
         )
     assert str(exc.value).startswith(message)
+
+
+# -- the command line -------------------------------------------------------------------
+
+
+def test_the_command_line_runs_a_turn_and_fails_a_wrong_key_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from voiceaudit.cli import run
+
+    def voiceaudit(srv: ServerProcess, out: str) -> tuple[int, str]:
+        capsys.readouterr()
+        rc = run(
+            [
+                "run",
+                "--protocol",
+                "deepgram-agent",
+                "--target",
+                srv.url,
+                "--api-key-env",
+                KEY_ENV,
+                "-o",
+                "output_rate=16000",
+                "--turns",
+                "1",
+                "--out",
+                str(tmp_path / out),
+                str(bundled_dir() / "05_joke.wav"),
+            ]
+        )
+        got = capsys.readouterr()
+        return rc, got.out + got.err
+
+    with serve(ServerConfig(api_key=KEY), process=False) as srv:
+        monkeypatch.setenv(KEY_ENV, KEY)
+        ok, said = voiceaudit(srv, "ok")
+        monkeypatch.setenv(KEY_ENV, "dg-wrong-key-5b1e")
+        wrong, complaint = voiceaudit(srv, "wrong")
+    assert ok == 0, said
+    assert KEY not in said and KEY not in (tmp_path / "ok" / "trace.jsonl").read_text()
+    tr = read_trace(tmp_path / "ok" / "trace.jsonl")
+    assert tr.header.target["protocol"] == "deepgram-agent"
+    assert _turn(tr, "s0", 0)[0]["reply.chunk"].attrs["rate"] == 16000
+    assert wrong == 4, complaint
+    errors = [line for line in complaint.splitlines() if line.startswith("error:")]
+    assert errors and errors[0].startswith("error: cannot connect to ws://127.0.0.1:"), complaint
+    assert "Traceback" not in complaint and "dg-wrong-key-5b1e" not in complaint
