@@ -59,7 +59,6 @@ from voiceaudit.reference.pipeline import (
     CTX_KEY,
     ReplyControl,
     ReplySink,
-    Speaker,
 )
 from voiceaudit.reference.session import Session
 from voiceaudit.reference.vad import SpeechStart
@@ -68,8 +67,6 @@ from voiceaudit.reference.wsutil import read_messages, send_message, serve_webso
 log = logging.getLogger("voiceaudit.reference")
 
 NS_PER_S = 1_000_000_000
-#: What the bot says when the call's media begins.
-GREETING = "Hello, you have reached the reference voice bot. How can I help you today?"
 #: How long a finished reply's record waits for its mark's echo after it has played.
 ECHO_WAIT_NS = 1_000_000_000
 #: An audible sample's level: -50 dBFS (the probe's onset and reply-end level).
@@ -573,70 +570,12 @@ class CarrierSession(Session):
         if self.unwritten.pop(id(record), None) is None:
             return
         record.carrier = self.truth(record)
-        if record.stage == "greeting":
-            self.ctx.truth.write_record(self.greeting_record(record))
-        else:
-            self.write(record)
+        self.write(record)
 
     # --- the greeting -----------------------------------------------------------------
 
-    def greet(self) -> None:
-        """The bot speaks first: the greeting is the session's reply in progress (the
-        caller's speech interrupts it as any reply)."""
-        record = self.ctx.new_record(self.id, -1, self.protocol, stage="greeting")
-        record.transcript = None
-        inj = self.ctx.injections
-        assert self.media_start_ns is not None
-        not_before = None if inj.greeting_ns is None else self.media_start_ns + inj.greeting_ns
-        if inj.greeting_ns is not None:
-            record.injected["greeting_ns"] = inj.greeting_ns
-
-        async def run(control: ReplyControl, previous: asyncio.Task[None] | None) -> None:
-            heard = self.heard_for(record)
-            speaker: Speaker | None = None
-            try:
-                if inj.mark_early:
-                    await self.send_mark(heard, "greeting")
-                speaker = Speaker(self.ctx, record, CarrierSink(self, heard, not_before), self.rng)
-                control.attach(speaker)
-                speaker.say(GREETING)
-                speaker.end()
-                await speaker.wait()
-                record.reply_text = GREETING
-                record.status = "completed" if speaker.complete else "cancelled"
-                record.reply_cut = not speaker.complete
-                if heard.mark is None:
-                    await self.send_mark(heard, "greeting")
-            except asyncio.CancelledError:
-                record.status = "cancelled"
-                if speaker is not None:
-                    if speaker.stop_at is not None:
-                        await speaker.drain()
-                    else:
-                        await speaker.cancel()
-                    record.reply_cut = not speaker.complete
-            finally:
-                self.reply_over()
-                await self.turn_over(record, control)
-
-        self.start_response(record, run)
-
-    def greeting_record(self, record: TurnRecord) -> dict[str, Any]:
-        """The ``greeting`` line of the ground truth."""
-        c = record.carrier or {}
-        keep = ("tts_request", "tts_first_audio", "first_audio_sent", "last_audio_sent")
-        return {
-            "record": "greeting",
-            "session_id": self.id,
-            "protocol": self.protocol,
-            "status": record.status,
-            "text": record.reply_text,
-            "reply_cut": record.reply_cut,
-            "marks": {k: record.marks[k] for k in keep},
-            "injected": dict(record.injected),
-            "audio_sent_ns": list(record.audio_sent_ns),
-            "carrier": c,
-        }
+    def greet_on_connect(self, t_ns: int) -> None:
+        """A carrier's bot greets when ``start`` arrives, not when the socket opens."""
 
     # --- DTMF ---------------------------------------------------------------------------
 
@@ -787,7 +726,7 @@ class CarrierSession(Session):
             self.playout = CarrierPlayout(start.rate)
             self.open_input(start.rate, **self._vad)  # type: ignore[arg-type]
         if not self.ctx.injections.no_greeting:
-            self.greet()
+            self.greet(t_ns)
 
     def _feed(self, samples: F32, t_ns: int) -> None:
         self.arrivals.append((self.in_pos, t_ns))

@@ -36,6 +36,13 @@ running reply; default: :func:`~voiceaudit.reference.pipeline.barge_in`),
 :meth:`Session.speech_ended` (a protocol whose replies start otherwise, like Realtime's
 ``response.create``, hears the turn with :meth:`Session.hear` and starts replies with
 :meth:`Session.start_response`), :meth:`Session.abandon` (what closing writes).
+
+Speaking first: :meth:`Session.greet` says :data:`GREETING` as the reply in progress (its
+first audio ``greeting=MS`` after the media began) and writes it as a ``greeting`` record;
+:meth:`Session.greet_on_connect` (called when a WebSocket opens with ``greeting=MS``)
+greets when the adapter frames replies through the default sink's hooks (raw PCM). The
+carrier adapter greets when its ``start`` arrives. A reply body without hearing (a key
+press) is :meth:`Session.respond`.
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ from voiceaudit.reference.pipeline import (
     ReplyControl,
     ReplySink,
     ServerContext,
+    Speaker,
     Utterance,
     barge_in,
     new_id,
@@ -62,6 +70,9 @@ from voiceaudit.reference.responder import Message
 from voiceaudit.reference.vad import SpeechStart, SpeechStop
 
 log = logging.getLogger("voiceaudit.reference")
+
+#: What the bot says when it speaks first (phone paths; ``greeting=MS`` elsewhere).
+GREETING = "Hello, you have reached the reference voice bot. How can I help you today?"
 
 #: Runs one reply, given its barge-in handle and the reply it may have to wait for.
 ReplyRun = Callable[[ReplyControl, "asyncio.Task[None] | None"], Coroutine[Any, Any, None]]
@@ -134,6 +145,8 @@ class Session:
         self.written: set[int] = set()
         self.tasks: set[asyncio.Task[Any]] = set()
         self.closed = False
+        #: the greeting's facts (``greeting`` in its ground-truth record)
+        self.greeting_truth: dict[str, Any] = {}
 
     def open_input(
         self,
@@ -415,9 +428,71 @@ class Session:
             self.ctx.truth.write_truncate(record)
 
     def write(self, record: TurnRecord) -> None:
-        """Write the finished turn to the ground truth."""
-        self.ctx.truth.write_turn(record)
+        """Write the finished turn to the ground truth (the greeting as a ``greeting``
+        record: the turn's fields, ``record: "greeting"``, and ``greeting``)."""
+        if record.stage == "greeting":
+            d = record.to_dict()
+            d["record"] = "greeting"
+            d["greeting"] = dict(self.greeting_truth)
+            self.ctx.truth.write_record(d)
+        else:
+            self.ctx.truth.write_turn(record)
         self.written.add(id(record))
+
+    # --- the greeting ------------------------------------------------------------------
+
+    def greet_on_connect(self, t_ns: int) -> None:
+        """Called when the connection opens with the ``greeting=MS`` injection: greet, if
+        this adapter takes its replies through the default sink's hooks (an adapter that
+        frames replies its own way, or greets at another moment, overrides this)."""
+        if type(self).reply_audio is not Session.reply_audio:
+            self.greet(t_ns)
+
+    def greet(self, media_start_ns: int) -> None:
+        """The bot speaks first: :data:`GREETING`, as the session's reply in progress (the
+        caller's speech interrupts it as any reply), its first audio ``greeting=MS`` after
+        ``media_start_ns`` (when the call's media began) or as soon as it exists."""
+        record = self.ctx.new_record(self.id, -1, self.protocol, stage="greeting")
+        inj = self.ctx.injections
+        not_before = None if inj.greeting_ns is None else media_start_ns + inj.greeting_ns
+        if inj.greeting_ns is not None:
+            record.injected["greeting_ns"] = inj.greeting_ns
+        self.greeting_truth = {"media_start_ns": media_start_ns, "greeting_ns": inj.greeting_ns}
+
+        async def run(control: ReplyControl, previous: asyncio.Task[None] | None) -> None:
+            speaker: Speaker | None = None
+            try:
+                sink = await self.begin_reply(record)
+                if not_before is not None:
+                    sink.not_before_ns = not_before  # type: ignore[attr-defined]
+                speaker = Speaker(self.ctx, record, sink, self.rng)
+                control.attach(speaker)
+                speaker.say(GREETING)
+                speaker.end()
+                await speaker.wait()
+                record.reply_text = GREETING
+                record.status = "completed" if speaker.complete else "cancelled"
+                record.reply_cut = not speaker.complete
+                await self.reply_sent(record, sink)
+            except asyncio.CancelledError:
+                record.status = "cancelled"
+                if speaker is not None:
+                    if speaker.stop_at is not None:
+                        await speaker.drain()
+                    else:
+                        await speaker.cancel()
+                    record.reply_cut = not speaker.complete
+                await self.reply_cancelled(record)
+            finally:
+                sent = record.marks["first_audio_sent"]
+                self.greeting_truth["first_audio_sent_ns"] = sent
+                self.greeting_truth["first_audio_after_ns"] = (
+                    None if sent is None else sent - media_start_ns
+                )
+                self.reply_over()
+                await self.turn_over(record, control)
+
+        self.start_response(record, run)
 
     # --- lifetime --------------------------------------------------------------------
 

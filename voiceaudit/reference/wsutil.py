@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from voiceaudit.reference.groundtruth import now_ns
 from voiceaudit.reference.pipeline import CONNECT_DELAY_KEY, CTX_KEY
 
 _OP_TEXT = 0x1
@@ -90,6 +91,11 @@ async def serve_websocket(
     if ctx.injections.small_writes:
         set_nodelay(request.transport, False)
     session = make(connect_delay_ns)
+    if ctx.injections.greeting_ns is not None:
+        # greeting=MS: every streaming protocol speaks first (when it can greet)
+        greet = getattr(session, "greet_on_connect", None)
+        if greet is not None:
+            greet(now_ns())
     ctx.active_sessions += 1
     ctx.sessions_total += 1
     try:
