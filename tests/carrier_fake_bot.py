@@ -13,14 +13,14 @@ the start message.
 
 Script: after the caller's speech ends (an energy endpointer), it replies with
 ``reply_ms`` of tone in chunks of ``chunk_ms`` sent ``burst`` times faster than real time,
-then a mark ``reply-<n>``; optionally a clear ``clear_after_ms`` after the reply's first
-chunk was sent; optionally ``script`` (raw messages, ``$SID`` standing for the stream id)
-right after the start, and ``reply_script`` sent instead of the reply; optionally a
-greeting of ``greet_ms`` (sent as a reply is, then the mark ``greeting``) ``greet_after_ms``
-after the start. It records
-when it sent each chunk, when each message arrived (its handler's clock: never before the
-real arrival), the mark echoes and clear acknowledgements, and any message that a
-serializer or a field check rejected (``errors``).
+then a mark ``reply-<n>``. Optionally: a clear ``clear_after_ms`` after the reply's first
+chunk was sent; ``script`` (raw messages, ``$SID`` standing for the stream id, ``$SLEEP
+MS`` a pause) right after the start; ``reply_script`` sent instead of the reply; a
+greeting of ``greet_ms`` (sent as a reply is, then the mark ``greeting``)
+``greet_after_ms`` after the start. It records when it sent each chunk, when each message
+arrived (its handler's clock: never before the real arrival), the mark echoes and clear
+acknowledgements, and any message that a serializer or a field check rejected
+(``errors``).
 """
 
 from __future__ import annotations
@@ -323,6 +323,9 @@ class FakeCarrierBot(LoopbackServer):
         self, ws: web.WebSocketResponse, call: Call, script: list[str | bytes]
     ) -> None:
         for raw in script:
+            if isinstance(raw, str) and raw.startswith("$SLEEP "):
+                await asyncio.sleep(int(raw.split()[1]) / 1000)
+                continue
             if isinstance(raw, str):
                 raw = raw.replace("$SID", call.stream_id)
             call.sent.append(Sent(time.monotonic_ns(), "script"))

@@ -61,6 +61,8 @@ class RecordingSink:
         self.marks: list[tuple[str, str, int, dict[str, Any]]] = []
         self.chunks: list[tuple[int, int, int, int | None]] = []
         self.done: list[int] = []
+        #: when reply_done was called (this clock), per call
+        self.done_called: list[int] = []
         self.fails: list[str] = []
 
     def mark(self, name: str, stage: str, t_ns: int, attrs: dict[str, Any] | None = None) -> None:
@@ -73,6 +75,7 @@ class RecordingSink:
 
     def reply_done(self, t_ns: int) -> None:
         self.done.append(t_ns)
+        self.done_called.append(time.monotonic_ns())
 
     def fail(self, reason: str) -> None:
         self.fails.append(reason)
@@ -664,3 +667,36 @@ def test_every_declared_option_is_taken(dialect: str) -> None:
         assert ts.input_rate == 8000
     if "tracks" in cls.options:
         assert ts.opts.tracks == "both"
+
+
+@pytest.mark.parametrize(("quiet_ms", "fixed_ms"), [(200, 0), (200, 400)])
+def test_the_reply_is_done_once_drained_and_quiet(quiet_ms: int, fixed_ms: int) -> None:
+    """300 ms of audio sent at once: the reply's end is the end of its last sample (+ the
+    fixed delay), signalled no sooner than ``quiet_ms`` after the drain and than the
+    caller has heard it end; a second burst after the drain is a second reply."""
+    pcm = base64.b64encode(bytes(4800)).decode()  # 300 ms of 16-bit PCM at 8 kHz
+    msg = '{"event":"media","stream_sid":"$SID","media":{"payload":"' + pcm + '"}}'
+    bot = FakeCarrierBot("exotel", replies=False, script=[msg, "$SLEEP 1200", msg])
+    options = {"quiet_ms": str(quiet_ms), "fixed_delay_ms": str(fixed_ms)}
+
+    async def go() -> RecordingSink:
+        ts, sink = await _session(bot, "exotel", options)
+        try:
+            await wait_for(lambda: len(sink.done) == 2)
+        finally:
+            await ts.close()
+        return sink
+
+    with bot:
+        sink = asyncio.run(go())
+    sent = [s.t_ns for s in bot.calls[0].sent if s.kind == "script"]
+    assert len(sent) == 2 and len(sink.chunks) == 30
+    for k in (0, 1):
+        chunks = sink.chunks[15 * k : 15 * (k + 1)]
+        first = chunks[0][0]
+        assert [c[1] for c in chunks] == [160] * 15
+        assert [c[0] - first for c in chunks] == [20 * MS * i for i in range(15)]
+        assert first - fixed_ms * MS >= sent[k]  # played when it arrived, not before sent
+        assert sink.done[k] == first + 300 * MS
+        drained = sink.done[k] - fixed_ms * MS
+        assert sink.done_called[k] >= drained + max(quiet_ms, fixed_ms) * MS

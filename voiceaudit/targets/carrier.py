@@ -212,6 +212,8 @@ class CarrierSession(WebSocketSession):
         self._tasks: list[asyncio.Task[None]] = []
         self._warned_chunk = False
         self._stopped = False
+        #: Twilio tracks=both: the outbound track's own chunk numbers
+        self._out_chunk = 0
 
     # -- ids (realistic random ones; a dialect may override) --------------------------------
 
@@ -476,7 +478,8 @@ class CarrierSession(WebSocketSession):
     async def _release_loop(self) -> None:
         """Wake at the model's next event, let the reader hand on what has arrived, then
         release what is due: played pieces to the sink, mark echoes to the bot; and the
-        reply's end once the buffer has drained for ``quiet_ms``."""
+        reply's end once the buffer has drained for ``quiet_ms`` (and the fixed delay has
+        passed: the caller has heard it end)."""
         try:
             while True:
                 await asyncio.sleep(0)  # what arrived before now is handled first
@@ -485,7 +488,8 @@ class CarrierSession(WebSocketSession):
                 await self._send_out()
                 due = self.model.next_due_ns()
                 if self._played_since_done and not self.model.pending():
-                    done_at = self.model.end_ns + self.quiet_ns
+                    # and not before the caller has heard it end (the fixed delay)
+                    done_at = self.model.end_ns + max(self.quiet_ns, self.model.fixed_delay_ns)
                     if now >= done_at:
                         self._played_since_done = False
                         self.sink.reply_done(self.model.end_ns + self.model.fixed_delay_ns)
@@ -582,7 +586,8 @@ class TwilioSession(CarrierSession):
             return
         # the outbound track: what the caller hears, forked back to the stream
         ts = max(0, (p.t_play_ns - self.model.fixed_delay_ns - self._start_ns) // NS_PER_MS)
-        msg = self._media("outbound", p.pcm16, 0, ts)
+        self._out_chunk += 1
+        msg = self._media("outbound", p.pcm16, self._out_chunk, ts)
         ws = self._ws
         if ws is not None and not ws.closed:
             self._acks.append(msg)
