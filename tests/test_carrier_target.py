@@ -700,3 +700,25 @@ def test_the_reply_is_done_once_drained_and_quiet(quiet_ms: int, fixed_ms: int) 
         assert sink.done[k] == first + 300 * MS
         drained = sink.done[k] - fixed_ms * MS
         assert sink.done_called[k] >= drained + max(quiet_ms, fixed_ms) * MS
+
+
+def test_concurrent_calls_are_separate_streams(speech: Path, tmp_path: Path) -> None:
+    """``--sessions 3``: three calls at once, each its own stream (ids, sequence numbers,
+    buffer), each turn answered and heard at real time."""
+    bot = FakeCarrierBot("twilio", reply_ms=1000, chunk_ms=100, burst=10.0)
+    trace = tmp_path / "trace.jsonl"
+    opts = ProbeOptions(sessions=3, turns=1, timeout_s=4.0, idle_s=1.5, **_NO_GREETING_WAIT)
+    with bot:
+        res = asyncio.run(
+            run_probe(target("twilio", bot.url), load_utterances([speech]), opts, trace)
+        )
+    assert [t.ok for t in res.turns] == [True] * 3, res.turns
+    assert len(bot.calls) == 3 and all(c.errors == [] for c in bot.calls)
+    assert len({c.stream_id for c in bot.calls}) == 3
+    for c in bot.calls:
+        assert c.got[1].ev is not None and c.got[1].ev["sequenceNumber"] == "1"
+    events = read_trace(trace).events
+    chunks = [e for e in events if e.name == "reply.chunks"]
+    assert len(chunks) == 3
+    for e in chunks:
+        assert e.attrs["dt_ns"] == [20 * MS * i for i in range(50)]
