@@ -1123,3 +1123,24 @@ def test_greeting_ms_makes_the_other_streaming_protocols_greet(rec: Recorded) ->
     assert g["greeting"]["first_audio_after_ns"] >= GREETING_MS * MS
     assert g["marks"]["first_audio_sent"] - g["greeting"]["media_start_ns"] >= GREETING_MS * MS
     assert g["greeting"]["media_start_ns"] >= t0
+
+
+def test_the_carrier_injections_parse_describe_and_refuse() -> None:
+    """The five carrier injections parse, land in the ground truth's form, round-trip
+    through describe(), and bad values are one-line usage errors."""
+    from voiceaudit.errors import UsageError
+    from voiceaudit.reference.config import parse_injections
+
+    inj = parse_injections(["burst=10x", "no-clear", "greeting=800ms", "mark-early"])
+    d = inj.to_dict()
+    assert d["burst"] == 10.0 and d["no_clear"] and d["mark_early"]
+    assert d["greeting_ns"] == 800 * MS and not d["no_greeting"]
+    assert parse_injections(inj.describe()) == inj
+    assert parse_injections(["burst=4"]).burst == 4.0
+    assert parse_injections(["no-greeting"]).no_greeting
+    for bad in ("burst", "burst=fast", "burst=0.5x", "greeting", "greeting=soon", "no-clear=x"):
+        with pytest.raises(UsageError) as info:
+            parse_injections([bad])
+        assert "\n" not in info.value.message
+    with pytest.raises(UsageError):
+        parse_injections(["greeting=1s", "no-greeting"])
