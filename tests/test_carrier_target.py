@@ -345,17 +345,19 @@ def test_dtmf_reaches_the_bot_as_a_key_press(dialect: str) -> None:
     assert got.t_ns >= sink.named("carrier.dtmf")[0][2]
 
 
-@pytest.mark.parametrize("dialect", ["twilio", "vonage"])
-def test_the_line_is_continuous(dialect: str) -> None:
+@pytest.mark.parametrize(
+    ("dialect", "rate"), [("twilio", 8000), ("vonage", 16000), ("vonage", 8000)]
+)
+def test_the_line_is_continuous(dialect: str, rate: int) -> None:
     """Between the probe's frames the session sends silence on the 20 ms clock itself,
     counted in stream_fill_samples; a probe chunk that is not a whole frame is re-framed
     (the remainder goes out padded with counted silence)."""
-    bot = FakeCarrierBot(dialect, replies=False)
-    rate = 16000 if dialect == "vonage" else 8000
+    bot = FakeCarrierBot(dialect, replies=False, vonage_rate=rate)
     frame = rate // 50
+    options = {"rate": str(rate)} if dialect == "vonage" else {}
 
     async def go() -> tuple[int, int]:
-        ts, _ = await _session(bot, dialect)
+        ts, _ = await _session(bot, dialect, options)
         try:
             assert ts.input_rate == rate and ts.speaks_first
             assert ts.media_start_ns() is not None
@@ -386,6 +388,10 @@ def test_the_line_is_continuous(dialect: str) -> None:
     if dialect == "twilio":
         ts_ms = [g.ev["media"]["timestamp"] for g in media if g.ev]
         assert ts_ms == [str(20 * i) for i in range(len(media))]
+    else:
+        assert call.start is not None
+        assert call.start["content-type"] == f"audio/l16;rate={rate}"
+        assert {g.size for g in media} == {2 * frame}
 
 
 BAD_INPUT: list[tuple[str, str | bytes, str, str]] = [
