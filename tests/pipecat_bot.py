@@ -37,7 +37,9 @@ it (offline there is no carrier REST API). Vonage sends no ids: its serializer i
 once, at ``--vonage-rate``, with 20 ms binary packets (Pipecat's ``vonage-audio-bot``
 example). A handshake of another dialect closes the socket (1008). ``--greeting TEXT``: the
 bot says it when the call starts (``on_client_connected``: a ``TTSSpeakFrame``), as phone
-bots do. The call ends when the carrier hangs up; ``session N ended`` and ``--max-sessions``
+bots do. ``--wire-log FILE``: a JSON line per message the bot sends the carrier (its
+``time.monotonic_ns()``, the probe's clock on this machine). The call ends when the carrier
+hangs up; ``session N ended`` and ``--max-sessions``
 as for WebRTC. Pipecat's FastAPI output transport sends audio at about twice real time (it
 sleeps half of each 40 ms chunk's duration), so the carrier's buffer runs ahead of what the
 caller has heard; on an interruption the serializer sends the dialect's ``clear``
@@ -76,6 +78,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import concurrent.futures
 import ctypes
 import json
@@ -831,6 +834,8 @@ class PhoneServer:
                 print(f"call {number}: {e}", file=sys.stderr, flush=True)
                 await websocket.close(code=1008)
                 return
+            if self.args.wire_log:
+                self._log_wire(serializer, number, dialect)
             transport = FastAPIWebsocketTransport(
                 websocket=websocket,
                 params=FastAPIWebsocketParams(
@@ -864,6 +869,40 @@ class PhoneServer:
             print(f"session {number} ended", file=sys.stderr, flush=True)
             if self.args.max_sessions and self.calls_ended >= self.args.max_sessions:
                 self.done.set()
+
+    def _log_wire(self, serializer: Any, number: int, dialect: str) -> None:
+        """``--wire-log``: one JSON line per message the serializer makes for the carrier
+        (``t_ns``: ``time.monotonic_ns()`` when it was made, just before it is sent; the
+        probe's clock on the same machine), so a test can hold the probe's marks against
+        what the bot really sent: ``kind`` ``media`` (``samples`` of audio at the
+        carrier's rate), ``clear`` or ``other``."""
+        from pipecat.frames.frames import AudioRawFrame, InterruptionFrame
+
+        serialize = serializer.serialize
+        width = 1 if dialect in ("twilio", "telnyx", "plivo") else 2  # μ-law or 16-bit
+        path = Path(self.args.wire_log)
+
+        async def logged(frame: Any) -> Any:
+            out = await serialize(frame)
+            if out:
+                t_ns = time.monotonic_ns()
+                kind = "other"
+                samples = 0
+                if isinstance(frame, InterruptionFrame):
+                    kind = "clear"
+                elif isinstance(frame, AudioRawFrame):
+                    kind = "media"
+                    if isinstance(out, bytes):
+                        samples = len(out) // 2
+                    else:
+                        payload = json.loads(out)["media"]["payload"]
+                        samples = len(base64.b64decode(payload)) // width
+                line = {"call": number, "dialect": dialect, "t_ns": t_ns, "kind": kind}
+                with path.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps({**line, "samples": samples}) + "\n")
+            return out
+
+        serializer.serialize = logged
 
     async def close(self) -> None:
         """Hang up every call still running."""
@@ -938,6 +977,9 @@ def main(argv: list[str] | None = None) -> int:
         "--max-sessions", type=int, default=0, help="webrtc, phone: exit after N sessions (calls)"
     )
     ap.add_argument("--greeting", default="", help="phone: the bot says this when a call starts")
+    ap.add_argument(
+        "--wire-log", help="phone: a JSON line per message sent to the carrier (t_ns, kind)"
+    )
     ap.add_argument(
         "--vonage-rate", type=int, choices=(8000, 16000), default=16000, help="vonage: L16 rate"
     )
