@@ -768,3 +768,49 @@ def test_the_servers_checks_can_fail() -> None:
     assert client_violation(json.dumps({"type": "pong", "event_id": "3"}), "pcm16", {3})
     bad = {"type": "conversation_initiation_client_data", "dynamic_variables": "x"}
     assert client_violation(json.dumps(bad), "pcm16", set())
+
+
+# -- the command line ----------------------------------------------------------------------
+
+
+def test_voiceaudit_run_on_the_command_line(
+    speech_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``voiceaudit run --protocol elevenlabs-agent``: a run that works (exit 0), no agent
+    id (exit 2) and a wrong key (exit 4), each a line, never a traceback; the key is in no
+    file the run writes and on no stream."""
+    from voiceaudit.cli import run as cli
+    from voiceaudit.errors import ExitCode
+
+    clip = str(speech_dir / "pocketsphinx_cards_002.wav")
+    server = ElevenLabsServer(
+        speech(speech_dir, "pocketsphinx_cards_001.wav", "Ten of clubs."),
+        greeting=speech(speech_dir, "pocketsphinx_cards_004.wav", "Five five."),
+        api_key=KEY,
+    )
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = cli(["run", "--protocol", "elevenlabs-agent", "--api-key-env", KEY_ENV, *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    os.environ[KEY_ENV] = KEY
+    try:
+        with server:
+            agent = ["--target", server.url, "-o", "agent_id=agent_local"]
+            ok = run(*agent, "--out", str(tmp_path / "ok"), clip)
+            no_agent = run("--target", server.url, "--out", str(tmp_path / "no"), clip)
+            os.environ[KEY_ENV] = "xi-wrong-key-77"
+            wrong = run(*agent, "--out", str(tmp_path / "wrong"), clip)
+    finally:
+        del os.environ[KEY_ENV]
+    assert ok[0] == ExitCode.OK, ok
+    assert "voice-to-voice" in ok[1]
+    assert no_agent[0] == ExitCode.USAGE and "needs the agent's id" in no_agent[2], no_agent
+    assert wrong[0] == ExitCode.TARGET and "403" in wrong[2], wrong
+    for _, out, err in (ok, no_agent, wrong):
+        assert "Traceback" not in out + err and KEY not in out + err
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert written and all(KEY.encode() not in p.read_bytes() for p in written)
+    tr = read_trace(tmp_path / "ok" / "trace.jsonl")
+    assert named(tr, "greeting.audible") and named(tr, "turn.end")[0].attrs["ok"]
