@@ -24,6 +24,10 @@ exactly as the SDK's client sends it (whole samples of the declared input format
 naming a ping that was sent, tool results as the contract has them. A violation is
 recorded (``violations``) and, as the API does (close code 1008), ends the conversation.
 
+While the caller speaks it sends ``tentative_user_transcript`` every 500 ms of speech, and
+after an interruption ``agent_response_correction`` (the reply's text cut where its audio
+was), as the API does by default.
+
 **Its truth**, on the process's ``time.monotonic_ns()`` (the probe's clock on loopback):
 per turn the speech it detected (energy VAD over 10 ms frames: start, end and when it
 decided), when it sent each reply audio message and how many samples each held, when it
@@ -77,6 +81,10 @@ SHAPES: dict[str, tuple[str, dict[str, str]]] = {
         {"user_transcript": "str", "event_id": "int"},
     ),
     "agent_response": ("agent_response_event", {"agent_response": "str", "event_id": "int"}),
+    "agent_response_correction": (
+        "agent_response_correction_event",
+        {"original_agent_response": "str", "corrected_agent_response": "str", "event_id": "int"},
+    ),
     "interruption": ("interruption_event", {"event_id": "int"}),
     "conversation_initiation_metadata": (
         "conversation_initiation_metadata_event",
@@ -231,6 +239,8 @@ class Reply:
     barge_sample: int | None = None
     barge_ns: int | None = None
     interruption_ns: int | None = None
+    #: when agent_response_correction went (after the interruption)
+    correction_ns: int | None = None
     #: audio of this reply sent after its interruption (still in flight)
     stale_sent_ns: list[int] = field(default_factory=list)
     #: when agent_response_complete went, and the client tool call's id
@@ -405,7 +415,11 @@ class _Session:
         self.conv = conv
         self.reader = SdkReader()
         self.in_enc, self.in_rate = parse_format(server.input_format)
-        self.event_ids = itertools.count(1)
+        #: the next event id (user_transcript's, its reply's; a tentative transcript
+        #: carries the id its turn's user_transcript will have)
+        self.next_id = 1
+        #: the session sample up to which tentative transcripts were sent
+        self.tentative_at = 0
         self.frame = self.in_rate // 100  # 10 ms
         self.pending = np.zeros(0, dtype=np.float32)
         self.pending_start = 0  # session sample of pending[0]
@@ -420,6 +434,10 @@ class _Session:
         self.turns = 0
         self.last_rtt_ms: int | None = None
         self.faulted = False
+
+    def new_id(self) -> int:
+        self.next_id += 1
+        return self.next_id - 1
 
     async def send(self, msg: dict[str, Any], *, fault: bool = False) -> int:
         why = sdk_rejects(msg, self.reader)
@@ -533,6 +551,7 @@ class _Session:
                 self.last_loud_end = a + self.frame
                 self.last_loud_ns = end_ns
                 self.barge_check(a, end_ns)
+                self.tentative(a + self.frame)
             else:
                 self.loud_run = 0
                 self.barge_onset = None
@@ -542,6 +561,22 @@ class _Session:
                     and (a + self.frame - self.last_loud_end) * 1000 >= self.s.end_ms * self.in_rate
                 ):
                     self.turn_over()
+
+    def tentative(self, at: int) -> None:
+        """Every 500 ms of the caller's speech, the transcript so far (the API's default
+        client events include ``tentative_user_transcript``)."""
+        assert self.speech_start is not None
+        if at - max(self.speech_start, self.tentative_at) < self.in_rate // 2:
+            return
+        self.tentative_at = at
+        msg = {
+            "type": "tentative_user_transcript",
+            "tentative_user_transcription_event": {
+                "user_transcript": "…",
+                "event_id": self.next_id,
+            },
+        }
+        self.tasks.append(asyncio.ensure_future(self.send(msg)))
 
     def barge_check(self, a: int, end_ns: int) -> None:
         r = self.current
@@ -565,6 +600,21 @@ class _Session:
         r.interruption_ns = await self.send(
             {"type": "interruption", "interruption_event": {"event_id": r.event_id}}
         )
+        # what the agent said before it was cut (the text, cut where its audio was)
+        said = self.s.reply.text if self.current is r else ""
+        n = sum(r.chunk_samples)
+        full = len(self.s.reply.samples) * r.rate // self.s.reply.rate
+        cut = said[: len(said) * n // max(1, full)]
+        r.correction_ns = await self.send(
+            {
+                "type": "agent_response_correction",
+                "agent_response_correction_event": {
+                    "original_agent_response": said,
+                    "corrected_agent_response": cut,
+                    "event_id": r.event_id,
+                },
+            }
+        )
         for _ in range(self.s.stale_after_interrupt):
             piece = bytes(r.rate * self.s.chunk_ms // 1000 * 2)
             msg = {
@@ -579,7 +629,7 @@ class _Session:
     def turn_over(self) -> None:
         assert self.speech_start is not None and self.last_loud_end is not None
         r = Reply(
-            event_id=next(self.event_ids),
+            event_id=self.new_id(),
             rate=0,
             speech_start=self.speech_start,
             speech_end=self.last_loud_end,
@@ -596,7 +646,7 @@ class _Session:
 
     async def say(self, speech: Speech, r: Reply | None) -> None:
         if r is None:  # the greeting
-            r = Reply(event_id=next(self.event_ids), rate=0)
+            r = Reply(event_id=self.new_id(), rate=0)
             self.conv.greeting = r
             await asyncio.sleep(self.s.greeting_ms / 1000)
         else:

@@ -188,6 +188,10 @@ def test_marks_formats_and_pings_in_the_trace(
         assert text.attrs["text"] == "Ten of clubs."
         assert reply.response_ns is not None and text.t_ns >= reply.response_ns
         assert evs["committed"][0].t_ns == final.t_ns
+        # the caller's speech was transcribed tentatively as it went, before the final
+        partial = evs["transcript.partial"]
+        assert partial and all(p.t_ns < final.t_ns for p in partial)
+        assert {p.attrs["raw"] for p in partial} == {"tentative_user_transcript"}
         # every audio message is one reply chunk, whole, at the declared rate
         chunks = evs["reply.chunk"]
         assert [c.attrs["samples"] for c in chunks] == reply.chunk_samples
@@ -294,6 +298,11 @@ def test_barge_in(barged: tuple[Trace, ElevenLabsServer]) -> None:
     # the server heard the interrupting speech where the probe started it (its 10 ms VAD
     # frames, the energy threshold)
     assert abs(cut.barge_ns - stop["onset_ns"]) <= 60 * MS, (cut.barge_ns - stop["onset_ns"]) / MS
+    # what the agent said, cut where its audio was
+    corr = named(tr, "reply_text.correction")
+    assert len(corr) == 1 and cut.correction_ns is not None
+    assert corr[0].attrs["original"] == "A long answer."
+    assert "A long answer.".startswith(corr[0].attrs["corrected"])
     # audio of the cut reply still in flight after the interruption is dropped, as the
     # SDK drops it: the reply holds exactly what came before
     discarded = named(tr, "reply.discarded")
