@@ -118,6 +118,22 @@ def wire(log: Path, dialect: str) -> list[dict[str, Any]]:
     return [x for x in lines if x["dialect"] == dialect]
 
 
+def sent_replies(sent: list[dict[str, Any]]) -> list[int]:
+    """The samples of audio the bot sent, per reply (the greeting first): media messages
+    more than a second apart belong to different replies (within one the bot sends every
+    20 ms or so; between two the caller speaks)."""
+    out: list[int] = []
+    last: int | None = None
+    for x in sent:
+        if x["kind"] != "media":
+            continue
+        if last is None or x["t_ns"] - last > NS_PER_S:
+            out.append(0)
+        out[-1] += x["samples"]
+        last = x["t_ns"]
+    return out
+
+
 # -- the bots ------------------------------------------------------------------------------------
 
 
@@ -192,6 +208,20 @@ def check_turns_and_barge_in(
     # the last sample heard is the one playing when the clear arrived (or earlier, where
     # the reply was silent between words): the stop latency goes through the clear
     assert 0 < stop_ns <= cut.t_ns - onset + SAMPLE_NS, (stop_ns, cut.t_ns - onset)
+
+    # every sample the bot sent was heard, to the sample: the greeting and the replies
+    # played whole, and the cut reply up to the clear, which dropped the rest
+    rate = one(events, "carrier.start").attrs["rate"]
+    heard = [one(events, "greeting.end").attrs["samples"]]
+    heard += [
+        e.attrs["samples"]
+        for e in sorted(events, key=lambda e: e.turn or 0)
+        if e.name == "reply.end"
+    ]
+    dropped = round(cut.attrs["dropped_ms"] * rate / 1000)
+    assert dropped > 0, cut.attrs
+    heard[3] += dropped
+    assert heard == sent_replies(sent), (heard, dropped)
     return {
         "voice_to_voice_ms": max(v2v) / NS_PER_MS,
         "stop_ms": stop_ns / NS_PER_MS,
@@ -227,7 +257,10 @@ def test_pipecat_twilio_bot_greets_answers_and_clears_on_barge_in(
     audible = one(ev, "greeting.audible")
     assert audible.attrs["latency_ns"] == audible.t_ns - wait.t_ns > 0
     first_media = min(x["t_ns"] for x in sent if x["kind"] == "media")
-    assert audible.t_ns >= first_media > start.t_ns
+    assert first_media > start.t_ns
+    # the carrier starts playing the greeting when its first message arrives: its first
+    # audible sample (``sample``, at 8 kHz) is heard that long after
+    assert audible.t_ns >= first_media + audible.attrs["sample"] * SAMPLE_NS
     end = one(ev, "greeting.end")
     # eSpeak's greeting is over a second of speech, heard at real time
     assert end.attrs["duration_ns"] > NS_PER_S
@@ -287,8 +320,12 @@ def test_pipecat_twilio_bot_without_interruptions_sends_no_clear(
     assert rc == 0 and summary["ok"] == 1 and summary["failed"] == 1, (summary, log)
     ev = read_trace(tmp_path / "run" / "trace.jsonl").events
     sent = wire(bots.off_wire, "twilio")
-    assert [x for x in sent if x["kind"] == "media"], log
     assert [x for x in sent if x["kind"] == "clear"] == []
+    # all of it was heard: the greeting, then the reply and the answer to the barge-in,
+    # which the probe hears as one reply of turn 0
+    greeting, *replies = sent_replies(sent)
+    assert one(ev, "greeting.end").attrs["samples"] == greeting
+    assert one(ev, "reply.end").attrs["samples"] == sum(replies) > 0
     assert [e for e in ev if e.name == "carrier.clear"] == []
     ends = {e.turn: e.attrs for e in ev if e.name == "turn.end"}
     assert ends[0]["ok"] is True
