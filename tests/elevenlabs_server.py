@@ -282,7 +282,6 @@ class Conversation:
     tool_results: list[dict[str, Any]] = field(default_factory=list)
     samples_in: int = 0
     violations: list[str] = field(default_factory=list)
-    closed_code: int | None = None
 
 
 class ElevenLabsServer(LoopbackServer):

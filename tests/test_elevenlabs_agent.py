@@ -149,6 +149,28 @@ def test_turns_agree_with_the_server_truth(greeted: tuple[Trace, ElevenLabsServe
     assert statistics.median(errors) <= 2 * MS, [e / MS for e in errors]
 
 
+def test_the_speech_end_the_server_found_is_on_the_probes_clock(
+    greeted: tuple[Trace, ElevenLabsServer, str],
+) -> None:
+    """The server's detector puts the speech end elsewhere than the probe's analysis (its
+    energy threshold: tens of ms, either way), but its time for its own speech-end sample,
+    from arrivals, is the probe's time for that sample: the two clocks and the two sample
+    counts agree up to the loopback delay."""
+    tr, server, _ = greeted
+    conv = server.conversations[-1]
+    offsets = []
+    for (session, turn), reply in zip(tr.finished_turns(), conv.replies, strict=True):
+        evs = turn_events(tr, session, turn)
+        se = evs["input.speech_end"][0]
+        start = evs["turn.start"][0].attrs
+        assert reply.speech_end is not None and reply.speech_end_ns is not None
+        probe_sample = start["session_sample_offset"] + se.attrs["sample"]
+        probe_ns = se.t_ns + (reply.speech_end - probe_sample) * 1_000_000_000 // start["rate"]
+        offsets.append(reply.speech_end_ns - probe_ns)
+    assert min(offsets) > -1 * MS and max(offsets) <= ONE_OFF_NS, [o / MS for o in offsets]
+    assert statistics.median(offsets) <= 2 * MS, [o / MS for o in offsets]
+
+
 def test_the_server_and_voiceaudit_keep_to_the_sdk(
     greeted: tuple[Trace, ElevenLabsServer, str],
 ) -> None:
