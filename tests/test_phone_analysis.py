@@ -513,6 +513,7 @@ def test_merged_paths_reported_apart(tmp_path: Path, trace: Path) -> None:
     d = json.loads(build_report([trace, ws]).to_json())
     paths = {p["path"]: p for p in d["phone"]["paths"]}
     assert set(paths) == {"phone", "websocket"}
+    assert [t["path"] for t in d["turns"]] == ["phone"] * 4 + ["websocket"] * 4
     assert paths["phone"]["turns"] == 4 and paths["websocket"]["turns"] == 4
     # the same turns without the 40 ms fixed delay
     assert paths["phone"]["voice_to_voice_ms"]["p50"] - paths["websocket"]["voice_to_voice_ms"][

@@ -350,9 +350,13 @@ class TurnReport:
         d.update(session=self.session, turn=self.turn)
         return d
 
-    def to_dict(self, *, with_run_id: bool = False) -> dict[str, Any]:
+    def to_dict(self, *, with_run_id: bool = False, with_path: bool = False) -> dict[str, Any]:
+        """``turns[]`` of the report (docs/report-format.md); ``with_path``: the path it was
+        measured on too (a report that shows paths)."""
         v2v = self.voice_to_voice_ns
         d = self.id_dict(with_run_id)
+        if with_path:
+            d["path"] = self.path
         d.update(
             {
                 "ok": self.ok,
@@ -975,7 +979,8 @@ class Report:
                 g.to_dict(run_id if multi else None) for run_id, g in self.greetings
             ]
         if turns:
-            d["turns"] = [t.to_dict(with_run_id=multi) for t in self.turns]
+            paths = self.phone is not None
+            d["turns"] = [t.to_dict(with_run_id=multi, with_path=paths) for t in self.turns]
         return d
 
     def to_json(self, *, turns: bool = True) -> str:
@@ -986,7 +991,8 @@ class Report:
             return head + "\n"
         multi = self.multi_run
         dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-        lines = ",\n".join(dumps(t.to_dict(with_run_id=multi)) for t in self.turns)
+        paths = self.phone is not None
+        lines = ",\n".join(dumps(t.to_dict(with_run_id=multi, with_path=paths)) for t in self.turns)
         return head[:-2] + ',\n "turns": [\n' + lines + "\n ]\n}\n"
 
 
