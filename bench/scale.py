@@ -1,13 +1,19 @@
 """Pacing of the real probe at 1, 50 and 200 concurrent sessions on one machine.
 
-Starts a cheap raw-PCM WebSocket echo target in a separate process on loopback (it
-answers each turn with 300 ms of tone and ``turn_done`` once it has heard 200 ms of
-digital silence after speech), then runs ``run_probe`` with the ``websocket`` target at
-each concurrency level for a fixed time, and prints the frames' send lateness (actual -
-scheduled, from the run's ``input.pacing`` summaries: p50/p99 to 0.1 ms, rounded up; the
-worst frame exactly) and the probe's CPU time per session.
+Starts a cheap echo target in a separate process on loopback (it answers each turn with
+300 ms of tone once it has heard 200 ms of digital silence after speech), then runs
+``run_probe`` at each concurrency level for a fixed time, and prints the frames' send
+lateness (actual - scheduled, from the run's ``input.pacing`` summaries: p50/p99 to 0.1 ms,
+rounded up; the worst frame exactly) and the probe's CPU time per session.
+
+``--protocol websocket`` (the default): raw 16 kHz PCM frames, the reply ended by
+``turn_done``. ``--protocol twilio``: paced phone sessions, voiceaudit playing the carrier
+(Twilio Media Streams: 20 ms μ-law frames in JSON with base64, the line kept busy with
+silence between turns, the carrier's playout modelled) toward a bot that answers each
+turn with one ``media`` message and a ``mark``.
 
     .venv/bin/python bench/scale.py [--seconds 10] [--sessions 1,50,200] [--profile FILE]
+        [--protocol websocket|twilio]
 
 Goal (issue 13): p99 <= 2 ms at 200 sessions.
 """
@@ -32,7 +38,6 @@ from voiceaudit.pacing_stats import P99_GOAL_NS
 from voiceaudit.probe.runner import ProbeOptions, RunResult, run_probe
 from voiceaudit.probe.utterances import Utterance, load_utterances
 from voiceaudit.targets.base import TargetConfig
-from voiceaudit.targets.websocket import PcmWebSocketTarget
 
 # the tests' helpers serve the bench scripts too
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -69,16 +74,62 @@ def _echo(port_q: mp.Queue) -> None:  # type: ignore[type-arg]
     serve_forever("/v1/pcm", handler, port_q)
 
 
+def _twilio_bot(port_q: mp.Queue) -> None:  # type: ignore[type-arg]
+    """A Twilio Media Streams bot: answers each caller turn with 300 ms of tone in one
+    ``media`` message, then a ``mark``."""
+    import base64
+    import json
+
+    from voiceaudit.codecs import G711_RATE, ulaw_encode
+
+    tone = 0.3 * np.sin(2 * np.pi * 300 * np.arange(G711_RATE * 3 // 10) / G711_RATE) * 32767
+    payload = base64.b64encode(ulaw_encode(tone.astype("<i2")).tobytes()).decode()
+    silent = base64.b64encode(b"\xff" * 160).decode()  # 20 ms of μ-law digital silence
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        speech = False
+        quiet = 0
+        sid = ""
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                continue
+            ev = json.loads(msg.data)
+            if ev.get("event") == "start":
+                sid = ev["start"]["streamSid"]
+            if ev.get("event") != "media":
+                continue
+            if ev["media"]["payload"] == silent:
+                quiet += 1
+                if speech and quiet >= QUIET_FRAMES:
+                    speech = False
+                    media = {"event": "media", "streamSid": sid, "media": {"payload": payload}}
+                    await ws.send_str(json.dumps(media))
+                    await ws.send_str(
+                        json.dumps({"event": "mark", "streamSid": sid, "mark": {"name": "r"}})
+                    )
+            else:
+                speech, quiet = True, 0
+        return ws
+
+    serve_forever("/media-stream", handler, port_q)
+
+
 async def _level(
-    url: str, utts: list[Utterance], sessions: int, seconds: float, out: Path
+    url: str, utts: list[Utterance], sessions: int, seconds: float, out: Path, protocol: str
 ) -> RunResult:
-    cfg = TargetConfig(url=url, protocol="websocket", options={"rate": str(RATE)})
-    opts = ProbeOptions(sessions=sessions, turns=10_000, gap_ms=200, timeout_s=5)
+    from voiceaudit.targets.registry import get_target_class
+
+    options = {"rate": str(RATE)} if protocol == "websocket" else {}
+    cfg = TargetConfig(url=url, protocol=protocol, options=options)
+    opts = ProbeOptions(sessions=sessions, turns=10_000, gap_ms=200, timeout_s=5, greeting_wait_s=0)
 
     async def stop_later(probe: object) -> None:
         asyncio.get_running_loop().call_later(seconds, probe.stop)  # type: ignore[attr-defined]
 
-    return await run_probe(PcmWebSocketTarget(cfg), utts, opts, out, on_start=stop_later)
+    target = get_target_class(protocol)(cfg)
+    return await run_probe(target, utts, opts, out, on_start=stop_later)
 
 
 def main() -> None:
@@ -86,14 +137,22 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0, help="run time per level")
     ap.add_argument("--sessions", default="1,50,200")
     ap.add_argument("--profile", type=Path, help="cProfile the last level into this file")
+    ap.add_argument("--protocol", choices=("websocket", "twilio"), default="websocket")
     args = ap.parse_args()
     q: mp.Queue = mp.Queue()  # type: ignore[type-arg]
-    proc = mp.Process(target=_echo, args=(q,), daemon=True)
+    phone = args.protocol == "twilio"
+    proc = mp.Process(target=_twilio_bot if phone else _echo, args=(q,), daemon=True)
     proc.start()
-    url = f"ws://127.0.0.1:{q.get(timeout=10)}/v1/pcm"
+    path = "/media-stream" if phone else "/v1/pcm"
+    url = f"ws://127.0.0.1:{q.get(timeout=10)}{path}"
     levels = [int(x) for x in args.sessions.split(",")]
     utts = load_utterances(sorted(bundled_dir().glob("*.wav")), rate=RATE)
-    print(f"probe pacing, raw PCM WebSocket echo on loopback, 20 ms frames, {args.seconds:g} s")
+    what = (
+        "paced phone sessions (Twilio Media Streams, the carrier's playout modelled)"
+        if phone
+        else "raw PCM WebSocket echo"
+    )
+    print(f"probe pacing, {what} on loopback, 20 ms frames, {args.seconds:g} s")
     print(
         f"{'sessions':>8} {'turns':>6} {'ok':>6} {'frames':>8} {'p50 ms':>7} {'p99 ms':>7} "
         f"{'worst ms':>9} {'broke':>6} {'CPU ms/s/session':>17}"
@@ -106,7 +165,9 @@ def main() -> None:
                 cpu0, wall0 = time.process_time(), time.monotonic()
                 if prof is not None:
                     prof.enable()
-                res = asyncio.run(_level(url, utts, n, args.seconds, Path(tmp) / f"{n}.jsonl"))
+                res = asyncio.run(
+                    _level(url, utts, n, args.seconds, Path(tmp) / f"{n}.jsonl", args.protocol)
+                )
                 if prof is not None:
                     prof.disable()
                     prof.dump_stats(str(args.profile))

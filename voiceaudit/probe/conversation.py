@@ -248,11 +248,29 @@ class ConversationSink:
             server_t = a.get("server_t_ns")
             if type(server_t) is int:
                 seg.server_last_sent_ns = server_t
+        elif name == "carrier.mark_echo" and not a.get("cleared"):
+            self._mark_echoed(t_ns, a.get("mark_ns"))
         elif name == "speech_started":
             live = self.open
             if live is not None and live.chunks and live.speech_started_ns is None:
                 live.speech_started_ns = t_ns
                 self.conv.truncate_due(live, t_ns)
+
+    def _mark_echoed(self, t_ns: int, mark_ns: Any) -> None:
+        """A phone carrier echoed a mark the bot placed before the caller talked over the
+        reply playing now, after the caller's onset: everything the bot queued before the
+        mark has been heard, so the interrupted reply ends there. (A bot that never clears
+        lets its answer to the interruption queue right behind the old reply, and the caller
+        hears one stream; the mark is the only boundary the protocol shows.)"""
+        seg = self.open
+        if seg is None or not seg.chunks or type(mark_ns) is not int:
+            return
+        owner = next((st for st in self.conv.turns if seg in st.segments), None)
+        if owner is None:
+            return
+        onsets = [p.onset_ns for p in owner.placed if p.overlap.kind == "interrupt"]
+        if onsets and mark_ns < min(onsets) <= t_ns:
+            self.end_segment(t_ns)
 
     def reply_audio(
         self, t_ns: int, pcm16: bytes, rate: int, wire_bytes: int, queued_ns: int | None = None
