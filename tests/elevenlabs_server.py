@@ -277,6 +277,8 @@ class Conversation:
     greeting: Reply | None = None
     replies: list[Reply] = field(default_factory=list)
     pings: dict[int, int] = field(default_factory=dict)
+    #: the ping_ms each ping carried (the round trip the server measured last)
+    ping_ms: dict[int, int | None] = field(default_factory=dict)
     pongs: dict[int, int] = field(default_factory=dict)
     client_kinds: Counter[str] = field(default_factory=Counter)
     tool_results: list[dict[str, Any]] = field(default_factory=list)
@@ -728,6 +730,7 @@ class _Session:
     async def pinger(self) -> None:
         for eid in itertools.count(1):
             await asyncio.sleep(self.s.ping_ms / 1000)
+            self.conv.ping_ms[eid] = self.last_rtt_ms
             self.conv.pings[eid] = await self.send(
                 {"type": "ping", "ping_event": {"event_id": eid, "ping_ms": self.last_rtt_ms}}
             )

@@ -220,7 +220,8 @@ def test_marks_formats_and_pings_in_the_trace(
         assert {c.attrs["rate"] for c in chunks} == {44100}
     pings = named(tr, "ping")
     assert len(pings) >= 10
-    # the second ping on carries the server's measured round trip
+    # each ping's figure (the server's last measured round trip) as the server sent it
+    assert all(p.attrs.get("ping_ms") == conv.ping_ms[p.attrs["event_id"]] for p in pings)
     assert any(isinstance(p.attrs.get("ping_ms"), int) for p in pings)
 
 
