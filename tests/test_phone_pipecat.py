@@ -118,18 +118,18 @@ def wire(log: Path, dialect: str) -> list[dict[str, Any]]:
     return [x for x in lines if x["dialect"] == dialect]
 
 
-def sent_replies(sent: list[dict[str, Any]]) -> list[int]:
-    """The samples of audio the bot sent, per reply (the greeting first): media messages
-    more than a second apart belong to different replies (within one the bot sends every
-    20 ms or so; between two the caller speaks)."""
-    out: list[int] = []
+def sent_replies(sent: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    """The audio the bot sent, per reply (the greeting first): when its first message was
+    sent and its samples. Media messages more than a second apart belong to different
+    replies (within one the bot sends every 20 ms or so; between two the caller speaks)."""
+    out: list[tuple[int, int]] = []
     last: int | None = None
     for x in sent:
         if x["kind"] != "media":
             continue
         if last is None or x["t_ns"] - last > NS_PER_S:
-            out.append(0)
-        out[-1] += x["samples"]
+            out.append((x["t_ns"], 0))
+        out[-1] = (out[-1][0], out[-1][1] + x["samples"])
         last = x["t_ns"]
     return out
 
@@ -181,7 +181,7 @@ def check_turns_and_barge_in(
     """Three turns and the barge-in's own turn completed; the barge-in stopped through the
     bot's clear. Returns the figures measured (ms)."""
     ends = {e.turn: e.attrs for e in events if e.name == "turn.end"}
-    assert sorted(ends) == [0, 1, 2, 3], ends
+    assert set(ends) == {0, 1, 2, 3}, ends
     assert all(a["ok"] for a in ends.values()), (ends, log)
     v2v = [ends[t]["voice_to_voice_ns"] for t in range(4)]
     # the bot's endpointing (0.2 s of VAD silence + 0.2 s speech timeout) comes first
@@ -221,7 +221,15 @@ def check_turns_and_barge_in(
     dropped = round(cut.attrs["dropped_ms"] * rate / 1000)
     assert dropped > 0, cut.attrs
     heard[3] += dropped
-    assert heard == sent_replies(sent), (heard, dropped)
+    replies = sent_replies(sent)
+    assert heard == [n for _, n in replies], (heard, dropped)
+    # and none of it reached the probe before the bot sent it
+    first_bytes = [one(events, "greeting.audible").attrs["first_byte_ns"]]
+    first_bytes += [
+        e.t_ns for e in sorted(events, key=lambda e: e.turn or 0) if e.name == "reply.first_byte"
+    ]
+    assert len(first_bytes) == len(replies)
+    assert all(fb >= t for fb, (t, _) in zip(first_bytes, replies, strict=True))
     return {
         "voice_to_voice_ms": max(v2v) / NS_PER_MS,
         "stop_ms": stop_ns / NS_PER_MS,
@@ -323,9 +331,9 @@ def test_pipecat_twilio_bot_without_interruptions_sends_no_clear(
     assert [x for x in sent if x["kind"] == "clear"] == []
     # all of it was heard: the greeting, then the reply and the answer to the barge-in,
     # which the probe hears as one reply of turn 0
-    greeting, *replies = sent_replies(sent)
+    (_, greeting), *replies = sent_replies(sent)
     assert one(ev, "greeting.end").attrs["samples"] == greeting
-    assert one(ev, "reply.end").attrs["samples"] == sum(replies) > 0
+    assert one(ev, "reply.end").attrs["samples"] == sum(n for _, n in replies) > 0
     assert [e for e in ev if e.name == "carrier.clear"] == []
     ends = {e.turn: e.attrs for e in ev if e.name == "turn.end"}
     assert ends[0]["ok"] is True
