@@ -9,9 +9,9 @@ dialect's ``connected``/``start`` messages, the caller's speech as 20 ms media f
 plays what the bot sends through :class:`~voiceaudit.targets.carrier_model.CarrierModel`,
 so a reply sent ten times faster than real time is heard at real time, a mark is echoed
 when the audio before it has played and a clear cuts the playout. Every dialect is a thin
-variant of :class:`CarrierSession` (docs/phone-targets.md has each one's messages).
+variant of :class:`CarrierSession` (docs/phone.md has each one's messages).
 
-What the session reports (docs/phone-targets.md, "What is reported"):
+What the session reports (docs/phone.md, "What is reported"):
 
 - ``reply_audio(t_play, pcm, rate, wire_bytes, queued_ns)`` for every piece of <= 20 ms of
   the bot's audio once it HAS PLAYED, at its play start (+ ``fixed_delay_ms``), with how long

@@ -1,7 +1,7 @@
 """The phone carrier's playout of the bot's audio: a pure model (no I/O, no clock).
 
 A carrier (Twilio, Telnyx, Plivo, Exotel, Vonage) plays the audio a bot sends at real time
-from an unbounded buffer of its own (docs/phone-targets.md, "The carrier model"):
+from an unbounded buffer of its own (docs/phone.md, "The carrier model"):
 
 - a media message starts playing when it arrives if nothing is playing (no alignment to a
   frame clock whose phase cannot be known), otherwise right after the audio queued before
