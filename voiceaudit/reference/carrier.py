@@ -571,6 +571,12 @@ class CarrierSession(Session):
             return
         record.carrier = self.truth(record)
         self.write(record)
+        # a long call keeps no reply audio it no longer needs (the model keeps its pieces)
+        heard = self.heard.pop(id(record), None)
+        if heard is not None:
+            heard.audio = [a[:0] for a in heard.audio]
+            for name in [n for n, h in self.marks_out.items() if h is heard]:
+                del self.marks_out[name]
 
     # --- the greeting -----------------------------------------------------------------
 
