@@ -23,7 +23,7 @@ import struct
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -34,6 +34,7 @@ __all__ = [
     "DETECTOR_VERSION",
     "HEADERLESS_SUFFIXES",
     "Audio",
+    "SampleSource",
     "SpeechInfo",
     "cache_dir",
     "detect_speech",
@@ -43,11 +44,12 @@ __all__ = [
     "read_audio",
     "resample",
     "speech_info_cached",
+    "speech_segments",
     "to_pcm16",
 ]
 
 #: Bump whenever :func:`detect_speech` can give a different answer: it invalidates the caches.
-DETECTOR_VERSION = 2
+DETECTOR_VERSION = 3
 
 #: Suffixes read as headerless 16-bit little-endian mono PCM (``rate`` is required).
 HEADERLESS_SUFFIXES = (".raw", ".pcm", ".s16")
@@ -419,6 +421,15 @@ _SNAP_START_MS = 50.0
 _SNAP_END_MS = 150.0
 _SILENT_RUN_MS = 2.0  # digital silence: at least this long at or below one 16-bit step
 _CLEAN_FRACTION = 0.02  # this much digital silence inside the sound makes a signal clean
+# Noise: the range of the whitened energy (its 90th percentile over its floor) says how far
+# the speech stands above the noise. From _QUIET_RANGE_DB[1] up the thresholds above hold
+# (recordings in their own quiet); down to _QUIET_RANGE_DB[0] they slide linearly to the
+# noisy values below, which hold under it (speech 10 dB over pink noise spans 10-18 dB).
+_QUIET_RANGE_DB = (15.0, 30.0)
+_EDGE_DB_NOISY = 1.0  # the frames of stationary noise vary by about +-0.5 dB
+_CORE_DB_NOISY = 4.0
+_ATTACH_AFTER_MS_NOISY = 250.0  # a vowel's tail sinks into the noise early, so the gap ...
+_ATTACH_BEFORE_MS_NOISY = 100.0  # ... to its consonants looks longer
 
 
 def detect_speech(audio: Audio) -> SpeechInfo:
@@ -427,15 +438,74 @@ def detect_speech(audio: Audio) -> SpeechInfo:
     Band energy relative to the file's own noise spectrum (a whitened energy), with an
     adaptive floor and hysteresis, decides where there is sound; voicing (periodicity at a
     pitch lag) decides which sounds are speech; digital silence pins edges to the exact
-    sample. ``docs/audio-ground-truth.md`` explains each rule and the measurements.
+    sample. The thresholds follow the noise: the further the noise is above the recording's
+    quiet, the lower they sit. The segments are :func:`speech_segments` of the samples.
+    ``docs/audio-ground-truth.md`` explains each rule and the measurements.
     """
     rate = audio.rate
     if rate < _MIN_RATE:
         raise AudioError(f"sample rate {rate} Hz is too low for speech detection", path=audio.path)
-    x = np.asarray(audio.samples, dtype=np.float32)
+    n = int(audio.samples.shape[0])
+    segs = speech_segments(audio.samples, rate)
+    if not segs:
+        return SpeechInfo(rate, n, (), None, None)
+    return SpeechInfo(rate, n, tuple(segs), segs[0][0], segs[-1][1])
+
+
+#: :func:`speech_segments` analyses a long signal in blocks of this many seconds ...
+SEGMENT_BLOCK_S = 60.0
+#: ... each seen with this much of its neighbours on both sides (its edges need context).
+SEGMENT_OVERLAP_S = 5.0
+
+
+class SampleSource(Protocol):
+    """A mono signal read by slices: a float array or ``numpy.memmap``, or a wrapper that
+    converts a file's samples to float in [-1, 1] one slice at a time."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: slice, /) -> npt.ArrayLike: ...
+
+
+def speech_segments(samples: SampleSource, rate: int) -> list[tuple[int, int]]:
+    """Every speech segment ``[start, end)`` (sample indices at ``rate``) of a mono signal.
+
+    This is the detector of :func:`detect_speech` (whose ``segments`` it gives) for
+    signals of any length: a signal longer than :data:`SEGMENT_BLOCK_S` plus twice
+    :data:`SEGMENT_OVERLAP_S` is analysed block by block, each block with
+    :data:`SEGMENT_OVERLAP_S` of context on both sides (its noise estimate is its own,
+    so the detector follows noise that changes over an hour), and the pieces are joined
+    where they touch or lie closer than the 300 ms hangover. Working memory is bounded by
+    the block, not the signal: ``samples`` may be a ``numpy.memmap`` or any sliceable
+    1-D array of floats in [-1, 1] (a :class:`SampleSource`); it is read one block at a
+    time. Segments are in
+    order and disjoint, at least the hangover apart. Raises
+    :class:`~voiceaudit.errors.AudioError` for sample rates under 4 kHz.
+    """
+    if rate < _MIN_RATE:
+        raise AudioError(f"sample rate {rate} Hz is too low for speech detection")
+    n = len(samples)
+    block = round(SEGMENT_BLOCK_S * rate)
+    overlap = round(SEGMENT_OVERLAP_S * rate)
+    if n <= block + 2 * overlap:
+        return _detect(np.asarray(samples[0:n], dtype=np.float32), rate)
+    pieces: list[tuple[int, int]] = []
+    for c0 in range(0, n, block):
+        c1 = min(n, c0 + block)
+        lo, hi = max(0, c0 - overlap), min(n, c1 + overlap)
+        x = np.asarray(samples[lo:hi], dtype=np.float32)
+        for a, b in _detect(x, rate):
+            a, b = max(a + lo, c0), min(b + lo, c1)
+            if b > a:
+                pieces.append((a, b))
+    return _merge(pieces, round(_MERGE_MS * rate / 1000))
+
+
+def _detect(x: F32, rate: int) -> list[tuple[int, int]]:
+    """Speech segments of ``x`` analysed as one block."""
     n = int(x.shape[0])
     if n == 0:
-        return SpeechInfo(rate, 0, (), None, None)
+        return []
     arate = min(rate, _ANALYSIS_RATE)
     xa = x if arate == rate else resample(x, rate, arate)
     segs_a = _segments(xa.astype(np.float64), arate)
@@ -446,10 +516,7 @@ def detect_speech(audio: Audio) -> SpeechInfo:
         s, e = _snap_to_digital_silence(x, rate, s, e)
         if e > s:
             segs.append((s, e))
-    segs = _merge(segs, round(_MERGE_MS * rate / 1000))
-    if not segs:
-        return SpeechInfo(rate, n, (), None, None)
-    return SpeechInfo(rate, n, tuple(segs), segs[0][0], segs[-1][1])
+    return _merge(segs, round(_MERGE_MS * rate / 1000))
 
 
 def _runs(mask: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
@@ -479,8 +546,9 @@ def _segments(x: F64, rate: int) -> list[tuple[int, int]]:
         # signal): its background is silence, not noise. Every stretch of sound is a
         # candidate, with exact edges. Real recordings hold next to none (< 0.2 %).
         starts, ends = _runs(~silent)
+        noisy = 0.0
     else:
-        starts, ends = _sound_regions(x, rate, silent)
+        starts, ends, noisy = _sound_regions(x, rate, silent)
     if starts.size == 0:
         return []
     # A dip shorter than a frame is below the resolution of the frames: not a pause.
@@ -498,20 +566,28 @@ def _segments(x: F64, rate: int) -> list[tuple[int, int]]:
     gap_after = np.concatenate((starts[1:] - ends[:-1], [np.inf]))
     voiced_before = np.concatenate(([False], voiced[:-1]))
     voiced_after = np.concatenate((voiced[1:], [False]))
+    after_ms = _slide(_ATTACH_AFTER_MS, _ATTACH_AFTER_MS_NOISY, noisy)
+    before_ms = _slide(_ATTACH_BEFORE_MS, _ATTACH_BEFORE_MS_NOISY, noisy)
     kept = (
         voiced
-        | (voiced_before & (gap_before < _ATTACH_AFTER_MS * rate / 1000))
-        | (voiced_after & (gap_after < _ATTACH_BEFORE_MS * rate / 1000))
+        | (voiced_before & (gap_before < after_ms * rate / 1000))
+        | (voiced_after & (gap_after < before_ms * rate / 1000))
     )
     return [(int(a), int(b)) for a, b in zip(starts[kept], ends[kept], strict=True)]
 
 
+def _slide(quiet: float, noisy: float, noisiness: float) -> float:
+    """A constant between its value in quiet (``noisiness`` 0) and in noise (1)."""
+    return quiet if noisiness <= 0.0 else quiet + (noisy - quiet) * noisiness
+
+
 def _sound_regions(
     x: F64, rate: int, silent: npt.NDArray[np.bool_]
-) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], float]:
     """Regions where the band energy, whitened by the file's own noise spectrum, rises
     above the noise: hysteresis between an edge and a core threshold over an adaptive
-    floor."""
+    floor. Also how noisy the signal is: 0 when the speech stands far above the noise (the
+    thresholds are the quiet ones), up to 1 in heavy noise (the noisy ones)."""
     import scipy.fft
 
     n = x.shape[0]
@@ -533,7 +609,7 @@ def _sound_regions(
         clean = sounding
     empty = np.zeros(0, dtype=np.intp)
     if not clean.any():
-        return empty, empty
+        return empty, empty, 0.0
 
     nfft = 1 << (size - 1).bit_length()
     freqs = np.fft.rfftfreq(nfft, 1.0 / rate)
@@ -565,14 +641,17 @@ def _sound_regions(
     db = np.full(count, -np.inf)
     db[sounding] = 10.0 * np.log10(stat[sounding].astype(np.float64) + 1e-30)
     floor = float(np.percentile(db[clean], _FLOOR_PERCENTILE))
-    edge = db > floor + _EDGE_DB
-    core = db > floor + _CORE_DB
+    span = float(np.percentile(db[clean], 90.0)) - floor
+    lo_db, hi_db = _QUIET_RANGE_DB
+    noisy = min(1.0, max(0.0, (hi_db - span) / (hi_db - lo_db)))
+    edge = db > floor + _slide(_EDGE_DB, _EDGE_DB_NOISY, noisy)
+    core = db > floor + _slide(_CORE_DB, _CORE_DB_NOISY, noisy)
     r_start, r_end = _runs(edge)
     core_c = np.concatenate(([0], np.cumsum(core)))
     keep = (core_c[r_end] - core_c[r_start]) * _HOP_MS >= _MIN_CORE_MS
     s = np.clip(r_start[keep] * hop - hop // 2, 0, n)
     e = np.clip(r_end[keep] * hop - hop // 2, 0, n)
-    return s.astype(np.intp), e.astype(np.intp)
+    return s.astype(np.intp), e.astype(np.intp), noisy
 
 
 def _voiced_frame_centres(x: F64, rate: int) -> npt.NDArray[np.intp]:
