@@ -115,6 +115,13 @@ def register(app: typer.Typer) -> None:
             None, "--out", help="Run directory (default ./voiceaudit-runs/<timestamp>/)."
         ),
         save_audio: bool = typer.Option(False, "--save-audio", help="Keep reply audio as WAV."),
+        record: bool = typer.Option(
+            False,
+            "--record",
+            help="Write each session's call as a stereo WAV next to the trace "
+            "(call-<session>.wav: left the caller's audio as sent, right what the caller "
+            "heard; docs/run.md).",
+        ),
         inject: list[str] = typer.Option(
             [],
             "--inject",
@@ -178,6 +185,7 @@ def register(app: typer.Typer) -> None:
             jitter_buffer_ms=jitter_buffer_ms,
             gap_ms=gap_ms,
             save_audio=save_audio,
+            record=record,
         )
         impairment = None
         if impair is not None or network is not None:

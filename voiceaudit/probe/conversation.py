@@ -57,6 +57,7 @@ from voiceaudit.clock import NS_PER_MS, NS_PER_S
 from voiceaudit.errors import TargetError
 from voiceaudit.probe.greeting import GreetingCollector
 from voiceaudit.probe.playout import Chunk, Playout, play_model
+from voiceaudit.probe.recorder import CallRecorder, flush_recording
 from voiceaudit.probe.session import (
     ReplyOutcome,
     TurnHost,
@@ -215,6 +216,8 @@ class ConversationSink:
         self.last_audio_ns = 0
         #: set while the probe waits for the target's greeting: reply audio goes there
         self.greeting: GreetingCollector | None = None
+        #: the session's call recording (``run --record``)
+        self.recorder: CallRecorder | None = None
 
     # -- routing ----------------------------------------------------------------------
 
@@ -357,6 +360,8 @@ class Conversation:
         self._ts: TargetSession | None = None
         self.sink = ConversationSink(writer, sid, self)
         self.mic: list[tuple[int, np.ndarray[Any, Any]]] = []
+        #: with a recording: the frames sent since it was last handed the caller's audio
+        self._mic_sent: list[tuple[int, bytes]] = []
         o = probe.options
         self.model = o.playout
         self.depth_ns = o.jitter_buffer_ms * NS_PER_MS
@@ -622,6 +627,8 @@ class Conversation:
             if not await send_frame(ts, sink, data):
                 break
             sink.samples_sent += self.frame
+            if sink.recorder is not None:
+                self._mic_sent.append((pos, data))
             owner = next((st for st in reversed(live) if st.start <= pos), None)
             if owner is not None:
                 await self._sent(ts, owner, t, pos, b, deadline)
@@ -631,6 +638,7 @@ class Conversation:
         for st in self.turns:
             if not st.closed:
                 await self._close(st)
+        self._record_caller()
         if sink.failed and not self.turns and pending:
             # Broken before its first turn: that turn fails here, so a session that breaks
             # at once on every connection still comes to an end.
@@ -818,8 +826,25 @@ class Conversation:
         self.next_start_ns = max(self.next_start_ns, end + gap)
         if result.failure == "timeout":
             self.stale = True
+        rec = self.sink.recorder
+        if rec is not None:
+            # every reply the caller heard in this turn (cut-ins too), and the caller's
+            # audio as sent so far
+            for seg in st.segments:
+                rec.heard(list(seg.chunks))
+            self._record_caller()
+            await flush_recording(rec, w, sid)
         await w.commit_async()
         self._finish(result)
+
+    def _record_caller(self) -> None:
+        """Hand the recording the frames sent since the last time (one contiguous stretch
+        of the microphone, sample ``pos`` spoken at ``t_of(pos)``)."""
+        rec = self.sink.recorder
+        if rec is None or not self._mic_sent:
+            return
+        sent, self._mic_sent = self._mic_sent, []
+        rec.caller(self.t_of(sent[0][0]), b"".join(d for _, d in sent), self.rate)
 
     def _gap_after(self, st: TurnState) -> int:
         """An interruption turn's gap: the gap of the turn it interrupted."""

@@ -104,6 +104,9 @@ class ProbeOptions:
     jitter_buffer_ms: int = 0
     #: keep the received reply audio as WAV files next to the trace
     save_audio: bool = False
+    #: write each session's call as a stereo WAV next to the trace (the caller as sent,
+    #: what the caller heard): :mod:`voiceaudit.probe.recorder`
+    record: bool = False
     #: playout model: "fixed" (a fixed jitter-buffer depth, ``jitter_buffer_ms``) or
     #: "adaptive" (see :mod:`voiceaudit.probe.playout`)
     playout: str = "fixed"
@@ -130,6 +133,10 @@ class ProbeOptions:
             raise UsageError("--frame-ms must be between 5 and 1000")
         if not 0.1 <= self.speed <= 100:
             raise UsageError("--speed must be between 0.1 and 100")
+        if self.record and self.speed != 1.0:
+            raise UsageError(
+                "--record needs --speed 1: a call recording is on the probe's real clock"
+            )
         if self.timeout_s <= 0:
             raise UsageError("--timeout must be positive")
         if self.greeting_wait_s is not None and not 0 <= self.greeting_wait_s <= 600:

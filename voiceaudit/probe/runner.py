@@ -38,6 +38,12 @@ from voiceaudit.probe.options import ProbeOptions as ProbeOptions
 from voiceaudit.probe.options import Ramp as Ramp
 from voiceaudit.probe.options import parse_duration as parse_duration
 from voiceaudit.probe.playout import Chunk, play_model, playout_name
+from voiceaudit.probe.recorder import (
+    CallRecorder,
+    close_recording,
+    flush_recording,
+    recording_name,
+)
 from voiceaudit.probe.session import (
     ReplyOutcome,
     TurnResult,
@@ -225,6 +231,8 @@ class _Sink:
         self.samples_sent = 0
         #: set while the probe waits for the target's greeting: reply audio goes there
         self.greeting: GreetingCollector | None = None
+        #: the session's call recording (``run --record``)
+        self.recorder: CallRecorder | None = None
 
     def begin(self, turn: int) -> None:
         self.turn = turn
@@ -500,6 +508,7 @@ class Probe:
                 continue
             connected_ns = self.clock.now_ns()
             connected(writer, sid, connected_ns, ts)
+            sink.recorder = self._recorder(sid, ts, connected_ns)
             try:
                 if not await self._greet(ts, sink, writer, sid, connected_ns, sink.failed.is_set):
                     # broke while greeting: the first turn fails, the next gets a new call
@@ -520,7 +529,9 @@ class Probe:
             finally:
                 with contextlib.suppress(Exception):
                     await ts.close()
-                closed(writer, sid, self.clock.now_ns(), sink.failure)
+                end_ns = self.clock.now_ns()
+                closed(writer, sid, end_ns, sink.failure)
+                close_recording(sink.recorder, writer, sid, end_ns)
 
     async def _greet(
         self,
@@ -542,11 +553,11 @@ class Probe:
         wait_s = wait_seconds(configured, ts)
         if wait_s <= 0:
             return True
-        sink.greeting = GreetingCollector()
+        collector = sink.greeting = GreetingCollector()
         try:
             got = await await_greeting(
                 ts=ts,
-                collector=sink.greeting,
+                collector=collector,
                 writer=writer,
                 sid=sid,
                 connected_ns=connected_ns,
@@ -560,6 +571,9 @@ class Probe:
             )
         finally:
             sink.greeting = None
+        if sink.recorder is not None:
+            sink.recorder.heard(collector.chunks)
+            await flush_recording(sink.recorder, writer, sid)
         await writer.commit_async()
         if failed():
             return False
@@ -609,6 +623,7 @@ class Probe:
                 continue
             connected_ns = self.clock.now_ns()
             connected(writer, sid, connected_ns, ts)
+            conv.sink.recorder = self._recorder(sid, ts, connected_ns)
             try:
                 if await self._greet(
                     ts, conv.sink, writer, sid, connected_ns, conv.sink.has_failed
@@ -628,8 +643,24 @@ class Probe:
                 with contextlib.suppress(Exception):
                     await ts.close()
                 broke = conv.sink.failure if conv.sink.failed else None
-                closed(writer, sid, self.clock.now_ns(), broke)
+                end_ns = self.clock.now_ns()
+                closed(writer, sid, end_ns, broke)
+                close_recording(conv.sink.recorder, writer, sid, end_ns)
             pending, index = conv.pending, conv.next_index
+
+    def _recorder(self, sid: str, ts: TargetSession, connected_ns: int) -> CallRecorder | None:
+        """The session's call recording (``run --record``), on the call's media clock: its
+        sample 0 is the start of the call's media (greeting latency's origin)."""
+        if not self.options.record:
+            return None
+        return CallRecorder(
+            self.trace_path.parent / recording_name(sid),
+            ts.media_start_ns() or connected_ns,
+            input_rate=ts.input_rate,
+            playout=self.options.playout,
+            depth_ns=self.options.jitter_buffer_ms * NS_PER_MS,
+            warn=self.observer.message,
+        )
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, waking early on a stop or (in a ramp) at the profile's end."""
@@ -813,6 +844,12 @@ class Probe:
         result = dataclasses.replace(
             result, pacing_max_ns=worst[0], pacing_max_frame=worst[1], concurrency=concurrency
         )
+        if sink.recorder is not None:
+            # the caller's audio as sent (the frames that went out, each at its schedule)
+            # and the reply as heard
+            sink.recorder.caller(t0, pcm[: 2 * min(ends[-1], n)] if ends else b"", rate)
+            sink.recorder.heard(out.chunks)
+            await flush_recording(sink.recorder, writer, sid)
         # A broken connection, or one that stopped answering (a timeout: a late reply would
         # land in the next turn), is not used again: the next turn gets a fresh one.
         healthy = not sink.failed.is_set() and result.failure != "timeout"
