@@ -440,6 +440,7 @@ async def call(
     speak: bool = True,
     barge: bool = False,
     dtmf: str | None = None,
+    outbound: bool = False,
 ) -> Call:
     rate = 16_000 if dialect == "vonage" else 8_000
     async with aiohttp.ClientSession() as http, http.ws_connect(f"{url}/{dialect}") as ws:
@@ -458,6 +459,15 @@ async def call(
             else:
                 await asyncio.sleep(2.0)
             out.turn_from = now()
+            if outbound:
+                # Twilio tracks=both: the carrier forks what the caller heard back to the
+                # bot as the outbound track, which is no caller speech
+                x = words[SAY]
+                for i in range(0, x.size - 160, 160):
+                    obj = json.loads(c.frame_message(x[i : i + 160]))
+                    obj["media"]["track"] = "outbound"
+                    await c._send(json.dumps(obj))
+                await asyncio.sleep(1.5)
             if dtmf is not None:
                 await c.send_dtmf(dtmf)
                 await wait_for(lambda: bool(c.media(out.turn_from)), 20)
@@ -547,7 +557,14 @@ async def _record() -> Recorded:
         jobs: dict[str, Coroutine[Any, Any, Call]] = {
             # every dialect: the greeting (its media and its mark), no turn
             **{
-                d: call(servers["default"].url, d, w16 if d == "vonage" else w8, tag=d, speak=False)
+                d: call(
+                    servers["default"].url,
+                    d,
+                    w16 if d == "vonage" else w8,
+                    tag=d,
+                    speak=False,
+                    outbound=d == "twilio",
+                )
                 for d in DIALECTS
             },
             "default-barge": call(servers["default"].url, "twilio", w8, tag="db", barge=True),
@@ -932,8 +949,9 @@ def test_a_key_press_is_a_turn(rec: Recorded) -> None:
 # ``voiceaudit run --protocol twilio`` against the reference's ``/twilio`` bot, checked
 # against the bot's own ground truth (issue 24's done-when).
 #
-# Two runs of the CLI, one after the other (each starts the built-in pipeline with its injections and
-# writes its ground truth next to the trace): the bundled utterances, one pass, with
+# Two runs of the CLI, one after the other (each starts the built-in pipeline with its
+# injections and writes its ground truth next to the trace): the bundled utterances, one
+# pass, with
 # ``burst=10x`` and ``mark-early`` (about 70 s of real time: a greeting, then six turns whose
 # replies the carrier plays at real time); and a scenario whose caller talks over the reply
 # with ``burst=10x`` and ``no-clear``, 3 s into a 4.7 s reply (so that the overhang, the
@@ -1143,3 +1161,15 @@ def test_the_carrier_injections_parse_describe_and_refuse() -> None:
         assert "\n" not in info.value.message
     with pytest.raises(UsageError):
         parse_injections(["greeting=1s", "no-greeting"])
+
+
+def test_the_outbound_track_is_not_the_caller(rec: Recorded) -> None:
+    """Twilio ``tracks=both`` forks the audio the caller heard back to the bot as the
+    ``outbound`` track: the bot does not take it for the caller (no turn)."""
+    barge = rec.calls["default-barge"].carrier.stream_id
+    others = [
+        t
+        for t in rec.turns["default"]
+        if t["protocol"] == "twilio" and (t.get("carrier") or {}).get("stream_id") != barge
+    ]
+    assert others == [], [(t["status"], t["transcript"]) for t in others]

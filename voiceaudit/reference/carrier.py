@@ -786,6 +786,9 @@ class CarrierSession(Session):
         if not isinstance(payload, str):
             self._bad("media without a payload")
             return
+        assert isinstance(media, dict)
+        if str(media.get("track", "inbound")).startswith("outbound"):
+            return  # Twilio tracks=both: the bot's own audio as the caller heard it
         if self.media_start_ns is None:
             self._began(parse_start(self.dialect, {}), t_ns)
         try:
