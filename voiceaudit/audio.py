@@ -455,7 +455,7 @@ def detect_speech(audio: Audio) -> SpeechInfo:
 #: :func:`speech_segments` analyses a long signal in blocks of this many seconds ...
 SEGMENT_BLOCK_S = 60.0
 #: ... each seen with this much of its neighbours on both sides (its edges need context).
-SEGMENT_OVERLAP_S = 5.0
+SEGMENT_OVERLAP_S = 2.0
 
 
 class SampleSource(Protocol):
@@ -554,7 +554,7 @@ def _segments(x: F64, rate: int) -> list[tuple[int, int]]:
     # A dip shorter than a frame is below the resolution of the frames: not a pause.
     joined = np.concatenate(([True], starts[1:] - ends[:-1] >= _FRAME_MS * rate / 1000))
     starts, ends = starts[joined], ends[np.concatenate((joined[1:], [True]))]
-    voiced_at = _voiced_frame_centres(x, rate)
+    voiced_at = _voiced_frame_centres(x, rate, starts, ends)
     n_voiced = np.searchsorted(voiced_at, ends) - np.searchsorted(voiced_at, starts)
     voiced = n_voiced * _VOICING_HOP_MS >= _MIN_VOICED_MS
     # An unvoiced region (a fricative, a plosive release) belongs to the speech when it
@@ -573,7 +573,57 @@ def _segments(x: F64, rate: int) -> list[tuple[int, int]]:
         | (voiced_before & (gap_before < after_ms * rate / 1000))
         | (voiced_after & (gap_after < before_ms * rate / 1000))
     )
-    return [(int(a), int(b)) for a, b in zip(starts[kept], ends[kept], strict=True)]
+    segs = [(int(a), int(b)) for a, b in zip(starts[kept], ends[kept], strict=True)]
+    if noisy > 0.0 and segs:
+        segs = _refine_abrupt_edges(x, rate, segs)
+    return segs
+
+
+_EDGE_WINDOW_MS = 1.0  # abrupt starts in noise: energy of the pre-emphasised signal in 1 ms
+_EDGE_SEARCH_MS = 12.5  # ... looked for this far inside a region's start (the frames' smear)
+_EDGE_LOW = 2.0  # ... below this many times the noise's median energy is noise ...
+_EDGE_HIGH = 10.0  # ... and a rise from it to this many times within ...
+_EDGE_RISE_MS = 3.0  # ... this long is an abrupt edge, placed where the energy left the noise
+
+
+def _refine_abrupt_edges(x: F64, rate: int, segs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Move region starts that are abrupt (a cut, a loud onset) onto the sample where the
+    energy leaves the noise.
+
+    The 20 ms frames smear such a start early by up to half a frame plus a hop. In noise,
+    a 1 ms window of the pre-emphasised signal (which flattens the low-frequency weight of
+    pink and brown noise) finds it: the last sample at noise level before a rise by 7 dB
+    more within 3 ms, no further in than the smear. A gradual start has no such rise and
+    keeps its place. (Ends are left alone: measured on LibriVox speech cut in loud
+    speech under pink noise, speech that stops is too weak in the pre-emphasised band.)
+    """
+    w = max(1, round(_EDGE_WINDOW_MS * rate / 1000))
+    reach = round(_EDGE_SEARCH_MS * rate / 1000)
+    rise = max(1, round(_EDGE_RISE_MS * rate / 1000))
+    y = np.diff(x, prepend=x[:1])
+    c = np.concatenate(([0.0], np.cumsum(y * y)))
+    env = (c[w:] - c[:-w]) / w  # energy of the window starting at each sample
+    outside = np.ones(env.shape[0], dtype=bool)
+    for a, b in segs:
+        outside[max(0, a - reach) : b + reach] = False
+    if outside.sum() < 50 * w:
+        return segs
+    noise = float(np.median(env[outside]))
+    if noise <= 0.0:
+        return segs
+    low, high = _EDGE_LOW * noise, _EDGE_HIGH * noise
+    out: list[tuple[int, int]] = []
+    for a, b in segs:
+        part = env[a : min(b, a + reach + rise, env.shape[0])]
+        loud = np.flatnonzero(part > high)
+        if loud.size:
+            k = int(loud[0])
+            quiet = np.flatnonzero(part[:k] < low)
+            if quiet.size and k - int(quiet[-1]) <= rise:
+                a = min(a + int(quiet[-1]) + w, a + reach)
+        if b > a:
+            out.append((a, b))
+    return out
 
 
 def _slide(quiet: float, noisy: float, noisiness: float) -> float:
@@ -654,8 +704,15 @@ def _sound_regions(
     return s.astype(np.intp), e.astype(np.intp), noisy
 
 
-def _voiced_frame_centres(x: F64, rate: int) -> npt.NDArray[np.intp]:
-    """Centres (sample indices at ``rate``, ascending) of the voiced analysis frames."""
+def _voiced_frame_centres(
+    x: F64,
+    rate: int,
+    starts: npt.NDArray[np.intp] | None = None,
+    ends: npt.NDArray[np.intp] | None = None,
+) -> npt.NDArray[np.intp]:
+    """Centres (sample indices at ``rate``, ascending) of the voiced analysis frames; with
+    ``starts`` and ``ends`` (ascending, disjoint regions), only of the frames centred in
+    them (the others are not analysed)."""
     import scipy.fft
     from scipy.signal import butter, sosfiltfilt
 
@@ -680,17 +737,24 @@ def _voiced_frame_centres(x: F64, rate: int) -> npt.NDArray[np.intp]:
     lag_hi = min(size - 1, math.ceil(vrate / _PITCH_RANGE_HZ[0]))
     lags = np.arange(lag_lo, lag_hi)
     unbias = size / (size - lags)  # undo the taper of the biased autocorrelation
+    centres = (np.arange(count) * hop + size // 2) * step
+    todo = np.arange(count)
+    if starts is not None and ends is not None:
+        inside = np.searchsorted(ends, centres, side="right") < np.searchsorted(
+            starts, centres, side="right"
+        )
+        todo = todo[inside]
     voiced = np.zeros(count, dtype=bool)
-    for b0 in range(0, count, _BLOCK):
-        fr = frames[b0 : b0 + _BLOCK]
+    for b0 in range(0, todo.size, _BLOCK):
+        pick = todo[b0 : b0 + _BLOCK]
+        fr = frames[pick]
         fr = (fr - fr.mean(axis=1, keepdims=True)).astype(np.float32)
         spec = scipy.fft.rfft(fr, nfft, axis=1)
         ac = scipy.fft.irfft(spec.real**2 + spec.imag**2, nfft, axis=1)
         ac0 = ac[:, 0].astype(np.float64)
         ok = ac0 > 1e-12 * size
         r = ac[:, lag_lo:lag_hi] * unbias / np.where(ok, ac0, 1.0)[:, None]
-        voiced[b0 : b0 + _BLOCK] = ok & (r.max(axis=1) > _VOICED)
-    centres = (np.arange(count) * hop + size // 2) * step
+        voiced[pick] = ok & (r.max(axis=1) > _VOICED)
     return centres[voiced].astype(np.intp)
 
 
