@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from voiceaudit.analysis.recording import read_call
 from voiceaudit.analysis.turns import collect_trace
-from voiceaudit.audio import Audio, detect_speech, first_audible
+from voiceaudit.audio import Audio, detect_speech, first_audible, resample
 from voiceaudit.trace_io import Trace
 
 CLIPS = ("0870", "0880", "0890", "0920", "0930")
@@ -35,7 +36,7 @@ def _clip(speech_dir: Path, name: str) -> np.ndarray:
 
 @dataclass
 class Call:
-    """A built call: caller and agent channels at 16 kHz and the truth, in seconds."""
+    """A built call: caller and agent channels at ``rate`` and the truth, in seconds."""
 
     caller: np.ndarray
     agent: np.ndarray
@@ -47,12 +48,13 @@ class Call:
     long_waits: list[int] = field(default_factory=list)
 
 
-def build_call(speech_dir: Path) -> Call:
+def build_call(speech_dir: Path, rate: int = 16000) -> Call:
     """Greeting, then four caller turns: a plain one; one with a pause the agent cuts
     into (the caller resumes 0.4 s later) and a reply with 1.4 s of dead air; a barge-in
     over that reply (the agent keeps talking 0.45 s); an answer after a 2.5 s wait."""
-    rate = 16000
     c = [_clip(speech_dir, n) for n in CLIPS]
+    if rate != 16000:  # at the call's rate before cutting: the truth is where pieces are
+        c = [resample(x, 16000, rate) for x in c]
     total = 60 * rate
     caller = np.zeros(total, dtype=np.float32)
     agent = np.zeros(total, dtype=np.float32)
@@ -141,10 +143,6 @@ def with_echo(caller: np.ndarray, agent: np.ndarray, gain_db: float, delay_s: fl
 
 
 def write_call(path: Path, caller: np.ndarray, agent: np.ndarray, rate: int, subtype: str) -> Path:
-    if rate != 16000:
-        from voiceaudit.audio import resample
-
-        caller, agent = resample(caller, 16000, rate), resample(agent, 16000, rate)
     sf.write(path, np.stack([caller, agent], axis=1), rate, subtype=subtype)
     return path
 
@@ -205,3 +203,61 @@ def test_clean_call_16k_pcm(speech_dir: Path, tmp_path: Path) -> None:
     assert trace.header.target["path"] == "recording"
     assert {e.session for e in trace.events} == {"call.wav"}
     assert not trace.warnings
+
+
+def test_clean_call_8k_mulaw(speech_dir: Path, tmp_path: Path) -> None:
+    call = build_call(speech_dir, 8000)
+    p = write_call(tmp_path / "call.wav", call.caller, call.agent, 8000, "ULAW")
+    assert sf.info(str(p)).subtype == "ULAW"
+    check(call, read_call(p))
+
+
+def _noisy_call(speech_dir: Path, tmp_path: Path, rate: int, subtype: str) -> tuple[Call, Trace]:
+    call = build_call(speech_dir, rate)
+    caller = with_noise(call.caller, 10.0, seed=1)
+    agent = with_noise(call.agent, 10.0, seed=2)
+    p = write_call(tmp_path / "call.wav", caller, agent, rate, subtype)
+    return call, read_call(p)
+
+
+@pytest.mark.parametrize(("rate", "subtype"), [(16000, "PCM_16"), (8000, "ULAW")])
+def test_call_in_pink_noise_10db_finds_every_turn(
+    speech_dir: Path, tmp_path: Path, rate: int, subtype: str
+) -> None:
+    """In pink noise at 10 dB SNR on both sides every turn, the greeting, the barge-in,
+    the cut-in and the dead air are found, nothing more; the noisy channels go to the
+    noise-robust detector."""
+    call, trace = _noisy_call(speech_dir, tmp_path, rate, subtype)
+    f = figures(trace)
+    assert len(f["turns"]) == len(call.latencies_s)
+    assert set(f["stops"]) == {1} and set(f["cut_ins"]) == {1} and set(f["dead_air"]) == {1}
+    assert f["waits"] == [3] and "greeting" in f
+    assert trace.header.config["recording"]["detector"] == {
+        "caller": "spectral",
+        "agent": "spectral",
+    }
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="speech ends in 10 dB pink noise are still up to ~200 ms early "
+    "(voiceaudit.audio.speech_segments, issue 25's noise item); flips when it holds",
+)
+def test_call_in_pink_noise_10db_within_10ms(speech_dir: Path, tmp_path: Path) -> None:
+    call, trace = _noisy_call(speech_dir, tmp_path, 16000, "PCM_16")
+    check(call, trace)
+
+
+@pytest.mark.parametrize(("rate", "subtype"), [(16000, "PCM_16"), (8000, "ULAW")])
+def test_echo_makes_no_phantom_turns(
+    speech_dir: Path, tmp_path: Path, rate: int, subtype: str
+) -> None:
+    call = build_call(speech_dir, rate)
+    caller = with_echo(call.caller, call.agent, -20.0, 0.030, rate)
+    p = write_call(tmp_path / "call.wav", caller, call.agent, rate, subtype)
+    trace = read_call(p)
+    check(call, trace)
+    echo = trace.header.config["recording"]["echo"]
+    assert echo is not None
+    assert abs(echo["delay_ms"] - 30.0) <= 0.5 and abs(echo["gain_db"] + 20.0) <= 1.0
+    assert any("echo on the caller's channel" in w for w in trace.warnings)

@@ -76,6 +76,7 @@ MERGE_MS = 300  #: pauses shorter than this do not split a segment
 DEAD_AIR_MS = 1000  #: a silence inside a reply at least this long is dead air
 LONG_WAIT_MS = 2000  #: a response latency at least this long is a long wait
 CUT_IN_RESUME_MS = 1000  #: agent onset in a caller pause, caller resumes within this: cut-in
+NOISY_RANGE_DB = 40.0  #: speech less than this over the channel's floor: the noisy detector
 DISAGREE_MS = 150  #: the two detectors may differ this much on an edge
 STOPPED_MS = 2000  #: a barged-in agent that stopped within this counts as stopped
 ECHO_MAX_DELAY_MS = 500  #: echo searched up to this delay
@@ -87,6 +88,8 @@ SILENT_DBFS = -70.0  #: a channel whose loudest frame is quieter than this is si
 _REFINE_BEFORE_MS = 150
 _REFINE_AFTER_MS = 60
 _VAD_WINDOW_MS = 400
+VAD_MODE = 3  #: webrtcvad aggressiveness (0-3) of the second detector
+VAD_NOISE_MAX = 0.2  #: webrtcvad calling more of a channel's pauses speech: not used there
 _VAD_RATES = (8000, 16000, 32000, 48000)
 
 _NS = 1_000_000_000
@@ -350,7 +353,7 @@ def _rms(db: float) -> float:
     return 0.0 if db <= -100.0 else 10.0 ** (db / 20.0)
 
 
-def speech_segments(
+def energy_segments(
     energy: F64, hop: int, rate: int, *, floor_db: float | None = None, mask: Any = None
 ) -> list[tuple[int, int]]:
     """Speech ``[start, end)`` in samples from per-frame energies (the one place the
@@ -418,23 +421,34 @@ def _onset(x: F32, rate: int, noise_rms: float) -> int | None:
     return k
 
 
-def _vad_edge(x: F32, rate: int, *, end: bool) -> int | None:
-    """The second detector (webrtcvad, mode 2): the last voiced sample (``end``) or the
-    first, in ``x``; None when it hears no speech."""
+def _vad_frames(x: F32, rate: int) -> tuple[npt.NDArray[np.bool_], int]:
+    """webrtcvad's decision per 10 ms frame of ``x`` and the frame length in samples of
+    ``x`` (the rates it does not take are resampled to 16 kHz)."""
     import webrtcvad
 
     vrate = rate if rate in _VAD_RATES else 16000
-    y = x if vrate == rate else resample(x, rate, vrate)
+    y = x if vrate == rate else resample(np.ascontiguousarray(x), rate, vrate)
     y16 = (np.clip(y, -1.0, 1.0) * 32767.0).astype("<i2")
     step = vrate // 100
-    vad = webrtcvad.Vad(2)
+    vad = webrtcvad.Vad(VAD_MODE)
     n = y16.shape[0] // step
-    voiced = [vad.is_speech(y16[i * step : (i + 1) * step].tobytes(), vrate) for i in range(n)]
-    idx = [i for i, v in enumerate(voiced) if v]
-    if not idx:
+    voiced = np.array(
+        [vad.is_speech(y16[i * step : (i + 1) * step].tobytes(), vrate) for i in range(n)],
+        dtype=bool,
+    )
+    return voiced, rate // 100
+
+
+def _vad_edge(x: F32, rate: int, at: int, *, end: bool) -> int | None:
+    """The second detector (webrtcvad): the start (or, with ``end``, the end) of its
+    voiced run nearest to sample ``at`` of ``x``; None when it hears no speech."""
+    voiced, step = _vad_frames(x, rate)
+    starts, ends = _runs(voiced)
+    if starts.size == 0:
         return None
-    k = (idx[-1] + 1) * step if end else idx[0] * step
-    return round(k * rate / vrate)
+    gap = np.maximum(0, np.maximum(starts * step - at, at - ends * step))
+    k = int(np.argmin(gap))
+    return int(ends[k] * step) if end else int(starts[k] * step)
 
 
 # --------------------------------------------------------------------------------------
@@ -561,6 +575,24 @@ def read_call(
     return _Analysis(src, caller, answer_at_s, path_label).trace()
 
 
+class _Channel:
+    """One side of the call as a sliceable signal (what
+    :func:`voiceaudit.audio.speech_segments` reads block by block)."""
+
+    def __init__(self, analysis: _Analysis, who: str) -> None:
+        self.a = analysis
+        self.who = who
+
+    def __len__(self) -> int:
+        return self.a.src.frames
+
+    def __getitem__(self, index: slice, /) -> F32:
+        lo, hi, _ = index.indices(self.a.src.frames)
+        if self.who == "caller":
+            return self.a._caller_snip(lo, hi)
+        return self.a._agent_snip(lo, hi)
+
+
 class _Analysis:
     def __init__(self, src: _Source, caller: str, answer_at_s: float | None, label: str) -> None:
         self.src = src
@@ -576,6 +608,9 @@ class _Analysis:
         self.warnings = list(src.warnings)
         self.echo: Echo | None = None
         self.disagree: dict[str, int] = {}
+        self.vad_usable: dict[str, bool] = {}
+        self.detector: dict[str, str] = {}
+        self.vad_noise: dict[str, float | None] = {}
 
     # -- helpers -----------------------------------------------------------------------
     def t(self, sample: int) -> int:
@@ -601,8 +636,61 @@ class _Analysis:
         _, a = self.src.read(lo, hi)
         return np.ascontiguousarray(a - np.float32(self.mean[1]), dtype=np.float32)
 
+    def detect_segments(
+        self, who: str, coarse: list[tuple[int, int]], energy: F64
+    ) -> tuple[list[tuple[int, int]], list[tuple[int | None, int | None]]]:
+        """A channel's speech segments, exact to the sample, and the second detector's
+        edges for each (the one place the detector is chosen).
+
+        A quiet channel (digital silence, or a floor :data:`NOISY_RANGE_DB` or more below
+        its speech): the energy segments refined by the probe's onset detector. A noisy
+        one: the project's noise-robust detector
+        (:func:`voiceaudit.audio.speech_segments`, read block by block from the file, the
+        DC and any echo removed), which costs more time.
+        """
+        floor = noise_floor_db(energy)
+        loud = float(np.percentile(_db(energy), 95.0)) if energy.size else floor
+        noisy = floor > -90.0 and loud - floor < NOISY_RANGE_DB
+        self.detector[who] = "spectral" if noisy else "energy"
+        if not noisy:
+            return self._edges(coarse, who, _rms(floor))
+        from voiceaudit.audio import speech_segments
+
+        segs = speech_segments(_Channel(self, who), self.rate)
+        return self._edges(segs, who, _rms(floor), refine=False)
+
+    def _check_vad(self, segs: list[tuple[int, int]], who: str) -> None:
+        """Whether the second detector can tell this channel's noise from speech: webrtcvad
+        over up to 3 s of the channel's pauses (300 ms away from any speech) must call at
+        most :data:`VAD_NOISE_MAX` of it speech."""
+        rate = self.rate
+        margin = 300 * rate // 1000
+        bounds = [0, *(v for seg in segs for v in seg), self.src.frames]
+        picks: list[F32] = []
+        left = 3 * rate
+        for a, b in zip(bounds[::2], bounds[1::2], strict=True):
+            lo, hi = a + margin, min(b - margin, a + margin + left)
+            if hi - lo >= rate // 5 and left > 0:
+                c, ag = self.src.read(lo, hi)
+                x = c if who == "caller" else ag
+                picks.append(x - np.float32(self.mean[0 if who == "caller" else 1]))
+                left -= hi - lo
+        if not picks:
+            self.vad_usable[who] = True
+            self.vad_noise[who] = None
+            return
+        voiced = np.concatenate([_vad_frames(x, rate)[0] for x in picks])
+        frac = float(voiced.mean()) if voiced.size else 0.0
+        self.vad_noise[who] = round(frac, 3)
+        self.vad_usable[who] = frac <= VAD_NOISE_MAX
+        if not self.vad_usable[who]:
+            self.warnings.append(
+                f"the second detector (webrtcvad) calls {100 * frac:.0f} % of the {who}'s "
+                f"pauses speech (noise): the {who}'s edges rest on the energy detector alone"
+            )
+
     def _edges(
-        self, segs: list[tuple[int, int]], who: str, noise: float
+        self, segs: list[tuple[int, int]], who: str, noise: float, *, refine: bool = True
     ) -> tuple[list[tuple[int, int]], list[tuple[int | None, int | None]]]:
         """Refined segments, and webrtcvad's (start, end) for each; ``noise``: the
         channel's noise RMS."""
@@ -614,8 +702,8 @@ class _Analysis:
         for s, e in segs:
             lo, hi = max(0, s - pad), min(self.src.frames, e + pad)
             x = snip(lo, hi)
-            rs = _refine(x, rate, s - lo, end=False, noise_rms=noise)
-            re_ = _refine(x, rate, e - lo, end=True, noise_rms=noise)
+            rs = _refine(x, rate, s - lo, end=False, noise_rms=noise) if refine else None
+            re_ = _refine(x, rate, e - lo, end=True, noise_rms=noise) if refine else None
             s2 = s if rs is None else lo + rs
             e2 = e if re_ is None else lo + re_
             if e2 <= s2:
@@ -624,8 +712,11 @@ class _Analysis:
             w = _VAD_WINDOW_MS * rate // 1000
             a0, a1 = max(0, s2 - w - lo), min(x.shape[0], s2 + w - lo)
             b0, b1 = max(0, e2 - w - lo), min(x.shape[0], e2 + w - lo)
-            vs = _vad_edge(x[a0:a1], rate, end=False)
-            ve = _vad_edge(x[b0:b1], rate, end=True)
+            if not self.vad_usable[who]:
+                vad.append((None, None))
+                continue
+            vs = _vad_edge(x[a0:a1], rate, s2 - lo - a0, end=False)
+            ve = _vad_edge(x[b0:b1], rate, e2 - lo - b0, end=True)
             vad.append((None if vs is None else lo + a0 + vs, None if ve is None else lo + b0 + ve))
         return out, vad
 
@@ -654,7 +745,7 @@ class _Analysis:
                     f"the {who}'s channel ({name}) has a DC offset of {fr.mean[i]:+.3f} "
                     "(full scale 1.0): removed before the analysis"
                 )
-        agent_coarse = speech_segments(fr.agent, fr.hop, rate)
+        agent_coarse = energy_segments(fr.agent, fr.hop, rate)
         # echo: the agent's voice leaking into the caller's track
         self.echo = _find_echo(src, agent_coarse) if agent_coarse else None
         mask = None
@@ -674,9 +765,11 @@ class _Analysis:
                 "not counted as the caller's speech"
             )
         floor = noise_floor_db(fr.caller)
-        caller_coarse = speech_segments(fr.caller, fr.hop, rate, floor_db=floor, mask=mask)
-        caller, cvad = self._edges(caller_coarse, "caller", _rms(floor))
-        agent, avad = self._edges(agent_coarse, "agent", _rms(noise_floor_db(fr.agent)))
+        caller_coarse = energy_segments(fr.caller, fr.hop, rate, floor_db=floor, mask=mask)
+        self._check_vad(caller_coarse, "caller")
+        self._check_vad(agent_coarse, "agent")
+        caller, cvad = self.detect_segments("caller", caller_coarse, fr.caller)
+        agent, avad = self.detect_segments("agent", agent_coarse, fr.agent)
         if self.echo is not None:
             self.ev(
                 None,
@@ -1017,6 +1110,11 @@ class _Analysis:
                     "correlation": round(self.echo.correlation, 3),
                 },
                 "discarded": len(self.disagree),
+                "detector": dict(self.detector),
+                "second_detector": {
+                    who: {"used": self.vad_usable.get(who), "noise_voiced": self.vad_noise.get(who)}
+                    for who in ("caller", "agent")
+                },
                 "thresholds": {
                     "dead_air_ms": DEAD_AIR_MS,
                     "long_wait_ms": LONG_WAIT_MS,
