@@ -38,12 +38,15 @@ once, at ``--vonage-rate``, with 20 ms binary packets (Pipecat's ``vonage-audio-
 example). A handshake of another dialect closes the socket (1008). ``--greeting TEXT``: the
 bot says it when the call starts (``on_client_connected``: a ``TTSSpeakFrame``), as phone
 bots do. ``--wire-log FILE``: a JSON line per message the bot sends the carrier (its
-``time.monotonic_ns()``, the probe's clock on this machine). The call ends when the carrier
-hangs up; ``session N ended`` and ``--max-sessions``
-as for WebRTC. Pipecat's FastAPI output transport sends audio at about twice real time (it
-sleeps half of each 40 ms chunk's duration), so the carrier's buffer runs ahead of what the
-caller has heard; on an interruption the serializer sends the dialect's ``clear``
-(``clearAudio`` for Plivo, ``{"action": "clear"}`` for Vonage).
+``time.monotonic_ns()``, the probe's clock on this machine), and per reply what the
+responder answered (``heard``). ``--dtmf``: Pipecat's ``DTMFAggregator`` after the input
+turns the caller's key presses into words (``DTMF: 12#``, flushed at ``#`` or after 2 s).
+The call ends when the carrier hangs up; ``session N ended`` and ``--max-sessions`` as for
+WebRTC. Pipecat's FastAPI output transport paces audio at real time (it sleeps each
+message's duration; measured here: a reply's audio is sent about 90 ms
+faster than it lasts), so the carrier's buffer holds about 50-190 ms the caller has not
+heard yet; on an interruption the serializer sends the dialect's ``clear`` (``clearAudio``
+for Plivo, ``{"action": "clear"}`` for Vonage).
 
 Fault injection (to show a delay Pipecat's own numbers cannot see): ``--leading-silence-ms``
 prepends silence to each synthesized reply; a comma list (``50,550``) is used in turn
@@ -87,7 +90,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -313,6 +316,7 @@ def _service_classes(
             first_token_ms: int,
             long_reply: bool,
             long_replies: frozenset[int] = frozenset(),
+            on_heard: Callable[[str], None] | None = None,
             **kwargs: Any,
         ) -> None:
             super().__init__(settings=_all_none(LLMSettings, model="rule-responder"), **kwargs)
@@ -321,6 +325,7 @@ def _service_classes(
             self._long = long_reply
             self._long_replies = long_replies
             self._replies = 0
+            self._on_heard = on_heard
 
         def can_generate_metrics(self) -> bool:
             return metrics
@@ -347,6 +352,8 @@ def _service_classes(
                     heard = c if isinstance(c, str) else ""
                     break
             self._replies += 1
+            if self._on_heard is not None:
+                self._on_heard(heard)
             long = self._long or self._replies in self._long_replies
             await self.start_ttfb_metrics()
             await asyncio.sleep(self._first_s)
@@ -401,10 +408,12 @@ def _worker(
     args: argparse.Namespace,
     transport: Any,
     services: tuple[type[Any], type[Any], type[Any]],
+    on_heard: Callable[[str], None] | None = None,
     **worker_options: Any,
 ) -> Any:
     """Pipecat's pipeline of the services between ``transport``'s input and output, in a
-    worker that runs until cancelled."""
+    worker that runs until cancelled; ``on_heard`` gets what the responder answers (the
+    caller's words as transcribed, or ``DTMF: …``)."""
     from pipecat.audio.vad.silero import SileroVADAnalyzer
     from pipecat.audio.vad.vad_analyzer import VADParams
     from pipecat.pipeline.pipeline import Pipeline
@@ -432,6 +441,7 @@ def _worker(
         first_token_ms=args.first_token_ms,
         long_reply=args.long_reply,
         long_replies=frozenset(int(x) for x in args.long_replies.split(",") if x.strip()),
+        on_heard=on_heard,
     )
     tts = tts_cls()
     pair = LLMContextAggregatorPair(
@@ -455,8 +465,23 @@ def _worker(
             ),
         ),
     )
+    keys: list[Any] = []
+    if getattr(args, "dtmf", False):
+        from pipecat.processors.aggregators.dtmf_aggregator import DTMFAggregator
+
+        # key presses as a transcription ("DTMF: 12#"), flushed at '#' or after 2 s
+        keys = [DTMFAggregator()]
     pipeline = Pipeline(
-        [transport.input(), stt, pair.user(), llm, tts, transport.output(), pair.assistant()]
+        [
+            transport.input(),
+            *keys,
+            stt,
+            pair.user(),
+            llm,
+            tts,
+            transport.output(),
+            pair.assistant(),
+        ]
     )
     worker = PipelineWorker(
         pipeline,
@@ -834,8 +859,9 @@ class PhoneServer:
                 print(f"call {number}: {e}", file=sys.stderr, flush=True)
                 await websocket.close(code=1008)
                 return
+            heard: Callable[[str], None] | None = None
             if self.args.wire_log:
-                self._log_wire(serializer, number, dialect)
+                heard = self._log_wire(serializer, number, dialect)
             transport = FastAPIWebsocketTransport(
                 websocket=websocket,
                 params=FastAPIWebsocketParams(
@@ -850,7 +876,7 @@ class PhoneServer:
                     ),
                 ),
             )
-            worker = _worker(self.args, transport, self._services)
+            worker = _worker(self.args, transport, self._services, on_heard=heard)
             if self.args.greeting:
 
                 async def _greet(transport: Any, client: Any) -> None:
@@ -870,22 +896,27 @@ class PhoneServer:
             if self.args.max_sessions and self.calls_ended >= self.args.max_sessions:
                 self.done.set()
 
-    def _log_wire(self, serializer: Any, number: int, dialect: str) -> None:
+    def _log_wire(self, serializer: Any, number: int, dialect: str) -> Callable[[str], None]:
         """``--wire-log``: one JSON line per message the serializer makes for the carrier
         (``t_ns``: ``time.monotonic_ns()`` when it was made, just before it is sent; the
         probe's clock on the same machine), so a test can hold the probe's marks against
         what the bot really sent: ``kind`` ``media`` (``samples`` of audio at the
-        carrier's rate), ``clear`` or ``other``."""
+        carrier's rate), ``clear`` or ``other``. Returns the logger of what the responder
+        answers (``kind`` ``heard``, ``text``)."""
         from pipecat.frames.frames import AudioRawFrame, InterruptionFrame
 
         serialize = serializer.serialize
         width = 1 if dialect in ("twilio", "telnyx", "plivo") else 2  # μ-law or 16-bit
         path = Path(self.args.wire_log)
 
+        def write(kind: str, **more: Any) -> None:
+            line = {"call": number, "dialect": dialect, "t_ns": time.monotonic_ns()}
+            with path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps({**line, "kind": kind, **more}) + "\n")
+
         async def logged(frame: Any) -> Any:
             out = await serialize(frame)
             if out:
-                t_ns = time.monotonic_ns()
                 kind = "other"
                 samples = 0
                 if isinstance(frame, InterruptionFrame):
@@ -897,12 +928,11 @@ class PhoneServer:
                     else:
                         payload = json.loads(out)["media"]["payload"]
                         samples = len(base64.b64decode(payload)) // width
-                line = {"call": number, "dialect": dialect, "t_ns": t_ns, "kind": kind}
-                with path.open("a", encoding="utf-8") as f:
-                    f.write(json.dumps({**line, "samples": samples}) + "\n")
+                write(kind, samples=samples)
             return out
 
         serializer.serialize = logged
+        return lambda text: write("heard", text=text)
 
     async def close(self) -> None:
         """Hang up every call still running."""
@@ -977,6 +1007,11 @@ def main(argv: list[str] | None = None) -> int:
         "--max-sessions", type=int, default=0, help="webrtc, phone: exit after N sessions (calls)"
     )
     ap.add_argument("--greeting", default="", help="phone: the bot says this when a call starts")
+    ap.add_argument(
+        "--dtmf",
+        action="store_true",
+        help="phone: Pipecat's DTMFAggregator turns key presses into the caller's words",
+    )
     ap.add_argument(
         "--wire-log", help="phone: a JSON line per message sent to the carrier (t_ns, kind)"
     )

@@ -9,7 +9,9 @@ questions, and 800 ms into the third reply (a long one, ``--long-replies 3``) ta
 with another recording. With interruptions on (Pipecat's default) the bot sends its
 dialect's ``clear`` and the carrier drops what it had queued: the barge-in's stop latency
 ends at the ``carrier.clear`` mark. With ``--no-interruptions`` the bot never sends one, and
-the caller hears the reply on for seconds (the ``no_clear`` finding).
+the caller hears the reply on for seconds (the ``no_clear`` finding). Last the caller presses
+``1``, ``2``, ``#`` (a ``dtmf`` turn): Pipecat's serializer reads each dialect's DTMF event,
+its ``DTMFAggregator`` answers at the ``#``, and the turn measures the reaction time.
 
 The bot writes every message it sends the carrier to a wire log (``--wire-log``, its own
 ``time.monotonic_ns()``, the probe's clock on this machine): the probe's ``carrier.clear``
@@ -43,14 +45,17 @@ TURNS = ("pocketsphinx_cards_001.wav", "pocketsphinx_cards_003.wav", "sense_0880
 QUESTION = "pocketsphinx_sense_and_sensibility_01_austen_64kb-0880.wav"
 BARGE_IN = "pocketsphinx_cards_002.wav"
 AFTER_REPLY_MS = 800
+#: pressed after the barge-in: Pipecat's DTMFAggregator answers at the '#'
+KEYS = "12#"
 GREETING = "Hello, thanks for calling."
 DIALECTS = ("twilio", "telnyx", "plivo", "exotel", "vonage")
 #: one 8 kHz sample: the carrier reports played audio to the sample
 SAMPLE_NS = NS_PER_S // 8000
 
 
-def scenario(tmp: Path, turns: Sequence[str]) -> Path:
-    """``turns`` asked in turn; the last one is talked over 800 ms into its reply."""
+def scenario(tmp: Path, turns: Sequence[str], keys: str = "") -> Path:
+    """``turns`` asked in turn; the last one is talked over 800 ms into its reply; then
+    ``keys`` pressed (a DTMF turn), if given."""
     speech = realdata() / "speech"
     lines = ["[[session]]", 'name = "phone"', ""]
     for i, name in enumerate(turns):
@@ -60,6 +65,8 @@ def scenario(tmp: Path, turns: Sequence[str]) -> Path:
             b = json.dumps(str(speech / BARGE_IN))
             lines.append(f"interrupt = {{ after_reply_ms = {AFTER_REPLY_MS}, say = {b} }}")
         lines.append("")
+    if keys:
+        lines += ["[[session.turn]]", f"dtmf = {json.dumps(keys)}", ""]
     f = tmp / "phone.toml"
     f.write_text("\n".join(lines))
     return f
@@ -149,7 +156,7 @@ class Bots:
         self.phone = PipecatBot(
             tmp / "phone.log",
             *common,
-            *("--long-replies", "3", "--wire-log", str(self.phone_wire)),
+            *("--long-replies", "3", "--dtmf", "--wire-log", str(self.phone_wire)),
             transport="phone",
         )
         self.twilio_off = PipecatBot(
@@ -179,13 +186,24 @@ def check_turns_and_barge_in(
     events: Sequence[Event], sent: list[dict[str, Any]], log: str
 ) -> dict[str, float]:
     """Three turns and the barge-in's own turn completed; the barge-in stopped through the
-    bot's clear. Returns the figures measured (ms)."""
+    bot's clear; the key presses answered. Returns the figures measured (ms)."""
     ends = {e.turn: e.attrs for e in events if e.name == "turn.end"}
-    assert set(ends) == {0, 1, 2, 3}, ends
+    assert set(ends) == {0, 1, 2, 3, 4}, ends
     assert all(a["ok"] for a in ends.values()), (ends, log)
     v2v = [ends[t]["voice_to_voice_ns"] for t in range(4)]
     # the bot's endpointing (0.2 s of VAD silence + 0.2 s speech timeout) comes first
     assert all(v > 300 * NS_PER_MS for v in v2v), v2v
+
+    # the key presses: each sent as the dialect's dtmf event, read by Pipecat's serializer
+    # (its DTMFAggregator gave the responder "DTMF: 12#"); the reaction time runs from the
+    # last key, and the bot's answer was sent after it
+    keys = [e for e in events if e.name == "input.dtmf"]
+    assert [e.turn for e in keys] == [4, 4, 4]
+    assert [e.attrs["digit"] for e in keys] == list(KEYS), [e.attrs for e in keys]
+    heard_text = [x["text"] for x in sent if x["kind"] == "heard"]
+    assert len(heard_text) == 5 and heard_text[-1] == f"DTMF: {KEYS}", heard_text
+    reaction = ends[4]["voice_to_voice_ns"]
+    assert reaction > 0
 
     # every clear the bot sent is a carrier.clear mark, one for one, none before it was sent
     clears = [e for e in events if e.name == "carrier.clear"]
@@ -230,8 +248,10 @@ def check_turns_and_barge_in(
     ]
     assert len(first_bytes) == len(replies)
     assert all(fb >= t for fb, (t, _) in zip(first_bytes, replies, strict=True))
+    assert replies[-1][0] > keys[-1].t_ns
     return {
         "voice_to_voice_ms": max(v2v) / NS_PER_MS,
+        "dtmf_reaction_ms": reaction / NS_PER_MS,
         "stop_ms": stop_ns / NS_PER_MS,
         "onset_to_clear_ms": (cut.t_ns - onset) / NS_PER_MS,
         "dropped_ms": float(cut.attrs["dropped_ms"]),
@@ -246,10 +266,10 @@ def test_pipecat_twilio_bot_greets_answers_and_clears_on_barge_in(
     """The Twilio bot: its greeting measured from the ``start`` message, three turns and a
     barge-in whose stop latency ends at the bot's ``clear``. About 25 s of real time (one
     call at the pace of speech)."""
-    file = scenario(tmp_path, TURNS)
+    file = scenario(tmp_path, TURNS, KEYS)
     rc, summary = call(bots.phone, "/twilio", "twilio", file, tmp_path / "run", capsys)
     log = bots.phone.log_tail()
-    assert rc == 0 and summary["ok"] == 4, (summary, log)
+    assert rc == 0 and summary["ok"] == 5, (summary, log)
     trace = read_trace(tmp_path / "run" / "trace.jsonl")
     assert trace.header.target["path"] == "phone"
     ev = trace.events
@@ -295,10 +315,10 @@ def test_pipecat_dialect_bot_turns_and_barge_in(
     """Each other dialect's bot (Pipecat's serializer for it): the greeting, three turns
     and a barge-in through its clear (Plivo ``clearAudio``, Vonage ``{"action":
     "clear"}``). About 25 s of real time per dialect."""
-    file = scenario(tmp_path, TURNS)
+    file = scenario(tmp_path, TURNS, KEYS)
     rc, summary = call(bots.phone, f"/{dialect}", dialect, file, tmp_path / "run", capsys)
     log = bots.phone.log_tail()
-    assert rc == 0 and summary["ok"] == 4, (summary, log)
+    assert rc == 0 and summary["ok"] == 5, (summary, log)
     ev = read_trace(tmp_path / "run" / "trace.jsonl").events
     assert one(ev, "carrier.start").attrs["dialect"] == dialect
     assert one(ev, "greeting.audible").attrs["latency_ns"] > 0
