@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from voiceaudit.analysis.recording import read_call
+from voiceaudit.analysis.recording import read_call, recording_inputs
 from voiceaudit.analysis.turns import collect_trace
 from voiceaudit.audio import Audio, detect_speech, first_audible, resample
+from voiceaudit.errors import InputError, NoDataError
 from voiceaudit.trace_io import Trace
 
 CLIPS = ("0870", "0880", "0890", "0920", "0930")
@@ -261,3 +262,98 @@ def test_echo_makes_no_phantom_turns(
     assert echo is not None
     assert abs(echo["delay_ms"] - 30.0) <= 0.5 and abs(echo["gain_db"] + 20.0) <= 1.0
     assert any("echo on the caller's channel" in w for w in trace.warnings)
+
+
+# -- bad input ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clean_call(speech_dir: Path) -> Call:
+    return build_call(speech_dir)
+
+
+def _wav(tmp_path: Path, name: str, caller: np.ndarray, agent: np.ndarray) -> Path:
+    return write_call(tmp_path / name, caller, agent, 16000, "PCM_16")
+
+
+def test_mono_file_is_refused_in_one_line(clean_call: Call, tmp_path: Path) -> None:
+    p = tmp_path / "mono.wav"
+    sf.write(p, clean_call.caller, 16000, subtype="PCM_16")
+    with pytest.raises(InputError) as e:
+        read_call(p)
+    assert e.value.exit_code == 3
+    assert "mono recording: a call needs two channels" in e.value.message
+    assert "\n" not in e.value.message and e.value.hint and "--caller-track" in e.value.hint
+
+
+def test_silent_channel_is_refused(clean_call: Call, tmp_path: Path) -> None:
+    p = _wav(tmp_path, "silent.wav", clean_call.caller, np.zeros_like(clean_call.agent))
+    with pytest.raises(InputError, match=r"the agent's channel \(right\) is silent") as e:
+        read_call(p)
+    assert e.value.exit_code == 3
+    with pytest.raises(InputError, match=r"the caller's channel \(right\) is silent"):
+        read_call(p, caller="right")
+
+
+def test_clipped_channel_warns_and_keeps_the_figures(clean_call: Call, tmp_path: Path) -> None:
+    caller = np.clip(clean_call.caller * 8.0, -1.0, 1.0)
+    p = _wav(tmp_path, "clipped.wav", caller, clean_call.agent)
+    trace = read_call(p)
+    assert any("the caller's channel (left) clips" in w for w in trace.warnings)
+    assert len(figures(trace)["turns"]) == len(clean_call.latencies_s)
+
+
+def test_dc_offset_is_removed_and_said(clean_call: Call, tmp_path: Path) -> None:
+    p = _wav(tmp_path, "dc.wav", clean_call.caller + 0.05, clean_call.agent)
+    trace = read_call(p)
+    assert any("DC offset of +0.05" in w for w in trace.warnings), trace.warnings
+    check(clean_call, trace)
+
+
+def test_swapped_channels_are_named(clean_call: Call, tmp_path: Path) -> None:
+    p = _wav(tmp_path, "swapped.wav", clean_call.agent, clean_call.caller)
+    trace = read_call(p)
+    assert any("the channels look swapped" in w and "--caller right" in w for w in trace.warnings)
+    # read the right way round, no such warning
+    assert not any("swapped" in w for w in read_call(p, caller="right").warnings)
+
+
+def test_recording_with_no_turns(clean_call: Call, tmp_path: Path) -> None:
+    room = pink(clean_call.caller.shape[0], np.random.default_rng(5)) * 0.003
+    p = _wav(tmp_path, "noturns.wav", room, clean_call.agent)
+    with pytest.raises(NoDataError, match="no caller turns") as e:
+        read_call(p)
+    assert e.value.exit_code == 5
+
+
+def test_truncated_wav_is_read_with_a_warning(clean_call: Call, tmp_path: Path) -> None:
+    full = _wav(tmp_path, "full.wav", clean_call.caller, clean_call.agent)
+    data = full.read_bytes()
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(data[: 44 + 4 * 16000 * 12])  # the first 12 s of the call
+    trace = read_call(cut)
+    assert any("truncated" in w for w in trace.warnings)
+    assert figures(trace)["turns"][0] == pytest.approx(0.65e9, abs=TOL_NS)
+    head = tmp_path / "head.wav"
+    head.write_bytes(data[:30])
+    with pytest.raises(InputError, match="not a readable recording") as e:
+        read_call(head)
+    assert e.value.exit_code == 3 and "\n" not in e.value.message
+
+
+def test_two_mono_tracks(clean_call: Call, tmp_path: Path) -> None:
+    a, b = tmp_path / "caller.wav", tmp_path / "agent.flac"
+    sf.write(a, clean_call.caller, 16000, subtype="PCM_16")
+    sf.write(b, clean_call.agent, 16000, subtype="PCM_16")
+    (trace,) = recording_inputs([], caller_track=a, agent_track=b)
+    check(clean_call, trace)
+    assert trace.header.config["recording"]["agent_track"] == str(b)
+    sf.write(tmp_path / "agent8k.wav", clean_call.agent[::2], 8000, subtype="PCM_16")
+    with pytest.raises(InputError, match="differ in sample rate"):
+        read_call(caller_track=a, agent_track=tmp_path / "agent8k.wav")
+
+
+def test_answer_time_moves_the_greeting(clean_call: Call, tmp_path: Path) -> None:
+    p = _wav(tmp_path, "call.wav", clean_call.caller, clean_call.agent)
+    f = figures(read_call(p, answer_at_s=0.3))
+    assert f["greeting"] == pytest.approx(0.5e9, abs=TOL_NS)

@@ -78,6 +78,7 @@ LONG_WAIT_MS = 2000  #: a response latency at least this long is a long wait
 CUT_IN_RESUME_MS = 1000  #: agent onset in a caller pause, caller resumes within this: cut-in
 NOISY_RANGE_DB = 40.0  #: speech less than this over the channel's floor: the noisy detector
 DISAGREE_MS = 150  #: the two detectors may differ this much on an edge
+SWAPPED_OPENING_MS = 1000  #: the caller's channel opening the call this long: looks swapped
 STOPPED_MS = 2000  #: a barged-in agent that stopped within this counts as stopped
 ECHO_MAX_DELAY_MS = 500  #: echo searched up to this delay
 ECHO_MIN_CORRELATION = 0.5  #: normalised correlation that says the caller's track has echo
@@ -802,16 +803,25 @@ class _Analysis:
         return self._trace(turns)
 
     def _swapped(self, caller: list[tuple[int, int]], agent: list[tuple[int, int]]) -> None:
-        c_total = sum(e - s for s, e in caller)
-        a_total = sum(e - s for s, e in agent)
-        if agent and caller[0][0] < agent[0][0] and c_total > 1.5 * a_total:
-            self.warnings.append(
-                f"the channels look swapped: the caller's channel ({self.caller_name}) speaks "
-                f"first and most ({c_total / self.rate:.1f} s against "
-                f"{a_total / self.rate:.1f} s), as an agent does"
-                + ("; try --caller right" if self.caller_name == "left" else "")
-                + ("; try --caller left" if self.caller_name == "right" else "")
+        """Warn when the caller's channel has the agent's pattern: it opens the call with
+        a sentence (:data:`SWAPPED_OPENING_MS` or more of speech, the length of a greeting,
+        before the other side says anything) and the other side answers it."""
+        if not agent or caller[0][0] >= agent[0][0]:
+            return
+        opening = sum(min(e, agent[0][0]) - s for s, e in caller if s < agent[0][0])
+        if opening * 1000 < SWAPPED_OPENING_MS * self.rate:
+            return
+        other = "right" if self.caller_name == "left" else "left"
+        self.warnings.append(
+            f"the channels look swapped: the caller's channel ({self.caller_name}) opens the "
+            f"call with {opening / self.rate:.1f} s of speech before the other side says "
+            "anything, as an agent's greeting does"
+            + (
+                f"; if the caller is on the {other}, give --caller {other}"
+                if self.src.agent_path is None
+                else ""
             )
+        )
 
     def _turns(self, caller: list[tuple[int, int]], agent: list[tuple[int, int]]) -> list[_Turn]:
         """Group the caller's segments into turns: a new turn unless the agent spoke in the
