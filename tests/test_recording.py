@@ -7,6 +7,7 @@ input in one line with its exit code.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from voiceaudit.analysis.recording import read_call, recording_inputs
+from voiceaudit.analysis import build_report, compare
+from voiceaudit.analysis.recording import CallTable, read_call, recording_inputs
 from voiceaudit.analysis.turns import collect_trace
 from voiceaudit.audio import Audio, detect_speech, first_audible, resample
 from voiceaudit.errors import InputError, NoDataError
+from voiceaudit.gate import run_gate
+from voiceaudit.gate.budget import parse_budget
+from voiceaudit.report import Format, render
 from voiceaudit.trace_io import Trace
 
 CLIPS = ("0870", "0880", "0890", "0920", "0930")
@@ -357,3 +362,69 @@ def test_answer_time_moves_the_greeting(clean_call: Call, tmp_path: Path) -> Non
     p = _wav(tmp_path, "call.wav", clean_call.caller, clean_call.agent)
     f = figures(read_call(p, answer_at_s=0.3))
     assert f["greeting"] == pytest.approx(0.5e9, abs=TOL_NS)
+
+
+# -- every report format, report A B, gate, a directory of calls ------------------------
+
+
+@pytest.fixture(scope="module")
+def call_dir(clean_call: Call, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three calls: the built call; the same with the agent 300 ms slower on every
+    turn; and a file that is not a call (mono): skipped with a warning."""
+    d = tmp_path_factory.mktemp("calls")
+    write_call(d / "a.wav", clean_call.caller, clean_call.agent, 16000, "PCM_16")
+    slow = np.concatenate([np.zeros(4800, dtype=np.float32), clean_call.agent])[:-4800]
+    write_call(d / "b.flac", clean_call.caller, slow, 16000, "PCM_16")
+    sf.write(d / "c.wav", clean_call.caller, 16000, subtype="PCM_16")
+    (d / "notes.txt").write_text("not audio")
+    return d
+
+
+def test_a_directory_is_one_session_per_call(call_dir: Path, clean_call: Call) -> None:
+    traces = recording_inputs([call_dir])
+    assert [t.header.target["protocol"] for t in traces] == ["recording", "recording"]
+    assert [{e.session for e in t.events} for t in traces] == [{"a.wav"}, {"b.flac"}]
+    assert any("skipped" in w and "c.wav" in w and "mono" in w for w in traces[0].warnings)
+    table = CallTable(traces)
+    assert [r["ok"] for r in table.rows] == [4, 4]
+    a, b = table.rows
+    assert b["p50 ms"] - a["p50 ms"] == pytest.approx(300.0, abs=1.0)
+    assert b["greeting ms"] - a["greeting ms"] == pytest.approx(300.0, abs=1.0)
+    assert table.total["turns"] == 8 and table.total["barge-ins"] == 2
+    text = table.render_text()
+    assert "a.wav" in text and "all 2 calls" in text
+
+
+def test_every_report_format_and_gate(call_dir: Path, clean_call: Call) -> None:
+    traces = recording_inputs([call_dir / "a.wav"])
+    report = build_report(traces, keep_observations=True, label="a.wav")
+    assert report.counts["ok"] == 4
+    v2v = sorted(t.voice_to_voice_ns for t in report.stats_turns)
+    want = sorted(x * 1e9 for x in clean_call.latencies_s)
+    assert all(abs(g - w) <= TOL_NS for g, w in zip(v2v, want, strict=True))
+    for fmt in Format:
+        text = render(report, fmt, width=120)
+        assert "a.wav" in text
+    data = json.loads(render(report, Format.JSON, width=120))
+    assert data["counts"]["ok"] == 4
+    # report A B: the slower agent is slower, by about 300 ms at the median
+    a = build_report(recording_inputs([call_dir / "a.wav"]), label="a")
+    b = build_report(recording_inputs([call_dir / "b.flac"]), label="b")
+    cmp = render(compare(a, b), Format.MARKDOWN, width=120)
+    assert "voice" in cmp.lower()
+    # gate: a budget the call meets, and one it does not
+    ok = run_gate(
+        traces,
+        budget=parse_budget('[budget]\nmin_turns = 1\nvoice_to_voice = { max = "2600ms" }\n'),
+    )
+    assert ok.passed
+    bad = run_gate(
+        traces,
+        budget=parse_budget('[budget]\nmin_turns = 1\nvoice_to_voice = { max = "2000ms" }\n'),
+    )
+    assert not bad.passed
+    both = run_gate(
+        recording_inputs([call_dir]),
+        budget=parse_budget('[budget]\nmin_turns = 1\nvoice_to_voice = { p50 = "1200ms" }\n'),
+    )
+    assert both.passed

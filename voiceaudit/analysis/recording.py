@@ -1226,3 +1226,113 @@ def recording_inputs(
             (*first.warnings, *skipped),
         )
     return traces
+
+
+# --------------------------------------------------------------------------------------
+# Per-call figures
+# --------------------------------------------------------------------------------------
+
+
+def _median(xs: list[float]) -> float | None:
+    return None if not xs else float(np.median(np.asarray(xs)))
+
+
+class CallTable:
+    """Per-call figures of many recordings and the overall row (the report's "Calls"
+    section beside the merged statistics): turns, answered, discarded, unanswered,
+    response latency p50 and max, greeting latency, barge-ins, cut-ins, dead air, long
+    waits, echo. ``render_text()`` and ``to_dict()`` as the report's extra sections have."""
+
+    COLUMNS = (
+        "call",
+        "turns",
+        "ok",
+        "discarded",
+        "no reply",
+        "p50 ms",
+        "max ms",
+        "greeting ms",
+        "barge-ins",
+        "cut-ins",
+        "dead air",
+        "long waits",
+        "echo",
+    )
+
+    def __init__(self, traces: Sequence[Trace]) -> None:
+        self.rows: list[dict[str, Any]] = [self._row(t) for t in traces]
+        latencies = [v for t in traces for v in self._latencies(t)]
+        total: dict[str, Any] = {"call": f"all {len(traces)} calls"}
+        for key in ("turns", "ok", "discarded", "no reply", "barge-ins", "cut-ins"):
+            total[key] = sum(r[key] for r in self.rows)
+        for key in ("dead air", "long waits"):
+            total[key] = sum(r[key] for r in self.rows)
+        total["p50 ms"] = _median(latencies)
+        total["max ms"] = max(latencies) if latencies else None
+        greetings = [r["greeting ms"] for r in self.rows if r["greeting ms"] is not None]
+        total["greeting ms"] = _median(greetings)
+        total["echo"] = sum(1 for r in self.rows if r["echo"])
+        self.total = total
+
+    @staticmethod
+    def _latencies(t: Trace) -> list[float]:
+        return [
+            e.attrs["voice_to_voice_ns"] / 1e6
+            for e in t.events
+            if e.name == "turn.end" and e.attrs.get("ok")
+        ]
+
+    def _row(self, t: Trace) -> dict[str, Any]:
+        ends = [e for e in t.events if e.name == "turn.end"]
+        lat = self._latencies(t)
+        names = [e.name for e in t.events]
+        greeting = next(
+            (e.attrs["latency_ns"] for e in t.events if e.name == "greeting.audible"), None
+        )
+        echo = t.header.config.get("recording", {}).get("echo")
+        return {
+            "call": t.events[0].session if t.events else Path(t.path).name,
+            "turns": len(ends),
+            "ok": len(lat),
+            "discarded": sum(1 for e in ends if e.attrs.get("failure") == "discarded"),
+            "no reply": sum(1 for e in ends if e.attrs.get("failure") == "no_reply"),
+            "p50 ms": _median(lat),
+            "max ms": max(lat) if lat else None,
+            "greeting ms": None if greeting is None else greeting / 1e6,
+            "barge-ins": names.count("reply.stop"),
+            "cut-ins": names.count("reply.cut_in"),
+            "dead air": names.count("recording.dead_air"),
+            "long waits": names.count("recording.long_wait"),
+            "echo": None if not echo else f"{echo['gain_db']:.0f} dB, {echo['delay_ms']:.0f} ms",
+        }
+
+    @staticmethod
+    def _cell(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.0f}"
+        return str(v)
+
+    def render_text(self) -> str:
+        """The table as fixed-width text (every format shows it this way)."""
+        rows = [*self.rows, self.total]
+        cells = [[self._cell(r[c]) for c in self.COLUMNS] for r in rows]
+        widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(self.COLUMNS)]
+        line = "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(self.COLUMNS, widths, strict=True))
+        )
+        out = [line]
+        for row in cells:
+            out.append(
+                "  ".join(
+                    v.ljust(w) if i == 0 else v.rjust(w)
+                    for i, (v, w) in enumerate(zip(row, widths, strict=True))
+                )
+            )
+        return "\n".join(out) + "\n"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The rows and the overall row as JSON-ready objects."""
+        return {"calls": self.rows, "overall": self.total}
