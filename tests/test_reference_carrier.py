@@ -271,7 +271,8 @@ class Carrier:
             buf = buf[frame:]
             if x.size < frame:
                 x = np.concatenate([x, np.zeros(frame - x.size, dtype=np.float32)])
-            due = t0 + self.sent_frames * 20 * MS
+            # a frame goes once its 20 ms have been "captured", as a carrier sends it
+            due = t0 + (self.sent_frames + 1) * 20 * MS
             if due > now():
                 await asyncio.sleep((due - now()) / NS)
             if self.ws.closed:

@@ -641,16 +641,18 @@ class CarrierSession(Session):
     # --- ground truth ---------------------------------------------------------------------
 
     def audio_time_ns(self, ms: int | None) -> int | None:
-        """When the caller's audio at session time ``ms`` arrived (the frame holding it,
-        plus its place in the frame): the server's view of that instant."""
+        """When the caller said the audio at session time ``ms``, the server's view: a
+        carrier sends a frame once its audio has been captured, so the frame holding it
+        arrived when its last sample had been said; the sample is that much earlier."""
         if ms is None or not self.arrivals:
             return None
         pos = ms * self.input_rate // 1000
         i = bisect.bisect_right(self.arrivals, (pos, math.inf)) - 1
         if i < 0:
             return None
-        first, arrival = self.arrivals[i]
-        return arrival + (pos - first) * NS_PER_S // self.input_rate
+        _, arrival = self.arrivals[i]
+        end = self.arrivals[i + 1][0] if i + 1 < len(self.arrivals) else self.in_pos
+        return arrival - max(0, end - pos) * NS_PER_S // self.input_rate
 
     def truth(self, record: TurnRecord) -> dict[str, Any]:
         """What the caller heard of ``record``'s reply, per the carrier model."""
