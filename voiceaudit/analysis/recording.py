@@ -76,6 +76,7 @@ MERGE_MS = 300  #: pauses shorter than this do not split a segment
 DEAD_AIR_MS = 1000  #: a silence inside a reply at least this long is dead air
 LONG_WAIT_MS = 2000  #: a response latency at least this long is a long wait
 CUT_IN_RESUME_MS = 1000  #: agent onset in a caller pause, caller resumes within this: cut-in
+NOISY_RATE = 8000  #: the noise-robust detector reads a noisy channel at this rate (speed)
 NOISY_RANGE_DB = 40.0  #: speech less than this over the channel's floor: the noisy detector
 DISAGREE_MS = 150  #: the two detectors may differ this much on an edge
 SWAPPED_OPENING_MS = 1000  #: the caller's channel opening the call this long: looks swapped
@@ -580,18 +581,23 @@ class _Channel:
     """One side of the call as a sliceable signal (what
     :func:`voiceaudit.audio.speech_segments` reads block by block)."""
 
-    def __init__(self, analysis: _Analysis, who: str) -> None:
+    def __init__(self, analysis: _Analysis, who: str, rate: int) -> None:
         self.a = analysis
         self.who = who
+        self.rate = rate  # the rate the signal is given at (the file's, or lower)
+        self.n = analysis.src.frames * rate // analysis.rate
 
     def __len__(self) -> int:
-        return self.a.src.frames
+        return self.n
 
     def __getitem__(self, index: slice, /) -> F32:
-        lo, hi, _ = index.indices(self.a.src.frames)
-        if self.who == "caller":
-            return self.a._caller_snip(lo, hi)
-        return self.a._agent_snip(lo, hi)
+        lo, hi, _ = index.indices(self.n)
+        full = self.a.rate
+        a, b = lo * full // self.rate, hi * full // self.rate
+        x = self.a._caller_snip(a, b) if self.who == "caller" else self.a._agent_snip(a, b)
+        if full == self.rate:
+            return x
+        return _pad(resample(x, full, self.rate), hi - lo)
 
 
 class _Analysis:
@@ -657,7 +663,11 @@ class _Analysis:
             return self._edges(coarse, who, _rms(floor))
         from voiceaudit.audio import speech_segments
 
-        segs = speech_segments(_Channel(self, who), self.rate)
+        drate = min(self.rate, NOISY_RATE)
+        ch = _Channel(self, who, drate)
+        segs = [
+            (s * self.rate // drate, e * self.rate // drate) for s, e in speech_segments(ch, drate)
+        ]
         return self._edges(segs, who, _rms(floor), refine=False)
 
     def _check_vad(self, segs: list[tuple[int, int]], who: str) -> None:
