@@ -430,6 +430,7 @@ _EDGE_DB_NOISY = 1.0  # the frames of stationary noise vary by about +-0.5 dB
 _CORE_DB_NOISY = 4.0
 _ATTACH_AFTER_MS_NOISY = 250.0  # a vowel's tail sinks into the noise early, so the gap ...
 _ATTACH_BEFORE_MS_NOISY = 100.0  # ... to its consonants looks longer
+_MERGE_MS_NOISY = 450.0  # the hangover: noise hides the weak speech around a pause
 
 
 def detect_speech(audio: Audio) -> SpeechInfo:
@@ -576,6 +577,8 @@ def _segments(x: F64, rate: int) -> list[tuple[int, int]]:
     segs = [(int(a), int(b)) for a, b in zip(starts[kept], ends[kept], strict=True)]
     if noisy > 0.0 and segs:
         segs = _refine_abrupt_edges(x, rate, segs)
+        # Noise hides the weak speech on both sides of a pause, so it looks longer.
+        segs = _merge(segs, round(_slide(_MERGE_MS, _MERGE_MS_NOISY, noisy) * rate / 1000))
     return segs
 
 
