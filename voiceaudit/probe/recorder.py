@@ -30,8 +30,9 @@ closes), in a worker thread; then the RIFF header's sizes are rewritten and the 
 fsync'd. So a crash, a kill or Ctrl-C leaves a complete WAV (any reader reads it) holding
 every finished turn. Audio that falls on a stretch already written (a reply still playing
 when a later turn ends) is mixed into it in place. When the session closes the file is
-padded with silence to that instant. A recording that cannot be written (disk full, the
-4 GiB limit of a WAV) stops with a one-line warning; the run goes on.
+padded with silence to that instant (the file runs on where the model still plays a reply
+after it). A recording that cannot be written (disk full, the 4 GiB limit of a WAV) stops
+with a one-line warning; the run goes on.
 
 Trace: a session-level probe event ``session.recording`` (docs/trace-format.md) names
 the file (relative to the trace), its rate, channels and ``t0_ns``.
