@@ -1151,7 +1151,7 @@ class _Analysis:
             target={
                 "protocol": "recording",
                 "url": "",
-                "description": f"call recording {src.label}",
+                "description": "call recording",
                 "path": self.label,
             },
             host={"hostname": "", "platform": "", "python": "", "cpu_count": 0},
