@@ -428,3 +428,14 @@ def test_every_report_format_and_gate(call_dir: Path, clean_call: Call) -> None:
         budget=parse_budget('[budget]\nmin_turns = 1\nvoice_to_voice = { p50 = "1200ms" }\n'),
     )
     assert both.passed
+
+
+def test_a_run_directory_with_its_recordings_is_a_run(tmp_path: Path, clean_call: Call) -> None:
+    """``run --record`` leaves call-*.wav beside the trace: that directory is a run."""
+    from voiceaudit.analysis.recording import is_recording
+
+    write_call(tmp_path / "call-s0.wav", clean_call.caller, clean_call.agent, 16000, "PCM_16")
+    assert is_recording(tmp_path) and is_recording(tmp_path / "call-s0.wav")
+    (tmp_path / "trace.jsonl").write_text("")
+    assert not is_recording(tmp_path)
+    assert not is_recording(tmp_path / "trace.jsonl")

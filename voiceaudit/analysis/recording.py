@@ -1175,10 +1175,15 @@ class _Analysis:
 
 
 def is_recording(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is a recording (by suffix) or a directory holding recordings."""
+    """Whether ``path`` is a recording (by its suffix) or a directory of recordings: one
+    that holds recordings and no trace (a run directory of ``run --record`` holds its
+    trace beside its ``call-*.wav``: it is a run, not a directory of calls)."""
     p = Path(path)
     if p.is_dir():
-        return any(q.suffix.lower() in SUFFIXES for q in p.iterdir() if q.is_file())
+        files = [q for q in p.iterdir() if q.is_file()]
+        if any(q.name.endswith((".jsonl", ".jsonl.gz")) for q in files):
+            return False
+        return any(q.suffix.lower() in SUFFIXES for q in files)
     return p.suffix.lower() in SUFFIXES
 
 
