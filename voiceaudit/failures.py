@@ -22,6 +22,7 @@ FAILURE_KINDS: Final[tuple[str, ...]] = (
     "target_error",
     "timeout",
     "interrupted",
+    "discarded",
 )
 
 #: One line each, for the report and docs/report-format.md.
@@ -33,6 +34,7 @@ FAILURE_LABELS: Final[dict[str, str]] = {
     "target_error": "target error",
     "timeout": "timeout",
     "interrupted": "interrupted",
+    "discarded": "discarded",
 }
 
 FAILURE_MEANINGS: Final[dict[str, str]] = {
@@ -44,6 +46,8 @@ FAILURE_MEANINGS: Final[dict[str, str]] = {
     "target_error": "the target reported an error (an error event, a pipeline exception)",
     "timeout": "no reply audio within --timeout of the speech end, or the reply stalled",
     "interrupted": "the run was stopped (Ctrl-C) before the turn finished",
+    "discarded": "a turn of a call recording on which the two speech detectors disagreed by "
+    "more than the margin: no figure could be measured (docs/recordings.md)",
 }
 
 # Reason prefixes as the probe and the targets have always written them (older traces).
@@ -63,6 +67,7 @@ _PREFIXES: Final[tuple[tuple[str, str], ...]] = (
     ("webrtc:", "reply_cut"),
     ("pipeline returned", "reply_cut"),
     ("reply cut", "reply_cut"),
+    ("discarded", "discarded"),
 )
 
 

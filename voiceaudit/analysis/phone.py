@@ -45,7 +45,7 @@ from voiceaudit.analysis.stats import FloatArray, Summary, as_sorted, summarize
 from voiceaudit.analysis.turns import PROBE, SessionObs, TurnObs
 from voiceaudit.analysis.turntaking import INTERRUPT, STOP
 
-PATHS: tuple[str, ...] = ("phone", "webrtc", "websocket", "http", "in-process")
+PATHS: tuple[str, ...] = ("phone", "webrtc", "websocket", "http", "in-process", "recording")
 #: Protocols of traces written before the header said its path: where they were measured.
 _PROTOCOL_PATHS: dict[str, str] = {
     "webrtc": "webrtc",
@@ -56,6 +56,7 @@ _PROTOCOL_PATHS: dict[str, str] = {
     "plivo": "phone",
     "exotel": "phone",
     "vonage": "phone",
+    "recording": "recording",
 }
 
 CARRIER_START = "carrier.start"
