@@ -650,3 +650,30 @@ def test_malformed_phone_events_never_break_the_report(tmp_path: Path) -> None:
     assert d["phone"]["greeting"]["latency_ms"]["p50"] == 730.0
     for fmt in Format:
         render(rep, fmt)
+
+
+def test_a_clear_between_two_words_still_cleared_the_reply() -> None:
+    """The bot's clear came after the reply's last audible sample but while the carrier was
+    still playing it (a quiet stretch between two words): the reply was cleared (no
+    ``no_clear``); a clear after the reply had played out, with nothing left, was not."""
+    from voiceaudit.analysis.findings import FindingRules, phone_findings
+    from voiceaudit.analysis.phone import CarrierBargeIn, PhoneTurn, was_cleared
+
+    def turn(b: CarrierBargeIn) -> PhoneTurn:
+        return PhoneTurn("twilio", 0, 0, 0, (b,), (), 1, 0, 0)
+
+    between = CarrierBargeIn(
+        onset_ns=0,
+        stop_ns=300 * MS,
+        clear_ns=340 * MS,
+        heard_after_ms=300.0,
+        deaf_window_ns=2000 * MS,
+        dropped_ms=1660.0,
+        clear_cut=True,
+    )
+    after = replace(between, clear_ns=5000 * MS, dropped_ms=0.0, clear_cut=False)
+    assert was_cleared(between) and not was_cleared(after)
+    kinds = [f.kind for f in phone_findings(turn(between), FindingRules())]
+    assert "no_clear" not in kinds
+    late = [f for f in phone_findings(turn(after), FindingRules()) if f.kind == "no_clear"]
+    assert len(late) == 1 and late[0].ns == 300 * MS

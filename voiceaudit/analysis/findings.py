@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from voiceaudit.analysis.ledger import AUDIBLE, SPEECH_END, Ledger
-from voiceaudit.analysis.phone import Greeting, PhoneTurn
+from voiceaudit.analysis.phone import Greeting, PhoneTurn, was_cleared
 from voiceaudit.analysis.turns import PROBE, ReplyChunk, SessionObs, TurnObs
 from voiceaudit.analysis.turntaking import SPLIT_LABELS, TurnTaking
 from voiceaudit.model import Span
@@ -672,8 +672,7 @@ def phone_findings(pt: PhoneTurn | None, rules: FindingRules) -> tuple[Finding, 
         base: dict[str, Any] = {"stop_ms": _ms(b.stop_ns)}
         if b.deaf_window_ns is not None:
             base["deaf_window_ms"] = _ms(b.deaf_window_ns)
-        cleared = b.clear_ns is not None and b.clear_ns <= b.stop_ns
-        if not cleared:
+        if not was_cleared(b):
             heard = b.heard_ns
             if heard > 0:
                 ev = {**base, "heard_after_ms": _ms(heard)}

@@ -202,6 +202,10 @@ class CarrierBargeIn:
     #: this reply's audio heard after the onset, from the carrier's chunks (None: they do
     #: not say how long they were queued)
     reply_heard_ns: int | None = None
+    #: the clear found the reply still playing or queued at the carrier (its ``playing``,
+    #: or audio dropped): it cut this reply even when it came after the last audible
+    #: sample (between two words, the carrier still playing quiet samples)
+    clear_cut: bool = False
 
     @property
     def after_clear_ns(self) -> int | None:
@@ -380,7 +384,10 @@ class PhoneTurn:
             if clear is None:
                 clear = next((c for c in clears if c[0] >= onset), None)
             dropped = None if clear is None else _num(clear[2].get("dropped_ms"))
-            cleared = clear is not None and clear[0] - onset <= stop
+            cut = clear is not None and (
+                clear[2].get("playing") is True or (dropped is not None and dropped > 0)
+            )
+            cleared = clear is not None and (clear[0] - onset <= stop or cut)
             own = reply_chunks(chunks, onset, arrivals)
             barge.append(
                 CarrierBargeIn(
@@ -395,6 +402,7 @@ class PhoneTurn:
                     else None,
                     dropped_ms=dropped,
                     reply_heard_ns=heard_after(own, onset, fixed, t) if own else None,
+                    clear_cut=cut,
                 )
             )
         # The audio a mark vouches for is what the bot sent after it up to its next mark,
@@ -585,7 +593,7 @@ class PhoneSummary:
     def clear_ms(self) -> FloatArray:
         """Sorted onset → clear (ms) of the barge-ins the bot cleared."""
         return as_sorted(
-            [b.clear_ns / 1e6 for b in self.barge_ins if b.clear_ns is not None and _cleared(b)]
+            [b.clear_ns / 1e6 for b in self.barge_ins if b.clear_ns is not None and was_cleared(b)]
         )
 
     @property
@@ -594,7 +602,7 @@ class PhoneSummary:
 
     @property
     def cleared(self) -> int:
-        return sum(1 for b in self.barge_ins if _cleared(b))
+        return sum(1 for b in self.barge_ins if was_cleared(b))
 
     @property
     def early_marks(self) -> int:
@@ -636,7 +644,7 @@ class PhoneSummary:
         after = [
             b.after_clear_ns / 1e6
             for b in self.barge_ins
-            if b.after_clear_ns is not None and _cleared(b)
+            if b.after_clear_ns is not None and was_cleared(b)
         ]
         return {
             "paths": [
@@ -673,9 +681,10 @@ class PhoneSummary:
         }
 
 
-def _cleared(b: CarrierBargeIn) -> bool:
-    """The bot's clear came between the onset and the last sample heard."""
-    return b.clear_ns is not None and b.clear_ns <= b.stop_ns
+def was_cleared(b: CarrierBargeIn) -> bool:
+    """The bot cleared this reply: its clear came between the onset and the last sample
+    heard, or later while the carrier still played or queued the reply."""
+    return b.clear_ns is not None and (b.clear_ns <= b.stop_ns or b.clear_cut)
 
 
 def summarize_phone(
