@@ -3,16 +3,19 @@
 Endpointing (webrtcvad) → PocketSphinx streaming recognition (worker processes) → a
 scripted responder that stands in for a language model (or a real one with ``--llm``) →
 eSpeak NG synthesis, served over the OpenAI Realtime WebSocket, raw PCM WebSocket, WebRTC
-and OpenAI-compatible HTTP protocols, with fault injections and a ground-truth file.
+and OpenAI-compatible HTTP protocols, and as the bot behind a phone carrier's media stream
+(Twilio, Telnyx, Plivo, Exotel, Vonage), with fault injections and a ground-truth file.
 See docs/reference-pipeline.md.
 
 Layout: ``pipeline`` holds the stages (:class:`~voiceaudit.reference.pipeline.InputPipeline`:
 VAD → recognition; ``run_reply``: responder → chunking → synthesis → pacing → a sink) and
 the injections applied at each; ``session`` is the one session core every streaming
 protocol shares (turn state, hearing, replies, barge-in, cancel/truncate, ground truth);
-``pcm_ws``, ``realtime`` (+ ``realtime_events``, the protocol's shapes) and ``webrtc``
+``pcm_ws``, ``realtime`` (+ ``realtime_events``, the protocol's shapes), ``webrtc``
 (+ ``webrtc_signal``, its offer/answer routes; ``playout``, reply audio on a media clock)
-are thin protocol adapters over it; ``http_api`` serves the HTTP cascade endpoints;
+and ``carrier`` (the carriers' media streams at ``/twilio``, ``/telnyx``, ``/plivo``,
+``/exotel``, ``/vonage``, with the bot's own model of the carrier's buffer for the ground
+truth) are thin protocol adapters over it; ``http_api`` serves the HTTP cascade endpoints;
 ``server`` builds the application.
 
 A new streaming protocol is an adapter: a subclass of
