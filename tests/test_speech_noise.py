@@ -166,9 +166,14 @@ def test_a_known_gap_in_noise(
 def test_a_long_signal_is_analysed_in_blocks(
     librivox: dict[str, npt.NDArray[np.float32]],
 ) -> None:
-    """150 s of the five recordings in room tone, repeated with known offsets: the block
-    analysis (60 s blocks, 2 s of context) finds every utterance, in order, each starting
-    and ending within 10 ms of the same recording analysed alone."""
+    """150 s of the five recordings repeated, with gaps of 0.5-2 s at known places, in
+    -60 dBFS room tone. The block analysis (60 s blocks, 5 s of context, frames every
+    10 ms and edges on the 2.5 ms grid) finds every utterance, in order. Against the whole
+    signal analysed as one block: 49 of 50 edges within 2.5 ms (measured), the one whose
+    utterance straddles a block boundary within 20 ms (measured 17.5 ms). Against each
+    recording alone: within 40 ms (measured: starts up to 20 ms early, ends up to 38 ms
+    late; the room tone in the gaps is quieter than the recordings' own background, so
+    the floor is lower than each file's own)."""
     rng = np.random.default_rng(3)
     parts: list[npt.NDArray[np.float32]] = []
     want: list[tuple[int, int]] = []
@@ -182,6 +187,11 @@ def test_a_long_signal_is_analysed_in_blocks(
     y = room_tone(np.concatenate(parts), 7)
     assert y.size > A.SEGMENT_BLOCK_S * RATE * 2
     got = A.speech_segments(y, RATE)
-    assert len(got) == len(want)
+    whole = A._detect(y, RATE)  # one block, 2.5 ms frames
+    assert len(got) == len(whole) == len(want)
+    diffs = sorted(
+        abs(ms(p - q)) for g, w in zip(got, whole, strict=True) for p, q in zip(g, w, strict=True)
+    )
+    assert diffs[-2] <= 2.5 and diffs[-1] <= 20.0, diffs[-3:]
     for (s, e), (ws, we) in zip(got, want, strict=True):
-        assert abs(ms(s - ws)) <= 32.5 and abs(ms(e - we)) <= 22.5, (ms(s - ws), ms(e - we))
+        assert abs(ms(s - ws)) <= 40 and abs(ms(e - we)) <= 40, (ms(s - ws), ms(e - we))

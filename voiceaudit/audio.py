@@ -398,6 +398,7 @@ _ANALYSIS_RATE = 16_000  # analyse at 16 kHz (or at the file's rate when lower)
 _MIN_RATE = 4_000
 _FRAME_MS = 20.0  # Hann-windowed spectral frames ...
 _HOP_MS = 2.5  # ... every 2.5 ms: the resolution of an edge away from digital silence
+_COARSE_HOP_MS = 10.0  # long signals: frames every 10 ms, edges then placed every 2.5 ms
 _BAND_HZ = 100.0  # ignore rumble, hum and DC below this
 _NOISE_PERCENTILE = 10.0  # noise spectrum: this percentile of each bin's power over time
 _FLOOR_PERCENTILE = 4.0  # floor of the whitened energy: this percentile over the frames
@@ -456,7 +457,7 @@ def detect_speech(audio: Audio) -> SpeechInfo:
 #: :func:`speech_segments` analyses a long signal in blocks of this many seconds ...
 SEGMENT_BLOCK_S = 60.0
 #: ... each seen with this much of its neighbours on both sides (its edges need context).
-SEGMENT_OVERLAP_S = 2.0
+SEGMENT_OVERLAP_S = 5.0
 
 
 class SampleSource(Protocol):
@@ -472,16 +473,19 @@ def speech_segments(samples: SampleSource, rate: int) -> list[tuple[int, int]]:
     """Every speech segment ``[start, end)`` (sample indices at ``rate``) of a mono signal.
 
     This is the detector of :func:`detect_speech` (whose ``segments`` it gives) for
-    signals of any length: a signal longer than :data:`SEGMENT_BLOCK_S` plus twice
-    :data:`SEGMENT_OVERLAP_S` is analysed block by block, each block with
-    :data:`SEGMENT_OVERLAP_S` of context on both sides (its noise estimate is its own,
-    so the detector follows noise that changes over an hour), and the pieces are joined
-    where they touch or lie closer than the 300 ms hangover. Working memory is bounded by
-    the block, not the signal: ``samples`` may be a ``numpy.memmap`` or any sliceable
-    1-D array of floats in [-1, 1] (a :class:`SampleSource`); it is read one block at a
-    time. Segments are in
-    order and disjoint, at least the hangover apart. Raises
-    :class:`~voiceaudit.errors.AudioError` for sample rates under 4 kHz.
+    signals of any length. A signal of up to :data:`SEGMENT_BLOCK_S` plus twice
+    :data:`SEGMENT_OVERLAP_S` (64 s) is one block, analysed with frames every 2.5 ms. A
+    longer one (a recorded call) is analysed block by block, each block with
+    :data:`SEGMENT_OVERLAP_S` of context on both sides and its own noise estimate (so the
+    detector follows noise that changes over an hour), with frames every 10 ms whose
+    region edges are then placed on the 2.5 ms grid (a quarter of the work); pieces are
+    clipped to their block and joined where they touch or lie closer than the 300 ms
+    hangover. Working memory is bounded by the block, not the signal: ``samples`` may be
+    a ``numpy.memmap`` or any sliceable 1-D sequence of floats in [-1, 1] (a
+    :class:`SampleSource`), read one block at a time. Segments are in order and
+    disjoint, at least the hangover apart. Raises :class:`~voiceaudit.errors.AudioError`
+    for sample rates under 4 kHz. ``docs/audio-ground-truth.md`` ("Speech in noise")
+    gives what it guarantees in noise, measured.
     """
     if rate < _MIN_RATE:
         raise AudioError(f"sample rate {rate} Hz is too low for speech detection")
@@ -495,21 +499,21 @@ def speech_segments(samples: SampleSource, rate: int) -> list[tuple[int, int]]:
         c1 = min(n, c0 + block)
         lo, hi = max(0, c0 - overlap), min(n, c1 + overlap)
         x = np.asarray(samples[lo:hi], dtype=np.float32)
-        for a, b in _detect(x, rate):
+        for a, b in _detect(x, rate, coarse=True):
             a, b = max(a + lo, c0), min(b + lo, c1)
             if b > a:
                 pieces.append((a, b))
     return _merge(pieces, round(_MERGE_MS * rate / 1000))
 
 
-def _detect(x: F32, rate: int) -> list[tuple[int, int]]:
-    """Speech segments of ``x`` analysed as one block."""
+def _detect(x: F32, rate: int, coarse: bool = False) -> list[tuple[int, int]]:
+    """Speech segments of ``x`` analysed as one block (``coarse``: see _sound_regions)."""
     n = int(x.shape[0])
     if n == 0:
         return []
     arate = min(rate, _ANALYSIS_RATE)
     xa = x if arate == rate else resample(x, rate, arate)
-    segs_a = _segments(xa.astype(np.float64), arate)
+    segs_a = _segments(xa.astype(np.float64), arate, coarse)
     segs: list[tuple[int, int]] = []
     for a, b in segs_a:
         s = min(n, round(a * rate / arate))
@@ -530,7 +534,7 @@ _BLOCK = 2048  # frames per FFT block: bounds memory on long files
 _NOISE_SAMPLE = 8192  # at most this many frames feed the noise spectrum estimate
 
 
-def _segments(x: F64, rate: int) -> list[tuple[int, int]]:
+def _segments(x: F64, rate: int, coarse: bool = False) -> list[tuple[int, int]]:
     """Speech regions ``[start, end)`` in samples of ``x`` (at ``rate``), before merging."""
     n = x.shape[0]
     s_start, s_end = _silent_runs(x.astype(np.float32), rate)
@@ -549,7 +553,7 @@ def _segments(x: F64, rate: int) -> list[tuple[int, int]]:
         starts, ends = _runs(~silent)
         noisy = 0.0
     else:
-        starts, ends, noisy = _sound_regions(x, rate, silent)
+        starts, ends, noisy = _sound_regions(x, rate, silent, coarse)
     if starts.size == 0:
         return []
     # A dip shorter than a frame is below the resolution of the frames: not a pause.
@@ -635,17 +639,24 @@ def _slide(quiet: float, noisy: float, noisiness: float) -> float:
 
 
 def _sound_regions(
-    x: F64, rate: int, silent: npt.NDArray[np.bool_]
+    x: F64, rate: int, silent: npt.NDArray[np.bool_], coarse: bool = False
 ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], float]:
     """Regions where the band energy, whitened by the file's own noise spectrum, rises
     above the noise: hysteresis between an edge and a core threshold over an adaptive
     floor. Also how noisy the signal is: 0 when the speech stands far above the noise (the
-    thresholds are the quiet ones), up to 1 in heavy noise (the noisy ones)."""
+    thresholds are the quiet ones), up to 1 in heavy noise (the noisy ones).
+
+    ``coarse`` (long signals): the frames step by :data:`_COARSE_HOP_MS`, a quarter of the
+    work, and each region edge is then placed on the 2.5 ms grid by the frames of that
+    grid around it, with the same noise spectrum and floor."""
     import scipy.fft
 
     n = x.shape[0]
     size = round(_FRAME_MS * rate / 1000)
-    hop = max(1, round(_HOP_MS * rate / 1000))
+    fine = max(1, round(_HOP_MS * rate / 1000))
+    ratio = max(1, round(_COARSE_HOP_MS / _HOP_MS)) if coarse else 1
+    hop = fine * ratio
+    hop_ms = _HOP_MS * ratio
     count = (n + hop - 1) // hop  # frame i is centred on sample i * hop
     # Mirror the ends: zeros would cut the waveform off mid-frame, and that step's
     # broadband splatter would look like sound at the edges of every file.
@@ -673,8 +684,8 @@ def _sound_regions(
     window = np.hanning(size).astype(np.float32)
     # The samples are float32 values (in float64 for the filters): the frames are taken
     # from a float32 copy, which is exact, and saves a conversion per frame.
-    frames32 = np.lib.stride_tricks.sliding_window_view(padded.astype(np.float32), size)[::hop]
-    frames32 = frames32[:count]
+    windows32 = np.lib.stride_tricks.sliding_window_view(padded.astype(np.float32), size)
+    frames32 = windows32[::hop][:count]
 
     # The power spectrum of every frame, block by block (bounded by the signal block
     # speech_segments hands over: 64 s at 16 kHz is 25,600 frames, 25 MB).
@@ -704,13 +715,42 @@ def _sound_regions(
     span = float(np.percentile(db[clean], 90.0)) - floor
     lo_db, hi_db = _QUIET_RANGE_DB
     noisy = min(1.0, max(0.0, (hi_db - span) / (hi_db - lo_db)))
-    edge = db > floor + _slide(_EDGE_DB, _EDGE_DB_NOISY, noisy)
+    edge_db = floor + _slide(_EDGE_DB, _EDGE_DB_NOISY, noisy)
+    edge = db > edge_db
     core = db > floor + _slide(_CORE_DB, _CORE_DB_NOISY, noisy)
     r_start, r_end = _runs(edge)
     core_c = np.concatenate(([0], np.cumsum(core)))
-    keep = (core_c[r_end] - core_c[r_start]) * _HOP_MS >= _MIN_CORE_MS
-    s = np.clip(r_start[keep] * hop - hop // 2, 0, n)
-    e = np.clip(r_end[keep] * hop - hop // 2, 0, n)
+    keep = (core_c[r_end] - core_c[r_start]) * hop_ms >= _MIN_CORE_MS
+    r_start, r_end = r_start[keep], r_end[keep]
+    if ratio > 1 and r_start.size:
+        # Each edge lies between a coarse frame under the threshold and one over it: the
+        # fine frames between them say where.
+        n_fine = (n + fine - 1) // fine
+        steps = np.arange(ratio)
+        first = np.clip((r_start * ratio)[:, None] - ratio + 1 + steps, 0, n_fine - 1)
+        last = np.clip((r_end * ratio)[:, None] - ratio + steps, 0, n_fine - 1)
+        idx = np.concatenate([first.ravel(), last.ravel()])
+        fr = windows32[idx * fine]
+        spec = scipy.fft.rfft(fr * window, nfft, axis=1)[:, band]
+        st = ((spec.real * spec.real + spec.imag * spec.imag) @ inv_noise) / np.float32(
+            inv_noise.size
+        )
+        loud = np.einsum("ij,ij->i", fr, fr) / size > LSB * LSB
+        above = loud & (10.0 * np.log10(st.astype(np.float64) + 1e-30) > edge_db)
+        a_first = above[: first.size].reshape(first.shape)
+        a_last = above[first.size :].reshape(last.shape)
+        # First fine frame over the threshold (the coarse one is, at the latest) ...
+        j0 = first[np.arange(first.shape[0]), np.argmax(a_first, axis=1)]
+        j0 = np.where(a_first.any(axis=1), j0, r_start * ratio)
+        # ... and one past the last one over it (the coarse one before the end is).
+        k_last = ratio - 1 - np.argmax(a_last[:, ::-1], axis=1)
+        j1 = last[np.arange(last.shape[0]), k_last] + 1
+        j1 = np.where(a_last.any(axis=1), j1, (r_end - 1) * ratio + 1)
+        s = np.clip(j0 * fine - fine // 2, 0, n)
+        e = np.clip(j1 * fine - fine // 2, 0, n)
+    else:
+        s = np.clip(r_start * hop - hop // 2, 0, n)
+        e = np.clip(r_end * hop - hop // 2, 0, n)
     return s.astype(np.intp), e.astype(np.intp), noisy
 
 
