@@ -208,21 +208,25 @@ def test_plain_run_every_sample_where_the_trace_says(runs: dict[str, Path]) -> N
         due = frames.t_ns + frames.attrs["sched_dt_ns"][0]
         assert abs(call.at(due) - (lo + frames.attrs["b"][0])) <= 1
         # the right channel holds the reply as received (--save-audio keeps it), in place:
-        # one sample earlier or later and it no longer matches. (Up to where the next
-        # reply begins to play: the reference sends replies faster than real time, and a
-        # plain run starts the next turn --gap-ms after the reply was received, so the
-        # next reply is heard over the end of this one.)
+        # one sample earlier or later and it no longer matches. (Where no other reply
+        # plays: the reference sends replies faster than real time, and a plain run
+        # starts the next turn --gap-ms after the reply was received, so the next reply
+        # is heard over the end of this one.)
         reply, rate = sf.read(runs["realtime"] / "reply_audio" / f"s0-t{turn}.wav", dtype="int16")
         assert rate == 24000
         at = call.idx(call.one("reply.playout_start", turn).t_ns)
+        lo, hi = 1, reply.size - 1
+        if turn - 1 in call.turns():
+            lo = max(lo, call.idx(call.one("reply.end", turn - 1).t_ns) + 1 - at)
         if turn + 1 in call.turns():
-            reply = reply[: call.idx(call.one("reply.playout_start", turn + 1).t_ns) - at]
-        heard = call.pcm[at : at + reply.size, 1].astype(np.int32)
-        assert np.abs(heard - reply).max() <= 1  # (the saved file's float round trip)
-        inner = reply[1:-1]
+            hi = min(hi, call.idx(call.one("reply.playout_start", turn + 1).t_ns) - 1 - at)
+        assert hi - lo > rate  # more than a second of it heard alone
+        alone = reply[lo:hi].astype(np.int32)
+        heard = call.pcm[at + lo : at + hi, 1].astype(np.int32)
+        assert np.abs(heard - alone).max() <= 1  # (the saved file's float round trip)
         for shift in (-1, 1):
-            moved = call.pcm[at + 1 + shift : at + 1 + shift + inner.size, 1].astype(np.int32)
-            assert np.abs(moved - inner).max() > 100
+            moved = call.pcm[at + lo + shift : at + hi + shift, 1].astype(np.int32)
+            assert np.abs(moved - alone).max() > 100
     # silence before the first turn: nothing was said or heard
     first = call.idx(call.one("turn.start", 0).t_ns)
     assert not call.pcm[:first].any()
