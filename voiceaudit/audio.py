@@ -559,7 +559,7 @@ def _segments(x: F64, rate: int, coarse: bool = False) -> list[tuple[int, int]]:
     # A dip shorter than a frame is below the resolution of the frames: not a pause.
     joined = np.concatenate(([True], starts[1:] - ends[:-1] >= _FRAME_MS * rate / 1000))
     starts, ends = starts[joined], ends[np.concatenate((joined[1:], [True]))]
-    voiced_at = _voiced_frame_centres(x, rate, starts, ends)
+    voiced_at = _voiced_frame_centres(x, rate, starts, ends, fast=coarse)
     n_voiced = np.searchsorted(voiced_at, ends) - np.searchsorted(voiced_at, starts)
     voiced = n_voiced * _VOICING_HOP_MS >= _MIN_VOICED_MS
     # An unvoiced region (a fricative, a plosive release) belongs to the speech when it
@@ -759,10 +759,12 @@ def _voiced_frame_centres(
     rate: int,
     starts: npt.NDArray[np.intp] | None = None,
     ends: npt.NDArray[np.intp] | None = None,
+    fast: bool = False,
 ) -> npt.NDArray[np.intp]:
     """Centres (sample indices at ``rate``, ascending) of the voiced analysis frames; with
     ``starts`` and ``ends`` (ascending, disjoint regions), only of the frames centred in
-    them (the others are not analysed)."""
+    them (the others are not analysed). ``fast`` (long signals): the shortest FFT that
+    holds the autocorrelation, in float32 throughout (the same test, other roundings)."""
     import scipy.fft
     from scipy.signal import butter, sosfiltfilt
 
@@ -782,11 +784,12 @@ def _voiced_frame_centres(
         return np.zeros(0, dtype=np.intp)
     count = 1 + (y.shape[0] - size) // hop
     frames = np.lib.stride_tricks.sliding_window_view(y, size)[::hop][:count]
-    nfft = 1 << (2 * size - 1).bit_length()
+    nfft = 2 * size if fast else 1 << (2 * size - 1).bit_length()
     lag_lo = max(1, int(vrate / _PITCH_RANGE_HZ[1]))
     lag_hi = min(size - 1, math.ceil(vrate / _PITCH_RANGE_HZ[0]))
     lags = np.arange(lag_lo, lag_hi)
     unbias = size / (size - lags)  # undo the taper of the biased autocorrelation
+    unbias32 = unbias.astype(np.float32)
     centres = (np.arange(count) * hop + size // 2) * step
     todo = np.arange(count)
     if starts is not None and ends is not None:
@@ -803,6 +806,10 @@ def _voiced_frame_centres(
         ac = scipy.fft.irfft(spec.real**2 + spec.imag**2, nfft, axis=1)
         ac0 = ac[:, 0].astype(np.float64)
         ok = ac0 > 1e-12 * size
+        if fast:
+            peak = (ac[:, lag_lo:lag_hi] * unbias32).max(axis=1)
+            voiced[pick] = ok & (peak > _VOICED * ac0)
+            continue
         r = ac[:, lag_lo:lag_hi] * unbias / np.where(ok, ac0, 1.0)[:, None]
         voiced[pick] = ok & (r.max(axis=1) > _VOICED)
     return centres[voiced].astype(np.intp)
