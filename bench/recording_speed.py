@@ -4,12 +4,15 @@ Builds a long stereo 16 kHz 16-bit WAV (default one hour; left: the caller, righ
 agent) from real speech: the LibriVox clips in ``../shared/realdata/speech`` (or under
 ``$VOICEAUDIT_REALDATA``) laid out as a call with a greeting, turns with gaps, a cut-in, a
 barge-in, dead air and a long wait (tests/test_recording.py's call), repeated; with
-``--snr DB`` seeded pink noise is added to both channels. Then it runs the analysis in a
-fresh Python process (start-up and imports included, as ``voiceaudit report CALL.wav``
-would pay them) and prints the wall-clock and CPU time, the ratio to real time (goal:
->= 360x, one hour in 10 s), the turns found and the peak memory of that process.
+``--snr DB`` seeded pink noise is added to both channels (``--noisy caller``: the
+caller's only, as when a caller phones from the street and the agent's audio is clean).
+Then it runs the analysis in a fresh Python process (start-up and imports included, as
+``voiceaudit report CALL.wav`` would pay them) and prints the wall-clock and CPU time,
+the ratio to real time (goal: >= 360x, one hour in 10 s), the turns found and the peak
+memory of that process.
 
-    .venv/bin/python bench/recording_speed.py [--minutes 60] [--snr none|10] [--dir DIR]
+    .venv/bin/python bench/recording_speed.py [--minutes 60] [--snr none|10]
+        [--noisy both|caller] [--dir DIR]
 
 CPU time says more than wall-clock time on a shared machine: the ratio is printed for
 both.
@@ -47,7 +50,7 @@ print(json.dumps({
 """
 
 
-def build(path: Path, minutes: float, snr: float | None) -> tuple[float, int]:
+def build(path: Path, minutes: float, snr: float | None, sides: str = "both") -> tuple[float, int]:
     """Write the call; (its duration in s, the turns laid out in it)."""
     sys.path.insert(0, str(ROOT / "tests"))
     from conftest import realdata_path  # type: ignore[import-not-found]
@@ -61,12 +64,11 @@ def build(path: Path, minutes: float, snr: float | None) -> tuple[float, int]:
         for k in range(reps):
             block = one
             if snr is not None:
+                agent = one[:, 1]
+                if sides == "both":
+                    agent = with_noise(agent, snr, int(rng.integers(1 << 30)))
                 block = np.stack(
-                    [
-                        with_noise(one[:, 0], snr, int(rng.integers(1 << 30))),
-                        with_noise(one[:, 1], snr, int(rng.integers(1 << 30))),
-                    ],
-                    axis=1,
+                    [with_noise(one[:, 0], snr, int(rng.integers(1 << 30))), agent], axis=1
                 )
             f.write(block)
             del k
@@ -77,15 +79,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--minutes", type=float, default=60.0)
     ap.add_argument("--snr", default="none", help="pink noise SNR in dB, or none")
+    ap.add_argument(
+        "--noisy", choices=("both", "caller"), default="both", help="which sides get the noise"
+    )
     ap.add_argument("--dir", type=Path, default=None, help="where to write the WAV")
     args = ap.parse_args()
     snr = None if args.snr == "none" else float(args.snr)
     tmp = Path(tempfile.mkdtemp(dir=args.dir))
     wav = tmp / "call.wav"
     t0 = time.perf_counter()
-    duration, laid = build(wav, args.minutes, snr)
+    duration, laid = build(wav, args.minutes, snr, args.noisy)
     print(
-        f"built {duration / 60:.1f} min stereo {RATE} Hz, snr {args.snr}, "
+        f"built {duration / 60:.1f} min stereo {RATE} Hz, snr {args.snr} "
+        f"({args.noisy if snr is not None else 'no noise'}), "
         f"{laid} turns laid out, in {time.perf_counter() - t0:.1f} s"
     )
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
