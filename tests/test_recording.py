@@ -52,6 +52,7 @@ class Call:
     cut_ins: list[tuple[int, float]] = field(default_factory=list)  # (turn, after pause start)
     dead_air_s: list[tuple[int, float]] = field(default_factory=list)
     long_waits: list[int] = field(default_factory=list)
+    talk_over_s: float = 0.0  # both sides speaking, in all
 
 
 def build_call(speech_dir: Path, rate: int = 16000) -> Call:
@@ -98,9 +99,10 @@ def build_call(speech_dir: Path, rate: int = 16000) -> Call:
     # turn 1: a pause of 0.9 s; the agent cuts in 0.5 s into it for 0.6 s; the caller
     # resumes 0.4 s after the agent's onset
     a_end = put(caller, r0_end + 0.9, seg(c[4], 0.0, 10.0))
-    put(agent, a_end + 0.5, said(c[2], 0.0, 0.6))
+    cut_end = put(agent, a_end + 0.5, said(c[2], 0.0, 0.6))
     call.cut_ins.append((1, 0.5))
     t1_end = put(caller, a_end + 0.9, seg(c[0], 0.0, 2.5))
+    call.talk_over_s += max(0.0, cut_end - (a_end + 0.9))
     # reply with 1.4 s of dead air inside it
     r1a_end = put(agent, t1_end + 0.8, said(c[2], 1.0, 2.2))
     call.latencies_s.append(0.8)
@@ -111,6 +113,7 @@ def build_call(speech_dir: Path, rate: int = 16000) -> Call:
     onset = r1b_start + 1.0
     r1b_end = put(agent, r1b_start, said(c[3], 2.0, 2.0 + 1.45))
     call.kept_talking_s.append((1, r1b_end - onset))
+    call.talk_over_s += r1b_end - onset
     t2_end = put(caller, onset, seg(c[0], 3.0, 5.0))
     r2_end = put(agent, t2_end + 0.9, said(c[0], 5.0, 6.3))
     call.latencies_s.append(0.9)
@@ -391,6 +394,7 @@ def test_a_directory_is_one_session_per_call(call_dir: Path, clean_call: Call) -
     assert b["p50 ms"] - a["p50 ms"] == pytest.approx(300.0, abs=1.0)
     assert b["greeting ms"] - a["greeting ms"] == pytest.approx(300.0, abs=1.0)
     assert table.total["turns"] == 8 and table.total["barge-ins"] == 2
+    assert a["talk-over s"] == pytest.approx(clean_call.talk_over_s, abs=0.02)
     text = table.render_text()
     assert "a.wav" in text and "all 2 calls" in text
 

@@ -1256,7 +1256,8 @@ class CallTable:
     """Per-call figures of many recordings and the overall row (the report's "Calls"
     section beside the merged statistics): turns, answered, discarded, unanswered,
     response latency p50 and max, greeting latency, barge-ins, cut-ins, dead air, long
-    waits, echo. ``render_text()`` and ``to_dict()`` as the report's extra sections have."""
+    waits, seconds of talk-over, echo. ``render_text()`` and ``to_dict()`` as the
+    report's extra sections have."""
 
     COLUMNS = (
         "call",
@@ -1271,6 +1272,7 @@ class CallTable:
         "cut-ins",
         "dead air",
         "long waits",
+        "talk-over s",
         "echo",
     )
 
@@ -1280,7 +1282,7 @@ class CallTable:
         total: dict[str, Any] = {"call": f"all {len(traces)} calls"}
         for key in ("turns", "ok", "discarded", "no reply", "barge-ins", "cut-ins"):
             total[key] = sum(r[key] for r in self.rows)
-        for key in ("dead air", "long waits"):
+        for key in ("dead air", "long waits", "talk-over s"):
             total[key] = sum(r[key] for r in self.rows)
         total["p50 ms"] = _median(latencies)
         total["max ms"] = max(latencies) if latencies else None
@@ -1318,6 +1320,11 @@ class CallTable:
             "cut-ins": names.count("reply.cut_in"),
             "dead air": names.count("recording.dead_air"),
             "long waits": names.count("recording.long_wait"),
+            "talk-over s": round(
+                sum(e.attrs["duration_ns"] for e in t.events if e.name == "recording.talk_over")
+                / 1e9,
+                2,
+            ),
             "echo": None if not echo else f"{echo['gain_db']:.0f} dB, {echo['delay_ms']:.0f} ms",
         }
 
@@ -1326,7 +1333,7 @@ class CallTable:
         if v is None:
             return "-"
         if isinstance(v, float):
-            return f"{v:.0f}"
+            return f"{v:.0f}" if abs(v) >= 10 or v == 0 else f"{v:.2f}"
         return str(v)
 
     def render_text(self) -> str:
