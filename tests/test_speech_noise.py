@@ -142,11 +142,12 @@ def _loudest(x: npt.NDArray[np.float32], lo: int, hi: int) -> int:
 def test_a_known_gap_in_noise(
     librivox: dict[str, npt.NDArray[np.float32]], first: str, second: str
 ) -> None:
-    """Two utterances cut in loud speech, 0.5 s of silence between them at a known place,
+    """Two utterances cut in loud speech, 0.54 s of silence between them at a known place,
     pink noise at 10 dB SNR over all: the second utterance starts within 2 ms of the
-    known sample (measured 0-1.9 ms; abrupt starts are refined to the sample where the
-    energy leaves the noise); the first ends within 10 ms (measured 2-7.5 ms late: ends
-    keep the frames' smear)."""
+    known sample and the first ends within 7.5 ms of it (measured over five pairs and
+    three seeds: starts 0-1.9 ms, ends 0-7.1 ms, most to the sample; abrupt edges are
+    refined to where the energy leaves the noise). One pair not tested here, 0880 then
+    0890, loses its last 160 ms in two seeds of three: its cut ends on weak speech."""
     a, b = librivox[first], librivox[second]
     cut_a = _loudest(a, CLEAN[first][1] - RATE // 2, CLEAN[first][1] - RATE // 10)
     cut_b = _loudest(b, CLEAN[second][0] + RATE // 10, CLEAN[second][0] + RATE // 2)
@@ -159,7 +160,7 @@ def test_a_known_gap_in_noise(
         start = min((s for s, _ in got), key=lambda s: abs(s - (cut_a + gap)))
         end = min((e for _, e in got), key=lambda e: abs(e - cut_a))
         assert abs(ms(start - (cut_a + gap))) <= 2.0, (seed, ms(start - cut_a - gap))
-        assert abs(ms(end - cut_a)) <= 10.0, (seed, ms(end - cut_a))
+        assert abs(ms(end - cut_a)) <= 7.5, (seed, ms(end - cut_a))
         assert not any(cut_a + 0.05 * RATE < s < cut_a + gap - 0.05 * RATE for s, _ in got)
 
 
