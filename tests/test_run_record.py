@@ -6,8 +6,10 @@ two at a time: the machine has two cores): over Realtime (24 kHz both ways: noth
 resampled), over the raw PCM WebSocket with the caller at 16 kHz and the replies at 24 kHz
 (the caller's channel resampled) and the greeting (``greeting=300ms``), with the replies at
 16 kHz and the caller at 24 kHz through the adaptive playout model (the replies resampled
-and time-stretched), and a scenario that barges in twice with replies released at real
-time through a 60 ms jitter buffer. The file's sample ``k`` is at ``t0_ns + k / rate``
+and time-stretched), a scenario that barges in twice with replies released at real time
+through a 60 ms jitter buffer, and a phone call (voiceaudit playing a Twilio carrier
+toward the reference bot, which greets: 8 kHz, the file's sample 0 at the carrier's
+``start``). The file's sample ``k`` is at ``t0_ns + k / rate``
 (``session.recording``), so every trace time is a sample of the file:
 
 - the right channel's first audible sample of each reply (the probe's onset detector, run
@@ -55,6 +57,8 @@ from voiceaudit.probe.conversation import last_audible
 from voiceaudit.probe.recorder import CallRecorder, recording_name
 from voiceaudit.trace_io import Trace, read_trace
 
+pytestmark = pytest.mark.slow
+
 MS = 1_000_000
 DEPTH_MS = 60
 
@@ -89,12 +93,17 @@ RUNS: dict[str, list[str]] = {
         *("--scenario", "{barge}", "--inject", "slow-audio=1.0"),
         *("--jitter-buffer-ms", str(DEPTH_MS)),
     ],
+    # the phone path: voiceaudit plays a Twilio carrier toward the reference bot, which
+    # greets; 8 kHz mu-law both ways
+    "twilio": ["--protocol", "twilio", "--turns", "2"],
 }
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Every run of the module, two at a time (about 25 s each)."""
+    """Every run of the module, two at a time. About 80 s in all on the shared 2-core
+    machine: each is a real call of 2-5 turns at real time (replies of 4-5 s from the
+    reference pipeline), which is what a recording is of; one fixture serves every test."""
     base = tmp_path_factory.mktemp("record")
     barge = base / "barge.toml"
     barge.write_text(BARGE)
@@ -259,6 +268,23 @@ def test_greeting_on_the_right_channel_and_the_caller_resampled(runs: dict[str, 
     assert all(abs(e) <= 1 for e in errors), errors
     ends = _speech_end_errors(call)  # the caller resampled from 16 to 24 kHz
     assert all(abs(e) <= 2 for e in ends), ends
+
+
+def test_phone_call_from_the_carrier_start(runs: dict[str, Path]) -> None:
+    call = Call(runs["twilio"])
+    assert call.rate == 8000
+    # sample 0 is the carrier's start message: greeting latency from the file's start
+    (start,) = [e for e in call.events if e.name == "carrier.start"]
+    assert call.t0 == start.t_ns == call.one("greeting.wait", None).t_ns
+    audible = call.one("greeting.audible", None)
+    lo = call.idx(audible.attrs["first_byte_ns"])
+    k = first_audible(call.x[lo:, 1], call.rate)
+    assert k is not None
+    assert abs(lo + k - call.at(audible.t_ns)) <= 1, lo + k - call.at(audible.t_ns)
+    errors = _audible_errors(call)
+    assert len(errors) == 2 and all(abs(e) <= 1 for e in errors), errors
+    ends = _speech_end_errors(call)
+    assert all(abs(e) <= 1 for e in ends), ends
 
 
 def test_adaptive_playout_replies_resampled_and_stretched(runs: dict[str, Path]) -> None:
