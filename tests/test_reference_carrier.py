@@ -955,14 +955,15 @@ def test_a_key_press_is_a_turn(rec: Recorded) -> None:
 # pass, with
 # ``burst=10x`` and ``mark-early`` (about 70 s of real time: a greeting, then six turns whose
 # replies the carrier plays at real time); and a scenario whose caller talks over the reply
-# with ``burst=10x`` and ``no-clear``, 3 s into a 4.7 s reply (so that the overhang, the
-# queued rest of the reply, has played out before the reply to the interruption comes: the
-# probe tells two replies apart by the carrier's quiet between them). The probe plays the
-# carrier (its own model of the carrier's buffer); the bot computes what the caller heard
-# with an independent one from the times it sent each message. They may differ only by the
-# loopback delivery of a message: the probe's play times start at arrival, the truth's at
-# sending; greeting latency also by the delivery of ``start`` (the probe counts from sending
-# it, the truth from its arrival).
+# with ``burst=10x`` and ``no-clear``, 1 s into a 4.7 s reply (so that the reply to the
+# interruption arrives while the carrier still plays the rest of the old one and queues
+# behind it: the probe tells the two apart by the carrier's echo of the mark the bot put
+# after the old reply, and the new reply's first audio waits in the carrier's buffer). The
+# probe plays the carrier (its own model of the carrier's buffer); the bot computes what the
+# caller heard with an independent one from the times it sent each message. They may differ
+# only by the loopback delivery of a message: the probe's play times start at arrival, the
+# truth's at sending; greeting latency also by the delivery of ``start`` (the probe counts
+# from sending it, the truth from its arrival).
 
 
 BARGE_SCENARIO = """
@@ -971,7 +972,7 @@ name = "barge"
 
 [[session.turn]]
 say = "01_weather"
-interrupt = { after_reply_ms = 3000, say = "03_lights" }
+interrupt = { after_reply_ms = 1000, say = "03_lights" }
 """
 
 RUNS: dict[str, list[str]] = {
@@ -1103,6 +1104,21 @@ def test_no_clear_overhang_equals_the_truth(runs: dict[str, Path]) -> None:
     )
     assert true > 1_000 * MS  # seconds of queued reply
     assert abs(stop.attrs["stop_ns"] - true) <= 20 * MS
+    # the reply to the interruption queued behind the rest of the old reply: it is the
+    # interrupting turn's reply, heard when the truth says, its first audio having waited
+    # in the carrier's buffer as long as the truth says (the ledger's carrier buffer)
+    opened = overlap.attrs["opens_turn"]
+    (answer,) = [r for r in turns if r["carrier"].get("first_audible_ns") and r is not rec]
+    audible = by_turn(evs, "reply.audible")[opened]
+    assert abs(audible.t_ns - answer["carrier"]["first_audible_ns"]) <= 5 * MS
+    assert by_turn(evs, "turn.end")[opened].attrs["ok"]
+    queued = answer["carrier"]["first_audible_queued_ns"]
+    assert queued > 100 * MS, answer["carrier"]
+    err = (audible.t_ns - answer["carrier"]["first_audible_ns"]) / MS
+    print(
+        f"answer to the interruption: heard {err:+.2f} ms from the truth, "
+        f"queued {queued / MS:.0f} ms"
+    )
 
 
 def test_mark_early_is_echoed_before_the_reply_is_heard(runs: dict[str, Path]) -> None:
