@@ -472,3 +472,34 @@ def test_ogg_vorbis_is_read(speech_dir: Path, tmp_path: Path) -> None:
         assert abs(got - want * 1e9) <= 60_000_000, (got, want)
     assert set(f["stops"]) == {1} and set(f["cut_ins"]) == {1} and set(f["dead_air"]) == {1}
     assert abs(f["greeting"] - 0.8e9) <= 60_000_000
+
+
+def test_hostile_files_give_one_line_each(clean_call: Call, tmp_path: Path) -> None:
+    """Not audio, empty, random bytes, a FLAC cut mid-stream, a float WAV with NaNs, a
+    directory with no recordings: an error of voiceaudit's own (one line, exit 3 or 5) or
+    a warning, never another exception."""
+    (tmp_path / "text.wav").write_text("hello, this is not a recording\n")
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "noise.flac").write_bytes(np.random.default_rng(1).bytes(5000))
+    full = tmp_path / "full.flac"
+    sf.write(full, np.stack([clean_call.caller, clean_call.agent], axis=1), 16000)
+    (tmp_path / "cut.flac").write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    for name in ("text.wav", "empty.wav", "noise.flac", "missing.wav"):
+        with pytest.raises(InputError) as e:
+            read_call(tmp_path / name)
+        assert e.value.exit_code == 3 and "\n" not in e.value.message, name
+        assert e.value.message.startswith(str(tmp_path / name)), e.value.message
+    try:  # libsndfile reads a cut FLAC to where it ends, or says it cannot
+        read_call(tmp_path / "cut.flac")
+    except (InputError, NoDataError) as exc:
+        assert "\n" not in exc.message
+    nan = np.stack([clean_call.caller, clean_call.agent], axis=1).astype(np.float32)
+    nan[1000:1010, 0] = np.nan
+    sf.write(tmp_path / "nan.wav", nan, 16000, subtype="FLOAT")
+    trace = read_call(tmp_path / "nan.wav")
+    assert any("10 samples are not numbers" in w for w in trace.warnings)
+    check(clean_call, trace)
+    empty_dir = tmp_path / "none"
+    empty_dir.mkdir()
+    with pytest.raises(NoDataError, match="no recordings"):
+        recording_inputs([empty_dir])

@@ -116,6 +116,7 @@ class _Source:
     rate: int = 0
     frames: int = 0
     warnings: list[str] = field(default_factory=list)
+    nonfinite: int = 0
 
     @property
     def label(self) -> str:
@@ -124,7 +125,24 @@ class _Source:
         return f"{self.caller_path} + {self.agent_path}"
 
     def blocks(self, block: int) -> Iterator[tuple[F32, F32]]:
-        """(caller, agent) float32 blocks of ``block`` frames, in order."""
+        """(caller, agent) float32 blocks of ``block`` frames, in order (samples that are
+        not numbers, in a float file, become 0 and are counted in :attr:`nonfinite`)."""
+        try:
+            for c, a in self._blocks(block):
+                yield self._finite(c), self._finite(a)
+        except (RuntimeError, OSError, ValueError) as exc:
+            raise AudioError(
+                f"cannot be read to its end ({_one_line(exc)})", path=self.label
+            ) from None
+
+    def _finite(self, x: F32) -> F32:
+        bad = ~np.isfinite(x)
+        if bad.any():
+            self.nonfinite += int(bad.sum())
+            x = np.where(bad, np.float32(0.0), x)
+        return x
+
+    def _blocks(self, block: int) -> Iterator[tuple[F32, F32]]:
         if self.agent_path is None:
             with _open_sf(self.caller_path) as f:
                 for b in f.blocks(blocksize=block, dtype="float32", always_2d=True):
@@ -141,6 +159,13 @@ class _Source:
 
     def read(self, start: int, stop: int) -> tuple[F32, F32]:
         """(caller, agent) samples ``[start, stop)`` (clipped to the file; zeros beyond)."""
+        try:
+            c, a = self._read(start, stop)
+        except (RuntimeError, OSError, ValueError) as exc:
+            raise AudioError(f"cannot be read ({_one_line(exc)})", path=self.label) from None
+        return np.nan_to_num(c, posinf=0.0, neginf=0.0), np.nan_to_num(a, posinf=0.0, neginf=0.0)
+
+    def _read(self, start: int, stop: int) -> tuple[F32, F32]:
         start = max(0, start)
         stop = max(start, min(stop, self.frames))
         n = stop - start
@@ -159,6 +184,10 @@ class _Source:
                     x = np.zeros(0, dtype=np.float32)
             out.append(_pad(x, n))
         return out[0], out[1]
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _pad(x: F32, n: int) -> F32:
@@ -736,6 +765,10 @@ class _Analysis:
         src, rate = self.src, self.rate
         fr = _frame_energies(src)
         self.mean = fr.mean
+        if src.nonfinite:
+            self.warnings.append(
+                f"{src.nonfinite} samples are not numbers (NaN or infinite): taken as silence"
+            )
         for i, name in ((0, self.caller_name), (1, self.agent_name)):
             who = "caller" if i == 0 else "agent"
             energy = fr.caller if i == 0 else fr.agent
