@@ -524,6 +524,30 @@ def test_recorder_file_is_complete_after_every_flush_and_mixes_late_audio(
     assert z.shape[0] == 2 * rate  # padded with silence to the session's end
 
 
+def test_recorder_rate_is_the_higher_of_the_first_audio(tmp_path: Path) -> None:
+    """No greeting came: nothing is written yet, so the first turn's 24 kHz reply sets the
+    rate, and the 16 kHz caller is resampled (sample 0 of its turn at the turn's time)."""
+    t0 = 10**12
+    path = tmp_path / "call.wav"
+    rec = CallRecorder(path, t0, input_rate=16000, playout="fixed", depth_ns=0)
+    rec.flush()  # the greeting's end, without a greeting
+    assert rec.rate is None and not path.exists()
+    rec.caller(t0 + 100 * MS, _tone(1600, 16000, lead=800), 16000)
+    reply = _tone(2400, 24000, lead=240)
+    rec.heard([(t0 + 500 * MS, reply, 24000, len(reply), None)])
+    rec.close(t0 + 1 * 10**9)
+    x, r = sf.read(path, dtype="float32", always_2d=True)
+    assert r == 24000 and rec.rate == 24000
+    # 100 ms + 50 ms of lead; the tone starts abruptly, and the resampling filter rings
+    # ahead of it by up to its half-length (10 taps of the 48 kHz intermediate on each
+    # side of the 3/2 polyphase filter: 15 samples at 24 kHz)
+    k = first_audible(x[:, 0], r)
+    assert k is not None and -15 <= k - (2400 + 1200) <= 1, k - 3600
+    onset = first_audible(np.frombuffer(reply, "<i2").astype(np.float32) / 32768, 24000)
+    k = first_audible(x[:, 1], r)
+    assert onset is not None and k == 12000 + onset  # at 500 ms, not resampled
+
+
 def test_recorder_adaptive_model_places_the_onset_at_heard_at(tmp_path: Path) -> None:
     """The adaptive model stretches time; each reply sample is still heard where the
     model says (its first audible sample within one sample), and a reply at a lower rate

@@ -17,12 +17,13 @@ carrier's ``start`` message, else ``session.connected``: the origin of greeting 
   once (an interrupted reply still playing while the next begins) are mixed.
 
 **Rate.** The file's rate is chosen when it is first written (at the end of the greeting
-or of the session's first turn): the highest of the session's input rate and the rates of
-the reply audio heard so far. Audio at another rate (the lower of the two, a later reply
-at another rate) is resampled to it with :func:`voiceaudit.audio.resample`; the adaptive
-playout model's time-stretched stretches are read off the reply by linear interpolation.
-Where no resampling happens a sample is bit-exact and sits within half a sample of its
-time (rounded to the nearest sample of the file).
+or of the session's first turn: the first one with any audio): the highest of the
+session's input rate and the rates of the reply audio heard so far. Audio at another
+rate (the lower of the two, a later reply at another rate) is resampled to it with
+:func:`voiceaudit.audio.resample`; the adaptive playout model's time-stretched stretches
+are read off the reply by linear interpolation. Where no resampling happens a sample is
+bit-exact and sits within half a sample of its time (rounded to the nearest sample of
+the file).
 
 **Durable at every turn end.** Nothing is written on the paced-send path: audio is kept
 in memory and written when a turn ends (and when the greeting ends, and when the session
@@ -231,6 +232,8 @@ class CallRecorder:
         return ((t_ns - self.t0_ns) * rate + NS_PER_S // 2) // NS_PER_S
 
     def _write(self, end_ns: int | None = None) -> None:
+        if self._wav is None and not self._pending and end_ns is None:
+            return  # nothing yet (a wait for a greeting that never came): no rate to choose
         pending, self._pending = self._pending, []
         if self._wav is None:
             rates = [self.input_rate]
