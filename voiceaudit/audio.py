@@ -455,7 +455,7 @@ def detect_speech(audio: Audio) -> SpeechInfo:
 
 
 #: :func:`speech_segments` analyses a long signal in blocks of this many seconds ...
-SEGMENT_BLOCK_S = 60.0
+SEGMENT_BLOCK_S = 120.0
 #: ... each seen with this much of its neighbours on both sides (its edges need context).
 SEGMENT_OVERLAP_S = 5.0
 
@@ -474,7 +474,7 @@ def speech_segments(samples: SampleSource, rate: int) -> list[tuple[int, int]]:
 
     This is the detector of :func:`detect_speech` (whose ``segments`` it gives) for
     signals of any length. A signal of up to :data:`SEGMENT_BLOCK_S` plus twice
-    :data:`SEGMENT_OVERLAP_S` (64 s) is one block, analysed with frames every 2.5 ms. A
+    :data:`SEGMENT_OVERLAP_S` (130 s) is one block, analysed with frames every 2.5 ms. A
     longer one (a recorded call) is analysed block by block, each block with
     :data:`SEGMENT_OVERLAP_S` of context on both sides and its own noise estimate (so the
     detector follows noise that changes over an hour), with frames every 10 ms whose
@@ -531,7 +531,8 @@ def _runs(mask: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.intp], npt.NDArra
 
 
 _BLOCK = 2048  # frames per FFT block: bounds memory on long files
-_NOISE_SAMPLE = 8192  # at most this many frames feed the noise spectrum estimate
+_NOISE_SAMPLE = 8192  # at most this many frames feed the noise spectrum estimate ...
+_NOISE_SAMPLE_COARSE = 4096  # ... of a block of a long signal (evenly spread)
 
 
 def _segments(x: F64, rate: int, coarse: bool = False) -> list[tuple[int, int]]:
@@ -702,7 +703,7 @@ def _sound_regions(
     frames32 = windows32[::hop][:count]
 
     # The power spectrum of every frame, block by block (bounded by the signal block
-    # speech_segments hands over: 64 s at 16 kHz is 25,600 frames, 25 MB).
+    # speech_segments hands over: 130 s at 16 kHz is 52,000 frames, 50 MB).
     spectra = np.empty((count, band.stop - band.start), dtype=np.float32)
     for b in range(0, count, _BLOCK):
         spec = scipy.fft.rfft(frames32[b : b + _BLOCK] * window, nfft, axis=1)[:, band]
@@ -712,8 +713,9 @@ def _sound_regions(
     # Noise spectrum: per frequency bin, a low percentile of the power over time. Speech
     # leaves every bin quiet now and then, so this works even with few pauses.
     pick = np.flatnonzero(clean)
-    if pick.size > _NOISE_SAMPLE:
-        pick = pick[np.linspace(0, pick.size - 1, _NOISE_SAMPLE).astype(np.intp)]
+    most = _NOISE_SAMPLE_COARSE if coarse else _NOISE_SAMPLE
+    if pick.size > most:
+        pick = pick[np.linspace(0, pick.size - 1, most).astype(np.intp)]
     noise = np.percentile(spectra[pick], _NOISE_PERCENTILE, axis=0).astype(np.float64)
     noise = np.maximum(noise, 1e-3 * float(np.median(noise))) + 1e-30
     inv_noise = (1.0 / noise).astype(np.float32)
