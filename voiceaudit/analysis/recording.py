@@ -17,13 +17,17 @@ report format, statistic, finding, ``report A B`` and ``gate`` work on it unchan
   ``recording.long_wait``, ``recording.talk_over``, ``recording.echo``,
   ``recording.detectors``) and, for the figures a reader should see, a ``turn.note``.
 
-Speech detection (:func:`speech_segments`, the one place to switch detectors): per 10 ms
-frame, the energy of the frame with its own mean removed (DC offsets cancel) against the
-channel's noise floor, with hysteresis; segments closer than :data:`MERGE_MS` merge.
-Each edge is then refined to the sample by :func:`voiceaudit.audio.first_audible` (the
-probe's onset detector; run backwards for an end). A second detector (webrtcvad) checks
+Speech detection (``_Analysis.detect_segments``, the one place the detector is chosen):
+per 10 ms frame, the energy of the frame with its own mean removed against the channel's
+noise floor, with hysteresis (:func:`energy_segments`); segments closer than
+:data:`MERGE_MS` merge. On a quiet channel each edge is then refined to the sample by
+:func:`voiceaudit.audio.first_audible` (the probe's onset detector; run backwards for an
+end); a noisy channel goes to the project's noise-robust detector
+(:func:`voiceaudit.audio.speech_segments`), read block by block. The background's DC
+offset is removed first. A second detector (webrtcvad) checks
 every caller speech end and agent onset a figure rests on; a turn where they disagree by
-more than :data:`DISAGREE_MS` is discarded with the reason (``turn.end`` ``ok: false``,
+more than :data:`DISAGREE_MS` (or, for sound webrtcvad does not call speech,
+:data:`DISAGREE_UNVOICED_MS`) is discarded with the reason (``turn.end`` ``ok: false``,
 ``failure: discarded``): it is counted and shown, never given a figure.
 
 Echo (the agent's voice leaking into the caller's track) is found by cross-correlating
@@ -78,14 +82,15 @@ LONG_WAIT_MS = 2000  #: a response latency at least this long is a long wait
 CUT_IN_RESUME_MS = 1000  #: agent onset in a caller pause, caller resumes within this: cut-in
 NOISY_RATE = 8000  #: the noise-robust detector reads a noisy channel at this rate (speed)
 NOISY_RANGE_DB = 40.0  #: speech less than this over the channel's floor: the noisy detector
-DISAGREE_MS = 150  #: the two detectors may differ this much on an edge
+DISAGREE_MS = 150  #: the energy edge may miss this much of what webrtcvad calls speech ...
+DISAGREE_UNVOICED_MS = 300  #: ... and hold this much sound it does not (breath, consonant)
 SWAPPED_OPENING_MS = 1000  #: the caller's channel opening the call this long: looks swapped
 STOPPED_MS = 2000  #: a barged-in agent that stopped within this counts as stopped
 ECHO_MAX_DELAY_MS = 500  #: echo searched up to this delay
 ECHO_MIN_CORRELATION = 0.5  #: normalised correlation that says the caller's track has echo
 ECHO_MARGIN_DB = 10.0  #: caller speech must be this far above the predicted echo
 CLIP_FRACTION = 0.001  #: more samples than this at full scale: the channel clips
-DC_OFFSET = 0.01  #: a channel mean above this (full scale 1.0) is a DC offset
+DC_OFFSET = 0.01  #: a channel mean above this (full scale 1.0) is a DC offset (warned)
 SILENT_DBFS = -70.0  #: a channel whose loudest frame is quieter than this is silent
 _REFINE_BEFORE_MS = 150
 _REFINE_AFTER_MS = 60
@@ -316,6 +321,7 @@ class _Frames:
     clipped: tuple[int, int]
     mean: tuple[float, float]
     samples: int
+    frame_mean: tuple[F32, F32]  # per frame and channel: the frame's mean
 
 
 def _frame_energies(src: _Source) -> _Frames:
@@ -324,6 +330,7 @@ def _frame_energies(src: _Source) -> _Frames:
     block = hop * (rate * BLOCK_S // hop)
     out_c: list[F64] = []
     out_a: list[F64] = []
+    means: tuple[list[F32], list[F32]] = ([], [])
     clip = [0, 0]
     sums = [0.0, 0.0]
     total = 0
@@ -338,12 +345,14 @@ def _frame_energies(src: _Source) -> _Frames:
         a = np.concatenate([carry_a, a])
         k = c.shape[0] // hop
         carry_c, carry_a = c[k * hop :], a[k * hop :]
-        for x, out in ((c, out_c), (a, out_a)):
+        for x, out, m in ((c, out_c, means[0]), (a, out_a, means[1])):
             fr = x[: k * hop].reshape(k, hop).astype(np.float64)
             out.append(fr.var(axis=1))
-    for x, out in ((carry_c, out_c), (carry_a, out_a)):
+            m.append(fr.mean(axis=1).astype(np.float32))
+    for x, out, m in ((carry_c, out_c, means[0]), (carry_a, out_a, means[1])):
         if x.shape[0]:
             out.append(np.array([float(np.var(x.astype(np.float64)))]))
+            m.append(np.array([float(np.mean(x))], dtype=np.float32))
     if total == 0:
         raise AudioError("holds no audio", path=src.label)
     src.frames = total
@@ -354,7 +363,21 @@ def _frame_energies(src: _Source) -> _Frames:
         (clip[0], clip[1]),
         (sums[0] / total, sums[1] / total),
         total,
+        (_cat32(means[0]), _cat32(means[1])),
     )
+
+
+def _cat32(xs: list[F32]) -> F32:
+    return np.concatenate(xs) if xs else np.zeros(0, dtype=np.float32)
+
+
+def background_dc(energy: F64, frame_mean: F32) -> float:
+    """The DC offset of a channel's background: the median mean of its quietest tenth of
+    frames (0 over digital silence; speech's own small DC does not count)."""
+    if energy.size == 0:
+        return 0.0
+    quiet = energy <= np.percentile(energy, 10.0)
+    return float(np.median(frame_mean[quiet]))
 
 
 # --------------------------------------------------------------------------------------
@@ -606,6 +629,15 @@ def read_call(
     return _Analysis(src, caller, answer_at_s, path_label).trace()
 
 
+def _disagree(missed: int, rate: int) -> bool:
+    """Whether the detectors disagree on an edge: ``missed`` is how many samples of what
+    webrtcvad calls speech the energy edge leaves out (negative: sound it takes in that
+    webrtcvad does not call speech, which unvoiced starts and ends have)."""
+    if missed >= 0:
+        return missed * 1000 > DISAGREE_MS * rate
+    return -missed * 1000 > DISAGREE_UNVOICED_MS * rate
+
+
 class _Channel:
     """One side of the call as a sliceable signal (what
     :func:`voiceaudit.audio.speech_segments` reads block by block)."""
@@ -764,7 +796,12 @@ class _Analysis:
     def trace(self) -> Trace:
         src, rate = self.src, self.rate
         fr = _frame_energies(src)
-        self.mean = fr.mean
+        # the background's offset is removed (a recorder's DC); the DC speech itself has
+        # is not: taking it off would lift digital silence off zero and blur exact edges
+        self.mean = (
+            background_dc(fr.caller, fr.frame_mean[0]),
+            background_dc(fr.agent, fr.frame_mean[1]),
+        )
         if src.nonfinite:
             self.warnings.append(
                 f"{src.nonfinite} samples are not numbers (NaN or infinite): taken as silence"
@@ -1007,13 +1044,13 @@ class _Analysis:
         # the second detector's view of the two edges the figure rests on
         problems = []
         ve = cvad_end.get(e)
-        if ve is not None and abs(ve - e) * 1000 > DISAGREE_MS * rate:
+        if ve is not None and _disagree(ve - e, rate):
             problems.append(
                 f"the caller's speech end by {abs(ve - e) * 1000 / rate:.0f} ms "
                 f"(energy {e / rate:.3f} s, webrtcvad {ve / rate:.3f} s)"
             )
         vs = avad_start.get(onset)
-        if vs is not None and abs(vs - onset) * 1000 > DISAGREE_MS * rate:
+        if vs is not None and _disagree(onset - vs, rate):
             problems.append(
                 f"the agent's onset by {abs(vs - onset) * 1000 / rate:.0f} ms "
                 f"(energy {onset / rate:.3f} s, webrtcvad {vs / rate:.3f} s)"
@@ -1092,7 +1129,7 @@ class _Analysis:
                     "ok": False,
                     "reason": "discarded: the detectors disagree on "
                     + " and on ".join(problems)
-                    + f" (margin {DISAGREE_MS} ms)",
+                    + f" (margins {DISAGREE_MS} ms, {DISAGREE_UNVOICED_MS} ms unvoiced)",
                     "failure": "discarded",
                     "informative_voice_to_voice_ns": wait,
                     "warmup": False,
@@ -1173,6 +1210,7 @@ class _Analysis:
                     "long_wait_ms": LONG_WAIT_MS,
                     "cut_in_resume_ms": CUT_IN_RESUME_MS,
                     "disagree_ms": DISAGREE_MS,
+                    "disagree_unvoiced_ms": DISAGREE_UNVOICED_MS,
                     "merge_ms": MERGE_MS,
                 },
             },
