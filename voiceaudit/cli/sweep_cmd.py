@@ -83,8 +83,19 @@ def _is_impairment_key(name: str) -> bool:
     return direction in ("up", "down") and bare in _LINK_KEYS
 
 
-#: The protocols the built-in reference pipeline speaks (a sweep pipeline without a target).
-BUILTIN_PROTOCOLS = ("realtime", "websocket", "cascade", "webrtc")
+#: The protocols the built-in reference pipeline speaks (a sweep pipeline without a target):
+#: its own four, and the phone carriers' media streams (it is the bot behind the carrier)
+BUILTIN_PROTOCOLS = (
+    "realtime",
+    "websocket",
+    "cascade",
+    "webrtc",
+    "twilio",
+    "telnyx",
+    "plivo",
+    "exotel",
+    "vonage",
+)
 
 _SWEEP_KEYS = (
     "pipelines",
@@ -254,7 +265,8 @@ def register(app: typer.Typer) -> None:
             "--protocol",
             "-p",
             help="A pipeline of the built-in reference over this protocol (repeatable): "
-            "realtime, websocket, cascade, webrtc.",
+            "realtime, websocket, cascade, webrtc, or a phone carrier (twilio, telnyx, plivo, "
+            "exotel, vonage).",
         ),
         target: list[str] = typer.Option(
             [],
@@ -339,7 +351,7 @@ def register(app: typer.Typer) -> None:
             if where is None and proto not in BUILTIN_PROTOCOLS:
                 raise UsageError(
                     f"the built-in pipeline does not speak {proto!r}",
-                    hint="choose realtime, websocket, cascade or webrtc",
+                    hint="choose " + ", ".join(BUILTIN_PROTOCOLS),
                 )
         options = ProbeOptions(
             turns=spec.turns,
