@@ -833,7 +833,7 @@ class Conversation:
             for seg in st.segments:
                 rec.heard(list(seg.chunks))
             self._record_caller()
-            await flush_recording(rec, w, sid)
+            flush_recording(rec, w, sid)
         await w.commit_async()
         self._finish(result)
 

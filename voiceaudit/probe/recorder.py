@@ -27,13 +27,13 @@ the file).
 
 **Durable at every turn end.** Nothing is written on the paced-send path: audio is kept
 in memory and written when a turn ends (and when the greeting ends, and when the session
-closes), in a worker thread; then the RIFF header's sizes are rewritten and the file
-fsync'd. So a crash, a kill or Ctrl-C leaves a complete WAV (any reader reads it) holding
-every finished turn. Audio that falls on a stretch already written (a reply still playing
-when a later turn ends) is mixed into it in place. When the session closes the file is
-padded with silence to that instant (the file runs on where the model still plays a reply
-after it). A recording that cannot be written (disk full, the 4 GiB limit of a WAV) stops
-with a one-line warning; the run goes on.
+closes), in a worker thread the session does not wait for; then the RIFF header's sizes
+are rewritten and the file fsync'd. So a crash, a kill or Ctrl-C leaves a complete WAV
+(any reader reads it) holding every finished turn. Audio that falls on a stretch already
+written (a reply still playing when a later turn ends) is mixed into it in place. When
+the session closes the file is padded with silence to that instant (the file runs on
+where the model still plays a reply after it). A recording that cannot be written (disk
+full, the 4 GiB limit of a WAV) stops with a one-line warning; the run goes on.
 
 Trace: a session-level probe event ``session.recording`` (docs/trace-format.md) names
 the file (relative to the trace), its rate, channels and ``t0_ns``.
@@ -173,17 +173,30 @@ class CallRecorder:
         self.depth_ns = depth_ns
         self._pending: list[_Caller | _Heard] = []
         self._wav: _Wav | None = None
+        self._rate: int | None = None
         #: why the recording stopped (one line), once it has
         self.error: str | None = None
         self._warned = False
         self._announced = False
         self._closed = False
         self._lock = threading.Lock()
+        #: guards ``_pending``: the session hands audio over while a write runs
+        self._plock = threading.Lock()
 
     @property
     def rate(self) -> int | None:
         """The file's sample rate, once chosen (at the first write)."""
-        return None if self._wav is None else self._wav.rate
+        return self._rate
+
+    def choose_rate(self) -> int | None:
+        """Fix the file's rate, if not yet and there is audio to write: the highest of the
+        input rate and the rates of the replies handed over so far."""
+        with self._plock:
+            if self._rate is None and self._pending:
+                rates = [self.input_rate]
+                rates += [p.chunks[0][2] for p in self._pending if isinstance(p, _Heard)]
+                self._rate = max(rates)
+            return self._rate
 
     # -- what the session hands over (on the event loop, no I/O) ----------------------
 
@@ -191,14 +204,16 @@ class CallRecorder:
         """Caller audio as sent: contiguous 16-bit PCM at ``rate`` whose first sample was
         spoken at ``t_ns`` (sample ``a`` at ``t_ns + a / rate``)."""
         if pcm16 and self.error is None:
-            self._pending.append(_Caller(t_ns, pcm16, rate))
+            with self._plock:
+                self._pending.append(_Caller(t_ns, pcm16, rate))
 
     def heard(self, chunks: Sequence[RawChunk]) -> None:
         """A reply (or the greeting) as received: played through the run's playout model
         into the right channel."""
         got = tuple(c for c in chunks if c[1])
         if got and self.error is None:
-            self._pending.append(_Heard(got))
+            with self._plock:
+                self._pending.append(_Heard(got))
 
     # -- writing (in a worker thread) -----------------------------------------------
 
@@ -234,11 +249,11 @@ class CallRecorder:
     def _write(self, end_ns: int | None = None) -> None:
         if self._wav is None and not self._pending and end_ns is None:
             return  # nothing yet (a wait for a greeting that never came): no rate to choose
-        pending, self._pending = self._pending, []
         if self._wav is None:
-            rates = [self.input_rate]
-            rates += [p.chunks[0][2] for p in pending if isinstance(p, _Heard)]
-            self._wav = _Wav(self.path, max(rates))
+            self._wav = _Wav(self.path, self.choose_rate() or self.input_rate)
+            self._rate = self._wav.rate
+        with self._plock:
+            pending, self._pending = self._pending, []
         wav = self._wav
         for item in pending:
             if isinstance(item, _Caller):
@@ -348,19 +363,26 @@ def _announce(rec: CallRecorder, writer: TraceWriter, sid: str) -> None:
                 "t0_ns": rec.t0_ns,
             },
         )
+    _warn(rec)
+
+
+def _warn(rec: CallRecorder) -> None:
     if rec.error is not None and not rec._warned:
         rec._warned = True
         if rec.warn is not None:
             rec.warn(f"recording stopped: {rec.error}")
 
 
-async def flush_recording(rec: CallRecorder | None, writer: TraceWriter, sid: str) -> None:
-    """At a turn's end: write the session's recording so far (in a worker thread: the
-    other sessions' frames keep their pace) and, the first time, its trace event."""
+def flush_recording(rec: CallRecorder | None, writer: TraceWriter, sid: str) -> None:
+    """At a turn's end: have the session's recording so far written in a worker thread,
+    without holding the session up (a scenario's microphone keeps its pace), and, the
+    first time, write its trace event (committed with the turn)."""
     if rec is None:
         return
-    await asyncio.to_thread(rec.flush)
+    rec.choose_rate()
     _announce(rec, writer, sid)
+    fut = asyncio.get_running_loop().run_in_executor(None, rec.flush)
+    fut.add_done_callback(lambda _: _warn(rec))
 
 
 def close_recording(rec: CallRecorder | None, writer: TraceWriter, sid: str, end_ns: int) -> None:

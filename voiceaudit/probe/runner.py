@@ -275,10 +275,11 @@ class _Sink:
         self.failed.set()
 
 
-async def _open(ts: TargetSession) -> None:
+async def _open(ts: TargetSession, *, record: bool = False) -> None:
     """Open a target session, first paying the probe's first-use costs off the loop when
-    the session asks for it (voiceaudit.probe.warm: before any connection is open)."""
-    if ts.warm_up_first:
+    the session asks for it, or the run records its calls (which resample: the first
+    resample imports scipy.signal) (voiceaudit.probe.warm: before any connection is open)."""
+    if ts.warm_up_first or record:
         await warm_up()
     await ts.open()
 
@@ -493,7 +494,7 @@ class Probe:
                 None if level is None else {"ramp_step": level},
             )
             try:
-                await _open(ts)
+                await _open(ts, record=self.options.record)
             except TargetError as exc:
                 session_failed(writer, sid, self.clock.now_ns(), exc)
                 self.record_failed(
@@ -573,7 +574,7 @@ class Probe:
             sink.greeting = None
         if sink.recorder is not None:
             sink.recorder.heard(collector.chunks)
-            await flush_recording(sink.recorder, writer, sid)
+            flush_recording(sink.recorder, writer, sid)
         await writer.commit_async()
         if failed():
             return False
@@ -604,7 +605,7 @@ class Probe:
                 sid, None, self.clock.now_ns(), "probe", "session", "session.connect_start"
             )
             try:
-                await _open(ts)
+                await _open(ts, record=self.options.record)
             except TargetError as exc:
                 session_failed(writer, sid, self.clock.now_ns(), exc)
                 first = conn == 1 and slot == 0 and not self.result.ok_turns
@@ -849,7 +850,7 @@ class Probe:
             # and the reply as heard
             sink.recorder.caller(t0, pcm[: 2 * min(ends[-1], n)] if ends else b"", rate)
             sink.recorder.heard(out.chunks)
-            await flush_recording(sink.recorder, writer, sid)
+            flush_recording(sink.recorder, writer, sid)
         # A broken connection, or one that stopped answering (a timeout: a late reply would
         # land in the next turn), is not used again: the next turn gets a fresh one.
         healthy = not sink.failed.is_set() and result.failure != "timeout"
