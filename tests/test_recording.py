@@ -249,7 +249,7 @@ def test_call_in_pink_noise_10db_finds_every_turn(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="speech ends in 10 dB pink noise are still up to ~200 ms early "
+    reason="edges of speech in 10 dB pink noise are still 35-80 ms off "
     "(voiceaudit.audio.speech_segments, issue 25's noise item); flips when it holds",
 )
 def test_call_in_pink_noise_10db_within_10ms(speech_dir: Path, tmp_path: Path) -> None:
