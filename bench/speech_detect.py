@@ -5,7 +5,7 @@ Builds a long 16 kHz mono 16-bit WAV (default one hour) from real speech: silero
 ``$VOICEAUDIT_REALDATA``), repeated, with seeded pink noise added at ``--snr`` dB (speech
 power over the file's speech segments against the noise power; ``--snr none`` for the
 recording as it is). Then, in one process, it runs ``speech_segments`` on the file read
-through a ``numpy.memmap`` (one block at a time, as a recording analysis does) and prints
+one block at a time with libsndfile (as a recording analysis does) and prints
 the wall-clock and CPU time, the ratio to real time (goal: >= 360x, one hour in 10 s),
 the segments found and the peak memory of the process.
 
@@ -34,22 +34,24 @@ from voiceaudit import audio as A
 RATE = 16_000
 
 
-class _Int16Wav:
-    """The samples of a 16-bit PCM WAV as floats, read by slices through a memmap."""
+class _WavBlocks:
+    """The samples of a mono WAV as float32, read by slices with libsndfile (seek and read,
+    as a recording analysis reads a file): only the slice asked for is in memory."""
 
     def __init__(self, path: Path) -> None:
-        info = sf.info(str(path))
-        if info.subtype != "PCM_16" or info.channels != 1:
-            raise SystemExit(f"{path}: expected mono 16-bit PCM")
-        size = info.frames * 2
-        offset = path.stat().st_size - size  # the data chunk is last in files we write
-        self._pcm = np.memmap(path, dtype="<i2", mode="r", offset=offset, shape=(info.frames,))
+        self._file = sf.SoundFile(str(path))
+        if self._file.channels != 1:
+            raise SystemExit(f"{path}: expected mono")
+        self._frames = int(self._file.frames)
 
     def __len__(self) -> int:
-        return int(self._pcm.shape[0])
+        return self._frames
 
     def __getitem__(self, index: slice, /) -> npt.NDArray[np.float32]:
-        return self._pcm[index].astype(np.float32) / np.float32(32768.0)
+        start, stop, _ = index.indices(self._frames)
+        self._file.seek(start)
+        out: npt.NDArray[np.float32] = self._file.read(max(0, stop - start), dtype="float32")
+        return out
 
 
 def _pink(n: int, rng: np.random.Generator) -> npt.NDArray[np.float64]:
@@ -104,7 +106,7 @@ def main() -> int:
             f"built {args.minutes:g} min at {RATE} Hz, snr {args.snr} dB "
             f"in {time.perf_counter() - t:.1f} s"
         )
-        src = _Int16Wav(path)
+        src = _WavBlocks(path)
         seconds = len(src) / RATE
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         w0, c0 = time.perf_counter(), time.process_time()
