@@ -504,3 +504,15 @@ def test_hostile_files_give_one_line_each(clean_call: Call, tmp_path: Path) -> N
     empty_dir.mkdir()
     with pytest.raises(NoDataError, match="no recordings"):
         recording_inputs([empty_dir])
+
+
+@pytest.mark.parametrize(("gain_db", "delay_s"), [(-30.0, 0.120), (-12.0, 0.005)])
+def test_other_echoes(speech_dir: Path, tmp_path: Path, gain_db: float, delay_s: float) -> None:
+    """A fainter, later echo and a louder, nearly immediate one: found, and no phantom."""
+    call = build_call(speech_dir)
+    caller = with_echo(call.caller, call.agent, gain_db, delay_s, 16000)
+    trace = read_call(write_call(tmp_path / "e.wav", caller, call.agent, 16000, "PCM_16"))
+    check(call, trace)
+    echo = trace.header.config["recording"]["echo"]
+    assert abs(echo["delay_ms"] - delay_s * 1000) <= 0.5
+    assert abs(echo["gain_db"] - gain_db) <= 1.0
