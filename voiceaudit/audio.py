@@ -7,6 +7,10 @@ The two ends of the voice-to-voice interval come from audio:
 * the **first audible sample** of the received reply (:func:`first_audible`): when the caller
   starts hearing the bot.
 
+:func:`speech_segments` is the same detector for a signal of any length (a recorded call),
+analysed in blocks with bounded memory; its thresholds follow the noise, so speech under
+background noise is neither lost nor split.
+
 The detector and the reasons for each rule are documented, with the measurements that chose
 them, in ``docs/audio-ground-truth.md``. Every sample index here is an ``int`` into the mono
 ``float32`` samples of an :class:`Audio`; "missing" is ``None``.
