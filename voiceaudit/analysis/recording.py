@@ -596,16 +596,6 @@ def _overlap(segs: Sequence[tuple[int, int]], t: int) -> tuple[int, int] | None:
     return None
 
 
-@dataclass(frozen=True)
-class CallOptions:
-    """How to read a call: which side is the caller, when it was answered."""
-
-    caller: str = "left"
-    answer_at_s: float | None = None
-    session: str | None = None
-    path_label: str = "recording"
-
-
 def read_call(
     path: str | os.PathLike[str] | None = None,
     *,
