@@ -215,3 +215,18 @@ def test_a_key_press_turn_on_a_protocol_without_dtmf_fails_with_the_reason(
     (turn_end,) = _events(tr, "turn.end")
     assert not turn_end.attrs["ok"]
     assert "cannot send DTMF" in turn_end.attrs["reason"]
+
+
+def test_the_next_turn_waits_until_the_reply_has_been_heard(tmp_path: Path) -> None:
+    """The bot sends each 500 ms reply at once, far faster than it plays: the caller hears
+    it to its end before the gap and the next turn start (docs/run.md, --gap-ms)."""
+    bot = Bot(greet=False)
+    with HandlerServer(bot.handler, "/pcm") as server:
+        rc = _run(server.url, tmp_path / "run")
+    assert rc == 0
+    tr = read_trace(tmp_path / "run" / "trace.jsonl")
+    (end0,) = [e for e in _events(tr, "reply.end") if e.turn == 0]
+    (start1,) = [e for e in _events(tr, "turn.start") if e.turn == 1]
+    (chunks0,) = [e for e in _events(tr, "reply.chunks") if e.turn == 0]
+    assert end0.t_ns - chunks0.t_ns >= 490 * MS  # heard for as long as it lasts
+    assert start1.t_ns >= end0.t_ns + 200 * MS

@@ -92,6 +92,19 @@ def register(app: typer.Typer) -> None:
         gap_ms: int = typer.Option(
             500, "--gap-ms", help="Pause between turns, after the reply ends (ms)."
         ),
+        duration: str | None = typer.Option(
+            None,
+            "--duration",
+            help="Keep every session taking turns (the audio over and over) this long, "
+            "e.g. 10m; the turns in flight finish. A long call: the report shows latency "
+            "over time and by turn, and whether it drifts.",
+        ),
+        stats_every: str | None = typer.Option(
+            None,
+            "--stats-every",
+            help="Write the run's statistics per window of this long to stats.jsonl while it "
+            "runs (default with --duration: 10s).",
+        ),
         greeting_wait: str | None = typer.Option(
             None,
             "--greeting-wait",
@@ -170,6 +183,10 @@ def register(app: typer.Typer) -> None:
         elif hold != "0s":
             raise UsageError("--hold goes with --ramp")
         options = ProbeOptions(
+            duration_s=None if duration is None else parse_duration(duration, "--duration"),
+            stats_every_s=None
+            if stats_every is None
+            else parse_duration(stats_every, "--stats-every"),
             greeting_wait_s=None
             if greeting_wait is None
             else parse_duration(greeting_wait, "--greeting-wait"),

@@ -119,6 +119,12 @@ class ProbeOptions:
     #: None: the protocol's default (voiceaudit.probe.greeting: 5 s where the agents speak
     #: first, the phone carriers; else no wait), 0: never wait
     greeting_wait_s: float | None = None
+    #: keep every session taking turns (the utterances over and over) this long (s), then
+    #: let the turns in flight finish: a long call, to see latency drift
+    duration_s: float | None = None
+    #: write the run's statistics per window of this many seconds to ``stats.jsonl`` beside
+    #: the trace while it runs (None: only with ``duration_s``, every 10 s)
+    stats_every_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.sessions < 1:
@@ -141,6 +147,16 @@ class ProbeOptions:
             raise UsageError("--timeout must be positive")
         if self.greeting_wait_s is not None and not 0 <= self.greeting_wait_s <= 600:
             raise UsageError("--greeting-wait must be between 0 and 10 minutes")
+        if self.duration_s is not None:
+            if self.duration_s <= 0:
+                raise UsageError("--duration must be positive")
+            if self.ramp is not None or self.turns is not None:
+                raise UsageError(
+                    "--duration sets how long each session takes turns",
+                    hint="leave out --turns and --ramp with --duration",
+                )
+        if self.stats_every_s is not None and not 0.5 <= self.stats_every_s <= 3600:
+            raise UsageError("--stats-every must be between 0.5 s and 1 hour")
         if self.gap_ms < 0 or self.jitter_buffer_ms < 0:
             raise UsageError("--gap-ms and --jitter-buffer-ms cannot be negative")
         if self.playout not in PLAYOUT_MODELS:

@@ -32,6 +32,7 @@ from voiceaudit.model import Header
 from voiceaudit.pacing import Pacer
 from voiceaudit.pacing_stats import BROKE_NS, P99_GOAL_NS, PacingHistogram, pacing_attrs
 from voiceaudit.probe.greeting import GreetingCollector, await_greeting, wait_seconds
+from voiceaudit.probe.history import STATS_EVERY_S, STATS_NAME, StatsHistory
 
 # re-exported (as X as X): the CLI, the load driver and the tests take them from here
 from voiceaudit.probe.options import ProbeOptions as ProbeOptions
@@ -323,6 +324,10 @@ class Probe:
         self._active = 0
         #: in a ramp: the step (0-based) that started each slot
         self._slot_level: dict[int, int] = {}
+        #: per session: when the caller has heard its last reply to the end (playout model)
+        self._heard_until: dict[str, int] = {}
+        #: the periodic statistics written while the run goes on (--duration, --stats-every)
+        self._history: StatsHistory | None = None
         #: the phase origin of every session's frame deadlines (see phased)
         self._epoch_ns = self.clock.now_ns()
 
@@ -357,8 +362,10 @@ class Probe:
         return self._cut.is_set()
 
     def add_turn(self, result: TurnResult) -> None:
-        """A finished turn: into the run's result, and to the observer."""
+        """A finished turn: into the run's result, the stats history, and to the observer."""
         self.result.turns.append(result)
+        if self._history is not None:
+            self._history.add(result, self._active)
         self.observer.turn_done(result)
 
     def _header(self) -> Header:
@@ -380,6 +387,7 @@ class Probe:
             config={
                 "sessions": self._slots,
                 **({} if o.ramp is None else {"ramp": o.ramp.describe()}),
+                **({} if o.duration_s is None else {"duration_s": o.duration_s}),
                 "turns": o.turns,
                 "repeat": o.repeat,
                 "warmup": o.warmup,
@@ -398,8 +406,8 @@ class Probe:
 
     def _turns_per_session(self) -> int | float:
         o = self.options
-        if o.ramp is not None:
-            return math.inf  # until the profile ends
+        if o.ramp is not None or o.duration_s is not None:
+            return math.inf  # until the profile (or the duration) ends
         return o.turns if o.turns is not None else len(self.utterances) * o.repeat
 
     @property
@@ -444,7 +452,18 @@ class Probe:
     async def run(self) -> RunResult:
         writer = TraceWriter(self.trace_path, self._header(), secrets=self.target.config.secrets())
         reason = "complete"
+        o = self.options
+        history = None
+        every = o.stats_every_s or (STATS_EVERY_S if o.duration_s is not None else None)
+        if every is not None:
+            history = StatsHistory(self.trace_path.parent / STATS_NAME, self.clock, every)
+            self._history = history
+        timer: asyncio.TimerHandle | None = None
+        if o.duration_s is not None:
+            timer = asyncio.get_running_loop().call_later(o.duration_s, self._winding_down.set)
         try:
+            if history is not None:
+                history.start()
             if self.options.ramp is not None:
                 await self._ramp(writer)
             else:
@@ -457,6 +476,10 @@ class Probe:
             reason = "error"
             raise
         finally:
+            if timer is not None:
+                timer.cancel()
+            if history is not None:
+                history.close(self._active)
             if self._stop.is_set():
                 reason = "interrupted"
                 self.result.interrupted = True
@@ -524,7 +547,10 @@ class Probe:
                     turn += 1
                     if not healthy:
                         break
-                    await self._sleep(self.options.gap_ms / 1000)
+                    # the gap runs from the reply's end as the caller hears it (a target
+                    # that sends faster than real time is still playing when it is done)
+                    playing = self._heard_until.pop(sid, 0) - self.clock.now_ns()
+                    await self._sleep(max(0, playing) / NS_PER_S + self.options.gap_ms / 1000)
                     if sink.failed.is_set():
                         break  # broke between turns: the next turn gets a new connection
             finally:
@@ -959,6 +985,7 @@ class Probe:
                     "reply.underrun",
                     {"gap_ns": u.gap_ns, "chunk": u.chunk},
                 )
+            self._heard_until[sid] = p.end_ns
             writer.event(
                 sid,
                 turn,
