@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from voiceaudit.analysis.ledger import AUDIBLE, SPEECH_END, Ledger
 from voiceaudit.analysis.phone import Greeting, PhoneTurn, was_cleared
 from voiceaudit.analysis.turns import PROBE, ReplyChunk, SessionObs, TurnObs
 from voiceaudit.analysis.turntaking import SPLIT_LABELS, TurnTaking
 from voiceaudit.model import Span
+
+if TYPE_CHECKING:
+    from voiceaudit.analysis.drift import DriftView
 
 NS_PER_MS = 1_000_000
 
@@ -142,6 +145,12 @@ GREETING_KINDS: dict[str, str] = {
     "slow_greeting": "a long silence before the greeting",
 }
 
+#: The long-call kind: one per report at most (not per turn), raised by the trend test
+#: of analysis/drift.py and costed by the change in voice-to-voice over the run.
+DRIFT_KINDS: dict[str, str] = {
+    "drift": "voice-to-voice drifted over the run (a significant trend against time or turn index)",
+}
+
 #: Kinds counted over every turn (failed ones too), not only the statistics' turns.
 ALL_TURN_KINDS: frozenset[str] = frozenset(TURN_TAKING_KINDS) | frozenset(PHONE_KINDS)
 
@@ -151,7 +160,13 @@ ALL_TURN_KINDS: frozenset[str] = frozenset(TURN_TAKING_KINDS) | frozenset(PHONE_
 UNCOSTED: frozenset[str] = frozenset({"false_interruption"})
 
 #: Every kind, in report order.
-ALL_KINDS: dict[str, str] = {**KINDS, **TURN_TAKING_KINDS, **PHONE_KINDS, **GREETING_KINDS}
+ALL_KINDS: dict[str, str] = {
+    **KINDS,
+    **TURN_TAKING_KINDS,
+    **PHONE_KINDS,
+    **GREETING_KINDS,
+    **DRIFT_KINDS,
+}
 
 
 class TurnContext:
@@ -714,6 +729,26 @@ def greeting_findings(g: Greeting, speaks_first: bool, rules: FindingRules) -> l
         }
         return [Finding("slow_greeting", g.latency_ns, ev)]
     return []
+
+
+def drift_finding(view: DriftView | None) -> Finding | None:
+    """``drift`` when the view's trend test says voice-to-voice drifted
+    (:attr:`~voiceaudit.analysis.drift.DriftView.drift`), costed by the change the slope
+    makes over the run (its absolute value); None otherwise."""
+    tr = None if view is None else view.drift
+    if tr is None:
+        return None
+    ev: dict[str, Any] = {
+        "axis": tr.axis,
+        "slope": round(tr.slope, 4),
+        "unit": tr.unit,
+        "ci95": [round(tr.low, 4), round(tr.high, 4)],
+        "spearman_rho": round(tr.rho, 4),
+        "p": tr.p,
+        "change_ms": round(tr.change_ms, 3),
+        "turns": tr.n,
+    }
+    return Finding("drift", round(abs(tr.change_ms) * NS_PER_MS), ev)
 
 
 def probe_lateness(obs: TurnObs) -> int | None:

@@ -22,12 +22,14 @@ from voiceaudit import __version__
 from voiceaudit.analysis.findings import (
     ALL_KINDS,
     ALL_TURN_KINDS,
+    DRIFT_KINDS,
     GREETING_KINDS,
     Finding,
     FindingRules,
     TurnContext,
     detect,
     detect_turn_taking,
+    drift_finding,
     greeting_findings,
     phone_findings,
     probe_lateness,
@@ -71,6 +73,7 @@ from voiceaudit.trace_io import Trace, TraceInfo, find_traces
 
 if TYPE_CHECKING:  # the gate imports this module: its types come in lazily
     from voiceaudit.analysis.concurrency import ConcurrencyView
+    from voiceaudit.analysis.drift import DriftView
     from voiceaudit.analysis.significance import Increase
 
 
@@ -840,6 +843,10 @@ class Report:
         # The greeting's findings are per session: their share is of the sessions.
         for f in self.greeting_findings:
             per.setdefault(f.kind, []).append(f.ns)
+        # Drift is one finding of the whole report (of 1).
+        drift = drift_finding(self.drift)
+        if drift is not None:
+            per[drift.kind] = [drift.ns]
         out = []
         tt_of = len(self.turn_taking_turns)
         for kind, costs in per.items():
@@ -849,6 +856,8 @@ class Report:
             n_of = (
                 len(self.greetings)
                 if kind in GREETING_KINDS
+                else 1
+                if kind in DRIFT_KINDS
                 else tt_of
                 if kind in ALL_TURN_KINDS
                 else of
@@ -882,6 +891,30 @@ class Report:
             return None
         return summarize_turn_taking(
             (t.turn_taking, t.voice_to_voice_ns if t.ok else None) for t in self.turn_taking_turns
+        )
+
+    @cached_property
+    def drift(self) -> DriftView | None:
+        """Voice-to-voice by turn index and over time and the trend tests
+        (docs/report-format.md, "Long calls"); None with fewer than
+        :data:`~voiceaudit.analysis.drift.MIN_TURNS` turns in the statistics, so the
+        report of a short run stays as it was. Failed turns (not warm-up unless asked)
+        count as failures in their window."""
+        from voiceaudit.analysis.drift import MIN_TURNS, DriftTurn, drift_view
+
+        if len(self.stats_turns) < MIN_TURNS:
+            return None
+        stats = {id(t) for t in self.stats_turns}
+        return drift_view(
+            DriftTurn(
+                t.run_id,
+                t.session,
+                t.turn,
+                t.ledger.t0_ns,
+                t.voice_to_voice_ns if id(t) in stats else None,
+            )
+            for t in self.turn_taking_turns
+            if id(t) in stats or not t.ok
         )
 
     @cached_property
@@ -973,6 +1006,8 @@ class Report:
             d["concurrency"] = self.concurrency.to_dict()
         if self.turn_taking is not None:
             d["turn_taking"] = self.turn_taking.to_dict()
+        if self.drift is not None:
+            d["drift"] = self.drift.to_dict()
         if self.phone is not None:
             d["phone"] = self.phone.to_dict()
             d["phone"]["greeting"]["sessions"] = [

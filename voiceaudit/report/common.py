@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from voiceaudit.analysis.compare import FindingComparison, MetricComparison, RateComparison
+from voiceaudit.analysis.drift import ALPHA, MIN_CHANGE_MS
 from voiceaudit.analysis.findings import UNCOSTED
 from voiceaudit.analysis.ledger import (
     ALL_SEGMENTS,
@@ -374,6 +375,53 @@ def knee_line(report: Report) -> str | None:
     """The knee in one sentence (None with one concurrency level)."""
     view = report.concurrency
     return None if view is None else view.describe_knee()
+
+
+# -- long calls (drift) ---------------------------------------------------------------------
+
+DRIFT_TURN_HEAD = ["turn index", "turns", "p50 ms", "p95 ms", "failed"]
+DRIFT_TIME_HEAD = ["window (s)", "turns", "p50 ms", "p95 ms", "failed"]
+
+
+def drift_rows(report: Report, by: str) -> list[list[str]]:
+    """Voice-to-voice by turn index (``by`` ``turn``) or over time (``time``), one row per
+    range of indices or window (empty: the report has no drift view)."""
+    view = report.drift
+    if view is None:
+        return []
+    rows = []
+    for r in view.by_turn if by == "turn" else view.over_time:
+        if by == "turn":
+            a, b = int(r.start), int(r.end)
+            where = str(a) if a == b else f"{a}-{b}"
+        else:
+            where = f"{r.start:.0f}-{r.end:.0f}"
+        rows.append([where, str(r.n), fmt_ms(r.p50_ms), fmt_ms(r.p95_ms), str(r.failures)])
+    return rows
+
+
+def drift_lines(report: Report) -> list[tuple[str, str]]:
+    """(label, text) of the trend tests: against time, against turn index, and the
+    verdict (empty: the report has no drift view)."""
+    view = report.drift
+    if view is None:
+        return []
+    out = []
+    for name, tr in (("over time", view.time), ("by turn index", view.turn)):
+        out.append((name, "not tested (the axis does not vary)" if tr is None else tr.describe()))
+    d = view.drift
+    if d is not None:
+        verdict = (
+            f"drift: {d.change_ms:+.0f} ms over the run "
+            f"({'time' if d.axis == 'time' else 'turn index'}; finding raised)"
+        )
+    else:
+        verdict = (
+            f"no drift (a finding needs p < {ALPHA / 2:g} on an axis, a 95% interval "
+            f"without 0 and a change of at least {MIN_CHANGE_MS:g} ms)"
+        )
+    out.append(("verdict", verdict))
+    return out
 
 
 # -- turn-taking (scenario runs) ------------------------------------------------------------

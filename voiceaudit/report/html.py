@@ -20,6 +20,7 @@ from voiceaudit.report.common import (
     UNRELIABLE_MARK,
     audio_format_lines,
     counts_line,
+    drift_lines,
     failed_turn_lines,
     failure_banner,
     finding_label,
@@ -188,6 +189,16 @@ def _concurrency(report: Report) -> list[str]:
     ]
 
 
+def _drift(report: Report) -> list[str]:
+    """Long calls: voice-to-voice by turn index and over time, and the trend tests."""
+    out = ["<h2>Long calls</h2>"]
+    out += ["<h3>Voice-to-voice by turn index</h3>", grid(tables.drift_table(report, "turn"))]
+    out += ["<h3>Voice-to-voice over time</h3>", grid(tables.drift_table(report, "time"))]
+    items = "".join(f"<li><b>{esc(n)}</b>: {esc(t)}</li>" for n, t in drift_lines(report))
+    out.append(f"<ul>{items}</ul>")
+    return out
+
+
 def _turn_taking(report: Report) -> list[str]:
     """The turn-taking section (scenario runs only)."""
     out = ["<h2>Turn-taking</h2>"]
@@ -316,6 +327,8 @@ def render_report(report: Report) -> str:
         body += _waterfalls(report)
     else:
         body.append('<p class="fail"><b>No successful turns: no statistics.</b></p>')
+    if report.drift is not None:
+        body += _drift(report)
     if report.turn_taking is not None:
         body += _turn_taking(report)
     if phone_lines(report):

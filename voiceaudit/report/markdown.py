@@ -15,6 +15,7 @@ from voiceaudit.report.common import (
     UNRELIABLE_MARK,
     audio_format_lines,
     counts_line,
+    drift_lines,
     failed_turn_lines,
     failure_banner,
     fmt_ms,
@@ -32,6 +33,7 @@ from voiceaudit.report.tables import (
     Kind,
     Table,
     concurrency,
+    drift_table,
     failure_comparison,
     failures,
     finding_comparison,
@@ -103,6 +105,16 @@ def _turn_taking(report: Report) -> list[str]:
     return lines
 
 
+def _drift(report: Report) -> list[str]:
+    """Long calls: voice-to-voice by turn index and over time, and the trend tests."""
+    lines = ["### Long calls", ""]
+    lines += ["Voice-to-voice by turn index:", "", _grid(drift_table(report, "turn")), ""]
+    lines += ["Voice-to-voice over time:", "", _grid(drift_table(report, "time")), ""]
+    lines += [f"- **{md(name)}**: {md(text)}" for name, text in drift_lines(report)]
+    lines.append("")
+    return lines
+
+
 def render_report(report: Report) -> str:
     lines = ["## voiceaudit report" + (f": {md(report.label)}" if report.label else ""), ""]
     lines += [counts_line(report) + ".  ", f"Target: {md(target_line(report))}"]
@@ -150,6 +162,8 @@ def render_report(report: Report) -> str:
             lines += [_grid(levels), ""]
     else:
         lines += ["**No successful turns: no statistics.**", ""]
+    if report.drift is not None:
+        lines += _drift(report)
     if report.turn_taking is not None:
         lines += _turn_taking(report)
     if phone_lines(report):

@@ -19,12 +19,15 @@ from voiceaudit.analysis.stats import Summary
 from voiceaudit.report.common import (
     COLUMNS,
     CONCURRENCY_HEAD,
+    DRIFT_TIME_HEAD,
+    DRIFT_TURN_HEAD,
     FAILURE_COMPARISON_COLUMNS,
     FAILURE_HEAD,
     METRIC_COMPARISON_COLUMNS,
     RATE_COMPARISON_COLUMNS,
     TURN_TAKING_HEAD,
     concurrency_rows,
+    drift_rows,
     failure_note,
     failure_rows,
     finding_comparison_cells,
@@ -217,6 +220,17 @@ def concurrency(report: Report) -> Table:
         tuple(_cells(r) for r in rows),
         frozenset(i for i, r in enumerate(rows) if r[-1] == "knee"),
         knee_line(report),
+    )
+
+
+def drift_table(report: Report, by: str) -> Table:
+    """Voice-to-voice by turn index (``by`` ``turn``) or over time (``time``): turns,
+    p50, p95 and failed turns per range or window (no rows without a drift view)."""
+    first, *figures = DRIFT_TURN_HEAD if by == "turn" else DRIFT_TIME_HEAD
+    rows = drift_rows(report, by)
+    return Table(
+        (left(first, no_wrap=True), *(Column(h) for h in figures)),
+        tuple(_cells(r) for r in rows),
     )
 
 

@@ -17,6 +17,7 @@ from voiceaudit.report.common import (
     UNRELIABLE_MARK,
     audio_format_lines,
     counts_line,
+    drift_lines,
     failed_turn_lines,
     failure_banner,
     fmt_ms,
@@ -153,6 +154,22 @@ def _turn_taking(report: Report) -> RenderableType:
     return Group(*parts)
 
 
+def _drift(report: Report) -> RenderableType:
+    """Long calls: voice-to-voice by turn index and over time, and the trend tests."""
+    parts: list[RenderableType] = [Text("")]
+    parts.append(grid(tables.drift_table(report, "turn"), "Voice-to-voice by turn index"))
+    parts.append(Text(""))
+    parts.append(grid(tables.drift_table(report, "time"), "Voice-to-voice over time"))
+    t = Text()
+    t.append("\nLong calls (trend of voice-to-voice: Theil-Sen slope, Spearman's test)\n")
+    t.stylize("bold")
+    for name, text in drift_lines(report):
+        t.append(f"  {name}: ", style="bold")
+        t.append(f"{text}\n")
+    parts.append(t)
+    return Group(*parts)
+
+
 def _phone(report: Report) -> RenderableType:
     """Paths, greeting, the carrier, barge-ins through it, marks, key presses."""
     t = Text()
@@ -215,6 +232,8 @@ def render_report(report: Report, console: Console) -> None:
             parts.append(_concurrency(report))
     else:
         parts.append(Text("No successful turns: no statistics.", style="bold red"))
+    if report.drift is not None:
+        parts.append(_drift(report))
     if report.turn_taking is not None:
         parts.append(_turn_taking(report))
     if phone_lines(report):

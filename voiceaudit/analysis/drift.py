@@ -1,0 +1,277 @@
+"""Long calls: voice-to-voice by turn index and over time, and a test for drift.
+
+Latency that drifts over a long call or a long run (caches filling, context growing,
+leaks) is a known failure of real agents. :func:`drift_view` takes each turn's run,
+session, turn index, speech-end time and voice-to-voice (``None`` for a failed turn) and
+gives:
+
+- voice-to-voice by turn index, across sessions (n, p50, p95), the indices grouped into
+  at most :data:`MAX_INDEX_ROWS` equal ranges;
+- voice-to-voice over time, in :data:`WINDOWS` equal windows from the run's start (the
+  first speech end of its run): n, p50, p95 and the failed turns;
+- two trend tests of voice-to-voice, against the time since the run's start and against
+  the turn index: Spearman's rank correlation (its p-value) and the Theil-Sen slope with
+  its 95 % interval, in ms per minute and ms per turn.
+
+A ``drift`` finding is raised (:func:`drift_finding`) when, on either axis, the rank
+correlation is significant at p < :data:`ALPHA` / 2 (Bonferroni over the two axes, so the
+finding's false-alarm rate stays under :data:`ALPHA`), the slope's 95 % interval excludes
+0, and the change the slope makes over the run (slope x duration, or x the span of turn
+indices) is at least :data:`MIN_CHANGE_MS`; never with fewer than :data:`MIN_TURNS` ok
+turns. The finding's cost is that change. docs/report-format.md ("Long calls") documents
+it; recordings read into traces (analysis/recording.py) get the same view.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+#: No trend test and no ``drift`` finding with fewer ok turns than this.
+MIN_TURNS = 20
+#: The finding's significance level (split over the two axes, time and turn index).
+ALPHA = 0.01
+#: The least change over the run (ms) a drift finding needs: a significant but smaller
+#: trend is shown, not raised.
+MIN_CHANGE_MS = 50.0
+#: Windows of time the run is cut into (equal, from its start to its last speech end).
+WINDOWS = 10
+#: At most this many rows of the by-turn-index table (indices grouped in equal ranges).
+MAX_INDEX_ROWS = 12
+#: Theil-Sen is quadratic in the turns: above this many, it is computed on this many
+#: turns evenly spaced along the axis (Spearman's test always uses every turn).
+MAX_THEIL_SEN = 2000
+
+NS_PER_MIN = 60 * 10**9
+
+
+class DriftTurn(NamedTuple):
+    """One finished turn as the drift view needs it."""
+
+    run_id: str
+    session: str
+    turn: int
+    #: speech end on the run's clock (ns); None: the turn has no speech end
+    t_ns: int | None
+    #: voice-to-voice (ns); None: a failed turn
+    v2v_ns: int | None
+
+
+@dataclass(frozen=True)
+class DriftRow:
+    """One row of a drift table: a range of turn indices or a window of time."""
+
+    #: first and last turn index, or the window's start and end (s from the run's start)
+    start: float
+    end: float
+    n: int
+    p50_ms: float | None
+    p95_ms: float | None
+    failures: int
+
+    def to_dict(self, by: str) -> dict[str, Any]:
+        """``by`` ``turn``: ``turn_from``/``turn_to``; ``time``: ``from_s``/``to_s``."""
+        if by == "turn":
+            d: dict[str, Any] = {"turn_from": int(self.start), "turn_to": int(self.end)}
+        else:
+            d = {"from_s": round(self.start, 3), "to_s": round(self.end, 3)}
+        d.update(
+            {
+                "n": self.n,
+                "p50_ms": _r(self.p50_ms),
+                "p95_ms": _r(self.p95_ms),
+                "failures": self.failures,
+            }
+        )
+        return d
+
+
+@dataclass(frozen=True)
+class Trend:
+    """Voice-to-voice against one axis: Spearman's test and the Theil-Sen slope."""
+
+    #: ``time`` (slope in ms per minute) or ``turn`` (ms per turn)
+    axis: str
+    n: int
+    rho: float
+    p: float
+    slope: float
+    low: float
+    high: float
+    #: the axis's span over the run (minutes, or turn indices)
+    span: float
+
+    @property
+    def unit(self) -> str:
+        return "ms/min" if self.axis == "time" else "ms/turn"
+
+    @property
+    def change_ms(self) -> float:
+        """What the slope adds over the run: slope x span."""
+        return self.slope * self.span
+
+    @property
+    def significant(self) -> bool:
+        """p < ALPHA/2 and the slope's 95 % interval excludes 0."""
+        return self.p < ALPHA / 2 and (self.low > 0 or self.high < 0)
+
+    @property
+    def drifts(self) -> bool:
+        """Significant, and the change over the run is at least MIN_CHANGE_MS."""
+        return self.significant and abs(self.change_ms) >= MIN_CHANGE_MS
+
+    def describe(self) -> str:
+        """``+3.02 ms/turn (95% CI 2.80 to 3.25), Spearman rho 0.91, p 1e-12, +178 ms
+        over 59 turns``."""
+        over = f"{self.span:.1f} min" if self.axis == "time" else f"{self.span:g} turns"
+        return (
+            f"{self.slope:+.2f} {self.unit} (95% CI {self.low:.2f} to {self.high:.2f}), "
+            f"Spearman rho {self.rho:.2f}, p {_fmt_p(self.p)}, "
+            f"{self.change_ms:+.0f} ms over {over}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        per = "per_min" if self.axis == "time" else "per_turn"
+        return {
+            "n": self.n,
+            "spearman_rho": round(self.rho, 4),
+            "p": self.p,
+            f"slope_ms_{per}": round(self.slope, 4),
+            f"slope_ms_{per}_ci95": [round(self.low, 4), round(self.high, 4)],
+            "span": round(self.span, 4),
+            "change_ms": round(self.change_ms, 3),
+            "significant": self.significant,
+            "drift": self.drifts,
+        }
+
+
+@dataclass(frozen=True)
+class DriftView:
+    """Voice-to-voice by turn index and over time, and the two trend tests."""
+
+    turns: int
+    duration_s: float
+    by_turn: tuple[DriftRow, ...]
+    over_time: tuple[DriftRow, ...]
+    #: None: fewer than MIN_TURNS ok turns, or the axis does not vary
+    time: Trend | None
+    turn: Trend | None
+
+    @property
+    def drift(self) -> Trend | None:
+        """The trend that raises the finding (the larger change of the two), if any."""
+        hits = [t for t in (self.time, self.turn) if t is not None and t.drifts]
+        return max(hits, key=lambda t: abs(t.change_ms)) if hits else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "turns": self.turns,
+            "duration_s": round(self.duration_s, 3),
+            "min_turns": MIN_TURNS,
+            "alpha": ALPHA,
+            "min_change_ms": MIN_CHANGE_MS,
+            "windows": WINDOWS,
+            "by_turn": [r.to_dict("turn") for r in self.by_turn],
+            "over_time": [r.to_dict("time") for r in self.over_time],
+            "trend": {
+                "time": None if self.time is None else self.time.to_dict(),
+                "turn": None if self.turn is None else self.turn.to_dict(),
+            },
+        }
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 3)
+
+
+def _fmt_p(p: float) -> str:
+    return f"{p:.2g}" if p >= 1e-4 else "< 0.0001"
+
+
+def _row(start: float, end: float, vals: list[float], failures: int) -> DriftRow:
+    if not vals:
+        return DriftRow(start, end, 0, None, None, failures)
+    p50, p95 = np.percentile(np.asarray(vals), [50, 95])
+    return DriftRow(start, end, len(vals), float(p50), float(p95), failures)
+
+
+def _trend(axis: str, x: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> Trend | None:
+    n = len(x)
+    if n < MIN_TURNS or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    from scipy import stats  # lazily: the CLI starts without scipy
+
+    rho, p = stats.spearmanr(x, y)
+    rho, p = float(rho), float(p)
+    if math.isnan(rho) or math.isnan(p):
+        return None
+    xs, ys = x, y
+    if n > MAX_THEIL_SEN:
+        order = np.argsort(x, kind="stable")
+        pick = order[np.linspace(0, n - 1, MAX_THEIL_SEN).round().astype(int)]
+        xs, ys = x[pick], y[pick]
+    res = stats.theilslopes(ys, xs, alpha=0.95)
+    slope, low, high = float(res[0]), float(res[2]), float(res[3])
+    return Trend(axis, n, rho, p, slope, low, high, float(np.ptp(x)))
+
+
+def drift_view(turns: Iterable[DriftTurn]) -> DriftView | None:
+    """The drift view of ``turns`` (ok ones carry a voice-to-voice, failed ones None);
+    None when no ok turn has a speech-end time. Time is counted from the first speech end
+    of each run (runs merged into one report keep their own clocks)."""
+    pts = [t for t in turns if t.t_ns is not None]
+    ok = [t for t in pts if t.v2v_ns is not None]
+    if not ok:
+        return None
+    start: dict[str, int] = {}
+    for t in pts:
+        assert t.t_ns is not None
+        start[t.run_id] = min(start.get(t.run_id, t.t_ns), t.t_ns)
+    el = {id(t): (t.t_ns - start[t.run_id]) / 1e9 for t in pts if t.t_ns is not None}
+    duration = max(el.values())
+    # over time
+    width = duration / WINDOWS if duration > 0 else 0.0
+    wins: list[list[float]] = [[] for _ in range(WINDOWS)]
+    fails = [0] * WINDOWS
+    for t in pts:
+        k = min(int(el[id(t)] / width), WINDOWS - 1) if width > 0 else 0
+        if t.v2v_ns is None:
+            fails[k] += 1
+        else:
+            wins[k].append(t.v2v_ns / 1e6)
+    n_win = WINDOWS if width > 0 else 1
+    over_time = tuple(
+        _row(k * width, (k + 1) * width if width > 0 else 0.0, wins[k], fails[k])
+        for k in range(n_win)
+    )
+    # by turn index
+    lo = min(t.turn for t in pts)
+    hi = max(t.turn for t in pts)
+    step = max(1, math.ceil((hi - lo + 1) / MAX_INDEX_ROWS))
+    groups: dict[int, list[float]] = {}
+    gfail: dict[int, int] = {}
+    for t in pts:
+        g = (t.turn - lo) // step
+        if t.v2v_ns is None:
+            gfail[g] = gfail.get(g, 0) + 1
+        else:
+            groups.setdefault(g, []).append(t.v2v_ns / 1e6)
+    by_turn = tuple(
+        _row(lo + g * step, min(hi, lo + g * step + step - 1), groups.get(g, []), gfail.get(g, 0))
+        for g in sorted(set(groups) | set(gfail))
+    )
+    y = np.asarray([t.v2v_ns for t in ok], dtype=np.float64) / 1e6
+    x_time = np.asarray([el[id(t)] for t in ok], dtype=np.float64) / 60.0
+    x_turn = np.asarray([t.turn for t in ok], dtype=np.float64)
+    return DriftView(
+        turns=len(ok),
+        duration_s=duration,
+        by_turn=by_turn,
+        over_time=over_time,
+        time=_trend("time", x_time, y),
+        turn=_trend("turn", x_turn, y),
+    )
