@@ -81,6 +81,7 @@ DEAD_AIR_MS = 1000  #: a silence inside a reply at least this long is dead air
 LONG_WAIT_MS = 2000  #: a response latency at least this long is a long wait
 CUT_IN_RESUME_MS = 1000  #: agent onset in a caller pause, caller resumes within this: cut-in
 NOISY_RATE = 8000  #: the noise-robust detector reads a noisy channel at this rate (speed)
+SPLIT_GAP_MS = 1000  #: noisy channels: a segment is split where energy hears nothing this long
 NOISY_RANGE_DB = 40.0  #: speech less than this over the channel's floor: the noisy detector
 DISAGREE_MS = 150  #: the energy edge may miss this much of what webrtcvad calls speech ...
 DISAGREE_UNVOICED_MS = 300  #: ... and hold this much sound it does not (breath, consonant)
@@ -619,6 +620,29 @@ def read_call(
     return _Analysis(src, caller, answer_at_s, path_label).trace()
 
 
+def _split_on_energy(
+    segs: list[tuple[int, int]], coarse: list[tuple[int, int]], gap: int
+) -> list[tuple[int, int]]:
+    """Split each segment of the noise-robust detector where the energy detector hears
+    nothing for ``gap`` samples or more inside it, and trim such a stretch off its start
+    or end (a bridge over seconds of noise would make several turns one); the new edges
+    are the energy detector's."""
+    out: list[tuple[int, int]] = []
+    for s, e in segs:
+        inside = [(a, b) for a, b in coarse if b > s and a < e]
+        if inside and inside[0][0] - s >= gap:  # seconds of noise taken in before it
+            s = inside[0][0]
+        if inside and e - inside[-1][1] >= gap:  # ... or after it
+            e = inside[-1][1]
+        cur = s
+        for (_, b1), (a2, _) in itertools.pairwise(inside):
+            if a2 - b1 >= gap:
+                out.append((cur, b1))
+                cur = a2
+        out.append((cur, e))
+    return out
+
+
 def _disagree(missed: int, rate: int) -> bool:
     """Whether the detectors disagree on an edge: ``missed`` is how many samples of what
     webrtcvad calls speech the energy edge leaves out (negative: sound it takes in that
@@ -719,7 +743,8 @@ class _Analysis:
         segs = [
             (s * self.rate // drate, e * self.rate // drate) for s, e in speech_segments(ch, drate)
         ]
-        return self._edges(segs, who, _rms(floor), refine=False)
+        gap = SPLIT_GAP_MS * self.rate // 1000
+        return self._edges(_split_on_energy(segs, coarse, gap), who, _rms(floor), refine=False)
 
     def _check_vad(self, segs: list[tuple[int, int]], who: str) -> None:
         """Whether the second detector can tell this channel's noise from speech: webrtcvad
@@ -903,7 +928,8 @@ class _Analysis:
             prev_end = turns[-1].end
             onsets = [a for a, b in agent if prev_end <= a < s]
             talking = _overlap(agent, s)
-            if not onsets and talking is None:
+            heard = any(a < s and b > prev_end for a, b in agent)
+            if not heard:
                 turns[-1].segs.append((s, e))  # a pause with no agent speech
                 continue
             if onsets and talking is not None and s - onsets[0] <= resume:
@@ -1016,6 +1042,25 @@ class _Analysis:
                 "turn.note",
                 {"note": "the agent was still speaking when the caller finished (talk-over)"},
             )
+        if not reply and over_end is not None:
+            # the agent was already speaking when the caller's speech ended: no response
+            # latency (talk-over, or a detector that ran the caller's speech on into it)
+            self.ev(
+                k,
+                max(self.t(over_end[1]), self.t(e)) + 1,
+                "turn",
+                "turn.end",
+                {
+                    "ok": False,
+                    "reason": "discarded: the agent started speaking at "
+                    f"{over_end[0] / rate:.3f} s, before the caller's speech ended at "
+                    f"{e / rate:.3f} s: no response latency",
+                    "failure": "discarded",
+                    "warmup": False,
+                },
+            )
+            self.disagree[str(k)] = 1
+            return
         if not reply:
             reason = (
                 "no reply: the agent did not speak before the caller spoke again"
