@@ -173,7 +173,7 @@ def figures(trace: Trace) -> dict[str, Any]:
             out["dead_air"][k] = obs.attrs("recording.dead_air")["gap_ns"]
         if obs.first("recording.long_wait"):
             out["waits"].append(k)
-    for name, _, a in next(iter(c.sessions.values())).events:
+    for name, _, a in (ev for so in c.sessions.values() for ev in so.events):
         if name == "greeting.audible":
             out["greeting"] = a["latency_ns"]
     return out
@@ -516,3 +516,27 @@ def test_other_echoes(speech_dir: Path, tmp_path: Path, gain_db: float, delay_s:
     echo = trace.header.config["recording"]["echo"]
     assert abs(echo["delay_ms"] - delay_s * 1000) <= 0.5
     assert abs(echo["gain_db"] - gain_db) <= 1.0
+
+
+def test_agent_talking_over_the_speech_end_is_discarded_not_unanswered(
+    speech_dir: Path, tmp_path: Path
+) -> None:
+    """The agent starts 0.3 s before the caller has finished: no response latency can be
+    measured; the turn is discarded with the reason (counted), the talk-over recorded."""
+    rate = 16000
+    c = [_clip(speech_dir, n) for n in CLIPS]
+    caller = np.zeros(20 * rate, dtype=np.float32)
+    agent = np.zeros(20 * rate, dtype=np.float32)
+    caller[rate : rate + c[1].shape[0]] = c[1]
+    end = rate + c[1].shape[0]
+    agent[end - round(0.3 * rate) : end - round(0.3 * rate) + 2 * rate] = c[3][: 2 * rate]
+    caller[end + 4 * rate : end + 4 * rate + 2 * rate] = c[0][: 2 * rate]
+    agent[end + 7 * rate : end + 8 * rate] = c[2][:rate]
+    trace = read_call(write_call(tmp_path / "t.wav", caller, agent, rate, "PCM_16"))
+    f = figures(trace)
+    assert len(f["turns"]) == 2
+    assert isinstance(f["turns"][0], str) and f["turns"][0].startswith("discarded: the agent")
+    assert isinstance(f["turns"][1], int)
+    assert trace.header.config["recording"]["discarded"] == 1
+    talk = [e for e in trace.events if e.name == "recording.talk_over"]
+    assert len(talk) == 1 and abs(talk[0].attrs["duration_ns"] - 0.3e9) <= TOL_NS
