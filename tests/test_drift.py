@@ -126,6 +126,27 @@ def test_significant_but_small_trend_is_shown_not_raised(tmp_path: Path) -> None
     assert "drift" not in {f.kind for f in r.findings}
 
 
+def test_a_step_is_not_a_drift(tmp_path: Path) -> None:
+    """+300 ms from turn 45 of 60 (a shift, not a gradual drift): the trend is significant
+    and shown with the step, where it is and its size; no drift finding."""
+    specs = _specs(60, 0.0, 10.0, seed=5)
+    specs = [
+        s.with_(first_token_ms=(s.first_token_ms or 0) + 300.0) if i >= 45 else s
+        for i, s in enumerate(specs)
+    ]
+    r = _report(tmp_path, specs)
+    view = r.drift
+    assert view is not None and view.turn is not None and view.time is not None
+    assert view.turn.significant and view.turn.step is not None
+    at, change = view.turn.step
+    assert at == 44.5
+    assert 270 < change < 330
+    assert view.time.step is not None and not view.time.drifts
+    assert view.drift is None
+    assert "drift" not in {f.kind for f in r.findings}
+    assert "fits better (not gradual)" in render(r, Format.MARKDOWN)
+
+
 def test_too_few_turns_no_view_no_finding(tmp_path: Path) -> None:
     """A steep drift (20 ms per turn) over MIN_TURNS - 1 turns: nothing is shown, so a
     short run's report stays as it was."""

@@ -42,6 +42,11 @@ MIN_CHANGE_MS = 50.0
 WINDOWS = 10
 #: At most this many rows of the by-turn-index table (indices grouped in equal ranges).
 MAX_INDEX_ROWS = 12
+#: A trend is called a step, not a drift, when the best single step (two levels, each
+#: its side's median) leaves less than this share of the line's absolute deviations.
+STEP_RATIO = 0.8
+#: Turns each side of a step must have at least.
+MIN_STEP_SIDE = 5
 #: Theil-Sen is quadratic in the turns: above this many, it is computed on this many
 #: turns evenly spaced along the axis (Spearman's test always uses every turn).
 MAX_THEIL_SEN = 2000
@@ -104,6 +109,9 @@ class Trend:
     high: float
     #: the axis's span over the run (minutes, or turn indices)
     span: float
+    #: (where on the axis, change ms) of a single step that fits better than the line
+    #: (see STEP_RATIO): a shift, not a gradual drift; None: the line fits as well
+    step: tuple[float, float] | None = None
 
     @property
     def unit(self) -> str:
@@ -121,18 +129,23 @@ class Trend:
 
     @property
     def drifts(self) -> bool:
-        """Significant, and the change over the run is at least MIN_CHANGE_MS."""
-        return self.significant and abs(self.change_ms) >= MIN_CHANGE_MS
+        """Significant, the change over the run is at least MIN_CHANGE_MS, and gradual
+        (no single step fits better)."""
+        return self.significant and abs(self.change_ms) >= MIN_CHANGE_MS and self.step is None
 
     def describe(self) -> str:
         """``+3.02 ms/turn (95% CI 2.80 to 3.25), Spearman rho 0.91, p 1e-12, +178 ms
         over 59 turns``."""
         over = f"{self.span:.1f} min" if self.axis == "time" else f"{self.span:g} turns"
-        return (
+        text = (
             f"{self.slope:+.2f} {self.unit} (95% CI {self.low:.2f} to {self.high:.2f}), "
             f"Spearman rho {self.rho:.2f}, p {_fmt_p(self.p)}, "
             f"{self.change_ms:+.0f} ms over {over}"
         )
+        if self.step is not None:
+            at = f"{self.step[0]:.1f} min" if self.axis == "time" else f"turn {self.step[0]:g}"
+            text += f"; a step of {self.step[1]:+.0f} ms at {at} fits better (not gradual)"
+        return text
 
     def to_dict(self) -> dict[str, Any]:
         per = "per_min" if self.axis == "time" else "per_turn"
@@ -145,6 +158,9 @@ class Trend:
             "span": round(self.span, 4),
             "change_ms": round(self.change_ms, 3),
             "significant": self.significant,
+            "step": None
+            if self.step is None
+            else {"at": round(self.step[0], 4), "change_ms": round(self.step[1], 3)},
             "drift": self.drifts,
         }
 
@@ -215,8 +231,37 @@ def _trend(axis: str, x: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> Trend
         pick = order[np.linspace(0, n - 1, MAX_THEIL_SEN).round().astype(int)]
         xs, ys = x[pick], y[pick]
     res = stats.theilslopes(ys, xs, alpha=0.95)
-    slope, low, high = float(res[0]), float(res[2]), float(res[3])
-    return Trend(axis, n, rho, p, slope, low, high, float(np.ptp(x)))
+    slope, icpt, low, high = float(res[0]), float(res[1]), float(res[2]), float(res[3])
+    line_dev = float(np.abs(ys - (icpt + slope * xs)).sum())
+    return Trend(axis, n, rho, p, slope, low, high, float(np.ptp(x)), _step(xs, ys, line_dev))
+
+
+def _step(
+    x: np.ndarray[Any, Any], y: np.ndarray[Any, Any], line_dev: float
+) -> tuple[float, float] | None:
+    """The best single step of ``y`` along ``x`` (least absolute deviations from each
+    side's median, at most 200 split points tried), when it leaves less than STEP_RATIO
+    of ``line_dev``: (where, the change between the sides' medians)."""
+    order = np.argsort(x, kind="stable")
+    xs, ys = x[order], y[order]
+    n = len(ys)
+    # a split falls between two different axis values, with MIN_STEP_SIDE turns a side
+    cands = [k for k in range(MIN_STEP_SIDE, n - MIN_STEP_SIDE + 1) if xs[k] != xs[k - 1]]
+    if not cands:
+        return None
+    if len(cands) > 200:
+        cands = [cands[i] for i in np.linspace(0, len(cands) - 1, 200).round().astype(int)]
+    best: tuple[float, int, float, float] | None = None
+    for k in cands:
+        a, b = float(np.median(ys[:k])), float(np.median(ys[k:]))
+        dev = float(np.abs(ys[:k] - a).sum() + np.abs(ys[k:] - b).sum())
+        if best is None or dev < best[0]:
+            best = (dev, k, a, b)
+    assert best is not None
+    dev, k, a, b = best
+    if dev >= STEP_RATIO * line_dev:
+        return None
+    return (float(xs[k - 1] + xs[k]) / 2, b - a)
 
 
 def drift_view(turns: Iterable[DriftTurn]) -> DriftView | None:
