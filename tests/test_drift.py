@@ -15,12 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 from scipy import stats
 
 from voiceaudit.analysis import build_report
 from voiceaudit.analysis.drift import MIN_CHANGE_MS, MIN_TURNS, WINDOWS
+from voiceaudit.analysis.recording import read_call
 from voiceaudit.analysis.report import Report
 from voiceaudit.analysis.synthetic import TurnSpec, lay_out, schedule, write_trace
+from voiceaudit.audio import Audio, detect_speech, first_audible
 from voiceaudit.report import Format, render
 
 #: voice-to-voice of a default TurnSpec without its first token: framing 12, endpointing
@@ -188,3 +191,66 @@ def test_every_format_shows_the_section(tmp_path: Path) -> None:
     assert len(doc["drift"]["over_time"]) == WINDOWS
     assert sum(row["n"] for row in doc["drift"]["by_turn"]) == 60
     assert [f["kind"] for f in doc["findings"]] == ["drift"]
+
+
+# -- a recorded call ------------------------------------------------------------------------
+
+CLIPS = ("0870", "0880", "0890", "0920", "0930")
+
+
+def _clip(speech_dir: Path, name: str) -> np.ndarray:
+    """A LibriVox clip cut to its labelled speech (the .lab ground truth)."""
+    stem = speech_dir / f"pocketsphinx_sense_and_sensibility_01_austen_64kb-{name}"
+    x, rate = sf.read(stem.with_suffix(".wav"), dtype="float32")
+    assert rate == 16000
+    lab = stem.with_suffix(".lab").read_text().split()
+    return np.asarray(x[round(float(lab[0]) * rate) : round(float(lab[3]) * rate)])
+
+
+def test_a_recorded_call_that_drifts(speech_dir: Path, tmp_path: Path) -> None:
+    """A stereo call of 30 caller turns (real speech) whose agent answers 20 ms later at
+    each turn (0.5 s, 0.52 s, ...): the recording is read into a trace and the same view
+    recovers 20 ms per turn inside its interval and raises ``drift``."""
+    rate = 16000
+    clips = [_clip(speech_dir, n) for n in CLIPS]
+
+    def trimmed(x: np.ndarray) -> np.ndarray:
+        info = detect_speech(Audio(x, rate, 1))
+        assert info.speech_start is not None and info.speech_end is not None
+        piece = x[info.speech_start : info.speech_end]
+        a = first_audible(piece, rate)
+        b = first_audible(np.ascontiguousarray(piece[::-1]), rate)
+        assert a is not None and b is not None
+        return piece[a : piece.shape[0] - b]
+
+    said = [trimmed(c[: round(2.0 * rate)]) for c in clips]
+    replies = [trimmed(c[round(2.0 * rate) : round(3.2 * rate)]) for c in clips]
+    n = 30
+    total = sum(s.shape[0] for s in said) * 6 + n * 4 * rate
+    caller = np.zeros(total, dtype=np.float32)
+    agent = np.zeros(total, dtype=np.float32)
+    at = rate  # one second of silence first
+    truth = []
+    for i in range(n):
+        s = said[i % len(said)]
+        caller[at : at + s.shape[0]] = s
+        at += s.shape[0]
+        lat = 0.5 + 0.02 * i
+        truth.append(lat)
+        at += round(lat * rate)
+        r = replies[(i + 2) % len(replies)]
+        agent[at : at + r.shape[0]] = r
+        at += r.shape[0] + round(0.8 * rate)
+    wav = tmp_path / "call.wav"
+    sf.write(wav, np.stack([caller[:at], agent[:at]], axis=1), rate, subtype="PCM_16")
+    r = build_report([read_call(wav)])
+    got = np.asarray([t.voice_to_voice_ns for t in r.stats_turns], dtype=np.float64) / 1e9
+    assert len(got) == n
+    assert np.abs(got - np.asarray(truth)).max() <= 0.010  # the recording's own accuracy
+    view = r.drift
+    assert view is not None and view.turn is not None
+    assert view.turn.low <= 20.0 <= view.turn.high
+    assert view.turn.drifts and view.turn.step is None
+    (f,) = [f for f in r.findings if f.kind == "drift"]
+    assert 560 < f.total_ms < 600  # 20 ms x 29 turns = 580 ms injected
+    assert "### Long calls" in render(r, Format.MARKDOWN)
