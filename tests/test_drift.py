@@ -249,7 +249,9 @@ def test_a_recorded_call_that_drifts(speech_dir: Path, tmp_path: Path) -> None:
     assert np.abs(got - np.asarray(truth)).max() <= 0.010  # the recording's own accuracy
     view = r.drift
     assert view is not None and view.turn is not None
-    assert view.turn.low <= 20.0 <= view.turn.high
+    # the reader is sample-exact on clean speech: the interval may shrink to a point
+    assert view.turn.low - 0.01 <= 20.0 <= view.turn.high + 0.01
+    assert abs(view.turn.slope - 20.0) < 0.5
     assert view.turn.drifts and view.turn.step is None
     (f,) = [f for f in r.findings if f.kind == "drift"]
     assert 560 < f.total_ms < 600  # 20 ms x 29 turns = 580 ms injected
