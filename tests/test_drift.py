@@ -88,6 +88,7 @@ def test_known_drift_recovered_and_raised(tmp_path: Path) -> None:
     assert abs(tr.slope - 3.0) < 0.5
     assert tr.p < 1e-10 and tr.drifts
     assert tr.change_ms == pytest.approx(tr.slope * 59)
+    assert abs(tr.intercept - (BASE_MS + BASE_FT_MS)) < 10  # the line's turn-0 level
     # against time: the noise-free drift's own Theil-Sen slope (ms/min) inside the interval
     true_per_min = stats.theilslopes(3.0 * np.arange(60), t / 60.0)[0]
     tt = view.time
@@ -187,6 +188,7 @@ def test_every_format_shows_the_section(tmp_path: Path) -> None:
         assert "ms/turn (95% CI" in text and "finding raised" in text
     assert "### Long calls" in md and "| `drift` |" in md
     assert "<h2>Long calls</h2>" in html and "ms/min (95% CI" in html
+    assert 'alt="voice-to-voice p50 and p95 over time, and the trend"' in html
     assert "<code>drift</code>" in html
     assert len(doc["drift"]["over_time"]) == WINDOWS
     assert sum(row["n"] for row in doc["drift"]["by_turn"]) == 60

@@ -112,6 +112,8 @@ class Trend:
     #: (where on the axis, change ms) of a single step that fits better than the line
     #: (see STEP_RATIO): a shift, not a gradual drift; None: the line fits as well
     step: tuple[float, float] | None = None
+    #: the Theil-Sen line's value (ms) at 0 on the axis (the run's start, or turn 0)
+    intercept: float = 0.0
 
     @property
     def unit(self) -> str:
@@ -155,6 +157,7 @@ class Trend:
             "p": self.p,
             f"slope_ms_{per}": round(self.slope, 4),
             f"slope_ms_{per}_ci95": [round(self.low, 4), round(self.high, 4)],
+            "intercept_ms": round(self.intercept, 3),
             "span": round(self.span, 4),
             "change_ms": round(self.change_ms, 3),
             "significant": self.significant,
@@ -233,7 +236,8 @@ def _trend(axis: str, x: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> Trend
     res = stats.theilslopes(ys, xs, alpha=0.95)
     slope, icpt, low, high = float(res[0]), float(res[1]), float(res[2]), float(res[3])
     line_dev = float(np.abs(ys - (icpt + slope * xs)).sum())
-    return Trend(axis, n, rho, p, slope, low, high, float(np.ptp(x)), _step(xs, ys, line_dev))
+    step = _step(xs, ys, line_dev)
+    return Trend(axis, n, rho, p, slope, low, high, float(np.ptp(x)), step, icpt)
 
 
 def _step(

@@ -37,7 +37,13 @@ from voiceaudit.report.common import (
     turn_id,
     turn_taking_lines,
 )
-from voiceaudit.report.plots import budget_png, cdf_png, concurrency_png, waterfall_png
+from voiceaudit.report.plots import (
+    budget_png,
+    cdf_png,
+    concurrency_png,
+    drift_png,
+    waterfall_png,
+)
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
@@ -192,6 +198,7 @@ def _concurrency(report: Report) -> list[str]:
 def _drift(report: Report) -> list[str]:
     """Long calls: voice-to-voice by turn index and over time, and the trend tests."""
     out = ["<h2>Long calls</h2>"]
+    out.append(_img(drift_png(report), "voice-to-voice p50 and p95 over time, and the trend"))
     out += ["<h3>Voice-to-voice by turn index</h3>", grid(tables.drift_table(report, "turn"))]
     out += ["<h3>Voice-to-voice over time</h3>", grid(tables.drift_table(report, "time"))]
     items = "".join(f"<li><b>{esc(n)}</b>: {esc(t)}</li>" for n, t in drift_lines(report))

@@ -102,6 +102,36 @@ def concurrency_png(report: Report) -> bytes:
         return _png(fig)
 
 
+def drift_png(report: Report) -> bytes:
+    """Voice-to-voice p50 and p95 per window of time (at each window's middle) and the
+    Theil-Sen line of the trend against time (docs/report-format.md, "Long calls")."""
+    view = report.drift
+    if view is None:
+        raise ValueError("too few turns: no drift view")
+    plt = _plt()
+    rows = [r for r in view.over_time if r.n]
+    mid = [(r.start + r.end) / 2 / 60 for r in rows]
+    with plt.rc_context(_RC):
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+        ax.plot(mid, [r.p50_ms for r in rows], marker="o", label="p50 per window")
+        ax.plot(mid, [r.p95_ms for r in rows], marker="s", label="p95 per window")
+        tr = view.time
+        if tr is not None:
+            xs = np.asarray([0.0, view.duration_s / 60])
+            ax.plot(
+                xs,
+                tr.intercept + tr.slope * xs,
+                color="#d62728",
+                lw=0.9,
+                ls="--",
+                label=f"Theil-Sen {tr.slope:+.2f} ms/min",
+            )
+        ax.set_xlabel("minutes from the run's start")
+        ax.set_ylabel("voice-to-voice (ms)")
+        ax.legend(loc="upper left", frameon=False)
+        return _png(fig)
+
+
 def budget_png(report: Report) -> bytes:
     """Stacked budget by segment: the mean turn, then every turn sorted by voice-to-voice."""
     plt = _plt()
