@@ -3,8 +3,11 @@ friends) set beside what the caller heard: voiceaudit.imports.inline."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
+
+import pytest
 
 from voiceaudit.analysis.synthetic import synthetic_header
 from voiceaudit.imports.inline import inline_figures
@@ -82,3 +85,20 @@ def test_a_trace_without_such_figures_has_no_rows(tmp_path: Path) -> None:
     w.event("s0", 0, T0, "pipeline", "model", "llm.first_token", {"server_t_ns": 5})
     w.close()
     assert inline_figures(read_trace(tmp_path / "t.jsonl")) == []
+
+
+def test_the_report_shows_them(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from voiceaudit.cli import run
+
+    _trace(tmp_path / "t.jsonl")
+    assert run(["report", str(tmp_path / "t.jsonl"), "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    rows = doc["target_figures"]["rows"]
+    total = [r for r in rows if r["metric"] == "total_latency"]
+    assert [(r["reported_ns"], r["measured_ns"]) for r in total] == [
+        (450 * MS, 900 * MS),
+        (610 * MS, 1300 * MS),
+    ]
+    assert run(["report", str(tmp_path / "t.jsonl"), "--format", "markdown"]) == 0
+    md = capsys.readouterr().out
+    assert "The target says / the caller heard" in md and "total_latency" in md

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -24,7 +25,8 @@ def register(app: typer.Typer) -> None:
     def gate(
         traces: list[Path] = typer.Argument(
             ...,
-            help="Trace files or run directories to check (merged into one population).",
+            help="Trace files or run directories to check (merged into one population); "
+            "call recordings (.wav, .flac, .ogg) or directories of them (docs/recordings.md).",
             show_default=False,
         ),
         budget_file: Path | None = typer.Option(
@@ -70,6 +72,14 @@ def register(app: typer.Typer) -> None:
             "--arrival-times",
             help="Place pipeline marks at their arrival at the probe (as in 'report').",
         ),
+        caller: str = typer.Option(
+            "left", "--caller", help="Recordings: the caller's channel, left or right."
+        ),
+        answer_at: float | None = typer.Option(
+            None,
+            "--answer-at",
+            help="Recordings: when the calls were answered, in seconds.",
+        ),
     ) -> int:
         """Check traces against latency budgets and a baseline; fail closed (for CI)."""
         from voiceaudit.gate import find_budget, load_budget, run_gate
@@ -93,8 +103,13 @@ def register(app: typer.Typer) -> None:
                 )
         if baseline:
             budget = budget.with_baseline(baseline)
+        from voiceaudit.analysis.recording import is_recording, recording_inputs
+
+        inputs: list[Any] = [str(t) for t in traces]
+        if any(is_recording(t) for t in traces):
+            inputs = recording_inputs(traces, caller, None, None, answer_at)
         result = run_gate(
-            [str(t) for t in traces],
+            inputs,
             budget=budget,
             include_warmup=include_warmup,
             mark_time="arrival" if arrival_times else "auto",

@@ -35,8 +35,10 @@ def register(app: typer.Typer) -> None:
     @app.command("report")
     def report(
         traces: list[Path] = typer.Argument(
-            ...,
-            help="A trace file or run directory; give two to compare them (B against A).",
+            None,
+            help="A trace file or run directory; give two to compare them (B against A). "
+            "A call recording (.wav, .flac, .ogg) or a directory of them is read as a call "
+            "(docs/recordings.md).",
             show_default=False,
         ),
         fmt: str | None = typer.Option(
@@ -86,6 +88,25 @@ def register(app: typer.Typer) -> None:
         keep_content: bool = typer.Option(
             False, "--keep-content", help="Keep transcripts and texts from imported telemetry."
         ),
+        caller: str = typer.Option(
+            "left", "--caller", help="Recordings: the caller's channel, left or right."
+        ),
+        caller_track: Path | None = typer.Option(
+            None,
+            "--caller-track",
+            help="Recordings: the caller's mono track (with --agent-track).",
+        ),
+        agent_track: Path | None = typer.Option(
+            None,
+            "--agent-track",
+            help="Recordings: the agent's mono track (with --caller-track).",
+        ),
+        answer_at: float | None = typer.Option(
+            None,
+            "--answer-at",
+            help="Recordings: when the call was answered, seconds into the recording "
+            "(greeting latency is measured from it; default: the recording's start).",
+        ),
     ) -> int:
         """Attribute voice-to-voice latency to stages, find hidden delays, give statistics."""
         from voiceaudit.analysis import build_report, compare
@@ -93,8 +114,26 @@ def register(app: typer.Typer) -> None:
         from voiceaudit.report import Format, print_to, render
 
         chosen = _format(fmt, output)
+        from voiceaudit.analysis.recording import is_recording
         from voiceaudit.analysis.sweep import is_sweep
 
+        traces = list(traces or [])
+        recorded = caller_track is not None or agent_track is not None
+        if not traces and not recorded:
+            raise UsageError(
+                "give a trace, a run directory or a recording",
+                hint="voiceaudit report TRACE, or --caller-track A.wav --agent-track B.wav",
+            )
+        if recorded or any(is_recording(t) for t in traces):
+            return _recording_report(
+                traces,
+                chosen,
+                output,
+                include_warmup,
+                merge,
+                alpha,
+                (caller, caller_track, agent_track, answer_at),
+            )
         if len(traces) == 1 and is_sweep(traces[0]) and not merge:
             return _sweep_report(traces[0], chosen, output, alpha, include_warmup)
         margin = parse_increase(knee_margin)
@@ -242,6 +281,12 @@ def _extras(
     timeline = _ConnectionTimeline(trace)
     if timeline.sessions:
         out.append(("Connection timeline", "connection_timeline", timeline))
+    from voiceaudit.imports.inline import inline_figures
+
+    own = inline_figures(trace)
+    if own:
+        # the target's own latency figures, sent in its protocol (Deepgram's total_latency)
+        out.append(("The target says / the caller heard", "target_figures", _Rows(own)))
     if telemetry:
         from voiceaudit.imports import import_telemetry
 
@@ -283,6 +328,21 @@ class _ConnectionTimeline:
 
     def to_dict(self) -> dict[str, Any]:
         return {s: [{"mark": n, "ms": ms} for n, ms in items] for s, items in self.sessions.items()}
+
+
+class _Rows:
+    """Framework-vs-heard rows of figures the trace itself holds (no import, no alignment)."""
+
+    def __init__(self, rows: list[Any]) -> None:
+        self.rows = rows
+
+    def render_text(self) -> str:
+        from voiceaudit.imports.compare import format_table
+
+        return format_table(self.rows) + "\n"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows": [row.to_dict() for row in self.rows]}
 
 
 class _FrameworkRows:
@@ -353,4 +413,72 @@ def _sweep_report(
         except OSError as exc:
             raise UsageError(f"cannot write {output}: {exc.strerror}") from None
         err_console().print(f"wrote {output}", highlight=False)
+    return 0
+
+
+def _recording_report(
+    paths: list[Path],
+    chosen: Any,
+    output: Path | None,
+    include_warmup: bool,
+    merge: bool,
+    alpha: float,
+    how: tuple[str, Path | None, Path | None, float | None],
+) -> int:
+    """The report of call recordings (docs/recordings.md): one recording, a directory of
+    them or two tracks; two recordings: B against A; ``--merge``: all in one. ``how``:
+    the caller's channel, the two tracks, the answer time."""
+    from voiceaudit.analysis import build_report, compare
+    from voiceaudit.analysis.recording import CallTable, recording_inputs
+    from voiceaudit.report import print_to, render
+    from voiceaudit.report.common import failure_banner
+
+    caller, caller_track, agent_track, answer_at = how
+    if len(paths) > 2 and not merge:
+        raise UsageError(
+            f"{len(paths)} recordings given: give one (a report) or two (a comparison)",
+            hint="use --merge, or put them in one directory",
+        )
+    if len(paths) == 2 and not merge:
+        sides = [recording_inputs([p], caller, None, None, answer_at) for p in paths]
+        labels = [_label(p) for p in paths]
+    else:
+        sides = [recording_inputs(paths, caller, caller_track, agent_track, answer_at)]
+        names = [p.name for p in paths] or [p.name for p in (caller_track, agent_track) if p]
+        labels = [", ".join(names)]
+    reports = [
+        build_report(s, include_warmup=include_warmup, keep_observations=True, label=lab)
+        for s, lab in zip(sides, labels, strict=True)
+    ]
+    obj: Any = reports[0] if len(reports) == 1 else compare(*reports, alpha=alpha)
+    extras: list[Extra] = [("Calls", "calls", CallTable([t for s in sides for t in s]))]
+    err = err_console()
+    to_tty = chosen.value == "terminal" and output is None and sys.stdout.isatty()
+    text = None if to_tty else _with_extras(render(obj, chosen, width=TEXT_WIDTH), chosen, extras)
+    for r in reports:
+        for w in r.warnings:
+            err.print(f"[yellow]warning:[/] {w}", highlight=False, markup=True)
+        banner = failure_banner(r)
+        if banner is not None:
+            err.print(banner, style="bold red", highlight=False, markup=False)
+    if text is None:
+        print_to(obj, out_console())
+        for title, _, section in extras:
+            out_console().print(f"\n[bold]{title}[/]")
+            out_console().print(section.render_text(), highlight=False, markup=False)
+    elif output is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        try:
+            output.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot write {output}: {exc.strerror}") from None
+        err.print(f"wrote {output}", highlight=False)
+    for r in reports:
+        if not r.stats_turns:
+            raise CheckFailed(
+                f"{r.label or 'the recording'}: no measured turns ({r.counts['failed']} failed)",
+                hint="the report lists why each turn failed",
+            )
     return 0
