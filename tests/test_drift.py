@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,6 +25,9 @@ from voiceaudit.analysis.recording import read_call
 from voiceaudit.analysis.report import Report
 from voiceaudit.analysis.synthetic import TurnSpec, lay_out, schedule, write_trace
 from voiceaudit.audio import Audio, detect_speech, first_audible
+from voiceaudit.gate import run_gate
+from voiceaudit.gate.budget import BudgetError, parse_budget
+from voiceaudit.gate.output import render_markdown
 from voiceaudit.report import Format, render
 
 #: voice-to-voice of a default TurnSpec without its first token: framing 12, endpointing
@@ -258,3 +262,50 @@ def test_a_recorded_call_that_drifts(speech_dir: Path, tmp_path: Path) -> None:
     (f,) = [f for f in r.findings if f.kind == "drift"]
     assert 560 < f.total_ms < 600  # 20 ms x 29 turns = 580 ms injected
     assert "### Long calls" in render(r, Format.MARKDOWN)
+
+
+# -- the gate -------------------------------------------------------------------------------
+
+
+def _gate(trace: Path, limit: str) -> Any:
+    return run_gate(
+        [trace], budget=parse_budget(f"[budget]\ndrift.slope_ms_per_min = {{ max = {limit} }}\n")
+    )
+
+
+def test_gate_drift_slope(tmp_path: Path) -> None:
+    """3 ms per turn is about 23 ms per minute (interval about 22 to 24): a limit of 10
+    fails, 30 passes (within), 23 passes (inside the interval: not significantly above);
+    noise alone passes a limit of 1; 19 turns fail closed."""
+    drift = write_trace(tmp_path / "drift.jsonl", _specs(60, 3.0, 10.0, seed=7))
+    flat = write_trace(tmp_path / "flat.jsonl", _specs(60, 0.0, 30.0, seed=0))
+    short = write_trace(tmp_path / "short.jsonl", _specs(MIN_TURNS - 1, 0.0, 5.0, seed=0))
+    bad = _gate(drift, "10")
+    (c,) = bad.checks
+    assert not bad.passed and c.problem == "over the limit" and c.kind == "drift"
+    assert c.metric == "drift.slope_ms_per_min" and c.unit == "ms/min"
+    assert c.ci95 is not None and c.ci95[0] > 10 and c.observed is not None
+    assert c.ci95[0] <= c.observed <= c.ci95[1]
+    assert _gate(drift, "30").passed
+    assert c.observed is not None and _gate(drift, f"{c.observed:.3f}").passed
+    assert _gate(flat, "1").passed
+    closed = _gate(short, "100")
+    assert not closed.passed and closed.checks[0].problem == "not enough turns"
+    assert closed.checks[0].needed == MIN_TURNS
+    md = render_markdown(bad)
+    assert "drift.slope_ms_per_min &lt;= 10 ms/min" in md and "| 10.00 ms/min |" in md
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("drift = { slope = 5 }", "unknown key 'slope' in drift"),
+        ("drift.slope_ms_per_min = { max = -1 }", "must be a number of ms per minute >= 0"),
+        ('drift.slope_ms_per_min = { max = "5ms" }', "must be a number of ms per minute >= 0"),
+        ("drift.slope_ms_per_min = { min = 5 }", "unknown key 'min'"),
+    ],
+)
+def test_gate_drift_budget_errors(text: str, message: str) -> None:
+    with pytest.raises(BudgetError, match=message) as err:
+        parse_budget(f"[budget]\n{text}\n")
+    assert "<budget>:2" in str(err.value)

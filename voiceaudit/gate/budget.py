@@ -71,7 +71,10 @@ _GROUPS: dict[str, tuple[str, ...]] = {
     "cut_in": (CUT_IN_RATE,),
     "false_interruption": (FALSE_INTERRUPTION_RATE,),
 }
-_OTHER_KEYS = ("failed_turns", FAILURES, "min_turns", "knee")
+#: The long-call gate metric (docs/report-format.md, "Long calls"): the Theil-Sen slope of
+#: voice-to-voice against time, ms per minute.
+DRIFT_SLOPE = "drift.slope_ms_per_min"
+_OTHER_KEYS = ("failed_turns", FAILURES, "min_turns", "knee", DRIFT_SLOPE)
 #: The failure kinds a ``failures`` table can limit one by one.
 FAILURE_KIND_KEYS: tuple[str, ...] = tuple(m.split(".", 1)[1] for m in FAILURE_METRICS[1:])
 
@@ -175,6 +178,17 @@ class KneeLimit:
 
 
 @dataclass(frozen=True)
+class DriftLimit:
+    """``drift.slope_ms_per_min = { max = 5 }``: voice-to-voice may grow by at most
+    ``max`` ms per minute over the run (the Theil-Sen slope against time); it fails only
+    when the slope's whole 95 % interval is above ``max``, and with fewer than 20 turns
+    (no trend can be told: fail closed)."""
+
+    max_ms_per_min: float
+    line: int | None = None
+
+
+@dataclass(frozen=True)
 class RegressionMetric:
     metric: str
     figure: Figure
@@ -229,6 +243,7 @@ class Budget:
     min_turns_line: int | None = None
     regression: Regression | None = None
     knee: KneeLimit | None = None
+    drift: DriftLimit | None = None
     #: turn-taking rate limits, in file order
     rates: tuple[RateLimit, ...] = ()
     #: limits on failed turns (all kinds, or one), in file order
@@ -244,6 +259,7 @@ class Budget:
             and self.min_turns is None
             and self.regression is None
             and self.knee is None
+            and self.drift is None
             and not self.rates
             and not self.failures
         )
@@ -343,6 +359,7 @@ class _Parser(TomlChecker):
         min_turns: int | None = None
         min_turns_line: int | None = None
         knee: KneeLimit | None = None
+        drift: DriftLimit | None = None
         if "budget" in doc:
             at = (*root, "budget")
             table = self.table(doc["budget"], at, "budget")
@@ -369,6 +386,8 @@ class _Parser(TomlChecker):
                     failures.append(self.failure_kind(kind, value, here, None))
                 elif key == "knee":
                     knee = self.knee(value, here)
+                elif key == DRIFT_SLOPE.split(".")[0]:
+                    drift = self.drift(value, here)
                 elif key == "segment" and isinstance(value, dict):
                     # segment.NAME = {...} written as a dotted key or a [budget.segment] table
                     for seg, sub in value.items():
@@ -393,6 +412,7 @@ class _Parser(TomlChecker):
             min_turns_line=min_turns_line,
             regression=regression,
             knee=knee,
+            drift=drift,
             rates=tuple(rates),
             failures=tuple(failures),
             lines=dict(self.lines),
@@ -464,7 +484,7 @@ class _Parser(TomlChecker):
             at,
             f"unknown metric {name!r}{extra}",
             hint="metrics: voice_to_voice, segment.NAME (a ledger segment), failed_turns, "
-            "failures, min_turns, knee; turn-taking: "
+            f"failures, min_turns, knee, {DRIFT_SLOPE}; turn-taking: "
             + ", ".join((*TURN_TAKING_METRICS, *RATE_METRICS)),
         )
 
@@ -664,6 +684,25 @@ class _Parser(TomlChecker):
         if minimum is None:
             self.fail(at, "knee: no limit given", hint="write knee = { min = 40 }")
         return KneeLimit(minimum, margin, self.line(at))
+
+    def drift(self, value: Any, at: KeyPath) -> DriftLimit:
+        """``drift.slope_ms_per_min = { max = N }`` (N ms per minute, a number >= 0)."""
+        name = DRIFT_SLOPE.split(".")[1]
+        table = self.table(value, at, "drift")
+        self.check_keys(table, at, [name], where="drift")
+        if name not in table:
+            self.fail(at, "drift: no limit given", hint=f"write {DRIFT_SLOPE} = {{ max = 5 }}")
+        here = (*at, name)
+        sub = self.table(table[name], here, DRIFT_SLOPE)
+        self.check_keys(sub, here, ["max"], where=DRIFT_SLOPE)
+        v = sub.get("max")
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < math.inf:
+            self.fail(
+                (*here, "max") if "max" in sub else here,
+                f"{DRIFT_SLOPE}.max must be a number of ms per minute >= 0, not {v!r}",
+                hint=f"write {DRIFT_SLOPE} = {{ max = 5 }}",
+            )
+        return DriftLimit(float(v), self.line(here))
 
     def regression(self, value: Any, at: KeyPath) -> Regression:
         table = self.table(value, at, "regression")

@@ -78,11 +78,13 @@ from voiceaudit.analysis.turntaking import (
 from voiceaudit.errors import NoDataError, VoiceauditError
 from voiceaudit.failures import FAILURE_LABELS
 from voiceaudit.gate.budget import (
+    DRIFT_SLOPE,
     PHONE_METRICS,
     SEGMENT_PREFIX,
     TURN_TAKING_METRICS,
     VOICE_TO_VOICE,
     Budget,
+    DriftLimit,
     FailureLimit,
     KneeLimit,
     RateLimit,
@@ -91,7 +93,7 @@ from voiceaudit.gate.budget import (
     RegressionMetric,
 )
 
-CheckKind = Literal["turns", "failed_turns", "failures", "budget", "regression", "knee"]
+CheckKind = Literal["turns", "failed_turns", "failures", "budget", "regression", "knee", "drift"]
 
 
 @dataclass(frozen=True)
@@ -482,6 +484,8 @@ def evaluate(budget: Budget, current: Report, baseline: Report | None = None) ->
         checks.append(_failed_turns_check(budget, current))
     if budget.knee is not None:
         checks.append(_knee_check(budget.knee, current))
+    if budget.drift is not None:
+        checks.append(_drift_check(budget.drift, current))
     limits: list[tuple[int | None, Check]] = []
     for limit in budget.limits:
         min_turns = limit.min_turns if limit.min_turns is not None else budget.min_turns
@@ -588,6 +592,53 @@ def _knee_check(limit: KneeLimit, report: Report) -> Check:
         problem=None if ok else "not enough turns",
         observed=None,
         n=n,
+        **common,
+    )
+
+
+def _drift_check(limit: DriftLimit, report: Report) -> Check:
+    """Voice-to-voice grows by at most ``limit.max_ms_per_min`` ms per minute: fails when
+    the Theil-Sen slope against time is significantly above it (its whole 95 % interval),
+    and with too few turns or no time span (fail closed: no evidence is no pass)."""
+    from voiceaudit.analysis.drift import MIN_TURNS
+
+    want = limit.max_ms_per_min
+    common: dict[str, Any] = {
+        "kind": "drift",
+        "name": f"{DRIFT_SLOPE} <= {want:g} ms/min",
+        "metric": DRIFT_SLOPE,
+        "unit": "ms/min",
+        "limit": want,
+        "line": limit.line,
+    }
+    view = report.drift
+    n = len(report.stats_turns)
+    if view is None:
+        return Check(
+            passed=False,
+            detail=f"{n} turns in the statistics: a trend needs at least {MIN_TURNS}",
+            problem="not enough turns",
+            n=n,
+            needed=MIN_TURNS,
+            **common,
+        )
+    tr = view.time
+    if tr is None:
+        return Check(
+            passed=False,
+            detail="no trend can be told: the turns' times or voice-to-voice do not vary",
+            problem="not in the traces",
+            n=n,
+            **common,
+        )
+    ok = not tr.low > want
+    return Check(
+        passed=ok,
+        detail=tr.describe() + ("" if ok else f": significantly above {want:g} ms/min"),
+        problem=None if ok else "over the limit",
+        observed=tr.slope,
+        ci95=(tr.low, tr.high),
+        n=tr.n,
         **common,
     )
 

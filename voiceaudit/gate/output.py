@@ -93,6 +93,8 @@ def _val(c: Check, x: float | None) -> str:
         return f"{x:.0f}"
     if c.unit == FRACTION:
         return f"{x * 100:.1f}%"
+    if c.unit == "ms/min":
+        return f"{x:.2f} ms/min"
     return f"{x:.1f} ms" if abs(x) < 100 else f"{x:.0f} ms"
 
 
