@@ -268,59 +268,65 @@ def _step(
     return (float(xs[k - 1] + xs[k]) / 2, b - a)
 
 
+def _rows(
+    key: np.ndarray[Any, Any],
+    ok: np.ndarray[Any, Any],
+    y: np.ndarray[Any, Any],
+    bounds: list[tuple[float, float]],
+    keep_empty: bool,
+) -> tuple[DriftRow, ...]:
+    """One row per value of ``key`` (0 .. len(bounds) - 1): figures of its ok turns'
+    ``y``, its failed turns counted; empty rows only with ``keep_empty``."""
+    counts = np.bincount(key, minlength=len(bounds))
+    rows = []
+    for k, (a, b) in enumerate(bounds):
+        if not counts[k] and not keep_empty:
+            continue
+        here = key == k
+        vals = y[here & ok]
+        rows.append(_row(a, b, vals.tolist(), int((here & ~ok).sum())))
+    return tuple(rows)
+
+
 def drift_view(turns: Iterable[DriftTurn]) -> DriftView | None:
     """The drift view of ``turns`` (ok ones carry a voice-to-voice, failed ones None);
     None when no ok turn has a speech-end time. Time is counted from the first speech end
     of each run (runs merged into one report keep their own clocks)."""
     pts = [t for t in turns if t.t_ns is not None]
-    ok = [t for t in pts if t.v2v_ns is not None]
-    if not ok:
+    if not any(t.v2v_ns is not None for t in pts):
         return None
-    start: dict[str, int] = {}
-    for t in pts:
-        assert t.t_ns is not None
-        start[t.run_id] = min(start.get(t.run_id, t.t_ns), t.t_ns)
-    el = {id(t): (t.t_ns - start[t.run_id]) / 1e9 for t in pts if t.t_ns is not None}
-    duration = max(el.values())
-    # over time
+    runs: dict[str, int] = {}
+    run = np.asarray([runs.setdefault(t.run_id, len(runs)) for t in pts], dtype=np.intp)
+    t_ns = np.asarray([t.t_ns for t in pts], dtype=np.int64)
+    start = np.full(len(runs), np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(start, run, t_ns)
+    el = (t_ns - start[run]) / 1e9  # seconds from the run's start
+    ok = np.asarray([t.v2v_ns is not None for t in pts], dtype=bool)
+    y = np.asarray([t.v2v_ns if t.v2v_ns is not None else 0 for t in pts], dtype=np.float64)
+    y /= 1e6
+    turn = np.asarray([t.turn for t in pts], dtype=np.int64)
+    duration = float(el.max())
+    # over time: WINDOWS equal windows (one, of no length, when every turn is at 0)
     width = duration / WINDOWS if duration > 0 else 0.0
-    wins: list[list[float]] = [[] for _ in range(WINDOWS)]
-    fails = [0] * WINDOWS
-    for t in pts:
-        k = min(int(el[id(t)] / width), WINDOWS - 1) if width > 0 else 0
-        if t.v2v_ns is None:
-            fails[k] += 1
-        else:
-            wins[k].append(t.v2v_ns / 1e6)
-    n_win = WINDOWS if width > 0 else 1
-    over_time = tuple(
-        _row(k * width, (k + 1) * width if width > 0 else 0.0, wins[k], fails[k])
-        for k in range(n_win)
-    )
-    # by turn index
-    lo = min(t.turn for t in pts)
-    hi = max(t.turn for t in pts)
+    if width > 0:
+        win = np.minimum((el / width).astype(np.intp), WINDOWS - 1)
+        bounds = [(k * width, (k + 1) * width) for k in range(WINDOWS)]
+    else:
+        win = np.zeros(len(pts), dtype=np.intp)
+        bounds = [(0.0, 0.0)]
+    over_time = _rows(win, ok, y, bounds, keep_empty=True)
+    # by turn index: at most MAX_INDEX_ROWS equal ranges, empty ones left out
+    lo, hi = int(turn.min()), int(turn.max())
     step = max(1, math.ceil((hi - lo + 1) / MAX_INDEX_ROWS))
-    groups: dict[int, list[float]] = {}
-    gfail: dict[int, int] = {}
-    for t in pts:
-        g = (t.turn - lo) // step
-        if t.v2v_ns is None:
-            gfail[g] = gfail.get(g, 0) + 1
-        else:
-            groups.setdefault(g, []).append(t.v2v_ns / 1e6)
-    by_turn = tuple(
-        _row(lo + g * step, min(hi, lo + g * step + step - 1), groups.get(g, []), gfail.get(g, 0))
-        for g in sorted(set(groups) | set(gfail))
-    )
-    y = np.asarray([t.v2v_ns for t in ok], dtype=np.float64) / 1e6
-    x_time = np.asarray([el[id(t)] for t in ok], dtype=np.float64) / 60.0
-    x_turn = np.asarray([t.turn for t in ok], dtype=np.float64)
+    group = ((turn - lo) // step).astype(np.intp)
+    n_groups = int(group.max()) + 1
+    tb = [(float(lo + g * step), float(min(hi, lo + g * step + step - 1))) for g in range(n_groups)]
+    by_turn = _rows(group, ok, y, tb, keep_empty=False)
     return DriftView(
-        turns=len(ok),
+        turns=int(ok.sum()),
         duration_s=duration,
         by_turn=by_turn,
         over_time=over_time,
-        time=_trend("time", x_time, y),
-        turn=_trend("turn", x_turn, y),
+        time=_trend("time", el[ok] / 60.0, y[ok]),
+        turn=_trend("turn", turn[ok].astype(np.float64), y[ok]),
     )
