@@ -111,7 +111,7 @@ def register(app: typer.Typer) -> None:
         """Attribute voice-to-voice latency to stages, find hidden delays, give statistics."""
         from voiceaudit.analysis import build_report, compare
         from voiceaudit.analysis.significance import parse_increase
-        from voiceaudit.report import Format, print_to, render
+        from voiceaudit.report import Format, render
 
         chosen = _format(fmt, output)
         from voiceaudit.analysis.recording import is_recording
@@ -200,27 +200,7 @@ def register(app: typer.Typer) -> None:
             if banner is not None:
                 what = f"{r.label}: " if len(reports) > 1 else ""
                 err.print(f"{what}{banner}", style="bold red", highlight=False, markup=False)
-        if text is None:
-            print_to(obj, out_console())
-            for title, _, section in extras:
-                out_console().print(f"\n[bold]{title}[/]")
-                out_console().print(section, highlight=False, markup=False)
-        elif output is None:
-            sys.stdout.write(text)
-            sys.stdout.flush()
-        else:
-            try:
-                output.write_text(text, encoding="utf-8")
-            except OSError as exc:
-                raise UsageError(f"cannot write {output}: {exc.strerror}") from None
-            err.print(f"wrote {output}", highlight=False)
-        for r in reports:
-            if not r.stats_turns:
-                raise CheckFailed(
-                    f"{r.label or 'the trace'}: no successful turns ({r.counts['failed']} failed)",
-                    hint="the report lists why each turn failed",
-                )
-        return 0
+        return _emit(obj, reports, extras, text, output, "the trace", "successful")
 
 
 def _format(fmt: str | None, output: Path | None) -> Any:
@@ -430,7 +410,7 @@ def _recording_report(
     the caller's channel, the two tracks, the answer time."""
     from voiceaudit.analysis import build_report, compare
     from voiceaudit.analysis.recording import CallTable, recording_inputs
-    from voiceaudit.report import print_to, render
+    from voiceaudit.report import render
     from voiceaudit.report.common import failure_banner
 
     caller, caller_track, agent_track, answer_at = how
@@ -461,6 +441,23 @@ def _recording_report(
         banner = failure_banner(r)
         if banner is not None:
             err.print(banner, style="bold red", highlight=False, markup=False)
+    return _emit(obj, reports, extras, text, output, "the recording", "measured")
+
+
+def _emit(
+    obj: Any,
+    reports: list[Any],
+    extras: list[Extra],
+    text: str | None,
+    output: Path | None,
+    what: str,
+    kind: str,
+) -> int:
+    """Print the report (``text`` None: to the terminal, with its extra sections) or write
+    ``text`` to ``output`` or stdout; CheckFailed when a report has no turn to measure
+    (``what``: the report's subject, ``kind``: its turns' word)."""
+    from voiceaudit.report import print_to
+
     if text is None:
         print_to(obj, out_console())
         for title, _, section in extras:
@@ -474,11 +471,11 @@ def _recording_report(
             output.write_text(text, encoding="utf-8")
         except OSError as exc:
             raise UsageError(f"cannot write {output}: {exc.strerror}") from None
-        err.print(f"wrote {output}", highlight=False)
+        err_console().print(f"wrote {output}", highlight=False)
     for r in reports:
         if not r.stats_turns:
             raise CheckFailed(
-                f"{r.label or 'the recording'}: no measured turns ({r.counts['failed']} failed)",
+                f"{r.label or what}: no {kind} turns ({r.counts['failed']} failed)",
                 hint="the report lists why each turn failed",
             )
     return 0
