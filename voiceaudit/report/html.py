@@ -15,6 +15,7 @@ from collections.abc import Iterable
 import voiceaudit.report.tables as tables
 from voiceaudit.analysis.compare import Comparison
 from voiceaudit.analysis.report import VOICE_TO_VOICE, Report, TurnReport
+from voiceaudit.report import timeline
 from voiceaudit.report.common import (
     MAX_TURNS_LISTED,
     UNRELIABLE_MARK,
@@ -46,6 +47,8 @@ from voiceaudit.report.plots import (
 )
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+#: with call recordings: the players' embedded WAVs may play too
+CSP_AUDIO = CSP + "; media-src data:"
 
 _STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;
@@ -68,10 +71,10 @@ def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{esc(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _page(title: str, body: Iterable[str]) -> str:
+def _page(title: str, body: Iterable[str], csp: str = CSP) -> str:
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
+        f'<meta http-equiv="Content-Security-Policy" content="{csp}">\n'
         f"<title>{esc(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
         + "\n".join(body)
         + "\n</body>\n</html>\n"
@@ -296,6 +299,32 @@ def _turns(report: Report) -> list[str]:
     return out
 
 
+def _timeline(report: Report) -> list[str]:
+    """Per turn, with the call's recording: its timeline strip and a player."""
+    limit = timeline.env_max_embed_bytes()
+    strips = timeline.strips(report, limit)
+    if not strips:
+        return []
+    out = [
+        "<h2>Call timeline</h2>",
+        "<p>Per turn, the call as recorded: the caller's channel above, what the caller "
+        "heard below, from just before the speech end to just after the reply was last "
+        "heard; marks at the speech end, the first audible sample, the ledger's segment "
+        "boundaries (dashed), barge-ins and cut-ins (hover a mark for its name).</p>",
+    ]
+    for s in strips:
+        out.append(f"<h3>{esc(turn_id(s.turn, report.multi_run))}</h3>")
+        out.append(s.svg)
+        out.append(f'<p class="dim">{timeline.mark_legend(s)}</p>')
+        out.append(f"<p>{timeline.audio_html(s, limit)}</p>")
+    if len(report.turns) > timeline.MAX_STRIP_TURNS:
+        out.append(
+            f'<p class="dim">Strips for the first {timeline.MAX_STRIP_TURNS} of '
+            f"{len(report.turns)} turns.</p>"
+        )
+    return out
+
+
 def _pacing(report: Report) -> str:
     line = pacing_line(report)
     return "" if line is None else f"{esc(line[0].upper() + line[1:])}<br>"
@@ -346,8 +375,10 @@ def render_report(report: Report) -> str:
     body += _failures(report)
     body += _failed(report)
     body += _turns(report)
+    strips = _timeline(report)
+    body += strips
     body += _warnings(report.warnings)
-    return _page("voiceaudit report", body)
+    return _page("voiceaudit report", body, CSP_AUDIO if strips else CSP)
 
 
 def render_comparison(cmp: Comparison) -> str:
