@@ -7,10 +7,10 @@ read), each turn (the first :data:`MAX_STRIP_TURNS`) gets:
 
 - a **strip**: an inline SVG with both sides' waveforms (per-column min/max envelopes of
   the caller's channel above and the heard channel below) over the turn's stretch of the
-  call, from :data:`PAD_NS` before its speech end to :data:`PAD_NS` after its reply was
-  last heard (at most :data:`MAX_STRETCH_NS`), with vertical marks at the speech end, the
-  first audible sample, the ledger's segment boundaries (its chain marks), barge-in
-  onsets and stops (``reply.stop``) and cut-ins (``reply.cut_in``);
+  call, from :data:`PAD_NS` before its speech end (or its first cut-in) to :data:`PAD_NS`
+  after its reply was last heard (at most :data:`MAX_STRETCH_NS`), with vertical marks at
+  the speech end, the first audible sample, the ledger's segment boundaries (its chain
+  marks), barge-in onsets and stops (``reply.stop``) and cut-ins (``reply.cut_in``);
 - a **player** of that stretch: a WAV of the file's very samples, embedded as a data URI
   while the report's embedded audio stays under :data:`MAX_EMBED_BYTES`; beyond it a link
   to the call's WAV with the stretch as a media fragment (``#t=start,end``, seconds in
@@ -273,7 +273,8 @@ def _stretch(t: TurnReport, marks: list[tuple[str, str, int]]) -> tuple[int, int
     ends = [ts for kind, _, ts in marks if kind == "speech end"]
     if not ends:
         return None
-    start = ends[0] - PAD_NS
+    # a cut-in (the agent speaking inside the caller's pause) comes before the speech end
+    start = min(ends[0], *(ts for _, _, ts in marks)) - PAD_NS
     last = max([_heard_end(t) or ends[0], *(ts for _, _, ts in marks)])
     end = min(last + PAD_NS, start + MAX_STRETCH_NS)
     return start, end
