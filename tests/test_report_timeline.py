@@ -25,8 +25,10 @@ import asyncio
 import base64
 import io
 import json
+import os
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -247,3 +249,46 @@ def test_a_read_recording_shows_strips_with_its_barge_in_and_cut_in(
     assert run(["report", str(wav), "--format", "html", "-o", str(out)]) == 0
     page = out.read_text()
     assert page.count("<svg") == len(strips) and page.count("<audio controls") == len(strips)
+
+
+def _chromium_log(page: str, path: Path) -> str:
+    """Chromium's console log of ``page`` loaded with its players' audio fetched."""
+    path.write_text(page.replace('preload="none"', 'preload="auto"'), encoding="utf-8")
+    chromium = _chromium()
+    assert chromium is not None
+    out = subprocess.run(
+        [
+            chromium,
+            *("--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr"),
+            *("--v=0", "--virtual-time-budget=2000", "--dump-dom", path.as_uri()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert "Call timeline" in out.stdout, out.stderr[-2000:]
+    return out.stderr
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+# `make test` installs Debian's chromium, so under CI a missing browser is a failure, not a skip.
+@pytest.mark.skipif(
+    _chromium() is None and not os.environ.get("CI"), reason="no Chromium installed"
+)
+def test_the_page_policy_lets_the_embedded_audio_play_in_chromium(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    page = render(_report(run_dir / "trace.jsonl"), Format.HTML)
+    blocked = "violates the following Content Security Policy"
+    assert blocked not in _chromium_log(page, tmp_path / "r.html")
+    # the control: without media-src the same page's audio is refused
+    strict = page.replace(html.CSP_AUDIO, html.CSP)
+    assert blocked in _chromium_log(strict, tmp_path / "strict.html")
