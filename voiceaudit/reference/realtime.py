@@ -56,7 +56,7 @@ from voiceaudit.reference.realtime_events import (
     usage,
 )
 from voiceaudit.reference.responder import Message
-from voiceaudit.reference.session import Session
+from voiceaudit.reference.session import GREETING, Session
 from voiceaudit.reference.stages import STAGE_EVENT, pending_stages, wants_stages
 from voiceaudit.reference.vad import SpeechStart, SpeechStop
 from voiceaudit.reference.wsutil import read_messages, send_message, serve_websocket
@@ -93,6 +93,10 @@ class RealtimeSession(Session):
         #: Turns whose record a response (or the pending slot) will write.
         self._handed_over: set[int] = set()
         self._response_requested = False
+        #: greeting=MS: the greeting waits for the session to be ready (its timer task)
+        self._greeting_due = False
+        self._greeting_timer: asyncio.Task[None] | None = None
+        self._greeting_not_before: int | None = None
 
     @property
     def vad_stage_delay(self) -> bool:  # type: ignore[override]
@@ -144,6 +148,46 @@ class RealtimeSession(Session):
         if rebuild:
             self._open_input()
         await self.send("session.updated", session=self.session_object())
+        if self._greeting_due:
+            # the session is ready: the greeting's first audio greeting=MS from now
+            self._greeting_due = False
+            if self._greeting_timer is not None:
+                self._greeting_timer.cancel()
+            self._greet(now_ns())
+
+    # --- the greeting (greeting=MS) --------------------------------------------------
+
+    def greet_on_connect(self, t_ns: int) -> None:
+        """``greeting=MS``: the agent speaks first once the session is ready: its first
+        audio MS after the ``session.updated`` answering the client's first
+        ``session.update``, or, when the client sends none within MS of connecting, a
+        response started MS after the connection (its first audio as soon as it is
+        synthesized)."""
+        inj = self.ctx.injections.greeting_ns
+        if inj is None:
+            return
+        self._greeting_due = True
+
+        async def later() -> None:
+            await asyncio.sleep(inj / 1e9)
+            if self._greeting_due:
+                self._greeting_due = False
+                self._greet(t_ns)
+
+        self._greeting_timer = asyncio.ensure_future(later())
+        self.tasks.add(self._greeting_timer)
+        self._greeting_timer.add_done_callback(self.tasks.discard)
+
+    def _greet(self, ready_ns: int) -> None:
+        """A response that answers no user item: the greeting, as a real agent told to
+        speak first. Not when the caller has already spoken or a response runs."""
+        if self.closed or self.turn_index > 0 or self.speech_record is not None:
+            return
+        if self.response is not None and not self.response.done():
+            return
+        record, not_before = self.greeting_record(ready_ns)
+        self._greeting_not_before = not_before
+        self._start_response(record)
 
     # --- the session's hooks: input --------------------------------------------------
 
@@ -300,6 +344,7 @@ class RealtimeSession(Session):
             / 1000
             * AUDIO_TOKENS_PER_S
         )
+        greeting = record.stage == "greeting"
         response = settings.response_object(resp_id, self.conversation_id, self.beta)
         messages = list(self.history)
         if settings.instructions:
@@ -329,23 +374,34 @@ class RealtimeSession(Session):
         tokens = 0
         audio_ns = 0
         try:
-            result = await run_reply(
-                self.ctx,
-                record,
-                messages,
-                sink,
-                self.rng,
-                wpm=round(self.ctx.config.words_per_minute * settings.speed),
-                speak=audio_out,
-                control=control,
-            )
-            text, tokens, audio_ns = result.text, result.text_tokens, result.audio_ns
-            if result.status == "failed":
-                status = "failed"
-                record.error = result.error
-            elif result.status == "cancelled":
-                status = "cancelled"  # the speaker stopped at its barge-in time
-                reason = self._cancel_reason
+            if greeting:  # said without the responder
+                sink.not_before_ns = self._greeting_not_before
+                await sink.send_text_delta(GREETING)
+                record.mark("llm_first_token")
+                complete = True
+                if audio_out:
+                    complete = await self.say_greeting(record, sink, control)
+                text, tokens, audio_ns = GREETING, len(GREETING.split()), record.reply_audio_ns
+                if not complete:
+                    status, reason = "cancelled", self._cancel_reason
+            else:
+                result = await run_reply(
+                    self.ctx,
+                    record,
+                    messages,
+                    sink,
+                    self.rng,
+                    wpm=round(self.ctx.config.words_per_minute * settings.speed),
+                    speak=audio_out,
+                    control=control,
+                )
+                text, tokens, audio_ns = result.text, result.text_tokens, result.audio_ns
+                if result.status == "failed":
+                    status = "failed"
+                    record.error = result.error
+                elif result.status == "cancelled":
+                    status = "cancelled"  # the speaker stopped at its barge-in time
+                    reason = self._cancel_reason
         except asyncio.CancelledError:
             status = "cancelled"
             reason = self._cancel_reason
@@ -525,6 +581,8 @@ class _RealtimeSink:
         self.s, self.record, self.common, self.audio = session, record, common, audio
         self.format = session.settings.output_format
         self.output_rate = GA_FORMATS[self.format]
+        #: no audio message before this time (the greeting's greeting=MS)
+        self.not_before_ns: int | None = None
 
     async def send_text_delta(self, text: str) -> None:
         name = (
@@ -537,6 +595,7 @@ class _RealtimeSink:
         s = self.s
         if not self.audio or s.closed or s.ws.closed:
             return
+        s.note_greeting_audio(self.record, samples)
         payload = base64.b64encode(encode_audio(self.format, samples)).decode("ascii")
         event = s._event("response.output_audio.delta", delta=payload, **self.common)
         await send_message(s.ws, s.request, json.dumps(event), s.ctx.injections.small_writes_bytes)

@@ -53,6 +53,9 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
+import numpy as np
+
+from voiceaudit.audio import first_audible
 from voiceaudit.reference.dsp import F32
 from voiceaudit.reference.groundtruth import TurnRecord, now_ns
 from voiceaudit.reference.pipeline import (
@@ -107,6 +110,7 @@ class Sink:
         await self.session.reply_text(self.record, text)
 
     async def send_audio(self, samples: F32) -> None:
+        self.session.note_greeting_audio(self.record, samples)
         await self.session.reply_audio(self.record, samples)
 
 
@@ -147,6 +151,9 @@ class Session:
         self.closed = False
         #: the greeting's facts (``greeting`` in its ground-truth record)
         self.greeting_truth: dict[str, Any] = {}
+        #: the greeting's audio messages as handed to the transport (its first audible
+        #: sample in the ground truth)
+        self.greeting_audio: list[F32] = []
 
     def open_input(
         self,
@@ -431,6 +438,7 @@ class Session:
         """Write the finished turn to the ground truth (the greeting as a ``greeting``
         record: the turn's fields, ``record: "greeting"``, and ``greeting``)."""
         if record.stage == "greeting":
+            self.greeting_truth.update(self.greeting_heard(record))
             d = record.to_dict()
             d["record"] = "greeting"
             d["greeting"] = dict(self.greeting_truth)
@@ -448,16 +456,95 @@ class Session:
         if type(self).reply_audio is not Session.reply_audio:
             self.greet(t_ns)
 
-    def greet(self, media_start_ns: int) -> None:
-        """The bot speaks first: :data:`GREETING`, as the session's reply in progress (the
-        caller's speech interrupts it as any reply), its first audio ``greeting=MS`` after
-        ``media_start_ns`` (when the call's media began) or as soon as it exists."""
+    def greeting_record(self, media_start_ns: int) -> tuple[TurnRecord, int | None]:
+        """A new greeting's record (``stage="greeting"``, turn -1) and the time before
+        which none of its audio goes out (``greeting=MS`` after ``media_start_ns``; None:
+        as soon as it exists); starts its ``greeting`` ground truth."""
         record = self.ctx.new_record(self.id, -1, self.protocol, stage="greeting")
         inj = self.ctx.injections
         not_before = None if inj.greeting_ns is None else media_start_ns + inj.greeting_ns
         if inj.greeting_ns is not None:
             record.injected["greeting_ns"] = inj.greeting_ns
         self.greeting_truth = {"media_start_ns": media_start_ns, "greeting_ns": inj.greeting_ns}
+        self.greeting_audio = []
+        return record, not_before
+
+    def note_greeting_audio(self, record: TurnRecord, samples: F32) -> None:
+        """Keep a message of the greeting's audio (at ``record.output_rate``) as it is
+        handed to the transport; other replies' audio is not kept."""
+        if record.stage == "greeting" and samples.size:
+            self.greeting_audio.append(samples.copy())
+
+    def greeting_message_sizes(self, record: TurnRecord) -> list[int]:
+        """Samples in each message of ``record.audio_sent_ns`` (the greeting's): the
+        messages as handed to the transport (a media-clock transport overrides this)."""
+        return [int(a.size) for a in self.greeting_audio]
+
+    def greeting_heard(self, record: TurnRecord) -> dict[str, Any]:
+        """What the caller hears first of the greeting, from the audio that went out:
+        ``first_audible_sample`` (by :func:`voiceaudit.audio.first_audible`, the probe's
+        rule), ``first_audible_ns`` (when the message holding it was sent, plus its
+        place in that message) and ``first_audible_after_ns`` (after the media began).
+        Empty when no greeting audio was kept."""
+        if not self.greeting_audio:
+            return {}
+        rate = record.output_rate or self.output_rate
+        sent_samples = record.reply_audio_samples
+        audio = np.concatenate(self.greeting_audio)[: max(0, sent_samples)]
+        sent = record.marks.get("first_audio_sent")
+        out: dict[str, Any] = {
+            "first_audio_sent_ns": sent,
+            "first_audio_after_ns": (
+                None if sent is None else sent - int(self.greeting_truth["media_start_ns"])
+            ),
+            "first_audible_sample": None,
+            "first_audible_ns": None,
+            "first_audible_after_ns": None,
+        }
+        onset = first_audible(audio, rate) if audio.size else None
+        if onset is None:
+            return out
+        start = 0
+        for size, t in zip(self.greeting_message_sizes(record), record.audio_sent_ns, strict=False):
+            if onset < start + size:
+                heard = t + (onset - start) * 1_000_000_000 // rate
+                out["first_audible_sample"] = int(onset)
+                out["first_audible_ns"] = int(heard)
+                out["first_audible_after_ns"] = int(
+                    heard - int(self.greeting_truth["media_start_ns"])
+                )
+                break
+            start += size
+        return out
+
+    async def say_greeting(
+        self, record: TurnRecord, sink: ReplySink, control: ReplyControl
+    ) -> bool:
+        """Say :data:`GREETING` into ``sink`` (interruptible through ``control`` as any
+        reply); whether all of it went out. Cancelled: what was due before a barge-in's
+        stop time still goes out, then the cancellation goes on."""
+        speaker = Speaker(self.ctx, record, sink, self.rng)
+        control.attach(speaker)
+        speaker.say(GREETING)
+        speaker.end()
+        try:
+            await speaker.wait()
+        except asyncio.CancelledError:
+            if speaker.stop_at is not None:
+                await speaker.drain()
+            else:
+                await speaker.cancel()
+            record.reply_cut = not speaker.complete
+            raise
+        record.reply_text = GREETING
+        record.reply_cut = not speaker.complete
+        return speaker.complete
+
+    def greet(self, media_start_ns: int) -> None:
+        """The bot speaks first: :data:`GREETING`, as the session's reply in progress (the
+        caller's speech interrupts it as any reply), its first audio ``greeting=MS`` after
+        ``media_start_ns`` (when the call's media began) or as soon as it exists."""
+        record, not_before = self.greeting_record(media_start_ns)
 
         async def run(control: ReplyControl, previous: asyncio.Task[None] | None) -> None:
             speaker: Speaker | None = None

@@ -117,6 +117,7 @@ class WebRTCSession(Session):
         self.stage_events = False
         #: id(record) -> (response id, reply item id) of a reply that started
         self._ids: dict[int, tuple[str, str]] = {}
+        self._greeted = False
 
     # -- events on the data channel ---------------------------------------------------
 
@@ -217,6 +218,18 @@ class WebRTCSession(Session):
         self.announce(record)
         self.playout.sent[id(record)] = []
         return Sink(self, record)
+
+    def greet_on_connect(self, t_ns: int) -> None:
+        """``greeting=MS``: greet once, MS after the peer connection first connected (its
+        media up); a renegotiation does not greet again."""
+        if not self._greeted:
+            self._greeted = True
+            super().greet_on_connect(t_ns)
+
+    def greeting_message_sizes(self, record: TurnRecord) -> list[int]:
+        """The greeting went out in the track's frames (``audio_sent_ns``: one per frame,
+        the greeting's first sample at the start of its first frame)."""
+        return [FRAME] * len(record.audio_sent_ns)
 
     async def reply_text(self, record: TurnRecord, text: str) -> None:
         self.announce(record)

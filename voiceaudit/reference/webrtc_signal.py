@@ -25,6 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
+from voiceaudit.reference.groundtruth import now_ns
 from voiceaudit.reference.pipeline import CTX_KEY, ServerContext
 from voiceaudit.reference.stages import wants_stages
 from voiceaudit.reference.webrtc import OutTrack, WebRTCSession
@@ -99,6 +100,9 @@ async def _answer_new(request: web.Request, sdp: str) -> WebRTCSession:
     async def _on_state() -> None:
         if pc.connectionState == "connected":
             session.install_rtp_faults()
+            if ctx.injections.greeting_ns is not None:
+                # greeting=MS: the bot speaks first, MS after the media is up
+                session.greet_on_connect(now_ns())
         elif pc.connectionState in ("failed", "closed"):
             await _drop(app, session)
 
