@@ -19,6 +19,10 @@ first_audio_sent    first ``response.output_audio.delta``
 The reference pipeline always transcribes the user's audio (it is a cascade), so the
 transcription events are sent whether or not ``audio.input.transcription`` is set.
 
+With the ``greeting=MS`` injection the agent speaks first: a response answering no user
+item, its first audio MS after the ``session.updated`` answering the client's first
+``session.update`` (or started MS after the connection when the client sends none).
+
 A client whose handshake carries ``X-Voiceaudit-Stages: 1`` also gets the reference's
 ``voiceaudit.stage`` extension events (the server times of every stage of its cascade,
 after the standard event of the same moment; see voiceaudit.reference.stages). Without

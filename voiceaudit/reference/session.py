@@ -41,8 +41,11 @@ Speaking first: :meth:`Session.greet` says :data:`GREETING` as the reply in prog
 first audio ``greeting=MS`` after the media began) and writes it as a ``greeting`` record;
 :meth:`Session.greet_on_connect` (called when a WebSocket opens with ``greeting=MS``)
 greets when the adapter frames replies through the default sink's hooks (raw PCM). The
-carrier adapter greets when its ``start`` arrives. A reply body without hearing (a key
-press) is :meth:`Session.respond`.
+carrier adapter greets when its ``start`` arrives, WebRTC when the peer connection connects,
+Realtime once its session is ready (its greeting a response of its own, built from
+:meth:`Session.greeting_record` and :meth:`Session.say_greeting`). The greeting record
+says what the caller hears first, and when (:meth:`Session.greeting_heard`). A reply body
+without hearing (a key press) is :meth:`Session.respond`.
 """
 
 from __future__ import annotations

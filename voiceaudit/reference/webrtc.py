@@ -12,6 +12,8 @@ client opens a data channel, the server sends OpenAI-Realtime-style events on it
 ``output_audio_buffer.started``/``stopped``, ``response.done``), each with the server's
 ``t_ns``.
 
+With ``greeting=MS`` the bot greets MS after the peer connection connected (media up).
+
 Ground truth: ``first_audio_sent`` / ``last_audio_sent`` and ``audio_sent_ns`` are the
 times reply frames were handed to aiortc's encoder (not when they were synthesized).
 
