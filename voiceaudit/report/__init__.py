@@ -3,7 +3,9 @@
 One entry point, :func:`render`, takes a :class:`~voiceaudit.analysis.Report` or a
 :class:`~voiceaudit.analysis.Comparison` and a :class:`Format`, and returns the text.
 Terminal output can also be printed straight to a rich console with :func:`print_to`.
-Renderers never read traces: everything they show comes from the report object. The
+Renderers never read traces: everything they show comes from the report object, except
+the HTML call timeline (:mod:`voiceaudit.report.timeline`), which reads the trace's
+``session.recording`` lines and the call recordings beside it. The
 tables every format shows are built once, as data (columns, alignment, cells), in
 :mod:`voiceaudit.report.tables`; each renderer only formats them.
 """
