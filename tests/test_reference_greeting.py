@@ -12,9 +12,8 @@ utterances), real aiortc peers:
   probe's loop can only add time: one-sided), the first turn still ok;
 - WebRTC with ``greeting=600ms``: the greeting's first audio 600 ms after the peer
   connection connected; the same comparison (Opus's look-ahead and the jitter buffer can
-  only add). The stock WebRTC target listens only from the first turn on (request H14 in
-  /work/helpers/requests.md), so this run uses it with one change: it listens from
-  ``open`` on (:class:`_Listening`);
+  only add). The WebRTC target listens from the connection on, so the greeting reaches
+  the probe;
 - without the injection neither route greets (``greeting.none``, no greeting record);
 - a Realtime client that sends no ``session.update``: the greeting is a
   ``response.created`` … ``response.output_audio.delta`` … ``response.done`` with no user
@@ -38,7 +37,7 @@ from typing import Any
 import pytest
 
 from voiceaudit.audio import first_audible, from_pcm16
-from voiceaudit.targets.webrtc import WebRTCSession, WebRTCTarget
+from voiceaudit.targets.webrtc import WebRTCTarget
 
 MS = 1_000_000
 GREETING_MS = 600
@@ -47,21 +46,6 @@ GREETING_MS = 600
 SLACK_NS = 5 * MS
 
 CLI = [sys.executable, "-m", "voiceaudit", "run", "--greeting-wait", "5s", "--turns", "1"]
-
-
-class _Listening(WebRTCSession):
-    """The stock WebRTC target session, listening from the connection on (not only from
-    the first turn), so the reply audio before the first turn — the greeting — reaches the
-    probe."""
-
-    async def open(self) -> None:
-        await super().open()
-        self._in_turn = True
-
-
-class _ListeningTarget(WebRTCTarget):
-    def session(self, sink: Any) -> Any:
-        return _Listening(self.config, sink)
 
 
 async def _webrtc_greeting(out: Path) -> None:
@@ -88,7 +72,7 @@ async def _webrtc_greeting(out: Path) -> None:
         )
         utterances = load_utterances([bundled_dir() / "01_weather.wav"])
         options = ProbeOptions(turns=1, gap_ms=300, greeting_wait_s=5.0)
-        await run_probe(_ListeningTarget(config), utterances, options, out / "trace.jsonl")
+        await run_probe(WebRTCTarget(config), utterances, options, out / "trace.jsonl")
     finally:
         await server.close()
 

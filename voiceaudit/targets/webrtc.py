@@ -276,6 +276,9 @@ class WebRTCSession(TargetSession):
                 hint="no working ICE candidate pair: check that the answer has candidates "
                 "this host can reach",
             )
+        # listen from the connection on: reply audio before the first turn is the target's
+        # greeting (the probe files it, or drops it when it does not wait for one)
+        self._in_turn = True
 
     async def _negotiate(self, pc: Any, description: Any) -> None:
         offer = await pc.createOffer()
