@@ -4,7 +4,6 @@ and ``stats.jsonl`` holds the run's statistics per window, written while it runs
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 from servers import HandlerServer
@@ -13,11 +12,6 @@ from test_greeting import MS, Bot
 from voiceaudit.cli import run
 from voiceaudit.data import bundled_dir
 from voiceaudit.trace_io import read_trace
-
-
-def _p(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[max(0, math.ceil(q / 100 * len(s)) - 1)]
 
 
 def test_duration_and_the_stats_history(tmp_path: Path) -> None:
@@ -66,7 +60,6 @@ def test_duration_and_the_stats_history(tmp_path: Path) -> None:
         assert ln["voice_to_voice_p50_ms"] in [round(v, 3) for v in v2v]
         assert ln["voice_to_voice_p50_ms"] <= ln["voice_to_voice_p95_ms"]
         assert ln["end_s"] - ln["start_s"] <= 2.0 + 1e-9 or ln.get("partial")
-    assert min(ln["voice_to_voice_p50_ms"] for ln in windows) >= _p(v2v, 0)
 
 
 def test_duration_refuses_turns(tmp_path: Path) -> None:
