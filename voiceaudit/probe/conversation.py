@@ -59,6 +59,7 @@ from voiceaudit.probe.greeting import GreetingCollector
 from voiceaudit.probe.playout import Chunk, Playout, play_model
 from voiceaudit.probe.recorder import CallRecorder, flush_recording
 from voiceaudit.probe.session import (
+    RawChunk,
     ReplyOutcome,
     TurnHost,
     TurnResult,
@@ -76,8 +77,6 @@ STOPPED_WITHIN_NS = 2 * NS_PER_S
 #: stages whose marks belong to the turn being said (the rest to the turn being answered)
 _INPUT_STAGES = ("endpointing", "transcription")
 
-#: (time, 16-bit PCM, rate, wire bytes, queued_ns or None): TargetSink.reply_audio's arguments
-RawChunk = tuple[int, bytes, int, int, int | None]
 #: the level of an audible sample at the end of a reply (-50 dBFS, linear)
 AUDIBLE = 10 ** (-50 / 20)
 

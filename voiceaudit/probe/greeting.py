@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from voiceaudit.clock import NS_PER_S
 from voiceaudit.probe.playout import Chunk, play_model
+from voiceaudit.probe.session import RawChunk
 from voiceaudit.targets.base import TargetSession
 from voiceaudit.trace_io import TraceWriter
 
@@ -31,20 +32,17 @@ from voiceaudit.trace_io import TraceWriter
 #: not say (``run --greeting-wait``)
 DEFAULT_WAIT_S = 5.0
 
-#: (time, 16-bit PCM, rate, wire bytes, queued_ns or None), as TargetSink.reply_audio gives
-GreetingChunk = tuple[int, bytes, int, int, int | None]
-
 
 @dataclass
 class GreetingCollector:
     """Where a session's sink files reply audio while the probe waits for the greeting."""
 
-    chunks: list[GreetingChunk] = field(default_factory=list)
+    chunks: list[RawChunk] = field(default_factory=list)
     first: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     last_ns: int = 0
 
-    def add(self, chunk: GreetingChunk) -> None:
+    def add(self, chunk: RawChunk) -> None:
         """A chunk of the greeting arrived."""
         if not chunk[1]:
             return

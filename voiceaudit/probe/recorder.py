@@ -54,10 +54,8 @@ import numpy as np
 
 from voiceaudit.clock import NS_PER_S
 from voiceaudit.probe.playout import Chunk, Playout, play_model
+from voiceaudit.probe.session import RawChunk
 from voiceaudit.trace_io import TraceWriter
-
-#: (time, 16-bit PCM, rate, wire bytes, queued_ns or None): TargetSink.reply_audio's arguments
-RawChunk = tuple[int, bytes, int, int, int | None]
 
 CHANNELS = 2
 LEFT, RIGHT = 0, 1

@@ -46,6 +46,7 @@ from voiceaudit.probe.recorder import (
     recording_name,
 )
 from voiceaudit.probe.session import (
+    RawChunk,
     ReplyOutcome,
     TurnResult,
     closed,
@@ -216,7 +217,7 @@ class _Sink:
         self.writer = writer
         self.session = session
         self.turn: int | None = None
-        self.chunks: list[tuple[int, bytes, int, int, int | None]] = []
+        self.chunks: list[RawChunk] = []
         self.first_audio = asyncio.Event()
         self.done = asyncio.Event()
         #: the target has signalled the end of a reply on this connection: from then on a

@@ -20,6 +20,10 @@ from voiceaudit.probe.options import ProbeOptions
 from voiceaudit.targets.base import TargetSession, TargetSink
 from voiceaudit.trace_io import TraceWriter
 
+#: a chunk of reply audio as a target session reported it (TargetSink.reply_audio's
+#: arguments): time, 16-bit PCM, rate, wire bytes, and the far end's buffer wait or None
+RawChunk = tuple[int, bytes, int, int, int | None]
+
 
 @dataclass(frozen=True)
 class TurnResult:
@@ -62,7 +66,7 @@ class ReplyOutcome:
     sid: str
     turn: int
     #: the reply audio: (arrival ns, PCM, rate, wire bytes) per chunk
-    chunks: list[tuple[int, bytes, int, int, int | None]]
+    chunks: list[RawChunk]
     #: the target's failure during the turn (when ``failed``)
     failure: str | None
     failed: bool
