@@ -3,11 +3,16 @@ and ``stats.jsonl`` holds the run's statistics per window, written while it runs
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
+import time
 from pathlib import Path
 
-from servers import HandlerServer
-from test_greeting import MS, Bot
+import numpy as np
+from aiohttp import WSMsgType, web
+from servers import EnergyEndpointer, HandlerServer
+from test_greeting import MS, RATE, SLACK_NS, Bot, _tone
 
 from voiceaudit.cli import run
 from voiceaudit.data import bundled_dir
@@ -65,3 +70,95 @@ def test_duration_and_the_stats_history(tmp_path: Path) -> None:
 def test_duration_refuses_turns(tmp_path: Path) -> None:
     rc = run(["run", "--duration", "5s", "--turns", "3", "--out", str(tmp_path / "r")])
     assert rc == 2
+
+
+class _SlowingBot:
+    """Answers each caller turn like test_greeting's bot (100 ms of digital silence, then
+    a tone, sent at once), ``DELAYS[k % 3]`` after the end of turn k: a known delay the
+    stats history must carry. Records when each reply left it (the shared monotonic
+    clock)."""
+
+    DELAYS_MS = (0, 250, 500)
+
+    def __init__(self) -> None:
+        self.sent: list[int] = []
+
+    async def handler(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        ep = EnergyEndpointer(RATE)
+        async for msg in ws:
+            if msg.type != WSMsgType.BINARY:
+                continue
+            ep.feed(np.frombuffer(msg.data, "<i2").astype(np.float64))
+            if ep.turn_ended:
+                ep.reset()
+                await asyncio.sleep(self.DELAYS_MS[len(self.sent) % 3] / 1000)
+                self.sent.append(time.monotonic_ns())
+                await ws.send_bytes(_tone(400))
+                await ws.send_str(json.dumps({"type": "turn_done"}))
+        return ws
+
+
+def _nearest_rank(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[max(0, math.ceil(q / 100 * len(s)) - 1)]
+
+
+def test_the_stats_history_carries_an_injected_delay(tmp_path: Path) -> None:
+    """Replies delayed by 0, 250 and 500 ms in turn: each turn's voice-to-voice is the
+    bot's send time plus the reply's 100 ms lead minus the speech end (one-sided: the
+    machine can only add time), and each window's p50/p95 in stats.jsonl is the nearest
+    rank over exactly the turns that ended in it (the windows' turn counts, in order,
+    partition the turns by end time)."""
+    bot = _SlowingBot()
+    out = tmp_path / "run"
+    with HandlerServer(bot.handler, "/pcm") as server:
+        rc = run(
+            [
+                "run",
+                str(bundled_dir() / "06_thanks.wav"),
+                "--target",
+                server.url,
+                "--protocol",
+                "websocket",
+                "--duration",
+                "9s",
+                "--stats-every",
+                "2s",
+                "--gap-ms",
+                "100",
+                "--out",
+                str(out),
+            ]
+        )
+    assert rc == 0
+    tr = read_trace(out / "trace.jsonl")
+    ends = sorted((e for e in tr.events if e.name == "turn.end"), key=lambda e: e.t_ns)
+    speech_end = {e.turn: e.t_ns for e in tr.events if e.name == "input.speech_end"}
+    assert len(ends) >= 3 and all(e.attrs["ok"] for e in ends)
+    assert len(bot.sent) >= len(ends)
+    v2v: list[float] = []
+    for e in ends:
+        truth = bot.sent[e.turn] + 100 * MS - speech_end[e.turn]
+        got = e.attrs["voice_to_voice_ns"]
+        assert 0 <= got - truth < SLACK_NS, (e.turn, got, truth)
+        v2v.append(got / 1e6)
+    # the injected delays are in the figures: turn k is 250 ms slower than turn k - 1
+    by_turn = {e.turn: e.attrs["voice_to_voice_ns"] for e in ends}
+    for k in (1, 2):
+        assert abs(by_turn[k] - by_turn[k - 1] - 250 * MS) < SLACK_NS
+    lines = [json.loads(x) for x in (out / "stats.jsonl").read_text().splitlines()]
+    assert sum(ln["turns"] for ln in lines) == len(ends)
+    done = 0
+    checked = 0
+    for ln in lines:
+        mine = v2v[done : done + ln["turns"]]
+        done += ln["turns"]
+        if not mine:
+            assert ln["voice_to_voice_p50_ms"] is None
+            continue
+        assert ln["voice_to_voice_p50_ms"] == round(_nearest_rank(mine, 50), 3), (ln, mine)
+        assert ln["voice_to_voice_p95_ms"] == round(_nearest_rank(mine, 95), 3), (ln, mine)
+        checked += 1
+    assert checked >= 2

@@ -10,8 +10,10 @@ window), "ok", "failed", "failures" ({kind: n}), "voice_to_voice_p50_ms",
 without one), "sessions" (running at the window's end)}``
 
 The last, partial window is written when the run ends (``"partial": true``). Each line is
-flushed and fsynced: the file is readable at any moment. The report's drift view reads the
-trace itself; this file is the live history (docs/run.md, "Long calls").
+flushed and fsynced in a worker thread, one line after the other, so a slow disk never
+holds up the event loop that paces the audio; the file is readable at any moment. The
+report's drift view reads the trace itself; this file is the live history (docs/run.md,
+"Long calls").
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import asyncio
 import json
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import IO
 
 from voiceaudit.clock import NS_PER_S, Clock
 from voiceaudit.probe.session import TurnResult
@@ -39,6 +42,12 @@ def _nearest_rank(values: list[float], q: float) -> float | None:
     return s[max(0, math.ceil(q / 100 * len(s)) - 1)]
 
 
+def _append(f: IO[str], text: str) -> None:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+
+
 class StatsHistory:
     """Collects finished turns and writes one line per window (see the module doc)."""
 
@@ -51,12 +60,15 @@ class StatsHistory:
         self.turns: list[TurnResult] = []
         self.sessions = 0
         self._task: asyncio.Task[None] | None = None
-        self._file: Any = None
+        self._file: IO[str] | None = None
+        # one worker: lines reach the file in window order
+        self._writer: ThreadPoolExecutor | None = None
 
     def start(self) -> None:
         """Open the file and write each window when it is over."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a", encoding="utf-8")
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="voiceaudit-stats")
         self._task = asyncio.get_running_loop().create_task(self._tick())
 
     def add(self, result: TurnResult, sessions: int) -> None:
@@ -73,6 +85,8 @@ class StatsHistory:
             self._write(end, partial=False)
 
     def _write(self, end_ns: int, *, partial: bool) -> None:
+        """Make the window's line and have it appended (in the worker while the run goes
+        on; at once when it ends)."""
         if self._file is None:
             return
         turns, self.turns = self.turns, []
@@ -84,7 +98,7 @@ class StatsHistory:
                 kind = t.failure or "target_error"
                 failures[kind] = failures.get(kind, 0) + 1
         p50, p95 = _nearest_rank(v2v, 50), _nearest_rank(v2v, 95)
-        line: dict[str, Any] = {
+        line: dict[str, object] = {
             "window": self.window,
             "start_s": round(self.window * self.every_ns / NS_PER_S, 3),
             "end_s": round((end_ns - self.t0) / NS_PER_S, 3),
@@ -98,10 +112,12 @@ class StatsHistory:
         }
         if partial:
             line["partial"] = True
-        self._file.write(json.dumps(line) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        text = json.dumps(line) + "\n"
         self.window += 1
+        if self._writer is not None:
+            self._writer.submit(_append, self._file, text)
+        else:
+            _append(self._file, text)
 
     def close(self, sessions: int) -> None:
         """The run ended: write the last, partial window and close the file."""
@@ -111,6 +127,9 @@ class StatsHistory:
         if self._file is None:
             return
         self.sessions = sessions
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)  # the windows already handed over come first
+            self._writer = None
         now = self.clock.now_ns()
         if self.turns or now > self.t0 + self.window * self.every_ns:
             self._write(now, partial=True)
