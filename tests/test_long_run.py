@@ -140,6 +140,7 @@ def test_the_stats_history_carries_an_injected_delay(tmp_path: Path) -> None:
     assert len(bot.sent) >= len(ends)
     v2v: list[float] = []
     for e in ends:
+        assert e.turn is not None
         truth = bot.sent[e.turn] + 100 * MS - speech_end[e.turn]
         got = e.attrs["voice_to_voice_ns"]
         assert 0 <= got - truth < SLACK_NS, (e.turn, got, truth)
