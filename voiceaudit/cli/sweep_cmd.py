@@ -364,7 +364,16 @@ def register(app: typer.Typer) -> None:
         if (sweep_dir / "sweep.json").exists():
             raise UsageError(f"{sweep_dir} holds a sweep already", hint="choose another --out")
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        interrupted, manifest = asyncio.run(_sweep(spec, options, utterances, sweep_dir))
+        manifest = None
+        try:
+            interrupted, manifest = asyncio.run(_sweep(spec, options, utterances, sweep_dir))
+        except asyncio.CancelledError:
+            # The last resort (a third Ctrl-C, or a second that did not end the cell in
+            # time): the cell's trace is closed `interrupted`, its turns in flight lost.
+            err_console().print(
+                "[yellow]interrupted[/]: stopped at once; every finished turn is kept"
+            )
+            interrupted = True
         from voiceaudit.analysis.sweep import build_sweep_view
         from voiceaudit.report.sweep import render_sweep, render_terminal
 
@@ -375,7 +384,7 @@ def register(app: typer.Typer) -> None:
         out_console().print(f"sweep: {sweep_dir}  (voiceaudit report {sweep_dir})")
         if interrupted:
             raise typer.Exit(ExitCode.INTERRUPTED)
-        if any(c.status != "ok" for c in manifest.cells):
+        if manifest is not None and any(c.status != "ok" for c in manifest.cells):
             raise typer.Exit(ExitCode.FAILED)
 
 
@@ -400,17 +409,47 @@ async def _sweep(
         time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
     manifest.write(sweep_dir)
-    state: dict[str, Any] = {"probe": None, "stop": False}
+    from voiceaudit.cli.run_cmd import CUT_GRACE_S
+
+    state: dict[str, Any] = {"probe": None, "stop": False, "interrupts": 0}
     loop = asyncio.get_running_loop()
 
-    def _on_sigint() -> None:
-        state["stop"] = True
+    def _cancel_all() -> None:
+        for task in asyncio.all_tasks(loop):
+            task.cancel()
+
+    def _cut() -> None:
         if state["probe"] is not None:
-            state["probe"].stop()
+            state["probe"].cut()
+        loop.call_later(CUT_GRACE_S, _cancel_all)
+
+    def _on_sigint() -> None:
+        # As `voiceaudit run`: 1st: no new cell, no new turn, the turns in flight finish;
+        # 2nd: cut them (failed turns, failure `interrupted`); 3rd: cancel at once.
+        state["stop"] = True
+        state["interrupts"] += 1
+        if state["interrupts"] == 1:
+            if state["probe"] is not None:
+                state["probe"].stop()
+            err_console().print(
+                "[yellow]stopping[/]: the turns in flight finish, no new turn or cell "
+                "starts (Ctrl-C again to cut them)"
+            )
+        elif state["interrupts"] == 2:
+            err_console().print("[yellow]stopping now[/]: the turns in flight are cut")
+            _cut()
+        else:
+            _cancel_all()
+
+    def _on_sigterm() -> None:
+        # A service manager's stop: what a second Ctrl-C does.
+        state["stop"] = True
+        state["interrupts"] = max(state["interrupts"], 2)
+        _cut()
 
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGINT, _on_sigint)
-        loop.add_signal_handler(signal.SIGTERM, _on_sigint)
+        loop.add_signal_handler(signal.SIGTERM, _on_sigterm)
     pool = None
     if any(c.target is None for c in cells):
         from voiceaudit.reference.asr import AsrPool
@@ -432,6 +471,11 @@ async def _sweep(
                 ok = await _cell(cell, spec, options, utterances, sweep_dir / cell.dir, pool, state)
                 cell.status = "ok" if ok else "no successful turn"
             except UsageError:
+                raise
+            except asyncio.CancelledError:
+                cell.status = "interrupted"
+                for later in cells[i + 1 :]:
+                    later.status = "not run (interrupted)"
                 raise
             except Exception as exc:  # one broken cell does not end the sweep
                 from voiceaudit.errors import VoiceauditError
