@@ -49,7 +49,7 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(("analysis", "imports", "probe"), 3),
     **dict.fromkeys(("trace_io", "capture", "reference", "scenario", "impair"), 4),
     **dict.fromkeys(("targets", "model", "audio", "pacing", "pacing_stats", "data"), 5),
-    **dict.fromkeys(("", "errors", "clock", "failures", "tomlpos", "codecs"), 6),
+    **dict.fromkeys(("", "errors", "clock", "failures", "tomlpos", "codecs", "wavinfo"), 6),
 }
 
 #: (importer, imported): a module in the first (a package or a module, by dotted prefix)

@@ -54,7 +54,7 @@ from voiceaudit.data import bundled_dir
 from voiceaudit.errors import ExitCode
 from voiceaudit.model import Event
 from voiceaudit.probe.conversation import last_audible
-from voiceaudit.probe.recorder import CallRecorder, recording_name
+from voiceaudit.probe.recorder import HEADER_BYTES, CallRecorder, recording_name
 from voiceaudit.trace_io import Trace, read_trace
 
 pytestmark = pytest.mark.slow
@@ -458,7 +458,7 @@ def test_ctrl_c_leaves_a_readable_wav_with_every_finished_turn(
     start1 = call.idx(call.one("turn.start", 1).t_ns)
     assert np.abs(call.x[start1 : start1 + 24000, 0]).max() > 0.01
     # closed: the header states the whole file
-    assert wav.stat().st_size == 44 + 4 * call.pcm.shape[0]
+    assert wav.stat().st_size == HEADER_BYTES + 4 * call.pcm.shape[0]
 
 
 @pytest.mark.slow

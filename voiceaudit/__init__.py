@@ -15,7 +15,8 @@ Layers, top to bottom; a module imports only from its own layer or those below i
 5. ``targets``, ``model``, ``audio``, ``pacing`` (the deadline pacer the probe and
    ``impair`` share), ``pacing_stats`` (the measured pacing the probe writes and the
    report reads), ``data`` (the bundled utterances)
-6. ``errors``, ``clock``, ``failures``, ``tomlpos``, ``codecs``
+6. ``errors``, ``clock``, ``failures``, ``tomlpos``, ``codecs``, ``wavinfo`` (a WAV's text
+   fields, which call recordings carry)
 
 Within ``probe``, ``runner`` (the probe) imports ``conversation`` (scripted sessions), and
 both import ``session`` (the turn machinery they share; a conversation reaches the probe

@@ -35,6 +35,12 @@ the session closes the file is padded with silence to that instant (the file run
 where the model still plays a reply after it). A recording that cannot be written (disk
 full, the 4 GiB limit of a WAV) stops with a one-line warning; the run goes on.
 
+**Says what it is.** A ``LIST``/``INFO`` chunk before the audio names the software
+(``ISFT``: ``voiceaudit <version>``) and the layout (``ICMT``:
+:data:`voiceaudit.wavinfo.CALL_LAYOUT`), so ``voiceaudit report CALL.wav`` knows its
+channels (it gives no "channels look swapped" warning for a call the caller opens); any
+WAV reader skips the chunk.
+
 Trace: a session-level probe event ``session.recording`` (docs/trace-format.md) names
 the file (relative to the trace), its rate, channels and ``t0_ns``.
 """
@@ -52,17 +58,21 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from voiceaudit import __version__
 from voiceaudit.clock import NS_PER_S
 from voiceaudit.probe.playout import Chunk, Playout, play_model
 from voiceaudit.probe.session import RawChunk
 from voiceaudit.trace_io import TraceWriter
+from voiceaudit.wavinfo import CALL_LAYOUT, info_chunk
 
 CHANNELS = 2
 LEFT, RIGHT = 0, 1
-_HEADER = 44
+_INFO = info_chunk({"ISFT": f"voiceaudit {__version__}", "ICMT": CALL_LAYOUT})
+#: bytes before the first sample: RIFF/WAVE, fmt, LIST/INFO, the data chunk's header
+HEADER_BYTES = 12 + 24 + len(_INFO) + 8
 _FRAME_BYTES = 2 * CHANNELS
 #: the largest data chunk a RIFF header can state
-_MAX_DATA = 0xFFFFFFFF - 36
+_MAX_DATA = 0xFFFFFFFF - (HEADER_BYTES - 8)
 
 
 def recording_name(sid: str) -> str:
@@ -88,9 +98,9 @@ class _Wav:
         fmt = struct.pack(
             "<IHHIIHH", 16, 1, CHANNELS, self.rate, self.rate * _FRAME_BYTES, _FRAME_BYTES, 16
         )
-        head = b"RIFF" + struct.pack("<I", 36 + data) + b"WAVE" + b"fmt " + fmt
+        head = b"RIFF" + struct.pack("<I", HEADER_BYTES - 8 + data) + b"WAVE" + b"fmt " + fmt
         self.f.seek(0)
-        self.f.write(head + b"data" + struct.pack("<I", data))
+        self.f.write(head + _INFO + b"data" + struct.pack("<I", data))
 
     def mix(self, channel: int, start: int, samples: np.ndarray[Any, Any]) -> None:
         """Add ``samples`` (int16 units) to ``channel`` from frame ``start`` on."""
@@ -106,14 +116,14 @@ class _Wav:
         block = np.zeros((n, CHANNELS), dtype=np.int32)
         have = min(end, self.frames) - start
         if have > 0:
-            self.f.seek(_HEADER + start * _FRAME_BYTES)
+            self.f.seek(HEADER_BYTES + start * _FRAME_BYTES)
             old = np.frombuffer(self.f.read(have * _FRAME_BYTES), dtype="<i2")
             block[: old.size // CHANNELS] = old.reshape(-1, CHANNELS)
         block[:, channel] += samples.astype(np.int32)
         np.clip(block, -32768, 32767, out=block)
         if start > self.frames:
-            self.f.truncate(_HEADER + start * _FRAME_BYTES)  # silence up to the block
-        self.f.seek(_HEADER + start * _FRAME_BYTES)
+            self.f.truncate(HEADER_BYTES + start * _FRAME_BYTES)  # silence up to the block
+        self.f.seek(HEADER_BYTES + start * _FRAME_BYTES)
         self.f.write(block.astype("<i2").tobytes())
         self.frames = max(self.frames, end)
 
@@ -122,7 +132,7 @@ class _Wav:
         if frames > self.frames:
             if frames * _FRAME_BYTES > _MAX_DATA:
                 frames = _MAX_DATA // _FRAME_BYTES
-            self.f.truncate(_HEADER + frames * _FRAME_BYTES)
+            self.f.truncate(HEADER_BYTES + frames * _FRAME_BYTES)
             self.frames = max(self.frames, frames)
 
     def sync(self) -> None:
