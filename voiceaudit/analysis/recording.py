@@ -48,7 +48,10 @@ import itertools
 import math
 import os
 import struct
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +75,8 @@ SUFFIXES: tuple[str, ...] = (".wav", ".flac", ".ogg", ".oga")
 # -- documented thresholds (docs/recordings.md) -----------------------------------------
 FRAME_MS = 10  #: analysis frame
 BLOCK_S = 30  #: seconds read at a time
+CACHE_BLOCK_S = 10  #: later reads: the file is decoded in blocks this long ...
+CACHE_S = 320  #: ... and this many seconds of them are kept (both channels, float32)
 EDGE_DB = 6.0  #: a speech region extends while a frame is this far above the noise floor ...
 CORE_DB = 15.0  #: ... and counts if it reaches this far above it ...
 MIN_CORE_MS = 40  #: ... for this long
@@ -123,6 +128,11 @@ class _Source:
     frames: int = 0
     warnings: list[str] = field(default_factory=list)
     nonfinite: int = 0
+    #: the files' samples cannot be NaN or infinite (integer PCM, mu-law, A-law)
+    _finite_only: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _cache: OrderedDict[int, tuple[F32, F32]] = field(default_factory=OrderedDict, repr=False)
+    _files: dict[Path, Any] = field(default_factory=dict, repr=False)
 
     @property
     def label(self) -> str:
@@ -135,7 +145,10 @@ class _Source:
         not numbers, in a float file, become 0 and are counted in :attr:`nonfinite`)."""
         try:
             for c, a in self._blocks(block):
-                yield self._finite(c), self._finite(a)
+                if self._finite_only:
+                    yield c, a
+                else:
+                    yield self._finite(c), self._finite(a)
         except (RuntimeError, OSError, ValueError) as exc:
             raise AudioError(
                 f"cannot be read to its end ({_one_line(exc)})", path=self.label
@@ -164,30 +177,81 @@ class _Source:
                 yield _pad(c, n), _pad(a, n)
 
     def read(self, start: int, stop: int) -> tuple[F32, F32]:
-        """(caller, agent) samples ``[start, stop)`` (clipped to the file; zeros beyond)."""
-        try:
-            c, a = self._read(start, stop)
-        except (RuntimeError, OSError, ValueError) as exc:
-            raise AudioError(f"cannot be read ({_one_line(exc)})", path=self.label) from None
-        return np.nan_to_num(c, posinf=0.0, neginf=0.0), np.nan_to_num(a, posinf=0.0, neginf=0.0)
-
-    def _read(self, start: int, stop: int) -> tuple[F32, F32]:
+        """(caller, agent) samples ``[start, stop)`` clipped to the file (``start`` below 0
+        reads from 0; zeros beyond a shorter track's end), as new arrays. Served from a
+        small cache of decoded blocks (:data:`CACHE_BLOCK_S` each, at most
+        :data:`CACHE_S` seconds of audio), shared by the threads that read the two
+        channels: each block of the file is decoded about once per pass."""
         start = max(0, start)
         stop = max(start, min(stop, self.frames))
+        cs: list[F32] = []
+        as_: list[F32] = []
+        size = self._cache_block()
+        for j in range(start // size, -(-stop // size)):
+            c, a = self._cached(j)
+            lo, hi = max(start - j * size, 0), min(stop - j * size, c.shape[0])
+            cs.append(c[lo:hi])
+            as_.append(a[lo:hi])
+        if not cs:
+            z = np.zeros(0, dtype=np.float32)
+            return z, z.copy()
+        return np.concatenate(cs), np.concatenate(as_)
+
+    def _cache_block(self) -> int:
+        return max(1, self.rate * CACHE_BLOCK_S)
+
+    def _cached(self, j: int) -> tuple[F32, F32]:
+        with self._lock:
+            hit = self._cache.get(j)
+            if hit is not None:
+                self._cache.move_to_end(j)
+                return hit
+            size = self._cache_block()
+            start = j * size
+            n = max(0, min(self.frames, start + size) - start)
+            try:
+                c, a = self._read(start, start + n)
+            except (RuntimeError, OSError, ValueError) as exc:
+                raise AudioError(f"cannot be read ({_one_line(exc)})", path=self.label) from None
+            if not self._finite_only:
+                c = np.nan_to_num(c, posinf=0.0, neginf=0.0)
+                a = np.nan_to_num(a, posinf=0.0, neginf=0.0)
+            self._cache[j] = (c, a)
+            while len(self._cache) > max(2, CACHE_S // CACHE_BLOCK_S):
+                self._cache.popitem(last=False)
+            return c, a
+
+    def _handle(self, p: Path) -> Any:
+        """An open SoundFile of ``p``, kept for the source's reads (under the lock)."""
+        f = self._files.get(p)
+        if f is None:
+            f = _open_sf(p)
+            self._files[p] = f
+        return f
+
+    def close(self) -> None:
+        """Close the files the reads keep open and drop the cache."""
+        with self._lock:
+            for f in self._files.values():
+                f.close()
+            self._files.clear()
+            self._cache.clear()
+
+    def _read(self, start: int, stop: int) -> tuple[F32, F32]:
         n = stop - start
         if self.agent_path is None:
-            with _open_sf(self.caller_path) as f:
-                f.seek(start)
-                b = f.read(n, dtype="float32", always_2d=True)
+            f = self._handle(self.caller_path)
+            f.seek(start)
+            b = f.read(n, dtype="float32", always_2d=True)
             return _pad(b[:, self.caller_channel], n), _pad(b[:, 1 - self.caller_channel], n)
         out = []
         for p in (self.caller_path, self.agent_path):
-            with _open_sf(p) as f:
-                if start < f.frames:
-                    f.seek(start)
-                    x = f.read(n, dtype="float32", always_2d=True)[:, 0]
-                else:
-                    x = np.zeros(0, dtype=np.float32)
+            f = self._handle(p)
+            if start < f.frames:
+                f.seek(start)
+                x = f.read(n, dtype="float32", always_2d=True)[:, 0]
+            else:
+                x = np.zeros(0, dtype=np.float32)
             out.append(_pad(x, n))
         return out[0], out[1]
 
@@ -237,6 +301,16 @@ def _wav_truncation(p: Path) -> str | None:
     return None
 
 
+#: subtypes whose samples are always finite (integers, companded integers)
+_FINITE_SUBTYPES = ("PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32", "ULAW", "ALAW")
+
+
+def _finite_subtype(p: Path) -> bool:
+    """Whether ``p``'s samples cannot be NaN or infinite (no check needed on reading)."""
+    with _open_sf(p) as f:
+        return str(f.subtype) in _FINITE_SUBTYPES
+
+
 def _probe_file(p: Path) -> tuple[int, int, int]:
     """(rate, channels, frames) of an audio file, or an AudioError in one line."""
     if not p.exists():
@@ -278,6 +352,7 @@ def open_source(
         if channels != 2:
             raise InputError(f"{channels} channels: a call recording has two", path=str(p))
         src = _Source(p, None, 0 if caller == "left" else 1, rate, frames)
+        src._finite_only = _finite_subtype(p)
         w = _wav_truncation(p)
         if w:
             src.warnings.append(w)
@@ -295,6 +370,7 @@ def open_source(
             f"the tracks differ in sample rate ({rc} Hz and {ra} Hz at {pa})", path=str(pc)
         )
     src = _Source(pc, pa, 0, rc, max(fc, fa))
+    src._finite_only = _finite_subtype(pc) and _finite_subtype(pa)
     if abs(fc - fa) > rc:
         src.warnings.append(
             f"the tracks differ in length by {abs(fc - fa) / rc:.1f} s; the shorter one is "
@@ -617,7 +693,10 @@ def read_call(
     if answer_at_s is not None and not (answer_at_s >= 0 and math.isfinite(answer_at_s)):
         raise UsageError(f"--answer-at {answer_at_s}: give seconds >= 0 into the recording")
     src = open_source(path, caller=caller, caller_track=caller_track, agent_track=agent_track)
-    return _Analysis(src, caller, answer_at_s, path_label).trace()
+    try:
+        return _Analysis(src, caller, answer_at_s, path_label).trace()
+    finally:
+        src.close()
 
 
 def _split_on_energy(
@@ -864,8 +943,13 @@ class _Analysis:
         caller_coarse = energy_segments(fr.caller, fr.hop, rate, floor_db=floor, mask=mask)
         self._check_vad(caller_coarse, "caller")
         self._check_vad(agent_coarse, "agent")
-        caller, cvad = self.detect_segments("caller", caller_coarse, fr.caller)
-        agent, avad = self.detect_segments("agent", agent_coarse, fr.agent)
+        # the two channels at once (numpy, the FFTs and libsndfile release the GIL; the
+        # file's blocks are decoded once for both, through the source's cache)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            cjob = pool.submit(self.detect_segments, "caller", caller_coarse, fr.caller)
+            ajob = pool.submit(self.detect_segments, "agent", agent_coarse, fr.agent)
+            caller, cvad = cjob.result()
+            agent, avad = ajob.result()
         if self.echo is not None:
             self.ev(
                 None,
