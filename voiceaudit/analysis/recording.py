@@ -77,6 +77,7 @@ FRAME_MS = 10  #: analysis frame
 BLOCK_S = 30  #: seconds read at a time
 CACHE_BLOCK_S = 10  #: later reads: the file is decoded in blocks this long ...
 CACHE_S = 320  #: ... and this many seconds of them are kept (both channels, float32)
+WORKERS = 2  #: threads: the two channels' passes and speech detection run side by side
 EDGE_DB = 6.0  #: a speech region extends while a frame is this far above the noise floor ...
 CORE_DB = 15.0  #: ... and counts if it reaches this far above it ...
 MIN_CORE_MS = 40  #: ... for this long
@@ -929,7 +930,7 @@ class _Analysis:
 
     # -- the analysis --------------------------------------------------------------------
     def trace(self) -> Trace:
-        with ThreadPoolExecutor(max_workers=2) as pool:
+        with ThreadPoolExecutor(max_workers=WORKERS) as pool:
             return self._trace_in(pool)
 
     def _trace_in(self, pool: ThreadPoolExecutor) -> Trace:
