@@ -21,7 +21,15 @@ that edge within 10 ms (it will cut the speech early, or guess). Also printed: t
 (of 0-0.5, 0.5-1, 1-2, 2-4, 4-8 kHz) where those 10 ms stand highest over the noise, and
 by how many dB (whitened band SNR).
 
+``--call``: instead, the synthetic two-channel call of ``tests/test_recording.py``
+(``build_call``: LibriVox clips as the caller, trimmed to their clean detection, and
+pieces of them as the agent, trimmed to their first and last audible samples; each
+channel under its own seeded pink noise at 10 dB, as that test does), each channel's
+speech edges (truth: where its pieces are, exactly) against ``speech_segments`` of the
+channel at each rate: the edges the call's figures rest on (caller ends, agent starts).
+
     .venv/bin/python bench/noise_edges.py [--seeds 1 2 3] [--snr 10] [--rates 16000 8000]
+    .venv/bin/python bench/noise_edges.py --call [--seeds 1 3 5]
 """
 
 from __future__ import annotations
@@ -127,7 +135,10 @@ def main() -> int:
     ap.add_argument("--snr", type=float, default=10.0)
     ap.add_argument("--rates", type=int, nargs="+", default=[16000, 8000])
     ap.add_argument("--no-oracle", action="store_true")
+    ap.add_argument("--call", action="store_true", help="the synthetic call's channels")
     args = ap.parse_args()
+    if args.call:
+        return call_edges(args.seeds, args.rates)
     errs: dict[int, list[float]] = {r: [] for r in args.rates}
     findable: dict[int, list[tuple[float, float]]] = {r: [] for r in args.rates}
     tps = {r: Tapers(r) for r in args.rates}
@@ -179,6 +190,62 @@ def main() -> int:
                         f"{sum(e <= 10 for e in sel)} within 10 ms, median "
                         f"{statistics.median(sel):.1f} ms"
                     )
+    return 0
+
+
+def _pieces(x: npt.NDArray[np.float32]) -> list[tuple[int, int]]:
+    """Runs of nonzero samples, joined across zeros shorter than 50 ms."""
+    nz = np.concatenate(([0], (x != 0).astype(np.int8), [0]))
+    d = np.diff(nz)
+    out: list[tuple[int, int]] = []
+    for a, b in zip(np.flatnonzero(d == 1), np.flatnonzero(d == -1), strict=True):
+        if out and a - out[-1][1] < RATE // 20:
+            out[-1] = (out[-1][0], int(b))
+        else:
+            out.append((int(a), int(b)))
+    return out
+
+
+def call_edges(seeds: list[int], rates: list[int]) -> int:
+    """Edge errors on the channels of tests/test_recording.py's synthetic call."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    import test_recording as T
+
+    call = T.build_call(_speech_dir(), RATE)
+    tps = {r: Tapers(r) for r in rates}
+    errs: dict[int, list[float]] = {r: [] for r in rates}
+    print(f"DETECTOR_VERSION {A.DETECTOR_VERSION}; the call of tests/test_recording.py")
+    print("channel seed rate  edge  at_s   error_ms (oracle d')")
+    for seed in seeds:
+        for who, x, sd in (("caller", call.caller, seed), ("agent", call.agent, seed + 1)):
+            y = T.with_noise(x, 10.0, seed=sd)
+            noise = y.astype(np.float64) - x
+            truth = _pieces(x)
+            for rate in rates:
+                yr = y if rate == RATE else A.resample(y, RATE, rate)
+                got = A.speech_segments(yr, rate)
+                gs = np.array([a for a, _ in got]) * RATE / rate
+                ge = np.array([b for _, b in got]) * RATE / rate
+                xc = np.asarray(x if rate == RATE else A.resample(x, RATE, rate), np.float64)
+                nr = np.asarray(
+                    noise if rate == RATE else A.resample(noise.astype(np.float32), RATE, rate),
+                    np.float64,
+                )
+                for a, b in truth:
+                    for kind, t, cand in (("start", a, gs), ("end", b, ge)):
+                        err = float((cand[np.argmin(np.abs(cand - t))] - t) / 16) if got else 1e9
+                        d = oracle(xc, nr, rate, round(t * rate / RATE), kind == "end", tps[rate])
+                        errs[rate].append(err)
+                        print(
+                            f"{who:7s} {sd}  {rate:5d} {kind:5s} {t / RATE:6.2f} {err:+8.1f}"
+                            f"  ({d[0]:.1f})"
+                        )
+    for rate in rates:
+        e = [abs(v) for v in errs[rate]]
+        print(
+            f"{rate} Hz: {sum(v <= 10 for v in e)} of {len(e)} edges within 10 ms, median "
+            f"{statistics.median(e):.1f} ms, worst {max(e):.1f} ms"
+        )
     return 0
 
 

@@ -82,8 +82,13 @@ def test_pink_noise_at_10_db_snr(librivox: dict[str, npt.NDArray[np.float32]], n
     """Before this detector: 0930 lost entirely, others split into 2-4 segments, ends up to
     3.6 s early. Now: at most one split (measured: 0890 with seed 1 splits at a 0.6 s
     pause whose weak speech sinks into the noise; the other 9 are one segment), start
-    and end within 250 ms of the clean detection (measured worst: start +195 ms, end
-    -230 ms; faint endings sink into the noise and are cut early, see docs)."""
+    within 215 ms and end within 250 ms of the clean detection (measured worst: start
+    +211 ms, end -242 ms; faint endings sink into the noise and are cut early, see docs).
+    The start bound was 200 ms under DETECTOR_VERSION 3 (measured +195 ms): 0930's first
+    ~200 ms lie under the noise (bench/noise_edges.py: d' 0.2 for its first 10 ms, which
+    no detector can find), and the matched placement of gradual edges (version 4) gives
+    up 16 ms more of it while it puts detectable starts within a few ms (see
+    test_bundled_starts_in_pink_noise)."""
     x = librivox[name]
     clean = A.speech_segments(x, RATE)
     splits = 0
@@ -91,7 +96,7 @@ def test_pink_noise_at_10_db_snr(librivox: dict[str, npt.NDArray[np.float32]], n
         got = A.speech_segments(with_noise(x, clean, 10.0, seed), RATE)
         assert 1 <= len(got) <= 2, (name, seed, got)
         splits += len(got) - 1
-        assert abs(ms(got[0][0] - clean[0][0])) <= 200, (name, seed)
+        assert abs(ms(got[0][0] - clean[0][0])) <= 215, (name, seed)
         assert abs(ms(got[-1][1] - clean[-1][1])) <= 250, (name, seed)
         # Never later than the speech itself: noise does not extend the speech.
         assert got[-1][1] <= clean[-1][1] + 0.01 * RATE
@@ -196,3 +201,34 @@ def test_a_long_signal_is_analysed_in_blocks(
     assert diffs[-2] <= 2.5 and diffs[-1] <= 20.0, diffs[-3:]
     for (s, e), (ws, we) in zip(got, want, strict=True):
         assert abs(ms(s - ws)) <= 40 and abs(ms(e - we)) <= 40, (ms(s - ws), ms(e - we))
+
+
+def test_bundled_utterances_in_pink_noise() -> None:
+    """The six bundled utterances under 10 dB pink noise (seeds 1-3), analysed at 16 kHz
+    and at 8 kHz (the recording path's rate for noisy channels), against their clean
+    detection (exact, in digital silence). Edges whose first or last 10 ms stand over the
+    noise are placed within 10 ms; the others are not findable by any detector
+    (bench/noise_edges.py's oracle: 05_joke's last 10 ms have d' 0.5-1.1; 06_thanks'
+    first 10 ms at 8 kHz 0.4, its sound is above 4 kHz). Measured at 16 kHz: 15 of 18
+    starts within 10 ms (DETECTOR_VERSION 3: 13), worst +27 ms (04_airport, d' 2.6-3.6),
+    11 of 18 ends (3: 11); at 8 kHz 11 of 18 starts (3: 4) and 12 of 18 ends (3: 9:
+    04_airport's final /t/ was lost at 8 kHz, 95 ms early). Noise never makes an edge
+    more than 10 ms too early a start or too late an end."""
+    from voiceaudit.data import bundled_dir
+
+    want = {16000: (15, 11, 30.0), 8000: (11, 12, 90.0)}
+    for rate, (n_starts, n_ends, worst_start) in want.items():
+        starts = ends = 0
+        for f in sorted(bundled_dir().glob("*.wav")):
+            a = A.read_audio(f)
+            (s0, e0), *_ = A.speech_segments(a.samples, a.rate)
+            for seed in (1, 2, 3):
+                y = with_noise(a.samples, [(s0, e0)], 10.0, seed)
+                y = y if rate == a.rate else A.resample(y, a.rate, rate)
+                got = A.speech_segments(y, rate)
+                ds = got[0][0] * 1000 / rate - s0 * 1000 / a.rate
+                de = got[-1][1] * 1000 / rate - e0 * 1000 / a.rate
+                assert -10.0 <= ds <= worst_start and de <= 10.0, (f.name, seed, rate, ds, de)
+                starts += abs(ds) <= 10
+                ends += abs(de) <= 10
+        assert starts >= n_starts and ends >= n_ends, (rate, starts, ends)
