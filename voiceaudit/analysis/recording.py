@@ -33,8 +33,15 @@ more than :data:`DISAGREE_MS` (or, for sound webrtcvad does not call speech,
 Echo (the agent's voice leaking into the caller's track) is found by cross-correlating
 the two channels over the agent's speech (delay and gain); the caller's frames are then
 speech only well above the echo the agent's channel predicts, and the echo is subtracted
-before an edge is refined. The file is read in blocks (:data:`BLOCK_S`): memory grows
-with the number of 10 ms frames (16 bytes a frame), not with the samples.
+before an edge is refined.
+
+Speed and memory: the file is streamed in blocks (:data:`BLOCK_S`) for the frame
+energies; the later reads (the noise-robust detector's blocks, each edge's surroundings)
+come from a cache of decoded blocks (:data:`CACHE_BLOCK_S` each, at most :data:`CACHE_S`
+seconds). The two channels are analysed side by side in :data:`WORKERS` threads (numpy,
+the FFTs and libsndfile release the GIL; each thread keeps OpenBLAS to one thread), which
+read each block of the file once for both. Memory grows with the number of 10 ms frames
+(a few tens of bytes a frame), not with the samples; bench/recording_speed.py measures it.
 
 Errors are :class:`~voiceaudit.errors.InputError` (exit 3, one line naming the file) or
 :class:`~voiceaudit.errors.NoDataError` (exit 5: no caller turn in the recording). An odd
