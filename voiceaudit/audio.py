@@ -412,6 +412,7 @@ _MIN_CORE_MS = 30.0  # ... for this long (a click smeared by the 20 ms frames is
 _VOICING_WINDOW_MS = 40.0
 _VOICING_RATE = 8_000
 _VOICING_HOP_MS = 10.0
+_VOICING_SPAN_PAD_MS = 250.0  # long signals: the voicing filter runs this far around regions
 _VOICING_BAND_HZ = (80.0, 1000.0)
 _PITCH_RANGE_HZ = (70.0, 400.0)
 _VOICED = 0.7  # normalised autocorrelation at a pitch lag that makes a frame voiced
@@ -605,19 +606,17 @@ _EDGE_RISE_MS = 3.0  # ... this long is an abrupt edge, placed where the energy 
 _EDGE_NOISE_WINDOWS = 65_536  # the noise's median energy: from at most this many windows
 
 
-def _window_energy(x: F64, pre: bool, p: int, q: int, w: int) -> F64:
+def _window_energies(x: F64, pre: bool, starts: npt.NDArray[np.intp], count: int, w: int) -> F64:
     """Mean energy of the ``w``-sample windows of ``x`` (``pre``: of its first difference,
-    0 before the first sample) starting at ``p`` .. ``q - 1``."""
-    if q <= p:
-        return np.zeros(0)
+    0 before the first sample) starting at ``starts[i] + j`` for ``j < count``: one row per
+    start (windows past the end of ``x`` are garbage; the caller masks them)."""
+    n = x.shape[0]
+    at = starts[:, None] + np.arange(count + w - 1)
+    y = x[np.clip(at, 0, n - 1)]
     if pre:
-        y = np.diff(x[max(0, p - 1) : q + w - 1])
-        if p == 0:
-            y = np.concatenate(([0.0], y))
-    else:
-        y = x[p : q + w - 1]
-    c = np.concatenate(([0.0], np.cumsum(y * y)))
-    out: F64 = (c[w:] - c[:-w]) / w
+        y = y - x[np.clip(at - 1, 0, n - 1)]
+    c = np.concatenate((np.zeros((starts.shape[0], 1)), np.cumsum(y * y, axis=1)), axis=1)
+    out: F64 = (c[:, w:] - c[:, :-w]) / w
     return out
 
 
@@ -661,32 +660,48 @@ def _refine_abrupt_edges(
         noise = float(np.median((e * e).sum(axis=1) / w))
         if noise > 0.0:
             views.append((pre, _EDGE_LOW * noise, _EDGE_HIGH * noise))
+    if not views:
+        return segs, [(False, False)] * len(segs)
+    a0 = np.array([a for a, _ in segs], dtype=np.intp)
+    b0 = np.array([b for _, b in segs], dtype=np.intp)
+    a1 = a0.copy()
+    # Starts (the first view only): the last quiet window before the first loud one.
+    pre, low, high = views[0]
+    span = reach + rise
+    env = _window_energies(x, pre, a0, span, w)
+    pos = np.arange(span)
+    valid = pos < (np.minimum(np.minimum(b0, a0 + span), n_env) - a0)[:, None]
+    loud = valid & (env > high)
+    k = np.argmax(loud, axis=1)
+    quiet = valid & (env < low) & (pos < k[:, None])
+    q_last = span - 1 - np.argmax(quiet[:, ::-1], axis=1)
+    ok = loud.any(axis=1) & quiet.any(axis=1) & (k - q_last <= rise)
+    a1[ok] = np.minimum(a0 + q_last + w, a0 + reach)[ok]
+    # Ends (each view in turn, until one finds it): the first quiet window after the
+    # last loud one.
+    b1 = b0.copy()
+    todo = np.ones(len(segs), dtype=bool)
+    span = reach + rise + w
+    pos = np.arange(span)
+    for pre, low, high in views:
+        lo = np.maximum(a1, b0 - span)
+        env = _window_energies(x, pre, lo, span, w)
+        valid = pos < (np.minimum(b0, n_env) - lo)[:, None]
+        loud = valid & (env > high)
+        k = span - 1 - np.argmax(loud[:, ::-1], axis=1)
+        quiet = valid & (env < low) & (pos >= k[:, None])
+        q0 = np.argmax(quiet, axis=1) - k
+        ok = todo & loud.any(axis=1) & quiet.any(axis=1) & (q0 <= rise)
+        b1[ok] = np.maximum(lo + k + q0, b0 - reach)[ok]
+        todo &= ~ok
     out: list[tuple[int, int]] = []
     abrupt: list[tuple[bool, bool]] = []
-    for a0, b0 in segs:
-        a, b = a0, b0
-        for pre, low, high in views[:1]:  # starts: the pre-emphasised view only
-            part = _window_energy(x, pre, a, min(b, a + reach + rise, n_env), w)
-            loud = np.flatnonzero(part > high)
-            if loud.size:
-                k = int(loud[0])
-                quiet = np.flatnonzero(part[:k] < low)
-                if quiet.size and k - int(quiet[-1]) <= rise:
-                    a = min(a + int(quiet[-1]) + w, a + reach)
-                    break
-        for pre, low, high in views:
-            lo = max(a, b - reach - rise - w)
-            part = _window_energy(x, pre, lo, max(lo, min(b, n_env)), w)
-            loud = np.flatnonzero(part > high)
-            if loud.size:
-                k = int(loud[-1])
-                quiet = np.flatnonzero(part[k:] < low)
-                if quiet.size and int(quiet[0]) <= rise:
-                    b = max(lo + k + int(quiet[0]), b - reach)
-                    break
+    for a, b, sa, sb in zip(
+        a1.tolist(), b1.tolist(), (a1 != a0).tolist(), (b1 != b0).tolist(), strict=True
+    ):
         if b > a:
             out.append((a, b))
-            abrupt.append((a != a0, b != b0))
+            abrupt.append((sa, sb))
     return out, abrupt
 
 
@@ -960,11 +975,25 @@ def _voiced_frame_centres(
     lo_hz, hi_hz = _VOICING_BAND_HZ
     hi_hz = min(hi_hz, 0.45 * rate)
     sos = butter(4, [lo_hz, hi_hz], btype="bandpass", fs=rate, output="sos")
-    y = np.asarray(sosfiltfilt(sos, x), dtype=np.float64)
     # The band ends at 1 kHz: 8 kHz is plenty, and half the work of 16 kHz.
     step = max(1, rate // _VOICING_RATE)
     vrate = rate / step
-    y = y[::step]
+    if fast and starts is not None and ends is not None and starts.size:
+        # Only around the regions (their frames are all that is analysed), far enough out
+        # that the filter has settled: the stretches between them are never filtered.
+        y = np.zeros((x.shape[0] + step - 1) // step)
+        pad = round(_VOICING_SPAN_PAD_MS * rate / 1000)
+        lo = np.maximum(0, starts - pad) // step * step
+        hi = np.minimum(x.shape[0], ends + pad)
+        joined = np.concatenate(([True], lo[1:] > hi[:-1]))
+        span_lo = lo[joined]
+        span_hi = np.maximum.reduceat(hi, np.flatnonzero(joined))
+        for a, b in zip(span_lo.tolist(), span_hi.tolist(), strict=True):
+            if b - a > 27:  # sosfiltfilt needs some padding room
+                part = sosfiltfilt(sos, x[a:b])[::step]
+                y[a // step : a // step + part.shape[0]] = part
+    else:
+        y = np.asarray(sosfiltfilt(sos, x), dtype=np.float64)[::step]
     size = round(_VOICING_WINDOW_MS * vrate / 1000)
     hop = round(_VOICING_HOP_MS * vrate / 1000)
     if y.shape[0] < size:
