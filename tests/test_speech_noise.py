@@ -232,3 +232,66 @@ def test_bundled_utterances_in_pink_noise() -> None:
                 starts += abs(ds) <= 10
                 ends += abs(de) <= 10
         assert starts >= n_starts and ends >= n_ends, (rate, starts, ends)
+
+
+#: (clip, from s, to s) of the clean speech: the pieces of tests/test_recording.py's call
+_PIECES = [
+    (1, 0.0, 1.5), (1, 0.0, 10.0), (3, 0.0, 2.0), (4, 0.0, 10.0), (2, 0.0, 0.6), (0, 0.0, 2.5),
+    (2, 1.0, 2.2), (3, 2.0, 3.45), (0, 3.0, 5.0), (0, 5.0, 6.3), (2, 2.5, 4.6), (3, 3.5, 5.0),
+]  # fmt: skip
+
+
+def _cut_in_loud_speech(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """``x`` cut at its loudest 10 ms in the 300 ms after its speech starts and after its
+    loudest 10 ms in the 300 ms before its speech ends: abrupt edges, at known samples."""
+    info = A.detect_speech(A.Audio(x, RATE, 1))
+    assert info.speech_start is not None and info.speech_end is not None
+    s, e = info.speech_start, info.speech_end
+    s2 = _loudest(x, s, min(e, s + 3 * RATE // 10))
+    e2 = _loudest(x, max(s2 + RATE // 10, e - 3 * RATE // 10), e) + RATE // 100
+    return x[s2:e2]
+
+
+@pytest.mark.parametrize(("rate", "least"), [(16000, 134), (8000, 142)])
+def test_abrupt_edges_in_pink_noise_within_10_ms(
+    librivox: dict[str, npt.NDArray[np.float32]], rate: int, least: int
+) -> None:
+    """Twelve pieces of the LibriVox utterances cut in loud speech (abrupt edges at known
+    samples), 0.6-1.5 s apart, under pink noise at 10 dB SNR (seeds 1-6), analysed at
+    16 kHz and (resampled) at 8 kHz: every piece found, and of the 144 edges at least
+    ``least`` within 10 ms of the truth.
+
+    Measured, version 4: 130 (16 kHz) and 129 (8 kHz) of 144; its frames started regions
+    20-40 ms early and ended them up to 48 ms late over the noise when the abrupt edge lay
+    deeper in than their smear. Version 5 looks up to 60 ms in for the edge when all
+    before it is noise: 135 and 143. The rest at 16 kHz: piece 7 (0890 from 1.0 s) ends
+    309-317 ms early in every seed (its last stretch, found at 8 kHz, is lost at 16 kHz),
+    and at 8 kHz one end 38 ms late."""
+    names = list(CLEAN)
+    rng = np.random.default_rng(11)
+    parts: list[npt.NDArray[np.float32]] = []
+    truth: list[tuple[int, int]] = []
+    pos = 0
+    for k, a, b in _PIECES:
+        lo = CLEAN[names[k]][0]
+        piece = _cut_in_loud_speech(librivox[names[k]][lo + round(a * RATE) : lo + round(b * RATE)])
+        gap = int(rng.integers(6 * RATE // 10, 3 * RATE // 2))
+        parts += [np.zeros(gap, np.float32), piece]
+        truth.append((pos + gap, pos + gap + piece.size))
+        pos += gap + piece.size
+    parts.append(np.zeros(RATE, np.float32))
+    y = np.concatenate(parts)
+    errs: list[float] = []
+    for seed in range(1, 7):
+        noisy = with_noise(y, truth, 10.0, seed)
+        if rate != RATE:
+            noisy = A.resample(noisy, RATE, rate)
+        got = A.speech_segments(noisy, rate)
+        assert len(got) == len(truth), (seed, got)
+        errs += [
+            abs(g - t * rate / RATE) * 1000 / rate
+            for gs, ts in zip(got, truth, strict=True)
+            for g, t in zip(gs, ts, strict=True)
+        ]
+    within = sum(e <= 10.0 for e in errs)
+    assert within >= least, (within, sorted(errs)[-10:])

@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 #: Bump whenever :func:`detect_speech` can give a different answer: it invalidates the caches.
-DETECTOR_VERSION = 4
+DETECTOR_VERSION = 5
 
 #: Suffixes read as headerless 16-bit little-endian mono PCM (``rate`` is required).
 HEADERLESS_SUFFIXES = (".raw", ".pcm", ".s16")
@@ -604,6 +604,9 @@ _EDGE_LOW = 2.0  # ... below this many times the noise's median energy is noise 
 _EDGE_HIGH = 10.0  # ... and a rise from it to this many times within ...
 _EDGE_RISE_MS = 3.0  # ... this long is an abrupt edge, placed where the energy left the noise
 _EDGE_NOISE_WINDOWS = 65_536  # the noise's median energy: from at most this many windows
+_EDGE_DEEP_MS = 60.0  # an edge not found within the smear: looked for this far in, ...
+_EDGE_NOISE_LIKE = 1.3  # ... when the stretch before it holds at most this many times the
+#                         noise's mean energy (it is noise the frames took in)
 
 
 def _window_energies(x: F64, pre: bool, starts: npt.NDArray[np.intp], count: int, w: int) -> F64:
@@ -650,6 +653,7 @@ def _refine_abrupt_edges(
         return segs, [(False, False)] * len(segs)
     at = at[:: max(1, -(-at.size // _EDGE_NOISE_WINDOWS))]
     views: list[tuple[bool, float, float]] = []
+    noise_mean: list[float] = []
     for pre in (True, False):
         if pre:
             idx = np.maximum(at[:, None] - 1 + np.arange(w + 1), 0)
@@ -657,9 +661,11 @@ def _refine_abrupt_edges(
             e = np.diff(g, axis=1)
         else:
             e = x[at[:, None] + np.arange(w)]
-        noise = float(np.median((e * e).sum(axis=1) / w))
+        energies = (e * e).sum(axis=1) / w
+        noise = float(np.median(energies))
         if noise > 0.0:
             views.append((pre, _EDGE_LOW * noise, _EDGE_HIGH * noise))
+            noise_mean.append(float(energies.mean()))
     if not views:
         return segs, [(False, False)] * len(segs)
     a0 = np.array([a for a, _ in segs], dtype=np.intp)
@@ -677,6 +683,11 @@ def _refine_abrupt_edges(
     q_last = span - 1 - np.argmax(quiet[:, ::-1], axis=1)
     ok = loud.any(axis=1) & quiet.any(axis=1) & (k - q_last <= rise)
     a1[ok] = np.minimum(a0 + q_last + w, a0 + reach)[ok]
+    # Deeper in: the frames can take in more noise than their smear (a threshold near the
+    # noise's own level); an abrupt start up to 60 ms in counts when all before it is noise.
+    deep = ~ok
+    if deep.any():
+        a1[deep] = _deep_edges(x, pre, a0[deep], b0[deep], w, low, high, noise_mean[0], rate, n_env)
     # Ends (each view in turn, until one finds it): the first quiet window after the
     # last loud one.
     b1 = b0.copy()
@@ -694,6 +705,11 @@ def _refine_abrupt_edges(
         ok = todo & loud.any(axis=1) & quiet.any(axis=1) & (q0 <= rise)
         b1[ok] = np.maximum(lo + k + q0, b0 - reach)[ok]
         todo &= ~ok
+    if todo.any():  # deeper in, as for starts (the first view)
+        pre, low, high = views[0]
+        b1[todo] = _deep_edges(
+            x, pre, a1[todo], b0[todo], w, low, high, noise_mean[0], rate, n_env, end=True
+        )
     out: list[tuple[int, int]] = []
     abrupt: list[tuple[bool, bool]] = []
     for a, b, sa, sb in zip(
@@ -703,6 +719,59 @@ def _refine_abrupt_edges(
             out.append((a, b))
             abrupt.append((sa, sb))
     return out, abrupt
+
+
+def _deep_edges(
+    x: F64,
+    pre: bool,
+    a: npt.NDArray[np.intp],
+    b: npt.NDArray[np.intp],
+    w: int,
+    low: float,
+    high: float,
+    noise_mean: float,
+    rate: int,
+    n_env: int,
+    *,
+    end: bool = False,
+) -> npt.NDArray[np.intp]:
+    """Regions' starts (``end``: ends) moved onto an abrupt edge up to
+    :data:`_EDGE_DEEP_MS` inside them, where the stretch between the region's edge and
+    the abrupt one is noise (its mean window energy at most :data:`_EDGE_NOISE_LIKE`
+    times the noise's mean): the last quiet window before the first loud one (``end``:
+    the first quiet one after the last loud one), the rise or fall within
+    :data:`_EDGE_RISE_MS`. Edges without such a rise or fall keep their place."""
+    rise = max(1, round(_EDGE_RISE_MS * rate / 1000))
+    span = round(_EDGE_DEEP_MS * rate / 1000) + rise + w
+    pos = np.arange(span)
+    if not end:
+        env = _window_energies(x, pre, a, span, w)
+        valid = pos < (np.minimum(np.minimum(b, a + span), n_env) - a)[:, None]
+        loud = valid & (env > high)
+        k = np.argmax(loud, axis=1)
+        quiet = valid & (env < low) & (pos < k[:, None])
+        q = span - 1 - np.argmax(quiet[:, ::-1], axis=1)
+        before = np.cumsum(np.where(valid, env, 0.0), axis=1)
+        mean_before = before[np.arange(a.size), q] / (q + 1)
+        ok = loud.any(axis=1) & quiet.any(axis=1) & (k - q <= rise)
+        ok &= mean_before <= _EDGE_NOISE_LIKE * noise_mean
+        out = np.where(ok, a + q + w, a)
+        return out.astype(np.intp)
+    lo = np.maximum(a, b - span)
+    env = _window_energies(x, pre, lo, span, w)
+    stop = np.minimum(b, n_env) - lo
+    valid = pos < stop[:, None]
+    loud = valid & (env > high)
+    k = span - 1 - np.argmax(loud[:, ::-1], axis=1)
+    quiet = valid & (env < low) & (pos >= k[:, None])
+    q = np.argmax(quiet, axis=1)
+    after = np.cumsum(np.where(valid, env, 0.0)[:, ::-1], axis=1)[:, ::-1]
+    n_after = np.maximum(1, stop - q)
+    mean_after = after[np.arange(b.size), np.minimum(q, span - 1)] / n_after
+    ok = loud.any(axis=1) & quiet.any(axis=1) & (q - k <= rise)
+    ok &= mean_after <= _EDGE_NOISE_LIKE * noise_mean
+    out = np.where(ok, lo + q, b)
+    return out.astype(np.intp)
 
 
 # In heavy noise (noisiness from _FAINT_MIN_NOISY up) each gradual edge (not abrupt) is
