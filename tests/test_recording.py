@@ -55,10 +55,22 @@ class Call:
     talk_over_s: float = 0.0  # both sides speaking, in all
 
 
-def build_call(speech_dir: Path, rate: int = 16000) -> Call:
+def _loudest(x: np.ndarray, lo: int, hi: int, rate: int) -> int:
+    """Start of the loudest 10 ms window of ``x[lo:hi]``."""
+    w = rate // 100
+    energy = np.convolve(x[lo:hi].astype(np.float64) ** 2, np.ones(w), mode="valid")
+    return lo + int(np.argmax(energy))
+
+
+def build_call(speech_dir: Path, rate: int = 16000, *, abrupt: bool = False) -> Call:
     """Greeting, then four caller turns: a plain one; one with a pause the agent cuts
     into (the caller resumes 0.4 s later) and a reply with 1.4 s of dead air; a barge-in
-    over that reply (the agent keeps talking 0.45 s); an answer after a 2.5 s wait."""
+    over that reply (the agent keeps talking 0.45 s); an answer after a 2.5 s wait.
+
+    ``abrupt``: every piece is cut in loud speech (from its loudest 10 ms in the 300 ms
+    after its speech starts to the end of its loudest 10 ms in the 300 ms before its
+    speech ends), so each edge is abrupt and findable in noise; else the pieces keep
+    their natural, faint edges (trimmed by the probe's own detectors)."""
     c = [_clip(speech_dir, n) for n in CLIPS]
     if rate != 16000:  # at the call's rate before cutting: the truth is where pieces are
         c = [resample(x, 16000, rate) for x in c]
@@ -78,12 +90,18 @@ def build_call(speech_dir: Path, rate: int = 16000) -> Call:
         piece = x[round(a_s * rate) : round(b_s * rate)]
         info = detect_speech(Audio(piece, rate, 1))
         assert info.speech_start is not None and info.speech_end is not None
-        return piece[info.speech_start : info.speech_end]
+        s, e = info.speech_start, info.speech_end
+        if abrupt:
+            s = _loudest(piece, s, min(e, s + 3 * rate // 10), rate)
+            e = _loudest(piece, max(s + rate // 10, e - 3 * rate // 10), e, rate) + rate // 100
+        return piece[s:e]
 
     def said(x: np.ndarray, a_s: float, b_s: float) -> np.ndarray:
         """A piece said by the agent, from its first to its last audible sample by the
         probe's definition of a reply's first audible sample (first_audible)."""
         piece = seg(x, a_s, b_s)
+        if abrupt:
+            return piece
         a = first_audible(piece, rate)
         b = first_audible(np.ascontiguousarray(piece[::-1]), rate)
         assert a is not None and b is not None
@@ -221,12 +239,59 @@ def test_clean_call_8k_mulaw(speech_dir: Path, tmp_path: Path) -> None:
     check(call, read_call(p))
 
 
-def _noisy_call(speech_dir: Path, tmp_path: Path, rate: int, subtype: str) -> tuple[Call, Trace]:
-    call = build_call(speech_dir, rate)
-    caller = with_noise(call.caller, 10.0, seed=1)
-    agent = with_noise(call.agent, 10.0, seed=2)
+def _noisy_call(
+    speech_dir: Path,
+    tmp_path: Path,
+    rate: int,
+    subtype: str,
+    seeds: tuple[int, int] = (1, 2),
+    *,
+    abrupt: bool = False,
+) -> tuple[Call, Trace]:
+    call = build_call(speech_dir, rate, abrupt=abrupt)
+    caller = with_noise(call.caller, 10.0, seed=seeds[0])
+    agent = with_noise(call.agent, 10.0, seed=seeds[1])
     p = write_call(tmp_path / "call.wav", caller, agent, rate, subtype)
     return call, read_call(p)
+
+
+def _errors_ms(call: Call, f: dict[str, Any]) -> list[float]:
+    """Each figure's error against the truth, in ms (turns, greeting, barge-in stop,
+    cut-in, dead air), after checking every turn and event is there and nothing more."""
+    assert len(f["turns"]) == len(call.latencies_s), f["turns"]
+    assert all(isinstance(g, int) for g in f["turns"]), f["turns"]
+    assert set(f["stops"]) == {k for k, _ in call.kept_talking_s}
+    assert set(f["cut_ins"]) == {k for k, _ in call.cut_ins}
+    assert set(f["dead_air"]) == {k for k, _ in call.dead_air_s}
+    assert f["waits"] == call.long_waits and "greeting" in f
+    assert call.greeting_s is not None
+    pairs = [(g, w) for g, w in zip(f["turns"], call.latencies_s, strict=True)]
+    pairs.append((f["greeting"], call.greeting_s))
+    pairs += [(f["stops"][k], w) for k, w in call.kept_talking_s]
+    pairs += [(f["cut_ins"][k], w) for k, w in call.cut_ins]
+    pairs += [(f["dead_air"][k], w) for k, w in call.dead_air_s]
+    return [(g - w * 1e9) / 1e6 for g, w in pairs]
+
+
+@pytest.mark.parametrize(("rate", "subtype"), [(16000, "PCM_16"), (8000, "ULAW")])
+def test_call_with_abrupt_edges_in_pink_noise_within_10ms(
+    speech_dir: Path, tmp_path: Path, rate: int, subtype: str
+) -> None:
+    """The call cut in loud speech (every edge abrupt, at a known sample: findable in
+    noise), both sides in pink noise at 10 dB SNR, three pairs of seeds: every turn and
+    event found, nothing more, and of the 24 figures (4 response latencies, greeting,
+    barge-in overhang, cut-in, dead air; 3 seeds) at least 23 within 10 ms of the truth,
+    none more than 60 ms off. Measured (DETECTOR_VERSION 5): 16 kHz 23 of 24, the one
+    left a response latency 50 ms short (the agent's onset after resampling to the
+    noisy channels' 8 kHz rises over 6 ms, too slowly to be taken as abrupt, and its
+    start is placed 34 ms early in the noise); 8 kHz mu-law 24 of 24, worst 4.2 ms.
+    Version 4 put 15 of the 48 figures more than 10 ms off (worst 50 ms)."""
+    errs: list[float] = []
+    for seeds in ((1, 2), (3, 4), (5, 6)):
+        call, trace = _noisy_call(speech_dir, tmp_path, rate, subtype, seeds, abrupt=True)
+        errs += _errors_ms(call, figures(trace))
+    assert sum(abs(e) <= 10.0 for e in errs) >= 23, sorted(errs, key=abs)[-4:]
+    assert max(abs(e) for e in errs) <= 60.0, sorted(errs, key=abs)[-4:]
 
 
 @pytest.mark.parametrize(("rate", "subtype"), [(16000, "PCM_16"), (8000, "ULAW")])
@@ -249,10 +314,18 @@ def test_call_in_pink_noise_10db_finds_every_turn(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="edges of speech in 10 dB pink noise are still 35-80 ms off "
-    "(voiceaudit.audio.speech_segments, issue 25's noise item); flips when it holds",
+    reason="natural, faint speech edges under 10 dB pink noise: the caller's LibriVox "
+    "ends have their last 10 ms 10-11 dB under the noise (oracle d' 0.3, "
+    "bench/noise_edges.py --call), which no detector can place within 10 ms; "
+    "flips if one does",
 )
 def test_call_in_pink_noise_10db_within_10ms(speech_dir: Path, tmp_path: Path) -> None:
+    """The call with its natural edges (faint onsets and decays, cut where the clean
+    detection puts them) in 10 dB pink noise. Measured (DETECTOR_VERSION 5, seeds 1-6,
+    16 kHz PCM and 8 kHz mu-law): 27 of 48 figures within 10 ms, worst the cut-in at
+    174 ms (0930's faint tail). The same call cut in loud speech, whose edges are
+    findable, is within 10 ms (test_call_with_abrupt_edges_in_pink_noise_within_10ms);
+    docs/audio-ground-truth.md gives the oracle bound."""
     call, trace = _noisy_call(speech_dir, tmp_path, 16000, "PCM_16")
     check(call, trace)
 
