@@ -49,6 +49,7 @@ import pytest
 import soundfile as sf
 from test_run_faults import FaultServer
 
+from voiceaudit import __version__
 from voiceaudit.audio import Audio, detect_speech, first_audible, read_audio
 from voiceaudit.data import bundled_dir
 from voiceaudit.errors import ExitCode
@@ -56,6 +57,7 @@ from voiceaudit.model import Event
 from voiceaudit.probe.conversation import last_audible
 from voiceaudit.probe.recorder import HEADER_BYTES, CallRecorder, recording_name
 from voiceaudit.trace_io import Trace, read_trace
+from voiceaudit.wavinfo import read_info
 
 pytestmark = pytest.mark.slow
 
@@ -347,6 +349,15 @@ def test_recording_read_back_agrees_with_the_trace(runs: dict[str, Path]) -> Non
 
     call = Call(runs["barge"])
     back = read_call(call.path)
+    # the file says it is a voiceaudit call (caller left): the caller opens this call, and
+    # the same audio without that INFO chunk looks swapped, the heuristic's pattern
+    assert back.header.config["recording"]["written_by"] == f"voiceaudit {__version__}"
+    assert not any("swapped" in w for w in back.warnings), back.warnings
+    bare = call.path.with_name("bare.wav")
+    sf.write(bare, call.pcm, call.rate, subtype="PCM_16")
+    assert read_info(bare) == {}
+    assert any("swapped" in w for w in read_call(bare).warnings)
+    assert any("caller on the left" in w for w in read_call(call.path, caller="right").warnings)
     truth = {t: call.one("turn.end", t).attrs["voice_to_voice_ns"] for t in call.turns()}
     # the run's caller speech ends on the file's clock, to match the turns read back
     ends = {t: call.one("input.speech_end", t).t_ns - call.t0 for t in call.turns()}

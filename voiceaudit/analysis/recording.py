@@ -73,6 +73,7 @@ from voiceaudit.clock import Anchor
 from voiceaudit.errors import AudioError, InputError, NoDataError, UsageError
 from voiceaudit.model import SCHEMA, End, Event, Header
 from voiceaudit.trace_io import Trace
+from voiceaudit.wavinfo import CALL_LAYOUT, read_info
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -137,6 +138,9 @@ class _Source:
     frames: int = 0
     warnings: list[str] = field(default_factory=list)
     nonfinite: int = 0
+    #: ``voiceaudit <version>`` when the file says it is a call recording voiceaudit wrote
+    #: (its INFO chunk, :data:`voiceaudit.wavinfo.CALL_LAYOUT`): the caller is on the left
+    written_by: str | None = None
     #: the files' samples cannot be NaN or infinite (integer PCM, mu-law, A-law)
     _finite_only: bool = False
     #: every file is 16-bit PCM: read as int16 and scaled here (exactly libsndfile's float
@@ -386,6 +390,14 @@ def open_source(
             raise InputError(f"{channels} channels: a call recording has two", path=str(p))
         src = _Source(p, None, 0 if caller == "left" else 1, rate, frames)
         _set_encoding(src, p)
+        info = read_info(p)
+        if info.get("ICMT") == CALL_LAYOUT:
+            src.written_by = info.get("ISFT") or "voiceaudit"
+            if caller != "left":
+                src.warnings.append(
+                    f"{src.written_by} wrote this call with the caller on the left; "
+                    "analysed with --caller right, as asked"
+                )
         w = _wav_truncation(p)
         if w:
             src.warnings.append(w)
@@ -1073,8 +1085,8 @@ class _Analysis:
         """Warn when the caller's channel has the agent's pattern: it opens the call with
         a sentence (:data:`SWAPPED_OPENING_MS` or more of speech, the length of a greeting,
         before the other side says anything) and the other side answers it."""
-        if not agent or caller[0][0] >= agent[0][0]:
-            return
+        if not agent or caller[0][0] >= agent[0][0] or self.src.written_by is not None:
+            return  # (a call voiceaudit recorded names its channels)
         opening = sum(min(e, agent[0][0]) - s for s, e in caller if s < agent[0][0])
         if opening * 1000 < SWAPPED_OPENING_MS * self.rate:
             return
@@ -1399,6 +1411,7 @@ class _Analysis:
                 "rate": src.rate,
                 "duration_s": round(src.frames / src.rate, 3),
                 "answer_at_s": self.answer_at_s,
+                "written_by": src.written_by,
                 "echo": None
                 if self.echo is None
                 else {
