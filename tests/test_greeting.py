@@ -40,8 +40,12 @@ def _tone(ms: int, lead_ms: int = 100) -> bytes:
 
 
 class Bot:
-    def __init__(self, *, greet: bool) -> None:
+    """``delays_ms``: reply ``k`` waits ``delays_ms[k % len]`` after the caller's turn ends
+    (a known delay the figures must carry)."""
+
+    def __init__(self, *, greet: bool, delays_ms: tuple[int, ...] = ()) -> None:
         self.greet = greet
+        self.delays_ms = delays_ms
         self.connected: list[int] = []
         self.greeted: list[int] = []
         self.replies: list[int] = []
@@ -62,6 +66,9 @@ class Bot:
             ep.feed(np.frombuffer(msg.data, "<i2").astype(np.float64))
             if ep.turn_ended:
                 ep.reset()
+                if self.delays_ms:
+                    k = len(self.replies) % len(self.delays_ms)
+                    await asyncio.sleep(self.delays_ms[k] / 1000)
                 self.replies.append(time.monotonic_ns())
                 await ws.send_bytes(_tone(400))
                 await ws.send_str(json.dumps({"type": "turn_done"}))

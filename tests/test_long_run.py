@@ -3,16 +3,12 @@ and ``stats.jsonl`` holds the run's statistics per window, written while it runs
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
-import time
 from pathlib import Path
 
-import numpy as np
-from aiohttp import WSMsgType, web
-from servers import EnergyEndpointer, HandlerServer
-from test_greeting import MS, RATE, SLACK_NS, Bot, _tone
+from servers import HandlerServer
+from test_greeting import MS, SLACK_NS, Bot
 
 from voiceaudit.cli import run
 from voiceaudit.data import bundled_dir
@@ -72,46 +68,18 @@ def test_duration_refuses_turns(tmp_path: Path) -> None:
     assert rc == 2
 
 
-class _SlowingBot:
-    """Answers each caller turn like test_greeting's bot (100 ms of digital silence, then
-    a tone, sent at once), ``DELAYS[k % 3]`` after the end of turn k: a known delay the
-    stats history must carry. Records when each reply left it (the shared monotonic
-    clock)."""
-
-    DELAYS_MS = (0, 250, 500)
-
-    def __init__(self) -> None:
-        self.sent: list[int] = []
-
-    async def handler(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse()
-        await ws.prepare(request)
-        ep = EnergyEndpointer(RATE)
-        async for msg in ws:
-            if msg.type != WSMsgType.BINARY:
-                continue
-            ep.feed(np.frombuffer(msg.data, "<i2").astype(np.float64))
-            if ep.turn_ended:
-                ep.reset()
-                await asyncio.sleep(self.DELAYS_MS[len(self.sent) % 3] / 1000)
-                self.sent.append(time.monotonic_ns())
-                await ws.send_bytes(_tone(400))
-                await ws.send_str(json.dumps({"type": "turn_done"}))
-        return ws
-
-
 def _nearest_rank(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[max(0, math.ceil(q / 100 * len(s)) - 1)]
 
 
 def test_the_stats_history_carries_an_injected_delay(tmp_path: Path) -> None:
-    """Replies delayed by 0, 250 and 500 ms in turn: each turn's voice-to-voice is the
-    bot's send time plus the reply's 100 ms lead minus the speech end (one-sided: the
-    machine can only add time), and each window's p50/p95 in stats.jsonl is the nearest
-    rank over exactly the turns that ended in it (the windows' turn counts, in order,
-    partition the turns by end time)."""
-    bot = _SlowingBot()
+    """Replies delayed by 0, 250 and 500 ms in turn (test_greeting.Bot): each turn's
+    voice-to-voice is the bot's send time plus the reply's 100 ms lead minus the speech
+    end (one-sided: the machine can only add time), and each window's p50/p95 in
+    stats.jsonl is the nearest rank over exactly the turns that ended in it (the windows'
+    turn counts, in order, partition the turns by end time)."""
+    bot = Bot(greet=False, delays_ms=(0, 250, 500))
     out = tmp_path / "run"
     with HandlerServer(bot.handler, "/pcm") as server:
         rc = run(
@@ -137,11 +105,11 @@ def test_the_stats_history_carries_an_injected_delay(tmp_path: Path) -> None:
     ends = sorted((e for e in tr.events if e.name == "turn.end"), key=lambda e: e.t_ns)
     speech_end = {e.turn: e.t_ns for e in tr.events if e.name == "input.speech_end"}
     assert len(ends) >= 3 and all(e.attrs["ok"] for e in ends)
-    assert len(bot.sent) >= len(ends)
+    assert len(bot.replies) >= len(ends)
     v2v: list[float] = []
     for e in ends:
         assert e.turn is not None
-        truth = bot.sent[e.turn] + 100 * MS - speech_end[e.turn]
+        truth = bot.replies[e.turn] + 100 * MS - speech_end[e.turn]
         got = e.attrs["voice_to_voice_ns"]
         assert 0 <= got - truth < SLACK_NS, (e.turn, got, truth)
         v2v.append(got / 1e6)

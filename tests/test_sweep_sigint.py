@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from test_run_faults import FaultServer
+from test_run_faults_sigint import _wait_for_reply_held
 
 from voiceaudit.errors import ExitCode
 from voiceaudit.trace_io import read_trace
@@ -36,14 +37,6 @@ def _sweep(url: str, audio: Path, out: Path) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )  # fmt: skip
-
-
-def _wait_for_reply_held(server: FaultServer, run: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 120
-    while server.replies < 2:
-        assert run.poll() is None, run.communicate()
-        assert time.monotonic() < deadline, "turn 1 never reached the server"
-        time.sleep(0.02)
 
 
 def _cells(out: Path) -> list[dict[str, Any]]:
